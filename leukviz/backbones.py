@@ -1,0 +1,216 @@
+"""The backbone registry: each entry ties a torchvision builder to its weights, head, CAM layer and preprocessing."""
+
+from __future__ import annotations
+
+import os
+import socket
+import urllib.error
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torchvision import models
+
+
+class WeightsUnavailable(RuntimeError):
+    """ImageNet weights are neither cached nor downloadable; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    title: str
+    builder: Callable[..., nn.Module]
+    weights: Any  # torchvision WeightsEnum member
+    head: str  # dotted path of the final Linear layer, replaced for our classes
+    last_stage: tuple[str, ...]  # module prefixes trained with finetune="last" (plus the head)
+    cam_layer: str  # dotted path of the layer Grad-CAM hooks
+    pretrained_kwargs: dict[str, Any] = field(default_factory=dict)
+    scratch_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def mean(self) -> tuple[float, float, float]:
+        return tuple(self.weights.transforms().mean)  # type: ignore[return-value]
+
+    @property
+    def std(self) -> tuple[float, float, float]:
+        return tuple(self.weights.transforms().std)  # type: ignore[return-value]
+
+
+BACKBONES: dict[str, BackboneSpec] = {}
+
+
+def register(spec: BackboneSpec) -> BackboneSpec:
+    BACKBONES[spec.name] = spec
+    return spec
+
+
+register(BackboneSpec(
+    name="resnet50", title="ResNet50", builder=models.resnet50, weights=models.ResNet50_Weights.DEFAULT,
+    head="fc", last_stage=("layer4",), cam_layer="layer4",
+))
+# GoogLeNet's ImageNet weights expect transform_input=True (they were trained with a different
+# normalisation, which the model re-applies itself); the auxiliary classifiers only help long
+# training from scratch, so both modes drop them to keep one head and one output.
+register(BackboneSpec(
+    name="googlenet", title="GoogLeNet", builder=models.googlenet, weights=models.GoogLeNet_Weights.DEFAULT,
+    head="fc", last_stage=("inception5a", "inception5b"), cam_layer="inception5b",
+    pretrained_kwargs={"aux_logits": False, "transform_input": True},
+    scratch_kwargs={"aux_logits": False, "transform_input": False, "init_weights": True},
+))
+register(BackboneSpec(
+    name="vgg16", title="VGG16", builder=models.vgg16, weights=models.VGG16_Weights.DEFAULT,
+    head="classifier.6", last_stage=("features.24", "features.26", "features.28", "classifier"),
+    cam_layer="features.28",
+))
+
+
+def get_spec(name: str) -> BackboneSpec:
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}") from None
+
+
+def weights_cache_path(spec: BackboneSpec) -> Path:
+    """Where torchvision keeps (or will download) this backbone's ImageNet weights."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(spec.weights.url)
+
+
+def imagenet_available(spec: BackboneSpec) -> bool:
+    return weights_cache_path(spec).is_file()
+
+
+def _offline_message(spec: BackboneSpec, reason: str) -> str:
+    path = weights_cache_path(spec)
+    return (f"ImageNet weights for {spec.title} are not cached and could not be downloaded ({reason}). "
+            f"torchvision expects the file {path.name} in {path.parent} (from {spec.weights.url}). "
+            f"Copy it there, or set TORCH_HOME to a folder that holds hub/checkpoints/{path.name}, "
+            f"or train from scratch with --weights none, or pass a weights file with --weights FILE.")
+
+
+def _get_submodule_parent(model: nn.Module, dotted: str) -> tuple[nn.Module, str]:
+    parent_path, _, attr = dotted.rpartition(".")
+    return (model.get_submodule(parent_path) if parent_path else model), attr
+
+
+def _replace_head(model: nn.Module, spec: BackboneSpec, num_classes: int) -> None:
+    parent, attr = _get_submodule_parent(model, spec.head)
+    old = model.get_submodule(spec.head)
+    assert isinstance(old, nn.Linear), f"{spec.name}: head {spec.head} is not Linear"
+    setattr(parent, attr, nn.Linear(old.in_features, num_classes))
+
+
+def _load_imagenet(spec: BackboneSpec) -> nn.Module:
+    if not imagenet_available(spec) and os.environ.get("LEUKVIZ_OFFLINE") == "1":
+        raise WeightsUnavailable(_offline_message(spec, "LEUKVIZ_OFFLINE=1"))
+    old_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(20)  # torch.hub has no timeout of its own: never hang on a dead network
+    try:
+        return spec.builder(weights=spec.weights, **spec.pretrained_kwargs)
+    except (urllib.error.URLError, OSError, RuntimeError) as e:
+        if imagenet_available(spec) and not isinstance(e, (urllib.error.URLError, socket.timeout)):
+            raise
+        reason = getattr(e, "reason", None) or e.__class__.__name__
+        raise WeightsUnavailable(_offline_message(spec, str(reason))) from None
+    finally:
+        socket.setdefaulttimeout(old_timeout)
+
+
+def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
+    """Read a weights file without running code from it: safetensors, or torch.load(weights_only=True)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        return load_file(str(path))
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # an unsafe pickle lands here: weights_only refuses to execute it
+        raise ValueError(f"refusing to load {path.name}: not a plain tensor file ({str(e).splitlines()[0]}). "
+                         "Use a .safetensors file or a state_dict saved with torch.save.") from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+        obj = obj["model"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{path.name} does not hold a state_dict of tensors")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def _load_file_weights(model: nn.Module, spec: BackboneSpec, path: Path) -> None:
+    """Load matching tensors; every non-head tensor must match, the head only when its shape does."""
+    state = load_state_dict_file(path)
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    missing = [k for k in own if k not in usable and not k.startswith(spec.head + ".")]
+    if missing:
+        raise ValueError(f"{Path(path).name} does not fit {spec.title}: {len(missing)} tensors missing or of "
+                         f"another shape (first: {missing[0]}). Is it a {spec.title} state_dict?")
+    model.load_state_dict(usable, strict=False)
+
+
+def build_model(name: str, num_classes: int, weights: str = "none") -> nn.Module:
+    """Build a backbone: ImageNet weights first (torchvision refuses num_classes with weights), then the head."""
+    spec = get_spec(name)
+    if weights == "imagenet":
+        model = _load_imagenet(spec)
+        _replace_head(model, spec, num_classes)
+    elif weights == "none":
+        model = spec.builder(weights=None, **spec.scratch_kwargs)
+        _replace_head(model, spec, num_classes)
+    else:
+        # A file: our own checkpoint (head fits) or an ImageNet-style state_dict (head dropped).
+        model = spec.builder(weights=None, **spec.pretrained_kwargs)
+        _replace_head(model, spec, num_classes)
+        _load_file_weights(model, spec, Path(weights))
+    return model
+
+
+def build_kwargs(name: str, weights: str) -> dict[str, Any]:
+    spec = get_spec(name)
+    return dict(spec.scratch_kwargs if weights == "none" else spec.pretrained_kwargs)
+
+
+def set_finetune(model: nn.Module, name: str, mode: str) -> list[nn.Module]:
+    """Freeze what the fine-tuning depth excludes; returns the frozen modules (kept in eval mode)."""
+    spec = get_spec(name)
+    if mode == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return []
+    keep = (spec.head,) + (spec.last_stage if mode == "last" else ())
+    frozen: list[nn.Module] = []
+    for mod_name, module in model.named_modules():
+        if not mod_name or any(mod_name == k or mod_name.startswith(k + ".") for k in keep):
+            continue
+        if any(k.startswith(mod_name + ".") for k in keep):
+            continue  # an ancestor of a trainable module: freeze only its own direct params
+        for p in module.parameters(recurse=False):
+            p.requires_grad_(False)
+        frozen.append(module)
+    for mod_name, module in model.named_modules():
+        if any(mod_name == k or mod_name.startswith(k + ".") for k in keep):
+            for p in module.parameters(recurse=False):
+                p.requires_grad_(True)
+    return frozen
+
+
+def normalize(images: torch.Tensor, name: str) -> torch.Tensor:
+    """uint8 NHWC images -> float NCHW (channels-last memory), normalised for this backbone.
+
+    The one evaluation preprocessing of each backbone: validation, evaluation and single-image
+    prediction all go through here after data.load_image().
+    """
+    spec = get_spec(name)
+    x = images.permute(0, 3, 1, 2).float().div_(255.0)  # NHWC storage seen as NCHW: channels-last for free
+    mean = torch.tensor(spec.mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std, device=x.device).view(1, 3, 1, 1)
+    return x.sub_(mean).div_(std).contiguous(memory_format=torch.channels_last)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

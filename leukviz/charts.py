@@ -1,0 +1,267 @@
+"""Plotly figures for leukviz: pure functions from run events and metric tables to `go.Figure`."""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+# Mid-tone colours readable on both light and dark backgrounds; no template or background is set here
+# so the caller (Streamlit's theme, or Plotly's default) decides the rest.
+TRAIN_COLOR = "#1F77B4"
+VAL_COLOR = "#FF7F0E"
+NEUTRAL_COLOR = "#9E9E9E"
+BACKBONE_COLORS = {"resnet50": "#636EFA", "googlenet": "#00CC96", "vgg16": "#EF553B"}
+CLASS_COLORS = {"all": "#D62728", "hem": "#2CA02C"}
+PALETTE = ("#AB63FA", "#FFA15A", "#19D3F3", "#FF6692", "#B6E880", "#FF97FF", "#FECB52",
+           "#8C564B", "#BCBD22", "#17BECF")
+
+WAITING_TEXT = "Waiting for the first batch…"
+
+# Labels for the epoch-event keys of metrics.jsonl; the fraction-valued ones are drawn as percentages.
+METRIC_LABELS = {"train_loss": "train loss", "val_loss": "validation loss", "train_acc": "train accuracy",
+                 "val_acc": "validation accuracy", "val_f1": "validation weighted F1", "lr": "learning rate",
+                 "seconds": "seconds per epoch", "images_per_s": "images / s"}
+FRACTION_METRICS = {"train_acc", "val_acc", "val_f1"}
+
+
+def _palette_color(name: str) -> str:
+    # crc32 rather than hash(): Python salts str hashes per process, and colours must survive reruns.
+    return PALETTE[zlib.crc32(name.encode()) % len(PALETTE)]
+
+
+def backbone_color(name: str) -> str:
+    """Colour of a backbone or run name: fixed for the known backbones (also as a prefix, e.g.
+    "resnet50 · a1b2"), otherwise a stable palette colour chosen from the name."""
+    key = name.lower()
+    for backbone, color in BACKBONE_COLORS.items():
+        if key == backbone or key.startswith(backbone):
+            return color
+    return _palette_color(key)
+
+
+def class_color(name: str) -> str:
+    """Colour of a class: red for `all` (blast), green for `hem` (normal), otherwise from the palette."""
+    return CLASS_COLORS.get(name.lower(), _palette_color(name.lower()))
+
+
+def _distinct_colors(names: Iterable[str]) -> dict[str, str]:
+    """backbone_color per name, except that a name whose colour is taken gets the next free palette
+    colour, so two runs of one backbone overlaid stay distinguishable."""
+    used: set[str] = set()
+    out: dict[str, str] = {}
+    for name in names:
+        color = backbone_color(name)
+        if color in used:
+            color = next((c for c in PALETTE if c not in used), color)
+        used.add(color)
+        out[name] = color
+    return out
+
+
+def _num(value: Any) -> float | None:
+    """A finite float, or None for a missing/NaN value (Plotly draws None as a gap)."""
+    if value is None:
+        return None
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def epoch_events(events: Iterable[dict]) -> list[dict]:
+    """The `epoch` events sorted by epoch; a resumed run may repeat an epoch, and the last one wins."""
+    by_epoch = {int(e["epoch"]): e for e in events if e.get("type") == "epoch" and "epoch" in e}
+    return [by_epoch[k] for k in sorted(by_epoch)]
+
+
+def batch_events(events: Iterable[dict]) -> list[dict]:
+    """The `batch` events sorted by (epoch, step), last one winning on a repeat."""
+    by_step = {(int(e["epoch"]), int(e["step"])): e for e in events
+               if e.get("type") == "batch" and "epoch" in e and "step" in e}
+    return [by_step[k] for k in sorted(by_step)]
+
+
+def batch_x(event: dict) -> float:
+    """Fractional epoch of a batch event: epoch - 1 + step / steps, so epoch 1 ends at x = 1 where
+    its epoch event is drawn."""
+    steps = event.get("steps") or 0
+    return int(event["epoch"]) - 1 + (int(event["step"]) / steps if steps else 0.0)
+
+
+def _waiting(fig: go.Figure, text: str) -> go.Figure:
+    fig.add_annotation(text=text, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
+                       font={"size": 16})
+    return fig
+
+
+def training_curves(events: list[dict], title: str = "") -> go.Figure:
+    """Live training chart from metrics.jsonl events: Loss (left) and Accuracy (right) against epoch.
+
+    Epoch-level train and validation values are drawn as lines with markers at x = epoch; the running
+    per-batch train loss and accuracy as thin lines at fractional epochs in between.
+    """
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "Accuracy"), horizontal_spacing=0.1)
+    epochs = epoch_events(events)
+    batches = batch_events(events)
+
+    if batches:
+        bx = [batch_x(b) for b in batches]
+        for key, name, col in (("loss", "train loss (running)", 1), ("acc", "train acc (running)", 2)):
+            fig.add_trace(go.Scatter(x=bx, y=[_num(b.get(key)) for b in batches], mode="lines", name=name,
+                                     line={"color": TRAIN_COLOR, "width": 1}, opacity=0.5), row=1, col=col)
+    if epochs:
+        ex = [int(e["epoch"]) for e in epochs]
+        for key, name, color, col in (("train_loss", "train loss", TRAIN_COLOR, 1),
+                                      ("val_loss", "val loss", VAL_COLOR, 1),
+                                      ("train_acc", "train acc", TRAIN_COLOR, 2),
+                                      ("val_acc", "val acc", VAL_COLOR, 2)):
+            fig.add_trace(go.Scatter(x=ex, y=[_num(e.get(key)) for e in epochs], mode="lines+markers",
+                                     name=name, line={"color": color, "width": 2.5}), row=1, col=col)
+
+    # The planned number of epochs fixes the x range, so the axes do not jump as a live run grows.
+    planned = max((int(e.get("epochs") or 0) for e in events if e.get("type") in ("start", "epoch")),
+                  default=0)
+    if planned:
+        fig.update_xaxes(range=[0, planned + 0.05])
+    fig.update_xaxes(title_text="epoch")
+    fig.update_yaxes(title_text="loss", row=1, col=1)
+    fig.update_yaxes(title_text="accuracy", range=[0, 1.02], tickformat=".0%", row=1, col=2)
+    # A constant uirevision keeps the user's zoom and legend toggles across live redraws.
+    fig.update_layout(title=title or None, uirevision="training-curves", hovermode="x unified")
+    if not epochs and not batches:
+        _waiting(fig, WAITING_TEXT)
+    return fig
+
+
+def compare_curves(histories: dict[str, list[dict]], metric: str = "val_acc") -> go.Figure:
+    """One line per run (name -> its metrics.jsonl events) of an epoch-event metric against epoch."""
+    fig = go.Figure()
+    colors = _distinct_colors(histories)
+    for name, events in histories.items():
+        epochs = [e for e in epoch_events(events) if _num(e.get(metric)) is not None]
+        if not epochs:
+            continue
+        fig.add_trace(go.Scatter(x=[int(e["epoch"]) for e in epochs], y=[_num(e[metric]) for e in epochs],
+                                 mode="lines+markers", name=name, line={"color": colors[name], "width": 2.5}))
+    label = METRIC_LABELS.get(metric, metric)
+    fig.update_layout(title=label.capitalize(), xaxis_title="epoch", yaxis_title=label, hovermode="x unified")
+    fig.update_xaxes(dtick=1)
+    if metric in FRACTION_METRICS:
+        fig.update_yaxes(tickformat=".0%")
+    if not fig.data:
+        _waiting(fig, f"No {label} recorded yet")
+    return fig
+
+
+def _auc_text(auc: float | None) -> str:
+    auc = _num(auc)
+    return "AUC n/a" if auc is None else f"AUC {auc:.3f}"
+
+
+def roc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray, float]]) -> go.Figure:
+    """ROC curves, name -> (fpr, tpr, auc), over a dashed chance diagonal; the legend shows each AUC."""
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance",
+                             line={"color": NEUTRAL_COLOR, "dash": "dash", "width": 1}))
+    colors = _distinct_colors(curves)
+    for name, (fpr, tpr, auc) in curves.items():
+        fig.add_trace(go.Scatter(x=np.asarray(fpr, dtype=float), y=np.asarray(tpr, dtype=float),
+                                 mode="lines", name=f"{name} ({_auc_text(auc)})",
+                                 line={"color": colors[name], "width": 2.5}))
+    fig.update_layout(title="ROC", xaxis_title="false positive rate (1 - specificity)",
+                      yaxis_title="true positive rate (sensitivity)")
+    fig.update_xaxes(range=[0, 1], constrain="domain")
+    # Equal scales so the curve's shape, and the diagonal's 45°, are not distorted.
+    fig.update_yaxes(range=[0, 1.0], scaleanchor="x", scaleratio=1, constrain="domain")
+    return fig
+
+
+def confusion_figure(cm: np.ndarray, classes: Sequence[str], title: str = "") -> go.Figure:
+    """Confusion-matrix heatmap: true class on y (top to bottom), predicted on x; each cell shows its
+    count and its share of the true class's row."""
+    cm = np.asarray(cm)
+    classes = [str(c) for c in classes]
+    if cm.shape != (len(classes), len(classes)):
+        raise ValueError(f"confusion matrix shape {cm.shape} does not match {len(classes)} classes {classes}")
+    rows = cm.sum(axis=1)
+    # A class absent from the true labels has an all-zero row with no share to show.
+    text = [[f"{int(c)}<br>({c / total:.1%})" if total else f"{int(c)}" for c in row]
+            for row, total in zip(cm, rows, strict=True)]
+    fig = go.Figure(go.Heatmap(z=cm, x=classes, y=classes, text=text, texttemplate="%{text}",
+                               colorscale="Blues", showscale=False,
+                               hovertemplate="true %{y}, predicted %{x}: %{z}<extra></extra>"))
+    fig.update_layout(title=title or None, xaxis_title="predicted", yaxis_title="true")
+    fig.update_xaxes(type="category", side="bottom")
+    fig.update_yaxes(type="category", autorange="reversed")
+    return fig
+
+
+def probability_bars(probs: dict[str, float], title: str = "") -> go.Figure:
+    """Horizontal bars of class probabilities (fractions 0..1, drawn as 0..100 %), the top class in its
+    class colour and the others grey."""
+    names = [str(k) for k in probs]
+    values = [(_num(v) or 0.0) * 100 for v in probs.values()]
+    top = int(np.argmax(values)) if values else -1
+    colors = [class_color(n) if i == top else NEUTRAL_COLOR for i, n in enumerate(names)]
+    fig = go.Figure(go.Bar(x=values, y=names, orientation="h", marker_color=colors,
+                           text=[f"{v:.1f} %" for v in values], textposition="auto",
+                           hovertemplate="%{y}: %{x:.1f} %<extra></extra>"))
+    fig.update_layout(title=title or None, xaxis_title="probability (%)", showlegend=False)
+    fig.update_xaxes(range=[0, 100], ticksuffix=" %")
+    fig.update_yaxes(type="category", autorange="reversed")
+    return fig
+
+
+def reliability_figure(bins: pd.DataFrame) -> go.Figure:
+    """Reliability diagram from `metrics.reliability_bins`: accuracy against mean confidence of each
+    non-empty bin, over the diagonal of perfect calibration."""
+    full = bins[bins["count"] > 0]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration",
+                             line={"color": NEUTRAL_COLOR, "dash": "dash", "width": 1}))
+    fig.add_trace(go.Scatter(x=full["confidence"].to_numpy(float), y=full["accuracy"].to_numpy(float),
+                             mode="lines+markers", name="model", line={"color": TRAIN_COLOR, "width": 2.5},
+                             customdata=full["count"].to_numpy(int),
+                             hovertemplate="confidence %{x:.1%}<br>accuracy %{y:.1%}<br>"
+                                           "%{customdata} images<extra></extra>"))
+    fig.update_layout(title="Reliability", xaxis_title="confidence (top-class probability)",
+                      yaxis_title="accuracy")
+    fig.update_xaxes(range=[0, 1], tickformat=".0%", constrain="domain")
+    fig.update_yaxes(range=[0, 1.0], tickformat=".0%", scaleanchor="x", scaleratio=1, constrain="domain")
+    return fig
+
+
+def per_subject_figure(df: pd.DataFrame, classes: Sequence[str] | None = None) -> go.Figure:
+    """Bar per subject of its cell accuracy (from `metrics.per_subject`), coloured by the subject's
+    class; `classes` names the integer labels. Subjects keep the table's order (worst first)."""
+    order = [str(s) for s in df["subject"]]
+
+    def class_name(label: Any) -> str:
+        if classes is not None and isinstance(label, (int, np.integer)) and 0 <= int(label) < len(classes):
+            return str(classes[int(label)])
+        return str(label)
+
+    names = df["label"].map(class_name)
+    fig = go.Figure()
+    for name in dict.fromkeys(names):
+        part = df[names == name]
+        fig.add_trace(go.Bar(x=part["subject"].astype(str), y=part["accuracy"].to_numpy(float), name=name,
+                             marker_color=class_color(name), customdata=part["n"].to_numpy(int),
+                             hovertemplate="subject %{x}: %{y:.1%} of %{customdata} cells<extra></extra>"))
+    fig.update_layout(title="Accuracy per subject", xaxis_title="subject", yaxis_title="cell accuracy",
+                      legend_title_text="class")
+    # One trace per class, each subject in one of them: "overlay" stops Plotly reserving a side-by-side
+    # slot per trace in every category, which would draw thin, off-centre bars.
+    fig.update_layout(barmode="overlay")
+    # Subject ids like "11" must stay categories, in the table's order rather than numeric order.
+    fig.update_xaxes(type="category", categoryorder="array", categoryarray=order)
+    fig.update_yaxes(range=[0, 1.0], tickformat=".0%")
+    return fig

@@ -1,0 +1,478 @@
+"""Dataset sources (demo, C-NMC as downloaded, class-per-folder trees, zips), the index table, splits and the image cache."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import IO, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+CNMC_CLASSES = ("hem", "all")  # index = the C-NMC labels CSV's value: 0 = hem (normal), 1 = all (blast)
+IMAGE_EXTS = {".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".webp"}
+MAX_PIXELS = 40_000_000  # a 450x450 cell is 0.2 MP; anything this large is a decompression bomb
+MAX_ZIP_BYTES = 4 << 30  # uncompressed total
+MAX_ZIP_RATIO = 200  # per entry; BMPs of cells on black compress well, but not this well
+CNMC_NAME = re.compile(r"^UID_([A-Za-z]*\d+)_(\d+)_(\d+)_(all|hem)\.[A-Za-z]+$")
+
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+class DataError(ValueError):
+    """A dataset or image that cannot be used; the message says why and what to do."""
+
+
+class ImageError(DataError):
+    """One image that cannot be decoded."""
+
+
+@dataclass
+class Dataset:
+    name: str  # what the user typed: "demo" or a path
+    root: Path
+    kind: str  # "demo", "cnmc" or "folder"
+    classes: tuple[str, ...]
+    index: pd.DataFrame  # columns: path, label, subject, fold, set
+    fingerprint: str
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+
+    @property
+    def train_rows(self) -> pd.DataFrame:
+        return self.index[self.index["set"] == "train"]
+
+    @property
+    def has_subjects(self) -> bool:
+        return bool((self.train_rows["subject"] != "").all()) and len(self.train_rows) > 0
+
+    @property
+    def positive(self) -> int:
+        return self.classes.index("all") if "all" in self.classes else len(self.classes) - 1
+
+
+# ---------------------------------------------------------------------------------------------- images
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode to 8-bit RGB: 16-bit and float greyscale are rescaled, alpha is composited on black."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        lo, hi = float(a.min()), float(a.max())
+        a = (a - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(a)
+        img = Image.fromarray(a.astype(np.uint8), "L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        bg = Image.new("RGBA", img.size, (0, 0, 0, 255))  # cells sit on black
+        img = Image.alpha_composite(bg, img)
+    return img.convert("RGB")
+
+
+def crop_to_cell(a: np.ndarray, threshold: int = 10, margin: float = 0.04) -> np.ndarray:
+    """Crop a cell-on-black image to a square around the cell (the black border carries no signal)."""
+    mask = a.max(axis=2) > threshold
+    if mask.sum() < 16:
+        return a
+    ys, xs = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    y0, y1, x0, x1 = ys[0], ys[-1] + 1, xs[0], xs[-1] + 1
+    side = int(max(y1 - y0, x1 - x0) * (1 + 2 * margin)) + 1
+    cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
+    out = np.zeros((side, side, 3), dtype=a.dtype)
+    sy0, sx0 = cy - side // 2, cx - side // 2
+    ty0, tx0 = max(0, -sy0), max(0, -sx0)
+    src = a[max(0, sy0):sy0 + side, max(0, sx0):sx0 + side]
+    out[ty0:ty0 + src.shape[0], tx0:tx0 + src.shape[1]] = src
+    return out
+
+
+def load_image(src: str | Path | IO[bytes], size: int, crop: bool = True) -> np.ndarray:
+    """Decode one image file into uint8 RGB (size, size, 3): the one decoding path for cache and prediction."""
+    name = getattr(src, "name", str(src))
+    try:
+        with Image.open(src) as img:
+            img.seek(0)  # animated images: the first frame
+            img = ImageOps.exif_transpose(_to_rgb(img))
+            a = np.asarray(img)
+    except Image.DecompressionBombError:
+        raise ImageError(f"{Path(name).name}: image too large (over {MAX_PIXELS:,} pixels)") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
+        raise ImageError(f"{Path(name).name}: not a readable image ({e.__class__.__name__}: {e})") from None
+    if a.ndim != 3 or a.shape[0] < 2 or a.shape[1] < 2:
+        raise ImageError(f"{Path(name).name}: image is empty or too small")
+    if crop:
+        a = crop_to_cell(a)
+    if a.shape[0] != a.shape[1]:  # pad to square on black so the cell is never stretched
+        side = max(a.shape[:2])
+        sq = np.zeros((side, side, 3), np.uint8)
+        oy, ox = (side - a.shape[0]) // 2, (side - a.shape[1]) // 2
+        sq[oy:oy + a.shape[0], ox:ox + a.shape[1]] = a
+        a = sq
+    if a.shape[0] != size:
+        a = np.asarray(Image.fromarray(a).resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0))
+    return np.ascontiguousarray(a, dtype=np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------- sources
+
+def parse_cnmc_name(name: str) -> tuple[str, int, int, str] | None:
+    """'UID_h3_4_1_hem.bmp' -> ('h3', 4, 1, 'hem'); None when the name does not follow C-NMC."""
+    m = CNMC_NAME.match(name)
+    if not m:
+        return None
+    return m.group(1), int(m.group(2)), int(m.group(3)), m.group(4)
+
+
+def _is_image(p: Path) -> bool:
+    return p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".")
+
+
+def find_cnmc_root(path: Path) -> Path | None:
+    for cand in (path, path / "C-NMC_Leukemia", *sorted(p for p in path.iterdir() if p.is_dir())):
+        if (cand / "training_data").is_dir():
+            return cand
+    return None
+
+
+def _index_cnmc(root: Path, skipped: list) -> pd.DataFrame:
+    rows = []
+    for fold_dir in sorted((root / "training_data").glob("fold_*")):
+        try:
+            fold = int(fold_dir.name.split("_")[1])
+        except (IndexError, ValueError):
+            continue
+        for cls_dir in sorted(p for p in fold_dir.iterdir() if p.is_dir()):
+            if cls_dir.name not in CNMC_CLASSES:
+                continue
+            for f in sorted(cls_dir.iterdir()):
+                if not _is_image(f):
+                    skipped.append((str(f), "not an image file"))
+                    continue
+                parsed = parse_cnmc_name(f.name)
+                subject = parsed[0] if parsed else ""
+                rows.append((str(f), CNMC_CLASSES.index(cls_dir.name), subject, fold, "train"))
+    val = root / "validation_data"
+    labels = val / "C-NMC_test_prelim_phase_data_labels.csv"
+    if labels.is_file():
+        with open(labels, newline="") as fh:
+            for rec in csv.DictReader(fh):
+                f = val / "C-NMC_test_prelim_phase_data" / rec["new_names"]
+                if not f.is_file():
+                    skipped.append((str(f), "listed in the labels CSV but missing"))
+                    continue
+                parsed = parse_cnmc_name(rec.get("Patient_ID", ""))
+                rows.append((str(f), int(rec["labels"]), parsed[0] if parsed else "", -1, "prelim"))
+    final = root / "testing_data" / "C-NMC_test_final_phase_data"
+    if final.is_dir():
+        for f in sorted(final.iterdir(), key=lambda p: (len(p.name), p.name)):
+            if _is_image(f):
+                rows.append((str(f), -1, "", -1, "final"))
+    return pd.DataFrame(rows, columns=["path", "label", "subject", "fold", "set"])
+
+
+def _index_folder(root: Path, skipped: list) -> tuple[pd.DataFrame, tuple[str, ...]]:
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
+    if not class_dirs:
+        raise DataError(f"{root} has no sub-folders: expected one sub-folder per class (e.g. all/ and hem/) "
+                        "or the C-NMC layout (training_data/fold_*/all|hem)")
+    rows = []
+    classes = []
+    for d in class_dirs:
+        files = [f for f in sorted(d.rglob("*")) if f.is_file()]
+        images = [f for f in files if _is_image(f)]
+        skipped.extend((str(f), "not an image file") for f in files if not _is_image(f))
+        if not images:
+            continue
+        classes.append(d.name)
+        for f in images:
+            parsed = parse_cnmc_name(f.name)
+            rows.append((str(f), len(classes) - 1, parsed[0] if parsed else "", -1, "train"))
+    return pd.DataFrame(rows, columns=["path", "label", "subject", "fold", "set"]), tuple(classes)
+
+
+def extract_zip(zip_path: Path, dest: Path) -> Path:
+    """Extract a dataset zip safely: no paths outside dest, no links, size and ratio limits; returns the root."""
+    try:
+        zf = zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise DataError(f"{Path(zip_path).name}: not a readable zip file ({e})") from None
+    with zf:
+        total = 0
+        members = []
+        for info in zf.infolist():
+            name = info.filename
+            if name.startswith(("/", "\\")) or ".." in Path(name.replace("\\", "/")).parts or ":" in name:
+                raise DataError(f"{Path(zip_path).name}: unsafe entry {name!r} (absolute path or '..')")
+            if (info.external_attr >> 16) & 0o170000 == 0o120000:
+                raise DataError(f"{Path(zip_path).name}: entry {name!r} is a symbolic link; links are refused")
+            total += info.file_size
+            if total > MAX_ZIP_BYTES:
+                raise DataError(f"{Path(zip_path).name}: expands to over {MAX_ZIP_BYTES >> 30} GB; refused")
+            if info.compress_size and info.file_size / info.compress_size > MAX_ZIP_RATIO and info.file_size > 1 << 20:
+                raise DataError(f"{Path(zip_path).name}: entry {name!r} is compressed {info.file_size // info.compress_size}:1, "
+                                "a zip bomb; refused")
+            if "__MACOSX" in name:
+                continue
+            members.append(info)
+        tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest.parent))
+        try:
+            for info in members:
+                target = (tmp / info.filename).resolve()
+                if not str(target).startswith(str(tmp.resolve())):
+                    raise DataError(f"unsafe entry {info.filename!r}")
+                if info.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(info) as s, open(target, "wb") as d:
+                    shutil.copyfileobj(s, d, 1 << 20)
+            if dest.exists():
+                shutil.rmtree(dest)
+            os.replace(tmp, dest)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    # a single top folder (zip of a folder) is unwrapped
+    entries = [p for p in dest.iterdir() if not p.name.startswith(".")]
+    if len(entries) == 1 and entries[0].is_dir() and find_cnmc_root(dest) is None:
+        return entries[0]
+    return dest
+
+
+def _fingerprint(index: pd.DataFrame, root: Path, classes: Sequence[str]) -> str:
+    """Content identity: relative paths, labels, sizes and modification times of every file."""
+    h = hashlib.sha256(("|".join(classes)).encode())
+    for path, label in zip(index["path"], index["label"]):
+        st = os.stat(path)
+        h.update(f"{os.path.relpath(path, root)}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("LEUKVIZ_HOME", Path.home() / ".leukviz")).expanduser()
+
+
+def open_dataset(spec: str | Path = "demo", cache_dir: Path | None = None) -> Dataset:
+    """Open 'demo', a C-NMC root, a class-per-folder tree, or a .zip of either; index it and fingerprint it."""
+    cache_dir = Path(cache_dir) if cache_dir else default_home() / "cache"
+    name = str(spec)
+    skipped: list[tuple[str, str]] = []
+    if name == "demo":
+        from leukviz.synthetic import DEMO_VERSION, ensure_demo
+
+        root = ensure_demo(cache_dir / "demo")
+        index = _index_cnmc(root, skipped)
+        # Generated content is identified by its generator, not file times (regeneration gives new mtimes).
+        fp = hashlib.sha256(f"demo-v{DEMO_VERSION}-s0-{len(index)}".encode()).hexdigest()[:16]
+        return Dataset(name, root, "demo", CNMC_CLASSES, index, fp, skipped)
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise DataError(f"dataset path does not exist: {path}. Give 'demo', a C-NMC folder, "
+                        "a folder with one sub-folder per class, or a .zip of either.")
+    if path.is_file():
+        if path.suffix.lower() != ".zip":
+            raise DataError(f"{path} is a file; a dataset is a folder or a .zip")
+        digest = hashlib.sha256(f"{path.resolve()}:{path.stat().st_size}:{path.stat().st_mtime_ns}".encode())
+        dest = cache_dir / "zips" / digest.hexdigest()[:16]
+        if not (dest / ".complete").exists():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            extract_zip(path, dest)
+            (dest / ".complete").touch()
+        entries = [p for p in dest.iterdir() if not p.name.startswith(".")]
+        path = entries[0] if len(entries) == 1 and entries[0].is_dir() and find_cnmc_root(dest) is None else dest
+    if not path.is_dir():
+        raise DataError(f"{path} is not a folder")
+    root = find_cnmc_root(path)
+    if root is not None:
+        index = _index_cnmc(root, skipped)
+        kind, classes = "cnmc", CNMC_CLASSES
+    else:
+        root = path
+        index, classes = _index_folder(root, skipped)
+        kind = "folder"
+    train = index[index["set"] == "train"]
+    if len(train) == 0:
+        raise DataError(f"no training images found in {root}")
+    present = sorted(set(train["label"]))
+    if len(present) < 2:
+        only = classes[present[0]] if present else "none"
+        raise DataError(f"{root} has images of one class only ({only}); a classifier needs at least two classes")
+    return Dataset(name, root, kind, tuple(classes), index.reset_index(drop=True),
+                   _fingerprint(index, root, classes), skipped)
+
+
+# ---------------------------------------------------------------------------------------------- splits
+
+@dataclass
+class Split:
+    train: np.ndarray  # row numbers of Dataset.index
+    val: np.ndarray
+    method: str
+    leaky: bool
+    description: str
+
+    def summary(self) -> dict:
+        return {"method": self.method, "leaky": self.leaky, "description": self.description,
+                "n_train": int(len(self.train)), "n_val": int(len(self.val))}
+
+
+def make_split(ds: Dataset, method: str = "subject", val_fraction: float = 0.2, seed: int = 0,
+               val_fold: int = 0) -> Split:
+    """Split the training rows: by subject (default), by official fold, or by image (leaky)."""
+    train = ds.train_rows
+    rng = np.random.default_rng(seed)
+    if method == "subject":
+        if not ds.has_subjects:
+            n_unknown = int((train["subject"] == "").sum())
+            raise DataError(f"subject split impossible: {n_unknown} images have no subject id (file names are not "
+                            "C-NMC style UID_<subject>_<image>_<cell>_<class>). Use split 'image' (leaky: "
+                            "cells of one person on both sides) or name files by subject.")
+        val_rows: list[int] = []
+        for label in sorted(set(train["label"])):
+            part = train[train["label"] == label]
+            subjects = sorted(set(part["subject"]))
+            if len(subjects) < 2:
+                raise DataError(f"subject split impossible: class {ds.classes[label]!r} has one subject only "
+                                f"({subjects[0]}); use split 'image' (leaky) or add subjects")
+            rng.shuffle(subjects)
+            counts = part.groupby("subject").size()
+            # Take whole subjects in a seeded order while they fit ~val_fraction of the class; a subject
+            # that would overshoot by half is passed over. One subject per class always stays in training.
+            target, taken, chosen = val_fraction * len(part), 0, []
+            for s in subjects:
+                if taken >= target or len(chosen) == len(subjects) - 1:
+                    break
+                if taken + counts[s] <= 1.5 * target:
+                    chosen.append(s)
+                    taken += counts[s]
+            if not chosen:
+                chosen = [min(subjects, key=lambda s: counts[s])]
+            for s in chosen:
+                val_rows.extend(part.index[part["subject"] == s])
+        val = np.array(sorted(val_rows), dtype=np.int64)
+        tr = np.array(sorted(set(train.index) - set(val_rows)), dtype=np.int64)
+        n_val_subj = train.loc[val, "subject"].nunique()
+        desc = f"by subject: {n_val_subj} of {train['subject'].nunique()} subjects held out for validation"
+        return Split(tr, val, "subject", False, desc)
+    if method == "folds":
+        folds = sorted(set(train["fold"]) - {-1})
+        if val_fold not in folds:
+            raise DataError(f"fold split needs official folds; validation fold {val_fold} not in {folds or 'none'}"
+                            " (only the C-NMC layout and the demo have folds)")
+        val = np.array(train.index[train["fold"] == val_fold], dtype=np.int64)
+        tr = np.array(train.index[train["fold"] != val_fold], dtype=np.int64)
+        if len(tr) == 0:
+            raise DataError("fold split leaves no training images")
+        return Split(tr, val, "folds", False, f"official folds: fold {val_fold} for validation")
+    if method == "image":
+        val_rows = []
+        for label in sorted(set(train["label"])):
+            rows = np.array(train.index[train["label"] == label])
+            rng.shuffle(rows)
+            val_rows.extend(rows[: max(1, int(round(val_fraction * len(rows))))])
+        val = np.array(sorted(val_rows), dtype=np.int64)
+        tr = np.array(sorted(set(train.index) - set(val_rows)), dtype=np.int64)
+        return Split(tr, val, "image", True,
+                     "random by image (LEAKY: cells of one person on both sides; inflates scores)")
+    raise DataError(f"unknown split {method!r}; choose one of: subject, folds, image")
+
+
+# ---------------------------------------------------------------------------------------------- cache
+
+def _decode_chunk(args: tuple[str, list[tuple[int, str]], int, bool]) -> list[tuple[int, str]]:
+    cache_path, items, size, crop = args
+    arr = np.load(cache_path, mmap_mode="r+")
+    failed = []
+    for i, path in items:
+        try:
+            arr[i] = load_image(path, size, crop)
+        except ImageError as e:
+            failed.append((i, str(e)))
+    arr.flush()
+    return failed
+
+
+def image_cache(ds: Dataset, size: int, crop: bool, cache_dir: Path | None = None, workers: int | None = None,
+                progress: callable | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Decode every indexed image once into a memory-mapped uint8 array (N, size, size, 3).
+
+    Returns (images, ok): ok[i] is False for files that could not be decoded (skipped, counted).
+    Keyed by the dataset fingerprint, so a changed dataset never reuses a stale cache.
+    """
+    cache_dir = Path(cache_dir) if cache_dir else default_home() / "cache"
+    folder = cache_dir / "images"
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = folder / f"{ds.fingerprint}-{size}-{'crop' if crop else 'full'}"
+    data_path, ok_path = Path(f"{stem}.npy"), Path(f"{stem}.ok.npy")
+    n = len(ds.index)
+    if data_path.exists() and ok_path.exists():
+        ok = np.load(ok_path)
+        if len(ok) == n:
+            return np.load(data_path, mmap_mode="r"), ok
+    tmp = Path(f"{stem}.{os.getpid()}.tmp.npy")
+    arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
+    del arr
+    paths = list(enumerate(ds.index["path"]))
+    workers = workers or min(os.cpu_count() or 1, 4)
+    chunk = max(16, min(256, n // (workers * 4) + 1))
+    jobs = [(str(tmp), paths[i:i + chunk], size, crop) for i in range(0, n, chunk)]
+    failed: list[tuple[int, str]] = []
+    done = 0
+    if workers > 1 and n > 64:
+        with get_context("spawn").Pool(workers) as pool:  # fork after torch started threads can deadlock
+            for res, job in zip(pool.imap(_decode_chunk, jobs), jobs):
+                failed.extend(res)
+                done += len(job[1])
+                if progress:
+                    progress(done, n)
+    else:
+        for job in jobs:
+            failed.extend(_decode_chunk(job))
+            done += len(job[1])
+            if progress:
+                progress(done, n)
+    ok = np.ones(n, dtype=bool)
+    for i, reason in failed:
+        ok[i] = False
+        ds.skipped.append((ds.index["path"].iloc[i], reason))
+    np.save(ok_path, ok)
+    os.replace(tmp, data_path)
+    return np.load(data_path, mmap_mode="r"), ok
+
+
+def inspect(ds: Dataset) -> dict:
+    """Counts per class, fold, subject and set, for `data inspect` and the Data page."""
+    idx = ds.index
+    tr = ds.train_rows
+    cls = lambda s: [ds.classes[i] if i >= 0 else "unlabeled" for i in s]  # noqa: E731
+    out = {
+        "name": ds.name, "root": str(ds.root), "kind": ds.kind, "classes": list(ds.classes),
+        "fingerprint": ds.fingerprint, "n_images": int(len(idx)), "n_train": int(len(tr)),
+        "per_class": {c: int((tr["label"] == i).sum()) for i, c in enumerate(ds.classes)},
+        "per_fold": {}, "per_subject": {}, "sets": {k: int(v) for k, v in idx["set"].value_counts().items()},
+        "skipped": len(ds.skipped), "subject_split_possible": ds.has_subjects,
+    }
+    for fold, part in tr[tr["fold"] >= 0].groupby("fold"):
+        out["per_fold"][str(fold)] = {c: int((part["label"] == i).sum()) for i, c in enumerate(ds.classes)}
+    for subj, part in tr[tr["subject"] != ""].groupby("subject"):
+        out["per_subject"][str(subj)] = {"class": cls(part["label"].iloc[:1])[0], "n": int(len(part))}
+    prelim = idx[idx["set"] == "prelim"]
+    out["prelim"] = {"n": int(len(prelim)), "per_class": {c: int((prelim["label"] == i).sum())
+                                                         for i, c in enumerate(ds.classes)}}
+    out["final_unlabeled"] = int((idx["set"] == "final").sum())
+    return out
+
+
+def iter_images(paths: Iterable[str | Path], size: int, crop: bool) -> Iterable[tuple[str, np.ndarray | None, str]]:
+    """Yield (path, image or None, error) for prediction over loose files."""
+    for p in paths:
+        try:
+            yield str(p), load_image(p, size, crop), ""
+        except ImageError as e:
+            yield str(p), None, str(e)

@@ -1,0 +1,423 @@
+"""The training loop: fit, train_one_epoch, evaluate. It announces named events and knows nothing of any UI."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DistributedSampler
+
+from leukviz import backbones, data
+from leukviz.config import RunConfig
+from leukviz.metrics import weighted_f1
+from leukviz.storage import atomic_write_bytes, atomic_write_json, atomic_torch_save
+
+Emit = Callable[[dict], None]
+CHECKPOINT = "model.safetensors"
+SIDECAR = "model.json"
+RESUME = "last.pt"
+PREDICTIONS = "val_predictions.csv"
+
+
+class Stopped(Exception):
+    """Raised between batches when a stop was requested; the resumable state is already saved."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+# ---------------------------------------------------------------------------------------------- setup
+
+def pick_device(pref: str = "auto") -> torch.device:
+    """CUDA, else Apple MPS, else CPU (or the one asked for)."""
+    if pref != "auto":
+        return torch.device(pref)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return {"mps": "Apple GPU (MPS)"}.get(device.type, f"CPU ({torch.get_num_threads()} threads)")
+
+
+def cpu_has_bf16() -> bool:
+    """True where the CPU has native bf16 matrix instructions (AVX512-BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for this precision setting on this device; None means plain fp32."""
+    if precision == "fp32":
+        return None
+    if device.type == "cuda":
+        if precision == "fp16":
+            return torch.float16
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu":
+        if precision == "bf16" or (precision == "auto" and os.environ.get("LEUKVIZ_CPU_BF16") == "1"
+                                   and cpu_has_bf16()):
+            return torch.bfloat16
+        return None
+    return None  # MPS: fp32
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def on(self) -> bool:
+        return self.world > 1
+
+
+def init_distributed(device_pref: str = "auto") -> tuple[Dist, torch.device]:
+    """Join the process group torchrun set up (if any); one process otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist(), pick_device(device_pref)
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0))
+    device = pick_device(device_pref)
+    if device.type == "cuda":
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    if not dist.is_initialized():
+        import datetime
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(seconds=int(os.environ.get("LEUKVIZ_DIST_TIMEOUT", 600))))
+    return Dist(rank, world, local), device
+
+
+def make_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(cfg: RunConfig, opt: torch.optim.Optimizer, total_steps: int):
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total_steps), eta_min=cfg.lr * 0.01)
+    return torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
+
+
+def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights (sklearn's 'balanced'): each class contributes equally to the loss."""
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    w = len(labels) / (n_classes * np.maximum(counts, 1))
+    return torch.tensor(w, dtype=torch.float32)
+
+
+# ---------------------------------------------------------------------------------------------- batches
+
+def augment(x: torch.Tensor, codes: torch.Tensor, jitter: torch.Tensor | None) -> torch.Tensor:
+    """Per-sample dihedral transforms of a uint8 NHWC batch (cells have no orientation), then colour jitter.
+
+    codes[i] in 0..7: bit 0 = horizontal flip, bits 1-2 = number of 90-degree turns. Applied by group so
+    it stays vectorised. jitter (B, 2) scales brightness and contrast for the 'full' preset.
+    """
+    out = x.clone()
+    for code in codes.unique().tolist():
+        sel = (codes == code).nonzero().flatten()
+        part = out[sel]
+        if code & 1:
+            part = part.flip(2)
+        k = code >> 1
+        if k:
+            part = torch.rot90(part, k, dims=(1, 2))
+        out[sel] = part
+    if jitter is not None:
+        f = out.float()
+        mean = f.mean(dim=(1, 2, 3), keepdim=True)
+        f = (f - mean) * jitter[:, 1].view(-1, 1, 1, 1) + mean * jitter[:, 0].view(-1, 1, 1, 1)
+        out = f.clamp_(0, 255).to(torch.uint8)
+    return out
+
+
+def epoch_augment_tables(cfg: RunConfig, epoch: int, n: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Augmentation draws for every sample of an epoch, from (seed, epoch) alone: the same whatever the
+    number of processes, and the same after a resume."""
+    if cfg.augment == "none":
+        return None, None
+    g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    codes = torch.randint(0, 8, (n,), generator=g)
+    jitter = None
+    if cfg.augment == "full":
+        jitter = 1.0 + (torch.rand((n, 2), generator=g) - 0.5) * 0.3
+    return codes, jitter
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, d: Dist) -> list[np.ndarray]:
+    """This process's batches for one epoch. Uses DistributedSampler in every case, so one process and N
+    processes see the same global batches (rank r takes every W-th sample of the shuffled order)."""
+    sampler = DistributedSampler(range(n), num_replicas=d.world, rank=d.rank, shuffle=True, seed=seed)
+    sampler.set_epoch(epoch)
+    idx = np.fromiter(iter(sampler), dtype=np.int64)
+    per_rank = max(1, batch_size // d.world)
+    return [idx[i:i + per_rank] for i in range(0, len(idx), per_rank)]
+
+
+def to_input(x_uint8: torch.Tensor, backbone: str, device: torch.device) -> torch.Tensor:
+    non_blocking = device.type == "cuda"
+    if non_blocking:
+        x_uint8 = x_uint8.pin_memory()
+    return backbones.normalize(x_uint8.to(device, non_blocking=non_blocking), backbone)
+
+
+# ---------------------------------------------------------------------------------------------- loop
+
+def set_train_mode(model: nn.Module, frozen: list[nn.Module], freeze_bn: bool) -> None:
+    model.train()
+    for m in frozen:
+        m.eval()  # frozen layers keep their statistics
+    if freeze_bn:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, images: np.ndarray | torch.Tensor, labels: np.ndarray, backbone: str,
+             device: torch.device, criterion: nn.Module | None = None, batch_size: int = 64,
+             amp: torch.dtype | None = None) -> tuple[float, np.ndarray]:
+    """Eval mode, no gradients, evaluation preprocessing. Returns (mean loss, probabilities (N, C))."""
+    was_training = model.training
+    model.eval()
+    probs, loss_sum = [], 0.0
+    for i in range(0, len(images), batch_size):
+        x = to_input(torch.as_tensor(np.asarray(images[i:i + batch_size])), backbone, device)
+        with autocast(device, amp):
+            logits = model(x)
+        logits = logits.float()
+        if criterion is not None and labels is not None:
+            y = torch.as_tensor(labels[i:i + batch_size], device=device)
+            loss_sum += float(criterion(logits, y)) * len(y)
+        probs.append(torch.softmax(logits, dim=1).cpu())
+    model.train(was_training)
+    p = torch.cat(probs).numpy() if probs else np.zeros((0, 0))
+    return (loss_sum / max(1, len(images))), p
+
+
+def train_one_epoch(model, opt, sched, scaler, criterion, train_x: torch.Tensor, train_y: torch.Tensor,
+                    batches: list[np.ndarray], cfg: RunConfig, epoch: int, device: torch.device,
+                    amp: torch.dtype | None, d: Dist, emit: Emit, should_stop: Callable[[], bool],
+                    start_step: int = 0, running: list[float] | None = None,
+                    save_resume: Callable[[int, list[float]], None] | None = None) -> tuple[float, float, int]:
+    """One pass over this process's batches. Returns (mean loss, accuracy, images seen) across processes."""
+    loss_sum, correct, seen = running or [0.0, 0.0, 0.0]
+    codes, jitter = epoch_augment_tables(cfg, epoch, len(train_x))
+    steps = len(batches)
+    report_every = max(1, steps // 50)
+    for step in range(start_step, steps):
+        stop = should_stop()
+        if d.on:
+            flag = torch.tensor([1.0 if stop else 0.0])
+            dist.all_reduce(flag)
+            stop = bool(flag.item() > 0)
+        if stop:
+            if save_resume:
+                save_resume(step, [loss_sum, correct, seen])
+            raise Stopped(f"stopped at epoch {epoch}, step {step}/{steps}")
+        b = torch.from_numpy(batches[step])
+        xb = train_x[b]
+        if codes is not None:
+            xb = augment(xb, codes[b], None if jitter is None else jitter[b])
+        x = to_input(xb, cfg.backbone, device)
+        y = train_y[b].to(device, non_blocking=True)
+        with autocast(device, amp):
+            logits = model(x)
+            loss = criterion(logits.float(), y)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"loss became {float(loss)} at epoch {epoch}, step {step + 1}; training on it "
+                                   f"would give garbage. Lower the learning rate (now {cfg.lr:g}) or use fp32.")
+        opt.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+        sched.step()
+        stats = torch.tensor([float(loss.detach()) * len(y), float((logits.argmax(1) == y).sum()), float(len(y))])
+        if d.on:
+            dist.all_reduce(stats)
+        loss_sum += float(stats[0])
+        correct += float(stats[1])
+        seen += float(stats[2])
+        if (step + 1) % report_every == 0 or step + 1 == steps:
+            emit({"type": "batch", "epoch": epoch, "step": step + 1, "steps": steps, "loss": loss_sum / seen,
+                  "acc": correct / seen, "lr": opt.param_groups[0]["lr"], "time": time.time()})
+    return loss_sum / max(seen, 1), correct / max(seen, 1), int(seen)
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+def save_checkpoint(model: nn.Module, run_dir: Path, meta: dict) -> None:
+    """Best model as safetensors plus a JSON sidecar holding everything needed to rebuild it."""
+    from safetensors.torch import save
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write_bytes(run_dir / CHECKPOINT, save(state))
+    atomic_write_json(run_dir / SIDECAR, meta)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def prepare_data(cfg: RunConfig, cache_dir: Path | None, log: Callable[[str], None] = lambda s: None):
+    """Open the dataset, split it and read the cached images (decoding them once if needed)."""
+    ds = data.open_dataset(cfg.data, cache_dir)
+    split = data.make_split(ds, cfg.split, cfg.val_fraction, cfg.seed, cfg.val_fold)
+    t = time.time()
+    images, ok = data.image_cache(ds, cfg.image_size, cfg.crop, cache_dir)
+    log(f"image cache ready in {time.time() - t:.1f}s ({len(ds.index)} images at {cfg.image_size}px)")
+    train_idx = split.train[ok[split.train]]
+    val_idx = split.val[ok[split.val]]
+    if len(train_idx) == 0 or len(val_idx) == 0:
+        raise data.DataError("no readable images on one side of the split")
+    return ds, split, images, train_idx, val_idx
+
+
+def fit(cfg: RunConfig, run_dir: Path, emit: Emit, should_stop: Callable[[], bool] = lambda: False,
+        cache_dir: Path | None = None, resume: bool = False, device_pref: str = "auto",
+        log: Callable[[str], None] = print) -> dict:
+    """Train one run into run_dir. Returns the best epoch's validation metrics."""
+    d, device = init_distributed(device_pref)
+    torch.manual_seed(cfg.seed)
+    ds, split, images, train_idx, val_idx = prepare_data(cfg, cache_dir, log)
+    n_classes = len(ds.classes)
+    train_x = torch.from_numpy(np.ascontiguousarray(images[np.sort(train_idx)]))
+    order = np.sort(train_idx)
+    train_y = torch.as_tensor(ds.index["label"].to_numpy()[order], dtype=torch.long)
+    val_x = images[val_idx] if len(val_idx) < 4096 else images  # small val sets are read once into memory
+    val_rows = val_idx if val_x is images else np.arange(len(val_idx))
+    val_y = ds.index["label"].to_numpy()[val_idx]
+
+    model = backbones.build_model(cfg.backbone, n_classes, cfg.weights)
+    frozen = backbones.set_finetune(model, cfg.backbone, cfg.finetune)
+    model = model.to(device, memory_format=torch.channels_last)
+    weights = class_weights(train_y.numpy(), n_classes) if cfg.class_balance == "weighted_loss" else None
+    criterion = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device))
+    opt = make_optimizer(cfg, model.parameters())
+    steps_per_epoch = len(epoch_batches(len(train_x), cfg.batch_size, cfg.seed, 1, d))
+    sched = make_scheduler(cfg, opt, steps_per_epoch * cfg.epochs)
+    amp = autocast_dtype(cfg.precision, device)
+    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 and device.type == "cuda" else None
+    train_model: nn.Module = model
+    if d.on:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    start_epoch, start_step, running = 1, 0, None
+    best = {"val_f1": -1.0, "epoch": 0}
+    resume_path = run_dir / RESUME
+    if resume and resume_path.exists():
+        st = torch.load(resume_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        start_epoch, start_step = int(st["epoch"]), int(st["step"])
+        running = [float(v) for v in st["running"]] if start_step else None
+        best = {"val_f1": float(st["best_f1"]), "epoch": int(st["best_epoch"])}
+        log(f"resuming at epoch {start_epoch}, step {start_step}")
+
+    def save_resume(epoch: int, step: int, running_: list[float] | None) -> None:
+        if d.main:
+            atomic_torch_save({"model": _unwrap(model).state_dict(), "optimizer": opt.state_dict(),
+                               "scheduler": sched.state_dict(), "epoch": epoch, "step": step,
+                               "running": running_ or [0.0, 0.0, 0.0], "best_f1": best["val_f1"],
+                               "best_epoch": best["epoch"]}, resume_path)
+
+    meta = {"format": 1, "backbone": cfg.backbone, "classes": list(ds.classes), "positive": ds.positive,
+            "image_size": cfg.image_size, "crop": cfg.crop, "weights_init": cfg.weights,
+            "build_kwargs": backbones.build_kwargs(cfg.backbone, cfg.weights),
+            "mean": list(backbones.get_spec(cfg.backbone).mean), "std": list(backbones.get_spec(cfg.backbone).std),
+            "params": backbones.count_parameters(model), "dataset_fingerprint": ds.fingerprint,
+            "split": split.summary()}
+    if d.main:
+        emit({"type": "start" if start_epoch == 1 and start_step == 0 else "resume", "epoch": start_epoch - 1,
+              "step": start_step, "epochs": cfg.epochs, "steps_per_epoch": steps_per_epoch,
+              "device": device_name(device), "precision": str(amp).replace("torch.", "") if amp else "fp32",
+              "world_size": d.world, "n_train": int(len(train_x)), "n_val": int(len(val_idx)),
+              "split": split.summary(), "time": time.time()})
+    result: dict = {}
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout draws: repeatable, and the same after a resume
+        set_train_mode(train_model, frozen, cfg.freeze_bn)
+        batches = epoch_batches(len(train_x), cfg.batch_size, cfg.seed, epoch, d)
+        t0 = time.time()
+        tl, ta, seen = train_one_epoch(
+            train_model, opt, sched, scaler, criterion, train_x, train_y, batches, cfg, epoch, device, amp, d,
+            emit if d.main else (lambda e: None), should_stop, start_step, running,
+            lambda step, run: save_resume(epoch, step, run))
+        start_step, running = 0, None
+        train_seconds = time.time() - t0
+        vl, probs = evaluate(model, val_x if val_x is not images else images[val_idx], val_y, cfg.backbone,
+                             device, criterion, amp=amp)
+        pred = probs.argmax(1)
+        f1 = weighted_f1(val_y, pred)
+        ev = {"type": "epoch", "epoch": epoch, "epochs": cfg.epochs, "train_loss": tl, "train_acc": ta,
+              "val_loss": vl, "val_acc": float((pred == val_y).mean()), "val_f1": f1,
+              "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t0,
+              "images_per_s": seen / max(train_seconds, 1e-9), "time": time.time()}
+        if not all(math.isfinite(ev[k]) for k in ("train_loss", "val_loss")):
+            raise TrainingDiverged(f"validation loss became {vl} at epoch {epoch}; lower the learning rate")
+        if d.main:
+            if f1 > best["val_f1"]:
+                best = {"val_f1": f1, "epoch": epoch}
+                result = {k: ev[k] for k in ("val_loss", "val_acc", "val_f1", "train_loss", "train_acc")}
+                result["best_epoch"] = epoch
+                save_checkpoint(model, run_dir, {**meta, "epoch": epoch, "metrics": result})
+                write_predictions(run_dir / PREDICTIONS, ds, val_idx, probs)
+            save_resume(epoch + 1, 0, None)
+            emit(ev)
+    if d.main and not result:  # resumed after the best epoch: report what the checkpoint holds
+        result = json.loads((run_dir / SIDECAR).read_text()).get("metrics", {})
+    if d.on:
+        dist.barrier()
+    return result
+
+
+def write_predictions(path: Path, ds: data.Dataset, rows: np.ndarray, probs: np.ndarray) -> None:
+    part = ds.index.iloc[rows]
+    df = pd.DataFrame({"path": part["path"].to_numpy(), "subject": part["subject"].to_numpy(),
+                       "label": part["label"].to_numpy(), "pred": probs.argmax(1)})
+    for i, c in enumerate(ds.classes):
+        df[f"prob_{c}"] = probs[:, i]
+    atomic_write_bytes(path, df.to_csv(index=False).encode())

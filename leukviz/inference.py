@@ -1,0 +1,133 @@
+"""Load a finished run's model and predict: probabilities per class, optional test-time augmentation."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from leukviz import backbones, data
+from leukviz.engine import CHECKPOINT, SIDECAR, autocast, pick_device
+
+
+@dataclass
+class LoadedModel:
+    """A model rebuilt from its checkpoint and sidecar, in eval mode, with what it needs to preprocess."""
+
+    model: nn.Module
+    meta: dict
+    device: torch.device
+    run_dir: Path
+
+    @property
+    def backbone(self) -> str:
+        return self.meta["backbone"]
+
+    @property
+    def classes(self) -> list[str]:
+        return self.meta["classes"]
+
+    @property
+    def image_size(self) -> int:
+        return int(self.meta["image_size"])
+
+    @property
+    def crop(self) -> bool:
+        return bool(self.meta["crop"])
+
+    @property
+    def name(self) -> str:
+        return f"{backbones.get_spec(self.backbone).title} · {self.run_dir.name[:6]}"
+
+
+def load_model(run_dir: str | Path, device: str = "auto") -> LoadedModel:
+    """Rebuild the architecture from the sidecar, then load the safetensors weights (no code is executed)."""
+    from safetensors.torch import load_file
+
+    run_dir = Path(run_dir)
+    sidecar, weights = run_dir / SIDECAR, run_dir / CHECKPOINT
+    if not sidecar.exists() or not weights.exists():
+        raise FileNotFoundError(f"run {run_dir.name} has no checkpoint yet (is it finished?)")
+    meta = json.loads(sidecar.read_text())
+    spec = backbones.get_spec(meta["backbone"])
+    model = spec.builder(weights=None, **meta.get("build_kwargs", {}))
+    backbones._replace_head(model, spec, len(meta["classes"]))
+    model.load_state_dict(load_file(str(weights)))
+    dev = pick_device(device)
+    model = model.to(dev, memory_format=torch.channels_last).eval()
+    return LoadedModel(model, meta, dev, run_dir)
+
+
+TTA_CODES = (0, 1, 2, 3, 4, 5, 6, 7)  # the 8 dihedral transforms: flips and 90-degree turns
+
+
+@torch.inference_mode()
+def predict_arrays(lm: LoadedModel, images: np.ndarray, tta: bool = False, batch_size: int = 64) -> np.ndarray:
+    """uint8 (N, S, S, 3) images at the model's size -> probabilities (N, C). TTA averages the dihedral views."""
+    from leukviz.engine import augment
+
+    out = []
+    for i in range(0, len(images), batch_size):
+        xb = torch.as_tensor(np.asarray(images[i:i + batch_size]))
+        views = [xb] if not tta else [augment(xb, torch.full((len(xb),), c), None) for c in TTA_CODES]
+        p = 0
+        for v in views:
+            x = backbones.normalize(v.to(lm.device), lm.backbone)
+            with autocast(lm.device, None):
+                p = p + torch.softmax(lm.model(x).float(), dim=1)
+        out.append((p / len(views)).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, len(lm.classes)))
+
+
+def prepare(lm: LoadedModel, src) -> np.ndarray:
+    """One image file (path or file-like) as the model sees it: the same decoding as training's cache."""
+    return data.load_image(src, lm.image_size, lm.crop)
+
+
+def predict_files(lm: LoadedModel, paths: Sequence[str | Path], tta: bool = False) -> list[dict]:
+    """Predict loose image files; unreadable ones come back with an error instead of probabilities."""
+    rows, good, arrays = [], [], []
+    for path, arr, err in data.iter_images(paths, lm.image_size, lm.crop):
+        rows.append({"file": path, "error": err})
+        if arr is not None:
+            good.append(len(rows) - 1)
+            arrays.append(arr)
+    if arrays:
+        probs = predict_arrays(lm, np.stack(arrays), tta=tta)
+        for j, i in enumerate(good):
+            rows[i].update(prediction_record(lm, probs[j]))
+    return rows
+
+
+def prediction_record(lm: LoadedModel, prob: np.ndarray) -> dict:
+    k = int(np.argmax(prob))
+    return {"predicted": lm.classes[k], "confidence": float(prob[k]),
+            **{f"prob_{c}": float(p) for c, p in zip(lm.classes, prob)}}
+
+
+def evaluate_dataset(lm: LoadedModel, dataset: str | Path, cache_dir: Path | None = None, tta: bool = False) -> dict:
+    """Score a run on labelled data it did not train on: a C-NMC root's preliminary test set (labels CSV),
+    or every image of a class-per-folder tree."""
+    from leukviz import metrics
+
+    ds = data.open_dataset(dataset, cache_dir)
+    if list(ds.classes) != list(lm.classes):
+        raise data.DataError(f"dataset classes {list(ds.classes)} differ from the model's {lm.classes}")
+    sets = ["prelim"] if (ds.index["set"] == "prelim").any() else ["train"]
+    rows = np.flatnonzero(ds.index["set"].isin(sets).to_numpy() & (ds.index["label"] >= 0).to_numpy())
+    images, ok = data.image_cache(ds, lm.image_size, lm.crop, cache_dir)
+    rows = rows[ok[rows]]
+    if len(rows) == 0:
+        raise data.DataError("no labelled, readable images to evaluate")
+    probs = predict_arrays(lm, images[rows], tta=tta)
+    y = ds.index["label"].to_numpy()[rows]
+    subjects = ds.index["subject"].to_numpy()[rows]
+    res = metrics.summary(y, probs, ds.classes, subjects if (subjects != "").all() else None)
+    res.update({"dataset": str(dataset), "set": sets[0], "tta": tta, "run_id": lm.run_dir.name,
+                "skipped": int((~ok[np.flatnonzero(ds.index["set"].isin(sets).to_numpy())]).sum())})
+    return res

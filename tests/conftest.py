@@ -1,0 +1,41 @@
+"""Shared fixtures: an isolated LEUKVIZ_HOME, a tiny generated C-NMC-style dataset, the real cnmc-mini sample."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CNMC_MINI = (REPO / ".." / "shared" / "data" / "cnmc-mini" / "C-NMC_Leukemia").resolve()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def leukviz_home(tmp_path_factory) -> Path:
+    """Every test session gets its own home: no test reads or writes the user's runs or caches."""
+    home = tmp_path_factory.mktemp("leukviz-home")
+    os.environ["LEUKVIZ_HOME"] = str(home)
+    os.environ["LEUKVIZ_OFFLINE"] = "1"  # tests never touch the network
+    os.environ.setdefault("TORCH_HOME", str(home / "torch"))
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """A small C-NMC-layout dataset (6 subjects, 64 px) made by the demo generator."""
+    from leukviz.synthetic import generate_demo
+
+    return generate_demo(tmp_path_factory.mktemp("tiny"), seed=1, n_subjects=6, image_size=64, workers=1)
+
+
+@pytest.fixture(scope="session")
+def cnmc_mini() -> Path:
+    if not (CNMC_MINI / "training_data").is_dir():
+        pytest.skip(f"real C-NMC sample not found at {CNMC_MINI} (it lives in ../shared/data beside the repo)")
+    return CNMC_MINI
+
+
+@pytest.fixture()
+def runs_dir(tmp_path) -> Path:
+    return tmp_path / "runs"
