@@ -27,8 +27,8 @@ class BackboneSpec:
     head: str  # dotted path of the final Linear layer, replaced for our classes
     last_stage: tuple[str, ...]  # module prefixes trained with finetune="last" (plus the head)
     cam_layer: str  # dotted path of the layer Grad-CAM hooks
-    pretrained_kwargs: dict[str, Any] = field(default_factory=dict)
-    scratch_kwargs: dict[str, Any] = field(default_factory=dict)
+    pretrained_kwargs: dict[str, Any] = field(default_factory=dict)  # with weights=<enum>
+    scratch_kwargs: dict[str, Any] = field(default_factory=dict)  # with weights=None
 
     @property
     def mean(self) -> tuple[float, float, float]:
@@ -52,12 +52,12 @@ register(BackboneSpec(
     head="fc", last_stage=("layer4",), cam_layer="layer4",
 ))
 # GoogLeNet's ImageNet weights expect transform_input=True (they were trained with a different
-# normalisation, which the model re-applies itself); the auxiliary classifiers only help long
-# training from scratch, so both modes drop them to keep one head and one output.
+# normalisation, which the model re-applies itself); with weights torchvision drops the auxiliary
+# classifiers itself, and from scratch we drop them too (aux_logits=False): one head, one output.
 register(BackboneSpec(
     name="googlenet", title="GoogLeNet", builder=models.googlenet, weights=models.GoogLeNet_Weights.DEFAULT,
     head="fc", last_stage=("inception5a", "inception5b"), cam_layer="inception5b",
-    pretrained_kwargs={"aux_logits": False, "transform_input": True},
+    pretrained_kwargs={"transform_input": True},
     scratch_kwargs={"aux_logits": False, "transform_input": False, "init_weights": True},
 ))
 register(BackboneSpec(
@@ -164,15 +164,16 @@ def build_model(name: str, num_classes: int, weights: str = "none") -> nn.Module
         _replace_head(model, spec, num_classes)
     else:
         # A file: our own checkpoint (head fits) or an ImageNet-style state_dict (head dropped).
-        model = spec.builder(weights=None, **spec.pretrained_kwargs)
+        model = spec.builder(weights=None, **build_kwargs(name, weights))
         _replace_head(model, spec, num_classes)
         _load_file_weights(model, spec, Path(weights))
     return model
 
 
 def build_kwargs(name: str, weights: str) -> dict[str, Any]:
+    """Builder arguments (for weights=None) that rebuild the architecture a run was trained with."""
     spec = get_spec(name)
-    return dict(spec.scratch_kwargs if weights == "none" else spec.pretrained_kwargs)
+    return dict(spec.scratch_kwargs) if weights == "none" else {**spec.scratch_kwargs, **spec.pretrained_kwargs}
 
 
 def set_finetune(model: nn.Module, name: str, mode: str) -> list[nn.Module]:

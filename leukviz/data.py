@@ -10,9 +10,9 @@ import shutil
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
-from multiprocessing import get_context
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Iterable, Sequence
+from typing import IO, Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -385,25 +385,24 @@ def make_split(ds: Dataset, method: str = "subject", val_fraction: float = 0.2, 
 
 # ---------------------------------------------------------------------------------------------- cache
 
-def _decode_chunk(args: tuple[str, list[tuple[int, str]], int, bool]) -> list[tuple[int, str]]:
-    cache_path, items, size, crop = args
-    arr = np.load(cache_path, mmap_mode="r+")
+def _decode_into(arr: np.ndarray, items: list[tuple[int, str]], size: int, crop: bool) -> list[tuple[int, str]]:
     failed = []
     for i, path in items:
         try:
             arr[i] = load_image(path, size, crop)
         except ImageError as e:
             failed.append((i, str(e)))
-    arr.flush()
     return failed
 
 
 def image_cache(ds: Dataset, size: int, crop: bool, cache_dir: Path | None = None, workers: int | None = None,
-                progress: callable | None = None) -> tuple[np.ndarray, np.ndarray]:
+                progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Decode every indexed image once into a memory-mapped uint8 array (N, size, size, 3).
 
     Returns (images, ok): ok[i] is False for files that could not be decoded (skipped, counted).
-    Keyed by the dataset fingerprint, so a changed dataset never reuses a stale cache.
+    Keyed by the dataset fingerprint, so a changed dataset never reuses a stale cache. Threads, not
+    processes: Pillow releases the GIL while decoding and resizing, and forking a process that runs
+    torch can deadlock.
     """
     cache_dir = Path(cache_dir) if cache_dir else default_home() / "cache"
     folder = cache_dir / "images"
@@ -417,32 +416,29 @@ def image_cache(ds: Dataset, size: int, crop: bool, cache_dir: Path | None = Non
             return np.load(data_path, mmap_mode="r"), ok
     tmp = Path(f"{stem}.{os.getpid()}.tmp.npy")
     arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
-    del arr
     paths = list(enumerate(ds.index["path"]))
     workers = workers or min(os.cpu_count() or 1, 4)
     chunk = max(16, min(256, n // (workers * 4) + 1))
-    jobs = [(str(tmp), paths[i:i + chunk], size, crop) for i in range(0, n, chunk)]
+    jobs = [paths[i:i + chunk] for i in range(0, n, chunk)]
     failed: list[tuple[int, str]] = []
     done = 0
-    if workers > 1 and n > 64:
-        with get_context("spawn").Pool(workers) as pool:  # fork after torch started threads can deadlock
-            for res, job in zip(pool.imap(_decode_chunk, jobs), jobs):
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for res, job in zip(pool.map(lambda j: _decode_into(arr, j, size, crop), jobs), jobs):
                 failed.extend(res)
-                done += len(job[1])
+                done += len(job)
                 if progress:
                     progress(done, n)
-    else:
-        for job in jobs:
-            failed.extend(_decode_chunk(job))
-            done += len(job[1])
-            if progress:
-                progress(done, n)
-    ok = np.ones(n, dtype=bool)
-    for i, reason in failed:
-        ok[i] = False
-        ds.skipped.append((ds.index["path"].iloc[i], reason))
-    np.save(ok_path, ok)
-    os.replace(tmp, data_path)
+        arr.flush()
+        del arr
+        ok = np.ones(n, dtype=bool)
+        for i, reason in failed:
+            ok[i] = False
+            ds.skipped.append((ds.index["path"].iloc[i], reason))
+        np.save(ok_path, ok)
+        os.replace(tmp, data_path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return np.load(data_path, mmap_mode="r"), ok
 
 

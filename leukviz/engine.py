@@ -252,6 +252,7 @@ def train_one_epoch(model, opt, sched, scaler, criterion, train_x: torch.Tensor,
             if save_resume:
                 save_resume(step, [loss_sum, correct, seen])
             raise Stopped(f"stopped at epoch {epoch}, step {step}/{steps}")
+        torch.manual_seed(cfg.seed * 1_000_003 + epoch * 10_007 + step)  # dropout: same draws after a resume
         b = torch.from_numpy(batches[step])
         xb = train_x[b]
         if codes is not None:
@@ -378,7 +379,6 @@ def fit(cfg: RunConfig, run_dir: Path, emit: Emit, should_stop: Callable[[], boo
               "split": split.summary(), "time": time.time()})
     result: dict = {}
     for epoch in range(start_epoch, cfg.epochs + 1):
-        torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout draws: repeatable, and the same after a resume
         set_train_mode(train_model, frozen, cfg.freeze_bn)
         batches = epoch_batches(len(train_x), cfg.batch_size, cfg.seed, epoch, d)
         t0 = time.time()

@@ -17,7 +17,7 @@ DEMO_VERSION = 1  # bump whenever the generated pixels, names or layout change
 
 # Spread of every morphology feature around its class mean, in units of the hem-to-all distance.
 # 0 makes the classes trivially separable; 0.6 lets a small CNN at 64 px plateau near 90 %.
-OVERLAP = 0.45
+OVERLAP = 0.38
 # How much of that spread one cell shares across all its features: an atypical cell is atypical in
 # several ways at once, so adding features does not make the overlap vanish.
 FEATURE_CORRELATION = 0.5

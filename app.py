@@ -1,0 +1,29 @@
+"""leukviz dashboard: the router (st.navigation over pages/) and the sidebar every page shares."""
+
+import streamlit as st
+
+from leukviz import dashboard
+from pages._common import active_dataset, device_text
+
+st.set_page_config(page_title="leukviz", page_icon=":material/biotech:", layout="wide")
+
+pages = [
+    st.Page("pages/home.py", title="Overview", icon=":material/home:", default=True),
+    st.Page("pages/data.py", title="Data", icon=":material/dataset:"),
+    st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
+    st.Page("pages/predict.py", title="Predict", icon=":material/center_focus_strong:"),
+    st.Page("pages/compare.py", title="Compare", icon=":material/compare:"),
+]
+page = st.navigation(pages)
+
+# Plain keys (not widget keys), so the choices survive moving between pages.
+st.session_state.setdefault("dataset", "demo")
+st.session_state.setdefault("split", "subject")
+
+with st.sidebar:
+    st.caption("Active dataset")
+    st.markdown(f"**{dashboard.plain(dashboard.dataset_label(active_dataset()))}**")
+    st.caption("Device")
+    st.markdown(dashboard.plain(device_text()))
+
+page.run()

@@ -1,0 +1,547 @@
+"""What the dashboard pages show, computed from the engine and the run folders; no Streamlit in here."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import re
+import subprocess
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import pandas as pd
+
+from leukviz import backbones, data, metrics, runs
+from leukviz.config import RunConfig
+from leukviz.storage import read_json
+
+# "starting" is the dashboard's own state: launched, but the process has not written its status yet.
+ACTIVE_STATES = ("starting", "queued", "running")
+UPLOAD_TYPES = ("png", "jpg", "jpeg", "bmp", "tif", "tiff")
+PREDICTIONS = "val_predictions.csv"  # engine.PREDICTIONS, repeated so this module loads without torch
+SIDECAR = "model.json"
+CHECKPOINT = "model.safetensors"
+SPLIT_TEXT = {"subject": "by subject", "folds": "official folds", "image": "by image (leaky)"}
+FINETUNE_TEXT = {"full": "the whole network", "last": "last stage + head", "head": "head only"}
+
+
+# ---------------------------------------------------------------------------------------------- text
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:=\"'&^%@/])")
+
+
+def plain(text: Any) -> str:
+    """User-supplied text made literal inside Streamlit markdown: every markdown, LaTeX ($) and
+    directive (:red[...], :material/x:) character is backslash-escaped, and HTML is never rendered."""
+    return _MD_SPECIAL.sub(r"\\\1", str(text)).replace("\n", " ")
+
+
+def dataset_label(spec: str) -> str:
+    """Short name of a dataset spec: 'demo' or the last parts of its path."""
+    if spec == "demo":
+        return "built-in demo"
+    p = Path(spec)
+    return str(Path(*p.parts[-2:])) if len(p.parts) > 2 else str(p)
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "–"
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def backbone_title(name: str) -> str:
+    try:
+        return backbones.get_spec(name).title
+    except ValueError:
+        return name
+
+
+def run_name(run: runs.Run) -> str:
+    """Same form as inference.LoadedModel.name: 'GoogLeNet · 1a2b3c'."""
+    return f"{backbone_title(run.config.backbone)} · {run.run_id[:6]}"
+
+
+def describe_config(cfg: RunConfig) -> str:
+    return (f"{backbone_title(cfg.backbone)}, {cfg.preset} preset, weights {cfg.weights}, {cfg.image_size} px, "
+            f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}, batch {cfg.batch_size}, lr {cfg.lr:g}, "
+            f"fine-tune {FINETUNE_TEXT.get(cfg.finetune, cfg.finetune)}, split {SPLIT_TEXT.get(cfg.split, cfg.split)}")
+
+
+# ---------------------------------------------------------------------------------------------- runs
+
+def all_runs(runs_dir: str | Path | None = None) -> list[runs.Run]:
+    """Every readable run, newest first; a folder with a broken config.json is left out, not fatal."""
+    out = []
+    for r in runs.list_runs(runs_dir):
+        try:
+            r.config  # noqa: B018 - parse once to drop unreadable runs
+        except (KeyError, TypeError, ValueError):
+            continue
+        out.append(r)
+    return out
+
+
+def finished_runs(runs_dir: str | Path | None = None) -> list[runs.Run]:
+    return [r for r in all_runs(runs_dir) if r.state == "finished" and r.has_checkpoint]
+
+
+def find_run(cfg: RunConfig, fingerprint: str, runs_dir: str | Path | None = None) -> runs.Run | None:
+    """The run folder of this exact configuration, if one exists (unlike runs.run_for, creates nothing)."""
+    path = runs.runs_root(runs_dir) / cfg.identity(fingerprint)
+    return runs.Run(path) if (path / "config.json").exists() else None
+
+
+def latest_per_backbone(candidates: Iterable[runs.Run]) -> list[runs.Run]:
+    """The newest run of each backbone, in registry order (candidates come newest first)."""
+    best: dict[str, runs.Run] = {}
+    for r in candidates:
+        best.setdefault(r.config.backbone, r)
+    order = list(backbones.BACKBONES)
+    return sorted(best.values(), key=lambda r: order.index(r.config.backbone) if r.config.backbone in order else 99)
+
+
+def default_models(finished: Sequence[runs.Run], dataset: str) -> list[runs.Run]:
+    """Models offered first for prediction: the newest finished run per backbone on the active dataset,
+    or on any dataset when none was trained on it."""
+    on_active = [r for r in finished if r.config.data == dataset]
+    return latest_per_backbone(on_active or finished)
+
+
+@dataclass
+class _Launch:
+    time: float
+    proc: subprocess.Popen
+
+
+# Launches by this server process: a just-launched run has no status until its process starts, and
+# every session (tab, refresh) of this server must see it as starting rather than launch it again.
+_LAUNCHES: dict[Path, _Launch] = {}
+_LAUNCH_LOCK = threading.Lock()
+
+
+def _log_tail(run: runs.Run, lines: int = 8) -> str:
+    try:
+        text = (run.dir / "train.log").read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def live_status(run: runs.Run) -> dict:
+    """runs.Run.status, plus 'starting' for a run this server just launched whose process has not
+    written its status yet, and 'failed' (with the log's tail) for one whose process died before that."""
+    status = dict(run.status)
+    launch = _LAUNCHES.get(run.dir)
+    if launch is None or status.get("updated", 0) >= launch.time:
+        return status
+    if launch.proc.poll() is None:
+        return {**status, "state": "starting", "error": None}
+    if run.is_locked():  # another process trains it (the launched one found it locked and left)
+        return status
+    tail = _log_tail(run)
+    return {**status, "state": "failed",
+            "error": f"the training process exited (status {launch.proc.returncode}) before starting"
+                     + (f":\n{tail}" if tail else "")}
+
+
+def start(run: runs.Run, resume: bool = False) -> bool:
+    """Launch the training process unless this run is already starting, queued or running.
+
+    Returns True when a process was started; False means attach to the one that runs it.
+    """
+    with _LAUNCH_LOCK:
+        if live_status(run)["state"] in ACTIVE_STATES:
+            return False
+        proc = runs.launch(run, resume=resume)
+        if proc is None:
+            return False
+        _LAUNCHES[run.dir] = _Launch(time.time(), proc)
+        return True
+
+
+def retrain(run: runs.Run) -> bool:
+    """Retrain a configuration on purpose: its previous results are archived (moved aside), then launched."""
+    with _LAUNCH_LOCK:
+        if live_status(run)["state"] in ACTIVE_STATES:
+            return False
+        runs.archive(run)
+        _LAUNCHES.pop(run.dir, None)
+    return start(run)
+
+
+def can_resume(run: runs.Run) -> bool:
+    return (run.dir / "last.pt").exists()
+
+
+@dataclass
+class Card:
+    """What the overview shows for one backbone."""
+
+    backbone: str
+    title: str
+    state: str  # "none" when no run of this backbone exists on the dataset
+    run_id: str | None = None
+    epoch: int = 0
+    epochs: int = 0
+    val_acc: float | None = None
+    val_f1: float | None = None
+    error: str | None = None
+
+    @property
+    def text(self) -> str:
+        if self.state == "none":
+            return "No run yet"
+        if self.state == "starting":
+            return "Starting…"
+        if self.state == "queued":
+            return "Queued: waits for the device"
+        if self.state == "running":
+            return f"Running: epoch {min(self.epoch + 1, self.epochs)} of {self.epochs}"
+        if self.state == "finished":
+            return "Finished"
+        return self.state.capitalize()
+
+
+def backbone_cards(dataset: str, runs_dir: str | Path | None = None) -> list[Card]:
+    """One card per registered backbone: its active run on this dataset if any, else its newest run."""
+    mine = [r for r in all_runs(runs_dir) if r.config.data == dataset]
+    cards = []
+    for name, spec in backbones.BACKBONES.items():
+        of_backbone = [r for r in mine if r.config.backbone == name]
+        statuses = [(r, live_status(r)) for r in of_backbone]
+        chosen = next(((r, s) for r, s in statuses if s["state"] in ACTIVE_STATES), None)
+        chosen = chosen or next(((r, s) for r, s in statuses if s["state"] == "finished"), None)
+        chosen = chosen or next(((r, s) for r, s in statuses if s["state"] != "new"), None)
+        if chosen is None:
+            cards.append(Card(name, spec.title, "none"))
+            continue
+        r, s = chosen
+        m = r.final_metrics() if s["state"] == "finished" else {}
+        epochs_done = len(r.epochs()) if s["state"] in ACTIVE_STATES else int(s.get("epoch") or 0)
+        cards.append(Card(name, spec.title, s["state"], r.run_id, epochs_done, int(s.get("epochs") or r.config.epochs),
+                          m.get("val_acc"), m.get("val_f1"), s.get("error")))
+    return cards
+
+
+# ---------------------------------------------------------------------------------------------- progress
+
+@dataclass
+class Progress:
+    fraction: float
+    epoch: int  # the epoch in progress (or the last one done)
+    epochs: int
+    step: int
+    steps: int
+    eta: float | None  # seconds left, None until the first batch
+    text: str
+
+
+def progress(events: Sequence[dict], now: float | None = None) -> Progress:
+    """Fraction done and time left of a run, from its metrics.jsonl events (rate measured since the
+    latest start or resume, so time spent before a stop does not skew it)."""
+    starts = [e for e in events if e.get("type") in ("start", "resume")]
+    if not starts:
+        return Progress(0.0, 0, 0, 0, 0, None, "Preparing data and model…")
+    s0 = starts[-1]
+    epochs, steps = int(s0.get("epochs") or 1), max(1, int(s0.get("steps_per_epoch") or 1))
+    total = epochs * steps
+    done0 = int(s0.get("epoch") or 0) * steps + int(s0.get("step") or 0)
+    done, t_last, epoch, step = done0, float(s0.get("time") or 0), max(1, int(s0.get("epoch") or 0) + 1), 0
+    for e in events:
+        if e.get("type") == "batch":
+            d = (int(e["epoch"]) - 1) * steps + int(e["step"])
+        elif e.get("type") == "epoch":
+            d = int(e["epoch"]) * steps
+        else:
+            continue
+        if d >= done:
+            done, t_last = d, float(e.get("time") or t_last)
+            epoch, step = (int(e["epoch"]), int(e["step"])) if e["type"] == "batch" else (int(e["epoch"]), steps)
+    eta = None
+    elapsed = (t_last if now is None else now) - float(s0.get("time") or 0)
+    if done > done0 and elapsed > 0:
+        eta = max(0.0, (total - done) * elapsed / (done - done0))
+    frac = min(1.0, done / total)
+    text = f"Epoch {epoch} of {epochs} · step {step} of {steps}"
+    if eta is not None:
+        text += f" · about {format_duration(eta)} left"
+    return Progress(frac, epoch, epochs, step, steps, eta, text)
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+@dataclass
+class Evaluation:
+    """A finished run's validation predictions and their metrics."""
+
+    run: runs.Run
+    classes: list[str]
+    y: np.ndarray
+    probs: np.ndarray
+    summary: dict
+
+
+def evaluate_run(run: runs.Run) -> Evaluation:
+    """Metrics of a finished run, from its val_predictions.csv (the best epoch's), via metrics.summary."""
+    meta = read_json(run.dir / SIDECAR, {}) or {}
+    df = pd.read_csv(run.dir / PREDICTIONS, dtype={"subject": str}, keep_default_na=False)
+    classes = list(meta.get("classes") or [c.removeprefix("prob_") for c in df.columns if c.startswith("prob_")])
+    probs = df[[f"prob_{c}" for c in classes]].to_numpy(dtype=float)
+    y = df["label"].to_numpy(dtype=int)
+    subjects = df["subject"].to_numpy(dtype=str)
+    summ = metrics.summary(y, probs, classes, subjects if len(subjects) and (subjects != "").all() else None)
+    return Evaluation(run, classes, y, probs, summ)
+
+
+def split_text(cfg: RunConfig) -> str:
+    if cfg.split == "folds":
+        return f"official folds (fold {cfg.val_fold} for validation)"
+    if cfg.split == "image":
+        return f"by image, LEAKY ({cfg.val_fraction:.0%} validation, seed {cfg.seed})"
+    return f"by subject ({cfg.val_fraction:.0%} validation, seed {cfg.seed})"
+
+
+def group_key(run: runs.Run) -> str:
+    """Runs are comparable when they saw the same dataset content and the same validation split."""
+    cfg = run.config
+    fp = run.info.get("dataset_fingerprint", "?")
+    if cfg.split == "folds":
+        return f"{fp}|folds|{cfg.val_fold}"
+    return f"{fp}|{cfg.split}|{cfg.val_fraction}|{cfg.seed}"
+
+
+@dataclass
+class Group:
+    key: str
+    label: str
+    runs: list[runs.Run] = field(default_factory=list)
+
+    @property
+    def datasets(self) -> set[str]:
+        return {r.config.data for r in self.runs}
+
+
+def comparable_groups(candidates: Sequence[runs.Run]) -> dict[str, Group]:
+    """Finished runs grouped by dataset fingerprint and split, the biggest group first."""
+    groups: dict[str, Group] = {}
+    for r in candidates:
+        key = group_key(r)
+        if key not in groups:
+            fp = key.split("|", 1)[0]
+            groups[key] = Group(key, f"{dataset_label(r.config.data)} · split {split_text(r.config)} · data {fp[:8]}")
+        groups[key].runs.append(r)
+    for g in groups.values():
+        g.label += f" · {len(g.runs)} run{'s' if len(g.runs) != 1 else ''}"
+    return dict(sorted(groups.items(), key=lambda kv: -len(kv[1].runs)))
+
+
+def training_seconds(run: runs.Run) -> float | None:
+    """Time spent in epochs (training and validation), summed over resumes; None before the first epoch."""
+    secs = [float(e.get("seconds") or 0) for e in run.epochs()]
+    return sum(secs) if secs else None
+
+
+COMPARE_COLUMNS = {
+    "model": "Model", "val_accuracy": "Val. accuracy", "weighted_f1": "Weighted F1",
+    "sensitivity": "Sensitivity (all)", "specificity": "Specificity", "roc_auc": "ROC AUC",
+    "train_time": "Training time", "ms_per_image": "Inference (ms / image)", "params_m": "Parameters (M)",
+    "checkpoint_mb": "Checkpoint (MB)", "weights": "Weights", "split": "Split", "image_size": "Image size",
+    "epochs": "Epochs", "run_id": "Run",
+}
+
+
+def compare_row(ev: Evaluation, seconds_per_image: float | None = None) -> dict:
+    """One row of the Compare table (keys of COMPARE_COLUMNS)."""
+    run, s = ev.run, ev.summary
+    cfg = run.config
+    meta = read_json(run.dir / SIDECAR, {}) or {}
+    ckpt = run.dir / CHECKPOINT
+    split = (meta.get("split") or {}).get("description") or split_text(cfg)
+    return {
+        "model": run_name(run), "val_accuracy": s["accuracy"], "weighted_f1": s["weighted_f1"],
+        "sensitivity": s["sensitivity"], "specificity": s["specificity"], "roc_auc": s["roc_auc"],
+        "train_time": format_duration(training_seconds(run)),
+        "ms_per_image": None if seconds_per_image is None else seconds_per_image * 1000,
+        "params_m": meta["params"] / 1e6 if meta.get("params") else None,
+        "checkpoint_mb": ckpt.stat().st_size / 1e6 if ckpt.exists() else None,
+        "weights": meta.get("weights_init", cfg.weights), "split": split, "image_size": cfg.image_size,
+        "epochs": cfg.epochs, "run_id": run.run_id,
+    }
+
+
+def compare_table(rows: Sequence[dict]) -> pd.DataFrame:
+    return pd.DataFrame(list(rows), columns=list(COMPARE_COLUMNS))
+
+
+def roc_curves(evals: Sequence[Evaluation]) -> dict[str, tuple[np.ndarray, np.ndarray, float | None]]:
+    out = {}
+    for ev in evals:
+        pos = metrics.positive_index(ev.classes)
+        fpr, tpr = metrics.roc_curve_points(ev.y, ev.probs, pos)
+        out[run_name(ev.run)] = (fpr, tpr, ev.summary["roc_auc"])
+    return out
+
+
+def histories(selected: Sequence[runs.Run]) -> dict[str, list[dict]]:
+    return {run_name(r): r.events() for r in selected}
+
+
+def time_per_image(lm: Any, repeats: int = 5, warmup: int = 2) -> float:
+    """Seconds to predict one image with a loaded model (a batch of one): the median of `repeats` after
+    `warmup` calls (the first calls pay for one-off kernel selection). What a user waits per dropped image,
+    decoding aside."""
+    from leukviz import inference
+
+    x = np.zeros((1, lm.image_size, lm.image_size, 3), np.uint8)
+    for _ in range(warmup):
+        inference.predict_arrays(lm, x)
+    times = []
+    for _ in range(max(1, repeats)):
+        t = time.perf_counter()
+        inference.predict_arrays(lm, x)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+# ---------------------------------------------------------------------------------------------- prediction
+
+@dataclass
+class ModelPrediction:
+    model: str  # LoadedModel.name
+    run_id: str
+    image: np.ndarray  # as fed to the model: decoded, cropped, resized (before normalisation)
+    predicted: str
+    confidence: float
+    probs: dict[str, float]
+
+
+@dataclass
+class ImagePrediction:
+    name: str
+    error: str | None = None
+    results: list[ModelPrediction] = field(default_factory=list)
+
+
+def _read_bytes(src: str | Path | bytes | IO[bytes]) -> bytes:
+    if isinstance(src, bytes):
+        return src
+    if isinstance(src, (str, Path)):
+        return Path(src).read_bytes()
+    if hasattr(src, "getvalue"):
+        return src.getvalue()
+    src.seek(0)
+    return src.read()
+
+
+def predict_image(models: Sequence[Any], name: str, src: str | Path | bytes | IO[bytes]) -> ImagePrediction:
+    """Predict one image (a path, bytes or an uploaded file) with every model.
+
+    A file that is empty, truncated or not an image gives ImagePrediction.error (the reason, without the
+    name: the caller shows the name itself) and no exception, so one bad file never stops the others.
+    """
+    from leukviz import inference
+
+    try:
+        blob = _read_bytes(src)
+    except OSError as e:
+        return ImagePrediction(name, f"cannot read the file ({e.__class__.__name__})")
+    if not blob:
+        return ImagePrediction(name, "the file is empty (0 bytes)")
+    out = ImagePrediction(name)
+    decoded: dict[tuple[int, bool], np.ndarray] = {}  # models sharing a size and crop share one decode
+    for lm in models:
+        key = (lm.image_size, lm.crop)
+        if key not in decoded:
+            buf = io.BytesIO(blob)
+            buf.name = name
+            try:
+                decoded[key] = inference.prepare(lm, buf)
+            except data.ImageError as e:
+                reason = str(e)
+                prefix = f"{Path(name).name}: "
+                return ImagePrediction(name, reason[len(prefix):] if reason.startswith(prefix) else reason)
+        img = decoded[key]
+        prob = inference.predict_arrays(lm, img[None])[0]
+        rec = inference.prediction_record(lm, prob)
+        out.results.append(ModelPrediction(lm.name, lm.run_dir.name, img, rec["predicted"], rec["confidence"],
+                                           {c: float(p) for c, p in zip(lm.classes, prob)}))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- data page
+
+def sample_cells(ds: data.Dataset, per_class: int = 6, seed: int = 0) -> dict[str, list[str]]:
+    """A few training images of each class, drawn reproducibly."""
+    rng = np.random.default_rng(seed)
+    train = ds.train_rows
+    out = {}
+    for i, c in enumerate(ds.classes):
+        paths = train.loc[train["label"] == i, "path"].to_numpy()
+        if len(paths):
+            out[c] = [str(p) for p in rng.choice(paths, size=min(per_class, len(paths)), replace=False)]
+    return out
+
+
+def demo_cells(ds: data.Dataset, n: int = 3, seed: int = 0) -> list[tuple[str, str]]:
+    """(path, true class) of a few labelled cells, preferring the held-out preliminary test set, taking
+    the classes in turn."""
+    idx = ds.index[ds.index["label"] >= 0]
+    pool = idx[idx["set"] == "prelim"] if (idx["set"] == "prelim").any() else idx
+    rng = np.random.default_rng(seed)
+    by_class = [rng.permutation(pool.index[pool["label"] == i].to_numpy()) for i in range(len(ds.classes))]
+    picks: list[tuple[str, str]] = []
+    k = 0
+    while len(picks) < n and any(k < len(b) for b in by_class):
+        for i, rows in enumerate(by_class):
+            if k < len(rows) and len(picks) < n:
+                picks.append((str(ds.index.at[rows[k], "path"]), ds.classes[i]))
+        k += 1
+    return picks
+
+
+AUGMENT_CODES_TEXT = {0: "original", 1: "flipped", 2: "turned 90°", 3: "flipped, 90°", 4: "turned 180°",
+                      5: "flipped, 180°", 6: "turned 270°", 7: "flipped, 270°"}
+
+
+def augment_preview(image: np.ndarray, mode: str, n: int = 4, seed: int = 0) -> list[tuple[str, np.ndarray]]:
+    """The training augmentation (engine.augment) applied to one uint8 HWC image n times: (caption, image)."""
+    import torch
+
+    from leukviz.engine import augment
+
+    if mode == "none":
+        return [("no augmentation", image)]
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randperm(7, generator=g)[:n] + 1  # distinct non-identity transforms
+    jitter = 1.0 + (torch.rand((len(codes), 2), generator=g) - 0.5) * 0.3 if mode == "full" else None
+    batch = torch.from_numpy(np.ascontiguousarray(np.stack([image] * len(codes))))
+    out = augment(batch, codes, jitter).numpy()
+    return [(AUGMENT_CODES_TEXT[int(c)] + (", colour jitter" if jitter is not None else ""), out[i])
+            for i, c in enumerate(codes.tolist())]
+
+
+def save_upload(blob: bytes, folder: Path, suffix: str = ".zip") -> Path:
+    """Store an uploaded dataset under a name made from its content (never the user's file name)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{hashlib.sha256(blob).hexdigest()[:16]}{suffix}"
+    if not path.exists():
+        tmp = path.with_suffix(".part")
+        tmp.write_bytes(blob)
+        tmp.replace(path)
+    return path
+
+
+def uploads_dir() -> Path:
+    return runs.home() / "uploads"

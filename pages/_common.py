@@ -1,0 +1,63 @@
+"""Streamlit helpers shared by the pages: cached dataset and models, the active dataset, small widgets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from leukviz import dashboard, data, runs
+
+
+@st.cache_data(ttl=60, max_entries=8, show_spinner=False)
+def _open(spec: str, cache_dir: str) -> data.Dataset:
+    return data.open_dataset(spec, Path(cache_dir))
+
+
+def open_dataset(spec: str) -> data.Dataset:
+    """The dataset (cached a minute: a folder's fingerprint re-stats every file), with a spinner."""
+    msg = ("Opening the built-in demo dataset (generated on first use: about half a minute)…" if spec == "demo"
+           else "Indexing the dataset…")
+    with st.spinner(msg):
+        return _open(spec, str(runs.cache_root()))
+
+
+def active_dataset() -> str:
+    return st.session_state.get("dataset", "demo")
+
+
+def active_split() -> str:
+    return st.session_state.get("split", "subject")
+
+
+def require_dataset() -> data.Dataset:
+    """The active dataset, or an error where the user is looking and the page stops there."""
+    spec = active_dataset()
+    try:
+        return open_dataset(spec)
+    except data.DataError as e:
+        st.error(f"The active dataset cannot be used: {dashboard.plain(e)}")
+        st.page_link("pages/data.py", label="Choose another dataset on the Data page", icon=":material/folder_open:")
+        st.stop()
+        raise
+
+
+@st.cache_resource(max_entries=12, show_spinner=False)
+def _load_model(run_dir: str, mtime_ns: int):
+    from leukviz import inference
+
+    return inference.load_model(run_dir)
+
+
+def load_model(run: runs.Run):
+    """A finished run's model, loaded once per checkpoint (a retrained run has a new mtime) and shared
+    read-only by every session."""
+    ckpt = run.dir / dashboard.CHECKPOINT
+    return _load_model(str(run.dir), ckpt.stat().st_mtime_ns)
+
+
+@st.cache_resource(show_spinner=False)
+def device_text() -> str:
+    from leukviz import engine
+
+    return engine.device_name(engine.pick_device())

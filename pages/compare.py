@@ -1,0 +1,89 @@
+"""Compare: the backbones side by side on the same data and split: metrics, curves, ROC, confusion matrices."""
+
+from pathlib import Path
+
+import streamlit as st
+
+from leukviz import charts, dashboard, runs
+from pages._common import active_dataset, load_model
+
+CURVES = {"val_acc": "Validation accuracy", "val_loss": "Validation loss", "val_f1": "Validation weighted F1",
+          "train_acc": "Training accuracy", "train_loss": "Training loss"}
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def evaluation(run_dir: str, mtime_ns: int) -> dashboard.Evaluation:
+    return dashboard.evaluate_run(runs.Run(Path(run_dir)))
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def seconds_per_image(run_dir: str, mtime_ns: int) -> float:
+    return dashboard.time_per_image(load_model(runs.Run(Path(run_dir))))
+
+
+st.title("Compare")
+finished = dashboard.finished_runs()
+if not finished:
+    st.info("Nothing to compare yet: train at least one backbone.")
+    st.page_link("pages/train.py", label="Train a model", icon=":material/model_training:")
+    st.stop()
+
+groups = dashboard.comparable_groups(finished)
+keys = list(groups)
+dataset = active_dataset()
+first = next((k for k in keys if dataset in groups[k].datasets), keys[0])
+key = st.selectbox("Dataset and split", keys, index=keys.index(first), format_func=lambda k: groups[k].label,
+                   help="Only runs trained on the same data (same content fingerprint) with the same validation "
+                        "split are comparable: they are scored on the same validation images.")
+group = groups[key]
+by_id = {r.run_id: r for r in group.runs}
+chosen = st.multiselect("Runs", list(by_id), format_func=lambda i: dashboard.run_name(by_id[i]),
+                        default=[r.run_id for r in dashboard.latest_per_backbone(group.runs)])
+if not chosen:
+    st.info("Choose at least one run.")
+    st.stop()
+selected = [by_id[i] for i in chosen]
+st.caption(f"{len(selected)} run(s) scored on the same validation images: {dashboard.plain(group.label)}.")
+
+evals, rows = [], []
+with st.spinner("Scoring the runs and timing inference…"):
+    for r in selected:
+        stamp = (r.dir / dashboard.CHECKPOINT).stat().st_mtime_ns
+        ev = evaluation(str(r.dir), stamp)
+        evals.append(ev)
+        rows.append(dashboard.compare_row(ev, seconds_per_image(str(r.dir), stamp)))
+
+table = dashboard.compare_table(rows)
+st.dataframe(
+    table, hide_index=True, width="stretch",
+    column_config={k: st.column_config.Column(label=v) for k, v in dashboard.COMPARE_COLUMNS.items()} | {
+        "val_accuracy": st.column_config.NumberColumn("Val. accuracy", format="percent"),
+        "weighted_f1": st.column_config.NumberColumn("Weighted F1", format="%.3f"),
+        "sensitivity": st.column_config.NumberColumn("Sensitivity (all)", format="percent"),
+        "specificity": st.column_config.NumberColumn("Specificity", format="percent"),
+        "roc_auc": st.column_config.NumberColumn("ROC AUC", format="%.3f"),
+        "ms_per_image": st.column_config.NumberColumn("Inference (ms / image)", format="%.1f"),
+        "params_m": st.column_config.NumberColumn("Parameters (M)", format="%.1f"),
+        "checkpoint_mb": st.column_config.NumberColumn("Checkpoint (MB)", format="%.1f"),
+    })
+st.caption("Metrics on the validation split at each run's best epoch (by weighted F1, the C-NMC metric); "
+           "`all` (blast) is the positive class. Inference: one image at a time on this device.")
+
+left, right = st.columns(2)
+with left:
+    st.subheader("Learning curves")
+    metric = st.selectbox("Curve", list(CURVES), format_func=CURVES.get)
+    fig = charts.compare_curves(dashboard.histories(selected), metric)
+    if metric in charts.FRACTION_METRICS:
+        fig.update_yaxes(range=[0, 1.02])  # a fixed scale: one epoch alone would autorange to 0-150 %
+    st.plotly_chart(fig.update_layout(title=None), key="compare_curves")
+with right:
+    st.subheader("ROC")
+    st.plotly_chart(charts.roc_figure(dashboard.roc_curves(evals)).update_layout(title=None), key="roc")
+
+st.subheader("Confusion matrices")
+per_row = 3
+for start in range(0, len(evals), per_row):
+    for col, ev in zip(st.columns(per_row), evals[start:start + per_row]):
+        fig = charts.confusion_figure(ev.summary["confusion"], ev.classes, title=dashboard.run_name(ev.run))
+        col.plotly_chart(fig, key=f"cm_{ev.run.run_id}")

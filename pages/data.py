@@ -1,0 +1,116 @@
+"""Data: choose the dataset (demo, folder, zip), see its classes, subjects and folds, the split, and sample cells."""
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from leukviz import dashboard, data
+from leukviz.config import AUGMENT
+from pages._common import active_dataset, active_split, open_dataset
+
+SOURCES = ("Built-in demo", "Folder path", "Zip upload")
+SPLITS = {"subject": "By subject (recommended)", "folds": "Official folds", "image": "By image (leaky)"}
+
+
+def use(spec: str) -> None:
+    """Make spec the active dataset if it opens; otherwise say why, here."""
+    try:
+        open_dataset(spec)
+    except data.DataError as e:
+        st.error(dashboard.plain(e))
+        return
+    st.session_state["dataset"] = spec
+    st.rerun()
+
+
+st.title("Data")
+current = active_dataset()
+
+source = st.segmented_control("Dataset source", SOURCES, required=True,
+                              default=SOURCES[0] if current == "demo" else SOURCES[1], key="data_source")
+if source == SOURCES[0] and current != "demo":
+    if st.button("Use the built-in demo dataset", type="primary"):
+        use("demo")
+elif source == SOURCES[1]:
+    path = st.text_input("Folder path", value="" if current == "demo" else current,
+                         placeholder="/data/C-NMC_Leukemia",
+                         help="The C-NMC folder as downloaded (training_data/fold_*/all|hem), or a folder "
+                              "with one sub-folder per class.")
+    if st.button("Use this folder", type="primary", disabled=not path.strip()):
+        use(str(Path(path.strip()).expanduser()))
+elif source == SOURCES[2]:
+    upload = st.file_uploader("Dataset zip", type=["zip"], max_upload_size=1024,
+                              help="A zip of the C-NMC folder or of a class-per-folder tree. For large "
+                                   "datasets give the folder path instead.")
+    if upload is not None and st.button("Use this zip", type="primary"):
+        with st.spinner("Saving and checking the zip…"):
+            saved = dashboard.save_upload(upload.getvalue(), dashboard.uploads_dir())
+        use(str(saved))
+
+try:
+    ds = open_dataset(current)
+except data.DataError as e:
+    st.error(f"The active dataset cannot be used: {dashboard.plain(e)}")
+    st.info("Choose another source above; the built-in demo always works.")
+    st.stop()
+
+info = data.inspect(ds)
+st.subheader(f"{dashboard.plain(dashboard.dataset_label(current))} · {info['n_train']} training images")
+st.caption(f"{ds.kind} layout at {dashboard.plain(info['root'])}; fingerprint {info['fingerprint']}")
+if info["skipped"]:
+    st.warning(f"{info['skipped']} files were skipped (not images, or listed but missing).")
+
+cols = st.columns(len(info["per_class"]) + 2)
+for col, (cls, n) in zip(cols, info["per_class"].items()):
+    col.metric(f"Class {dashboard.plain(cls)}", n)
+cols[-2].metric("Subjects", len(info["per_subject"]) or "unknown")
+cols[-1].metric("Held-out test (labelled)", info["prelim"]["n"])
+
+left, right = st.columns(2)
+with left:
+    st.markdown("**Images per official fold**")
+    if info["per_fold"]:
+        st.dataframe(pd.DataFrame(info["per_fold"]).T.rename_axis("fold"), width="stretch")
+    else:
+        st.caption("No official folds (not the C-NMC layout).")
+with right:
+    st.markdown("**Images per subject**")
+    if info["per_subject"]:
+        subjects = pd.DataFrame(info["per_subject"]).T.rename_axis("subject")
+        st.dataframe(subjects, width="stretch", height=220)
+    else:
+        st.caption("No subject ids: file names are not C-NMC style, so only the leaky image split is possible.")
+
+st.subheader("Validation split")
+split = st.radio("Split used for training", list(SPLITS), format_func=SPLITS.get, horizontal=True,
+                 index=list(SPLITS).index(active_split()), key="data_split_radio")
+st.session_state["split"] = split
+try:
+    sp = data.make_split(ds, split)
+except data.DataError as e:
+    st.error(dashboard.plain(e))
+else:
+    if sp.leaky:
+        st.warning("Leaky split: cells of the same person end up on both sides, so validation scores are "
+                   "inflated (the seed paper's protocol). Use it only to reproduce that paper.")
+    a, b, c = st.columns([1, 1, 3])
+    a.metric("Training images", sp.summary()["n_train"])
+    b.metric("Validation images", sp.summary()["n_val"])
+    c.markdown(f"  \n{dashboard.plain(sp.description)}")
+
+st.subheader("Sample cells")
+samples = dashboard.sample_cells(ds, per_class=6)
+for cls, paths in samples.items():
+    st.markdown(f"**{dashboard.plain(cls)}**")
+    st.image([data.load_image(p, 96, crop=False) for p in paths], width=96)
+
+st.subheader("Training augmentation")
+mode = st.segmented_control("Augmentation", [a for a in AUGMENT if a != "none"], default="flips", required=True,
+                            help="flips: the 8 flips and quarter turns (cells have no orientation); full: "
+                                 "plus brightness and contrast jitter.")
+size = 96
+for path in [ps[0] for ps in samples.values()]:
+    original = data.load_image(path, size, crop=True)
+    views = dashboard.augment_preview(original, mode, n=5, seed=len(path))
+    st.image([original] + [v for _, v in views], caption=["as cached"] + [c for c, _ in views], width=size)

@@ -1,0 +1,63 @@
+"""Predict: drop in cell images (or try demo cells) and read every trained model's class and confidence."""
+
+import streamlit as st
+
+from leukviz import charts, dashboard
+from pages._common import active_dataset, load_model, open_dataset
+
+st.title("Predict")
+finished = dashboard.finished_runs()
+if not finished:
+    st.info("No trained model yet: train one first, then come back to predict with it.")
+    st.page_link("pages/train.py", label="Train a model", icon=":material/model_training:")
+    st.stop()
+
+by_id = {r.run_id: r for r in finished}
+chosen = st.multiselect("Models", list(by_id), format_func=lambda i: dashboard.run_name(by_id[i]),
+                        default=[r.run_id for r in dashboard.default_models(finished, active_dataset())],
+                        help="Finished runs; by default the newest of each backbone on the active dataset.")
+if not chosen:
+    st.info("Choose at least one model.")
+    st.stop()
+
+models = []
+with st.spinner("Loading the models…"):
+    for run_id in chosen:
+        try:
+            models.append(load_model(by_id[run_id]))
+        except (OSError, RuntimeError, ValueError, KeyError) as e:
+            st.error(f"{dashboard.plain(dashboard.run_name(by_id[run_id]))} cannot be loaded: {dashboard.plain(e)}")
+if not models:
+    st.stop()
+
+uploads = st.file_uploader("Cell images", type=list(dashboard.UPLOAD_TYPES), accept_multiple_files=True,
+                           help="PNG, JPEG, BMP or TIFF; one cell per image, like the training data.")
+if st.button("Try demo cells", icon=":material/science:",
+             help="A few labelled cells from the demo dataset's held-out test set."):
+    demo = open_dataset("demo")
+    st.session_state["demo_draw"] = st.session_state.get("demo_draw", -1) + 1
+    st.session_state["demo_cells"] = dashboard.demo_cells(demo, n=3, seed=st.session_state["demo_draw"])
+
+items = [(f.name, f, None) for f in uploads or []]
+items += [(f"demo cell {path.rsplit('/', 1)[-1]}", path, truth) for path, truth in st.session_state.get("demo_cells", [])]
+if not items:
+    st.info("Drop one or more cell images above, or try the demo cells.")
+    st.stop()
+
+for i, (name, src, truth) in enumerate(items):
+    st.divider()
+    with st.spinner("Predicting…"):
+        result = dashboard.predict_image(models, name, src)
+    if result.error:
+        st.error(f"Could not read {dashboard.plain(name)}: {dashboard.plain(result.error)}", icon=":material/broken_image:")
+        continue
+    st.markdown(f"#### {dashboard.plain(name)}" + (f" · true class **{dashboard.plain(truth)}**" if truth else ""))
+    for col, p in zip(st.columns(len(result.results)), result.results):
+        with col.container(border=True):
+            st.markdown(f"**{dashboard.plain(p.model)}**")
+            left, right = st.columns([1, 1])
+            left.image(p.image, caption=f"as fed ({p.image.shape[0]} px)", width=128)
+            right.metric("Prediction", dashboard.plain(p.predicted))
+            right.markdown(f"{p.confidence:.1%} confidence")
+            bars = charts.probability_bars(p.probs).update_layout(margin={"l": 10, "r": 10, "t": 10, "b": 10})
+            st.plotly_chart(bars, key=f"probs_{i}_{p.run_id}", height=180)

@@ -1,0 +1,181 @@
+"""Train: choose a backbone and settings, start a run (or show it at once when cached), watch it learn live."""
+
+import streamlit as st
+
+from leukviz import backbones, charts, config, dashboard, runs
+from pages._common import active_dataset, active_split, require_dataset
+
+LEARNING_RATES = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+PRESET_TEXT = {"quick": "Quick", "paper": "Paper (seed paper's recipe)", "full": "Full"}
+WEIGHTS_TEXT = {"imagenet": "ImageNet", "none": "From scratch", "file": "Weights file"}
+POLL_SECONDS = 1.0
+
+st.title("Train")
+dataset, split = active_dataset(), active_split()
+names = list(backbones.BACKBONES)
+asked = st.query_params.get("backbone")
+
+# ---- settings: defaults come from the preset for this backbone and weights choice
+backbone = st.segmented_control("Backbone", names, format_func=dashboard.backbone_title, required=True,
+                                default=asked if asked in names else names[0], key="train_backbone")
+st.query_params["backbone"] = backbone
+spec = backbones.get_spec(backbone)
+preset = st.segmented_control("Preset", config.PRESETS, format_func=PRESET_TEXT.get, required=True,
+                              default="quick", key="train_preset", persist_state="session")
+has_imagenet = backbones.imagenet_available(spec)
+weights_choice = st.segmented_control("Weights", list(WEIGHTS_TEXT), format_func=WEIGHTS_TEXT.get, required=True,
+                                      default="imagenet" if has_imagenet else "none", key=f"train_weights_{backbone}",
+                                      persist_state="session")
+if not has_imagenet:
+    st.caption(f"{spec.title}'s ImageNet weights are not in torchvision's cache "
+               f"({dashboard.plain(backbones.weights_cache_path(spec))}), so training from scratch is the "
+               "default. Choosing ImageNet downloads them when the run starts, and fails with a clear message "
+               "when this machine is offline.")
+weights = weights_choice
+if weights_choice == "file":
+    weights = st.text_input("Weights file (.safetensors or a torch state_dict)", key="train_weights_file").strip()
+    if not weights:
+        st.info("Give the path of a weights file, or choose ImageNet or From scratch.")
+        st.stop()
+
+d = config.preset_defaults(preset, backbone, "none" if weights == "none" else "imagenet")
+key = f"{backbone}_{preset}_{weights_choice}"  # new defaults whenever what they depend on changes
+keep = {"persist_state": "session"}  # edited values survive a visit to another page
+c1, c2, c3 = st.columns(3)
+image_size = c1.number_input("Image size (px)", 16, 1024, int(d["image_size"]), step=16, key=f"size_{key}", **keep)
+epochs = c2.number_input("Epochs", 1, 500, int(d["epochs"]), key=f"epochs_{key}", **keep)
+batch_size = c3.number_input("Batch size", 1, 4096, int(d["batch_size"]), key=f"batch_{key}", **keep)
+c4, c5 = st.columns(2)
+lr = c4.select_slider("Learning rate", LEARNING_RATES, value=d["lr"], format_func=lambda v: f"{v:g}",
+                      key=f"lr_{key}", **keep)
+finetune = c5.selectbox("Fine-tuning depth", config.FINETUNE, format_func=dashboard.FINETUNE_TEXT.get,
+                        key=f"finetune_{key}", **keep)
+try:
+    cfg = config.resolve(backbone, preset, weights, dataset, image_size=int(image_size), epochs=int(epochs),
+                         batch_size=int(batch_size), lr=float(lr), finetune=finetune, split=split)
+except config.ConfigError as e:
+    st.error(dashboard.plain(e))
+    st.stop()
+st.caption(f"Dataset {dashboard.plain(dashboard.dataset_label(dataset))}, split "
+           f"{dashboard.plain(dashboard.split_text(cfg))} (both chosen on the Data page).")
+if split == "image":
+    st.warning("Leaky split: cells of one person on both sides inflate the validation scores.")
+with st.expander("Every setting of this run"):
+    st.json(cfg.to_dict())
+
+ds = require_dataset()
+existing = dashboard.find_run(cfg, ds.fingerprint)
+known = dashboard.live_status(existing)["state"] if existing else "new"
+hint = {"finished": "This exact configuration already finished: Start shows its results at once (cached).",
+        "running": "This configuration is training right now: Start attaches to it.",
+        "queued": "This configuration is queued: Start attaches to it.",
+        "starting": "This configuration is starting: Start attaches to it.",
+        "stopped": "This configuration was stopped: Start resumes it.",
+        "interrupted": "This configuration was interrupted: Start resumes it."}.get(known)
+if st.button("Start training", type="primary", icon=":material/play_arrow:"):
+    run = runs.run_for(cfg, fingerprint=ds.fingerprint)
+    st.query_params["run"] = run.run_id
+    state = dashboard.live_status(run)["state"]
+    if state == "finished":
+        st.session_state.setdefault("cached_runs", set()).add(run.run_id)
+    elif state in ("stopped", "interrupted") and dashboard.can_resume(run):
+        dashboard.start(run, resume=True)
+    elif state not in dashboard.ACTIVE_STATES:
+        dashboard.start(run)
+elif hint and st.query_params.get("run") != existing.run_id:
+    st.caption(hint)
+
+# ---- the attached run: from the URL, so a refresh or a second tab shows the same one
+run_id = st.query_params.get("run")
+in_progress = [r for r in dashboard.all_runs() if dashboard.live_status(r)["state"] in dashboard.ACTIVE_STATES]
+if not run_id and in_progress:
+    run_id = in_progress[0].run_id
+    st.query_params["run"] = run_id
+if not run_id:
+    st.info("No run yet: choose the settings above and press Start training.")
+    st.stop()
+try:
+    run = runs.get_run(run_id)
+except KeyError:
+    st.warning(f"Run {dashboard.plain(run_id)} does not exist (any more).")
+    del st.query_params["run"]
+    st.stop()
+
+others = [r for r in in_progress if r.run_id != run.run_id]
+if others:
+    with st.container(border=True):
+        st.markdown("**Other runs in progress** (one trains at a time per device; the rest wait, queued)")
+        for r in others:
+            a, b = st.columns([4, 1])
+            a.markdown(f"{dashboard.plain(dashboard.run_name(r))}: {dashboard.live_status(r)['state']}")
+            if b.button("Show", key=f"show_{r.run_id}"):
+                st.query_params["run"] = r.run_id
+                st.rerun()
+
+st.divider()
+first_state = dashboard.live_status(run)["state"]
+
+
+@st.fragment(run_every=POLL_SECONDS if first_state in dashboard.ACTIVE_STATES else None)
+def run_panel(run: runs.Run, polling: bool) -> None:
+    """Re-reads the run folder every second while the run is active; a full rerun when that ends."""
+    status = dashboard.live_status(run)
+    state = status["state"]
+    if polling and state not in dashboard.ACTIVE_STATES:
+        st.rerun()  # the whole page: polling stops and the result's buttons appear
+    st.subheader(f"Run {run.run_id} · {dashboard.backbone_title(run.config.backbone)}")
+    st.caption(dashboard.plain(dashboard.describe_config(run.config)))
+    events = run.events()
+    if state in dashboard.ACTIVE_STATES:
+        p = dashboard.progress(events)
+        label = {"starting": "Starting the training process…",
+                 "queued": "Queued: waiting for the device (another run is training)…"}.get(state, p.text)
+        st.progress(p.fraction, text=label)
+        stopping = (run.dir / "stop").exists()
+        if st.button("Stopping…" if stopping else "Stop", icon=":material/stop:", key=f"stop_{run.run_id}",
+                     disabled=stopping or state == "starting"):
+            runs.request_stop(run)
+            st.rerun(scope="fragment")
+    elif state == "finished":
+        if run.run_id in st.session_state.get("cached_runs", set()):
+            st.info("Cached: this exact configuration had already finished, so nothing was retrained.",
+                    icon=":material/inventory_2:")
+        else:
+            st.success("Finished.", icon=":material/check_circle:")
+        m = run.final_metrics()
+        a, b, c, e = st.columns(4)
+        a.metric("Val. accuracy", f"{m['val_acc']:.1%}" if "val_acc" in m else "–")
+        b.metric("Weighted F1", f"{m['val_f1']:.3f}" if "val_f1" in m else "–")
+        c.metric("Best epoch", m.get("best_epoch", "–"))
+        e.metric("Training time", dashboard.format_duration(dashboard.training_seconds(run)))
+        left, mid, right = st.columns(3)
+        left.page_link("pages/predict.py", label="Predict with it", icon=":material/center_focus_strong:")
+        mid.page_link("pages/compare.py", label="Compare backbones", icon=":material/compare:")
+        if right.button("Retrain from scratch", icon=":material/restart_alt:", key=f"retrain_{run.run_id}"):
+            st.session_state.get("cached_runs", set()).discard(run.run_id)
+            dashboard.retrain(run)
+            st.rerun()
+    elif state == "new":
+        st.info("This run has not started.")
+        if st.button("Start it", key=f"begin_{run.run_id}"):
+            dashboard.start(run)
+            st.rerun()
+    else:
+        text = status.get("error") or "no error text was recorded"
+        if state == "failed":
+            st.error("Training failed:", icon=":material/error:")
+        else:
+            st.warning(f"Training {state} after epoch {len(run.epochs())}.", icon=":material/pause_circle:")
+        st.code(text, language=None, wrap_lines=True)
+        left, right = st.columns(2)
+        if dashboard.can_resume(run) and left.button("Resume", icon=":material/play_arrow:",
+                                                     key=f"resume_{run.run_id}"):
+            dashboard.start(run, resume=True)
+            st.rerun()
+        if right.button("Retry from scratch", icon=":material/restart_alt:", key=f"retry_{run.run_id}"):
+            dashboard.start(run)
+            st.rerun()
+    st.plotly_chart(charts.training_curves(events), key=f"curves_{run.run_id}")
+
+
+run_panel(run, first_state in dashboard.ACTIVE_STATES)

@@ -1,0 +1,116 @@
+"""Every registered backbone builds, runs, trains a step, freezes as asked, and fails clearly offline."""
+
+from __future__ import annotations
+
+import urllib.error
+
+import pytest
+import torch
+
+from leukviz import backbones
+from leukviz.backbones import BACKBONES, WeightsUnavailable, build_model, normalize, set_finetune
+
+
+@pytest.mark.parametrize("name", list(BACKBONES))
+def test_builds_forwards_and_trains_one_step(name):
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=2, weights="none")
+    assert model.get_submodule(BACKBONES[name].head).out_features == 2
+    x = normalize(torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8), name)
+    model.train()
+    out = model(x)
+    assert out.shape == (4, 2) and torch.isfinite(out).all()
+    head = model.get_submodule(BACKBONES[name].head)
+    before = head.weight.detach().clone()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    torch.nn.functional.cross_entropy(out, torch.tensor([0, 1, 0, 1])).backward()
+    opt.step()
+    assert not torch.equal(before, head.weight), "one training step must change the head"
+
+
+@pytest.mark.parametrize("name", list(BACKBONES))
+def test_finetune_depths_freeze_the_right_parameters(name):
+    model = build_model(name, 2, "none")
+    spec = BACKBONES[name]
+    set_finetune(model, name, "head")
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(spec.head + ".") for n in trainable)
+    set_finetune(model, name, "last")
+    last = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable < last
+    assert all(any(n.startswith(k + ".") for k in (spec.head, *spec.last_stage)) for n in last)
+    set_finetune(model, name, "full")
+    assert all(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", list(BACKBONES))
+def test_cam_layer_exists(name):
+    model = build_model(name, 2, "none")
+    assert isinstance(model.get_submodule(BACKBONES[name].cam_layer), torch.nn.Module)
+
+
+def test_offline_imagenet_message_names_the_file(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.delenv("LEUKVIZ_OFFLINE", raising=False)
+
+    def no_network(*a, **k):
+        raise urllib.error.URLError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
+    with pytest.raises(WeightsUnavailable) as e:
+        build_model("resnet50", 2, "imagenet")
+    msg = str(e.value)
+    assert "resnet50-11ad3fa6.pth" in msg and str(tmp_path) in msg
+    assert "--weights none" in msg and "Traceback" not in msg
+
+
+def test_offline_flag_fails_fast_without_touching_the_network(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setenv("LEUKVIZ_OFFLINE", "1")
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda *a, **k: pytest.fail("network touched"))
+    with pytest.raises(WeightsUnavailable, match="googlenet-1378be20.pth"):
+        build_model("googlenet", 2, "imagenet")
+
+
+def test_imagenet_weights_load_from_torchvision_cache(monkeypatch, tmp_path):
+    """A weights file in torchvision's cache is used the normal way (here one this test writes itself)."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    spec = BACKBONES["googlenet"]
+    ref = spec.builder(weights=None, aux_logits=True, init_weights=True, num_classes=1000)
+    path = backbones.weights_cache_path(spec)
+    path.parent.mkdir(parents=True)
+    torch.save(ref.state_dict(), path)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("network touched"))
+    monkeypatch.setattr("torch.hub.check_hash", lambda *a, **k: None, raising=False)
+    model = build_model("googlenet", 2, "imagenet")
+    assert torch.equal(model.conv1.conv.weight, ref.conv1.conv.weight)
+    assert model.fc.out_features == 2 and model.transform_input and model.aux1 is None
+
+
+def test_weights_file_loads_backbone_and_rejects_wrong_architecture(tmp_path):
+    src = build_model("resnet50", 2, "none")
+    f = tmp_path / "w.pt"
+    torch.save(src.state_dict(), f)
+    model = build_model("resnet50", 2, str(f))
+    assert torch.equal(model.layer1[0].conv1.weight, src.layer1[0].conv1.weight)
+    assert torch.equal(model.fc.weight, src.fc.weight)  # same head shape: kept
+    with pytest.raises(ValueError, match="does not fit VGG16"):
+        build_model("vgg16", 2, str(f))
+
+
+def test_unsafe_pickle_is_refused(tmp_path):
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    f = tmp_path / "evil.pt"
+    f.write_bytes(pickle.dumps({"x": Evil()}))
+    with pytest.raises(ValueError, match="refusing to load"):
+        backbones.load_state_dict_file(f)
+
+
+def test_unknown_backbone_lists_choices():
+    with pytest.raises(ValueError, match="resnet50, googlenet, vgg16"):
+        backbones.get_spec("alexnet")

@@ -1,0 +1,184 @@
+"""End to end in a real headless Chromium: start the app, train on the demo data, predict an upload, compare."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+EXCEPTION = '[data-testid="stException"]'
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+def _missing(reason: str) -> None:
+    if os.environ.get("LEUKVIZ_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"browser test required (LEUKVIZ_REQUIRE_BROWSER=1) but {reason}")
+    pytest.skip(reason)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _artifacts() -> Path:
+    out = Path(os.environ.get("LEUKVIZ_ARTIFACTS") or REPO / "artifacts" / "screenshots")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _no_exception(page, where: str) -> None:
+    boxes = page.locator(EXCEPTION)
+    if boxes.count():
+        pytest.fail(f"Streamlit exception on {where}: {boxes.first.inner_text()[:2000]}")
+
+
+def _goto_page(page, title: str) -> None:
+    """Through the sidebar, as a user would: the session (and its state) carries over."""
+    page.locator('[data-testid="stSidebarNav"] a', has_text=title).click()
+    page.get_by_role("heading", name=title, exact=True).wait_for(timeout=30_000)
+
+
+def _wait_for_server(base: str, proc: subprocess.Popen, timeout: float) -> None:
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"streamlit exited early with status {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{base}/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    pytest.fail(f"streamlit did not answer within {timeout:.0f} s")
+
+
+@pytest.mark.timeout(300)
+def test_train_predict_compare_in_a_real_browser(tmp_path):
+    if not Path(CHROMIUM).exists():
+        _missing(f"{CHROMIUM} not found (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _missing("the playwright python package is not installed")
+
+    shots = _artifacts()
+    home = tmp_path / "home"
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "LEUKVIZ_HOME": str(home), "LEUKVIZ_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+           "TORCH_HOME": str(tmp_path / "torch")}
+    env.pop("LEUKVIZ_RUNS", None)
+    env.pop("LEUKVIZ_CACHE", None)
+    log = open(tmp_path / "streamlit.log", "wb")
+    timings: dict[str, float] = {}
+    t_launch = time.time()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+         "--server.headless", "true", "--server.fileWatcherType", "none"],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_for_server(base, server, 60)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 1600})
+            page.set_default_timeout(30_000)
+
+            # Overview: interactive when the backbone cards and their links are drawn.
+            page.goto(base)
+            page.get_by_role("heading", name="Backbones").wait_for(timeout=60_000)
+            page.get_by_text("Train it").first.wait_for()
+            timings["launch_to_first_page_interactive_s"] = round(time.time() - t_launch, 2)
+            _no_exception(page, "the overview")
+            page.screenshot(path=str(shots / "1-overview.png"))
+
+            # Data: the demo dataset is generated on first use, under a spinner.
+            _goto_page(page, "Data")
+            page.get_by_role("heading", name="Sample cells").wait_for(timeout=180_000)
+            _no_exception(page, "Data")
+            page.screenshot(path=str(shots / "2-data.png"))
+
+            # Train: GoogLeNet from scratch, 32 px, one epoch.
+            _goto_page(page, "Train")
+            start = page.get_by_role("button", name="Start training")
+            start.wait_for(timeout=60_000)
+            page.get_by_role("radio", name="GoogLeNet", exact=True).click()
+            page.get_by_role("radio", name="From scratch", exact=True).click()
+            for label, value in (("Image size (px)", "32"), ("Epochs", "1")):
+                box = page.get_by_label(label)
+                box.fill(value)
+                box.press("Enter")
+                page.wait_for_function(
+                    "([l, v]) => [...document.querySelectorAll('input')].some("
+                    "i => i.getAttribute('aria-label') === l && i.value === v)", arg=[label, value])
+            page.wait_for_timeout(1500)  # let the rerun for the last value settle before pressing Start
+            start.click()
+            page.locator(".legendtext", has_text="val acc").first.wait_for(timeout=180_000)
+            page.get_by_text("Finished.").wait_for(timeout=60_000)
+            _no_exception(page, "Train")
+            timings["train_page_epoch_seen_s"] = round(time.time() - t_launch, 2)
+            page.screenshot(path=str(shots / "3-train.png"))
+
+            # Predict: upload one of the demo generator's held-out cells.
+            cells = sorted(home.glob("cache/demo/*/C-NMC_Leukemia/validation_data/*/*.png"))
+            assert cells, f"no demo cells under {home / 'cache'}"
+            _goto_page(page, "Predict")
+            upload = page.locator('[data-testid="stFileUploaderDropzoneInput"]')
+            upload.wait_for(state="attached")
+            t_drop = time.time()
+            upload.set_input_files(str(cells[0]))
+            confidence = page.get_by_text(re.compile(r"^\d+(\.\d)?% confidence$")).first
+            confidence.wait_for(timeout=60_000)
+            timings["drop_to_all_predictions_s"] = round(time.time() - t_drop, 2)
+            pct = float(confidence.inner_text().split("%")[0])
+            assert 50.0 <= pct <= 100.0  # the top class of two
+            predicted = page.locator('[data-testid="stMetricValue"]').first.inner_text().strip()
+            assert predicted in ("hem", "all")
+            page.locator(".js-plotly-plot").first.wait_for()
+            _no_exception(page, "Predict")
+            page.screenshot(path=str(shots / "4-predict.png"))
+
+            # Compare: the table, curves, ROC and confusion matrix of the finished run.
+            _goto_page(page, "Compare")
+            page.get_by_role("heading", name="Confusion matrices").wait_for(timeout=60_000)
+            page.locator('[data-testid="stDataFrame"]').first.wait_for()
+            page.wait_for_timeout(1500)  # charts draw after their container
+            _no_exception(page, "Compare")
+            page.screenshot(path=str(shots / "5-compare.png"))
+            browser.close()
+    finally:
+        os.killpg(server.pid, 15)
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, 9)
+            server.wait()
+        log.close()
+        # Training processes are started in their own sessions; stop any left (a failed test).
+        for status in home.glob("runs/*/status.json"):
+            pid = json.loads(status.read_text()).get("pid")
+            if pid and json.loads(status.read_text()).get("state") in ("queued", "running"):
+                try:
+                    os.kill(pid, 15)
+                except ProcessLookupError:
+                    pass
+        if (tmp_path / "streamlit.log").exists():
+            shutil.copy(tmp_path / "streamlit.log", shots / "streamlit.log")
+    (shots / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
+    print(json.dumps(timings))

@@ -1,0 +1,152 @@
+"""Datasets: the C-NMC layout (real sample), class folders, zips, splits, the decode-once cache."""
+
+from __future__ import annotations
+
+import shutil
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from leukviz import data
+from leukviz.data import DataError, make_split, open_dataset
+
+
+def test_cnmc_mini_index_counts(cnmc_mini):
+    ds = open_dataset(cnmc_mini)
+    info = data.inspect(ds)
+    assert ds.kind == "cnmc" and info["classes"] == ["hem", "all"]
+    assert info["per_class"] == {"all": 30, "hem": 27}
+    assert info["per_fold"]["0"] == {"hem": 0, "all": 6}
+    assert info["per_fold"]["2"] == {"hem": 3, "all": 0}
+    assert info["per_subject"]["h3"] == {"class": "hem", "n": 2}  # the lower-case subject is kept
+    assert set(info["per_subject"]) == {"1", "2", "3", "11", "16", "H10", "H2", "h3"}
+    assert info["prelim"] == {"n": 10, "per_class": {"hem": 5, "all": 5}}
+    assert info["final_unlabeled"] == 4
+
+
+def test_prelim_labels_follow_the_csv(cnmc_mini):
+    ds = open_dataset(cnmc_mini)
+    prelim = ds.index[ds.index["set"] == "prelim"].set_index(ds.index[ds.index["set"] == "prelim"]["path"].map(
+        lambda p: p.rsplit("/", 1)[-1]))
+    assert prelim.loc["1.bmp", "label"] == 0 and prelim.loc["1.bmp", "subject"] == "H10"
+    assert prelim.loc["2.bmp", "label"] == 1 and prelim.loc["2.bmp", "subject"] == "2"
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_subject_split_never_shares_a_subject(cnmc_mini, tiny_data, seed):
+    for root in (cnmc_mini, tiny_data):
+        ds = open_dataset(root)
+        s = make_split(ds, "subject", 0.25, seed)
+        tr, va = set(ds.index.loc[s.train, "subject"]), set(ds.index.loc[s.val, "subject"])
+        assert tr and va and not (tr & va)
+        assert set(ds.index.loc[s.val, "label"]) == {0, 1}, "both classes in validation"
+        assert len(s.train) + len(s.val) == len(ds.train_rows) and not s.leaky
+
+
+def test_image_split_is_labelled_leaky_and_folds_follow_the_folders(tiny_data):
+    ds = open_dataset(tiny_data)
+    s = make_split(ds, "image", 0.2, 0)
+    assert s.leaky and "LEAKY" in s.description
+    f = make_split(ds, "folds", val_fold=1)
+    assert set(ds.index.loc[f.val, "fold"]) == {1} and 1 not in set(ds.index.loc[f.train, "fold"])
+
+
+def test_subject_split_impossible_without_subject_names(tmp_path):
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        for i in range(3):
+            Image.new("RGB", (20, 20), (i * 40, 10, 10)).save(tmp_path / cls / f"img{i}.png")
+    ds = open_dataset(tmp_path)
+    assert ds.kind == "folder" and ds.classes == ("a", "b")
+    with pytest.raises(DataError, match="subject split impossible.*split 'image'"):
+        make_split(ds, "subject")
+    assert make_split(ds, "image").leaky
+
+
+def test_bad_dataset_paths_have_clear_messages(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        open_dataset(tmp_path / "nope")
+    (tmp_path / "f.txt").write_text("x")
+    with pytest.raises(DataError, match="is a file"):
+        open_dataset(tmp_path / "f.txt")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no sub-folders"):
+        open_dataset(tmp_path / "empty")
+    (tmp_path / "one" / "all").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "one" / "all" / "x.png")
+    with pytest.raises(DataError, match="one class only"):
+        open_dataset(tmp_path / "one")
+
+
+def test_zip_of_a_cnmc_folder_opens_like_the_folder(cnmc_mini, tmp_path):
+    z = tmp_path / "d.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        for f in sorted(cnmc_mini.rglob("*")):
+            if f.is_file():
+                zf.write(f, "top/C-NMC_Leukemia/" + str(f.relative_to(cnmc_mini)))
+    ds = open_dataset(z, tmp_path / "cache")
+    assert ds.kind == "cnmc" and len(ds.train_rows) == 57
+
+
+def test_zip_slip_is_refused(tmp_path):
+    z = tmp_path / "evil.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.writestr("../../escape.txt", "x")
+    with pytest.raises(DataError, match="unsafe entry"):
+        open_dataset(z, tmp_path / "cache")
+    assert not (tmp_path / "escape.txt").exists()
+
+
+def test_cache_decodes_once_and_matches_load_image(tiny_data, tmp_path):
+    ds = open_dataset(tiny_data)
+    imgs, ok = data.image_cache(ds, 32, True, tmp_path, workers=2)
+    assert imgs.shape == (len(ds.index), 32, 32, 3) and ok.all()
+    i = len(ds.index) // 2
+    np.testing.assert_array_equal(imgs[i], data.load_image(ds.index["path"][i], 32, True))
+    again, _ = data.image_cache(ds, 32, True, tmp_path)
+    assert again.filename == imgs.filename  # reused, not rebuilt
+    other, _ = data.image_cache(ds, 48, True, tmp_path)
+    assert other.shape[1] == 48
+
+
+def test_changed_dataset_changes_fingerprint(tiny_data, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_data, copy)
+    a = open_dataset(copy).fingerprint
+    victim = next((copy / "training_data").rglob("*.png"))
+    victim.unlink()
+    assert open_dataset(copy).fingerprint != a
+
+
+def test_unreadable_files_are_skipped_and_counted(tiny_data, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_data, copy)
+    bad = next((copy / "training_data").rglob("*_all.png"))
+    bad.write_bytes(b"not an image")
+    (bad.parent / "notes.txt").write_text("hello")
+    ds = open_dataset(copy)
+    imgs, ok = data.image_cache(ds, 32, True, tmp_path / "c")
+    assert (~ok).sum() == 1 and any("notes.txt" in p for p, _ in ds.skipped)
+    assert any("not a readable image" in r for _, r in ds.skipped)
+
+
+def test_crop_to_cell_centres_the_cell():
+    a = np.zeros((100, 100, 3), np.uint8)
+    a[10:30, 60:90] = 200
+    c = data.crop_to_cell(a)
+    assert c.shape[0] == c.shape[1] and 30 <= c.shape[0] <= 34
+    assert c[c.shape[0] // 2, c.shape[1] // 2].max() == 200
+
+
+def test_image_modes_all_become_rgb(tmp_path):
+    a16 = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16)
+    Image.fromarray(a16).save(tmp_path / "g16.tif")
+    Image.new("RGBA", (30, 40), (255, 0, 0, 128)).save(tmp_path / "rgba.png")
+    Image.new("P", (30, 30)).save(tmp_path / "p.gif")
+    Image.new("CMYK", (30, 30), (0, 255, 0, 0)).save(tmp_path / "c.jpg")
+    for f in tmp_path.iterdir():
+        out = data.load_image(f, 16, crop=False)
+        assert out.shape == (16, 16, 3) and out.dtype == np.uint8, f.name
+    assert data.load_image(tmp_path / "g16.tif", 16, False).max() > 200  # 16-bit rescaled, not clipped to black

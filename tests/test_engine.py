@@ -1,0 +1,84 @@
+"""The training loop: honest validation, augmentation, batching, class weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from leukviz import engine
+from leukviz.config import resolve
+from leukviz.engine import Dist, augment, class_weights, epoch_batches, evaluate
+
+
+def test_validation_runs_in_eval_mode_without_gradients():
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 2)
+
+        def forward(self, x):
+            seen.append((torch.is_grad_enabled(), self.training))
+            return self.lin(x.mean(dim=(2, 3)))
+
+    model = Probe().train()
+    imgs = np.random.default_rng(0).integers(0, 255, (10, 8, 8, 3), dtype=np.uint8)
+    loss, probs = evaluate(model, imgs, np.array([0, 1] * 5), "resnet50", torch.device("cpu"),
+                           torch.nn.CrossEntropyLoss(), batch_size=4)
+    assert seen and all(g is False and t is False for g, t in seen)
+    assert model.training, "evaluate restores the training mode"
+    assert probs.shape == (10, 2) and np.allclose(probs.sum(1), 1, atol=1e-5) and loss > 0
+
+
+def test_augment_is_the_dihedral_group():
+    x = torch.arange(2 * 4 * 4 * 3, dtype=torch.uint8).reshape(2, 4, 4, 3)
+    same = augment(x, torch.tensor([0, 0]), None)
+    assert torch.equal(same, x)
+    flipped = augment(x, torch.tensor([1, 0]), None)
+    assert torch.equal(flipped[0], x[0].flip(1)) and torch.equal(flipped[1], x[1])
+    rot = augment(x, torch.tensor([2, 6]), None)
+    assert torch.equal(rot[0], torch.rot90(x[0], 1, (0, 1))) and torch.equal(rot[1], torch.rot90(x[1], 3, (0, 1)))
+    views = {augment(x[:1], torch.tensor([c]), None).numpy().tobytes() for c in range(8)}
+    assert len(views) == 8
+
+
+def test_one_and_two_processes_see_the_same_global_batches():
+    one = epoch_batches(37, 8, seed=3, epoch=2, d=Dist(0, 1))
+    r0 = epoch_batches(37, 8, seed=3, epoch=2, d=Dist(0, 2))
+    r1 = epoch_batches(37, 8, seed=3, epoch=2, d=Dist(1, 2))
+    for k, batch in enumerate(one[:4]):
+        assert sorted(batch) == sorted(np.concatenate([r0[k], r1[k]]))
+    assert sorted(np.concatenate(one)) == list(range(37))
+    assert not np.array_equal(np.concatenate(one), np.concatenate(epoch_batches(37, 8, 3, 3, Dist())))
+
+
+def test_class_weights_balance_the_classes():
+    w = class_weights(np.array([0] * 10 + [1] * 30), 2)
+    assert w[0] == pytest.approx(2.0) and w[1] == pytest.approx(2 / 3)
+    assert float(w[0] * 10) == pytest.approx(float(w[1] * 30))
+
+
+def test_presets_resolve_and_overrides_win():
+    cfg = resolve("vgg16", "quick", "none", epochs=1)
+    assert cfg.epochs == 1 and cfg.optimizer == "sgd"  # VGG16 from scratch: not Adam 1e-3
+    paper = resolve("vgg16", "paper", "imagenet")
+    assert (paper.image_size, paper.batch_size, paper.epochs) == (128, 128, 4)
+    assert resolve("resnet50", "paper", "imagenet").epochs == 5
+    from leukviz.config import ConfigError
+    with pytest.raises(ConfigError, match="choose one of: subject, folds, image"):
+        resolve("resnet50", split="random")
+
+
+def test_run_id_depends_on_config_and_data_not_on_path():
+    a = resolve("resnet50", data="/a/b")
+    b = resolve("resnet50", data="/c/d")
+    assert a.identity("fp1") == b.identity("fp1")
+    assert a.identity("fp1") != a.identity("fp2")
+    assert a.identity("fp1") != resolve("resnet50", epochs=7).identity("fp1")
+
+
+def test_autocast_choice():
+    assert engine.autocast_dtype("fp32", torch.device("cpu")) is None
+    assert engine.autocast_dtype("bf16", torch.device("cpu")) == torch.bfloat16

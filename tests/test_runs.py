@@ -1,0 +1,117 @@
+"""Runs: complete folders, the cache, stop and resume, crashes, one process per run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from leukviz import engine, inference, runs
+from leukviz.config import resolve
+
+
+def tiny_cfg(data, **kw):
+    base = dict(epochs=2, image_size=32, batch_size=16)
+    base.update(kw)
+    return resolve(kw.pop("backbone", "googlenet"), "quick", "none", str(data),
+                   **{k: v for k, v in base.items() if k != "backbone"})
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_data, tmp_path_factory):
+    run = runs.run_for(tiny_cfg(tiny_data), tmp_path_factory.mktemp("runs"))
+    runs.train(run, log=lambda s: None)
+    return run
+
+
+def test_a_finished_run_folder_is_complete(finished):
+    names = {p.name for p in finished.dir.iterdir()}
+    assert {"config.json", "status.json", "metrics.jsonl", "model.safetensors", "model.json",
+            "val_predictions.csv", "last.pt"} <= names
+    assert finished.state == "finished"
+    ep = finished.epochs()
+    assert [e["epoch"] for e in ep] == [1, 2]
+    assert all(e["val_loss"] != e["train_loss"] for e in ep)  # validation loss is its own measurement
+    assert any(e["type"] == "batch" for e in finished.events())
+    meta = json.loads((finished.dir / "model.json").read_text())
+    assert meta["backbone"] == "googlenet" and meta["classes"] == ["hem", "all"] and meta["image_size"] == 32
+
+
+def test_loaded_model_reproduces_the_saved_validation_predictions(finished):
+    """Validation and single-image prediction share the preprocessing exactly."""
+    import pandas as pd
+
+    preds = pd.read_csv(finished.dir / "val_predictions.csv")
+    lm = inference.load_model(finished.dir)
+    rows = inference.predict_files(lm, preds["path"][:8].tolist())
+    got = np.array([r["prob_all"] for r in rows])
+    best = json.loads((finished.dir / "model.json").read_text())["epoch"]
+    assert best in (1, 2)
+    np.testing.assert_allclose(got, preds["prob_all"][:8].to_numpy(), atol=1e-4)
+
+
+def test_same_config_is_cached(finished, tiny_data):
+    again = runs.run_for(tiny_cfg(tiny_data), finished.dir.parent)
+    assert again.dir == finished.dir and again.state == "finished"
+
+
+def test_stop_then_resume_gives_one_continuous_history(tiny_data, tmp_path, finished):
+    run = runs.run_for(tiny_cfg(tiny_data), tmp_path)
+    batches = []
+
+    def stop_after_three(ev):
+        if ev["type"] == "batch":
+            batches.append(ev)
+            if len(batches) == 3 and ev["epoch"] == 1:
+                runs.request_stop(run)
+
+    with pytest.raises(engine.Stopped):
+        runs.train(run, log=lambda s: None, emit_hook=stop_after_three)
+    assert run.state == "stopped" and (run.dir / "last.pt").exists()
+    assert not run.epochs()
+    runs.train(run, resume=True, log=lambda s: None)
+    assert run.state == "finished"
+    ev = run.events()
+    steps = [(e["epoch"], e["step"]) for e in ev if e["type"] == "batch"]
+    assert steps == sorted(steps) and len(set(steps)) == len(steps), "no step twice, none out of order"
+    assert [e["epoch"] for e in run.epochs()] == [1, 2]
+    assert [e["type"] for e in ev if e["type"] in ("start", "resume")] == ["start", "resume"]
+    # resumed training is the same computation as the uninterrupted one
+    a, b = run.epochs()[-1], finished.epochs()[-1]
+    assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
+    assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+
+
+def test_a_crash_is_recorded_as_failed_with_the_message(tiny_data, tmp_path):
+    run = runs.run_for(tiny_cfg(tiny_data, epochs=1), tmp_path)
+
+    def boom(ev):
+        if ev["type"] == "batch" and ev["step"] >= 2:
+            raise RuntimeError("simulated crash in the middle of epoch 1")
+
+    with pytest.raises(RuntimeError):
+        runs.train(run, log=lambda s: None, emit_hook=boom)
+    st = run.status
+    assert st["state"] == "failed" and "simulated crash" in st["error"]
+    assert [e["step"] for e in run.events() if e["type"] == "batch"][:2] == [1, 2]  # metrics so far are kept
+
+
+def test_nan_loss_stops_with_a_clear_message(tiny_data, tmp_path, monkeypatch):
+    run = runs.run_for(tiny_cfg(tiny_data, epochs=1, seed=5), tmp_path)
+    real = torch.nn.CrossEntropyLoss.forward
+    monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward", lambda self, a, b: real(self, a, b) * float("nan"))
+    with pytest.raises(engine.TrainingDiverged):
+        runs.train(run, log=lambda s: None)
+    assert run.state == "failed" and "loss became nan" in run.status["error"]
+
+
+def test_dead_process_shows_as_interrupted_and_a_held_lock_blocks_a_second_trainer(tiny_data, tmp_path):
+    run = runs.run_for(tiny_cfg(tiny_data, seed=9), tmp_path)
+    runs.write_status(run, "running")
+    assert run.state == "interrupted"  # nobody holds the lock: not 'running forever'
+    with run.lock():
+        assert run.state == "running"
+        with pytest.raises(runs.AlreadyRunning):
+            runs.train(run, log=lambda s: None)
