@@ -60,10 +60,13 @@ register(BackboneSpec(
     pretrained_kwargs={"transform_input": True},
     scratch_kwargs={"aux_logits": False, "transform_input": False, "init_weights": True},
 ))
+# VGG16's CAM hooks the ReLU after the last conv (features.29), not the conv (features.28): that ReLU is
+# in place, so a hook on the conv saw post-ReLU activations on CPU (shared storage) but pre-ReLU ones on
+# CUDA (copied first), each paired with pre-ReLU gradients. The ReLU's own output is one consistent tensor.
 register(BackboneSpec(
     name="vgg16", title="VGG16", builder=models.vgg16, weights=models.VGG16_Weights.DEFAULT,
     head="classifier.6", last_stage=("features.24", "features.26", "features.28", "classifier"),
-    cam_layer="features.28",
+    cam_layer="features.29",
 ))
 
 

@@ -1,4 +1,4 @@
-"""Command line: python -m leukviz train | runs | data | predict | evaluate (see --help of each)."""
+"""Command line: python -m leukviz train | runs | data | predict | evaluate | study | export (see --help of each)."""
 
 from __future__ import annotations
 
@@ -59,68 +59,158 @@ def _train_result(run, cached: bool, t0: float) -> dict:
             "seconds": round(time.time() - t0, 2)}
 
 
-def cmd_train(args) -> int:
-    from leukviz import runs
+def _resolve_cfg(args) -> C.RunConfig:
+    return C.resolve(args.backbone, args.preset, args.weights, args.data,
+                     epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size, lr=args.lr,
+                     split=args.split, finetune=args.finetune, optimizer=args.optimizer, seed=args.seed,
+                     precision=args.precision, augment=args.augment, val_fold=args.val_fold,
+                     freeze_bn=args.freeze_bn, class_balance=args.class_balance)
 
-    t0 = time.time()
-    rank = int(os.environ.get("RANK", "0"))
-    log = (lambda s: print(s, file=sys.stderr)) if rank == 0 else (lambda s: None)
-    progress = Progress(enabled=rank == 0)
+
+def _decide(args, runs) -> tuple[str, object, bool]:
+    """Rank 0's decision for a train command: ('cached' | 'attach' | 'train' | 'detach', run, resume)."""
     if args.run_dir:  # the launcher's form: the run folder and its config.json are ready
-        run = runs.Run(Path(args.run_dir))
-        try:
-            runs.train(run, resume=args.resume_here, device=args.device, log=log, emit_hook=progress)
-        except runs.AlreadyRunning as e:
-            log(str(e))
-        return 0 if run.state in ("finished", "stopped") else 1
+        return "train", runs.Run(Path(args.run_dir)), args.resume_here
     if args.resume:
         run = runs.get_run(args.resume, args.runs_dir)
-        resume = True
-    else:
-        cfg = C.resolve(args.backbone, args.preset, args.weights, args.data,
-                        epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size, lr=args.lr,
-                        split=args.split, finetune=args.finetune, optimizer=args.optimizer, seed=args.seed,
-                        precision=args.precision, augment=args.augment, val_fold=args.val_fold)
-        run = runs.run_for(cfg, args.runs_dir)
-        resume = False
-        if run.state == "finished" and not args.force:
-            res = _train_result(run, True, t0)
-            _out(args, f"cached: run {run.run_id} already finished ({run.dir}); "
-                       f"val acc {res['metrics'].get('val_acc', float('nan')):.3f}", res)
-            return 0
-        if args.force and run.state != "new" and rank == 0:
-            if run.is_locked():
-                raise CliError(f"run {run.run_id} is training right now; stop it before retraining")
-            runs.archive(run)
-        if run.state in ("stopped", "interrupted") and rank == 0:
-            resume = True  # an unfinished run of this config continues rather than starting over
-    if rank == 0 and run.is_locked():
+        return ("attach" if run.is_locked() else "train"), run, True
+    run = runs.run_for(_resolve_cfg(args), args.runs_dir)
+    if run.state == "finished" and not args.force:
+        return "cached", run, False
+    if run.is_locked():
+        if args.force:
+            raise CliError(f"run {run.run_id} is training right now; stop it before retraining")
+        return "attach", run, False
+    if args.force and run.state != "new":
+        runs.archive(run)
+    # an unfinished run of this config continues rather than starting over
+    resume = run.state in ("stopped", "interrupted")
+    return ("detach" if args.detach else "train"), run, resume
+
+
+def cmd_train(args) -> int:
+    """Train, or return the cached run, or attach to the process already training it.
+
+    Under torchrun every rank runs this; rank 0 decides (it alone reads and writes the run folder) and
+    broadcasts the decision, so no rank waits for a collective the others never join.
+    """
+    from leukviz import engine, runs
+
+    if args.cv:
+        return cmd_cv(args)
+    t0 = time.time()
+    d, _ = engine.init_distributed(args.device)
+    log = (lambda s: print(s, file=sys.stderr)) if d.main else (lambda s: None)
+    progress = Progress(enabled=d.main)
+    decision: list = [None]
+    if d.main:
+        try:
+            action, run, resume = _decide(args, runs)
+            decision = [(action, str(run.dir), resume)]
+        except Exception as e:
+            decision = [("error", str(e), False)]
+    if d.on:
+        import torch.distributed as dist
+        dist.broadcast_object_list(decision, src=0)
+    action, where, resume = decision[0]
+    if action == "error":
+        if d.main:
+            raise CliError(where)
+        return 2
+    run = runs.Run(Path(where))
+    if not d.main:
+        if action == "train":
+            runs.train(run, resume=resume, device=args.device, log=log)
+        return 0
+    if action == "cached":
+        res = _train_result(run, True, t0)
+        _out(args, f"cached: run {run.run_id} already finished ({run.dir}); "
+                   f"val acc {res['metrics'].get('val_acc', float('nan')):.3f}", res)
+        return 0
+    if action == "detach":
+        runs.launch(run, resume=resume, device=args.device)
+        _out(args, f"launched run {run.run_id} in the background ({run.dir})", _train_result(run, False, t0))
+        return 0
+    if action == "attach":
         log(f"run {run.run_id} is already training in another process: attaching")
         for ev in runs.follow(run):
             progress(ev)
     else:
-        if args.detach and rank == 0:
-            runs.launch(run, resume=resume, device=args.device)
-            _out(args, f"launched run {run.run_id} in the background ({run.dir})",
-                 _train_result(run, False, t0))
-            return 0
         try:
             runs.train(run, resume=resume, device=args.device, log=log, emit_hook=progress)
         except runs.AlreadyRunning:
+            log(f"run {run.run_id} is already training in another process: attaching")
             for ev in runs.follow(run):
                 progress(ev)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, engine.Stopped):
             pass
         except Exception as e:  # recorded in status.json; one clear line here
-            if rank == 0:
-                res = _train_result(run, False, t0)
-                _out(args, f"run {run.run_id} {res['status']}: {res['error'] or e}", res)
+            res = _train_result(run, False, t0)
+            _out(args, f"run {run.run_id} {res['status']}: {res['error'] or e}", res)
             return 1
-    if rank != 0:
-        return 0
     res = _train_result(run, False, t0)
     _out(args, f"run {run.run_id} {res['status']} ({run.dir}): " +
          ", ".join(f"{k} {v:.4f}" for k, v in res["metrics"].items() if isinstance(v, float)), res)
+    return 0 if res["status"] == "finished" else 1
+
+
+def cmd_cv(args) -> int:
+    """Cross-validation over the official folds: one cached run per validation fold, then mean and spread.
+
+    With several GPUs the folds train in parallel, one process per GPU; otherwise one after another.
+    """
+    import dataclasses
+    import statistics
+
+    from leukviz import data, engine, runs
+
+    t0 = time.time()
+    if args.split not in (None, "folds"):
+        raise CliError("--cv runs over the official folds: use it with --split folds")
+    args.split = "folds"
+    base = _resolve_cfg(args)
+    ds = data.open_dataset(base.data, runs.cache_root())
+    folds = sorted(set(ds.train_rows["fold"]) - {-1})
+    if len(folds) < 2:
+        raise CliError(f"cross-validation needs official folds; {base.data} has {folds or 'none'}")
+    fold_runs = [runs.run_for(dataclasses.replace(base, val_fold=f), args.runs_dir, ds.fingerprint) for f in folds]
+    n_gpu = __import__("torch").cuda.device_count() if engine.pick_device(args.device).type == "cuda" else 0
+    todo = [r for r in fold_runs if r.state != "finished" and not r.is_locked()]
+    if n_gpu > 1:
+        procs = []
+        for i, run in enumerate(todo):
+            gpu = str(i % n_gpu)
+            procs.append(runs.launch(run, resume=run.state in ("stopped", "interrupted"),
+                                     env={"CUDA_VISIBLE_DEVICES": gpu}))
+        for p in procs:
+            if p is not None:
+                p.wait()
+    else:
+        for run in todo:
+            print(f"fold {run.config.val_fold}: run {run.run_id}", file=sys.stderr)
+            try:
+                runs.train(run, resume=run.state in ("stopped", "interrupted"), device=args.device,
+                           log=lambda s: print(s, file=sys.stderr), emit_hook=Progress())
+            except Exception as e:  # noqa: BLE001 - recorded in the run; the other folds still run
+                print(f"fold {run.config.val_fold} failed: {e}", file=sys.stderr)
+    for run in fold_runs:
+        if run.is_locked():
+            for _ in runs.follow(run):
+                pass
+    per_fold = [{"fold": r.config.val_fold, "run_id": r.run_id, "status": r.state, **r.final_metrics()}
+                for r in fold_runs]
+    done = [f for f in per_fold if f["status"] == "finished"]
+    summary = {}
+    for key in ("val_acc", "val_f1", "val_loss"):
+        vals = [f[key] for f in done if key in f]
+        if vals:
+            summary[key] = {"mean": statistics.fmean(vals), "std": statistics.pstdev(vals) if len(vals) > 1 else 0.0}
+    res = {"cv": True, "backbone": base.backbone, "folds": per_fold, "summary": summary,
+           "status": "finished" if len(done) == len(per_fold) else "failed", "seconds": round(time.time() - t0, 2)}
+    lines = [f"fold {f['fold']}: {f['status']} val_acc {f.get('val_acc', float('nan')):.4f} "
+             f"val_f1 {f.get('val_f1', float('nan')):.4f}" for f in per_fold]
+    lines += [f"{k}: mean {v['mean']:.4f} ± {v['std']:.4f}" for k, v in summary.items()]
+    _out(args, "\n".join(lines), res)
     return 0 if res["status"] == "finished" else 1
 
 
@@ -205,30 +295,48 @@ def _selected_runs(run_arg: str, runs_dir):
 
 def cmd_predict(args) -> int:
     from leukviz import inference
+    from leukviz.metrics import nan_to_none
 
     files = _collect_images(args.images)
     if not files:
         raise CliError("no images given")
-    table = []
-    for run in _selected_runs(args.run, args.runs_dir):
-        lm = inference.load_model(run.dir)
-        for rec in inference.predict_files(lm, files, tta=args.tta):
-            table.append({"run_id": run.run_id, "model": lm.backbone, **rec})
-        if args.cam:
-            from leukviz import explain
-            explain.save_cams(lm, files, Path(args.cam))
+    models = [inference.load_model(run.dir) for run in _selected_runs(args.run, args.runs_dir)]
+    table = inference.predict_table(models, files, tta=args.tta)
+    cams: list[dict] = []
+    if args.cam:
+        from leukviz import explain
+        for lm in models:
+            cams.extend({"model": lm.backbone, "run_id": lm.run_dir.name, **rec}
+                        for rec in explain.save_cams(lm, files, Path(args.cam)))
+        print(f"wrote {sum(1 for c in cams if c['cam'])} Grad-CAM overlays to {args.cam}", file=sys.stderr)
     if args.csv:
-        import pandas as pd
-        pd.DataFrame(table).to_csv(args.csv, index=False)
+        table.to_csv(args.csv, index=False)
+    records = nan_to_none(table)
     if args.json:
-        print(json.dumps({"predictions": table}))
+        print(json.dumps({"predictions": records, "cams": cams}))
     else:
-        for r in table:
+        for r in records:
             if r["error"]:
-                print(f"{r['file']}  [{r['model']}]  ERROR {r['error']}")
+                print(f"{r['file']}  [{r['model']} {r['run_id'][:6]}]  ERROR {r['error']}")
             else:
-                print(f"{r['file']}  [{r['model']}]  {r['predicted']}  {r['confidence'] * 100:.1f}%")
-    return 1 if all(r["error"] for r in table) else 0
+                print(f"{r['file']}  [{r['model']} {r['run_id'][:6]}]  {r['predicted']}  "
+                      f"{r['confidence'] * 100:.1f}%")
+    return 1 if all(r["error"] for r in records) else 0
+
+
+def _fmt(v, digits: int = 4) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def _scores_text(res: dict) -> str:
+    return (f"accuracy {_fmt(res['accuracy'])}, weighted F1 {_fmt(res['weighted_f1'])} (the C-NMC metric), "
+            f"balanced accuracy {_fmt(res['balanced_accuracy'])}, sensitivity {_fmt(res['sensitivity'])}, "
+            f"specificity {_fmt(res['specificity'])}, ROC AUC {_fmt(res['roc_auc'])}, ECE {_fmt(res['ece'])}")
+
+
+def _vote_text(vote: dict) -> str:
+    return (f"accuracy {_fmt(vote['subject_accuracy'])}, weighted F1 {_fmt(vote['subject_weighted_f1'])} "
+            f"over {vote['n_subjects']} subjects")
 
 
 def cmd_evaluate(args) -> int:
@@ -237,10 +345,97 @@ def cmd_evaluate(args) -> int:
     run = runs.get_run(args.run, args.runs_dir)
     lm = inference.load_model(run.dir)
     res = inference.evaluate_dataset(lm, args.data, runs.cache_root(), tta=args.tta)
-    human = (f"run {run.run_id} ({lm.backbone}) on {res['dataset']} [{res['set']}], n={res['n']}: "
-             f"accuracy {res['accuracy']:.4f}, weighted F1 {res['weighted_f1']:.4f}, "
-             f"sensitivity {res['sensitivity']:.4f}, specificity {res['specificity']:.4f}, "
-             f"ROC AUC {res['roc_auc'] if res['roc_auc'] is None else round(res['roc_auc'], 4)}")
+    pos = res["positive_class"]
+    lines = [f"run {run.run_id} ({lm.backbone}) on {res['dataset']} [{res['set']} set], n={res['n']} cells"
+             + (f", {res['skipped']} unreadable skipped" if res["skipped"] else ""),
+             f"  cell level{' (no TTA)' if args.tta else ''}: {_scores_text(res)}; positive class {pos}",
+             f"  confusion (rows true, columns predicted; {', '.join(res['classes'])}): {res['confusion']}"]
+    if "subject_vote" in res:
+        lines.append(f"  subject level{' (no TTA)' if args.tta else ''}, each subject diagnosed once by the mean "
+                     f"probability of its cells: {_vote_text(res['subject_vote'])}")
+        worst = ", ".join(f"{s['subject']} {s['accuracy']:.2f} (n={s['n']})" for s in res["per_subject"][:8])
+        lines.append(f"  per-subject cell accuracy, worst first: {worst}")
+    if "with_tta" in res:
+        t = res["with_tta"]
+        lines.append(f"  cell level WITH TTA (8 flips/rotations averaged): {_scores_text(t)}")
+        if "subject_vote" in t:
+            lines.append(f"  subject level WITH TTA: {_vote_text(t['subject_vote'])}")
+    _out(args, "\n".join(lines), res)
+    return 0
+
+
+def _pct(v) -> str:
+    return "   n/a" if v is None else f"{v * 100:5.1f} %"
+
+
+def _points(v) -> str:
+    return "n/a" if v is None else f"{v * 100:+.1f} points"
+
+
+def _signed(v) -> str:
+    return "n/a" if v is None else f"{v:+.3f}"
+
+
+def cmd_study(args) -> int:
+    from leukviz import studies
+
+    def log(s: str) -> None:
+        print(s, file=sys.stderr)
+
+    progress = Progress()
+    try:
+        if args.study_command == "leakage":
+            weights, note = studies.resolve_weights(args.backbone, args.weights)
+            if note:
+                log(f"note: {note}")
+            cfg = C.resolve(args.backbone, args.preset, weights, args.data, epochs=args.epochs,
+                            image_size=args.image_size, batch_size=args.batch_size, seed=args.seed)
+            res = studies.leakage(cfg, args.runs_dir, log, progress, args.device)
+            res["notes"] = [note] if note else []
+            i, s, inf = res["image"], res["subject"], res["inflation"]
+            human = "\n".join([
+                f"leakage study: {cfg.backbone}, weights {cfg.weights}, {cfg.image_size} px, {cfg.epochs} epochs, "
+                f"data {cfg.data}",
+                f"  split=image   (leaky)  run {i['run_id']}: accuracy {_pct(i['val_acc'])}, weighted F1 "
+                f"{_fmt(i['val_f1'], 3)}  ({i['n_val']} validation cells)",
+                f"  split=subject (honest) run {s['run_id']}: accuracy {_pct(s['val_acc'])}, weighted F1 "
+                f"{_fmt(s['val_f1'], 3)}  ({s['n_val']} validation cells)",
+                f"  inflation from leakage (image minus subject): accuracy {_points(inf['accuracy'])}, "
+                f"weighted F1 {_signed(inf['weighted_f1'])}"])
+        else:
+            names = tuple(args.backbones.split(",")) if args.backbones else None
+            res = studies.reproduce_paper(args.data, args.runs_dir, args.epochs, args.image_size, args.weights,
+                                          names, log, progress, args.device)
+            lines = [f"the paper reproduced on {res['data']}", *(f"  note: {n}" for n in res["notes"]),
+                     f"  {'backbone':<10} {'weights':<8} {'published':>9}  {'reproduced (image split)':>26}  "
+                     f"{'subject split':>22}"]
+            for r in res["rows"]:
+                i, s = r["image_split"], r["subject_split"]
+                lines.append(f"  {r['title']:<10} {r['weights']:<8} {_pct(r['published_val_acc']):>9}  "
+                             f"{_pct(i['val_acc'])} (F1 {_fmt(i['val_f1'], 3)}) {i['run_id'][:6]:>6}  "
+                             f"{_pct(s['val_acc'])} (F1 {_fmt(s['val_f1'], 3)}) {s['run_id'][:6]}")
+            lines.append("  published = validation accuracy reported by the paper (random image split: leaky)")
+            human = "\n".join(lines)
+    except studies.StudyError as e:
+        raise CliError(str(e)) from None
+    _out(args, human, res)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from leukviz import export, runs
+
+    run = runs.get_run(args.run, args.runs_dir)
+    try:
+        res = export.export_run(run.dir, args.format, args.out)
+    except export.ExportError as e:
+        raise CliError(str(e)) from None
+    human = f"exported run {run.run_id} as {res['format']} to {res['path']} ({res['bytes'] / 1e6:.1f} MB)"
+    if res["format"] == "safetensors":
+        human += f"; sidecar {res['sidecar']}"
+    else:
+        human += (f"; ONNX Runtime vs PyTorch on {res['check_images']} images: max |difference| of probabilities "
+                  f"{res['max_abs_diff']:.1e} (tolerance {res['tolerance']:g}); preprocessing in the metadata")
     _out(args, human, res)
     return 0
 
@@ -269,11 +464,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--finetune", choices=C.FINETUNE, help="train the full network, the last stage + head, or the head")
     t.add_argument("--augment", choices=C.AUGMENT)
     t.add_argument("--precision", choices=C.PRECISIONS)
+    t.add_argument("--freeze-bn", action="store_true", default=None,
+                   help="keep BatchNorm statistics fixed (ImageNet's, when fine-tuning)")
+    t.add_argument("--class-balance", choices=C.CLASS_BALANCE, help="weighted loss (default) or none")
     t.add_argument("--seed", type=int)
     t.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     t.add_argument("--resume", metavar="RUN_ID", help="continue a stopped or interrupted run")
     t.add_argument("--force", action="store_true", help="retrain even if this configuration finished before")
     t.add_argument("--detach", action="store_true", help="start in the background and return")
+    t.add_argument("--cv", action="store_true", help="cross-validate over the official folds (with --split folds)")
     t.add_argument("--run-dir", help=argparse.SUPPRESS)
     t.add_argument("--resume-here", action="store_true", help=argparse.SUPPRESS)
     t.set_defaults(func=cmd_train)
@@ -300,8 +499,40 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", parents=[common], help="score a run on labelled data it did not train on")
     ev.add_argument("--run", required=True)
     ev.add_argument("--data", required=True, help="a C-NMC root (its preliminary test set) or a class-per-folder tree")
-    ev.add_argument("--tta", action="store_true")
+    ev.add_argument("--tta", action="store_true", help="also score the 8 flips/rotations averaged, as its own numbers")
     ev.set_defaults(func=cmd_evaluate)
+
+    st = sub.add_parser("study", help="studies made of ordinary cached runs: leakage, paper")
+    ss = st.add_subparsers(dest="study_command", required=True)
+    sl = ss.add_parser("leakage", parents=[common],
+                       help="the same model and recipe split by image (leaky) and by subject, side by side")
+    sl.add_argument("--backbone", choices=list(BACKBONES), required=True)
+    sl.add_argument("--data", default="demo", help="demo (built in), a C-NMC folder, a class-per-folder tree or a .zip")
+    sl.add_argument("--weights", default="auto",
+                    help="auto (ImageNet when its file is cached, else none) | imagenet | none | path to a weights file")
+    sl.add_argument("--preset", choices=C.PRESETS, default="quick")
+    sl.add_argument("--epochs", type=int)
+    sl.add_argument("--image-size", type=int)
+    sl.add_argument("--batch-size", type=int)
+    sl.add_argument("--seed", type=int)
+    sl.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    sl.set_defaults(func=cmd_study)
+    sp = ss.add_parser("paper", parents=[common],
+                       help="every backbone with the paper's recipe, split by image (as published) and by subject")
+    sp.add_argument("--data", default=None, help="a C-NMC folder (its fold 0 is used, as in the paper); default: demo")
+    sp.add_argument("--weights", default="auto",
+                    help="auto (ImageNet when its file is cached, else none) | imagenet | none")
+    sp.add_argument("--epochs", type=int, help="override the paper's epochs (5; VGG16 4)")
+    sp.add_argument("--image-size", type=int, help="override the paper's 128 px")
+    sp.add_argument("--backbones", help=f"comma-separated subset of: {', '.join(BACKBONES)}")
+    sp.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    sp.set_defaults(func=cmd_study)
+
+    ex = sub.add_parser("export", parents=[common], help="export a finished run as ONNX or safetensors")
+    ex.add_argument("--run", required=True, help="RUN_ID (a unique prefix is enough)")
+    ex.add_argument("--format", choices=("onnx", "safetensors"), required=True)
+    ex.add_argument("--out", required=True, help="a .onnx / .safetensors file, or a folder")
+    ex.set_defaults(func=cmd_export)
     return p
 
 

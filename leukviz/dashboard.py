@@ -53,7 +53,7 @@ def dataset_label(spec: str) -> str:
 def format_duration(seconds: float | None) -> str:
     if seconds is None or not math.isfinite(seconds):
         return "–"
-    seconds = max(0, int(round(seconds)))
+    seconds = max(0, round(seconds))
     if seconds < 60:
         return f"{seconds} s"
     if seconds < 3600:
@@ -74,9 +74,11 @@ def run_name(run: runs.Run) -> str:
 
 
 def describe_config(cfg: RunConfig) -> str:
-    return (f"{backbone_title(cfg.backbone)}, {cfg.preset} preset, weights {cfg.weights}, {cfg.image_size} px, "
-            f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}, batch {cfg.batch_size}, lr {cfg.lr:g}, "
-            f"fine-tune {FINETUNE_TEXT.get(cfg.finetune, cfg.finetune)}, split {SPLIT_TEXT.get(cfg.split, cfg.split)}")
+    epochs = f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}"
+    return (f"{backbone_title(cfg.backbone)}, {cfg.preset} preset, weights {cfg.weights}, "
+            f"{cfg.image_size} px, {epochs}, batch {cfg.batch_size}, "
+            f"lr {cfg.lr:g}, fine-tune {FINETUNE_TEXT.get(cfg.finetune, cfg.finetune)}, "
+            f"split {SPLIT_TEXT.get(cfg.split, cfg.split)}")
 
 
 # ---------------------------------------------------------------------------------------------- runs
@@ -108,8 +110,8 @@ def latest_per_backbone(candidates: Iterable[runs.Run]) -> list[runs.Run]:
     best: dict[str, runs.Run] = {}
     for r in candidates:
         best.setdefault(r.config.backbone, r)
-    order = list(backbones.BACKBONES)
-    return sorted(best.values(), key=lambda r: order.index(r.config.backbone) if r.config.backbone in order else 99)
+    order = {name: i for i, name in enumerate(backbones.BACKBONES)}
+    return sorted(best.values(), key=lambda r: order.get(r.config.backbone, len(order)))
 
 
 def default_models(finished: Sequence[runs.Run], dataset: str) -> list[runs.Run]:
@@ -142,6 +144,8 @@ def _log_tail(run: runs.Run, lines: int = 8) -> str:
 def live_status(run: runs.Run) -> dict:
     """runs.Run.status, plus 'starting' for a run this server just launched whose process has not
     written its status yet, and 'failed' (with the log's tail) for one whose process died before that."""
+    for other in _LAUNCHES.values():
+        other.proc.poll()  # reap ended children, so none lingers as a zombie
     status = dict(run.status)
     launch = _LAUNCHES.get(run.dir)
     if launch is None or status.get("updated", 0) >= launch.time:
@@ -230,7 +234,8 @@ def backbone_cards(dataset: str, runs_dir: str | Path | None = None) -> list[Car
         r, s = chosen
         m = r.final_metrics() if s["state"] == "finished" else {}
         epochs_done = len(r.epochs()) if s["state"] in ACTIVE_STATES else int(s.get("epoch") or 0)
-        cards.append(Card(name, spec.title, s["state"], r.run_id, epochs_done, int(s.get("epochs") or r.config.epochs),
+        epochs = int(s.get("epochs") or r.config.epochs)
+        cards.append(Card(name, spec.title, s["state"], r.run_id, epochs_done, epochs,
                           m.get("val_acc"), m.get("val_f1"), s.get("error")))
     return cards
 
@@ -268,7 +273,7 @@ def progress(events: Sequence[dict], now: float | None = None) -> Progress:
             continue
         if d >= done:
             done, t_last = d, float(e.get("time") or t_last)
-            epoch, step = (int(e["epoch"]), int(e["step"])) if e["type"] == "batch" else (int(e["epoch"]), steps)
+            epoch, step = int(e["epoch"]), int(e["step"]) if e["type"] == "batch" else steps
     eta = None
     elapsed = (t_last if now is None else now) - float(s0.get("time") or 0)
     if done > done0 and elapsed > 0:
@@ -297,12 +302,12 @@ def evaluate_run(run: runs.Run) -> Evaluation:
     """Metrics of a finished run, from its val_predictions.csv (the best epoch's), via metrics.summary."""
     meta = read_json(run.dir / SIDECAR, {}) or {}
     df = pd.read_csv(run.dir / PREDICTIONS, dtype={"subject": str}, keep_default_na=False)
-    classes = list(meta.get("classes") or [c.removeprefix("prob_") for c in df.columns if c.startswith("prob_")])
+    classes = meta.get("classes") or [c.removeprefix("prob_") for c in df.columns if c.startswith("prob_")]
     probs = df[[f"prob_{c}" for c in classes]].to_numpy(dtype=float)
     y = df["label"].to_numpy(dtype=int)
     subjects = df["subject"].to_numpy(dtype=str)
     summ = metrics.summary(y, probs, classes, subjects if len(subjects) and (subjects != "").all() else None)
-    return Evaluation(run, classes, y, probs, summ)
+    return Evaluation(run, list(classes), y, probs, summ)
 
 
 def split_text(cfg: RunConfig) -> str:
@@ -340,7 +345,8 @@ def comparable_groups(candidates: Sequence[runs.Run]) -> dict[str, Group]:
         key = group_key(r)
         if key not in groups:
             fp = key.split("|", 1)[0]
-            groups[key] = Group(key, f"{dataset_label(r.config.data)} · split {split_text(r.config)} · data {fp[:8]}")
+            label = f"{dataset_label(r.config.data)} · split {split_text(r.config)} · data {fp[:8]}"
+            groups[key] = Group(key, label)
         groups[key].runs.append(r)
     for g in groups.values():
         g.label += f" · {len(g.runs)} run{'s' if len(g.runs) != 1 else ''}"
@@ -471,7 +477,7 @@ def predict_image(models: Sequence[Any], name: str, src: str | Path | bytes | IO
             except data.ImageError as e:
                 reason = str(e)
                 prefix = f"{Path(name).name}: "
-                return ImagePrediction(name, reason[len(prefix):] if reason.startswith(prefix) else reason)
+                return ImagePrediction(name, reason.removeprefix(prefix))
         img = decoded[key]
         prob = inference.predict_arrays(lm, img[None])[0]
         rec = inference.prediction_record(lm, prob)

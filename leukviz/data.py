@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
+import io
+import json
 import os
 import re
 import shutil
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,14 +20,18 @@ from typing import IO, Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+from filelock import FileLock
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from leukviz.storage import atomic_write_bytes
 
 CNMC_CLASSES = ("hem", "all")  # index = the C-NMC labels CSV's value: 0 = hem (normal), 1 = all (blast)
 IMAGE_EXTS = {".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".webp"}
 MAX_PIXELS = 40_000_000  # a 450x450 cell is 0.2 MP; anything this large is a decompression bomb
-MAX_ZIP_BYTES = 4 << 30  # uncompressed total
+MAX_ZIP_BYTES = 32 << 30  # uncompressed total; the full C-NMC set is about 10 GB of BMPs
 MAX_ZIP_RATIO = 200  # per entry; BMPs of cells on black compress well, but not this well
-CNMC_NAME = re.compile(r"^UID_([A-Za-z]*\d+)_(\d+)_(\d+)_(all|hem)\.[A-Za-z]+$")
+# ASCII digits only and at most 9 of them: int() of a 5000-digit number raises, and \d matches any script's digits.
+CNMC_NAME = re.compile(r"UID_([A-Za-z]*[0-9]+)_([0-9]{1,9})_([0-9]{1,9})_(all|hem)\.[A-Za-z]+")
 
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
@@ -92,22 +100,49 @@ def crop_to_cell(a: np.ndarray, threshold: int = 10, margin: float = 0.04) -> np
     return out
 
 
+def _display_name(src: str | Path | IO[bytes]) -> str:
+    """The bare file name for messages: never a server path, and an upload's name is shown, not followed."""
+    name = getattr(src, "name", None) if not isinstance(src, (str, Path)) else src
+    if not isinstance(name, (str, Path)) or not str(name):
+        return "uploaded image"
+    return Path(str(name).replace("\\", "/")).name or "uploaded image"
+
+
 def load_image(src: str | Path | IO[bytes], size: int, crop: bool = True) -> np.ndarray:
-    """Decode one image file into uint8 RGB (size, size, 3): the one decoding path for cache and prediction."""
-    name = getattr(src, "name", str(src))
+    """Decode one image file into uint8 RGB (size, size, 3): the one decoding path for cache and prediction.
+
+    Anything that is not a usable image raises ImageError with a one-line reason, never another exception.
+    """
+    name = _display_name(src)
     try:
         with Image.open(src) as img:
+            w, h = img.size
+            if w * h > MAX_PIXELS:  # Pillow only refuses at twice its limit; between, it merely warns
+                raise ImageError(f"{name}: image too large ({w}x{h} pixels; the limit is {MAX_PIXELS:,})")
             img.seek(0)  # animated images: the first frame
             img = ImageOps.exif_transpose(_to_rgb(img))
             a = np.asarray(img)
+    except ImageError:
+        raise
     except Image.DecompressionBombError:
-        raise ImageError(f"{Path(name).name}: image too large (over {MAX_PIXELS:,} pixels)") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
-        raise ImageError(f"{Path(name).name}: not a readable image ({e.__class__.__name__}: {e})") from None
+        raise ImageError(f"{name}: image too large (over {MAX_PIXELS:,} pixels)") from None
+    except UnidentifiedImageError:
+        empty = isinstance(src, (str, Path)) and os.path.isfile(src) and os.path.getsize(src) == 0
+        empty = empty or (hasattr(src, "getbuffer") and src.getbuffer().nbytes == 0)
+        raise ImageError(f"{name}: not a readable image (" + ("the file is empty: 0 bytes)" if empty else
+                                                             "not an image, or an unknown format)")) from None
+    except Exception as e:  # noqa: BLE001 - a damaged file can make any decoder raise anything
+        detail = e.strerror if isinstance(e, OSError) and e.strerror else str(e).replace(str(src), name)
+        raise ImageError(f"{name}: not a readable image ({e.__class__.__name__}: {detail})") from None
     if a.ndim != 3 or a.shape[0] < 2 or a.shape[1] < 2:
-        raise ImageError(f"{Path(name).name}: image is empty or too small")
+        raise ImageError(f"{name}: image is empty or too small")
     if crop:
         a = crop_to_cell(a)
+    side = max(a.shape[:2])
+    if side * side > MAX_PIXELS:  # a long thin image: shrink it first, or its padded square would fill memory
+        scale = size / side
+        a = np.asarray(Image.fromarray(a).resize((max(1, round(a.shape[1] * scale)), max(1, round(a.shape[0] * scale))),
+                                                 Image.Resampling.BILINEAR, reducing_gap=2.0))
     if a.shape[0] != a.shape[1]:  # pad to square on black so the cell is never stretched
         side = max(a.shape[:2])
         sq = np.zeros((side, side, 3), np.uint8)
@@ -123,7 +158,7 @@ def load_image(src: str | Path | IO[bytes], size: int, crop: bool = True) -> np.
 
 def parse_cnmc_name(name: str) -> tuple[str, int, int, str] | None:
     """'UID_h3_4_1_hem.bmp' -> ('h3', 4, 1, 'hem'); None when the name does not follow C-NMC."""
-    m = CNMC_NAME.match(name)
+    m = CNMC_NAME.fullmatch(name) if isinstance(name, str) else None
     if not m:
         return None
     return m.group(1), int(m.group(2)), int(m.group(3)), m.group(4)
@@ -147,6 +182,8 @@ def _index_cnmc(root: Path, skipped: list) -> pd.DataFrame:
             fold = int(fold_dir.name.split("_")[1])
         except (IndexError, ValueError):
             continue
+        if not fold_dir.is_dir():
+            continue
         for cls_dir in sorted(p for p in fold_dir.iterdir() if p.is_dir()):
             if cls_dir.name not in CNMC_CLASSES:
                 continue
@@ -154,24 +191,40 @@ def _index_cnmc(root: Path, skipped: list) -> pd.DataFrame:
                 if not _is_image(f):
                     skipped.append((str(f), "not an image file"))
                     continue
+                if not f.is_file():  # a broken link or a folder named like an image
+                    skipped.append((str(f), "not a regular file"))
+                    continue
                 parsed = parse_cnmc_name(f.name)
                 subject = parsed[0] if parsed else ""
                 rows.append((str(f), CNMC_CLASSES.index(cls_dir.name), subject, fold, "train"))
     val = root / "validation_data"
     labels = val / "C-NMC_test_prelim_phase_data_labels.csv"
     if labels.is_file():
-        with open(labels, newline="") as fh:
-            for rec in csv.DictReader(fh):
-                f = val / "C-NMC_test_prelim_phase_data" / rec["new_names"]
-                if not f.is_file():
-                    skipped.append((str(f), "listed in the labels CSV but missing"))
-                    continue
-                parsed = parse_cnmc_name(rec.get("Patient_ID", ""))
-                rows.append((str(f), int(rec["labels"]), parsed[0] if parsed else "", -1, "prelim"))
+        try:
+            with open(labels, newline="", encoding="utf-8-sig") as fh:
+                records = list(csv.DictReader(fh))
+        except (UnicodeDecodeError, csv.Error) as e:
+            raise DataError(f"{labels.name} is not a readable CSV ({e}); expected columns Patient_ID,new_names,labels")
+        if records and not {"new_names", "labels"} <= set(records[0]):
+            raise DataError(f"{labels.name} lacks the columns new_names and labels (has: {', '.join(map(str, records[0]))})")
+        for rec in records:
+            fname, label = str(rec.get("new_names") or ""), str(rec.get("labels") or "").strip()
+            if Path(fname).name != fname or fname in ("", ".", ".."):  # a plain name inside the folder, no path
+                skipped.append((fname, f"{labels.name}: not a plain file name"))
+                continue
+            if label not in ("0", "1"):
+                skipped.append((fname, f"{labels.name}: label {label!r} is not 0 (hem) or 1 (all)"))
+                continue
+            f = val / "C-NMC_test_prelim_phase_data" / fname
+            if not f.is_file():
+                skipped.append((str(f), "listed in the labels CSV but missing"))
+                continue
+            parsed = parse_cnmc_name(rec.get("Patient_ID") or "")
+            rows.append((str(f), int(label), parsed[0] if parsed else "", -1, "prelim"))
     final = root / "testing_data" / "C-NMC_test_final_phase_data"
     if final.is_dir():
         for f in sorted(final.iterdir(), key=lambda p: (len(p.name), p.name)):
-            if _is_image(f):
+            if _is_image(f) and f.is_file():
                 rows.append((str(f), -1, "", -1, "final"))
     return pd.DataFrame(rows, columns=["path", "label", "subject", "fold", "set"])
 
@@ -206,6 +259,8 @@ def extract_zip(zip_path: Path, dest: Path) -> Path:
         total = 0
         members = []
         for info in zf.infolist():
+            if info.flag_bits & 0x1:
+                raise DataError(f"{Path(zip_path).name}: encrypted zips are not supported")
             name = info.filename
             if name.startswith(("/", "\\")) or ".." in Path(name.replace("\\", "/")).parts or ":" in name:
                 raise DataError(f"{Path(zip_path).name}: unsafe entry {name!r} (absolute path or '..')")
@@ -220,18 +275,28 @@ def extract_zip(zip_path: Path, dest: Path) -> Path:
             if "__MACOSX" in name:
                 continue
             members.append(info)
+        free = shutil.disk_usage(dest.parent).free
+        if total > free:
+            raise DataError(f"{Path(zip_path).name}: expands to {total / 1e9:.1f} GB but only {free / 1e9:.1f} GB "
+                            f"is free in {dest.parent}")
         tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest.parent))
         try:
             for info in members:
                 target = (tmp / info.filename).resolve()
-                if not str(target).startswith(str(tmp.resolve())):
-                    raise DataError(f"unsafe entry {info.filename!r}")
+                if not target.is_relative_to(tmp.resolve()):
+                    raise DataError(f"{Path(zip_path).name}: unsafe entry {info.filename!r}")
                 if info.is_dir():
                     target.mkdir(parents=True, exist_ok=True)
                     continue
                 target.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as s, open(target, "wb") as d:
-                    shutil.copyfileobj(s, d, 1 << 20)
+                try:
+                    with zf.open(info) as s, open(target, "wb") as d:
+                        shutil.copyfileobj(s, d, 1 << 20)
+                except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as e:
+                    # a damaged entry, a size that lies (zipfile stops at the declared size, then the CRC
+                    # fails), or a full disk: nothing is kept, the temporary folder goes below
+                    raise DataError(f"{Path(zip_path).name}: cannot extract {info.filename!r} "
+                                    f"({e.__class__.__name__}: {e})") from None
             if dest.exists():
                 shutil.rmtree(dest)
             os.replace(tmp, dest)
@@ -280,10 +345,11 @@ def open_dataset(spec: str | Path = "demo", cache_dir: Path | None = None) -> Da
             raise DataError(f"{path} is a file; a dataset is a folder or a .zip")
         digest = hashlib.sha256(f"{path.resolve()}:{path.stat().st_size}:{path.stat().st_mtime_ns}".encode())
         dest = cache_dir / "zips" / digest.hexdigest()[:16]
-        if not (dest / ".complete").exists():
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            extract_zip(path, dest)
-            (dest / ".complete").touch()
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(f"{dest}.lock"):  # the app and a training process may open the same zip at once
+            if not (dest / ".complete").exists():
+                extract_zip(path, dest)
+                (dest / ".complete").touch()
         entries = [p for p in dest.iterdir() if not p.name.startswith(".")]
         path = entries[0] if len(entries) == 1 and entries[0].is_dir() and find_cnmc_root(dest) is None else dest
     if not path.is_dir():
@@ -330,8 +396,9 @@ def make_split(ds: Dataset, method: str = "subject", val_fraction: float = 0.2, 
     if method == "subject":
         if not ds.has_subjects:
             n_unknown = int((train["subject"] == "").sum())
+            folds = " or split 'folds' (the official folds)," if (train["fold"] >= 0).any() else ""
             raise DataError(f"subject split impossible: {n_unknown} images have no subject id (file names are not "
-                            "C-NMC style UID_<subject>_<image>_<cell>_<class>). Use split 'image' (leaky: "
+                            f"C-NMC style UID_<subject>_<image>_<cell>_<class>). Use{folds} split 'image' (leaky: "
                             "cells of one person on both sides) or name files by subject.")
         val_rows: list[int] = []
         for label in sorted(set(train["label"])):
@@ -385,57 +452,126 @@ def make_split(ds: Dataset, method: str = "subject", val_fraction: float = 0.2, 
 
 # ---------------------------------------------------------------------------------------------- cache
 
-def _decode_into(arr: np.ndarray, items: list[tuple[int, str]], size: int, crop: bool) -> list[tuple[int, str]]:
-    failed = []
+def _decode_into(arr: np.ndarray, items: list[tuple[int, str]], size: int, crop: bool
+                 ) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
+    """Decode items into arr; returns (failed (row, reason), digests (row, content hash))."""
+    failed, digests = [], []
     for i, path in items:
         try:
-            arr[i] = load_image(path, size, crop)
+            blob = Path(path).read_bytes()
+        except OSError as e:
+            failed.append((i, f"{Path(path).name}: cannot be read ({e.strerror or e.__class__.__name__})"))
+            continue
+        digests.append((i, hashlib.sha256(blob).hexdigest()))
+        buf = io.BytesIO(blob)
+        buf.name = path
+        try:
+            arr[i] = load_image(buf, size, crop)
         except ImageError as e:
             failed.append((i, str(e)))
-    return failed
+    return failed, digests
+
+
+def _conflicting_duplicates(ds: Dataset, digests: list[tuple[int, str]]) -> list[tuple[int, str]]:
+    """Rows whose exact file content appears under two different labels.
+
+    All copies are dropped, not one kept: nothing says which label is right, and a copy on each side of
+    the split would let the model be scored on an image it trained on.
+    """
+    labels = ds.index["label"].to_numpy()
+    names = ds.index["path"].map(lambda p: Path(p).name).to_numpy()
+    by_hash: dict[str, list[int]] = {}
+    for i, digest in digests:
+        if labels[i] >= 0:
+            by_hash.setdefault(digest, []).append(i)
+    out = []
+    for rows in by_hash.values():
+        if len({int(labels[r]) for r in rows}) > 1:
+            where = ", ".join(f"{names[r]} ({ds.classes[labels[r]]})" for r in rows)
+            out.extend((r, f"same image in two classes: {where}; all copies dropped") for r in rows)
+    return out
+
+
+def _add_skipped(ds: Dataset, rows: list[tuple[int, str]]) -> None:
+    known = set(ds.skipped)
+    for i, reason in rows:
+        item = (str(ds.index["path"].iloc[i]), reason)
+        if item not in known:
+            ds.skipped.append(item)
+            known.add(item)
+
+
+def _reserve(path: Path, nbytes: int) -> None:
+    """Allocate the cache file's blocks now: on a full disk this is a clear error, whereas writing into a
+    sparse memory map would kill the process with SIGBUS half-way."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, nbytes)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DataError(f"not enough disk space for the image cache: {nbytes / 1e9:.2f} GB needed in "
+                            f"{path.parent} ({e.strerror})") from None
+    finally:
+        os.close(fd)
 
 
 def image_cache(ds: Dataset, size: int, crop: bool, cache_dir: Path | None = None, workers: int | None = None,
                 progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Decode every indexed image once into a memory-mapped uint8 array (N, size, size, 3).
 
-    Returns (images, ok): ok[i] is False for files that could not be decoded (skipped, counted).
-    Keyed by the dataset fingerprint, so a changed dataset never reuses a stale cache. Threads, not
-    processes: Pillow releases the GIL while decoding and resizing, and forking a process that runs
-    torch can deadlock.
+    Returns (images, ok): ok[i] is False for files that could not be decoded, and for the same image
+    found under two labels (see _conflicting_duplicates); each is skipped and its reason added to
+    ds.skipped, also when the cache is reused. Keyed by the dataset fingerprint, so a changed dataset
+    never reuses a stale cache. Threads, not processes: Pillow releases the GIL while decoding and
+    resizing, and forking a process that runs torch can deadlock.
     """
     cache_dir = Path(cache_dir) if cache_dir else default_home() / "cache"
     folder = cache_dir / "images"
     folder.mkdir(parents=True, exist_ok=True)
     stem = folder / f"{ds.fingerprint}-{size}-{'crop' if crop else 'full'}"
-    data_path, ok_path = Path(f"{stem}.npy"), Path(f"{stem}.ok.npy")
+    data_path, ok_path, why_path = Path(f"{stem}.npy"), Path(f"{stem}.ok.npy"), Path(f"{stem}.skipped.json")
     n = len(ds.index)
-    if data_path.exists() and ok_path.exists():
-        ok = np.load(ok_path)
-        if len(ok) == n:
-            return np.load(data_path, mmap_mode="r"), ok
+    if data_path.exists() and ok_path.exists() and why_path.exists():
+        try:  # a damaged cache (a crash, a full disk) is rebuilt, never fatal
+            ok, why = np.load(ok_path), json.loads(why_path.read_text())
+            images = np.load(data_path, mmap_mode="r")
+            if len(ok) == n and images.shape == (n, size, size, 3):
+                _add_skipped(ds, [(int(i), str(r)) for i, r in why])
+                return images, ok
+        except (OSError, ValueError, TypeError):
+            pass
     tmp = Path(f"{stem}.{os.getpid()}.tmp.npy")
-    arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
-    paths = list(enumerate(ds.index["path"]))
-    workers = workers or min(os.cpu_count() or 1, 4)
-    chunk = max(16, min(256, n // (workers * 4) + 1))
-    jobs = [paths[i:i + chunk] for i in range(0, n, chunk)]
-    failed: list[tuple[int, str]] = []
-    done = 0
     try:
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
+        _reserve(tmp, tmp.stat().st_size)
+        paths = list(enumerate(ds.index["path"]))
+        workers = workers or min(os.cpu_count() or 1, 4)
+        chunk = max(16, min(256, n // (workers * 4) + 1))
+        jobs = [paths[i:i + chunk] for i in range(0, n, chunk)]
+        failed: list[tuple[int, str]] = []
+        digests: list[tuple[int, str]] = []
+        done = 0
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            for res, job in zip(pool.map(lambda j: _decode_into(arr, j, size, crop), jobs), jobs):
-                failed.extend(res)
+            for (bad, dig), job in zip(pool.map(lambda j: _decode_into(arr, j, size, crop), jobs), jobs):
+                failed.extend(bad)
+                digests.extend(dig)
                 done += len(job)
                 if progress:
                     progress(done, n)
         arr.flush()
         del arr
+        failed.extend(_conflicting_duplicates(ds, digests))
         ok = np.ones(n, dtype=bool)
-        for i, reason in failed:
+        for i, _ in failed:
             ok[i] = False
-            ds.skipped.append((ds.index["path"].iloc[i], reason))
-        np.save(ok_path, ok)
+        _add_skipped(ds, failed)
+        buf = io.BytesIO()
+        np.save(buf, ok)
+        # ok and the reasons first, the images last: the images file is what marks the cache complete
+        atomic_write_bytes(ok_path, buf.getvalue())
+        atomic_write_bytes(why_path, json.dumps(sorted(failed)).encode())
         os.replace(tmp, data_path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -21,7 +21,7 @@ from torch.utils.data import DistributedSampler
 from leukviz import backbones, data
 from leukviz.config import RunConfig
 from leukviz.metrics import weighted_f1
-from leukviz.storage import atomic_write_bytes, atomic_write_json, atomic_torch_save
+from leukviz.storage import atomic_torch_save, atomic_write_bytes, atomic_write_files, json_bytes
 
 Emit = Callable[[dict], None]
 CHECKPOINT = "model.safetensors"
@@ -36,6 +36,44 @@ class Stopped(Exception):
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
+
+
+class OutOfMemory(RuntimeError):
+    """The device ran out of memory; the message names the batch size that was tried and a smaller one."""
+
+
+class CheckpointError(ValueError):
+    """A resumable state that cannot be loaded without running code from it, or that is damaged."""
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """CUDA raises torch.cuda.OutOfMemoryError; MPS and the CPU allocator raise a RuntimeError saying so."""
+    text = str(e)
+    return isinstance(e, torch.cuda.OutOfMemoryError) or (
+        isinstance(e, RuntimeError) and ("out of memory" in text or "not enough memory" in text))
+
+
+def out_of_memory_message(cfg: RunConfig, device: torch.device, world: int = 1) -> str:
+    per_process = max(1, cfg.batch_size // world)
+    where = f"{device.type.upper() if device.type != 'cpu' else 'CPU'} memory"
+    if cfg.batch_size > 1:
+        hint = (f"Start it again with batch size {cfg.batch_size // 2} (--batch-size {cfg.batch_size // 2}), "
+                f"or a smaller image size.")
+    else:
+        hint = "Use a smaller image size, another backbone or a device with more memory."
+    return (f"ran out of {where} with batch size {cfg.batch_size}"
+            + (f" ({per_process} per process)" if world > 1 else "")
+            + f" at {cfg.image_size} px on {cfg.backbone}. {hint}")
+
+
+def load_resume_state(path: Path) -> dict:
+    """Read last.pt with weights_only=True: tensors and plain values load, a pickle that would run code is refused."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - weights_only refusals and damaged files both land here
+        first = (str(e).strip().splitlines() or [e.__class__.__name__])[0]
+        raise CheckpointError(f"refusing to resume from {Path(path).name}: not a plain tensor file ({first}). "
+                              "Delete it to start the run over.") from None
 
 
 # ---------------------------------------------------------------------------------------------- setup
@@ -263,7 +301,7 @@ def train_one_epoch(model, opt, sched, scaler, criterion, train_x: torch.Tensor,
             logits = model(x)
             loss = criterion(logits.float(), y)
         if not torch.isfinite(loss):
-            raise TrainingDiverged(f"loss became {float(loss)} at epoch {epoch}, step {step + 1}; training on it "
+            raise TrainingDiverged(f"loss became {float(loss.detach())} at epoch {epoch}, step {step + 1}; training on it "
                                    f"would give garbage. Lower the learning rate (now {cfg.lr:g}) or use fp32.")
         opt.zero_grad(set_to_none=True)
         if scaler is not None:
@@ -293,8 +331,8 @@ def save_checkpoint(model: nn.Module, run_dir: Path, meta: dict) -> None:
     from safetensors.torch import save
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write_bytes(run_dir / CHECKPOINT, save(state))
-    atomic_write_json(run_dir / SIDECAR, meta)
+    # one step for both files: a failed write (a full disk) keeps the previous pair, never a mixed one
+    atomic_write_files({run_dir / CHECKPOINT: save(state), run_dir / SIDECAR: json_bytes(meta)})
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -308,6 +346,8 @@ def prepare_data(cfg: RunConfig, cache_dir: Path | None, log: Callable[[str], No
     t = time.time()
     images, ok = data.image_cache(ds, cfg.image_size, cfg.crop, cache_dir)
     log(f"image cache ready in {time.time() - t:.1f}s ({len(ds.index)} images at {cfg.image_size}px)")
+    if ds.skipped:
+        log(f"skipped {len(ds.skipped)} files: " + "; ".join(f"{Path(p).name}: {r}" for p, r in ds.skipped[:10]))
     train_idx = split.train[ok[split.train]]
     val_idx = split.val[ok[split.val]]
     if len(train_idx) == 0 or len(val_idx) == 0:
@@ -318,7 +358,21 @@ def prepare_data(cfg: RunConfig, cache_dir: Path | None, log: Callable[[str], No
 def fit(cfg: RunConfig, run_dir: Path, emit: Emit, should_stop: Callable[[], bool] = lambda: False,
         cache_dir: Path | None = None, resume: bool = False, device_pref: str = "auto",
         log: Callable[[str], None] = print) -> dict:
-    """Train one run into run_dir. Returns the best epoch's validation metrics."""
+    """Train one run into run_dir. Returns the best epoch's validation metrics.
+
+    Running out of device memory becomes OutOfMemory, whose message names the batch size and a smaller one.
+    """
+    try:
+        return _fit(cfg, run_dir, emit, should_stop, cache_dir, resume, device_pref, log)
+    except Exception as e:
+        if not is_out_of_memory(e):
+            raise
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        raise OutOfMemory(out_of_memory_message(cfg, pick_device(device_pref), world)) from e
+
+
+def _fit(cfg: RunConfig, run_dir: Path, emit: Emit, should_stop: Callable[[], bool], cache_dir: Path | None,
+         resume: bool, device_pref: str, log: Callable[[str], None]) -> dict:
     d, device = init_distributed(device_pref)
     torch.manual_seed(cfg.seed)
     ds, split, images, train_idx, val_idx = prepare_data(cfg, cache_dir, log)
@@ -349,7 +403,7 @@ def fit(cfg: RunConfig, run_dir: Path, emit: Emit, should_stop: Callable[[], boo
     best = {"val_f1": -1.0, "epoch": 0}
     resume_path = run_dir / RESUME
     if resume and resume_path.exists():
-        st = torch.load(resume_path, map_location="cpu", weights_only=True)
+        st = load_resume_state(resume_path)
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
         sched.load_state_dict(st["scheduler"])
@@ -376,7 +430,7 @@ def fit(cfg: RunConfig, run_dir: Path, emit: Emit, should_stop: Callable[[], boo
               "step": start_step, "epochs": cfg.epochs, "steps_per_epoch": steps_per_epoch,
               "device": device_name(device), "precision": str(amp).replace("torch.", "") if amp else "fp32",
               "world_size": d.world, "n_train": int(len(train_x)), "n_val": int(len(val_idx)),
-              "split": split.summary(), "time": time.time()})
+              "split": split.summary(), "skipped": len(ds.skipped), "time": time.time()})
     result: dict = {}
     for epoch in range(start_epoch, cfg.epochs + 1):
         set_train_mode(train_model, frozen, cfg.freeze_bn)
@@ -388,6 +442,9 @@ def fit(cfg: RunConfig, run_dir: Path, emit: Emit, should_stop: Callable[[], boo
             lambda step, run: save_resume(epoch, step, run))
         start_step, running = 0, None
         train_seconds = time.time() - t0
+        if d.on:  # BatchNorm statistics are per process: take rank 0's, so every rank holds the same model
+            for buf in model.buffers():
+                dist.broadcast(buf, 0)
         vl, probs = evaluate(model, val_x if val_x is not images else images[val_idx], val_y, cfg.backbone,
                              device, criterion, amp=amp)
         pred = probs.argmax(1)
@@ -405,8 +462,16 @@ def fit(cfg: RunConfig, run_dir: Path, emit: Emit, should_stop: Callable[[], boo
                 result["best_epoch"] = epoch
                 save_checkpoint(model, run_dir, {**meta, "epoch": epoch, "metrics": result})
                 write_predictions(run_dir / PREDICTIONS, ds, val_idx, probs)
-            save_resume(epoch + 1, 0, None)
+            # The epoch event before the resume point that follows it: a crash between the two resumes at
+            # this epoch and drops its event, where the other order would lose the event for good.
             emit(ev)
+            save_resume(epoch + 1, 0, None)
+    digest_dir = os.environ.get("LEUKVIZ_RANK_DIGEST_DIR")
+    if digest_dir:  # for tests: proves every process ends with the same weights
+        import hashlib
+        h = hashlib.sha256(b"".join(v.detach().cpu().numpy().tobytes() for v in model.state_dict().values()))
+        Path(digest_dir).mkdir(parents=True, exist_ok=True)
+        (Path(digest_dir) / f"rank{d.rank}.txt").write_text(h.hexdigest())
     if d.main and not result:  # resumed after the best epoch: report what the checkpoint holds
         result = json.loads((run_dir / SIDECAR).read_text()).get("metrics", {})
     if d.on:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
@@ -110,9 +111,33 @@ def prediction_record(lm: LoadedModel, prob: np.ndarray) -> dict:
             **{f"prob_{c}": float(p) for c, p in zip(lm.classes, prob)}}
 
 
+def predict_table(models: Sequence[str | Path | LoadedModel], files: Sequence[str | Path],
+                  tta: bool = False) -> pd.DataFrame:
+    """Predict files with every model: one row per image per model, columns file, model (backbone),
+    run_id, predicted, confidence, prob_<class>... and error (empty unless the image was unreadable)."""
+    rows = []
+    for m in models:
+        lm = m if isinstance(m, LoadedModel) else load_model(m)
+        for rec in predict_files(lm, files, tta=tta):
+            rows.append({"file": rec["file"], "model": lm.backbone, "run_id": lm.run_dir.name,
+                         "predicted": rec.get("predicted"), "confidence": rec.get("confidence"),
+                         **{k: v for k, v in rec.items() if k.startswith("prob_")}, "error": rec["error"]})
+    cols = ["file", "model", "run_id", "predicted", "confidence"]
+    probs = list(dict.fromkeys(k for r in rows for k in r if k.startswith("prob_")))
+    return pd.DataFrame(rows, columns=cols + probs + ["error"])
+
+
+TTA_KEYS = ("accuracy", "weighted_f1", "balanced_accuracy", "sensitivity", "specificity", "roc_auc", "ece",
+            "confusion", "subject_vote")
+
+
 def evaluate_dataset(lm: LoadedModel, dataset: str | Path, cache_dir: Path | None = None, tta: bool = False) -> dict:
     """Score a run on labelled data it did not train on: a C-NMC root's preliminary test set (labels CSV),
-    or every image of a class-per-folder tree."""
+    or every image of a class-per-folder tree.
+
+    The metrics are of the plain prediction; with tta the same metrics of the 8-view average come as
+    their own dict under "with_tta", never in place of the plain ones.
+    """
     from leukviz import metrics
 
     ds = data.open_dataset(dataset, cache_dir)
@@ -124,10 +149,13 @@ def evaluate_dataset(lm: LoadedModel, dataset: str | Path, cache_dir: Path | Non
     rows = rows[ok[rows]]
     if len(rows) == 0:
         raise data.DataError("no labelled, readable images to evaluate")
-    probs = predict_arrays(lm, images[rows], tta=tta)
     y = ds.index["label"].to_numpy()[rows]
     subjects = ds.index["subject"].to_numpy()[rows]
-    res = metrics.summary(y, probs, ds.classes, subjects if (subjects != "").all() else None)
+    subjects = subjects if (subjects != "").all() else None
+    res = metrics.summary(y, predict_arrays(lm, images[rows]), ds.classes, subjects)
     res.update({"dataset": str(dataset), "set": sets[0], "tta": tta, "run_id": lm.run_dir.name,
                 "skipped": int((~ok[np.flatnonzero(ds.index["set"].isin(sets).to_numpy())]).sum())})
+    if tta:
+        with_tta = metrics.summary(y, predict_arrays(lm, images[rows], tta=True), ds.classes, subjects)
+        res["with_tta"] = {k: with_tta[k] for k in TTA_KEYS if k in with_tta}
     return res

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ from leukviz.storage import append_jsonl, atomic_write_json, read_json, read_jso
 
 STATES = ("queued", "running", "finished", "failed", "stopped", "interrupted")
 ACTIVE = ("queued", "running")
+LAUNCH_GRACE = 120.0  # seconds a launched process may take to start (import torch) and take the run lock
 
 
 class AlreadyRunning(RuntimeError):
@@ -61,10 +64,18 @@ class Run:
 
     @property
     def status(self) -> dict:
-        st = read_json(self.dir / "status.json", None) or {"state": "new"}
-        if st.get("state") in ACTIVE and not self.is_locked():
-            st = {**st, "state": "interrupted",
-                  "error": st.get("error") or "the training process ended without finishing (killed?)"}
+        st = read_json(self.dir / "status.json", None)
+        if not isinstance(st, dict) or st.get("state") not in STATES:
+            # Never started, or the status file was lost (a power cut): progress on disk means cut short.
+            started = (self.dir / "metrics.jsonl").exists() or (self.dir / "last.pt").exists()
+            st = ({"state": "interrupted", "error": "status.json is missing or damaged"} if started
+                  else {"state": "new"})
+        if st["state"] != "finished" and not self.is_locked():
+            if _launch_pending(self):  # launched, still starting: not dead, and not to be launched again
+                st = {**st, "state": "queued", "error": None}
+            elif st["state"] in ACTIVE:
+                st = {**st, "state": "interrupted",
+                      "error": st.get("error") or "the training process ended without finishing (killed?)"}
         return st
 
     @property
@@ -175,6 +186,7 @@ def train(run: Run, resume: bool = False, device: str = "auto", log: Callable[[s
     rank = int(os.environ.get("RANK", "0"))
     cfg = run.config
     stop_file = run.dir / "stop"
+    previous_handlers: dict = {}
     stop = {"flag": False}
 
     def on_signal(signum, frame):  # noqa: ARG001
@@ -190,22 +202,40 @@ def train(run: Run, resume: bool = False, device: str = "auto", log: Callable[[s
         if emit_hook:
             emit_hook(ev)
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
+    def restore_signals() -> None:
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
+
+    # Only the main thread may set handlers; they are put back afterwards, so a caller that goes on (a
+    # test, a CLI attaching to another trainer) keeps its Ctrl-C.
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous_handlers[sig] = signal.signal(sig, on_signal)
     if rank != 0:
-        return engine.fit(cfg, run.dir, lambda e: None, should_stop, cache_root(), resume, device, log)
+        try:
+            return engine.fit(cfg, run.dir, lambda e: None, should_stop, cache_root(), resume, device, log)
+        finally:
+            restore_signals()
 
     lock = run.lock()
     try:
         lock.acquire(timeout=3)
     except Timeout:
+        restore_signals()
         raise AlreadyRunning(f"run {run.run_id} is already being trained by another process") from None
     try:
         stop_file.unlink(missing_ok=True)
+        if not resume and read_json(run.dir / "status.json", {}).get("state") == "finished" and run.has_checkpoint:
+            # Another process finished it between our caller's cache check and our lock: don't train twice.
+            log(f"run {run.run_id} is already finished")
+            return run.final_metrics()
+        for leftover in run.dir.glob(".*.*"):  # temporary files of writes that a crash cut short
+            if leftover.name.startswith(tuple(f".{n}." for n in (engine.RESUME, engine.CHECKPOINT, engine.SIDECAR,
+                                                                 engine.PREDICTIONS, "metrics.jsonl"))):
+                leftover.unlink(missing_ok=True)
         resume = resume and (run.dir / engine.RESUME).exists()
         if resume:
-            import torch
-            st = torch.load(run.dir / engine.RESUME, map_location="cpu", weights_only=True)
+            st = engine.load_resume_state(run.dir / engine.RESUME)
             _truncate_after(run, int(st["epoch"]), int(st["step"]))
         else:
             (run.dir / "metrics.jsonl").unlink(missing_ok=True)
@@ -222,13 +252,21 @@ def train(run: Run, resume: bool = False, device: str = "auto", log: Callable[[s
         raise
     except BaseException as e:
         msg = f"{e.__class__.__name__}: {e}" if str(e) else e.__class__.__name__
-        if isinstance(e, (data.DataError, engine.TrainingDiverged)) or "WeightsUnavailable" in msg:
+        if isinstance(e, (data.DataError, engine.TrainingDiverged, engine.OutOfMemory, engine.CheckpointError)) \
+                or "WeightsUnavailable" in msg:
             msg = str(e)
-        write_status(run, "failed", error=msg)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            msg = (f"{e.strerror} while writing the run files in {run.dir.parent}: free some disk space, then "
+                   "resume the run (its last complete checkpoint is intact)")
         log(traceback.format_exc())
+        try:
+            write_status(run, "failed", error=msg)
+        except OSError as status_error:  # the disk may be full: the log still holds the reason
+            log(f"could not record the failure in status.json: {status_error}")
         raise
     finally:
         lock.release()
+        restore_signals()
 
 
 class _device_slot:
@@ -238,6 +276,8 @@ class _device_slot:
         from leukviz import engine
 
         kind = engine.pick_device(device).type
+        if kind == "cuda":  # one queue per visible GPU set, so folds pinned to different GPUs run in parallel
+            kind += os.environ.get("CUDA_VISIBLE_DEVICES", "").replace(",", "-")
         self.lock = FileLock(str(run.dir.parent / f".device-{kind}.lock"))
         self.should_stop = should_stop
         self.enabled = int(os.environ.get("WORLD_SIZE", "1")) == 1
@@ -261,13 +301,25 @@ class _device_slot:
 
 # ---------------------------------------------------------------------------------------------- launching
 
-def launch(run: Run, resume: bool = False, device: str = "auto", nproc: int = 1) -> subprocess.Popen | None:
+def launch(run: Run, resume: bool = False, device: str = "auto", nproc: int = 1,
+           env: dict[str, str] | None = None) -> subprocess.Popen | None:
     """Start the training process for a run, detached from the caller (it outlives a server restart).
 
-    Returns None when the run is already being trained (attach to it instead).
+    Returns None when the run is already being trained, or another launch of it is still starting
+    (attach to it instead): two clicks, two tabs or two servers start one process.
     """
-    if run.is_locked():
+    try:
+        with FileLock(str(run.dir / "launch.lock"), timeout=30):
+            if run.is_locked() or _launch_pending(run):
+                return None
+            proc = _spawn(run, resume, device, nproc, env)
+            atomic_write_json(run.dir / "launch.json", {"pid": proc.pid, "time": time.time()})
+            return proc
+    except Timeout:
         return None
+
+
+def _spawn(run: Run, resume: bool, device: str, nproc: int, env: dict[str, str] | None) -> subprocess.Popen:
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                "-m", "leukviz", "train", "--run-dir", str(run.dir), "--device", device]
@@ -278,9 +330,39 @@ def launch(run: Run, resume: bool = False, device: str = "auto", nproc: int = 1)
     logf = open(run.dir / "train.log", "ab")
     try:
         return subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     finally:
         logf.close()
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process exists and has not exited (an exited child nobody has waited for is a zombie)."""
+    if pid <= 0:
+        return False
+    if os.name != "posix":  # os.kill(pid, 0) would terminate it on Windows; trust the grace period there
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][:1] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _launch_pending(run: Run) -> bool:
+    """A process launched for this run a moment ago that is alive but has not taken the run lock yet."""
+    info = read_json(run.dir / "launch.json", None)
+    if not isinstance(info, dict):
+        return False
+    try:
+        pid, started = int(info.get("pid", 0)), float(info.get("time", 0))
+    except (TypeError, ValueError):
+        return False
+    return time.time() - started < LAUNCH_GRACE and _alive(pid)
 
 
 def request_stop(run: Run) -> None:

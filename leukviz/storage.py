@@ -11,24 +11,63 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
-def atomic_write_bytes(path: Path, blob: bytes) -> None:
-    """Replace path with blob, or leave the old file untouched if anything fails (a full disk, say)."""
-    path = Path(path)
+def _write_temp(path: Path, blob: bytes) -> str:
+    """Write blob to a synced temporary file beside path (removed again if that fails); returns its name."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(blob)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    return tmp
+
+
+def _sync_dir(folder: Path) -> None:
+    """Make a rename durable: without this, a power cut can bring back the old directory entry."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_bytes(path: Path, blob: bytes) -> None:
+    """Replace path with blob, or leave the old file untouched if anything fails (a full disk, say)."""
+    atomic_write_files({Path(path): blob})
+
+
+def atomic_write_files(files: dict[Path, bytes]) -> None:
+    """Replace several files that belong together (a checkpoint and its sidecar).
+
+    Every new file is written and synced before any is renamed into place, so a full disk or a crash
+    while writing leaves all the old files, never a new weights file beside an old sidecar.
+    """
+    temps: dict[Path, str] = {}
+    try:
+        for path, blob in files.items():
+            temps[Path(path)] = _write_temp(Path(path), blob)
+        for path, tmp in temps.items():
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp in temps.values():
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        raise
+    for folder in {p.parent for p in temps}:
+        _sync_dir(folder)
+
+
+def json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, default=_default) + "\n").encode()
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_default) + "\n").encode())
+    atomic_write_bytes(path, json_bytes(obj))
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import csv
+import math
 import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
 import os
 import shutil
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter
+
+from leukviz.data import CNMC_CLASSES
 
 DEMO_VERSION = 1  # bump whenever the generated pixels, names or layout change
 
@@ -24,7 +27,6 @@ FEATURE_CORRELATION = 0.5
 # Per-subject shift of the class mean: some patients' blasts look more mature than others'.
 SUBJECT_SHIFT = 0.2
 
-CLASSES = ("hem", "all")  # label 0, 1 as in the C-NMC labels CSV
 _FEATURES = ("size", "nc_ratio", "irregularity", "density", "texture", "nucleoli")
 # Optical density of the stains at concentration 1 (Beer-Lambert): violet nucleus, lavender cytoplasm.
 _NUCLEUS_OD = np.array([0.84, 1.45, 0.53], dtype=np.float32)
@@ -39,7 +41,7 @@ def _lerp(a: float, b: float, t: float) -> float:
 def _smooth_noise(rng: np.random.Generator, grid: int, size: int) -> np.ndarray:
     """Noise in [0, 1] with blobs about size/grid pixels across: a small random grid, upsampled."""
     grid = max(2, min(grid, size // 2))
-    small = Image.fromarray(rng.random((grid, grid), dtype=np.float32), mode="F")
+    small = Image.fromarray(rng.random((grid, grid), dtype=np.float32))
     return np.asarray(small.resize((size, size), Image.BICUBIC), dtype=np.float32).clip(0, 1)
 
 
@@ -48,11 +50,24 @@ def _soft_inside(radius: np.ndarray, r: np.ndarray, size: int) -> np.ndarray:
     return np.clip((radius - r) * (size / 2) + 0.5, 0, 1)
 
 
-def _outline(phi: np.ndarray, rng: np.random.Generator, amplitude: float, orders: range) -> np.ndarray:
-    """Relative radius 1 + sum of random harmonics: a wobbly closed outline in polar coordinates."""
-    out = np.ones_like(phi)
+_ANGLES = np.linspace(-np.pi, np.pi, 1024, endpoint=False, dtype=np.float32)
+
+
+def _polar(x: np.ndarray, y: np.ndarray, cx: float, cy: float) -> tuple[np.ndarray, np.ndarray]:
+    """Radius and angle bin (an index into _ANGLES) of every pixel around (cx, cy)."""
+    phi = np.arctan2(y - cy, x - cx)
+    bins = ((phi + np.pi) * (len(_ANGLES) / (2 * np.pi))).astype(np.int32) % len(_ANGLES)
+    return np.hypot(x - cx, y - cy), bins
+
+
+def _outline(rng: np.random.Generator, amplitude: float, orders: range) -> np.ndarray:
+    """Relative radius per angle bin, 1 + random harmonics: a wobbly closed outline.
+
+    Built over 1024 angles and looked up per pixel: far cheaper than cosines over the whole image.
+    """
+    out = np.ones_like(_ANGLES)
     for k in orders:
-        out += rng.normal(0, amplitude / k**0.5) * np.cos(k * phi + rng.uniform(0, 2 * np.pi))
+        out += rng.normal(0, amplitude / k**0.5) * np.cos(k * _ANGLES + rng.uniform(0, 2 * np.pi))
     return out
 
 
@@ -81,28 +96,30 @@ def render_cell(cls: int, subject: dict, rng: np.random.Generator, size: int) ->
     own = rng.normal(size=len(_FEATURES))
     rho = subject["correlation"]
     z = rho * shared + (1 - rho**2) ** 0.5 * own
-    t = dict(zip(_FEATURES, np.clip(cls + subject["shift"] + subject["overlap"] * z, -0.6, 1.6)))
+    # Python floats, not numpy scalars, so the pixel arrays stay float32 (NumPy 2 promotes to float64).
+    t = dict(zip(_FEATURES, np.clip(cls + subject["shift"] + subject["overlap"] * z, -0.6, 1.6).tolist()))
 
     axis = (np.arange(size, dtype=np.float32) + 0.5) / size * 2 - 1
     y, x = np.meshgrid(axis, axis, indexing="ij")
-    cx, cy = rng.uniform(-0.12, 0.12, 2)
-    r, phi = np.hypot(x - cx, y - cy), np.arctan2(y - cy, x - cx)
+    cx, cy = rng.uniform(-0.12, 0.12, 2).tolist()
+    r, bins = _polar(x, y, cx, cy)
 
     cell_r = _lerp(0.36, 0.50, t["size"]) * subject["scale"] * rng.normal(1, 0.05)
-    cell_edge = cell_r * _outline(phi, rng, 0.03, range(2, 6))
+    cell_edge = cell_r * _outline(rng, 0.03, range(2, 6))[bins]
     cell = _soft_inside(cell_edge, r, size)
 
     # The nucleus sits off-centre where there is room, and may not cross the cell membrane.
-    nuc_r = cell_r * np.clip(_lerp(0.74, 0.90, t["nc_ratio"]) + rng.normal(0, 0.02), 0.6, 0.93)
+    nuc_r = cell_r * min(max(_lerp(0.74, 0.90, t["nc_ratio"]) + rng.normal(0, 0.02), 0.6), 0.93)
     offset = max(0.0, min(rng.uniform(0, 0.12) * cell_r, cell_r * 0.95 - nuc_r * 1.05))
     angle = rng.uniform(0, 2 * np.pi)
-    nx, ny = cx + offset * np.cos(angle), cy + offset * np.sin(angle)
-    rn, phin = np.hypot(x - nx, y - ny), np.arctan2(y - ny, x - nx)
+    nx, ny = cx + offset * math.cos(angle), cy + offset * math.sin(angle)
+    rn, nbins = _polar(x, y, nx, ny)
     irregular = max(0.0, t["irregularity"])
-    nuc_edge = nuc_r * _outline(phin, rng, _lerp(0.015, 0.08, irregular), range(2, 7))
+    nuc_outline = _outline(rng, _lerp(0.015, 0.08, irregular), range(2, 7))
     if rng.random() < 0.15 + 0.6 * irregular:  # a notch (cleft), typical of blasts
-        gap = np.angle(np.exp(1j * (phin - rng.uniform(0, 2 * np.pi))))
-        nuc_edge = nuc_edge * (1 - _lerp(0.05, 0.22, irregular) * np.exp(-(gap**2) / 0.08))
+        gap = np.angle(np.exp(1j * (_ANGLES - rng.uniform(0, 2 * np.pi))))
+        nuc_outline *= 1 - _lerp(0.05, 0.22, irregular) * np.exp(-(gap**2) / 0.08)
+    nuc_edge = nuc_r * nuc_outline[nbins]
     nucleus = np.minimum(_soft_inside(nuc_edge, rn, size), _soft_inside(cell_edge * 0.96, r, size))
 
     # Chromatin: coarse dark clumps in normal cells, fine open grain in blasts.
@@ -115,7 +132,7 @@ def render_cell(cls: int, subject: dict, rng: np.random.Generator, size: int) ->
     for _ in range(n_nucleoli):  # pale round spots inside the nucleus
         a, d = rng.uniform(0, 2 * np.pi), rng.uniform(0, 0.55) * nuc_r
         spot_r = rng.uniform(0.09, 0.15) * nuc_r
-        d2 = (x - nx - d * np.cos(a)) ** 2 + (y - ny - d * np.sin(a)) ** 2
+        d2 = (x - nx - d * math.cos(a)) ** 2 + (y - ny - d * math.sin(a)) ** 2
         chromatin = chromatin * (1 - 0.5 * np.exp(-d2 / (2 * spot_r**2)))
 
     # Cytoplasm: mottled, a little darker at the membrane as in real smears.
@@ -125,7 +142,7 @@ def render_cell(cls: int, subject: dict, rng: np.random.Generator, size: int) ->
     stain = subject["stain"] * rng.normal(1, 0.04)
     od = (1 - nucleus)[..., None] * cyto[..., None] * subject["cytoplasm_od"]
     od += nucleus[..., None] * chromatin[..., None] * subject["nucleus_od"]
-    light = subject["brightness"] * (1 + subject["gradient"] * (x * np.cos(angle) + y * np.sin(angle)))
+    light = subject["brightness"] * (1 + subject["gradient"] * (x * math.cos(angle) + y * math.sin(angle)))
     rgb = 255 * np.exp(-stain * od) * light[..., None]
 
     # Blur the tissue before cutting it out, so the background stays exactly black.
@@ -159,7 +176,7 @@ def _plan(seed: int, n_subjects: int) -> tuple[list[dict], list[dict]]:
     sizes = {"all": (38, 58), "hem": (28, 44)}  # cells per subject: about 2:1 all:hem by image count
     train, prelim = [], []
     for name in ("all", "hem"):
-        cls = CLASSES.index(name)
+        cls = CNMC_CLASSES.index(name)
         for i in range(1, counts[name] + _PRELIM_SUBJECTS[name] + 1):
             n_cells = int(rng.integers(*sizes[name], endpoint=True))
             if i > counts[name]:
@@ -193,7 +210,7 @@ def generate_demo(
     train, prelim = _plan(seed, n_subjects)
     tasks = []
     for s in train:
-        name = CLASSES[s["cls"]]
+        name = CNMC_CLASSES[s["cls"]]
         folder = base / "training_data" / f"fold_{s['fold']}" / name
         folder.mkdir(parents=True, exist_ok=True)
         for image, c in s["cells"]:
@@ -210,7 +227,7 @@ def generate_demo(
         s, image, c = cells[k]
         path = prelim_dir / f"{n}.png"
         tasks.append((str(path), image_size, s["cls"], s["params"], s["entropy"] + [image, c]))
-        rows.append((f"UID_{s['name']}_{image}_{c}_{CLASSES[s['cls']]}.png", f"{n}.png", s["cls"]))
+        rows.append((f"UID_{s['name']}_{image}_{c}_{CNMC_CLASSES[s['cls']]}.png", f"{n}.png", s["cls"]))
     with open(base / "validation_data" / "C-NMC_test_prelim_phase_data_labels.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["Patient_ID", "new_names", "labels"])

@@ -16,8 +16,9 @@ def _open(spec: str, cache_dir: str) -> data.Dataset:
 
 def open_dataset(spec: str) -> data.Dataset:
     """The dataset (cached a minute: a folder's fingerprint re-stats every file), with a spinner."""
-    msg = ("Opening the built-in demo dataset (generated on first use: about half a minute)…" if spec == "demo"
-           else "Indexing the dataset…")
+    msg = "Indexing the dataset…"
+    if spec == "demo":
+        msg = "Opening the built-in demo dataset (generated on first use: about half a minute)…"
     with st.spinner(msg):
         return _open(spec, str(runs.cache_root()))
 
@@ -37,7 +38,8 @@ def require_dataset() -> data.Dataset:
         return open_dataset(spec)
     except data.DataError as e:
         st.error(f"The active dataset cannot be used: {dashboard.plain(e)}")
-        st.page_link("pages/data.py", label="Choose another dataset on the Data page", icon=":material/folder_open:")
+        st.page_link("pages/data.py", label="Choose another dataset on the Data page",
+                     icon=":material/folder_open:")
         st.stop()
         raise
 

@@ -1,4 +1,4 @@
-"""Compare: the backbones side by side on the same data and split: metrics, curves, ROC, confusion matrices."""
+"""Compare: the backbones side by side on the same data and split: metrics, curves, ROC, confusion."""
 
 from pathlib import Path
 
@@ -33,8 +33,8 @@ keys = list(groups)
 dataset = active_dataset()
 first = next((k for k in keys if dataset in groups[k].datasets), keys[0])
 key = st.selectbox("Dataset and split", keys, index=keys.index(first), format_func=lambda k: groups[k].label,
-                   help="Only runs trained on the same data (same content fingerprint) with the same validation "
-                        "split are comparable: they are scored on the same validation images.")
+                   help="Only runs trained on the same data (same content fingerprint) with the same "
+                        "validation split are comparable: they are scored on the same validation images.")
 group = groups[key]
 by_id = {r.run_id: r for r in group.runs}
 chosen = st.multiselect("Runs", list(by_id), format_func=lambda i: dashboard.run_name(by_id[i]),
@@ -49,9 +49,16 @@ evals, rows = [], []
 with st.spinner("Scoring the runs and timing inference…"):
     for r in selected:
         stamp = (r.dir / dashboard.CHECKPOINT).stat().st_mtime_ns
-        ev = evaluation(str(r.dir), stamp)
+        try:
+            ev = evaluation(str(r.dir), stamp)
+            per_image = seconds_per_image(str(r.dir), stamp)
+        except (OSError, KeyError, ValueError, RuntimeError) as e:
+            st.warning(f"{dashboard.plain(dashboard.run_name(r))} left out: {dashboard.plain(e)}")
+            continue
         evals.append(ev)
-        rows.append(dashboard.compare_row(ev, seconds_per_image(str(r.dir), stamp)))
+        rows.append(dashboard.compare_row(ev, per_image))
+if not evals:
+    st.stop()
 
 table = dashboard.compare_table(rows)
 st.dataframe(

@@ -1,4 +1,4 @@
-"""Data: choose the dataset (demo, folder, zip), see its classes, subjects and folds, the split, and sample cells."""
+"""Data: choose the dataset (demo, folder, zip); see its classes, subjects, folds, split and sample cells."""
 
 from pathlib import Path
 
@@ -27,8 +27,9 @@ def use(spec: str) -> None:
 st.title("Data")
 current = active_dataset()
 
-source = st.segmented_control("Dataset source", SOURCES, required=True,
-                              default=SOURCES[0] if current == "demo" else SOURCES[1], key="data_source")
+shown = 0 if current == "demo" else 2 if current.lower().endswith(".zip") else 1
+source = st.segmented_control("Dataset source", SOURCES, required=True, default=SOURCES[shown],
+                              key="data_source")
 if source == SOURCES[0] and current != "demo":
     if st.button("Use the built-in demo dataset", type="primary"):
         use("demo")
@@ -80,7 +81,7 @@ with right:
         subjects = pd.DataFrame(info["per_subject"]).T.rename_axis("subject")
         st.dataframe(subjects, width="stretch", height=220)
     else:
-        st.caption("No subject ids: file names are not C-NMC style, so only the leaky image split is possible.")
+        st.caption("No subject ids (file names are not C-NMC style): only the leaky image split is possible.")
 
 st.subheader("Validation split")
 split = st.radio("Split used for training", list(SPLITS), format_func=SPLITS.get, horizontal=True,
@@ -106,7 +107,8 @@ for cls, paths in samples.items():
     st.image([data.load_image(p, 96, crop=False) for p in paths], width=96)
 
 st.subheader("Training augmentation")
-mode = st.segmented_control("Augmentation", [a for a in AUGMENT if a != "none"], default="flips", required=True,
+mode = st.segmented_control("Augmentation", [a for a in AUGMENT if a != "none"], default="flips",
+                            required=True,
                             help="flips: the 8 flips and quarter turns (cells have no orientation); full: "
                                  "plus brightness and contrast jitter.")
 size = 96

@@ -19,21 +19,33 @@ right.metric("Device", dashboard.plain(device_text()), border=True)
 
 st.subheader("Backbones")
 cards = dashboard.backbone_cards(dataset)
-for col, card in zip(st.columns(len(cards)), cards):
-    with col.container(border=True):
-        st.markdown(f"#### {card.title}")
-        st.markdown(card.text)
-        if card.state == "finished":
-            a, b = st.columns(2)
-            a.metric("Val. accuracy", f"{card.val_acc:.1%}" if card.val_acc is not None else "–")
-            b.metric("Weighted F1", f"{card.val_f1:.3f}" if card.val_f1 is not None else "–")
-        elif card.state in dashboard.ACTIVE_STATES and card.epochs:
-            st.progress(min(1.0, card.epoch / card.epochs))
-        elif card.error:
-            st.caption(dashboard.plain(card.error.splitlines()[0][:200]))
-        params = {"backbone": card.backbone, **({"run": card.run_id} if card.run_id else {})}
-        label = "Train it" if card.state == "none" else "Open the run"
-        st.page_link("pages/train.py", label=label, icon=":material/arrow_forward:", query_params=params)
+any_active = any(c.state in dashboard.ACTIVE_STATES for c in cards)
+
+
+@st.fragment(run_every=2.0 if any_active else None)
+def backbone_cards(polling: bool) -> None:
+    """A card per backbone; refreshed every 2 s while one of them trains."""
+    cards = dashboard.backbone_cards(dataset)
+    if polling and not any(c.state in dashboard.ACTIVE_STATES for c in cards):
+        st.rerun()  # the whole page, so the refreshing stops
+    for col, card in zip(st.columns(len(cards)), cards):
+        with col.container(border=True):
+            st.markdown(f"#### {card.title}")
+            st.markdown(card.text)
+            if card.state == "finished":
+                a, b = st.columns(2)
+                a.metric("Val. accuracy", f"{card.val_acc:.1%}" if card.val_acc is not None else "–")
+                b.metric("Weighted F1", f"{card.val_f1:.3f}" if card.val_f1 is not None else "–")
+            elif card.state in dashboard.ACTIVE_STATES and card.epochs:
+                st.progress(min(1.0, card.epoch / card.epochs))
+            elif card.error:
+                st.caption(dashboard.plain(card.error.splitlines()[0][:200]))
+            params = {"backbone": card.backbone, **({"run": card.run_id} if card.run_id else {})}
+            label = "Train it" if card.state == "none" else "Open the run"
+            st.page_link("pages/train.py", label=label, icon=":material/arrow_forward:", query_params=params)
+
+
+backbone_cards(any_active)
 
 st.subheader("How to use it")
 st.markdown(

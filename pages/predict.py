@@ -1,5 +1,7 @@
 """Predict: drop in cell images (or try demo cells) and read every trained model's class and confidence."""
 
+from pathlib import Path
+
 import streamlit as st
 
 from leukviz import charts, dashboard
@@ -20,13 +22,15 @@ if not chosen:
     st.info("Choose at least one model.")
     st.stop()
 
-models = []
+models, stamps = [], []
 with st.spinner("Loading the models…"):
     for run_id in chosen:
         try:
             models.append(load_model(by_id[run_id]))
+            stamps.append(f"{run_id}:{(by_id[run_id].dir / dashboard.CHECKPOINT).stat().st_mtime_ns}")
         except (OSError, RuntimeError, ValueError, KeyError) as e:
-            st.error(f"{dashboard.plain(dashboard.run_name(by_id[run_id]))} cannot be loaded: {dashboard.plain(e)}")
+            name = dashboard.plain(dashboard.run_name(by_id[run_id]))
+            st.error(f"{name} cannot be loaded: {dashboard.plain(e)}")
 if not models:
     st.stop()
 
@@ -38,20 +42,30 @@ if st.button("Try demo cells", icon=":material/science:",
     st.session_state["demo_draw"] = st.session_state.get("demo_draw", -1) + 1
     st.session_state["demo_cells"] = dashboard.demo_cells(demo, n=3, seed=st.session_state["demo_draw"])
 
-items = [(f.name, f, None) for f in uploads or []]
-items += [(f"demo cell {path.rsplit('/', 1)[-1]}", path, truth) for path, truth in st.session_state.get("demo_cells", [])]
+items = [(f.name, f, None, f.file_id) for f in uploads or []]
+items += [(f"demo cell {Path(path).name}", path, truth, path)
+          for path, truth in st.session_state.get("demo_cells", [])]
 if not items:
     st.info("Drop one or more cell images above, or try the demo cells.")
     st.stop()
 
-for i, (name, src, truth) in enumerate(items):
+# Results kept per file and model set, so a rerun (another widget, a new upload) predicts only what is new.
+done = st.session_state.setdefault("predictions", {})
+for i, (name, src, truth, file_key) in enumerate(items):
     st.divider()
-    with st.spinner("Predicting…"):
-        result = dashboard.predict_image(models, name, src)
+    key = (file_key, tuple(stamps))
+    if key not in done:
+        with st.spinner("Predicting…"):
+            done[key] = dashboard.predict_image(models, name, src)
+        while len(done) > 60:
+            done.pop(next(iter(done)))
+    result = done[key]
     if result.error:
-        st.error(f"Could not read {dashboard.plain(name)}: {dashboard.plain(result.error)}", icon=":material/broken_image:")
+        st.error(f"Could not read {dashboard.plain(name)}: {dashboard.plain(result.error)}",
+                 icon=":material/broken_image:")
         continue
-    st.markdown(f"#### {dashboard.plain(name)}" + (f" · true class **{dashboard.plain(truth)}**" if truth else ""))
+    truth_text = f" · true class **{dashboard.plain(truth)}**" if truth else ""
+    st.markdown(f"#### {dashboard.plain(name)}{truth_text}")
     for col, p in zip(st.columns(len(result.results)), result.results):
         with col.container(border=True):
             st.markdown(f"**{dashboard.plain(p.model)}**")

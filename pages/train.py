@@ -1,4 +1,4 @@
-"""Train: choose a backbone and settings, start a run (or show it at once when cached), watch it learn live."""
+"""Train: choose a backbone and settings, start a run (or show it at once if cached), watch it learn live."""
 
 import streamlit as st
 
@@ -23,17 +23,18 @@ spec = backbones.get_spec(backbone)
 preset = st.segmented_control("Preset", config.PRESETS, format_func=PRESET_TEXT.get, required=True,
                               default="quick", key="train_preset", persist_state="session")
 has_imagenet = backbones.imagenet_available(spec)
-weights_choice = st.segmented_control("Weights", list(WEIGHTS_TEXT), format_func=WEIGHTS_TEXT.get, required=True,
-                                      default="imagenet" if has_imagenet else "none", key=f"train_weights_{backbone}",
-                                      persist_state="session")
+weights_choice = st.segmented_control("Weights", list(WEIGHTS_TEXT), format_func=WEIGHTS_TEXT.get,
+                                      required=True, default="imagenet" if has_imagenet else "none",
+                                      key=f"train_weights_{backbone}", persist_state="session")
 if not has_imagenet:
     st.caption(f"{spec.title}'s ImageNet weights are not in torchvision's cache "
                f"({dashboard.plain(backbones.weights_cache_path(spec))}), so training from scratch is the "
-               "default. Choosing ImageNet downloads them when the run starts, and fails with a clear message "
-               "when this machine is offline.")
+               "default. Choosing ImageNet downloads them when the run starts, and fails with a clear "
+               "message when this machine is offline.")
 weights = weights_choice
 if weights_choice == "file":
-    weights = st.text_input("Weights file (.safetensors or a torch state_dict)", key="train_weights_file").strip()
+    weights = st.text_input("Weights file (.safetensors or a torch state_dict)",
+                            key="train_weights_file").strip()
     if not weights:
         st.info("Give the path of a weights file, or choose ImageNet or From scratch.")
         st.stop()
@@ -42,7 +43,8 @@ d = config.preset_defaults(preset, backbone, "none" if weights == "none" else "i
 key = f"{backbone}_{preset}_{weights_choice}"  # new defaults whenever what they depend on changes
 keep = {"persist_state": "session"}  # edited values survive a visit to another page
 c1, c2, c3 = st.columns(3)
-image_size = c1.number_input("Image size (px)", 16, 1024, int(d["image_size"]), step=16, key=f"size_{key}", **keep)
+image_size = c1.number_input("Image size (px)", 16, 1024, int(d["image_size"]), step=16, key=f"size_{key}",
+                             **keep)
 epochs = c2.number_input("Epochs", 1, 500, int(d["epochs"]), key=f"epochs_{key}", **keep)
 batch_size = c3.number_input("Batch size", 1, 4096, int(d["batch_size"]), key=f"batch_{key}", **keep)
 c4, c5 = st.columns(2)
@@ -87,7 +89,8 @@ elif hint and st.query_params.get("run") != existing.run_id:
 
 # ---- the attached run: from the URL, so a refresh or a second tab shows the same one
 run_id = st.query_params.get("run")
-in_progress = [r for r in dashboard.all_runs() if dashboard.live_status(r)["state"] in dashboard.ACTIVE_STATES]
+in_progress = [r for r in dashboard.all_runs()
+               if dashboard.live_status(r)["state"] in dashboard.ACTIVE_STATES]
 if not run_id and in_progress:
     run_id = in_progress[0].run_id
     st.query_params["run"] = run_id

@@ -1,11 +1,13 @@
-"""End to end in a real headless Chromium: start the app, train on the demo data, predict an upload, compare."""
+"""End to end in a real headless Chromium: start the app, train on the demo, predict an upload, compare."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -69,6 +71,35 @@ def _wait_for_server(base: str, proc: subprocess.Popen, timeout: float) -> None:
     pytest.fail(f"streamlit did not answer within {timeout:.0f} s")
 
 
+@contextlib.contextmanager
+def streamlit_server(home: Path, port: int, log_path: Path):
+    """`streamlit run app.py` on a free port with its own LEUKVIZ_HOME; always stopped, with its children."""
+    env = {**os.environ, "LEUKVIZ_HOME": str(home), "LEUKVIZ_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+           "TORCH_HOME": str(home / "torch")}
+    for name in ("LEUKVIZ_RUNS", "LEUKVIZ_CACHE"):
+        env.pop(name, None)
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+             "--server.headless", "true", "--server.fileWatcherType", "none"],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            yield server
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
+            # Training processes run in sessions of their own; stop any this test left running.
+            for status in home.glob("runs/*/status.json"):
+                st = json.loads(status.read_text())
+                if st.get("pid") and st.get("state") in ("queued", "running"):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(st["pid"], signal.SIGTERM)
+
+
 @pytest.mark.timeout(300)
 def test_train_predict_compare_in_a_real_browser(tmp_path):
     if not Path(CHROMIUM).exists():
@@ -82,20 +113,11 @@ def test_train_predict_compare_in_a_real_browser(tmp_path):
     home = tmp_path / "home"
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "LEUKVIZ_HOME": str(home), "LEUKVIZ_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
-           "TORCH_HOME": str(tmp_path / "torch")}
-    env.pop("LEUKVIZ_RUNS", None)
-    env.pop("LEUKVIZ_CACHE", None)
-    log = open(tmp_path / "streamlit.log", "wb")
     timings: dict[str, float] = {}
     t_launch = time.time()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-         "--server.headless", "true", "--server.fileWatcherType", "none"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        _wait_for_server(base, server, 60)
-        with sync_playwright() as pw:
+        with streamlit_server(home, port, tmp_path / "streamlit.log") as server, sync_playwright() as pw:
+            _wait_for_server(base, server, 60)
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1280, "height": 1600})
             page.set_default_timeout(30_000)
@@ -163,21 +185,6 @@ def test_train_predict_compare_in_a_real_browser(tmp_path):
             page.screenshot(path=str(shots / "5-compare.png"))
             browser.close()
     finally:
-        os.killpg(server.pid, 15)
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, 9)
-            server.wait()
-        log.close()
-        # Training processes are started in their own sessions; stop any left (a failed test).
-        for status in home.glob("runs/*/status.json"):
-            pid = json.loads(status.read_text()).get("pid")
-            if pid and json.loads(status.read_text()).get("state") in ("queued", "running"):
-                try:
-                    os.kill(pid, 15)
-                except ProcessLookupError:
-                    pass
         if (tmp_path / "streamlit.log").exists():
             shutil.copy(tmp_path / "streamlit.log", shots / "streamlit.log")
     (shots / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")

@@ -1,0 +1,158 @@
+"""Export a finished run: its safetensors checkpoint with the sidecar, or ONNX checked against PyTorch."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from leukviz import backbones, inference
+from leukviz.engine import CHECKPOINT, PREDICTIONS, SIDECAR
+
+FORMATS = ("onnx", "safetensors")
+ONNX_TOLERANCE = 1e-4  # max abs difference of probabilities, ONNX Runtime vs PyTorch
+ONNX_OPSET = 17
+N_CHECK = 8  # sample images for the agreement check
+
+
+class ExportError(RuntimeError):
+    """The export could not be written or does not agree with the PyTorch model."""
+
+
+def preprocessing_text(meta: dict) -> str:
+    """How to turn an image file into the model's input, in words (kept in the ONNX metadata)."""
+    size = meta["image_size"]
+    crop = ("crop to a square around the cell (pixels brighter than 10 on black, 4 % margin), "
+            if meta.get("crop") else "")
+    return (f"decode to 8-bit RGB; {crop}pad to a square on black; resize to {size}x{size} (bilinear); "
+            f"scale to [0, 1]; subtract mean {meta['mean']} and divide by std {meta['std']} per channel; "
+            f"float32 NCHW. Outputs: logits and softmax probabilities over classes {meta['classes']}.")
+
+
+def _target(out: Path, suffix: str) -> Path:
+    """A path with the format's suffix is the file; anything else is a folder to write into."""
+    out = Path(out).expanduser()
+    if out.suffix == suffix:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return out
+    if out.suffix and not out.is_dir():
+        raise ExportError(f"{out.name}: a {suffix.lstrip('.')} export is a {suffix} file or a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    return out / f"model{suffix}"
+
+
+def _export_safetensors(run_dir: Path, out: Path) -> dict:
+    target = _target(out, ".safetensors")
+    sidecar = target.with_suffix(".json")
+    shutil.copyfile(run_dir / CHECKPOINT, target)
+    meta = json.loads((run_dir / SIDECAR).read_text())
+    meta["run_id"] = run_dir.name
+    meta["config"] = json.loads((run_dir / "config.json").read_text()).get("config", {})
+    sidecar.write_text(json.dumps(meta, indent=1))
+    return {"format": "safetensors", "path": str(target), "sidecar": str(sidecar), "bytes": target.stat().st_size}
+
+
+class _WithProbabilities(nn.Module):
+    """The classifier with softmax appended, so ONNX consumers get probabilities without extra code."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(x)
+        return logits, torch.softmax(logits, dim=1)
+
+
+def _sample_images(lm: inference.LoadedModel, n: int) -> np.ndarray:
+    """Up to n of the run's validation images as the model sees them; random pixels when none can be read."""
+    import pandas as pd
+
+    from leukviz import data
+
+    images = []
+    path = lm.run_dir / PREDICTIONS
+    if path.exists():
+        for p in pd.read_csv(path)["path"]:
+            try:
+                images.append(inference.prepare(lm, p))
+            except (data.ImageError, FileNotFoundError):
+                continue
+            if len(images) == n:
+                break
+    if len(images) < 2:
+        rng = np.random.default_rng(0)
+        images += list(rng.integers(0, 256, (n - len(images), lm.image_size, lm.image_size, 3), dtype=np.uint8))
+    return np.stack(images)
+
+
+def _export_onnx(run_dir: Path, out: Path) -> dict:
+    import onnx
+    import onnxruntime as ort
+
+    target = _target(out, ".onnx")
+    lm = inference.load_model(run_dir, device="cpu")
+    meta = lm.meta
+    model = _WithProbabilities(lm.model.to(memory_format=torch.contiguous_format)).eval()
+    images = _sample_images(lm, N_CHECK)
+    x = backbones.normalize(torch.as_tensor(images), lm.backbone).contiguous()
+    t0 = time.time()
+    with warnings.catch_warnings():
+        # torch 2.14's default (dynamo) exporter needs the onnxscript package; the TorchScript exporter
+        # exports these three CNNs correctly without a new dependency, and says it is deprecated.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model, (x[:1],), str(target), dynamo=False, opset_version=ONNX_OPSET,
+                          input_names=["image"], output_names=["logits", "probabilities"],
+                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"},
+                                        "probabilities": {0: "batch"}})
+    proto = onnx.load(str(target))
+    props = {"leukviz.backbone": lm.backbone, "leukviz.run_id": run_dir.name,
+             "leukviz.classes": json.dumps(lm.classes), "leukviz.positive_class": lm.classes[meta["positive"]],
+             "leukviz.image_size": str(lm.image_size), "leukviz.crop": json.dumps(lm.crop),
+             "leukviz.mean": json.dumps(meta["mean"]), "leukviz.std": json.dumps(meta["std"]),
+             "leukviz.input_layout": "NCHW float32, normalised", "leukviz.preprocessing": preprocessing_text(meta)}
+    for k, v in props.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+    proto.doc_string = f"leukviz {lm.backbone} run {run_dir.name}. Input: {preprocessing_text(meta)}"
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(target))
+    seconds = time.time() - t0
+
+    with torch.inference_mode():
+        torch_probs = model(x)[1].numpy()
+    session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+    ort_batch = session.run(["probabilities"], {"image": x.numpy()})[0]  # the whole batch: the axis is dynamic
+    ort_single = np.concatenate([session.run(["probabilities"], {"image": x[i:i + 1].numpy()})[0]
+                                 for i in range(len(x))])
+    diff = float(max(np.abs(ort_batch - torch_probs).max(), np.abs(ort_single - torch_probs).max()))
+    res = {"format": "onnx", "path": str(target), "bytes": target.stat().st_size, "opset": ONNX_OPSET,
+           "inputs": ["image"], "outputs": ["logits", "probabilities"], "metadata": props,
+           "check_images": int(len(x)), "max_abs_diff": diff, "tolerance": ONNX_TOLERANCE,
+           "agrees": diff <= ONNX_TOLERANCE, "export_seconds": round(seconds, 2)}
+    if not res["agrees"]:
+        raise ExportError(f"ONNX Runtime's probabilities differ from PyTorch's by {diff:.2e} "
+                          f"(tolerance {ONNX_TOLERANCE:g}); the file at {target} should not be trusted")
+    return res
+
+
+def export_run(run_dir: str | Path, fmt: str, out: str | Path) -> dict:
+    """Export a finished run to `out` (a file with the format's suffix, or a folder).
+
+    safetensors: the checkpoint and its JSON sidecar (a folder export loads with inference.load_model).
+    onnx: a graph with a dynamic batch axis, outputs logits and probabilities, the preprocessing in its
+    metadata, checked against PyTorch with ONNX Runtime on sample images (max_abs_diff in the result).
+    """
+    run_dir = Path(run_dir)
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    if not (run_dir / CHECKPOINT).exists() or not (run_dir / SIDECAR).exists():
+        raise FileNotFoundError(f"run {run_dir.name} has no checkpoint yet (is it finished?)")
+    res = _export_safetensors(run_dir, Path(out)) if fmt == "safetensors" else _export_onnx(run_dir, Path(out))
+    return {"run_id": run_dir.name, **res}

@@ -1,0 +1,245 @@
+"""AppTest checks of every dashboard page, against real tiny runs trained once for this module."""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from leukviz import config, dashboard, data, runs, synthetic
+
+REPO = Path(__file__).resolve().parents[1]
+BACKBONES = ("googlenet", "resnet50")  # VGG16's 138 M parameters would write a 1.6 GB resume file per run
+
+
+def tiny_config(backbone: str, dataset: Path, **overrides) -> config.RunConfig:
+    settings = {"epochs": 1, "image_size": 32, "batch_size": 64}
+    settings.update(overrides)
+    return config.resolve(backbone, "quick", "none", str(dataset), **settings)
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory, tiny_data) -> Path:
+    """This module's own LEUKVIZ_HOME: a small demo dataset in its cache, two finished runs on tiny_data."""
+    before = os.environ.get("LEUKVIZ_HOME")
+    path = tmp_path_factory.mktemp("app-home")
+    os.environ["LEUKVIZ_HOME"] = str(path)
+    # The real demo takes half a minute to draw; the same generator, smaller, stands in for it.
+    real = synthetic.generate_demo
+    synthetic.generate_demo = functools.partial(real, n_subjects=6, image_size=64)
+    try:
+        data.open_dataset("demo", runs.cache_root())
+    finally:
+        synthetic.generate_demo = real
+    for backbone in BACKBONES:
+        runs.train(runs.run_for(tiny_config(backbone, tiny_data)), log=lambda s: None)
+    yield path
+    if before is None:
+        os.environ.pop("LEUKVIZ_HOME", None)
+    else:
+        os.environ["LEUKVIZ_HOME"] = before
+
+
+@pytest.fixture()
+def app(home, tiny_data) -> AppTest:
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=60)
+    at.session_state["dataset"] = str(tiny_data)
+    return at
+
+
+def open_page(at: AppTest, page: str | None = None) -> AppTest:
+    at.run()
+    if page:
+        at.switch_page(f"pages/{page}.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def finished(tiny_data: Path) -> dict[str, runs.Run]:
+    return {b: runs.run_for(tiny_config(b, tiny_data)) for b in BACKBONES}
+
+
+def test_overview_shows_dataset_device_and_a_card_per_backbone(app, tiny_data):
+    at = open_page(app)
+    assert at.title[0].value == "leukviz"
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Device"].startswith("CPU")
+    assert dashboard.plain(dashboard.dataset_label(str(tiny_data))) == metrics["Active dataset"]
+    cards = [m.value for m in at.markdown if m.value.startswith("#### ")]
+    assert cards == ["#### ResNet50", "#### GoogLeNet", "#### VGG16"]
+    links = at.get("page_link")
+    assert len(links) == 3
+    googlenet = finished(tiny_data)["googlenet"].final_metrics()
+    assert f"{googlenet['val_acc']:.1%}" in [m.value for m in at.metric if m.label == "Val. accuracy"]
+    assert "No run yet" in [m.value for m in at.markdown]  # VGG16 was never trained
+    sidebar = [m.value for m in at.sidebar.markdown]
+    assert any("CPU" in s for s in sidebar)
+
+
+def test_data_page_counts_split_and_gallery(app):
+    at = app
+    at.session_state["dataset"] = "demo"
+    open_page(at, "data")
+    ds = data.open_dataset("demo", runs.cache_root())
+    info = data.inspect(ds)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Class hem"] == str(info["per_class"]["hem"])
+    assert metrics["Class all"] == str(info["per_class"]["all"])
+    assert metrics["Subjects"] == str(len(info["per_subject"]))
+    assert int(metrics["Validation images"]) == len(data.make_split(ds, "subject").val)
+    rows = [len(im.value) for im in at.image]  # a gallery row per class, then an augmentation row per class
+    assert rows == [6, 6, 6, 6]
+    assert not at.warning
+
+    at.radio(key="data_split_radio").set_value("image").run()
+    assert at.session_state["split"] == "image"
+    assert any("Leaky" in w.value for w in at.warning)
+
+
+def test_data_page_switches_to_a_folder_and_refuses_a_bad_one(app, tiny_data, tmp_path):
+    at = app
+    at.session_state["dataset"] = "demo"
+    open_page(at, "data")
+    at.button_group(key="data_source").set_value("Folder path").run()
+    at.text_input[0].set_value(str(tmp_path / "missing")).run()
+    at.button[0].click().run()
+    assert at.error and "does not exist" in at.error[0].value
+    assert at.session_state["dataset"] == "demo"
+
+    at.text_input[0].set_value(str(tiny_data)).run()
+    at.button[0].click().run()
+    assert not at.exception
+    assert at.session_state["dataset"] == str(tiny_data)
+
+
+def test_train_shows_a_finished_configuration_at_once_as_cached(app, tiny_data):
+    at = app
+    at.query_params["backbone"] = "googlenet"
+    open_page(at, "train")
+    key = "googlenet_quick_none"
+    at.number_input(key=f"size_{key}").set_value(32)
+    at.number_input(key=f"epochs_{key}").set_value(1)
+    at.number_input(key=f"batch_{key}").set_value(64).run()
+    assert any("already finished" in c.value for c in at.caption)
+    before = {p.name for p in runs.runs_root().iterdir()}
+
+    next(b for b in at.button if b.label == "Start training").click().run()
+    assert not at.exception
+    run = finished(tiny_data)["googlenet"]
+    assert at.query_params["run"] == run.run_id
+    assert any("Cached" in i.value for i in at.info)
+    assert {m.label: m.value for m in at.metric}["Val. accuracy"] == f"{run.final_metrics()['val_acc']:.1%}"
+    assert len(at.get("plotly_chart")) == 1
+    assert {p.name for p in runs.runs_root().iterdir()} == before  # nothing new was created or launched
+
+
+def test_train_reattaches_from_the_url(app, tiny_data):
+    at = app
+    run = finished(tiny_data)["resnet50"]
+    at.query_params["run"] = run.run_id
+    open_page(at, "train")
+    assert at.subheader[0].value == f"Run {run.run_id} · ResNet50"
+    assert any("Finished" in s.value for s in at.success)
+
+
+def test_train_starts_a_run_which_stops_and_offers_resume(app, tiny_data):
+    at = app
+    at.query_params["backbone"] = "googlenet"
+    open_page(at, "train")
+    key = "googlenet_quick_none"
+    at.number_input(key=f"size_{key}").set_value(32)
+    at.number_input(key=f"epochs_{key}").set_value(2)  # a configuration not trained yet
+    at.number_input(key=f"batch_{key}").set_value(16).run()
+    next(b for b in at.button if b.label == "Start training").click().run()
+    run = runs.get_run(at.query_params["run"])
+    assert run.config.epochs == 2
+    assert len(at.get("progress")) == 1  # the live panel is drawn, polling
+    deadline = time.time() + 90
+    while dashboard.live_status(run)["state"] not in ("running", "finished") and time.time() < deadline:
+        time.sleep(0.5)
+    at.run()
+    stop = next(b for b in at.button if b.label in ("Stop", "Stopping…"))
+    if run.state == "running":
+        stop.click().run()
+    launch = dashboard._LAUNCHES[run.dir]
+    launch.proc.wait(timeout=120)
+    assert run.state in ("stopped", "finished")
+    at.run()
+    assert not at.exception
+    if run.state == "stopped":
+        labels = [b.label for b in at.button]
+        assert "Retry from scratch" in labels and "Resume" in labels
+        assert any("stopped" in w.value for w in at.warning)
+
+
+def test_predict_gives_one_prediction_per_trained_model_and_survives_bad_files(app, tiny_data):
+    at = open_page(app, "predict")
+    assert len(at.multiselect[0].value) == len(BACKBONES)
+    good = next((tiny_data / "validation_data" / "C-NMC_test_prelim_phase_data").glob("*.png"))
+    uploader = at.file_uploader[0]
+    uploader.upload(good.name, good.read_bytes(), "image/png")
+    uploader.upload("empty.png", b"", "image/png")
+    uploader.upload("notes.png", b"this is not an image", "image/png")
+    uploader.upload("cut.png", good.read_bytes()[:200], "image/png")
+    at.run()
+    assert not at.exception
+    assert [m.value for m in at.metric if m.label == "Prediction"] != []
+    predictions = [m.value for m in at.metric if m.label == "Prediction"]
+    assert len(predictions) == len(BACKBONES) and set(predictions) <= {"hem", "all"}
+    confidences = [m.value for m in at.markdown if m.value.endswith("% confidence")]
+    assert len(confidences) == len(BACKBONES)
+    errors = [e.value for e in at.error]
+    assert len(errors) == 3
+    for name in ("empty", "notes", "cut"):
+        assert any(dashboard.plain(f"{name}.png") in e for e in errors)
+    assert len(at.get("plotly_chart")) == len(BACKBONES)
+
+
+def test_predict_demo_cells_in_one_click(app):
+    at = open_page(app, "predict")
+    next(b for b in at.button if b.label == "Try demo cells").click().run()
+    assert not at.exception
+    assert len([m for m in at.metric if m.label == "Prediction"]) == 3 * len(BACKBONES)
+    assert len([m for m in at.markdown if "true class" in m.value]) == 3
+
+
+def test_compare_shows_each_finished_runs_metrics(app, tiny_data):
+    at = open_page(app, "compare")
+    table = at.dataframe[0].value
+    by_run = finished(tiny_data)
+    assert set(table["run_id"]) >= {r.run_id for r in by_run.values()}
+    for run in by_run.values():
+        row = table[table["run_id"] == run.run_id].iloc[0]
+        assert row["val_accuracy"] == pytest.approx(run.final_metrics()["val_acc"])
+        assert row["weighted_f1"] == pytest.approx(run.final_metrics()["val_f1"])
+        assert row["ms_per_image"] > 0 and row["params_m"] > 1
+        assert row["weights"] == "none"
+    # curves, ROC, and a confusion matrix per run
+    assert len(at.get("plotly_chart")) == 2 + len(table)
+    assert "split by subject" in at.selectbox[0].options[0]
+
+
+def test_pages_say_what_to_do_without_runs(home, tmp_path):
+    os.environ["LEUKVIZ_RUNS"] = str(tmp_path / "no-runs")
+    try:
+        for page in ("predict", "compare"):
+            at = open_page(AppTest.from_file(str(REPO / "app.py"), default_timeout=60), page)
+            assert at.info and "train" in at.info[0].value.lower()
+        at = open_page(AppTest.from_file(str(REPO / "app.py"), default_timeout=60), "train")
+        assert any("No run yet" in i.value for i in at.info)
+    finally:
+        del os.environ["LEUKVIZ_RUNS"]
+
+
+def test_a_missing_dataset_is_an_error_where_the_user_looks(app, tmp_path):
+    at = app
+    at.session_state["dataset"] = str(tmp_path / "gone")
+    open_page(at, "train")
+    assert at.error and "does not exist" in at.error[0].value
+    open_page(at, "data")
+    assert at.error and "does not exist" in at.error[0].value
+    assert at.button_group(key="data_source").value == "Folder path"  # the way out is right there
