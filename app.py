@@ -1,18 +1,21 @@
-"""leukviz dashboard: the router (st.navigation over pages/) and the sidebar every page shares."""
+"""leukviz dashboard: the router (st.navigation over views/) and the sidebar every page shares."""
 
 import streamlit as st
 
 from leukviz import dashboard
-from pages._common import active_dataset, device_text
+from views._common import active_dataset, device_text
 
 st.set_page_config(page_title="leukviz", page_icon=":material/biotech:", layout="wide")
 
+# The pages live in views/, not pages/: Streamlit treats a pages/ folder beside the entry script as a
+# legacy multipage app until this script has run once, so a fresh server's first request for /train
+# would run views/train.py alone, without this router or its sidebar.
 pages = [
-    st.Page("pages/home.py", title="Overview", icon=":material/home:", default=True),
-    st.Page("pages/data.py", title="Data", icon=":material/dataset:"),
-    st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
-    st.Page("pages/predict.py", title="Predict", icon=":material/center_focus_strong:"),
-    st.Page("pages/compare.py", title="Compare", icon=":material/compare:"),
+    st.Page("views/home.py", title="Overview", icon=":material/home:", default=True),
+    st.Page("views/data.py", title="Data", icon=":material/dataset:"),
+    st.Page("views/train.py", title="Train", icon=":material/model_training:"),
+    st.Page("views/predict.py", title="Predict", icon=":material/center_focus_strong:"),
+    st.Page("views/compare.py", title="Compare", icon=":material/compare:"),
 ]
 page = st.navigation(pages)
 

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import urllib.error
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import torch
-from torch import nn
-from torchvision import models
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+# torch and torchvision are imported inside the functions that need them: the registry itself is
+# read by the CLI's fast paths (a cached run answers in a moment) without paying for their import.
 
 
 class WeightsUnavailable(RuntimeError):
@@ -22,13 +26,26 @@ class WeightsUnavailable(RuntimeError):
 class BackboneSpec:
     name: str
     title: str
-    builder: Callable[..., nn.Module]
-    weights: Any  # torchvision WeightsEnum member
+    builder_name: str  # torchvision.models.<builder_name>
+    weights_name: str  # torchvision.models.<weights_name>, a WeightsEnum member
     head: str  # dotted path of the final Linear layer, replaced for our classes
     last_stage: tuple[str, ...]  # module prefixes trained with finetune="last" (plus the head)
     cam_layer: str  # dotted path of the layer Grad-CAM hooks
     pretrained_kwargs: dict[str, Any] = field(default_factory=dict)  # with weights=<enum>
     scratch_kwargs: dict[str, Any] = field(default_factory=dict)  # with weights=None
+
+    @property
+    def builder(self) -> Callable[..., "nn.Module"]:
+        from torchvision import models
+
+        return getattr(models, self.builder_name)
+
+    @property
+    def weights(self) -> Any:
+        from torchvision import models
+
+        enum, _, member = self.weights_name.partition(".")
+        return getattr(getattr(models, enum), member)
 
     @property
     def mean(self) -> tuple[float, float, float]:
@@ -48,14 +65,14 @@ def register(spec: BackboneSpec) -> BackboneSpec:
 
 
 register(BackboneSpec(
-    name="resnet50", title="ResNet50", builder=models.resnet50, weights=models.ResNet50_Weights.DEFAULT,
+    name="resnet50", title="ResNet50", builder_name="resnet50", weights_name="ResNet50_Weights.DEFAULT",
     head="fc", last_stage=("layer4",), cam_layer="layer4",
 ))
 # GoogLeNet's ImageNet weights expect transform_input=True (they were trained with a different
 # normalisation, which the model re-applies itself); with weights torchvision drops the auxiliary
 # classifiers itself, and from scratch we drop them too (aux_logits=False): one head, one output.
 register(BackboneSpec(
-    name="googlenet", title="GoogLeNet", builder=models.googlenet, weights=models.GoogLeNet_Weights.DEFAULT,
+    name="googlenet", title="GoogLeNet", builder_name="googlenet", weights_name="GoogLeNet_Weights.DEFAULT",
     head="fc", last_stage=("inception5a", "inception5b"), cam_layer="inception5b",
     pretrained_kwargs={"transform_input": True},
     scratch_kwargs={"aux_logits": False, "transform_input": False, "init_weights": True},
@@ -64,7 +81,7 @@ register(BackboneSpec(
 # in place, so a hook on the conv saw post-ReLU activations on CPU (shared storage) but pre-ReLU ones on
 # CUDA (copied first), each paired with pre-ReLU gradients. The ReLU's own output is one consistent tensor.
 register(BackboneSpec(
-    name="vgg16", title="VGG16", builder=models.vgg16, weights=models.VGG16_Weights.DEFAULT,
+    name="vgg16", title="VGG16", builder_name="vgg16", weights_name="VGG16_Weights.DEFAULT",
     head="classifier.6", last_stage=("features.24", "features.26", "features.28", "classifier"),
     cam_layer="features.29",
 ))
@@ -79,6 +96,8 @@ def get_spec(name: str) -> BackboneSpec:
 
 def weights_cache_path(spec: BackboneSpec) -> Path:
     """Where torchvision keeps (or will download) this backbone's ImageNet weights."""
+    import torch
+
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(spec.weights.url)
 
 
@@ -100,6 +119,8 @@ def _get_submodule_parent(model: nn.Module, dotted: str) -> tuple[nn.Module, str
 
 
 def _replace_head(model: nn.Module, spec: BackboneSpec, num_classes: int) -> None:
+    from torch import nn
+
     parent, attr = _get_submodule_parent(model, spec.head)
     old = model.get_submodule(spec.head)
     assert isinstance(old, nn.Linear), f"{spec.name}: head {spec.head} is not Linear"
@@ -122,8 +143,20 @@ def _load_imagenet(spec: BackboneSpec) -> nn.Module:
         socket.setdefaulttimeout(old_timeout)
 
 
+def ensure_weights(name: str, weights: str) -> None:
+    """Fail early, before any run starts, if the weights cannot be had: fetch ImageNet weights into
+    torchvision's cache once (or raise WeightsUnavailable), check a weights file exists."""
+    spec = get_spec(name)
+    if weights == "imagenet":
+        if not imagenet_available(spec):
+            _load_imagenet(spec)
+    elif weights != "none" and not Path(weights).is_file():
+        raise FileNotFoundError(f"weights file not found: {weights} (use imagenet, none, or a path to a file)")
+
+
 def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     """Read a weights file without running code from it: safetensors, or torch.load(weights_only=True)."""
+    import torch
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
@@ -209,11 +242,20 @@ def normalize(images: torch.Tensor, name: str) -> torch.Tensor:
     The one evaluation preprocessing of each backbone: validation, evaluation and single-image
     prediction all go through here after data.load_image().
     """
+    import torch
     spec = get_spec(name)
     x = images.permute(0, 3, 1, 2).float().div_(255.0)  # NHWC storage seen as NCHW: channels-last for free
-    mean = torch.tensor(spec.mean, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std, device=x.device).view(1, 3, 1, 1)
+    mean, std = _mean_std(spec.name)
+    mean, std = mean.to(x.device).view(1, 3, 1, 1), std.to(x.device).view(1, 3, 1, 1)
     return x.sub_(mean).div_(std).contiguous(memory_format=torch.channels_last)
+
+
+@functools.lru_cache(maxsize=None)
+def _mean_std(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
+    spec = get_spec(name)
+    return torch.tensor(spec.mean), torch.tensor(spec.std)
 
 
 def count_parameters(model: nn.Module) -> int:

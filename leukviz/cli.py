@@ -74,9 +74,12 @@ def _decide(args, runs) -> tuple[str, object, bool]:
     if args.resume:
         run = runs.get_run(args.resume, args.runs_dir)
         return ("attach" if run.is_locked() else "train"), run, True
-    run = runs.run_for(_resolve_cfg(args), args.runs_dir)
+    cfg = _resolve_cfg(args)
+    run = runs.run_for(cfg, args.runs_dir)
     if run.state == "finished" and not args.force:
         return "cached", run, False
+    from leukviz.backbones import ensure_weights
+    ensure_weights(cfg.backbone, cfg.weights)
     if run.is_locked():
         if args.force:
             raise CliError(f"run {run.run_id} is training right now; stop it before retraining")
@@ -94,12 +97,17 @@ def cmd_train(args) -> int:
     Under torchrun every rank runs this; rank 0 decides (it alone reads and writes the run folder) and
     broadcasts the decision, so no rank waits for a collective the others never join.
     """
-    from leukviz import engine, runs
+    from leukviz import runs
 
     if args.cv:
         return cmd_cv(args)
     t0 = time.time()
-    d, _ = engine.init_distributed(args.device)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from leukviz import engine
+        d, _ = engine.init_distributed(args.device)
+    else:  # torch is not imported before it is needed: a cached answer comes back at once
+        from types import SimpleNamespace
+        d = SimpleNamespace(main=True, on=False)
     log = (lambda s: print(s, file=sys.stderr)) if d.main else (lambda s: None)
     progress = Progress(enabled=d.main)
     decision: list = [None]
@@ -136,6 +144,7 @@ def cmd_train(args) -> int:
         for ev in runs.follow(run):
             progress(ev)
     else:
+        from leukviz import engine
         try:
             runs.train(run, resume=resume, device=args.device, log=log, emit_hook=progress)
         except runs.AlreadyRunning:
@@ -144,9 +153,11 @@ def cmd_train(args) -> int:
                 progress(ev)
         except (KeyboardInterrupt, engine.Stopped):
             pass
-        except Exception as e:  # recorded in status.json; one clear line here
+        except Exception as e:  # recorded in status.json (traceback in train.log); one clear line here
             res = _train_result(run, False, t0)
-            _out(args, f"run {run.run_id} {res['status']}: {res['error'] or e}", res)
+            if args.json:
+                print(json.dumps(res, default=str))
+            print(f"error: run {run.run_id} {res['status']}: {res['error'] or e}", file=sys.stderr)
             return 1
     res = _train_result(run, False, t0)
     _out(args, f"run {run.run_id} {res['status']} ({run.dir}): " +

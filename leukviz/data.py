@@ -136,13 +136,13 @@ def load_image(src: str | Path | IO[bytes], size: int, crop: bool = True) -> np.
         raise ImageError(f"{name}: not a readable image ({e.__class__.__name__}: {detail})") from None
     if a.ndim != 3 or a.shape[0] < 2 or a.shape[1] < 2:
         raise ImageError(f"{name}: image is empty or too small")
-    if crop:
-        a = crop_to_cell(a)
     side = max(a.shape[:2])
-    if side * side > MAX_PIXELS:  # a long thin image: shrink it first, or its padded square would fill memory
+    if side * side > MAX_PIXELS:  # a long thin image: shrink it first, or a square of its long side would fill memory
         scale = size / side
         a = np.asarray(Image.fromarray(a).resize((max(1, round(a.shape[1] * scale)), max(1, round(a.shape[0] * scale))),
                                                  Image.Resampling.BILINEAR, reducing_gap=2.0))
+    if crop:
+        a = crop_to_cell(a)
     if a.shape[0] != a.shape[1]:  # pad to square on black so the cell is never stretched
         side = max(a.shape[:2])
         sq = np.zeros((side, side, 3), np.uint8)
@@ -237,7 +237,9 @@ def _index_folder(root: Path, skipped: list) -> tuple[pd.DataFrame, tuple[str, .
     rows = []
     classes = []
     for d in class_dirs:
-        files = [f for f in sorted(d.rglob("*")) if f.is_file()]
+        entries = sorted(f for f in d.rglob("*") if not f.is_dir())
+        skipped.extend((str(f), "not a regular file") for f in entries if not f.is_file())  # broken links
+        files = [f for f in entries if f.is_file()]
         images = [f for f in files if _is_image(f)]
         skipped.extend((str(f), "not an image file") for f in files if not _is_image(f))
         if not images:
@@ -247,6 +249,10 @@ def _index_folder(root: Path, skipped: list) -> tuple[pd.DataFrame, tuple[str, .
             parsed = parse_cnmc_name(f.name)
             rows.append((str(f), len(classes) - 1, parsed[0] if parsed else "", -1, "train"))
     return pd.DataFrame(rows, columns=["path", "label", "subject", "fold", "set"]), tuple(classes)
+
+
+def _size(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
 def extract_zip(zip_path: Path, dest: Path) -> Path:
@@ -268,7 +274,7 @@ def extract_zip(zip_path: Path, dest: Path) -> Path:
                 raise DataError(f"{Path(zip_path).name}: entry {name!r} is a symbolic link; links are refused")
             total += info.file_size
             if total > MAX_ZIP_BYTES:
-                raise DataError(f"{Path(zip_path).name}: expands to over {MAX_ZIP_BYTES >> 30} GB; refused")
+                raise DataError(f"{Path(zip_path).name}: expands to over {_size(MAX_ZIP_BYTES)}; refused")
             if info.compress_size and info.file_size / info.compress_size > MAX_ZIP_RATIO and info.file_size > 1 << 20:
                 raise DataError(f"{Path(zip_path).name}: entry {name!r} is compressed {info.file_size // info.compress_size}:1, "
                                 "a zip bomb; refused")
@@ -277,8 +283,8 @@ def extract_zip(zip_path: Path, dest: Path) -> Path:
             members.append(info)
         free = shutil.disk_usage(dest.parent).free
         if total > free:
-            raise DataError(f"{Path(zip_path).name}: expands to {total / 1e9:.1f} GB but only {free / 1e9:.1f} GB "
-                            f"is free in {dest.parent}")
+            raise DataError(f"{Path(zip_path).name}: expands to {_size(total)} but only {_size(free)} is free in "
+                            f"{dest.parent}")
         tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest.parent))
         try:
             for info in members:
@@ -396,7 +402,7 @@ def make_split(ds: Dataset, method: str = "subject", val_fraction: float = 0.2, 
     if method == "subject":
         if not ds.has_subjects:
             n_unknown = int((train["subject"] == "").sum())
-            folds = " or split 'folds' (the official folds)," if (train["fold"] >= 0).any() else ""
+            folds = " split 'folds' (the official folds) or" if (train["fold"] >= 0).any() else ""
             raise DataError(f"subject split impossible: {n_unknown} images have no subject id (file names are not "
                             f"C-NMC style UID_<subject>_<image>_<cell>_<class>). Use{folds} split 'image' (leaky: "
                             "cells of one person on both sides) or name files by subject.")

@@ -53,9 +53,15 @@ def is_out_of_memory(e: BaseException) -> bool:
         isinstance(e, RuntimeError) and ("out of memory" in text or "not enough memory" in text))
 
 
-def out_of_memory_message(cfg: RunConfig, device: torch.device, world: int = 1) -> str:
+def out_of_memory_message(cfg: RunConfig, error: BaseException, world: int = 1) -> str:
     per_process = max(1, cfg.batch_size // world)
-    where = f"{device.type.upper() if device.type != 'cpu' else 'CPU'} memory"
+    text = str(error)
+    if isinstance(error, torch.cuda.OutOfMemoryError) or "CUDA" in text:
+        where = "GPU memory"
+    elif "MPS" in text:
+        where = "Apple GPU (MPS) memory"
+    else:
+        where = "memory"
     if cfg.batch_size > 1:
         hint = (f"Start it again with batch size {cfg.batch_size // 2} (--batch-size {cfg.batch_size // 2}), "
                 f"or a smaller image size.")
@@ -368,7 +374,7 @@ def fit(cfg: RunConfig, run_dir: Path, emit: Emit, should_stop: Callable[[], boo
         if not is_out_of_memory(e):
             raise
         world = int(os.environ.get("WORLD_SIZE", "1"))
-        raise OutOfMemory(out_of_memory_message(cfg, pick_device(device_pref), world)) from e
+        raise OutOfMemory(out_of_memory_message(cfg, e, world)) from e
 
 
 def _fit(cfg: RunConfig, run_dir: Path, emit: Emit, should_stop: Callable[[], bool], cache_dir: Path | None,

@@ -54,7 +54,7 @@ def _cam(lm: LoadedModel, image: np.ndarray, target: int | str | None = None) ->
     layer = lm.model.get_submodule(backbones.get_spec(lm.backbone).cam_layer)
     # Grad-CAM needs gradients: leave any inference_mode a caller (a page, predict_arrays) may be in.
     with _CAM_LOCK, torch.inference_mode(False), torch.enable_grad():
-        x = backbones.normalize(torch.as_tensor(img[None]).to(lm.device), lm.backbone)
+        x = backbones.normalize(torch.from_numpy(np.array(img[None])).to(lm.device), lm.backbone)
         # Gradients flow from the input, so the map works whether or not the weights are trainable;
         # the weights themselves are switched off so backward computes no weight gradients (time and memory).
         x.requires_grad_(True)

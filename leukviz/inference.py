@@ -74,7 +74,7 @@ def predict_arrays(lm: LoadedModel, images: np.ndarray, tta: bool = False, batch
 
     out = []
     for i in range(0, len(images), batch_size):
-        xb = torch.as_tensor(np.asarray(images[i:i + batch_size]))
+        xb = torch.from_numpy(np.array(images[i:i + batch_size]))  # a copy: cached images are read-only
         views = [xb] if not tta else [augment(xb, torch.full((len(xb),), c), None) for c in TTA_CODES]
         p = 0
         for v in views:

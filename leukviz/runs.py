@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import contextlib
 import os
 import shutil
 import signal
@@ -258,7 +259,9 @@ def train(run: Run, resume: bool = False, device: str = "auto", log: Callable[[s
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
             msg = (f"{e.strerror} while writing the run files in {run.dir.parent}: free some disk space, then "
                    "resume the run (its last complete checkpoint is intact)")
-        log(traceback.format_exc())
+        with contextlib.suppress(OSError):  # the details go to train.log; the console gets one line
+            with open(run.dir / "train.log", "a", encoding="utf-8") as fh:
+                fh.write(traceback.format_exc())
         try:
             write_status(run, "failed", error=msg)
         except OSError as status_error:  # the disk may be full: the log still holds the reason

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from leukviz import dashboard
-from pages._common import active_dataset, device_text
+from views._common import active_dataset, device_text
 
 st.title("leukviz")
 st.markdown(
@@ -42,7 +42,7 @@ def backbone_cards(polling: bool) -> None:
                 st.caption(dashboard.plain(card.error.splitlines()[0][:200]))
             params = {"backbone": card.backbone, **({"run": card.run_id} if card.run_id else {})}
             label = "Train it" if card.state == "none" else "Open the run"
-            st.page_link("pages/train.py", label=label, icon=":material/arrow_forward:", query_params=params)
+            st.page_link("views/train.py", label=label, icon=":material/arrow_forward:", query_params=params)
 
 
 backbone_cards(any_active)

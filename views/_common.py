@@ -1,4 +1,4 @@
-"""Streamlit helpers shared by the pages: cached dataset and models, the active dataset, small widgets."""
+"""Streamlit helpers shared by the pages: the cached dataset and models, the active dataset and split, the device."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def require_dataset() -> data.Dataset:
         return open_dataset(spec)
     except data.DataError as e:
         st.error(f"The active dataset cannot be used: {dashboard.plain(e)}")
-        st.page_link("pages/data.py", label="Choose another dataset on the Data page",
+        st.page_link("views/data.py", label="Choose another dataset on the Data page",
                      icon=":material/folder_open:")
         st.stop()
         raise

@@ -5,13 +5,13 @@ from pathlib import Path
 import streamlit as st
 
 from leukviz import charts, dashboard
-from pages._common import active_dataset, load_model, open_dataset
+from views._common import active_dataset, load_model, open_dataset
 
 st.title("Predict")
 finished = dashboard.finished_runs()
 if not finished:
     st.info("No trained model yet: train one first, then come back to predict with it.")
-    st.page_link("pages/train.py", label="Train a model", icon=":material/model_training:")
+    st.page_link("views/train.py", label="Train a model", icon=":material/model_training:")
     st.stop()
 
 by_id = {r.run_id: r for r in finished}

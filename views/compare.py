@@ -5,7 +5,7 @@ from pathlib import Path
 import streamlit as st
 
 from leukviz import charts, dashboard, runs
-from pages._common import active_dataset, load_model
+from views._common import active_dataset, load_model
 
 CURVES = {"val_acc": "Validation accuracy", "val_loss": "Validation loss", "val_f1": "Validation weighted F1",
           "train_acc": "Training accuracy", "train_loss": "Training loss"}
@@ -25,7 +25,7 @@ st.title("Compare")
 finished = dashboard.finished_runs()
 if not finished:
     st.info("Nothing to compare yet: train at least one backbone.")
-    st.page_link("pages/train.py", label="Train a model", icon=":material/model_training:")
+    st.page_link("views/train.py", label="Train a model", icon=":material/model_training:")
     st.stop()
 
 groups = dashboard.comparable_groups(finished)

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from leukviz import backbones, charts, config, dashboard, runs
-from pages._common import active_dataset, active_split, require_dataset
+from views._common import active_dataset, active_split, require_dataset
 
 LEARNING_RATES = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 PRESET_TEXT = {"quick": "Quick", "paper": "Paper (seed paper's recipe)", "full": "Full"}
@@ -135,10 +135,10 @@ def run_panel(run: runs.Run, polling: bool) -> None:
                  "queued": "Queued: waiting for the device (another run is training)…"}.get(state, p.text)
         st.progress(p.fraction, text=label)
         stopping = (run.dir / "stop").exists()
+        # Not while starting: the process clears old stop requests when it takes the run.
         if st.button("Stopping…" if stopping else "Stop", icon=":material/stop:", key=f"stop_{run.run_id}",
                      disabled=stopping or state == "starting"):
             runs.request_stop(run)
-            st.rerun(scope="fragment")
     elif state == "finished":
         if run.run_id in st.session_state.get("cached_runs", set()):
             st.info("Cached: this exact configuration had already finished, so nothing was retrained.",
@@ -152,8 +152,8 @@ def run_panel(run: runs.Run, polling: bool) -> None:
         c.metric("Best epoch", m.get("best_epoch", "–"))
         e.metric("Training time", dashboard.format_duration(dashboard.training_seconds(run)))
         left, mid, right = st.columns(3)
-        left.page_link("pages/predict.py", label="Predict with it", icon=":material/center_focus_strong:")
-        mid.page_link("pages/compare.py", label="Compare backbones", icon=":material/compare:")
+        left.page_link("views/predict.py", label="Predict with it", icon=":material/center_focus_strong:")
+        mid.page_link("views/compare.py", label="Compare backbones", icon=":material/compare:")
         if right.button("Retrain from scratch", icon=":material/restart_alt:", key=f"retrain_{run.run_id}"):
             st.session_state.get("cached_runs", set()).discard(run.run_id)
             dashboard.retrain(run)
@@ -168,7 +168,9 @@ def run_panel(run: runs.Run, polling: bool) -> None:
         if state == "failed":
             st.error("Training failed:", icon=":material/error:")
         else:
-            st.warning(f"Training {state} after epoch {len(run.epochs())}.", icon=":material/pause_circle:")
+            done = len(run.epochs())
+            st.warning(f"Training {state} with {done} of {run.config.epochs} epochs done.",
+                       icon=":material/pause_circle:")
         st.code(text, language=None, wrap_lines=True)
         left, right = st.columns(2)
         if dashboard.can_resume(run) and left.button("Resume", icon=":material/play_arrow:",

@@ -7,7 +7,7 @@ import streamlit as st
 
 from leukviz import dashboard, data
 from leukviz.config import AUGMENT
-from pages._common import active_dataset, active_split, open_dataset
+from views._common import active_dataset, active_split, open_dataset
 
 SOURCES = ("Built-in demo", "Folder path", "Zip upload")
 SPLITS = {"subject": "By subject (recommended)", "folds": "Official folds", "image": "By image (leaky)"}

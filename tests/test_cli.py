@@ -1,0 +1,98 @@
+"""The command line as a user types it: train (and the cache), data inspect, predict, evaluate, cv, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from leukviz.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "leukviz", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ})
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data, tmp_path_factory):
+    runs_dir = tmp_path_factory.mktemp("cli-runs")
+    args = ("train", "--backbone", "googlenet", "--weights", "none", "--epochs", "1", "--image-size", "32",
+            "--data", str(tiny_data), "--runs-dir", str(runs_dir), "--json")
+    first = cli(*args)
+    assert first.returncode == 0, first.stderr[-2000:]
+    t = time.time()
+    second = cli(*args)
+    return runs_dir, json.loads(first.stdout.strip().splitlines()[-1]), \
+        json.loads(second.stdout.strip().splitlines()[-1]), time.time() - t
+
+
+def test_train_json_then_cached(trained):
+    runs_dir, first, second, seconds = trained
+    assert first["status"] == "finished" and first["cached"] is False
+    assert {"run_id", "run_dir", "status", "cached", "metrics"} <= set(first)
+    assert 0.0 <= first["metrics"]["val_acc"] <= 1.0 and "val_f1" in first["metrics"]
+    assert second["cached"] is True and second["run_id"] == first["run_id"]
+    assert seconds < 15, f"a cached answer took {seconds:.1f}s"
+    assert (Path(first["run_dir"]) / "model.safetensors").exists()
+
+
+def test_runs_list_shows_the_run(trained, capsys):
+    runs_dir, first, _, _ = trained
+    assert main(["runs", "list", "--runs-dir", str(runs_dir), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["runs"]
+    assert [r["run_id"] for r in rows] == [first["run_id"]] and rows[0]["state"] == "finished"
+
+
+def test_data_inspect_cnmc_mini(cnmc_mini, capsys):
+    assert main(["data", "inspect", str(cnmc_mini), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert info["per_class"] == {"hem": 27, "all": 30}
+    assert info["per_subject"]["h3"]["n"] == 2 and info["prelim"]["n"] == 10
+    assert set(info["per_fold"]) == {"0", "1", "2"}
+
+
+def test_predict_and_evaluate(trained, cnmc_mini, capsys):
+    runs_dir, first, _, _ = trained
+    img = str(next((cnmc_mini / "training_data" / "fold_1" / "hem").iterdir()))
+    assert main(["predict", "--run", first["run_id"][:6], img, "--runs-dir", str(runs_dir), "--json"]) == 0
+    preds = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["predictions"]
+    assert len(preds) == 1 and preds[0]["predicted"] in ("hem", "all")
+    assert preds[0]["prob_hem"] + preds[0]["prob_all"] == pytest.approx(1.0, abs=1e-5)
+    assert main(["evaluate", "--run", first["run_id"], "--data", str(cnmc_mini), "--runs-dir", str(runs_dir),
+                 "--json"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["n"] == 10 and res["set"] == "prelim" and 0 <= res["weighted_f1"] <= 1
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["train", "--data", "/no/such/folder", "--weights", "none"], "does not exist"),
+    (["train", "--backbone", "googlenet", "--weights", "imagenet", "--data", "SELF"], "googlenet-1378be20.pth"),
+    (["train", "--split", "folds", "--val-fold", "7", "--weights", "none", "--data", "SELF"], "fold"),
+    (["predict", "--run", "nope", "x.png"], "no such file"),
+])
+def test_errors_exit_nonzero_with_one_clear_line(args, msg, tiny_data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    args = [str(tiny_data) if a == "SELF" else a for a in args]
+    code = main([*args, "--runs-dir", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    last = err.splitlines()[-1]
+    assert code != 0 and last.startswith("error:") and msg in last
+    assert "Traceback" not in err
+
+
+def test_cross_validation_over_folds(tiny_data, tmp_path, capsys):
+    code = main(["train", "--backbone", "googlenet", "--weights", "none", "--epochs", "1", "--image-size", "32",
+                 "--data", str(tiny_data), "--split", "folds", "--cv", "--runs-dir", str(tmp_path), "--json"])
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0 and res["status"] == "finished"
+    assert [f["fold"] for f in res["folds"]] == [0, 1, 2] and len({f["run_id"] for f in res["folds"]}) == 3
+    accs = [f["val_acc"] for f in res["folds"]]
+    assert res["summary"]["val_acc"]["mean"] == pytest.approx(sum(accs) / 3)

@@ -1,0 +1,108 @@
+"""Batch prediction with several models (table, CSV, zip, CAM overlays) and evaluation on labelled data."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from leukviz import cli, inference, studies
+from leukviz.config import resolve
+
+
+@pytest.fixture(scope="module")
+def two_runs(tiny_data, tmp_path_factory):
+    """The same tiny googlenet split by subject and by image (shared with the other test modules)."""
+    root = tmp_path_factory.getbasetemp() / "shared-runs"
+    out = []
+    for split in ("subject", "image"):
+        cfg = resolve("googlenet", "quick", "none", str(tiny_data), epochs=1, image_size=64, batch_size=16,
+                      split=split)
+        out.append(studies.ensure_trained(cfg, root, log=lambda s: None))
+    return out
+
+
+@pytest.fixture(scope="module")
+def images(tiny_data, tmp_path_factory) -> Path:
+    """A folder of five cells and one file that is not an image."""
+    folder = tmp_path_factory.mktemp("to-predict")
+    for p in sorted((Path(tiny_data) / "validation_data" / "C-NMC_test_prelim_phase_data").glob("*.png"))[:5]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    (folder / "broken.png").write_bytes(b"\x89PNG truncated")
+    return folder
+
+
+def test_predict_table_has_one_row_per_image_per_model(two_runs, images):
+    files = sorted(str(p) for p in images.iterdir())
+    table = inference.predict_table([r.dir for r in two_runs], files)
+    assert list(table.columns) == ["file", "model", "run_id", "predicted", "confidence", "prob_hem", "prob_all",
+                                   "error"]
+    assert len(table) == len(files) * 2
+    assert not table.duplicated(["file", "run_id"]).any()
+    assert set(table["run_id"]) == {r.run_id for r in two_runs}
+    good = table[table["error"] == ""]
+    assert len(good) == 5 * 2
+    np.testing.assert_allclose(good["prob_hem"] + good["prob_all"], 1.0, atol=1e-5)
+    assert (good["predicted"] == np.where(good["prob_all"] > good["prob_hem"], "all", "hem")).all()
+    bad = table[table["error"] != ""]
+    assert len(bad) == 2 and bad["file"].str.endswith("broken.png").all() and bad["prob_all"].isna().all()
+
+
+def test_cli_predict_all_runs_writes_a_csv_and_cam_overlays(two_runs, images, tmp_path, capsys):
+    runs_dir = str(two_runs[0].dir.parent)
+    n_runs = sum(1 for p in Path(runs_dir).iterdir() if (p / "model.safetensors").exists())
+    out = tmp_path / "pred.csv"
+    rc = cli.main(["predict", "--run", "all", str(images), "--csv", str(out), "--cam", str(tmp_path / "cams"),
+                   "--runs-dir", runs_dir, "--json"])
+    assert rc == 0
+    df = pd.read_csv(out, keep_default_na=False)
+    assert len(df) == 6 * n_runs and n_runs >= 2
+    assert {"file", "model", "run_id", "predicted", "prob_hem", "prob_all"} <= set(df.columns)
+    assert (df.groupby("file")["run_id"].nunique() == n_runs).all()
+    pngs = list((tmp_path / "cams").glob("*.png"))
+    assert len(pngs) == 5 * n_runs  # one overlay per readable image per model
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(res["predictions"]) == len(df) and len([c for c in res["cams"] if c["cam"]]) == len(pngs)
+
+
+def test_cli_predict_reads_a_zip(two_runs, images, tmp_path, capsys):
+    zpath = tmp_path / "cells.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        for p in sorted(images.glob("*.png"))[:3]:
+            zf.write(p, f"batch/{p.name}")
+    out = tmp_path / "z.csv"
+    assert cli.main(["predict", "--run", two_runs[0].run_id, str(zpath), "--csv", str(out),
+                     "--runs-dir", str(two_runs[0].dir.parent)]) == 0
+    df = pd.read_csv(out)
+    assert len(df) == 3 and set(df["run_id"]) == {two_runs[0].run_id}
+
+
+def test_evaluate_on_the_cnmc_sample_reports_every_metric_per_subject_and_tta_apart(two_runs, cnmc_mini):
+    lm = inference.load_model(two_runs[0].dir)
+    res = inference.evaluate_dataset(lm, cnmc_mini, tta=True)
+    labels = pd.read_csv(cnmc_mini / "validation_data" / "C-NMC_test_prelim_phase_data_labels.csv")
+    assert res["set"] == "prelim" and res["n"] == len(labels)
+    for key in ("accuracy", "weighted_f1", "balanced_accuracy", "sensitivity", "specificity", "roc_auc", "ece",
+                "confusion"):
+        assert key in res and key in res["with_tta"]
+    expected = {name.split("_")[1] for name in labels["Patient_ID"]}
+    assert {s["subject"] for s in res["per_subject"]} == expected == {"H10", "2"}
+    assert sum(s["n"] for s in res["per_subject"]) == len(labels)
+    assert res["subject_vote"]["n_subjects"] == 2
+    assert np.asarray(res["confusion"]).sum() == len(labels)
+    # the plain numbers are of the plain prediction, whatever TTA gives
+    plain = inference.evaluate_dataset(lm, cnmc_mini)
+    assert plain["accuracy"] == res["accuracy"] and "with_tta" not in plain
+
+
+def test_cli_evaluate_labels_subject_level_and_tta(two_runs, cnmc_mini, capsys):
+    rc = cli.main(["evaluate", "--run", two_runs[0].run_id, "--data", str(cnmc_mini), "--tta",
+                   "--runs-dir", str(two_runs[0].dir.parent)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "cell level (no TTA)" in text and "WITH TTA" in text
+    assert "subject level (no TTA), each subject diagnosed once" in text and "weighted F1" in text

@@ -1,0 +1,115 @@
+"""The leakage study and the paper reproduction: ordinary cached runs that differ only where they should."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from leukviz import cli, runs, studies
+from leukviz.config import resolve
+
+
+def config_of(run_id: str, runs_dir: Path) -> dict:
+    return json.loads((runs_dir / run_id / "config.json").read_text())["config"]
+
+
+def differing(a: dict, b: dict) -> set[str]:
+    return {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+
+
+@pytest.fixture(scope="module")
+def shared_runs(tmp_path_factory) -> Path:
+    return tmp_path_factory.getbasetemp() / "shared-runs"
+
+
+@pytest.fixture(scope="module")
+def leakage(tiny_data, shared_runs):
+    cfg = resolve("googlenet", "quick", "none", str(tiny_data), epochs=1, image_size=64, batch_size=16)
+    return studies.leakage(cfg, shared_runs, log=lambda s: None)
+
+
+def test_leakage_runs_differ_only_in_the_split(leakage, shared_runs):
+    a = config_of(leakage["image"]["run_id"], shared_runs)
+    b = config_of(leakage["subject"]["run_id"], shared_runs)
+    assert differing(a, b) == {"split"} and (a["split"], b["split"]) == ("image", "subject")
+    for side in ("image", "subject"):
+        assert runs.get_run(leakage[side]["run_id"], shared_runs).state == "finished"
+        assert 0.0 <= leakage[side]["val_acc"] <= 1.0 and leakage[side]["n_val"] > 0
+    assert leakage["inflation"]["accuracy"] == pytest.approx(leakage["image"]["val_acc"] - leakage["subject"]["val_acc"])
+    assert leakage["inflation"]["weighted_f1"] == pytest.approx(leakage["image"]["val_f1"] - leakage["subject"]["val_f1"])
+    assert "LEAKY" in leakage["image"]["split_description"]
+
+
+def test_cli_leakage_reuses_the_cached_runs(leakage, tiny_data, shared_runs, capsys):
+    before = {p.name for p in shared_runs.iterdir()}
+    rc = cli.main(["study", "leakage", "--backbone", "googlenet", "--data", str(tiny_data), "--weights", "none",
+                   "--epochs", "1", "--image-size", "64", "--batch-size", "16", "--runs-dir", str(shared_runs),
+                   "--json"])
+    assert rc == 0
+    captured = capsys.readouterr()
+    res = json.loads(captured.out.strip().splitlines()[-1])
+    assert res["image"]["run_id"] == leakage["image"]["run_id"]
+    assert res["subject"]["run_id"] == leakage["subject"]["run_id"]
+    assert "cached" in captured.err and {p.name for p in shared_runs.iterdir()} == before
+
+
+@pytest.fixture(scope="module")
+def cnmc_like(tiny_data, tmp_path_factory) -> Path:
+    """A small C-NMC tree: fold 0 with two subjects of each class, fold 1 with two more 'all' subjects."""
+    root = tmp_path_factory.mktemp("paper-data") / "C-NMC_Leukemia"
+    place = {"1": 0, "2": 0, "H1": 0, "H2": 0, "3": 1, "4": 1}
+    for subject, fold in place.items():
+        cls = "hem" if subject.startswith("H") else "all"
+        src = sorted((Path(tiny_data) / "training_data").rglob(f"UID_{subject}_*_{cls}.png"))[:5]
+        dest = root / "training_data" / f"fold_{fold}" / cls
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in src:
+            shutil.copy(f, dest / f.name)
+    return root
+
+
+def test_paper_configs_follow_the_recipe_for_every_backbone(cnmc_like):
+    cfgs, notes = studies.paper_configs(str(cnmc_like))
+    assert {b for b, _ in cfgs} == set(studies.PAPER_VAL_ACCURACY) == {"resnet50", "googlenet", "vgg16"}
+    for name in studies.PAPER_VAL_ACCURACY:
+        image, subject = cfgs[(name, "image")], cfgs[(name, "subject")]
+        assert differing(image.to_dict(), subject.to_dict()) == {"split"}
+        assert image.preset == "paper" and image.image_size == 128 and image.weights == "none"
+        assert image.epochs == (4 if name == "vgg16" else 5)
+        assert (image.optimizer, image.lr) == (("adam", 3e-3) if name == "vgg16" else ("sgd", 1e-3))
+    assert image.data.endswith("-fold0/C-NMC_Leukemia")
+    assert any("fold 0 only" in n for n in notes)
+
+
+def test_paper_study_trains_on_fold_0_reports_the_published_numbers_and_says_what_it_ran(cnmc_like, tmp_path,
+                                                                                          capsys):
+    runs_dir = tmp_path / "runs"
+    args = ["study", "paper", "--data", str(cnmc_like), "--epochs", "1", "--image-size", "32",
+            "--backbones", "googlenet", "--runs-dir", str(runs_dir)]
+    assert cli.main(args + ["--json"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    notes = " ".join(res["notes"])
+    assert "fold 0 only" in notes and "20 images" in notes
+    assert "not cached" in notes and "weights none" in notes  # tests never have ImageNet weights
+    assert "epochs=1" in notes
+    (row,) = res["rows"]
+    assert row["backbone"] == "googlenet" and row["published_val_acc"] == studies.PAPER_VAL_ACCURACY["googlenet"]
+    assert row["weights"] == "none" and row["image_size"] == 32 and row["epochs"] == 1
+    image, subject = row["image_split"], row["subject_split"]
+    assert image["n_train"] + image["n_val"] == 20 == subject["n_train"] + subject["n_val"]  # fold 0 only
+    assert differing(config_of(image["run_id"], runs_dir), config_of(subject["run_id"], runs_dir)) == {"split"}
+    # the human table shows the published number beside both reproduced ones (cached runs: no training)
+    assert cli.main(args) == 0
+    text = capsys.readouterr().out
+    assert re.search(r"GoogLeNet\s+none\s+74\.0 %", text) and "subject split" in text
+
+
+def test_paper_data_falls_back_and_says_so(cnmc_mini, tmp_path):
+    data, notes = studies.paper_data(str(cnmc_mini))  # its fold 0 holds 'all' cells only
+    assert data == str(cnmc_mini) and "cannot be used" in notes[0] and "all training folds" in notes[0]
+    data, notes = studies.paper_data(None)
+    assert data == "demo" and "demo" in notes[0]
