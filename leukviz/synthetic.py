@@ -19,7 +19,8 @@ from leukviz.data import CNMC_CLASSES
 DEMO_VERSION = 1  # bump whenever the generated pixels, names or layout change
 
 # Spread of every morphology feature around its class mean, in units of the hem-to-all distance.
-# 0 makes the classes trivially separable; 0.6 lets a small CNN at 64 px plateau near 90 %.
+# 0 makes the classes trivially separable. At 0.38 a ResNet-18 trained from scratch at 64 px (subject
+# split, Adam 1e-3, 3 epochs) reaches about 86-93 % validation accuracy; 0.6 holds it near 80 %.
 OVERLAP = 0.38
 # How much of that spread one cell shares across all its features: an atypical cell is atypical in
 # several ways at once, so adding features does not make the overlap vanish.
@@ -89,7 +90,7 @@ def _subject_params(seed: int, cls: int, number: int) -> dict:
     }
 
 
-def render_cell(cls: int, subject: dict, rng: np.random.Generator, size: int) -> np.ndarray:
+def _render_cell(cls: int, subject: dict, rng: np.random.Generator, size: int) -> np.ndarray:
     """One cell as an RGB uint8 array; cls 1 = `all` (blast), 0 = `hem`. Background exactly 0."""
     # Each feature's "blastness" t: 0 is a typical normal lymphocyte, 1 a typical blast.
     shared = rng.normal()
@@ -97,7 +98,8 @@ def render_cell(cls: int, subject: dict, rng: np.random.Generator, size: int) ->
     rho = subject["correlation"]
     z = rho * shared + (1 - rho**2) ** 0.5 * own
     # Python floats, not numpy scalars, so the pixel arrays stay float32 (NumPy 2 promotes to float64).
-    t = dict(zip(_FEATURES, np.clip(cls + subject["shift"] + subject["overlap"] * z, -0.6, 1.6).tolist()))
+    blastness = np.clip(cls + subject["shift"] + subject["overlap"] * z, -0.6, 1.6).tolist()
+    t = dict(zip(_FEATURES, blastness, strict=True))
 
     axis = (np.arange(size, dtype=np.float32) + 0.5) / size * 2 - 1
     y, x = np.meshgrid(axis, axis, indexing="ij")
@@ -155,7 +157,7 @@ def render_cell(cls: int, subject: dict, rng: np.random.Generator, size: int) ->
 def _render_task(task: tuple) -> None:
     path, size, cls, subject, entropy = task
     rng = np.random.default_rng(entropy)
-    Image.fromarray(render_cell(cls, subject, rng, size)).save(path, format="PNG")
+    Image.fromarray(_render_cell(cls, subject, rng, size)).save(path, format="PNG")
 
 
 def _subject_cells(rng: np.random.Generator, n_cells: int) -> list[tuple[int, int]]:
