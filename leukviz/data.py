@@ -30,7 +30,7 @@ IMAGE_EXTS = {".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".webp"}
 MAX_PIXELS = 40_000_000  # a 450x450 cell is 0.2 MP; anything this large is a decompression bomb
 MAX_ZIP_BYTES = 32 << 30  # uncompressed total; the full C-NMC set is about 10 GB of BMPs
 MAX_ZIP_RATIO = 200  # per entry; BMPs of cells on black compress well, but not this well
-# ASCII digits only and at most 9 of them: int() of a 5000-digit number raises, and \d matches any script's digits.
+# ASCII digits only, at most 9: int() of a 5000-digit number raises, and \d matches any script's digits.
 CNMC_NAME = re.compile(r"UID_([A-Za-z]*[0-9]+)_([0-9]{1,9})_([0-9]{1,9})_(all|hem)\.[A-Za-z]+")
 
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
@@ -137,10 +137,9 @@ def load_image(src: str | Path | IO[bytes], size: int, crop: bool = True) -> np.
     if a.ndim != 3 or a.shape[0] < 2 or a.shape[1] < 2:
         raise ImageError(f"{name}: image is empty or too small")
     side = max(a.shape[:2])
-    if side * side > MAX_PIXELS:  # a long thin image: shrink it first, or a square of its long side would fill memory
-        scale = size / side
-        a = np.asarray(Image.fromarray(a).resize((max(1, round(a.shape[1] * scale)), max(1, round(a.shape[0] * scale))),
-                                                 Image.Resampling.BILINEAR, reducing_gap=2.0))
+    if side * side > MAX_PIXELS:  # a long thin image: shrink it first, or a square of its long side fills memory
+        w, h = max(1, round(a.shape[1] * size / side)), max(1, round(a.shape[0] * size / side))
+        a = np.asarray(Image.fromarray(a).resize((w, h), Image.Resampling.BILINEAR, reducing_gap=2.0))
     if crop:
         a = crop_to_cell(a)
     if a.shape[0] != a.shape[1]:  # pad to square on black so the cell is never stretched
@@ -204,12 +203,14 @@ def _index_cnmc(root: Path, skipped: list) -> pd.DataFrame:
             with open(labels, newline="", encoding="utf-8-sig") as fh:
                 records = list(csv.DictReader(fh))
         except (UnicodeDecodeError, csv.Error) as e:
-            raise DataError(f"{labels.name} is not a readable CSV ({e}); expected columns Patient_ID,new_names,labels")
+            raise DataError(f"{labels.name} is not a readable CSV ({e}); "
+                            "expected columns Patient_ID,new_names,labels") from None
         if records and not {"new_names", "labels"} <= set(records[0]):
-            raise DataError(f"{labels.name} lacks the columns new_names and labels (has: {', '.join(map(str, records[0]))})")
+            raise DataError(f"{labels.name} lacks the columns new_names and labels "
+                            f"(has: {', '.join(map(str, records[0]))})")
         for rec in records:
             fname, label = str(rec.get("new_names") or ""), str(rec.get("labels") or "").strip()
-            if Path(fname).name != fname or fname in ("", ".", ".."):  # a plain name inside the folder, no path
+            if Path(fname).name != fname or fname in ("", ".", ".."):  # a name inside the folder, not a path
                 skipped.append((fname, f"{labels.name}: not a plain file name"))
                 continue
             if label not in ("0", "1"):

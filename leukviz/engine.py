@@ -73,13 +73,13 @@ def out_of_memory_message(cfg: RunConfig, error: BaseException, world: int = 1) 
 
 
 def load_resume_state(path: Path) -> dict:
-    """Read last.pt with weights_only=True: tensors and plain values load, a pickle that would run code is refused."""
+    """Read last.pt with weights_only=True: tensors and plain values load; a pickle that runs code is refused."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - weights_only refusals and damaged files both land here
         first = (str(e).strip().splitlines() or [e.__class__.__name__])[0]
-        raise CheckpointError(f"refusing to resume from {Path(path).name}: not a plain tensor file ({first}). "
-                              "Delete it to start the run over.") from None
+        raise CheckpointError(f"refusing to resume from {Path(path).name}: not a plain tensor file "
+                              f"({first}). Delete it to start the run over.") from None
 
 
 # ---------------------------------------------------------------------------------------------- setup
@@ -257,13 +257,21 @@ def set_train_mode(model: nn.Module, frozen: list[nn.Module], freeze_bn: bool) -
 @torch.inference_mode()
 def evaluate(model: nn.Module, images: np.ndarray | torch.Tensor, labels: np.ndarray, backbone: str,
              device: torch.device, criterion: nn.Module | None = None, batch_size: int = 64,
-             amp: torch.dtype | None = None) -> tuple[float, np.ndarray]:
-    """Eval mode, no gradients, evaluation preprocessing. Returns (mean loss, probabilities (N, C))."""
+             amp: torch.dtype | None = None,
+             prepare: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[float, np.ndarray]:
+    """Eval mode, no gradients, evaluation preprocessing. Returns (mean loss, probabilities (N, C)).
+
+    prepare replaces the image preprocessing when `images` are already model inputs (the head-only
+    fast path passes cached features and the head as the model).
+    """
     was_training = model.training
     model.eval()
     probs, loss_sum = [], 0.0
     for i in range(0, len(images), batch_size):
-        x = to_input(torch.as_tensor(np.asarray(images[i:i + batch_size])), backbone, device)
+        if prepare is not None:
+            x = prepare(torch.as_tensor(images[i:i + batch_size]))
+        else:
+            x = to_input(torch.as_tensor(np.asarray(images[i:i + batch_size])), backbone, device)
         with autocast(device, amp):
             logits = model(x)
         logits = logits.float()
@@ -276,12 +284,59 @@ def evaluate(model: nn.Module, images: np.ndarray | torch.Tensor, labels: np.nda
     return (loss_sum / max(1, len(images))), p
 
 
+def uses_feature_cache(cfg: RunConfig, d: Dist) -> bool:
+    """Whether a run trains its head on features computed once (the head-only fast path).
+
+    With finetune="head" the backbone is frozen and in eval mode, so without augmentation each image's
+    input to the head is the same in every epoch: computing it once and training the head (a Linear) on
+    it gives the same updates as running the backbone at every step, for a fraction of the work. With
+    augmentation the images change each epoch, so the normal loop runs (which still does no backward
+    pass through the frozen backbone: nothing there requires gradients); under torchrun too.
+    """
+    return cfg.finetune == "head" and cfg.augment == "none" and not d.on
+
+
+def feature_batch_size(image_size: int) -> int:
+    """Large batches for the one feature pass (no gradients, so memory allows), fewer at large sizes."""
+    return int(max(8, min(256, 128 * (128 * 128) // (image_size * image_size))))
+
+
+def head_features(model: nn.Module, head: str, images: np.ndarray | torch.Tensor, backbone: str,
+                  device: torch.device, amp: torch.dtype | None, batch_size: int = 128) -> torch.Tensor:
+    """What the head receives for every image: the model in eval mode, evaluation preprocessing, autocast
+    as in training, and a forward pre-hook on the head that captures its input (in the dtype autocast
+    hands it). Returns (N, features) on the device, an ordinary tensor (usable by autograd)."""
+    captured: list[torch.Tensor] = []
+    module = model.get_submodule(head)
+    handle = module.register_forward_pre_hook(lambda m, args: captured.append(args[0].detach()))
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for i in range(0, len(images), batch_size):
+                x = to_input(torch.as_tensor(np.asarray(images[i:i + batch_size])), backbone, device)
+                with autocast(device, amp):
+                    model(x)
+    finally:
+        handle.remove()
+        for m, mode in modes.items():
+            m.training = mode
+    if not captured:
+        return torch.zeros((0, module.in_features), device=device)
+    return torch.cat(captured)  # outside inference mode: a normal tensor, not an inference tensor
+
+
 def train_one_epoch(model, opt, sched, scaler, criterion, train_x: torch.Tensor, train_y: torch.Tensor,
                     batches: list[np.ndarray], cfg: RunConfig, epoch: int, device: torch.device,
                     amp: torch.dtype | None, d: Dist, emit: Emit, should_stop: Callable[[], bool],
                     start_step: int = 0, running: list[float] | None = None,
-                    save_resume: Callable[[int, list[float]], None] | None = None) -> tuple[float, float, int]:
-    """One pass over this process's batches. Returns (mean loss, accuracy, images seen) across processes."""
+                    save_resume: Callable[[int, list[float]], None] | None = None,
+                    prepare: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[float, float, int]:
+    """One pass over this process's batches. Returns (mean loss, accuracy, images seen) across processes.
+
+    prepare turns a batch of train_x into the model's input; by default train_x holds uint8 images and
+    this is the training preprocessing (to_input). The head-only fast path passes cached features.
+    """
     loss_sum, correct, seen = running or [0.0, 0.0, 0.0]
     codes, jitter = epoch_augment_tables(cfg, epoch, len(train_x))
     steps = len(batches)
@@ -301,14 +356,15 @@ def train_one_epoch(model, opt, sched, scaler, criterion, train_x: torch.Tensor,
         xb = train_x[b]
         if codes is not None:
             xb = augment(xb, codes[b], None if jitter is None else jitter[b])
-        x = to_input(xb, cfg.backbone, device)
+        x = to_input(xb, cfg.backbone, device) if prepare is None else prepare(xb)
         y = train_y[b].to(device, non_blocking=True)
         with autocast(device, amp):
             logits = model(x)
             loss = criterion(logits.float(), y)
         if not torch.isfinite(loss):
-            raise TrainingDiverged(f"loss became {float(loss.detach())} at epoch {epoch}, step {step + 1}; training on it "
-                                   f"would give garbage. Lower the learning rate (now {cfg.lr:g}) or use fp32.")
+            raise TrainingDiverged(f"loss became {float(loss.detach())} at epoch {epoch}, step {step + 1}; "
+                                   "training on it would give garbage. Lower the learning rate "
+                                   f"(now {cfg.lr:g}) or use fp32.")
         opt.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -353,7 +409,8 @@ def prepare_data(cfg: RunConfig, cache_dir: Path | None, log: Callable[[str], No
     images, ok = data.image_cache(ds, cfg.image_size, cfg.crop, cache_dir)
     log(f"image cache ready in {time.time() - t:.1f}s ({len(ds.index)} images at {cfg.image_size}px)")
     if ds.skipped:
-        log(f"skipped {len(ds.skipped)} files: " + "; ".join(f"{Path(p).name}: {r}" for p, r in ds.skipped[:10]))
+        shown = "; ".join(f"{Path(p).name}: {r}" for p, r in ds.skipped[:10])
+        log(f"skipped {len(ds.skipped)} files: {shown}")
     train_idx = split.train[ok[split.train]]
     val_idx = split.val[ok[split.val]]
     if len(train_idx) == 0 or len(val_idx) == 0:
@@ -401,6 +458,10 @@ def _fit(cfg: RunConfig, run_dir: Path, emit: Emit, should_stop: Callable[[], bo
     amp = autocast_dtype(cfg.precision, device)
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 and device.type == "cuda" else None
     train_model: nn.Module = model
+    fast_head = uses_feature_cache(cfg, d)
+    head_name = backbones.get_spec(cfg.backbone).head
+    head = model.get_submodule(head_name)
+    feats: tuple[torch.Tensor, torch.Tensor] | None = None  # (train, val) inputs of the head, fast path
     if d.on:
         from torch.nn.parallel import DistributedDataParallel as DDP
         train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -436,23 +497,35 @@ def _fit(cfg: RunConfig, run_dir: Path, emit: Emit, should_stop: Callable[[], bo
               "step": start_step, "epochs": cfg.epochs, "steps_per_epoch": steps_per_epoch,
               "device": device_name(device), "precision": str(amp).replace("torch.", "") if amp else "fp32",
               "world_size": d.world, "n_train": int(len(train_x)), "n_val": int(len(val_idx)),
+              "feature_cache": fast_head,
               "split": split.summary(), "skipped": len(ds.skipped), "time": time.time()})
     result: dict = {}
     for epoch in range(start_epoch, cfg.epochs + 1):
+        t0 = time.time()
+        if fast_head and feats is None:  # counted in the first epoch's time
+            fb = feature_batch_size(cfg.image_size)
+            feats = (head_features(model, head_name, train_x, cfg.backbone, device, amp, fb),
+                     head_features(model, head_name, val_x if val_x is not images else images[val_idx],
+                                   cfg.backbone, device, amp, fb))
+            log(f"head-only without augmentation: backbone features of {len(train_x)} + {len(val_idx)} images "
+                f"computed once in {time.time() - t0:.1f}s; the head trains on them")
         set_train_mode(train_model, frozen, cfg.freeze_bn)
         batches = epoch_batches(len(train_x), cfg.batch_size, cfg.seed, epoch, d)
-        t0 = time.time()
         tl, ta, seen = train_one_epoch(
-            train_model, opt, sched, scaler, criterion, train_x, train_y, batches, cfg, epoch, device, amp, d,
-            emit if d.main else (lambda e: None), should_stop, start_step, running,
-            lambda step, run: save_resume(epoch, step, run))
+            head if feats else train_model, opt, sched, scaler, criterion, feats[0] if feats else train_x, train_y,
+            batches, cfg, epoch, device, amp, d, emit if d.main else (lambda e: None), should_stop, start_step,
+            running, lambda step, run: save_resume(epoch, step, run), prepare=(lambda f: f) if feats else None)
         start_step, running = 0, None
         train_seconds = time.time() - t0
         if d.on:  # BatchNorm statistics are per process: take rank 0's, so every rank holds the same model
             for buf in model.buffers():
                 dist.broadcast(buf, 0)
-        vl, probs = evaluate(model, val_x if val_x is not images else images[val_idx], val_y, cfg.backbone,
-                             device, criterion, amp=amp)
+        if feats:
+            vl, probs = evaluate(head, feats[1], val_y, cfg.backbone, device, criterion, amp=amp,
+                                 prepare=lambda f: f)
+        else:
+            vl, probs = evaluate(model, val_x if val_x is not images else images[val_idx], val_y, cfg.backbone,
+                                 device, criterion, amp=amp)
         pred = probs.argmax(1)
         f1 = weighted_f1(val_y, pred)
         ev = {"type": "epoch", "epoch": epoch, "epochs": cfg.epochs, "train_loss": tl, "train_acc": ta,

@@ -226,13 +226,14 @@ def train(run: Run, resume: bool = False, device: str = "auto", log: Callable[[s
         raise AlreadyRunning(f"run {run.run_id} is already being trained by another process") from None
     try:
         stop_file.unlink(missing_ok=True)
-        if not resume and read_json(run.dir / "status.json", {}).get("state") == "finished" and run.has_checkpoint:
+        finished = read_json(run.dir / "status.json", {}).get("state") == "finished" and run.has_checkpoint
+        if finished and not resume:
             # Another process finished it between our caller's cache check and our lock: don't train twice.
             log(f"run {run.run_id} is already finished")
             return run.final_metrics()
+        ours = (engine.RESUME, engine.CHECKPOINT, engine.SIDECAR, engine.PREDICTIONS, "metrics.jsonl")
         for leftover in run.dir.glob(".*.*"):  # temporary files of writes that a crash cut short
-            if leftover.name.startswith(tuple(f".{n}." for n in (engine.RESUME, engine.CHECKPOINT, engine.SIDECAR,
-                                                                 engine.PREDICTIONS, "metrics.jsonl"))):
+            if leftover.name.startswith(tuple(f".{name}." for name in ours)):
                 leftover.unlink(missing_ok=True)
         resume = resume and (run.dir / engine.RESUME).exists()
         if resume:
@@ -253,12 +254,12 @@ def train(run: Run, resume: bool = False, device: str = "auto", log: Callable[[s
         raise
     except BaseException as e:
         msg = f"{e.__class__.__name__}: {e}" if str(e) else e.__class__.__name__
-        if isinstance(e, (data.DataError, engine.TrainingDiverged, engine.OutOfMemory, engine.CheckpointError)) \
-                or "WeightsUnavailable" in msg:
+        clear = (data.DataError, engine.TrainingDiverged, engine.OutOfMemory, engine.CheckpointError)
+        if isinstance(e, clear) or "WeightsUnavailable" in msg:
             msg = str(e)
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            msg = (f"{e.strerror} while writing the run files in {run.dir.parent}: free some disk space, then "
-                   "resume the run (its last complete checkpoint is intact)")
+            msg = (f"{e.strerror} while writing the run files in {run.dir.parent}: free some disk space, "
+                   "then resume the run (its last complete checkpoint is intact)")
         with contextlib.suppress(OSError):  # the details go to train.log; the console gets one line
             with open(run.dir / "train.log", "a", encoding="utf-8") as fh:
                 fh.write(traceback.format_exc())

@@ -1,9 +1,8 @@
-"""Reliability and security: bad input, faults and concurrency, with nothing lost (issue #6; table in docs/RELIABILITY.md)."""
+"""Reliability and security: bad input, faults, concurrency, nothing lost (the table: docs/RELIABILITY.md)."""
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import io
 import itertools
 import json
@@ -15,12 +14,11 @@ import subprocess
 import sys
 import threading
 import time
-import tomllib
 import tracemalloc
 import zipfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -51,7 +49,8 @@ def _png_header(w: int, h: int) -> bytes:
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    idat = chunk(b"IDAT", zlib.compress(b"\0" * 64))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + idat + chunk(b"IEND", b"")
 
 
 def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -111,13 +110,12 @@ def _no_extraction_left(cache: Path) -> bool:
 
 def micro_cfg(data_dir: Path, **kw):
     """GoogLeNet from scratch at 32 px on the micro set: each epoch is a few batches of 8."""
-    base = dict(epochs=2, image_size=32, batch_size=8)
-    base.update(kw)
+    base = {"epochs": 2, "image_size": 32, "batch_size": 8, **kw}
     return resolve("googlenet", "quick", "none", str(data_dir), **base)
 
 
-def _wait_for(cond: Callable[[], bool], what: str, timeout: float = WAIT, proc: subprocess.Popen | None = None,
-              poll: float = 0.05) -> None:
+def _wait_for(cond: Callable[[], bool], what: str, timeout: float = WAIT,
+              proc: subprocess.Popen | None = None, poll: float = 0.05) -> None:
     t0 = time.time()
     while not cond():
         if proc is not None and proc.poll() is not None and not cond():
@@ -134,14 +132,14 @@ def _check_continuous_history(run: runs.Run, epochs: int) -> list[dict]:
     ev = run.events()
     assert [e["epoch"] for e in ev if e["type"] == "epoch"] == list(range(1, epochs + 1))
     steps = [(e["epoch"], e["step"]) for e in ev if e["type"] == "batch"]
-    assert all(a < b for a, b in zip(steps, steps[1:])), "batch steps strictly increasing"
+    assert all(a < b for a, b in itertools.pairwise(steps)), "batch steps strictly increasing"
     assert {s[0] for s in steps} == set(range(1, epochs + 1))
     return ev
 
 
 @pytest.fixture(scope="module")
 def micro(tiny_data, tmp_path_factory) -> Path:
-    """A C-NMC-layout copy of tiny_data with 8 cells per subject and 2 prelim cells: training takes seconds."""
+    """A C-NMC-layout copy of tiny_data, 8 cells per subject and 2 prelim cells: training takes seconds."""
     root = tmp_path_factory.mktemp("micro") / "C-NMC_Leukemia"
     by_subject: dict[str, int] = {}
     for f in sorted((tiny_data / "training_data").rglob("*.png")):
@@ -154,7 +152,8 @@ def micro(tiny_data, tmp_path_factory) -> Path:
     val = root / "validation_data" / "C-NMC_test_prelim_phase_data"
     val.mkdir(parents=True)
     for n in (1, 2):
-        shutil.copy(tiny_data / "validation_data" / "C-NMC_test_prelim_phase_data" / f"{n}.png", val / f"{n}.png")
+        name = f"{n}.png"
+        shutil.copy(tiny_data / "validation_data" / "C-NMC_test_prelim_phase_data" / name, val / name)
     (root / "validation_data" / "C-NMC_test_prelim_phase_data_labels.csv").write_text(
         "Patient_ID,new_names,labels\nUID_H9_1_1_hem.png,1.png,0\nUID_9_1_1_all.png,2.png,1\n")
     return root
@@ -188,10 +187,11 @@ BAD_IMAGES = {
     "animated-gif": ("anim.gif", _animated_gif, None),
     "palette-transparency": ("p.png", _palette_with_transparency, None),
     "gray-alpha-LA": ("la.png", lambda: _encode(Image.new("LA", (24, 20), (120, 200)), "PNG"), None),
-    "16-bit-png": ("g16.png", lambda: _encode(Image.fromarray(np.full((20, 24), 40000, np.uint16)), "PNG"), None),
+    "16-bit-png": ("g16.png", lambda: _encode(Image.fromarray(np.full((20, 24), 40000, np.uint16)), "PNG"),
+                   None),
     "1-bit": ("bw.bmp", lambda: _encode(Image.new("1", (24, 24), 1), "BMP"), None),
-    "float-tiff": ("f.tif", lambda: _encode(Image.fromarray(np.linspace(0, 1, 576, dtype=np.float32).reshape(24, 24)),
-                                            "TIFF"), None),
+    "float-tiff": ("f.tif", lambda: _encode(Image.fromarray(np.linspace(0, 1, 576, dtype=np.float32)
+                                                            .reshape(24, 24)), "TIFF"), None),
     "cmyk-tiff": ("c.tif", lambda: _encode(Image.new("CMYK", (24, 24), (0, 200, 0, 0)), "TIFF"), None),
     "thin-30000x1000": ("thin.png", _thin_png, None),
 }
@@ -200,7 +200,7 @@ BAD_IMAGES = {
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 @pytest.mark.parametrize("case", list(BAD_IMAGES))
 def test_bad_image_input(case, tmp_path):
-    """From a file on disk and from an upload: a (32, 32, 3) uint8 image or one clear ImageError, nothing else."""
+    """From a file on disk and from an upload: a (32, 32, 3) uint8 image or one clear ImageError."""
     name, blob, expected = BAD_IMAGES[case]
     blob = blob() if callable(blob) else blob
     safe_name = "x" + Path(name).suffix  # some test names are not valid file names on every system
@@ -212,7 +212,8 @@ def test_bad_image_input(case, tmp_path):
         else:
             with pytest.raises(ImageError, match=expected) as err:
                 load_image(src, 32)
-            assert "\n" not in str(err.value) and str(tmp_path) not in str(err.value), "one line, no server path"
+            msg = str(err.value)
+            assert "\n" not in msg and str(tmp_path) not in msg, "one line, no server path"
     assert sorted(p.name for p in tmp_path.iterdir()) == [safe_name], "decoding writes nothing"
 
 
@@ -224,7 +225,7 @@ def test_animated_gif_uses_the_first_frame():
 
 @pytest.mark.parametrize("crop", [False, True])
 def test_long_thin_image_decodes_in_bounded_memory(crop):
-    """30000 x 1000 is under the pixel limit, but a square of its long side (padding, or the cell crop) is 2.7 GB."""
+    """30000 x 1000 is under the pixel limit, but a square of its long side (padding, the crop) is 2.7 GB."""
     blob = _thin_png()
     tracemalloc.start()
     try:
@@ -285,7 +286,8 @@ def test_fuzz_mutated_images_decode_or_image_error(kind, flips, cut):
 
 
 @FUZZ
-@given(st.text(max_size=80) | st.from_regex(r"UID_[A-Za-z0-9]{0,4}_[0-9]{0,12}_[0-9]{0,3}_(all|hem|ALL)\.[a-z]{0,4}\n?"))
+@given(st.text(max_size=80)
+       | st.from_regex(r"UID_[A-Za-z0-9]{0,4}_[0-9]{0,12}_[0-9]{0,3}_(all|hem|ALL)\.[a-z]{0,4}\n?"))
 def test_fuzz_cnmc_name_parsing_never_raises(name):
     parsed = parse_cnmc_name(name)
     if parsed is not None:
@@ -296,13 +298,16 @@ def test_fuzz_cnmc_name_parsing_never_raises(name):
 
 @FUZZ
 @given(subject=st.from_regex(r"[A-Za-z]{0,2}[0-9]{1,4}", fullmatch=True), image=st.integers(0, 10**9 - 1),
-       cell=st.integers(0, 999), cls=st.sampled_from(data.CNMC_CLASSES), ext=st.sampled_from(["bmp", "png", "BMP"]))
+       cell=st.integers(0, 999), cls=st.sampled_from(data.CNMC_CLASSES),
+       ext=st.sampled_from(["bmp", "png", "BMP"]))
 def test_fuzz_cnmc_names_round_trip(subject, image, cell, cls, ext):
     assert parse_cnmc_name(f"UID_{subject}_{image}_{cell}_{cls}.{ext}") == (subject, image, cell, cls)
 
 
-@pytest.mark.parametrize("name", ["UID_1_2_3_all.bmp\n", "UID_1_" + "9" * 5000 + "_1_all.bmp", "UID_\u0663_1_1_all.bmp",
-                                  "UID_1_2_3_all.bmp.txt", "", "UID__1_1_hem.bmp"])
+@pytest.mark.parametrize("name", ["UID_1_2_3_all.bmp\n", "UID_1_" + "9" * 5000 + "_1_all.bmp",
+                                  "UID_\u0663_1_1_all.bmp", "UID_1_2_3_all.bmp.txt", "", "UID__1_1_hem.bmp"],
+                         ids=["trailing-newline", "5000-digit-number", "arabic-indic-digit",
+                              "double-extension", "empty", "no-subject"])
 def test_cnmc_name_edge_cases_are_not_cnmc(name):
     assert parse_cnmc_name(name) is None
 
@@ -330,12 +335,13 @@ def test_junk_files_are_skipped_and_counted_also_when_the_cache_is_reused(tmp_pa
     imgs, ok = data.image_cache(ds, 32, True, tmp_path / "cache")
     assert len(ds.index) == 11 and int(ok.sum()) == 8
     reasons = {Path(p).name: r for p, r in ds.skipped}
-    assert set(reasons) == {"empty.png", "notes.png", "half.bmp", "gone.png", ".DS_Store", "Thumbs.db", "readme.txt"}
+    assert set(reasons) == {"empty.png", "notes.png", "half.bmp", "gone.png", ".DS_Store", "Thumbs.db",
+                            "readme.txt"}
     assert "empty" in reasons["empty.png"] and "regular file" in reasons["gone.png"]
     again = open_dataset(root, tmp_path / "cache")
     imgs2, ok2 = data.image_cache(again, 32, True, tmp_path / "cache")
     assert imgs2.filename == imgs.filename and (ok2 == ok).all()
-    assert {Path(p).name for p, _ in again.skipped} == set(reasons), "a reused cache still reports what it skipped"
+    assert {Path(p).name for p, _ in again.skipped} == set(reasons), "a reused cache reports what it skipped"
 
 
 def test_broken_link_in_the_cnmc_layout_is_skipped_not_fatal(micro, tmp_path):
@@ -359,7 +365,7 @@ def test_same_image_in_two_classes_is_dropped_and_reported(tmp_path):
     names = ds.index["path"].map(lambda p: Path(p).name)
     dropped = set(names[~ok])
     assert dropped == {"all0.png", "copy_of_all0.png"}
-    why = [r for p, r in ds.skipped if Path(p).name == "all0.png"][0]
+    why = next(r for p, r in ds.skipped if Path(p).name == "all0.png")
     assert "same image in two classes" in why and "copy_of_all0.png (hem)" in why and "dropped" in why
     cfg = resolve("googlenet", "quick", "none", str(root), image_size=32, split="image")
     ds2, _, _, train_idx, val_idx = engine.prepare_data(cfg, tmp_path / "cache")
@@ -373,14 +379,15 @@ def test_names_without_subjects_say_so_and_offer_the_alternatives(micro, tmp_pat
     for i, f in enumerate(sorted((copy / "training_data").rglob("*.png"))[::5]):
         f.rename(f.with_name(f"cell{i}.png"))
     ds = open_dataset(copy, tmp_path / "cache")
-    with pytest.raises(DataError, match=r"subject split impossible: \d+ images have no subject.*'folds'.*'image'"):
+    expected = r"subject split impossible: \d+ images have no subject.*'folds'.*'image'"
+    with pytest.raises(DataError, match=expected):
         data.make_split(ds, "subject")
     assert len(data.make_split(ds, "folds", val_fold=0).val) > 0 and data.make_split(ds, "image").leaky
 
 
 @pytest.mark.parametrize("case", ["cnmc-empty-training", "cnmc-one-class", "only-junk", "not-a-zip"])
 def test_unusable_datasets_have_clear_messages(case, tmp_path):
-    """Beyond tests/test_data.py::test_bad_dataset_paths_have_clear_messages (missing path, a file, empty, one class)."""
+    """Beyond test_data.py::test_bad_dataset_paths_have_clear_messages (missing, a file, empty, one class)."""
     root = tmp_path / "ds"
     if case == "cnmc-empty-training":
         (root / "training_data" / "fold_0").mkdir(parents=True)
@@ -413,7 +420,8 @@ def test_labels_csv_rows_that_are_junk_or_paths_are_skipped(micro, tmp_path):
     prelim = ds.index[ds.index["set"] == "prelim"]
     assert [Path(p).name for p in prelim["path"]] == ["1.png"]
     reasons = " | ".join(r for _, r in ds.skipped)
-    assert "not a plain file name" in reasons and "'maybe' is not 0 (hem) or 1 (all)" in reasons and "missing" in reasons
+    assert "not a plain file name" in reasons and "missing" in reasons
+    assert "'maybe' is not 0 (hem) or 1 (all)" in reasons
     csv_path.write_text("file,class\n1.png,0\n")
     with pytest.raises(DataError, match="lacks the columns new_names and labels"):
         open_dataset(copy, tmp_path / "cache2")
@@ -488,7 +496,7 @@ def test_zip_with_a_nested_top_folder_and_mac_metadata_opens(tmp_path):
 
 
 def test_one_zip_opened_by_several_processes_at_once_is_extracted_once(tmp_path):
-    """The app and a training process may open the same uploaded zip together: neither sees a half-made folder."""
+    """The app and a trainer may open the same uploaded zip together: neither sees a half-made folder."""
     z = _zip(tmp_path / "d.zip", _class_folder_zip_entries("top/"))
     results: list = []
 
@@ -533,7 +541,7 @@ def test_a_damaged_image_cache_is_rebuilt_not_fatal(micro, tmp_path):
 # ---------------------------------------------------------------------------------------------- run faults
 
 def _fail_writes_of(monkeypatch, name: str, after: int) -> dict:
-    """Make the fsync of the (after+1)-th temporary file written for `name` fail with ENOSPC, as on a full disk."""
+    """Make the fsync of the (after+1)-th temporary file for `name` fail with ENOSPC, as on a full disk."""
     real = os.fsync
     state = {"seen": 0, "failed": 0}
 
@@ -647,7 +655,8 @@ def test_out_of_device_memory_names_the_batch_size_and_a_smaller_one(error, micr
 def test_infinite_loss_stops_with_a_clear_message(micro, tmp_path, monkeypatch):
     """NaN is covered by tests/test_runs.py::test_nan_loss_stops_with_a_clear_message; infinity here."""
     real = torch.nn.CrossEntropyLoss.forward
-    monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward", lambda self, a, b: real(self, a, b) * float("inf"))
+    monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward",
+                        lambda self, a, b: real(self, a, b) * float("inf"))
     run = runs.run_for(micro_cfg(micro, epochs=1, seed=6), tmp_path)
     with pytest.raises(engine.TrainingDiverged):
         runs.train(run, log=lambda s: None)
@@ -669,20 +678,22 @@ def test_a_malicious_last_pt_is_refused_on_resume(micro, tmp_path):
         runs.train(run, resume=True, log=lambda s: None)
     assert not marker.exists(), "no code from the checkpoint ran"
     assert run.state == "failed" and "refusing to resume from last.pt" in run.status["error"]
-    torch.load(run.dir / engine.RESUME, weights_only=False)  # proof the payload is live when unpickled blindly
+    torch.load(run.dir / engine.RESUME, weights_only=False)  # proof: the payload runs if unpickled blindly
     assert marker.exists()
 
 
 # ---------------------------------------------------------------------------------------------- processes
 
 def _cli(args: list[str], out: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "leukviz", *args], cwd=REPO, env=ENV,
-                            stdout=open(out.with_suffix(".out"), "w"), stderr=open(out.with_suffix(".err"), "w"))
+    with open(out.with_suffix(".out"), "w") as stdout, open(out.with_suffix(".err"), "w") as stderr:
+        return subprocess.Popen([sys.executable, "-m", "leukviz", *args], cwd=REPO, env=ENV,
+                                stdout=stdout, stderr=stderr)
 
 
 def _train_args(micro: Path, runs_dir: Path, epochs: int, seed: int) -> list[str]:
-    return ["train", "--backbone", "googlenet", "--weights", "none", "--data", str(micro), "--epochs", str(epochs),
-            "--image-size", "32", "--batch-size", "8", "--seed", str(seed), "--runs-dir", str(runs_dir), "--json"]
+    return ["train", "--backbone", "googlenet", "--weights", "none", "--data", str(micro),
+            "--epochs", str(epochs), "--image-size", "32", "--batch-size", "8", "--seed", str(seed),
+            "--runs-dir", str(runs_dir), "--json"]
 
 
 def _finish(proc: subprocess.Popen, out: Path) -> dict:
@@ -743,8 +754,8 @@ def test_two_cli_trainers_of_one_config_train_once_and_report_the_same_run(micro
     run = runs.Run(Path(results[0]["run_dir"]))
     ev = _check_continuous_history(run, 2)
     assert [e["type"] for e in ev if e["type"] in ("start", "resume")] == ["start"], "exactly one training"
-    joined = [r["cached"] or "attaching" in r["stderr"] for r in results]
-    assert sorted(joined) == [False, True], "one trained, the other attached to it (or found it cached)"
+    joined = [r["cached"] or "attaching" in r["stderr"] or "already finished" in r["stderr"] for r in results]
+    assert sorted(joined) == [False, True], "one trained; the other attached to it, or found it finished"
 
 
 PARENT = """
@@ -766,8 +777,8 @@ os.killpg(0, signal.SIGKILL)  # the server dies with its whole process group, as
 def test_two_launches_start_one_process_that_outlives_the_server(micro, tmp_path):
     """Two Start clicks at once on a server that then dies: one training process, and it finishes."""
     run = runs.run_for(micro_cfg(micro, seed=13), tmp_path / "runs")
-    parent = subprocess.run([sys.executable, "-c", PARENT, str(run.dir)], cwd=REPO, env=ENV, capture_output=True,
-                            text=True, timeout=WAIT, start_new_session=True)
+    parent = subprocess.run([sys.executable, "-c", PARENT, str(run.dir)], cwd=REPO, env=ENV,
+                            capture_output=True, text=True, timeout=WAIT, start_new_session=True, check=False)
     assert parent.returncode == -signal.SIGKILL, parent.stderr
     report = json.loads(parent.stdout.strip().splitlines()[-1])
     assert len(report["started"]) == 1, "the second click attached instead of starting another process"
@@ -779,10 +790,11 @@ def test_two_launches_start_one_process_that_outlives_the_server(micro, tmp_path
     assert json.loads((run.dir / "launch.json").read_text())["pid"] == report["started"][0]
 
 
-# ---------------------------------------------------------------------------------------------- server settings
+# ---------------------------------------------------------------------------------------------- server
 
 def test_server_settings_are_safe():
     """The dashboard's .streamlit/config.toml: local only, XSRF on, no usage stats, a bounded upload size."""
+    tomllib = pytest.importorskip("tomllib")
     cfg = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())
     server = cfg.get("server", {})
     assert server.get("address") in ("127.0.0.1", "localhost")
