@@ -475,9 +475,8 @@ def predict_image(models: Sequence[Any], name: str, src: str | Path | bytes | IO
             try:
                 decoded[key] = inference.prepare(lm, buf)
             except data.ImageError as e:
-                reason = str(e)
-                prefix = f"{Path(name).name}: "
-                return ImagePrediction(name, reason.removeprefix(prefix))
+                shown = Path(name.replace("\\", "/")).name  # how data.load_image names the file
+                return ImagePrediction(name, str(e).removeprefix(f"{shown}: "))
         img = decoded[key]
         prob = inference.predict_arrays(lm, img[None])[0]
         rec = inference.prediction_record(lm, prob)

@@ -330,9 +330,13 @@ def default_home() -> Path:
     return Path(os.environ.get("LEUKVIZ_HOME", Path.home() / ".leukviz")).expanduser()
 
 
+def default_cache() -> Path:
+    return Path(os.environ.get("LEUKVIZ_CACHE", default_home() / "cache")).expanduser()
+
+
 def open_dataset(spec: str | Path = "demo", cache_dir: Path | None = None) -> Dataset:
     """Open 'demo', a C-NMC root, a class-per-folder tree, or a .zip of either; index it and fingerprint it."""
-    cache_dir = Path(cache_dir) if cache_dir else default_home() / "cache"
+    cache_dir = Path(cache_dir) if cache_dir else default_cache()
     name = str(spec)
     skipped: list[tuple[str, str]] = []
     if name == "demo":
@@ -534,7 +538,7 @@ def image_cache(ds: Dataset, size: int, crop: bool, cache_dir: Path | None = Non
     never reuses a stale cache. Threads, not processes: Pillow releases the GIL while decoding and
     resizing, and forking a process that runs torch can deadlock.
     """
-    cache_dir = Path(cache_dir) if cache_dir else default_home() / "cache"
+    cache_dir = Path(cache_dir) if cache_dir else default_cache()
     folder = cache_dir / "images"
     folder.mkdir(parents=True, exist_ok=True)
     stem = folder / f"{ds.fingerprint}-{size}-{'crop' if crop else 'full'}"

@@ -42,7 +42,7 @@ def runs_root(runs_dir: str | Path | None = None) -> Path:
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("LEUKVIZ_CACHE", home() / "cache"))
+    return data.default_cache()
 
 
 @dataclass
@@ -187,6 +187,8 @@ def train(run: Run, resume: bool = False, device: str = "auto", log: Callable[[s
     rank = int(os.environ.get("RANK", "0"))
     cfg = run.config
     stop_file = run.dir / "stop"
+    launch_info = read_json(run.dir / "launch.json", None)
+    launched = isinstance(launch_info, dict) and launch_info.get("pid") in (os.getpid(), os.getppid())
     previous_handlers: dict = {}
     stop = {"flag": False}
 
@@ -225,7 +227,8 @@ def train(run: Run, resume: bool = False, device: str = "auto", log: Callable[[s
         restore_signals()
         raise AlreadyRunning(f"run {run.run_id} is already being trained by another process") from None
     try:
-        stop_file.unlink(missing_ok=True)
+        if not launched:  # launch() cleared old Stops; one sent while this process started must hold
+            stop_file.unlink(missing_ok=True)
         finished = read_json(run.dir / "status.json", {}).get("state") == "finished" and run.has_checkpoint
         if finished and not resume:
             # Another process finished it between our caller's cache check and our lock: don't train twice.
@@ -316,6 +319,7 @@ def launch(run: Run, resume: bool = False, device: str = "auto", nproc: int = 1,
         with FileLock(str(run.dir / "launch.lock"), timeout=30):
             if run.is_locked() or _launch_pending(run):
                 return None
+            (run.dir / "stop").unlink(missing_ok=True)  # an old Stop; a Stop from now on must hold
             proc = _spawn(run, resume, device, nproc, env)
             atomic_write_json(run.dir / "launch.json", {"pid": proc.pid, "time": time.time()})
             return proc

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-import os
+import shutil
 import time
 from pathlib import Path
 
@@ -23,26 +23,24 @@ def tiny_config(backbone: str, dataset: Path, **overrides) -> config.RunConfig:
     return config.resolve(backbone, "quick", "none", str(dataset), **settings)
 
 
+def small_demo(generate, root: Path, seed: int = 0, **_) -> Path:
+    """The demo generator at a tenth of the size, in this process (a worker pool costs more than it saves)."""
+    return generate(root, seed=seed, n_subjects=6, image_size=64, workers=1)
+
+
 @pytest.fixture(scope="module")
 def home(tmp_path_factory, tiny_data) -> Path:
     """This module's own LEUKVIZ_HOME: a small demo dataset in its cache, two finished runs on tiny_data."""
-    before = os.environ.get("LEUKVIZ_HOME")
     path = tmp_path_factory.mktemp("app-home")
-    os.environ["LEUKVIZ_HOME"] = str(path)
-    # The real demo takes half a minute to draw; the same generator, smaller, stands in for it.
-    real = synthetic.generate_demo
-    synthetic.generate_demo = functools.partial(real, n_subjects=6, image_size=64)
-    try:
-        data.open_dataset("demo", runs.cache_root())
-    finally:
-        synthetic.generate_demo = real
-    for backbone in BACKBONES:
-        runs.train(runs.run_for(tiny_config(backbone, tiny_data)), log=lambda s: None)
-    yield path
-    if before is None:
-        os.environ.pop("LEUKVIZ_HOME", None)
-    else:
-        os.environ["LEUKVIZ_HOME"] = before
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LEUKVIZ_HOME", str(path))
+        # The real demo takes half a minute to draw; the same generator, smaller, stands in for it.
+        with pytest.MonkeyPatch.context() as demo:
+            demo.setattr(synthetic, "generate_demo", functools.partial(small_demo, synthetic.generate_demo))
+            data.open_dataset("demo", runs.cache_root())
+        for backbone in BACKBONES:
+            runs.train(runs.run_for(tiny_config(backbone, tiny_data)), log=lambda s: None)
+        yield path
 
 
 @pytest.fixture()
@@ -117,14 +115,55 @@ def test_data_page_switches_to_a_folder_and_refuses_a_bad_one(app, tiny_data, tm
     assert at.session_state["dataset"] == str(tiny_data)
 
 
+def test_data_page_takes_a_zip_upload(app, tiny_data, tmp_path):
+    archive = Path(shutil.make_archive(str(tmp_path / "cells"), "zip", tiny_data.parent, tiny_data.name))
+    at = app
+    at.session_state["dataset"] = "demo"
+    open_page(at, "data")
+    at.button_group(key="data_source").set_value("Zip upload").run()
+    at.file_uploader[0].upload("my cells.zip", archive.read_bytes(), "application/zip")
+    at.run()
+    next(b for b in at.button if b.label == "Use this zip").click().run()
+    assert not at.exception and not at.error
+    spec = at.session_state["dataset"]
+    assert Path(spec).parent == dashboard.uploads_dir() and Path(spec).suffix == ".zip"
+    assert "my cells" not in spec  # stored under its content hash, never the uploaded name
+    expected = data.inspect(data.open_dataset(str(tiny_data)))["per_class"]
+    assert {m.label: m.value for m in at.metric}["Class all"] == str(expected["all"])
+
+
+def test_train_settings_follow_the_preset_defaults(app):
+    at = app
+    at.query_params["backbone"] = "vgg16"  # as the overview's link for VGG16 asks
+    open_page(at, "train")
+    assert at.button_group(key="train_backbone").value == "vgg16"
+    assert at.button_group(key="train_weights").value == "none"  # tests never have ImageNet weights
+    assert any("not in torchvision's cache" in c.value for c in at.caption)
+    quick = config.preset_defaults("quick", "vgg16", "none")
+    assert at.number_input(key="train_image_size").value == quick["image_size"]
+    assert at.select_slider(key="train_lr").value == quick["lr"]
+    at.number_input(key="train_epochs").set_value(7).run()
+    assert at.number_input(key="train_epochs").value == 7  # an edit stays
+
+    at.button_group(key="train_preset").set_value("paper").run()
+    paper = config.preset_defaults("paper", "vgg16", "none")
+    assert (at.number_input(key="train_image_size").value, at.number_input(key="train_epochs").value,
+            at.number_input(key="train_batch_size").value) == (paper["image_size"], paper["epochs"],
+                                                                paper["batch_size"])
+    at.button_group(key="train_backbone").set_value("resnet50").run()
+    resnet = config.preset_defaults("paper", "resnet50", "none")
+    assert at.number_input(key="train_epochs").value == resnet["epochs"]
+    assert at.query_params["backbone"] == "resnet50"
+    assert not at.exception
+
+
 def test_train_shows_a_finished_configuration_at_once_as_cached(app, tiny_data):
     at = app
     at.query_params["backbone"] = "googlenet"
     open_page(at, "train")
-    key = "googlenet_quick_none"
-    at.number_input(key=f"size_{key}").set_value(32)
-    at.number_input(key=f"epochs_{key}").set_value(1)
-    at.number_input(key=f"batch_{key}").set_value(64).run()
+    at.number_input(key="train_image_size").set_value(32)
+    at.number_input(key="train_epochs").set_value(1)
+    at.number_input(key="train_batch_size").set_value(64).run()
     assert any("already finished" in c.value for c in at.caption)
     before = {p.name for p in runs.runs_root().iterdir()}
 
@@ -147,14 +186,25 @@ def test_train_reattaches_from_the_url(app, tiny_data):
     assert any("Finished" in s.value for s in at.success)
 
 
+def test_train_shows_a_failed_runs_error_and_offers_a_retry(app, tiny_data):
+    run = runs.run_for(tiny_config("googlenet", tiny_data, epochs=3, lr=3e-3))
+    runs.write_status(run, "failed", error="WeightsUnavailable: put <resnet50.pth> in ~/.cache")
+    at = app
+    at.query_params["run"] = run.run_id
+    open_page(at, "train")
+    assert any("failed" in e.value for e in at.error)
+    assert at.code[0].value == "WeightsUnavailable: put <resnet50.pth> in ~/.cache"  # plain text, as written
+    labels = [b.label for b in at.button]
+    assert "Retry from scratch" in labels and "Resume" not in labels  # nothing to resume from
+
+
 def test_train_starts_a_run_which_stops_and_offers_resume(app, tiny_data):
     at = app
     at.query_params["backbone"] = "googlenet"
     open_page(at, "train")
-    key = "googlenet_quick_none"
-    at.number_input(key=f"size_{key}").set_value(32)
-    at.number_input(key=f"epochs_{key}").set_value(2)  # a configuration not trained yet
-    at.number_input(key=f"batch_{key}").set_value(16).run()
+    at.number_input(key="train_image_size").set_value(32)
+    at.number_input(key="train_epochs").set_value(2)  # a configuration not trained yet
+    at.number_input(key="train_batch_size").set_value(16).run()
     next(b for b in at.button if b.label == "Start training").click().run()
     run = runs.get_run(at.query_params["run"])
     assert run.config.epochs == 2
@@ -224,16 +274,13 @@ def test_compare_shows_each_finished_runs_metrics(app, tiny_data):
     assert "split by subject" in at.selectbox[0].options[0]
 
 
-def test_pages_say_what_to_do_without_runs(home, tmp_path):
-    os.environ["LEUKVIZ_RUNS"] = str(tmp_path / "no-runs")
-    try:
-        for page in ("predict", "compare"):
-            at = open_page(AppTest.from_file(str(REPO / "app.py"), default_timeout=60), page)
-            assert at.info and "train" in at.info[0].value.lower()
-        at = open_page(AppTest.from_file(str(REPO / "app.py"), default_timeout=60), "train")
-        assert any("No run yet" in i.value for i in at.info)
-    finally:
-        del os.environ["LEUKVIZ_RUNS"]
+def test_pages_say_what_to_do_without_runs(home, tmp_path, monkeypatch):
+    monkeypatch.setenv("LEUKVIZ_RUNS", str(tmp_path / "no-runs"))
+    for page in ("predict", "compare"):
+        at = open_page(AppTest.from_file(str(REPO / "app.py"), default_timeout=60), page)
+        assert at.info and "train" in at.info[0].value.lower()
+    at = open_page(AppTest.from_file(str(REPO / "app.py"), default_timeout=60), "train")
+    assert any("No run yet" in i.value for i in at.info)
 
 
 def test_a_missing_dataset_is_an_error_where_the_user_looks(app, tmp_path):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import re
@@ -54,6 +53,12 @@ def _goto_page(page, title: str) -> None:
     """Through the sidebar, as a user would: the session (and its state) carries over."""
     page.locator('[data-testid="stSidebarNav"] a', has_text=title).click()
     page.get_by_role("heading", name=title, exact=True).wait_for(timeout=30_000)
+
+
+def _settle(page) -> None:
+    """Wait for the script run a click or an edit started to finish (widgets may be redrawn by it)."""
+    page.wait_for_timeout(300)
+    page.locator('[data-testid="stStatusWidget"]').wait_for(state="hidden", timeout=90_000)
 
 
 def _wait_for_server(base: str, proc: subprocess.Popen, timeout: float) -> None:
@@ -116,8 +121,12 @@ def test_train_predict_compare_in_a_real_browser(tmp_path, monkeypatch):
     # this test within its time (the server finds it in its cache, as after a first use).
     from leukviz import data, synthetic
 
-    monkeypatch.setattr(synthetic, "generate_demo",
-                        functools.partial(synthetic.generate_demo, n_subjects=6, image_size=64))
+    real = synthetic.generate_demo
+
+    def small_demo(root: Path, seed: int = 0, **_) -> Path:
+        return real(root, seed=seed, n_subjects=6, image_size=64, workers=1)
+
+    monkeypatch.setattr(synthetic, "generate_demo", small_demo)
     data.open_dataset("demo", home / "cache")
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
@@ -129,71 +138,79 @@ def test_train_predict_compare_in_a_real_browser(tmp_path, monkeypatch):
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1280, "height": 1600})
             page.set_default_timeout(30_000)
-
-            # Overview: interactive when the backbone cards and their links are drawn.
-            page.goto(base)
-            page.get_by_role("heading", name="Backbones").wait_for(timeout=60_000)
-            page.get_by_text("Train it").first.wait_for()
-            timings["launch_to_first_page_interactive_s"] = round(time.time() - t_launch, 2)
-            _no_exception(page, "the overview")
-            page.screenshot(path=str(shots / "1-overview.png"))
-
-            # Data: counts, split and the sample gallery.
-            _goto_page(page, "Data")
-            page.get_by_role("heading", name="Sample cells").wait_for(timeout=60_000)
-            _no_exception(page, "Data")
-            page.screenshot(path=str(shots / "2-data.png"))
-
-            # Train: GoogLeNet from scratch, 32 px, one epoch.
-            _goto_page(page, "Train")
-            start = page.get_by_role("button", name="Start training")
-            start.wait_for(timeout=60_000)
-            page.get_by_role("radio", name="GoogLeNet", exact=True).click()
-            page.get_by_role("radio", name="From scratch", exact=True).click()
-            for label, value in (("Image size (px)", "32"), ("Epochs", "1")):
-                box = page.get_by_label(label)
-                box.fill(value)
-                box.press("Enter")
-                page.wait_for_function(
-                    "([l, v]) => [...document.querySelectorAll('input')].some("
-                    "i => i.getAttribute('aria-label') === l && i.value === v)", arg=[label, value])
-            page.wait_for_timeout(1500)  # let the rerun for the last value settle before pressing Start
-            start.click()
-            page.locator(".legendtext", has_text="val acc").first.wait_for(timeout=150_000)
-            page.get_by_text("Finished.").wait_for(timeout=60_000)
-            _no_exception(page, "Train")
-            timings["train_page_epoch_seen_s"] = round(time.time() - t_launch, 2)
-            page.screenshot(path=str(shots / "3-train.png"))
-
-            # Predict: upload one of the demo generator's held-out cells.
-            cells = sorted(home.glob("cache/demo/*/C-NMC_Leukemia/validation_data/*/*.png"))
-            assert cells, f"no demo cells under {home / 'cache'}"
-            _goto_page(page, "Predict")
-            upload = page.locator('[data-testid="stFileUploaderDropzoneInput"]')
-            upload.wait_for(state="attached")
-            t_drop = time.time()
-            upload.set_input_files(str(cells[0]))
-            confidence = page.get_by_text(re.compile(r"^\d+(\.\d)?% confidence$")).first
-            confidence.wait_for(timeout=60_000)
-            timings["drop_to_all_predictions_s"] = round(time.time() - t_drop, 2)
-            pct = float(confidence.inner_text().split("%")[0])
-            assert 50.0 <= pct <= 100.0  # the top class of two
-            predicted = page.locator('[data-testid="stMetricValue"]').first.inner_text().strip()
-            assert predicted in ("hem", "all")
-            page.locator(".js-plotly-plot").first.wait_for()
-            _no_exception(page, "Predict")
-            page.screenshot(path=str(shots / "4-predict.png"))
-
-            # Compare: the table, curves, ROC and confusion matrix of the finished run.
-            _goto_page(page, "Compare")
-            page.get_by_role("heading", name="Confusion matrices").wait_for(timeout=60_000)
-            page.locator('[data-testid="stDataFrame"]').first.wait_for()
-            page.wait_for_timeout(1500)  # charts draw after their container
-            _no_exception(page, "Compare")
-            page.screenshot(path=str(shots / "5-compare.png"))
+            try:
+                _walk_through(page, base, home, shots, timings, t_launch)
+            except Exception:
+                page.screenshot(path=str(shots / "failure.png"))
+                raise
             browser.close()
     finally:
         if (tmp_path / "streamlit.log").exists():
             shutil.copy(tmp_path / "streamlit.log", shots / "streamlit.log")
     (shots / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
     print(json.dumps(timings))
+
+
+def _walk_through(page, base: str, home: Path, shots: Path, timings: dict, t_launch: float) -> None:
+    """Overview, Data, Train (a real run), Predict (an upload), Compare: a screenshot of each."""
+    # Overview: interactive when the backbone cards and their links are drawn.
+    page.goto(base)
+    page.get_by_role("heading", name="Backbones").wait_for(timeout=60_000)
+    page.get_by_text("Train it").first.wait_for()
+    timings["launch_to_first_page_interactive_s"] = round(time.time() - t_launch, 2)
+    _no_exception(page, "the overview")
+    page.screenshot(path=str(shots / "1-overview.png"))
+
+    # Data: counts, split and the sample gallery.
+    _goto_page(page, "Data")
+    page.get_by_role("heading", name="Sample cells").wait_for(timeout=60_000)
+    _no_exception(page, "Data")
+    page.screenshot(path=str(shots / "2-data.png"))
+
+    # Train: GoogLeNet from scratch, 32 px, one epoch.
+    _goto_page(page, "Train")
+    start = page.get_by_role("button", name="Start training")
+    start.wait_for(timeout=60_000)
+    # Each choice reruns the page, and a new backbone redraws the settings with its defaults.
+    for choice in ("GoogLeNet", "From scratch"):
+        page.get_by_role("radio", name=choice, exact=True).click()
+        _settle(page)
+    for label, value in (("Image size (px)", "32"), ("Epochs", "1")):
+        box = page.get_by_label(label)
+        box.fill(value)
+        box.press("Enter")
+        _settle(page)
+        assert page.get_by_label(label).input_value() == value
+    start.click()
+    page.locator(".legendtext", has_text="val acc").first.wait_for(timeout=150_000)
+    page.get_by_text("Finished.").wait_for(timeout=60_000)
+    _no_exception(page, "Train")
+    timings["train_page_epoch_seen_s"] = round(time.time() - t_launch, 2)
+    page.screenshot(path=str(shots / "3-train.png"))
+
+    # Predict: upload one of the demo generator's held-out cells.
+    cells = sorted(home.glob("cache/demo/*/C-NMC_Leukemia/validation_data/*/*.png"))
+    assert cells, f"no demo cells under {home / 'cache'}"
+    _goto_page(page, "Predict")
+    upload = page.locator('[data-testid="stFileUploaderDropzoneInput"]')
+    upload.wait_for(state="attached")
+    t_drop = time.time()
+    upload.set_input_files(str(cells[0]))
+    confidence = page.get_by_text(re.compile(r"^\d+(\.\d)?% confidence$")).first
+    confidence.wait_for(timeout=60_000)
+    timings["drop_to_all_predictions_s"] = round(time.time() - t_drop, 2)
+    pct = float(confidence.inner_text().split("%")[0])
+    assert 50.0 <= pct <= 100.0  # the top class of two
+    predicted = page.locator('[data-testid="stMetricValue"]').first.inner_text().strip()
+    assert predicted in ("hem", "all")
+    page.locator(".js-plotly-plot").first.wait_for()
+    _no_exception(page, "Predict")
+    page.screenshot(path=str(shots / "4-predict.png"))
+
+    # Compare: the table, curves, ROC and confusion matrix of the finished run.
+    _goto_page(page, "Compare")
+    page.get_by_role("heading", name="Confusion matrices").wait_for(timeout=60_000)
+    page.locator('[data-testid="stDataFrame"]').first.wait_for()
+    page.wait_for_timeout(1500)  # charts draw after their container
+    _no_exception(page, "Compare")
+    page.screenshot(path=str(shots / "5-compare.png"))

@@ -1,4 +1,4 @@
-"""Streamlit helpers shared by the pages: the cached dataset and models, the active dataset and split, the device."""
+"""Streamlit helpers shared by the pages: cached dataset and models, active dataset and split, device."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def require_dataset() -> data.Dataset:
     spec = active_dataset()
     try:
         return open_dataset(spec)
-    except data.DataError as e:
+    except (data.DataError, OSError) as e:
         st.error(f"The active dataset cannot be used: {dashboard.plain(e)}")
         st.page_link("views/data.py", label="Choose another dataset on the Data page",
                      icon=":material/folder_open:")

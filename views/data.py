@@ -17,7 +17,7 @@ def use(spec: str) -> None:
     """Make spec the active dataset if it opens; otherwise say why, here."""
     try:
         open_dataset(spec)
-    except data.DataError as e:
+    except (data.DataError, OSError) as e:
         st.error(dashboard.plain(e))
         return
     st.session_state["dataset"] = spec
@@ -51,7 +51,7 @@ elif source == SOURCES[2]:
 
 try:
     ds = open_dataset(current)
-except data.DataError as e:
+except (data.DataError, OSError) as e:
     st.error(f"The active dataset cannot be used: {dashboard.plain(e)}")
     st.info("Choose another source above; the built-in demo always works.")
     st.stop()

@@ -69,8 +69,8 @@ for i, (name, src, truth, file_key) in enumerate(items):
     for col, p in zip(st.columns(len(result.results)), result.results):
         with col.container(border=True):
             st.markdown(f"**{dashboard.plain(p.model)}**")
-            left, right = st.columns([1, 1])
-            left.image(p.image, caption=f"as fed ({p.image.shape[0]} px)", width=128)
+            left, right = st.columns([1, 2])
+            left.image(p.image, caption=f"as fed ({p.image.shape[0]} px)", width="stretch")
             right.metric("Prediction", dashboard.plain(p.predicted))
             right.markdown(f"{p.confidence:.1%} confidence")
             bars = charts.probability_bars(p.probs).update_layout(margin={"l": 10, "r": 10, "t": 10, "b": 10})

@@ -1,5 +1,7 @@
 """Train: choose a backbone and settings, start a run (or show it at once if cached), watch it learn live."""
 
+from pathlib import Path
+
 import streamlit as st
 
 from leukviz import backbones, charts, config, dashboard, runs
@@ -10,23 +12,53 @@ PRESET_TEXT = {"quick": "Quick", "paper": "Paper (seed paper's recipe)", "full":
 WEIGHTS_TEXT = {"imagenet": "ImageNet", "none": "From scratch", "file": "Weights file"}
 POLL_SECONDS = 1.0
 
+SETTINGS = ("image_size", "epochs", "batch_size", "lr")
+KEEP = {"persist_state": "session"}  # the settings survive a visit to another page
+
+
+def default_weights(backbone: str) -> str:
+    return "imagenet" if backbones.imagenet_available(backbones.get_spec(backbone)) else "none"
+
+
+def apply_defaults() -> None:
+    """A new preset or weights choice: the preset's defaults for it replace the settings."""
+    s = st.session_state
+    weights = "none" if s["train_weights"] == "none" else "imagenet"
+    d = config.preset_defaults(s["train_preset"], s["train_backbone"], weights)
+    for name in SETTINGS:
+        s[f"train_{name}"] = d[name]
+
+
+def new_backbone() -> None:
+    st.session_state["train_weights"] = default_weights(st.session_state["train_backbone"])
+    apply_defaults()
+
+
 st.title("Train")
 dataset, split = active_dataset(), active_split()
 names = list(backbones.BACKBONES)
-asked = st.query_params.get("backbone")
 
-# ---- settings: defaults come from the preset for this backbone and weights choice
+# ---- settings: stable widget keys, so an edit made while the page reruns is never lost; choosing a
+# backbone, preset or weights resets the rest to that preset's defaults (in the callbacks above).
+state = st.session_state
+# A link (the overview's, a shared URL) may name the backbone; the URL then follows the widget.
+asked = st.query_params.get("backbone")
+if asked in names and asked != state.get("train_url_backbone"):
+    state["train_backbone"] = asked
+    state.pop("train_weights", None)
+state.setdefault("train_backbone", names[0])
+state.setdefault("train_preset", "quick")
+if "train_weights" not in state:
+    new_backbone()
 backbone = st.segmented_control("Backbone", names, format_func=dashboard.backbone_title, required=True,
-                                default=asked if asked in names else names[0], key="train_backbone")
-st.query_params["backbone"] = backbone
+                                key="train_backbone", on_change=new_backbone, **KEEP)
+st.query_params["backbone"] = state["train_url_backbone"] = backbone
 spec = backbones.get_spec(backbone)
 preset = st.segmented_control("Preset", config.PRESETS, format_func=PRESET_TEXT.get, required=True,
-                              default="quick", key="train_preset", persist_state="session")
-has_imagenet = backbones.imagenet_available(spec)
+                              key="train_preset", on_change=apply_defaults, **KEEP)
 weights_choice = st.segmented_control("Weights", list(WEIGHTS_TEXT), format_func=WEIGHTS_TEXT.get,
-                                      required=True, default="imagenet" if has_imagenet else "none",
-                                      key=f"train_weights_{backbone}", persist_state="session")
-if not has_imagenet:
+                                      required=True, key="train_weights", on_change=apply_defaults, **KEEP)
+if not backbones.imagenet_available(spec):
     st.caption(f"{spec.title}'s ImageNet weights are not in torchvision's cache "
                f"({dashboard.plain(backbones.weights_cache_path(spec))}), so training from scratch is the "
                "default. Choosing ImageNet downloads them when the run starts, and fails with a clear "
@@ -34,24 +66,23 @@ if not has_imagenet:
 weights = weights_choice
 if weights_choice == "file":
     weights = st.text_input("Weights file (.safetensors or a torch state_dict)",
-                            key="train_weights_file").strip()
+                            key="train_weights_file", **KEEP).strip()
     if not weights:
         st.info("Give the path of a weights file, or choose ImageNet or From scratch.")
         st.stop()
+    weights = str(Path(weights).expanduser())
+    if not Path(weights).is_file():
+        st.error(f"No weights file at {dashboard.plain(weights)}.")
+        st.stop()
 
-d = config.preset_defaults(preset, backbone, "none" if weights == "none" else "imagenet")
-key = f"{backbone}_{preset}_{weights_choice}"  # new defaults whenever what they depend on changes
-keep = {"persist_state": "session"}  # edited values survive a visit to another page
 c1, c2, c3 = st.columns(3)
-image_size = c1.number_input("Image size (px)", 16, 1024, int(d["image_size"]), step=16, key=f"size_{key}",
-                             **keep)
-epochs = c2.number_input("Epochs", 1, 500, int(d["epochs"]), key=f"epochs_{key}", **keep)
-batch_size = c3.number_input("Batch size", 1, 4096, int(d["batch_size"]), key=f"batch_{key}", **keep)
+image_size = c1.number_input("Image size (px)", 16, 1024, step=16, key="train_image_size", **KEEP)
+epochs = c2.number_input("Epochs", 1, 500, key="train_epochs", **KEEP)
+batch_size = c3.number_input("Batch size", 1, 4096, key="train_batch_size", **KEEP)
 c4, c5 = st.columns(2)
-lr = c4.select_slider("Learning rate", LEARNING_RATES, value=d["lr"], format_func=lambda v: f"{v:g}",
-                      key=f"lr_{key}", **keep)
+lr = c4.select_slider("Learning rate", LEARNING_RATES, format_func=lambda v: f"{v:g}", key="train_lr", **KEEP)
 finetune = c5.selectbox("Fine-tuning depth", config.FINETUNE, format_func=dashboard.FINETUNE_TEXT.get,
-                        key=f"finetune_{key}", **keep)
+                        key="train_finetune", **KEEP)
 try:
     cfg = config.resolve(backbone, preset, weights, dataset, image_size=int(image_size), epochs=int(epochs),
                          batch_size=int(batch_size), lr=float(lr), finetune=finetune, split=split)
