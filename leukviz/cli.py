@@ -1,4 +1,4 @@
-"""Command line: python -m leukviz train | runs | data | predict | evaluate | study | export (see --help of each)."""
+"""Command line: python -m leukviz train | runs | data | predict | evaluate | study | export | bench (see --help)."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def _decide(args, runs) -> tuple[str, object, bool]:
         return "cached", run, False
     from leukviz.backbones import ensure_weights
     ensure_weights(cfg.backbone, cfg.weights)
-    if run.is_locked():
+    if run.is_locked() or run.state == "queued":  # training, or launched by the app and still starting
         if args.force:
             raise CliError(f"run {run.run_id} is training right now; stop it before retraining")
         return "attach", run, False
@@ -418,15 +418,15 @@ def cmd_study(args) -> int:
             res = studies.reproduce_paper(args.data, args.runs_dir, args.epochs, args.image_size, args.weights,
                                           names, log, progress, args.device)
             lines = [f"the paper reproduced on {res['data']}", *(f"  note: {n}" for n in res["notes"]),
-                     f"  {'backbone':<10} {'weights':<8} {'published':>9}  {'reproduced (image split)':>26}  "
-                     f"{'subject split':>22}"]
+                     f"  {'backbone':<10} {'weights':<8} {'published':>9}   {'reproduced (image split)':<25}   "
+                     f"{'subject split':<25}"]
             for r in res["rows"]:
-                i, s = r["image_split"], r["subject_split"]
-                lines.append(f"  {r['title']:<10} {r['weights']:<8} {_pct(r['published_val_acc']):>9}  "
-                             f"{_pct(i['val_acc'])} (F1 {_fmt(i['val_f1'], 3)}) {i['run_id'][:6]:>6}  "
-                             f"{_pct(s['val_acc'])} (F1 {_fmt(s['val_f1'], 3)}) {s['run_id'][:6]}")
+                cells = [f"{_pct(x['val_acc'])} (F1 {_fmt(x['val_f1'], 3)}) {x['run_id'][:6]}"
+                         for x in (r["image_split"], r["subject_split"])]
+                lines.append(f"  {r['title']:<10} {r['weights']:<8} {_pct(r['published_val_acc']):>9}   "
+                             f"{cells[0]:<25}   {cells[1]:<25}")
             lines.append("  published = validation accuracy reported by the paper (random image split: leaky)")
-            human = "\n".join(lines)
+            human = "\n".join(line.rstrip() for line in lines)
     except studies.StudyError as e:
         raise CliError(str(e)) from None
     _out(args, human, res)
@@ -448,6 +448,32 @@ def cmd_export(args) -> int:
         human += (f"; ONNX Runtime vs PyTorch on {res['check_images']} images: max |difference| of probabilities "
                   f"{res['max_abs_diff']:.1e} (tolerance {res['tolerance']:g}); preprocessing in the metadata")
     _out(args, human, res)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    """Speed: the plain hand-written loop against leukviz's paths, measured in one process (see leukviz/bench.py)."""
+    from leukviz import bench, runs
+
+    log = lambda s: print(s, file=sys.stderr)  # noqa: E731
+    if args.accuracy:
+        names = [args.backbone] if args.backbone else ["googlenet"]
+        rows = [r for nm in names for r in bench.precision_accuracy(
+            nm, args.image_size or 64, args.epochs, tuple(range(args.seeds)), data_spec=args.data,
+            cache_dir=runs.cache_root(), log=log)]
+        _out(args, "\n".join(f"{r['backbone']} seed {r['seed']} {r['precision']}: val acc {r['val_acc']:.4f}, "
+                             f"F1 {r['val_f1']:.4f}, {r['seconds']:.0f}s" for r in rows), {"accuracy": rows})
+        return 0
+    bc = bench.BenchConfig(
+        backbones=(args.backbone,) if args.backbone else bench.BenchConfig.backbones,
+        image_size=args.image_size or 128, batch_size=args.batch_size, data=args.data, fold=args.fold,
+        quick=args.quick, device=args.device, precision=args.precision, weights=args.weights,
+        threads=args.threads, plain_workers=tuple(args.plain_workers or ()), memory_files=args.memory_files,
+        latency=not args.no_latency)
+    res = bench.run(bc, runs.cache_root(), log)
+    print(bench.format_table(res))
+    if args.json:
+        print(json.dumps(res, default=str))
     return 0
 
 
@@ -510,7 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", parents=[common], help="score a run on labelled data it did not train on")
     ev.add_argument("--run", required=True)
     ev.add_argument("--data", required=True, help="a C-NMC root (its preliminary test set) or a class-per-folder tree")
-    ev.add_argument("--tta", action="store_true", help="also score the 8 flips/rotations averaged, as its own numbers")
+    ev.add_argument("--tta", action="store_true",
+                    help="also score the 8 flips/rotations averaged, as its own numbers")
     ev.set_defaults(func=cmd_evaluate)
 
     st = sub.add_parser("study", help="studies made of ordinary cached runs: leakage, paper")
@@ -518,9 +545,10 @@ def build_parser() -> argparse.ArgumentParser:
     sl = ss.add_parser("leakage", parents=[common],
                        help="the same model and recipe split by image (leaky) and by subject, side by side")
     sl.add_argument("--backbone", choices=list(BACKBONES), required=True)
-    sl.add_argument("--data", default="demo", help="demo (built in), a C-NMC folder, a class-per-folder tree or a .zip")
+    sl.add_argument("--data", default="demo",
+                    help="demo (built in), a C-NMC folder, a class-per-folder tree or a .zip")
     sl.add_argument("--weights", default="auto",
-                    help="auto (ImageNet when its file is cached, else none) | imagenet | none | path to a weights file")
+                    help="auto (ImageNet when cached, else none) | imagenet | none | path to a weights file")
     sl.add_argument("--preset", choices=C.PRESETS, default="quick")
     sl.add_argument("--epochs", type=int)
     sl.add_argument("--image-size", type=int)
@@ -530,7 +558,8 @@ def build_parser() -> argparse.ArgumentParser:
     sl.set_defaults(func=cmd_study)
     sp = ss.add_parser("paper", parents=[common],
                        help="every backbone with the paper's recipe, split by image (as published) and by subject")
-    sp.add_argument("--data", default=None, help="a C-NMC folder (its fold 0 is used, as in the paper); default: demo")
+    sp.add_argument("--data", default=None,
+                    help="a C-NMC folder (its fold 0 is used, as in the paper); default: demo")
     sp.add_argument("--weights", default="auto",
                     help="auto (ImageNet when its file is cached, else none) | imagenet | none")
     sp.add_argument("--epochs", type=int, help="override the paper's epochs (5; VGG16 4)")
@@ -544,6 +573,27 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", choices=("onnx", "safetensors"), required=True)
     ex.add_argument("--out", required=True, help="a .onnx / .safetensors file, or a folder")
     ex.set_defaults(func=cmd_export)
+
+    be = sub.add_parser("bench", parents=[common], help="measure speed: the plain PyTorch loop vs leukviz's paths")
+    be.add_argument("--quick", action="store_true", help="a few batches per path, extrapolated (under a minute)")
+    be.add_argument("--backbone", choices=list(BACKBONES), help="one backbone (default: all)")
+    be.add_argument("--image-size", type=int, help="pixels (default 128; 64 with --accuracy)")
+    be.add_argument("--batch-size", type=int, default=32)
+    be.add_argument("--data", default="demo", help="demo, or a C-NMC folder / class-per-folder tree")
+    be.add_argument("--fold", type=int, default=0, help="the training_data/fold_<k> folder both paths read")
+    be.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    be.add_argument("--precision", choices=C.PRECISIONS, default="auto", help="leukviz's paths (plain is fp32)")
+    be.add_argument("--weights", default="none", help="none (default; speed does not depend on it) | imagenet")
+    be.add_argument("--threads", type=int, default=0, help="torch threads (default: one per core)")
+    be.add_argument("--plain-workers", type=int, nargs="+", help="DataLoader num_workers to try for the plain loop")
+    be.add_argument("--memory-files", type=int, default=0,
+                    help="files in the memory stand-in (default 15135, 3000 with --quick; -1 skips)")
+    be.add_argument("--no-latency", action="store_true", help="skip the prediction latency")
+    be.add_argument("--accuracy", action="store_true",
+                    help="instead: train from scratch in fp32 and bf16 and compare validation accuracy")
+    be.add_argument("--epochs", type=int, default=3, help="with --accuracy")
+    be.add_argument("--seeds", type=int, default=2, help="with --accuracy: seeds 0..N-1")
+    be.set_defaults(func=cmd_bench)
     return p
 
 

@@ -111,7 +111,11 @@ def cpu_has_bf16() -> bool:
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for this precision setting on this device; None means plain fp32."""
+    """The autocast dtype for this precision setting on this device; None means plain fp32.
+
+    auto on a CPU with bf16 matrix instructions (AVX512-BF16 or AMX) is bf16: measured faster for all three
+    backbones without a loss of validation accuracy (docs/BENCHMARKS.md); LEUKVIZ_CPU_BF16=0 opts out.
+    """
     if precision == "fp32":
         return None
     if device.type == "cuda":
@@ -119,7 +123,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
             return torch.float16
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "cpu":
-        if precision == "bf16" or (precision == "auto" and os.environ.get("LEUKVIZ_CPU_BF16") == "1"
+        if precision == "bf16" or (precision == "auto" and os.environ.get("LEUKVIZ_CPU_BF16") != "0"
                                    and cpu_has_bf16()):
             return torch.bfloat16
         return None
@@ -165,12 +169,16 @@ def init_distributed(device_pref: str = "auto") -> tuple[Dist, torch.device]:
 
 
 def make_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
+    """The run's optimizer. Fused (one pass over each tensor instead of one per arithmetic step) on CPU and
+    CUDA: on CPU PyTorch's default is a Python loop of separate kernels, and the update is memory-bound, so
+    for AdamW the fused form is several times faster (see docs/BENCHMARKS.md)."""
     params = [p for p in params if p.requires_grad]
+    fused = {"fused": True} if params and params[0].device.type in ("cpu", "cuda") else {}
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **fused)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
 
 
 def make_scheduler(cfg: RunConfig, opt: torch.optim.Optimizer, total_steps: int):
@@ -524,8 +532,10 @@ def _fit(cfg: RunConfig, run_dir: Path, emit: Emit, should_stop: Callable[[], bo
             vl, probs = evaluate(head, feats[1], val_y, cfg.backbone, device, criterion, amp=amp,
                                  prepare=lambda f: f)
         else:
+            # Validation in fp32 even when training runs in bf16: the saved validation predictions are
+            # exactly what single-image prediction (fp32) gives for the same cell.
             vl, probs = evaluate(model, val_x if val_x is not images else images[val_idx], val_y, cfg.backbone,
-                                 device, criterion, amp=amp)
+                                 device, criterion, amp=None)
         pred = probs.argmax(1)
         f1 = weighted_f1(val_y, pred)
         ev = {"type": "epoch", "epoch": epoch, "epochs": cfg.epochs, "train_loss": tl, "train_acc": ta,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
 import time
@@ -17,7 +19,6 @@ from leukviz.engine import CHECKPOINT, PREDICTIONS, SIDECAR
 
 FORMATS = ("onnx", "safetensors")
 ONNX_TOLERANCE = 1e-4  # max abs difference of probabilities, ONNX Runtime vs PyTorch
-ONNX_OPSET = 17
 N_CHECK = 8  # sample images for the agreement check
 
 
@@ -55,7 +56,8 @@ def _export_safetensors(run_dir: Path, out: Path) -> dict:
     meta["run_id"] = run_dir.name
     meta["config"] = json.loads((run_dir / "config.json").read_text()).get("config", {})
     sidecar.write_text(json.dumps(meta, indent=1))
-    return {"format": "safetensors", "path": str(target), "sidecar": str(sidecar), "bytes": target.stat().st_size}
+    return {"format": "safetensors", "path": str(target), "sidecar": str(sidecar),
+            "bytes": target.stat().st_size}
 
 
 class _WithProbabilities(nn.Module):
@@ -88,7 +90,8 @@ def _sample_images(lm: inference.LoadedModel, n: int) -> np.ndarray:
                 break
     if len(images) < 2:
         rng = np.random.default_rng(0)
-        images += list(rng.integers(0, 256, (n - len(images), lm.image_size, lm.image_size, 3), dtype=np.uint8))
+        shape = (n - len(images), lm.image_size, lm.image_size, 3)
+        images += list(rng.integers(0, 256, shape, dtype=np.uint8))
     return np.stack(images)
 
 
@@ -102,21 +105,29 @@ def _export_onnx(run_dir: Path, out: Path) -> dict:
     model = _WithProbabilities(lm.model.to(memory_format=torch.contiguous_format)).eval()
     images = _sample_images(lm, N_CHECK)
     x = backbones.normalize(torch.as_tensor(images), lm.backbone).contiguous()
+    try:
+        import onnxscript  # noqa: F401  (the dynamo exporter's dependency)
+    except ImportError:
+        raise ExportError("ONNX export needs the onnxscript package: pip install onnxscript "
+                          "(pinned in requirements.txt)") from None
     t0 = time.time()
-    with warnings.catch_warnings():
-        # torch 2.14's default (dynamo) exporter needs the onnxscript package; the TorchScript exporter
-        # exports these three CNNs correctly without a new dependency, and says it is deprecated.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(model, (x[:1],), str(target), dynamo=False, opset_version=ONNX_OPSET,
+    # The default (dynamo) exporter, not the deprecated TorchScript one (dynamo=False): that one cannot
+    # export VGG16's AdaptiveAvgPool2d(7) from a feature map whose side does not divide 7, which is
+    # every input size but multiples of 224 (the 64 px quick and 128 px paper presets among them).
+    # One self-contained file (no external data: the largest, VGG16, is 0.5 GB of the 2 GB limit).
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")  # the exporter's chatter about its own internals
+        torch.onnx.export(model, (x[:2],), str(target), dynamo=True, external_data=False, verbose=False,
                           input_names=["image"], output_names=["logits", "probabilities"],
-                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"},
-                                        "probabilities": {0: "batch"}})
+                          dynamic_shapes=({0: torch.export.Dim("batch")},))
     proto = onnx.load(str(target))
     props = {"leukviz.backbone": lm.backbone, "leukviz.run_id": run_dir.name,
-             "leukviz.classes": json.dumps(lm.classes), "leukviz.positive_class": lm.classes[meta["positive"]],
+             "leukviz.classes": json.dumps(lm.classes),
+             "leukviz.positive_class": lm.classes[meta["positive"]],
              "leukviz.image_size": str(lm.image_size), "leukviz.crop": json.dumps(lm.crop),
              "leukviz.mean": json.dumps(meta["mean"]), "leukviz.std": json.dumps(meta["std"]),
-             "leukviz.input_layout": "NCHW float32, normalised", "leukviz.preprocessing": preprocessing_text(meta)}
+             "leukviz.input_layout": "NCHW float32, normalised",
+             "leukviz.preprocessing": preprocessing_text(meta)}
     for k, v in props.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = k, v
@@ -128,11 +139,12 @@ def _export_onnx(run_dir: Path, out: Path) -> dict:
     with torch.inference_mode():
         torch_probs = model(x)[1].numpy()
     session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
-    ort_batch = session.run(["probabilities"], {"image": x.numpy()})[0]  # the whole batch: the axis is dynamic
+    ort_batch = session.run(["probabilities"], {"image": x.numpy()})[0]  # the batch axis is dynamic
     ort_single = np.concatenate([session.run(["probabilities"], {"image": x[i:i + 1].numpy()})[0]
                                  for i in range(len(x))])
     diff = float(max(np.abs(ort_batch - torch_probs).max(), np.abs(ort_single - torch_probs).max()))
-    res = {"format": "onnx", "path": str(target), "bytes": target.stat().st_size, "opset": ONNX_OPSET,
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    res = {"format": "onnx", "path": str(target), "bytes": target.stat().st_size, "opset": opset,
            "inputs": ["image"], "outputs": ["logits", "probabilities"], "metadata": props,
            "check_images": int(len(x)), "max_abs_diff": diff, "tolerance": ONNX_TOLERANCE,
            "agrees": diff <= ONNX_TOLERANCE, "export_seconds": round(seconds, 2)}
@@ -154,5 +166,6 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path) -> dict:
         raise ValueError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     if not (run_dir / CHECKPOINT).exists() or not (run_dir / SIDECAR).exists():
         raise FileNotFoundError(f"run {run_dir.name} has no checkpoint yet (is it finished?)")
-    res = _export_safetensors(run_dir, Path(out)) if fmt == "safetensors" else _export_onnx(run_dir, Path(out))
+    write = _export_safetensors if fmt == "safetensors" else _export_onnx
+    res = write(run_dir, Path(out))
     return {"run_id": run_dir.name, **res}

@@ -1,4 +1,4 @@
-"""Studies made of ordinary cached runs: the leakage of an image-level split, and the seed paper reproduced."""
+"""Studies made of ordinary cached runs: the leakage of an image-level split; the seed paper reproduced."""
 
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ def ensure_trained(cfg: RunConfig, runs_dir: str | Path | None = None, log: Log 
     if run.state == "finished":
         log(f"{what}: cached")
         return run
+    failure: Exception | None = None
     if run.is_locked():
         log(f"{what}: being trained by another process, waiting for it")
         for ev in runs.follow(run):
@@ -42,16 +43,18 @@ def ensure_trained(cfg: RunConfig, runs_dir: str | Path | None = None, log: Log 
     else:
         log(f"{what}: training")
         try:
-            runs.train(run, resume=run.state in ("stopped", "interrupted"), device=device, log=lambda s: None,
+            runs.train(run, resume=run.state in ("stopped", "interrupted"), device=device, log=log,
                        emit_hook=progress)
         except runs.AlreadyRunning:
             for ev in runs.follow(run):
                 if progress:
                     progress(ev)
-        except Exception:  # the reason is in status.json; StudyError below reports it once
-            pass
+        except Exception as e:  # usually recorded in status.json too; StudyError below reports it once
+            failure = e
     if run.state != "finished":
-        raise StudyError(f"run {run.run_id} ({what}) ended {run.state}: {run.status.get('error') or 'no reason given'}")
+        why = run.status.get("error") or (f"{failure.__class__.__name__}: {failure}" if failure else None)
+        why = why or "no reason given"
+        raise StudyError(f"run {run.run_id} ({what}) ended {run.state}: {why}")
     return run
 
 
@@ -89,8 +92,15 @@ def leakage_configs(cfg_base: RunConfig) -> dict[str, RunConfig]:
     return out
 
 
+def leakage_runs(cfg_base: RunConfig, runs_dir: str | Path | None = None) -> dict[str, runs.Run]:
+    """The study's two run folders, created but not trained: a page launches them (runs.launch) and
+    shows leakage_summary as they finish."""
+    return {split: runs.run_for(cfg, runs_dir) for split, cfg in leakage_configs(cfg_base).items()}
+
+
 def leakage_summary(image_run: runs.Run, subject_run: runs.Run) -> dict:
-    """Side by side scores of the two finished runs and the inflation (image minus subject)."""
+    """Side by side scores of the two runs and the inflation (image minus subject); None where a run
+    has not finished."""
     cfg = subject_run.config
     image, subject = run_scores(image_run), run_scores(subject_run)
     inflation = {k: (image[f"val_{k}"] - subject[f"val_{k}"]
@@ -135,17 +145,19 @@ def paper_data(data_spec: str | None) -> tuple[str, list[str]]:
                         "its numbers are not comparable with the paper's"]
     ds = data.open_dataset(data_spec, runs.cache_root())
     if ds.kind != "cnmc":
-        return str(data_spec), [f"{data_spec} is not in the C-NMC layout: trained on all of it, not on fold 0"]
+        return str(data_spec), [f"{data_spec} is not in the C-NMC layout: trained on all of it, "
+                                f"not on fold {PAPER_FOLD}"]
     folds = sorted(set(ds.train_rows["fold"]) - {-1})
     if PAPER_FOLD not in folds:
-        return str(data_spec), [f"C-NMC data without fold {PAPER_FOLD}: trained on all training folds {folds}"]
+        return str(data_spec), [f"C-NMC data without fold {PAPER_FOLD}: trained on all training "
+                                f"folds {folds}"]
     try:
         view = _fold_view(ds, PAPER_FOLD, runs.cache_root())
         sub = data.open_dataset(view, runs.cache_root())
         data.make_split(sub, "subject")
     except (OSError, data.DataError) as e:
-        return str(data_spec), [f"fold {PAPER_FOLD} alone cannot be used ({e}): trained on all training folds "
-                                f"{folds} instead of the paper's fold {PAPER_FOLD}"]
+        return str(data_spec), [f"fold {PAPER_FOLD} alone cannot be used ({e}): trained on all training "
+                                f"folds {folds} instead of the paper's fold {PAPER_FOLD}"]
     n = len(sub.train_rows)
     return str(view), [f"C-NMC fold {PAPER_FOLD} only, as in the paper ({n} images, "
                        f"{sub.train_rows['subject'].nunique()} subjects), through a linked view at {view}"]
@@ -170,14 +182,25 @@ def paper_configs(data_spec: str | None = None, epochs: int | None = None, image
     return cfgs, notes
 
 
+def paper_runs(data_spec: str | None = None, epochs: int | None = None, image_size: int | None = None,
+               weights: str = "auto", names: tuple[str, ...] | None = None,
+               runs_dir: str | Path | None = None) -> tuple[dict, list[str]]:
+    """The study's run folders {(backbone, split): Run}, created but not trained (for a page to launch),
+    and the notes."""
+    cfgs, notes = paper_configs(data_spec, epochs, image_size, weights, names)
+    return {key: runs.run_for(cfg, runs_dir) for key, cfg in cfgs.items()}, notes
+
+
 def paper_summary(done: dict, notes: list[str]) -> dict:
-    """One row per backbone: published accuracy, reproduced (image split), subject split."""
+    """One row per backbone: published accuracy, reproduced (image split), subject split (None where a
+    run has not finished)."""
     rows = []
     for name in dict.fromkeys(b for b, _ in done):
         image, subject = done[(name, "image")], done[(name, "subject")]
         cfg = image.config
         rows.append({"backbone": name, "title": backbones.get_spec(name).title, "weights": cfg.weights,
-                     "image_size": cfg.image_size, "epochs": cfg.epochs, "optimizer": cfg.optimizer, "lr": cfg.lr,
+                     "image_size": cfg.image_size, "epochs": cfg.epochs, "optimizer": cfg.optimizer,
+                     "lr": cfg.lr,
                      "published_val_acc": PAPER_VAL_ACCURACY.get(name),
                      "image_split": run_scores(image), "subject_split": run_scores(subject)})
     data_used = next(iter(done.values())).config.data if done else None
@@ -185,8 +208,9 @@ def paper_summary(done: dict, notes: list[str]) -> dict:
             "published_source": "the seed paper: validation accuracy on a random image split of C-NMC fold 0"}
 
 
-def reproduce_paper(data_spec: str | None = None, runs_dir: str | Path | None = None, epochs: int | None = None,
-                    image_size: int | None = None, weights: str = "auto", names: tuple[str, ...] | None = None,
+def reproduce_paper(data_spec: str | None = None, runs_dir: str | Path | None = None,
+                    epochs: int | None = None, image_size: int | None = None, weights: str = "auto",
+                    names: tuple[str, ...] | None = None,
                     log: Log = print, progress: Progress | None = None, device: str = "auto") -> dict:
     """Train every backbone with the paper's recipe on a random image split (the paper's) and on a
     subject split, and report both beside the published validation accuracy."""

@@ -20,7 +20,7 @@ def two_runs(tiny_data, tmp_path_factory):
     root = tmp_path_factory.getbasetemp() / "shared-runs"
     out = []
     for split in ("subject", "image"):
-        cfg = resolve("googlenet", "quick", "none", str(tiny_data), epochs=1, image_size=64, batch_size=16,
+        cfg = resolve("googlenet", "quick", "none", str(tiny_data), epochs=1, image_size=64, batch_size=4,
                       split=split)
         out.append(studies.ensure_trained(cfg, root, log=lambda s: None))
     return out
@@ -39,8 +39,8 @@ def images(tiny_data, tmp_path_factory) -> Path:
 def test_predict_table_has_one_row_per_image_per_model(two_runs, images):
     files = sorted(str(p) for p in images.iterdir())
     table = inference.predict_table([r.dir for r in two_runs], files)
-    assert list(table.columns) == ["file", "model", "run_id", "predicted", "confidence", "prob_hem", "prob_all",
-                                   "error"]
+    assert list(table.columns) == ["file", "model", "run_id", "predicted", "confidence", "prob_hem",
+                                   "prob_all", "error"]
     assert len(table) == len(files) * 2
     assert not table.duplicated(["file", "run_id"]).any()
     assert set(table["run_id"]) == {r.run_id for r in two_runs}
@@ -86,8 +86,8 @@ def test_evaluate_on_the_cnmc_sample_reports_every_metric_per_subject_and_tta_ap
     res = inference.evaluate_dataset(lm, cnmc_mini, tta=True)
     labels = pd.read_csv(cnmc_mini / "validation_data" / "C-NMC_test_prelim_phase_data_labels.csv")
     assert res["set"] == "prelim" and res["n"] == len(labels)
-    for key in ("accuracy", "weighted_f1", "balanced_accuracy", "sensitivity", "specificity", "roc_auc", "ece",
-                "confusion"):
+    for key in ("accuracy", "weighted_f1", "balanced_accuracy", "sensitivity", "specificity", "roc_auc",
+                "ece", "confusion"):
         assert key in res and key in res["with_tta"]
     expected = {name.split("_")[1] for name in labels["Patient_ID"]}
     assert {s["subject"] for s in res["per_subject"]} == expected == {"H10", "2"}

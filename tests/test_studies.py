@@ -28,7 +28,7 @@ def shared_runs(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def leakage(tiny_data, shared_runs):
-    cfg = resolve("googlenet", "quick", "none", str(tiny_data), epochs=1, image_size=64, batch_size=16)
+    cfg = resolve("googlenet", "quick", "none", str(tiny_data), epochs=1, image_size=64, batch_size=4)
     return studies.leakage(cfg, shared_runs, log=lambda s: None)
 
 
@@ -39,22 +39,31 @@ def test_leakage_runs_differ_only_in_the_split(leakage, shared_runs):
     for side in ("image", "subject"):
         assert runs.get_run(leakage[side]["run_id"], shared_runs).state == "finished"
         assert 0.0 <= leakage[side]["val_acc"] <= 1.0 and leakage[side]["n_val"] > 0
-    assert leakage["inflation"]["accuracy"] == pytest.approx(leakage["image"]["val_acc"] - leakage["subject"]["val_acc"])
-    assert leakage["inflation"]["weighted_f1"] == pytest.approx(leakage["image"]["val_f1"] - leakage["subject"]["val_f1"])
+    image, subject = leakage["image"], leakage["subject"]
+    assert leakage["inflation"]["accuracy"] == pytest.approx(image["val_acc"] - subject["val_acc"])
+    assert leakage["inflation"]["weighted_f1"] == pytest.approx(image["val_f1"] - subject["val_f1"])
     assert "LEAKY" in leakage["image"]["split_description"]
 
 
 def test_cli_leakage_reuses_the_cached_runs(leakage, tiny_data, shared_runs, capsys):
     before = {p.name for p in shared_runs.iterdir()}
-    rc = cli.main(["study", "leakage", "--backbone", "googlenet", "--data", str(tiny_data), "--weights", "none",
-                   "--epochs", "1", "--image-size", "64", "--batch-size", "16", "--runs-dir", str(shared_runs),
-                   "--json"])
+    rc = cli.main(["study", "leakage", "--backbone", "googlenet", "--data", str(tiny_data),
+                   "--weights", "none", "--epochs", "1", "--image-size", "64", "--batch-size", "4",
+                   "--runs-dir", str(shared_runs), "--json"])
     assert rc == 0
     captured = capsys.readouterr()
     res = json.loads(captured.out.strip().splitlines()[-1])
     assert res["image"]["run_id"] == leakage["image"]["run_id"]
     assert res["subject"]["run_id"] == leakage["subject"]["run_id"]
     assert "cached" in captured.err and {p.name for p in shared_runs.iterdir()} == before
+
+
+def test_leakage_runs_for_a_page_are_created_untrained_and_summarised_as_unknown(tiny_data, tmp_path):
+    cfg = resolve("googlenet", "quick", "none", str(tiny_data), epochs=1, image_size=32, seed=7)
+    pair = studies.leakage_runs(cfg, tmp_path)
+    assert {r.state for r in pair.values()} == {"new"}
+    res = studies.leakage_summary(pair["image"], pair["subject"])
+    assert res["image"]["val_acc"] is None and res["inflation"]["accuracy"] is None
 
 
 @pytest.fixture(scope="module")
@@ -97,11 +106,13 @@ def test_paper_study_trains_on_fold_0_reports_the_published_numbers_and_says_wha
     assert "not cached" in notes and "weights none" in notes  # tests never have ImageNet weights
     assert "epochs=1" in notes
     (row,) = res["rows"]
-    assert row["backbone"] == "googlenet" and row["published_val_acc"] == studies.PAPER_VAL_ACCURACY["googlenet"]
+    assert row["backbone"] == "googlenet"
+    assert row["published_val_acc"] == studies.PAPER_VAL_ACCURACY["googlenet"]
     assert row["weights"] == "none" and row["image_size"] == 32 and row["epochs"] == 1
     image, subject = row["image_split"], row["subject_split"]
     assert image["n_train"] + image["n_val"] == 20 == subject["n_train"] + subject["n_val"]  # fold 0 only
-    assert differing(config_of(image["run_id"], runs_dir), config_of(subject["run_id"], runs_dir)) == {"split"}
+    a, b = config_of(image["run_id"], runs_dir), config_of(subject["run_id"], runs_dir)
+    assert differing(a, b) == {"split"}
     # the human table shows the published number beside both reproduced ones (cached runs: no training)
     assert cli.main(args) == 0
     text = capsys.readouterr().out
