@@ -550,3 +550,147 @@ def save_upload(blob: bytes, folder: Path, suffix: str = ".zip") -> Path:
 
 def uploads_dir() -> Path:
     return runs.home() / "uploads"
+
+
+# ---------------------------------------------------------------------------------------------- explain, batch, export
+
+CAM_MIN_READABLE = 4  # a map of fewer cells a side (ResNet50/GoogLeNet under 128 px) says little
+
+
+@dataclass
+class CamView:
+    model: str
+    run_id: str
+    overlay: np.ndarray  # uint8 RGB at the model's input size
+    grid: tuple[int, int]
+    caption: str
+
+
+def cam_caption(grid: Sequence[int], image_size: int) -> str:
+    h, w = int(grid[0]), int(grid[1])
+    text = f"Grad-CAM: a {h}×{w} map smoothed up to {image_size} px"
+    if min(h, w) < CAM_MIN_READABLE:
+        text += " (too coarse to read much: models trained at 128 px or more give finer maps)"
+    return text
+
+
+def cam_views(models: Sequence[Any], prediction: ImagePrediction) -> list[CamView | str]:
+    """One Grad-CAM overlay per model result of an already decoded prediction; a failure gives its
+    message (a str) in that model's place, so one model never stops the others."""
+    from leukviz import explain
+
+    by_run = {lm.run_dir.name: lm for lm in models}
+    out: list[CamView | str] = []
+    for p in prediction.results:
+        lm = by_run.get(p.run_id)
+        if lm is None:
+            out.append("the model is no longer loaded")
+            continue
+        try:
+            res = explain.explain_image(lm, p.image)
+        except (RuntimeError, ValueError, KeyError, ImportError) as e:
+            out.append(f"{e.__class__.__name__}: {e}")
+            continue
+        out.append(CamView(p.model, p.run_id, res["overlay"], tuple(res["grid"]),
+                           cam_caption(res["grid"], lm.image_size)))
+    return out
+
+
+def _safe_name(name: str) -> str:
+    base = Path(name.replace("\\", "/")).name
+    return re.sub(r"[^\w.-]+", "_", base)[-80:] or "image"
+
+
+def collect_batch(files: Sequence[tuple[str, bytes]], folder: Path) -> list[tuple[Path, str]]:
+    """Write uploaded images (and the images inside uploaded zips) into folder under safe numbered names:
+    (path on disk, name to show). A zip that cannot be opened is skipped by the caller's table (no rows)."""
+    import zipfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out: list[tuple[Path, str]] = []
+
+    def put(shown: str, blob: bytes) -> None:
+        path = folder / f"{len(out):05d}_{_safe_name(shown)}"
+        path.write_bytes(blob)
+        out.append((path, shown))
+
+    for name, blob in files:
+        if name.lower().endswith(".zip"):
+            try:
+                with zipfile.ZipFile(io.BytesIO(blob)) as zf:
+                    for info in zf.infolist():
+                        member = info.filename
+                        if info.is_dir() or "__MACOSX" in member or Path(member).name.startswith("."):
+                            continue
+                        if Path(member).suffix.lower().lstrip(".") not in UPLOAD_TYPES:
+                            continue
+                        if info.file_size > 64 * 2**20:
+                            continue
+                        put(f"{name}/{member}", zf.read(info))
+            except (zipfile.BadZipFile, OSError, RuntimeError):
+                continue
+        else:
+            put(name, blob)
+    return out
+
+
+def batch_table(models: Sequence[Any], files: Sequence[tuple[str, bytes]], folder: Path) -> pd.DataFrame:
+    """inference.predict_table over uploaded files (written to folder first), the file column giving the
+    uploaded names rather than the temporary paths."""
+    from leukviz import inference
+
+    written = collect_batch(files, folder)
+    table = inference.predict_table(models, [p for p, _ in written])
+    shown = {str(p): s for p, s in written}
+    table["file"] = table["file"].map(lambda f: shown.get(str(f), Path(str(f)).name))
+    return table
+
+
+def table_csv(table: pd.DataFrame) -> bytes:
+    return table.to_csv(index=False).encode("utf-8")
+
+
+@dataclass
+class GalleryCell:
+    image: np.ndarray | None
+    caption: str  # plain text: true, predicted, confidence, subject
+    error: str = ""
+
+
+def error_gallery(run: runs.Run, k: int = 8) -> list[GalleryCell]:
+    """The run's most confidently wrong validation images (then the highest-loss right ones), each loaded
+    at the model's input size, as explain.top_losses orders them."""
+    from leukviz import explain
+
+    meta = read_json(run.dir / SIDECAR) or {}
+    size, crop = int(meta.get("image_size", run.config.image_size)), bool(meta.get("crop", True))
+    cells = []
+    for row in explain.top_losses(run.dir, k=k).itertuples(index=False):
+        verdict = "wrong" if not row.correct else "right"
+        caption = (f"true {row.true} · predicted {row.predicted} ({row.confidence:.0%}, {verdict}) · "
+                   f"subject {row.subject}")
+        try:
+            cells.append(GalleryCell(data.load_image(row.path, size, crop), caption))
+        except (data.ImageError, OSError) as e:
+            cells.append(GalleryCell(None, caption, str(e)))
+    return cells
+
+
+def export_onnx(run: runs.Run, folder: Path) -> tuple[bytes, dict]:
+    """Export the run to ONNX in folder (export.export_run, checked against PyTorch): (file bytes, result)."""
+    from leukviz import export
+
+    folder.mkdir(parents=True, exist_ok=True)
+    res = export.export_run(run.dir, "onnx", folder / f"{run.config.backbone}-{run.run_id}.onnx")
+    return Path(res["path"]).read_bytes(), res
+
+
+def export_text(res: dict) -> str:
+    verdict = "agrees" if res.get("agrees") else "DISAGREES"
+    return (f"ONNX opset {res.get('opset')}, {res.get('bytes', 0) / 1e6:.1f} MB; {verdict} with PyTorch on "
+            f"{res.get('check_images')} images: max probability difference {res.get('max_abs_diff', float('nan')):.2e} "
+            f"(tolerance {res.get('tolerance', float('nan')):g}).")
+
+
+def checkpoint_bytes(run: runs.Run) -> bytes:
+    return (run.dir / CHECKPOINT).read_bytes()

@@ -258,6 +258,47 @@ def test_predict_demo_cells_in_one_click(app):
     assert len([m for m in at.markdown if "true class" in m.value]) == 3
 
 
+def test_predict_with_grad_cam_gives_one_overlay_per_model(app, tiny_data):
+    at = open_page(app, "predict")
+    good = next((tiny_data / "validation_data" / "C-NMC_test_prelim_phase_data").glob("*.png"))
+    at.file_uploader[0].upload(good.name, good.read_bytes(), "image/png")
+    at.run()
+    assert not at.exception
+    assert not [c for im in at.image for c in im.captions if c.startswith("Grad-CAM")]  # off by default
+    at.toggle(key="predict_cam").set_value(True).run()
+    assert not at.exception and not at.error
+    cams = [c for im in at.image for c in im.captions if c.startswith("Grad-CAM")]
+    assert len(cams) == len(BACKBONES)
+    assert all("1×1 map" in c and "too coarse" in c for c in cams)  # 32 px models: 1/32 of the side
+
+
+def test_predict_several_files_give_a_downloadable_table(app, tiny_data):
+    at = open_page(app, "predict")
+    goods = sorted((tiny_data / "validation_data" / "C-NMC_test_prelim_phase_data").glob("*.png"))[:2]
+    for g in goods:
+        at.file_uploader[0].upload(g.name, g.read_bytes(), "image/png")
+    at.file_uploader[0].upload("notes.png", b"this is not an image", "image/png")
+    at.run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert len(table) == 3 * len(BACKBONES)
+    assert set(table["file"]) == {g.name for g in goods} | {"notes.png"}
+    assert (table["error"] != "").sum() == len(BACKBONES)
+    assert [b for b in at.get("download_button") if b.proto.label == "Download the table (CSV)"]
+
+
+def test_compare_shows_an_error_gallery_and_export_section(app, tiny_data):
+    at = open_page(app, "compare")
+    assert "Error gallery" in [h.value for h in at.subheader]
+    assert "Export" in [h.value for h in at.subheader]
+    captions = [c for im in at.image for c in im.captions if c.startswith("true ")]
+    assert 0 < len(captions) <= 8 * len(at.dataframe[0].value)
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert labels.count("Checkpoint (safetensors)") == len(at.dataframe[0].value)
+    assert [b for b in at.button if b.label == "Export to ONNX"]
+    assert not at.error
+
+
 def test_compare_shows_each_finished_runs_metrics(app, tiny_data):
     at = open_page(app, "compare")
     table = at.dataframe[0].value
@@ -291,3 +332,14 @@ def test_a_missing_dataset_is_an_error_where_the_user_looks(app, tmp_path):
     open_page(at, "data")
     assert at.error and "does not exist" in at.error[0].value
     assert at.button_group(key="data_source").value == "Folder path"  # the way out is right there
+
+
+def test_compare_exports_a_run_to_onnx(app, tiny_data):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    run = finished(tiny_data)["googlenet"]
+    at = open_page(app, "compare")
+    next(b for b in at.button if b.key == f"onnx_{run.run_id}").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert [b for b in at.get("download_button") if b.proto.label == "Download ONNX"]
+    assert any("max probability difference" in c.value for c in at.caption)

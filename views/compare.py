@@ -1,5 +1,7 @@
 """Compare: the backbones side by side on the same data and split: metrics, curves, ROC, confusion."""
 
+import functools
+import tempfile
 from pathlib import Path
 
 import streamlit as st
@@ -94,3 +96,51 @@ for start in range(0, len(evals), per_row):
     for col, ev in zip(st.columns(per_row), evals[start:start + per_row]):
         fig = charts.confusion_figure(ev.summary["confusion"], ev.classes, title=dashboard.run_name(ev.run))
         col.plotly_chart(fig, key=f"cm_{ev.run.run_id}")
+
+st.subheader("Error gallery")
+st.caption("Each run's most confidently wrong validation cells (then its least sure right ones), as the "
+           "model saw them.")
+for ev in evals:
+    with st.expander(dashboard.plain(dashboard.run_name(ev.run)), expanded=len(evals) == 1):
+        try:
+            cells = dashboard.error_gallery(ev.run, k=8)
+        except (OSError, KeyError, ValueError) as e:
+            st.error(f"No gallery for this run: {dashboard.plain(e)}")
+            continue
+        if not cells:
+            st.info("No validation predictions to show.")
+        for start in range(0, len(cells), 4):
+            for col, cell in zip(st.columns(4), cells[start:start + 4]):
+                if cell.image is None:
+                    col.error(dashboard.plain(cell.error))
+                    col.caption(dashboard.plain(cell.caption))
+                else:
+                    col.image(cell.image, caption=dashboard.plain(cell.caption), width="stretch")
+
+st.subheader("Export")
+st.caption("The safetensors checkpoint is the run's own file; ONNX is exported on demand (a minute or so on "
+           "a CPU) and checked against PyTorch with ONNX Runtime.")
+exports = st.session_state.setdefault("onnx_exports", {})
+for r in selected:
+    stamp = (r.dir / dashboard.CHECKPOINT).stat().st_mtime_ns
+    with st.container(border=True):
+        st.markdown(f"**{dashboard.plain(dashboard.run_name(r))}**")
+        cols = st.columns(3)
+        cols[0].download_button("Checkpoint (safetensors)", functools.partial(dashboard.checkpoint_bytes, r),
+                                file_name=f"{r.config.backbone}-{r.run_id}.safetensors",
+                                mime="application/octet-stream", on_click="ignore",
+                                icon=":material/download:", key=f"st_{r.run_id}")
+        key = (r.run_id, stamp)
+        if cols[1].button("Export to ONNX", key=f"onnx_{r.run_id}", icon=":material/upload_file:"):
+            with st.spinner("Exporting to ONNX and checking it against PyTorch…"), \
+                    tempfile.TemporaryDirectory(prefix="leukviz-onnx-") as tmp:
+                try:
+                    exports[key] = dashboard.export_onnx(r, Path(tmp))
+                except Exception as e:  # noqa: BLE001 (export raises ExportError, onnx and torch errors alike)
+                    st.error(f"ONNX export failed: {dashboard.plain(e)}")
+        if key in exports:
+            blob, res = exports[key]
+            cols[2].download_button("Download ONNX", blob, file_name=f"{r.config.backbone}-{r.run_id}.onnx",
+                                    mime="application/octet-stream", on_click="ignore",
+                                    icon=":material/download:", key=f"onnx_dl_{r.run_id}")
+            st.caption(dashboard.plain(dashboard.export_text(res)))

@@ -1,5 +1,6 @@
 """Predict: drop in cell images (or try demo cells) and read every trained model's class and confidence."""
 
+import tempfile
 from pathlib import Path
 
 import streamlit as st
@@ -34,15 +35,44 @@ with st.spinner("Loading the models…"):
 if not models:
     st.stop()
 
-uploads = st.file_uploader("Cell images", type=list(dashboard.UPLOAD_TYPES), accept_multiple_files=True,
-                           help="PNG, JPEG, BMP or TIFF; one cell per image, like the training data.")
+uploads = st.file_uploader("Cell images", type=[*dashboard.UPLOAD_TYPES, "zip"], accept_multiple_files=True,
+                           help="PNG, JPEG, BMP or TIFF; one cell per image, like the training data. "
+                                "Several files or a zip of images also give a table to download as CSV.")
+show_cam = st.toggle("Show Grad-CAM", value=False, key="predict_cam",
+                     help="Where each model looked: about 0.1-1 s per model per image on a CPU. Maps are "
+                          "1/32 of the image side for ResNet50 and GoogLeNet (1/16 for VGG16): models "
+                          "trained at 128 px or more give readable maps.")
+uploads = uploads or []
+zips = [f for f in uploads if f.name.lower().endswith(".zip")]
+uploads = [f for f in uploads if f not in zips]
+
+if len(uploads) > 1 or zips:
+    st.subheader("All uploaded images")
+    batch_key = (tuple(f.file_id for f in uploads + zips), tuple(stamps))
+    if st.session_state.get("batch_key") != batch_key:
+        with st.spinner("Predicting every uploaded image with every model…"), \
+                tempfile.TemporaryDirectory(prefix="leukviz-batch-") as tmp:
+            try:
+                st.session_state["batch_table"] = dashboard.batch_table(
+                    models, [(f.name, f.getvalue()) for f in uploads + zips], Path(tmp))
+            except (OSError, RuntimeError, ValueError, KeyError) as e:
+                st.session_state["batch_table"] = None
+                st.error(f"The table could not be made: {dashboard.plain(e)}")
+        st.session_state["batch_key"] = batch_key
+    table = st.session_state.get("batch_table")
+    if table is not None:
+        st.dataframe(table, hide_index=True, width="stretch",
+                     column_config={"file": st.column_config.TextColumn("File"),
+                                    "confidence": st.column_config.NumberColumn("Confidence", format="percent")})
+        st.download_button("Download the table (CSV)", dashboard.table_csv(table), file_name="predictions.csv",
+                           mime="text/csv", icon=":material/download:", key="batch_csv")
 if st.button("Try demo cells", icon=":material/science:",
              help="A few labelled cells from the demo dataset's held-out test set."):
     demo = open_dataset("demo")
     st.session_state["demo_draw"] = st.session_state.get("demo_draw", -1) + 1
     st.session_state["demo_cells"] = dashboard.demo_cells(demo, n=3, seed=st.session_state["demo_draw"])
 
-items = [(f.name, f, None, f.file_id) for f in uploads or []]
+items = [(f.name, f, None, f.file_id) for f in uploads]
 items += [(f"demo cell {Path(path).name}", path, truth, path)
           for path, truth in st.session_state.get("demo_cells", [])]
 if not items:
@@ -64,13 +94,24 @@ for i, (name, src, truth, file_key) in enumerate(items):
         st.error(f"Could not read {dashboard.plain(name)}: {dashboard.plain(result.error)}",
                  icon=":material/broken_image:")
         continue
+    cams = []
+    if show_cam:
+        cam_key = (file_key, tuple(stamps), "cam")
+        if cam_key not in done:
+            with st.spinner("Computing Grad-CAM…"):
+                done[cam_key] = dashboard.cam_views(models, result)
+        cams = done[cam_key]
     truth_text = f" · true class **{dashboard.plain(truth)}**" if truth else ""
     st.markdown(f"#### {dashboard.plain(name)}{truth_text}")
-    for col, p in zip(st.columns(len(result.results)), result.results):
+    for j, (col, p) in enumerate(zip(st.columns(len(result.results)), result.results)):
         with col.container(border=True):
             st.markdown(f"**{dashboard.plain(p.model)}**")
             left, right = st.columns([1, 2])
             left.image(p.image, caption=f"as fed ({p.image.shape[0]} px)", width="stretch")
+            if j < len(cams) and isinstance(cams[j], dashboard.CamView):
+                left.image(cams[j].overlay, caption=cams[j].caption, width="stretch")
+            elif j < len(cams):
+                left.error(f"Grad-CAM failed: {dashboard.plain(cams[j])}")
             right.metric("Prediction", dashboard.plain(p.predicted))
             right.markdown(f"{p.confidence:.1%} confidence")
             bars = charts.probability_bars(p.probs).update_layout(margin={"l": 10, "r": 10, "t": 10, "b": 10})
