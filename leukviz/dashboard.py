@@ -160,29 +160,36 @@ def live_status(run: runs.Run) -> dict:
                      + (f":\n{tail}" if tail else "")}
 
 
-def start(run: runs.Run, resume: bool = False) -> bool:
+def gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def start(run: runs.Run, resume: bool = False, nproc: int = 1) -> bool:
     """Launch the training process unless this run is already starting, queued or running.
 
-    Returns True when a process was started; False means attach to the one that runs it.
+    nproc > 1 launches through torchrun, one process per GPU. Returns True when a process was started;
+    False means attach to the one that runs it.
     """
     with _LAUNCH_LOCK:
         if live_status(run)["state"] in ACTIVE_STATES:
             return False
-        proc = runs.launch(run, resume=resume)
+        proc = runs.launch(run, resume=resume, nproc=nproc)
         if proc is None:
             return False
         _LAUNCHES[run.dir] = _Launch(time.time(), proc)
         return True
 
 
-def retrain(run: runs.Run) -> bool:
+def retrain(run: runs.Run, nproc: int = 1) -> bool:
     """Retrain a configuration on purpose: its previous results are archived (moved aside), then launched."""
     with _LAUNCH_LOCK:
         if live_status(run)["state"] in ACTIVE_STATES:
             return False
         runs.archive(run)
         _LAUNCHES.pop(run.dir, None)
-    return start(run)
+    return start(run, nproc=nproc)
 
 
 def can_resume(run: runs.Run) -> bool:

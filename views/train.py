@@ -83,6 +83,10 @@ c4, c5 = st.columns(2)
 lr = c4.select_slider("Learning rate", LEARNING_RATES, format_func=lambda v: f"{v:g}", key="train_lr", **KEEP)
 finetune = c5.selectbox("Fine-tuning depth", config.FINETUNE, format_func=dashboard.FINETUNE_TEXT.get,
                         key="train_finetune", **KEEP)
+n_gpu = dashboard.gpu_count()
+nproc = 1
+if n_gpu > 1:  # DistributedDataParallel through torchrun; the batch size above is the global batch
+    nproc = int(st.number_input("GPUs (torchrun processes)", 1, n_gpu, value=n_gpu, key="train_nproc"))
 try:
     cfg = config.resolve(backbone, preset, weights, dataset, image_size=int(image_size), epochs=int(epochs),
                          batch_size=int(batch_size), lr=float(lr), finetune=finetune, split=split)
@@ -112,9 +116,9 @@ if st.button("Start training", type="primary", icon=":material/play_arrow:"):
     if state == "finished":
         st.session_state.setdefault("cached_runs", set()).add(run.run_id)
     elif state in ("stopped", "interrupted") and dashboard.can_resume(run):
-        dashboard.start(run, resume=True)
+        dashboard.start(run, resume=True, nproc=nproc)
     elif state not in dashboard.ACTIVE_STATES:
-        dashboard.start(run)
+        dashboard.start(run, nproc=nproc)
 elif hint and st.query_params.get("run") != existing.run_id:
     st.caption(hint)
 
@@ -187,12 +191,12 @@ def run_panel(run: runs.Run, polling: bool) -> None:
         mid.page_link("views/compare.py", label="Compare backbones", icon=":material/compare:")
         if right.button("Retrain from scratch", icon=":material/restart_alt:", key=f"retrain_{run.run_id}"):
             st.session_state.get("cached_runs", set()).discard(run.run_id)
-            dashboard.retrain(run)
+            dashboard.retrain(run, nproc=nproc)
             st.rerun()
     elif state == "new":
         st.info("This run has not started.")
         if st.button("Start it", key=f"begin_{run.run_id}"):
-            dashboard.start(run)
+            dashboard.start(run, nproc=nproc)
             st.rerun()
     else:
         text = status.get("error") or "no error text was recorded"
@@ -206,10 +210,10 @@ def run_panel(run: runs.Run, polling: bool) -> None:
         left, right = st.columns(2)
         if dashboard.can_resume(run) and left.button("Resume", icon=":material/play_arrow:",
                                                      key=f"resume_{run.run_id}"):
-            dashboard.start(run, resume=True)
+            dashboard.start(run, resume=True, nproc=nproc)
             st.rerun()
         if right.button("Retry from scratch", icon=":material/restart_alt:", key=f"retry_{run.run_id}"):
-            dashboard.start(run)
+            dashboard.start(run, nproc=nproc)
             st.rerun()
     st.plotly_chart(charts.training_curves(events), key=f"curves_{run.run_id}")
 
