@@ -191,6 +191,13 @@ def train(run: Run, resume: bool = False, device: str = "auto", log: Callable[[s
     launched = isinstance(launch_info, dict) and launch_info.get("pid") in (os.getpid(), os.getppid())
     previous_handlers: dict = {}
     stop = {"flag": False}
+    if rank == 0 and not launched:  # a launched process's output already goes to train.log
+        console = log
+
+        def log(msg: str) -> None:
+            console(msg)
+            with contextlib.suppress(OSError), open(run.dir / "train.log", "a", encoding="utf-8") as fh:
+                fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
 
     def on_signal(signum, frame):  # noqa: ARG001
         stop["flag"] = True

@@ -29,7 +29,7 @@ def finished(tiny_data, tmp_path_factory):
 def test_a_finished_run_folder_is_complete(finished):
     names = {p.name for p in finished.dir.iterdir()}
     assert {"config.json", "status.json", "metrics.jsonl", "model.safetensors", "model.json",
-            "val_predictions.csv", "last.pt"} <= names
+            "val_predictions.csv", "last.pt", "train.log"} <= names
     assert finished.state == "finished"
     ep = finished.epochs()
     assert [e["epoch"] for e in ep] == [1, 2]
