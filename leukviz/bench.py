@@ -1,0 +1,709 @@
+"""Speed benchmark: the plain hand-written PyTorch loop against leukviz's training paths, in one process,
+on the same images, model, image size, batch size and threads; achieved training GFLOP/s against this
+machine's measured matmul peak; single-image prediction latency; peak memory of caching a C-NMC-sized set.
+
+`python -m leukviz bench [--quick]` runs it; docs/BENCHMARKS.md holds the results and what each path does.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from leukviz import backbones, data, engine
+from leukviz.config import RunConfig, resolve
+
+CNMC_SIZE = 15_135  # images in C-NMC 2019 as downloaded: 10,661 training + 1,867 preliminary + 2,607 final
+CNMC_SETS = {"train": 10_661, "prelim": 1_867}  # the rest is the unlabeled final set
+QUICK_MEMORY_FILES = 3_000
+HEAD_EPOCHS = 5
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to measure. quick: a few warm-up and timed batches per path (extrapolated), a smaller stand-in
+    for the memory measurement; otherwise whole epochs."""
+
+    backbones: tuple[str, ...] = tuple(backbones.BACKBONES)
+    image_size: int = 128
+    batch_size: int = 32
+    data: str = "demo"
+    fold: int = 0  # the training_data/fold_<k> folder both paths read (C-NMC layout and the demo)
+    quick: bool = False
+    device: str = "auto"
+    precision: str = "auto"  # leukviz's paths; the plain loop is always fp32
+    weights: str = "none"  # speed does not depend on the weights' values; none needs no download
+    threads: int = 0  # 0: torch's default (one per core)
+    plain_workers: tuple[int, ...] = ()  # DataLoader num_workers tried; (): (0,) quick, (0, 2) full
+    memory_files: int = 0  # 0: 3,000 quick, 15,135 (C-NMC's size) full; -1: skip
+    latency: bool = True
+    seed: int = 0
+
+    @property
+    def warmup(self) -> int:
+        return 1 if self.quick else 2
+
+    @property
+    def timed(self) -> int | None:
+        """Timed batches per path; None is one whole epoch."""
+        return 2 if self.quick else None
+
+    @property
+    def workers(self) -> tuple[int, ...]:
+        return self.plain_workers or ((0,) if self.quick else (0, 2))
+
+    @property
+    def n_memory_files(self) -> int:
+        return self.memory_files or (QUICK_MEMORY_FILES if self.quick else CNMC_SIZE)
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+@dataclass
+class BenchData:
+    """The images both paths train on: the files torchvision's ImageFolder lists, in its order, with the
+    leukviz class index of each, and the leukviz dataset restricted to exactly those files."""
+
+    folder: Path
+    paths: list[str]
+    labels: np.ndarray  # leukviz class indices
+    image_folder_classes: list[str]
+    dataset: data.Dataset
+
+    @property
+    def n(self) -> int:
+        return len(self.paths)
+
+
+class _ClassToIndex:
+    """ImageFolder's target (index into its sorted folder names) -> the leukviz class index. A class, not a
+    lambda, so DataLoader workers can pickle it."""
+
+    def __init__(self, table: list[int]):
+        self.table = table
+
+    def __call__(self, target: int) -> int:
+        return self.table[target]
+
+
+def bench_data(spec: str, fold: int, cache_dir: Path | None) -> BenchData:
+    """One fold folder of a C-NMC-layout dataset (the demo too), or a class-per-folder tree: the files
+    ImageFolder finds there that leukviz indexes too (the same set and the same labels on both sides)."""
+    from torchvision.datasets import ImageFolder
+
+    ds = data.open_dataset(spec, cache_dir)
+    if ds.kind in ("demo", "cnmc"):
+        folder = ds.root / "training_data" / f"fold_{fold}"
+        if not folder.is_dir():
+            raise data.DataError(f"{folder} does not exist; choose a fold of: "
+                                 + ", ".join(p.name for p in sorted((ds.root / "training_data").glob("fold_*"))))
+    else:
+        folder = ds.root
+    folder_ds = ImageFolder(str(folder))
+    unknown = [c for c in folder_ds.classes if c not in ds.classes]
+    if unknown:
+        raise data.DataError(f"{folder} has class folders leukviz does not index: {unknown}")
+    table = [ds.classes.index(c) for c in folder_ds.classes]
+    ours = {str(Path(p).resolve()): row for row, p in enumerate(ds.index["path"])}
+    rows, paths, labels = [], [], []
+    for path, target in folder_ds.samples:
+        row = ours.get(str(Path(path).resolve()))
+        if row is None:  # an extension only one side reads; left out of both
+            continue
+        if int(ds.index["label"].iloc[row]) != table[target]:
+            raise data.DataError(f"{path}: ImageFolder and leukviz disagree on its class")
+        rows.append(row)
+        paths.append(path)
+        labels.append(table[target])
+    if len(set(labels)) < 2:
+        raise data.DataError(f"{folder}: the benchmark needs images of at least two classes")
+    sub = ds.index.iloc[rows].reset_index(drop=True)
+    fp = f"{ds.fingerprint}-bench-{folder.name}"
+    subset = data.Dataset(ds.name, ds.root, ds.kind, ds.classes, sub, fp, [])
+    return BenchData(folder, paths, np.asarray(labels, dtype=np.int64), list(folder_ds.classes), subset)
+
+
+def plain_dataset(bd: BenchData, size: int, backbone: str):
+    """torchvision's ImageFolder with the usual transforms: PIL decode and resize at every access."""
+    from torchvision import transforms as T
+    from torchvision.datasets import ImageFolder
+
+    spec = backbones.get_spec(backbone)
+    tf = T.Compose([T.Resize((size, size)), T.ToTensor(), T.Normalize(spec.mean, spec.std)])
+    table = [bd.dataset.classes.index(c) for c in bd.image_folder_classes]
+    folder_ds = ImageFolder(str(bd.folder), transform=tf, target_transform=_ClassToIndex(table))
+    keep = set(bd.paths)
+    folder_ds.samples = [s for s in folder_ds.samples if s[0] in keep]
+    folder_ds.imgs = folder_ds.samples
+    folder_ds.targets = [t for _, t in folder_ds.samples]
+    return folder_ds
+
+
+def plain_loader(bd: BenchData, size: int, backbone: str, batch_size: int, workers: int, seed: int,
+                 device: torch.device):
+    from torch.utils.data import DataLoader
+
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(plain_dataset(bd, size, backbone), batch_size=batch_size, shuffle=True, num_workers=workers,
+                      generator=g, pin_memory=device.type == "cuda")
+
+
+# ---------------------------------------------------------------------------------------------- timing
+
+def precision_name(amp: torch.dtype | None) -> str:
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp, "fp32") if amp is not None else "fp32"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_config(bc: BenchConfig, backbone: str, finetune: str = "full", augment: str | None = None) -> RunConfig:
+    """The product's default fine-tuning configuration for this backbone (quick preset, ImageNet recipe:
+    AdamW), at the benchmark's size and batch, with the benchmark's weights (none: no download needed).
+    crop=False: ImageFolder's Resize does not crop, so both paths see the same pixels (the crop costs
+    nothing per epoch: it happens once, when the cache is built)."""
+    cfg = resolve(backbone, "quick", "imagenet", bc.data, image_size=bc.image_size, batch_size=bc.batch_size,
+                  finetune=finetune, precision=bc.precision, seed=bc.seed, augment=augment, crop=False)
+    return replace(cfg, weights=bc.weights)
+
+
+def plain_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
+    """The optimizer a notebook writes: the same class and settings as the run, PyTorch's default implementation."""
+    params = [p for p in params if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def build(cfg: RunConfig, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return backbones.build_model(cfg.backbone, 2, cfg.weights)
+
+
+def time_plain(model: nn.Module, cfg: RunConfig, loader, device: torch.device, warmup: int,
+               timed: int | None) -> dict:
+    """The usual loop: fp32, default memory format, decode every batch. Times `timed` batches after `warmup`
+    (None: one whole fresh epoch, worker start-up included, as every epoch of this loop pays it)."""
+    model = model.to(device)
+    backbones.set_finetune(model, cfg.backbone, cfg.finetune)
+    model.train()
+    opt = plain_optimizer(cfg, model.parameters())
+    crit = nn.CrossEntropyLoss()
+    nb = device.type == "cuda"
+
+    def step(x, y):
+        x, y = x.to(device, non_blocking=nb), y.to(device, non_blocking=nb)
+        loss = crit(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    it = iter(loader)
+    for _ in range(warmup):
+        try:
+            x, y = next(it)
+        except StopIteration:
+            it = iter(loader)
+            x, y = next(it)
+        step(x, y)
+    if timed is None:
+        del it  # its DataLoader workers stop before the timed epoch starts its own
+    _sync(device)
+    images = 0
+    t = time.perf_counter()
+    if timed is None:
+        for x, y in loader:
+            step(x, y)
+            images += len(y)
+    else:
+        for _ in range(timed):
+            try:
+                x, y = next(it)
+            except StopIteration:
+                it = iter(loader)
+                x, y = next(it)
+            step(x, y)
+            images += len(y)
+    _sync(device)
+    seconds = time.perf_counter() - t
+    return {"seconds": seconds, "images": images, "images_per_s": images / seconds}
+
+
+def leukviz_setup(cfg: RunConfig, model: nn.Module, train_y: torch.Tensor, device: torch.device, total_steps: int):
+    """What engine._fit sets up for a run: frozen layers, channels-last, optimizer, schedule, loss, autocast."""
+    frozen = backbones.set_finetune(model, cfg.backbone, cfg.finetune)
+    model = model.to(device, memory_format=torch.channels_last)
+    opt = engine.make_optimizer(cfg, model.parameters())
+    sched = engine.make_scheduler(cfg, opt, total_steps)
+    weights = engine.class_weights(train_y.numpy(), 2) if cfg.class_balance == "weighted_loss" else None
+    crit = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device))
+    amp = engine.autocast_dtype(cfg.precision, device)
+    return model, frozen, opt, sched, crit, amp
+
+
+def time_leukviz(model: nn.Module, cfg: RunConfig, train_x: torch.Tensor, train_y: torch.Tensor,
+                 device: torch.device, warmup: int, timed: int | None) -> dict:
+    """engine.train_one_epoch on the cached uint8 images, as a run trains (same set-up as engine._fit)."""
+    d = engine.Dist()
+    n = len(train_x)
+    epoch1 = engine.epoch_batches(n, cfg.batch_size, cfg.seed, 1, d)
+    model, frozen, opt, sched, crit, amp = leukviz_setup(cfg, model, train_y, device, len(epoch1) * 3)
+    engine.set_train_mode(model, frozen, cfg.freeze_bn)
+    args = (cfg, 1, device, amp, d, lambda e: None, lambda: False)
+    warm = (epoch1 * (warmup // max(1, len(epoch1)) + 1))[:warmup]
+    engine.train_one_epoch(model, opt, sched, None, crit, train_x, train_y, warm, *args)
+    batches = engine.epoch_batches(n, cfg.batch_size, cfg.seed, 2, d)
+    if timed is not None:
+        batches = (batches * (timed // max(1, len(batches)) + 1))[:timed]
+    _sync(device)
+    t = time.perf_counter()
+    engine.train_one_epoch(model, opt, sched, None, crit, train_x, train_y, batches, *args)
+    _sync(device)
+    seconds = time.perf_counter() - t
+    images = int(sum(len(b) for b in batches))
+    return {"seconds": seconds, "images": images, "images_per_s": images / seconds,
+            "precision": precision_name(amp)}
+
+
+def time_head_fast(model: nn.Module, cfg: RunConfig, images: np.ndarray, train_y: torch.Tensor,
+                   device: torch.device, quick: bool) -> dict:
+    """The head-only fast path as engine._fit runs it: features once (engine.head_features), then
+    HEAD_EPOCHS epochs of the head on them (engine.train_one_epoch). quick: the feature pass is timed on
+    one large batch and extrapolated to all images; the head epochs always run in full."""
+    d = engine.Dist()
+    n = len(images)
+    steps = len(engine.epoch_batches(n, cfg.batch_size, cfg.seed, 1, d))
+    model, frozen, opt, sched, crit, amp = leukviz_setup(cfg, model, train_y, device, steps * HEAD_EPOCHS)
+    head = backbones.get_spec(cfg.backbone).head
+    fb = engine.feature_batch_size(cfg.image_size)
+    part = images[:min(n, fb)] if quick else images
+    if quick:  # the first batch creates the kernels: one small warm-up so one timed batch is representative
+        engine.head_features(model, head, images[:2], cfg.backbone, device, amp, fb)
+    _sync(device)
+    t = time.perf_counter()
+    feats = engine.head_features(model, head, part, cfg.backbone, device, amp, fb)
+    _sync(device)
+    feature_seconds = (time.perf_counter() - t) * (n / len(part))
+    if len(part) < n:  # the head epochs need features of every image: repeat the measured ones
+        feats = feats.repeat((n + len(part) - 1) // len(part), 1)[:n]
+    head_module = model.get_submodule(head)
+    engine.set_train_mode(model, frozen, cfg.freeze_bn)
+    t = time.perf_counter()
+    for epoch in range(1, HEAD_EPOCHS + 1):
+        batches = engine.epoch_batches(n, cfg.batch_size, cfg.seed, epoch, d)
+        engine.train_one_epoch(head_module, opt, sched, None, crit, feats, train_y, batches, cfg, epoch, device, amp,
+                               d, lambda e: None, lambda: False, prepare=lambda f: f)
+    _sync(device)
+    head_seconds = time.perf_counter() - t
+    return {"feature_seconds": feature_seconds, "head_epochs_seconds": head_seconds,
+            "feature_dim": int(feats.shape[1]), "feature_dtype": str(feats.dtype).replace("torch.", ""),
+            "feature_batch": fb, "extrapolated": len(part) < n}
+
+
+def train_step_flops(model: nn.Module, cfg: RunConfig, device: torch.device, batch: int = 2) -> float:
+    """FLOPs per image of a training step (forward and backward), counted by FlopCounterMode on a small
+    batch (the count is linear in the batch size: every counted operation is per image)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = copy.deepcopy(model).to(device, memory_format=torch.channels_last)
+    backbones.set_finetune(model, cfg.backbone, cfg.finetune)
+    model.train()
+    x = torch.randn(batch, 3, cfg.image_size, cfg.image_size, device=device)
+    y = torch.zeros(batch, dtype=torch.long, device=device)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        nn.functional.cross_entropy(model(x.contiguous(memory_format=torch.channels_last)), y).backward()
+    return counter.get_total_flops() / batch
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 4096, reps: int = 5) -> float:
+    """Best GFLOP/s of a large square torch.mm in this dtype, warm (what the hardware gives matrix products)."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(reps):
+        _sync(device)
+        t = time.perf_counter()
+        torch.mm(a, b)
+        _sync(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best / 1e9
+
+
+# ---------------------------------------------------------------------------------------------- latency
+
+def predict_latency(bc: BenchConfig, image_path: str, device: torch.device, reps: int, log: Log) -> dict:
+    """One image file through leukviz.inference.predict_files (decode, preprocessing, forward), per backbone
+    and through all of them in turn (as the Predict page does); p50 and p95 over warm repetitions."""
+    from leukviz import inference
+
+    models = {}
+    for name in bc.backbones:
+        torch.manual_seed(bc.seed)
+        m = backbones.build_model(name, 2, "none").to(device, memory_format=torch.channels_last).eval()
+        meta = {"backbone": name, "classes": list(data.CNMC_CLASSES), "image_size": bc.image_size, "crop": True}
+        models[name] = inference.LoadedModel(m, meta, device, Path(f"bench-{name}"))
+    out: dict = {}
+
+    def measure(names: list[str]) -> dict:
+        for _ in range(3):
+            for nm in names:
+                inference.predict_files(models[nm], [image_path])
+        times = []
+        for _ in range(reps):
+            _sync(device)
+            t = time.perf_counter()
+            for nm in names:
+                inference.predict_files(models[nm], [image_path])
+            _sync(device)
+            times.append(time.perf_counter() - t)
+        return {"p50_ms": float(np.percentile(times, 50) * 1e3), "p95_ms": float(np.percentile(times, 95) * 1e3),
+                "reps": reps}
+
+    for name in bc.backbones:
+        out[name] = measure([name])
+        log(f"  predict latency {name}: p50 {out[name]['p50_ms']:.1f} ms, p95 {out[name]['p95_ms']:.1f} ms")
+    out["all"] = measure(list(bc.backbones))
+    log(f"  predict latency, all {len(bc.backbones)}: p50 {out['all']['p50_ms']:.1f} ms, "
+        f"p95 {out['all']['p95_ms']:.1f} ms")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- memory
+
+def make_standin(root: Path, n_files: int, side: int = 450, seed: int = 0) -> Path:
+    """A C-NMC-layout folder of n_files 450x450 BMPs (C-NMC's format) made from about 200 distinct cells of
+    the demo generator, repeated by hard links (copies where links are impossible). Each class repeats its
+    own cells, so no image appears under two labels. Returns the C-NMC root."""
+    from PIL import Image
+
+    from leukviz import synthetic
+
+    base = root / "C-NMC_Leukemia"
+    originals = root / "originals"
+    small = synthetic.generate_demo(root / "generated", seed=seed, n_subjects=4, image_size=128, workers=1)
+    originals.mkdir(parents=True, exist_ok=True)
+    cells: dict[str, list[Path]] = {"all": [], "hem": []}
+    for name in cells:
+        for k, f in enumerate(sorted((small / "training_data").glob(f"fold_*/{name}/*.png"))):
+            path = originals / f"{name}_{k}.bmp"
+            with Image.open(f) as img:
+                img.convert("RGB").resize((side, side), Image.Resampling.BILINEAR).save(path)
+            cells[name].append(path)
+    shutil.rmtree(root / "generated")
+
+    def place(src: Path, dst: Path) -> None:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copyfile(src, dst)
+
+    n_train = min(n_files, round(n_files * CNMC_SETS["train"] / CNMC_SIZE))
+    n_prelim = min(n_files - n_train, round(n_files * CNMC_SETS["prelim"] / CNMC_SIZE))
+    n_final = n_files - n_train - n_prelim
+    for i in range(n_train):  # about 2:1 all:hem as in C-NMC; 3 folds; ~25 cells per subject
+        name = "all" if i % 3 else "hem"
+        subject = f"{i % 60 + 1}" if name == "all" else f"H{i % 40 + 1}"
+        dst = base / "training_data" / f"fold_{i % 3}" / name / f"UID_{subject}_{i}_1_{name}.bmp"
+        place(cells[name][i % len(cells[name])], dst)
+    prelim = base / "validation_data" / "C-NMC_test_prelim_phase_data"
+    rows = ["Patient_ID,new_names,labels"]
+    for i in range(n_prelim):
+        name = "all" if i % 3 else "hem"
+        place(cells[name][(i * 7) % len(cells[name])], prelim / f"{i + 1}.bmp")
+        rows.append(f"UID_{'P1' if name == 'all' else 'H99'}_{i}_1_{name}.bmp,{i + 1}.bmp,{int(name == 'all')}")
+    (base / "validation_data" / "C-NMC_test_prelim_phase_data_labels.csv").write_text("\n".join(rows) + "\n")
+    final = base / "testing_data" / "C-NMC_test_final_phase_data"
+    for i in range(n_final):
+        name = "all" if i % 2 else "hem"
+        place(cells[name][(i * 3) % len(cells[name])], final / f"{i + 1}.bmp")
+    shutil.rmtree(originals)
+    return base
+
+
+_MEMORY_CHILD = r"""
+import json, resource, sys, time
+from pathlib import Path
+
+def hwm():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+from leukviz import data
+root, cache, size = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+base = hwm()
+t = time.time()
+ds = data.open_dataset(root, cache)
+indexed = hwm()
+t_index = time.time() - t
+t = time.time()
+images, ok = data.image_cache(ds, size, True, cache)
+t_cache = time.time() - t
+print(json.dumps({"n": len(ds.index), "ok": int(ok.sum()), "baseline_mb": base, "after_index_mb": indexed,
+                  "peak_rss_mb": hwm(), "index_seconds": t_index, "cache_seconds": t_cache,
+                  "cache_mb": images.nbytes / 2**20}))
+"""
+
+
+def cache_memory(n_files: int, size: int, log: Log) -> dict:
+    """Peak resident memory (VmHWM) of a fresh process that indexes a C-NMC-layout stand-in of n_files
+    images (open_dataset) and decodes it into the image cache at `size` px (image_cache)."""
+    with tempfile.TemporaryDirectory(prefix="leukviz-bench-mem-") as tmp:
+        t = time.time()
+        root = make_standin(Path(tmp) / "data", n_files)
+        made = time.time() - t
+        log(f"  stand-in of {n_files} files written in {made:.1f}s; indexing and caching in a fresh process")
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                            os.environ.get("PYTHONPATH", "")])}
+        proc = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, str(root), str(Path(tmp) / "cache"), str(size)],
+                              capture_output=True, text=True, env=env, timeout=3600)
+        if proc.returncode != 0:
+            raise RuntimeError(f"memory measurement failed: {proc.stderr[-2000:]}")
+        res = json.loads(proc.stdout.strip().splitlines()[-1])
+    res.update({"files": n_files, "image_size": size, "standin_seconds": made,
+                "note": "C-NMC's size" if n_files == CNMC_SIZE else f"a smaller stand-in ({n_files} files), not C-NMC's {CNMC_SIZE}"})
+    return res
+
+
+# ---------------------------------------------------------------------------------------------- the run
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout.splitlines():
+            if line.startswith("Model name:"):
+                cpu = line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "bf16_matrix_instructions": engine.cpu_has_bf16(), "load_average_1min": load,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def _best_plain(results: dict[int, dict]) -> tuple[int, dict]:
+    w = max(results, key=lambda k: results[k]["images_per_s"])
+    return w, results[w]
+
+
+def bench_backbone(bc: BenchConfig, name: str, bd: BenchData, images: np.ndarray, device: torch.device,
+                   cache_seconds: float, peaks: dict, log: Log) -> dict:
+    """Every path for one backbone; the plain loop and leukviz start from the same initial weights."""
+    cfg_full = run_config(bc, name, "full")
+    n = bd.n
+    train_y = torch.as_tensor(bd.labels)
+    train_x = torch.from_numpy(np.ascontiguousarray(images))
+    steps_per_epoch = (n + bc.batch_size - 1) // bc.batch_size
+    init = build(cfg_full, bc.seed)
+    out: dict = {"n_images": n, "steps_per_epoch": steps_per_epoch}
+
+    def plain(cfg: RunConfig) -> dict:
+        res = {}
+        for w in bc.workers:
+            loader = plain_loader(bd, bc.image_size, name, bc.batch_size, w, bc.seed, device)
+            res[w] = time_plain(copy.deepcopy(init), cfg, loader, device, bc.warmup, bc.timed)
+            log(f"  {name} plain {cfg.finetune} (num_workers={w}): {res[w]['images_per_s']:.1f} img/s")
+        w, best = _best_plain(res)
+        return {**best, "num_workers": w, "by_workers": {str(k): v["images_per_s"] for k, v in res.items()}}
+
+    # full fine-tuning
+    out["plain_full"] = plain(cfg_full)
+    out["leukviz_full"] = time_leukviz(copy.deepcopy(init), cfg_full, train_x, train_y, device, bc.warmup, bc.timed)
+    log(f"  {name} leukviz full ({out['leukviz_full']['precision']}): "
+        f"{out['leukviz_full']['images_per_s']:.1f} img/s")
+    out["speedup_full_vs_plain"] = out["leukviz_full"]["images_per_s"] / out["plain_full"]["images_per_s"]
+    flops = train_step_flops(init, cfg_full, device)
+    prec = out["leukviz_full"]["precision"]
+    out["train_gflop_per_image"] = flops / 1e9
+    out["gflops_full"] = flops * out["leukviz_full"]["images_per_s"] / 1e9
+    out["gflops_plain"] = flops * out["plain_full"]["images_per_s"] / 1e9
+    out["peak_gflops"] = peaks[prec]
+    out["roofline_fraction"] = out["gflops_full"] / peaks[prec]
+    out["plain_roofline_fraction"] = out["gflops_plain"] / peaks["fp32"]
+
+    if not bc.quick:  # last stage: skipped by --quick to keep it under a minute
+        cfg_last = run_config(bc, name, "last")
+        out["plain_last"] = plain(cfg_last)
+        out["leukviz_last"] = time_leukviz(copy.deepcopy(init), cfg_last, train_x, train_y, device, bc.warmup,
+                                           bc.timed)
+        log(f"  {name} leukviz last stage: {out['leukviz_last']['images_per_s']:.1f} img/s")
+        out["speedup_last_vs_plain"] = out["leukviz_last"]["images_per_s"] / out["plain_last"]["images_per_s"]
+
+    # head only over HEAD_EPOCHS epochs, the first counted: plain epochs all cost the same
+    cfg_head = run_config(bc, name, "head", augment="none")
+    plain_head = plain(cfg_head)
+    plain_head["run_seconds"] = HEAD_EPOCHS * n / plain_head["images_per_s"]
+    fast = time_head_fast(copy.deepcopy(init), cfg_head, images, train_y, device, bc.quick)
+    fast["run_seconds_warm_cache"] = fast["feature_seconds"] + fast["head_epochs_seconds"]
+    fast["run_seconds"] = cache_seconds + fast["run_seconds_warm_cache"]
+    fast["cache_seconds"] = cache_seconds
+    out["plain_head"] = plain_head
+    out["leukviz_head"] = fast
+    out["speedup_head_vs_plain"] = plain_head["run_seconds"] / fast["run_seconds"]
+    out["speedup_head_vs_plain_warm_cache"] = plain_head["run_seconds"] / fast["run_seconds_warm_cache"]
+    log(f"  {name} head only, {HEAD_EPOCHS} epochs: plain {plain_head['run_seconds']:.1f}s, leukviz "
+        f"{fast['run_seconds']:.2f}s (image cache {cache_seconds:.2f}s + features {fast['feature_seconds']:.2f}s + "
+        f"head {fast['head_epochs_seconds']:.2f}s) -> {out['speedup_head_vs_plain']:.1f}x")
+    return out
+
+
+def run(bc: BenchConfig, cache_dir: Path | None = None, log: Log = lambda s: print(s, file=sys.stderr)) -> dict:
+    """Measure everything bc asks for; returns one JSON-able dict (see format_table for the human form)."""
+    if bc.threads:
+        torch.set_num_threads(bc.threads)
+    device = engine.pick_device(bc.device)
+    t_start = time.time()
+    info = machine()
+    notes = []
+    if info["load_average_1min"] is not None and info["load_average_1min"] > 0.5 + (os.cpu_count() or 1) * 0.75:
+        notes.append(f"the machine was busy (1-minute load average {info['load_average_1min']:.1f} on "
+                     f"{os.cpu_count()} cores): timings are pessimistic and noisy")
+    if bc.quick:
+        notes.append(f"--quick: {bc.warmup} warm-up + {bc.timed} timed batches per training path, extrapolated to "
+                     f"epochs; last-stage fine-tuning skipped; the head-only feature pass timed on one batch of "
+                     f"{engine.feature_batch_size(bc.image_size)} and extrapolated; plain DataLoader "
+                     f"num_workers={bc.workers[0]} only")
+    if bc.weights != "imagenet":
+        notes.append(f"weights {bc.weights}: speed does not depend on the weights' values")
+    for name in bc.backbones:
+        backbones.ensure_weights(name, bc.weights)
+    log(f"bench on {engine.device_name(device)}, {bc.image_size}px, batch {bc.batch_size}, "
+        f"{'quick' if bc.quick else 'full'}")
+    bd = bench_data(bc.data, bc.fold, cache_dir)
+    log(f"  data: {bd.n} images of {bd.folder} (ImageFolder and leukviz read the same files)")
+
+    with tempfile.TemporaryDirectory(prefix="leukviz-bench-cache-") as tmp:  # a cold cache: decode counted
+        t = time.perf_counter()
+        images, ok = data.image_cache(bd.dataset, bc.image_size, False, Path(tmp))
+        cache_seconds = time.perf_counter() - t
+        if not ok.all():
+            raise data.DataError(f"{int((~ok).sum())} images could not be decoded: {bd.dataset.skipped[:3]}")
+        images = np.array(images)  # into memory before the temporary folder goes
+    log(f"  decode once into the cache: {cache_seconds:.2f}s ({bd.n / cache_seconds:.0f} img/s)")
+
+    size, reps = (8192, 10) if device.type == "cuda" else (2048, 4) if bc.quick else (4096, 6)
+    peaks = {"fp32": matmul_peak(torch.float32, device, size, reps)}
+    lv_amp = engine.autocast_dtype(bc.precision, device)
+    if lv_amp is not None:
+        peaks[precision_name(lv_amp)] = matmul_peak(lv_amp, device, size, reps)
+    log("  matmul peak: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
+
+    per: dict = {}
+    for name in bc.backbones:
+        per[name] = bench_backbone(bc, name, bd, images, device, cache_seconds, peaks, log)
+
+    latency = predict_latency(bc, bd.paths[0], device, 10 if bc.quick else 40, log) if bc.latency else {}
+    memory = cache_memory(bc.n_memory_files, 128, log) if bc.n_memory_files > 0 else {}
+    if memory:
+        log(f"  peak RSS indexing + caching {memory['files']} files at 128px: {memory['peak_rss_mb']:.0f} MB")
+
+    cfg_dict = asdict(bc)
+    cfg_dict.update(warmup=bc.warmup, timed=bc.timed, plain_workers=list(bc.workers))
+    res = {
+        "machine": info, "config": cfg_dict, "device": engine.device_name(device), "notes": notes,
+        "data": {"folder": str(bd.folder), "n_images": bd.n, "cache_seconds": cache_seconds},
+        "matmul_peak_gflops": peaks, "backbones": per,
+        "speedup_full_vs_plain": {k: v["speedup_full_vs_plain"] for k, v in per.items()},
+        "speedup_last_vs_plain": {k: v["speedup_last_vs_plain"] for k, v in per.items() if "leukviz_last" in v},
+        "speedup_head_vs_plain": {k: v["speedup_head_vs_plain"] for k, v in per.items()},
+        "roofline_fraction": {k: v["roofline_fraction"] for k, v in per.items()},
+        "latency": latency,
+        "predict_all_p95_ms": latency.get("all", {}).get("p95_ms"),
+        "memory": memory, "peak_rss_mb": memory.get("peak_rss_mb"),
+        "seconds": time.time() - t_start,
+    }
+    if info["load_average_1min"] is not None:
+        res["machine"]["load_average_1min_end"] = os.getloadavg()[0]
+    return res
+
+
+# ---------------------------------------------------------------------------------------------- output
+
+def format_table(res: dict) -> str:
+    m = res["machine"]
+    lines = [f"leukviz bench — {m['cpu']}, {m['cores']} cores, {m['threads']} threads, torch {m['torch']}, "
+             f"device {res['device']}; {res['config']['image_size']} px, batch {res['config']['batch_size']}, "
+             f"images of {res['data']['folder']} ({res['data']['n_images']})",
+             *(f"note: {n}" for n in res["notes"]),
+             "matmul peak: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in res["matmul_peak_gflops"].items()), "",
+             f"{'backbone':<10} {'path':<22} {'img/s':>8} {'speedup':>8}  detail"]
+    for name, r in res["backbones"].items():
+        pf, lf = r["plain_full"], r["leukviz_full"]
+        rows = [
+            ("plain full", pf["images_per_s"], 1.0,
+             f"fp32 NCHW, ImageFolder+PIL every epoch, num_workers={pf['num_workers']} (the faster of "
+             + ", ".join(f"{w}: {v:.1f}" for w, v in pf["by_workers"].items()) + f" img/s); "
+             f"{r['gflops_plain']:.0f} GFLOP/s = {r['plain_roofline_fraction']:.2f} of the fp32 peak"),
+            ("leukviz full", lf["images_per_s"], r["speedup_full_vs_plain"],
+             f"{lf['precision']} channels-last, cached uint8; {r['gflops_full']:.0f} GFLOP/s = "
+             f"{r['roofline_fraction']:.2f} of the {lf['precision']} peak"),
+            *([("plain last stage", r["plain_last"]["images_per_s"], 1.0, "fp32 NCHW, earlier layers frozen"),
+               ("leukviz last stage", r["leukviz_last"]["images_per_s"], r["speedup_last_vs_plain"],
+                f"{r['leukviz_last']['precision']} channels-last")] if "leukviz_last" in r else []),
+            (f"plain head ({HEAD_EPOCHS} ep)", r["plain_head"]["images_per_s"], 1.0,
+             f"{r['plain_head']['run_seconds']:.1f}s for {HEAD_EPOCHS} epochs"),
+            (f"leukviz head ({HEAD_EPOCHS} ep)", None, r["speedup_head_vs_plain"],
+             f"{r['leukviz_head']['run_seconds']:.2f}s: decode {r['leukviz_head']['cache_seconds']:.2f}s + features "
+             f"{r['leukviz_head']['feature_seconds']:.2f}s + head {r['leukviz_head']['head_epochs_seconds']:.2f}s "
+             f"({r['speedup_head_vs_plain_warm_cache']:.1f}x with the image cache already built)"),
+        ]
+        for label, ips, sp, detail in rows:
+            lines.append(f"{name:<10} {label:<22} {'' if ips is None else f'{ips:8.1f}':>8} {sp:7.2f}x  {detail}")
+    if res["latency"]:
+        lat = res["latency"]
+        lines += ["", "prediction latency, one image file (decode + forward), warm: " + "; ".join(
+            f"{k} p50 {v['p50_ms']:.0f} ms p95 {v['p95_ms']:.0f} ms" for k, v in lat.items())]
+    if res["memory"]:
+        mm = res["memory"]
+        lines.append(f"peak resident memory, open_dataset + image_cache of {mm['files']} files at "
+                     f"{mm['image_size']} px ({mm['note']}): {mm['peak_rss_mb']:.0f} MB (after indexing "
+                     f"{mm['after_index_mb']:.0f} MB; cache file {mm['cache_mb']:.0f} MB; "
+                     f"{mm['index_seconds'] + mm['cache_seconds']:.1f}s)")
+    lines.append(f"total {res['seconds']:.0f}s")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- accuracy
+
+def precision_accuracy(backbone: str = "googlenet", image_size: int = 64, epochs: int = 3,
+                       seeds: tuple[int, ...] = (0, 1), precisions: tuple[str, ...] = ("fp32", "bf16"),
+                       data_spec: str = "demo", cache_dir: Path | None = None, log: Log = print,
+                       **overrides) -> list[dict]:
+    """Train the same run from scratch in each precision (and seed) on the demo and report validation
+    accuracy and F1: does bf16 cost accuracy beyond the seed-to-seed noise?"""
+    rows = []
+    for seed in seeds:
+        for prec in precisions:
+            cfg = resolve(backbone, "quick", "none", data_spec, image_size=image_size, epochs=epochs,
+                          precision=prec, seed=seed, **overrides)
+            with tempfile.TemporaryDirectory(prefix="leukviz-bench-acc-") as tmp:
+                t = time.time()
+                res = engine.fit(cfg, Path(tmp), lambda e: None, cache_dir=cache_dir, log=lambda s: None)
+            rows.append({"backbone": backbone, "precision": prec, "seed": seed, "seconds": time.time() - t,
+                         **{k: res[k] for k in ("val_acc", "val_f1", "val_loss", "best_epoch")}})
+            log(f"  {backbone} {image_size}px {epochs} epochs seed {seed} {prec}: val acc {res['val_acc']:.4f} "
+                f"F1 {res['val_f1']:.4f} ({rows[-1]['seconds']:.0f}s)")
+    return rows

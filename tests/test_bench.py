@@ -1,0 +1,128 @@
+"""The benchmark is honest (both paths read the same files, labels and size) and the head-only fast path
+trains the same head as the normal loop."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from leukviz import backbones, bench, data, engine
+from leukviz.config import resolve
+
+
+def test_plain_and_leukviz_read_the_same_files_labels_and_size(tiny_data, tmp_path):
+    bd = bench.bench_data(str(tiny_data), 0, tmp_path / "cache")
+    on_disk = sorted(str(p) for p in (tiny_data / "training_data" / "fold_0").rglob("*.png"))
+    assert sorted(bd.paths) == on_disk and bd.n == len(on_disk)
+
+    plain = bench.plain_dataset(bd, 32, "resnet50")
+    assert [p for p, _ in plain.samples] == bd.paths
+    plain_labels = [plain.target_transform(t) for _, t in plain.samples]
+    assert plain_labels == bd.labels.tolist() == bd.dataset.index["label"].tolist()
+    assert bd.dataset.index["path"].tolist() == bd.paths
+    # the class of every file is its folder's name, on both sides
+    assert all(data.CNMC_CLASSES[y] == Path(p).parent.name for p, y in zip(bd.paths, plain_labels))
+
+    images, ok = data.image_cache(bd.dataset, 32, False, tmp_path / "cache")
+    assert ok.all() and images.shape == (bd.n, 32, 32, 3)
+    for i in (0, bd.n - 1):  # the same pixels, up to the two resizers' rounding
+        x, y = plain[i]
+        assert x.shape == (3, 32, 32) and y == bd.labels[i]
+        ours = backbones.normalize(torch.from_numpy(np.array(images[i:i + 1])), "resnet50")[0]
+        assert float((ours - x).abs().mean()) < 0.05
+
+
+def test_both_paths_start_from_the_same_weights():
+    cfg = resolve("googlenet", "quick", "none", image_size=32)
+    a, b = bench.build(cfg, 0).state_dict(), bench.build(cfg, 0).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_feature_cache_only_without_augmentation():
+    head = resolve("resnet50", "quick", "none", finetune="head", augment="none")
+    assert engine.uses_feature_cache(head, engine.Dist())
+    assert not engine.uses_feature_cache(resolve("resnet50", "quick", "none", finetune="head", augment="flips"),
+                                         engine.Dist())
+    assert not engine.uses_feature_cache(resolve("resnet50", "quick", "none", finetune="last", augment="none"),
+                                         engine.Dist())
+    assert not engine.uses_feature_cache(head, engine.Dist(0, 2))  # torchrun: the normal loop
+
+
+def _fit(cfg, run_dir: Path, cache: Path):
+    events: list[dict] = []
+    run_dir.mkdir(parents=True)
+    res = engine.fit(cfg, run_dir, events.append, cache_dir=cache, log=lambda s: None)
+    return res, events, pd.read_csv(run_dir / engine.PREDICTIONS), load_file(str(run_dir / engine.CHECKPOINT))
+
+
+@pytest.mark.parametrize("backbone", ["googlenet", "resnet50",
+                                      pytest.param("vgg16", marks=pytest.mark.slow)])  # 138 M parameters
+def test_head_fast_path_trains_the_same_head_as_the_normal_loop(backbone, tiny_data, tmp_path, monkeypatch):
+    # The frozen backbone is in eval mode in both paths (no dropout, fixed BatchNorm statistics), the
+    # batches and their order come from the same seed, and the head sees the same inputs: in fp32 the
+    # two paths differ only by the batch composition of the feature pass (rounding).
+    cfg = resolve(backbone, "quick", "none", str(tiny_data), image_size=32, epochs=1, finetune="head",
+                  augment="none", precision="fp32", batch_size=16)
+    fast = _fit(cfg, tmp_path / "fast", tmp_path / "cache")
+    monkeypatch.setattr(engine, "uses_feature_cache", lambda c, d: False)
+    normal = _fit(cfg, tmp_path / "normal", tmp_path / "cache")
+
+    (fres, fev, fpred, fw), (nres, nev, npred, nw) = fast, normal
+    assert fev[0]["feature_cache"] is True and nev[0]["feature_cache"] is False
+    assert [(e["type"], e.get("epoch"), e.get("step")) for e in fev] == \
+        [(e["type"], e.get("epoch"), e.get("step")) for e in nev]
+    assert fpred["path"].tolist() == npred["path"].tolist()
+    probs = [c for c in fpred.columns if c.startswith("prob_")]
+    assert np.abs(fpred[probs].to_numpy() - npred[probs].to_numpy()).max() < 1e-4
+    assert (fpred["pred"] == npred["pred"]).all()
+    assert fw.keys() == nw.keys()
+    assert max(float((fw[k].float() - nw[k].float()).abs().max()) for k in fw) < 1e-4
+    assert fres["val_loss"] == pytest.approx(nres["val_loss"], abs=1e-4)
+    fe = [e for e in fev if e["type"] == "epoch"][0]
+    ne = [e for e in nev if e["type"] == "epoch"][0]
+    assert fe["train_loss"] == pytest.approx(ne["train_loss"], abs=1e-4)
+    # only the head changed: the checkpoint's backbone is the initial one (BatchNorm statistics included)
+    torch.manual_seed(cfg.seed)
+    start = backbones.build_model(backbone, 2, "none").state_dict()
+    head = backbones.get_spec(backbone).head
+    changed = [k for k in fw if not torch.equal(fw[k], start[k])]
+    assert changed and all(k.startswith(head + ".") for k in changed)
+
+
+def test_head_fast_path_in_bf16_keeps_the_predictions(tiny_data, tmp_path, monkeypatch):
+    cfg = resolve("googlenet", "quick", "none", str(tiny_data), image_size=32, epochs=1, finetune="head",
+                  augment="none", precision="bf16", batch_size=16)
+    _, _, fpred, _ = _fit(cfg, tmp_path / "fast", tmp_path / "cache")
+    monkeypatch.setattr(engine, "uses_feature_cache", lambda c, d: False)
+    _, _, npred, _ = _fit(cfg, tmp_path / "normal", tmp_path / "cache")
+    probs = [c for c in fpred.columns if c.startswith("prob_")]
+    assert np.abs(fpred[probs].to_numpy() - npred[probs].to_numpy()).max() < 2e-2  # bf16: 8 bits of mantissa
+    assert (fpred["pred"] == npred["pred"]).mean() >= 0.95
+
+
+def test_tiny_bench_end_to_end(tiny_data, capsys):
+    from leukviz.cli import main
+
+    rc = main(["bench", "--quick", "--backbone", "googlenet", "--image-size", "32", "--batch-size", "16",
+               "--data", str(tiny_data), "--memory-files", "60", "--json"])
+    assert rc == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    res = json.loads(out[-1])
+    for key in ("speedup_full_vs_plain", "speedup_head_vs_plain", "roofline_fraction"):
+        assert res[key]["googlenet"] > 0
+    assert res["predict_all_p95_ms"] > 0 and res["peak_rss_mb"] > 0
+    r = res["backbones"]["googlenet"]
+    # the same number of images per epoch on both sides, and the same batch size and image size
+    assert r["n_images"] == len(list((tiny_data / "training_data" / "fold_0").rglob("*.png")))
+    assert res["config"]["batch_size"] == 16 and res["config"]["image_size"] == 32
+    assert r["plain_full"]["images"] == r["leukviz_full"]["images"] == 32  # 2 timed batches of 16 each
+    mem = res["memory"]
+    assert mem["n"] == mem["ok"] == 60 and "smaller stand-in" in mem["note"]  # nothing dropped as a duplicate
+    assert any("--quick" in n for n in res["notes"])
+    assert "leukviz full" in "\n".join(out[:-1])
