@@ -85,10 +85,12 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 def crop_to_cell(a: np.ndarray, threshold: int = 10, margin: float = 0.04) -> np.ndarray:
     """Crop a cell-on-black image to a square around the cell (the black border carries no signal)."""
-    mask = a.max(axis=2) > threshold
-    if mask.sum() < 16:
+    # the brightest channel of each pixel; np.maximum of the three planes, as a.max(axis=2) (a reduction
+    # over a length-3 axis) is ~25x slower and was most of the cache's decode time
+    mask = np.maximum(np.maximum(a[..., 0], a[..., 1]), a[..., 2]) > threshold
+    if np.count_nonzero(mask) < 16:
         return a
-    ys, xs = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    ys, xs = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     y0, y1, x0, x1 = ys[0], ys[-1] + 1, xs[0], xs[-1] + 1
     side = int(max(y1 - y0, x1 - x0) * (1 + 2 * margin)) + 1
     cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
