@@ -36,12 +36,12 @@ Log = Callable[[str], None]
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """What to measure. quick: a few warm-up and timed batches per path (extrapolated), a smaller stand-in
-    for the memory measurement; otherwise whole epochs."""
+    """What to measure. quick: batch 16 and a few warm-up and timed batches per path (extrapolated), a
+    smaller stand-in for the memory measurement; otherwise batch 32 and whole epochs."""
 
     backbones: tuple[str, ...] = tuple(backbones.BACKBONES)
     image_size: int = 128
-    batch_size: int = 32
+    batch_size: int = 0  # 0: 16 quick, 32 full
     data: str = "demo"
     fold: int = 0  # the training_data/fold_<k> folder both paths read (C-NMC layout and the demo)
     quick: bool = False
@@ -52,15 +52,29 @@ class BenchConfig:
     plain_workers: tuple[int, ...] = ()  # DataLoader num_workers tried; (): (0,) quick, (0, 2) full
     memory_files: int = 0  # 0: 3,000 quick, 15,135 (C-NMC's size) full; -1: skip
     latency: bool = True
+    ablation: bool = False  # also measure leukviz's full fine-tuning with each speed-up added in turn
     seed: int = 0
 
     @property
-    def warmup(self) -> int:
+    def batch(self) -> int:
+        return self.batch_size or (16 if self.quick else 32)
+
+    @property
+    def warmup_plain(self) -> int:
         return 1 if self.quick else 2
 
     @property
-    def timed(self) -> int | None:
-        """Timed batches per path; None is one whole epoch."""
+    def warmup_leukviz(self) -> int:
+        """bf16 with the tuned allocator settles after about three steps (kernels created, heap grown)."""
+        return 3
+
+    @property
+    def timed_plain(self) -> int | None:
+        """Timed batches of the plain loop; None is one whole epoch (its fp32 steps vary little)."""
+        return 1 if self.quick else None
+
+    @property
+    def timed_leukviz(self) -> int | None:
         return 2 if self.quick else None
 
     @property
@@ -70,6 +84,11 @@ class BenchConfig:
     @property
     def n_memory_files(self) -> int:
         return self.memory_files or (QUICK_MEMORY_FILES if self.quick else CNMC_SIZE)
+
+    @property
+    def feature_part(self) -> int | None:
+        """quick: the head-only feature pass is timed on this many images and extrapolated."""
+        return 64 if self.quick else None
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -179,7 +198,7 @@ def run_config(bc: BenchConfig, backbone: str, finetune: str = "full", augment: 
     AdamW), at the benchmark's size and batch, with the benchmark's weights (none: no download needed).
     crop=False: ImageFolder's Resize does not crop, so both paths see the same pixels (the crop costs
     nothing per epoch: it happens once, when the cache is built)."""
-    cfg = resolve(backbone, "quick", "imagenet", bc.data, image_size=bc.image_size, batch_size=bc.batch_size,
+    cfg = resolve(backbone, "quick", "imagenet", bc.data, image_size=bc.image_size, batch_size=bc.batch,
                   finetune=finetune, precision=bc.precision, seed=bc.seed, augment=augment, crop=False)
     return replace(cfg, weights=bc.weights)
 
@@ -248,10 +267,12 @@ def time_plain(model: nn.Module, cfg: RunConfig, loader, device: torch.device, w
     return {"seconds": seconds, "images": images, "images_per_s": images / seconds}
 
 
-def leukviz_setup(cfg: RunConfig, model: nn.Module, train_y: torch.Tensor, device: torch.device, total_steps: int):
-    """What engine._fit sets up for a run: frozen layers, channels-last, optimizer, schedule, loss, autocast."""
+def leukviz_setup(cfg: RunConfig, model: nn.Module, train_y: torch.Tensor, device: torch.device, total_steps: int,
+                  channels_last: bool = True):
+    """What engine._fit sets up for a run: frozen layers, channels-last, optimizer, schedule, loss, autocast.
+    (The allocator tuning engine._fit also does is process-wide: run() applies it once, after the plain loop.)"""
     frozen = backbones.set_finetune(model, cfg.backbone, cfg.finetune)
-    model = model.to(device, memory_format=torch.channels_last)
+    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     opt = engine.make_optimizer(cfg, model.parameters())
     sched = engine.make_scheduler(cfg, opt, total_steps)
     weights = engine.class_weights(train_y.numpy(), 2) if cfg.class_balance == "weighted_loss" else None
@@ -261,22 +282,24 @@ def leukviz_setup(cfg: RunConfig, model: nn.Module, train_y: torch.Tensor, devic
 
 
 def time_leukviz(model: nn.Module, cfg: RunConfig, train_x: torch.Tensor, train_y: torch.Tensor,
-                 device: torch.device, warmup: int, timed: int | None) -> dict:
-    """engine.train_one_epoch on the cached uint8 images, as a run trains (same set-up as engine._fit)."""
+                 device: torch.device, warmup: int, timed: int | None, channels_last: bool = True) -> dict:
+    """engine.train_one_epoch on the cached uint8 images, as a run trains (same set-up as engine._fit).
+    channels_last=False (the ablation only): model and inputs in the default NCHW memory format."""
     d = engine.Dist()
     n = len(train_x)
     epoch1 = engine.epoch_batches(n, cfg.batch_size, cfg.seed, 1, d)
-    model, frozen, opt, sched, crit, amp = leukviz_setup(cfg, model, train_y, device, len(epoch1) * 3)
+    model, frozen, opt, sched, crit, amp = leukviz_setup(cfg, model, train_y, device, len(epoch1) * 3, channels_last)
     engine.set_train_mode(model, frozen, cfg.freeze_bn)
+    prepare = None if channels_last else (lambda xb: engine.to_input(xb, cfg.backbone, device).contiguous())
     args = (cfg, 1, device, amp, d, lambda e: None, lambda: False)
     warm = (epoch1 * (warmup // max(1, len(epoch1)) + 1))[:warmup]
-    engine.train_one_epoch(model, opt, sched, None, crit, train_x, train_y, warm, *args)
+    engine.train_one_epoch(model, opt, sched, None, crit, train_x, train_y, warm, *args, prepare=prepare)
     batches = engine.epoch_batches(n, cfg.batch_size, cfg.seed, 2, d)
     if timed is not None:
         batches = (batches * (timed // max(1, len(batches)) + 1))[:timed]
     _sync(device)
     t = time.perf_counter()
-    engine.train_one_epoch(model, opt, sched, None, crit, train_x, train_y, batches, *args)
+    engine.train_one_epoch(model, opt, sched, None, crit, train_x, train_y, batches, *args, prepare=prepare)
     _sync(device)
     seconds = time.perf_counter() - t
     images = int(sum(len(b) for b in batches))
@@ -285,18 +308,18 @@ def time_leukviz(model: nn.Module, cfg: RunConfig, train_x: torch.Tensor, train_
 
 
 def time_head_fast(model: nn.Module, cfg: RunConfig, images: np.ndarray, train_y: torch.Tensor,
-                   device: torch.device, quick: bool) -> dict:
+                   device: torch.device, part_size: int | None) -> dict:
     """The head-only fast path as engine._fit runs it: features once (engine.head_features), then
-    HEAD_EPOCHS epochs of the head on them (engine.train_one_epoch). quick: the feature pass is timed on
-    one large batch and extrapolated to all images; the head epochs always run in full."""
+    HEAD_EPOCHS epochs of the head on them (engine.train_one_epoch). part_size (quick): the feature pass is
+    timed on that many images and extrapolated to all; the head epochs always run in full."""
     d = engine.Dist()
     n = len(images)
     steps = len(engine.epoch_batches(n, cfg.batch_size, cfg.seed, 1, d))
     model, frozen, opt, sched, crit, amp = leukviz_setup(cfg, model, train_y, device, steps * HEAD_EPOCHS)
     head = backbones.get_spec(cfg.backbone).head
     fb = engine.feature_batch_size(cfg.image_size)
-    part = images[:min(n, fb)] if quick else images
-    if quick:  # the first batch creates the kernels: one small warm-up so one timed batch is representative
+    part = images[:min(n, part_size)] if part_size else images
+    if part_size:  # the first batch creates the kernels: one small warm-up so one timed batch is representative
         engine.head_features(model, head, images[:2], cfg.backbone, device, amp, fb)
     _sync(device)
     t = time.perf_counter()
@@ -335,8 +358,14 @@ def train_step_flops(model: nn.Module, cfg: RunConfig, device: torch.device, bat
     return counter.get_total_flops() / batch
 
 
-def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 4096, reps: int = 5) -> float:
-    """Best GFLOP/s of a large square torch.mm in this dtype, warm (what the hardware gives matrix products)."""
+def matmul_peak(dtype: torch.dtype, device: torch.device, sizes: tuple[int, ...] = (1024, 2048, 4096),
+                reps: int = 5) -> float:
+    """Best GFLOP/s of large square torch.mm products in this dtype, warm, over a few sizes (what the
+    hardware gives matrix products; the best, so the fractions of it are not flattered)."""
+    return max(_matmul_gflops(dtype, device, n, reps) for n in sizes)
+
+
+def _matmul_gflops(dtype: torch.dtype, device: torch.device, n: int, reps: int) -> float:
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     torch.mm(a, b)
@@ -509,29 +538,39 @@ def _best_plain(results: dict[int, dict]) -> tuple[int, dict]:
     return w, results[w]
 
 
-def bench_backbone(bc: BenchConfig, name: str, bd: BenchData, images: np.ndarray, device: torch.device,
-                   cache_seconds: float, peaks: dict, log: Log) -> dict:
-    """Every path for one backbone; the plain loop and leukviz start from the same initial weights."""
-    cfg_full = run_config(bc, name, "full")
-    n = bd.n
-    train_y = torch.as_tensor(bd.labels)
-    train_x = torch.from_numpy(np.ascontiguousarray(images))
-    steps_per_epoch = (n + bc.batch_size - 1) // bc.batch_size
-    init = build(cfg_full, bc.seed)
-    out: dict = {"n_images": n, "steps_per_epoch": steps_per_epoch}
+def bench_plain(bc: BenchConfig, name: str, bd: BenchData, init: nn.Module, device: torch.device, log: Log) -> dict:
+    """The plain loop's paths for one backbone: full fine-tuning, last stage (full runs) and head only."""
+    out: dict = {}
 
     def plain(cfg: RunConfig) -> dict:
         res = {}
         for w in bc.workers:
-            loader = plain_loader(bd, bc.image_size, name, bc.batch_size, w, bc.seed, device)
-            res[w] = time_plain(copy.deepcopy(init), cfg, loader, device, bc.warmup, bc.timed)
+            loader = plain_loader(bd, bc.image_size, name, bc.batch, w, bc.seed, device)
+            res[w] = time_plain(copy.deepcopy(init), cfg, loader, device, bc.warmup_plain, bc.timed_plain)
             log(f"  {name} plain {cfg.finetune} (num_workers={w}): {res[w]['images_per_s']:.1f} img/s")
         w, best = _best_plain(res)
         return {**best, "num_workers": w, "by_workers": {str(k): v["images_per_s"] for k, v in res.items()}}
 
-    # full fine-tuning
-    out["plain_full"] = plain(cfg_full)
-    out["leukviz_full"] = time_leukviz(copy.deepcopy(init), cfg_full, train_x, train_y, device, bc.warmup, bc.timed)
+    out["plain_full"] = plain(run_config(bc, name, "full"))
+    if not bc.quick:  # last stage: skipped by --quick to keep it under a minute
+        out["plain_last"] = plain(run_config(bc, name, "last"))
+    out["plain_head"] = plain(run_config(bc, name, "head", augment="none"))
+    out["plain_head"]["run_seconds"] = HEAD_EPOCHS * bd.n / out["plain_head"]["images_per_s"]
+    return out
+
+
+def bench_leukviz(bc: BenchConfig, name: str, bd: BenchData, images: np.ndarray, init: nn.Module,
+                  device: torch.device, cache_seconds: float, peaks: dict, out: dict, log: Log) -> dict:
+    """leukviz's paths for one backbone, from the same initial weights as the plain loop; `out` holds the
+    plain loop's results and gets the rest."""
+    cfg_full = run_config(bc, name, "full")
+    n = bd.n
+    train_y = torch.as_tensor(bd.labels)
+    train_x = torch.from_numpy(np.ascontiguousarray(images))
+    out.update({"n_images": n, "steps_per_epoch": (n + bc.batch - 1) // bc.batch})
+    wl, tl = bc.warmup_leukviz, bc.timed_leukviz
+
+    out["leukviz_full"] = time_leukviz(copy.deepcopy(init), cfg_full, train_x, train_y, device, wl, tl)
     log(f"  {name} leukviz full ({out['leukviz_full']['precision']}): "
         f"{out['leukviz_full']['images_per_s']:.1f} img/s")
     out["speedup_full_vs_plain"] = out["leukviz_full"]["images_per_s"] / out["plain_full"]["images_per_s"]
@@ -544,34 +583,73 @@ def bench_backbone(bc: BenchConfig, name: str, bd: BenchData, images: np.ndarray
     out["roofline_fraction"] = out["gflops_full"] / peaks[prec]
     out["plain_roofline_fraction"] = out["gflops_plain"] / peaks["fp32"]
 
-    if not bc.quick:  # last stage: skipped by --quick to keep it under a minute
+    if "plain_last" in out:
         cfg_last = run_config(bc, name, "last")
-        out["plain_last"] = plain(cfg_last)
-        out["leukviz_last"] = time_leukviz(copy.deepcopy(init), cfg_last, train_x, train_y, device, bc.warmup,
-                                           bc.timed)
+        out["leukviz_last"] = time_leukviz(copy.deepcopy(init), cfg_last, train_x, train_y, device, wl, tl)
         log(f"  {name} leukviz last stage: {out['leukviz_last']['images_per_s']:.1f} img/s")
         out["speedup_last_vs_plain"] = out["leukviz_last"]["images_per_s"] / out["plain_last"]["images_per_s"]
 
     # head only over HEAD_EPOCHS epochs, the first counted: plain epochs all cost the same
     cfg_head = run_config(bc, name, "head", augment="none")
-    plain_head = plain(cfg_head)
-    plain_head["run_seconds"] = HEAD_EPOCHS * n / plain_head["images_per_s"]
-    fast = time_head_fast(copy.deepcopy(init), cfg_head, images, train_y, device, bc.quick)
+    plain_head = out["plain_head"]
+    fast = time_head_fast(copy.deepcopy(init), cfg_head, images, train_y, device, bc.feature_part)
     fast["run_seconds_warm_cache"] = fast["feature_seconds"] + fast["head_epochs_seconds"]
     fast["run_seconds"] = cache_seconds + fast["run_seconds_warm_cache"]
     fast["cache_seconds"] = cache_seconds
-    out["plain_head"] = plain_head
     out["leukviz_head"] = fast
     out["speedup_head_vs_plain"] = plain_head["run_seconds"] / fast["run_seconds"]
     out["speedup_head_vs_plain_warm_cache"] = plain_head["run_seconds"] / fast["run_seconds_warm_cache"]
+    out["speedup_head_vs_plain_warm_features"] = plain_head["run_seconds"] / fast["head_epochs_seconds"]
     log(f"  {name} head only, {HEAD_EPOCHS} epochs: plain {plain_head['run_seconds']:.1f}s, leukviz "
         f"{fast['run_seconds']:.2f}s (image cache {cache_seconds:.2f}s + features {fast['feature_seconds']:.2f}s + "
         f"head {fast['head_epochs_seconds']:.2f}s) -> {out['speedup_head_vs_plain']:.1f}x")
     return out
 
 
+ABLATION_STEPS = (("cached uint8 images, fp32, NCHW", "fp32", False),
+                  ("+ channels-last", "fp32", True),
+                  ("+ bf16 autocast", None, True))  # None: the run's own precision
+ABLATION_ALLOCATOR = "+ allocator keeps freed memory"
+ABLATION_FREEZE_BN = "+ frozen BatchNorm statistics (option)"
+
+
+def ablation_row(bc: BenchConfig, name: str, label: str, precision: str | None, channels_last: bool,
+                 train_x: torch.Tensor, train_y: torch.Tensor, init: nn.Module, device: torch.device,
+                 log: Log, freeze_bn: bool = False) -> dict:
+    cfg = run_config(bc, name, "full")
+    cfg = replace(cfg, precision=precision or cfg.precision, freeze_bn=freeze_bn)
+    r = time_leukviz(copy.deepcopy(init), cfg, train_x, train_y,
+                     device, bc.warmup_leukviz, bc.timed_leukviz, channels_last=channels_last)
+    log(f"  {name} ablation, {label}: {r['images_per_s']:.1f} img/s ({r['precision']})")
+    return {"step": label, **r}
+
+
+def ablations(bc: BenchConfig, images: np.ndarray, labels: np.ndarray, inits: dict[str, nn.Module],
+              device: torch.device, log: Log) -> dict[str, list[dict]]:
+    """leukviz's full fine-tuning with its speed-ups added one at a time, per backbone (the decode-once cache
+    is in every row; the plain loop is the row before them). The allocator tuning is process-wide and cannot
+    be undone, so every backbone's other rows are measured before it is switched on for the last row."""
+    train_x, train_y = torch.from_numpy(np.ascontiguousarray(images)), torch.as_tensor(labels)
+    rows: dict[str, list[dict]] = {name: [] for name in inits}
+    for name, init in inits.items():
+        for label, precision, cl in ABLATION_STEPS:
+            rows[name].append(ablation_row(bc, name, label, precision, cl, train_x, train_y, init, device, log))
+    if device.type == "cpu" and engine.tune_cpu_allocator():
+        for name, init in inits.items():
+            rows[name].append(ablation_row(bc, name, ABLATION_ALLOCATOR, None, True, train_x, train_y, init,
+                                           device, log))
+    for name, init in inits.items():  # not a default: BatchNorm in eval mode changes what training does
+        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in init.modules()):
+            rows[name].append(ablation_row(bc, name, ABLATION_FREEZE_BN, None, True, train_x, train_y, init,
+                                           device, log, freeze_bn=True))
+    return rows
+
+
 def run(bc: BenchConfig, cache_dir: Path | None = None, log: Log = lambda s: print(s, file=sys.stderr)) -> dict:
-    """Measure everything bc asks for; returns one JSON-able dict (see format_table for the human form)."""
+    """Measure everything bc asks for; returns one JSON-able dict (see format_table for the human form).
+
+    Order: every plain-loop measurement first, in the process's default state; then what engine._fit does
+    to the process (the allocator tuning) and leukviz's paths; then latency and memory."""
     if bc.threads:
         torch.set_num_threads(bc.threads)
     device = engine.pick_device(bc.device)
@@ -582,15 +660,16 @@ def run(bc: BenchConfig, cache_dir: Path | None = None, log: Log = lambda s: pri
         notes.append(f"the machine was busy (1-minute load average {info['load_average_1min']:.1f} on "
                      f"{os.cpu_count()} cores): timings are pessimistic and noisy")
     if bc.quick:
-        notes.append(f"--quick: {bc.warmup} warm-up + {bc.timed} timed batches per training path, extrapolated to "
-                     f"epochs; last-stage fine-tuning skipped; the head-only feature pass timed on one batch of "
-                     f"{engine.feature_batch_size(bc.image_size)} and extrapolated; plain DataLoader "
-                     f"num_workers={bc.workers[0]} only")
+        notes.append(f"--quick: batch {bc.batch}; plain loop {bc.warmup_plain} warm-up + {bc.timed_plain} timed "
+                     f"batch, leukviz {bc.warmup_leukviz} warm-up + {bc.timed_leukviz} timed batches, extrapolated "
+                     f"to epochs; last-stage fine-tuning skipped; the head-only feature pass timed on "
+                     f"{bc.feature_part} images and extrapolated; plain DataLoader num_workers={bc.workers[0]} only; "
+                     f"memory on a {bc.n_memory_files}-file stand-in")
     if bc.weights != "imagenet":
         notes.append(f"weights {bc.weights}: speed does not depend on the weights' values")
     for name in bc.backbones:
         backbones.ensure_weights(name, bc.weights)
-    log(f"bench on {engine.device_name(device)}, {bc.image_size}px, batch {bc.batch_size}, "
+    log(f"bench on {engine.device_name(device)}, {bc.image_size}px, batch {bc.batch}, "
         f"{'quick' if bc.quick else 'full'}")
     bd = bench_data(bc.data, bc.fold, cache_dir)
     log(f"  data: {bd.n} images of {bd.folder} (ImageFolder and leukviz read the same files)")
@@ -604,28 +683,46 @@ def run(bc: BenchConfig, cache_dir: Path | None = None, log: Log = lambda s: pri
         images = np.array(images)  # into memory before the temporary folder goes
     log(f"  decode once into the cache: {cache_seconds:.2f}s ({bd.n / cache_seconds:.0f} img/s)")
 
-    size, reps = (8192, 10) if device.type == "cuda" else (2048, 4) if bc.quick else (4096, 6)
-    peaks = {"fp32": matmul_peak(torch.float32, device, size, reps)}
     lv_amp = engine.autocast_dtype(bc.precision, device)
+    sizes = (8192,) if device.type == "cuda" else (1024, 2048) if bc.quick else (1024, 2048, 4096)
+    reps = 10 if device.type == "cuda" else 3 if bc.quick else 5
+    peaks = {"fp32": matmul_peak(torch.float32, device, sizes, reps)}
     if lv_amp is not None:
-        peaks[precision_name(lv_amp)] = matmul_peak(lv_amp, device, size, reps)
+        peaks[precision_name(lv_amp)] = matmul_peak(lv_amp, device, sizes, reps)
     log("  matmul peak: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
 
-    per: dict = {}
+    inits = {name: build(run_config(bc, name, "full"), bc.seed) for name in bc.backbones}
+    per = {name: bench_plain(bc, name, bd, inits[name], device, log) for name in bc.backbones}
+    steps = ablations(bc, images, bd.labels, inits, device, log) if bc.ablation else {}
+    allocator = engine.tune_cpu_allocator() if device.type == "cpu" else False
     for name in bc.backbones:
-        per[name] = bench_backbone(bc, name, bd, images, device, cache_seconds, peaks, log)
+        bench_leukviz(bc, name, bd, images, inits[name], device, cache_seconds, peaks, per[name], log)
+    del inits
 
     latency = predict_latency(bc, bd.paths[0], device, 10 if bc.quick else 40, log) if bc.latency else {}
     memory = cache_memory(bc.n_memory_files, 128, log) if bc.n_memory_files > 0 else {}
     if memory:
         log(f"  peak RSS indexing + caching {memory['files']} files at 128px: {memory['peak_rss_mb']:.0f} MB")
+    # the peak again at the end: the larger of the two, so a busy moment cannot inflate the fractions
+    end_peaks = {k: matmul_peak(torch.float32 if k == "fp32" else lv_amp, device, sizes, reps) for k in peaks}
+    for k, v in end_peaks.items():
+        if v > peaks[k]:
+            peaks[k] = v
+            for r in per.values():
+                if r["leukviz_full"]["precision"] == k:
+                    r["peak_gflops"] = v
+                    r["roofline_fraction"] = r["gflops_full"] / v
+                if k == "fp32":
+                    r["plain_roofline_fraction"] = r["gflops_plain"] / v
 
     cfg_dict = asdict(bc)
-    cfg_dict.update(warmup=bc.warmup, timed=bc.timed, plain_workers=list(bc.workers))
+    cfg_dict.update(batch_size=bc.batch, warmup_plain=bc.warmup_plain, timed_plain=bc.timed_plain,
+                    warmup_leukviz=bc.warmup_leukviz, timed_leukviz=bc.timed_leukviz, plain_workers=list(bc.workers))
     res = {
         "machine": info, "config": cfg_dict, "device": engine.device_name(device), "notes": notes,
+        "allocator_tuned": allocator,
         "data": {"folder": str(bd.folder), "n_images": bd.n, "cache_seconds": cache_seconds},
-        "matmul_peak_gflops": peaks, "backbones": per,
+        "matmul_peak_gflops": peaks, "backbones": per, "ablation": steps,
         "speedup_full_vs_plain": {k: v["speedup_full_vs_plain"] for k, v in per.items()},
         "speedup_last_vs_plain": {k: v["speedup_last_vs_plain"] for k, v in per.items() if "leukviz_last" in v},
         "speedup_head_vs_plain": {k: v["speedup_head_vs_plain"] for k, v in per.items()},
@@ -668,10 +765,15 @@ def format_table(res: dict) -> str:
             (f"leukviz head ({HEAD_EPOCHS} ep)", None, r["speedup_head_vs_plain"],
              f"{r['leukviz_head']['run_seconds']:.2f}s: decode {r['leukviz_head']['cache_seconds']:.2f}s + features "
              f"{r['leukviz_head']['feature_seconds']:.2f}s + head {r['leukviz_head']['head_epochs_seconds']:.2f}s "
-             f"({r['speedup_head_vs_plain_warm_cache']:.1f}x with the image cache already built)"),
+             f"({r['speedup_head_vs_plain_warm_cache']:.1f}x with the image cache already built, "
+             f"{r['speedup_head_vs_plain_warm_features']:.0f}x with the features too)"),
         ]
         for label, ips, sp, detail in rows:
             lines.append(f"{name:<10} {label:<22} {'' if ips is None else f'{ips:8.1f}':>8} {sp:7.2f}x  {detail}")
+    for name, rows in res.get("ablation", {}).items():
+        base = res["backbones"][name]["plain_full"]["images_per_s"]
+        lines += ["", f"{name} full fine-tuning, speed-ups added one at a time (plain loop: {base:.1f} img/s):"]
+        lines += [f"  {r['step']:<40} {r['images_per_s']:8.1f} img/s {r['images_per_s'] / base:6.2f}x" for r in rows]
     if res["latency"]:
         lat = res["latency"]
         lines += ["", "prediction latency, one image file (decode + forward), warm: " + "; ".join(

@@ -469,7 +469,7 @@ def cmd_bench(args) -> int:
         image_size=args.image_size or 128, batch_size=args.batch_size, data=args.data, fold=args.fold,
         quick=args.quick, device=args.device, precision=args.precision, weights=args.weights,
         threads=args.threads, plain_workers=tuple(args.plain_workers or ()), memory_files=args.memory_files,
-        latency=not args.no_latency)
+        latency=not args.no_latency, ablation=args.ablation)
     res = bench.run(bc, runs.cache_root(), log)
     print(bench.format_table(res))
     if args.json:
@@ -578,7 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--quick", action="store_true", help="a few batches per path, extrapolated (under a minute)")
     be.add_argument("--backbone", choices=list(BACKBONES), help="one backbone (default: all)")
     be.add_argument("--image-size", type=int, help="pixels (default 128; 64 with --accuracy)")
-    be.add_argument("--batch-size", type=int, default=32)
+    be.add_argument("--batch-size", type=int, default=0, help="default 32 (16 with --quick)")
     be.add_argument("--data", default="demo", help="demo, or a C-NMC folder / class-per-folder tree")
     be.add_argument("--fold", type=int, default=0, help="the training_data/fold_<k> folder both paths read")
     be.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
@@ -589,6 +589,9 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--memory-files", type=int, default=0,
                     help="files in the memory stand-in (default 15135, 3000 with --quick; -1 skips)")
     be.add_argument("--no-latency", action="store_true", help="skip the prediction latency")
+    be.add_argument("--ablation", action="store_true",
+                    help="also time full fine-tuning with each speed-up added in turn (NCHW fp32, channels-last, "
+                         "bf16, allocator)")
     be.add_argument("--accuracy", action="store_true",
                     help="instead: train from scratch in fp32 and bf16 and compare validation accuracy")
     be.add_argument("--epochs", type=int, default=3, help="with --accuracy")

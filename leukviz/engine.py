@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,6 +130,34 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
             return torch.bfloat16
         return None
     return None  # MPS: fp32
+
+
+_ALLOCATOR_TUNED = False
+
+
+def tune_cpu_allocator() -> bool:
+    """Keep freed memory in the process for reuse (glibc: no mmap for large blocks, no trimming).
+
+    By default glibc serves every block over 32 MB (activations, VGG16's 25088x4096 weight and gradient) with
+    a fresh mmap and unmaps it when freed, so each training step page-faults gigabytes in again: measured
+    ~25 % of a VGG16 step at 128 px on a 2-core CPU (docs/BENCHMARKS.md); neutral for ResNet50/GoogLeNet.
+    The cost: the process keeps its peak memory until it ends, which a training process does anyway.
+    Process-wide and idempotent; LEUKVIZ_MALLOC_TUNE=0 opts out; does nothing off glibc. Returns whether
+    it is in effect.
+    """
+    global _ALLOCATOR_TUNED
+    if _ALLOCATOR_TUNED:
+        return True
+    if os.environ.get("LEUKVIZ_MALLOC_TUNE") == "0" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # glibc only (musl has no mallopt tunables of this kind)  # noqa: B018
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4
+    _ALLOCATOR_TUNED = libc.mallopt(m_mmap_max, 0) == 1 and libc.mallopt(m_trim_threshold, 2**31 - 1) == 1
+    return _ALLOCATOR_TUNED
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -442,6 +472,56 @@ def fit(cfg: RunConfig, run_dir: Path, emit: Emit, should_stop: Callable[[], boo
         raise OutOfMemory(out_of_memory_message(cfg, e, world)) from e
 
 
+FEATURE_CACHE_VERSION = 1
+
+
+def feature_cache_key(model: nn.Module, head: str, cfg: RunConfig, fingerprint: str, train_idx: np.ndarray,
+                      val_idx: np.ndarray, device: torch.device, amp: torch.dtype | None) -> str:
+    """What the head's inputs depend on: the frozen backbone's exact weights (hashed, so any weights source
+    and seed is covered), the dataset, image size and crop, which images, device type, precision and torch
+    version. Two runs that differ only in the head's training (lr, epochs, optimizer...) share it."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=16)
+    for part in (FEATURE_CACHE_VERSION, cfg.backbone, fingerprint, cfg.image_size, cfg.crop, device.type, str(amp),
+                 torch.__version__):
+        h.update(f"{part}|".encode())
+    h.update(np.ascontiguousarray(train_idx, dtype=np.int64).tobytes())
+    h.update(b"|")
+    h.update(np.ascontiguousarray(val_idx, dtype=np.int64).tobytes())
+    for name, t in model.state_dict().items():
+        if name.startswith(head + "."):
+            continue
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def load_cached_features(path: Path, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The cached (train, val) head inputs, or None when absent or unreadable (then they are recomputed)."""
+    if not path.is_file():
+        return None
+    try:
+        from safetensors.torch import load_file
+
+        t = load_file(str(path), device=str(device) if device.type != "mps" else "cpu")
+        return t["train"].to(device), t["val"].to(device)
+    except Exception:  # noqa: BLE001 - a damaged or partial cache file is only a cache miss
+        return None
+
+
+def save_cached_features(path: Path, feats: tuple[torch.Tensor, torch.Tensor], log: Callable[[str], None]) -> None:
+    """Best effort: a full disk or a read-only cache only costs the next run the recomputation."""
+    from safetensors.torch import save
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, save({"train": feats[0].detach().cpu().contiguous(),
+                                       "val": feats[1].detach().cpu().contiguous()}))
+    except OSError as e:
+        log(f"could not keep the head-only features for the next run ({e.strerror or e}); this run is unaffected")
+
+
 def _fit(cfg: RunConfig, run_dir: Path, emit: Emit, should_stop: Callable[[], bool], cache_dir: Path | None,
          resume: bool, device_pref: str, log: Callable[[str], None]) -> dict:
     d, device = init_distributed(device_pref)
@@ -464,6 +544,8 @@ def _fit(cfg: RunConfig, run_dir: Path, emit: Emit, should_stop: Callable[[], bo
     steps_per_epoch = len(epoch_batches(len(train_x), cfg.batch_size, cfg.seed, 1, d))
     sched = make_scheduler(cfg, opt, steps_per_epoch * cfg.epochs)
     amp = autocast_dtype(cfg.precision, device)
+    if device.type == "cpu":
+        tune_cpu_allocator()
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 and device.type == "cuda" else None
     train_model: nn.Module = model
     fast_head = uses_feature_cache(cfg, d)
@@ -511,12 +593,21 @@ def _fit(cfg: RunConfig, run_dir: Path, emit: Emit, should_stop: Callable[[], bo
     for epoch in range(start_epoch, cfg.epochs + 1):
         t0 = time.time()
         if fast_head and feats is None:  # counted in the first epoch's time
-            fb = feature_batch_size(cfg.image_size)
-            feats = (head_features(model, head_name, train_x, cfg.backbone, device, amp, fb),
-                     head_features(model, head_name, val_x if val_x is not images else images[val_idx],
-                                   cfg.backbone, device, amp, fb))
-            log(f"head-only without augmentation: backbone features of {len(train_x)} + {len(val_idx)} images "
-                f"computed once in {time.time() - t0:.1f}s; the head trains on them")
+            key = feature_cache_key(model, head_name, cfg, ds.fingerprint, order, val_idx, device, amp)
+            fpath = (Path(cache_dir) if cache_dir else data.default_cache()) / "features" / f"{key}.safetensors"
+            feats = load_cached_features(fpath, device)
+            if feats is not None:
+                log(f"head-only without augmentation: backbone features of {len(train_x)} + {len(val_idx)} images "
+                    f"read from the feature cache ({fpath.name}) in {time.time() - t0:.1f}s")
+            else:
+                fb = feature_batch_size(cfg.image_size)
+                feats = (head_features(model, head_name, train_x, cfg.backbone, device, amp, fb),
+                         head_features(model, head_name, val_x if val_x is not images else images[val_idx],
+                                       cfg.backbone, device, amp, fb))
+                log(f"head-only without augmentation: backbone features of {len(train_x)} + {len(val_idx)} "
+                    f"images computed once in {time.time() - t0:.1f}s; the head trains on them")
+                if d.main:
+                    save_cached_features(fpath, feats, log)
         set_train_mode(train_model, frozen, cfg.freeze_bn)
         batches = epoch_batches(len(train_x), cfg.batch_size, cfg.seed, epoch, d)
         tl, ta, seen = train_one_epoch(

@@ -4,6 +4,7 @@ trains the same head as the normal loop."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,35 @@ def test_head_fast_path_in_bf16_keeps_the_predictions(tiny_data, tmp_path, monke
     assert (fpred["pred"] == npred["pred"]).mean() >= 0.95
 
 
+def test_head_features_are_kept_for_the_next_run_and_reused_exactly(tiny_data, tmp_path):
+    cfg = resolve("googlenet", "quick", "none", str(tiny_data), image_size=32, epochs=1, finetune="head",
+                  augment="none", precision="fp32", batch_size=16)
+    cache = tmp_path / "cache"
+
+    def fit(c, name):
+        logs: list[str] = []
+        (tmp_path / name).mkdir()
+        res = engine.fit(c, tmp_path / name, lambda e: None, cache_dir=cache, log=logs.append)
+        return res, "\n".join(logs), load_file(str(tmp_path / name / engine.CHECKPOINT))
+
+    first, log1, w1 = fit(cfg, "a")
+    files = list((cache / "features").glob("*.safetensors"))
+    assert len(files) == 1 and "computed once" in log1
+    # another head recipe on the same backbone, data and split: the features are read, not recomputed
+    second, log2, _ = fit(replace(cfg, lr=cfg.lr * 3), "b")
+    assert "read from the feature cache" in log2 and "computed once" not in log2
+    same, log3, w3 = fit(cfg, "c")
+    assert "read from the feature cache" in log3
+    assert same["val_loss"] == first["val_loss"] and all(torch.equal(w1[k], w3[k]) for k in w1)
+    # another seed is another (random) backbone: not the same features
+    _, log4, _ = fit(replace(cfg, seed=cfg.seed + 1), "d")
+    assert "computed once" in log4 and len(list((cache / "features").glob("*.safetensors"))) == 2
+    # a damaged cache file is a miss, never a crash, and is replaced
+    files[0].write_bytes(b"not safetensors")
+    again, log5, _ = fit(cfg, "e")
+    assert "computed once" in log5 and again["val_loss"] == first["val_loss"]
+
+
 def test_tiny_bench_end_to_end(tiny_data, capsys):
     from leukviz.cli import main
 
@@ -121,7 +151,7 @@ def test_tiny_bench_end_to_end(tiny_data, capsys):
     # the same number of images per epoch on both sides, and the same batch size and image size
     assert r["n_images"] == len(list((tiny_data / "training_data" / "fold_0").rglob("*.png")))
     assert res["config"]["batch_size"] == 16 and res["config"]["image_size"] == 32
-    assert r["plain_full"]["images"] == r["leukviz_full"]["images"] == 32  # 2 timed batches of 16 each
+    assert r["plain_full"]["images"] == 16 and r["leukviz_full"]["images"] == 32  # 1 and 2 timed batches of 16
     mem = res["memory"]
     assert mem["n"] == mem["ok"] == 60 and "smaller stand-in" in mem["note"]  # nothing dropped as a duplicate
     assert any("--quick" in n for n in res["notes"])
