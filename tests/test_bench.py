@@ -4,6 +4,9 @@ trains the same head as the normal loop."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -156,3 +159,36 @@ def test_tiny_bench_end_to_end(tiny_data, capsys):
     assert mem["n"] == mem["ok"] == 60 and "smaller stand-in" in mem["note"]  # nothing dropped as a duplicate
     assert any("--quick" in n for n in res["notes"])
     assert "leukviz full" in "\n".join(out[:-1])
+
+
+_FAULTS = r"""
+import resource, sys, torch
+from leukviz import engine
+tuned = engine.tune_cpu_allocator() if sys.argv[1] == "1" else False
+faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(12):  # 64 MB blocks, above glibc's largest mmap threshold; the tuned heap settles in a few
+    x = torch.empty(16 * 2**20); x.fill_(1); del x
+before = faults()
+for _ in range(5):
+    x = torch.empty(16 * 2**20); x.fill_(1); del x
+print(tuned, faults() - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc allocator tuning is Linux-only")
+def test_tuned_allocator_reuses_freed_memory_instead_of_faulting_it_in_again():
+    pages = 64 * 2**20 // os.sysconf("SC_PAGE_SIZE")
+
+    def run(tune: str, **env) -> tuple[str, int]:
+        out = subprocess.run([sys.executable, "-c", _FAULTS, tune], capture_output=True, text=True, check=True,
+                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), **env})
+        tuned, faults = out.stdout.split()
+        return tuned, int(faults)
+
+    tuned, faults = run("1")
+    if tuned != "True":
+        pytest.skip("not glibc: no allocator tuning here")
+    assert faults < pages  # freed blocks are reused: (almost) no new page faults
+    assert run("0")[1] >= 4 * pages  # the default: every 64 MB block is mapped and faulted in again
+    off, faults_off = run("1", LEUKVIZ_MALLOC_TUNE="0")  # the opt-out
+    assert off == "False" and faults_off >= 4 * pages
