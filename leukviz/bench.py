@@ -451,10 +451,10 @@ def make_standin(root: Path, n_files: int, side: int = 450, seed: int = 0) -> Pa
     n_train = min(n_files, round(n_files * CNMC_SETS["train"] / CNMC_SIZE))
     n_prelim = min(n_files - n_train, round(n_files * CNMC_SETS["prelim"] / CNMC_SIZE))
     n_final = n_files - n_train - n_prelim
-    for i in range(n_train):  # about 2:1 all:hem as in C-NMC; 3 folds; ~25 cells per subject
+    for i in range(n_train):  # about 2:1 all:hem as in C-NMC, in each of 3 folds; ~25 cells per subject
         name = "all" if i % 3 else "hem"
         subject = f"{i % 60 + 1}" if name == "all" else f"H{i % 40 + 1}"
-        dst = base / "training_data" / f"fold_{i % 3}" / name / f"UID_{subject}_{i}_1_{name}.bmp"
+        dst = base / "training_data" / f"fold_{(i // 3) % 3}" / name / f"UID_{subject}_{i}_1_{name}.bmp"
         place(cells[name][i % len(cells[name])], dst)
     prelim = base / "validation_data" / "C-NMC_test_prelim_phase_data"
     rows = ["Patient_ID,new_names,labels"]
