@@ -660,7 +660,7 @@ def run(bc: BenchConfig, cache_dir: Path | None = None, log: Log = lambda s: pri
         notes.append(f"the machine was busy (1-minute load average {info['load_average_1min']:.1f} on "
                      f"{os.cpu_count()} cores): timings are pessimistic and noisy")
     if bc.quick:
-        notes.append(f"--quick: batch {bc.batch}; plain loop {bc.warmup_plain} warm-up + {bc.timed_plain} timed "
+        notes.append(f"--quick: batch {bc.batch} (the full run's is 32: docs/BENCHMARKS.md); plain loop {bc.warmup_plain} warm-up + {bc.timed_plain} timed "
                      f"batch, leukviz {bc.warmup_leukviz} warm-up + {bc.timed_leukviz} timed batches, extrapolated "
                      f"to epochs; last-stage fine-tuning skipped; the head-only feature pass timed on "
                      f"{bc.feature_part} images and extrapolated; plain DataLoader num_workers={bc.workers[0]} only; "
