@@ -29,7 +29,7 @@ from leukviz.config import RunConfig, resolve
 
 CNMC_SIZE = 15_135  # images in C-NMC 2019 as downloaded: 10,661 training + 1,867 preliminary + 2,607 final
 CNMC_SETS = {"train": 10_661, "prelim": 1_867}  # the rest is the unlabeled final set
-QUICK_MEMORY_FILES = 3_000
+QUICK_MEMORY_FILES = 1_000
 HEAD_EPOCHS = 5
 Log = Callable[[str], None]
 
@@ -50,7 +50,7 @@ class BenchConfig:
     weights: str = "none"  # speed does not depend on the weights' values; none needs no download
     threads: int = 0  # 0: torch's default (one per core)
     plain_workers: tuple[int, ...] = ()  # DataLoader num_workers tried; (): (0,) quick, (0, 2) full
-    memory_files: int = 0  # 0: 3,000 quick, 15,135 (C-NMC's size) full; -1: skip
+    memory_files: int = 0  # 0: 1,000 quick, 15,135 (C-NMC's size) full; -1: skip
     latency: bool = True
     ablation: bool = False  # also measure leukviz's full fine-tuning with each speed-up added in turn
     seed: int = 0
@@ -65,8 +65,9 @@ class BenchConfig:
 
     @property
     def warmup_leukviz(self) -> int:
-        """bf16 with the tuned allocator settles after about three steps (kernels created, heap grown)."""
-        return 3
+        """bf16 with the tuned allocator settles after about three steps (kernels created, heap grown); quick
+        takes two, which if anything under-states leukviz."""
+        return 2 if self.quick else 3
 
     @property
     def timed_plain(self) -> int | None:
@@ -76,6 +77,15 @@ class BenchConfig:
     @property
     def timed_leukviz(self) -> int | None:
         return 2 if self.quick else None
+
+    @property
+    def min_seconds_plain(self) -> float:
+        """quick: keep timing batches until this long has passed (fast backbones get several)."""
+        return 1.0 if self.quick else 0.0
+
+    @property
+    def min_seconds_leukviz(self) -> float:
+        return 1.0 if self.quick else 0.0
 
     @property
     def workers(self) -> tuple[int, ...]:
@@ -88,7 +98,7 @@ class BenchConfig:
     @property
     def feature_part(self) -> int | None:
         """quick: the head-only feature pass is timed on this many images and extrapolated."""
-        return 64 if self.quick else None
+        return 32 if self.quick else None
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -219,9 +229,10 @@ def build(cfg: RunConfig, seed: int) -> nn.Module:
 
 
 def time_plain(model: nn.Module, cfg: RunConfig, loader, device: torch.device, warmup: int,
-               timed: int | None) -> dict:
-    """The usual loop: fp32, default memory format, decode every batch. Times `timed` batches after `warmup`
-    (None: one whole fresh epoch, worker start-up included, as every epoch of this loop pays it)."""
+               timed: int | None, min_seconds: float = 0.0) -> dict:
+    """The usual loop: fp32, default memory format, decode every batch. Times at least `timed` batches after
+    `warmup`, and more until min_seconds have passed (None: one whole fresh epoch, worker start-up included,
+    as every epoch of this loop pays it)."""
     model = model.to(device)
     backbones.set_finetune(model, cfg.backbone, cfg.finetune)
     model.train()
@@ -254,7 +265,8 @@ def time_plain(model: nn.Module, cfg: RunConfig, loader, device: torch.device, w
             step(x, y)
             images += len(y)
     else:
-        for _ in range(timed):
+        done = 0
+        while done < timed or time.perf_counter() - t < min_seconds:
             try:
                 x, y = next(it)
             except StopIteration:
@@ -262,6 +274,7 @@ def time_plain(model: nn.Module, cfg: RunConfig, loader, device: torch.device, w
                 x, y = next(it)
             step(x, y)
             images += len(y)
+            done += 1
     _sync(device)
     seconds = time.perf_counter() - t
     return {"seconds": seconds, "images": images, "images_per_s": images / seconds}
@@ -282,7 +295,8 @@ def leukviz_setup(cfg: RunConfig, model: nn.Module, train_y: torch.Tensor, devic
 
 
 def time_leukviz(model: nn.Module, cfg: RunConfig, train_x: torch.Tensor, train_y: torch.Tensor,
-                 device: torch.device, warmup: int, timed: int | None, channels_last: bool = True) -> dict:
+                 device: torch.device, warmup: int, timed: int | None, channels_last: bool = True,
+                 min_seconds: float = 0.0) -> dict:
     """engine.train_one_epoch on the cached uint8 images, as a run trains (same set-up as engine._fit).
     channels_last=False (the ablation only): model and inputs in the default NCHW memory format."""
     d = engine.Dist()
@@ -295,14 +309,20 @@ def time_leukviz(model: nn.Module, cfg: RunConfig, train_x: torch.Tensor, train_
     warm = (epoch1 * (warmup // max(1, len(epoch1)) + 1))[:warmup]
     engine.train_one_epoch(model, opt, sched, None, crit, train_x, train_y, warm, *args, prepare=prepare)
     batches = engine.epoch_batches(n, cfg.batch_size, cfg.seed, 2, d)
-    if timed is not None:
-        batches = (batches * (timed // max(1, len(batches)) + 1))[:timed]
     _sync(device)
     t = time.perf_counter()
-    engine.train_one_epoch(model, opt, sched, None, crit, train_x, train_y, batches, *args, prepare=prepare)
+    if timed is None:  # one whole epoch
+        engine.train_one_epoch(model, opt, sched, None, crit, train_x, train_y, batches, *args, prepare=prepare)
+        images = int(sum(len(b) for b in batches))
+    else:  # at least `timed` batches, and more until min_seconds have passed
+        images = done = 0
+        while done < timed or time.perf_counter() - t < min_seconds:
+            b = batches[done % len(batches)]
+            engine.train_one_epoch(model, opt, sched, None, crit, train_x, train_y, [b], *args, prepare=prepare)
+            images += len(b)
+            done += 1
     _sync(device)
     seconds = time.perf_counter() - t
-    images = int(sum(len(b) for b in batches))
     return {"seconds": seconds, "images": images, "images_per_s": images / seconds,
             "precision": precision_name(amp)}
 
@@ -381,40 +401,47 @@ def _matmul_gflops(dtype: torch.dtype, device: torch.device, n: int, reps: int) 
 
 # ---------------------------------------------------------------------------------------------- latency
 
-def predict_latency(bc: BenchConfig, image_path: str, device: torch.device, reps: int, log: Log) -> dict:
-    """One image file through leukviz.inference.predict_files (decode, preprocessing, forward), per backbone
-    and through all of them in turn (as the Predict page does); p50 and p95 over warm repetitions."""
+def predict_latency(bc: BenchConfig, image_path: str, device: torch.device, reps: int, log: Log,
+                    built: dict[str, nn.Module] | None = None) -> dict:
+    """One image file through leukviz.inference.predict_files (decode, preprocessing, forward), through all
+    models in turn (as the Predict page does) and each model's share of that loop; p50 and p95 over warm
+    repetitions."""
     from leukviz import inference
 
     models = {}
     for name in bc.backbones:
-        torch.manual_seed(bc.seed)
-        m = backbones.build_model(name, 2, "none").to(device, memory_format=torch.channels_last).eval()
+        if built and name in built:  # the benchmark's models (a copy: building VGG16 again takes seconds)
+            m = copy.deepcopy(built[name])
+        else:
+            torch.manual_seed(bc.seed)
+            m = backbones.build_model(name, 2, "none")
+        m = m.to(device, memory_format=torch.channels_last).eval()
         meta = {"backbone": name, "classes": list(data.CNMC_CLASSES), "image_size": bc.image_size, "crop": True}
         models[name] = inference.LoadedModel(m, meta, device, Path(f"bench-{name}"))
     out: dict = {}
 
-    def measure(names: list[str]) -> dict:
-        for _ in range(3):
-            for nm in names:
-                inference.predict_files(models[nm], [image_path])
-        times = []
-        for _ in range(reps):
+    names = list(bc.backbones)
+    for _ in range(3):  # warm: kernels created, memory allocated
+        for nm in names:
+            inference.predict_files(models[nm], [image_path])
+    times: dict[str, list[float]] = {nm: [] for nm in names}
+    for _ in range(reps):  # all models in turn, as the Predict page does; each one's time kept too
+        for nm in names:
             _sync(device)
             t = time.perf_counter()
-            for nm in names:
-                inference.predict_files(models[nm], [image_path])
+            inference.predict_files(models[nm], [image_path])
             _sync(device)
-            times.append(time.perf_counter() - t)
-        return {"p50_ms": float(np.percentile(times, 50) * 1e3), "p95_ms": float(np.percentile(times, 95) * 1e3),
+            times[nm].append(time.perf_counter() - t)
+
+    def summary(ts: list[float]) -> dict:
+        return {"p50_ms": float(np.percentile(ts, 50) * 1e3), "p95_ms": float(np.percentile(ts, 95) * 1e3),
                 "reps": reps}
 
-    for name in bc.backbones:
-        out[name] = measure([name])
-        log(f"  predict latency {name}: p50 {out[name]['p50_ms']:.1f} ms, p95 {out[name]['p95_ms']:.1f} ms")
-    out["all"] = measure(list(bc.backbones))
-    log(f"  predict latency, all {len(bc.backbones)}: p50 {out['all']['p50_ms']:.1f} ms, "
-        f"p95 {out['all']['p95_ms']:.1f} ms")
+    for nm in names:
+        out[nm] = summary(times[nm])
+        log(f"  predict latency {nm}: p50 {out[nm]['p50_ms']:.1f} ms, p95 {out[nm]['p95_ms']:.1f} ms")
+    out["all"] = summary([sum(ts) for ts in zip(*times.values())])
+    log(f"  predict latency, all {len(names)}: p50 {out['all']['p50_ms']:.1f} ms, p95 {out['all']['p95_ms']:.1f} ms")
     return out
 
 
@@ -546,7 +573,8 @@ def bench_plain(bc: BenchConfig, name: str, bd: BenchData, init: nn.Module, devi
         res = {}
         for w in bc.workers:
             loader = plain_loader(bd, bc.image_size, name, bc.batch, w, bc.seed, device)
-            res[w] = time_plain(copy.deepcopy(init), cfg, loader, device, bc.warmup_plain, bc.timed_plain)
+            res[w] = time_plain(copy.deepcopy(init), cfg, loader, device, bc.warmup_plain, bc.timed_plain,
+                                bc.min_seconds_plain)
             log(f"  {name} plain {cfg.finetune} (num_workers={w}): {res[w]['images_per_s']:.1f} img/s")
         w, best = _best_plain(res)
         return {**best, "num_workers": w, "by_workers": {str(k): v["images_per_s"] for k, v in res.items()}}
@@ -568,9 +596,10 @@ def bench_leukviz(bc: BenchConfig, name: str, bd: BenchData, images: np.ndarray,
     train_y = torch.as_tensor(bd.labels)
     train_x = torch.from_numpy(np.ascontiguousarray(images))
     out.update({"n_images": n, "steps_per_epoch": (n + bc.batch - 1) // bc.batch})
-    wl, tl = bc.warmup_leukviz, bc.timed_leukviz
+    wl, tl, ml = bc.warmup_leukviz, bc.timed_leukviz, bc.min_seconds_leukviz
 
-    out["leukviz_full"] = time_leukviz(copy.deepcopy(init), cfg_full, train_x, train_y, device, wl, tl)
+    out["leukviz_full"] = time_leukviz(copy.deepcopy(init), cfg_full, train_x, train_y, device, wl, tl,
+                                       min_seconds=ml)
     log(f"  {name} leukviz full ({out['leukviz_full']['precision']}): "
         f"{out['leukviz_full']['images_per_s']:.1f} img/s")
     out["speedup_full_vs_plain"] = out["leukviz_full"]["images_per_s"] / out["plain_full"]["images_per_s"]
@@ -585,7 +614,8 @@ def bench_leukviz(bc: BenchConfig, name: str, bd: BenchData, images: np.ndarray,
 
     if "plain_last" in out:
         cfg_last = run_config(bc, name, "last")
-        out["leukviz_last"] = time_leukviz(copy.deepcopy(init), cfg_last, train_x, train_y, device, wl, tl)
+        out["leukviz_last"] = time_leukviz(copy.deepcopy(init), cfg_last, train_x, train_y, device, wl, tl,
+                                           min_seconds=ml)
         log(f"  {name} leukviz last stage: {out['leukviz_last']['images_per_s']:.1f} img/s")
         out["speedup_last_vs_plain"] = out["leukviz_last"]["images_per_s"] / out["plain_last"]["images_per_s"]
 
@@ -619,7 +649,8 @@ def ablation_row(bc: BenchConfig, name: str, label: str, precision: str | None, 
     cfg = run_config(bc, name, "full")
     cfg = replace(cfg, precision=precision or cfg.precision, freeze_bn=freeze_bn)
     r = time_leukviz(copy.deepcopy(init), cfg, train_x, train_y,
-                     device, bc.warmup_leukviz, bc.timed_leukviz, channels_last=channels_last)
+                     device, bc.warmup_leukviz, bc.timed_leukviz, channels_last=channels_last,
+                     min_seconds=bc.min_seconds_leukviz)
     log(f"  {name} ablation, {label}: {r['images_per_s']:.1f} img/s ({r['precision']})")
     return {"step": label, **r}
 
@@ -660,11 +691,12 @@ def run(bc: BenchConfig, cache_dir: Path | None = None, log: Log = lambda s: pri
         notes.append(f"the machine was busy (1-minute load average {info['load_average_1min']:.1f} on "
                      f"{os.cpu_count()} cores): timings are pessimistic and noisy")
     if bc.quick:
-        notes.append(f"--quick: batch {bc.batch} (the full run's is 32: docs/BENCHMARKS.md); plain loop {bc.warmup_plain} warm-up + {bc.timed_plain} timed "
-                     f"batch, leukviz {bc.warmup_leukviz} warm-up + {bc.timed_leukviz} timed batches, extrapolated "
-                     f"to epochs; last-stage fine-tuning skipped; the head-only feature pass timed on "
-                     f"{bc.feature_part} images and extrapolated; plain DataLoader num_workers={bc.workers[0]} only; "
-                     f"memory on a {bc.n_memory_files}-file stand-in")
+        notes.append(f"--quick: batch {bc.batch} (the full run's is 32: docs/BENCHMARKS.md); plain loop "
+                     f"{bc.warmup_plain} warm-up batch, then batches for at least {bc.min_seconds_plain:g}s; leukviz "
+                     f"{bc.warmup_leukviz} warm-up batches, then at least {bc.timed_leukviz} batches and "
+                     f"{bc.min_seconds_leukviz:g}s; extrapolated to epochs; last-stage fine-tuning skipped; the "
+                     f"head-only feature pass timed on {bc.feature_part} images and extrapolated; plain DataLoader "
+                     f"num_workers={bc.workers[0]} only; memory on a {bc.n_memory_files}-file stand-in")
     if bc.weights != "imagenet":
         notes.append(f"weights {bc.weights}: speed does not depend on the weights' values")
     for name in bc.backbones:
@@ -697,9 +729,9 @@ def run(bc: BenchConfig, cache_dir: Path | None = None, log: Log = lambda s: pri
     allocator = engine.tune_cpu_allocator() if device.type == "cpu" else False
     for name in bc.backbones:
         bench_leukviz(bc, name, bd, images, inits[name], device, cache_seconds, peaks, per[name], log)
-    del inits
 
-    latency = predict_latency(bc, bd.paths[0], device, 10 if bc.quick else 40, log) if bc.latency else {}
+    latency = predict_latency(bc, bd.paths[0], device, 15 if bc.quick else 40, log, inits) if bc.latency else {}
+    del inits
     memory = cache_memory(bc.n_memory_files, 128, log) if bc.n_memory_files > 0 else {}
     if memory:
         log(f"  peak RSS indexing + caching {memory['files']} files at 128px: {memory['peak_rss_mb']:.0f} MB")
@@ -717,7 +749,8 @@ def run(bc: BenchConfig, cache_dir: Path | None = None, log: Log = lambda s: pri
 
     cfg_dict = asdict(bc)
     cfg_dict.update(batch_size=bc.batch, warmup_plain=bc.warmup_plain, timed_plain=bc.timed_plain,
-                    warmup_leukviz=bc.warmup_leukviz, timed_leukviz=bc.timed_leukviz, plain_workers=list(bc.workers))
+                    warmup_leukviz=bc.warmup_leukviz, timed_leukviz=bc.timed_leukviz, plain_workers=list(bc.workers),
+                    min_seconds_plain=bc.min_seconds_plain, min_seconds_leukviz=bc.min_seconds_leukviz)
     res = {
         "machine": info, "config": cfg_dict, "device": engine.device_name(device), "notes": notes,
         "allocator_tuned": allocator,

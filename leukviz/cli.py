@@ -587,7 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--threads", type=int, default=0, help="torch threads (default: one per core)")
     be.add_argument("--plain-workers", type=int, nargs="+", help="DataLoader num_workers to try for the plain loop")
     be.add_argument("--memory-files", type=int, default=0,
-                    help="files in the memory stand-in (default 15135, 3000 with --quick; -1 skips)")
+                    help="files in the memory stand-in (default 15135, 1000 with --quick; -1 skips)")
     be.add_argument("--no-latency", action="store_true", help="skip the prediction latency")
     be.add_argument("--ablation", action="store_true",
                     help="also time full fine-tuning with each speed-up added in turn (NCHW fp32, channels-last, "
