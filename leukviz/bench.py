@@ -228,6 +228,12 @@ def build(cfg: RunConfig, seed: int) -> nn.Module:
     return backbones.build_model(cfg.backbone, 2, cfg.weights)
 
 
+def _endless(loader):
+    """The loader's batches, epoch after epoch."""
+    while True:
+        yield from loader
+
+
 def time_plain(model: nn.Module, cfg: RunConfig, loader, device: torch.device, warmup: int,
                timed: int | None, min_seconds: float = 0.0) -> dict:
     """The usual loop: fp32, default memory format, decode every batch. Times at least `timed` batches after
@@ -247,16 +253,11 @@ def time_plain(model: nn.Module, cfg: RunConfig, loader, device: torch.device, w
         loss.backward()
         opt.step()
 
-    it = iter(loader)
+    batches = _endless(loader)
     for _ in range(warmup):
-        try:
-            x, y = next(it)
-        except StopIteration:
-            it = iter(loader)
-            x, y = next(it)
-        step(x, y)
+        step(*next(batches))
     if timed is None:
-        del it  # its DataLoader workers stop before the timed epoch starts its own
+        batches.close()  # its DataLoader workers stop before the timed epoch starts its own
     _sync(device)
     images = 0
     t = time.perf_counter()
@@ -267,11 +268,7 @@ def time_plain(model: nn.Module, cfg: RunConfig, loader, device: torch.device, w
     else:
         done = 0
         while done < timed or time.perf_counter() - t < min_seconds:
-            try:
-                x, y = next(it)
-            except StopIteration:
-                it = iter(loader)
-                x, y = next(it)
+            x, y = next(batches)
             step(x, y)
             images += len(y)
             done += 1
@@ -306,7 +303,7 @@ def time_leukviz(model: nn.Module, cfg: RunConfig, train_x: torch.Tensor, train_
     engine.set_train_mode(model, frozen, cfg.freeze_bn)
     prepare = None if channels_last else (lambda xb: engine.to_input(xb, cfg.backbone, device).contiguous())
     args = (cfg, 1, device, amp, d, lambda e: None, lambda: False)
-    warm = (epoch1 * (warmup // max(1, len(epoch1)) + 1))[:warmup]
+    warm = [epoch1[i % len(epoch1)] for i in range(warmup)]
     engine.train_one_epoch(model, opt, sched, None, crit, train_x, train_y, warm, *args, prepare=prepare)
     batches = engine.epoch_batches(n, cfg.batch_size, cfg.seed, 2, d)
     _sync(device)
@@ -402,20 +399,15 @@ def _matmul_gflops(dtype: torch.dtype, device: torch.device, n: int, reps: int) 
 # ---------------------------------------------------------------------------------------------- latency
 
 def predict_latency(bc: BenchConfig, image_path: str, device: torch.device, reps: int, log: Log,
-                    built: dict[str, nn.Module] | None = None) -> dict:
+                    built: dict[str, nn.Module]) -> dict:
     """One image file through leukviz.inference.predict_files (decode, preprocessing, forward), through all
     models in turn (as the Predict page does) and each model's share of that loop; p50 and p95 over warm
     repetitions."""
     from leukviz import inference
 
     models = {}
-    for name in bc.backbones:
-        if built and name in built:  # the benchmark's models (a copy: building VGG16 again takes seconds)
-            m = copy.deepcopy(built[name])
-        else:
-            torch.manual_seed(bc.seed)
-            m = backbones.build_model(name, 2, "none")
-        m = m.to(device, memory_format=torch.channels_last).eval()
+    for name in bc.backbones:  # copies of the benchmark's models (building VGG16 again takes seconds)
+        m = copy.deepcopy(built[name]).to(device, memory_format=torch.channels_last).eval()
         meta = {"backbone": name, "classes": list(data.CNMC_CLASSES), "image_size": bc.image_size, "crop": True}
         models[name] = inference.LoadedModel(m, meta, device, Path(f"bench-{name}"))
     out: dict = {}
@@ -588,7 +580,7 @@ def bench_plain(bc: BenchConfig, name: str, bd: BenchData, init: nn.Module, devi
 
 
 def bench_leukviz(bc: BenchConfig, name: str, bd: BenchData, images: np.ndarray, init: nn.Module,
-                  device: torch.device, cache_seconds: float, peaks: dict, out: dict, log: Log) -> dict:
+                  device: torch.device, cache_seconds: float, out: dict, log: Log) -> dict:
     """leukviz's paths for one backbone, from the same initial weights as the plain loop; `out` holds the
     plain loop's results and gets the rest."""
     cfg_full = run_config(bc, name, "full")
@@ -604,13 +596,9 @@ def bench_leukviz(bc: BenchConfig, name: str, bd: BenchData, images: np.ndarray,
         f"{out['leukviz_full']['images_per_s']:.1f} img/s")
     out["speedup_full_vs_plain"] = out["leukviz_full"]["images_per_s"] / out["plain_full"]["images_per_s"]
     flops = train_step_flops(init, cfg_full, device)
-    prec = out["leukviz_full"]["precision"]
     out["train_gflop_per_image"] = flops / 1e9
     out["gflops_full"] = flops * out["leukviz_full"]["images_per_s"] / 1e9
     out["gflops_plain"] = flops * out["plain_full"]["images_per_s"] / 1e9
-    out["peak_gflops"] = peaks[prec]
-    out["roofline_fraction"] = out["gflops_full"] / peaks[prec]
-    out["plain_roofline_fraction"] = out["gflops_plain"] / peaks["fp32"]
 
     if "plain_last" in out:
         cfg_last = run_config(bc, name, "last")
@@ -728,7 +716,7 @@ def run(bc: BenchConfig, cache_dir: Path | None = None, log: Log = lambda s: pri
     steps = ablations(bc, images, bd.labels, inits, device, log) if bc.ablation else {}
     allocator = engine.tune_cpu_allocator() if device.type == "cpu" else False
     for name in bc.backbones:
-        bench_leukviz(bc, name, bd, images, inits[name], device, cache_seconds, peaks, per[name], log)
+        bench_leukviz(bc, name, bd, images, inits[name], device, cache_seconds, per[name], log)
 
     latency = predict_latency(bc, bd.paths[0], device, 15 if bc.quick else 40, log, inits) if bc.latency else {}
     del inits
@@ -736,16 +724,12 @@ def run(bc: BenchConfig, cache_dir: Path | None = None, log: Log = lambda s: pri
     if memory:
         log(f"  peak RSS indexing + caching {memory['files']} files at 128px: {memory['peak_rss_mb']:.0f} MB")
     # the peak again at the end: the larger of the two, so a busy moment cannot inflate the fractions
-    end_peaks = {k: matmul_peak(torch.float32 if k == "fp32" else lv_amp, device, sizes, reps) for k in peaks}
-    for k, v in end_peaks.items():
-        if v > peaks[k]:
-            peaks[k] = v
-            for r in per.values():
-                if r["leukviz_full"]["precision"] == k:
-                    r["peak_gflops"] = v
-                    r["roofline_fraction"] = r["gflops_full"] / v
-                if k == "fp32":
-                    r["plain_roofline_fraction"] = r["gflops_plain"] / v
+    peaks = {k: max(v, matmul_peak(torch.float32 if k == "fp32" else lv_amp, device, sizes, reps))
+             for k, v in peaks.items()}
+    for r in per.values():
+        r["peak_gflops"] = peaks[r["leukviz_full"]["precision"]]
+        r["roofline_fraction"] = r["gflops_full"] / r["peak_gflops"]
+        r["plain_roofline_fraction"] = r["gflops_plain"] / peaks["fp32"]
 
     cfg_dict = asdict(bc)
     cfg_dict.update(batch_size=bc.batch, warmup_plain=bc.warmup_plain, timed_plain=bc.timed_plain,

@@ -336,9 +336,14 @@ def default_cache() -> Path:
     return Path(os.environ.get("LEUKVIZ_CACHE", default_home() / "cache")).expanduser()
 
 
+def cache_folder(cache_dir: str | Path | None) -> Path:
+    """The cache folder a caller gave, or the default one."""
+    return Path(cache_dir) if cache_dir else default_cache()
+
+
 def open_dataset(spec: str | Path = "demo", cache_dir: Path | None = None) -> Dataset:
     """Open 'demo', a C-NMC root, a class-per-folder tree, or a .zip of either; index it and fingerprint it."""
-    cache_dir = Path(cache_dir) if cache_dir else default_cache()
+    cache_dir = cache_folder(cache_dir)
     name = str(spec)
     skipped: list[tuple[str, str]] = []
     if name == "demo":
@@ -540,7 +545,7 @@ def image_cache(ds: Dataset, size: int, crop: bool, cache_dir: Path | None = Non
     never reuses a stale cache. Threads, not processes: Pillow releases the GIL while decoding and
     resizing, and forking a process that runs torch can deadlock.
     """
-    cache_dir = Path(cache_dir) if cache_dir else default_cache()
+    cache_dir = cache_folder(cache_dir)
     folder = cache_dir / "images"
     folder.mkdir(parents=True, exist_ok=True)
     stem = folder / f"{ds.fingerprint}-{size}-{'crop' if crop else 'full'}"

@@ -486,14 +486,14 @@ def feature_cache_key(model: nn.Module, head: str, cfg: RunConfig, fingerprint: 
     for part in (FEATURE_CACHE_VERSION, cfg.backbone, fingerprint, cfg.image_size, cfg.crop, device.type, str(amp),
                  torch.__version__):
         h.update(f"{part}|".encode())
-    h.update(np.ascontiguousarray(train_idx, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(train_idx, dtype=np.int64))
     h.update(b"|")
-    h.update(np.ascontiguousarray(val_idx, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(val_idx, dtype=np.int64))
     for name, t in model.state_dict().items():
         if name.startswith(head + "."):
             continue
         h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())  # hashed in place, no copy
     return h.hexdigest()
 
 
@@ -504,7 +504,7 @@ def load_cached_features(path: Path, device: torch.device) -> tuple[torch.Tensor
     try:
         from safetensors.torch import load_file
 
-        t = load_file(str(path), device=str(device) if device.type != "mps" else "cpu")
+        t = load_file(str(path))
         return t["train"].to(device), t["val"].to(device)
     except Exception:  # noqa: BLE001 - a damaged or partial cache file is only a cache miss
         return None
@@ -594,7 +594,7 @@ def _fit(cfg: RunConfig, run_dir: Path, emit: Emit, should_stop: Callable[[], bo
         t0 = time.time()
         if fast_head and feats is None:  # counted in the first epoch's time
             key = feature_cache_key(model, head_name, cfg, ds.fingerprint, order, val_idx, device, amp)
-            fpath = (Path(cache_dir) if cache_dir else data.default_cache()) / "features" / f"{key}.safetensors"
+            fpath = data.cache_folder(cache_dir) / "features" / f"{key}.safetensors"
             feats = load_cached_features(fpath, device)
             if feats is not None:
                 log(f"head-only without augmentation: backbone features of {len(train_x)} + {len(val_idx)} images "
