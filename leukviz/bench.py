@@ -408,7 +408,8 @@ def predict_latency(bc: BenchConfig, image_path: str, device: torch.device, reps
     models = {}
     for name in bc.backbones:  # copies of the benchmark's models (building VGG16 again takes seconds)
         m = copy.deepcopy(built[name]).to(device, memory_format=torch.channels_last).eval()
-        meta = {"backbone": name, "classes": list(data.CNMC_CLASSES), "image_size": bc.image_size, "crop": True}
+        meta = {"backbone": name, "classes": list(data.CNMC_CLASSES), "image_size": bc.image_size, "crop": True,
+                "crop_window": data.CELL_WINDOW}
         models[name] = inference.LoadedModel(m, meta, device, Path(f"bench-{name}"))
     out: dict = {}
 

@@ -64,7 +64,8 @@ def _resolve_cfg(args) -> C.RunConfig:
                      epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size, lr=args.lr,
                      split=args.split, finetune=args.finetune, optimizer=args.optimizer, seed=args.seed,
                      precision=args.precision, augment=args.augment, val_fold=args.val_fold,
-                     freeze_bn=args.freeze_bn, class_balance=args.class_balance)
+                     freeze_bn=args.freeze_bn, class_balance=args.class_balance, n_folds=args.folds,
+                     average=args.average, select=args.select)
 
 
 def _decide(args, runs) -> tuple[str, object, bool]:
@@ -266,6 +267,10 @@ def cmd_data(args) -> int:
         print(f"  fold {fold}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     print(f"  subjects: {len(info['per_subject'])} (" +
           ", ".join(f"{s}:{v['n']}" for s, v in info["per_subject"].items()) + ")")
+    if info["subjects_per_class"]:
+        print("  subjects per class: " + ", ".join(f"{k} {v}" for k, v in info["subjects_per_class"].items()))
+    for w in info["warnings"]:
+        print(f"  warning: {w}")
     print(f"  preliminary test (labelled): {info['prelim']['n']}; final test (unlabeled): {info['final_unlabeled']}")
     if info["skipped"]:
         print(f"  skipped files: {info['skipped']}")
@@ -387,6 +392,15 @@ def _signed(v) -> str:
     return "n/a" if v is None else f"{v:+.3f}"
 
 
+def _paper_cell(col: dict | None) -> str:
+    if col is None or col["val_acc"] is None:
+        return "n/a"
+    if len(col["seeds"]) == 1:
+        return f"{_pct(col['val_acc'])} (F1 {_fmt(col['val_f1'], 3)}) {col['run_id'][:6]}"
+    return (f"{_pct(col['val_acc_mean'])} ± {col['val_acc_sd'] * 100:.1f} "
+            f"(F1 {_fmt(col['val_f1_mean'], 3)} ± {col['val_f1_sd']:.3f})")
+
+
 def cmd_study(args) -> int:
     from leukviz import studies
 
@@ -395,7 +409,13 @@ def cmd_study(args) -> int:
 
     progress = Progress()
     try:
-        if args.study_command == "leakage":
+        if args.study_command == "subjects":
+            names = tuple(args.backbones.split(",")) if args.backbones else None
+            res = studies.subject_study(args.data, names, args.seeds, args.image_size, args.epochs, args.weights,
+                                        args.preset, args.folds, not args.no_plain, args.runs_dir, log, progress,
+                                        args.device)
+            human = studies.format_subject_table(res)
+        elif args.study_command == "leakage":
             weights, note = studies.resolve_weights(args.backbone, args.weights)
             if note:
                 log(f"note: {note}")
@@ -416,16 +436,20 @@ def cmd_study(args) -> int:
         else:
             names = tuple(args.backbones.split(",")) if args.backbones else None
             res = studies.reproduce_paper(args.data, args.runs_dir, args.epochs, args.image_size, args.weights,
-                                          names, log, progress, args.device)
-            lines = [f"the paper reproduced on {res['data']}", *(f"  note: {n}" for n in res["notes"]),
-                     f"  {'backbone':<10} {'weights':<8} {'published':>9}   {'reproduced (image split)':<25}   "
-                     f"{'subject split':<25}"]
+                                          names, log, progress, args.device, args.seeds, args.with_defaults)
+            columns = [("image_split", "reproduced (image split)"), ("subject_split", "subject split")]
+            if args.with_defaults:
+                columns.append(("defaults_subject_split", "leukviz defaults (subject)"))
+            lines = [f"the paper reproduced on {res['data']}, seeds {res['seeds']}",
+                     *(f"  note: {n}" for n in res["notes"]),
+                     f"  {'backbone':<10} {'weights':<8} {'published':>9}   "
+                     + "   ".join(f"{title:<32}" for _, title in columns)]
             for r in res["rows"]:
-                cells = [f"{_pct(x['val_acc'])} (F1 {_fmt(x['val_f1'], 3)}) {x['run_id'][:6]}"
-                         for x in (r["image_split"], r["subject_split"])]
+                cells = [_paper_cell(r[key]) for key, _ in columns]
                 lines.append(f"  {r['title']:<10} {r['weights']:<8} {_pct(r['published_val_acc']):>9}   "
-                             f"{cells[0]:<25}   {cells[1]:<25}")
-            lines.append("  published = validation accuracy reported by the paper (random image split: leaky)")
+                             + "   ".join(f"{c:<32}" for c in cells))
+            lines.append("  published = validation accuracy reported by the paper (random image split: leaky); "
+                         "each cell: accuracy (weighted F1), mean ± sd over seeds when more than one")
             human = "\n".join(line.rstrip() for line in lines)
     except studies.StudyError as e:
         raise CliError(str(e)) from None
@@ -496,8 +520,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, help="global batch size (split across torchrun processes)")
     t.add_argument("--lr", type=float)
     t.add_argument("--optimizer", choices=C.OPTIMIZERS)
-    t.add_argument("--split", choices=C.SPLITS, help="subject (default), folds, or image (leaky)")
-    t.add_argument("--val-fold", type=int, help="validation fold for --split folds")
+    t.add_argument("--split", choices=C.SPLITS,
+                   help="subject (default), groups (subject-grouped folds), folds (official), or image (leaky)")
+    t.add_argument("--val-fold", type=int, help="validation fold for --split folds or groups")
+    t.add_argument("--folds", type=int, help="number of subject-grouped folds for --split groups (default: automatic)")
+    t.add_argument("--average", choices=C.AVERAGING, help="ema: validate and keep a moving average of the weights")
+    t.add_argument("--select", choices=C.SELECT, help="keep the last epoch's model or the best on validation")
     t.add_argument("--finetune", choices=C.FINETUNE, help="train the full network, the last stage + head, or the head")
     t.add_argument("--augment", choices=C.AUGMENT)
     t.add_argument("--precision", choices=C.PRECISIONS)
@@ -540,8 +568,23 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also score the 8 flips/rotations averaged, as its own numbers")
     ev.set_defaults(func=cmd_evaluate)
 
-    st = sub.add_parser("study", help="studies made of ordinary cached runs: leakage, paper")
+    st = sub.add_parser("study", help="studies made of ordinary cached runs: subjects, leakage, paper")
     ss = st.add_subparsers(dest="study_command", required=True)
+    su = ss.add_parser("subjects", parents=[common],
+                       help="subject-grouped cross-validation: backbones x seeds x folds, beside the plain loop")
+    su.add_argument("--data", required=True, help="a C-NMC folder or class-per-folder tree with C-NMC file names")
+    su.add_argument("--backbones", help=f"comma-separated subset of: {', '.join(BACKBONES)} (default: all)")
+    su.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    su.add_argument("--image-size", type=int, default=96)
+    su.add_argument("--epochs", type=int, default=3)
+    su.add_argument("--weights", default="none", help="none (default) | imagenet | path to a weights file")
+    su.add_argument("--preset", choices=C.PRESETS, default="quick")
+    su.add_argument("--folds", type=int, default=0,
+                    help="subject-grouped folds (default 0: as many as the class with the fewest subjects allows, "
+                         "at most 5)")
+    su.add_argument("--no-plain", action="store_true", help="leave out the plain hand-written loop")
+    su.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    su.set_defaults(func=cmd_study)
     sl = ss.add_parser("leakage", parents=[common],
                        help="the same model and recipe split by image (leaky) and by subject, side by side")
     sl.add_argument("--backbone", choices=list(BACKBONES), required=True)
@@ -565,6 +608,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--epochs", type=int, help="override the paper's epochs (5; VGG16 4)")
     sp.add_argument("--image-size", type=int, help="override the paper's 128 px")
     sp.add_argument("--backbones", help=f"comma-separated subset of: {', '.join(BACKBONES)}")
+    sp.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 (default 1)")
+    sp.add_argument("--with-defaults", action="store_true",
+                    help="also leukviz's defaults at the paper's size and epochs, on the subject split")
     sp.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     sp.set_defaults(func=cmd_study)
 

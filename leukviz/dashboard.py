@@ -473,9 +473,9 @@ def predict_image(models: Sequence[Any], name: str, src: str | Path | bytes | IO
     if not blob:
         return ImagePrediction(name, "the file is empty (0 bytes)")
     out = ImagePrediction(name)
-    decoded: dict[tuple[int, bool], np.ndarray] = {}  # models sharing a size and crop share one decode
+    decoded: dict[tuple, np.ndarray] = {}  # models sharing a size and crop share one decode
     for lm in models:
-        key = (lm.image_size, lm.crop)
+        key = (lm.image_size, lm.crop, lm.window)
         if key not in decoded:
             buf = io.BytesIO(blob)
             buf.name = name
@@ -531,16 +531,16 @@ def augment_preview(image: np.ndarray, mode: str, n: int = 4, seed: int = 0) -> 
     """The training augmentation (engine.augment) applied to one uint8 HWC image n times: (caption, image)."""
     import torch
 
-    from leukviz.engine import augment
+    from leukviz.engine import augment, draw_jitter
 
     if mode == "none":
         return [("no augmentation", image)]
     g = torch.Generator().manual_seed(seed)
     codes = torch.randperm(7, generator=g)[:n] + 1  # distinct non-identity transforms
-    jitter = 1.0 + (torch.rand((len(codes), 2), generator=g) - 0.5) * 0.3 if mode == "full" else None
+    jitter = draw_jitter(len(codes), g) if mode == "full" else None
     batch = torch.from_numpy(np.ascontiguousarray(np.stack([image] * len(codes))))
     out = augment(batch, codes, jitter).numpy()
-    return [(AUGMENT_CODES_TEXT[int(c)] + (", colour jitter" if jitter is not None else ""), out[i])
+    return [(AUGMENT_CODES_TEXT[int(c)] + (", stain jitter" if jitter is not None else ""), out[i])
             for i, c in enumerate(codes.tolist())]
 
 
@@ -677,7 +677,7 @@ def error_gallery(run: runs.Run, k: int = 8) -> list[GalleryCell]:
         caption = (f"true {row.true} · predicted {row.predicted} ({row.confidence:.0%}, {verdict}) · "
                    f"subject {row.subject}")
         try:
-            cells.append(GalleryCell(data.load_image(row.path, size, crop), caption))
+            cells.append(GalleryCell(data.load_image(row.path, size, crop, meta.get("crop_window")), caption))
         except (data.ImageError, OSError) as e:
             cells.append(GalleryCell(None, caption, str(e)))
     return cells

@@ -83,23 +83,49 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def crop_to_cell(a: np.ndarray, threshold: int = 10, margin: float = 0.04) -> np.ndarray:
-    """Crop a cell-on-black image to a square around the cell (the black border carries no signal)."""
+# The side of the window around the cell, as a fraction of the image's shorter side: the same window for
+# every image of a dataset, so a large cell stays larger than a small one (cell size is a class cue in
+# C-NMC: ALL blasts average ~36,000 px2, normal cells ~26,500). 0.75 of a 450 px C-NMC image is 338 px,
+# which holds 99.5 % of the cells of training fold 1 whole (their largest side: median 228 px for ALL,
+# 187 for normal cells, 99th percentile 326) and gives the cell 1.33x the pixels of the whole image.
+CELL_WINDOW = 0.75
+
+
+def cell_box(a: np.ndarray, threshold: int = 10) -> tuple[int, int, int, int] | None:
+    """(y0, y1, x0, x1) of the pixels brighter than threshold (the cell on its black background), or None."""
     # the brightest channel of each pixel; np.maximum of the three planes, as a.max(axis=2) (a reduction
     # over a length-3 axis) is ~25x slower and was most of the cache's decode time
     mask = np.maximum(np.maximum(a[..., 0], a[..., 1]), a[..., 2]) > threshold
     if np.count_nonzero(mask) < 16:
-        return a
+        return None
     ys, xs = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    y0, y1, x0, x1 = ys[0], ys[-1] + 1, xs[0], xs[-1] + 1
-    side = int(max(y1 - y0, x1 - x0) * (1 + 2 * margin)) + 1
-    cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
+    return int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
+
+
+def _square_around(a: np.ndarray, cy: int, cx: int, side: int) -> np.ndarray:
+    """The side x side square centred on (cy, cx); what lies outside the image is black."""
     out = np.zeros((side, side, 3), dtype=a.dtype)
     sy0, sx0 = cy - side // 2, cx - side // 2
     ty0, tx0 = max(0, -sy0), max(0, -sx0)
     src = a[max(0, sy0):sy0 + side, max(0, sx0):sx0 + side]
     out[ty0:ty0 + src.shape[0], tx0:tx0 + src.shape[1]] = src
     return out
+
+
+def crop_to_cell(a: np.ndarray, window: float | None = CELL_WINDOW, margin: float = 0.04) -> np.ndarray:
+    """A square window centred on the cell. window: its side as a fraction of the image's shorter side,
+    the same for every image, so the cell keeps its scale. window=None is version 1's crop, kept only so
+    that runs trained with it predict as they were trained: a square just around each cell, which
+    rescales every cell to fill the frame and so throws away its size."""
+    box = cell_box(a)
+    if box is None:
+        return a
+    y0, y1, x0, x1 = box
+    if window is None:
+        side = int(max(y1 - y0, x1 - x0) * (1 + 2 * margin)) + 1
+    else:
+        side = max(2, int(round(window * min(a.shape[:2]))))
+    return _square_around(a, (y0 + y1) // 2, (x0 + x1) // 2, side)
 
 
 def _display_name(src: str | Path | IO[bytes]) -> str:
@@ -110,8 +136,12 @@ def _display_name(src: str | Path | IO[bytes]) -> str:
     return Path(str(name).replace("\\", "/")).name or "uploaded image"
 
 
-def load_image(src: str | Path | IO[bytes], size: int, crop: bool = True) -> np.ndarray:
+def load_image(src: str | Path | IO[bytes], size: int, crop: bool = True,
+               window: float | None = CELL_WINDOW) -> np.ndarray:
     """Decode one image file into uint8 RGB (size, size, 3): the one decoding path for cache and prediction.
+
+    crop: a fixed window around the cell (see crop_to_cell; window=None only for runs of version 1);
+    otherwise the whole image. Either way every image is scaled by the same factor (for images of one size).
 
     Anything that is not a usable image raises ImageError with a one-line reason, never another exception.
     """
@@ -143,7 +173,7 @@ def load_image(src: str | Path | IO[bytes], size: int, crop: bool = True) -> np.
         w, h = max(1, round(a.shape[1] * size / side)), max(1, round(a.shape[0] * size / side))
         a = np.asarray(Image.fromarray(a).resize((w, h), Image.Resampling.BILINEAR, reducing_gap=2.0))
     if crop:
-        a = crop_to_cell(a)
+        a = crop_to_cell(a, window)
     if a.shape[0] != a.shape[1]:  # pad to square on black so the cell is never stretched
         side = max(a.shape[:2])
         sq = np.zeros((side, side, 3), np.uint8)
@@ -406,11 +436,88 @@ class Split:
                 "n_train": int(len(self.train)), "n_val": int(len(self.val))}
 
 
+MIN_SUBJECTS_PER_CLASS = 3  # below this a subject split learns, or is judged on, a class from one or two people
+MAX_GROUP_FOLDS = 5
+
+
+def subject_counts(ds: Dataset) -> dict[str, int]:
+    """How many distinct subjects each class has among the training images (0 when names carry none)."""
+    tr = ds.train_rows
+    tr = tr[tr["subject"] != ""]
+    return {c: int(tr.loc[tr["label"] == i, "subject"].nunique()) for i, c in enumerate(ds.classes)}
+
+
+def subject_warnings(ds: Dataset) -> list[str]:
+    """Plain warnings when a class has too few subjects for an honest subject split, and what to do."""
+    if not ds.has_subjects:
+        return []
+    out = []
+    for cls, n in subject_counts(ds).items():
+        if n >= MIN_SUBJECTS_PER_CLASS:
+            continue
+        if n < 2:
+            effect = ("a subject split is impossible: that person would have to be on both sides, so only "
+                      "the leaky image split can run")
+        else:
+            effect = (f"a subject split trains on {n - 1} and validates on the other, so the model learns "
+                      f"'{cls}' from one person and its score says how it does on one other person")
+        out.append(f"class '{cls}' has {n} subject{'s' if n != 1 else ''} (fewer than {MIN_SUBJECTS_PER_CLASS}): "
+                   f"{effect}. Add subjects of that class if you can; meanwhile judge models by the grouped "
+                   f"cross-validation ('study subjects', which swaps the subjects between folds and repeats "
+                   f"seeds) rather than by one split")
+    return out
+
+
+def group_folds(ds: Dataset, n_folds: int = 0) -> list[np.ndarray]:
+    """Subject-grouped, class-stratified folds of the training rows: each fold's validation rows are whole
+    subjects, and every fold has both (all) classes on both sides. n_folds=0: as many as the class with the
+    fewest subjects allows, at most MAX_GROUP_FOLDS. The same folds for every seed (so runs that differ
+    only in seed or backbone are scored on the same people). Returns each fold's validation row numbers."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    if not ds.has_subjects:
+        raise DataError("grouped folds need subject ids in the file names (C-NMC style "
+                        "UID_<subject>_<image>_<cell>_<class>); use split 'image' (leaky) otherwise")
+    counts = subject_counts(ds)
+    fewest = min(counts.values())
+    if fewest < 2:
+        cls = min(counts, key=counts.get)
+        raise DataError(f"grouped folds impossible: class {cls!r} has {fewest} subject(s); each fold needs "
+                        "one of its subjects on each side")
+    k = n_folds or min(MAX_GROUP_FOLDS, fewest)
+    if k > fewest:
+        raise DataError(f"{k} grouped folds need at least {k} subjects in every class; the fewest is {fewest} "
+                        f"({', '.join(f'{c}: {n}' for c, n in counts.items())}); use at most {fewest} folds")
+    tr = ds.train_rows
+    rows, y, groups = tr.index.to_numpy(), tr["label"].to_numpy(), tr["subject"].to_numpy()
+    n_classes = len(set(y))
+    for state in range(50):  # the splitter balances counts; a fold with one class on a side is retried
+        folds = [rows[val] for _, val in
+                 StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=state).split(rows, y, groups)]
+        good = all(len(set(ds.index.loc[v, "label"])) == n_classes
+                   and len(set(ds.index.loc[np.setdiff1d(rows, v), "label"])) == n_classes for v in folds)
+        if good:
+            return [np.sort(v) for v in folds]
+    raise DataError(f"could not make {k} grouped folds with every class on both sides; use fewer folds")
+
+
 def make_split(ds: Dataset, method: str = "subject", val_fraction: float = 0.2, seed: int = 0,
-               val_fold: int = 0) -> Split:
-    """Split the training rows: by subject (default), by official fold, or by image (leaky)."""
+               val_fold: int = 0, n_folds: int = 0) -> Split:
+    """Split the training rows: by subject (default), subject-grouped cross-validation folds, by official
+    fold, or by image (leaky)."""
     train = ds.train_rows
     rng = np.random.default_rng(seed)
+    if method == "groups":
+        folds = group_folds(ds, n_folds)
+        if not 0 <= val_fold < len(folds):
+            raise DataError(f"validation fold {val_fold} does not exist: {len(folds)} grouped folds, "
+                            f"numbered 0 to {len(folds) - 1}")
+        val = folds[val_fold]
+        tr = np.setdiff1d(train.index.to_numpy(), val)
+        held = sorted(set(train.loc[val, "subject"]))
+        desc = (f"subject-grouped fold {val_fold} of {len(folds)}: subjects {', '.join(map(str, held))} "
+                f"held out for validation")
+        return Split(tr.astype(np.int64), val.astype(np.int64), "groups", False, desc)
     if method == "subject":
         if not ds.has_subjects:
             n_unknown = int((train["subject"] == "").sum())
@@ -465,12 +572,12 @@ def make_split(ds: Dataset, method: str = "subject", val_fraction: float = 0.2, 
         tr = np.array(sorted(set(train.index) - set(val_rows)), dtype=np.int64)
         return Split(tr, val, "image", True,
                      "random by image (LEAKY: cells of one person on both sides; inflates scores)")
-    raise DataError(f"unknown split {method!r}; choose one of: subject, folds, image")
+    raise DataError(f"unknown split {method!r}; choose one of: subject, groups, folds, image")
 
 
 # ---------------------------------------------------------------------------------------------- cache
 
-def _decode_into(arr: np.ndarray, items: list[tuple[int, str]], size: int, crop: bool
+def _decode_into(arr: np.ndarray, items: list[tuple[int, str]], size: int, crop: bool, window: float | None
                  ) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
     """Decode items into arr; returns (failed (row, reason), digests (row, content hash))."""
     failed, digests = [], []
@@ -484,7 +591,7 @@ def _decode_into(arr: np.ndarray, items: list[tuple[int, str]], size: int, crop:
         buf = io.BytesIO(blob)
         buf.name = path
         try:
-            arr[i] = load_image(buf, size, crop)
+            arr[i] = load_image(buf, size, crop, window)
         except ImageError as e:
             failed.append((i, str(e)))
     return failed, digests
@@ -536,7 +643,8 @@ def _reserve(path: Path, nbytes: int) -> None:
 
 
 def image_cache(ds: Dataset, size: int, crop: bool, cache_dir: Path | None = None, workers: int | None = None,
-                progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                progress: Callable[[int, int], None] | None = None,
+                window: float | None = CELL_WINDOW) -> tuple[np.ndarray, np.ndarray]:
     """Decode every indexed image once into a memory-mapped uint8 array (N, size, size, 3).
 
     Returns (images, ok): ok[i] is False for files that could not be decoded, and for the same image
@@ -548,7 +656,8 @@ def image_cache(ds: Dataset, size: int, crop: bool, cache_dir: Path | None = Non
     cache_dir = cache_folder(cache_dir)
     folder = cache_dir / "images"
     folder.mkdir(parents=True, exist_ok=True)
-    stem = folder / f"{ds.fingerprint}-{size}-{'crop' if crop else 'full'}"
+    how = ("cell" if window is None else f"window{round(window * 1000)}") if crop else "full"
+    stem = folder / f"{ds.fingerprint}-{size}-{how}"
     data_path, ok_path, why_path = Path(f"{stem}.npy"), Path(f"{stem}.ok.npy"), Path(f"{stem}.skipped.json")
     n = len(ds.index)
     if data_path.exists() and ok_path.exists() and why_path.exists():
@@ -572,7 +681,7 @@ def image_cache(ds: Dataset, size: int, crop: bool, cache_dir: Path | None = Non
         digests: list[tuple[int, str]] = []
         done = 0
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            for (bad, dig), job in zip(pool.map(lambda j: _decode_into(arr, j, size, crop), jobs), jobs):
+            for (bad, dig), job in zip(pool.map(lambda j: _decode_into(arr, j, size, crop, window), jobs), jobs):
                 failed.extend(bad)
                 digests.extend(dig)
                 done += len(job)
@@ -607,6 +716,7 @@ def inspect(ds: Dataset) -> dict:
         "per_class": {c: int((tr["label"] == i).sum()) for i, c in enumerate(ds.classes)},
         "per_fold": {}, "per_subject": {}, "sets": {k: int(v) for k, v in idx["set"].value_counts().items()},
         "skipped": len(ds.skipped), "subject_split_possible": ds.has_subjects,
+        "subjects_per_class": subject_counts(ds) if ds.has_subjects else {}, "warnings": subject_warnings(ds),
     }
     for fold, part in tr[tr["fold"] >= 0].groupby("fold"):
         out["per_fold"][str(fold)] = {c: int((part["label"] == i).sum()) for i, c in enumerate(ds.classes)}
@@ -619,10 +729,11 @@ def inspect(ds: Dataset) -> dict:
     return out
 
 
-def iter_images(paths: Iterable[str | Path], size: int, crop: bool) -> Iterable[tuple[str, np.ndarray | None, str]]:
+def iter_images(paths: Iterable[str | Path], size: int, crop: bool, window: float | None = CELL_WINDOW
+                ) -> Iterable[tuple[str, np.ndarray | None, str]]:
     """Yield (path, image or None, error) for prediction over loose files."""
     for p in paths:
         try:
-            yield str(p), load_image(p, size, crop), ""
+            yield str(p), load_image(p, size, crop, window), ""
         except ImageError as e:
             yield str(p), None, str(e)

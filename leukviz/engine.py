@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from leukviz import backbones, data
-from leukviz.config import RunConfig
+from leukviz.config import PREPROCESS_VERSION, RunConfig
 from leukviz.metrics import weighted_f1
 from leukviz.storage import atomic_torch_save, atomic_write_bytes, atomic_write_files, json_bytes
 
@@ -226,11 +226,24 @@ def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------------------- batches
 
+# Colour / stain jitter of the 'full' augmentation, as fractions: cells of different people (and slides)
+# differ in stain intensity and hue, so each training image gets its own brightness, contrast and
+# per-channel gain. The black background stays black (it is no stain).
+JITTER_BRIGHTNESS, JITTER_CONTRAST, JITTER_CHANNEL = 0.15, 0.15, 0.08
+
+
+def draw_jitter(n: int, g: torch.Generator) -> torch.Tensor:
+    """(n, 5) colour factors: brightness, contrast, and the gains of R, G and B, each around 1."""
+    spread = torch.tensor([JITTER_BRIGHTNESS, JITTER_CONTRAST, JITTER_CHANNEL, JITTER_CHANNEL, JITTER_CHANNEL])
+    return 1.0 + (torch.rand((n, 5), generator=g) * 2 - 1) * spread
+
+
 def augment(x: torch.Tensor, codes: torch.Tensor, jitter: torch.Tensor | None) -> torch.Tensor:
     """Per-sample dihedral transforms of a uint8 NHWC batch (cells have no orientation), then colour jitter.
 
     codes[i] in 0..7: bit 0 = horizontal flip, bits 1-2 = number of 90-degree turns. Applied by group so
-    it stays vectorised. jitter (B, 2) scales brightness and contrast for the 'full' preset.
+    it stays vectorised. jitter (B, 5) (draw_jitter): brightness, contrast around the cell's mean, and a
+    gain per channel, applied to the cell's pixels only (the background stays black).
     """
     out = x.clone()
     for code in codes.unique().tolist():
@@ -244,9 +257,12 @@ def augment(x: torch.Tensor, codes: torch.Tensor, jitter: torch.Tensor | None) -
         out[sel] = part
     if jitter is not None:
         f = out.float()
-        mean = f.mean(dim=(1, 2, 3), keepdim=True)
+        cell = f.amax(dim=3, keepdim=True) > 10
+        n_cell = cell.sum(dim=(1, 2, 3), keepdim=True).clamp_min(1) * 3
+        mean = (f * cell).sum(dim=(1, 2, 3), keepdim=True) / n_cell
         f = (f - mean) * jitter[:, 1].view(-1, 1, 1, 1) + mean * jitter[:, 0].view(-1, 1, 1, 1)
-        out = f.clamp_(0, 255).to(torch.uint8)
+        f = f * jitter[:, 2:5].reshape(-1, 1, 1, 3)
+        out = torch.where(cell, f.clamp_(0, 255), 0.0).to(torch.uint8)
     return out
 
 
@@ -257,10 +273,33 @@ def epoch_augment_tables(cfg: RunConfig, epoch: int, n: int) -> tuple[torch.Tens
         return None, None
     g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
     codes = torch.randint(0, 8, (n,), generator=g)
-    jitter = None
-    if cfg.augment == "full":
-        jitter = 1.0 + (torch.rand((n, 2), generator=g) - 0.5) * 0.3
+    jitter = draw_jitter(n, g) if cfg.augment == "full" else None
     return codes, jitter
+
+
+# Weight averaging: the decay rises with the number of updates (the first steps of a short run are not
+# averaged in for long) up to EMA_DECAY.
+EMA_DECAY = 0.998
+
+
+def _ema_update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+    """AveragedModel's multi_avg_fn: exponential moving average of floats; integer buffers are copied."""
+    if not averaged[0].is_floating_point():
+        torch._foreach_copy_(averaged, current)
+        return
+    n = float(n_averaged)
+    decay = min(EMA_DECAY, (1.0 + n) / (10.0 + n))
+    torch._foreach_lerp_(averaged, current, 1.0 - decay)
+
+
+def make_average(cfg: RunConfig, model: nn.Module) -> nn.Module | None:
+    """The weight average a run validates and keeps (torch.optim.swa_utils.AveragedModel), or None. Its
+    buffers (BatchNorm statistics) are averaged too, so it needs no extra pass over the data."""
+    if cfg.average != "ema":
+        return None
+    from torch.optim.swa_utils import AveragedModel
+
+    return AveragedModel(model, multi_avg_fn=_ema_update, use_buffers=True)
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, d: Dist) -> list[np.ndarray]:
@@ -369,7 +408,8 @@ def train_one_epoch(model, opt, sched, scaler, criterion, train_x: torch.Tensor,
                     amp: torch.dtype | None, d: Dist, emit: Emit, should_stop: Callable[[], bool],
                     start_step: int = 0, running: list[float] | None = None,
                     save_resume: Callable[[int, list[float]], None] | None = None,
-                    prepare: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[float, float, int]:
+                    prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                    average: nn.Module | None = None) -> tuple[float, float, int]:
     """One pass over this process's batches. Returns (mean loss, accuracy, images seen) across processes.
 
     prepare turns a batch of train_x into the model's input; by default train_x holds uint8 images and
@@ -412,6 +452,8 @@ def train_one_epoch(model, opt, sched, scaler, criterion, train_x: torch.Tensor,
             loss.backward()
             opt.step()
         sched.step()
+        if average is not None:
+            average.update_parameters(_unwrap(model))
         stats = torch.tensor([float(loss.detach()) * len(y), float((logits.argmax(1) == y).sum()), float(len(y))])
         if d.on:
             dist.all_reduce(stats)
@@ -442,7 +484,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
 def prepare_data(cfg: RunConfig, cache_dir: Path | None, log: Callable[[str], None] = lambda s: None):
     """Open the dataset, split it and read the cached images (decoding them once if needed)."""
     ds = data.open_dataset(cfg.data, cache_dir)
-    split = data.make_split(ds, cfg.split, cfg.val_fraction, cfg.seed, cfg.val_fold)
+    split = data.make_split(ds, cfg.split, cfg.val_fraction, cfg.seed, cfg.val_fold, cfg.n_folds)
     t = time.time()
     images, ok = data.image_cache(ds, cfg.image_size, cfg.crop, cache_dir)
     log(f"image cache ready in {time.time() - t:.1f}s ({len(ds.index)} images at {cfg.image_size}px)")
@@ -552,6 +594,9 @@ def _fit(cfg: RunConfig, run_dir: Path, emit: Emit, should_stop: Callable[[], bo
     head_name = backbones.get_spec(cfg.backbone).head
     head = model.get_submodule(head_name)
     feats: tuple[torch.Tensor, torch.Tensor] | None = None  # (train, val) inputs of the head, fast path
+    # the head-only fast path trains a bare head on cached features: nothing there to average
+    average = None if fast_head else make_average(cfg, model)
+    scored = model if average is None else average.module  # the model validated and kept
     if d.on:
         from torch.nn.parallel import DistributedDataParallel as DDP
         train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -567,6 +612,8 @@ def _fit(cfg: RunConfig, run_dir: Path, emit: Emit, should_stop: Callable[[], bo
         start_epoch, start_step = int(st["epoch"]), int(st["step"])
         running = [float(v) for v in st["running"]] if start_step else None
         best = {"val_f1": float(st["best_f1"]), "epoch": int(st["best_epoch"])}
+        if average is not None and "average" in st:
+            average.load_state_dict(st["average"])
         log(f"resuming at epoch {start_epoch}, step {start_step}")
 
     def save_resume(epoch: int, step: int, running_: list[float] | None) -> None:
@@ -574,10 +621,12 @@ def _fit(cfg: RunConfig, run_dir: Path, emit: Emit, should_stop: Callable[[], bo
             atomic_torch_save({"model": _unwrap(model).state_dict(), "optimizer": opt.state_dict(),
                                "scheduler": sched.state_dict(), "epoch": epoch, "step": step,
                                "running": running_ or [0.0, 0.0, 0.0], "best_f1": best["val_f1"],
-                               "best_epoch": best["epoch"]}, resume_path)
+                               "best_epoch": best["epoch"],
+                               **({"average": average.state_dict()} if average is not None else {})}, resume_path)
 
     meta = {"format": 1, "backbone": cfg.backbone, "classes": list(ds.classes), "positive": ds.positive,
-            "image_size": cfg.image_size, "crop": cfg.crop, "weights_init": cfg.weights,
+            "image_size": cfg.image_size, "crop": cfg.crop, "crop_window": data.CELL_WINDOW,
+            "weights_init": cfg.weights, "preprocess": PREPROCESS_VERSION,
             "build_kwargs": backbones.build_kwargs(cfg.backbone, cfg.weights),
             "mean": list(backbones.get_spec(cfg.backbone).mean), "std": list(backbones.get_spec(cfg.backbone).std),
             "params": backbones.count_parameters(model), "dataset_fingerprint": ds.fingerprint,
@@ -613,11 +662,12 @@ def _fit(cfg: RunConfig, run_dir: Path, emit: Emit, should_stop: Callable[[], bo
         tl, ta, seen = train_one_epoch(
             head if feats else train_model, opt, sched, scaler, criterion, feats[0] if feats else train_x, train_y,
             batches, cfg, epoch, device, amp, d, emit if d.main else (lambda e: None), should_stop, start_step,
-            running, lambda step, run: save_resume(epoch, step, run), prepare=(lambda f: f) if feats else None)
+            running, lambda step, run: save_resume(epoch, step, run), prepare=(lambda f: f) if feats else None,
+            average=average)
         start_step, running = 0, None
         train_seconds = time.time() - t0
         if d.on:  # BatchNorm statistics are per process: take rank 0's, so every rank holds the same model
-            for buf in model.buffers():
+            for buf in [*model.buffers(), *(average.module.buffers() if average is not None else ())]:
                 dist.broadcast(buf, 0)
         if feats:
             vl, probs = evaluate(head, feats[1], val_y, cfg.backbone, device, criterion, amp=amp,
@@ -625,7 +675,7 @@ def _fit(cfg: RunConfig, run_dir: Path, emit: Emit, should_stop: Callable[[], bo
         else:
             # Validation in fp32 even when training runs in bf16: the saved validation predictions are
             # exactly what single-image prediction (fp32) gives for the same cell.
-            vl, probs = evaluate(model, val_x if val_x is not images else images[val_idx], val_y, cfg.backbone,
+            vl, probs = evaluate(scored, val_x if val_x is not images else images[val_idx], val_y, cfg.backbone,
                                  device, criterion, amp=None)
         pred = probs.argmax(1)
         f1 = weighted_f1(val_y, pred)
@@ -636,11 +686,11 @@ def _fit(cfg: RunConfig, run_dir: Path, emit: Emit, should_stop: Callable[[], bo
         if not all(math.isfinite(ev[k]) for k in ("train_loss", "val_loss")):
             raise TrainingDiverged(f"validation loss became {vl} at epoch {epoch}; lower the learning rate")
         if d.main:
-            if f1 > best["val_f1"]:
+            if cfg.select == "last" or f1 > best["val_f1"]:
                 best = {"val_f1": f1, "epoch": epoch}
                 result = {k: ev[k] for k in ("val_loss", "val_acc", "val_f1", "train_loss", "train_acc")}
                 result["best_epoch"] = epoch
-                save_checkpoint(model, run_dir, {**meta, "epoch": epoch, "metrics": result})
+                save_checkpoint(scored, run_dir, {**meta, "epoch": epoch, "metrics": result})
                 write_predictions(run_dir / PREDICTIONS, ds, val_idx, probs)
             # The epoch event before the resume point that follows it: a crash between the two resumes at
             # this epoch and drops its event, where the other order would lose the event for good.

@@ -29,8 +29,15 @@ class ExportError(RuntimeError):
 def preprocessing_text(meta: dict) -> str:
     """How to turn an image file into the model's input, in words (kept in the ONNX metadata)."""
     size = meta["image_size"]
-    crop = ("crop to a square around the cell (pixels brighter than 10 on black, 4 % margin), "
-            if meta.get("crop") else "")
+    window = meta.get("crop_window")
+    if not meta.get("crop"):
+        crop = ""
+    elif window is None:  # runs of preprocessing version 1
+        crop = "crop to a square around the cell (pixels brighter than 10 on black, 4 % margin), "
+    else:
+        crop = (f"crop a square of {window:g} x the image's shorter side centred on the cell's bounding box "
+                "(pixels brighter than 10 on black; outside the image is black), the same for every image, "
+                "so the cell keeps its scale; ")
     return (f"decode to 8-bit RGB; {crop}pad to a square on black; resize to {size}x{size} (bilinear); "
             f"scale to [0, 1]; subtract mean {meta['mean']} and divide by std {meta['std']} per channel; "
             f"float32 NCHW. Outputs: logits and softmax probabilities over classes {meta['classes']}.")

@@ -42,6 +42,11 @@ class LoadedModel:
         return bool(self.meta["crop"])
 
     @property
+    def window(self) -> float | None:
+        """The crop window the run was trained with; None in sidecars of version 1 (one zoom per cell)."""
+        return self.meta.get("crop_window")
+
+    @property
     def name(self) -> str:
         return f"{backbones.get_spec(self.backbone).title} · {self.run_dir.name[:6]}"
 
@@ -87,13 +92,13 @@ def predict_arrays(lm: LoadedModel, images: np.ndarray, tta: bool = False, batch
 
 def prepare(lm: LoadedModel, src) -> np.ndarray:
     """One image file (path or file-like) as the model sees it: the same decoding as training's cache."""
-    return data.load_image(src, lm.image_size, lm.crop)
+    return data.load_image(src, lm.image_size, lm.crop, lm.window)
 
 
 def predict_files(lm: LoadedModel, paths: Sequence[str | Path], tta: bool = False) -> list[dict]:
     """Predict loose image files; unreadable ones come back with an error instead of probabilities."""
     rows, good, arrays = [], [], []
-    for path, arr, err in data.iter_images(paths, lm.image_size, lm.crop):
+    for path, arr, err in data.iter_images(paths, lm.image_size, lm.crop, lm.window):
         rows.append({"file": path, "error": err})
         if arr is not None:
             good.append(len(rows) - 1)
@@ -145,7 +150,7 @@ def evaluate_dataset(lm: LoadedModel, dataset: str | Path, cache_dir: Path | Non
         raise data.DataError(f"dataset classes {list(ds.classes)} differ from the model's {lm.classes}")
     sets = ["prelim"] if (ds.index["set"] == "prelim").any() else ["train"]
     rows = np.flatnonzero(ds.index["set"].isin(sets).to_numpy() & (ds.index["label"] >= 0).to_numpy())
-    images, ok = data.image_cache(ds, lm.image_size, lm.crop, cache_dir)
+    images, ok = data.image_cache(ds, lm.image_size, lm.crop, cache_dir, window=lm.window)
     rows = rows[ok[rows]]
     if len(rows) == 0:
         raise data.DataError("no labelled, readable images to evaluate")

@@ -1,10 +1,13 @@
-"""Studies made of ordinary cached runs: the leakage of an image-level split; the seed paper reproduced."""
+"""Studies made of ordinary cached runs: the leakage of an image-level split; the seed paper reproduced;
+subject-grouped cross-validation against the plain hand-written loop."""
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
+
+import numpy as np
 
 from leukviz import backbones, config, data, runs
 from leukviz.config import RunConfig
@@ -163,9 +166,14 @@ def paper_data(data_spec: str | None) -> tuple[str, list[str]]:
                        f"{sub.train_rows['subject'].nunique()} subjects), through a linked view at {view}"]
 
 
+PAPER_COLUMNS = ("image", "subject", "defaults")  # the paper's recipe split by image, by subject; leukviz's
+
+
 def paper_configs(data_spec: str | None = None, epochs: int | None = None, image_size: int | None = None,
-                  weights: str = "auto", names: tuple[str, ...] | None = None) -> tuple[dict, list[str]]:
-    """{(backbone, split): RunConfig} of the paper study (the 'paper' preset, split image and subject),
+                  weights: str = "auto", names: tuple[str, ...] | None = None,
+                  seeds: Sequence[int] = (0,), with_defaults: bool = False) -> tuple[dict, list[str]]:
+    """{(backbone, column, seed): RunConfig} of the paper study: the 'paper' preset split by image and by
+    subject and, with_defaults, leukviz's quick preset at the same size and epochs on the subject split;
     and the notes on data and weights."""
     data_path, notes = paper_data(data_spec)
     cfgs = {}
@@ -173,9 +181,15 @@ def paper_configs(data_spec: str | None = None, epochs: int | None = None, image
         w, note = resolve_weights(name, weights)
         if note:
             notes.append(note)
-        for split in LEAKAGE_SPLITS:
-            cfgs[(name, split)] = config.resolve(name, "paper", w, data_path, epochs=epochs,
-                                                 image_size=image_size, split=split)
+        for seed in seeds:
+            for split in LEAKAGE_SPLITS:
+                cfgs[(name, split, seed)] = config.resolve(name, "paper", w, data_path, epochs=epochs,
+                                                           image_size=image_size, split=split, seed=seed)
+            if with_defaults:
+                recipe = cfgs[(name, "subject", seed)]
+                cfgs[(name, "defaults", seed)] = config.resolve(name, "quick", w, data_path, epochs=recipe.epochs,
+                                                                image_size=recipe.image_size, split="subject",
+                                                                seed=seed)
     if epochs is not None or image_size is not None:
         notes.append(f"overrides of the paper recipe: epochs={epochs or 'preset'}, "
                      f"image_size={image_size or 'preset'}")
@@ -185,37 +199,216 @@ def paper_configs(data_spec: str | None = None, epochs: int | None = None, image
 def paper_runs(data_spec: str | None = None, epochs: int | None = None, image_size: int | None = None,
                weights: str = "auto", names: tuple[str, ...] | None = None,
                runs_dir: str | Path | None = None) -> tuple[dict, list[str]]:
-    """The study's run folders {(backbone, split): Run}, created but not trained (for a page to launch),
-    and the notes."""
+    """The study's run folders {(backbone, split, seed): Run}, created but not trained (for a page to
+    launch), and the notes."""
     cfgs, notes = paper_configs(data_spec, epochs, image_size, weights, names)
     return {key: runs.run_for(cfg, runs_dir) for key, cfg in cfgs.items()}, notes
 
 
+def _column(done: dict, name: str, column: str) -> dict | None:
+    """One column of the paper table over seeds: the first seed's run_scores, every seed's, mean and sd."""
+    per_seed = [run_scores(run) for (b, c, _), run in sorted(done.items(), key=lambda kv: kv[0][2])
+                if (b, c) == (name, column)]
+    if not per_seed:
+        return None
+    out = dict(per_seed[0])
+    out["seeds"] = per_seed
+    for k in ("val_acc", "val_f1"):
+        stats = _mean_sd([r[k] for r in per_seed])
+        out[f"{k}_mean"], out[f"{k}_sd"] = stats["mean"], stats["sd"]
+    return out
+
+
 def paper_summary(done: dict, notes: list[str]) -> dict:
-    """One row per backbone: published accuracy, reproduced (image split), subject split (None where a
-    run has not finished)."""
+    """One row per backbone: published accuracy, reproduced (image split), subject split, and leukviz's
+    defaults where run; each with its seeds' mean and sd (None where a run has not finished)."""
     rows = []
-    for name in dict.fromkeys(b for b, _ in done):
-        image, subject = done[(name, "image")], done[(name, "subject")]
-        cfg = image.config
+    for name in dict.fromkeys(b for b, _, _ in done):
+        cfg = next(run.config for (b, c, _), run in done.items() if (b, c) == (name, "image"))
         rows.append({"backbone": name, "title": backbones.get_spec(name).title, "weights": cfg.weights,
                      "image_size": cfg.image_size, "epochs": cfg.epochs, "optimizer": cfg.optimizer,
-                     "lr": cfg.lr,
-                     "published_val_acc": PAPER_VAL_ACCURACY.get(name),
-                     "image_split": run_scores(image), "subject_split": run_scores(subject)})
+                     "lr": cfg.lr, "published_val_acc": PAPER_VAL_ACCURACY.get(name),
+                     "image_split": _column(done, name, "image"), "subject_split": _column(done, name, "subject"),
+                     "defaults_subject_split": _column(done, name, "defaults")})
     data_used = next(iter(done.values())).config.data if done else None
     return {"study": "paper", "data": data_used, "notes": notes, "rows": rows,
+            "seeds": sorted({seed for _, _, seed in done}),
             "published_source": "the seed paper: validation accuracy on a random image split of C-NMC fold 0"}
 
 
 def reproduce_paper(data_spec: str | None = None, runs_dir: str | Path | None = None,
                     epochs: int | None = None, image_size: int | None = None, weights: str = "auto",
                     names: tuple[str, ...] | None = None,
-                    log: Log = print, progress: Progress | None = None, device: str = "auto") -> dict:
+                    log: Log = print, progress: Progress | None = None, device: str = "auto",
+                    seeds: int = 1, with_defaults: bool = False) -> dict:
     """Train every backbone with the paper's recipe on a random image split (the paper's) and on a
-    subject split, and report both beside the published validation accuracy."""
-    cfgs, notes = paper_configs(data_spec, epochs, image_size, weights, names)
+    subject split (and, with_defaults, leukviz's defaults on the subject split), over seeds 0..seeds-1,
+    and report them beside the published validation accuracy."""
+    cfgs, notes = paper_configs(data_spec, epochs, image_size, weights, names, tuple(range(seeds)), with_defaults)
     for n in notes:
         log(f"note: {n}")
     done = {key: ensure_trained(cfg, runs_dir, log, progress, device) for key, cfg in cfgs.items()}
     return paper_summary(done, notes)
+
+
+# ---------------------------------------------------------------------------------------------- subjects
+
+STUDY_METRICS = ("weighted_f1", "accuracy", "hem_recall", "roc_auc")
+
+
+def late_drop(f1s: list[float]) -> float:
+    """The largest fall of validation weighted F1 from one epoch to the next in the last half of training
+    (epochs e > E/2, each against the one before); 0 when it only rose."""
+    pairs = [(f1s[e - 2], f1s[e - 1]) for e in range(max(2, len(f1s) // 2 + 1), len(f1s) + 1)]
+    return max([0.0, *(a - b for a, b in pairs)])
+
+
+def score_run(y: np.ndarray, prob: np.ndarray, subjects: np.ndarray, classes: Sequence[str]) -> dict:
+    """The study's scores of one model on its validation subjects."""
+    from leukviz import metrics
+
+    pos = metrics.positive_index(classes)
+    pred = prob.argmax(1)
+    _, spec = metrics.sensitivity_specificity(y, pred, pos)
+    return {"weighted_f1": metrics.weighted_f1(y, pred), "accuracy": metrics.accuracy(y, pred),
+            "hem_recall": spec, "roc_auc": metrics.roc_auc(y, prob, pos),
+            "per_subject": {str(s): float(np.mean(pred[subjects == s] == y[subjects == s]))
+                            for s in sorted(set(subjects))}}
+
+
+def _leukviz_record(run: runs.Run, classes: Sequence[str]) -> dict:
+    import pandas as pd
+
+    pred = pd.read_csv(run.dir / "val_predictions.csv", dtype={"subject": str})
+    prob = pred[[f"prob_{c}" for c in classes]].to_numpy()
+    f1s = [float(e["val_f1"]) for e in run.epochs()]
+    return {"method": "leukviz", "run_id": run.run_id, "epoch_f1": f1s, "late_drop": late_drop(f1s),
+            "kept_epoch": run.final_metrics().get("best_epoch"),
+            **score_run(pred["label"].to_numpy(), prob, pred["subject"].to_numpy(), classes)}
+
+
+def _plain_record(ds: data.Dataset, train_rows: np.ndarray, val_rows: np.ndarray, name: str, weights: str,
+                  image_size: int, epochs: int, seed: int, log: Log) -> dict:
+    from leukviz import plain
+
+    idx = ds.index
+    part = lambda rows: ([str(p) for p in idx["path"].to_numpy()[rows]],  # noqa: E731
+                         [int(v) for v in idx["label"].to_numpy()[rows]])
+    res = plain.cached_fit(runs.cache_root(), name, weights, ds.fingerprint, part(train_rows), part(val_rows),
+                           image_size, epochs, seed, log)
+    f1s = [float(e["val_f1"]) for e in res["epochs"]]
+    return {"method": "plain", "run_id": None, "epoch_f1": f1s, "late_drop": late_drop(f1s), "kept_epoch": epochs,
+            **score_run(idx["label"].to_numpy()[val_rows], np.asarray(res["probs"]),
+                        idx["subject"].to_numpy()[val_rows], ds.classes)}
+
+
+def _mean_sd(values: list[float]) -> dict:
+    a = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    if len(a) == 0:
+        return {"mean": None, "sd": None, "n": 0}
+    return {"mean": float(a.mean()), "sd": float(a.std(ddof=1)) if len(a) > 1 else 0.0, "n": int(len(a))}
+
+
+def summarize_subjects(records: list[dict]) -> dict:
+    """Per method and backbone: each metric averaged over the folds of one seed (a cross-validated score),
+    then mean and sd over seeds; late_drop averaged over runs; per-subject accuracy averaged over seeds."""
+    out: dict = {}
+    for key in dict.fromkeys((r["method"], r["backbone"]) for r in records):
+        mine = [r for r in records if (r["method"], r["backbone"]) == key]
+        seeds = sorted({r["seed"] for r in mine})
+        entry = {m: _mean_sd([float(np.mean([r[m] for r in mine if r["seed"] == s])) for s in seeds])
+                 for m in STUDY_METRICS}
+        entry["per_seed_f1"] = {str(s): float(np.mean([r["weighted_f1"] for r in mine if r["seed"] == s]))
+                                for s in seeds}
+        entry["late_drop"] = _mean_sd([r["late_drop"] for r in mine])
+        subjects = sorted({s for r in mine for s in r["per_subject"]})
+        entry["per_subject"] = {s: float(np.mean([r["per_subject"][s] for r in mine if s in r["per_subject"]]))
+                                for s in subjects}
+        entry["n_runs"] = len(mine)
+        out.setdefault(key[1], {})[key[0]] = entry
+    for per in out.values():
+        if "leukviz" in per and "plain" in per:
+            per["difference"] = {m: (per["leukviz"][m]["mean"] - per["plain"][m]["mean"]
+                                     if per["leukviz"][m]["mean"] is not None and per["plain"][m]["mean"] is not None
+                                     else None) for m in STUDY_METRICS}
+    return out
+
+
+def subject_study(data_spec: str, names: Sequence[str] | None = None, seeds: int = 3, image_size: int = 96,
+                  epochs: int = 3, weights: str = "none", preset: str = "quick", n_folds: int = 0,
+                  with_plain: bool = True, runs_dir: str | Path | None = None, log: Log = print,
+                  progress: Progress | None = None, device: str = "auto") -> dict:
+    """Subject-grouped cross-validation: every backbone x seed x fold as an ordinary cached run (split
+    'groups'), and the plain hand-written loop on the same folds, budget and seeds; scored on the
+    validation subjects, which training never saw."""
+    ds = data.open_dataset(data_spec, runs.cache_root())
+    folds = data.group_folds(ds, n_folds)
+    names = tuple(names or backbones.BACKBONES)
+    notes = data.subject_warnings(ds)
+    records: list[dict] = []
+    for seed in range(seeds):
+        for name in names:
+            for k in range(len(folds)):
+                cfg = config.resolve(name, preset, weights, data_spec, image_size=image_size, epochs=epochs,
+                                     split="groups", val_fold=k, n_folds=n_folds, seed=seed)
+                run = ensure_trained(cfg, runs_dir, log, progress, device)
+                base = {"backbone": name, "seed": seed, "fold": k}
+                records.append({**base, **_leukviz_record(run, ds.classes)})
+                if with_plain:
+                    split = data.make_split(ds, "groups", val_fold=k, n_folds=n_folds)
+                    _, ok = data.image_cache(ds, cfg.image_size, cfg.crop, runs.cache_root())
+                    records.append({**base, **_plain_record(ds, split.train[ok[split.train]], split.val[ok[split.val]],
+                                                            name, weights, image_size, epochs, seed, log)})
+                r = records[-1 - int(with_plain)]
+                log(f"{name} seed {seed} fold {k}: leukviz F1 {r['weighted_f1']:.3f}"
+                    + (f", plain {records[-1]['weighted_f1']:.3f}" if with_plain else ""))
+    idx = ds.train_rows
+    fold_info = [{"fold": k, "n_val": int(len(v)),
+                  "val_subjects": sorted(map(str, set(idx.loc[v, "subject"]))),
+                  "val_classes": {c: int((idx.loc[v, "label"] == i).sum()) for i, c in enumerate(ds.classes)}}
+                 for k, v in enumerate(folds)]
+    from leukviz import plain
+    return {"study": "subjects", "data": str(data_spec), "fingerprint": ds.fingerprint, "backbones": list(names),
+            "seeds": seeds, "image_size": image_size, "epochs": epochs, "weights": weights, "preset": preset,
+            "folds": fold_info, "notes": notes, "plain_recipe": plain.RECIPE if with_plain else None,
+            "runs": records, "summary": summarize_subjects(records)}
+
+
+def format_subject_table(res: dict) -> str:
+    """The subject study as text: per backbone, leukviz and the plain loop side by side (mean ± sd over
+    seeds), their difference, then each subject's accuracy."""
+    def ms(d: dict) -> str:
+        return "   n/a     " if d["mean"] is None else f"{d['mean']:.3f} ± {d['sd']:.3f}"
+
+    folds = "; ".join(f"fold {f['fold']}: {', '.join(f['val_subjects'])}" for f in res["folds"])
+    lines = [f"subject-grouped cross-validation on {res['data']}: {len(res['folds'])} folds x {res['seeds']} seeds, "
+             f"weights {res['weights']}, {res['image_size']} px, {res['epochs']} epochs, preset {res['preset']}",
+             f"  validation subjects (never in that fold's training): {folds}",
+             *(f"  note: {n}" for n in res["notes"]),
+             f"  {'backbone':<10} {'loop':<8} {'weighted F1':<14} {'accuracy':<14} {'hem recall':<14} "
+             f"{'ROC AUC':<14} {'late drop':<14} runs"]
+    for name, per in res["summary"].items():
+        for method in ("leukviz", "plain"):
+            if method not in per:
+                continue
+            e = per[method]
+            lines.append(f"  {backbones.get_spec(name).title:<10} {method:<8} "
+                         + " ".join(f"{ms(e[m]):<14}" for m in (*STUDY_METRICS, "late_drop")) + f" {e['n_runs']}")
+        if "difference" in per:
+            dif = per["difference"]
+            lines.append(f"  {'':<10} {'diff':<8} " + " ".join(
+                f"{'n/a' if dif[m] is None else f'{dif[m]:+.3f}':<14}" for m in STUDY_METRICS))
+    subjects = sorted({s for per in res["summary"].values() for e in per.values() if "per_subject" in e
+                       for s in e["per_subject"]}, key=lambda s: (s[:1].isalpha(), len(s), s))
+    lines.append("  accuracy per validation subject (mean over seeds):")
+    lines.append(f"  {'':<19} " + " ".join(f"{s:>5}" for s in subjects))
+    for name, per in res["summary"].items():
+        for method in ("leukviz", "plain"):
+            if method in per:
+                row = per[method]["per_subject"]
+                lines.append(f"  {backbones.get_spec(name).title:<10} {method:<8} "
+                             + " ".join(f"{row[s]:>5.2f}" if s in row else "    -" for s in subjects))
+    lines.append("  mean ± sd: over seeds, of each seed's mean over folds. late drop: the largest fall of "
+                 "validation F1 between consecutive epochs in the last half of training, averaged over runs. "
+                 "Scores are of the model each loop keeps (leukviz: per its select setting; plain: last epoch).")
+    return "\n".join(line.rstrip() for line in lines)

@@ -39,3 +39,26 @@ def cnmc_mini() -> Path:
 @pytest.fixture()
 def runs_dir(tmp_path) -> Path:
     return tmp_path / "runs"
+
+
+CNMC_DEV = (REPO / ".." / "shared" / "data" / "cnmc-fold1-dev").resolve()
+
+
+@pytest.fixture(scope="session")
+def cnmc_dev() -> Path:
+    """The real fold-1 development folder (one sub-folder per class, C-NMC names), beside the repo."""
+    if not (CNMC_DEV / "all").is_dir() or not (CNMC_DEV / "hem").is_dir():
+        pytest.skip(f"real C-NMC development folder not found at {CNMC_DEV} (it lives in ../shared/data)")
+    return CNMC_DEV
+
+
+@pytest.fixture(scope="session")
+def real_subset(cnmc_dev, tmp_path_factory) -> Path:
+    """A tiny real subset: 4 cells of each of 3 ALL subjects and of both normal subjects, linked (not copied)."""
+    root = tmp_path_factory.mktemp("real-subset")
+    for cls, subjects in (("all", ("2", "16", "23")), ("hem", ("H10", "H14"))):
+        (root / cls).mkdir()
+        for s in subjects:
+            for f in sorted((cnmc_dev / cls).glob(f"UID_{s}_*"))[:4]:
+                (root / cls / f.name).symlink_to(f)
+    return root

@@ -92,11 +92,24 @@ def test_data_page_counts_split_and_gallery(app):
     assert int(metrics["Validation images"]) == len(data.make_split(ds, "subject").val)
     rows = [len(im.value) for im in at.image]  # a gallery row per class, then an augmentation row per class
     assert rows == [6, 6, 6, 6]
-    assert not at.warning
+    # only the few-subjects warnings, if any (the small stand-in demo of these tests has two normal subjects)
+    assert [w.value for w in at.warning] == [dashboard.plain(w) for w in data.subject_warnings(ds)]
 
     at.radio(key="data_split_radio").set_value("image").run()
     assert at.session_state["split"] == "image"
     assert any("Leaky" in w.value for w in at.warning)
+
+
+def test_data_page_warns_when_a_class_has_few_subjects(app, real_subset):
+    at = app
+    at.session_state["dataset"] = str(real_subset)
+    open_page(at, "data")
+    assert not at.exception
+    expected = data.subject_warnings(data.open_dataset(str(real_subset), runs.cache_root()))
+    assert len(expected) == 1 and "class 'hem' has 2 subjects" in expected[0] and "study subjects" in expected[0]
+    assert [w.value for w in at.warning] == [dashboard.plain(w) for w in expected]
+    assert any("hem 2" in c.value and "all 3" in c.value for c in at.caption)
+    at.session_state["dataset"] = "demo"
 
 
 def test_data_page_switches_to_a_folder_and_refuses_a_bad_one(app, tiny_data, tmp_path):

@@ -132,12 +132,35 @@ def test_unreadable_files_are_skipped_and_counted(tiny_data, tmp_path):
     assert any("not a readable image" in r for _, r in ds.skipped)
 
 
-def test_crop_to_cell_centres_the_cell():
+def test_crop_to_cell_centres_the_cell_in_a_fixed_window():
     a = np.zeros((100, 100, 3), np.uint8)
     a[10:30, 60:90] = 200
     c = data.crop_to_cell(a)
-    assert c.shape[0] == c.shape[1] and 30 <= c.shape[0] <= 34
+    assert c.shape == (75, 75, 3)  # CELL_WINDOW of the image's side, whatever the cell's size
     assert c[c.shape[0] // 2, c.shape[1] // 2].max() == 200
+    legacy = data.crop_to_cell(a, window=None)  # version 1: a square just around the cell
+    assert legacy.shape[0] == legacy.shape[1] and 30 <= legacy.shape[0] <= 34
+
+
+def _disc(radius: int, side: int = 450) -> np.ndarray:
+    yy, xx = np.mgrid[:side, :side]
+    a = np.zeros((side, side, 3), np.uint8)
+    a[(yy - side // 2 + 17) ** 2 + (xx - side // 2 - 9) ** 2 <= radius ** 2] = (180, 120, 200)
+    return a
+
+
+@pytest.mark.parametrize("crop", [True, False])
+def test_preprocessing_keeps_the_cells_scale(tmp_path, crop):
+    """A small and a large cell stay different in size after preprocessing (cell size is a class cue)."""
+    areas = {}
+    for r in (60, 110):
+        Image.fromarray(_disc(r)).save(tmp_path / f"r{r}.png")
+        x = data.load_image(tmp_path / f"r{r}.png", 64, crop=crop)
+        areas[r] = int((x.max(axis=2) > 10).sum())
+    ratio = areas[110] / areas[60]
+    assert ratio == pytest.approx((110 / 60) ** 2, rel=0.1)  # per-cell zoom would make it ~1
+    window = data.CELL_WINDOW if crop else 1.0
+    assert areas[110] == pytest.approx(np.pi * (110 * 64 / (450 * window)) ** 2, rel=0.1)
 
 
 def test_image_modes_all_become_rgb(tmp_path):

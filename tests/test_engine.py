@@ -67,7 +67,7 @@ def test_presets_resolve_and_overrides_win():
     assert (paper.image_size, paper.batch_size, paper.epochs) == (128, 128, 4)
     assert resolve("resnet50", "paper", "imagenet").epochs == 5
     from leukviz.config import ConfigError
-    with pytest.raises(ConfigError, match="choose one of: subject, folds, image"):
+    with pytest.raises(ConfigError, match="choose one of: subject, groups, folds, image"):
         resolve("resnet50", split="random")
 
 

@@ -115,3 +115,29 @@ def test_dead_process_shows_as_interrupted_and_a_held_lock_blocks_a_second_train
         assert run.state == "running"
         with pytest.raises(runs.AlreadyRunning):
             runs.train(run, log=lambda s: None)
+
+
+def test_the_kept_model_is_the_weight_average_of_the_last_epoch(finished):
+    """The quick preset validates and keeps the moving average of the weights, of the last epoch (not the
+    epoch that scored best on the validation subjects)."""
+    from safetensors.torch import load_file
+
+    assert (finished.config.average, finished.config.select) == ("ema", "last")
+    meta = json.loads((finished.dir / "model.json").read_text())
+    assert meta["epoch"] == 2 and meta["metrics"]["val_f1"] == finished.epochs()[-1]["val_f1"]
+    kept = load_file(str(finished.dir / "model.safetensors"))
+    state = engine.load_resume_state(finished.dir / "last.pt")
+    averaged = {k.removeprefix("module."): v for k, v in state["average"].items() if k.startswith("module.")}
+    raw = state["model"]
+    name = "fc.weight"
+    assert torch.equal(kept[name], averaged[name]) and not torch.equal(kept[name], raw[name])
+    start = next(e for e in finished.events() if e["type"] == "start")
+    assert int(state["average"]["n_averaged"]) == start["steps_per_epoch"] * 2  # one update per step
+
+
+def test_select_best_keeps_the_best_epoch(tiny_data, tmp_path):
+    run = runs.run_for(tiny_cfg(tiny_data, epochs=3, select="best", average="none", lr=0.05), tmp_path)
+    runs.train(run, log=lambda s: None)
+    f1s = [e["val_f1"] for e in run.epochs()]
+    meta = json.loads((run.dir / "model.json").read_text())
+    assert meta["epoch"] == 1 + int(np.argmax(f1s)) and meta["metrics"]["val_f1"] == max(f1s)

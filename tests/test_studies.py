@@ -82,10 +82,15 @@ def cnmc_like(tiny_data, tmp_path_factory) -> Path:
 
 
 def test_paper_configs_follow_the_recipe_for_every_backbone(cnmc_like):
-    cfgs, notes = studies.paper_configs(str(cnmc_like))
-    assert {b for b, _ in cfgs} == set(studies.PAPER_VAL_ACCURACY) == {"resnet50", "googlenet", "vgg16"}
+    cfgs, notes = studies.paper_configs(str(cnmc_like), seeds=(0, 1), with_defaults=True)
+    assert {b for b, _, _ in cfgs} == set(studies.PAPER_VAL_ACCURACY) == {"resnet50", "googlenet", "vgg16"}
+    assert {(c, seed) for _, c, seed in cfgs} == {(c, seed) for c in studies.PAPER_COLUMNS for seed in (0, 1)}
     for name in studies.PAPER_VAL_ACCURACY:
-        image, subject = cfgs[(name, "image")], cfgs[(name, "subject")]
+        image, subject = cfgs[(name, "image", 1)], cfgs[(name, "subject", 1)]
+        defaults = cfgs[(name, "defaults", 1)]
+        assert image.seed == 1 and differing(cfgs[(name, "image", 0)].to_dict(), image.to_dict()) == {"seed"}
+        assert defaults.preset == "quick" and defaults.split == "subject"
+        assert (defaults.image_size, defaults.epochs) == (image.image_size, image.epochs)
         assert differing(image.to_dict(), subject.to_dict()) == {"split"}
         assert image.preset == "paper" and image.image_size == 128 and image.weights == "none"
         assert image.epochs == (4 if name == "vgg16" else 5)
@@ -124,3 +129,59 @@ def test_paper_data_falls_back_and_says_so(cnmc_mini, tmp_path):
     assert data == str(cnmc_mini) and "cannot be used" in notes[0] and "all training folds" in notes[0]
     data, notes = studies.paper_data(None)
     assert data == "demo" and "demo" in notes[0]
+
+
+# ---------------------------------------------------------------------------------------------- subjects
+
+@pytest.fixture(scope="module")
+def subject_study(real_subset, shared_runs):
+    return studies.subject_study(str(real_subset), ("googlenet",), seeds=1, image_size=32, epochs=2,
+                                 runs_dir=shared_runs, log=lambda s: None)
+
+
+def test_subject_folds_hold_out_whole_subjects_with_both_classes_on_both_sides(subject_study, real_subset):
+    from leukviz import data
+
+    ds = data.open_dataset(str(real_subset))
+    folds = subject_study["folds"]
+    assert len(folds) == 2  # two normal subjects: two folds, one normal subject validated in each
+    seen = set()
+    for f in folds:
+        split = data.make_split(ds, "groups", val_fold=f["fold"])
+        train_subjects = set(ds.index.loc[split.train, "subject"])
+        val_subjects = set(ds.index.loc[split.val, "subject"])
+        assert val_subjects == set(f["val_subjects"]) and not train_subjects & val_subjects
+        assert set(ds.index.loc[split.train, "label"]) == set(ds.index.loc[split.val, "label"]) == {0, 1}
+        seen |= val_subjects
+    assert seen == {"2", "16", "23", "H10", "H14"}  # every subject is validated once
+    assert {"H10", "H14"} & set(folds[0]["val_subjects"]) != {"H10", "H14"} & set(folds[1]["val_subjects"])
+
+
+def test_subject_study_scores_both_loops_on_the_same_cells(subject_study, shared_runs):
+    recs = subject_study["runs"]
+    assert {(r["method"], r["fold"]) for r in recs} == {(m, k) for m in ("leukviz", "plain") for k in (0, 1)}
+    for k in (0, 1):
+        a, b = (next(r for r in recs if r["method"] == m and r["fold"] == k) for m in ("leukviz", "plain"))
+        assert set(a["per_subject"]) == set(b["per_subject"]) == set(subject_study["folds"][k]["val_subjects"])
+        assert len(a["epoch_f1"]) == len(b["epoch_f1"]) == 2
+        run = runs.get_run(a["run_id"], shared_runs)
+        assert run.config.split == "groups" and run.config.val_fold == k and run.state == "finished"
+    per = subject_study["summary"]["googlenet"]
+    mean_f1 = sum(r["weighted_f1"] for r in recs if r["method"] == "leukviz") / 2
+    assert per["leukviz"]["weighted_f1"]["mean"] == pytest.approx(mean_f1)
+    assert per["difference"]["weighted_f1"] == pytest.approx(
+        per["leukviz"]["weighted_f1"]["mean"] - per["plain"]["weighted_f1"]["mean"])
+    table = studies.format_subject_table(subject_study)
+    assert "plain" in table and "H14" in table and "diff" in table
+
+
+def test_subject_study_reruns_from_the_cache(subject_study, real_subset, shared_runs):
+    again = studies.subject_study(str(real_subset), ("googlenet",), seeds=1, image_size=32, epochs=2,
+                                  runs_dir=shared_runs, log=lambda s: None)
+    assert [r["weighted_f1"] for r in again["runs"]] == [r["weighted_f1"] for r in subject_study["runs"]]
+
+
+def test_late_drop_looks_at_the_last_half_only():
+    assert studies.late_drop([0.9, 0.5, 0.6]) == pytest.approx(0.4)  # epoch 2 > 3/2: counted
+    assert studies.late_drop([0.9, 0.5, 0.6, 0.7, 0.65]) == pytest.approx(0.05)  # falls before epoch 3 ignored
+    assert studies.late_drop([0.5, 0.6, 0.7]) == 0.0 and studies.late_drop([0.7]) == 0.0

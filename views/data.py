@@ -10,7 +10,8 @@ from leukviz.config import AUGMENT
 from views._common import active_dataset, active_split, open_dataset
 
 SOURCES = ("Built-in demo", "Folder path", "Zip upload")
-SPLITS = {"subject": "By subject (recommended)", "folds": "Official folds", "image": "By image (leaky)"}
+SPLITS = {"subject": "By subject (recommended)", "groups": "Subject-grouped folds", "folds": "Official folds",
+          "image": "By image (leaky)"}
 
 
 def use(spec: str) -> None:
@@ -65,7 +66,8 @@ if info["skipped"]:
 cols = st.columns(len(info["per_class"]) + 2)
 for col, (cls, n) in zip(cols, info["per_class"].items()):
     col.metric(f"Class {dashboard.plain(cls)}", n)
-cols[-2].metric("Subjects", len(info["per_subject"]) or "unknown")
+cols[-2].metric("Subjects", len(info["per_subject"]) or "unknown",
+                help=", ".join(f"{dashboard.plain(c)}: {n}" for c, n in info["subjects_per_class"].items()) or None)
 cols[-1].metric("Held-out test (labelled)", info["prelim"]["n"])
 
 left, right = st.columns(2)
@@ -83,7 +85,13 @@ with right:
     else:
         st.caption("No subject ids (file names are not C-NMC style): only the leaky image split is possible.")
 
+if info["subjects_per_class"]:
+    st.caption("Subjects per class: " + " · ".join(f"{dashboard.plain(c)} {n}"
+                                                   for c, n in info["subjects_per_class"].items()))
+
 st.subheader("Validation split")
+for warning in info["warnings"]:
+    st.warning(dashboard.plain(warning), icon=":material/group:")
 split = st.radio("Split used for training", list(SPLITS), format_func=SPLITS.get, horizontal=True,
                  index=list(SPLITS).index(active_split()), key="data_split_radio")
 st.session_state["split"] = split
@@ -106,13 +114,22 @@ for cls, paths in samples.items():
     st.markdown(f"**{dashboard.plain(cls)}**")
     st.image([data.load_image(p, 96, crop=False) for p in paths], width=96)
 
-st.subheader("Training augmentation")
-mode = st.segmented_control("Augmentation", [a for a in AUGMENT if a != "none"], default="flips",
+st.subheader("What the network is fed")
+size = int(st.session_state.get("train_image_size", 96))
+c1, c2 = st.columns([2, 1])
+mode = c1.segmented_control("Augmentation", [a for a in AUGMENT if a != "none"], default="full",
                             required=True,
-                            help="flips: the 8 flips and quarter turns (cells have no orientation); full: "
-                                 "plus brightness and contrast jitter.")
-size = 96
-for path in [ps[0] for ps in samples.values()]:
-    original = data.load_image(path, size, crop=True)
-    views = dashboard.augment_preview(original, mode, n=5, seed=len(path))
-    st.image([original] + [v for _, v in views], caption=["as cached"] + [c for c, _ in views], width=size)
+                            help="flips: the 8 flips and quarter turns (cells have no orientation); full (the "
+                                 "default): plus stain jitter (brightness, contrast and a gain per colour "
+                                 "channel), as cells of different people differ in stain.")
+crop = c2.toggle("Window around the cell", value=True,
+                 help=f"A square of {data.CELL_WINDOW:g} x the image's side centred on the cell, the same for "
+                      "every image; off: the whole image. Either way every cell keeps its scale.")
+st.caption(f"Cells of the active dataset at the training size "
+           f"({size} px, from the Train page), exactly as the network receives them before normalisation: "
+           "a large cell stays larger than a small one, since cell size tells the classes apart.")
+for cls, paths in samples.items():
+    original = data.load_image(paths[0], size, crop=crop)
+    views = dashboard.augment_preview(original, mode, n=5, seed=len(paths[0]))
+    st.image([original] + [v for _, v in views], caption=[f"{dashboard.plain(cls)}: as cached"] + [c for c, _ in views],
+             width=max(96, size))
