@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from leukviz import config as C
+from leukviz import layout
 
 
 class CliError(Exception):
@@ -287,7 +288,7 @@ def _collect_images(items: list[str]) -> list[str]:
             out.extend(str(f) for f in sorted(p.rglob("*")) if f.is_file() and data._is_image(f))
         elif p.suffix.lower() == ".zip":
             from leukviz import runs
-            dest = runs.cache_root() / "predict-zips" / f"{p.stem}-{int(p.stat().st_mtime)}"
+            dest = runs.cache_root() / layout.PREDICT_ZIP_CACHE / f"{p.stem}-{int(p.stat().st_mtime)}"
             dest.parent.mkdir(parents=True, exist_ok=True)
             root = data.extract_zip(p, dest)
             out.extend(str(f) for f in sorted(root.rglob("*")) if f.is_file() and data._is_image(f))

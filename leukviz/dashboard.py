@@ -19,14 +19,12 @@ import pandas as pd
 
 from leukviz import backbones, data, metrics, runs
 from leukviz.config import RunConfig
+from leukviz.layout import CHECKPOINT, CONFIG, LOG, PREDICTIONS, RESUME, SIDECAR
 from leukviz.storage import read_json
 
 # "starting" is the dashboard's own state: launched, but the process has not written its status yet.
 ACTIVE_STATES = ("starting", "queued", "running")
 UPLOAD_TYPES = ("png", "jpg", "jpeg", "bmp", "tif", "tiff")
-PREDICTIONS = "val_predictions.csv"  # engine.PREDICTIONS, repeated so this module loads without torch
-SIDECAR = "model.json"
-CHECKPOINT = "model.safetensors"
 SPLIT_TEXT = {"subject": "by subject", "folds": "official folds", "image": "by image (leaky)"}
 FINETUNE_TEXT = {"full": "the whole network", "last": "last stage + head", "head": "head only"}
 
@@ -102,7 +100,7 @@ def finished_runs(runs_dir: str | Path | None = None) -> list[runs.Run]:
 def find_run(cfg: RunConfig, fingerprint: str, runs_dir: str | Path | None = None) -> runs.Run | None:
     """The run folder of this exact configuration, if one exists (unlike runs.run_for, creates nothing)."""
     path = runs.runs_root(runs_dir) / cfg.identity(fingerprint)
-    return runs.Run(path) if (path / "config.json").exists() else None
+    return runs.Run(path) if (path / CONFIG).exists() else None
 
 
 def latest_per_backbone(candidates: Iterable[runs.Run]) -> list[runs.Run]:
@@ -135,7 +133,7 @@ _LAUNCH_LOCK = threading.Lock()
 
 def _log_tail(run: runs.Run, lines: int = 8) -> str:
     try:
-        text = (run.dir / "train.log").read_text(errors="replace")
+        text = (run.dir / LOG).read_text(errors="replace")
     except OSError:
         return ""
     return "\n".join(text.strip().splitlines()[-lines:])
@@ -193,7 +191,7 @@ def retrain(run: runs.Run, nproc: int = 1) -> bool:
 
 
 def can_resume(run: runs.Run) -> bool:
-    return (run.dir / "last.pt").exists()
+    return (run.dir / RESUME).exists()
 
 
 @dataclass

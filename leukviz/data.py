@@ -23,6 +23,7 @@ import pandas as pd
 from filelock import FileLock
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from leukviz import layout
 from leukviz.storage import atomic_write_bytes
 
 CNMC_CLASSES = ("hem", "all")  # index = the C-NMC labels CSV's value: 0 = hem (normal), 1 = all (blast)
@@ -379,7 +380,7 @@ def open_dataset(spec: str | Path = "demo", cache_dir: Path | None = None) -> Da
     if name == "demo":
         from leukviz.synthetic import DEMO_VERSION, ensure_demo
 
-        root = ensure_demo(cache_dir / "demo")
+        root = ensure_demo(cache_dir / layout.DEMO_CACHE)
         index = _index_cnmc(root, skipped)
         # Generated content is identified by its generator, not file times (regeneration gives new mtimes).
         fp = hashlib.sha256(f"demo-v{DEMO_VERSION}-s0-{len(index)}".encode()).hexdigest()[:16]
@@ -392,7 +393,7 @@ def open_dataset(spec: str | Path = "demo", cache_dir: Path | None = None) -> Da
         if path.suffix.lower() != ".zip":
             raise DataError(f"{path} is a file; a dataset is a folder or a .zip")
         digest = hashlib.sha256(f"{path.resolve()}:{path.stat().st_size}:{path.stat().st_mtime_ns}".encode())
-        dest = cache_dir / "zips" / digest.hexdigest()[:16]
+        dest = cache_dir / layout.ZIP_CACHE / digest.hexdigest()[:16]
         dest.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(f"{dest}.lock"):  # the app and a training process may open the same zip at once
             if not (dest / ".complete").exists():
@@ -654,7 +655,7 @@ def image_cache(ds: Dataset, size: int, crop: bool, cache_dir: Path | None = Non
     resizing, and forking a process that runs torch can deadlock.
     """
     cache_dir = cache_folder(cache_dir)
-    folder = cache_dir / "images"
+    folder = cache_dir / layout.IMAGE_CACHE
     folder.mkdir(parents=True, exist_ok=True)
     how = ("cell" if window is None else f"window{round(window * 1000)}") if crop else "full"
     stem = folder / f"{ds.fingerprint}-{size}-{how}"

@@ -22,14 +22,11 @@ from torch.utils.data import DistributedSampler
 
 from leukviz import backbones, data
 from leukviz.config import PREPROCESS_VERSION, RunConfig
+from leukviz.layout import CHECKPOINT, FEATURE_CACHE, PREDICTIONS, RESUME, SIDECAR
 from leukviz.metrics import weighted_f1
 from leukviz.storage import atomic_torch_save, atomic_write_bytes, atomic_write_files, json_bytes
 
 Emit = Callable[[dict], None]
-CHECKPOINT = "model.safetensors"
-SIDECAR = "model.json"
-RESUME = "last.pt"
-PREDICTIONS = "val_predictions.csv"
 
 
 class Stopped(Exception):
@@ -75,7 +72,7 @@ def out_of_memory_message(cfg: RunConfig, error: BaseException, world: int = 1) 
 
 
 def load_resume_state(path: Path) -> dict:
-    """Read last.pt with weights_only=True: tensors and plain values load; a pickle that runs code is refused."""
+    """Read the resumable state (layout.RESUME) with weights_only=True: tensors and plain values load; a pickle that runs code is refused."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - weights_only refusals and damaged files both land here
@@ -643,7 +640,7 @@ def _fit(cfg: RunConfig, run_dir: Path, emit: Emit, should_stop: Callable[[], bo
         t0 = time.time()
         if fast_head and feats is None:  # counted in the first epoch's time
             key = feature_cache_key(model, head_name, cfg, ds.fingerprint, order, val_idx, device, amp)
-            fpath = data.cache_folder(cache_dir) / "features" / f"{key}.safetensors"
+            fpath = data.cache_folder(cache_dir) / FEATURE_CACHE / f"{key}.safetensors"
             feats = load_cached_features(fpath, device)
             if feats is not None:
                 log(f"head-only without augmentation: backbone features of {len(train_x)} + {len(val_idx)} images "

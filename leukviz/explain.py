@@ -16,6 +16,7 @@ from PIL import Image
 
 from leukviz import backbones
 from leukviz.inference import LoadedModel, prepare
+from leukviz.layout import PREDICTIONS, SIDECAR
 
 DISPLAY_MIN = 224  # overlays written to disk are upscaled to at least this many pixels, to be readable
 # The hooks sit on a model that the dashboard shares between sessions (threads): one CAM at a time.
@@ -157,8 +158,6 @@ def top_losses(run_dir: str | Path, k: int = 16, only_wrong: bool = False) -> pd
     Columns: path, subject, true, predicted, confidence (probability of the predicted class),
     prob_true, loss (cross-entropy of the true class), correct.
     """
-    from leukviz.engine import PREDICTIONS, SIDECAR
-
     run_dir = Path(run_dir)
     path = run_dir / PREDICTIONS
     if not path.exists():

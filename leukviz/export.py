@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from leukviz import backbones, inference
-from leukviz.engine import CHECKPOINT, PREDICTIONS, SIDECAR
+from leukviz.layout import CHECKPOINT, CONFIG, PREDICTIONS, SIDECAR
 
 FORMATS = ("onnx", "safetensors")
 ONNX_TOLERANCE = 1e-4  # max abs difference of probabilities, ONNX Runtime vs PyTorch
@@ -61,7 +61,7 @@ def _export_safetensors(run_dir: Path, out: Path) -> dict:
     shutil.copyfile(run_dir / CHECKPOINT, target)
     meta = json.loads((run_dir / SIDECAR).read_text())
     meta["run_id"] = run_dir.name
-    meta["config"] = json.loads((run_dir / "config.json").read_text()).get("config", {})
+    meta["config"] = json.loads((run_dir / CONFIG).read_text()).get("config", {})
     sidecar.write_text(json.dumps(meta, indent=1))
     return {"format": "safetensors", "path": str(target), "sidecar": str(sidecar),
             "bytes": target.stat().st_size}

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from leukviz import backbones, data
-from leukviz.engine import CHECKPOINT, SIDECAR, autocast, pick_device
+from leukviz.engine import autocast, pick_device
+from leukviz.layout import CHECKPOINT, SIDECAR
 
 
 @dataclass

@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 
 from filelock import FileLock, Timeout
 
-from leukviz import data
+from leukviz import data, layout
 from leukviz.config import RunConfig
 from leukviz.storage import append_jsonl, atomic_write_json, read_json, read_jsonl
 
@@ -57,19 +57,19 @@ class Run:
 
     @property
     def config(self) -> RunConfig:
-        return RunConfig.from_dict(read_json(self.dir / "config.json", {})["config"])
+        return RunConfig.from_dict(read_json(self.dir / layout.CONFIG, {})["config"])
 
     @property
     def info(self) -> dict:
-        return read_json(self.dir / "config.json", {})
+        return read_json(self.dir / layout.CONFIG, {})
 
     @property
     def status(self) -> dict:
-        st = read_json(self.dir / "status.json", None)
+        st = read_json(self.dir / layout.STATUS, None)
         if not isinstance(st, dict) or st.get("state") not in STATES:
             # Never started, or the status file was lost (a power cut): progress on disk means cut short.
-            started = (self.dir / "metrics.jsonl").exists() or (self.dir / "last.pt").exists()
-            st = ({"state": "interrupted", "error": "status.json is missing or damaged"} if started
+            started = (self.dir / layout.METRICS).exists() or (self.dir / layout.RESUME).exists()
+            st = ({"state": "interrupted", "error": f"{layout.STATUS} is missing or damaged"} if started
                   else {"state": "new"})
         if st["state"] != "finished" and not self.is_locked():
             if _launch_pending(self):  # launched, still starting: not dead, and not to be launched again
@@ -84,7 +84,7 @@ class Run:
         return self.status["state"]
 
     def events(self) -> list[dict]:
-        return list(read_jsonl(self.dir / "metrics.jsonl"))
+        return list(read_jsonl(self.dir / layout.METRICS))
 
     def epochs(self) -> list[dict]:
         """Epoch events, one per epoch (after a resume the later record wins)."""
@@ -92,7 +92,7 @@ class Run:
         return [by_epoch[k] for k in sorted(by_epoch)]
 
     def lock(self) -> FileLock:
-        return FileLock(str(self.dir / "run.lock"))
+        return FileLock(str(self.dir / layout.RUN_LOCK))
 
     def is_locked(self) -> bool:
         lock = self.lock()
@@ -105,10 +105,10 @@ class Run:
 
     @property
     def has_checkpoint(self) -> bool:
-        return (self.dir / "model.safetensors").exists() and (self.dir / "model.json").exists()
+        return (self.dir / layout.CHECKPOINT).exists() and (self.dir / layout.SIDECAR).exists()
 
     def final_metrics(self) -> dict:
-        return read_json(self.dir / "model.json", {}).get("metrics", {})
+        return read_json(self.dir / layout.SIDECAR, {}).get("metrics", {})
 
 
 def run_for(cfg: RunConfig, runs_dir: str | Path | None = None, fingerprint: str | None = None) -> Run:
@@ -118,8 +118,8 @@ def run_for(cfg: RunConfig, runs_dir: str | Path | None = None, fingerprint: str
     run_id = cfg.identity(fingerprint)
     run = Run(runs_root(runs_dir) / run_id)
     run.dir.mkdir(parents=True, exist_ok=True)
-    if not (run.dir / "config.json").exists():
-        atomic_write_json(run.dir / "config.json", {"run_id": run_id, "config": cfg.to_dict(),
+    if not (run.dir / layout.CONFIG).exists():
+        atomic_write_json(run.dir / layout.CONFIG, {"run_id": run_id, "config": cfg.to_dict(),
                                                    "dataset_fingerprint": fingerprint, "created": time.time()})
     return run
 
@@ -127,10 +127,10 @@ def run_for(cfg: RunConfig, runs_dir: str | Path | None = None, fingerprint: str
 def get_run(run_id: str, runs_dir: str | Path | None = None) -> Run:
     root = runs_root(runs_dir)
     path = root / run_id
-    if not (path / "config.json").exists():
-        matches = [p for p in root.iterdir() if p.name.startswith(run_id) and (p / "config.json").exists()]
+    if not (path / layout.CONFIG).exists():
+        matches = [p for p in root.iterdir() if p.name.startswith(run_id) and (p / layout.CONFIG).exists()]
         if len(matches) != 1:
-            known = ", ".join(sorted(p.name for p in root.iterdir() if (p / "config.json").exists())[:10]) or "none"
+            known = ", ".join(sorted(p.name for p in root.iterdir() if (p / layout.CONFIG).exists())[:10]) or "none"
             raise KeyError(f"no run {run_id!r} in {root} (runs: {known})")
         path = matches[0]
     return Run(path)
@@ -138,25 +138,25 @@ def get_run(run_id: str, runs_dir: str | Path | None = None) -> Run:
 
 def list_runs(runs_dir: str | Path | None = None) -> list[Run]:
     root = runs_root(runs_dir)
-    runs = [Run(p) for p in root.iterdir() if p.is_dir() and (p / "config.json").exists()]
+    runs = [Run(p) for p in root.iterdir() if p.is_dir() and (p / layout.CONFIG).exists()]
     return sorted(runs, key=lambda r: r.info.get("created", 0), reverse=True)
 
 
 def write_status(run: Run, state: str, **extra) -> None:
     assert state in STATES, state
-    prev = read_json(run.dir / "status.json", {}) or {}
-    atomic_write_json(run.dir / "status.json", {**prev, **extra, "state": state, "pid": os.getpid(),
+    prev = read_json(run.dir / layout.STATUS, {}) or {}
+    atomic_write_json(run.dir / layout.STATUS, {**prev, **extra, "state": state, "pid": os.getpid(),
                                                 "updated": time.time()})
 
 
 def archive(run: Run) -> None:
     """Move a run's results aside (retraining on purpose); nothing is deleted."""
-    trash = run.dir.parent / ".archive" / f"{run.run_id}-{int(time.time())}"
+    trash = run.dir.parent / layout.ARCHIVE / f"{run.run_id}-{int(time.time())}"
     trash.parent.mkdir(parents=True, exist_ok=True)
     info = run.info
     shutil.move(str(run.dir), trash)
     run.dir.mkdir()
-    atomic_write_json(run.dir / "config.json", {**info, "created": time.time()})
+    atomic_write_json(run.dir / layout.CONFIG, {**info, "created": time.time()})
 
 
 # ---------------------------------------------------------------------------------------------- training process
@@ -173,7 +173,7 @@ def _truncate_after(run: Run, epoch: int, step: int) -> None:
         keep.append(e)
     from leukviz.storage import atomic_write_bytes
     import json
-    atomic_write_bytes(run.dir / "metrics.jsonl", "".join(json.dumps(e) + "\n" for e in keep).encode())
+    atomic_write_bytes(run.dir / layout.METRICS, "".join(json.dumps(e) + "\n" for e in keep).encode())
 
 
 def train(run: Run, resume: bool = False, device: str = "auto", log: Callable[[str], None] = print,
@@ -186,8 +186,8 @@ def train(run: Run, resume: bool = False, device: str = "auto", log: Callable[[s
 
     rank = int(os.environ.get("RANK", "0"))
     cfg = run.config
-    stop_file = run.dir / "stop"
-    launch_info = read_json(run.dir / "launch.json", None)
+    stop_file = run.dir / layout.STOP
+    launch_info = read_json(run.dir / layout.LAUNCH, None)
     launched = isinstance(launch_info, dict) and launch_info.get("pid") in (os.getpid(), os.getppid())
     previous_handlers: dict = {}
     stop = {"flag": False}
@@ -196,7 +196,7 @@ def train(run: Run, resume: bool = False, device: str = "auto", log: Callable[[s
 
         def log(msg: str) -> None:
             console(msg)
-            with contextlib.suppress(OSError), open(run.dir / "train.log", "a", encoding="utf-8") as fh:
+            with contextlib.suppress(OSError), open(run.dir / layout.LOG, "a", encoding="utf-8") as fh:
                 fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
 
     def on_signal(signum, frame):  # noqa: ARG001
@@ -206,7 +206,7 @@ def train(run: Run, resume: bool = False, device: str = "auto", log: Callable[[s
         return stop["flag"] or stop_file.exists()
 
     def emit(ev: dict) -> None:
-        append_jsonl(run.dir / "metrics.jsonl", ev)
+        append_jsonl(run.dir / layout.METRICS, ev)
         if ev.get("type") == "epoch":
             write_status(run, "running", epoch=ev["epoch"], epochs=ev["epochs"])
         if emit_hook:
@@ -236,21 +236,20 @@ def train(run: Run, resume: bool = False, device: str = "auto", log: Callable[[s
     try:
         if not launched:  # launch() cleared old Stops; one sent while this process started must hold
             stop_file.unlink(missing_ok=True)
-        finished = read_json(run.dir / "status.json", {}).get("state") == "finished" and run.has_checkpoint
+        finished = read_json(run.dir / layout.STATUS, {}).get("state") == "finished" and run.has_checkpoint
         if finished and not resume:
             # Another process finished it between our caller's cache check and our lock: don't train twice.
             log(f"run {run.run_id} is already finished")
             return run.final_metrics()
-        ours = (engine.RESUME, engine.CHECKPOINT, engine.SIDECAR, engine.PREDICTIONS, "metrics.jsonl")
         for leftover in run.dir.glob(".*.*"):  # temporary files of writes that a crash cut short
-            if leftover.name.startswith(tuple(f".{name}." for name in ours)):
+            if leftover.name.startswith(tuple(f".{name}." for name in layout.TRAINER_FILES)):
                 leftover.unlink(missing_ok=True)
-        resume = resume and (run.dir / engine.RESUME).exists()
+        resume = resume and (run.dir / layout.RESUME).exists()
         if resume:
-            st = engine.load_resume_state(run.dir / engine.RESUME)
+            st = engine.load_resume_state(run.dir / layout.RESUME)
             _truncate_after(run, int(st["epoch"]), int(st["step"]))
         else:
-            (run.dir / "metrics.jsonl").unlink(missing_ok=True)
+            (run.dir / layout.METRICS).unlink(missing_ok=True)
         write_status(run, "queued", error=None, epoch=0, epochs=cfg.epochs,
                      world_size=int(os.environ.get("WORLD_SIZE", 1)))
         with _device_slot(run, device, should_stop):
@@ -271,12 +270,12 @@ def train(run: Run, resume: bool = False, device: str = "auto", log: Callable[[s
             msg = (f"{e.strerror} while writing the run files in {run.dir.parent}: free some disk space, "
                    "then resume the run (its last complete checkpoint is intact)")
         with contextlib.suppress(OSError):  # the details go to train.log; the console gets one line
-            with open(run.dir / "train.log", "a", encoding="utf-8") as fh:
+            with open(run.dir / layout.LOG, "a", encoding="utf-8") as fh:
                 fh.write(traceback.format_exc())
         try:
             write_status(run, "failed", error=msg)
         except OSError as status_error:  # the disk may be full: the log still holds the reason
-            log(f"could not record the failure in status.json: {status_error}")
+            log(f"could not record the failure in {layout.STATUS}: {status_error}")
         raise
     finally:
         lock.release()
@@ -292,7 +291,7 @@ class _device_slot:
         kind = engine.pick_device(device).type
         if kind == "cuda":  # one queue per visible GPU set, so folds pinned to different GPUs run in parallel
             kind += os.environ.get("CUDA_VISIBLE_DEVICES", "").replace(",", "-")
-        self.lock = FileLock(str(run.dir.parent / f".device-{kind}.lock"))
+        self.lock = FileLock(str(run.dir.parent / layout.device_lock(kind)))
         self.should_stop = should_stop
         self.enabled = int(os.environ.get("WORLD_SIZE", "1")) == 1
 
@@ -323,12 +322,12 @@ def launch(run: Run, resume: bool = False, device: str = "auto", nproc: int = 1,
     (attach to it instead): two clicks, two tabs or two servers start one process.
     """
     try:
-        with FileLock(str(run.dir / "launch.lock"), timeout=30):
+        with FileLock(str(run.dir / layout.LAUNCH_LOCK), timeout=30):
             if run.is_locked() or _launch_pending(run):
                 return None
-            (run.dir / "stop").unlink(missing_ok=True)  # an old Stop; a Stop from now on must hold
+            (run.dir / layout.STOP).unlink(missing_ok=True)  # an old Stop; a Stop from now on must hold
             proc = _spawn(run, resume, device, nproc, env)
-            atomic_write_json(run.dir / "launch.json", {"pid": proc.pid, "time": time.time()})
+            atomic_write_json(run.dir / layout.LAUNCH, {"pid": proc.pid, "time": time.time()})
             return proc
     except Timeout:
         return None
@@ -342,7 +341,7 @@ def _spawn(run: Run, resume: bool, device: str, nproc: int, env: dict[str, str] 
         cmd = [sys.executable, "-m", "leukviz", "train", "--run-dir", str(run.dir), "--device", device]
     if resume:
         cmd.append("--resume-here")
-    logf = open(run.dir / "train.log", "ab")
+    logf = open(run.dir / layout.LOG, "ab")
     try:
         return subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
@@ -370,7 +369,7 @@ def _alive(pid: int) -> bool:
 
 def _launch_pending(run: Run) -> bool:
     """A process launched for this run a moment ago that is alive but has not taken the run lock yet."""
-    info = read_json(run.dir / "launch.json", None)
+    info = read_json(run.dir / layout.LAUNCH, None)
     if not isinstance(info, dict):
         return False
     try:
@@ -382,7 +381,7 @@ def _launch_pending(run: Run) -> bool:
 
 def request_stop(run: Run) -> None:
     """Ask the training process to stop after the current batch (it saves a resumable checkpoint)."""
-    (run.dir / "stop").touch()
+    (run.dir / layout.STOP).touch()
 
 
 def follow(run: Run, poll: float = 0.5, timeout: float | None = None) -> Iterator[dict]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from leukviz import dashboard, data, runs
+from leukviz import dashboard, data, layout, runs
 
 
 @st.cache_data(ttl=60, max_entries=8, show_spinner=False)
@@ -54,7 +54,7 @@ def _load_model(run_dir: str, mtime_ns: int):
 def load_model(run: runs.Run):
     """A finished run's model, loaded once per checkpoint (a retrained run has a new mtime) and shared
     read-only by every session."""
-    ckpt = run.dir / dashboard.CHECKPOINT
+    ckpt = run.dir / layout.CHECKPOINT
     return _load_model(str(run.dir), ckpt.stat().st_mtime_ns)
 
 

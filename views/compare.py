@@ -6,7 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from leukviz import charts, dashboard, runs
+from leukviz import charts, dashboard, layout, runs
 from views._common import active_dataset, load_model
 
 CURVES = {"val_acc": "Validation accuracy", "val_loss": "Validation loss", "val_f1": "Validation weighted F1",
@@ -50,7 +50,7 @@ st.caption(f"{len(selected)} run(s) scored on the same validation images: {dashb
 evals, rows = [], []
 with st.spinner("Scoring the runs and timing inference…"):
     for r in selected:
-        stamp = (r.dir / dashboard.CHECKPOINT).stat().st_mtime_ns
+        stamp = (r.dir / layout.CHECKPOINT).stat().st_mtime_ns
         try:
             ev = evaluation(str(r.dir), stamp)
             per_image = seconds_per_image(str(r.dir), stamp)
@@ -122,7 +122,7 @@ st.caption("The safetensors checkpoint is the run's own file; ONNX is exported o
            "a CPU) and checked against PyTorch with ONNX Runtime.")
 exports = st.session_state.setdefault("onnx_exports", {})
 for r in selected:
-    stamp = (r.dir / dashboard.CHECKPOINT).stat().st_mtime_ns
+    stamp = (r.dir / layout.CHECKPOINT).stat().st_mtime_ns
     with st.container(border=True):
         st.markdown(f"**{dashboard.plain(dashboard.run_name(r))}**")
         cols = st.columns(3)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from leukviz import charts, dashboard
+from leukviz import charts, dashboard, layout
 from views._common import active_dataset, load_model, open_dataset
 
 st.title("Predict")
@@ -28,7 +28,7 @@ with st.spinner("Loading the models…"):
     for run_id in chosen:
         try:
             models.append(load_model(by_id[run_id]))
-            stamps.append(f"{run_id}:{(by_id[run_id].dir / dashboard.CHECKPOINT).stat().st_mtime_ns}")
+            stamps.append(f"{run_id}:{(by_id[run_id].dir / layout.CHECKPOINT).stat().st_mtime_ns}")
         except (OSError, RuntimeError, ValueError, KeyError) as e:
             name = dashboard.plain(dashboard.run_name(by_id[run_id]))
             st.error(f"{name} cannot be loaded: {dashboard.plain(e)}")

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from leukviz import backbones, charts, config, dashboard, runs
+from leukviz import backbones, charts, config, dashboard, layout, runs
 from views._common import active_dataset, active_split, require_dataset
 
 LEARNING_RATES = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
@@ -169,7 +169,7 @@ def run_panel(run: runs.Run, polling: bool) -> None:
         label = {"starting": "Starting the training process…",
                  "queued": "Queued: waiting for the device (another run is training)…"}.get(state, p.text)
         st.progress(p.fraction, text=label)
-        stopping = (run.dir / "stop").exists()
+        stopping = (run.dir / layout.STOP).exists()
         # Not while starting: the process clears old stop requests when it takes the run.
         if st.button("Stopping…" if stopping else "Stop", icon=":material/stop:", key=f"stop_{run.run_id}",
                      disabled=stopping or state == "starting"):

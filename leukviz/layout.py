@@ -1,0 +1,44 @@
+"""The names of the files in a run folder, in the runs root and in the cache: one owner for each.
+
+Torch-free and importing nothing of leukviz, so the dashboard, the run bookkeeping and the engine name the
+same files without one importing another. docs/ARCHITECTURE.md says what each file holds.
+"""
+
+from __future__ import annotations
+
+# ---------------------------------------------------------------------------------------------- a run folder
+
+CONFIG = "config.json"  # the resolved RunConfig, run id and dataset fingerprint; written once
+STATUS = "status.json"  # state, error, pid, epoch; replaced atomically
+METRICS = "metrics.jsonl"  # the events (leukviz.events), one per line, append-only
+CHECKPOINT = "model.safetensors"  # the best model's weights
+SIDECAR = "model.json"  # everything needed to rebuild the checkpoint's model
+RESUME = "last.pt"  # resumable state: model, optimizer, scheduler, epoch, step
+PREDICTIONS = "val_predictions.csv"  # the best epoch's validation predictions
+LOG = "train.log"  # the training process's output (and a failure's traceback)
+LAUNCH = "launch.json"  # pid and time of a launched training process, so a second click attaches
+RUN_LOCK = "run.lock"  # held by the one process that trains the run
+LAUNCH_LOCK = "launch.lock"  # held while a launch starts, so two clicks start one process
+STOP = "stop"  # present = stop requested
+
+# The files a training process replaces atomically (storage writes a temporary ".<name>.*" beside each
+# first): leftovers with these prefixes are the writes a crash cut short.
+TRAINER_FILES = (RESUME, CHECKPOINT, SIDECAR, PREDICTIONS, METRICS)
+
+# ---------------------------------------------------------------------------------------------- the runs root
+
+ARCHIVE = ".archive"  # results moved aside by a retrain: <run id>-<time>
+
+
+def device_lock(kind: str) -> str:
+    """The lock that queues the runs of one device kind (one training at a time per device)."""
+    return f".device-{kind}.lock"
+
+
+# ---------------------------------------------------------------------------------------------- the cache
+
+IMAGE_CACHE = "images"  # decoded images: <fingerprint>-<size>-<crop>.npy, .ok.npy, .skipped.json
+FEATURE_CACHE = "features"  # head-only backbone features: <key>.safetensors
+DEMO_CACHE = "demo"  # the generated demo dataset
+ZIP_CACHE = "zips"  # extracted dataset zips
+PREDICT_ZIP_CACHE = "predict-zips"  # extracted zips of images to predict
