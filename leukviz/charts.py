@@ -12,6 +12,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from leukviz.events import EPOCH, START, batch_events, epoch_events
+
 # Mid-tone colours readable on both light and dark backgrounds; no template or background is set here
 # so the caller (Streamlit's theme, or Plotly's default) decides the rest.
 TRAIN_COLOR = "#1F77B4"
@@ -76,19 +78,6 @@ def _num(value: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def epoch_events(events: Iterable[dict]) -> list[dict]:
-    """The `epoch` events sorted by epoch; a resumed run may repeat an epoch, and the last one wins."""
-    by_epoch = {int(e["epoch"]): e for e in events if e.get("type") == "epoch" and "epoch" in e}
-    return [by_epoch[k] for k in sorted(by_epoch)]
-
-
-def batch_events(events: Iterable[dict]) -> list[dict]:
-    """The `batch` events sorted by (epoch, step), last one winning on a repeat."""
-    by_step = {(int(e["epoch"]), int(e["step"])): e for e in events
-               if e.get("type") == "batch" and "epoch" in e and "step" in e}
-    return [by_step[k] for k in sorted(by_step)]
-
-
 def batch_x(event: dict) -> float:
     """Fractional epoch of a batch event: epoch - 1 + step / steps, so epoch 1 ends at x = 1 where
     its epoch event is drawn."""
@@ -127,7 +116,7 @@ def training_curves(events: list[dict], title: str = "") -> go.Figure:
                                      name=name, line={"color": color, "width": 2.5}), row=1, col=col)
 
     # The planned number of epochs fixes the x range, so the axes do not jump as a live run grows.
-    planned = max((int(e.get("epochs") or 0) for e in events if e.get("type") in ("start", "epoch")),
+    planned = max((int(e.get("epochs") or 0) for e in events if e.get("type") in (START, EPOCH)),
                   default=0)
     if planned:
         fig.update_xaxes(range=[0, planned + 0.05])

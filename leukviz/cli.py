@@ -11,6 +11,7 @@ from pathlib import Path
 
 from leukviz import config as C
 from leukviz import layout
+from leukviz.events import BATCH, BEGINNINGS, EPOCH
 
 
 class CliError(Exception):
@@ -37,18 +38,18 @@ class Progress:
         if not self.enabled:
             return
         t = ev.get("type")
-        if t == "batch" and self.tty:
+        if t == BATCH and self.tty:
             frac = ev["step"] / ev["steps"]
             bar = "#" * int(frac * 30)
             sys.stderr.write(f"\repoch {ev['epoch']} [{bar:<30}] {ev['step']}/{ev['steps']} "
                              f"loss {ev['loss']:.4f} acc {ev['acc']:.3f}")
             sys.stderr.flush()
-        elif t == "epoch":
+        elif t == EPOCH:
             sys.stderr.write(("\r" if self.tty else "") +
                              f"epoch {ev['epoch']}/{ev['epochs']}: train loss {ev['train_loss']:.4f} "
                              f"acc {ev['train_acc']:.3f} | val loss {ev['val_loss']:.4f} acc {ev['val_acc']:.3f} "
                              f"F1 {ev['val_f1']:.3f} | {ev['seconds']:.1f}s\n")
-        elif t in ("start", "resume"):
+        elif t in BEGINNINGS:
             sys.stderr.write(f"{t}: {ev['n_train']} train / {ev['n_val']} val images on {ev['device']} "
                              f"({ev['precision']}), split {ev['split']['method']}\n")
 

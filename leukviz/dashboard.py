@@ -19,6 +19,7 @@ import pandas as pd
 
 from leukviz import backbones, data, metrics, runs
 from leukviz.config import RunConfig
+from leukviz.events import BATCH, EPOCH, latest_start
 from leukviz.layout import CHECKPOINT, CONFIG, LOG, PREDICTIONS, RESUME, SIDECAR
 from leukviz.storage import read_json
 
@@ -261,24 +262,23 @@ class Progress:
 def progress(events: Sequence[dict], now: float | None = None) -> Progress:
     """Fraction done and time left of a run, from its metrics.jsonl events (rate measured since the
     latest start or resume, so time spent before a stop does not skew it)."""
-    starts = [e for e in events if e.get("type") in ("start", "resume")]
-    if not starts:
+    s0 = latest_start(events)
+    if s0 is None:
         return Progress(0.0, 0, 0, 0, 0, None, "Preparing data and model…")
-    s0 = starts[-1]
     epochs, steps = int(s0.get("epochs") or 1), max(1, int(s0.get("steps_per_epoch") or 1))
     total = epochs * steps
     done0 = int(s0.get("epoch") or 0) * steps + int(s0.get("step") or 0)
     done, t_last, epoch, step = done0, float(s0.get("time") or 0), max(1, int(s0.get("epoch") or 0) + 1), 0
     for e in events:
-        if e.get("type") == "batch":
+        if e.get("type") == BATCH:
             d = (int(e["epoch"]) - 1) * steps + int(e["step"])
-        elif e.get("type") == "epoch":
+        elif e.get("type") == EPOCH:
             d = int(e["epoch"]) * steps
         else:
             continue
         if d >= done:
             done, t_last = d, float(e.get("time") or t_last)
-            epoch, step = int(e["epoch"]), int(e["step"]) if e["type"] == "batch" else steps
+            epoch, step = int(e["epoch"]), int(e["step"]) if e["type"] == BATCH else steps
     eta = None
     elapsed = (t_last if now is None else now) - float(s0.get("time") or 0)
     if done > done0 and elapsed > 0:

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from leukviz import backbones, data
+from leukviz import backbones, data, events
 from leukviz.config import PREPROCESS_VERSION, RunConfig
 from leukviz.layout import CHECKPOINT, FEATURE_CACHE, PREDICTIONS, RESUME, SIDECAR
 from leukviz.metrics import weighted_f1
@@ -458,7 +458,7 @@ def train_one_epoch(model, opt, sched, scaler, criterion, train_x: torch.Tensor,
         correct += float(stats[1])
         seen += float(stats[2])
         if (step + 1) % report_every == 0 or step + 1 == steps:
-            emit({"type": "batch", "epoch": epoch, "step": step + 1, "steps": steps, "loss": loss_sum / seen,
+            emit({"type": events.BATCH, "epoch": epoch, "step": step + 1, "steps": steps, "loss": loss_sum / seen,
                   "acc": correct / seen, "lr": opt.param_groups[0]["lr"], "time": time.time()})
     return loss_sum / max(seen, 1), correct / max(seen, 1), int(seen)
 
@@ -629,7 +629,7 @@ def _fit(cfg: RunConfig, run_dir: Path, emit: Emit, should_stop: Callable[[], bo
             "params": backbones.count_parameters(model), "dataset_fingerprint": ds.fingerprint,
             "split": split.summary()}
     if d.main:
-        emit({"type": "start" if start_epoch == 1 and start_step == 0 else "resume", "epoch": start_epoch - 1,
+        emit({"type": events.START if start_epoch == 1 and start_step == 0 else events.RESUME, "epoch": start_epoch - 1,
               "step": start_step, "epochs": cfg.epochs, "steps_per_epoch": steps_per_epoch,
               "device": device_name(device), "precision": str(amp).replace("torch.", "") if amp else "fp32",
               "world_size": d.world, "n_train": int(len(train_x)), "n_val": int(len(val_idx)),
@@ -676,7 +676,7 @@ def _fit(cfg: RunConfig, run_dir: Path, emit: Emit, should_stop: Callable[[], bo
                                  device, criterion, amp=None)
         pred = probs.argmax(1)
         f1 = weighted_f1(val_y, pred)
-        ev = {"type": "epoch", "epoch": epoch, "epochs": cfg.epochs, "train_loss": tl, "train_acc": ta,
+        ev = {"type": events.EPOCH, "epoch": epoch, "epochs": cfg.epochs, "train_loss": tl, "train_acc": ta,
               "val_loss": vl, "val_acc": float((pred == val_y).mean()), "val_f1": f1,
               "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t0,
               "images_per_s": seen / max(train_seconds, 1e-9), "time": time.time()}

@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 
 from filelock import FileLock, Timeout
 
-from leukviz import data, layout
+from leukviz import data, events, layout
 from leukviz.config import RunConfig
 from leukviz.storage import append_jsonl, atomic_write_json, read_json, read_jsonl
 
@@ -88,8 +88,7 @@ class Run:
 
     def epochs(self) -> list[dict]:
         """Epoch events, one per epoch (after a resume the later record wins)."""
-        by_epoch = {e["epoch"]: e for e in self.events() if e.get("type") == "epoch"}
-        return [by_epoch[k] for k in sorted(by_epoch)]
+        return events.epoch_events(self.events())
 
     def lock(self) -> FileLock:
         return FileLock(str(self.dir / layout.RUN_LOCK))
@@ -163,14 +162,7 @@ def archive(run: Run) -> None:
 
 def _truncate_after(run: Run, epoch: int, step: int) -> None:
     """Drop events past the resumable checkpoint (epoch in progress, steps done), so history stays one line."""
-    keep = []
-    for e in run.events():
-        t = e.get("type")
-        if t == "epoch" and e["epoch"] >= epoch:
-            continue
-        if t == "batch" and (e["epoch"], e["step"]) > (epoch, step) and e["epoch"] >= epoch:
-            continue
-        keep.append(e)
+    keep = events.until_resume_point(run.events(), epoch, step)
     from leukviz.storage import atomic_write_bytes
     import json
     atomic_write_bytes(run.dir / layout.METRICS, "".join(json.dumps(e) + "\n" for e in keep).encode())
@@ -207,7 +199,7 @@ def train(run: Run, resume: bool = False, device: str = "auto", log: Callable[[s
 
     def emit(ev: dict) -> None:
         append_jsonl(run.dir / layout.METRICS, ev)
-        if ev.get("type") == "epoch":
+        if ev.get("type") == events.EPOCH:
             write_status(run, "running", epoch=ev["epoch"], epochs=ev["epochs"])
         if emit_hook:
             emit_hook(ev)
@@ -390,9 +382,9 @@ def follow(run: Run, poll: float = 0.5, timeout: float | None = None) -> Iterato
     t0 = time.time()
     settle = time.time() + 10  # a just-launched process may not hold its lock yet
     while True:
-        events = run.events()
-        yield from events[seen:]
-        seen = len(events)
+        written = run.events()
+        yield from written[seen:]
+        seen = len(written)
         if run.state not in ACTIVE and run.state != "new" or (run.state == "new" and time.time() > settle):
             if not run.is_locked():
                 yield from run.events()[seen:]

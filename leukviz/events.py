@@ -1,0 +1,49 @@
+"""The events a training run writes, one JSON object a line, to its metrics file (layout.METRICS).
+
+Each event's "type" is one of the names below; docs/ARCHITECTURE.md lists their fields. The engine writes
+them, and every reader (the run folder, the charts, the progress bar, the CLI) takes them through the
+helpers here, so a resumed run, which repeats the epoch it was cut in, reads the same everywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+START = "start"  # training begins from scratch: sizes, device, precision, split
+RESUME = "resume"  # training continues from the resumable state, same fields as START
+BATCH = "batch"  # running train loss and accuracy within an epoch
+EPOCH = "epoch"  # an epoch's train and validation metrics
+TYPES = (START, RESUME, BATCH, EPOCH)
+BEGINNINGS = (START, RESUME)  # the events that open a training session
+
+
+def epoch_events(events: Iterable[dict]) -> list[dict]:
+    """The epoch events sorted by epoch, one per epoch: a resumed run may repeat one, and the later wins."""
+    by_epoch = {int(e["epoch"]): e for e in events if e.get("type") == EPOCH and "epoch" in e}
+    return [by_epoch[k] for k in sorted(by_epoch)]
+
+
+def batch_events(events: Iterable[dict]) -> list[dict]:
+    """The batch events sorted by (epoch, step), one per step, the later winning on a repeat."""
+    by_step = {(int(e["epoch"]), int(e["step"])): e for e in events
+               if e.get("type") == BATCH and "epoch" in e and "step" in e}
+    return [by_step[k] for k in sorted(by_step)]
+
+
+def latest_start(events: Sequence[dict]) -> dict | None:
+    """The latest start or resume event: the session of training now going on (or last run), or None."""
+    return next((e for e in reversed(events) if e.get("type") in BEGINNINGS), None)
+
+
+def until_resume_point(events: Iterable[dict], epoch: int, step: int) -> list[dict]:
+    """The events up to a resume point (epoch in progress, steps of it done): what a resume keeps, so the
+    history it appends to reads as one run."""
+    keep = []
+    for e in events:
+        t = e.get("type")
+        if t == EPOCH and e["epoch"] >= epoch:
+            continue
+        if t == BATCH and (e["epoch"], e["step"]) > (epoch, step) and e["epoch"] >= epoch:
+            continue
+        keep.append(e)
+    return keep
