@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from leukviz.errors import LeukvizError
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
@@ -18,7 +20,7 @@ if TYPE_CHECKING:
 # read by the CLI's fast paths (a cached run answers in a moment) without paying for their import.
 
 
-class WeightsUnavailable(RuntimeError):
+class WeightsUnavailable(LeukvizError, RuntimeError):
     """ImageNet weights are neither cached nor downloadable; the message says what to do."""
 
 

@@ -11,10 +11,11 @@ from pathlib import Path
 
 from leukviz import config as C
 from leukviz import layout
+from leukviz.errors import LeukvizError
 from leukviz.events import BATCH, BEGINNINGS, EPOCH
 
 
-class CliError(Exception):
+class CliError(LeukvizError):
     """An error reported as one clear line, exit status 2."""
 
 
@@ -463,10 +464,7 @@ def cmd_export(args) -> int:
     from leukviz import export, runs
 
     run = runs.get_run(args.run, args.runs_dir)
-    try:
-        res = export.export_run(run.dir, args.format, args.out)
-    except export.ExportError as e:
-        raise CliError(str(e)) from None
+    res = export.export_run(run.dir, args.format, args.out)
     human = f"exported run {run.run_id} as {res['format']} to {res['path']} ({res['bytes'] / 1e6:.1f} MB)"
     if res["format"] == "safetensors":
         human += f"; sidecar {res['sidecar']}"
@@ -650,12 +648,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from leukviz.backbones import WeightsUnavailable
-    from leukviz.data import DataError
-
     try:
         return int(args.func(args) or 0)
-    except (CliError, C.ConfigError, DataError, WeightsUnavailable, KeyError, FileNotFoundError, ValueError) as e:
+    except (LeukvizError, KeyError, FileNotFoundError, ValueError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         if getattr(args, "json", False):
             print(json.dumps({"error": msg}))

@@ -8,6 +8,8 @@ import json
 from dataclasses import dataclass, fields
 from typing import Any
 
+from leukviz.errors import LeukvizError
+
 PRESETS = ("quick", "paper", "full")
 WEIGHTS_CHOICES = ("imagenet", "none")  # or a path to a weights file
 SPLITS = ("subject", "groups", "folds", "image")
@@ -24,7 +26,7 @@ SELECT = ("last", "best")
 PREPROCESS_VERSION = 2
 
 
-class ConfigError(ValueError):
+class ConfigError(LeukvizError, ValueError):
     """A bad option; the message lists the valid choices."""
 
 

@@ -24,6 +24,7 @@ from filelock import FileLock
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from leukviz import layout
+from leukviz.errors import LeukvizError
 from leukviz.storage import atomic_write_bytes
 
 CNMC_CLASSES = ("hem", "all")  # index = the C-NMC labels CSV's value: 0 = hem (normal), 1 = all (blast)
@@ -37,7 +38,7 @@ CNMC_NAME = re.compile(r"UID_([A-Za-z]*[0-9]+)_([0-9]{1,9})_([0-9]{1,9})_(all|he
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
-class DataError(ValueError):
+class DataError(LeukvizError, ValueError):
     """A dataset or image that cannot be used; the message says why and what to do."""
 
 

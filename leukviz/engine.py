@@ -22,6 +22,7 @@ from torch.utils.data import DistributedSampler
 
 from leukviz import backbones, data, events
 from leukviz.config import PREPROCESS_VERSION, RunConfig
+from leukviz.errors import LeukvizError
 from leukviz.layout import CHECKPOINT, FEATURE_CACHE, PREDICTIONS, RESUME, SIDECAR
 from leukviz.metrics import weighted_f1
 from leukviz.storage import atomic_torch_save, atomic_write_bytes, atomic_write_files, json_bytes
@@ -33,15 +34,15 @@ class Stopped(Exception):
     """Raised between batches when a stop was requested; the resumable state is already saved."""
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(LeukvizError, RuntimeError):
     """The loss became NaN or infinite."""
 
 
-class OutOfMemory(RuntimeError):
+class OutOfMemory(LeukvizError, RuntimeError):
     """The device ran out of memory; the message names the batch size that was tried and a smaller one."""
 
 
-class CheckpointError(ValueError):
+class CheckpointError(LeukvizError, ValueError):
     """A resumable state that cannot be loaded without running code from it, or that is damaged."""
 
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from leukviz import backbones, inference
+from leukviz.errors import LeukvizError
 from leukviz.layout import CHECKPOINT, CONFIG, PREDICTIONS, SIDECAR
 
 FORMATS = ("onnx", "safetensors")
@@ -22,7 +23,7 @@ ONNX_TOLERANCE = 1e-4  # max abs difference of probabilities, ONNX Runtime vs Py
 N_CHECK = 8  # sample images for the agreement check
 
 
-class ExportError(RuntimeError):
+class ExportError(LeukvizError, RuntimeError):
     """The export could not be written or does not agree with the PyTorch model."""
 
 

@@ -20,6 +20,7 @@ from filelock import FileLock, Timeout
 
 from leukviz import data, events, layout
 from leukviz.config import RunConfig
+from leukviz.errors import LeukvizError
 from leukviz.storage import append_jsonl, atomic_write_json, read_json, read_jsonl
 
 STATES = ("queued", "running", "finished", "failed", "stopped", "interrupted")
@@ -27,7 +28,7 @@ ACTIVE = ("queued", "running")
 LAUNCH_GRACE = 120.0  # seconds a launched process may take to start (import torch) and take the run lock
 
 
-class AlreadyRunning(RuntimeError):
+class AlreadyRunning(LeukvizError, RuntimeError):
     """Another process holds this run's lock."""
 
 
@@ -254,10 +255,10 @@ def train(run: Run, resume: bool = False, device: str = "auto", log: Callable[[s
         write_status(run, "stopped", error=str(e))
         raise
     except BaseException as e:
-        msg = f"{e.__class__.__name__}: {e}" if str(e) else e.__class__.__name__
-        clear = (data.DataError, engine.TrainingDiverged, engine.OutOfMemory, engine.CheckpointError)
-        if isinstance(e, clear) or "WeightsUnavailable" in msg:
+        if isinstance(e, LeukvizError):  # written for the user: shown as it is
             msg = str(e)
+        else:
+            msg = f"{e.__class__.__name__}: {e}" if str(e) else e.__class__.__name__
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
             msg = (f"{e.strerror} while writing the run files in {run.dir.parent}: free some disk space, "
                    "then resume the run (its last complete checkpoint is intact)")

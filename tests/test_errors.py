@@ -1,0 +1,34 @@
+"""Tests for leukviz.errors: every user-facing error shares one base and keeps the built-in base it had."""
+
+import argparse
+
+import pytest
+
+from leukviz import backbones, cli, config, data, engine, export, runs
+from leukviz.errors import LeukvizError
+
+
+@pytest.mark.parametrize("cls, builtin", [
+    (data.DataError, ValueError), (data.ImageError, ValueError), (config.ConfigError, ValueError),
+    (engine.CheckpointError, ValueError), (backbones.WeightsUnavailable, RuntimeError),
+    (engine.TrainingDiverged, RuntimeError), (engine.OutOfMemory, RuntimeError), (export.ExportError, RuntimeError),
+    (runs.AlreadyRunning, RuntimeError), (cli.CliError, Exception),
+])
+def test_user_facing_errors_share_the_base_and_keep_their_own(cls, builtin):
+    assert issubclass(cls, LeukvizError) and issubclass(cls, builtin)
+    with pytest.raises(builtin, match="one line"):
+        raise cls("one line")
+
+
+def test_stopped_is_no_error():
+    assert not issubclass(engine.Stopped, LeukvizError), "a requested stop is not reported as a failure"
+
+
+def test_the_cli_reports_any_of_them_as_one_line(capsys, monkeypatch):
+    def fail(args):
+        raise engine.OutOfMemory("ran out of memory with batch size 64")
+
+    parsed = argparse.Namespace(func=fail, json=False)
+    monkeypatch.setattr(cli, "build_parser", lambda: argparse.Namespace(parse_args=lambda argv: parsed))
+    assert cli.main([]) == 2
+    assert capsys.readouterr().err == "error: ran out of memory with batch size 64\n"
