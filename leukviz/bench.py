@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from leukviz import backbones, data, engine
+from leukviz import backbones, cnmc, data, engine
 from leukviz.config import RunConfig, resolve
 
 CNMC_SIZE = 15_135  # images in C-NMC 2019 as downloaded: 10,661 training + 1,867 preliminary + 2,607 final
@@ -137,10 +137,10 @@ def bench_data(spec: str, fold: int, cache_dir: Path | None) -> BenchData:
 
     ds = data.open_dataset(spec, cache_dir)
     if ds.kind in ("demo", "cnmc"):
-        folder = ds.root / "training_data" / f"fold_{fold}"
+        folder = ds.root / cnmc.TRAINING / cnmc.fold_name(fold)
         if not folder.is_dir():
-            raise data.DataError(f"{folder} does not exist; choose a fold of: "
-                                 + ", ".join(p.name for p in sorted((ds.root / "training_data").glob("fold_*"))))
+            folds = sorted((ds.root / cnmc.TRAINING).glob(cnmc.FOLD_GLOB))
+            raise data.DataError(f"{folder} does not exist; choose a fold of: " + ", ".join(p.name for p in folds))
     else:
         folder = ds.root
     folder_ds = ImageFolder(str(folder))
@@ -408,7 +408,7 @@ def predict_latency(bc: BenchConfig, image_path: str, device: torch.device, reps
     models = {}
     for name in bc.backbones:  # copies of the benchmark's models (building VGG16 again takes seconds)
         m = copy.deepcopy(built[name]).to(device, memory_format=torch.channels_last).eval()
-        meta = {"backbone": name, "classes": list(data.CNMC_CLASSES), "image_size": bc.image_size, "crop": True,
+        meta = {"backbone": name, "classes": list(cnmc.CNMC_CLASSES), "image_size": bc.image_size, "crop": True,
                 "crop_window": data.CELL_WINDOW}
         models[name] = inference.LoadedModel(m, meta, device, Path(f"bench-{name}"))
     out: dict = {}
@@ -448,13 +448,13 @@ def make_standin(root: Path, n_files: int, side: int = 450, seed: int = 0) -> Pa
 
     from leukviz import synthetic
 
-    base = root / "C-NMC_Leukemia"
+    base = root / cnmc.ROOT
     originals = root / "originals"
     small = synthetic.generate_demo(root / "generated", seed=seed, n_subjects=4, image_size=128, workers=1)
     originals.mkdir(parents=True, exist_ok=True)
     cells: dict[str, list[Path]] = {"all": [], "hem": []}
     for name in cells:
-        for k, f in enumerate(sorted((small / "training_data").glob(f"fold_*/{name}/*.png"))):
+        for k, f in enumerate(sorted((small / cnmc.TRAINING).glob(f"{cnmc.FOLD_GLOB}/{name}/*.png"))):
             path = originals / f"{name}_{k}.bmp"
             with Image.open(f) as img:
                 img.convert("RGB").resize((side, side), Image.Resampling.BILINEAR).save(path)
@@ -474,16 +474,17 @@ def make_standin(root: Path, n_files: int, side: int = 450, seed: int = 0) -> Pa
     for i in range(n_train):  # about 2:1 all:hem as in C-NMC, in each of 3 folds; ~25 cells per subject
         name = "all" if i % 3 else "hem"
         subject = f"{i % 60 + 1}" if name == "all" else f"H{i % 40 + 1}"
-        dst = base / "training_data" / f"fold_{(i // 3) % 3}" / name / f"UID_{subject}_{i}_1_{name}.bmp"
+        dst = base / cnmc.TRAINING / cnmc.fold_name((i // 3) % 3) / name / cnmc.cell_name(subject, i, 1, name)
         place(cells[name][i % len(cells[name])], dst)
-    prelim = base / "validation_data" / "C-NMC_test_prelim_phase_data"
-    rows = ["Patient_ID,new_names,labels"]
+    prelim = base / cnmc.PRELIM_IMAGES
+    rows = [",".join(cnmc.LABEL_COLUMNS)]
     for i in range(n_prelim):
         name = "all" if i % 3 else "hem"
         place(cells[name][(i * 7) % len(cells[name])], prelim / f"{i + 1}.bmp")
-        rows.append(f"UID_{'P1' if name == 'all' else 'H99'}_{i}_1_{name}.bmp,{i + 1}.bmp,{int(name == 'all')}")
-    (base / "validation_data" / "C-NMC_test_prelim_phase_data_labels.csv").write_text("\n".join(rows) + "\n")
-    final = base / "testing_data" / "C-NMC_test_final_phase_data"
+        subject = "P1" if name == "all" else "H99"
+        rows.append(f"{cnmc.cell_name(subject, i, 1, name)},{i + 1}.bmp,{int(name == 'all')}")
+    (base / cnmc.PRELIM_LABELS).write_text("\n".join(rows) + "\n")
+    final = base / cnmc.FINAL_IMAGES
     for i in range(n_final):
         name = "all" if i % 2 else "hem"
         place(cells[name][(i * 3) % len(cells[name])], final / f"{i + 1}.bmp")

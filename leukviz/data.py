@@ -8,7 +8,6 @@ import hashlib
 import io
 import json
 import os
-import re
 import shutil
 import tempfile
 import zipfile
@@ -23,17 +22,15 @@ import pandas as pd
 from filelock import FileLock
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from leukviz import layout
+from leukviz import cnmc, layout, synthetic
+from leukviz.cnmc import CNMC_CLASSES, parse_cnmc_name
 from leukviz.errors import LeukvizError
 from leukviz.storage import atomic_write_bytes
 
-CNMC_CLASSES = ("hem", "all")  # index = the C-NMC labels CSV's value: 0 = hem (normal), 1 = all (blast)
 IMAGE_EXTS = {".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".webp"}
 MAX_PIXELS = 40_000_000  # a 450x450 cell is 0.2 MP; anything this large is a decompression bomb
 MAX_ZIP_BYTES = 32 << 30  # uncompressed total; the full C-NMC set is about 10 GB of BMPs
 MAX_ZIP_RATIO = 200  # per entry; BMPs of cells on black compress well, but not this well
-# ASCII digits only, at most 9: int() of a 5000-digit number raises, and \d matches any script's digits.
-CNMC_NAME = re.compile(r"UID_([A-Za-z]*[0-9]+)_([0-9]{1,9})_([0-9]{1,9})_(all|hem)\.[A-Za-z]+")
 
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
@@ -189,33 +186,22 @@ def load_image(src: str | Path | IO[bytes], size: int, crop: bool = True,
 
 # ---------------------------------------------------------------------------------------------- sources
 
-def parse_cnmc_name(name: str) -> tuple[str, int, int, str] | None:
-    """'UID_h3_4_1_hem.bmp' -> ('h3', 4, 1, 'hem'); None when the name does not follow C-NMC."""
-    m = CNMC_NAME.fullmatch(name) if isinstance(name, str) else None
-    if not m:
-        return None
-    return m.group(1), int(m.group(2)), int(m.group(3)), m.group(4)
-
-
 def _is_image(p: Path) -> bool:
     return p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".")
 
 
 def find_cnmc_root(path: Path) -> Path | None:
-    for cand in (path, path / "C-NMC_Leukemia", *sorted(p for p in path.iterdir() if p.is_dir())):
-        if (cand / "training_data").is_dir():
+    for cand in (path, path / cnmc.ROOT, *sorted(p for p in path.iterdir() if p.is_dir())):
+        if (cand / cnmc.TRAINING).is_dir():
             return cand
     return None
 
 
 def _index_cnmc(root: Path, skipped: list) -> pd.DataFrame:
     rows = []
-    for fold_dir in sorted((root / "training_data").glob("fold_*")):
-        try:
-            fold = int(fold_dir.name.split("_")[1])
-        except (IndexError, ValueError):
-            continue
-        if not fold_dir.is_dir():
+    for fold_dir in sorted((root / cnmc.TRAINING).glob(cnmc.FOLD_GLOB)):
+        fold = cnmc.parse_fold(fold_dir.name)
+        if fold is None or not fold_dir.is_dir():
             continue
         for cls_dir in sorted(p for p in fold_dir.iterdir() if p.is_dir()):
             if cls_dir.name not in CNMC_CLASSES:
@@ -230,33 +216,32 @@ def _index_cnmc(root: Path, skipped: list) -> pd.DataFrame:
                 parsed = parse_cnmc_name(f.name)
                 subject = parsed[0] if parsed else ""
                 rows.append((str(f), CNMC_CLASSES.index(cls_dir.name), subject, fold, "train"))
-    val = root / "validation_data"
-    labels = val / "C-NMC_test_prelim_phase_data_labels.csv"
+    labels = root / cnmc.PRELIM_LABELS
     if labels.is_file():
         try:
             with open(labels, newline="", encoding="utf-8-sig") as fh:
                 records = list(csv.DictReader(fh))
         except (UnicodeDecodeError, csv.Error) as e:
             raise DataError(f"{labels.name} is not a readable CSV ({e}); "
-                            "expected columns Patient_ID,new_names,labels") from None
-        if records and not {"new_names", "labels"} <= set(records[0]):
-            raise DataError(f"{labels.name} lacks the columns new_names and labels "
+                            f"expected columns {','.join(cnmc.LABEL_COLUMNS)}") from None
+        if records and not {cnmc.LABEL_FILE, cnmc.LABEL_VALUE} <= set(records[0]):
+            raise DataError(f"{labels.name} lacks the columns {cnmc.LABEL_FILE} and {cnmc.LABEL_VALUE} "
                             f"(has: {', '.join(map(str, records[0]))})")
         for rec in records:
-            fname, label = str(rec.get("new_names") or ""), str(rec.get("labels") or "").strip()
+            fname, label = str(rec.get(cnmc.LABEL_FILE) or ""), str(rec.get(cnmc.LABEL_VALUE) or "").strip()
             if Path(fname).name != fname or fname in ("", ".", ".."):  # a name inside the folder, not a path
                 skipped.append((fname, f"{labels.name}: not a plain file name"))
                 continue
             if label not in ("0", "1"):
                 skipped.append((fname, f"{labels.name}: label {label!r} is not 0 (hem) or 1 (all)"))
                 continue
-            f = val / "C-NMC_test_prelim_phase_data" / fname
+            f = root / cnmc.PRELIM_IMAGES / fname
             if not f.is_file():
                 skipped.append((str(f), "listed in the labels CSV but missing"))
                 continue
-            parsed = parse_cnmc_name(rec.get("Patient_ID") or "")
+            parsed = parse_cnmc_name(rec.get(cnmc.LABEL_SUBJECT) or "")
             rows.append((str(f), int(label), parsed[0] if parsed else "", -1, "prelim"))
-    final = root / "testing_data" / "C-NMC_test_final_phase_data"
+    final = root / cnmc.FINAL_IMAGES
     if final.is_dir():
         for f in sorted(final.iterdir(), key=lambda p: (len(p.name), p.name)):
             if _is_image(f) and f.is_file():
@@ -379,12 +364,10 @@ def open_dataset(spec: str | Path = "demo", cache_dir: Path | None = None) -> Da
     name = str(spec)
     skipped: list[tuple[str, str]] = []
     if name == "demo":
-        from leukviz.synthetic import DEMO_VERSION, ensure_demo
-
-        root = ensure_demo(cache_dir / layout.DEMO_CACHE)
+        root = synthetic.ensure_demo(cache_dir / layout.DEMO_CACHE)
         index = _index_cnmc(root, skipped)
         # Generated content is identified by its generator, not file times (regeneration gives new mtimes).
-        fp = hashlib.sha256(f"demo-v{DEMO_VERSION}-s0-{len(index)}".encode()).hexdigest()[:16]
+        fp = hashlib.sha256(f"demo-v{synthetic.DEMO_VERSION}-s0-{len(index)}".encode()).hexdigest()[:16]
         return Dataset(name, root, "demo", CNMC_CLASSES, index, fp, skipped)
     path = Path(name).expanduser()
     if not path.exists():

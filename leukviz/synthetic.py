@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from leukviz.data import CNMC_CLASSES
+from leukviz import cnmc
+from leukviz.cnmc import CNMC_CLASSES
 
 DEMO_VERSION = 1  # bump whenever the generated pixels, names or layout change
 
@@ -208,19 +209,19 @@ def generate_demo(
     Deterministic from seed: every cell's random stream comes from (seed, subject, image, cell), so the
     files are identical whatever the number of workers.
     """
-    base = Path(root) / "C-NMC_Leukemia"
+    base = Path(root) / cnmc.ROOT
     train, prelim = _plan(seed, n_subjects)
     tasks = []
     for s in train:
         name = CNMC_CLASSES[s["cls"]]
-        folder = base / "training_data" / f"fold_{s['fold']}" / name
+        folder = base / cnmc.TRAINING / cnmc.fold_name(s["fold"]) / name
         folder.mkdir(parents=True, exist_ok=True)
         for image, c in s["cells"]:
-            path = folder / f"UID_{s['name']}_{image}_{c}_{name}.png"
+            path = folder / cnmc.cell_name(s["name"], image, c, name, ".png")
             tasks.append((str(path), image_size, s["cls"], s["params"], s["entropy"] + [image, c]))
 
     # The prelim set hides names and classes behind shuffled numbers, with the key in a CSV.
-    prelim_dir = base / "validation_data" / "C-NMC_test_prelim_phase_data"
+    prelim_dir = base / cnmc.PRELIM_IMAGES
     prelim_dir.mkdir(parents=True, exist_ok=True)
     cells = [(s, image, c) for s in prelim for image, c in s["cells"]]
     order = np.random.default_rng([seed, 4]).permutation(len(cells))
@@ -229,10 +230,10 @@ def generate_demo(
         s, image, c = cells[k]
         path = prelim_dir / f"{n}.png"
         tasks.append((str(path), image_size, s["cls"], s["params"], s["entropy"] + [image, c]))
-        rows.append((f"UID_{s['name']}_{image}_{c}_{CNMC_CLASSES[s['cls']]}.png", f"{n}.png", s["cls"]))
-    with open(base / "validation_data" / "C-NMC_test_prelim_phase_data_labels.csv", "w", newline="") as f:
+        rows.append((cnmc.cell_name(s["name"], image, c, CNMC_CLASSES[s["cls"]], ".png"), f"{n}.png", s["cls"]))
+    with open(base / cnmc.PRELIM_LABELS, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["Patient_ID", "new_names", "labels"])
+        writer.writerow(cnmc.LABEL_COLUMNS)
         writer.writerows(rows)
 
     if workers <= 1:
@@ -259,7 +260,7 @@ def ensure_demo(cache_dir: Path, seed: int = 0) -> Path:
     cache_dir = Path(cache_dir)
     target = cache_dir / f"demo-v{DEMO_VERSION}-s{seed}"
     if (target / _MARKER).exists():
-        return target / "C-NMC_Leukemia"
+        return target / cnmc.ROOT
     cache_dir.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(target, ignore_errors=True)  # a partial folder from an older, non-atomic writer
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=cache_dir))
@@ -274,4 +275,4 @@ def ensure_demo(cache_dir: Path, seed: int = 0) -> Path:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return target / "C-NMC_Leukemia"
+    return target / cnmc.ROOT

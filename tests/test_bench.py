@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from leukviz import backbones, bench, data, engine
+from leukviz import backbones, bench, cnmc, data, engine
 from leukviz.config import resolve
 
 
@@ -31,7 +31,7 @@ def test_plain_and_leukviz_read_the_same_files_labels_and_size(tiny_data, tmp_pa
     assert plain_labels == bd.labels.tolist() == bd.dataset.index["label"].tolist()
     assert bd.dataset.index["path"].tolist() == bd.paths
     # the class of every file is its folder's name, on both sides
-    assert all(data.CNMC_CLASSES[y] == Path(p).parent.name for p, y in zip(bd.paths, plain_labels))
+    assert all(cnmc.CNMC_CLASSES[y] == Path(p).parent.name for p, y in zip(bd.paths, plain_labels))
 
     images, ok = data.image_cache(bd.dataset, 32, False, tmp_path / "cache")
     assert ok.all() and images.shape == (bd.n, 32, 32, 3)

@@ -28,9 +28,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from leukviz import data, engine, inference, runs
+from leukviz import cnmc, data, engine, inference, runs
 from leukviz.config import resolve
-from leukviz.data import DataError, ImageError, load_image, open_dataset, parse_cnmc_name
+from leukviz.cnmc import parse_cnmc_name
+from leukviz.data import DataError, ImageError, load_image, open_dataset
 from leukviz.storage import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
@@ -293,12 +294,12 @@ def test_fuzz_cnmc_name_parsing_never_raises(name):
     if parsed is not None:
         subject, image, cell, cls = parsed
         assert isinstance(subject, str) and subject and isinstance(image, int) and isinstance(cell, int)
-        assert cls in data.CNMC_CLASSES and name.isascii() and "\n" not in name
+        assert cls in cnmc.CNMC_CLASSES and name.isascii() and "\n" not in name
 
 
 @FUZZ
 @given(subject=st.from_regex(r"[A-Za-z]{0,2}[0-9]{1,4}", fullmatch=True), image=st.integers(0, 10**9 - 1),
-       cell=st.integers(0, 999), cls=st.sampled_from(data.CNMC_CLASSES),
+       cell=st.integers(0, 999), cls=st.sampled_from(cnmc.CNMC_CLASSES),
        ext=st.sampled_from(["bmp", "png", "BMP"]))
 def test_fuzz_cnmc_names_round_trip(subject, image, cell, cls, ext):
     assert parse_cnmc_name(f"UID_{subject}_{image}_{cell}_{cls}.{ext}") == (subject, image, cell, cls)
