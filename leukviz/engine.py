@@ -572,7 +572,6 @@ def _fit(cfg: RunConfig, run_dir: Path, emit: Emit, should_stop: Callable[[], bo
     order = np.sort(train_idx)
     train_y = torch.as_tensor(ds.index["label"].to_numpy()[order], dtype=torch.long)
     val_x = images[val_idx] if len(val_idx) < 4096 else images  # small val sets are read once into memory
-    val_rows = val_idx if val_x is images else np.arange(len(val_idx))
     val_y = ds.index["label"].to_numpy()[val_idx]
 
     model = backbones.build_model(cfg.backbone, n_classes, cfg.weights)
@@ -694,12 +693,6 @@ def _fit(cfg: RunConfig, run_dir: Path, emit: Emit, should_stop: Callable[[], bo
             # this epoch and drops its event, where the other order would lose the event for good.
             emit(ev)
             save_resume(epoch + 1, 0, None)
-    digest_dir = os.environ.get("LEUKVIZ_RANK_DIGEST_DIR")
-    if digest_dir:  # for tests: proves every process ends with the same weights
-        import hashlib
-        h = hashlib.sha256(b"".join(v.detach().cpu().numpy().tobytes() for v in model.state_dict().values()))
-        Path(digest_dir).mkdir(parents=True, exist_ok=True)
-        (Path(digest_dir) / f"rank{d.rank}.txt").write_text(h.hexdigest())
     if d.main and not result:  # resumed after the best epoch: report what the checkpoint holds
         result = json.loads((run_dir / SIDECAR).read_text()).get("metrics", {})
     if d.on:

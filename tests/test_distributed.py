@@ -14,6 +14,28 @@ from leukviz import runs
 
 REPO = Path(__file__).resolve().parents[1]
 
+# `python -m leukviz` with engine.evaluate wrapped: every process writes a digest of the weights it
+# validates (after the epoch's updates and the BatchNorm broadcast), so the test can compare the ranks.
+DIGESTING_LEUKVIZ = """
+import hashlib, os, sys
+from pathlib import Path
+
+from leukviz import cli, engine
+
+evaluate, folder = engine.evaluate, Path(sys.argv.pop(1))
+
+
+def digesting_evaluate(model, *args, **kwargs):
+    weights = b"".join(v.detach().cpu().numpy().tobytes() for v in model.state_dict().values())
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"rank{os.environ['RANK']}.txt").write_text(hashlib.sha256(weights).hexdigest())
+    return evaluate(model, *args, **kwargs)
+
+
+engine.evaluate = digesting_evaluate
+sys.exit(cli.main())
+"""
+
 
 def _train(args: list[str], env: dict, timeout: int = 300) -> dict:
     proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
@@ -25,15 +47,17 @@ def _train(args: list[str], env: dict, timeout: int = 300) -> dict:
 def test_two_gloo_processes_match_one_process(tiny_data, tmp_path):
     # Frozen BatchNorm statistics and an unweighted loss make one process and two the same computation
     # (per-process batch statistics would otherwise differ), so the comparison can be tight.
-    common = ["-m", "leukviz", "train", "--backbone", "googlenet", "--weights", "none", "--data", str(tiny_data),
+    common = ["train", "--backbone", "googlenet", "--weights", "none", "--data", str(tiny_data),
               "--epochs", "1", "--image-size", "32", "--batch-size", "16", "--augment", "none", "--freeze-bn",
               "--class-balance", "none", "--json"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "LEUKVIZ_DIST_TIMEOUT": "120",
-           "LEUKVIZ_RANK_DIGEST_DIR": str(tmp_path / "digests")}
+           "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    script = tmp_path / "digesting_leukviz.py"
+    script.write_text(DIGESTING_LEUKVIZ)
     ddp = _train([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                  "--max-restarts", "0", *common, "--runs-dir", str(tmp_path / "ddp")], env)
-    single = _train([sys.executable, *common, "--runs-dir", str(tmp_path / "one")],
-                    {**env, "LEUKVIZ_RANK_DIGEST_DIR": str(tmp_path / "digest-one")})
+                  "--max-restarts", "0", str(script), str(tmp_path / "digests"), *common,
+                  "--runs-dir", str(tmp_path / "ddp")], env)
+    single = _train([sys.executable, "-m", "leukviz", *common, "--runs-dir", str(tmp_path / "one")], env)
 
     assert ddp["status"] == "finished" and ddp["run_id"] == single["run_id"]  # a run is its config
     assert [p.name for p in (tmp_path / "ddp").iterdir() if not p.name.startswith(".")] == [ddp["run_id"]]
