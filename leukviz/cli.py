@@ -416,7 +416,7 @@ def cmd_study(args) -> int:
             names = tuple(args.backbones.split(",")) if args.backbones else None
             res = studies.subject_study(args.data, names, args.seeds, args.image_size, args.epochs, args.weights,
                                         args.preset, args.folds, not args.no_plain, args.runs_dir, log, progress,
-                                        args.device)
+                                        args.device, args.plain_seeds)
             human = studies.format_subject_table(res)
         elif args.study_command == "leakage":
             weights, note = studies.resolve_weights(args.backbone, args.weights)
@@ -583,6 +583,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="subject-grouped folds (default 0: as many as the class with the fewest subjects allows, "
                          "at most 5)")
     su.add_argument("--no-plain", action="store_true", help="leave out the plain hand-written loop")
+    su.add_argument("--plain-seeds", type=int,
+                    help="train the plain loop for the first N seeds only (default: all; it is slow)")
     su.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     su.set_defaults(func=cmd_study)
     sl = ss.add_parser("leakage", parents=[common],

@@ -292,8 +292,12 @@ def _ema_update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_ave
 
 def make_average(cfg: RunConfig, model: nn.Module) -> nn.Module | None:
     """The weight average a run validates and keeps (torch.optim.swa_utils.AveragedModel), or None. Its
-    buffers (BatchNorm statistics) are averaged too, so it needs no extra pass over the data."""
-    if cfg.average != "ema":
+    buffers (BatchNorm statistics) are averaged too, so it needs no extra pass over the data.
+
+    Not for head-only fine-tuning: there the trained part is one linear layer on fixed features (no swings to
+    smooth), and both of its paths (cached features, or the backbone at every step) must train the same head.
+    """
+    if cfg.average != "ema" or cfg.finetune == "head":
         return None
     from torch.optim.swa_utils import AveragedModel
 
@@ -591,8 +595,7 @@ def _fit(cfg: RunConfig, run_dir: Path, emit: Emit, should_stop: Callable[[], bo
     head_name = backbones.get_spec(cfg.backbone).head
     head = model.get_submodule(head_name)
     feats: tuple[torch.Tensor, torch.Tensor] | None = None  # (train, val) inputs of the head, fast path
-    # the head-only fast path trains a bare head on cached features: nothing there to average
-    average = None if fast_head else make_average(cfg, model)
+    average = make_average(cfg, model)
     scored = model if average is None else average.module  # the model validated and kept
     if d.on:
         from torch.nn.parallel import DistributedDataParallel as DDP

@@ -326,21 +326,35 @@ def summarize_subjects(records: list[dict]) -> dict:
                                 for s in subjects}
         entry["n_runs"] = len(mine)
         out.setdefault(key[1], {})[key[0]] = entry
-    for per in out.values():
+    for name, per in out.items():
         if "leukviz" in per and "plain" in per:
-            per["difference"] = {m: (per["leukviz"][m]["mean"] - per["plain"][m]["mean"]
-                                     if per["leukviz"][m]["mean"] is not None and per["plain"][m]["mean"] is not None
-                                     else None) for m in STUDY_METRICS}
+            per["difference"] = _paired_difference([r for r in records if r["backbone"] == name])
+    return out
+
+
+def _paired_difference(records: list[dict]) -> dict:
+    """leukviz minus plain, on the seeds both ran (each seed's mean over folds): mean over those seeds."""
+    def per_seed(method: str, m: str) -> dict[int, float]:
+        seeds = sorted({r["seed"] for r in records if r["method"] == method})
+        return {s: float(np.mean([r[m] for r in records if r["method"] == method and r["seed"] == s])) for s in seeds}
+
+    out: dict = {}
+    for m in STUDY_METRICS:
+        a, b = per_seed("leukviz", m), per_seed("plain", m)
+        common = [s for s in a if s in b and np.isfinite(a[s]) and np.isfinite(b[s])]
+        out[m] = float(np.mean([a[s] - b[s] for s in common])) if common else None
+    out["seeds"] = sorted({r["seed"] for r in records if r["method"] == "plain"})
     return out
 
 
 def subject_study(data_spec: str, names: Sequence[str] | None = None, seeds: int = 3, image_size: int = 96,
                   epochs: int = 3, weights: str = "none", preset: str = "quick", n_folds: int = 0,
                   with_plain: bool = True, runs_dir: str | Path | None = None, log: Log = print,
-                  progress: Progress | None = None, device: str = "auto") -> dict:
+                  progress: Progress | None = None, device: str = "auto", plain_seeds: int | None = None) -> dict:
     """Subject-grouped cross-validation: every backbone x seed x fold as an ordinary cached run (split
-    'groups'), and the plain hand-written loop on the same folds, budget and seeds; scored on the
-    validation subjects, which training never saw."""
+    'groups'), and the plain hand-written loop on the same folds and budget, for its first plain_seeds
+    seeds (default: all; it is slow); scored on the validation subjects, which training never saw."""
+    plain_seeds = seeds if plain_seeds is None else min(plain_seeds, seeds)
     ds = data.open_dataset(data_spec, runs.cache_root())
     folds = data.group_folds(ds, n_folds)
     names = tuple(names or backbones.BACKBONES)
@@ -354,14 +368,15 @@ def subject_study(data_spec: str, names: Sequence[str] | None = None, seeds: int
                 run = ensure_trained(cfg, runs_dir, log, progress, device)
                 base = {"backbone": name, "seed": seed, "fold": k}
                 records.append({**base, **_leukviz_record(run, ds.classes)})
-                if with_plain:
+                plain_too = with_plain and seed < plain_seeds
+                if plain_too:
                     split = data.make_split(ds, "groups", val_fold=k, n_folds=n_folds)
                     _, ok = data.image_cache(ds, cfg.image_size, cfg.crop, runs.cache_root())
                     records.append({**base, **_plain_record(ds, split.train[ok[split.train]], split.val[ok[split.val]],
                                                             name, weights, image_size, epochs, seed, log)})
-                r = records[-1 - int(with_plain)]
+                r = records[-1 - int(plain_too)]
                 log(f"{name} seed {seed} fold {k}: leukviz F1 {r['weighted_f1']:.3f}"
-                    + (f", plain {records[-1]['weighted_f1']:.3f}" if with_plain else ""))
+                    + (f", plain {records[-1]['weighted_f1']:.3f}" if plain_too else ""))
     idx = ds.train_rows
     fold_info = [{"fold": k, "n_val": int(len(v)),
                   "val_subjects": sorted(map(str, set(idx.loc[v, "subject"]))),
@@ -369,7 +384,8 @@ def subject_study(data_spec: str, names: Sequence[str] | None = None, seeds: int
                  for k, v in enumerate(folds)]
     from leukviz import plain
     return {"study": "subjects", "data": str(data_spec), "fingerprint": ds.fingerprint, "backbones": list(names),
-            "seeds": seeds, "image_size": image_size, "epochs": epochs, "weights": weights, "preset": preset,
+            "seeds": seeds, "plain_seeds": plain_seeds if with_plain else 0, "image_size": image_size,
+            "epochs": epochs, "weights": weights, "preset": preset,
             "folds": fold_info, "notes": notes, "plain_recipe": plain.RECIPE if with_plain else None,
             "runs": records, "summary": summarize_subjects(records)}
 
@@ -381,7 +397,10 @@ def format_subject_table(res: dict) -> str:
         return "   n/a     " if d["mean"] is None else f"{d['mean']:.3f} ± {d['sd']:.3f}"
 
     folds = "; ".join(f"fold {f['fold']}: {', '.join(f['val_subjects'])}" for f in res["folds"])
-    lines = [f"subject-grouped cross-validation on {res['data']}: {len(res['folds'])} folds x {res['seeds']} seeds, "
+    plain_seeds = res.get("plain_seeds", res["seeds"])
+    of_plain = f" (the plain loop: {plain_seeds})" if plain_seeds and plain_seeds != res["seeds"] else ""
+    lines = [f"subject-grouped cross-validation on {res['data']}: {len(res['folds'])} folds x {res['seeds']} seeds"
+             f"{of_plain}, "
              f"weights {res['weights']}, {res['image_size']} px, {res['epochs']} epochs, preset {res['preset']}",
              f"  validation subjects (never in that fold's training): {folds}",
              *(f"  note: {n}" for n in res["notes"]),

@@ -185,3 +185,17 @@ def test_late_drop_looks_at_the_last_half_only():
     assert studies.late_drop([0.9, 0.5, 0.6]) == pytest.approx(0.4)  # epoch 2 > 3/2: counted
     assert studies.late_drop([0.9, 0.5, 0.6, 0.7, 0.65]) == pytest.approx(0.05)  # falls before epoch 3 ignored
     assert studies.late_drop([0.5, 0.6, 0.7]) == 0.0 and studies.late_drop([0.7]) == 0.0
+
+
+def test_subject_study_can_train_the_plain_loop_for_fewer_seeds(subject_study, real_subset, shared_runs):
+    res = studies.subject_study(str(real_subset), ("googlenet",), seeds=2, image_size=32, epochs=2,
+                                runs_dir=shared_runs, log=lambda s: None, plain_seeds=1)
+    methods = [(r["method"], r["seed"]) for r in res["runs"]]
+    assert methods.count(("leukviz", 1)) == 2 and ("plain", 1) not in methods and methods.count(("plain", 0)) == 2
+    per = res["summary"]["googlenet"]
+    assert per["leukviz"]["weighted_f1"]["n"] == 2 and per["plain"]["weighted_f1"]["n"] == 1
+    # the difference is paired: on seed 0, the one seed both loops ran
+    seed0 = [r for r in res["runs"] if r["seed"] == 0]
+    mean = lambda m: sum(r["weighted_f1"] for r in seed0 if r["method"] == m) / 2  # noqa: E731
+    assert per["difference"]["weighted_f1"] == pytest.approx(mean("leukviz") - mean("plain"))
+    assert per["difference"]["seeds"] == [0] and "the plain loop: 1" in studies.format_subject_table(res)
