@@ -277,63 +277,52 @@ def time_plain(model: nn.Module, cfg: RunConfig, loader, device: torch.device, w
     return {"seconds": seconds, "images": images, "images_per_s": images / seconds}
 
 
-def leukviz_setup(cfg: RunConfig, model: nn.Module, train_y: torch.Tensor, device: torch.device, total_steps: int,
-                  channels_last: bool = True):
-    """What engine._fit sets up for a run: frozen layers, channels-last, optimizer, schedule, loss, autocast.
-    (The allocator tuning engine._fit also does is process-wide: run() applies it once, after the plain loop.)"""
-    frozen = backbones.set_finetune(model, cfg.backbone, cfg.finetune)
-    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    opt = engine.make_optimizer(cfg, model.parameters())
-    sched = engine.make_scheduler(cfg, opt, total_steps)
-    weights = engine.class_weights(train_y.numpy(), 2) if cfg.class_balance == "weighted_loss" else None
-    crit = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device))
-    amp = engine.autocast_dtype(cfg.precision, device)
-    return model, frozen, opt, sched, crit, amp
-
-
 def time_leukviz(model: nn.Module, cfg: RunConfig, train_x: torch.Tensor, train_y: torch.Tensor,
                  device: torch.device, warmup: int, timed: int | None, channels_last: bool = True,
                  min_seconds: float = 0.0) -> dict:
-    """engine.train_one_epoch on the cached uint8 images, as a run trains (same set-up as engine._fit).
+    """engine.train_one_epoch on the cached uint8 images, set up as a run is (engine.setup_training; the
+    allocator tuning engine.setup also does is process-wide: run() applies it once, after the plain loop).
     channels_last=False (the ablation only): model and inputs in the default NCHW memory format."""
     d = engine.Dist()
     n = len(train_x)
     epoch1 = engine.epoch_batches(n, cfg.batch_size, cfg.seed, 1, d)
-    model, frozen, opt, sched, crit, amp = leukviz_setup(cfg, model, train_y, device, len(epoch1) * 3, channels_last)
-    engine.set_train_mode(model, frozen, cfg.freeze_bn)
-    prepare = None if channels_last else (lambda xb: engine.to_input(xb, cfg.backbone, device).contiguous())
-    args = (cfg, 1, device, amp, d, lambda e: None, lambda: False)
+    state = engine.setup_training(cfg, model, train_x, train_y, 2, device, d, len(epoch1) * 3, channels_last)
+    if not channels_last:
+        state.prepare = lambda xb: engine.to_input(xb, cfg.backbone, device).contiguous()
+    engine.set_train_mode(state.train_model, state.frozen, cfg.freeze_bn)
+    hooks = engine.Hooks()
     warm = [epoch1[i % len(epoch1)] for i in range(warmup)]
-    engine.train_one_epoch(model, opt, sched, None, crit, train_x, train_y, warm, *args, prepare=prepare)
+    engine.train_one_epoch(state, warm, 1, hooks)
     batches = engine.epoch_batches(n, cfg.batch_size, cfg.seed, 2, d)
     _sync(device)
     t = time.perf_counter()
     if timed is None:  # one whole epoch
-        engine.train_one_epoch(model, opt, sched, None, crit, train_x, train_y, batches, *args, prepare=prepare)
+        engine.train_one_epoch(state, batches, 1, hooks)
         images = int(sum(len(b) for b in batches))
     else:  # at least `timed` batches, and more until min_seconds have passed
         images = done = 0
         while done < timed or time.perf_counter() - t < min_seconds:
             b = batches[done % len(batches)]
-            engine.train_one_epoch(model, opt, sched, None, crit, train_x, train_y, [b], *args, prepare=prepare)
+            engine.train_one_epoch(state, [b], 1, hooks)
             images += len(b)
             done += 1
     _sync(device)
     seconds = time.perf_counter() - t
     return {"seconds": seconds, "images": images, "images_per_s": images / seconds,
-            "precision": precision_name(amp)}
+            "precision": precision_name(state.amp)}
 
 
 def time_head_fast(model: nn.Module, cfg: RunConfig, images: np.ndarray, train_y: torch.Tensor,
                    device: torch.device, part_size: int | None) -> dict:
-    """The head-only fast path as engine._fit runs it: features once (engine.head_features), then
+    """The head-only fast path as a run takes it: features once (engine.head_features), then
     HEAD_EPOCHS epochs of the head on them (engine.train_one_epoch). part_size (quick): the feature pass is
     timed on that many images and extrapolated to all; the head epochs always run in full."""
     d = engine.Dist()
     n = len(images)
     steps = len(engine.epoch_batches(n, cfg.batch_size, cfg.seed, 1, d))
-    model, frozen, opt, sched, crit, amp = leukviz_setup(cfg, model, train_y, device, steps * HEAD_EPOCHS)
-    head = backbones.get_spec(cfg.backbone).head
+    state = engine.setup_training(cfg, model, torch.from_numpy(np.ascontiguousarray(images)), train_y, 2, device,
+                                  d, steps * HEAD_EPOCHS)
+    model, head, amp = state.model, state.head_name, state.amp
     fb = engine.feature_batch_size(cfg.image_size)
     part = images[:min(n, part_size)] if part_size else images
     if part_size:  # the first batch creates the kernels: one small warm-up so one timed batch is representative
@@ -345,13 +334,12 @@ def time_head_fast(model: nn.Module, cfg: RunConfig, images: np.ndarray, train_y
     feature_seconds = (time.perf_counter() - t) * (n / len(part))
     if len(part) < n:  # the head epochs need features of every image: repeat the measured ones
         feats = feats.repeat((n + len(part) - 1) // len(part), 1)[:n]
-    head_module = model.get_submodule(head)
-    engine.set_train_mode(model, frozen, cfg.freeze_bn)
+    state.feats = (feats, feats[:0])  # the head trains on feats[0]; nothing is validated here
+    engine.set_train_mode(model, state.frozen, cfg.freeze_bn)
     t = time.perf_counter()
     for epoch in range(1, HEAD_EPOCHS + 1):
         batches = engine.epoch_batches(n, cfg.batch_size, cfg.seed, epoch, d)
-        engine.train_one_epoch(head_module, opt, sched, None, crit, feats, train_y, batches, cfg, epoch, device, amp,
-                               d, lambda e: None, lambda: False, prepare=lambda f: f)
+        engine.train_one_epoch(state, batches, epoch, engine.Hooks())
     _sync(device)
     head_seconds = time.perf_counter() - t
     return {"feature_seconds": feature_seconds, "head_epochs_seconds": head_seconds,
@@ -666,16 +654,8 @@ def ablations(bc: BenchConfig, images: np.ndarray, labels: np.ndarray, inits: di
     return rows
 
 
-def run(bc: BenchConfig, cache_dir: Path | None = None, log: Log = lambda s: print(s, file=sys.stderr)) -> dict:
-    """Measure everything bc asks for; returns one JSON-able dict (see format_table for the human form).
-
-    Order: every plain-loop measurement first, in the process's default state; then what engine._fit does
-    to the process (the allocator tuning) and leukviz's paths; then latency and memory."""
-    if bc.threads:
-        torch.set_num_threads(bc.threads)
-    device = engine.pick_device(bc.device)
-    t_start = time.time()
-    info = machine()
+def run_notes(bc: BenchConfig, info: dict) -> list[str]:
+    """What a reader of the results must know about how they were measured."""
     notes = []
     if info["load_average_1min"] is not None and info["load_average_1min"] > 0.5 + (os.cpu_count() or 1) * 0.75:
         notes.append(f"the machine was busy (1-minute load average {info['load_average_1min']:.1f} on "
@@ -689,13 +669,11 @@ def run(bc: BenchConfig, cache_dir: Path | None = None, log: Log = lambda s: pri
                      f"num_workers={bc.workers[0]} only; memory on a {bc.n_memory_files}-file stand-in")
     if bc.weights != "imagenet":
         notes.append(f"weights {bc.weights}: speed does not depend on the weights' values")
-    for name in bc.backbones:
-        backbones.ensure_weights(name, bc.weights)
-    log(f"bench on {engine.device_name(device)}, {bc.image_size}px, batch {bc.batch}, "
-        f"{'quick' if bc.quick else 'full'}")
-    bd = bench_data(bc.data, bc.fold, cache_dir)
-    log(f"  data: {bd.n} images of {bd.folder} (ImageFolder and leukviz read the same files)")
+    return notes
 
+
+def cold_cache(bc: BenchConfig, bd: BenchData) -> tuple[np.ndarray, float]:
+    """The dataset decoded into an empty cache (so the decode is counted): the images, in memory, and seconds."""
     with tempfile.TemporaryDirectory(prefix="leukviz-bench-cache-") as tmp:  # a cold cache: decode counted
         t = time.perf_counter()
         images, ok = data.image_cache(bd.dataset, bc.image_size, False, Path(tmp))
@@ -703,6 +681,28 @@ def run(bc: BenchConfig, cache_dir: Path | None = None, log: Log = lambda s: pri
         if not ok.all():
             raise data.DataError(f"{int((~ok).sum())} images could not be decoded: {bd.dataset.skipped[:3]}")
         images = np.array(images)  # into memory before the temporary folder goes
+    return images, cache_seconds
+
+
+def run(bc: BenchConfig, cache_dir: Path | None = None, log: Log = lambda s: print(s, file=sys.stderr)) -> dict:
+    """Measure everything bc asks for; returns one JSON-able dict (see format_table for the human form).
+
+    Order: every plain-loop measurement first, in the process's default state; then what engine.setup does
+    to the process (the allocator tuning) and leukviz's paths; then latency and memory."""
+    if bc.threads:
+        torch.set_num_threads(bc.threads)
+    device = engine.pick_device(bc.device)
+    t_start = time.time()
+    info = machine()
+    notes = run_notes(bc, info)
+    for name in bc.backbones:
+        backbones.ensure_weights(name, bc.weights)
+    log(f"bench on {engine.device_name(device)}, {bc.image_size}px, batch {bc.batch}, "
+        f"{'quick' if bc.quick else 'full'}")
+    bd = bench_data(bc.data, bc.fold, cache_dir)
+    log(f"  data: {bd.n} images of {bd.folder} (ImageFolder and leukviz read the same files)")
+
+    images, cache_seconds = cold_cache(bc, bd)
     log(f"  decode once into the cache: {cache_seconds:.2f}s ({bd.n / cache_seconds:.0f} img/s)")
 
     lv_amp = engine.autocast_dtype(bc.precision, device)

@@ -9,7 +9,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -321,6 +321,148 @@ def to_input(x_uint8: torch.Tensor, backbone: str, device: torch.device) -> torc
     return backbones.normalize(x_uint8.to(device, non_blocking=non_blocking), backbone)
 
 
+# ---------------------------------------------------------------------------------------------- set-up
+
+def _ignore(event: dict) -> None:
+    """The emit of processes other than rank 0 (one metrics stream per run)."""
+
+
+def _never() -> bool:
+    return False
+
+
+@dataclass
+class Hooks:
+    """What the loop tells its caller and asks it: events out, a stop request in, and where a stop saves."""
+
+    emit: Emit = _ignore
+    should_stop: Callable[[], bool] = _never
+    save_resume: Callable[[int, list[float]], None] | None = None
+
+
+@dataclass
+class TrainState:
+    """Everything one run trains with: the model and what updates it, the device, and the data tensors.
+
+    `average` is the weight average (or None) and `scored` the model validated and kept (the average's
+    module, else the model). `feats` holds the head's (train, val) inputs once the head-only fast path has
+    them; then the head trains on feats[0] instead of the model on train_x. `prepare` replaces the training
+    preprocessing (to_input) when set (the benchmark's NCHW ablation).
+    """
+
+    cfg: RunConfig
+    model: nn.Module
+    train_model: nn.Module  # the model, wrapped in DistributedDataParallel under torchrun
+    frozen: list[nn.Module]
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None
+    criterion: nn.Module
+    amp: torch.dtype | None
+    device: torch.device
+    dist: Dist
+    average: nn.Module | None
+    scored: nn.Module
+    head_name: str
+    fast_head: bool
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    steps_per_epoch: int
+    prepare: Callable[[torch.Tensor], torch.Tensor] | None = None
+    feats: tuple[torch.Tensor, torch.Tensor] | None = None
+    # the dataset side, set by setup() (the benchmark trains on tensors alone)
+    ds: data.Dataset | None = None
+    split: data.Split | None = None
+    train_rows: np.ndarray | None = None  # dataset rows of train_x, in order
+    val_rows: np.ndarray | None = None
+    val_x: np.ndarray | None = None  # small validation sets are read once into memory; else None
+    images: np.ndarray | None = None
+    val_y: np.ndarray | None = None
+    # where training starts: the first epoch, or a resume point
+    start_epoch: int = 1
+    start_step: int = 0
+    running: list[float] | None = None
+    best: dict = field(default_factory=lambda: {"val_f1": -1.0, "epoch": 0})
+
+    @property
+    def head(self) -> nn.Module:
+        return self.model.get_submodule(self.head_name)
+
+    def val_images(self) -> np.ndarray:
+        return self.val_x if self.val_x is not None else self.images[self.val_rows]
+
+
+def setup_training(cfg: RunConfig, model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, n_classes: int,
+                   device: torch.device, d: Dist | None = None, total_steps: int | None = None,
+                   channels_last: bool = True) -> TrainState:
+    """What a run trains with, around a built model: frozen layers, the device (channels-last), loss,
+    optimizer, schedule, autocast, gradient scaler, weight average, DDP. The benchmark uses it as is.
+    total_steps: the schedule's length (default: the run's epochs)."""
+    d = d or Dist()
+    frozen = backbones.set_finetune(model, cfg.backbone, cfg.finetune)
+    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    weights = class_weights(train_y.numpy(), n_classes) if cfg.class_balance == "weighted_loss" else None
+    criterion = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device))
+    opt = make_optimizer(cfg, model.parameters())
+    steps_per_epoch = len(epoch_batches(len(train_x), cfg.batch_size, cfg.seed, 1, d))
+    sched = make_scheduler(cfg, opt, steps_per_epoch * cfg.epochs if total_steps is None else total_steps)
+    amp = autocast_dtype(cfg.precision, device)
+    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 and device.type == "cuda" else None
+    average = make_average(cfg, model)
+    train_model: nn.Module = model
+    if d.on:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return TrainState(cfg, model, train_model, frozen, opt, sched, scaler, criterion, amp, device, d, average,
+                      model if average is None else average.module, backbones.get_spec(cfg.backbone).head,
+                      uses_feature_cache(cfg, d), train_x, train_y, steps_per_epoch)
+
+
+def setup(cfg: RunConfig, cache_dir: Path | None, device_pref: str = "auto",
+          log: Callable[[str], None] = print) -> TrainState:
+    """Join the process group, open and split the dataset, read its cached images, build the model, and
+    set up what trains it (setup_training)."""
+    d, device = init_distributed(device_pref)
+    torch.manual_seed(cfg.seed)
+    ds, split, images, train_idx, val_idx = prepare_data(cfg, cache_dir, log)
+    order = np.sort(train_idx)
+    train_x = torch.from_numpy(np.ascontiguousarray(images[order]))
+    train_y = torch.as_tensor(ds.index["label"].to_numpy()[order], dtype=torch.long)
+    model = backbones.build_model(cfg.backbone, len(ds.classes), cfg.weights)
+    if device.type == "cpu":
+        tune_cpu_allocator()
+    state = setup_training(cfg, model, train_x, train_y, len(ds.classes), device, d)
+    state.ds, state.split, state.images, state.train_rows, state.val_rows = ds, split, images, order, val_idx
+    state.val_x = images[val_idx] if len(val_idx) < 4096 else None
+    state.val_y = ds.index["label"].to_numpy()[val_idx]
+    return state
+
+
+def restore(state: TrainState, path: Path, log: Callable[[str], None]) -> None:
+    """Continue from a resumable state (layout.RESUME): weights, optimizer, schedule, average, and where."""
+    st = load_resume_state(path)
+    state.model.load_state_dict(st["model"])
+    state.opt.load_state_dict(st["optimizer"])
+    state.sched.load_state_dict(st["scheduler"])
+    state.start_epoch, state.start_step = int(st["epoch"]), int(st["step"])
+    state.running = [float(v) for v in st["running"]] if state.start_step else None
+    state.best = {"val_f1": float(st["best_f1"]), "epoch": int(st["best_epoch"])}
+    if state.average is not None and "average" in st:
+        state.average.load_state_dict(st["average"])
+    log(f"resuming at epoch {state.start_epoch}, step {state.start_step}")
+
+
+def save_resume(state: TrainState, path: Path, epoch: int, step: int, running: list[float] | None) -> None:
+    """The resumable state at (epoch, step) with the epoch's running sums; rank 0 writes it."""
+    if not state.dist.main:
+        return
+    average = {"average": state.average.state_dict()} if state.average is not None else {}
+    atomic_torch_save({"model": _unwrap(state.model).state_dict(), "optimizer": state.opt.state_dict(),
+                       "scheduler": state.sched.state_dict(), "epoch": epoch, "step": step,
+                       "running": running or [0.0, 0.0, 0.0], "best_f1": state.best["val_f1"],
+                       "best_epoch": state.best["epoch"], **average}, path)
+
+
 # ---------------------------------------------------------------------------------------------- loop
 
 def set_train_mode(model: nn.Module, frozen: list[nn.Module], freeze_bn: bool) -> None:
@@ -361,6 +503,18 @@ def evaluate(model: nn.Module, images: np.ndarray | torch.Tensor, labels: np.nda
     model.train(was_training)
     p = torch.cat(probs).numpy() if probs else np.zeros((0, 0))
     return (loss_sum / max(1, len(images))), p
+
+
+def validate(state: TrainState) -> tuple[float, np.ndarray]:
+    """The validation loss and probabilities of the model a run keeps, in fp32 even when training runs in
+    bf16: the saved validation predictions are exactly what single-image prediction (fp32) gives for the
+    same cell. The head-only fast path keeps its features as computed and hands them to the head in fp32."""
+    cfg = state.cfg
+    if state.feats is not None:
+        return evaluate(state.head, state.feats[1], state.val_y, cfg.backbone, state.device, state.criterion,
+                        amp=None, prepare=lambda f: f.float())
+    return evaluate(state.scored, state.val_images(), state.val_y, cfg.backbone, state.device, state.criterion,
+                    amp=None)
 
 
 def uses_feature_cache(cfg: RunConfig, d: Dist) -> bool:
@@ -405,57 +559,90 @@ def head_features(model: nn.Module, head: str, images: np.ndarray | torch.Tensor
     return torch.cat(captured)  # outside inference mode: a normal tensor, not an inference tensor
 
 
-def train_one_epoch(model, opt, sched, scaler, criterion, train_x: torch.Tensor, train_y: torch.Tensor,
-                    batches: list[np.ndarray], cfg: RunConfig, epoch: int, device: torch.device,
-                    amp: torch.dtype | None, d: Dist, emit: Emit, should_stop: Callable[[], bool],
-                    start_step: int = 0, running: list[float] | None = None,
-                    save_resume: Callable[[int, list[float]], None] | None = None,
-                    prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                    average: nn.Module | None = None) -> tuple[float, float, int]:
+def head_inputs(state: TrainState, cache_dir: Path | None, log: Callable[[str], None]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The head-only fast path's (train, val) head inputs: read from the feature cache, or computed once
+    (and kept for the next run)."""
+    t0, cfg, ds = time.time(), state.cfg, state.ds
+    key = feature_cache_key(state.model, state.head_name, cfg, ds.fingerprint, state.train_rows, state.val_rows,
+                            state.device, state.amp)
+    fpath = data.cache_folder(cache_dir) / FEATURE_CACHE / f"{key}.safetensors"
+    n = f"{len(state.train_x)} + {len(state.val_rows)} images"
+    feats = load_cached_features(fpath, state.device)
+    if feats is not None:
+        log(f"head-only without augmentation: backbone features of {n} read from the feature cache "
+            f"({fpath.name}) in {time.time() - t0:.1f}s")
+        return feats
+    fb = feature_batch_size(cfg.image_size)
+    feats = tuple(head_features(state.model, state.head_name, x, cfg.backbone, state.device, state.amp, fb)
+                  for x in (state.train_x, state.val_images()))
+    log(f"head-only without augmentation: backbone features of {n} computed once in {time.time() - t0:.1f}s; "
+        f"the head trains on them")
+    if state.dist.main:
+        save_cached_features(fpath, feats, log)
+    return feats
+
+
+def _stop_requested(hooks: Hooks, d: Dist) -> bool:
+    """A stop asked of any process stops all of them at the same step."""
+    stop = hooks.should_stop()
+    if d.on:
+        flag = torch.tensor([1.0 if stop else 0.0])
+        dist.all_reduce(flag)
+        stop = bool(flag.item() > 0)
+    return stop
+
+
+def _backward_step(state: TrainState, loss: torch.Tensor) -> None:
+    state.opt.zero_grad(set_to_none=True)
+    if state.scaler is not None:
+        state.scaler.scale(loss).backward()
+        state.scaler.step(state.opt)
+        state.scaler.update()
+    else:
+        loss.backward()
+        state.opt.step()
+    state.sched.step()
+
+
+def train_one_epoch(state: TrainState, batches: list[np.ndarray], epoch: int, hooks: Hooks, start_step: int = 0,
+                    running: list[float] | None = None) -> tuple[float, float, int]:
     """One pass over this process's batches. Returns (mean loss, accuracy, images seen) across processes.
 
-    prepare turns a batch of train_x into the model's input; by default train_x holds uint8 images and
-    this is the training preprocessing (to_input). The head-only fast path passes cached features.
+    The model trains on train_x (uint8 images, training preprocessing) or, once the head-only fast path has
+    its features, the head alone on them. start_step and running: where a resumed epoch continues.
     """
+    cfg, d, device = state.cfg, state.dist, state.device
+    if state.feats is not None:
+        model, train_x, prepare = state.head, state.feats[0], (lambda f: f)
+    else:
+        model, train_x = state.train_model, state.train_x
+        prepare = state.prepare or (lambda xb: to_input(xb, cfg.backbone, device))
     loss_sum, correct, seen = running or [0.0, 0.0, 0.0]
     codes, jitter = epoch_augment_tables(cfg, epoch, len(train_x))
     steps = len(batches)
     report_every = max(1, steps // 50)
     for step in range(start_step, steps):
-        stop = should_stop()
-        if d.on:
-            flag = torch.tensor([1.0 if stop else 0.0])
-            dist.all_reduce(flag)
-            stop = bool(flag.item() > 0)
-        if stop:
-            if save_resume:
-                save_resume(step, [loss_sum, correct, seen])
+        if _stop_requested(hooks, d):
+            if hooks.save_resume:
+                hooks.save_resume(step, [loss_sum, correct, seen])
             raise Stopped(f"stopped at epoch {epoch}, step {step}/{steps}")
         torch.manual_seed(cfg.seed * 1_000_003 + epoch * 10_007 + step)  # dropout: same draws after a resume
         b = torch.from_numpy(batches[step])
         xb = train_x[b]
         if codes is not None:
             xb = augment(xb, codes[b], None if jitter is None else jitter[b])
-        x = to_input(xb, cfg.backbone, device) if prepare is None else prepare(xb)
-        y = train_y[b].to(device, non_blocking=True)
-        with autocast(device, amp):
+        x = prepare(xb)
+        y = state.train_y[b].to(device, non_blocking=True)
+        with autocast(device, state.amp):
             logits = model(x)
-            loss = criterion(logits.float(), y)
+            loss = state.criterion(logits.float(), y)
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"loss became {float(loss.detach())} at epoch {epoch}, step {step + 1}; "
                                    "training on it would give garbage. Lower the learning rate "
                                    f"(now {cfg.lr:g}) or use fp32.")
-        opt.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-        else:
-            loss.backward()
-            opt.step()
-        sched.step()
-        if average is not None:
-            average.update_parameters(_unwrap(model))
+        _backward_step(state, loss)
+        if state.average is not None:
+            state.average.update_parameters(_unwrap(model))
         stats = torch.tensor([float(loss.detach()) * len(y), float((logits.argmax(1) == y).sum()), float(len(y))])
         if d.on:
             dist.all_reduce(stats)
@@ -463,9 +650,18 @@ def train_one_epoch(model, opt, sched, scaler, criterion, train_x: torch.Tensor,
         correct += float(stats[1])
         seen += float(stats[2])
         if (step + 1) % report_every == 0 or step + 1 == steps:
-            emit({"type": events.BATCH, "epoch": epoch, "step": step + 1, "steps": steps, "loss": loss_sum / seen,
-                  "acc": correct / seen, "lr": opt.param_groups[0]["lr"], "time": time.time()})
+            hooks.emit({"type": events.BATCH, "epoch": epoch, "step": step + 1, "steps": steps,
+                        "loss": loss_sum / seen, "acc": correct / seen, "lr": state.opt.param_groups[0]["lr"],
+                        "time": time.time()})
     return loss_sum / max(seen, 1), correct / max(seen, 1), int(seen)
+
+
+def share_buffers(state: TrainState) -> None:
+    """BatchNorm statistics are per process: take rank 0's, so every rank holds the same model."""
+    if state.dist.on:
+        average = state.average.module.buffers() if state.average is not None else ()
+        for buf in [*state.model.buffers(), *average]:
+            dist.broadcast(buf, 0)
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
@@ -481,6 +677,30 @@ def save_checkpoint(model: nn.Module, run_dir: Path, meta: dict) -> None:
 
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
+
+
+def checkpoint_meta(state: TrainState) -> dict:
+    """The sidecar's fields that rebuild the model (layout.SIDECAR); each checkpoint adds its epoch and metrics."""
+    cfg, ds, spec = state.cfg, state.ds, backbones.get_spec(state.cfg.backbone)
+    return {"format": 1, "backbone": cfg.backbone, "classes": list(ds.classes), "positive": ds.positive,
+            "image_size": cfg.image_size, "crop": cfg.crop, "crop_window": data.CELL_WINDOW,
+            "weights_init": cfg.weights, "preprocess": PREPROCESS_VERSION,
+            "build_kwargs": backbones.build_kwargs(cfg.backbone, cfg.weights),
+            "mean": list(spec.mean), "std": list(spec.std),
+            "params": backbones.count_parameters(state.model), "dataset_fingerprint": ds.fingerprint,
+            "split": state.split.summary()}
+
+
+def start_event(state: TrainState) -> dict:
+    """The start event of a run, or its resume event when it continues from a resume point."""
+    cfg, amp = state.cfg, state.amp
+    first = state.start_epoch == 1 and state.start_step == 0
+    return {"type": events.START if first else events.RESUME, "epoch": state.start_epoch - 1,
+            "step": state.start_step, "epochs": cfg.epochs, "steps_per_epoch": state.steps_per_epoch,
+            "device": device_name(state.device), "precision": str(amp).replace("torch.", "") if amp else "fp32",
+            "world_size": state.dist.world, "n_train": int(len(state.train_x)), "n_val": int(len(state.val_rows)),
+            "feature_cache": state.fast_head, "split": state.split.summary(), "skipped": len(state.ds.skipped),
+            "time": time.time()}
 
 
 def prepare_data(cfg: RunConfig, cache_dir: Path | None, log: Callable[[str], None] = lambda s: None):
@@ -503,7 +723,7 @@ def prepare_data(cfg: RunConfig, cache_dir: Path | None, log: Callable[[str], No
 def fit(cfg: RunConfig, run_dir: Path, emit: Emit, should_stop: Callable[[], bool] = lambda: False,
         cache_dir: Path | None = None, resume: bool = False, device_pref: str = "auto",
         log: Callable[[str], None] = print) -> dict:
-    """Train one run into run_dir. Returns the best epoch's validation metrics.
+    """Train one run into run_dir. Returns the kept epoch's validation metrics.
 
     Running out of device memory becomes OutOfMemory, whose message names the batch size and a smaller one.
     """
@@ -565,140 +785,51 @@ def save_cached_features(path: Path, feats: tuple[torch.Tensor, torch.Tensor], l
     except OSError as e:
         log(f"could not keep the head-only features for the next run ({e.strerror or e}); this run is unaffected")
 
-
 def _fit(cfg: RunConfig, run_dir: Path, emit: Emit, should_stop: Callable[[], bool], cache_dir: Path | None,
          resume: bool, device_pref: str, log: Callable[[str], None]) -> dict:
-    d, device = init_distributed(device_pref)
-    torch.manual_seed(cfg.seed)
-    ds, split, images, train_idx, val_idx = prepare_data(cfg, cache_dir, log)
-    n_classes = len(ds.classes)
-    train_x = torch.from_numpy(np.ascontiguousarray(images[np.sort(train_idx)]))
-    order = np.sort(train_idx)
-    train_y = torch.as_tensor(ds.index["label"].to_numpy()[order], dtype=torch.long)
-    val_x = images[val_idx] if len(val_idx) < 4096 else images  # small val sets are read once into memory
-    val_y = ds.index["label"].to_numpy()[val_idx]
-
-    model = backbones.build_model(cfg.backbone, n_classes, cfg.weights)
-    frozen = backbones.set_finetune(model, cfg.backbone, cfg.finetune)
-    model = model.to(device, memory_format=torch.channels_last)
-    weights = class_weights(train_y.numpy(), n_classes) if cfg.class_balance == "weighted_loss" else None
-    criterion = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device))
-    opt = make_optimizer(cfg, model.parameters())
-    steps_per_epoch = len(epoch_batches(len(train_x), cfg.batch_size, cfg.seed, 1, d))
-    sched = make_scheduler(cfg, opt, steps_per_epoch * cfg.epochs)
-    amp = autocast_dtype(cfg.precision, device)
-    if device.type == "cpu":
-        tune_cpu_allocator()
-    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 and device.type == "cuda" else None
-    train_model: nn.Module = model
-    fast_head = uses_feature_cache(cfg, d)
-    head_name = backbones.get_spec(cfg.backbone).head
-    head = model.get_submodule(head_name)
-    feats: tuple[torch.Tensor, torch.Tensor] | None = None  # (train, val) inputs of the head, fast path
-    average = make_average(cfg, model)
-    scored = model if average is None else average.module  # the model validated and kept
-    if d.on:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    start_epoch, start_step, running = 1, 0, None
-    best = {"val_f1": -1.0, "epoch": 0}
-    resume_path = run_dir / RESUME
+    state = setup(cfg, cache_dir, device_pref, log)
+    resume_path, main = run_dir / RESUME, state.dist.main
     if resume and resume_path.exists():
-        st = load_resume_state(resume_path)
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["scheduler"])
-        start_epoch, start_step = int(st["epoch"]), int(st["step"])
-        running = [float(v) for v in st["running"]] if start_step else None
-        best = {"val_f1": float(st["best_f1"]), "epoch": int(st["best_epoch"])}
-        if average is not None and "average" in st:
-            average.load_state_dict(st["average"])
-        log(f"resuming at epoch {start_epoch}, step {start_step}")
-
-    def save_resume(epoch: int, step: int, running_: list[float] | None) -> None:
-        if d.main:
-            atomic_torch_save({"model": _unwrap(model).state_dict(), "optimizer": opt.state_dict(),
-                               "scheduler": sched.state_dict(), "epoch": epoch, "step": step,
-                               "running": running_ or [0.0, 0.0, 0.0], "best_f1": best["val_f1"],
-                               "best_epoch": best["epoch"],
-                               **({"average": average.state_dict()} if average is not None else {})}, resume_path)
-
-    meta = {"format": 1, "backbone": cfg.backbone, "classes": list(ds.classes), "positive": ds.positive,
-            "image_size": cfg.image_size, "crop": cfg.crop, "crop_window": data.CELL_WINDOW,
-            "weights_init": cfg.weights, "preprocess": PREPROCESS_VERSION,
-            "build_kwargs": backbones.build_kwargs(cfg.backbone, cfg.weights),
-            "mean": list(backbones.get_spec(cfg.backbone).mean), "std": list(backbones.get_spec(cfg.backbone).std),
-            "params": backbones.count_parameters(model), "dataset_fingerprint": ds.fingerprint,
-            "split": split.summary()}
-    if d.main:
-        emit({"type": events.START if start_epoch == 1 and start_step == 0 else events.RESUME, "epoch": start_epoch - 1,
-              "step": start_step, "epochs": cfg.epochs, "steps_per_epoch": steps_per_epoch,
-              "device": device_name(device), "precision": str(amp).replace("torch.", "") if amp else "fp32",
-              "world_size": d.world, "n_train": int(len(train_x)), "n_val": int(len(val_idx)),
-              "feature_cache": fast_head,
-              "split": split.summary(), "skipped": len(ds.skipped), "time": time.time()})
+        restore(state, resume_path, log)
+    meta = checkpoint_meta(state)
+    if main:
+        emit(start_event(state))
     result: dict = {}
-    for epoch in range(start_epoch, cfg.epochs + 1):
+    for epoch in range(state.start_epoch, cfg.epochs + 1):
         t0 = time.time()
-        if fast_head and feats is None:  # counted in the first epoch's time
-            key = feature_cache_key(model, head_name, cfg, ds.fingerprint, order, val_idx, device, amp)
-            fpath = data.cache_folder(cache_dir) / FEATURE_CACHE / f"{key}.safetensors"
-            feats = load_cached_features(fpath, device)
-            if feats is not None:
-                log(f"head-only without augmentation: backbone features of {len(train_x)} + {len(val_idx)} images "
-                    f"read from the feature cache ({fpath.name}) in {time.time() - t0:.1f}s")
-            else:
-                fb = feature_batch_size(cfg.image_size)
-                feats = (head_features(model, head_name, train_x, cfg.backbone, device, amp, fb),
-                         head_features(model, head_name, val_x if val_x is not images else images[val_idx],
-                                       cfg.backbone, device, amp, fb))
-                log(f"head-only without augmentation: backbone features of {len(train_x)} + {len(val_idx)} "
-                    f"images computed once in {time.time() - t0:.1f}s; the head trains on them")
-                if d.main:
-                    save_cached_features(fpath, feats, log)
-        set_train_mode(train_model, frozen, cfg.freeze_bn)
-        batches = epoch_batches(len(train_x), cfg.batch_size, cfg.seed, epoch, d)
-        tl, ta, seen = train_one_epoch(
-            head if feats else train_model, opt, sched, scaler, criterion, feats[0] if feats else train_x, train_y,
-            batches, cfg, epoch, device, amp, d, emit if d.main else (lambda e: None), should_stop, start_step,
-            running, lambda step, run: save_resume(epoch, step, run), prepare=(lambda f: f) if feats else None,
-            average=average)
-        start_step, running = 0, None
+        if state.fast_head and state.feats is None:  # counted in the first epoch's time
+            state.feats = head_inputs(state, cache_dir, log)
+        set_train_mode(state.train_model, state.frozen, cfg.freeze_bn)
+        batches = epoch_batches(len(state.train_x), cfg.batch_size, cfg.seed, epoch, state.dist)
+        hooks = Hooks(emit if main else _ignore, should_stop,
+                      lambda step, running: save_resume(state, resume_path, epoch, step, running))
+        tl, ta, seen = train_one_epoch(state, batches, epoch, hooks, state.start_step, state.running)
+        state.start_step, state.running = 0, None
         train_seconds = time.time() - t0
-        if d.on:  # BatchNorm statistics are per process: take rank 0's, so every rank holds the same model
-            for buf in [*model.buffers(), *(average.module.buffers() if average is not None else ())]:
-                dist.broadcast(buf, 0)
-        if feats:
-            vl, probs = evaluate(head, feats[1], val_y, cfg.backbone, device, criterion, amp=amp,
-                                 prepare=lambda f: f)
-        else:
-            # Validation in fp32 even when training runs in bf16: the saved validation predictions are
-            # exactly what single-image prediction (fp32) gives for the same cell.
-            vl, probs = evaluate(scored, val_x if val_x is not images else images[val_idx], val_y, cfg.backbone,
-                                 device, criterion, amp=None)
-        pred = probs.argmax(1)
+        share_buffers(state)
+        vl, probs = validate(state)
+        pred, val_y = probs.argmax(1), state.val_y
         f1 = weighted_f1(val_y, pred)
         ev = {"type": events.EPOCH, "epoch": epoch, "epochs": cfg.epochs, "train_loss": tl, "train_acc": ta,
               "val_loss": vl, "val_acc": float((pred == val_y).mean()), "val_f1": f1,
-              "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t0,
+              "lr": state.opt.param_groups[0]["lr"], "seconds": time.time() - t0,
               "images_per_s": seen / max(train_seconds, 1e-9), "time": time.time()}
         if not all(math.isfinite(ev[k]) for k in ("train_loss", "val_loss")):
             raise TrainingDiverged(f"validation loss became {vl} at epoch {epoch}; lower the learning rate")
-        if d.main:
-            if cfg.select == "last" or f1 > best["val_f1"]:
-                best = {"val_f1": f1, "epoch": epoch}
+        if main:
+            if cfg.select == "last" or f1 > state.best["val_f1"]:
+                state.best = {"val_f1": f1, "epoch": epoch}
                 result = {k: ev[k] for k in ("val_loss", "val_acc", "val_f1", "train_loss", "train_acc")}
                 result["best_epoch"] = epoch
-                save_checkpoint(scored, run_dir, {**meta, "epoch": epoch, "metrics": result})
-                write_predictions(run_dir / PREDICTIONS, ds, val_idx, probs)
+                save_checkpoint(state.scored, run_dir, {**meta, "epoch": epoch, "metrics": result})
+                write_predictions(run_dir / PREDICTIONS, state.ds, state.val_rows, probs)
             # The epoch event before the resume point that follows it: a crash between the two resumes at
             # this epoch and drops its event, where the other order would lose the event for good.
             emit(ev)
-            save_resume(epoch + 1, 0, None)
-    if d.main and not result:  # resumed after the best epoch: report what the checkpoint holds
+            save_resume(state, resume_path, epoch + 1, 0, None)
+    if main and not result:  # resumed after the best epoch: report what the checkpoint holds
         result = json.loads((run_dir / SIDECAR).read_text()).get("metrics", {})
-    if d.on:
+    if state.dist.on:
         dist.barrier()
     return result
 
