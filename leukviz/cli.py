@@ -72,27 +72,29 @@ def _resolve_cfg(args) -> C.RunConfig:
 
 
 def _decide(args, runs) -> tuple[str, object, bool]:
-    """Rank 0's decision for a train command: ('cached' | 'attach' | 'train' | 'detach', run, resume)."""
+    """Rank 0's decision for a train command: ('cached' | 'attach' | 'train' | 'detach', run, resume), from
+    runs.plan, with --force (retrain a finished run) and --detach on top."""
     if args.run_dir:  # the launcher's form: the run folder and its config.json are ready
         return "train", runs.Run(Path(args.run_dir)), args.resume_here
     if args.resume:
         run = runs.get_run(args.resume, args.runs_dir)
-        return ("attach" if run.is_locked() else "train"), run, True
+        return ("attach" if runs.plan(run) == "attach" else "train"), run, True
     cfg = _resolve_cfg(args)
     run = runs.run_for(cfg, args.runs_dir)
-    if run.state == "finished" and not args.force:
+    action = runs.plan(run)
+    if action == "cached" and not args.force:
         return "cached", run, False
     from leukviz.backbones import ensure_weights
     ensure_weights(cfg.backbone, cfg.weights)
-    if run.is_locked() or run.state == "queued":  # training, or launched by the app and still starting
+    if action == "attach":  # training, or launched by the app and still starting
         if args.force:
             raise CliError(f"run {run.run_id} is training right now; stop it before retraining")
         return "attach", run, False
     if args.force and run.state != "new":
         runs.archive(run)
+        action = "train"
     # an unfinished run of this config continues rather than starting over
-    resume = run.state in ("stopped", "interrupted")
-    return ("detach" if args.detach else "train"), run, resume
+    return ("detach" if args.detach else "train"), run, action == "resume"
 
 
 def cmd_train(args) -> int:
@@ -190,21 +192,20 @@ def cmd_cv(args) -> int:
         raise CliError(f"cross-validation needs official folds; {base.data} has {folds or 'none'}")
     fold_runs = [runs.run_for(dataclasses.replace(base, val_fold=f), args.runs_dir, ds.fingerprint) for f in folds]
     n_gpu = __import__("torch").cuda.device_count() if engine.pick_device(args.device).type == "cuda" else 0
-    todo = [r for r in fold_runs if r.state != "finished" and not r.is_locked()]
+    todo = [(r, runs.plan(r) == "resume") for r in fold_runs if runs.plan(r) in ("train", "resume")]
     if n_gpu > 1:
         procs = []
-        for i, run in enumerate(todo):
+        for i, (run, resume) in enumerate(todo):
             gpu = str(i % n_gpu)
-            procs.append(runs.launch(run, resume=run.state in ("stopped", "interrupted"),
-                                     env={"CUDA_VISIBLE_DEVICES": gpu}))
+            procs.append(runs.launch(run, resume=resume, env={"CUDA_VISIBLE_DEVICES": gpu}))
         for p in procs:
             if p is not None:
                 p.wait()
     else:
-        for run in todo:
+        for run, resume in todo:
             print(f"fold {run.config.val_fold}: run {run.run_id}", file=sys.stderr)
             try:
-                runs.train(run, resume=run.state in ("stopped", "interrupted"), device=args.device,
+                runs.train(run, resume=resume, device=args.device,
                            log=lambda s: print(s, file=sys.stderr), emit_hook=Progress())
             except Exception as e:  # noqa: BLE001 - recorded in the run; the other folds still run
                 print(f"fold {run.config.val_fold} failed: {e}", file=sys.stderr)

@@ -6,8 +6,6 @@ import hashlib
 import io
 import math
 import re
-import subprocess
-import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -20,11 +18,9 @@ import pandas as pd
 from leukviz import backbones, data, metrics, runs
 from leukviz.config import RunConfig
 from leukviz.events import BATCH, EPOCH, latest_start
-from leukviz.layout import CHECKPOINT, CONFIG, LOG, PREDICTIONS, RESUME, SIDECAR
+from leukviz.layout import CHECKPOINT, CONFIG, PREDICTIONS, SIDECAR
 from leukviz.storage import read_json
 
-# "starting" is the dashboard's own state: launched, but the process has not written its status yet.
-ACTIVE_STATES = ("starting", "queued", "running")
 UPLOAD_TYPES = ("png", "jpg", "jpeg", "bmp", "tif", "tiff")
 SPLIT_TEXT = {"subject": "by subject", "folds": "official folds", "image": "by image (leaky)"}
 FINETUNE_TEXT = {"full": "the whole network", "last": "last stage + head", "head": "head only"}
@@ -120,79 +116,10 @@ def default_models(finished: Sequence[runs.Run], dataset: str) -> list[runs.Run]
     return latest_per_backbone(on_active or finished)
 
 
-@dataclass
-class _Launch:
-    time: float
-    proc: subprocess.Popen
-
-
-# Launches by this server process: a just-launched run has no status until its process starts, and
-# every session (tab, refresh) of this server must see it as starting rather than launch it again.
-_LAUNCHES: dict[Path, _Launch] = {}
-_LAUNCH_LOCK = threading.Lock()
-
-
-def _log_tail(run: runs.Run, lines: int = 8) -> str:
-    try:
-        text = (run.dir / LOG).read_text(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.strip().splitlines()[-lines:])
-
-
-def live_status(run: runs.Run) -> dict:
-    """runs.Run.status, plus 'starting' for a run this server just launched whose process has not
-    written its status yet, and 'failed' (with the log's tail) for one whose process died before that."""
-    for other in _LAUNCHES.values():
-        other.proc.poll()  # reap ended children, so none lingers as a zombie
-    status = dict(run.status)
-    launch = _LAUNCHES.get(run.dir)
-    if launch is None or status.get("updated", 0) >= launch.time:
-        return status
-    if launch.proc.poll() is None:
-        return {**status, "state": "starting", "error": None}
-    if run.is_locked():  # another process trains it (the launched one found it locked and left)
-        return status
-    tail = _log_tail(run)
-    return {**status, "state": "failed",
-            "error": f"the training process exited (status {launch.proc.returncode}) before starting"
-                     + (f":\n{tail}" if tail else "")}
-
-
 def gpu_count() -> int:
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-def start(run: runs.Run, resume: bool = False, nproc: int = 1) -> bool:
-    """Launch the training process unless this run is already starting, queued or running.
-
-    nproc > 1 launches through torchrun, one process per GPU. Returns True when a process was started;
-    False means attach to the one that runs it.
-    """
-    with _LAUNCH_LOCK:
-        if live_status(run)["state"] in ACTIVE_STATES:
-            return False
-        proc = runs.launch(run, resume=resume, nproc=nproc)
-        if proc is None:
-            return False
-        _LAUNCHES[run.dir] = _Launch(time.time(), proc)
-        return True
-
-
-def retrain(run: runs.Run, nproc: int = 1) -> bool:
-    """Retrain a configuration on purpose: its previous results are archived (moved aside), then launched."""
-    with _LAUNCH_LOCK:
-        if live_status(run)["state"] in ACTIVE_STATES:
-            return False
-        runs.archive(run)
-        _LAUNCHES.pop(run.dir, None)
-    return start(run, nproc=nproc)
-
-
-def can_resume(run: runs.Run) -> bool:
-    return (run.dir / RESUME).exists()
 
 
 @dataclass
@@ -230,8 +157,8 @@ def backbone_cards(dataset: str, runs_dir: str | Path | None = None) -> list[Car
     cards = []
     for name, spec in backbones.BACKBONES.items():
         of_backbone = [r for r in mine if r.config.backbone == name]
-        statuses = [(r, live_status(r)) for r in of_backbone]
-        chosen = next(((r, s) for r, s in statuses if s["state"] in ACTIVE_STATES), None)
+        statuses = [(r, r.status) for r in of_backbone]
+        chosen = next(((r, s) for r, s in statuses if s["state"] in runs.ACTIVE), None)
         chosen = chosen or next(((r, s) for r, s in statuses if s["state"] == "finished"), None)
         chosen = chosen or next(((r, s) for r, s in statuses if s["state"] != "new"), None)
         if chosen is None:
@@ -239,7 +166,7 @@ def backbone_cards(dataset: str, runs_dir: str | Path | None = None) -> list[Car
             continue
         r, s = chosen
         m = r.final_metrics() if s["state"] == "finished" else {}
-        epochs_done = len(r.epochs()) if s["state"] in ACTIVE_STATES else int(s.get("epoch") or 0)
+        epochs_done = len(r.epochs()) if s["state"] in runs.ACTIVE else int(s.get("epoch") or 0)
         epochs = int(s.get("epochs") or r.config.epochs)
         cards.append(Card(name, spec.title, s["state"], r.run_id, epochs_done, epochs,
                           m.get("val_acc"), m.get("val_f1"), s.get("error")))

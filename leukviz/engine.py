@@ -23,7 +23,7 @@ from torch.utils.data import DistributedSampler
 from leukviz import backbones, data, events
 from leukviz.config import PREPROCESS_VERSION, RunConfig
 from leukviz.errors import LeukvizError
-from leukviz.layout import CHECKPOINT, FEATURE_CACHE, PREDICTIONS, RESUME, SIDECAR
+from leukviz.layout import CHECKPOINT, CONFIG, FEATURE_CACHE, PREDICTIONS, RESUME, SIDECAR
 from leukviz.metrics import weighted_f1
 from leukviz.storage import atomic_torch_save, atomic_write_bytes, atomic_write_files, json_bytes
 
@@ -418,13 +418,14 @@ def setup_training(cfg: RunConfig, model: nn.Module, train_x: torch.Tensor, trai
                       uses_feature_cache(cfg, d), train_x, train_y, steps_per_epoch)
 
 
-def setup(cfg: RunConfig, cache_dir: Path | None, device_pref: str = "auto",
-          log: Callable[[str], None] = print) -> TrainState:
+def setup(cfg: RunConfig, cache_dir: Path | None, device_pref: str = "auto", log: Callable[[str], None] = print,
+          fingerprint: str | None = None) -> TrainState:
     """Join the process group, open and split the dataset, read its cached images, build the model, and
-    set up what trains it (setup_training)."""
+    set up what trains it (setup_training). fingerprint: the dataset the run was created for; another one
+    (the files changed since) fails here, before any training."""
     d, device = init_distributed(device_pref)
     torch.manual_seed(cfg.seed)
-    ds, split, images, train_idx, val_idx = prepare_data(cfg, cache_dir, log)
+    ds, split, images, train_idx, val_idx = prepare_data(cfg, cache_dir, log, fingerprint)
     order = np.sort(train_idx)
     train_x = torch.from_numpy(np.ascontiguousarray(images[order]))
     train_y = torch.as_tensor(ds.index["label"].to_numpy()[order], dtype=torch.long)
@@ -703,9 +704,19 @@ def start_event(state: TrainState) -> dict:
             "time": time.time()}
 
 
-def prepare_data(cfg: RunConfig, cache_dir: Path | None, log: Callable[[str], None] = lambda s: None):
-    """Open the dataset, split it and read the cached images (decoding them once if needed)."""
+class DatasetChanged(LeukvizError, ValueError):
+    """The dataset a run opens is not the one it was created for (its fingerprint in config.json)."""
+
+
+def prepare_data(cfg: RunConfig, cache_dir: Path | None, log: Callable[[str], None] = lambda s: None,
+                 fingerprint: str | None = None):
+    """Open the dataset (checking it is the expected one, when a fingerprint is given), split it and read
+    the cached images (decoding them once if needed)."""
     ds = data.open_dataset(cfg.data, cache_dir)
+    if fingerprint is not None and ds.fingerprint != fingerprint:
+        raise DatasetChanged(f"the dataset {cfg.data} is not the one this run was created for: its fingerprint is "
+                             f"{ds.fingerprint[:12]} now, {fingerprint[:12]} in {CONFIG} (files were added, removed "
+                             "or changed). Start the configuration again to train on the data as it is now.")
     split = data.make_split(ds, cfg.split, cfg.val_fraction, cfg.seed, cfg.val_fold, cfg.n_folds)
     t = time.time()
     images, ok = data.image_cache(ds, cfg.image_size, cfg.crop, cache_dir)
@@ -722,13 +733,14 @@ def prepare_data(cfg: RunConfig, cache_dir: Path | None, log: Callable[[str], No
 
 def fit(cfg: RunConfig, run_dir: Path, emit: Emit, should_stop: Callable[[], bool] = lambda: False,
         cache_dir: Path | None = None, resume: bool = False, device_pref: str = "auto",
-        log: Callable[[str], None] = print) -> dict:
-    """Train one run into run_dir. Returns the kept epoch's validation metrics.
+        log: Callable[[str], None] = print, fingerprint: str | None = None) -> dict:
+    """Train one run into run_dir. Returns the kept epoch's validation metrics. fingerprint: the dataset the
+    run was created for (prepare_data checks it).
 
     Running out of device memory becomes OutOfMemory, whose message names the batch size and a smaller one.
     """
     try:
-        return _fit(cfg, run_dir, emit, should_stop, cache_dir, resume, device_pref, log)
+        return _fit(cfg, run_dir, emit, should_stop, cache_dir, resume, device_pref, log, fingerprint)
     except Exception as e:
         if not is_out_of_memory(e):
             raise
@@ -786,8 +798,8 @@ def save_cached_features(path: Path, feats: tuple[torch.Tensor, torch.Tensor], l
         log(f"could not keep the head-only features for the next run ({e.strerror or e}); this run is unaffected")
 
 def _fit(cfg: RunConfig, run_dir: Path, emit: Emit, should_stop: Callable[[], bool], cache_dir: Path | None,
-         resume: bool, device_pref: str, log: Callable[[str], None]) -> dict:
-    state = setup(cfg, cache_dir, device_pref, log)
+         resume: bool, device_pref: str, log: Callable[[str], None], fingerprint: str | None) -> dict:
+    state = setup(cfg, cache_dir, device_pref, log, fingerprint)
     resume_path, main = run_dir / RESUME, state.dist.main
     if resume and resume_path.exists():
         restore(state, resume_path, log)

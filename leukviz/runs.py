@@ -23,8 +23,12 @@ from leukviz.config import RunConfig
 from leukviz.errors import LeukvizError
 from leukviz.storage import append_jsonl, atomic_write_json, read_json, read_jsonl
 
+# The states a trainer writes into status.json. Reading a run's status (read_status) adds two: "new" (never
+# started) and "starting" (a process was launched for it and has not taken the run yet). Nothing else.
 STATES = ("queued", "running", "finished", "failed", "stopped", "interrupted")
-ACTIVE = ("queued", "running")
+ACTIVE = ("starting", "queued", "running")  # a process has the run, or is about to: attach, never launch again
+RESUMABLE = ("stopped", "interrupted")
+PLANS = ("cached", "attach", "resume", "train")
 LAUNCH_GRACE = 120.0  # seconds a launched process may take to start (import torch) and take the run lock
 
 
@@ -66,19 +70,7 @@ class Run:
 
     @property
     def status(self) -> dict:
-        st = read_json(self.dir / layout.STATUS, None)
-        if not isinstance(st, dict) or st.get("state") not in STATES:
-            # Never started, or the status file was lost (a power cut): progress on disk means cut short.
-            started = (self.dir / layout.METRICS).exists() or (self.dir / layout.RESUME).exists()
-            st = ({"state": "interrupted", "error": f"{layout.STATUS} is missing or damaged"} if started
-                  else {"state": "new"})
-        if st["state"] != "finished" and not self.is_locked():
-            if _launch_pending(self):  # launched, still starting: not dead, and not to be launched again
-                st = {**st, "state": "queued", "error": None}
-            elif st["state"] in ACTIVE:
-                st = {**st, "state": "interrupted",
-                      "error": st.get("error") or "the training process ended without finishing (killed?)"}
-        return st
+        return read_status(self)
 
     @property
     def state(self) -> str:
@@ -109,6 +101,69 @@ class Run:
 
     def final_metrics(self) -> dict:
         return read_json(self.dir / layout.SIDECAR, {}).get("metrics", {})
+
+    @property
+    def can_resume(self) -> bool:
+        return (self.dir / layout.RESUME).exists()
+
+
+def _recorded_status(run: Run) -> dict:
+    """status.json as the trainer wrote it; never started, or the file lost (a power cut), otherwise."""
+    st = read_json(run.dir / layout.STATUS, None)
+    if isinstance(st, dict) and st.get("state") in STATES:
+        return st
+    started = (run.dir / layout.METRICS).exists() or (run.dir / layout.RESUME).exists()  # progress on disk: cut short
+    return {"state": "interrupted", "error": f"{layout.STATUS} is missing or damaged"} if started else {"state": "new"}
+
+
+def read_status(run: Run) -> dict:
+    """The run's status, the one read every caller makes: status.json, checked against who holds the run.
+
+    A launched process that has not written its status yet is "starting" (or "failed", with the log's tail,
+    when this process launched it and it has already exited); an active state nobody holds the lock of any
+    more is "interrupted" (the trainer was killed).
+    """
+    for other in list(_LAUNCHES.values()):
+        other.proc.poll()  # reap ended children, so none lingers as a zombie
+    st = _recorded_status(run)
+    mine = _LAUNCHES.get(run.dir)
+    if mine is not None and st.get("updated", 0) < mine.time:  # launched here, its status not written yet
+        if mine.proc.poll() is None:
+            return {**st, "state": "starting", "error": None}
+        if run.is_locked():  # another process trains it (the launched one found it taken and left)
+            return st
+        tail = _log_tail(run)
+        return {**st, "state": "failed",
+                "error": f"the training process exited (status {mine.proc.returncode}) before starting"
+                         + (f":\n{tail}" if tail else "")}
+    if st["state"] != "finished" and not run.is_locked():
+        if _launch_pending(run):  # launched (by any process), still starting: not dead, not to launch again
+            return {**st, "state": "starting", "error": None}
+        if st["state"] in ACTIVE:
+            return {**st, "state": "interrupted",
+                    "error": st.get("error") or "the training process ended without finishing (killed?)"}
+    return st
+
+
+def _log_tail(run: Run, lines: int = 8) -> str:
+    try:
+        text = (run.dir / layout.LOG).read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def plan(run: Run, status: dict | None = None) -> str:
+    """What starting this run does now, one of PLANS: "cached" (finished: show it), "attach" (a process has
+    it or is starting it), "resume" (stopped or interrupted, with a resumable state) or "train"."""
+    state = (status or run.status)["state"]
+    if state == "finished":
+        return "cached"
+    if state in ACTIVE or run.is_locked():
+        return "attach"
+    if state in RESUMABLE and run.can_resume:
+        return "resume"
+    return "train"
 
 
 def run_for(cfg: RunConfig, runs_dir: str | Path | None = None, fingerprint: str | None = None) -> Run:
@@ -169,34 +224,86 @@ def _truncate_after(run: Run, epoch: int, step: int) -> None:
     atomic_write_bytes(run.dir / layout.METRICS, "".join(json.dumps(e) + "\n" for e in keep).encode())
 
 
+def _file_log(run: Run, console: Callable[[str], None]) -> Callable[[str], None]:
+    """A log that also appends to the run's train.log (a launched process's output already goes there)."""
+    def log(msg: str) -> None:
+        console(msg)
+        with contextlib.suppress(OSError), open(run.dir / layout.LOG, "a", encoding="utf-8") as fh:
+            fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
+    return log
+
+
+@contextlib.contextmanager
+def _stop_signals(flag: dict) -> Iterator[None]:
+    """SIGTERM and SIGINT set flag["stop"] (the loop stops after the batch) while training. Only the main
+    thread may set handlers; they are put back afterwards, so a caller that goes on (a test, a CLI attaching
+    to another trainer) keeps its Ctrl-C."""
+    previous: dict = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, lambda signum, frame: flag.__setitem__("stop", True))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _prepare_folder(run: Run, resume: bool) -> bool:
+    """Before training: temporary files of cut-short writes go, and the metrics keep exactly what the
+    resumable state covers (or start empty). Returns whether the run resumes."""
+    for leftover in run.dir.glob(".*.*"):
+        if leftover.name.startswith(tuple(f".{name}." for name in layout.TRAINER_FILES)):
+            leftover.unlink(missing_ok=True)
+    resume = resume and run.can_resume
+    if resume:
+        from leukviz import engine
+
+        st = engine.load_resume_state(run.dir / layout.RESUME)
+        _truncate_after(run, int(st["epoch"]), int(st["step"]))
+    else:
+        (run.dir / layout.METRICS).unlink(missing_ok=True)
+    return resume
+
+
+def _record_failure(run: Run, e: BaseException, log: Callable[[str], None]) -> None:
+    """The failure in status.json as one line for the user; the traceback in train.log."""
+    if isinstance(e, LeukvizError):  # written for the user: shown as it is
+        msg = str(e)
+    else:
+        msg = f"{e.__class__.__name__}: {e}" if str(e) else e.__class__.__name__
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        msg = (f"{e.strerror} while writing the run files in {run.dir.parent}: free some disk space, "
+               "then resume the run (its last complete checkpoint is intact)")
+    with contextlib.suppress(OSError):
+        with open(run.dir / layout.LOG, "a", encoding="utf-8") as fh:
+            fh.write(traceback.format_exc())
+    try:
+        write_status(run, "failed", error=msg)
+    except OSError as status_error:  # the disk may be full: the log still holds the reason
+        log(f"could not record the failure in {layout.STATUS}: {status_error}")
+
+
 def train(run: Run, resume: bool = False, device: str = "auto", log: Callable[[str], None] = print,
           emit_hook: Callable[[dict], None] | None = None) -> dict:
     """Train this run in this process: take the run lock, wait for the device, fit, record the outcome.
 
-    Under torchrun only rank 0 touches the run folder; every rank trains.
+    Under torchrun only rank 0 touches the run folder; every rank trains. The dataset the trainer opens
+    must be the one the run was created for (its fingerprint in config.json), else the run fails saying so.
     """
     from leukviz import engine
 
     rank = int(os.environ.get("RANK", "0"))
-    cfg = run.config
+    cfg, fingerprint = run.config, run.info.get("dataset_fingerprint")
     stop_file = run.dir / layout.STOP
     launch_info = read_json(run.dir / layout.LAUNCH, None)
     launched = isinstance(launch_info, dict) and launch_info.get("pid") in (os.getpid(), os.getppid())
-    previous_handlers: dict = {}
-    stop = {"flag": False}
-    if rank == 0 and not launched:  # a launched process's output already goes to train.log
-        console = log
-
-        def log(msg: str) -> None:
-            console(msg)
-            with contextlib.suppress(OSError), open(run.dir / layout.LOG, "a", encoding="utf-8") as fh:
-                fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
-
-    def on_signal(signum, frame):  # noqa: ARG001
-        stop["flag"] = True
+    flag = {"stop": False}
+    if rank == 0 and not launched:
+        log = _file_log(run, log)
 
     def should_stop() -> bool:
-        return stop["flag"] or stop_file.exists()
+        return flag["stop"] or stop_file.exists()
 
     def emit(ev: dict) -> None:
         append_jsonl(run.dir / layout.METRICS, ev)
@@ -205,74 +312,40 @@ def train(run: Run, resume: bool = False, device: str = "auto", log: Callable[[s
         if emit_hook:
             emit_hook(ev)
 
-    def restore_signals() -> None:
-        for sig, handler in previous_handlers.items():
-            signal.signal(sig, handler)
-
-    # Only the main thread may set handlers; they are put back afterwards, so a caller that goes on (a
-    # test, a CLI attaching to another trainer) keeps its Ctrl-C.
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            previous_handlers[sig] = signal.signal(sig, on_signal)
-    if rank != 0:
+    with _stop_signals(flag):
+        if rank != 0:
+            return engine.fit(cfg, run.dir, lambda e: None, should_stop, cache_root(), resume, device, log,
+                              fingerprint)
+        lock = run.lock()
         try:
-            return engine.fit(cfg, run.dir, lambda e: None, should_stop, cache_root(), resume, device, log)
+            lock.acquire(timeout=3)
+        except Timeout:
+            raise AlreadyRunning(f"run {run.run_id} is already being trained by another process") from None
+        try:
+            if not launched:  # launch() cleared old Stops; one sent while this process started must hold
+                stop_file.unlink(missing_ok=True)
+            finished = read_json(run.dir / layout.STATUS, {}).get("state") == "finished" and run.has_checkpoint
+            if finished and not resume:
+                # Another process finished it between our caller's cache check and our lock: don't train twice.
+                log(f"run {run.run_id} is already finished")
+                return run.final_metrics()
+            resume = _prepare_folder(run, resume)
+            write_status(run, "queued", error=None, epoch=0, epochs=cfg.epochs,
+                         world_size=int(os.environ.get("WORLD_SIZE", 1)))
+            with _device_slot(run, device, should_stop):
+                write_status(run, "running")
+                t0 = time.time()
+                result = engine.fit(cfg, run.dir, emit, should_stop, cache_root(), resume, device, log, fingerprint)
+            write_status(run, "finished", metrics=result, seconds=time.time() - t0)
+            return result
+        except engine.Stopped as e:
+            write_status(run, "stopped", error=str(e))
+            raise
+        except BaseException as e:
+            _record_failure(run, e, log)
+            raise
         finally:
-            restore_signals()
-
-    lock = run.lock()
-    try:
-        lock.acquire(timeout=3)
-    except Timeout:
-        restore_signals()
-        raise AlreadyRunning(f"run {run.run_id} is already being trained by another process") from None
-    try:
-        if not launched:  # launch() cleared old Stops; one sent while this process started must hold
-            stop_file.unlink(missing_ok=True)
-        finished = read_json(run.dir / layout.STATUS, {}).get("state") == "finished" and run.has_checkpoint
-        if finished and not resume:
-            # Another process finished it between our caller's cache check and our lock: don't train twice.
-            log(f"run {run.run_id} is already finished")
-            return run.final_metrics()
-        for leftover in run.dir.glob(".*.*"):  # temporary files of writes that a crash cut short
-            if leftover.name.startswith(tuple(f".{name}." for name in layout.TRAINER_FILES)):
-                leftover.unlink(missing_ok=True)
-        resume = resume and (run.dir / layout.RESUME).exists()
-        if resume:
-            st = engine.load_resume_state(run.dir / layout.RESUME)
-            _truncate_after(run, int(st["epoch"]), int(st["step"]))
-        else:
-            (run.dir / layout.METRICS).unlink(missing_ok=True)
-        write_status(run, "queued", error=None, epoch=0, epochs=cfg.epochs,
-                     world_size=int(os.environ.get("WORLD_SIZE", 1)))
-        with _device_slot(run, device, should_stop):
-            write_status(run, "running")
-            t0 = time.time()
-            result = engine.fit(cfg, run.dir, emit, should_stop, cache_root(), resume, device, log)
-        write_status(run, "finished", metrics=result, seconds=time.time() - t0)
-        return result
-    except engine.Stopped as e:
-        write_status(run, "stopped", error=str(e))
-        raise
-    except BaseException as e:
-        if isinstance(e, LeukvizError):  # written for the user: shown as it is
-            msg = str(e)
-        else:
-            msg = f"{e.__class__.__name__}: {e}" if str(e) else e.__class__.__name__
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            msg = (f"{e.strerror} while writing the run files in {run.dir.parent}: free some disk space, "
-                   "then resume the run (its last complete checkpoint is intact)")
-        with contextlib.suppress(OSError):  # the details go to train.log; the console gets one line
-            with open(run.dir / layout.LOG, "a", encoding="utf-8") as fh:
-                fh.write(traceback.format_exc())
-        try:
-            write_status(run, "failed", error=msg)
-        except OSError as status_error:  # the disk may be full: the log still holds the reason
-            log(f"could not record the failure in {layout.STATUS}: {status_error}")
-        raise
-    finally:
-        lock.release()
-        restore_signals()
+            lock.release()
 
 
 class _device_slot:
@@ -324,6 +397,42 @@ def launch(run: Run, resume: bool = False, device: str = "auto", nproc: int = 1,
             return proc
     except Timeout:
         return None
+
+
+@dataclass
+class _Launch:
+    time: float
+    proc: subprocess.Popen
+
+
+# Launches by this process (the dashboard's server): every session (tab, refresh) of it must see a
+# just-launched run as starting rather than launch it again, and learn when its process died at once.
+_LAUNCHES: dict[Path, _Launch] = {}
+_LAUNCHES_LOCK = threading.Lock()
+
+
+def start(run: Run, resume: bool = False, nproc: int = 1) -> bool:
+    """Launch the training process unless this run is already starting, queued or running, and keep it
+    supervised (read_status). nproc > 1 launches through torchrun, one process per GPU. Returns True when a
+    process was started; False means attach to the one that runs it."""
+    with _LAUNCHES_LOCK:
+        if run.state in ACTIVE:
+            return False
+        proc = launch(run, resume=resume, nproc=nproc)
+        if proc is None:
+            return False
+        _LAUNCHES[run.dir] = _Launch(time.time(), proc)
+        return True
+
+
+def retrain(run: Run, nproc: int = 1) -> bool:
+    """Retrain a configuration on purpose: its previous results are archived (moved aside), then launched."""
+    with _LAUNCHES_LOCK:
+        if run.state in ACTIVE:
+            return False
+        archive(run)
+        _LAUNCHES.pop(run.dir, None)
+    return start(run, nproc=nproc)
 
 
 def _spawn(run: Run, resume: bool, device: str, nproc: int, env: dict[str, str] | None) -> subprocess.Popen:

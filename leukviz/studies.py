@@ -34,11 +34,12 @@ def ensure_trained(cfg: RunConfig, runs_dir: str | Path | None = None, log: Log 
     process is training it). Raises StudyError if it does not finish."""
     run = runs.run_for(cfg, runs_dir)
     what = f"{cfg.backbone} split={cfg.split} ({run.run_id})"
-    if run.state == "finished":
+    action = runs.plan(run)
+    if action == "cached":
         log(f"{what}: cached")
         return run
     failure: Exception | None = None
-    if run.is_locked():
+    if action == "attach":
         log(f"{what}: being trained by another process, waiting for it")
         for ev in runs.follow(run):
             if progress:
@@ -46,8 +47,7 @@ def ensure_trained(cfg: RunConfig, runs_dir: str | Path | None = None, log: Log 
     else:
         log(f"{what}: training")
         try:
-            runs.train(run, resume=run.state in ("stopped", "interrupted"), device=device, log=log,
-                       emit_hook=progress)
+            runs.train(run, resume=action == "resume", device=device, log=log, emit_hook=progress)
         except runs.AlreadyRunning:
             for ev in runs.follow(run):
                 if progress:

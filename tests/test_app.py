@@ -223,13 +223,13 @@ def test_train_starts_a_run_which_stops_and_offers_resume(app, tiny_data):
     assert run.config.epochs == 2
     assert len(at.get("progress")) == 1  # the live panel is drawn, polling
     deadline = time.time() + 90
-    while dashboard.live_status(run)["state"] not in ("running", "finished") and time.time() < deadline:
+    while run.state not in ("running", "finished") and time.time() < deadline:
         time.sleep(0.5)
     at.run()
     stop = next(b for b in at.button if b.label in ("Stop", "Stopping…"))
     if run.state == "running":
         stop.click().run()
-    launch = dashboard._LAUNCHES[run.dir]
+    launch = runs._LAUNCHES[run.dir]
     launch.proc.wait(timeout=120)
     assert run.state in ("stopped", "finished")
     at.run()

@@ -139,20 +139,20 @@ def test_progress_before_any_event():
 
 # ---------------------------------------------------------------------------------------------- run states
 
-def test_live_status_starting_then_dead_before_writing(tmp_path, monkeypatch):
+def test_read_status_starting_then_dead_before_writing(tmp_path, monkeypatch):
     run = make_run(tmp_path, state=None, with_predictions=False)
-    assert dashboard.live_status(run)["state"] == "new"
-    monkeypatch.setitem(dashboard._LAUNCHES, run.dir, dashboard._Launch(time.time(), FakeProc(None)))
-    assert dashboard.live_status(run)["state"] == "starting"
-    assert dashboard.start(run) is False  # never launched twice
+    assert run.state == "new"
+    monkeypatch.setitem(runs._LAUNCHES, run.dir, runs._Launch(time.time(), FakeProc(None)))
+    assert run.state == "starting"
+    assert runs.start(run) is False  # never launched twice
     (run.dir / "train.log").write_text("Traceback...\nImportError: no module named x\n")
-    monkeypatch.setitem(dashboard._LAUNCHES, run.dir, dashboard._Launch(time.time(), FakeProc(1)))
-    st = dashboard.live_status(run)
+    monkeypatch.setitem(runs._LAUNCHES, run.dir, runs._Launch(time.time(), FakeProc(1)))
+    st = run.status
     assert st["state"] == "failed" and "ImportError" in st["error"]
     # once the process writes its own status, that is the truth
-    monkeypatch.setitem(dashboard._LAUNCHES, run.dir, dashboard._Launch(time.time() - 60, FakeProc(0)))
+    monkeypatch.setitem(runs._LAUNCHES, run.dir, runs._Launch(time.time() - 60, FakeProc(0)))
     runs.write_status(run, "stopped", error="stopped at epoch 1")
-    assert dashboard.live_status(run)["state"] == "stopped"
+    assert run.state == "stopped"
 
 
 def test_start_attaches_instead_of_launching_a_locked_run(tmp_path, monkeypatch):
@@ -162,22 +162,22 @@ def test_start_attaches_instead_of_launching_a_locked_run(tmp_path, monkeypatch)
     lock = run.lock()
     lock.acquire()
     try:
-        assert dashboard.live_status(run)["state"] == "running"
-        assert dashboard.start(run) is False
+        assert run.state == "running"
+        assert runs.start(run) is False
     finally:
         lock.release()
     assert launched == []
-    assert dashboard.live_status(run)["state"] == "interrupted"  # nobody holds the lock any more
+    assert run.state == "interrupted"  # nobody holds the lock any more
 
 
 def test_retrain_archives_then_launches(tmp_path, monkeypatch):
     run = make_run(tmp_path)
     monkeypatch.setattr(runs, "launch", lambda run, resume=False, nproc=1: FakeProc(None))
-    assert dashboard.retrain(run) is True
+    assert runs.retrain(run) is True
     assert not (run.dir / "model.safetensors").exists()
     assert (run.dir / "config.json").exists()
     assert any((tmp_path / ".archive").iterdir())
-    assert dashboard.live_status(run)["state"] == "starting"
+    assert run.state == "starting"
 
 
 def test_backbone_cards(tmp_path):

@@ -783,8 +783,8 @@ def test_two_launches_start_one_process_that_outlives_the_server(micro, tmp_path
     assert parent.returncode == -signal.SIGKILL, parent.stderr
     report = json.loads(parent.stdout.strip().splitlines()[-1])
     assert len(report["started"]) == 1, "the second click attached instead of starting another process"
-    assert report["state"] in ("queued", "running") and report["child_sid"] != report["sid"]
-    assert run.state in ("queued", "running", "finished"), "a starting run is neither new nor interrupted"
+    assert report["state"] in ("starting", "queued", "running") and report["child_sid"] != report["sid"]
+    assert run.state in ("starting", "queued", "running", "finished"), "a starting run is neither new nor interrupted"
     _wait_for(lambda: run.state == "finished" and not run.is_locked(), "the orphaned run to finish", poll=0.2)
     ev = _check_continuous_history(run, 2)
     assert [e["type"] for e in ev if e["type"] in ("start", "resume")] == ["start"]

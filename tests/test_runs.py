@@ -141,3 +141,33 @@ def test_select_best_keeps_the_best_epoch(tiny_data, tmp_path):
     f1s = [e["val_f1"] for e in run.epochs()]
     meta = json.loads((run.dir / "model.json").read_text())
     assert meta["epoch"] == 1 + int(np.argmax(f1s)) and meta["metrics"]["val_f1"] == max(f1s)
+
+
+def test_plan_says_what_starting_a_run_does(tiny_data, tmp_path):
+    run = runs.run_for(tiny_cfg(tiny_data, seed=21), tmp_path, fingerprint="fp")
+    assert run.state == "new" and runs.plan(run) == "train"
+    runs.write_status(run, "stopped", error="stopped at epoch 1")
+    assert runs.plan(run) == "train"  # nothing to resume from
+    (run.dir / "last.pt").write_bytes(b"")
+    assert runs.plan(run) == "resume"
+    runs.write_status(run, "failed", error="boom")
+    assert runs.plan(run) == "train"
+    lock = run.lock()
+    lock.acquire()
+    try:
+        runs.write_status(run, "running")
+        assert runs.plan(run) == "attach"
+    finally:
+        lock.release()
+    runs.write_status(run, "finished")
+    assert runs.plan(run) == "cached"
+    assert set(runs.PLANS) == {"cached", "attach", "resume", "train"}
+
+
+def test_the_trainer_refuses_a_dataset_that_is_not_the_runs(tiny_data, tmp_path):
+    run = runs.run_for(tiny_cfg(tiny_data, seed=22), tmp_path, fingerprint="0123456789abcdef")
+    with pytest.raises(engine.DatasetChanged):
+        runs.train(run, log=lambda s: None)
+    assert run.state == "failed"
+    assert "not the one this run was created for" in run.status["error"]
+    assert "0123456789ab" in run.status["error"] and not (run.dir / "model.safetensors").exists()

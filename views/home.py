@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from leukviz import dashboard
+from leukviz import dashboard, runs
 from views._common import active_dataset, device_text
 
 st.title("leukviz")
@@ -19,14 +19,14 @@ right.metric("Device", dashboard.plain(device_text()), border=True)
 
 st.subheader("Backbones")
 cards = dashboard.backbone_cards(dataset)
-any_active = any(c.state in dashboard.ACTIVE_STATES for c in cards)
+any_active = any(c.state in runs.ACTIVE for c in cards)
 
 
 @st.fragment(run_every=2.0 if any_active else None)
 def backbone_cards(polling: bool) -> None:
     """A card per backbone; refreshed every 2 s while one of them trains."""
     cards = dashboard.backbone_cards(dataset)
-    if polling and not any(c.state in dashboard.ACTIVE_STATES for c in cards):
+    if polling and not any(c.state in runs.ACTIVE for c in cards):
         st.rerun()  # the whole page, so the refreshing stops
     for col, card in zip(st.columns(len(cards)), cards):
         with col.container(border=True):
@@ -36,7 +36,7 @@ def backbone_cards(polling: bool) -> None:
                 a, b = st.columns(2)
                 a.metric("Val. accuracy", f"{card.val_acc:.1%}" if card.val_acc is not None else "–")
                 b.metric("Weighted F1", f"{card.val_f1:.3f}" if card.val_f1 is not None else "–")
-            elif card.state in dashboard.ACTIVE_STATES and card.epochs:
+            elif card.state in runs.ACTIVE and card.epochs:
                 st.progress(min(1.0, card.epoch / card.epochs))
             elif card.error:
                 st.caption(dashboard.plain(card.error.splitlines()[0][:200]))

@@ -102,7 +102,7 @@ with st.expander("Every setting of this run"):
 
 ds = require_dataset()
 existing = dashboard.find_run(cfg, ds.fingerprint)
-known = dashboard.live_status(existing)["state"] if existing else "new"
+known = existing.state if existing else "new"
 hint = {"finished": "This exact configuration already finished: Start shows its results at once (cached).",
         "running": "This configuration is training right now: Start attaches to it.",
         "queued": "This configuration is queued: Start attaches to it.",
@@ -112,20 +112,18 @@ hint = {"finished": "This exact configuration already finished: Start shows its 
 if st.button("Start training", type="primary", icon=":material/play_arrow:"):
     run = runs.run_for(cfg, fingerprint=ds.fingerprint)
     st.query_params["run"] = run.run_id
-    state = dashboard.live_status(run)["state"]
-    if state == "finished":
+    action = runs.plan(run)
+    if action == "cached":
         st.session_state.setdefault("cached_runs", set()).add(run.run_id)
-    elif state in ("stopped", "interrupted") and dashboard.can_resume(run):
-        dashboard.start(run, resume=True, nproc=nproc)
-    elif state not in dashboard.ACTIVE_STATES:
-        dashboard.start(run, nproc=nproc)
+    elif action in ("resume", "train"):
+        runs.start(run, resume=action == "resume", nproc=nproc)
 elif hint and st.query_params.get("run") != existing.run_id:
     st.caption(hint)
 
 # ---- the attached run: from the URL, so a refresh or a second tab shows the same one
 run_id = st.query_params.get("run")
 in_progress = [r for r in dashboard.all_runs()
-               if dashboard.live_status(r)["state"] in dashboard.ACTIVE_STATES]
+               if r.state in runs.ACTIVE]
 if not run_id and in_progress:
     run_id = in_progress[0].run_id
     st.query_params["run"] = run_id
@@ -145,26 +143,26 @@ if others:
         st.markdown("**Other runs in progress** (one trains at a time per device; the rest wait, queued)")
         for r in others:
             a, b = st.columns([4, 1])
-            a.markdown(f"{dashboard.plain(dashboard.run_name(r))}: {dashboard.live_status(r)['state']}")
+            a.markdown(f"{dashboard.plain(dashboard.run_name(r))}: {r.state}")
             if b.button("Show", key=f"show_{r.run_id}"):
                 st.query_params["run"] = r.run_id
                 st.rerun()
 
 st.divider()
-first_state = dashboard.live_status(run)["state"]
+first_state = run.state
 
 
-@st.fragment(run_every=POLL_SECONDS if first_state in dashboard.ACTIVE_STATES else None)
+@st.fragment(run_every=POLL_SECONDS if first_state in runs.ACTIVE else None)
 def run_panel(run: runs.Run, polling: bool) -> None:
     """Re-reads the run folder every second while the run is active; a full rerun when that ends."""
-    status = dashboard.live_status(run)
+    status = run.status
     state = status["state"]
-    if polling and state not in dashboard.ACTIVE_STATES:
+    if polling and state not in runs.ACTIVE:
         st.rerun()  # the whole page: polling stops and the result's buttons appear
     st.subheader(f"Run {run.run_id} · {dashboard.backbone_title(run.config.backbone)}")
     st.caption(dashboard.plain(dashboard.describe_config(run.config)))
     events = run.events()
-    if state in dashboard.ACTIVE_STATES:
+    if state in runs.ACTIVE:
         p = dashboard.progress(events)
         label = {"starting": "Starting the training process…",
                  "queued": "Queued: waiting for the device (another run is training)…"}.get(state, p.text)
@@ -191,12 +189,12 @@ def run_panel(run: runs.Run, polling: bool) -> None:
         mid.page_link("views/compare.py", label="Compare backbones", icon=":material/compare:")
         if right.button("Retrain from scratch", icon=":material/restart_alt:", key=f"retrain_{run.run_id}"):
             st.session_state.get("cached_runs", set()).discard(run.run_id)
-            dashboard.retrain(run, nproc=nproc)
+            runs.retrain(run, nproc=nproc)
             st.rerun()
     elif state == "new":
         st.info("This run has not started.")
         if st.button("Start it", key=f"begin_{run.run_id}"):
-            dashboard.start(run, nproc=nproc)
+            runs.start(run, nproc=nproc)
             st.rerun()
     else:
         text = status.get("error") or "no error text was recorded"
@@ -208,14 +206,14 @@ def run_panel(run: runs.Run, polling: bool) -> None:
                        icon=":material/pause_circle:")
         st.code(text, language=None, wrap_lines=True)
         left, right = st.columns(2)
-        if dashboard.can_resume(run) and left.button("Resume", icon=":material/play_arrow:",
+        if run.can_resume and left.button("Resume", icon=":material/play_arrow:",
                                                      key=f"resume_{run.run_id}"):
-            dashboard.start(run, resume=True, nproc=nproc)
+            runs.start(run, resume=True, nproc=nproc)
             st.rerun()
         if right.button("Retry from scratch", icon=":material/restart_alt:", key=f"retry_{run.run_id}"):
-            dashboard.start(run, nproc=nproc)
+            runs.start(run, nproc=nproc)
             st.rerun()
     st.plotly_chart(charts.training_curves(events), key=f"curves_{run.run_id}")
 
 
-run_panel(run, first_state in dashboard.ACTIVE_STATES)
+run_panel(run, first_state in runs.ACTIVE)
