@@ -1,4 +1,5 @@
-"""The backbone registry: each entry ties a torchvision builder to its weights, head, CAM layer and preprocessing."""
+"""The backbone registry: each entry holds every fact about one backbone (torchvision builder, weights, head,
+last stage, CAM layer and stride, training recipe, colour, title), and build_model is the one way to build it."""
 
 from __future__ import annotations
 
@@ -33,8 +34,15 @@ class BackboneSpec:
     head: str  # dotted path of the final Linear layer, replaced for our classes
     last_stage: tuple[str, ...]  # module prefixes trained with finetune="last" (plus the head)
     cam_layer: str  # dotted path of the layer Grad-CAM hooks
+    cam_stride: int  # input pixels per cell of the CAM layer's map (its resolution: image side / stride)
+    color: str  # its line in every chart
     pretrained_kwargs: dict[str, Any] = field(default_factory=dict)  # with weights=<enum>
     scratch_kwargs: dict[str, Any] = field(default_factory=dict)  # with weights=None
+    # The recipe: what this backbone changes in config.preset_defaults' settings, for the paper preset, and
+    # for the quick and full presets with pretrained weights or from scratch.
+    paper_recipe: dict[str, Any] = field(default_factory=dict)
+    pretrained_recipe: dict[str, Any] = field(default_factory=dict)
+    scratch_recipe: dict[str, Any] = field(default_factory=dict)
 
     @property
     def builder(self) -> Callable[..., "nn.Module"]:
@@ -68,24 +76,30 @@ def register(spec: BackboneSpec) -> BackboneSpec:
 
 register(BackboneSpec(
     name="resnet50", title="ResNet50", builder_name="resnet50", weights_name="ResNet50_Weights.DEFAULT",
-    head="fc", last_stage=("layer4",), cam_layer="layer4",
+    head="fc", last_stage=("layer4",), cam_layer="layer4", cam_stride=32, color="#636EFA",
 ))
 # GoogLeNet's ImageNet weights expect transform_input=True (they were trained with a different
 # normalisation, which the model re-applies itself); with weights torchvision drops the auxiliary
 # classifiers itself, and from scratch we drop them too (aux_logits=False): one head, one output.
 register(BackboneSpec(
     name="googlenet", title="GoogLeNet", builder_name="googlenet", weights_name="GoogLeNet_Weights.DEFAULT",
-    head="fc", last_stage=("inception5a", "inception5b"), cam_layer="inception5b",
+    head="fc", last_stage=("inception5a", "inception5b"), cam_layer="inception5b", cam_stride=32, color="#00CC96",
     pretrained_kwargs={"transform_input": True},
     scratch_kwargs={"aux_logits": False, "transform_input": False, "init_weights": True},
 ))
 # VGG16's CAM hooks the ReLU after the last conv (features.29), not the conv (features.28): that ReLU is
 # in place, so a hook on the conv saw post-ReLU activations on CPU (shared storage) but pre-ReLU ones on
 # CUDA (copied first), each paired with pre-ReLU gradients. The ReLU's own output is one consistent tensor.
+# Its recipe: the seed paper trained it 4 epochs with Adam 3e-3; pretrained it takes a gentler rate; from
+# scratch (no batch norm) it stays at the majority class with Adam 1e-3 on C-NMC-like data, so it gets SGD
+# with momentum.
 register(BackboneSpec(
     name="vgg16", title="VGG16", builder_name="vgg16", weights_name="VGG16_Weights.DEFAULT",
     head="classifier.6", last_stage=("features.24", "features.26", "features.28", "classifier"),
-    cam_layer="features.29",
+    cam_layer="features.29", cam_stride=16, color="#EF553B",
+    paper_recipe={"epochs": 4, "optimizer": "adam", "lr": 3e-3},
+    pretrained_recipe={"lr": 1e-4},
+    scratch_recipe={"optimizer": "sgd", "lr": 1e-2, "momentum": 0.9, "weight_decay": 5e-4},
 ))
 
 
@@ -191,19 +205,21 @@ def _load_file_weights(model: nn.Module, spec: BackboneSpec, path: Path) -> None
     model.load_state_dict(usable, strict=False)
 
 
-def build_model(name: str, num_classes: int, weights: str = "none") -> nn.Module:
-    """Build a backbone: ImageNet weights first (torchvision refuses num_classes with weights), then the head."""
+def build_model(name: str, num_classes: int, weights: str = "none", arch: dict[str, Any] | None = None) -> nn.Module:
+    """Build a backbone with a head for num_classes: the one build path of training and inference.
+
+    weights: "imagenet" (loaded first: torchvision refuses num_classes with weights, so the head is replaced
+    after), "none" (from scratch) or a file (our own checkpoint, head fitting, or an ImageNet-style
+    state_dict, head dropped). arch: the builder arguments of a recorded architecture (a checkpoint's
+    build_kwargs, rebuilt without weights); by default those the weights choice needs.
+    """
     spec = get_spec(name)
     if weights == "imagenet":
         model = _load_imagenet(spec)
-        _replace_head(model, spec, num_classes)
-    elif weights == "none":
-        model = spec.builder(weights=None, **spec.scratch_kwargs)
-        _replace_head(model, spec, num_classes)
     else:
-        # A file: our own checkpoint (head fits) or an ImageNet-style state_dict (head dropped).
-        model = spec.builder(weights=None, **build_kwargs(name, weights))
-        _replace_head(model, spec, num_classes)
+        model = spec.builder(weights=None, **(build_kwargs(name, weights) if arch is None else arch))
+    _replace_head(model, spec, num_classes)
+    if weights not in ("imagenet", "none"):
         _load_file_weights(model, spec, Path(weights))
     return model
 

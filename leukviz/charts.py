@@ -12,6 +12,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from leukviz import backbones
 from leukviz.events import EPOCH, START, batch_events, epoch_events
 
 # Mid-tone colours readable on both light and dark backgrounds; no template or background is set here
@@ -19,7 +20,6 @@ from leukviz.events import EPOCH, START, batch_events, epoch_events
 TRAIN_COLOR = "#1F77B4"
 VAL_COLOR = "#FF7F0E"
 NEUTRAL_COLOR = "#9E9E9E"
-BACKBONE_COLORS = {"resnet50": "#636EFA", "googlenet": "#00CC96", "vgg16": "#EF553B"}
 CLASS_COLORS = {"all": "#D62728", "hem": "#2CA02C"}
 PALETTE = ("#AB63FA", "#FFA15A", "#19D3F3", "#FF6692", "#B6E880", "#FF97FF", "#FECB52",
            "#8C564B", "#BCBD22", "#17BECF")
@@ -39,12 +39,13 @@ def _palette_color(name: str) -> str:
 
 
 def backbone_color(name: str) -> str:
-    """Colour of a backbone or run name: fixed for the known backbones (also as a prefix, e.g.
-    "resnet50 · a1b2"), otherwise a stable palette colour chosen from the name."""
+    """Colour of a backbone or run name: its registry entry's colour, found by the backbone's name or
+    title, also as a prefix ("resnet50 · a1b2", "ResNet50 · a1b2"); otherwise a stable palette colour
+    chosen from the name."""
     key = name.lower()
-    for backbone, color in BACKBONE_COLORS.items():
-        if key == backbone or key.startswith(backbone):
-            return color
+    for spec in backbones.BACKBONES.values():
+        if any(key == k or key.startswith(k) for k in (spec.name.lower(), spec.title.lower())):
+            return spec.color
     return _palette_color(key)
 
 

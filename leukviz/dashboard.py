@@ -486,7 +486,18 @@ def uploads_dir() -> Path:
 
 # ---------------------------------------------------------------------------------------------- explain, batch, export
 
-CAM_MIN_READABLE = 4  # a map of fewer cells a side (ResNet50/GoogLeNet under 128 px) says little
+CAM_MIN_READABLE = 4  # a map of fewer cells a side (a stride-32 backbone under 128 px) says little
+
+
+def cam_resolution_text() -> str:
+    """How fine each registered backbone's Grad-CAM map is: '1/32 of the image side for ResNet50 and
+    GoogLeNet, 1/16 for VGG16'."""
+    by_stride: dict[int, list[str]] = {}
+    for spec in backbones.BACKBONES.values():
+        by_stride.setdefault(spec.cam_stride, []).append(spec.title)
+    parts = [f"1/{stride}{' of the image side' if i == 0 else ''} for {' and '.join(titles)}"
+             for i, (stride, titles) in enumerate(by_stride.items())]
+    return ", ".join(parts)
 
 
 @dataclass

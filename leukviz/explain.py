@@ -108,7 +108,7 @@ def explain_image(lm: LoadedModel, image_uint8: np.ndarray, target: int | str | 
     {model, run_id, predicted, confidence, probs {class: p}, heat, overlay, grid}.
 
     grid is the (h, w) of the hooked layer: the heat map's true resolution before it is smoothed up to
-    the image (ResNet50 and GoogLeNet: 1/32 of the side, so 2x2 at 64 px; VGG16: 1/16).
+    the image (the side over the backbone's cam_stride: 2x2 at 64 px for a stride of 32).
     """
     heat, probs, grid = _cam(lm, image_uint8, target)
     k = int(np.argmax(probs))

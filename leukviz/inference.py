@@ -61,9 +61,7 @@ def load_model(run_dir: str | Path, device: str = "auto") -> LoadedModel:
     if not sidecar.exists() or not weights.exists():
         raise FileNotFoundError(f"run {run_dir.name} has no checkpoint yet (is it finished?)")
     meta = json.loads(sidecar.read_text())
-    spec = backbones.get_spec(meta["backbone"])
-    model = spec.builder(weights=None, **meta.get("build_kwargs", {}))
-    backbones._replace_head(model, spec, len(meta["classes"]))
+    model = backbones.build_model(meta["backbone"], len(meta["classes"]), arch=meta.get("build_kwargs", {}))
     model.load_state_dict(load_file(str(weights)))
     dev = pick_device(device)
     model = model.to(dev, memory_format=torch.channels_last).eval()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from leukviz import config, dashboard, data, runs, synthetic
+from leukviz import backbones, config, dashboard, data, runs, synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 BACKBONES = ("googlenet", "resnet50")  # VGG16's 138 M parameters would write a 1.6 GB resume file per run
@@ -69,9 +69,9 @@ def test_overview_shows_dataset_device_and_a_card_per_backbone(app, tiny_data):
     assert metrics["Device"].startswith("CPU")
     assert dashboard.plain(dashboard.dataset_label(str(tiny_data))) == metrics["Active dataset"]
     cards = [m.value for m in at.markdown if m.value.startswith("#### ")]
-    assert cards == ["#### ResNet50", "#### GoogLeNet", "#### VGG16"]
+    assert cards == [f"#### {spec.title}" for spec in backbones.BACKBONES.values()]
     links = at.get("page_link")
-    assert len(links) == 3
+    assert len(links) == len(backbones.BACKBONES)
     googlenet = finished(tiny_data)["googlenet"].final_metrics()
     assert f"{googlenet['val_acc']:.1%}" in [m.value for m in at.metric if m.label == "Val. accuracy"]
     assert "No run yet" in [m.value for m in at.markdown]  # VGG16 was never trained

@@ -114,3 +114,55 @@ def test_unsafe_pickle_is_refused(tmp_path):
 def test_unknown_backbone_lists_choices():
     with pytest.raises(ValueError, match="resnet50, googlenet, vgg16"):
         backbones.get_spec("alexnet")
+
+
+@pytest.mark.parametrize("name", list(BACKBONES))
+def test_cam_stride_is_the_cam_layers_resolution(name):
+    model = build_model(name, 2, "none").eval()
+    spec = BACKBONES[name]
+    seen = []
+    model.get_submodule(spec.cam_layer).register_forward_hook(lambda m, i, out: seen.append(out.shape[-1]))
+    with torch.no_grad():
+        model(normalize(torch.zeros((1, 128, 128, 3), dtype=torch.uint8), name))
+    assert seen == [128 // spec.cam_stride]
+
+
+# A further backbone, registered here alone: nothing else in the code base names it.
+EXTRA = backbones.BackboneSpec(
+    name="mobilenet_v3_small", title="MobileNetV3-Small", builder_name="mobilenet_v3_small",
+    weights_name="MobileNet_V3_Small_Weights.DEFAULT", head="classifier.3",
+    last_stage=("features.12", "classifier"), cam_layer="features.12", cam_stride=32, color="#123456")
+
+
+def test_a_backbone_registered_at_test_time_trains_predicts_compares_and_exports(tiny_data, tmp_path,
+                                                                                 monkeypatch):
+    from leukviz import charts, config, dashboard, export, inference, runs
+
+    monkeypatch.setitem(BACKBONES, EXTRA.name, EXTRA)
+    cfg = config.resolve(EXTRA.name, "quick", "none", str(tiny_data), image_size=32, epochs=1, batch_size=16)
+    run = runs.run_for(cfg, tmp_path / "runs")
+    runs.train(run, log=lambda s: None)
+    assert run.state == "finished" and runs.plan(run) == "cached"
+
+    lm = inference.load_model(run.dir)  # the same build path as training
+    assert lm.model.get_submodule(EXTRA.head).out_features == 2 and lm.name.startswith("MobileNetV3-Small")
+    image = next((tiny_data / "validation_data" / "C-NMC_test_prelim_phase_data").glob("*.png"))
+    pred = dashboard.predict_image([lm], image.name, image)
+    assert pred.error is None and pred.results[0].predicted in lm.classes
+    assert abs(sum(pred.results[0].probs.values()) - 1) < 1e-5
+    cams = dashboard.cam_views([lm], pred)
+    assert isinstance(cams[0], dashboard.CamView) and cams[0].grid == (1, 1)  # 32 px / stride 32
+
+    ev = dashboard.evaluate_run(run)
+    row = dashboard.compare_row(ev)
+    assert row["model"] == dashboard.run_name(run) and 0 <= row["val_accuracy"] <= 1
+    curves = charts.compare_curves(dashboard.histories([run]))
+    assert [t.line.color for t in curves.data] == [EXTRA.color]
+    roc = charts.roc_figure(dashboard.roc_curves([ev]))
+    assert roc.data[1].line.color == EXTRA.color
+    cards = {c.backbone: c for c in dashboard.backbone_cards(str(tiny_data), tmp_path / "runs")}
+    assert cards[EXTRA.name].state == "finished" and cards[EXTRA.name].title == EXTRA.title
+    assert "MobileNetV3-Small" in dashboard.cam_resolution_text()
+
+    res = export.export_run(run.dir, "onnx", tmp_path / "extra.onnx")
+    assert res["agrees"]

@@ -65,8 +65,8 @@ def _fit(cfg, run_dir: Path, cache: Path):
     return res, events, pd.read_csv(run_dir / engine.PREDICTIONS), load_file(str(run_dir / engine.CHECKPOINT))
 
 
-@pytest.mark.parametrize("backbone", ["googlenet", "resnet50",
-                                      pytest.param("vgg16", marks=pytest.mark.slow)])  # 138 M parameters
+@pytest.mark.parametrize("backbone", [pytest.param(name, marks=pytest.mark.slow) if name == "vgg16" else name
+                                      for name in backbones.BACKBONES])  # VGG16: 138 M parameters
 def test_head_fast_path_trains_the_same_head_as_the_normal_loop(backbone, tiny_data, tmp_path, monkeypatch):
     # The frozen backbone is in eval mode in both paths (no dropout, fixed BatchNorm statistics), the
     # batches and their order come from the same seed, and the head sees the same inputs: in fp32 the

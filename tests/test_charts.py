@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from leukviz import charts, metrics
+from leukviz import backbones, charts, metrics
 
 
 def batch(epoch: int, step: int, steps: int = 4, loss: float = 0.7, acc: float = 0.5) -> dict:
@@ -96,8 +96,8 @@ def test_compare_curves() -> None:
     t = traces(fig)
     assert list(t) == ["resnet50", "vgg16", "resnet50 (lr 1e-4)"]
     assert list(t["resnet50"].y) == [0.6, 0.7] and list(t["resnet50"].x) == [1, 2]
-    assert t["resnet50"].line.color == charts.BACKBONE_COLORS["resnet50"]
-    assert t["vgg16"].line.color == charts.BACKBONE_COLORS["vgg16"]
+    assert t["resnet50"].line.color == backbones.get_spec("resnet50").color
+    assert t["vgg16"].line.color == backbones.get_spec("vgg16").color
     # Two runs of one backbone overlaid must not share a colour.
     assert len({tr.line.color for tr in fig.data}) == 3
     assert fig.layout.yaxis.tickformat == ".0%"
@@ -112,8 +112,8 @@ def test_compare_curves_nothing_yet() -> None:
 
 
 def test_backbone_colors_are_stable() -> None:
-    assert charts.backbone_color("googlenet") == charts.BACKBONE_COLORS["googlenet"]
-    assert charts.backbone_color("ResNet50 · a1b2") == charts.BACKBONE_COLORS["resnet50"]
+    assert charts.backbone_color("googlenet") == backbones.get_spec("googlenet").color
+    assert charts.backbone_color("ResNet50 · a1b2") == backbones.get_spec("resnet50").color
     other = charts.backbone_color("efficientnet_b0")
     assert other in charts.PALETTE and other == charts.backbone_color("efficientnet_b0")
     assert charts.class_color("all") != charts.class_color("hem")
@@ -127,7 +127,7 @@ def test_roc_figure() -> None:
     assert names == ["chance", "resnet50 (AUC 0.875)", "googlenet (AUC n/a)"]
     assert list(fig.data[0].x) == [0, 1] and fig.data[0].line.dash == "dash"
     assert list(fig.data[1].y) == [0, 0.5, 1, 1]
-    assert fig.data[1].line.color == charts.BACKBONE_COLORS["resnet50"]
+    assert fig.data[1].line.color == backbones.get_spec("resnet50").color
     fig.to_json()
 
 

@@ -2,12 +2,13 @@
 
 import streamlit as st
 
-from leukviz import dashboard, runs
+from leukviz import backbones, dashboard, runs
 from views._common import active_dataset, device_text
 
 st.title("leukviz")
+titles = ", ".join(spec.title for spec in backbones.BACKBONES.values())
 st.markdown(
-    "Fine-tune CNN backbones (ResNet50, GoogLeNet, VGG16) to tell **leukemic blasts** (`all`) from "
+    f"Fine-tune CNN backbones ({titles}) to tell **leukemic blasts** (`all`) from "
     "**normal cells** (`hem`) in single-cell microscope images, as in the C-NMC 2019 challenge, then "
     "compare them side by side. Start on the built-in demo dataset, or point leukviz at the real one."
 )

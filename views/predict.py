@@ -40,8 +40,8 @@ uploads = st.file_uploader("Cell images", type=[*dashboard.UPLOAD_TYPES, "zip"],
                                 "Several files or a zip of images also give a table to download as CSV.")
 show_cam = st.toggle("Show Grad-CAM", value=False, key="predict_cam",
                      help="Where each model looked: about 0.1-1 s per model per image on a CPU. Maps are "
-                          "1/32 of the image side for ResNet50 and GoogLeNet (1/16 for VGG16): models "
-                          "trained at 128 px or more give readable maps.")
+                          f"{dashboard.cam_resolution_text()}: models trained at 128 px or more give "
+                          "readable maps.")
 uploads = uploads or []
 zips = [f for f in uploads if f.name.lower().endswith(".zip")]
 uploads = [f for f in uploads if f not in zips]
