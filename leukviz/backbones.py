@@ -3,7 +3,6 @@ last stage, CAM layer and stride, training recipe, colour, title), and build_mod
 
 from __future__ import annotations
 
-import functools
 import os
 import socket
 import urllib.error
@@ -252,28 +251,6 @@ def set_finetune(model: nn.Module, name: str, mode: str) -> list[nn.Module]:
             for p in module.parameters(recurse=False):
                 p.requires_grad_(True)
     return frozen
-
-
-def normalize(images: torch.Tensor, name: str) -> torch.Tensor:
-    """uint8 NHWC images -> float NCHW (channels-last memory), normalised for this backbone.
-
-    The one evaluation preprocessing of each backbone: validation, evaluation and single-image
-    prediction all go through here after data.load_image().
-    """
-    import torch
-    spec = get_spec(name)
-    x = images.permute(0, 3, 1, 2).float().div_(255.0)  # NHWC storage seen as NCHW: channels-last for free
-    mean, std = _mean_std(spec.name)
-    mean, std = mean.to(x.device).view(1, 3, 1, 1), std.to(x.device).view(1, 3, 1, 1)
-    return x.sub_(mean).div_(std).contiguous(memory_format=torch.channels_last)
-
-
-@functools.lru_cache(maxsize=None)
-def _mean_std(name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    import torch
-
-    spec = get_spec(name)
-    return torch.tensor(spec.mean), torch.tensor(spec.std)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -19,6 +19,7 @@ from leukviz import backbones, data, metrics, runs
 from leukviz.config import RunConfig
 from leukviz.events import BATCH, EPOCH, latest_start
 from leukviz.layout import CHECKPOINT, CONFIG, PREDICTIONS, SIDECAR
+from leukviz.preprocess import Preprocess
 from leukviz.storage import read_json
 
 UPLOAD_TYPES = ("png", "jpg", "jpeg", "bmp", "tif", "tiff")
@@ -359,10 +360,11 @@ def time_per_image(lm: Any, repeats: int = 5, warmup: int = 2) -> float:
 class ModelPrediction:
     model: str  # LoadedModel.name
     run_id: str
-    image: np.ndarray  # as fed to the model: decoded, cropped, resized (before normalisation)
+    image: np.ndarray | None  # as fed to the model: decoded, cropped, resized (before normalisation)
     predicted: str
     confidence: float
     probs: dict[str, float]
+    backbone: str = ""
 
 
 @dataclass
@@ -383,38 +385,99 @@ def _read_bytes(src: str | Path | bytes | IO[bytes]) -> bytes:
     return src.read()
 
 
-def predict_image(models: Sequence[Any], name: str, src: str | Path | bytes | IO[bytes]) -> ImagePrediction:
-    """Predict one image (a path, bytes or an uploaded file) with every model.
+def predict_images(models: Sequence[Any], items: Sequence[tuple[str, bytes]],
+                   keep_images: bool = True) -> list[ImagePrediction]:
+    """Predict images (name, file bytes) with every model: each image decoded once per distinct decoding
+    (models sharing a size and crop share it) and predicted once per model, in batches.
 
     A file that is empty, truncated or not an image gives ImagePrediction.error (the reason, without the
     name: the caller shows the name itself) and no exception, so one bad file never stops the others.
+    keep_images=False drops the decoded images from the results (a table needs only the numbers).
     """
     from leukviz import inference
 
+    out = [ImagePrediction(name) for name, _ in items]
+    decoders = {lm.preprocess.decoding: lm.preprocess for lm in models}
+    decoded: dict[tuple, dict[int, np.ndarray]] = {key: {} for key in decoders}
+    for i, (name, blob) in enumerate(items):
+        if not blob:
+            out[i].error = "the file is empty (0 bytes)"
+            continue
+        for key, pre in decoders.items():
+            buf = io.BytesIO(blob)
+            buf.name = name
+            try:
+                decoded[key][i] = pre.decode(buf)
+            except data.ImageError as e:
+                shown = Path(name.replace("\\", "/")).name  # how data.load_image names the file
+                out[i].error = str(e).removeprefix(f"{shown}: ")
+                break
+    good = [i for i, p in enumerate(out) if p.error is None]
+    for lm in models:
+        images = decoded[lm.preprocess.decoding]
+        probs = inference.predict_arrays(lm, np.stack([images[i] for i in good])) if good else []
+        for i, prob in zip(good, probs):
+            rec = inference.prediction_record(lm, prob)
+            out[i].results.append(ModelPrediction(lm.name, lm.run_dir.name, images[i] if keep_images else None,
+                                                  rec["predicted"], rec["confidence"],
+                                                  {c: float(p) for c, p in zip(lm.classes, prob)}, lm.backbone))
+    return out
+
+
+def predict_image(models: Sequence[Any], name: str, src: str | Path | bytes | IO[bytes]) -> ImagePrediction:
+    """Predict one image (a path, bytes or an uploaded file) with every model (predict_images)."""
     try:
         blob = _read_bytes(src)
     except OSError as e:
         return ImagePrediction(name, f"cannot read the file ({e.__class__.__name__})")
-    if not blob:
-        return ImagePrediction(name, "the file is empty (0 bytes)")
-    out = ImagePrediction(name)
-    decoded: dict[tuple, np.ndarray] = {}  # models sharing a size and crop share one decode
-    for lm in models:
-        key = (lm.image_size, lm.crop, lm.window)
-        if key not in decoded:
-            buf = io.BytesIO(blob)
-            buf.name = name
-            try:
-                decoded[key] = inference.prepare(lm, buf)
-            except data.ImageError as e:
-                shown = Path(name.replace("\\", "/")).name  # how data.load_image names the file
-                return ImagePrediction(name, str(e).removeprefix(f"{shown}: "))
-        img = decoded[key]
-        prob = inference.predict_arrays(lm, img[None])[0]
-        rec = inference.prediction_record(lm, prob)
-        out.results.append(ModelPrediction(lm.name, lm.run_dir.name, img, rec["predicted"], rec["confidence"],
-                                           {c: float(p) for c, p in zip(lm.classes, prob)}))
+    return predict_images(models, [(name, blob)])[0]
+
+
+MAX_ZIP_MEMBER = 64 * 2**20  # an image inside an uploaded zip larger than this is left out
+
+
+def zip_images(name: str, blob: bytes, folder: Path) -> list[tuple[str, bytes]]:
+    """The images inside an uploaded zip, (shown name 'zip/member', bytes), extracted by data.extract_zip
+    (its limits and refusals) into folder. A zip that cannot be opened or is refused gives none."""
+    path = save_upload(blob, folder)
+    dest = folder / f"{path.stem}-files"
+    try:
+        data.extract_zip(path, dest)
+    except data.DataError:
+        return []
+    out = []
+    for p in sorted(dest.rglob("*")):
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower().lstrip(".") in UPLOAD_TYPES \
+                and p.stat().st_size <= MAX_ZIP_MEMBER:
+            out.append((f"{name}/{p.relative_to(dest).as_posix()}", p.read_bytes()))
     return out
+
+
+def predict_uploads(models: Sequence[Any], files: Sequence[tuple[str, bytes]], folder: Path) -> list[ImagePrediction]:
+    """Every uploaded image, and every image inside an uploaded zip (zip_images), predicted once: one
+    ImagePrediction per image, in upload order with each zip's images in its place. Loose files keep their
+    decoded images (the page's cards show them); a zip's images only feed the table."""
+    is_zip = [name.lower().endswith(".zip") for name, _ in files]
+    loose = iter(predict_images(models, [f for f, z in zip(files, is_zip) if not z]))
+    out: list[ImagePrediction] = []
+    for (name, blob), z in zip(files, is_zip):
+        out += predict_images(models, zip_images(name, blob, folder), keep_images=False) if z else [next(loose)]
+    return out
+
+
+def prediction_table(models: Sequence[Any], predictions: Sequence[ImagePrediction]) -> pd.DataFrame:
+    """One row per image per model, models first (inference.predict_table's columns): file, model
+    (backbone), run_id, predicted, confidence, prob_<class>... and error (empty unless unreadable)."""
+    rows = []
+    for lm in models:
+        for p in predictions:
+            r = next((r for r in p.results if r.run_id == lm.run_dir.name), None)
+            rows.append({"file": p.name, "model": lm.backbone, "run_id": lm.run_dir.name,
+                         "predicted": r.predicted if r else None, "confidence": r.confidence if r else None,
+                         **({f"prob_{c}": v for c, v in r.probs.items()} if r else {}),
+                         "error": p.error or ""})
+    probs = list(dict.fromkeys(k for r in rows for k in r if k.startswith("prob_")))
+    return pd.DataFrame(rows, columns=["file", "model", "run_id", "predicted", "confidence", *probs, "error"])
 
 
 # ---------------------------------------------------------------------------------------------- data page
@@ -530,63 +593,14 @@ def cam_views(models: Sequence[Any], prediction: ImagePrediction) -> list[CamVie
             out.append("the model is no longer loaded")
             continue
         try:
-            res = explain.explain_image(lm, p.image)
+            # the map explains the class the prediction showed (its pass has no gradients to reuse)
+            res = explain.explain_image(lm, p.image, target=p.predicted)
         except (RuntimeError, ValueError, KeyError, ImportError) as e:
             out.append(f"{e.__class__.__name__}: {e}")
             continue
         out.append(CamView(p.model, p.run_id, res["overlay"], tuple(res["grid"]),
                            cam_caption(res["grid"], lm.image_size)))
     return out
-
-
-def _safe_name(name: str) -> str:
-    base = Path(name.replace("\\", "/")).name
-    return re.sub(r"[^\w.-]+", "_", base)[-80:] or "image"
-
-
-def collect_batch(files: Sequence[tuple[str, bytes]], folder: Path) -> list[tuple[Path, str]]:
-    """Write uploaded images (and the images inside uploaded zips) into folder under safe numbered names:
-    (path on disk, name to show). A zip that cannot be opened is skipped by the caller's table (no rows)."""
-    import zipfile
-
-    folder.mkdir(parents=True, exist_ok=True)
-    out: list[tuple[Path, str]] = []
-
-    def put(shown: str, blob: bytes) -> None:
-        path = folder / f"{len(out):05d}_{_safe_name(shown)}"
-        path.write_bytes(blob)
-        out.append((path, shown))
-
-    for name, blob in files:
-        if name.lower().endswith(".zip"):
-            try:
-                with zipfile.ZipFile(io.BytesIO(blob)) as zf:
-                    for info in zf.infolist():
-                        member = info.filename
-                        if info.is_dir() or "__MACOSX" in member or Path(member).name.startswith("."):
-                            continue
-                        if Path(member).suffix.lower().lstrip(".") not in UPLOAD_TYPES:
-                            continue
-                        if info.file_size > 64 * 2**20:
-                            continue
-                        put(f"{name}/{member}", zf.read(info))
-            except (zipfile.BadZipFile, OSError, RuntimeError):
-                continue
-        else:
-            put(name, blob)
-    return out
-
-
-def batch_table(models: Sequence[Any], files: Sequence[tuple[str, bytes]], folder: Path) -> pd.DataFrame:
-    """inference.predict_table over uploaded files (written to folder first), the file column giving the
-    uploaded names rather than the temporary paths."""
-    from leukviz import inference
-
-    written = collect_batch(files, folder)
-    table = inference.predict_table(models, [p for p, _ in written])
-    shown = {str(p): s for p, s in written}
-    table["file"] = table["file"].map(lambda f: shown.get(str(f), Path(str(f)).name))
-    return table
 
 
 def table_csv(table: pd.DataFrame) -> bytes:
@@ -606,14 +620,15 @@ def error_gallery(run: runs.Run, k: int = 8) -> list[GalleryCell]:
     from leukviz import explain
 
     meta = read_json(run.dir / SIDECAR) or {}
-    size, crop = int(meta.get("image_size", run.config.image_size)), bool(meta.get("crop", True))
+    pre = Preprocess.of_checkpoint({"backbone": run.config.backbone, "image_size": run.config.image_size,
+                                    "crop": True, **meta})
     cells = []
     for row in explain.top_losses(run.dir, k=k).itertuples(index=False):
         verdict = "wrong" if not row.correct else "right"
         caption = (f"true {row.true} · predicted {row.predicted} ({row.confidence:.0%}, {verdict}) · "
                    f"subject {row.subject}")
         try:
-            cells.append(GalleryCell(data.load_image(row.path, size, crop, meta.get("crop_window")), caption))
+            cells.append(GalleryCell(pre.decode(row.path), caption))
         except (data.ImageError, OSError) as e:
             cells.append(GalleryCell(None, caption, str(e)))
     return cells

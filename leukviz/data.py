@@ -15,7 +15,7 @@ import zlib
 from dataclasses import dataclass, field
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Callable, Iterable, Sequence
+from typing import IO, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -712,13 +712,3 @@ def inspect(ds: Dataset) -> dict:
                                                          for i, c in enumerate(ds.classes)}}
     out["final_unlabeled"] = int((idx["set"] == "final").sum())
     return out
-
-
-def iter_images(paths: Iterable[str | Path], size: int, crop: bool, window: float | None = CELL_WINDOW
-                ) -> Iterable[tuple[str, np.ndarray | None, str]]:
-    """Yield (path, image or None, error) for prediction over loose files."""
-    for p in paths:
-        try:
-            yield str(p), load_image(p, size, crop, window), ""
-        except ImageError as e:
-            yield str(p), None, str(e)

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from leukviz import backbones, data, events
+from leukviz import backbones, data, events, preprocess
 from leukviz.config import PREPROCESS_VERSION, RunConfig
 from leukviz.errors import LeukvizError
 from leukviz.layout import CHECKPOINT, CONFIG, FEATURE_CACHE, PREDICTIONS, RESUME, SIDECAR
@@ -318,7 +318,7 @@ def to_input(x_uint8: torch.Tensor, backbone: str, device: torch.device) -> torc
     non_blocking = device.type == "cuda"
     if non_blocking:
         x_uint8 = x_uint8.pin_memory()
-    return backbones.normalize(x_uint8.to(device, non_blocking=non_blocking), backbone)
+    return preprocess.normalize(x_uint8.to(device, non_blocking=non_blocking), backbone)
 
 
 # ---------------------------------------------------------------------------------------------- set-up
@@ -719,7 +719,7 @@ def prepare_data(cfg: RunConfig, cache_dir: Path | None, log: Callable[[str], No
                              "or changed). Start the configuration again to train on the data as it is now.")
     split = data.make_split(ds, cfg.split, cfg.val_fraction, cfg.seed, cfg.val_fold, cfg.n_folds)
     t = time.time()
-    images, ok = data.image_cache(ds, cfg.image_size, cfg.crop, cache_dir)
+    images, ok = preprocess.Preprocess.of_config(cfg).cache(ds, cache_dir)
     log(f"image cache ready in {time.time() - t:.1f}s ({len(ds.index)} images at {cfg.image_size}px)")
     if ds.skipped:
         shown = "; ".join(f"{Path(p).name}: {r}" for p, r in ds.skipped[:10])

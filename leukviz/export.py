@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from leukviz import backbones, inference
+from leukviz import inference
 from leukviz.errors import LeukvizError
 from leukviz.layout import CHECKPOINT, CONFIG, PREDICTIONS, SIDECAR
 
@@ -25,23 +25,6 @@ N_CHECK = 8  # sample images for the agreement check
 
 class ExportError(LeukvizError, RuntimeError):
     """The export could not be written or does not agree with the PyTorch model."""
-
-
-def preprocessing_text(meta: dict) -> str:
-    """How to turn an image file into the model's input, in words (kept in the ONNX metadata)."""
-    size = meta["image_size"]
-    window = meta.get("crop_window")
-    if not meta.get("crop"):
-        crop = ""
-    elif window is None:  # runs of preprocessing version 1
-        crop = "crop to a square around the cell (pixels brighter than 10 on black, 4 % margin), "
-    else:
-        crop = (f"crop a square of {window:g} x the image's shorter side centred on the cell's bounding box "
-                "(pixels brighter than 10 on black; outside the image is black), the same for every image, "
-                "so the cell keeps its scale; ")
-    return (f"decode to 8-bit RGB; {crop}pad to a square on black; resize to {size}x{size} (bilinear); "
-            f"scale to [0, 1]; subtract mean {meta['mean']} and divide by std {meta['std']} per channel; "
-            f"float32 NCHW. Outputs: logits and softmax probabilities over classes {meta['classes']}.")
 
 
 def _target(out: Path, suffix: str) -> Path:
@@ -112,7 +95,7 @@ def _export_onnx(run_dir: Path, out: Path) -> dict:
     meta = lm.meta
     model = _WithProbabilities(lm.model.to(memory_format=torch.contiguous_format)).eval()
     images = _sample_images(lm, N_CHECK)
-    x = backbones.normalize(torch.as_tensor(images), lm.backbone).contiguous()
+    x = lm.preprocess.normalize(torch.as_tensor(images)).contiguous()
     try:
         import onnxscript  # noqa: F401  (the dynamo exporter's dependency)
     except ImportError:
@@ -135,11 +118,11 @@ def _export_onnx(run_dir: Path, out: Path) -> dict:
              "leukviz.image_size": str(lm.image_size), "leukviz.crop": json.dumps(lm.crop),
              "leukviz.mean": json.dumps(meta["mean"]), "leukviz.std": json.dumps(meta["std"]),
              "leukviz.input_layout": "NCHW float32, normalised",
-             "leukviz.preprocessing": preprocessing_text(meta)}
+             "leukviz.preprocessing": lm.preprocess.describe(lm.classes)}
     for k, v in props.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = k, v
-    proto.doc_string = f"leukviz {lm.backbone} run {run_dir.name}. Input: {preprocessing_text(meta)}"
+    proto.doc_string = f"leukviz {lm.backbone} run {run_dir.name}. Input: {lm.preprocess.describe(lm.classes)}"
     onnx.checker.check_model(proto)
     onnx.save(proto, str(target))
     seconds = time.time() - t0

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from leukviz import backbones, data
+from leukviz.preprocess import Preprocess
 from leukviz.engine import autocast, pick_device
 from leukviz.layout import CHECKPOINT, SIDECAR
 
@@ -46,6 +47,10 @@ class LoadedModel:
     def window(self) -> float | None:
         """The crop window the run was trained with; None in sidecars of version 1 (one zoom per cell)."""
         return self.meta.get("crop_window")
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return Preprocess.of_checkpoint(self.meta)
 
     @property
     def name(self) -> str:
@@ -82,7 +87,7 @@ def predict_arrays(lm: LoadedModel, images: np.ndarray, tta: bool = False, batch
         views = [xb] if not tta else [augment(xb, torch.full((len(xb),), c), None) for c in TTA_CODES]
         p = 0
         for v in views:
-            x = backbones.normalize(v.to(lm.device), lm.backbone)
+            x = lm.preprocess.normalize(v.to(lm.device))
             with autocast(lm.device, None):
                 p = p + torch.softmax(lm.model(x).float(), dim=1)
         out.append((p / len(views)).cpu().numpy())
@@ -91,17 +96,20 @@ def predict_arrays(lm: LoadedModel, images: np.ndarray, tta: bool = False, batch
 
 def prepare(lm: LoadedModel, src) -> np.ndarray:
     """One image file (path or file-like) as the model sees it: the same decoding as training's cache."""
-    return data.load_image(src, lm.image_size, lm.crop, lm.window)
+    return lm.preprocess.decode(src)
 
 
 def predict_files(lm: LoadedModel, paths: Sequence[str | Path], tta: bool = False) -> list[dict]:
     """Predict loose image files; unreadable ones come back with an error instead of probabilities."""
     rows, good, arrays = [], [], []
-    for path, arr, err in data.iter_images(paths, lm.image_size, lm.crop, lm.window):
-        rows.append({"file": path, "error": err})
-        if arr is not None:
-            good.append(len(rows) - 1)
-            arrays.append(arr)
+    for path in paths:
+        rows.append({"file": str(path), "error": ""})
+        try:
+            arrays.append(lm.preprocess.decode(path))
+        except data.ImageError as e:
+            rows[-1]["error"] = str(e)
+            continue
+        good.append(len(rows) - 1)
     if arrays:
         probs = predict_arrays(lm, np.stack(arrays), tta=tta)
         for j, i in enumerate(good):
@@ -149,7 +157,7 @@ def evaluate_dataset(lm: LoadedModel, dataset: str | Path, cache_dir: Path | Non
         raise data.DataError(f"dataset classes {list(ds.classes)} differ from the model's {lm.classes}")
     sets = ["prelim"] if (ds.index["set"] == "prelim").any() else ["train"]
     rows = np.flatnonzero(ds.index["set"].isin(sets).to_numpy() & (ds.index["label"] >= 0).to_numpy())
-    images, ok = data.image_cache(ds, lm.image_size, lm.crop, cache_dir, window=lm.window)
+    images, ok = lm.preprocess.cache(ds, cache_dir)
     rows = rows[ok[rows]]
     if len(rows) == 0:
         raise data.DataError("no labelled, readable images to evaluate")

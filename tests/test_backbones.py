@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from leukviz import backbones
-from leukviz.backbones import BACKBONES, WeightsUnavailable, build_model, normalize, set_finetune
+from leukviz.backbones import BACKBONES, WeightsUnavailable, build_model, set_finetune
+from leukviz.preprocess import normalize
 
 
 @pytest.mark.parametrize("name", list(BACKBONES))

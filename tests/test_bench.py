@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from leukviz import backbones, bench, cnmc, data, engine
+from leukviz import backbones, bench, cnmc, data, engine, preprocess
 from leukviz.config import resolve
 
 
@@ -38,7 +38,7 @@ def test_plain_and_leukviz_read_the_same_files_labels_and_size(tiny_data, tmp_pa
     for i in (0, bd.n - 1):  # the same pixels, up to the two resizers' rounding
         x, y = plain[i]
         assert x.shape == (3, 32, 32) and y == bd.labels[i]
-        ours = backbones.normalize(torch.from_numpy(np.array(images[i:i + 1])), "resnet50")[0]
+        ours = preprocess.normalize(torch.from_numpy(np.array(images[i:i + 1])), "resnet50")[0]
         assert float((ours - x).abs().mean()) < 0.05
 
 

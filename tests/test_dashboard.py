@@ -281,6 +281,31 @@ def test_predict_image_bad_files_give_an_error_not_an_exception(tmp_path, blob):
         assert "empty" in res.error
 
 
+def test_uploads_are_decoded_and_predicted_once_for_the_table_and_the_cards(tmp_path, monkeypatch):
+    import zipfile
+
+    models = [tiny_model(tmp_path, 32, name=n) for n in "ab"]
+    calls = []
+    real = data.load_image
+    monkeypatch.setattr(data, "load_image", lambda *a, **k: calls.append(1) or real(*a, **k))
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("cells/one.png", png_bytes())
+        zf.writestr("cells/notes.txt", b"not an image")
+        zf.writestr("__MACOSX/cells/._one.png", b"junk")
+    files = [("x.png", png_bytes()), ("bad.png", b"not an image"), ("cells.zip", archive.getvalue()),
+             ("broken.zip", b"not a zip")]
+    preds = dashboard.predict_uploads(models, files, tmp_path / "up")
+    assert [p.name for p in preds] == ["x.png", "bad.png", "cells.zip/cells/one.png"]
+    assert len(calls) == 3  # one decode per image: both models share one decoding
+    assert preds[0].results[0].image.shape == (32, 32, 3) and preds[2].results[0].image is None
+    assert preds[1].error and not preds[1].results
+    table = dashboard.prediction_table(models, preds)
+    assert len(table) == 3 * len(models) and list(table["run_id"]) == ["a"] * 3 + ["b"] * 3
+    assert (table["error"] != "").sum() == len(models)
+    assert table.loc[0, "prob_all"] == pytest.approx(preds[0].results[0].probs["all"])
+
+
 def test_time_per_image_is_positive(tmp_path):
     assert 0 < dashboard.time_per_image(tiny_model(tmp_path), repeats=2, warmup=1) < 30
 

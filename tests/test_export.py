@@ -33,7 +33,7 @@ def test_onnx_agrees_with_pytorch_and_has_a_dynamic_batch(onnx_export, trained):
     lm = inference.load_model(trained.dir)
     paths = pd.read_csv(trained.dir / "val_predictions.csv")["path"][:5]
     imgs = np.stack([inference.prepare(lm, p) for p in paths])
-    x = backbones.normalize(torch.as_tensor(imgs), lm.backbone).contiguous().numpy()
+    x = lm.preprocess.normalize(torch.as_tensor(imgs)).contiguous().numpy()
     sess = ort.InferenceSession(res["path"], providers=["CPUExecutionProvider"])
     logits, probs = sess.run(None, {"image": x})
     assert probs.shape == (5, 2) and logits.shape == (5, 2)

@@ -53,8 +53,12 @@ if len(uploads) > 1 or zips:
         with st.spinner("Predicting every uploaded image with every model…"), \
                 tempfile.TemporaryDirectory(prefix="leukviz-batch-") as tmp:
             try:
-                st.session_state["batch_table"] = dashboard.batch_table(
-                    models, [(f.name, f.getvalue()) for f in uploads + zips], Path(tmp))
+                predictions = dashboard.predict_uploads(models, [(f.name, f.getvalue()) for f in uploads + zips],
+                                                        Path(tmp))
+                st.session_state["batch_table"] = dashboard.prediction_table(models, predictions)
+                # the cards below show these same results: every image is decoded and predicted once
+                done = st.session_state.setdefault("predictions", {})
+                done.update({(f.file_id, tuple(stamps)): p for f, p in zip(uploads, predictions)})
             except (OSError, RuntimeError, ValueError, KeyError) as e:
                 st.session_state["batch_table"] = None
                 st.error(f"The table could not be made: {dashboard.plain(e)}")
