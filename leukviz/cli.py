@@ -62,13 +62,30 @@ def _train_result(run, cached: bool, t0: float) -> dict:
             "seconds": round(time.time() - t0, 2)}
 
 
+# The RunConfig fields the train command sets, in its --help order; unset (None) means the preset's default.
+TRAIN_FIELDS = ("epochs", "image_size", "batch_size", "lr", "optimizer", "split", "val_fold", "n_folds", "average",
+                "select", "finetune", "augment", "precision", "freeze_bn", "class_balance", "seed")
+FLAGS = {"n_folds": "--folds"}  # otherwise --the-field-name
+
+
+def add_config_options(parser: argparse.ArgumentParser, names: tuple[str, ...] = TRAIN_FIELDS) -> None:
+    """One option per RunConfig field, its type, choices and help taken from config."""
+    import dataclasses
+
+    types = {f.name: type(f.default) for f in dataclasses.fields(C.RunConfig)}
+    for name in names:
+        flag, kw = FLAGS.get(name, "--" + name.replace("_", "-")), {"dest": name, "help": C.HELP.get(name)}
+        if types[name] is bool:
+            parser.add_argument(flag, action="store_true", default=None, **kw)
+        elif name in C.CHOICES:
+            parser.add_argument(flag, choices=C.CHOICES[name], **kw)
+        else:
+            parser.add_argument(flag, type=types[name], metavar=flag.lstrip("-").replace("-", "_").upper(), **kw)
+
+
 def _resolve_cfg(args) -> C.RunConfig:
     return C.resolve(args.backbone, args.preset, args.weights, args.data,
-                     epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size, lr=args.lr,
-                     split=args.split, finetune=args.finetune, optimizer=args.optimizer, seed=args.seed,
-                     precision=args.precision, augment=args.augment, val_fold=args.val_fold,
-                     freeze_bn=args.freeze_bn, class_balance=args.class_balance, n_folds=args.folds,
-                     average=args.average, select=args.select)
+                     **{name: getattr(args, name) for name in TRAIN_FIELDS})
 
 
 def _decide(args, runs) -> tuple[str, object, bool]:
@@ -502,38 +519,16 @@ def cmd_bench(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_train(sub, common: argparse.ArgumentParser) -> None:
+    """The train command: the RunConfig options (add_config_options) and how to run it."""
     from leukviz.backbones import BACKBONES
-
-    p = argparse.ArgumentParser(prog="python -m leukviz", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--runs-dir", default=None, help="runs folder (default: $LEUKVIZ_HOME/runs)")
-    common.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
     t = sub.add_parser("train", parents=[common], help="train a backbone (or return the cached run)")
     t.add_argument("--backbone", choices=list(BACKBONES), default="resnet50")
     t.add_argument("--data", default="demo", help="demo (built in), a C-NMC folder, a class-per-folder tree or a .zip")
     t.add_argument("--weights", default="imagenet", help="imagenet | none | path to a weights file")
     t.add_argument("--preset", choices=C.PRESETS, default="quick")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--image-size", type=int)
-    t.add_argument("--batch-size", type=int, help="global batch size (split across torchrun processes)")
-    t.add_argument("--lr", type=float)
-    t.add_argument("--optimizer", choices=C.OPTIMIZERS)
-    t.add_argument("--split", choices=C.SPLITS,
-                   help="subject (default), groups (subject-grouped folds), folds (official), or image (leaky)")
-    t.add_argument("--val-fold", type=int, help="validation fold for --split folds or groups")
-    t.add_argument("--folds", type=int, help="number of subject-grouped folds for --split groups (default: automatic)")
-    t.add_argument("--average", choices=C.AVERAGING, help="ema: validate and keep a moving average of the weights")
-    t.add_argument("--select", choices=C.SELECT, help="keep the last epoch's model or the best on validation")
-    t.add_argument("--finetune", choices=C.FINETUNE, help="train the full network, the last stage + head, or the head")
-    t.add_argument("--augment", choices=C.AUGMENT)
-    t.add_argument("--precision", choices=C.PRECISIONS)
-    t.add_argument("--freeze-bn", action="store_true", default=None,
-                   help="keep BatchNorm statistics fixed (ImageNet's, when fine-tuning)")
-    t.add_argument("--class-balance", choices=C.CLASS_BALANCE, help="weighted loss (default) or none")
-    t.add_argument("--seed", type=int)
+    add_config_options(t)
     t.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     t.add_argument("--resume", metavar="RUN_ID", help="continue a stopped or interrupted run")
     t.add_argument("--force", action="store_true", help="retrain even if this configuration finished before")
@@ -543,31 +538,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume-here", action="store_true", help=argparse.SUPPRESS)
     t.set_defaults(func=cmd_train)
 
-    r = sub.add_parser("runs", help="list runs")
-    rs = r.add_subparsers(dest="runs_command", required=True)
-    rl = rs.add_parser("list", parents=[common], help="list runs with their state and metrics")
-    rl.set_defaults(func=cmd_runs)
 
-    d = sub.add_parser("data", help="inspect a dataset")
-    ds = d.add_subparsers(dest="data_command", required=True)
-    di = ds.add_parser("inspect", parents=[common], help="images per class, fold and subject")
-    di.add_argument("path", help="demo, a C-NMC folder, a class-per-folder tree or a .zip")
-    di.set_defaults(func=cmd_data)
-
-    pr = sub.add_parser("predict", parents=[common], help="predict images with a finished run (or all)")
-    pr.add_argument("--run", required=True, help="RUN_ID (a unique prefix is enough) or 'all'")
-    pr.add_argument("images", nargs="+", help="image files, folders or .zip files")
-    pr.add_argument("--tta", action="store_true", help="average the 8 flips/rotations")
-    pr.add_argument("--csv", help="write a table: file, model, predicted class, probability of each class")
-    pr.add_argument("--cam", metavar="OUT_DIR", help="write Grad-CAM overlays here")
-    pr.set_defaults(func=cmd_predict)
-
-    ev = sub.add_parser("evaluate", parents=[common], help="score a run on labelled data it did not train on")
-    ev.add_argument("--run", required=True)
-    ev.add_argument("--data", required=True, help="a C-NMC root (its preliminary test set) or a class-per-folder tree")
-    ev.add_argument("--tta", action="store_true",
-                    help="also score the 8 flips/rotations averaged, as its own numbers")
-    ev.set_defaults(func=cmd_evaluate)
+def _add_study(sub, common: argparse.ArgumentParser) -> None:
+    """The study commands: subjects, leakage and paper, each made of ordinary cached runs."""
+    from leukviz.backbones import BACKBONES
 
     st = sub.add_parser("study", help="studies made of ordinary cached runs: subjects, leakage, paper")
     ss = st.add_subparsers(dest="study_command", required=True)
@@ -617,11 +591,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     sp.set_defaults(func=cmd_study)
 
-    ex = sub.add_parser("export", parents=[common], help="export a finished run as ONNX or safetensors")
-    ex.add_argument("--run", required=True, help="RUN_ID (a unique prefix is enough)")
-    ex.add_argument("--format", choices=("onnx", "safetensors"), required=True)
-    ex.add_argument("--out", required=True, help="a .onnx / .safetensors file, or a folder")
-    ex.set_defaults(func=cmd_export)
+
+def _add_bench(sub, common: argparse.ArgumentParser) -> None:
+    """The bench command: speed of the plain PyTorch loop against leukviz's paths."""
+    from leukviz.backbones import BACKBONES
 
     be = sub.add_parser("bench", parents=[common], help="measure speed: the plain PyTorch loop vs leukviz's paths")
     be.add_argument("--quick", action="store_true", help="a few batches per path, extrapolated (under a minute)")
@@ -646,6 +619,50 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--epochs", type=int, default=3, help="with --accuracy")
     be.add_argument("--seeds", type=int, default=2, help="with --accuracy: seeds 0..N-1")
     be.set_defaults(func=cmd_bench)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m leukviz", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--runs-dir", default=None, help="runs folder (default: $LEUKVIZ_HOME/runs)")
+    common.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+
+    _add_train(sub, common)
+    r = sub.add_parser("runs", help="list runs")
+    rs = r.add_subparsers(dest="runs_command", required=True)
+    rl = rs.add_parser("list", parents=[common], help="list runs with their state and metrics")
+    rl.set_defaults(func=cmd_runs)
+
+    d = sub.add_parser("data", help="inspect a dataset")
+    ds = d.add_subparsers(dest="data_command", required=True)
+    di = ds.add_parser("inspect", parents=[common], help="images per class, fold and subject")
+    di.add_argument("path", help="demo, a C-NMC folder, a class-per-folder tree or a .zip")
+    di.set_defaults(func=cmd_data)
+
+    pr = sub.add_parser("predict", parents=[common], help="predict images with a finished run (or all)")
+    pr.add_argument("--run", required=True, help="RUN_ID (a unique prefix is enough) or 'all'")
+    pr.add_argument("images", nargs="+", help="image files, folders or .zip files")
+    pr.add_argument("--tta", action="store_true", help="average the 8 flips/rotations")
+    pr.add_argument("--csv", help="write a table: file, model, predicted class, probability of each class")
+    pr.add_argument("--cam", metavar="OUT_DIR", help="write Grad-CAM overlays here")
+    pr.set_defaults(func=cmd_predict)
+
+    ev = sub.add_parser("evaluate", parents=[common], help="score a run on labelled data it did not train on")
+    ev.add_argument("--run", required=True)
+    ev.add_argument("--data", required=True, help="a C-NMC root (its preliminary test set) or a class-per-folder tree")
+    ev.add_argument("--tta", action="store_true",
+                    help="also score the 8 flips/rotations averaged, as its own numbers")
+    ev.set_defaults(func=cmd_evaluate)
+
+    _add_study(sub, common)
+    ex = sub.add_parser("export", parents=[common], help="export a finished run as ONNX or safetensors")
+    ex.add_argument("--run", required=True, help="RUN_ID (a unique prefix is enough)")
+    ex.add_argument("--format", choices=("onnx", "safetensors"), required=True)
+    ex.add_argument("--out", required=True, help="a .onnx / .safetensors file, or a folder")
+    ex.set_defaults(func=cmd_export)
+
+    _add_bench(sub, common)
     return p
 
 

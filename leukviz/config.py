@@ -21,6 +21,21 @@ CLASS_BALANCE = ("weighted_loss", "none")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AVERAGING = ("none", "ema")
 SELECT = ("last", "best")
+# The choices of every RunConfig field that has them, in the order validate() checks them; the CLI offers them.
+CHOICES = {"split": SPLITS, "finetune": FINETUNE, "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "augment": AUGMENT,
+           "class_balance": CLASS_BALANCE, "precision": PRECISIONS, "average": AVERAGING, "select": SELECT}
+# What a field means, where its name alone does not say (the CLI's help).
+HELP = {
+    "batch_size": "global batch size (split across torchrun processes)",
+    "split": "subject (default), groups (subject-grouped folds), folds (official), or image (leaky)",
+    "val_fold": "validation fold for --split folds or groups",
+    "n_folds": "number of subject-grouped folds for --split groups (default: automatic)",
+    "average": "ema: validate and keep a moving average of the weights",
+    "select": "keep the last epoch's model or the best on validation",
+    "finetune": "train the full network, the last stage + head, or the head",
+    "freeze_bn": "keep BatchNorm statistics fixed (ImageNet's, when fine-tuning)",
+    "class_balance": "weighted loss (default) or none",
+}
 # What a run's preprocessing means, hashed into every run id: version 2 keeps the cells' scale (a fixed
 # window around the cell for the whole dataset) where version 1 zoomed every cell to fill the frame.
 PREPROCESS_VERSION = 2
@@ -129,15 +144,8 @@ def validate(cfg: RunConfig) -> None:
     from leukviz.backbones import BACKBONES
 
     _check("backbone", cfg.backbone, tuple(BACKBONES))
-    _check("split", cfg.split, SPLITS)
-    _check("finetune", cfg.finetune, FINETUNE)
-    _check("optimizer", cfg.optimizer, OPTIMIZERS)
-    _check("scheduler", cfg.scheduler, SCHEDULERS)
-    _check("augment", cfg.augment, AUGMENT)
-    _check("class_balance", cfg.class_balance, CLASS_BALANCE)
-    _check("precision", cfg.precision, PRECISIONS)
-    _check("average", cfg.average, AVERAGING)
-    _check("select", cfg.select, SELECT)
+    for name, choices in CHOICES.items():
+        _check(name, getattr(cfg, name), choices)
     if not 0 <= cfg.n_folds <= 20 or cfg.n_folds == 1:
         raise ConfigError(f"n_folds must be 0 (automatic) or between 2 and 20, got {cfg.n_folds}")
     if not 16 <= cfg.image_size <= 1024:

@@ -336,6 +336,21 @@ def extract_zip(zip_path: Path, dest: Path) -> Path:
     return dest
 
 
+def save_upload(blob: bytes, folder: Path, suffix: str = ".zip") -> Path:
+    """Store an uploaded dataset under a name made from its content (never the user's file name)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{hashlib.sha256(blob).hexdigest()[:16]}{suffix}"
+    if not path.exists():
+        tmp = path.with_suffix(".part")
+        tmp.write_bytes(blob)
+        tmp.replace(path)
+    return path
+
+
+def uploads_dir() -> Path:
+    return default_home() / "uploads"
+
+
 def _fingerprint(index: pd.DataFrame, root: Path, classes: Sequence[str]) -> str:
     """Content identity: relative paths, labels, sizes and modification times of every file."""
     h = hashlib.sha256(("|".join(classes)).encode())

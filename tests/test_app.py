@@ -139,7 +139,7 @@ def test_data_page_takes_a_zip_upload(app, tiny_data, tmp_path):
     next(b for b in at.button if b.label == "Use this zip").click().run()
     assert not at.exception and not at.error
     spec = at.session_state["dataset"]
-    assert Path(spec).parent == dashboard.uploads_dir() and Path(spec).suffix == ".zip"
+    assert Path(spec).parent == data.uploads_dir() and Path(spec).suffix == ".zip"
     assert "my cells" not in spec  # stored under its content hash, never the uploaded name
     expected = data.inspect(data.open_dataset(str(tiny_data)))["per_class"]
     assert {m.label: m.value for m in at.metric}["Class all"] == str(expected["all"])

@@ -137,7 +137,7 @@ EXTRA = backbones.BackboneSpec(
 
 def test_a_backbone_registered_at_test_time_trains_predicts_compares_and_exports(tiny_data, tmp_path,
                                                                                  monkeypatch):
-    from leukviz import charts, config, dashboard, export, inference, runs
+    from leukviz import charts, compare, config, dashboard, export, inference, prediction, runs
 
     monkeypatch.setitem(BACKBONES, EXTRA.name, EXTRA)
     cfg = config.resolve(EXTRA.name, "quick", "none", str(tiny_data), image_size=32, epochs=1, batch_size=16)
@@ -148,22 +148,22 @@ def test_a_backbone_registered_at_test_time_trains_predicts_compares_and_exports
     lm = inference.load_model(run.dir)  # the same build path as training
     assert lm.model.get_submodule(EXTRA.head).out_features == 2 and lm.name.startswith("MobileNetV3-Small")
     image = next((tiny_data / "validation_data" / "C-NMC_test_prelim_phase_data").glob("*.png"))
-    pred = dashboard.predict_image([lm], image.name, image)
+    pred = prediction.predict_image([lm], image.name, image)
     assert pred.error is None and pred.results[0].predicted in lm.classes
     assert abs(sum(pred.results[0].probs.values()) - 1) < 1e-5
-    cams = dashboard.cam_views([lm], pred)
-    assert isinstance(cams[0], dashboard.CamView) and cams[0].grid == (1, 1)  # 32 px / stride 32
+    cams = prediction.cam_views([lm], pred)
+    assert isinstance(cams[0], prediction.CamView) and cams[0].grid == (1, 1)  # 32 px / stride 32
 
-    ev = dashboard.evaluate_run(run)
-    row = dashboard.compare_row(ev)
+    ev = compare.evaluate_run(run)
+    row = compare.compare_row(ev)
     assert row["model"] == dashboard.run_name(run) and 0 <= row["val_accuracy"] <= 1
-    curves = charts.compare_curves(dashboard.histories([run]))
+    curves = charts.compare_curves(compare.histories([run]))
     assert [t.line.color for t in curves.data] == [EXTRA.color]
-    roc = charts.roc_figure(dashboard.roc_curves([ev]))
+    roc = charts.roc_figure(compare.roc_curves([ev]))
     assert roc.data[1].line.color == EXTRA.color
     cards = {c.backbone: c for c in dashboard.backbone_cards(str(tiny_data), tmp_path / "runs")}
     assert cards[EXTRA.name].state == "finished" and cards[EXTRA.name].title == EXTRA.title
-    assert "MobileNetV3-Small" in dashboard.cam_resolution_text()
+    assert "MobileNetV3-Small" in prediction.cam_resolution_text()
 
     res = export.export_run(run.dir, "onnx", tmp_path / "extra.onnx")
     assert res["agrees"]

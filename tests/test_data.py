@@ -173,3 +173,11 @@ def test_image_modes_all_become_rgb(tmp_path):
         out = data.load_image(f, 16, crop=False)
         assert out.shape == (16, 16, 3) and out.dtype == np.uint8, f.name
     assert data.load_image(tmp_path / "g16.tif", 16, False).max() > 200  # 16-bit rescaled, not clipped to black
+
+
+def test_save_upload_names_by_content(tmp_path):
+    a = data.save_upload(b"zip-bytes", tmp_path)
+    assert a.read_bytes() == b"zip-bytes" and a.suffix == ".zip"
+    assert data.save_upload(b"zip-bytes", tmp_path) == a
+    assert data.save_upload(b"other", tmp_path) != a
+    assert not list(tmp_path.glob("*.part"))

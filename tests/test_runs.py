@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
 import torch
 
+from helpers import FakeProc, make_run
 from leukviz import engine, inference, runs
 from leukviz.config import resolve
 
@@ -171,3 +173,46 @@ def test_the_trainer_refuses_a_dataset_that_is_not_the_runs(tiny_data, tmp_path)
     assert run.state == "failed"
     assert "not the one this run was created for" in run.status["error"]
     assert "0123456789ab" in run.status["error"] and not (run.dir / "model.safetensors").exists()
+
+
+# ---------------------------------------------------------------------------------------------- read_status, start, retrain
+
+def test_read_status_starting_then_dead_before_writing(tmp_path, monkeypatch):
+    run = make_run(tmp_path, state=None, with_predictions=False)
+    assert run.state == "new"
+    monkeypatch.setitem(runs._LAUNCHES, run.dir, runs._Launch(time.time(), FakeProc(None)))
+    assert run.state == "starting"
+    assert runs.start(run) is False  # never launched twice
+    (run.dir / "train.log").write_text("Traceback...\nImportError: no module named x\n")
+    monkeypatch.setitem(runs._LAUNCHES, run.dir, runs._Launch(time.time(), FakeProc(1)))
+    st = run.status
+    assert st["state"] == "failed" and "ImportError" in st["error"]
+    # once the process writes its own status, that is the truth
+    monkeypatch.setitem(runs._LAUNCHES, run.dir, runs._Launch(time.time() - 60, FakeProc(0)))
+    runs.write_status(run, "stopped", error="stopped at epoch 1")
+    assert run.state == "stopped"
+
+
+def test_start_attaches_instead_of_launching_a_locked_run(tmp_path, monkeypatch):
+    run = make_run(tmp_path, state="running", with_predictions=False)
+    launched = []
+    monkeypatch.setattr(runs, "launch", lambda *a, **k: launched.append(a))
+    lock = run.lock()
+    lock.acquire()
+    try:
+        assert run.state == "running"
+        assert runs.start(run) is False
+    finally:
+        lock.release()
+    assert launched == []
+    assert run.state == "interrupted"  # nobody holds the lock any more
+
+
+def test_retrain_archives_then_launches(tmp_path, monkeypatch):
+    run = make_run(tmp_path)
+    monkeypatch.setattr(runs, "launch", lambda run, resume=False, nproc=1: FakeProc(None))
+    assert runs.retrain(run) is True
+    assert not (run.dir / "model.safetensors").exists()
+    assert (run.dir / "config.json").exists()
+    assert any((tmp_path / ".archive").iterdir())
+    assert run.state == "starting"

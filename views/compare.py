@@ -6,7 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from leukviz import charts, dashboard, layout, runs
+from leukviz import charts, compare, dashboard, layout, runs
 from views._common import active_dataset, load_model
 
 CURVES = {"val_acc": "Validation accuracy", "val_loss": "Validation loss", "val_f1": "Validation weighted F1",
@@ -14,13 +14,13 @@ CURVES = {"val_acc": "Validation accuracy", "val_loss": "Validation loss", "val_
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def evaluation(run_dir: str, mtime_ns: int) -> dashboard.Evaluation:
-    return dashboard.evaluate_run(runs.Run(Path(run_dir)))
+def evaluation(run_dir: str, mtime_ns: int) -> compare.Evaluation:
+    return compare.evaluate_run(runs.Run(Path(run_dir)))
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def seconds_per_image(run_dir: str, mtime_ns: int) -> float:
-    return dashboard.time_per_image(load_model(runs.Run(Path(run_dir))))
+    return compare.time_per_image(load_model(runs.Run(Path(run_dir))))
 
 
 st.title("Compare")
@@ -30,7 +30,7 @@ if not finished:
     st.page_link("views/train.py", label="Train a model", icon=":material/model_training:")
     st.stop()
 
-groups = dashboard.comparable_groups(finished)
+groups = compare.comparable_groups(finished)
 keys = list(groups)
 dataset = active_dataset()
 first = next((k for k in keys if dataset in groups[k].datasets), keys[0])
@@ -58,14 +58,14 @@ with st.spinner("Scoring the runs and timing inference…"):
             st.warning(f"{dashboard.plain(dashboard.run_name(r))} left out: {dashboard.plain(e)}")
             continue
         evals.append(ev)
-        rows.append(dashboard.compare_row(ev, per_image))
+        rows.append(compare.compare_row(ev, per_image))
 if not evals:
     st.stop()
 
-table = dashboard.compare_table(rows)
+table = compare.compare_table(rows)
 st.dataframe(
     table, hide_index=True, width="stretch",
-    column_config={k: st.column_config.Column(label=v) for k, v in dashboard.COMPARE_COLUMNS.items()} | {
+    column_config={k: st.column_config.Column(label=v) for k, v in compare.COMPARE_COLUMNS.items()} | {
         "val_accuracy": st.column_config.NumberColumn("Val. accuracy", format="percent"),
         "weighted_f1": st.column_config.NumberColumn("Weighted F1", format="%.3f"),
         "sensitivity": st.column_config.NumberColumn("Sensitivity (all)", format="percent"),
@@ -82,13 +82,13 @@ left, right = st.columns(2)
 with left:
     st.subheader("Learning curves")
     metric = st.selectbox("Curve", list(CURVES), format_func=CURVES.get)
-    fig = charts.compare_curves(dashboard.histories(selected), metric)
+    fig = charts.compare_curves(compare.histories(selected), metric)
     if metric in charts.FRACTION_METRICS:
         fig.update_yaxes(range=[0, 1.02])  # a fixed scale: one epoch alone would autorange to 0-150 %
     st.plotly_chart(fig.update_layout(title=None), key="compare_curves")
 with right:
     st.subheader("ROC")
-    st.plotly_chart(charts.roc_figure(dashboard.roc_curves(evals)).update_layout(title=None), key="roc")
+    st.plotly_chart(charts.roc_figure(compare.roc_curves(evals)).update_layout(title=None), key="roc")
 
 st.subheader("Confusion matrices")
 per_row = 3
@@ -103,7 +103,7 @@ st.caption("Each run's most confidently wrong validation cells (then its least s
 for ev in evals:
     with st.expander(dashboard.plain(dashboard.run_name(ev.run)), expanded=len(evals) == 1):
         try:
-            cells = dashboard.error_gallery(ev.run, k=8)
+            cells = compare.error_gallery(ev.run, k=8)
         except (OSError, KeyError, ValueError) as e:
             st.error(f"No gallery for this run: {dashboard.plain(e)}")
             continue
@@ -126,7 +126,7 @@ for r in selected:
     with st.container(border=True):
         st.markdown(f"**{dashboard.plain(dashboard.run_name(r))}**")
         cols = st.columns(3)
-        cols[0].download_button("Checkpoint (safetensors)", functools.partial(dashboard.checkpoint_bytes, r),
+        cols[0].download_button("Checkpoint (safetensors)", functools.partial(compare.checkpoint_bytes, r),
                                 file_name=f"{r.config.backbone}-{r.run_id}.safetensors",
                                 mime="application/octet-stream", on_click="ignore",
                                 icon=":material/download:", key=f"st_{r.run_id}")
@@ -135,7 +135,7 @@ for r in selected:
             with st.spinner("Exporting to ONNX and checking it against PyTorch…"), \
                     tempfile.TemporaryDirectory(prefix="leukviz-onnx-") as tmp:
                 try:
-                    exports[key] = dashboard.export_onnx(r, Path(tmp))
+                    exports[key] = compare.export_onnx(r, Path(tmp))
                 except Exception as e:  # noqa: BLE001 (export raises ExportError, onnx and torch errors alike)
                     st.error(f"ONNX export failed: {dashboard.plain(e)}")
         if key in exports:
@@ -143,4 +143,4 @@ for r in selected:
             cols[2].download_button("Download ONNX", blob, file_name=f"{r.config.backbone}-{r.run_id}.onnx",
                                     mime="application/octet-stream", on_click="ignore",
                                     icon=":material/download:", key=f"onnx_dl_{r.run_id}")
-            st.caption(dashboard.plain(dashboard.export_text(res)))
+            st.caption(dashboard.plain(compare.export_text(res)))

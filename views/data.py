@@ -47,7 +47,7 @@ elif source == SOURCES[2]:
                                    "datasets give the folder path instead.")
     if upload is not None and st.button("Use this zip", type="primary"):
         with st.spinner("Saving and checking the zip…"):
-            saved = dashboard.save_upload(upload.getvalue(), dashboard.uploads_dir())
+            saved = data.save_upload(upload.getvalue(), data.uploads_dir())
         use(str(saved))
 
 try:

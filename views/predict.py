@@ -5,7 +5,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from leukviz import charts, dashboard, layout
+from leukviz import charts, dashboard, layout, prediction
 from views._common import active_dataset, load_model, open_dataset
 
 st.title("Predict")
@@ -35,12 +35,12 @@ with st.spinner("Loading the models…"):
 if not models:
     st.stop()
 
-uploads = st.file_uploader("Cell images", type=[*dashboard.UPLOAD_TYPES, "zip"], accept_multiple_files=True,
+uploads = st.file_uploader("Cell images", type=[*prediction.UPLOAD_TYPES, "zip"], accept_multiple_files=True,
                            help="PNG, JPEG, BMP or TIFF; one cell per image, like the training data. "
                                 "Several files or a zip of images also give a table to download as CSV.")
 show_cam = st.toggle("Show Grad-CAM", value=False, key="predict_cam",
                      help="Where each model looked: about 0.1-1 s per model per image on a CPU. Maps are "
-                          f"{dashboard.cam_resolution_text()}: models trained at 128 px or more give "
+                          f"{prediction.cam_resolution_text()}: models trained at 128 px or more give "
                           "readable maps.")
 uploads = uploads or []
 zips = [f for f in uploads if f.name.lower().endswith(".zip")]
@@ -53,9 +53,9 @@ if len(uploads) > 1 or zips:
         with st.spinner("Predicting every uploaded image with every model…"), \
                 tempfile.TemporaryDirectory(prefix="leukviz-batch-") as tmp:
             try:
-                predictions = dashboard.predict_uploads(models, [(f.name, f.getvalue()) for f in uploads + zips],
+                predictions = prediction.predict_uploads(models, [(f.name, f.getvalue()) for f in uploads + zips],
                                                         Path(tmp))
-                st.session_state["batch_table"] = dashboard.prediction_table(models, predictions)
+                st.session_state["batch_table"] = prediction.prediction_table(models, predictions)
                 # the cards below show these same results: every image is decoded and predicted once
                 done = st.session_state.setdefault("predictions", {})
                 done.update({(f.file_id, tuple(stamps)): p for f, p in zip(uploads, predictions)})
@@ -68,7 +68,7 @@ if len(uploads) > 1 or zips:
         st.dataframe(table, hide_index=True, width="stretch",
                      column_config={"file": st.column_config.TextColumn("File"),
                                     "confidence": st.column_config.NumberColumn("Confidence", format="percent")})
-        st.download_button("Download the table (CSV)", dashboard.table_csv(table), file_name="predictions.csv",
+        st.download_button("Download the table (CSV)", prediction.table_csv(table), file_name="predictions.csv",
                            mime="text/csv", icon=":material/download:", key="batch_csv")
 if st.button("Try demo cells", icon=":material/science:",
              help="A few labelled cells from the demo dataset's held-out test set."):
@@ -90,7 +90,7 @@ for i, (name, src, truth, file_key) in enumerate(items):
     key = (file_key, tuple(stamps))
     if key not in done:
         with st.spinner("Predicting…"):
-            done[key] = dashboard.predict_image(models, name, src)
+            done[key] = prediction.predict_image(models, name, src)
         while len(done) > 60:
             done.pop(next(iter(done)))
     result = done[key]
@@ -103,7 +103,7 @@ for i, (name, src, truth, file_key) in enumerate(items):
         cam_key = (file_key, tuple(stamps), "cam")
         if cam_key not in done:
             with st.spinner("Computing Grad-CAM…"):
-                done[cam_key] = dashboard.cam_views(models, result)
+                done[cam_key] = prediction.cam_views(models, result)
         cams = done[cam_key]
     truth_text = f" · true class **{dashboard.plain(truth)}**" if truth else ""
     st.markdown(f"#### {dashboard.plain(name)}{truth_text}")
@@ -112,7 +112,7 @@ for i, (name, src, truth, file_key) in enumerate(items):
             st.markdown(f"**{dashboard.plain(p.model)}**")
             left, right = st.columns([1, 2])
             left.image(p.image, caption=f"as fed ({p.image.shape[0]} px)", width="stretch")
-            if j < len(cams) and isinstance(cams[j], dashboard.CamView):
+            if j < len(cams) and isinstance(cams[j], prediction.CamView):
                 left.image(cams[j].overlay, caption=cams[j].caption, width="stretch")
             elif j < len(cams):
                 left.error(f"Grad-CAM failed: {dashboard.plain(cams[j])}")

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from leukviz import backbones, charts, config, dashboard, layout, runs
+from leukviz import backbones, charts, compare, config, dashboard, layout, runs
 from views._common import active_dataset, active_split, require_dataset
 
 LEARNING_RATES = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
@@ -183,7 +183,7 @@ def run_panel(run: runs.Run, polling: bool) -> None:
         a.metric("Val. accuracy", f"{m['val_acc']:.1%}" if "val_acc" in m else "–")
         b.metric("Weighted F1", f"{m['val_f1']:.3f}" if "val_f1" in m else "–")
         c.metric("Best epoch", m.get("best_epoch", "–"))
-        e.metric("Training time", dashboard.format_duration(dashboard.training_seconds(run)))
+        e.metric("Training time", dashboard.format_duration(compare.training_seconds(run)))
         left, mid, right = st.columns(3)
         left.page_link("views/predict.py", label="Predict with it", icon=":material/center_focus_strong:")
         mid.page_link("views/compare.py", label="Compare backbones", icon=":material/compare:")

@@ -1,0 +1,202 @@
+"""The Predict page's numbers: dropped images (and the images inside dropped zips) decoded and predicted
+once by every model, their table, and Grad-CAM views of them; no Streamlit in here."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import pandas as pd
+
+from leukviz import backbones, data
+
+UPLOAD_TYPES = ("png", "jpg", "jpeg", "bmp", "tif", "tiff")
+
+
+@dataclass
+class ModelPrediction:
+    model: str  # LoadedModel.name
+    run_id: str
+    image: np.ndarray | None  # as fed to the model: decoded, cropped, resized (before normalisation)
+    predicted: str
+    confidence: float
+    probs: dict[str, float]
+    backbone: str = ""
+
+
+@dataclass
+class ImagePrediction:
+    name: str
+    error: str | None = None
+    results: list[ModelPrediction] = field(default_factory=list)
+
+
+def _read_bytes(src: str | Path | bytes | IO[bytes]) -> bytes:
+    if isinstance(src, bytes):
+        return src
+    if isinstance(src, (str, Path)):
+        return Path(src).read_bytes()
+    if hasattr(src, "getvalue"):
+        return src.getvalue()
+    src.seek(0)
+    return src.read()
+
+
+def predict_images(models: Sequence[Any], items: Sequence[tuple[str, bytes]],
+                   keep_images: bool = True) -> list[ImagePrediction]:
+    """Predict images (name, file bytes) with every model: each image decoded once per distinct decoding
+    (models sharing a size and crop share it) and predicted once per model, in batches.
+
+    A file that is empty, truncated or not an image gives ImagePrediction.error (the reason, without the
+    name: the caller shows the name itself) and no exception, so one bad file never stops the others.
+    keep_images=False drops the decoded images from the results (a table needs only the numbers).
+    """
+    from leukviz import inference
+
+    out = [ImagePrediction(name) for name, _ in items]
+    decoders = {lm.preprocess.decoding: lm.preprocess for lm in models}
+    decoded: dict[tuple, dict[int, np.ndarray]] = {key: {} for key in decoders}
+    for i, (name, blob) in enumerate(items):
+        if not blob:
+            out[i].error = "the file is empty (0 bytes)"
+            continue
+        for key, pre in decoders.items():
+            buf = io.BytesIO(blob)
+            buf.name = name
+            try:
+                decoded[key][i] = pre.decode(buf)
+            except data.ImageError as e:
+                shown = Path(name.replace("\\", "/")).name  # how data.load_image names the file
+                out[i].error = str(e).removeprefix(f"{shown}: ")
+                break
+    good = [i for i, p in enumerate(out) if p.error is None]
+    for lm in models:
+        images = decoded[lm.preprocess.decoding]
+        probs = inference.predict_arrays(lm, np.stack([images[i] for i in good])) if good else []
+        for i, prob in zip(good, probs):
+            rec = inference.prediction_record(lm, prob)
+            out[i].results.append(ModelPrediction(lm.name, lm.run_dir.name, images[i] if keep_images else None,
+                                                  rec["predicted"], rec["confidence"],
+                                                  {c: float(p) for c, p in zip(lm.classes, prob)}, lm.backbone))
+    return out
+
+
+def predict_image(models: Sequence[Any], name: str, src: str | Path | bytes | IO[bytes]) -> ImagePrediction:
+    """Predict one image (a path, bytes or an uploaded file) with every model (predict_images)."""
+    try:
+        blob = _read_bytes(src)
+    except OSError as e:
+        return ImagePrediction(name, f"cannot read the file ({e.__class__.__name__})")
+    return predict_images(models, [(name, blob)])[0]
+
+
+MAX_ZIP_MEMBER = 64 * 2**20  # an image inside an uploaded zip larger than this is left out
+
+
+def zip_images(name: str, blob: bytes, folder: Path) -> list[tuple[str, bytes]]:
+    """The images inside an uploaded zip, (shown name 'zip/member', bytes), extracted by data.extract_zip
+    (its limits and refusals) into folder. A zip that cannot be opened or is refused gives none."""
+    path = data.save_upload(blob, folder)
+    dest = folder / f"{path.stem}-files"
+    try:
+        data.extract_zip(path, dest)
+    except data.DataError:
+        return []
+    out = []
+    for p in sorted(dest.rglob("*")):
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower().lstrip(".") in UPLOAD_TYPES \
+                and p.stat().st_size <= MAX_ZIP_MEMBER:
+            out.append((f"{name}/{p.relative_to(dest).as_posix()}", p.read_bytes()))
+    return out
+
+
+def predict_uploads(models: Sequence[Any], files: Sequence[tuple[str, bytes]], folder: Path) -> list[ImagePrediction]:
+    """Every uploaded image, and every image inside an uploaded zip (zip_images), predicted once: one
+    ImagePrediction per image, in upload order with each zip's images in its place. Loose files keep their
+    decoded images (the page's cards show them); a zip's images only feed the table."""
+    is_zip = [name.lower().endswith(".zip") for name, _ in files]
+    loose = iter(predict_images(models, [f for f, z in zip(files, is_zip) if not z]))
+    out: list[ImagePrediction] = []
+    for (name, blob), z in zip(files, is_zip):
+        out += predict_images(models, zip_images(name, blob, folder), keep_images=False) if z else [next(loose)]
+    return out
+
+
+def prediction_table(models: Sequence[Any], predictions: Sequence[ImagePrediction]) -> pd.DataFrame:
+    """One row per image per model, models first (inference.predict_table's columns): file, model
+    (backbone), run_id, predicted, confidence, prob_<class>... and error (empty unless unreadable)."""
+    rows = []
+    for lm in models:
+        for p in predictions:
+            r = next((r for r in p.results if r.run_id == lm.run_dir.name), None)
+            rows.append({"file": p.name, "model": lm.backbone, "run_id": lm.run_dir.name,
+                         "predicted": r.predicted if r else None, "confidence": r.confidence if r else None,
+                         **({f"prob_{c}": v for c, v in r.probs.items()} if r else {}),
+                         "error": p.error or ""})
+    probs = list(dict.fromkeys(k for r in rows for k in r if k.startswith("prob_")))
+    return pd.DataFrame(rows, columns=["file", "model", "run_id", "predicted", "confidence", *probs, "error"])
+
+
+def table_csv(table: pd.DataFrame) -> bytes:
+    return table.to_csv(index=False).encode("utf-8")
+
+
+
+# ---------------------------------------------------------------------------------------------- Grad-CAM
+
+CAM_MIN_READABLE = 4  # a map of fewer cells a side (a stride-32 backbone under 128 px) says little
+
+
+def cam_resolution_text() -> str:
+    """How fine each registered backbone's Grad-CAM map is: '1/32 of the image side for ResNet50 and
+    GoogLeNet, 1/16 for VGG16'."""
+    by_stride: dict[int, list[str]] = {}
+    for spec in backbones.BACKBONES.values():
+        by_stride.setdefault(spec.cam_stride, []).append(spec.title)
+    parts = [f"1/{stride}{' of the image side' if i == 0 else ''} for {' and '.join(titles)}"
+             for i, (stride, titles) in enumerate(by_stride.items())]
+    return ", ".join(parts)
+
+
+@dataclass
+class CamView:
+    model: str
+    run_id: str
+    overlay: np.ndarray  # uint8 RGB at the model's input size
+    grid: tuple[int, int]
+    caption: str
+
+
+def cam_caption(grid: Sequence[int], image_size: int) -> str:
+    h, w = int(grid[0]), int(grid[1])
+    text = f"Grad-CAM: a {h}×{w} map smoothed up to {image_size} px"
+    if min(h, w) < CAM_MIN_READABLE:
+        text += " (too coarse to read much: models trained at 128 px or more give finer maps)"
+    return text
+
+
+def cam_views(models: Sequence[Any], prediction: ImagePrediction) -> list[CamView | str]:
+    """One Grad-CAM overlay per model result of an already decoded prediction; a failure gives its
+    message (a str) in that model's place, so one model never stops the others."""
+    from leukviz import explain
+
+    by_run = {lm.run_dir.name: lm for lm in models}
+    out: list[CamView | str] = []
+    for p in prediction.results:
+        lm = by_run.get(p.run_id)
+        if lm is None:
+            out.append("the model is no longer loaded")
+            continue
+        try:
+            # the map explains the class the prediction showed (its pass has no gradients to reuse)
+            res = explain.explain_image(lm, p.image, target=p.predicted)
+        except (RuntimeError, ValueError, KeyError, ImportError) as e:
+            out.append(f"{e.__class__.__name__}: {e}")
+            continue
+        out.append(CamView(p.model, p.run_id, res["overlay"], tuple(res["grid"]),
+                           cam_caption(res["grid"], lm.image_size)))
+    return out

@@ -1,0 +1,82 @@
+"""Hand-made run folders and tiny models the dashboard, compare, prediction and runs tests share."""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from leukviz import backbones, config, inference, runs
+from leukviz.storage import append_jsonl, atomic_write_json
+
+
+def make_run(root: Path, backbone: str = "googlenet", fingerprint: str = "fp1",
+             state: str | None = "finished", split: str = "subject", data_spec: str = "demo",
+             created: float | None = None, seed: int = 0, with_predictions: bool = True,
+             **cfg_overrides) -> runs.Run:
+    """A run folder written by hand, as the engine would leave it (no training)."""
+    cfg = config.resolve(backbone, "quick", "none", data_spec, split=split, seed=seed, **cfg_overrides)
+    run = runs.Run(root / cfg.identity(fingerprint))
+    run.dir.mkdir(parents=True)
+    atomic_write_json(run.dir / "config.json", {"run_id": run.run_id, "config": cfg.to_dict(),
+                                                "dataset_fingerprint": fingerprint,
+                                                "created": created if created is not None else time.time()})
+    if state:
+        atomic_write_json(run.dir / "status.json", {"state": state, "epoch": 2, "epochs": 3,
+                                                    "updated": time.time(),
+                                                    "error": "boom" if state == "failed" else None})
+    if state is None:  # never started: no files beyond config.json
+        return run
+    append_jsonl(run.dir / "metrics.jsonl", {"type": "start", "epoch": 0, "epochs": 3, "steps_per_epoch": 4,
+                                             "time": 100.0})
+    for e in (1, 2):
+        append_jsonl(run.dir / "metrics.jsonl", {
+            "type": "epoch", "epoch": e, "epochs": 3, "train_loss": 0.5, "train_acc": 0.7, "val_loss": 0.4,
+            "val_acc": 0.75, "val_f1": 0.7, "seconds": 10.0 * e, "time": 100.0 + 10 * e})
+    if with_predictions:
+        y = np.array([0, 0, 0, 1, 1, 1, 1, 1])
+        p_all = np.array([0.1, 0.6, 0.2, 0.9, 0.8, 0.4, 0.7, 0.95])
+        pd.DataFrame({"path": [f"/x/{i}.png" for i in range(8)], "subject": ["H1"] * 3 + ["7"] * 5,
+                      "label": y, "pred": (p_all > 0.5).astype(int), "prob_hem": 1 - p_all, "prob_all": p_all}
+                     ).to_csv(run.dir / "val_predictions.csv", index=False)
+        atomic_write_json(run.dir / "model.json", {
+            "backbone": backbone, "classes": ["hem", "all"], "params": 5_600_000, "weights_init": "none",
+            "split": {"method": split, "description": "by subject: 1 of 3 subjects held out"},
+            "metrics": {"val_acc": 0.75, "val_f1": 0.74, "best_epoch": 2}})
+        (run.dir / "model.safetensors").write_bytes(b"\0" * 2_000_000)
+    return run
+
+
+class FakeProc:
+    def __init__(self, returncode: int | None):
+        self.returncode = returncode
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+
+_NET: list[torch.nn.Module] = []
+
+
+def tiny_model(tmp_path: Path, size: int = 32, crop: bool = True, name: str = "m") -> inference.LoadedModel:
+    """An untrained GoogLeNet (built once: its initialisation is slow) posing as a finished run's model."""
+    if not _NET:
+        torch.manual_seed(0)
+        _NET.append(backbones.build_model("googlenet", 2, "none").eval())
+    model = _NET[0]
+    meta = {"backbone": "googlenet", "classes": ["hem", "all"], "image_size": size, "crop": crop}
+    (tmp_path / name).mkdir(exist_ok=True)
+    return inference.LoadedModel(model, meta, torch.device("cpu"), tmp_path / name)
+
+
+def png_bytes(size: int = 48) -> bytes:
+    a = np.zeros((size, size, 3), np.uint8)
+    a[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = (150, 90, 200)
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG")
+    return buf.getvalue()
