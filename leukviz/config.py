@@ -36,6 +36,7 @@ HELP = {
     "freeze_bn": "keep BatchNorm statistics fixed (ImageNet's, when fine-tuning)",
     "class_balance": "weighted loss (default) or none",
 }
+IMAGE_SIZES = (16, 1024)  # the smallest and largest image side a run accepts, in pixels
 # What a run's preprocessing means, hashed into every run id: version 2 keeps the cells' scale (a fixed
 # window around the cell for the whole dataset) where version 1 zoomed every cell to fill the frame.
 PREPROCESS_VERSION = 2
@@ -148,8 +149,9 @@ def validate(cfg: RunConfig) -> None:
         _check(name, getattr(cfg, name), choices)
     if not 0 <= cfg.n_folds <= 20 or cfg.n_folds == 1:
         raise ConfigError(f"n_folds must be 0 (automatic) or between 2 and 20, got {cfg.n_folds}")
-    if not 16 <= cfg.image_size <= 1024:
-        raise ConfigError(f"image_size must be between 16 and 1024 pixels, got {cfg.image_size}")
+    low, high = IMAGE_SIZES
+    if not low <= cfg.image_size <= high:
+        raise ConfigError(f"image_size must be between {low} and {high} pixels, got {cfg.image_size}")
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise ConfigError("epochs and batch_size must be at least 1")
     if not cfg.lr > 0:

@@ -76,7 +76,7 @@ if weights_choice == "file":
         st.stop()
 
 c1, c2, c3 = st.columns(3)
-image_size = c1.number_input("Image size (px)", 16, 1024, step=16, key="train_image_size", **KEEP)
+image_size = c1.number_input("Image size (px)", *config.IMAGE_SIZES, step=16, key="train_image_size", **KEEP)
 epochs = c2.number_input("Epochs", 1, 500, key="train_epochs", **KEEP)
 batch_size = c3.number_input("Batch size", 1, 4096, key="train_batch_size", **KEEP)
 c4, c5 = st.columns(2)
