@@ -422,58 +422,69 @@ def _paper_cell(col: dict | None) -> str:
             f"(F1 {_fmt(col['val_f1_mean'], 3)} ± {col['val_f1_sd']:.3f})")
 
 
-def cmd_study(args) -> int:
+def _study_subjects(args, log, progress) -> tuple[str, dict]:
     from leukviz import studies
 
-    def log(s: str) -> None:
-        print(s, file=sys.stderr)
+    names = tuple(args.backbones.split(",")) if args.backbones else None
+    res = studies.subject_study(args.data, names, args.seeds, args.image_size, args.epochs, args.weights,
+                                args.preset, args.folds, not args.no_plain, args.runs_dir, log, progress,
+                                args.device, args.plain_seeds)
+    human = studies.format_subject_table(res)
+    return human, res
 
-    progress = Progress()
-    try:
-        if args.study_command == "subjects":
-            names = tuple(args.backbones.split(",")) if args.backbones else None
-            res = studies.subject_study(args.data, names, args.seeds, args.image_size, args.epochs, args.weights,
-                                        args.preset, args.folds, not args.no_plain, args.runs_dir, log, progress,
-                                        args.device, args.plain_seeds)
-            human = studies.format_subject_table(res)
-        elif args.study_command == "leakage":
-            weights, note = studies.resolve_weights(args.backbone, args.weights)
-            if note:
-                log(f"note: {note}")
-            cfg = C.resolve(args.backbone, args.preset, weights, args.data, epochs=args.epochs,
-                            image_size=args.image_size, batch_size=args.batch_size, seed=args.seed)
-            res = studies.leakage(cfg, args.runs_dir, log, progress, args.device)
-            res["notes"] = [note] if note else []
-            i, s, inf = res["image"], res["subject"], res["inflation"]
-            human = "\n".join([
-                f"leakage study: {cfg.backbone}, weights {cfg.weights}, {cfg.image_size} px, {cfg.epochs} epochs, "
-                f"data {cfg.data}",
-                f"  split=image   (leaky)  run {i['run_id']}: accuracy {_pct(i['val_acc'])}, weighted F1 "
-                f"{_fmt(i['val_f1'], 3)}  ({i['n_val']} validation cells)",
-                f"  split=subject (honest) run {s['run_id']}: accuracy {_pct(s['val_acc'])}, weighted F1 "
-                f"{_fmt(s['val_f1'], 3)}  ({s['n_val']} validation cells)",
-                f"  inflation from leakage (image minus subject): accuracy {_points(inf['accuracy'])}, "
-                f"weighted F1 {_signed(inf['weighted_f1'])}"])
-        else:
-            names = tuple(args.backbones.split(",")) if args.backbones else None
-            res = studies.reproduce_paper(args.data, args.runs_dir, args.epochs, args.image_size, args.weights,
-                                          names, log, progress, args.device, args.seeds, args.with_defaults)
-            columns = [("image_split", "reproduced (image split)"), ("subject_split", "subject split")]
-            if args.with_defaults:
-                columns.append(("defaults_subject_split", "leukviz defaults (subject)"))
-            lines = [f"the paper reproduced on {res['data']}, seeds {res['seeds']}",
-                     *(f"  note: {n}" for n in res["notes"]),
-                     f"  {'backbone':<10} {'weights':<8} {'published':>9}   "
-                     + "   ".join(f"{title:<32}" for _, title in columns)]
-            for r in res["rows"]:
-                cells = [_paper_cell(r[key]) for key, _ in columns]
-                lines.append(f"  {r['title']:<10} {r['weights']:<8} {_pct(r['published_val_acc']):>9}   "
-                             + "   ".join(f"{c:<32}" for c in cells))
-            lines.append("  published = validation accuracy reported by the paper (random image split: leaky); "
-                         "each cell: accuracy (weighted F1), mean ± sd over seeds when more than one")
-            human = "\n".join(line.rstrip() for line in lines)
-    except studies.StudyError as e:
-        raise CliError(str(e)) from None
+
+def _study_leakage(args, log, progress) -> tuple[str, dict]:
+    from leukviz import studies
+
+    weights, note = studies.resolve_weights(args.backbone, args.weights)
+    if note:
+        log(f"note: {note}")
+    cfg = C.resolve(args.backbone, args.preset, weights, args.data, epochs=args.epochs,
+                    image_size=args.image_size, batch_size=args.batch_size, seed=args.seed)
+    res = studies.leakage(cfg, args.runs_dir, log, progress, args.device)
+    res["notes"] = [note] if note else []
+    i, s, inf = res["image"], res["subject"], res["inflation"]
+    human = "\n".join([
+        f"leakage study: {cfg.backbone}, weights {cfg.weights}, {cfg.image_size} px, {cfg.epochs} epochs, "
+        f"data {cfg.data}",
+        f"  split=image   (leaky)  run {i['run_id']}: accuracy {_pct(i['val_acc'])}, weighted F1 "
+        f"{_fmt(i['val_f1'], 3)}  ({i['n_val']} validation cells)",
+        f"  split=subject (honest) run {s['run_id']}: accuracy {_pct(s['val_acc'])}, weighted F1 "
+        f"{_fmt(s['val_f1'], 3)}  ({s['n_val']} validation cells)",
+        f"  inflation from leakage (image minus subject): accuracy {_points(inf['accuracy'])}, "
+        f"weighted F1 {_signed(inf['weighted_f1'])}"])
+    return human, res
+
+
+def _study_paper(args, log, progress) -> tuple[str, dict]:
+    from leukviz import studies
+
+    names = tuple(args.backbones.split(",")) if args.backbones else None
+    res = studies.reproduce_paper(args.data, args.runs_dir, args.epochs, args.image_size, args.weights,
+                                  names, log, progress, args.device, args.seeds, args.with_defaults)
+    columns = [("image_split", "reproduced (image split)"), ("subject_split", "subject split")]
+    if args.with_defaults:
+        columns.append(("defaults_subject_split", "leukviz defaults (subject)"))
+    lines = [f"the paper reproduced on {res['data']}, seeds {res['seeds']}",
+             *(f"  note: {n}" for n in res["notes"]),
+             f"  {'backbone':<10} {'weights':<8} {'published':>9}   "
+             + "   ".join(f"{title:<32}" for _, title in columns)]
+    for r in res["rows"]:
+        cells = [_paper_cell(r[key]) for key, _ in columns]
+        lines.append(f"  {r['title']:<10} {r['weights']:<8} {_pct(r['published_val_acc']):>9}   "
+                     + "   ".join(f"{c:<32}" for c in cells))
+    lines.append("  published = validation accuracy reported by the paper (random image split: leaky); "
+                 "each cell: accuracy (weighted F1), mean ± sd over seeds when more than one")
+    human = "\n".join(line.rstrip() for line in lines)
+    return human, res
+
+
+STUDIES = {"subjects": _study_subjects, "leakage": _study_leakage, "paper": _study_paper}
+
+
+def cmd_study(args) -> int:
+    """A study made of ordinary cached runs; a run that does not finish is a StudyError (one clear line)."""
+    human, res = STUDIES[args.study_command](args, lambda s: print(s, file=sys.stderr), Progress())
     _out(args, human, res)
     return 0
 

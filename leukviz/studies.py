@@ -9,8 +9,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from leukviz import backbones, config, data, runs
+from leukviz import backbones, cnmc, config, data, layout, runs
 from leukviz.config import RunConfig
+from leukviz.errors import LeukvizError
 
 # The seed paper's validation accuracies (ImageNet weights, 128 px, a random image-level split of C-NMC
 # fold 0). The one copy of these numbers: the CLI and the dashboard read them from here.
@@ -22,7 +23,7 @@ Log = Callable[[str], None]
 Progress = Callable[[dict], None]
 
 
-class StudyError(RuntimeError):
+class StudyError(LeukvizError, RuntimeError):
     """A run of a study did not finish; the message names it and says why."""
 
 
@@ -66,7 +67,7 @@ def run_scores(run: runs.Run) -> dict:
     from leukviz.storage import read_json
 
     m = run.final_metrics()
-    split = read_json(run.dir / "model.json", {}).get("split", {})
+    split = read_json(run.dir / layout.SIDECAR, {}).get("split", {})
     return {"run_id": run.run_id, "split": run.config.split, "val_acc": m.get("val_acc"),
             "val_f1": m.get("val_f1"), "best_epoch": m.get("best_epoch"), "n_train": split.get("n_train"),
             "n_val": split.get("n_val"), "split_description": split.get("description")}
@@ -129,11 +130,11 @@ def leakage(cfg_base: RunConfig, runs_dir: str | Path | None = None, log: Log = 
 
 def _fold_view(ds: data.Dataset, fold: int, cache_dir: Path) -> Path:
     """A C-NMC-layout folder whose training_data holds only one official fold (a link, no copies)."""
-    view = cache_dir / "subsets" / f"{ds.fingerprint}-fold{fold}" / "C-NMC_Leukemia" / "training_data"
-    link = view / f"fold_{fold}"
+    view = cache_dir / "subsets" / f"{ds.fingerprint}-fold{fold}" / cnmc.ROOT / cnmc.TRAINING
+    link = view / cnmc.fold_name(fold)
     if not link.exists():
         view.mkdir(parents=True, exist_ok=True)
-        link.symlink_to((ds.root / "training_data" / f"fold_{fold}").resolve(), target_is_directory=True)
+        link.symlink_to((ds.root / cnmc.TRAINING / cnmc.fold_name(fold)).resolve(), target_is_directory=True)
     return view.parent
 
 
@@ -279,7 +280,7 @@ def score_run(y: np.ndarray, prob: np.ndarray, subjects: np.ndarray, classes: Se
 def _leukviz_record(run: runs.Run, classes: Sequence[str]) -> dict:
     import pandas as pd
 
-    pred = pd.read_csv(run.dir / "val_predictions.csv", dtype={"subject": str})
+    pred = pd.read_csv(run.dir / layout.PREDICTIONS, dtype={"subject": str})
     prob = pred[[f"prob_{c}" for c in classes]].to_numpy()
     f1s = [float(e["val_f1"]) for e in run.epochs()]
     return {"method": "leukviz", "run_id": run.run_id, "epoch_f1": f1s, "late_drop": late_drop(f1s),
