@@ -37,7 +37,7 @@ def device_lock(kind: str) -> str:
 
 # ---------------------------------------------------------------------------------------------- the cache
 
-IMAGE_CACHE = "images"  # decoded images: <fingerprint>-<size>-<crop>.npy, .ok.npy, .skipped.json
+IMAGE_CACHE = "images"  # decoded images: <fingerprint>-<size>-<window750|full|cell>.npy, .ok.npy, .skipped.json
 FEATURE_CACHE = "features"  # head-only backbone features: <key>.safetensors
 DEMO_CACHE = "demo"  # the generated demo dataset
 ZIP_CACHE = "zips"  # extracted dataset zips
