@@ -90,15 +90,16 @@ register(BackboneSpec(
 # in place, so a hook on the conv saw post-ReLU activations on CPU (shared storage) but pre-ReLU ones on
 # CUDA (copied first), each paired with pre-ReLU gradients. The ReLU's own output is one consistent tensor.
 # Its recipe: the seed paper trained it 4 epochs with Adam 3e-3; pretrained it takes a gentler rate; from
-# scratch (no batch norm) it stays at the majority class with Adam 1e-3 on C-NMC-like data, so it gets SGD
-# with momentum.
+# scratch (no batch norm) it stays at the majority class with Adam 1e-3, and with SGD 1e-2 and momentum it
+# had not begun to learn after 3 epochs on real cells (training accuracy 0.46-0.55; docs/REALDATA.md), so it
+# gets AdamW at 1e-4.
 register(BackboneSpec(
     name="vgg16", title="VGG16", builder_name="vgg16", weights_name="VGG16_Weights.DEFAULT",
     head="classifier.6", last_stage=("features.24", "features.26", "features.28", "classifier"),
     cam_layer="features.29", cam_stride=16, color="#EF553B",
     paper_recipe={"epochs": 4, "optimizer": "adam", "lr": 3e-3},
     pretrained_recipe={"lr": 1e-4},
-    scratch_recipe={"optimizer": "sgd", "lr": 1e-2, "momentum": 0.9, "weight_decay": 5e-4},
+    scratch_recipe={"lr": 1e-4},
 ))
 
 

@@ -62,7 +62,7 @@ def test_class_weights_balance_the_classes():
 
 def test_presets_resolve_and_overrides_win():
     cfg = resolve("vgg16", "quick", "none", epochs=1)
-    assert cfg.epochs == 1 and cfg.optimizer == "sgd"  # VGG16 from scratch: not Adam 1e-3
+    assert cfg.epochs == 1 and (cfg.optimizer, cfg.lr) == ("adamw", 1e-4)  # VGG16 from scratch: not Adam 1e-3
     paper = resolve("vgg16", "paper", "imagenet")
     assert (paper.image_size, paper.batch_size, paper.epochs) == (128, 128, 4)
     assert resolve("resnet50", "paper", "imagenet").epochs == 5
