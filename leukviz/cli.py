@@ -425,10 +425,10 @@ def _paper_cell(col: dict | None) -> str:
 def _study_subjects(args, log, progress) -> tuple[str, dict]:
     from leukviz import studies
 
-    names = tuple(args.backbones.split(",")) if args.backbones else None
-    res = studies.subject_study(args.data, names, args.seeds, args.image_size, args.epochs, args.weights,
-                                args.preset, args.folds, not args.no_plain, args.runs_dir, log, progress,
-                                args.device, args.plain_seeds)
+    study = studies.SubjectStudy(args.data, tuple(args.backbones.split(",")) if args.backbones else (), args.seeds,
+                                 0 if args.no_plain else args.plain_seeds, args.image_size, args.epochs,
+                                 args.weights, args.preset, args.folds)
+    res = studies.subject_study(study, args.runs_dir, log, progress, args.device)
     human = studies.format_subject_table(res)
     return human, res
 
@@ -459,9 +459,10 @@ def _study_leakage(args, log, progress) -> tuple[str, dict]:
 def _study_paper(args, log, progress) -> tuple[str, dict]:
     from leukviz import studies
 
-    names = tuple(args.backbones.split(",")) if args.backbones else None
-    res = studies.reproduce_paper(args.data, args.runs_dir, args.epochs, args.image_size, args.weights,
-                                  names, log, progress, args.device, args.seeds, args.with_defaults)
+    study = studies.PaperStudy(args.data, args.epochs, args.image_size, args.weights,
+                               tuple(args.backbones.split(",")) if args.backbones else (), args.seeds,
+                               args.with_defaults)
+    res = studies.reproduce_paper(study, args.runs_dir, log, progress, args.device)
     columns = [("image_split", "reproduced (image split)"), ("subject_split", "subject split")]
     if args.with_defaults:
         columns.append(("defaults_subject_split", "leukviz defaults (subject)"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -41,29 +42,41 @@ class _Files:
         return self.transform(default_loader(self.paths[i])), self.labels[i]
 
 
-def cache_key(backbone: str, weights: str, fingerprint: str, train: Sequence[str], val: Sequence[str],
-              image_size: int, epochs: int, seed: int) -> str:
-    h = hashlib.sha256(json.dumps({"version": PLAIN_VERSION, "recipe": RECIPE, "backbone": backbone,
-                                   "weights": weights, "dataset": fingerprint, "image_size": image_size,
-                                   "epochs": epochs, "seed": seed}, sort_keys=True).encode())
+Files = tuple[Sequence[str], Sequence[int]]  # (paths, labels)
+
+
+@dataclass(frozen=True)
+class PlainRun:
+    """What one plain-loop run is, besides its files (the recipe is fixed: RECIPE)."""
+
+    backbone: str
+    weights: str
+    image_size: int
+    epochs: int
+    seed: int
+
+
+def cache_key(run: PlainRun, fingerprint: str, train: Sequence[str], val: Sequence[str]) -> str:
+    h = hashlib.sha256(json.dumps({"version": PLAIN_VERSION, "recipe": RECIPE, "backbone": run.backbone,
+                                   "weights": run.weights, "dataset": fingerprint, "image_size": run.image_size,
+                                   "epochs": run.epochs, "seed": run.seed}, sort_keys=True).encode())
     for part in (sorted(train), sorted(val)):
         h.update("\n".join(Path(p).name for p in part).encode())
         h.update(b"|")
     return h.hexdigest()[:16]
 
 
-def fit(backbone: str, weights: str, train: tuple[Sequence[str], Sequence[int]],
-        val: tuple[Sequence[str], Sequence[int]], image_size: int, epochs: int, seed: int,
-        log: Callable[[str], None] = print) -> dict:
+def fit(run: PlainRun, train: Files, val: Files, log: Callable[[str], None] = print) -> dict:
     """Train the plain loop; returns each epoch's validation scores and the last epoch's probabilities."""
     import torch
     from torch import nn
     from torch.utils.data import DataLoader
     from torchvision import transforms as T
 
+    backbone, image_size, epochs, seed = run.backbone, run.image_size, run.epochs, run.seed
     torch.manual_seed(seed)
     spec = backbones.get_spec(backbone)
-    model = backbones.build_model(backbone, 2, weights)
+    model = backbones.build_model(backbone, 2, run.weights)
     norm = [T.ToTensor(), T.Normalize(spec.mean, spec.std)]
     tf_train = T.Compose([T.Resize((image_size, image_size)), T.RandomHorizontalFlip(), T.RandomVerticalFlip(),
                           *norm])
@@ -97,20 +110,19 @@ def fit(backbone: str, weights: str, train: tuple[Sequence[str], Sequence[int]],
     return {"epochs": history, "probs": probs.tolist()}
 
 
-def cached_fit(cache_dir: Path, backbone: str, weights: str, fingerprint: str,
-               train: tuple[Sequence[str], Sequence[int]], val: tuple[Sequence[str], Sequence[int]],
-               image_size: int, epochs: int, seed: int, log: Callable[[str], None] = print) -> dict:
+def cached_fit(cache_dir: Path, run: PlainRun, fingerprint: str, train: Files, val: Files,
+               log: Callable[[str], None] = print) -> dict:
     """fit, or its cached result (a damaged cache file is trained again)."""
-    key = cache_key(backbone, weights, fingerprint, train[0], val[0], image_size, epochs, seed)
+    key = cache_key(run, fingerprint, train[0], val[0])
     path = Path(cache_dir) / "plain" / f"{key}.json"
     try:
         res = json.loads(path.read_text())
-        if len(res["probs"]) == len(val[0]) and len(res["epochs"]) == epochs:
-            log(f"plain {backbone} seed {seed}: cached")
+        if len(res["probs"]) == len(val[0]) and len(res["epochs"]) == run.epochs:
+            log(f"plain {run.backbone} seed {run.seed}: cached")
             return res
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    res = fit(backbone, weights, train, val, image_size, epochs, seed, log)
+    res = fit(run, train, val, log)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, json.dumps(res).encode())
     return res

@@ -4,6 +4,7 @@ subject-grouped cross-validation against the plain hand-written loop."""
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -170,40 +171,44 @@ def paper_data(data_spec: str | None) -> tuple[str, list[str]]:
 PAPER_COLUMNS = ("image", "subject", "defaults")  # the paper's recipe split by image, by subject; leukviz's
 
 
-def paper_configs(data_spec: str | None = None, epochs: int | None = None, image_size: int | None = None,
-                  weights: str = "auto", names: tuple[str, ...] | None = None,
-                  seeds: Sequence[int] = (0,), with_defaults: bool = False) -> tuple[dict, list[str]]:
+@dataclass(frozen=True)
+class PaperStudy:
+    """What the paper study trains: the data (None: the demo), the paper's epochs and size unless given,
+    the weights ('auto': ImageNet when cached), backbones (empty: the paper's three), seeds 0..seeds-1,
+    and with_defaults leukviz's quick preset beside the recipe."""
+
+    data: str | None = None
+    epochs: int | None = None
+    image_size: int | None = None
+    weights: str = "auto"
+    backbones: tuple[str, ...] = ()
+    seeds: int = 1
+    with_defaults: bool = False
+
+
+def paper_configs(study: PaperStudy = PaperStudy()) -> tuple[dict, list[str]]:
     """{(backbone, column, seed): RunConfig} of the paper study: the 'paper' preset split by image and by
     subject and, with_defaults, leukviz's quick preset at the same size and epochs on the subject split;
     and the notes on data and weights."""
-    data_path, notes = paper_data(data_spec)
+    data_path, notes = paper_data(study.data)
     cfgs = {}
-    for name in names or tuple(PAPER_VAL_ACCURACY):
-        w, note = resolve_weights(name, weights)
+    for name in study.backbones or tuple(PAPER_VAL_ACCURACY):
+        w, note = resolve_weights(name, study.weights)
         if note:
             notes.append(note)
-        for seed in seeds:
+        for seed in range(study.seeds):
             for split in LEAKAGE_SPLITS:
-                cfgs[(name, split, seed)] = config.resolve(name, "paper", w, data_path, epochs=epochs,
-                                                           image_size=image_size, split=split, seed=seed)
-            if with_defaults:
+                cfgs[(name, split, seed)] = config.resolve(name, "paper", w, data_path, epochs=study.epochs,
+                                                           image_size=study.image_size, split=split, seed=seed)
+            if study.with_defaults:
                 recipe = cfgs[(name, "subject", seed)]
                 cfgs[(name, "defaults", seed)] = config.resolve(name, "quick", w, data_path, epochs=recipe.epochs,
                                                                 image_size=recipe.image_size, split="subject",
                                                                 seed=seed)
-    if epochs is not None or image_size is not None:
-        notes.append(f"overrides of the paper recipe: epochs={epochs or 'preset'}, "
-                     f"image_size={image_size or 'preset'}")
+    if study.epochs is not None or study.image_size is not None:
+        notes.append(f"overrides of the paper recipe: epochs={study.epochs or 'preset'}, "
+                     f"image_size={study.image_size or 'preset'}")
     return cfgs, notes
-
-
-def paper_runs(data_spec: str | None = None, epochs: int | None = None, image_size: int | None = None,
-               weights: str = "auto", names: tuple[str, ...] | None = None,
-               runs_dir: str | Path | None = None) -> tuple[dict, list[str]]:
-    """The study's run folders {(backbone, split, seed): Run}, created but not trained (for a page to
-    launch), and the notes."""
-    cfgs, notes = paper_configs(data_spec, epochs, image_size, weights, names)
-    return {key: runs.run_for(cfg, runs_dir) for key, cfg in cfgs.items()}, notes
 
 
 def _column(done: dict, name: str, column: str) -> dict | None:
@@ -237,15 +242,12 @@ def paper_summary(done: dict, notes: list[str]) -> dict:
             "published_source": "the seed paper: validation accuracy on a random image split of C-NMC fold 0"}
 
 
-def reproduce_paper(data_spec: str | None = None, runs_dir: str | Path | None = None,
-                    epochs: int | None = None, image_size: int | None = None, weights: str = "auto",
-                    names: tuple[str, ...] | None = None,
-                    log: Log = print, progress: Progress | None = None, device: str = "auto",
-                    seeds: int = 1, with_defaults: bool = False) -> dict:
+def reproduce_paper(study: PaperStudy, runs_dir: str | Path | None = None, log: Log = print,
+                    progress: Progress | None = None, device: str = "auto") -> dict:
     """Train every backbone with the paper's recipe on a random image split (the paper's) and on a
     subject split (and, with_defaults, leukviz's defaults on the subject split), over seeds 0..seeds-1,
     and report them beside the published validation accuracy."""
-    cfgs, notes = paper_configs(data_spec, epochs, image_size, weights, names, tuple(range(seeds)), with_defaults)
+    cfgs, notes = paper_configs(study)
     for n in notes:
         log(f"note: {n}")
     done = {key: ensure_trained(cfg, runs_dir, log, progress, device) for key, cfg in cfgs.items()}
@@ -288,17 +290,16 @@ def _leukviz_record(run: runs.Run, classes: Sequence[str]) -> dict:
             **score_run(pred["label"].to_numpy(), prob, pred["subject"].to_numpy(), classes)}
 
 
-def _plain_record(ds: data.Dataset, train_rows: np.ndarray, val_rows: np.ndarray, name: str, weights: str,
-                  image_size: int, epochs: int, seed: int, log: Log) -> dict:
+def _plain_record(ds: data.Dataset, train_rows: np.ndarray, val_rows: np.ndarray, run, log: Log) -> dict:
+    """The plain loop (plain.PlainRun run) on these rows, trained or from its cache, scored as a leukviz run."""
     from leukviz import plain
 
     idx = ds.index
     part = lambda rows: ([str(p) for p in idx["path"].to_numpy()[rows]],  # noqa: E731
                          [int(v) for v in idx["label"].to_numpy()[rows]])
-    res = plain.cached_fit(runs.cache_root(), name, weights, ds.fingerprint, part(train_rows), part(val_rows),
-                           image_size, epochs, seed, log)
+    res = plain.cached_fit(runs.cache_root(), run, ds.fingerprint, part(train_rows), part(val_rows), log)
     f1s = [float(e["val_f1"]) for e in res["epochs"]]
-    return {"method": "plain", "run_id": None, "epoch_f1": f1s, "late_drop": late_drop(f1s), "kept_epoch": epochs,
+    return {"method": "plain", "run_id": None, "epoch_f1": f1s, "late_drop": late_drop(f1s), "kept_epoch": run.epochs,
             **score_run(idx["label"].to_numpy()[val_rows], np.asarray(res["probs"]),
                         idx["subject"].to_numpy()[val_rows], ds.classes)}
 
@@ -348,46 +349,70 @@ def _paired_difference(records: list[dict]) -> dict:
     return out
 
 
-def subject_study(data_spec: str, names: Sequence[str] | None = None, seeds: int = 3, image_size: int = 96,
-                  epochs: int = 3, weights: str = "none", preset: str = "quick", n_folds: int = 0,
-                  with_plain: bool = True, runs_dir: str | Path | None = None, log: Log = print,
-                  progress: Progress | None = None, device: str = "auto", plain_seeds: int | None = None) -> dict:
+@dataclass(frozen=True)
+class SubjectStudy:
+    """What a subject study trains: the data, backbones (empty: all registered), seeds 0..seeds-1, the plain
+    loop for its first plain_seeds seeds (None: all; 0: none; it is slow), and the budget."""
+
+    data: str
+    backbones: tuple[str, ...] = ()
+    seeds: int = 3
+    plain_seeds: int | None = None
+    image_size: int = 96
+    epochs: int = 3
+    weights: str = "none"
+    preset: str = "quick"
+    n_folds: int = 0
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.backbones) or tuple(backbones.BACKBONES)
+
+    @property
+    def n_plain(self) -> int:
+        return self.seeds if self.plain_seeds is None else min(self.plain_seeds, self.seeds)
+
+
+def subject_study(study: SubjectStudy, runs_dir: str | Path | None = None, log: Log = print,
+                  progress: Progress | None = None, device: str = "auto") -> dict:
     """Subject-grouped cross-validation: every backbone x seed x fold as an ordinary cached run (split
-    'groups'), and the plain hand-written loop on the same folds and budget, for its first plain_seeds
-    seeds (default: all; it is slow); scored on the validation subjects, which training never saw."""
-    plain_seeds = seeds if plain_seeds is None else min(plain_seeds, seeds)
-    ds = data.open_dataset(data_spec, runs.cache_root())
-    folds = data.group_folds(ds, n_folds)
-    names = tuple(names or backbones.BACKBONES)
-    notes = data.subject_warnings(ds)
+    'groups'), and the plain hand-written loop on the same folds and budget; scored on the validation
+    subjects, which training never saw."""
+    from leukviz import plain
+
+    ds = data.open_dataset(study.data, runs.cache_root())
+    folds = data.group_folds(ds, study.n_folds)  # the same folds as each run's split 'groups' makes
+    rows = ds.train_rows.index.to_numpy()
     records: list[dict] = []
-    for seed in range(seeds):
-        for name in names:
-            for k in range(len(folds)):
-                cfg = config.resolve(name, preset, weights, data_spec, image_size=image_size, epochs=epochs,
-                                     split="groups", val_fold=k, n_folds=n_folds, seed=seed)
+    ok = None
+    for seed in range(study.seeds):
+        for name in study.names:
+            for k, val in enumerate(folds):
+                cfg = config.resolve(name, study.preset, study.weights, study.data, image_size=study.image_size,
+                                     epochs=study.epochs, split="groups", val_fold=k, n_folds=study.n_folds,
+                                     seed=seed)
                 run = ensure_trained(cfg, runs_dir, log, progress, device)
                 base = {"backbone": name, "seed": seed, "fold": k}
                 records.append({**base, **_leukviz_record(run, ds.classes)})
-                plain_too = with_plain and seed < plain_seeds
-                if plain_too:
-                    split = data.make_split(ds, "groups", val_fold=k, n_folds=n_folds)
-                    _, ok = data.image_cache(ds, cfg.image_size, cfg.crop, runs.cache_root())
-                    records.append({**base, **_plain_record(ds, split.train[ok[split.train]], split.val[ok[split.val]],
-                                                            name, weights, image_size, epochs, seed, log)})
-                r = records[-1 - int(plain_too)]
-                log(f"{name} seed {seed} fold {k}: leukviz F1 {r['weighted_f1']:.3f}"
-                    + (f", plain {records[-1]['weighted_f1']:.3f}" if plain_too else ""))
+                line = f"{name} seed {seed} fold {k}: leukviz F1 {records[-1]['weighted_f1']:.3f}"
+                if seed < study.n_plain:
+                    if ok is None:  # the rows the runs could decode (the cache exists once a run has trained)
+                        _, ok = data.image_cache(ds, cfg.image_size, cfg.crop, runs.cache_root())
+                    train = np.setdiff1d(rows, val)
+                    spec = plain.PlainRun(name, study.weights, study.image_size, study.epochs, seed)
+                    records.append({**base, **_plain_record(ds, train[ok[train]], val[ok[val]], spec, log)})
+                    line += f", plain {records[-1]['weighted_f1']:.3f}"
+                log(line)
     idx = ds.train_rows
     fold_info = [{"fold": k, "n_val": int(len(v)),
                   "val_subjects": sorted(map(str, set(idx.loc[v, "subject"]))),
                   "val_classes": {c: int((idx.loc[v, "label"] == i).sum()) for i, c in enumerate(ds.classes)}}
                  for k, v in enumerate(folds)]
-    from leukviz import plain
-    return {"study": "subjects", "data": str(data_spec), "fingerprint": ds.fingerprint, "backbones": list(names),
-            "seeds": seeds, "plain_seeds": plain_seeds if with_plain else 0, "image_size": image_size,
-            "epochs": epochs, "weights": weights, "preset": preset,
-            "folds": fold_info, "notes": notes, "plain_recipe": plain.RECIPE if with_plain else None,
+    return {"study": "subjects", "data": str(study.data), "fingerprint": ds.fingerprint,
+            "backbones": list(study.names), "seeds": study.seeds, "plain_seeds": study.n_plain,
+            "image_size": study.image_size, "epochs": study.epochs, "weights": study.weights,
+            "preset": study.preset, "folds": fold_info, "notes": data.subject_warnings(ds),
+            "plain_recipe": plain.RECIPE if study.n_plain else None,
             "runs": records, "summary": summarize_subjects(records)}
 
 

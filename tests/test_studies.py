@@ -82,7 +82,7 @@ def cnmc_like(tiny_data, tmp_path_factory) -> Path:
 
 
 def test_paper_configs_follow_the_recipe_for_every_backbone(cnmc_like):
-    cfgs, notes = studies.paper_configs(str(cnmc_like), seeds=(0, 1), with_defaults=True)
+    cfgs, notes = studies.paper_configs(studies.PaperStudy(str(cnmc_like), seeds=2, with_defaults=True))
     assert {b for b, _, _ in cfgs} == set(studies.PAPER_VAL_ACCURACY) == {"resnet50", "googlenet", "vgg16"}
     assert {(c, seed) for _, c, seed in cfgs} == {(c, seed) for c in studies.PAPER_COLUMNS for seed in (0, 1)}
     for name in studies.PAPER_VAL_ACCURACY:
@@ -135,8 +135,8 @@ def test_paper_data_falls_back_and_says_so(cnmc_mini, tmp_path):
 
 @pytest.fixture(scope="module")
 def subject_study(real_subset, shared_runs):
-    return studies.subject_study(str(real_subset), ("googlenet",), seeds=1, image_size=32, epochs=2,
-                                 runs_dir=shared_runs, log=lambda s: None)
+    study = studies.SubjectStudy(str(real_subset), ("googlenet",), seeds=1, image_size=32, epochs=2)
+    return studies.subject_study(study, shared_runs, log=lambda s: None)
 
 
 def test_subject_folds_hold_out_whole_subjects_with_both_classes_on_both_sides(subject_study, real_subset):
@@ -176,8 +176,8 @@ def test_subject_study_scores_both_loops_on_the_same_cells(subject_study, shared
 
 
 def test_subject_study_reruns_from_the_cache(subject_study, real_subset, shared_runs):
-    again = studies.subject_study(str(real_subset), ("googlenet",), seeds=1, image_size=32, epochs=2,
-                                  runs_dir=shared_runs, log=lambda s: None)
+    study = studies.SubjectStudy(str(real_subset), ("googlenet",), seeds=1, image_size=32, epochs=2)
+    again = studies.subject_study(study, shared_runs, log=lambda s: None)
     assert [r["weighted_f1"] for r in again["runs"]] == [r["weighted_f1"] for r in subject_study["runs"]]
 
 
@@ -188,8 +188,8 @@ def test_late_drop_looks_at_the_last_half_only():
 
 
 def test_subject_study_can_train_the_plain_loop_for_fewer_seeds(subject_study, real_subset, shared_runs):
-    res = studies.subject_study(str(real_subset), ("googlenet",), seeds=2, image_size=32, epochs=2,
-                                runs_dir=shared_runs, log=lambda s: None, plain_seeds=1)
+    study = studies.SubjectStudy(str(real_subset), ("googlenet",), seeds=2, plain_seeds=1, image_size=32, epochs=2)
+    res = studies.subject_study(study, shared_runs, log=lambda s: None)
     methods = [(r["method"], r["seed"]) for r in res["runs"]]
     assert methods.count(("leukviz", 1)) == 2 and ("plain", 1) not in methods and methods.count(("plain", 0)) == 2
     per = res["summary"]["googlenet"]
