@@ -352,11 +352,17 @@ def uploads_dir() -> Path:
 
 
 def _fingerprint(index: pd.DataFrame, root: Path, classes: Sequence[str]) -> str:
-    """Content identity: relative paths, labels, sizes and modification times of every file."""
+    """Content identity: the relative path, label and bytes of every file. Not file times: a dataset copied,
+    unpacked again or provisioned anew (new modification times, same bytes) keeps its runs and caches, and
+    a file rewritten in place with other pixels does not. Hashing reads every file once (~0.15 s for the
+    81 MB of the 2,115-cell dev folder)."""
     h = hashlib.sha256(("|".join(classes)).encode())
     for path, label in zip(index["path"], index["label"]):
-        st = os.stat(path)
-        h.update(f"{os.path.relpath(path, root)}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        try:
+            digest = hashlib.blake2b(Path(path).read_bytes(), digest_size=16).hexdigest()
+        except OSError as e:  # unreadable: skipped when decoded; identified by what stops it
+            digest = f"unreadable:{e.errno}"
+        h.update(f"{os.path.relpath(path, root)}\0{label}\0{digest}\n".encode())
     return h.hexdigest()[:16]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import zipfile
 
@@ -117,6 +118,21 @@ def test_changed_dataset_changes_fingerprint(tiny_data, tmp_path):
     a = open_dataset(copy).fingerprint
     victim = next((copy / "training_data").rglob("*.png"))
     victim.unlink()
+    assert open_dataset(copy).fingerprint != a
+
+
+def test_fingerprint_is_the_content_not_the_file_times(tiny_data, tmp_path):
+    """A dataset provisioned anew (same bytes, new mtimes) keeps its runs; other bytes at the same size do not."""
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_data, copy)
+    a = open_dataset(copy).fingerprint
+    victim = next((copy / "training_data").rglob("*.png"))
+    os.utime(victim, ns=(1, 1))
+    assert open_dataset(copy).fingerprint == a
+    raw = bytearray(victim.read_bytes())
+    raw[-5] ^= 0xFF  # same size, another byte
+    victim.write_bytes(bytes(raw))
+    os.utime(victim, ns=(1, 1))
     assert open_dataset(copy).fingerprint != a
 
 
