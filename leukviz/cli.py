@@ -64,7 +64,7 @@ def _train_result(run, cached: bool, t0: float) -> dict:
 
 # The RunConfig fields the train command sets, in its --help order; unset (None) means the preset's default.
 TRAIN_FIELDS = ("epochs", "image_size", "batch_size", "lr", "optimizer", "split", "val_fold", "n_folds", "average",
-                "select", "finetune", "augment", "precision", "freeze_bn", "class_balance", "seed")
+                "select", "finetune", "augment", "precision", "freeze_bn", "class_balance", "seed", "split_seed")
 FLAGS = {"n_folds": "--folds"}  # otherwise --the-field-name
 
 
@@ -72,7 +72,7 @@ def add_config_options(parser: argparse.ArgumentParser, names: tuple[str, ...] =
     """One option per RunConfig field, its type, choices and help taken from config."""
     import dataclasses
 
-    types = {f.name: type(f.default) for f in dataclasses.fields(C.RunConfig)}
+    types = {f.name: int if f.default is None else type(f.default) for f in dataclasses.fields(C.RunConfig)}
     for name in names:
         flag, kw = FLAGS.get(name, "--" + name.replace("_", "-")), {"dest": name, "help": C.HELP.get(name)}
         if types[name] is bool:

@@ -48,7 +48,9 @@ def group_key(run: runs.Run) -> str:
     fp = run.info.get("dataset_fingerprint", "?")
     if cfg.split == "folds":
         return f"{fp}|folds|{cfg.val_fold}"
-    return f"{fp}|{cfg.split}|{cfg.val_fraction}|{cfg.seed}"
+    if cfg.split == "groups":  # the same folds for every seed
+        return f"{fp}|groups|{cfg.n_folds}|{cfg.val_fold}"
+    return f"{fp}|{cfg.split}|{cfg.val_fraction}|{cfg.split_rng_seed}"
 
 
 @dataclass

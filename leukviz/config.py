@@ -35,7 +35,11 @@ HELP = {
     "finetune": "train the full network, the last stage + head, or the head",
     "freeze_bn": "keep BatchNorm statistics fixed (ImageNet's, when fine-tuning)",
     "class_balance": "weighted loss (default) or none",
+    "split_seed": "seed of the random split (subject, image); default: the run's seed. Repeats share it, so "
+                  "they are scored on the same cells",
 }
+# Splits that draw at random, so depend on a seed; the others (groups, folds) are the same for every seed.
+SEEDED_SPLITS = ("subject", "image")
 IMAGE_SIZES = (16, 1024)  # the smallest and largest image side a run accepts, in pixels
 # What a run's preprocessing means, hashed into every run id: version 2 keeps the cells' scale (a fixed
 # window around the cell for the whole dataset) where version 1 zoomed every cell to fill the frame.
@@ -75,6 +79,19 @@ class RunConfig:
     select: str = "best"  # which epoch's model is kept: "best" on validation, or the "last"
     precision: str = "auto"
     seed: int = 0
+    # The seed of a random split (SEEDED_SPLITS) when it is not the run's seed: repeats that differ only in
+    # seed keep one split, so they are scored on the same validation cells and can be paired. None (the
+    # default, and what any other value becomes where it makes no difference) leaves the run id as it was.
+    split_seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.split_seed is not None and (self.split_seed == self.seed or self.split not in SEEDED_SPLITS):
+            object.__setattr__(self, "split_seed", None)
+
+    @property
+    def split_rng_seed(self) -> int:
+        """The seed the split is drawn with."""
+        return self.seed if self.split_seed is None else self.split_seed
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -88,6 +105,8 @@ class RunConfig:
         """Short hash of what the run depends on: the config (not the data path) and the dataset content."""
         d = self.to_dict()
         d.pop("data")  # the fingerprint stands for the data; a moved dataset keeps its runs
+        if d["split_seed"] is None:
+            d.pop("split_seed")  # added later: runs without one keep their ids
         blob = json.dumps({"config": d, "dataset": fingerprint, "preprocess": PREPROCESS_VERSION}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

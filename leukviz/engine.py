@@ -717,7 +717,7 @@ def prepare_data(cfg: RunConfig, cache_dir: Path | None, log: Callable[[str], No
         raise DatasetChanged(f"the dataset {cfg.data} is not the one this run was created for: its fingerprint is "
                              f"{ds.fingerprint[:12]} now, {fingerprint[:12]} in {CONFIG} (files were added, removed "
                              "or changed). Start the configuration again to train on the data as it is now.")
-    split = data.make_split(ds, cfg.split, cfg.val_fraction, cfg.seed, cfg.val_fold, cfg.n_folds)
+    split = data.make_split(ds, cfg.split, cfg.val_fraction, cfg.split_rng_seed, cfg.val_fold, cfg.n_folds)
     t = time.time()
     images, ok = preprocess.Preprocess.of_config(cfg).cache(ds, cache_dir)
     log(f"image cache ready in {time.time() - t:.1f}s ({len(ds.index)} images at {cfg.image_size}px)")

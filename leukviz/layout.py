@@ -15,6 +15,8 @@ CHECKPOINT = "model.safetensors"  # the best model's weights
 SIDECAR = "model.json"  # everything needed to rebuild the checkpoint's model
 RESUME = "last.pt"  # resumable state: model, optimizer, scheduler, epoch, step
 PREDICTIONS = "val_predictions.csv"  # the best epoch's validation predictions
+TEST_PREDICTIONS = "test_predictions.csv"  # the kept model's predictions on the held-out test set, scored once
+CALIBRATION = "calibration.json"  # the temperature fitted on the validation predictions, and its effect
 LOG = "train.log"  # the training process's output (and a failure's traceback)
 LAUNCH = "launch.json"  # pid and time of a launched training process, so a second click attaches
 RUN_LOCK = "run.lock"  # held by the one process that trains the run
@@ -23,7 +25,7 @@ STOP = "stop"  # present = stop requested
 
 # The files a training process replaces atomically (storage writes a temporary ".<name>.*" beside each
 # first): leftovers with these prefixes are the writes a crash cut short.
-TRAINER_FILES = (RESUME, CHECKPOINT, SIDECAR, PREDICTIONS, METRICS)
+TRAINER_FILES = (RESUME, CHECKPOINT, SIDECAR, PREDICTIONS, TEST_PREDICTIONS, METRICS)
 
 # ---------------------------------------------------------------------------------------------- the runs root
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+
 import numpy as np
 import pytest
 import torch
 
-from leukviz import engine
+from leukviz import config, data, engine
 from leukviz.config import resolve
 from leukviz.engine import Dist, augment, class_weights, epoch_batches, evaluate
 
@@ -77,6 +81,26 @@ def test_run_id_depends_on_config_and_data_not_on_path():
     assert a.identity("fp1") == b.identity("fp1")
     assert a.identity("fp1") != a.identity("fp2")
     assert a.identity("fp1") != resolve("resnet50", epochs=7).identity("fp1")
+
+
+def test_split_seed_keeps_a_repeat_on_the_same_split_and_old_ids_unchanged(tiny_data):
+    """Repeats differ in seed only: with split_seed they draw the same validation subjects. A split_seed
+    equal to the seed, or on a split that draws nothing, is no split_seed at all (the same run id)."""
+    base = resolve("resnet50", weights="none", data=str(tiny_data), seed=0)
+    assert resolve("resnet50", weights="none", data=str(tiny_data), seed=0, split_seed=0) == base
+    assert resolve("resnet50", split="groups", seed=3, split_seed=0).split_seed is None
+    repeat = dataclasses.replace(base, seed=5, split_seed=0)
+    assert repeat.split_rng_seed == 0 and repeat.identity("fp") != base.identity("fp")
+    assert dataclasses.replace(base, seed=5).split_rng_seed == 5
+    # the id of a config without split_seed is the hash it had before the field existed
+    d = base.to_dict()
+    d.pop("data"), d.pop("split_seed")
+    blob = json.dumps({"config": d, "dataset": "fp", "preprocess": config.PREPROCESS_VERSION}, sort_keys=True)
+    assert base.identity("fp") == hashlib.sha256(blob.encode()).hexdigest()[:12]
+    ds = data.open_dataset(tiny_data)
+    for seed in (1, 2):
+        split = data.make_split(ds, "subject", seed=dataclasses.replace(base, seed=seed, split_seed=0).split_rng_seed)
+        assert list(split.val) == list(data.make_split(ds, "subject", seed=0).val)
 
 
 def test_autocast_choice():
