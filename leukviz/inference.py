@@ -1,9 +1,10 @@
-"""Load a finished run's model and predict: probabilities per class, optional test-time augmentation."""
+"""Load a finished run's model and predict: probabilities per class, optional test-time augmentation, and
+the run's temperature (leukviz.calibration) applied to what a prediction record reports."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -12,7 +13,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from leukviz import backbones, data
+from leukviz import backbones, calibration, data
 from leukviz.preprocess import Preprocess
 from leukviz.engine import autocast, pick_device
 from leukviz.layout import CHECKPOINT, SIDECAR
@@ -20,12 +21,21 @@ from leukviz.layout import CHECKPOINT, SIDECAR
 
 @dataclass
 class LoadedModel:
-    """A model rebuilt from its checkpoint and sidecar, in eval mode, with what it needs to preprocess."""
+    """A model rebuilt from its checkpoint and sidecar, in eval mode, with what it needs to preprocess,
+    and its temperature (1.0: the raw probabilities) with the calibration it came from
+    (calibration.run_calibration's dict)."""
 
     model: nn.Module
     meta: dict
     device: torch.device
     run_dir: Path
+    temperature: float = 1.0
+    calibration: dict = field(default_factory=dict)
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether predictions are temperature-scaled: the fit says so, or a temperature was set by hand."""
+        return self.temperature != 1.0 or bool(self.calibration.get("calibrated"))
 
     @property
     def backbone(self) -> str:
@@ -57,8 +67,10 @@ class LoadedModel:
         return f"{backbones.get_spec(self.backbone).title} · {self.run_dir.name[:6]}"
 
 
-def load_model(run_dir: str | Path, device: str = "auto") -> LoadedModel:
-    """Rebuild the architecture from the sidecar, then load the safetensors weights (no code is executed)."""
+def load_model(run_dir: str | Path, device: str = "auto", calibrate: bool = True) -> LoadedModel:
+    """Rebuild the architecture from the sidecar, then load the safetensors weights (no code is executed).
+    With calibrate, the model carries the temperature fitted on the run's validation predictions
+    (calibration.run_calibration: T = 1 when the run has none)."""
     from safetensors.torch import load_file
 
     run_dir = Path(run_dir)
@@ -70,7 +82,8 @@ def load_model(run_dir: str | Path, device: str = "auto") -> LoadedModel:
     model.load_state_dict(load_file(str(weights)))
     dev = pick_device(device)
     model = model.to(dev, memory_format=torch.channels_last).eval()
-    return LoadedModel(model, meta, dev, run_dir)
+    cal = calibration.run_calibration(run_dir) if calibrate else calibration.not_calibrated("not asked for")
+    return LoadedModel(model, meta, dev, run_dir, float(cal["temperature"]), cal)
 
 
 TTA_CODES = (0, 1, 2, 3, 4, 5, 6, 7)  # the 8 dihedral transforms: flips and 90-degree turns
@@ -78,7 +91,8 @@ TTA_CODES = (0, 1, 2, 3, 4, 5, 6, 7)  # the 8 dihedral transforms: flips and 90-
 
 @torch.inference_mode()
 def predict_arrays(lm: LoadedModel, images: np.ndarray, tta: bool = False, batch_size: int = 64) -> np.ndarray:
-    """uint8 (N, S, S, 3) images at the model's size -> probabilities (N, C). TTA averages the dihedral views."""
+    """uint8 (N, S, S, 3) images at the model's size -> raw probabilities (N, C), before any temperature (as
+    the validation predictions were saved). TTA averages the dihedral views."""
     from leukviz.engine import augment
 
     out = []
@@ -118,25 +132,44 @@ def predict_files(lm: LoadedModel, paths: Sequence[str | Path], tta: bool = Fals
 
 
 def prediction_record(lm: LoadedModel, prob: np.ndarray) -> dict:
-    k = int(np.argmax(prob))
-    return {"predicted": lm.classes[k], "confidence": float(prob[k]),
-            **{f"prob_{c}": float(p) for c, p in zip(lm.classes, prob)}}
+    """One image's record from its raw probabilities: predicted, confidence and prob_<class> are the
+    calibrated values (softmax(log p / T) with the model's temperature; the raw ones when T = 1), beside
+    confidence_raw and prob_raw_<class> (the model's own softmax), calibrated and temperature. The
+    temperature is fitted on plain predictions; with TTA it scales the 8-view average the same way."""
+    raw = np.asarray(prob, dtype=float)
+    cal = calibration.apply_temperature(raw, lm.temperature)
+    k = int(np.argmax(cal))
+    return {"predicted": lm.classes[k], "confidence": float(cal[k]),
+            **{f"prob_{c}": float(p) for c, p in zip(lm.classes, cal)},
+            "confidence_raw": float(raw[k]), **{f"prob_raw_{c}": float(p) for c, p in zip(lm.classes, raw)},
+            "calibrated": lm.calibrated, "temperature": float(lm.temperature)}
+
+
+HEAD = ["file", "model", "run_id", "predicted", "confidence"]  # a prediction table's first columns
+
+
+def table_frame(rows: Sequence[dict]) -> pd.DataFrame:
+    """Prediction rows as a table with one column order: file, model (backbone), run_id, predicted,
+    confidence, prob_<class>... (calibrated), confidence_raw, prob_raw_<class>... (the model's own
+    softmax), calibrated, temperature, error (empty unless the image was unreadable)."""
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    probs = [k for k in keys if k.startswith("prob_") and not k.startswith("prob_raw_")]
+    raw = [k for k in keys if k.startswith("prob_raw_")]
+    return pd.DataFrame(list(rows), columns=HEAD + probs + ["confidence_raw"] + raw
+                        + ["calibrated", "temperature", "error"])
 
 
 def predict_table(models: Sequence[str | Path | LoadedModel], files: Sequence[str | Path],
                   tta: bool = False) -> pd.DataFrame:
-    """Predict files with every model: one row per image per model, columns file, model (backbone),
-    run_id, predicted, confidence, prob_<class>... and error (empty unless the image was unreadable)."""
+    """Predict files with every model: one row per image per model, table_frame's columns (calibrated
+    confidence and prob_<class>, the raw ones beside them)."""
     rows = []
     for m in models:
         lm = m if isinstance(m, LoadedModel) else load_model(m)
         for rec in predict_files(lm, files, tta=tta):
             rows.append({"file": rec["file"], "model": lm.backbone, "run_id": lm.run_dir.name,
-                         "predicted": rec.get("predicted"), "confidence": rec.get("confidence"),
-                         **{k: v for k, v in rec.items() if k.startswith("prob_")}, "error": rec["error"]})
-    cols = ["file", "model", "run_id", "predicted", "confidence"]
-    probs = list(dict.fromkeys(k for r in rows for k in r if k.startswith("prob_")))
-    return pd.DataFrame(rows, columns=cols + probs + ["error"])
+                         "calibrated": lm.calibrated, "temperature": float(lm.temperature), **rec})
+    return table_frame(rows)
 
 
 TTA_KEYS = ("accuracy", "weighted_f1", "balanced_accuracy", "sensitivity", "specificity", "roc_auc", "ece",

@@ -1,5 +1,6 @@
 """The Predict page's numbers: dropped images (and the images inside dropped zips) decoded and predicted
-once by every model, their table, and Grad-CAM views of them; no Streamlit in here."""
+once by every model, with calibrated confidences, an ensemble of the models, their table, and Grad-CAM
+views of them; no Streamlit in here."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ UPLOAD_TYPES = ("png", "jpg", "jpeg", "bmp", "tif", "tiff")
 
 @dataclass
 class ModelPrediction:
+    """One model's answer for one image. predicted, confidence and probs are calibrated (the run's
+    temperature applied; the raw values when T = 1); probs_raw and confidence_raw are the model's softmax."""
+
     model: str  # LoadedModel.name
     run_id: str
     image: np.ndarray | None  # as fed to the model: decoded, cropped, resized (before normalisation)
@@ -26,6 +30,18 @@ class ModelPrediction:
     confidence: float
     probs: dict[str, float]
     backbone: str = ""
+    probs_raw: dict[str, float] = field(default_factory=dict)
+    confidence_raw: float | None = None
+    temperature: float = 1.0
+    calibrated: bool = False
+
+    @classmethod
+    def of_record(cls, lm: Any, rec: dict, image: np.ndarray | None) -> "ModelPrediction":
+        """From inference.prediction_record's dict."""
+        return cls(lm.name, lm.run_dir.name, image, rec["predicted"], rec["confidence"],
+                   {c: rec[f"prob_{c}"] for c in lm.classes}, lm.backbone,
+                   {c: rec[f"prob_raw_{c}"] for c in lm.classes}, rec["confidence_raw"], rec["temperature"],
+                   rec["calibrated"])
 
 
 @dataclass
@@ -79,9 +95,7 @@ def predict_images(models: Sequence[Any], items: Sequence[tuple[str, bytes]],
         probs = inference.predict_arrays(lm, np.stack([images[i] for i in good])) if good else []
         for i, prob in zip(good, probs):
             rec = inference.prediction_record(lm, prob)
-            out[i].results.append(ModelPrediction(lm.name, lm.run_dir.name, images[i] if keep_images else None,
-                                                  rec["predicted"], rec["confidence"],
-                                                  {c: float(p) for c, p in zip(lm.classes, prob)}, lm.backbone))
+            out[i].results.append(ModelPrediction.of_record(lm, rec, images[i] if keep_images else None))
     return out
 
 
@@ -127,23 +141,95 @@ def predict_uploads(models: Sequence[Any], files: Sequence[tuple[str, bytes]], f
 
 
 def prediction_table(models: Sequence[Any], predictions: Sequence[ImagePrediction]) -> pd.DataFrame:
-    """One row per image per model, models first (inference.predict_table's columns): file, model
-    (backbone), run_id, predicted, confidence, prob_<class>... and error (empty unless unreadable)."""
+    """One row per image per model, models first, in inference.table_frame's columns: file, model
+    (backbone), run_id, predicted, confidence, prob_<class>... (calibrated), confidence_raw,
+    prob_raw_<class>..., calibrated, temperature and error (empty unless unreadable)."""
+    from leukviz import inference
+
     rows = []
     for lm in models:
         for p in predictions:
             r = next((r for r in p.results if r.run_id == lm.run_dir.name), None)
             rows.append({"file": p.name, "model": lm.backbone, "run_id": lm.run_dir.name,
-                         "predicted": r.predicted if r else None, "confidence": r.confidence if r else None,
-                         **({f"prob_{c}": v for c, v in r.probs.items()} if r else {}),
-                         "error": p.error or ""})
-    probs = list(dict.fromkeys(k for r in rows for k in r if k.startswith("prob_")))
-    return pd.DataFrame(rows, columns=["file", "model", "run_id", "predicted", "confidence", *probs, "error"])
+                         "calibrated": lm.calibrated, "temperature": float(lm.temperature),
+                         **(_result_columns(r) if r else {}), "error": p.error or ""})
+    return inference.table_frame(rows)
+
+
+def _result_columns(r: ModelPrediction) -> dict[str, Any]:
+    return {"predicted": r.predicted, "confidence": r.confidence,
+            **{f"prob_{c}": v for c, v in r.probs.items()},
+            "confidence_raw": r.confidence_raw, **{f"prob_raw_{c}": v for c, v in r.probs_raw.items()}}
 
 
 def table_csv(table: pd.DataFrame) -> bytes:
     return table.to_csv(index=False).encode("utf-8")
 
+
+# ---------------------------------------------------------------------------------------------- confidence
+
+def calibration_text(p: ModelPrediction) -> str:
+    """What the shown confidence is: 'calibrated on validation, T = 1.60 (the raw model was over-confident);
+    raw 95.0%', or that it is the model's raw softmax."""
+    if not p.calibrated:
+        return "not calibrated (the run has no usable validation predictions): the model's raw softmax"
+    if p.temperature > 1.0:
+        lean = " (the raw model was over-confident)"
+    elif p.temperature < 1.0:
+        lean = " (the raw model was under-confident)"
+    else:
+        lean = ""
+    raw = f"; raw {p.confidence_raw:.1%}" if p.confidence_raw is not None else ""
+    return f"calibrated on validation, T = {p.temperature:.2f}{lean}{raw}"
+
+
+@dataclass
+class EnsemblePrediction:
+    """The mean of several models' calibrated probabilities for one image, and the class it picks."""
+
+    n: int
+    predicted: str
+    confidence: float
+    probs: dict[str, float]
+    votes: dict[str, str]  # model name -> its own prediction
+    n_calibrated: int = 0  # how many of the n models' probabilities were temperature-scaled
+
+    @property
+    def title(self) -> str:
+        return f"Ensemble (mean of {self.n} models)"
+
+    @property
+    def text(self) -> str:
+        """'87.0%, the mean of the models' calibrated probabilities of all' (or which were not calibrated)."""
+        if self.n_calibrated == self.n:
+            kind = "calibrated probabilities"
+        elif self.n_calibrated == 0:
+            kind = "raw probabilities (none could be calibrated)"
+        else:
+            kind = f"probabilities ({self.n_calibrated} of {self.n} calibrated)"
+        return f"{self.confidence:.1%}, the mean of the models' {kind} of {self.predicted}"
+
+    @property
+    def agreement(self) -> str:
+        said = set(self.votes.values())
+        if len(said) == 1:
+            return f"all {self.n} models predict {self.predicted}"
+        return "the models disagree: " + ", ".join(f"{m} says {c}" for m, c in self.votes.items())
+
+
+def ensemble(prediction: ImagePrediction) -> EnsemblePrediction | None:
+    """The ensemble of an image's model results: the mean of their calibrated probabilities, class by
+    class. None for fewer than two results, or when the models do not share their classes."""
+    results = prediction.results
+    if len(results) < 2:
+        return None
+    classes = list(results[0].probs)
+    if any(set(r.probs) != set(classes) for r in results):
+        return None
+    mean = {c: float(np.mean([r.probs[c] for r in results])) for c in classes}
+    best = max(classes, key=lambda c: mean[c])
+    return EnsemblePrediction(len(results), best, mean[best], mean, {r.model: r.predicted for r in results},
+                              sum(r.calibrated for r in results))
 
 
 # ---------------------------------------------------------------------------------------------- Grad-CAM

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from leukviz import cli, inference, studies
+from leukviz import calibration, cli, inference, layout, studies
 from leukviz.config import resolve
 
 
@@ -40,7 +40,8 @@ def test_predict_table_has_one_row_per_image_per_model(two_runs, images):
     files = sorted(str(p) for p in images.iterdir())
     table = inference.predict_table([r.dir for r in two_runs], files)
     assert list(table.columns) == ["file", "model", "run_id", "predicted", "confidence", "prob_hem",
-                                   "prob_all", "error"]
+                                   "prob_all", "confidence_raw", "prob_raw_hem", "prob_raw_all", "calibrated",
+                                   "temperature", "error"]
     assert len(table) == len(files) * 2
     assert not table.duplicated(["file", "run_id"]).any()
     assert set(table["run_id"]) == {r.run_id for r in two_runs}
@@ -50,6 +51,41 @@ def test_predict_table_has_one_row_per_image_per_model(two_runs, images):
     assert (good["predicted"] == np.where(good["prob_all"] > good["prob_hem"], "all", "hem")).all()
     bad = table[table["error"] != ""]
     assert len(bad) == 2 and bad["file"].str.endswith("broken.png").all() and bad["prob_all"].isna().all()
+
+
+def test_a_loaded_model_carries_the_runs_temperature(two_runs):
+    run = two_runs[0]
+    lm = inference.load_model(run.dir)
+    fitted = calibration.run_calibration(run.dir)
+    assert lm.temperature == fitted["temperature"] and lm.calibrated == fitted["calibrated"]
+    assert (run.dir / layout.CALIBRATION).exists()
+    assert lm.calibration["note"].startswith("calibrated" if lm.calibrated else "not calibrated")
+    plain = inference.load_model(run.dir, calibrate=False)
+    assert plain.temperature == 1.0 and not plain.calibrated
+
+
+def test_records_carry_calibrated_and_raw_values_that_differ_when_t_is_not_one(two_runs, images):
+    files = sorted(str(p) for p in images.glob("*.png") if p.name != "broken.png")
+    lm = inference.load_model(two_runs[0].dir, calibrate=False)
+    raw = inference.predict_arrays(lm, np.stack([inference.prepare(lm, f) for f in files]))
+    lm.temperature = 2.5
+    rows = inference.predict_files(lm, files)
+    for rec, p in zip(rows, raw):
+        assert rec["calibrated"] is True and rec["temperature"] == 2.5
+        assert [rec["prob_raw_hem"], rec["prob_raw_all"]] == pytest.approx(list(p), abs=1e-5)
+        scaled = calibration.apply_temperature(p, 2.5)
+        assert [rec["prob_hem"], rec["prob_all"]] == pytest.approx(list(scaled), abs=1e-5)
+        assert rec["predicted"] == lm.classes[int(np.argmax(p))]
+        assert rec["confidence"] == pytest.approx(scaled.max())
+        assert rec["confidence_raw"] == pytest.approx(p.max())
+        assert rec["confidence"] < rec["confidence_raw"] or p.max() == pytest.approx(0.5, abs=1e-4)
+    table = inference.predict_table([lm], files)
+    assert table["calibrated"].all() and (table["temperature"] == 2.5).all()
+    np.testing.assert_allclose(table["prob_all"], [r["prob_all"] for r in rows], atol=1e-6)
+    assert (table["confidence"] != table["confidence_raw"]).all()
+    lm.temperature = 1.0
+    same = inference.predict_files(lm, files)
+    assert all(r["prob_all"] == r["prob_raw_all"] and r["calibrated"] is False for r in same)
 
 
 def test_cli_predict_all_runs_writes_a_csv_and_cam_overlays(two_runs, images, tmp_path, capsys):

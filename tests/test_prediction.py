@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import pytest
 
 from helpers import png_bytes, tiny_model
@@ -62,3 +63,56 @@ def test_uploads_are_decoded_and_predicted_once_for_the_table_and_the_cards(tmp_
     assert len(table) == 3 * len(models) and list(table["run_id"]) == ["a"] * 3 + ["b"] * 3
     assert (table["error"] != "").sum() == len(models)
     assert table.loc[0, "prob_all"] == pytest.approx(preds[0].results[0].probs["all"])
+
+
+def test_cards_give_calibrated_values_beside_the_raw_ones(tmp_path):
+    from leukviz import calibration
+
+    plain, scaled = tiny_model(tmp_path, name="plain"), tiny_model(tmp_path, name="scaled")
+    scaled.temperature = 3.0
+    res = prediction.predict_image([plain, scaled], "cell.png", png_bytes())
+    a, b = res.results
+    assert not a.calibrated and a.probs == pytest.approx(a.probs_raw) and a.confidence == a.confidence_raw
+    assert b.calibrated and b.temperature == 3.0
+    assert b.probs_raw == pytest.approx(a.probs)  # the same network: the same raw softmax
+    raw = np.array([b.probs_raw["hem"], b.probs_raw["all"]])
+    expected = calibration.apply_temperature(raw, 3.0)
+    assert [b.probs["hem"], b.probs["all"]] == pytest.approx(list(expected))
+    assert b.probs != pytest.approx(b.probs_raw, abs=1e-6)
+    assert b.predicted == a.predicted and b.confidence == pytest.approx(max(b.probs.values()))
+    assert abs(b.confidence - 0.5) < abs(b.confidence_raw - 0.5)  # T > 1 pulls towards 1/C
+    text = prediction.calibration_text(b)
+    assert "calibrated on validation" in text and "T = 3.00" in text and f"raw {b.confidence_raw:.1%}" in text
+    assert "over-confident" in text
+    assert prediction.calibration_text(a).startswith("not calibrated")
+    table = prediction.prediction_table([plain, scaled], [res])
+    assert list(table.columns) == ["file", "model", "run_id", "predicted", "confidence", "prob_hem",
+                                   "prob_all", "confidence_raw", "prob_raw_hem", "prob_raw_all", "calibrated",
+                                   "temperature", "error"]
+    assert list(table["calibrated"]) == [False, True] and list(table["temperature"]) == [1.0, 3.0]
+    assert table.loc[1, "prob_all"] == pytest.approx(b.probs["all"])
+    assert table.loc[1, "prob_raw_all"] == pytest.approx(b.probs_raw["all"])
+
+
+def test_the_ensemble_is_the_mean_of_the_models_calibrated_probabilities(tmp_path):
+    models = [tiny_model(tmp_path, name=n) for n in "abc"]
+    models[1].temperature, models[2].temperature = 4.0, 0.3
+    res = prediction.predict_image(models, "cell.png", png_bytes())
+    mix = prediction.ensemble(res)
+    assert mix is not None and mix.n == 3 and mix.title == "Ensemble (mean of 3 models)"
+    for c in ("hem", "all"):
+        assert mix.probs[c] == pytest.approx(np.mean([r.probs[c] for r in res.results]))
+        assert mix.probs[c] != pytest.approx(np.mean([r.probs_raw[c] for r in res.results]), abs=1e-6)
+    assert mix.probs["hem"] + mix.probs["all"] == pytest.approx(1.0)
+    assert mix.predicted == max(mix.probs, key=mix.probs.get) and mix.confidence == max(mix.probs.values())
+    assert mix.agreement == f"all 3 models predict {mix.predicted}"  # one network, three temperatures
+    assert mix.n_calibrated == 2 and "(2 of 3 calibrated)" in mix.text
+    assert mix.text.startswith(f"{mix.confidence:.1%}")
+    for m in models:
+        m.temperature = 2.0
+    every = prediction.ensemble(prediction.predict_image(models, "c", png_bytes()))
+    assert "calibrated probabilities of" in every.text
+    assert prediction.ensemble(prediction.ImagePrediction("x", results=res.results[:1])) is None
+    res.results[0].predicted = "other"
+    split = prediction.ensemble(res).agreement
+    assert "disagree" in split and "says other" in split

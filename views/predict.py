@@ -1,4 +1,5 @@
-"""Predict: drop in cell images (or try demo cells) and read every trained model's class and confidence."""
+"""Predict: drop in cell images (or try demo cells) and read every trained model's class and calibrated
+confidence, and with several models their ensemble."""
 
 import tempfile
 from pathlib import Path
@@ -67,7 +68,10 @@ if len(uploads) > 1 or zips:
     if table is not None:
         st.dataframe(table, hide_index=True, width="stretch",
                      column_config={"file": st.column_config.TextColumn("File"),
-                                    "confidence": st.column_config.NumberColumn("Confidence", format="percent")})
+                                    "confidence": st.column_config.NumberColumn(
+                                        "Confidence", format="percent", help="Calibrated on validation"),
+                                    "confidence_raw": st.column_config.NumberColumn("Raw confidence",
+                                                                                    format="percent")})
         st.download_button("Download the table (CSV)", prediction.table_csv(table), file_name="predictions.csv",
                            mime="text/csv", icon=":material/download:", key="batch_csv")
 if st.button("Try demo cells", icon=":material/science:",
@@ -118,5 +122,14 @@ for i, (name, src, truth, file_key) in enumerate(items):
                 left.error(f"Grad-CAM failed: {dashboard.plain(cams[j])}")
             right.metric("Prediction", dashboard.plain(p.predicted))
             right.markdown(f"{p.confidence:.1%} confidence")
+            right.caption(dashboard.plain(prediction.calibration_text(p)))
             bars = charts.probability_bars(p.probs).update_layout(margin={"l": 10, "r": 10, "t": 10, "b": 10})
             st.plotly_chart(bars, key=f"probs_{i}_{p.run_id}", height=180)
+    mix = prediction.ensemble(result)
+    if mix is not None:
+        with st.container(border=True):
+            st.markdown(f"**{mix.title}**")
+            st.metric("Ensemble prediction", dashboard.plain(mix.predicted))
+            st.markdown(dashboard.plain(mix.text))
+            st.caption(dashboard.plain(" · ".join(f"{c} {v:.1%}" for c, v in mix.probs.items())
+                                       + f" · {mix.agreement}"))

@@ -1,0 +1,86 @@
+"""AppTest of the Predict page's calibrated confidence and its ensemble card, against two real tiny runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from leukviz import calibration, config, dashboard, inference, prediction, runs
+
+REPO = Path(__file__).resolve().parents[1]
+FINETUNE = {"googlenet": "full", "resnet50": "head"}  # as tests/test_app.py: small, still real runs
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_data) -> list[runs.Run]:
+    """This module's own LEUKVIZ_HOME with two finished 32 px, one-epoch runs on tiny_data."""
+    home = tmp_path_factory.mktemp("app-predict-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LEUKVIZ_HOME", str(home))
+        out = []
+        for backbone, finetune in FINETUNE.items():
+            cfg = config.resolve(backbone, "quick", "none", str(tiny_data), epochs=1, image_size=32,
+                                 batch_size=64, finetune=finetune)
+            run = runs.run_for(cfg)
+            runs.train(run, log=lambda s: None)
+            out.append(run)
+        yield out
+
+
+@pytest.fixture()
+def page(trained, tiny_data) -> AppTest:
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=60)
+    at.session_state["dataset"] = str(tiny_data)
+    at.run()
+    at.switch_page("views/predict.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def upload_one(at: AppTest, tiny_data: Path) -> Path:
+    cell = sorted((tiny_data / "validation_data" / "C-NMC_test_prelim_phase_data").glob("*.png"))[0]
+    at.file_uploader[0].upload(cell.name, cell.read_bytes(), "image/png")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return cell
+
+
+def test_predict_says_the_confidence_is_calibrated_and_shows_the_ensemble_of_two(page, trained, tiny_data):
+    at = page
+    assert sorted(at.multiselect[0].value) == sorted(r.run_id for r in trained)
+    cell = upload_one(at, tiny_data)
+    fits = {r.run_id: calibration.run_calibration(r.dir) for r in trained}
+    assert all(f["calibrated"] and f["temperature"] != 1.0 for f in fits.values())
+
+    models = [inference.load_model(r.dir) for r in trained]
+    expected = prediction.predict_image([m for m in models if m.run_dir.name in at.multiselect[0].value],
+                                        cell.name, cell.read_bytes())
+    by_run = {r.run_id: r for r in expected.results}
+    captions = [c.value for c in at.caption if "calibrated on validation" in c.value]
+    assert len(captions) == 2
+    for p in by_run.values():
+        assert dashboard.plain(f"T = {fits[p.run_id]['temperature']:.2f}") in " ".join(captions)
+        assert dashboard.plain(f"raw {p.confidence_raw:.1%}") in " ".join(captions)
+    shown = [m.value for m in at.markdown if m.value.endswith("% confidence")]
+    assert sorted(shown) == sorted(f"{p.confidence:.1%} confidence" for p in by_run.values())
+
+    assert "**Ensemble (mean of 2 models)**" in [m.value for m in at.markdown]
+    mix = prediction.ensemble(expected)
+    mean_all = np.mean([p.probs["all"] for p in expected.results])
+    assert mix.probs["all"] == pytest.approx(mean_all)
+    assert [m.value for m in at.metric if m.label == "Ensemble prediction"] == [mix.predicted]
+    assert mix.text.startswith(f"{mix.confidence:.1%}, the mean of the models' calibrated probabilities")
+    assert dashboard.plain(mix.text) in [m.value for m in at.markdown]
+    assert len([m for m in at.metric if m.label == "Prediction"]) == 2  # the ensemble is a card of its own
+
+
+def test_one_model_gets_no_ensemble_card(page, trained, tiny_data):
+    at = page
+    at.multiselect[0].set_value([trained[0].run_id]).run()
+    upload_one(at, tiny_data)
+    assert [m.label for m in at.metric] == ["Prediction"]
+    assert not [m for m in at.markdown if m.value.startswith("**Ensemble")]
+    assert len([c for c in at.caption if "calibrated on validation" in c.value]) == 1
