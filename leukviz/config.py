@@ -12,7 +12,7 @@ from leukviz.errors import LeukvizError
 
 PRESETS = ("quick", "paper", "full")
 WEIGHTS_CHOICES = ("imagenet", "none")  # or a path to a weights file
-SPLITS = ("subject", "groups", "folds", "image")
+SPLITS = ("subject", "groups", "folds", "image", "given")  # given: the dataset's own validation folder
 FINETUNE = ("full", "last", "head")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "cosine")
@@ -27,7 +27,8 @@ CHOICES = {"split": SPLITS, "finetune": FINETUNE, "optimizer": OPTIMIZERS, "sche
 # What a field means, where its name alone does not say (the CLI's help).
 HELP = {
     "batch_size": "global batch size (split across torchrun processes)",
-    "split": "subject (default), groups (subject-grouped folds), folds (official), or image (leaky)",
+    "split": "subject, groups (subject-grouped folds), folds (official), image (leaky), or given (the dataset's own "
+             "val/ folder beside train/). Default: given when the dataset has one, else subject",
     "val_fold": "validation fold for --split folds or groups",
     "n_folds": "number of subject-grouped folds for --split groups (default: automatic)",
     "average": "ema: validate and keep a moving average of the weights",

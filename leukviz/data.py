@@ -1,4 +1,5 @@
-"""Dataset sources (demo, C-NMC as downloaded, class-per-folder trees, zips), the index table, splits and the image cache."""
+"""Dataset sources (demo, C-NMC as downloaded, class-per-folder trees, train/val/test trees, zips), the index
+table, splits and the image cache."""
 
 from __future__ import annotations
 
@@ -43,19 +44,43 @@ class ImageError(DataError):
     """One image that cannot be decoded."""
 
 
+# The index's `set` column. A split draws from POOL_SETS: "train", and "val" (a dataset's own validation
+# folder, which split "given" keeps apart and the other splits pool with train). TEST_SETS are held out:
+# "test" (a test/ folder beside train/) and "prelim" (C-NMC's labelled preliminary test set, and the
+# demo's); their labelled rows are scored once, after training, and never choose anything. "final" is
+# C-NMC's unlabelled final test set.
+POOL_SETS = ("train", "val")
+TEST_SETS = ("test", "prelim")
+# The folder names of a train/val/test tree (ImageFolder, Keras, fastai), compared in lower case.
+SET_FOLDERS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+
+
 @dataclass
 class Dataset:
     name: str  # what the user typed: "demo" or a path
     root: Path
-    kind: str  # "demo", "cnmc" or "folder"
+    kind: str  # "demo", "cnmc", "folder" (one sub-folder per class) or "splits" (train/ [val/] [test/])
     classes: tuple[str, ...]
     index: pd.DataFrame  # columns: path, label, subject, fold, set
     fingerprint: str
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    warnings: list[str] = field(default_factory=list)  # about the layout (a class missing from test/, ...)
+    folders: dict[str, str] = field(default_factory=dict)  # kind "splits": set -> its folder's name
 
     @property
     def train_rows(self) -> pd.DataFrame:
-        return self.index[self.index["set"] == "train"]
+        """The labelled rows a split draws from: set "train", and "val" when the dataset has its own."""
+        return self.index[self.index["set"].isin(POOL_SETS)]
+
+    @property
+    def has_val(self) -> bool:
+        """Whether the dataset comes with its own validation set (split "given")."""
+        return bool((self.index["set"] == "val").any())
+
+    @property
+    def test_rows(self) -> pd.DataFrame:
+        """The labelled held-out test rows (sets "test" and "prelim"): scored once after training."""
+        return self.index[self.index["set"].isin(TEST_SETS) & (self.index["label"] >= 0)]
 
     @property
     def has_subjects(self) -> bool:
@@ -249,19 +274,29 @@ def _index_cnmc(root: Path, skipped: list) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["path", "label", "subject", "fold", "set"])
 
 
+def _class_dirs(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
+
+
+def _class_images(d: Path, skipped: list) -> list[Path]:
+    """The image files anywhere under one class folder; the others go to skipped with a reason."""
+    entries = sorted(f for f in d.rglob("*") if not f.is_dir())
+    skipped.extend((str(f), "not a regular file") for f in entries if not f.is_file())  # broken links
+    files = [f for f in entries if f.is_file()]
+    skipped.extend((str(f), "not an image file") for f in files if not _is_image(f))
+    return [f for f in files if _is_image(f)]
+
+
 def _index_folder(root: Path, skipped: list) -> tuple[pd.DataFrame, tuple[str, ...]]:
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
+    class_dirs = _class_dirs(root)
     if not class_dirs:
-        raise DataError(f"{root} has no sub-folders: expected one sub-folder per class (e.g. all/ and hem/) "
+        raise DataError(f"{root} has no sub-folders: expected one sub-folder per class (e.g. all/ and hem/), "
+                        "train/ and val/ (or valid/, validation/) and test/ each with one sub-folder per class, "
                         "or the C-NMC layout (training_data/fold_*/all|hem)")
     rows = []
     classes = []
     for d in class_dirs:
-        entries = sorted(f for f in d.rglob("*") if not f.is_dir())
-        skipped.extend((str(f), "not a regular file") for f in entries if not f.is_file())  # broken links
-        files = [f for f in entries if f.is_file()]
-        images = [f for f in files if _is_image(f)]
-        skipped.extend((str(f), "not an image file") for f in files if not _is_image(f))
+        images = _class_images(d, skipped)
         if not images:
             continue
         classes.append(d.name)
@@ -269,6 +304,63 @@ def _index_folder(root: Path, skipped: list) -> tuple[pd.DataFrame, tuple[str, .
             parsed = parse_cnmc_name(f.name)
             rows.append((str(f), len(classes) - 1, parsed[0] if parsed else "", -1, "train"))
     return pd.DataFrame(rows, columns=["path", "label", "subject", "fold", "set"]), tuple(classes)
+
+
+def find_set_folders(root: Path) -> dict[str, Path] | None:
+    """The train/val/test tree of ImageFolder, Keras and fastai users: {set: folder} when root holds a train/
+    folder (any case) with sub-folders, beside val/, valid/ or validation/ and test/ (each optional); None
+    for any other layout. Two spellings of one set (val/ and valid/) are refused: which is meant?"""
+    found: dict[str, list[Path]] = {}
+    for p in sorted(root.iterdir()):
+        role = SET_FOLDERS.get(p.name.lower())
+        if role and p.is_dir():
+            found.setdefault(role, []).append(p)
+    if "train" not in found or not any(p.is_dir() for p in found["train"][0].iterdir()):
+        return None
+    for role, folders in found.items():
+        if len(folders) > 1:
+            raise DataError(f"{root} has {len(folders)} {role} folders ({', '.join(p.name + '/' for p in folders)}); "
+                            "keep one")
+    return {role: folders[0] for role, folders in found.items()}
+
+
+def _index_sets(root: Path, folders: dict[str, Path], skipped: list,
+                warnings: list) -> tuple[pd.DataFrame, tuple[str, ...]]:
+    """Index a train/val/test tree. The classes are the sorted class-folder names (with images) of train/;
+    a class of val/ or test/ that train/ lacks is an error (the model never sees it); a class of train/
+    that val/ lacks fails split "given" (make_split), and one that test/ lacks is a warning."""
+    per_set: dict[str, dict[str, list[Path]]] = {}
+    for role in ("train", "val", "test"):
+        if role not in folders:
+            continue
+        top = folders[role]
+        skipped.extend((str(f), f"directly in {top.name}/, not in a class folder")
+                       for f in sorted(top.iterdir()) if f.is_file() and not f.name.startswith("."))
+        per_set[role] = {d.name: imgs for d in _class_dirs(top) if (imgs := _class_images(d, skipped))}
+    for p in sorted(root.iterdir()):
+        if p.is_dir() and not p.name.startswith((".", "__")) and p not in folders.values():
+            skipped.append((str(p), "a folder beside train/, val/ and test/: not read"))
+    classes = tuple(sorted(per_set["train"]))
+    for role in ("val", "test"):
+        if role not in per_set:
+            continue
+        names = set(per_set[role])
+        extra = sorted(names - set(classes))
+        if extra:
+            raise DataError(f"{folders[role].name}/ has class folders that {folders['train'].name}/ lacks: "
+                            f"{', '.join(extra)} (the model would never see them). Class folders must have the "
+                            f"same names in every set; {folders['train'].name}/ has {', '.join(classes) or 'none'}")
+        missing = sorted(set(classes) - names)
+        if role == "test" and missing:
+            warnings.append(f"the test folder {folders[role].name}/ has no images of class "
+                            f"{', '.join(missing)}: its score says nothing about that class")
+    rows = []
+    for role, by_class in per_set.items():
+        for cls in sorted(by_class):
+            for f in by_class[cls]:
+                parsed = parse_cnmc_name(f.name)
+                rows.append((str(f), classes.index(cls), parsed[0] if parsed else "", -1, role))
+    return pd.DataFrame(rows, columns=["path", "label", "subject", "fold", "set"]), classes
 
 
 def _size(n: float) -> str:
@@ -380,7 +472,8 @@ def cache_folder(cache_dir: str | Path | None) -> Path:
 
 
 def open_dataset(spec: str | Path = "demo", cache_dir: Path | None = None) -> Dataset:
-    """Open 'demo', a C-NMC root, a class-per-folder tree, or a .zip of either; index it and fingerprint it."""
+    """Open 'demo', a C-NMC root, a class-per-folder tree, a train/ [val/] [test/] tree (find_set_folders), or a
+    .zip of any of them; index it and fingerprint it."""
     cache_dir = cache_folder(cache_dir)
     name = str(spec)
     skipped: list[tuple[str, str]] = []
@@ -409,9 +502,15 @@ def open_dataset(spec: str | Path = "demo", cache_dir: Path | None = None) -> Da
     if not path.is_dir():
         raise DataError(f"{path} is not a folder")
     root = find_cnmc_root(path)
+    warnings: list[str] = []
+    folders = None if root is not None else find_set_folders(path)
     if root is not None:
         index = _index_cnmc(root, skipped)
         kind, classes = "cnmc", CNMC_CLASSES
+    elif folders is not None:
+        root = path
+        index, classes = _index_sets(root, folders, skipped, warnings)
+        kind = "splits"
     else:
         root = path
         index, classes = _index_folder(root, skipped)
@@ -424,7 +523,8 @@ def open_dataset(spec: str | Path = "demo", cache_dir: Path | None = None) -> Da
         only = classes[present[0]] if present else "none"
         raise DataError(f"{root} has images of one class only ({only}); a classifier needs at least two classes")
     return Dataset(name, root, kind, tuple(classes), index.reset_index(drop=True),
-                   _fingerprint(index, root, classes), skipped)
+                   _fingerprint(index, root, classes), skipped, warnings,
+                   {role: p.name for role, p in (folders or {}).items()})
 
 
 # ---------------------------------------------------------------------------------------------- splits
@@ -436,10 +536,14 @@ class Split:
     method: str
     leaky: bool
     description: str
+    warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> dict:
-        return {"method": self.method, "leaky": self.leaky, "description": self.description,
-                "n_train": int(len(self.train)), "n_val": int(len(self.val))}
+        out = {"method": self.method, "leaky": self.leaky, "description": self.description,
+               "n_train": int(len(self.train)), "n_val": int(len(self.val))}
+        if self.warnings:  # only when there are some: the summaries of the other splits stay as they were
+            out["warnings"] = list(self.warnings)
+        return out
 
 
 MIN_SUBJECTS_PER_CLASS = 3  # below this a subject split learns, or is judged on, a class from one or two people
@@ -507,10 +611,54 @@ def group_folds(ds: Dataset, n_folds: int = 0) -> list[np.ndarray]:
     raise DataError(f"could not make {k} grouped folds with every class on both sides; use fewer folds")
 
 
+def given_split(ds: Dataset) -> Split:
+    """Split "given": train on set "train", validate on the dataset's own validation folder (set "val").
+    Leaky, and said so, when file names carry subject ids and a subject is on both sides."""
+    idx = ds.index
+    val = np.flatnonzero((idx["set"] == "val").to_numpy())
+    if len(val) == 0:
+        raise DataError(f"split 'given' validates on the dataset's own validation folder (val/, valid/ or "
+                        f"validation/ beside train/), and {ds.name} has none; use split "
+                        f"{'subject' if ds.has_subjects else 'image'} instead")
+    tr = np.flatnonzero((idx["set"] == "train").to_numpy())
+    val_labels = set(idx["label"].iloc[val])
+    missing = [ds.classes[i] for i in sorted(set(idx["label"].iloc[tr])) if i not in val_labels]
+    folder = ds.folders.get("val", "val")
+    if missing:
+        raise DataError(f"the validation folder {folder}/ has no images of class {', '.join(missing)}: validation "
+                        "needs every class (sensitivity and specificity mean nothing otherwise). Add them, or use "
+                        "split subject or image, which pool train/ and the validation folder")
+    desc = (f"given: the dataset's own validation folder {folder}/ ({len(val)} images); training on "
+            f"{ds.folders.get('train', 'train')}/")
+    shared = sorted((set(idx["subject"].iloc[tr]) & set(idx["subject"].iloc[val])) - {""}, key=str)
+    warnings = []
+    if shared:
+        shown = ", ".join(map(str, shared[:10])) + (", ..." if len(shared) > 10 else "")
+        warnings.append(f"LEAKY: {len(shared)} subject{'s' if len(shared) != 1 else ''} ({shown}) on both sides "
+                        "of the given split: cells of one person in training and validation inflate the scores. "
+                        "Split 'subject' keeps people apart")
+        desc += f" ({warnings[0]})"
+    return Split(tr.astype(np.int64), val.astype(np.int64), "given", bool(shared), desc, warnings)
+
+
+def default_split(ds: Dataset) -> str:
+    """The split a run uses unless told otherwise: "given" when the dataset has its own validation folder;
+    else "subject" where file names carry subject ids (at least two per class); else "image", the only one
+    possible without them (labelled leaky)."""
+    if ds.has_val:
+        return "given"
+    if ds.has_subjects and min(subject_counts(ds).values()) >= 2:
+        return "subject"
+    return "image"
+
+
 def make_split(ds: Dataset, method: str = "subject", val_fraction: float = 0.2, seed: int = 0,
                val_fold: int = 0, n_folds: int = 0) -> Split:
     """Split the training rows: by subject (default), subject-grouped cross-validation folds, by official
-    fold, or by image (leaky)."""
+    fold, by image (leaky), or as given (the dataset's own validation folder, given_split). All but
+    "given" draw from train_rows: set "train" and a given validation folder pooled."""
+    if method == "given":
+        return given_split(ds)
     train = ds.train_rows
     rng = np.random.default_rng(seed)
     if method == "groups":
@@ -578,7 +726,7 @@ def make_split(ds: Dataset, method: str = "subject", val_fraction: float = 0.2, 
         tr = np.array(sorted(set(train.index) - set(val_rows)), dtype=np.int64)
         return Split(tr, val, "image", True,
                      "random by image (LEAKY: cells of one person on both sides; inflates scores)")
-    raise DataError(f"unknown split {method!r}; choose one of: subject, groups, folds, image")
+    raise DataError(f"unknown split {method!r}; choose one of: subject, groups, folds, image, given")
 
 
 # ---------------------------------------------------------------------------------------------- cache
@@ -712,7 +860,9 @@ def image_cache(ds: Dataset, size: int, crop: bool, cache_dir: Path | None = Non
 
 
 def inspect(ds: Dataset) -> dict:
-    """Counts per class, fold, subject and set, for `data inspect` and the Data page."""
+    """Counts per class, fold, subject and set, for `data inspect` and the Data page. per_set: the labelled
+    images of each set per class (train, val, test, prelim); test: the held-out labelled test rows
+    (Dataset.test_rows); default_split: the split a run uses unless told otherwise."""
     idx = ds.index
     tr = ds.train_rows
     cls = lambda s: [ds.classes[i] if i >= 0 else "unlabeled" for i in s]  # noqa: E731
@@ -722,7 +872,10 @@ def inspect(ds: Dataset) -> dict:
         "per_class": {c: int((tr["label"] == i).sum()) for i, c in enumerate(ds.classes)},
         "per_fold": {}, "per_subject": {}, "sets": {k: int(v) for k, v in idx["set"].value_counts().items()},
         "skipped": len(ds.skipped), "subject_split_possible": ds.has_subjects,
-        "subjects_per_class": subject_counts(ds) if ds.has_subjects else {}, "warnings": subject_warnings(ds),
+        "subjects_per_class": subject_counts(ds) if ds.has_subjects else {},
+        "warnings": ds.warnings + subject_warnings(ds), "default_split": default_split(ds),
+        "per_set": {str(s): {c: int((part["label"] == i).sum()) for i, c in enumerate(ds.classes)}
+                    for s, part in idx[idx["label"] >= 0].groupby("set", sort=False)},
     }
     for fold, part in tr[tr["fold"] >= 0].groupby("fold"):
         out["per_fold"][str(fold)] = {c: int((part["label"] == i).sum()) for i, c in enumerate(ds.classes)}
@@ -732,4 +885,7 @@ def inspect(ds: Dataset) -> dict:
     out["prelim"] = {"n": int(len(prelim)), "per_class": {c: int((prelim["label"] == i).sum())
                                                          for i, c in enumerate(ds.classes)}}
     out["final_unlabeled"] = int((idx["set"] == "final").sum())
+    test = ds.test_rows
+    out["test"] = {"n": int(len(test)), "sets": sorted(set(test["set"])),
+                   "per_class": {c: int((test["label"] == i).sum()) for i, c in enumerate(ds.classes)}}
     return out

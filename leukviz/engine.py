@@ -23,7 +23,7 @@ from torch.utils.data import DistributedSampler
 from leukviz import backbones, data, events, preprocess
 from leukviz.config import PREPROCESS_VERSION, RunConfig
 from leukviz.errors import LeukvizError
-from leukviz.layout import CHECKPOINT, CONFIG, FEATURE_CACHE, PREDICTIONS, RESUME, SIDECAR
+from leukviz.layout import CHECKPOINT, CONFIG, FEATURE_CACHE, PREDICTIONS, RESUME, SIDECAR, TEST_PREDICTIONS
 from leukviz.metrics import weighted_f1
 from leukviz.storage import atomic_torch_save, atomic_write_bytes, atomic_write_files, json_bytes
 
@@ -843,7 +843,46 @@ def _fit(cfg: RunConfig, run_dir: Path, emit: Emit, should_stop: Callable[[], bo
         result = json.loads((run_dir / SIDECAR).read_text()).get("metrics", {})
     if state.dist.on:
         dist.barrier()
+    if main:  # after the last epoch (also when a resume finds none left): nothing below chooses anything
+        score_test_set(state, run_dir, cache_dir, log)
     return result
+
+
+def test_is_scored(run_dir: Path) -> bool:
+    """Whether layout.TEST_PREDICTIONS holds the kept model's predictions (written after its checkpoint)."""
+    out, ckpt = run_dir / TEST_PREDICTIONS, run_dir / CHECKPOINT
+    return out.is_file() and ckpt.is_file() and out.stat().st_mtime_ns >= ckpt.stat().st_mtime_ns
+
+
+def score_test_set(state: TrainState, run_dir: Path, cache_dir: Path | None, log: Callable[[str], None]) -> None:
+    """Score the kept model once on the dataset's labelled held-out test rows (Dataset.test_rows) and write
+    layout.TEST_PREDICTIONS like the validation predictions. The kept model is what the checkpoint holds
+    (the best epoch's weights with select="best", the average with average="ema"), loaded back into the
+    scored module, which training no longer needs. Validation's preprocessing and fp32; the decoded images
+    come from the run's image cache, which holds every row of the dataset. Best effort: a failure is
+    logged and the finished training stands."""
+    rows = state.ds.test_rows.index.to_numpy()
+    if len(rows) == 0 or test_is_scored(run_dir):
+        return
+    try:
+        from safetensors.torch import load_file
+
+        images, ok = preprocess.Preprocess.of_config(state.cfg).cache(state.ds, cache_dir)
+        good = rows[ok[rows]]
+        if len(good) < len(rows):
+            log(f"test set: {len(rows) - len(good)} of {len(rows)} images unreadable, skipped")
+        if len(good) == 0:
+            return
+        state.scored.load_state_dict(load_file(str(run_dir / CHECKPOINT)))
+        _, probs = evaluate(state.scored, images[good], None, state.cfg.backbone, state.device, amp=None)
+        write_predictions(run_dir / TEST_PREDICTIONS, state.ds, good, probs)
+        epoch = json.loads((run_dir / SIDECAR).read_text()).get("epoch", "?")
+    except Exception as e:  # noqa: BLE001 - the run is trained and saved; its test score is an extra
+        log(f"test set not scored ({e.__class__.__name__}: {e}); the trained run is unaffected")
+        return
+    y, pred = state.ds.index["label"].to_numpy()[good], probs.argmax(1)
+    log(f"test (held out, not used to choose anything): {len(good)} images, accuracy {float((pred == y).mean()):.4f}, "
+        f"weighted F1 {weighted_f1(y, pred):.4f} (the kept model, epoch {epoch}) -> {TEST_PREDICTIONS}")
 
 
 def write_predictions(path: Path, ds: data.Dataset, rows: np.ndarray, probs: np.ndarray) -> None:

@@ -197,3 +197,117 @@ def test_save_upload_names_by_content(tmp_path):
     assert data.save_upload(b"zip-bytes", tmp_path) == a
     assert data.save_upload(b"other", tmp_path) != a
     assert not list(tmp_path.glob("*.part"))
+
+
+# ---------------------------------------------------------------------------------------------- train/val/test trees
+
+def _tree(root, sets: dict[str, dict[str, list[str]]]):
+    """root/<set folder>/<class>/<file>: tiny PNGs, each its own colour (no two files alike)."""
+    n = 0
+    for folder, by_class in sets.items():
+        for cls, names in by_class.items():
+            (root / folder / cls).mkdir(parents=True, exist_ok=True)
+            for name in names:
+                n += 1
+                Image.new("RGB", (16, 16), (n % 250, n // 250 * 7 % 250, 90)).save(root / folder / cls / name)
+    return root
+
+
+def _cells(cls: str, subjects: tuple[str, ...], n: int = 2) -> list[str]:
+    return [f"UID_{s}_{i}_1_{cls}.png" for s in subjects for i in range(n)]
+
+
+TRAIN = {"all": _cells("all", ("1", "2", "3")), "hem": _cells("hem", ("H1", "H2", "H3"))}
+VAL = {"all": _cells("all", ("4",)), "hem": _cells("hem", ("H4",))}
+TEST = {"all": _cells("all", ("5",), 3), "hem": _cells("hem", ("H5",), 1)}
+
+
+@pytest.mark.parametrize("names", [("train", "val", "test"), ("train", "valid", None), ("Train", "Validation", "TEST"),
+                                   ("train", "VAL", None), ("train", None, "test")])
+def test_train_val_test_trees_are_recognised_with_their_sets(tmp_path, names):
+    tr, va, te = names
+    _tree(tmp_path, {tr: TRAIN, **({va: VAL} if va else {}), **({te: TEST} if te else {})})
+    ds = open_dataset(tmp_path, tmp_path / "cache")
+    assert ds.kind == "splits" and ds.classes == ("all", "hem")
+    counts = ds.index.groupby(["set", "label"]).size().to_dict()
+    expected = {("train", 0): 6, ("train", 1): 6}
+    expected.update({("val", 0): 2, ("val", 1): 2} if va else {})
+    expected.update({("test", 0): 3, ("test", 1): 1} if te else {})
+    assert counts == expected
+    assert ds.has_val == bool(va) and len(ds.test_rows) == (4 if te else 0)
+    assert ds.folders == {"train": tr, **({"val": va} if va else {}), **({"test": te} if te else {})}
+    assert data.default_split(ds) == ("given" if va else "subject")
+    info = data.inspect(ds)
+    assert info["per_set"]["train"] == {"all": 6, "hem": 6} and info["default_split"] == data.default_split(ds)
+    assert info["test"]["n"] == (4 if te else 0) and info["prelim"]["n"] == 0
+    assert set(ds.index.loc[ds.index["set"] == "train", "subject"]) == {"1", "2", "3", "H1", "H2", "H3"}
+
+
+def test_given_split_is_exactly_the_validation_folder(tmp_path):
+    _tree(tmp_path, {"train": TRAIN, "valid": VAL, "test": TEST})
+    ds = open_dataset(tmp_path, tmp_path / "cache")
+    s = make_split(ds, "given")
+    paths = lambda rows: {os.path.relpath(p, tmp_path) for p in ds.index.loc[rows, "path"]}  # noqa: E731
+    assert paths(s.val) == {f"valid/{c}/{n}" for c, names in VAL.items() for n in names}
+    assert paths(s.train) == {f"train/{c}/{n}" for c, names in TRAIN.items() for n in names}
+    assert s.method == "given" and not s.leaky and not s.warnings and "valid/" in s.description
+    assert "warnings" not in s.summary()
+    # the other splits pool train/ and the validation folder, and never touch test/
+    sub = make_split(ds, "subject", 0.25, 0)
+    assert set(sub.train) | set(sub.val) == set(ds.train_rows.index) and len(ds.train_rows) == 16
+    assert not (set(sub.train) | set(sub.val)) & set(ds.test_rows.index)
+
+
+def test_given_split_warns_when_a_subject_is_on_both_sides(tmp_path):
+    _tree(tmp_path, {"train": TRAIN, "val": {"all": _cells("all", ("3", "4")), "hem": _cells("hem", ("H4",))}})
+    s = make_split(open_dataset(tmp_path, tmp_path / "cache"), "given")
+    assert s.leaky and len(s.warnings) == 1 and "LEAKY: 1 subject (3) on both sides" in s.warnings[0]
+    assert "LEAKY" in s.description and s.summary()["warnings"] == s.warnings
+
+
+def test_given_split_without_a_validation_folder_is_a_clear_error(tmp_path, cnmc_mini, tiny_data):
+    _tree(tmp_path, {"train": TRAIN, "test": TEST})
+    for ds in (open_dataset(tmp_path, tmp_path / "cache"), open_dataset(cnmc_mini), open_dataset(tiny_data)):
+        with pytest.raises(DataError, match="split 'given' validates on the dataset's own validation folder.*has none"):
+            make_split(ds, "given")
+
+
+def test_class_folders_must_match_across_sets(tmp_path):
+    _tree(tmp_path / "extra", {"train": TRAIN, "val": {**VAL, "blast": ["b.png"]}})
+    with pytest.raises(DataError, match="val/ has class folders that train/ lacks: blast"):
+        open_dataset(tmp_path / "extra", tmp_path / "cache")
+    _tree(tmp_path / "noval", {"train": TRAIN, "val": {"all": VAL["all"]}, "test": {"all": TEST["all"]}})
+    ds = open_dataset(tmp_path / "noval", tmp_path / "cache")  # opens: the other splits still work
+    assert ds.warnings == ["the test folder test/ has no images of class hem: its score says nothing about that class"]
+    assert data.inspect(ds)["warnings"][0] == ds.warnings[0]
+    with pytest.raises(DataError, match="validation folder val/ has no images of class hem"):
+        make_split(ds, "given")
+    assert len(make_split(ds, "subject").val) > 0
+    _tree(tmp_path / "two", {"train": TRAIN, "val": VAL, "valid": VAL})
+    with pytest.raises(DataError, match="2 val folders .*keep one"):
+        open_dataset(tmp_path / "two", tmp_path / "cache")
+
+
+def test_zip_of_a_train_val_test_tree_opens_like_the_folder(tmp_path):
+    tree = _tree(tmp_path / "tree" / "cells", {"train": TRAIN, "validation": VAL, "test": TEST})
+    z = tmp_path / "cells.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        for f in sorted(tree.rglob("*.png")):
+            zf.write(f, "cells/" + str(f.relative_to(tree)))
+    ds, folder = open_dataset(z, tmp_path / "cache"), open_dataset(tree, tmp_path / "cache")
+    assert ds.kind == "splits" and ds.fingerprint == folder.fingerprint
+    assert ds.index["set"].value_counts().to_dict() == {"train": 12, "val": 4, "test": 4}
+
+
+def test_existing_layouts_keep_their_sets_and_default_split(tmp_path, cnmc_mini, tiny_data):
+    mini = open_dataset(cnmc_mini)
+    assert mini.kind == "cnmc" and not mini.has_val and data.default_split(mini) == "subject"
+    assert len(mini.test_rows) == 10 and set(mini.test_rows["set"]) == {"prelim"}  # final (unlabelled) is not
+    assert len(mini.train_rows) == 57 and set(mini.index["set"]) == {"train", "prelim", "final"}
+    tiny = open_dataset(tiny_data)
+    assert len(tiny.test_rows) == data.inspect(tiny)["prelim"]["n"] > 0 and data.default_split(tiny) == "subject"
+    # plain class folders, one named like a set folder: still one class per folder, all training
+    _tree(tmp_path / "plain", {"all": {"x": ["a.png", "b.png"]}, "test": {"y": ["c.png"]}})
+    plain = open_dataset(tmp_path / "plain", tmp_path / "cache")
+    assert plain.kind == "folder" and plain.classes == ("all", "test") and set(plain.index["set"]) == {"train"}
+    assert data.default_split(plain) == "image" and len(plain.test_rows) == 0 and not plain.warnings

@@ -106,3 +106,111 @@ def test_split_seed_keeps_a_repeat_on_the_same_split_and_old_ids_unchanged(tiny_
 def test_autocast_choice():
     assert engine.autocast_dtype("fp32", torch.device("cpu")) is None
     assert engine.autocast_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+
+
+# ---------------------------------------------------------------------------------------------- the held-out test set
+
+def _fit_run(cfg, run_dir, cache, logs=None, **kw):
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return engine.fit(cfg, run_dir, lambda e: None, cache_dir=cache, log=(logs if logs is not None else []).append,
+                      **kw)
+
+
+def _checkpoint_predicts(run_dir, ds, rows, cache):
+    """What the saved checkpoint predicts for these rows, through inference (as a user would load it)."""
+    from leukviz import inference
+
+    lm = inference.load_model(run_dir, device="cpu")
+    images, _ = lm.preprocess.cache(ds, cache)
+    return inference.predict_arrays(lm, images[rows])
+
+
+@pytest.mark.parametrize("average", ["none", "ema"])
+def test_test_set_is_scored_once_with_the_kept_model(tiny_data, tmp_path, monkeypatch, average):
+    """select="best" with epoch 1 made the best: the test predictions are the checkpoint's (epoch 1's
+    weights, or their average), not the last epoch's, and the test set never enters the choice."""
+    import pandas as pd
+
+    from leukviz.layout import RESUME, SIDECAR, TEST_PREDICTIONS
+    from test_testset import split_tree, tiny_cfg
+
+    tree, cache = split_tree(tiny_data, tmp_path / "cells"), tmp_path / "cache"
+    scores = iter([0.9, 0.1])  # epoch 1 scores best; the test set's own line gets the real F1
+    real_f1 = engine.weighted_f1
+    monkeypatch.setattr(engine, "weighted_f1", lambda y, p: next(scores, None) or real_f1(y, p))
+    logs: list[str] = []
+    cfg = tiny_cfg(tree, epochs=2, average=average)
+    _fit_run(cfg, tmp_path / "run", cache, logs)
+    run = tmp_path / "run"
+    assert json.loads((run / SIDECAR).read_text())["epoch"] == 1
+    ds = data.open_dataset(tree, cache)
+    df = pd.read_csv(run / TEST_PREDICTIONS)
+    rows = ds.index.index[ds.index["path"].isin(df["path"])].to_numpy()
+    assert list(df["path"]) == list(ds.index.loc[rows, "path"]) and len(df) == len(ds.test_rows) == 12
+    kept = _checkpoint_predicts(run, ds, rows, cache)
+    assert np.allclose(df[["prob_all", "prob_hem"]].to_numpy(), kept, atol=1e-5)
+    last = engine.load_resume_state(run / RESUME)["model"]  # epoch 2's weights
+    model = engine.backbones.build_model("googlenet", 2, "none")
+    model.load_state_dict(last)
+    _, last_probs = evaluate(model, ds_images(ds, rows, cache), None, "googlenet", torch.device("cpu"))
+    assert not np.allclose(last_probs, kept, atol=1e-4), "not the last epoch's model"
+    line = [s for s in logs if s.startswith("test (held out, not used to choose anything)")]
+    assert len(line) == 1 and "accuracy" in line[0] and "weighted F1" in line[0] and "epoch 1" in line[0]
+
+
+def ds_images(ds, rows, cache):
+    images, _ = data.image_cache(ds, 32, True, cache)
+    return images[rows]
+
+
+def test_a_test_folder_changes_nothing_that_is_chosen(tiny_data, tmp_path):
+    """The same tree with and without test/: the same validation predictions and kept epoch."""
+    import os
+
+    import pandas as pd
+
+    from leukviz.layout import PREDICTIONS, SIDECAR, TEST_PREDICTIONS
+    from test_testset import split_tree, tiny_cfg
+
+    out = {}
+    for name, test in (("with", True), ("without", False)):
+        tree = split_tree(tiny_data, tmp_path / name / "cells", test=test)
+        res = _fit_run(tiny_cfg(tree, epochs=2), tmp_path / name / "run", tmp_path / "cache")
+        run = tmp_path / name / "run"
+        val = pd.read_csv(run / PREDICTIONS)
+        val["path"] = val["path"].map(lambda p: os.path.relpath(p, tree))
+        out[name] = (res, val, json.loads((run / SIDECAR).read_text())["epoch"], (run / TEST_PREDICTIONS).exists())
+    (res_a, val_a, epoch_a, test_a), (res_b, val_b, epoch_b, test_b) = out["with"], out["without"]
+    assert test_a and not test_b
+    assert res_a == res_b and epoch_a == epoch_b
+    pd.testing.assert_frame_equal(val_a, val_b)
+
+
+def test_a_resume_past_the_last_epoch_still_scores_and_a_failure_does_not_fail_it(tiny_data, tmp_path, monkeypatch):
+    import pandas as pd
+
+    from leukviz.layout import TEST_PREDICTIONS
+    from test_testset import split_tree, tiny_cfg
+
+    tree, cache, run = split_tree(tiny_data, tmp_path / "cells"), tmp_path / "cache", tmp_path / "run"
+    bad = sorted((tree / "test" / "all").iterdir())[0]
+    bad.write_bytes(b"not an image")  # one unreadable test image: skipped, the rest scored
+    cfg = tiny_cfg(tree)
+    res = _fit_run(cfg, run, cache)
+    first = pd.read_csv(run / TEST_PREDICTIONS)
+    assert len(first) == 11 and str(bad) not in set(first["path"])
+    (run / TEST_PREDICTIONS).unlink()  # a crash after the last epoch, before the test set was scored
+    logs: list[str] = []
+    assert _fit_run(cfg, run, cache, logs, resume=True) == res
+    assert any(s.startswith("resuming at epoch 2") for s in logs)
+    pd.testing.assert_frame_equal(pd.read_csv(run / TEST_PREDICTIONS), first)
+    (run / TEST_PREDICTIONS).unlink()
+
+    def boom(*a, **k):
+        raise RuntimeError("decoder exploded")
+
+    monkeypatch.setattr(engine, "evaluate", boom)
+    logs = []
+    assert _fit_run(cfg, run, cache, logs, resume=True) == res  # the finished training stands
+    assert not (run / TEST_PREDICTIONS).exists()
+    assert any("test set not scored (RuntimeError: decoder exploded)" in s for s in logs)

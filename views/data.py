@@ -1,4 +1,4 @@
-"""Data: choose the dataset (demo, folder, zip); see its classes, subjects, folds, split and sample cells."""
+"""Data: choose the dataset (demo, folder, zip); see its classes, sets, subjects, folds, split and sample cells."""
 
 from pathlib import Path
 
@@ -10,18 +10,21 @@ from leukviz.config import AUGMENT
 from views._common import active_dataset, active_split, open_dataset
 
 SOURCES = ("Built-in demo", "Folder path", "Zip upload")
-SPLITS = {"subject": "By subject (recommended)", "groups": "Subject-grouped folds", "folds": "Official folds",
-          "image": "By image (leaky)"}
+SPLITS = {"given": "Given: the dataset's own validation folder", "subject": "By subject (recommended)",
+          "groups": "Subject-grouped folds", "folds": "Official folds", "image": "By image (leaky)"}
+SET_TEXT = {"train": "train", "val": "validation (given)", "test": "test (held out)",
+            "prelim": "preliminary test (held out)"}
 
 
 def use(spec: str) -> None:
     """Make spec the active dataset if it opens; otherwise say why, here."""
     try:
-        open_dataset(spec)
+        ds = open_dataset(spec)
     except (data.DataError, OSError) as e:
         st.error(dashboard.plain(e))
         return
     st.session_state["dataset"] = spec
+    st.session_state["split"], st.session_state["split_dataset"] = data.default_split(ds), spec
     st.rerun()
 
 
@@ -37,8 +40,9 @@ if source == SOURCES[0] and current != "demo":
 elif source == SOURCES[1]:
     path = st.text_input("Folder path", value="" if current == "demo" else current,
                          placeholder="/data/C-NMC_Leukemia",
-                         help="The C-NMC folder as downloaded (training_data/fold_*/all|hem), or a folder "
-                              "with one sub-folder per class.")
+                         help="The C-NMC folder as downloaded (training_data/fold_*/all|hem), a folder "
+                              "with one sub-folder per class, or train/ and val/ (valid/, validation/) and "
+                              "test/, each with one sub-folder per class.")
     if st.button("Use this folder", type="primary", disabled=not path.strip()):
         use(str(Path(path.strip()).expanduser()))
 elif source == SOURCES[2]:
@@ -68,7 +72,16 @@ for col, (cls, n) in zip(cols, info["per_class"].items()):
     col.metric(f"Class {dashboard.plain(cls)}", n)
 cols[-2].metric("Subjects", len(info["per_subject"]) or "unknown",
                 help=", ".join(f"{dashboard.plain(c)}: {n}" for c, n in info["subjects_per_class"].items()) or None)
-cols[-1].metric("Held-out test (labelled)", info["prelim"]["n"])
+cols[-1].metric("Held-out test (labelled)", info["test"]["n"],
+                help="Scored once by every run after its last epoch; never used to choose anything.")
+for warning in ds.warnings:
+    st.warning(dashboard.plain(warning))
+
+if set(info["per_set"]) != {"train"}:
+    st.markdown("**Images per set**")
+    sets = pd.DataFrame(info["per_set"]).T
+    sets.index = [SET_TEXT.get(s, s) for s in sets.index]
+    st.dataframe(sets.rename_axis("set"), width="stretch")
 
 left, right = st.columns(2)
 with left:
@@ -90,17 +103,25 @@ if info["subjects_per_class"]:
                                                    for c, n in info["subjects_per_class"].items()))
 
 st.subheader("Validation split")
-for warning in info["warnings"]:
+for warning in data.subject_warnings(ds):
     st.warning(dashboard.plain(warning), icon=":material/group:")
-split = st.radio("Split used for training", list(SPLITS), format_func=SPLITS.get, horizontal=True,
-                 index=list(SPLITS).index(active_split()), key="data_split_radio")
+default = info["default_split"]
+st.caption(f"By default a run on this dataset uses **{dashboard.plain(SPLITS[default])}** ({default}).")
+if st.session_state.get("split_dataset") != current:  # a dataset seen here first starts on its default split
+    st.session_state["split"], st.session_state["split_dataset"] = default, current
+choices = [k for k in SPLITS if k != "given" or ds.has_val]
+chosen = active_split() if active_split() in choices else default
+split = st.radio("Split used for training", choices, format_func=SPLITS.get, horizontal=True,
+                 index=choices.index(chosen), key="data_split_radio")
 st.session_state["split"] = split
 try:
     sp = data.make_split(ds, split)
 except data.DataError as e:
     st.error(dashboard.plain(e))
 else:
-    if sp.leaky:
+    for warning in sp.warnings:
+        st.warning(dashboard.plain(warning))
+    if sp.leaky and not sp.warnings:
         st.warning("Leaky split: cells of the same person end up on both sides, so validation scores are "
                    "inflated (the seed paper's protocol). Use it only to reproduce that paper.")
     a, b, c = st.columns([1, 1, 3])
