@@ -255,3 +255,39 @@ def per_subject_figure(df: pd.DataFrame, classes: Sequence[str] | None = None) -
     fig.update_xaxes(type="category", categoryorder="array", categoryarray=order)
     fig.update_yaxes(range=[0, 1.0], tickformat=".0%")
     return fig
+
+
+def interval_figure(scores: Sequence[dict], score: str = "weighted_f1", label: str = "weighted F1") -> go.Figure:
+    """One score per model and set (compare.Report.to_dict()["scores"]): the mean over seeds as a dot, its
+    95 % subject-bootstrap interval as the error bar, and each seed's value as a small point (on hover)."""
+    fig = go.Figure()
+    for which, symbol in (("val", "circle"), ("test", "diamond")):
+        part = [s for s in scores if s["set"] == which]
+        if not part:
+            continue
+        names = [s["model"] for s in part]
+        mean = [_num(s["spread"][score]["mean"]) for s in part]
+        ci = [s["interval"]["scores"].get(score) or {} for s in part]
+        high = [None if m is None or c.get("high") is None else c["high"] - m for m, c in zip(mean, ci)]
+        low = [None if m is None or c.get("low") is None else m - c["low"] for m, c in zip(mean, ci)]
+        set_name = "validation" if which == "val" else "test (held out)"
+        fig.add_trace(go.Scatter(
+            x=names, y=mean, mode="markers", name=f"{set_name}: mean, 95 % CI", marker={"size": 11, "symbol": symbol},
+            offsetgroup=which,
+            error_y={"type": "data", "symmetric": False, "array": high, "arrayminus": low, "thickness": 1.5},
+            customdata=[[c.get("low"), c.get("high")] for c in ci],
+            hovertemplate="%{x}<br>mean %{y:.3f}<br>95 % CI %{customdata[0]:.3f} to %{customdata[1]:.3f}<extra></extra>"))
+        xs, ys, text = [], [], []
+        for s in part:
+            for seed, v in zip(s["seeds"], s["spread"][score].get("values") or []):
+                xs.append(s["model"])
+                ys.append(_num(v))
+                text.append(f"seed {seed}")
+        if xs:
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=f"{set_name}: each seed", text=text,
+                                     offsetgroup=which,
+                                     marker={"size": 6, "symbol": symbol, "opacity": 0.55, "color": NEUTRAL_COLOR},
+                                     hovertemplate="%{x}<br>%{text}: %{y:.3f}<extra></extra>"))
+    fig.update_layout(yaxis_title=label, legend={"orientation": "h", "y": -0.2}, margin={"t": 20},
+                      scattermode="group")  # validation and test of one model side by side
+    return fig

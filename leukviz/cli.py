@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -84,8 +85,12 @@ def add_config_options(parser: argparse.ArgumentParser, names: tuple[str, ...] =
 
 
 def _resolve_cfg(args) -> C.RunConfig:
-    return C.resolve(args.backbone, args.preset, args.weights, args.data,
-                     **{name: getattr(args, name) for name in TRAIN_FIELDS})
+    given = {name: getattr(args, name) for name in TRAIN_FIELDS}
+    if given["split"] is None and args.data != "demo":  # a train/ + val/ tree: its own validation folder
+        from leukviz import data, runs
+        if data.default_split(data.open_dataset(args.data, runs.cache_root())) == "given":
+            given["split"] = "given"
+    return C.resolve(args.backbone, args.preset, args.weights, args.data, **given)
 
 
 def _decide(args, runs) -> tuple[str, object, bool]:
@@ -124,6 +129,8 @@ def cmd_train(args) -> int:
 
     if args.cv:
         return cmd_cv(args)
+    if args.seeds > 1:
+        return cmd_repeats(args)
     t0 = time.time()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from leukviz import engine
@@ -186,6 +193,32 @@ def cmd_train(args) -> int:
     _out(args, f"run {run.run_id} {res['status']} ({run.dir}): " +
          ", ".join(f"{k} {v:.4f}" for k, v in res["metrics"].items() if isinstance(v, float)), res)
     return 0 if res["status"] == "finished" else 1
+
+
+def cmd_repeats(args) -> int:
+    """--seeds N: N cached runs of one configuration differing only in seed (config.repeats: one split for
+    all), trained one after another; then each run's validation scores and their mean and spread."""
+    from leukviz import metrics, runs
+
+    if args.resume or args.run_dir or args.cv:
+        raise CliError("--seeds makes new runs: it does not go with --resume or --cv")
+    cfgs = C.repeats(_resolve_cfg(args), args.seeds)
+    results, worst = [], 0
+    for cfg in cfgs:
+        one = argparse.Namespace(**{**vars(args), "seeds": 1, "json": False, "seed": cfg.seed,
+                                    "split_seed": cfg.split_seed})
+        print(f"seed {cfg.seed} ({cfgs.index(cfg) + 1} of {len(cfgs)}):", file=sys.stderr)
+        with contextlib.redirect_stdout(sys.stderr):  # each run's own line; stdout keeps the summary
+            worst = max(worst, cmd_train(one))
+        results.append(_train_result(runs.run_for(cfg, args.runs_dir), False, time.time()))
+    spread = {k: metrics.seed_spread([r["metrics"][k] for r in results if r["metrics"].get(k) is not None])
+              for k in ("val_acc", "val_f1")}
+    lines = [f"{len(results)} seeds of {cfgs[0].backbone} (one split, seed {cfgs[0].split_rng_seed}):"]
+    lines += [f"  seed {c.seed}: run {r['run_id']} {r['status']}  val acc {_fmt(r['metrics'].get('val_acc'), 3)}  "
+              f"F1 {_fmt(r['metrics'].get('val_f1'), 3)}" for c, r in zip(cfgs, results)]
+    lines += [f"  {k}: {_fmt(v['mean'], 3)} ± {_fmt(v['sd'], 3)} over {v['n']} seeds" for k, v in spread.items()]
+    _out(args, "\n".join(lines), {"runs": results, "spread": spread})
+    return worst
 
 
 def cmd_cv(args) -> int:
@@ -330,6 +363,42 @@ def _selected_runs(run_arg: str, runs_dir):
     return [runs.get_run(run_arg, runs_dir)]
 
 
+def _comparable(run_args: list[str], runs_dir) -> list:
+    """The runs to compare: ids (a unique prefix is enough) or 'all'; they must share their validation
+    cells (one comparable group), except that 'all' takes the largest group and says so."""
+    from leukviz import compare, runs
+
+    chosen = [r for arg in run_args for r in _selected_runs(arg, runs_dir)]
+    chosen = list({r.run_id: r for r in chosen if r.state == "finished" and r.has_checkpoint}.values())
+    if not chosen:
+        raise CliError("no finished runs among those given; `runs list` shows them")
+    groups = compare.comparable_groups(chosen)
+    if len(groups) > 1:
+        listing = "; ".join(f"{g.label}: {' '.join(r.run_id for r in g.runs)}" for g in groups.values())
+        if run_args != ["all"]:
+            raise CliError(f"these runs were not scored on the same validation cells, so they cannot be "
+                           f"compared; give runs of one group: {listing}")
+        print(f"comparing the largest of {len(groups)} groups (others: {listing})", file=sys.stderr)
+    return next(iter(groups.values())).runs
+
+
+def cmd_compare(args) -> int:
+    """Runs side by side: mean ± sd over seeds, subject-bootstrap intervals, paired tests, the ensemble."""
+    from leukviz import compare
+
+    evals = []
+    for run in _comparable(args.runs, args.runs_dir):
+        try:
+            evals.append(compare.evaluate_run(run))
+        except (OSError, KeyError, ValueError) as e:
+            print(f"run {run.run_id} left out: {e}", file=sys.stderr)
+    if not evals:
+        raise CliError("none of the runs could be read")
+    rep = compare.build_report(evals, n_resamples=args.resamples)
+    _out(args, compare.report_text(rep), rep.to_dict())
+    return 0
+
+
 def cmd_predict(args) -> int:
     from leukviz import inference
     from leukviz.metrics import nan_to_none
@@ -356,8 +425,10 @@ def cmd_predict(args) -> int:
             if r["error"]:
                 print(f"{r['file']}  [{r['model']} {r['run_id'][:6]}]  ERROR {r['error']}")
             else:
+                how = (f" (calibrated, T = {r['temperature']:.2f}; raw {r['confidence_raw'] * 100:.1f}%)"
+                       if r.get("calibrated") else " (not calibrated)")
                 print(f"{r['file']}  [{r['model']} {r['run_id'][:6]}]  {r['predicted']}  "
-                      f"{r['confidence'] * 100:.1f}%")
+                      f"{r['confidence'] * 100:.1f}%{how}")
     return 1 if all(r["error"] for r in records) else 0
 
 
@@ -531,6 +602,13 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def _seed_count(text: str) -> int:
+    n = int(text)
+    if not 1 <= n <= C.MAX_REPEATS:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {C.MAX_REPEATS}")
+    return n
+
+
 def _add_train(sub, common: argparse.ArgumentParser) -> None:
     """The train command: the RunConfig options (add_config_options) and how to run it."""
     from leukviz.backbones import BACKBONES
@@ -546,6 +624,9 @@ def _add_train(sub, common: argparse.ArgumentParser) -> None:
     t.add_argument("--force", action="store_true", help="retrain even if this configuration finished before")
     t.add_argument("--detach", action="store_true", help="start in the background and return")
     t.add_argument("--cv", action="store_true", help="cross-validate over the official folds (with --split folds)")
+    t.add_argument("--seeds", type=_seed_count, default=1, metavar="N",
+                   help="train N runs differing only in seed (--seed, --seed + 1, ...), one after another, on one "
+                        "split; then their mean and spread")
     t.add_argument("--run-dir", help=argparse.SUPPRESS)
     t.add_argument("--resume-here", action="store_true", help=argparse.SUPPRESS)
     t.set_defaults(func=cmd_train)
@@ -666,6 +747,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--tta", action="store_true",
                     help="also score the 8 flips/rotations averaged, as its own numbers")
     ev.set_defaults(func=cmd_evaluate)
+
+    co = sub.add_parser("compare", parents=[common],
+                        help="finished runs side by side: intervals, paired tests, the ensemble")
+    co.add_argument("runs", nargs="+", metavar="RUN", help="run ids (a unique prefix is enough), or 'all'")
+    co.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    co.set_defaults(func=cmd_compare)
 
     _add_study(sub, common)
     ex = sub.add_parser("export", parents=[common], help="export a finished run as ONNX or safetensors")

@@ -3,6 +3,7 @@ curves and histories, inference speed, the error gallery and exports; no Streaml
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -13,33 +14,62 @@ import numpy as np
 import pandas as pd
 
 from leukviz import metrics, runs
-from leukviz.dashboard import dataset_label, format_duration, run_name, split_text
-from leukviz.layout import CHECKPOINT, PREDICTIONS, SIDECAR
+from leukviz.backbones import BACKBONES
+from leukviz.dashboard import (backbone_title, dataset_label, format_duration, latest_per_backbone, run_name,
+                               split_text)
+from leukviz.layout import CHECKPOINT, PREDICTIONS, SIDECAR, TEST_PREDICTIONS
 from leukviz.preprocess import Preprocess
 from leukviz.storage import read_json
 
 
 @dataclass
+class Predictions:
+    """One model's predictions on one set of cells, in a fixed cell order (sorted by path), so two models
+    scored on the same cells line up row for row."""
+
+    classes: list[str]
+    paths: np.ndarray
+    y: np.ndarray
+    probs: np.ndarray
+    subjects: np.ndarray | None  # None when any cell's subject is unknown
+
+    @property
+    def summary(self) -> dict:
+        return metrics.summary(self.y, self.probs, self.classes, self.subjects)
+
+
+def read_predictions(path: Path, classes: Sequence[str] | None = None) -> Predictions:
+    """A val_predictions.csv / test_predictions.csv (path, subject, label, prob_<class>...)."""
+    df = pd.read_csv(path, dtype={"subject": str, "path": str}, keep_default_na=False).sort_values("path", kind="stable")
+    classes = list(classes or [c.removeprefix("prob_") for c in df.columns if c.startswith("prob_")])
+    subjects = df["subject"].to_numpy(dtype=str)
+    known = bool(len(subjects)) and bool((subjects != "").all())
+    return Predictions(classes, df["path"].to_numpy(dtype=str), df["label"].to_numpy(dtype=int),
+                       df[[f"prob_{c}" for c in classes]].to_numpy(dtype=float), subjects if known else None)
+
+
+@dataclass
 class Evaluation:
-    """A finished run's validation predictions and their metrics."""
+    """A finished run's validation predictions (the kept epoch's) and their metrics; its held-out test
+    predictions when the dataset has a test set (scored once, never used to choose anything)."""
 
     run: runs.Run
     classes: list[str]
     y: np.ndarray
     probs: np.ndarray
     summary: dict
+    val: Predictions | None = None
+    test: Predictions | None = None
 
 
 def evaluate_run(run: runs.Run) -> Evaluation:
-    """Metrics of a finished run, from its val_predictions.csv (the best epoch's), via metrics.summary."""
+    """Metrics of a finished run, from its val_predictions.csv (the kept epoch's), via metrics.summary, and
+    its test_predictions.csv when there is one."""
     meta = read_json(run.dir / SIDECAR, {}) or {}
-    df = pd.read_csv(run.dir / PREDICTIONS, dtype={"subject": str}, keep_default_na=False)
-    classes = meta.get("classes") or [c.removeprefix("prob_") for c in df.columns if c.startswith("prob_")]
-    probs = df[[f"prob_{c}" for c in classes]].to_numpy(dtype=float)
-    y = df["label"].to_numpy(dtype=int)
-    subjects = df["subject"].to_numpy(dtype=str)
-    summ = metrics.summary(y, probs, classes, subjects if len(subjects) and (subjects != "").all() else None)
-    return Evaluation(run, list(classes), y, probs, summ)
+    val = read_predictions(run.dir / PREDICTIONS, meta.get("classes"))
+    test_file = run.dir / TEST_PREDICTIONS
+    test = read_predictions(test_file, val.classes) if test_file.exists() else None
+    return Evaluation(run, val.classes, val.y, val.probs, val.summary, val, test)
 
 
 def group_key(run: runs.Run) -> str:
@@ -146,6 +176,286 @@ def time_per_image(lm: Any, repeats: int = 5, warmup: int = 2) -> float:
         times.append(time.perf_counter() - t)
     return float(np.median(times))
 
+
+
+# ---------------------------------------------------------------------------------------------- repeats, intervals, tests
+
+SCORE_TEXT = {"weighted_f1": "weighted F1", "accuracy": "accuracy", "sensitivity": "sensitivity (all)",
+              "specificity": "specificity", "roc_auc": "ROC AUC"}
+PAIRED_SCORES = ("weighted_f1", "accuracy")
+ENSEMBLE = "Ensemble"
+
+
+def config_key(run: runs.Run) -> str:
+    """Runs of one configuration that differ only in seed (repeats) share this key: the comparable group
+    (same data, same validation cells) and every setting but the seeds."""
+    d = run.config.to_dict()
+    for name in ("seed", "split_seed", "data"):
+        d.pop(name, None)
+    return group_key(run) + "|" + json.dumps(d, sort_keys=True)
+
+
+@dataclass
+class Repeats:
+    """The runs of one configuration, by seed, and what they give pooled: the cells of every seed stacked,
+    each cell keeping its subject, so a subject resampled brings its cells from every seed."""
+
+    name: str
+    evals: list[Evaluation]
+
+    @property
+    def seeds(self) -> list[int]:
+        return [ev.run.config.seed for ev in self.evals]
+
+    def pooled(self, which: str = "val", seeds: Sequence[int] | None = None) -> Predictions | None:
+        chosen = [ev for ev in self.evals if seeds is None or ev.run.config.seed in seeds]
+        parts = [getattr(ev, which) for ev in chosen]
+        if not parts or any(p is None for p in parts) or any(not _same_cells(parts[0], p) for p in parts):
+            return None
+        subjects = None if any(p.subjects is None for p in parts) else np.concatenate([p.subjects for p in parts])
+        return Predictions(parts[0].classes, np.concatenate([p.paths for p in parts]),
+                           np.concatenate([p.y for p in parts]), np.concatenate([p.probs for p in parts]), subjects)
+
+
+def _same_cells(a: Predictions, b: Predictions) -> bool:
+    return a.classes == b.classes and len(a.paths) == len(b.paths) and bool((a.paths == b.paths).all())
+
+
+def repeat_groups(evals: Sequence[Evaluation]) -> list[Repeats]:
+    """The evaluations grouped by configuration (config_key), in registry order, each by seed. A
+    group is named by its backbone, plus its run id's start when one backbone has several configurations."""
+    by_key: dict[str, list[Evaluation]] = {}
+    for ev in evals:
+        by_key.setdefault(config_key(ev.run), []).append(ev)
+    per_backbone: dict[str, int] = {}
+    for members in by_key.values():
+        per_backbone[members[0].run.config.backbone] = per_backbone.get(members[0].run.config.backbone, 0) + 1
+    out = []
+    for members in by_key.values():
+        members.sort(key=lambda ev: ev.run.config.seed)
+        first = members[0].run
+        name = backbone_title(first.config.backbone)
+        if per_backbone[first.config.backbone] > 1:
+            name += f" · {first.run_id[:6]}"
+        out.append(Repeats(name, members))
+    order = list(BACKBONES)
+    return sorted(out, key=lambda g: order.index(g.evals[0].run.config.backbone)
+                  if g.evals[0].run.config.backbone in order else len(order))
+
+
+def default_selection(candidates: Sequence[runs.Run]) -> list[runs.Run]:
+    """What Compare selects first: for each backbone, every seed of its newest configuration (candidates
+    come newest first), in registry order."""
+    newest = {r.config.backbone: config_key(r) for r in reversed(list(candidates))}
+    keep = [r for r in candidates if newest.get(r.config.backbone) == config_key(r)]
+    first = {r.config.backbone: i for i, r in enumerate(latest_per_backbone(keep))}
+    return sorted(keep, key=lambda r: (first[r.config.backbone], r.config.seed))
+
+
+def ensemble(evals: Sequence[Evaluation]) -> Repeats | None:
+    """The mean of the selected runs' probabilities, cell by cell, as one more model (None when fewer than
+    two runs or they were not scored on the same cells). Its test predictions likewise, when every run
+    has them."""
+    if len(evals) < 2:
+        return None
+
+    def mean(which: str) -> Predictions | None:
+        parts = [getattr(ev, which) for ev in evals]
+        if any(p is None for p in parts) or any(not _same_cells(parts[0], p) for p in parts):
+            return None
+        first = parts[0]
+        return Predictions(first.classes, first.paths, first.y, np.mean([p.probs for p in parts], axis=0),
+                           first.subjects)
+
+    val = mean("val")
+    if val is None:
+        return None
+    first = evals[0]
+    ev = Evaluation(first.run, val.classes, val.y, val.probs, val.summary, val, mean("test"))
+    return Repeats(f"{ENSEMBLE} of {len(evals)}", [ev])
+
+
+@dataclass
+class Stats:
+    """What Compare shows of one configuration on one set: each score's mean and spread over seeds (each
+    seed's value too) and its subject-bootstrap interval, pooled over the seeds."""
+
+    name: str
+    which: str  # "val" or "test"
+    seeds: list[int]
+    spread: dict  # score -> metrics.seed_spread (its values in the order of seeds)
+    interval: dict  # metrics.subject_bootstrap of the pooled predictions
+
+    @property
+    def n_seeds(self) -> int:
+        return len(self.seeds)
+
+
+def stats(group: Repeats, which: str = "val", n_resamples: int = 2000, seed: int = 0) -> Stats | None:
+    """The group's scores on 'val' or 'test' (None when a run lacks that set's predictions)."""
+    parts = [getattr(ev, which) for ev in group.evals]
+    pooled = group.pooled(which)
+    if pooled is None or any(p is None for p in parts):
+        return None
+    spread = {k: metrics.seed_spread([metrics.score(k, p.y, p.probs, p.classes) for p in parts])
+              for k in metrics.SCORES}
+    interval = metrics.subject_bootstrap(pooled.y, pooled.probs, pooled.classes, pooled.subjects,
+                                         n_resamples=n_resamples, seed=seed)
+    return Stats(group.name, which, group.seeds, spread, interval)
+
+
+@dataclass
+class Paired:
+    a: str
+    b: str
+    which: str
+    seeds: list[int]
+    result: dict  # metrics.paired_comparison
+    verdicts: list[str]
+
+
+def _tile(p: Predictions, times: int) -> Predictions:
+    subjects = None if p.subjects is None else np.tile(p.subjects, times)
+    return Predictions(p.classes, np.tile(p.paths, times), np.tile(p.y, times), np.tile(p.probs, (times, 1)), subjects)
+
+
+def _paired_predictions(a: Repeats, b: Repeats, which: str) -> tuple[Predictions, Predictions, list[int]] | None:
+    """The two sides lined up cell for cell: seed against the same seed where both have it, else the i-th
+    seed of one against the i-th of the other; a single model (one run, the ensemble) against every seed of
+    the other side."""
+    if len(a.evals) == 1 or len(b.evals) == 1:
+        pa, pb, seeds = a.pooled(which), b.pooled(which), (a.seeds if len(b.evals) == 1 else b.seeds)
+        if pa is None or pb is None:
+            return None
+        pa, pb = (_tile(pa, len(b.evals)), pb) if len(a.evals) == 1 else (pa, _tile(pb, len(a.evals)))
+    else:
+        common = sorted(set(a.seeds) & set(b.seeds))
+        m = min(len(a.seeds), len(b.seeds))
+        sa, sb = (common, common) if common else (a.seeds[:m], b.seeds[:m])
+        pa, pb, seeds = a.pooled(which, sa), b.pooled(which, sb), sa
+    if pa is None or pb is None or not _same_cells(pa, pb):
+        return None
+    return pa, pb, list(seeds)
+
+
+def paired(a: Repeats, b: Repeats, which: str = "val", n_resamples: int = 2000, seed: int = 0) -> Paired | None:
+    """a − b on the same cells (_paired_predictions), the predictions pooled over the paired seeds,
+    resampled and permuted by subject (metrics.paired_comparison). None when they share no cells."""
+    lined = _paired_predictions(a, b, which)
+    if lined is None:
+        return None
+    pa, pb, common = lined
+    res = metrics.paired_comparison(pa.y, pa.probs, pb.probs, pa.classes, pa.subjects, scores=PAIRED_SCORES,
+                                    n_resamples=n_resamples, seed=seed)
+    texts = [metrics.verdict(a.name, b.name, k, res) for k in PAIRED_SCORES]
+    return Paired(a.name, b.name, which, common, res, texts)
+
+
+def all_pairs(groups: Sequence[Repeats], which: str = "val", n_resamples: int = 2000) -> list[Paired]:
+    """Every pair of groups, in the order given (the ensemble, when it is one of them, last)."""
+    out = []
+    for i, a in enumerate(groups):
+        for b in groups[i + 1:]:
+            p = paired(a, b, which, n_resamples)
+            if p is not None:
+                out.append(p)
+    return out
+
+
+def format_interval(score: dict | None, digits: int = 3) -> str:
+    if not score or score.get("low") is None or score.get("high") is None:
+        return "–"
+    return f"{score['low']:.{digits}f} to {score['high']:.{digits}f}"
+
+
+def format_spread(spread: dict | None, digits: int = 3) -> str:
+    if not spread or spread.get("mean") is None:
+        return "–"
+    if spread.get("sd") is None:
+        return f"{spread['mean']:.{digits}f}"
+    return f"{spread['mean']:.{digits}f} ± {spread['sd']:.{digits}f}"
+
+
+SET_TEXT = {"val": "validation", "test": "test (held out)"}
+
+
+def stats_table(scores: Sequence[dict]) -> pd.DataFrame:
+    """The Compare table from Report.to_dict()["scores"]: a row per model and set (a model's validation and
+    test rows together), each score as mean ± sd over seeds beside its 95 % subject-bootstrap interval."""
+    order = list(dict.fromkeys(s["model"] for s in scores))
+    rows = []
+    for s in sorted(scores, key=lambda s: (order.index(s["model"]), s["set"] != "val")):
+        row = {"Model": s["model"], "Set": SET_TEXT.get(s["set"], s["set"]), "Seeds": len(s["seeds"])}
+        for k in metrics.SCORES:
+            row[SCORE_TEXT[k]] = format_spread(s["spread"][k])
+            row[f"{SCORE_TEXT[k]} 95 % CI"] = format_interval(s["interval"]["scores"].get(k))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+@dataclass
+class Report:
+    """Everything Compare and `python -m leukviz compare` say about a selection of runs scored on the same
+    cells: the groups of repeats and the ensemble, their scores with intervals on validation (and on the
+    held-out test set when every run has it), and every paired comparison."""
+
+    groups: list[Repeats]
+    stats: list[Stats]
+    pairs: list[Paired]
+    sets: list[str]
+    notes: list[str]
+
+    def to_dict(self) -> dict:
+        return metrics.nan_to_none({
+            "sets": self.sets, "notes": self.notes,
+            "groups": [{"name": g.name, "seeds": g.seeds, "runs": [ev.run.run_id for ev in g.evals]}
+                       for g in self.groups],
+            "scores": [{"model": s.name, "set": s.which, "seeds": s.seeds, "spread": s.spread,
+                        "interval": s.interval} for s in self.stats],
+            "paired": [{"a": p.a, "b": p.b, "set": p.which, "seeds": p.seeds, **p.result, "verdicts": p.verdicts}
+                       for p in self.pairs],
+        })
+
+
+def build_report(evals: Sequence[Evaluation], n_resamples: int = 2000) -> Report:
+    """The report of runs that share their validation cells (one comparable group)."""
+    groups = repeat_groups(evals)
+    ens = ensemble(evals)
+    everyone = groups + ([ens] if ens is not None else [])
+    sets = ["val"] + (["test"] if evals and all(ev.test is not None for ev in evals) else [])
+    notes = []
+    if evals and not all(ev.test is not None for ev in evals) and any(ev.test is not None for ev in evals):
+        notes.append("some runs have no test predictions: the test columns are left out")
+    table = [st_ for which in sets for g in everyone if (st_ := stats(g, which, n_resamples)) is not None]
+    pairs = [p for which in sets for p in all_pairs(everyone, which, n_resamples)]
+    for st_ in table[:1]:
+        notes.extend(st_.interval.get("notes", []))
+    return Report(groups, table, pairs, sets, notes)
+
+
+def report_text(rep: Report) -> str:
+    """The report as the command line prints it."""
+    lines = []
+    for which in rep.sets:
+        title = "validation" if which == "val" else "test (held out: scored once, used to choose nothing)"
+        part = [s for s in rep.stats if s.which == which]
+        if not part:
+            continue
+        unit = part[0].interval.get("unit", "subjects")
+        lines.append(f"{title}: mean ± sd over seeds, and the 95 % interval from a bootstrap over {unit}")
+        head = f"  {'model':<22} {'seeds':>5}" + "".join(f"  {SCORE_TEXT[k]:>28}" for k in metrics.SCORES)
+        lines.append(head)
+        for s in part:
+            cells = "".join(f"  {format_spread(s.spread[k]):>13} [{format_interval(s.interval['scores'].get(k), 2):>12}]"
+                            for k in metrics.SCORES)
+            lines.append(f"  {s.name:<22} {s.n_seeds:>5}{cells}")
+        pairs = [p for p in rep.pairs if p.which == which]
+        if pairs:
+            lines.append(f"  paired ({pairs[0].result.get('test', '')}):")
+            lines.extend(f"    {v}" for p in pairs for v in p.verdicts)
+        lines.append("")
+    lines.extend(f"note: {n}" for n in rep.notes)
+    return "\n".join(lines).rstrip()
 
 
 # ---------------------------------------------------------------------------------------------- error gallery, export

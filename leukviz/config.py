@@ -178,3 +178,16 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"lr must be positive, got {cfg.lr}")
     if not 0.0 < cfg.val_fraction < 1.0:
         raise ConfigError(f"val_fraction must be between 0 and 1, got {cfg.val_fraction}")
+
+
+def repeats(cfg: RunConfig, n: int) -> list[RunConfig]:
+    """n runs of one configuration that differ only in the training seed (cfg.seed, cfg.seed + 1, ...),
+    all drawing their split with cfg's split seed: the same validation cells, so a comparison can pair
+    them. The first is cfg itself."""
+    if not 1 <= n <= MAX_REPEATS:
+        raise ConfigError(f"repeats must be between 1 and {MAX_REPEATS}, got {n}")
+    base = cfg.split_rng_seed
+    return [dataclasses.replace(cfg, seed=cfg.seed + i, split_seed=base) for i in range(n)]
+
+
+MAX_REPEATS = 10

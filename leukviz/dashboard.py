@@ -19,7 +19,8 @@ from leukviz.config import RunConfig
 from leukviz.events import BATCH, EPOCH, latest_start
 from leukviz.layout import CONFIG
 
-SPLIT_TEXT = {"subject": "by subject", "folds": "official folds", "image": "by image (leaky)"}
+SPLIT_TEXT = {"subject": "by subject", "groups": "subject-grouped folds", "folds": "official folds",
+              "image": "by image (leaky)", "given": "the dataset's own validation folder"}
 FINETUNE_TEXT = {"full": "the whole network", "last": "last stage + head", "head": "head only"}
 
 
@@ -76,9 +77,13 @@ def describe_config(cfg: RunConfig) -> str:
 def split_text(cfg: RunConfig) -> str:
     if cfg.split == "folds":
         return f"official folds (fold {cfg.val_fold} for validation)"
+    if cfg.split == "groups":
+        return f"subject-grouped folds (fold {cfg.val_fold} for validation)"
+    if cfg.split == "given":
+        return "the dataset's own validation folder"
     if cfg.split == "image":
-        return f"by image, LEAKY ({cfg.val_fraction:.0%} validation, seed {cfg.seed})"
-    return f"by subject ({cfg.val_fraction:.0%} validation, seed {cfg.seed})"
+        return f"by image, LEAKY ({cfg.val_fraction:.0%} validation, seed {cfg.split_rng_seed})"
+    return f"by subject ({cfg.val_fraction:.0%} validation, seed {cfg.split_rng_seed})"
 
 
 # ---------------------------------------------------------------------------------------------- runs

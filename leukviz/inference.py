@@ -188,7 +188,10 @@ def evaluate_dataset(lm: LoadedModel, dataset: str | Path, cache_dir: Path | Non
     ds = data.open_dataset(dataset, cache_dir)
     if list(ds.classes) != list(lm.classes):
         raise data.DataError(f"dataset classes {list(ds.classes)} differ from the model's {lm.classes}")
-    sets = ["prelim"] if (ds.index["set"] == "prelim").any() else ["train"]
+    # The dataset's held-out test set (C-NMC's labelled preliminary set, a test/ folder) when it has one;
+    # otherwise every labelled image of the tree (a folder the run never saw).
+    test = ds.test_rows
+    sets = sorted(set(test["set"])) if len(test) else sorted(set(ds.index["set"]) - {"final"})
     rows = np.flatnonzero(ds.index["set"].isin(sets).to_numpy() & (ds.index["label"] >= 0).to_numpy())
     images, ok = lm.preprocess.cache(ds, cache_dir)
     rows = rows[ok[rows]]
@@ -198,7 +201,7 @@ def evaluate_dataset(lm: LoadedModel, dataset: str | Path, cache_dir: Path | Non
     subjects = ds.index["subject"].to_numpy()[rows]
     subjects = subjects if (subjects != "").all() else None
     res = metrics.summary(y, predict_arrays(lm, images[rows]), ds.classes, subjects)
-    res.update({"dataset": str(dataset), "set": sets[0], "tta": tta, "run_id": lm.run_dir.name,
+    res.update({"dataset": str(dataset), "set": "+".join(sets), "tta": tta, "run_id": lm.run_dir.name,
                 "skipped": int((~ok[np.flatnonzero(ds.index["set"].isin(sets).to_numpy())]).sum())})
     if tta:
         with_tta = metrics.summary(y, predict_arrays(lm, images[rows], tta=True), ds.classes, subjects)

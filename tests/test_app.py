@@ -305,16 +305,16 @@ def test_compare_shows_an_error_gallery_and_export_section(app, tiny_data):
     assert "Error gallery" in [h.value for h in at.subheader]
     assert "Export" in [h.value for h in at.subheader]
     captions = [c for im in at.image for c in im.captions if c.startswith("true ")]
-    assert 0 < len(captions) <= 8 * len(at.dataframe[0].value)
+    assert 0 < len(captions) <= 8 * len(at.dataframe[1].value)
     labels = [b.proto.label for b in at.get("download_button")]
-    assert labels.count("Checkpoint (safetensors)") == len(at.dataframe[0].value)
+    assert labels.count("Checkpoint (safetensors)") == len(at.dataframe[1].value)
     assert [b for b in at.button if b.label == "Export to ONNX"]
     assert not at.error
 
 
 def test_compare_shows_each_finished_runs_metrics(app, tiny_data):
     at = open_page(app, "compare")
-    table = at.dataframe[0].value
+    table = at.dataframe[1].value  # each run's own row; the intervals table comes first
     by_run = finished(tiny_data)
     assert set(table["run_id"]) >= {r.run_id for r in by_run.values()}
     for run in by_run.values():
@@ -323,9 +323,29 @@ def test_compare_shows_each_finished_runs_metrics(app, tiny_data):
         assert row["weighted_f1"] == pytest.approx(run.final_metrics()["val_f1"])
         assert row["ms_per_image"] > 0 and row["params_m"] > 1
         assert row["weights"] == "none"
-    # curves, ROC, and a confusion matrix per run
-    assert len(at.get("plotly_chart")) == 2 + len(table)
+    # intervals, curves, ROC, and a confusion matrix per run
+    assert len(at.get("plotly_chart")) == 3 + len(table)
     assert "split by subject" in at.selectbox[0].options[0]
+
+
+def test_compare_shows_intervals_a_verdict_and_the_ensemble(app, tiny_data):
+    at = open_page(app, "compare")
+    assert "Is the difference real?" in [h.value for h in at.subheader]
+    stats = at.dataframe[0].value
+    n = len(finished(tiny_data))
+    val = stats[stats["Set"] == "validation"]
+    assert list(val["Model"]).count(f"Ensemble of {n}") == 1 and len(val) == n + 1
+    # tiny_data has a labelled preliminary test set: every run was scored on it once, shown beside validation
+    test = stats[stats["Set"] == "test (held out)"]
+    assert list(test["Model"]) == list(val["Model"])
+    assert list(stats["Set"])[:2] == ["validation", "test (held out)"]
+    assert stats["weighted F1 95 % CI"].str.fullmatch(r"\d\.\d{3} to \d\.\d{3}").all()
+    lows = stats["weighted F1 95 % CI"].str.split(" to ").str[0].astype(float)
+    highs = stats["weighted F1 95 % CI"].str.split(" to ").str[1].astype(float)
+    assert (lows <= highs).all()
+    verdicts = [m.value for m in at.markdown if " − " in m.value]
+    assert len(verdicts) >= n and all("no clear difference" in v or "better" in v for v in verdicts)
+    assert any("bootstrap over subjects" in c.value for c in at.caption)
 
 
 def test_pages_say_what_to_do_without_runs(home, tmp_path, monkeypatch):

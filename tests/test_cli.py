@@ -96,3 +96,26 @@ def test_cross_validation_over_folds(tiny_data, tmp_path, capsys):
     assert [f["fold"] for f in res["folds"]] == [0, 1, 2] and len({f["run_id"] for f in res["folds"]}) == 3
     accs = [f["val_acc"] for f in res["folds"]]
     assert res["summary"]["val_acc"]["mean"] == pytest.approx(sum(accs) / 3)
+
+
+def test_train_seeds_makes_repeats_on_one_split(tiny_data, tmp_path, capsys):
+    """--seeds 2: two cached runs differing only in seed, scored on the same validation cells, then their
+    mean and spread; run again, both come back cached."""
+    args = ["train", "--backbone", "googlenet", "--weights", "none", "--epochs", "1", "--image-size", "32",
+            "--data", str(tiny_data), "--seeds", "2", "--seed", "4", "--runs-dir", str(tmp_path), "--json"]
+    assert main(args) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    ids = [r["run_id"] for r in res["runs"]]
+    assert len(set(ids)) == 2 and all(r["status"] == "finished" for r in res["runs"])
+    cfgs = [json.loads((tmp_path / i / "config.json").read_text())["config"] for i in ids]
+    assert [c["seed"] for c in cfgs] == [4, 5] and [c["split_seed"] for c in cfgs] == [None, 4]
+    vals = [(tmp_path / i / "val_predictions.csv").read_text().splitlines()[1:] for i in ids]
+    assert sorted(v.split(",")[0] for v in vals[0]) == sorted(v.split(",")[0] for v in vals[1])
+    f1s = [r["metrics"]["val_f1"] for r in res["runs"]]
+    assert res["spread"]["val_f1"]["n"] == 2 and res["spread"]["val_f1"]["mean"] == pytest.approx(sum(f1s) / 2)
+    assert main(args) == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [r["run_id"] for r in again["runs"]] == ids
+    with pytest.raises(SystemExit):  # argparse refuses it with the valid range
+        main([*args, "--seeds", "11"])
+    assert "between 1 and 10" in capsys.readouterr().err

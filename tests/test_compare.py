@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import pandas as pd
 import pytest
 
@@ -49,3 +51,132 @@ def test_compare_row_from_the_run_files(tmp_path):
 
 def test_time_per_image_is_positive(tmp_path):
     assert 0 < compare.time_per_image(tiny_model(tmp_path), repeats=2, warmup=1) < 30
+
+
+# ---------------------------------------------------------------------------------------------- repeats, intervals, tests
+
+SUBJECTS = ["H1", "H2", "H3", "4", "5", "6"]  # three normal subjects (label 0, hem), three ALL (label 1)
+
+
+def write_predictions(run: runs.Run, p_all: "np.ndarray", name: str = "val_predictions.csv") -> None:
+    """Ten cells per subject, in SUBJECTS order, with these probabilities of `all`."""
+    import numpy as np
+
+    subjects = np.repeat(SUBJECTS, 10)
+    y = np.array([0 if s.startswith("H") else 1 for s in subjects])
+    pd.DataFrame({"path": [f"/cells/{i:03d}.png" for i in range(len(y))], "subject": subjects, "label": y,
+                  "pred": (p_all > 0.5).astype(int), "prob_hem": 1 - p_all, "prob_all": p_all}
+                 ).to_csv(run.dir / name, index=False)
+
+
+def seeded_runs(tmp_path, backbone: str, quality: float, seeds=(0, 1, 2), test: bool = False) -> list[runs.Run]:
+    """Runs of one configuration (grouped folds: the same cells for every seed) whose predictions are right
+    with probability `quality`, each seed drawing its own."""
+    import numpy as np
+
+    made = []
+    for seed in seeds:
+        run = make_run(tmp_path, backbone, "fpS", split="groups", seed=seed)
+        rng = np.random.default_rng([zlib.crc32(backbone.encode()), seed])  # not hash(): salted per process
+        y = np.array([0 if s.startswith("H") else 1 for s in np.repeat(SUBJECTS, 10)])
+        right = rng.random(len(y)) < quality
+        p = np.where(right == (y == 1), 0.8, 0.2)
+        write_predictions(run, p)
+        if test:
+            write_predictions(run, p[::-1].copy(), "test_predictions.csv")
+        made.append(run)
+    return made
+
+
+def test_repeats_are_grouped_by_configuration_with_mean_sd_and_intervals(tmp_path):
+    g = seeded_runs(tmp_path, "googlenet", 0.8)
+    r = seeded_runs(tmp_path, "resnet50", 0.7, seeds=(0, 1))
+    evals = [compare.evaluate_run(x) for x in g + r]
+    groups = compare.repeat_groups(evals)
+    assert [(grp.name, grp.seeds) for grp in groups] == [("ResNet50", [0, 1]), ("GoogLeNet", [0, 1, 2])]
+    groups = groups[::-1]
+    st_ = compare.stats(groups[0], n_resamples=500)
+    per_seed = [ev.summary["weighted_f1"] for ev in evals[:3]]
+    spread = st_.spread["weighted_f1"]
+    assert spread["mean"] == pytest.approx(sum(per_seed) / 3) and spread["n"] == 3
+    assert spread["values"] == pytest.approx(per_seed) and spread["sd"] > 0
+    ci = st_.interval["scores"]["weighted_f1"]
+    assert st_.interval["unit"] == "subjects" and ci["low"] <= ci["value"] <= ci["high"]
+    assert ci["high"] - ci["low"] > 0
+    # the pooled interval is over the cells of every seed: its point value is the pooled score
+    pooled = groups[0].pooled()
+    assert len(pooled.y) == 3 * 60
+    assert ci["value"] == pytest.approx(metrics.weighted_f1(pooled.y, pooled.probs.argmax(1)))
+
+
+def test_identical_models_show_no_difference_and_the_ensemble_is_the_mean(tmp_path):
+    import numpy as np
+
+    a = seeded_runs(tmp_path / "a", "googlenet", 0.8, seeds=(0,))[0]
+    b = make_run(tmp_path / "a", "resnet50", "fpS", split="groups", seed=0)
+    (b.dir / "val_predictions.csv").write_bytes((a.dir / "val_predictions.csv").read_bytes())
+    evals = [compare.evaluate_run(a), compare.evaluate_run(b)]
+    ga, gb = compare.repeat_groups(evals)
+    p = compare.paired(ga, gb, n_resamples=500)
+    for k in compare.PAIRED_SCORES:
+        res = p.result["scores"][k]
+        assert res["difference"] == pytest.approx(0) and res["low"] <= 0 <= res["high"] and res["p_value"] > 0.99
+    assert all("no clear difference" in v for v in p.verdicts)
+    ens = compare.ensemble(evals)
+    np.testing.assert_allclose(ens.evals[0].probs, (evals[0].probs + evals[1].probs) / 2)
+    assert ens.name == "Ensemble of 2"
+
+
+def test_a_clearly_better_model_is_called_better(tmp_path):
+    good = seeded_runs(tmp_path, "googlenet", 0.97)
+    bad = seeded_runs(tmp_path, "resnet50", 0.55)
+    rep = compare.build_report([compare.evaluate_run(x) for x in good + bad], n_resamples=500)
+    pair = next(p for p in rep.pairs if {p.a, p.b} == {"GoogLeNet", "ResNet50"})
+    assert pair.result["scores"]["accuracy"]["difference"] * (1 if pair.a == "GoogLeNet" else -1) > 0.3
+    assert "GoogLeNet is better" in pair.verdicts[0]
+    assert pair.seeds == [0, 1, 2] and "permutation" in pair.result["test"]
+    names = [s.name for s in rep.stats]
+    assert names == ["ResNet50", "GoogLeNet", "Ensemble of 6"] and rep.sets == ["val"]
+
+
+def test_test_set_rows_appear_when_every_run_has_test_predictions(tmp_path):
+    runs_ = seeded_runs(tmp_path, "googlenet", 0.8, test=True) + seeded_runs(tmp_path, "vgg16", 0.7, test=True)
+    rep = compare.build_report([compare.evaluate_run(x) for x in runs_], n_resamples=300)
+    assert rep.sets == ["val", "test"]
+    table = compare.stats_table(rep.to_dict()["scores"])
+    assert list(table["Set"])[:2] == ["validation", "test (held out)"] and list(table["Model"])[:2] == ["GoogLeNet"] * 2
+    assert table["weighted F1 95 % CI"].str.contains(" to ").all()
+    assert {p.which for p in rep.pairs} == {"val", "test"}
+    # one run without test predictions: no test columns, and a note says why
+    (runs_[0].dir / "test_predictions.csv").unlink()
+    rep = compare.build_report([compare.evaluate_run(x) for x in runs_], n_resamples=300)
+    assert rep.sets == ["val"] and any("no test predictions" in n for n in rep.notes)
+
+
+def test_default_selection_takes_every_seed_of_the_newest_configuration(tmp_path):
+    old = make_run(tmp_path, "googlenet", "fpS", split="groups", seed=0, lr=3e-4, created=1.0)
+    new = seeded_runs(tmp_path, "googlenet", 0.8, seeds=(0, 1))
+    res = seeded_runs(tmp_path, "resnet50", 0.8, seeds=(0,))
+    chosen = compare.default_selection(dashboard.finished_runs(tmp_path))
+    assert [r.run_id for r in chosen] == [res[0].run_id, new[0].run_id, new[1].run_id]  # registry order, by seed
+    assert old.run_id not in {r.run_id for r in chosen}
+
+
+def test_compare_command_prints_intervals_and_verdicts(tmp_path, capsys):
+    import json
+
+    from leukviz.cli import main
+
+    seeded_runs(tmp_path, "googlenet", 0.9)
+    seeded_runs(tmp_path, "resnet50", 0.6)
+    assert main(["compare", "all", "--runs-dir", str(tmp_path), "--resamples", "300"]) == 0
+    text = capsys.readouterr().out
+    assert "95 % interval from a bootstrap over subjects" in text and "GoogLeNet" in text and " ± " in text
+    assert "ResNet50" in text and "Ensemble of 6" in text and ("better" in text or "no clear difference" in text)
+    assert main(["compare", "all", "--runs-dir", str(tmp_path), "--resamples", "300", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [g["name"] for g in rep["groups"]] == ["ResNet50", "GoogLeNet"]  # registry order
+    assert rep["paired"] and all(len(p["verdicts"]) == 2 for p in rep["paired"])
+    other = make_run(tmp_path, "vgg16", "fpOTHER")
+    assert main(["compare", other.run_id, rep["groups"][0]["runs"][0], "--runs-dir", str(tmp_path)]) == 2
+    assert "not scored on the same validation cells" in capsys.readouterr().err

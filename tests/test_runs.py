@@ -48,7 +48,7 @@ def test_loaded_model_reproduces_the_saved_validation_predictions(finished):
     preds = pd.read_csv(finished.dir / "val_predictions.csv")
     lm = inference.load_model(finished.dir)
     rows = inference.predict_files(lm, preds["path"][:8].tolist())
-    got = np.array([r["prob_all"] for r in rows])
+    got = np.array([r["prob_raw_all"] for r in rows])
     best = json.loads((finished.dir / "model.json").read_text())["epoch"]
     assert best in (1, 2)
     np.testing.assert_allclose(got, preds["prob_all"][:8].to_numpy(), atol=1e-4)

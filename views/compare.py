@@ -18,6 +18,12 @@ def evaluation(run_dir: str, mtime_ns: int) -> compare.Evaluation:
     return compare.evaluate_run(runs.Run(Path(run_dir)))
 
 
+@st.cache_data(max_entries=16, show_spinner=False)
+def uncertainty(run_dirs: tuple[tuple[str, int], ...]) -> dict:
+    """compare.build_report of the runs (their folders and checkpoint times, so a retrain recomputes it)."""
+    return compare.build_report([evaluation(d, stamp) for d, stamp in run_dirs]).to_dict()
+
+
 @st.cache_data(max_entries=64, show_spinner=False)
 def seconds_per_image(run_dir: str, mtime_ns: int) -> float:
     return compare.time_per_image(load_model(runs.Run(Path(run_dir))))
@@ -40,7 +46,9 @@ key = st.selectbox("Dataset and split", keys, index=keys.index(first), format_fu
 group = groups[key]
 by_id = {r.run_id: r for r in group.runs}
 chosen = st.multiselect("Runs", list(by_id), format_func=lambda i: dashboard.run_name(by_id[i]),
-                        default=[r.run_id for r in dashboard.latest_per_backbone(group.runs)])
+                        default=[r.run_id for r in compare.default_selection(group.runs)],
+                        help="Runs of one configuration that differ only in seed (Repeats on the Train page) "
+                             "are summarised together: mean ± sd over seeds.")
 if not chosen:
     st.info("Choose at least one run.")
     st.stop()
@@ -62,6 +70,36 @@ with st.spinner("Scoring the runs and timing inference…"):
 if not evals:
     st.stop()
 
+st.subheader("Is the difference real?")
+with st.spinner("Bootstrapping over subjects…"):
+    report = uncertainty(tuple((str(ev.run.dir), (ev.run.dir / layout.CHECKPOINT).stat().st_mtime_ns)
+                               for ev in evals))
+scores = report["scores"]
+unit = scores[0]["interval"].get("unit", "subjects") if scores else "subjects"
+st.dataframe(compare.stats_table(scores), hide_index=True, width="stretch")
+st.caption(
+    f"Each score is the mean ± sd over a configuration's seeds (the seeds' spread: how much a rerun moves it), "
+    f"and beside it the 95 % interval from a bootstrap over {unit}: the {unit} are resampled with all their "
+    "cells, so it says how much the score could differ on other people like these. The ensemble is the mean "
+    "of the selected runs' probabilities. Test rows, where the dataset has a test set, are scored once on "
+    "cells that chose nothing (the kept epoch is chosen on validation).")
+for note in report["notes"]:
+    st.caption(f"Note: {dashboard.plain(note)}")
+score = st.segmented_control("Score", list(compare.SCORE_TEXT), format_func=compare.SCORE_TEXT.get,
+                             default="weighted_f1", key="compare_score") or "weighted_f1"
+st.plotly_chart(charts.interval_figure(scores, score, compare.SCORE_TEXT[score]), key="intervals")
+if report["paired"]:
+    st.markdown("**Paired comparisons** (the same cells, model against model)")
+    for p in report["paired"]:
+        where = "test" if p["set"] == "test" else "validation"
+        for v in p["verdicts"]:
+            st.markdown(f"- {dashboard.plain(v)} ({where})")
+    st.caption(f"Differences are first minus second, pooled over the seeds both have. The interval resamples "
+               f"{unit} together for both models; the p-value is from a {report['paired'][0]['test']}: how often "
+               "a difference this large would arise if the two models were interchangeable. \"No clear "
+               "difference\" means the interval includes 0.")
+
+st.subheader("Each run")
 table = compare.compare_table(rows)
 st.dataframe(
     table, hide_index=True, width="stretch",
@@ -75,8 +113,8 @@ st.dataframe(
         "params_m": st.column_config.NumberColumn("Parameters (M)", format="%.1f"),
         "checkpoint_mb": st.column_config.NumberColumn("Checkpoint (MB)", format="%.1f"),
     })
-st.caption("Metrics on the validation split at each run's best epoch (by weighted F1, the C-NMC metric); "
-           "`all` (blast) is the positive class. Inference: one image at a time on this device.")
+st.caption("One run each, on the validation split at its kept epoch (the last, or the best by weighted F1, as "
+           "the run was set); `all` (blast) is the positive class. Inference: one image at a time on this device.")
 
 left, right = st.columns(2)
 with left:

@@ -79,10 +79,15 @@ c1, c2, c3 = st.columns(3)
 image_size = c1.number_input("Image size (px)", *config.IMAGE_SIZES, step=16, key="train_image_size", **KEEP)
 epochs = c2.number_input("Epochs", 1, 500, key="train_epochs", **KEEP)
 batch_size = c3.number_input("Batch size", 1, 4096, key="train_batch_size", **KEEP)
-c4, c5 = st.columns(2)
+c4, c5, c6 = st.columns([2, 1, 1])
 lr = c4.select_slider("Learning rate", LEARNING_RATES, format_func=lambda v: f"{v:g}", key="train_lr", **KEEP)
 finetune = c5.selectbox("Fine-tuning depth", config.FINETUNE, format_func=dashboard.FINETUNE_TEXT.get,
                         key="train_finetune", **KEEP)
+n_repeats = int(c6.number_input(
+    "Repeats (seeds)", 1, config.MAX_REPEATS, value=1, key="train_repeats", **KEEP,
+    help="Train this configuration several times, differing only in the random seed, on one validation "
+         "split; queued one after another. Compare then shows the mean ± sd over seeds: one run's score moves "
+         "by several points from one seed to the next."))
 n_gpu = dashboard.gpu_count()
 nproc = 1
 if n_gpu > 1:  # DistributedDataParallel through torchrun; the batch size above is the global batch
@@ -109,14 +114,22 @@ hint = {"finished": "This exact configuration already finished: Start shows its 
         "starting": "This configuration is starting: Start attaches to it.",
         "stopped": "This configuration was stopped: Start resumes it.",
         "interrupted": "This configuration was interrupted: Start resumes it."}.get(known)
-if st.button("Start training", type="primary", icon=":material/play_arrow:"):
-    run = runs.run_for(cfg, fingerprint=ds.fingerprint)
-    st.query_params["run"] = run.run_id
-    action = runs.plan(run)
-    if action == "cached":
-        st.session_state.setdefault("cached_runs", set()).add(run.run_id)
-    elif action in ("resume", "train"):
-        runs.start(run, resume=action == "resume", nproc=nproc)
+if st.button("Start training" if n_repeats == 1 else f"Start {n_repeats} runs (seeds {cfg.seed}–{cfg.seed + n_repeats - 1})",
+             type="primary", icon=":material/play_arrow:", key="train_start"):
+    started = []
+    for i, one in enumerate(config.repeats(cfg, n_repeats)):
+        run = runs.run_for(one, fingerprint=ds.fingerprint)
+        if i == 0:
+            st.query_params["run"] = run.run_id
+        action = runs.plan(run)
+        if action == "cached":
+            st.session_state.setdefault("cached_runs", set()).add(run.run_id)
+        elif action in ("resume", "train"):
+            runs.start(run, resume=action == "resume", nproc=nproc)
+        started.append(action)
+    if n_repeats > 1:
+        st.caption(f"{n_repeats} runs of this configuration: {started.count('cached')} cached, the others "
+                   "queued one after another (one trains at a time per device).")
 elif hint and st.query_params.get("run") != existing.run_id:
     st.caption(hint)
 
