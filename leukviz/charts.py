@@ -210,18 +210,23 @@ def probability_bars(probs: dict[str, float], title: str = "") -> go.Figure:
     return fig
 
 
-def reliability_figure(bins: pd.DataFrame) -> go.Figure:
+def reliability_figure(bins: pd.DataFrame, after: pd.DataFrame | None = None) -> go.Figure:
     """Reliability diagram from `metrics.reliability_bins`: accuracy against mean confidence of each
-    non-empty bin, over the diagonal of perfect calibration."""
-    full = bins[bins["count"] > 0]
+    non-empty bin, over the diagonal of perfect calibration; with `after`, the same bins after temperature
+    scaling as a second line."""
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration",
                              line={"color": NEUTRAL_COLOR, "dash": "dash", "width": 1}))
-    fig.add_trace(go.Scatter(x=full["confidence"].to_numpy(float), y=full["accuracy"].to_numpy(float),
-                             mode="lines+markers", name="model", line={"color": TRAIN_COLOR, "width": 2.5},
-                             customdata=full["count"].to_numpy(int),
-                             hovertemplate="confidence %{x:.1%}<br>accuracy %{y:.1%}<br>"
-                                           "%{customdata} images<extra></extra>"))
+    lines = [("model" if after is None else "raw", bins, TRAIN_COLOR)]
+    if after is not None:
+        lines.append(("calibrated (temperature)", after, VAL_COLOR))
+    for name, table, color in lines:
+        full = table[table["count"] > 0]
+        fig.add_trace(go.Scatter(x=full["confidence"].to_numpy(float), y=full["accuracy"].to_numpy(float),
+                                 mode="lines+markers", name=name, line={"color": color, "width": 2.5},
+                                 customdata=full["count"].to_numpy(int),
+                                 hovertemplate="confidence %{x:.1%}<br>accuracy %{y:.1%}<br>"
+                                               "%{customdata} images<extra></extra>"))
     fig.update_layout(title="Reliability", xaxis_title="confidence (top-class probability)",
                       yaxis_title="accuracy")
     fig.update_xaxes(range=[0, 1], tickformat=".0%", constrain="domain")

@@ -386,8 +386,10 @@ def cmd_compare(args) -> int:
     """Runs side by side: mean ± sd over seeds, subject-bootstrap intervals, paired tests, the ensemble."""
     from leukviz import compare
 
-    evals = []
-    for run in _comparable(args.runs, args.runs_dir):
+    evals, chosen = [], _comparable(args.runs, args.runs_dir)
+    for problem in compare.backfill_test(chosen):
+        print(problem, file=sys.stderr)
+    for run in chosen:
         try:
             evals.append(compare.evaluate_run(run))
         except (OSError, KeyError, ValueError) as e:

@@ -458,6 +458,62 @@ def report_text(rep: Report) -> str:
     return "\n".join(lines).rstrip()
 
 
+# ---------------------------------------------------------------------------------------------- calibration, test backfill
+
+def calibration_of(ev: Evaluation) -> dict:
+    """A run's temperature (fitted on its validation predictions) and what it does: ECE and Brier score
+    before and after on validation (optimistic: the cells it was fitted on) and, when the run has test
+    predictions, on the held-out test set (the honest check), with both reliability tables."""
+    from leukviz import calibration
+
+    cal = calibration.run_calibration(ev.run.dir)
+    out = {"model": run_name(ev.run), "run_id": ev.run.run_id, "temperature": cal["temperature"],
+           "calibrated": cal["calibrated"], "note": cal.get("note"), "val": cal.get("report"), "test": None}
+    if ev.test is not None:
+        out["test"] = calibration.report(ev.test.y, ev.test.probs, cal["temperature"])
+    return out
+
+
+def calibration_table(cals: Sequence[dict]) -> pd.DataFrame:
+    """One row per run: T, then ECE and Brier score raw → calibrated, on validation and (when there) test."""
+    rows = []
+    for c in cals:
+        row = {"Model": c["model"], "Temperature": c["temperature"] if c["calibrated"] else None}
+        for which, label in (("val", "validation"), ("test", "test")):
+            rep = c.get(which)
+            for k, name in (("ece", "ECE"), ("brier", "Brier")):
+                row[f"{name} {label}"] = (f"{rep['before'][k]:.3f} → {rep['after'][k]:.3f}"
+                                          if rep and rep["before"][k] is not None and rep["after"][k] is not None
+                                          else "–")
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    return table.drop(columns=[c for c in table.columns if c.endswith(" test") and (table[c] == "–").all()])
+
+
+def backfill_test(candidates: Sequence[runs.Run], cache_dir: Path | None = None) -> list[str]:
+    """Score on its dataset's held-out test set (testset.score_run) every run that finished before runs
+    were scored on it; each dataset opened once to see whether it has one. Returns what went wrong."""
+    from leukviz import data, testset
+
+    has_test: dict[str, bool] = {}
+    problems = []
+    for run in candidates:
+        if (run.dir / TEST_PREDICTIONS).exists():
+            continue
+        where = run.config.data
+        if where not in has_test:
+            try:
+                has_test[where] = len(data.open_dataset(where, cache_dir).test_rows) > 0
+            except (data.DataError, OSError):
+                has_test[where] = False
+        if has_test[where]:
+            try:
+                testset.score_run(run.dir, cache_dir)
+            except (OSError, ValueError, KeyError, RuntimeError) as e:
+                problems.append(f"{run_name(run)} not scored on the test set: {e}")
+    return problems
+
+
 # ---------------------------------------------------------------------------------------------- error gallery, export
 
 @dataclass

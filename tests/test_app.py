@@ -323,8 +323,8 @@ def test_compare_shows_each_finished_runs_metrics(app, tiny_data):
         assert row["weighted_f1"] == pytest.approx(run.final_metrics()["val_f1"])
         assert row["ms_per_image"] > 0 and row["params_m"] > 1
         assert row["weights"] == "none"
-    # intervals, curves, ROC, and a confusion matrix per run
-    assert len(at.get("plotly_chart")) == 3 + len(table)
+    # intervals, reliability, curves, ROC, and a confusion matrix per run
+    assert len(at.get("plotly_chart")) == 4 + len(table)
     assert "split by subject" in at.selectbox[0].options[0]
 
 
@@ -346,6 +346,10 @@ def test_compare_shows_intervals_a_verdict_and_the_ensemble(app, tiny_data):
     verdicts = [m.value for m in at.markdown if " − " in m.value]
     assert len(verdicts) >= n and all("no clear difference" in v or "better" in v for v in verdicts)
     assert any("bootstrap over subjects" in c.value for c in at.caption)
+    # calibration: a temperature per run, ECE raw -> calibrated on validation and on the test set
+    cal = at.dataframe[2].value
+    assert len(cal) == n and (cal["Temperature"] > 0).all()
+    assert cal["ECE validation"].str.contains(" → ").all() and cal["ECE test"].str.contains(" → ").all()
 
 
 def test_pages_say_what_to_do_without_runs(home, tmp_path, monkeypatch):

@@ -180,3 +180,21 @@ def test_compare_command_prints_intervals_and_verdicts(tmp_path, capsys):
     other = make_run(tmp_path, "vgg16", "fpOTHER")
     assert main(["compare", other.run_id, rep["groups"][0]["runs"][0], "--runs-dir", str(tmp_path)]) == 2
     assert "not scored on the same validation cells" in capsys.readouterr().err
+
+
+def test_calibration_table_shows_temperature_and_ece_before_and_after(tmp_path):
+    """Over-confident made-up predictions (0.8 where right 70 % of the time... and 0.2) get T > 1 and a
+    lower ECE; the test columns appear only when the runs have test predictions."""
+    runs_ = seeded_runs(tmp_path, "googlenet", 0.6, seeds=(0,), test=True)
+    ev = compare.evaluate_run(runs_[0])
+    cal = compare.calibration_of(ev)
+    assert cal["calibrated"] and cal["temperature"] > 1
+    assert cal["val"]["after"]["ece"] < cal["val"]["before"]["ece"]
+    table = compare.calibration_table([cal])
+    assert list(table.columns) == ["Model", "Temperature", "ECE validation", "Brier validation", "ECE test",
+                                   "Brier test"]
+    before, after = (float(x) for x in table.loc[0, "ECE validation"].split(" → "))
+    assert before == pytest.approx(cal["val"]["before"]["ece"], abs=1e-3) and after < before
+    (runs_[0].dir / "test_predictions.csv").unlink()
+    table = compare.calibration_table([compare.calibration_of(compare.evaluate_run(runs_[0]))])
+    assert "ECE test" not in table.columns

@@ -4,6 +4,7 @@ import functools
 import tempfile
 from pathlib import Path
 
+import pandas as pd
 import streamlit as st
 
 from leukviz import charts, compare, dashboard, layout, runs
@@ -14,18 +15,29 @@ CURVES = {"val_acc": "Validation accuracy", "val_loss": "Validation loss", "val_
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def evaluation(run_dir: str, mtime_ns: int) -> compare.Evaluation:
+def evaluation(run_dir: str, stamp: tuple[int, int]) -> compare.Evaluation:
     return compare.evaluate_run(runs.Run(Path(run_dir)))
 
 
+def run_stamp(run: runs.Run) -> tuple[int, int]:
+    """What a run's cached numbers depend on: its checkpoint and its test predictions (written later)."""
+    test = run.dir / layout.TEST_PREDICTIONS
+    return (run.dir / layout.CHECKPOINT).stat().st_mtime_ns, test.stat().st_mtime_ns if test.exists() else 0
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def calibration(run_dir: str, stamp: tuple[int, int]) -> dict:
+    return compare.calibration_of(evaluation(run_dir, stamp))
+
+
 @st.cache_data(max_entries=16, show_spinner=False)
-def uncertainty(run_dirs: tuple[tuple[str, int], ...]) -> dict:
+def uncertainty(run_dirs: tuple[tuple[str, tuple[int, int]], ...]) -> dict:
     """compare.build_report of the runs (their folders and checkpoint times, so a retrain recomputes it)."""
     return compare.build_report([evaluation(d, stamp) for d, stamp in run_dirs]).to_dict()
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def seconds_per_image(run_dir: str, mtime_ns: int) -> float:
+def seconds_per_image(run_dir: str, stamp: tuple[int, int]) -> float:
     return compare.time_per_image(load_model(runs.Run(Path(run_dir))))
 
 
@@ -55,10 +67,13 @@ if not chosen:
 selected = [by_id[i] for i in chosen]
 st.caption(f"{len(selected)} run(s) scored on the same validation images: {dashboard.plain(group.label)}.")
 
+with st.spinner("Scoring older runs on the dataset's held-out test set (once)…"):
+    for problem in compare.backfill_test(selected):
+        st.warning(dashboard.plain(problem))
 evals, rows = [], []
 with st.spinner("Scoring the runs and timing inference…"):
     for r in selected:
-        stamp = (r.dir / layout.CHECKPOINT).stat().st_mtime_ns
+        stamp = run_stamp(r)
         try:
             ev = evaluation(str(r.dir), stamp)
             per_image = seconds_per_image(str(r.dir), stamp)
@@ -72,8 +87,7 @@ if not evals:
 
 st.subheader("Is the difference real?")
 with st.spinner("Bootstrapping over subjects…"):
-    report = uncertainty(tuple((str(ev.run.dir), (ev.run.dir / layout.CHECKPOINT).stat().st_mtime_ns)
-                               for ev in evals))
+    report = uncertainty(tuple((str(ev.run.dir), run_stamp(ev.run)) for ev in evals))
 scores = report["scores"]
 unit = scores[0]["interval"].get("unit", "subjects") if scores else "subjects"
 st.dataframe(compare.stats_table(scores), hide_index=True, width="stretch")
@@ -115,6 +129,27 @@ st.dataframe(
     })
 st.caption("One run each, on the validation split at its kept epoch (the last, or the best by weighted F1, as "
            "the run was set); `all` (blast) is the positive class. Inference: one image at a time on this device.")
+
+st.subheader("Calibration")
+cals = [calibration(str(ev.run.dir), run_stamp(ev.run)) for ev in evals]
+st.dataframe(compare.calibration_table(cals), hide_index=True, width="stretch",
+             column_config={"Temperature": st.column_config.NumberColumn(format="%.2f")})
+st.caption("Temperature scaling divides each run's logits by one number T fitted on its validation cells, so "
+           "that a confidence of 80 % is right about 80 % of the time; the prediction itself never changes. ECE "
+           "(expected calibration error: the gap between confidence and accuracy) and the Brier score (squared "
+           "error of the probabilities; 0 is perfect), raw → calibrated, lower is better. On validation the "
+           "'after' is flattering (T was fitted there); the test columns, where there are any, are the honest "
+           "check. Predict shows the calibrated confidence.")
+shown = st.selectbox("Reliability diagram of", range(len(cals)), format_func=lambda i: cals[i]["model"],
+                     key="compare_reliability")
+cal = cals[shown]
+rep = cal["test"] or cal["val"]
+if rep:
+    fig = charts.reliability_figure(pd.DataFrame(rep["reliability_before"]), pd.DataFrame(rep["reliability_after"]))
+    fig.update_layout(title=f"{'test (held out)' if cal['test'] else 'validation'}, T = {cal['temperature']:.2f}")
+    st.plotly_chart(fig, key="reliability")
+else:
+    st.info(dashboard.plain(cal.get("note") or "This run is not calibrated."))
 
 left, right = st.columns(2)
 with left:
