@@ -433,6 +433,20 @@ def build_report(evals: Sequence[Evaluation], n_resamples: int = 2000) -> Report
     return Report(groups, table, pairs, sets, notes)
 
 
+def headline(scores: Sequence[dict], score: str = "weighted_f1") -> str:
+    """One line: each model's score on validation with its 95 % interval, e.g. "Weighted F1 on validation
+    (95 % CI): ResNet50 0.739 (0.61 to 0.84) · GoogLeNet 0.721 (0.60 to 0.82)"."""
+    parts = []
+    for s in scores:
+        if s["set"] != "val":
+            continue
+        mean = s["spread"][score].get("mean")
+        if mean is not None:
+            parts.append(f"{s['model']} {mean:.3f} ({format_interval(s['interval']['scores'].get(score), 2)})")
+    name = SCORE_TEXT[score]
+    return f"{name[0].upper()}{name[1:]} on validation (95 % CI): " + " · ".join(parts) if parts else ""
+
+
 def report_text(rep: Report) -> str:
     """The report as the command line prints it."""
     lines = []

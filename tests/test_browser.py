@@ -211,6 +211,13 @@ def _walk_through(page, base: str, home: Path, shots: Path, timings: dict, t_lau
     _goto_page(page, "Compare")
     page.get_by_role("heading", name="Confusion matrices").wait_for(timeout=60_000)
     page.locator('[data-testid="stDataFrame"]').first.wait_for()
+    # the run's weighted F1 with its subject-bootstrap interval, in words under the table
+    line = page.get_by_text(re.compile(r"^Weighted F1 on validation \(95 % CI\): GoogLeNet")).first
+    line.wait_for(timeout=60_000)
+    m = re.search(r"GoogLeNet (\d\.\d{3}) \((\d\.\d{2}) to (\d\.\d{2})\)", line.inner_text())
+    assert m, line.inner_text()
+    value, low, high = map(float, m.groups())
+    assert low <= round(value, 2) + 0.01 and value - 0.01 <= high and low <= high
     page.wait_for_timeout(1500)  # charts draw after their container
     _no_exception(page, "Compare")
     page.screenshot(path=str(shots / "5-compare.png"))

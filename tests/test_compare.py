@@ -198,3 +198,13 @@ def test_calibration_table_shows_temperature_and_ece_before_and_after(tmp_path):
     (runs_[0].dir / "test_predictions.csv").unlink()
     table = compare.calibration_table([compare.calibration_of(compare.evaluate_run(runs_[0]))])
     assert "ECE test" not in table.columns
+
+
+def test_headline_gives_each_models_validation_score_with_its_interval(tmp_path):
+    runs_ = seeded_runs(tmp_path, "googlenet", 0.8) + seeded_runs(tmp_path, "resnet50", 0.7)
+    rep = compare.build_report([compare.evaluate_run(x) for x in runs_], n_resamples=300).to_dict()
+    line = compare.headline(rep["scores"])
+    assert line.startswith("Weighted F1 on validation (95 % CI): ResNet50 0.")
+    for s in rep["scores"]:
+        ci = s["interval"]["scores"]["weighted_f1"]
+        assert f"{s['model']} {s['spread']['weighted_f1']['mean']:.3f} ({ci['low']:.2f} to {ci['high']:.2f})" in line

@@ -91,6 +91,7 @@ with st.spinner("Bootstrapping over subjects…"):
 scores = report["scores"]
 unit = scores[0]["interval"].get("unit", "subjects") if scores else "subjects"
 st.dataframe(compare.stats_table(scores), hide_index=True, width="stretch")
+st.markdown(dashboard.plain(compare.headline(scores)))
 st.caption(
     f"Each score is the mean ± sd over a configuration's seeds (the seeds' spread: how much a rerun moves it), "
     f"and beside it the 95 % interval from a bootstrap over {unit}: the {unit} are resampled with all their "
