@@ -28,7 +28,17 @@ def active_dataset() -> str:
 
 
 def active_split() -> str:
-    return st.session_state.get("split", "subject")
+    """The split chosen on the Data page; where the active dataset cannot have it (a given validation folder
+    it lacks), the dataset's default (data.default_split)."""
+    split = st.session_state.get("split", "subject")
+    if split == "given":
+        try:
+            ds = open_dataset(active_dataset())
+        except (data.DataError, OSError):
+            return split
+        if not ds.has_val:
+            return data.default_split(ds)
+    return split
 
 
 def require_dataset() -> data.Dataset:
