@@ -117,6 +117,7 @@ def training_seconds(run: runs.Run) -> float | None:
 
 COMPARE_COLUMNS = {
     "model": "Model", "val_accuracy": "Val. accuracy", "weighted_f1": "Weighted F1",
+    "weighted_f1_ci": "Weighted F1 95 % CI",
     "sensitivity": "Sensitivity (all)", "specificity": "Specificity", "roc_auc": "ROC AUC",
     "train_time": "Training time", "ms_per_image": "Inference (ms / image)", "params_m": "Parameters (M)",
     "checkpoint_mb": "Checkpoint (MB)", "weights": "Weights", "split": "Split", "image_size": "Image size",
@@ -133,6 +134,9 @@ def compare_row(ev: Evaluation, seconds_per_image: float | None = None) -> dict:
     split = (meta.get("split") or {}).get("description") or split_text(cfg)
     return {
         "model": run_name(run), "val_accuracy": s["accuracy"], "weighted_f1": s["weighted_f1"],
+        "weighted_f1_ci": format_interval(metrics.subject_bootstrap(
+            ev.y, ev.probs, ev.classes, ev.val.subjects if ev.val else None, scores=("weighted_f1",),
+            n_resamples=1000)["scores"]["weighted_f1"]),
         "sensitivity": s["sensitivity"], "specificity": s["specificity"], "roc_auc": s["roc_auc"],
         "train_time": format_duration(training_seconds(run)),
         "ms_per_image": None if seconds_per_image is None else seconds_per_image * 1000,

@@ -119,3 +119,24 @@ def test_train_seeds_makes_repeats_on_one_split(tiny_data, tmp_path, capsys):
     with pytest.raises(SystemExit):  # argparse refuses it with the valid range
         main([*args, "--seeds", "11"])
     assert "between 1 and 10" in capsys.readouterr().err
+
+
+def test_a_train_val_test_tree_trains_on_its_own_split_and_compares_on_its_test_set(tmp_path, capsys):
+    """The ImageFolder / Keras layout: train uses val/ for validation unless told otherwise, scores test/
+    once, and compare shows the test rows beside validation."""
+    from test_data import TEST, TRAIN, VAL, _tree
+
+    tree = _tree(tmp_path / "tree", {"train": TRAIN, "val": VAL, "test": TEST})
+    base = ["train", "--weights", "none", "--epochs", "1", "--image-size", "32", "--data", str(tree),
+            "--runs-dir", str(tmp_path / "runs"), "--json"]
+    for backbone in ("googlenet", "resnet50"):
+        assert main([*base, "--backbone", backbone]) == 0
+        res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        cfg = json.loads((Path(res["run_dir"]) / "config.json").read_text())["config"]
+        assert cfg["split"] == "given"
+        val = (Path(res["run_dir"]) / "val_predictions.csv").read_text()
+        assert val.count("\n") == 1 + 4 and "/val/" in val and "/train/" not in val
+        assert (Path(res["run_dir"]) / "test_predictions.csv").read_text().count("\n") == 1 + 4
+    assert main(["compare", "all", "--runs-dir", str(tmp_path / "runs"), "--resamples", "200", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rep["sets"] == ["val", "test"] and {s["set"] for s in rep["scores"]} == {"val", "test"}

@@ -34,6 +34,8 @@ def test_compare_row_from_the_run_files(tmp_path):
     row = compare.compare_row(ev, seconds_per_image=0.0123)
     assert row["val_accuracy"] == pytest.approx(expected["accuracy"]) == pytest.approx(6 / 8)
     assert row["weighted_f1"] == pytest.approx(expected["weighted_f1"])
+    # two subjects, one per class: the subject bootstrap cannot vary, so the interval is the value itself
+    assert row["weighted_f1_ci"] == f"{expected['weighted_f1']:.3f} to {expected['weighted_f1']:.3f}"
     assert row["sensitivity"] == pytest.approx(4 / 5) and row["specificity"] == pytest.approx(2 / 3)
     assert row["roc_auc"] == pytest.approx(expected["roc_auc"])
     assert row["train_time"] == "30 s"  # 10 s + 20 s of epochs
