@@ -28,7 +28,7 @@ class Predictions:
     scored on the same cells line up row for row."""
 
     classes: list[str]
-    paths: np.ndarray
+    paths: np.ndarray  # cell_keys: the identity of each cell, comparable between runs
     y: np.ndarray
     probs: np.ndarray
     subjects: np.ndarray | None  # None when any cell's subject is unknown
@@ -38,9 +38,24 @@ class Predictions:
         return metrics.summary(self.y, self.probs, self.classes, self.subjects)
 
 
+def cell_keys(paths: Sequence[str]) -> np.ndarray:
+    """Each image's identity across runs: the shortest tail of its path (file name, then class folder and
+    file name, ...) that is unique among these paths. Not the whole path: one dataset given as a relative
+    path to one run and as an absolute path to another is the same cells."""
+    parts = [str(p).replace("\\", "/").split("/") for p in paths]
+    for k in range(1, max((len(x) for x in parts), default=1) + 1):
+        keys = ["/".join(x[-k:]) for x in parts]
+        if len(set(keys)) == len(keys):
+            return np.array(keys, dtype=str)
+    return np.array([str(p) for p in paths], dtype=str)
+
+
 def read_predictions(path: Path, classes: Sequence[str] | None = None) -> Predictions:
-    """A val_predictions.csv / test_predictions.csv (path, subject, label, prob_<class>...)."""
-    df = pd.read_csv(path, dtype={"subject": str, "path": str}, keep_default_na=False).sort_values("path", kind="stable")
+    """A val_predictions.csv / test_predictions.csv (path, subject, label, prob_<class>...), its cells in
+    the order of their keys (cell_keys), which `paths` holds."""
+    df = pd.read_csv(path, dtype={"subject": str, "path": str}, keep_default_na=False)
+    df["path"] = cell_keys(df["path"].tolist())
+    df = df.sort_values("path", kind="stable")
     classes = list(classes or [c.removeprefix("prob_") for c in df.columns if c.startswith("prob_")])
     subjects = df["subject"].to_numpy(dtype=str)
     known = bool(len(subjects)) and bool((subjects != "").all())
@@ -186,6 +201,8 @@ def time_per_image(lm: Any, repeats: int = 5, warmup: int = 2) -> float:
 
 SCORE_TEXT = {"weighted_f1": "weighted F1", "accuracy": "accuracy", "sensitivity": "sensitivity (all)",
               "specificity": "specificity", "roc_auc": "ROC AUC"}
+SHORT_TEXT = {"weighted_f1": "weighted F1 [95 % CI]", "accuracy": "accuracy", "sensitivity": "sensitivity (all)",
+              "specificity": "specificity (hem)", "roc_auc": "ROC AUC"}
 PAIRED_SCORES = ("weighted_f1", "accuracy")
 ENSEMBLE = "Ensemble"
 
@@ -430,8 +447,23 @@ def build_report(evals: Sequence[Evaluation], n_resamples: int = 2000) -> Report
     notes = []
     if evals and not all(ev.test is not None for ev in evals) and any(ev.test is not None for ev in evals):
         notes.append("some runs have no test predictions: the test columns are left out")
-    table = [st_ for which in sets for g in everyone if (st_ := stats(g, which, n_resamples)) is not None]
+    table = []
+    for which in sets:
+        for g in everyone:
+            st_ = stats(g, which, n_resamples)
+            if st_ is None:
+                notes.append(f"{g.name} left out of the {SET_TEXT[which]} rows: its runs were not scored on the same "
+                             "cells")
+            else:
+                table.append(st_)
     pairs = [p for which in sets for p in all_pairs(everyone, which, n_resamples)]
+    by_subject = [p for p in pairs if p.result.get("unit") == "subjects"]
+    if by_subject:
+        n = min(int(p.result["n_units"]) for p in by_subject)
+        if 2 / 2 ** n >= 0.05:
+            notes.append(f"only {n} subjects are scored: a paired permutation test over {n} subjects cannot give "
+                         f"p below {2 / 2 ** n:.2f}, so no difference can be significant here; read the intervals, "
+                         "and validate on more people (study subjects swaps them between folds)")
     for st_ in table[:1]:
         notes.extend(st_.interval.get("notes", []))
     return Report(groups, table, pairs, sets, notes)
@@ -461,12 +493,11 @@ def report_text(rep: Report) -> str:
             continue
         unit = part[0].interval.get("unit", "subjects")
         lines.append(f"{title}: mean ± sd over seeds, and the 95 % interval from a bootstrap over {unit}")
-        head = f"  {'model':<22} {'seeds':>5}" + "".join(f"  {SCORE_TEXT[k]:>28}" for k in metrics.SCORES)
-        lines.append(head)
+        lines.append(f"  {'model':<18} {'seeds':>5}" + "".join(f"  {SHORT_TEXT[k]:<24}" for k in metrics.SCORES))
         for s in part:
-            cells = "".join(f"  {format_spread(s.spread[k]):>13} [{format_interval(s.interval['scores'].get(k), 2):>12}]"
+            cells = "".join(f"  {format_spread(s.spread[k]):<13} {format_interval(s.interval['scores'].get(k), 2).replace(' to ', '-'):<10}"
                             for k in metrics.SCORES)
-            lines.append(f"  {s.name:<22} {s.n_seeds:>5}{cells}")
+            lines.append(f"  {s.name:<18} {s.n_seeds:>5}{cells}")
         pairs = [p for p in rep.pairs if p.which == which]
         if pairs:
             lines.append(f"  paired ({pairs[0].result.get('test', '')}):")

@@ -210,3 +210,34 @@ def test_headline_gives_each_models_validation_score_with_its_interval(tmp_path)
     for s in rep["scores"]:
         ci = s["interval"]["scores"]["weighted_f1"]
         assert f"{s['model']} {s['spread']['weighted_f1']['mean']:.3f} ({ci['low']:.2f} to {ci['high']:.2f})" in line
+
+
+def test_one_dataset_given_by_a_relative_and_an_absolute_path_is_the_same_cells(tmp_path):
+    """Cells are matched by the shortest unique tail of their path, so runs of one dataset opened from two
+    places still pool and pair; a group that cannot is named in a note, not dropped silently."""
+    a, b = seeded_runs(tmp_path, "googlenet", 0.8, seeds=(0, 1))
+    df = pd.read_csv(b.dir / "val_predictions.csv")
+    df["path"] = "/abs/elsewhere" + df["path"]
+    df.to_csv(b.dir / "val_predictions.csv", index=False)
+    assert list(compare.cell_keys(["../d/all/1.png", "../d/hem/1.png"])) == ["all/1.png", "hem/1.png"]
+    rep = compare.build_report([compare.evaluate_run(x) for x in (a, b)], n_resamples=200)
+    assert [s.name for s in rep.stats] == ["GoogLeNet", "Ensemble of 2"] and rep.stats[0].n_seeds == 2
+    df = df.iloc[:-5]  # now really other cells
+    df.to_csv(b.dir / "val_predictions.csv", index=False)
+    rep = compare.build_report([compare.evaluate_run(x) for x in (a, b)], n_resamples=200)
+    assert not rep.stats and any("GoogLeNet left out" in n for n in rep.notes)
+
+
+def test_too_few_subjects_for_any_significance_is_said(tmp_path):
+    """Five subjects: the smallest two-sided p an exact permutation can give is 2/32 > 0.05."""
+    global SUBJECTS
+    keep = SUBJECTS
+    SUBJECTS = ["H1", "2", "3", "4", "5"]
+    try:
+        runs_ = seeded_runs(tmp_path, "googlenet", 0.95) + seeded_runs(tmp_path, "resnet50", 0.5)
+        rep = compare.build_report([compare.evaluate_run(x) for x in runs_], n_resamples=300)
+    finally:
+        SUBJECTS = keep
+    assert any("cannot give p below 0.06" in n for n in rep.notes)
+    pair = rep.pairs[0]
+    assert pair.result["scores"]["accuracy"]["p_value"] >= 2 / 32 - 1e-9
