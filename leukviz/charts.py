@@ -92,7 +92,7 @@ def _waiting(fig: go.Figure, text: str) -> go.Figure:
     return fig
 
 
-def training_curves(events: list[dict], title: str = "") -> go.Figure:
+def training_curves(events: list[dict], title: str = "", height: int | None = None) -> go.Figure:
     """Live training chart from metrics.jsonl events: Loss (left) and Accuracy (right) against epoch.
 
     Epoch-level train and validation values are drawn as lines with markers at x = epoch; the running
@@ -125,9 +125,31 @@ def training_curves(events: list[dict], title: str = "") -> go.Figure:
     fig.update_yaxes(title_text="loss", row=1, col=1)
     fig.update_yaxes(title_text="accuracy", range=[0, 1.02], tickformat=".0%", row=1, col=2)
     # A constant uirevision keeps the user's zoom and legend toggles across live redraws.
-    fig.update_layout(title=title or None, uirevision="training-curves", hovermode="x unified")
+    fig.update_layout(title=title or None, uirevision="training-curves", hovermode="x unified", height=height)
     if not epochs and not batches:
         _waiting(fig, WAITING_TEXT)
+    return fig
+
+
+def lr_find_figure(result: dict) -> go.Figure:
+    """The learning-rate finder's sweep (lrfind.sweep's result): the loss against the rate on a log axis,
+    raw (faint) and smoothed, with the suggested rate marked."""
+    fig = go.Figure()
+    lrs = result.get("rates") or []
+    fig.add_trace(go.Scatter(x=lrs, y=[_num(v) for v in result.get("losses") or []], mode="lines",
+                             name="loss (each step)", line={"color": TRAIN_COLOR, "width": 1}, opacity=0.35))
+    fig.add_trace(go.Scatter(x=lrs, y=[_num(v) for v in result.get("smoothed") or []], mode="lines",
+                             name="loss (smoothed)", line={"color": TRAIN_COLOR, "width": 2.5}))
+    suggestion = _num(result.get("suggestion"))
+    if suggestion and lrs:
+        y = float(np.interp(math.log10(suggestion), np.log10(lrs), result["smoothed"]))
+        fig.add_trace(go.Scatter(x=[suggestion], y=[y], mode="markers", name=f"suggested {suggestion:.2g}",
+                                 marker={"color": VAL_COLOR, "size": 12, "symbol": "diamond"}))
+    fig.update_xaxes(type="log", title_text="learning rate", exponentformat="power")
+    fig.update_yaxes(title_text="training loss")
+    fig.update_layout(hovermode="x unified", height=340, margin={"t": 30})
+    if not lrs:
+        _waiting(fig, "No step of the sweep finished.")
     return fig
 
 

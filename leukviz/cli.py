@@ -1,4 +1,4 @@
-"""Command line: python -m leukviz train | runs | data | predict | evaluate | study | export | bench (see --help)."""
+"""Command line: python -m leukviz train | lr-find | runs | data | predict | evaluate | study | export | bench (see --help)."""
 
 from __future__ import annotations
 
@@ -60,12 +60,13 @@ def _train_result(run, cached: bool, t0: float) -> dict:
     st = run.status
     return {"run_id": run.run_id, "run_dir": str(run.dir), "status": st["state"], "cached": cached,
             "backbone": run.config.backbone, "metrics": run.final_metrics(), "error": st.get("error"),
-            "seconds": round(time.time() - t0, 2)}
+            "early_stop": st.get("early_stop"), "seconds": round(time.time() - t0, 2)}
 
 
 # The RunConfig fields the train command sets, in its --help order; unset (None) means the preset's default.
 TRAIN_FIELDS = ("epochs", "image_size", "batch_size", "lr", "optimizer", "split", "val_fold", "n_folds", "average",
-                "select", "finetune", "augment", "precision", "freeze_bn", "class_balance", "seed", "split_seed")
+                "select", "finetune", "augment", "precision", "freeze_bn", "class_balance", "seed", "split_seed",
+                "patience")
 FLAGS = {"n_folds": "--folds"}  # otherwise --the-field-name
 
 
@@ -191,7 +192,8 @@ def cmd_train(args) -> int:
             return 1
     res = _train_result(run, False, t0)
     _out(args, f"run {run.run_id} {res['status']} ({run.dir}): " +
-         ", ".join(f"{k} {v:.4f}" for k, v in res["metrics"].items() if isinstance(v, float)), res)
+         ", ".join(f"{k} {v:.4f}" for k, v in res["metrics"].items() if isinstance(v, float)) +
+         (f"; {res['early_stop']}" if res["early_stop"] else ""), res)
     return 0 if res["status"] == "finished" else 1
 
 
@@ -687,6 +689,43 @@ def _add_study(sub, common: argparse.ArgumentParser) -> None:
     sp.set_defaults(func=cmd_study)
 
 
+def cmd_lrfind(args) -> int:
+    """The learning-rate finder (lrfind): the cached sweep of this configuration, or a new one."""
+    from leukviz import data, lrfind, runs
+
+    if args.config:  # the page's form: the resolved config in a file (lrfind.launch)
+        cfg = C.RunConfig.from_dict(json.loads(Path(args.config).read_text()))
+    else:
+        cfg = _resolve_cfg(args)
+    fingerprint = data.open_dataset(cfg.data, runs.cache_root()).fingerprint
+    res, cached = lrfind.find(cfg, fingerprint, runs.cache_root(), args.device, args.steps,
+                              lambda s: print(s, file=sys.stderr))
+    res = {k: v for k, v in res.items() if k not in ("config", "dataset_fingerprint")}
+    end = f"diverged after {res['steps_done']} steps" if res["diverged"] else f"{res['steps_done']} steps"
+    _out(args, f"{'cached: ' if cached else ''}suggested learning rate {res['suggestion']:.2g} for {cfg.backbone} "
+               f"({res['start']:g} to {res['end']:g}, {end}); rule: {res['rule']}", {**res, "cached": cached})
+    return 0
+
+
+def _add_lrfind(sub, common: argparse.ArgumentParser) -> None:
+    """The lr-find command: the train command's configuration options, and the sweep's length."""
+    from leukviz import lrfind
+    from leukviz.backbones import BACKBONES
+
+    lf = sub.add_parser("lr-find", parents=[common],
+                        help="sweep the learning rate exponentially over a short training and suggest one (cached)")
+    lf.add_argument("--backbone", choices=list(BACKBONES), default="resnet50")
+    lf.add_argument("--data", default="demo", help="demo (built in), a C-NMC folder, a class-per-folder tree or a .zip")
+    lf.add_argument("--weights", default="imagenet", help="imagenet | none | path to a weights file")
+    lf.add_argument("--preset", choices=C.PRESETS, default="quick")
+    add_config_options(lf)
+    lf.add_argument("--steps", type=int, default=lrfind.STEPS,
+                    help=f"steps of the sweep from {lrfind.START:g} to {lrfind.END:g} (default {lrfind.STEPS})")
+    lf.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    lf.add_argument("--config", help=argparse.SUPPRESS)
+    lf.set_defaults(func=cmd_lrfind)
+
+
 def _add_bench(sub, common: argparse.ArgumentParser) -> None:
     """The bench command: speed of the plain PyTorch loop against leukviz's paths."""
     from leukviz.backbones import BACKBONES
@@ -764,6 +803,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.set_defaults(func=cmd_export)
 
     _add_bench(sub, common)
+    _add_lrfind(sub, common)
     return p
 
 

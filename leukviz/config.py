@@ -32,10 +32,12 @@ HELP = {
     "val_fold": "validation fold for --split folds or groups",
     "n_folds": "number of subject-grouped folds for --split groups (default: automatic)",
     "average": "ema: validate and keep a moving average of the weights",
-    "select": "keep the last epoch's model or the best on validation",
+    "select": "keep the last epoch's model or the best on validation (--patience always keeps the best)",
     "finetune": "train the full network, the last stage + head, or the head",
     "freeze_bn": "keep BatchNorm statistics fixed (ImageNet's, when fine-tuning)",
     "class_balance": "weighted loss (default) or none",
+    "patience": "early stopping: end the run when validation weighted F1 has not improved for this many epochs "
+                "(0, the default, is off); the best epoch's model is then kept, whatever --select says",
     "split_seed": "seed of the random split (subject, image); default: the run's seed. Repeats share it, so "
                   "they are scored on the same cells",
 }
@@ -84,10 +86,19 @@ class RunConfig:
     # seed keep one split, so they are scored on the same validation cells and can be paired. None (the
     # default, and what any other value becomes where it makes no difference) leaves the run id as it was.
     split_seed: int | None = None
+    # Early stopping on validation weighted F1: stop after this many epochs without a better one (0: off).
+    # It implies keeping the best epoch (keeps_best): stopping on a plateau and then keeping the epoch
+    # where it was noticed would throw away the model the stop was waiting for.
+    patience: int = 0
 
     def __post_init__(self) -> None:
         if self.split_seed is not None and (self.split_seed == self.seed or self.split not in SEEDED_SPLITS):
             object.__setattr__(self, "split_seed", None)
+
+    @property
+    def keeps_best(self) -> bool:
+        """Whether the kept model is the best epoch on validation: select="best", or early stopping on."""
+        return self.select == "best" or self.patience > 0
 
     @property
     def split_rng_seed(self) -> int:
@@ -108,6 +119,8 @@ class RunConfig:
         d.pop("data")  # the fingerprint stands for the data; a moved dataset keeps its runs
         if d["split_seed"] is None:
             d.pop("split_seed")  # added later: runs without one keep their ids
+        if d["patience"] == 0:
+            d.pop("patience")  # added later too: runs without early stopping keep their ids
         blob = json.dumps({"config": d, "dataset": fingerprint, "preprocess": PREPROCESS_VERSION}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -174,6 +187,8 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"image_size must be between {low} and {high} pixels, got {cfg.image_size}")
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise ConfigError("epochs and batch_size must be at least 1")
+    if cfg.patience < 0:
+        raise ConfigError(f"patience must be 0 (off) or a number of epochs, got {cfg.patience}")
     if not cfg.lr > 0:
         raise ConfigError(f"lr must be positive, got {cfg.lr}")
     if not 0.0 < cfg.val_fraction < 1.0:

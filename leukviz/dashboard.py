@@ -71,7 +71,8 @@ def describe_config(cfg: RunConfig) -> str:
     return (f"{backbone_title(cfg.backbone)}, {cfg.preset} preset, weights {cfg.weights}, "
             f"{cfg.image_size} px, {epochs}, batch {cfg.batch_size}, "
             f"lr {cfg.lr:g}, fine-tune {FINETUNE_TEXT.get(cfg.finetune, cfg.finetune)}, "
-            f"split {SPLIT_TEXT.get(cfg.split, cfg.split)}")
+            f"split {SPLIT_TEXT.get(cfg.split, cfg.split)}"
+            + (f", early stopping after {cfg.patience} epochs without a better F1" if cfg.patience else ""))
 
 
 def split_text(cfg: RunConfig) -> str:

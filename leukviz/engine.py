@@ -828,9 +828,12 @@ def _fit(cfg: RunConfig, run_dir: Path, emit: Emit, should_stop: Callable[[], bo
               "images_per_s": seen / max(train_seconds, 1e-9), "time": time.time()}
         if not all(math.isfinite(ev[k]) for k in ("train_loss", "val_loss")):
             raise TrainingDiverged(f"validation loss became {vl} at epoch {epoch}; lower the learning rate")
+        # Every rank tracks the best epoch (the same validation on the same weights), so all stop together.
+        kept = f1 > state.best["val_f1"] or not cfg.keeps_best
+        if kept:
+            state.best = {"val_f1": f1, "epoch": epoch}
         if main:
-            if cfg.select == "last" or f1 > state.best["val_f1"]:
-                state.best = {"val_f1": f1, "epoch": epoch}
+            if kept:
                 result = {k: ev[k] for k in ("val_loss", "val_acc", "val_f1", "train_loss", "train_acc")}
                 result["best_epoch"] = epoch
                 save_checkpoint(state.scored, run_dir, {**meta, "epoch": epoch, "metrics": result})
@@ -839,6 +842,10 @@ def _fit(cfg: RunConfig, run_dir: Path, emit: Emit, should_stop: Callable[[], bo
             # this epoch and drops its event, where the other order would lose the event for good.
             emit(ev)
             save_resume(state, resume_path, epoch + 1, 0, None)
+        if epoch < cfg.epochs and stops_early(state.best["epoch"], epoch, cfg.patience):
+            if main:
+                emit(early_stop_event(epoch, state.best["epoch"], cfg.patience))
+            break
     if main and not result:  # resumed after the best epoch: report what the checkpoint holds
         result = json.loads((run_dir / SIDECAR).read_text()).get("metrics", {})
     if state.dist.on:
@@ -846,6 +853,19 @@ def _fit(cfg: RunConfig, run_dir: Path, emit: Emit, should_stop: Callable[[], bo
     if main:  # after the last epoch (also when a resume finds none left): nothing below chooses anything
         score_test_set(state, run_dir, cache_dir, log)
     return result
+
+
+def stops_early(best_epoch: int, epoch: int, patience: int) -> bool:
+    """Early stopping: whether `patience` epochs have passed since the best one (patience 0: never)."""
+    return patience > 0 and epoch - best_epoch >= patience
+
+
+def early_stop_event(epoch: int, best_epoch: int, patience: int) -> dict:
+    """The event (events.EARLY_STOP) of a run that stops early, with its reason as the page shows it."""
+    reason = (f"stopped early at epoch {epoch}: no better validation weighted F1 for {patience} "
+              f"epoch{'s' if patience != 1 else ''} (the best, epoch {best_epoch}, is the model kept)")
+    return {"type": events.EARLY_STOP, "epoch": epoch, "best_epoch": best_epoch, "patience": patience,
+            "reason": reason, "time": time.time()}
 
 
 def test_is_scored(run_dir: Path) -> bool:

@@ -13,7 +13,8 @@ START = "start"  # training begins from scratch: sizes, device, precision, split
 RESUME = "resume"  # training continues from the resumable state, same fields as START
 BATCH = "batch"  # running train loss and accuracy within an epoch
 EPOCH = "epoch"  # an epoch's train and validation metrics
-TYPES = (START, RESUME, BATCH, EPOCH)
+EARLY_STOP = "early_stop"  # the run ends before its last epoch: epoch, best_epoch, patience, reason (a sentence)
+TYPES = (START, RESUME, BATCH, EPOCH, EARLY_STOP)
 BEGINNINGS = (START, RESUME)  # the events that open a training session
 
 
@@ -30,6 +31,11 @@ def batch_events(events: Iterable[dict]) -> list[dict]:
     return [by_step[k] for k in sorted(by_step)]
 
 
+def early_stop(events: Iterable[dict]) -> dict | None:
+    """The early-stop event of a run that ended early, or None (it ran all its epochs, or is running)."""
+    return next((e for e in events if e.get("type") == EARLY_STOP), None)
+
+
 def latest_start(events: Sequence[dict]) -> dict | None:
     """The latest start or resume event: the session of training now going on (or last run), or None."""
     return next((e for e in reversed(events) if e.get("type") in BEGINNINGS), None)
@@ -41,7 +47,7 @@ def until_resume_point(events: Iterable[dict], epoch: int, step: int) -> list[di
     keep = []
     for e in events:
         t = e.get("type")
-        if t == EPOCH and e["epoch"] >= epoch:
+        if t in (EPOCH, EARLY_STOP) and e["epoch"] >= epoch:
             continue
         if t == BATCH and (e["epoch"], e["step"]) > (epoch, step) and e["epoch"] >= epoch:
             continue

@@ -309,6 +309,8 @@ def train(run: Run, resume: bool = False, device: str = "auto", log: Callable[[s
         append_jsonl(run.dir / layout.METRICS, ev)
         if ev.get("type") == events.EPOCH:
             write_status(run, "running", epoch=ev["epoch"], epochs=ev["epochs"])
+        elif ev.get("type") == events.EARLY_STOP:  # kept in the status when the run then finishes
+            write_status(run, "running", early_stop=ev["reason"])
         if emit_hook:
             emit_hook(ev)
 
@@ -330,7 +332,7 @@ def train(run: Run, resume: bool = False, device: str = "auto", log: Callable[[s
                 log(f"run {run.run_id} is already finished")
                 return run.final_metrics()
             resume = _prepare_folder(run, resume)
-            write_status(run, "queued", error=None, epoch=0, epochs=cfg.epochs,
+            write_status(run, "queued", error=None, early_stop=None, epoch=0, epochs=cfg.epochs,
                          world_size=int(os.environ.get("WORLD_SIZE", 1)))
             with _device_slot(run, device, should_stop):
                 write_status(run, "running")

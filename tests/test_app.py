@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import shutil
 import time
 from pathlib import Path
@@ -171,22 +172,27 @@ def test_train_settings_follow_the_preset_defaults(app):
 
 
 def test_train_shows_a_finished_configuration_at_once_as_cached(app, tiny_data):
+    """Settings that already finished show that run's results as they are chosen (no Start needed), marked
+    cached, above the settings; Start then changes nothing."""
     at = app
     at.query_params["backbone"] = "googlenet"
     open_page(at, "train")
+    before = {p.name for p in runs.runs_root().iterdir()}
     at.number_input(key="train_image_size").set_value(32)
     at.number_input(key="train_epochs").set_value(1)
     at.number_input(key="train_batch_size").set_value(64).run()
-    assert any("already finished" in c.value for c in at.caption)
-    before = {p.name for p in runs.runs_root().iterdir()}
-
-    next(b for b in at.button if b.label == "Start training").click().run()
-    assert not at.exception
     run = finished(tiny_data)["googlenet"]
-    assert at.query_params["run"] == run.run_id
-    assert any("Cached" in i.value for i in at.info)
-    assert {m.label: m.value for m in at.metric}["Val. accuracy"] == f"{run.final_metrics()['val_acc']:.1%}"
-    assert len(at.get("plotly_chart")) == 1
+    assert at.session_state["train_settings_open"] is True  # open until Start
+    for click in (False, True):
+        if click:
+            next(b for b in at.button if b.label == "Start training").click().run()
+        assert not at.exception
+        assert at.query_params["run"] == run.run_id
+        assert any("Cached" in i.value for i in at.info)
+        assert {m.label: m.value for m in at.metric}["Val. accuracy"] == f"{run.final_metrics()['val_acc']:.1%}"
+        assert len(at.get("plotly_chart")) == 1
+        assert at.subheader[0].value.startswith(f"Run {run.run_id}")
+    assert at.expander[0].label == "Settings" and at.session_state["train_settings_open"] is False  # Start folds
     assert {p.name for p in runs.runs_root().iterdir()} == before  # nothing new was created or launched
 
 
@@ -380,3 +386,50 @@ def test_compare_exports_a_run_to_onnx(app, tiny_data):
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert [b for b in at.get("download_button") if b.proto.label == "Download ONNX"]
     assert any("max probability difference" in c.value for c in at.caption)
+
+
+def test_train_shows_why_a_run_stopped_early(app, tiny_data):
+    """A run that ended early says so, with its reason, beside its results."""
+    from leukviz import engine, layout
+
+    src = finished(tiny_data)["googlenet"]
+    run = runs.run_for(tiny_config("googlenet", tiny_data, epochs=9, patience=2))
+    for name in (layout.CHECKPOINT, layout.SIDECAR, layout.METRICS, layout.STATUS):
+        shutil.copy(src.dir / name, run.dir / name)
+    with open(run.dir / layout.METRICS, "a") as fh:
+        fh.write(json.dumps(engine.early_stop_event(4, 2, 2)) + "\n")
+    at = app
+    at.query_params["run"] = run.run_id
+    open_page(at, "train")
+    assert any(i.value.replace("\\", "").startswith("Stopped early at epoch 4: no better validation weighted F1 "
+                                                      "for 2 epochs") for i in at.info)
+    at.number_input(key="train_patience").set_value(3).run()
+    assert not at.exception
+
+
+def test_train_lr_finder_sweeps_in_the_background_and_one_click_uses_its_suggestion(app, tiny_data):
+    from leukviz import lrfind
+
+    at = app
+    at.query_params["backbone"] = "googlenet"
+    open_page(at, "train")
+    at.number_input(key="train_image_size").set_value(32)
+    at.number_input(key="train_batch_size").set_value(64).run()
+    next(b for b in at.button if b.label == "Find a learning rate").click().run()
+    assert not at.exception
+    assert any("Finding a learning rate" in (p.proto.text or "") for p in at.get("progress"))
+    cfg = config.resolve("googlenet", "quick", "none", str(tiny_data), image_size=32, batch_size=64)
+    fp = data.open_dataset(tiny_data).fingerprint
+    deadline = time.time() + 180
+    while lrfind.status(cfg, fp)[0] == "running" and time.time() < deadline:
+        time.sleep(1)
+    where, res = lrfind.status(cfg, fp)
+    assert where == "done", res
+    at.run()
+    assert any("a tenth of the rate at the smoothed loss's minimum" in c.value.replace("\\", "") for c in at.caption)
+    suggestion = float(f"{res['suggestion']:.2g}")
+    use = next(b for b in at.button if b.label == f"Use {suggestion:g}")
+    use.click().run()
+    assert not at.exception
+    assert at.select_slider(key="train_lr").value == suggestion
+    assert next(b for b in at.button if b.label == f"Use {suggestion:g}").disabled  # in use

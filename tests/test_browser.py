@@ -21,6 +21,7 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 EXCEPTION = '[data-testid="stException"]'
+VIEWPORT = {"width": 1366, "height": 900}  # a common laptop screen: what a user sees without scrolling
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -106,7 +107,7 @@ def streamlit_server(home: Path, port: int, log_path: Path):
                         os.kill(st["pid"], signal.SIGTERM)
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(480)
 def test_train_predict_compare_in_a_real_browser(tmp_path, monkeypatch):
     if not Path(CHROMIUM).exists():
         _missing(f"{CHROMIUM} not found (apt-get install chromium)")
@@ -136,7 +137,7 @@ def test_train_predict_compare_in_a_real_browser(tmp_path, monkeypatch):
         with streamlit_server(home, port, tmp_path / "streamlit.log") as server, sync_playwright() as pw:
             _wait_for_server(base, server, 60)
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1280, "height": 1600})
+            page = browser.new_page(viewport=VIEWPORT)
             page.set_default_timeout(30_000)
             try:
                 _walk_through(page, base, home, shots, timings, t_launch)
@@ -181,7 +182,16 @@ def _walk_through(page, base: str, home: Path, shots: Path, timings: dict, t_lau
         box.press("Enter")
         _settle(page)
         assert page.get_by_label(label).input_value() == value
+    _lr_finder(page, shots, timings)
     start.click()
+    # The run panel is above the settings (which Start folds): Stop and the first curve point in view.
+    stop = page.get_by_role("button", name="Stop")
+    stop.wait_for(timeout=30_000)
+    _assert_in_view(page, stop, "the Stop button")
+    curves = page.locator(".js-plotly-plot", has=page.locator(".legendtext", has_text="train loss (running)"))
+    curves.locator(".scatterlayer .trace").first.wait_for(timeout=150_000)
+    _assert_in_view(page, curves.locator(".scatterlayer .trace").first, "the first curve point")
+    page.screenshot(path=str(shots / "3-train-live.png"))
     page.locator(".legendtext", has_text="val acc").first.wait_for(timeout=150_000)
     page.get_by_text("Finished.").wait_for(timeout=60_000)
     _no_exception(page, "Train")
@@ -221,3 +231,40 @@ def _walk_through(page, base: str, home: Path, shots: Path, timings: dict, t_lau
     page.wait_for_timeout(1500)  # charts draw after their container
     _no_exception(page, "Compare")
     page.screenshot(path=str(shots / "5-compare.png"))
+
+    # Back on Train, the same settings: the finished run's results on arrival, on screen.
+    _goto_page(page, "Train")
+    accuracy = page.locator('[data-testid="stMetricLabel"]', has_text="Val. accuracy").first
+    accuracy.wait_for(timeout=60_000)
+    _assert_in_view(page, accuracy, "the finished run's accuracy")
+    page.get_by_text(re.compile(r"^(Cached: this exact configuration|Finished\.)")).first.wait_for()
+    _no_exception(page, "Train, on return")
+    page.screenshot(path=str(shots / "6-train-cached.png"))
+
+
+def _assert_in_view(page, locator, what: str) -> None:
+    """Inside the viewport as the page stands, without scrolling."""
+    box = locator.bounding_box()
+    assert box is not None, f"{what} is not displayed"
+    scroll = page.evaluate("window.scrollY")
+    top, bottom = box["y"], box["y"] + box["height"]
+    assert 0 <= top and bottom <= VIEWPORT["height"] and box["x"] + box["width"] <= VIEWPORT["width"] + 1, \
+        f"{what} is outside the {VIEWPORT['width']} x {VIEWPORT['height']} viewport: {box} (scrolled {scroll} px)"
+
+
+def _lr_finder(page, shots: Path, timings: dict) -> None:
+    """The learning-rate finder: its chart is drawn and one click puts its suggestion into the rate control."""
+    t0 = time.time()
+    page.get_by_role("button", name="Find a learning rate").click()
+    use = page.get_by_role("button", name=re.compile(r"Use \d"))
+    use.wait_for(timeout=180_000)
+    timings["lr_finder_s"] = round(time.time() - t0, 2)
+    chart = page.locator(".js-plotly-plot", has=page.locator(".legendtext", has_text="loss (smoothed)"))
+    chart.locator(".scatterlayer .trace").first.wait_for(timeout=30_000)
+    suggestion = re.search(r"Use (\S+)", use.inner_text()).group(1)
+    use.click()
+    _settle(page)
+    thumb = page.locator('[data-testid="stSliderThumbValue"]').first
+    assert thumb.inner_text().strip() == suggestion, (thumb.inner_text(), suggestion)
+    _no_exception(page, "the learning-rate finder")
+    page.screenshot(path=str(shots / "3-train-lr-finder.png"))

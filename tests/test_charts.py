@@ -191,3 +191,14 @@ def test_no_background_or_streamlit() -> None:
                 for a in n.names} | {n.module.split(".")[0] for n in ast.walk(tree)
                                      if isinstance(n, ast.ImportFrom) and n.module}
     assert "streamlit" not in imported
+
+
+def test_lr_find_figure_marks_the_suggestion_on_a_log_axis() -> None:
+    result = {"rates": [1e-5, 1e-4, 1e-3, 1e-2], "losses": [0.7, 0.6, 0.4, 0.9], "smoothed": [0.7, 0.65, 0.5, 0.6],
+              "suggestion": 1e-4}
+    fig = charts.lr_find_figure(result)
+    assert fig.layout.xaxis.type == "log"
+    names = [t.name for t in fig.data]
+    assert names == ["loss (each step)", "loss (smoothed)", "suggested 0.0001"]
+    assert list(fig.data[2].x) == [1e-4] and fig.data[2].y[0] == pytest.approx(0.65)
+    assert charts.lr_find_figure({}).layout.annotations  # nothing yet: says so

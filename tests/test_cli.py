@@ -140,3 +140,14 @@ def test_a_train_val_test_tree_trains_on_its_own_split_and_compares_on_its_test_
     assert main(["compare", "all", "--runs-dir", str(tmp_path / "runs"), "--resamples", "200", "--json"]) == 0
     rep = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert rep["sets"] == ["val", "test"] and {s["set"] for s in rep["scores"]} == {"val", "test"}
+
+
+def test_patience_flag_reaches_the_config_and_off_leaves_the_run_id(tiny_data):
+    from leukviz import cli as lv_cli
+
+    parse = lv_cli.build_parser().parse_args
+    base = ["train", "--backbone", "googlenet", "--data", str(tiny_data), "--weights", "none"]
+    on, off = lv_cli._resolve_cfg(parse(base + ["--patience", "3"])), lv_cli._resolve_cfg(parse(base))
+    assert (on.patience, off.patience) == (3, 0)
+    assert lv_cli._resolve_cfg(parse(base + ["--patience", "0"])).identity("fp") == off.identity("fp")
+    assert parse(["lr-find", "--backbone", "googlenet", "--patience", "2", "--steps", "20"]).steps == 20

@@ -92,9 +92,9 @@ def test_split_seed_keeps_a_repeat_on_the_same_split_and_old_ids_unchanged(tiny_
     repeat = dataclasses.replace(base, seed=5, split_seed=0)
     assert repeat.split_rng_seed == 0 and repeat.identity("fp") != base.identity("fp")
     assert dataclasses.replace(base, seed=5).split_rng_seed == 5
-    # the id of a config without split_seed is the hash it had before the field existed
+    # the id of a config without split_seed is the hash it had before the field existed (patience came later)
     d = base.to_dict()
-    d.pop("data"), d.pop("split_seed")
+    d.pop("data"), d.pop("split_seed"), d.pop("patience")
     blob = json.dumps({"config": d, "dataset": "fp", "preprocess": config.PREPROCESS_VERSION}, sort_keys=True)
     assert base.identity("fp") == hashlib.sha256(blob.encode()).hexdigest()[:12]
     ds = data.open_dataset(tiny_data)
@@ -214,3 +214,56 @@ def test_a_resume_past_the_last_epoch_still_scores_and_a_failure_does_not_fail_i
     assert _fit_run(cfg, run, cache, logs, resume=True) == res  # the finished training stands
     assert not (run / TEST_PREDICTIONS).exists()
     assert any("test set not scored (RuntimeError: decoder exploded)" in s for s in logs)
+
+
+# ---------------------------------------------------------------------------------------------- early stopping
+
+def test_patience_leaves_old_run_ids_unchanged_and_is_validated():
+    """patience was added after runs existed: a config without it hashes as before the field existed."""
+    base = resolve("resnet50", weights="none", data="demo", seed=0)
+    assert base.patience == 0
+    d = base.to_dict()
+    d.pop("data"), d.pop("split_seed"), d.pop("patience")
+    blob = json.dumps({"config": d, "dataset": "fp", "preprocess": config.PREPROCESS_VERSION}, sort_keys=True)
+    assert base.identity("fp") == hashlib.sha256(blob.encode()).hexdigest()[:12]
+    assert dataclasses.replace(base, patience=3).identity("fp") != base.identity("fp")
+    with pytest.raises(config.ConfigError, match="patience"):
+        resolve("resnet50", patience=-1)
+    assert dataclasses.replace(base, select="last", patience=2).keeps_best
+    assert not dataclasses.replace(base, select="last").keeps_best
+
+
+def test_early_stopping_stops_at_the_right_epoch_on_a_made_up_sequence():
+    f1 = [0.50, 0.62, 0.60, 0.61, 0.62, 0.70, 0.69]  # the best is epoch 2 (0.62 again at 5 is no better)
+    best, stopped = (0.0, 0), None
+    for epoch, score in enumerate(f1, start=1):
+        if score > best[0]:
+            best = (score, epoch)
+        if engine.stops_early(best[1], epoch, patience=3):
+            stopped = epoch
+            break
+    assert (stopped, best[1]) == (5, 2)
+    assert not any(engine.stops_early(1, e, patience=0) for e in range(1, 50))  # 0 is off
+
+
+def test_a_run_with_patience_stops_early_and_keeps_the_best_checkpoint(tiny_data, tmp_path, monkeypatch):
+    """F1 0.5, 0.8, 0.6, 0.7 with patience 2: the run ends after epoch 4 of 8, says why, and keeps epoch 2,
+    though the preset asks for the last epoch (patience implies the best)."""
+    from leukviz import events
+    from leukviz.layout import SIDECAR
+
+    scores = iter([0.5, 0.8, 0.6, 0.7])
+    real_f1 = engine.weighted_f1
+    monkeypatch.setattr(engine, "weighted_f1", lambda y, p: next(scores, None) or real_f1(y, p))
+    cfg = resolve("googlenet", "quick", "none", str(tiny_data), epochs=8, image_size=32, batch_size=64,
+                  finetune="head", augment="none", select="last", patience=2)
+    written: list[dict] = []
+    run = tmp_path / "run"
+    run.mkdir()
+    result = engine.fit(cfg, run, written.append, cache_dir=tmp_path / "cache", log=lambda s: None)
+    assert [e["epoch"] for e in events.epoch_events(written)] == [1, 2, 3, 4]
+    stop = events.early_stop(written)
+    assert stop and (stop["epoch"], stop["best_epoch"], stop["patience"]) == (4, 2, 2)
+    assert stop["reason"].startswith("stopped early at epoch 4: no better validation weighted F1 for 2 epochs")
+    assert json.loads((run / SIDECAR).read_text())["epoch"] == 2
+    assert result["best_epoch"] == 2 and result["val_f1"] == 0.8
