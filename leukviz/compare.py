@@ -93,8 +93,8 @@ def group_key(run: runs.Run) -> str:
     fp = run.info.get("dataset_fingerprint", "?")
     if cfg.split == "folds":
         return f"{fp}|folds|{cfg.val_fold}"
-    if cfg.split == "groups":  # the same folds for every seed
-        return f"{fp}|groups|{cfg.n_folds}|{cfg.val_fold}"
+    if cfg.split == "groups":  # cross-validation: the same folds for every seed, all folds together
+        return f"{fp}|groups|{cfg.n_folds}"
     return f"{fp}|{cfg.split}|{cfg.val_fraction}|{cfg.split_rng_seed}"
 
 
@@ -109,6 +109,11 @@ class Group:
         return {r.config.data for r in self.runs}
 
 
+def is_cross_validation(group: "Group") -> bool:
+    """Runs of subject-grouped folds: their validation cells differ by fold and are pooled per seed."""
+    return "|groups|" in group.key
+
+
 def comparable_groups(candidates: Sequence[runs.Run]) -> dict[str, Group]:
     """Finished runs grouped by dataset fingerprint and split, the biggest group first."""
     groups: dict[str, Group] = {}
@@ -116,7 +121,9 @@ def comparable_groups(candidates: Sequence[runs.Run]) -> dict[str, Group]:
         key = group_key(r)
         if key not in groups:
             fp = key.split("|", 1)[0]
-            label = f"{dataset_label(r.config.data)} · split {split_text(r.config)} · data {fp[:8]}"
+            split = ("subject-grouped cross-validation (each fold's validation subjects, pooled)"
+                     if r.config.split == "groups" else split_text(r.config))
+            label = f"{dataset_label(r.config.data)} · split {split} · data {fp[:8]}"
             groups[key] = Group(key, label)
         groups[key].runs.append(r)
     for g in groups.values():
@@ -211,7 +218,7 @@ def config_key(run: runs.Run) -> str:
     """Runs of one configuration that differ only in seed (repeats) share this key: the comparable group
     (same data, same validation cells) and every setting but the seeds."""
     d = run.config.to_dict()
-    for name in ("seed", "split_seed", "data"):
+    for name in ("seed", "split_seed", "data") + (("val_fold",) if run.config.split == "groups" else ()):
         d.pop(name, None)
     return group_key(run) + "|" + json.dumps(d, sort_keys=True)
 
@@ -219,23 +226,45 @@ def config_key(run: runs.Run) -> str:
 @dataclass
 class Repeats:
     """The runs of one configuration, by seed, and what they give pooled: the cells of every seed stacked,
-    each cell keeping its subject, so a subject resampled brings its cells from every seed."""
+    each cell keeping its subject, so a subject resampled brings its cells from every seed. Under
+    subject-grouped cross-validation a seed's runs are its folds, and its predictions are every fold's
+    validation cells together (each subject scored once, by a model that never saw it)."""
 
     name: str
     evals: list[Evaluation]
 
     @property
     def seeds(self) -> list[int]:
-        return [ev.run.config.seed for ev in self.evals]
+        return sorted({ev.run.config.seed for ev in self.evals})
+
+    def per_seed(self, which: str = "val") -> dict[int, Predictions | None]:
+        """Each seed's predictions on `which`, its folds concatenated (None when one lacks that set)."""
+        out: dict[int, Predictions | None] = {}
+        for seed in self.seeds:
+            parts = [getattr(ev, which) for ev in self.evals if ev.run.config.seed == seed]
+            out[seed] = None if any(p is None for p in parts) else _concat(parts, sort=True)
+        return out
 
     def pooled(self, which: str = "val", seeds: Sequence[int] | None = None) -> Predictions | None:
-        chosen = [ev for ev in self.evals if seeds is None or ev.run.config.seed in seeds]
-        parts = [getattr(ev, which) for ev in chosen]
+        parts = [p for seed, p in self.per_seed(which).items() if seeds is None or seed in seeds]
         if not parts or any(p is None for p in parts) or any(not _same_cells(parts[0], p) for p in parts):
             return None
-        subjects = None if any(p.subjects is None for p in parts) else np.concatenate([p.subjects for p in parts])
-        return Predictions(parts[0].classes, np.concatenate([p.paths for p in parts]),
-                           np.concatenate([p.y for p in parts]), np.concatenate([p.probs for p in parts]), subjects)
+        return _concat(parts)
+
+
+def _concat(parts: Sequence[Predictions], sort: bool = False) -> Predictions:
+    """Predictions stacked (sort: in the order of their cell keys, so folds of a seed line up with another
+    seed's)."""
+    if len(parts) == 1:
+        return parts[0]
+    subjects = None if any(p.subjects is None for p in parts) else np.concatenate([p.subjects for p in parts])
+    out = Predictions(parts[0].classes, np.concatenate([p.paths for p in parts]),
+                      np.concatenate([p.y for p in parts]), np.concatenate([p.probs for p in parts]), subjects)
+    if sort:
+        order = np.argsort(out.paths, kind="stable")
+        out = Predictions(out.classes, out.paths[order], out.y[order], out.probs[order],
+                          None if out.subjects is None else out.subjects[order])
+    return out
 
 
 def _same_cells(a: Predictions, b: Predictions) -> bool:
@@ -274,14 +303,16 @@ def default_selection(candidates: Sequence[runs.Run]) -> list[runs.Run]:
 
 
 def ensemble(evals: Sequence[Evaluation]) -> Repeats | None:
-    """The mean of the selected runs' probabilities, cell by cell, as one more model (None when fewer than
-    two runs or they were not scored on the same cells). Its test predictions likewise, when every run
-    has them."""
-    if len(evals) < 2:
+    """The mean of the selected models' probabilities, cell by cell, as one more model (None when fewer than
+    two models or they were not scored on the same cells); a model is a run, or under cross-validation one
+    seed's folds. Its test predictions likewise, when every run has them."""
+    members = [(g, seed) for g in repeat_groups(evals) for seed in g.seeds]
+    if len(members) < 2:
         return None
 
     def mean(which: str) -> Predictions | None:
-        parts = [getattr(ev, which) for ev in evals]
+        per_seed = {id(g): g.per_seed(which) for g, _ in members}
+        parts = [per_seed[id(g)][seed] for g, seed in members]
         if any(p is None for p in parts) or any(not _same_cells(parts[0], p) for p in parts):
             return None
         first = parts[0]
@@ -293,7 +324,7 @@ def ensemble(evals: Sequence[Evaluation]) -> Repeats | None:
         return None
     first = evals[0]
     ev = Evaluation(first.run, val.classes, val.y, val.probs, val.summary, val, mean("test"))
-    return Repeats(f"{ENSEMBLE} of {len(evals)}", [ev])
+    return Repeats(f"{ENSEMBLE} of {len(members)}", [ev])
 
 
 @dataclass
@@ -314,7 +345,7 @@ class Stats:
 
 def stats(group: Repeats, which: str = "val", n_resamples: int = 2000, seed: int = 0) -> Stats | None:
     """The group's scores on 'val' or 'test' (None when a run lacks that set's predictions)."""
-    parts = [getattr(ev, which) for ev in group.evals]
+    parts = list(group.per_seed(which).values())
     pooled = group.pooled(which)
     if pooled is None or any(p is None for p in parts):
         return None
@@ -344,11 +375,11 @@ def _paired_predictions(a: Repeats, b: Repeats, which: str) -> tuple[Predictions
     """The two sides lined up cell for cell: seed against the same seed where both have it, else the i-th
     seed of one against the i-th of the other; a single model (one run, the ensemble) against every seed of
     the other side."""
-    if len(a.evals) == 1 or len(b.evals) == 1:
-        pa, pb, seeds = a.pooled(which), b.pooled(which), (a.seeds if len(b.evals) == 1 else b.seeds)
+    if len(a.seeds) == 1 or len(b.seeds) == 1:
+        pa, pb, seeds = a.pooled(which), b.pooled(which), (a.seeds if len(b.seeds) == 1 else b.seeds)
         if pa is None or pb is None:
             return None
-        pa, pb = (_tile(pa, len(b.evals)), pb) if len(a.evals) == 1 else (pa, _tile(pb, len(a.evals)))
+        pa, pb = (_tile(pa, len(b.seeds)), pb) if len(a.seeds) == 1 else (pa, _tile(pb, len(a.seeds)))
     else:
         common = sorted(set(a.seeds) & set(b.seeds))
         m = min(len(a.seeds), len(b.seeds))

@@ -241,3 +241,38 @@ def test_too_few_subjects_for_any_significance_is_said(tmp_path):
     assert any("cannot give p below 0.06" in n for n in rep.notes)
     pair = rep.pairs[0]
     assert pair.result["scores"]["accuracy"]["p_value"] >= 2 / 32 - 1e-9
+
+
+def test_cross_validation_folds_pool_into_one_comparison_over_every_subject(tmp_path):
+    """Grouped folds: a seed's runs are its folds; together they score every subject once, so the interval,
+    the paired test and the ensemble are over all subjects (eight, where each fold alone has three or five)."""
+    import numpy as np
+
+    folds = {0: ["H1", "2", "3"], 1: ["H2", "H3", "4", "5", "6"]}
+
+    def cv_runs(backbone: str, quality: float) -> list[runs.Run]:
+        made = []
+        for seed in (0, 1):
+            for fold, subjects in folds.items():
+                run = make_run(tmp_path, backbone, "fpCV", split="groups", seed=seed, val_fold=fold)
+                rng = np.random.default_rng([zlib.crc32(backbone.encode()), seed, fold])
+                subj = np.repeat(subjects, 10)
+                y = np.array([0 if s.startswith("H") else 1 for s in subj])
+                p = np.where((rng.random(len(y)) < quality) == (y == 1), 0.8, 0.2)
+                pd.DataFrame({"path": [f"/cells/{s}-{i}.png" for i, s in enumerate(subj)], "subject": subj, "label": y,
+                              "pred": (p > 0.5).astype(int), "prob_hem": 1 - p, "prob_all": p}
+                             ).to_csv(run.dir / "val_predictions.csv", index=False)
+                made.append(run)
+        return made
+
+    good, bad = cv_runs("googlenet", 0.95), cv_runs("resnet50", 0.6)
+    groups = compare.comparable_groups(dashboard.finished_runs(tmp_path))
+    assert len(groups) == 1 and "cross-validation" in next(iter(groups.values())).label
+    rep = compare.build_report([compare.evaluate_run(x) for x in good + bad], n_resamples=500)
+    assert [s.name for s in rep.stats] == ["ResNet50", "GoogLeNet", "Ensemble of 4"]
+    g = next(s for s in rep.stats if s.name == "GoogLeNet")
+    assert g.seeds == [0, 1] and g.interval["n_units"] == 8
+    pair = rep.pairs[0]
+    assert pair.result["n_units"] == 8 and pair.seeds == [0, 1]
+    assert "GoogLeNet is better" in pair.verdicts[0] and pair.result["scores"]["weighted_f1"]["p_value"] < 0.05
+    assert not any("cannot give p below" in n for n in rep.notes)

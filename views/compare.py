@@ -65,7 +65,11 @@ if not chosen:
     st.info("Choose at least one run.")
     st.stop()
 selected = [by_id[i] for i in chosen]
-st.caption(f"{len(selected)} run(s) scored on the same validation images: {dashboard.plain(group.label)}.")
+if compare.is_cross_validation(group):
+    st.caption(f"{len(selected)} run(s) of subject-grouped cross-validation: each seed's folds together score every "
+               f"subject once, by a model that never saw that subject: {dashboard.plain(group.label)}.")
+else:
+    st.caption(f"{len(selected)} run(s) scored on the same validation images: {dashboard.plain(group.label)}.")
 
 with st.spinner("Scoring older runs on the dataset's held-out test set (once)…"):
     for problem in compare.backfill_test(selected):
