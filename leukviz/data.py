@@ -9,8 +9,11 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
+import sys
 import tempfile
+import threading
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -66,6 +69,7 @@ class Dataset:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
     warnings: list[str] = field(default_factory=list)  # about the layout (a class missing from test/, ...)
     folders: dict[str, str] = field(default_factory=dict)  # kind "splits": set -> its folder's name
+    digests: list[str] = field(default_factory=list)  # each row's content digest (empty for the demo)
 
     @property
     def train_rows(self) -> pd.DataFrame:
@@ -97,6 +101,11 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode to 8-bit RGB: 16-bit and float greyscale are rescaled, alpha is composited on black."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         a = np.asarray(img, dtype=np.float64)
+        bad = int(np.count_nonzero(~np.isfinite(a)))
+        if bad:  # min/max would be nan or inf, and the whole image would decode as black
+            raise ImageError(f"{bad} pixel{'s' if bad != 1 else ''} of this floating-point image "
+                             f"{'are' if bad != 1 else 'is'} not a number (inf or NaN); refused rather than "
+                             "predicted as a black image")
         lo, hi = float(a.min()), float(a.max())
         a = (a - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(a)
         img = Image.fromarray(a.astype(np.uint8), "L")
@@ -178,8 +187,10 @@ def load_image(src: str | Path | IO[bytes], size: int, crop: bool = True,
             img.seek(0)  # animated images: the first frame
             img = ImageOps.exif_transpose(_to_rgb(img))
             a = np.asarray(img)
-    except ImageError:
-        raise
+    except ImageError as e:
+        if str(e).startswith(f"{name}: "):
+            raise
+        raise ImageError(f"{name}: {e}") from None
     except Image.DecompressionBombError:
         raise ImageError(f"{name}: image too large (over {MAX_PIXELS:,} pixels)") from None
     except UnidentifiedImageError:
@@ -228,8 +239,8 @@ def _index_cnmc(root: Path, skipped: list) -> pd.DataFrame:
         fold = cnmc.parse_fold(fold_dir.name)
         if fold is None or not fold_dir.is_dir():
             continue
-        for cls_dir in sorted(p for p in fold_dir.iterdir() if p.is_dir()):
-            if cls_dir.name not in CNMC_CLASSES:
+        for cls_dir in _distinct_dirs(sorted(p for p in fold_dir.iterdir() if p.is_dir())):
+            if class_name(cls_dir.name) not in CNMC_CLASSES:
                 continue
             for f in sorted(cls_dir.iterdir()):
                 if not _is_image(f):
@@ -240,7 +251,7 @@ def _index_cnmc(root: Path, skipped: list) -> pd.DataFrame:
                     continue
                 parsed = parse_cnmc_name(f.name)
                 subject = parsed[0] if parsed else ""
-                rows.append((str(f), CNMC_CLASSES.index(cls_dir.name), subject, fold, "train"))
+                rows.append((str(f), CNMC_CLASSES.index(class_name(cls_dir.name)), subject, fold, "train"))
     labels = root / cnmc.PRELIM_LABELS
     if labels.is_file():
         try:
@@ -274,8 +285,29 @@ def _index_cnmc(root: Path, skipped: list) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["path", "label", "subject", "fold", "set"])
 
 
+def class_name(folder: str) -> str:
+    """A class folder's class: C-NMC's names in any case (ALL/, Hem/) are the C-NMC classes, so the positive
+    class is found and a run matches another layout's classes; any other name is kept as it is."""
+    return folder.lower() if folder.lower() in CNMC_CLASSES else folder
+
+
+def _distinct_dirs(dirs: list[Path]) -> list[Path]:
+    """Class folders, refusing one that is (a link to) another or lies inside it: every image would be in
+    two classes at once, be dropped as a cross-class duplicate, and leave one class to train on."""
+    seen: dict[Path, Path] = {}
+    for d in dirs:
+        real = d.resolve()
+        for other_real, other in seen.items():
+            if real == other_real or real.is_relative_to(other_real) or other_real.is_relative_to(real):
+                raise DataError(f"class folders {other.name}/ and {d.name}/ in {d.parent.name}/ are the same folder "
+                                f"(one is a link to the other): every image would belong to both classes. Give "
+                                f"each class its own folder of images")
+        seen[real] = d
+    return dirs
+
+
 def _class_dirs(root: Path) -> list[Path]:
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
+    return _distinct_dirs(sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "__"))))
 
 
 def _class_images(d: Path, skipped: list) -> list[Path]:
@@ -294,15 +326,16 @@ def _index_folder(root: Path, skipped: list) -> tuple[pd.DataFrame, tuple[str, .
                         "train/ and val/ (or valid/, validation/) and test/ each with one sub-folder per class, "
                         "or the C-NMC layout (training_data/fold_*/all|hem)")
     rows = []
-    classes = []
+    classes: list[str] = []
     for d in class_dirs:
         images = _class_images(d, skipped)
         if not images:
             continue
-        classes.append(d.name)
+        if class_name(d.name) not in classes:  # all/ and ALL/ side by side are one class
+            classes.append(class_name(d.name))
         for f in images:
             parsed = parse_cnmc_name(f.name)
-            rows.append((str(f), len(classes) - 1, parsed[0] if parsed else "", -1, "train"))
+            rows.append((str(f), classes.index(class_name(d.name)), parsed[0] if parsed else "", -1, "train"))
     return pd.DataFrame(rows, columns=["path", "label", "subject", "fold", "set"]), tuple(classes)
 
 
@@ -336,7 +369,10 @@ def _index_sets(root: Path, folders: dict[str, Path], skipped: list,
         top = folders[role]
         skipped.extend((str(f), f"directly in {top.name}/, not in a class folder")
                        for f in sorted(top.iterdir()) if f.is_file() and not f.name.startswith("."))
-        per_set[role] = {d.name: imgs for d in _class_dirs(top) if (imgs := _class_images(d, skipped))}
+        per_set[role] = {}
+        for d in _class_dirs(top):
+            if imgs := _class_images(d, skipped):
+                per_set[role].setdefault(class_name(d.name), []).extend(imgs)
     for p in sorted(root.iterdir()):
         if p.is_dir() and not p.name.startswith((".", "__")) and p not in folders.values():
             skipped.append((str(p), "a folder beside train/, val/ and test/: not read"))
@@ -439,23 +475,96 @@ def save_upload(blob: bytes, folder: Path, suffix: str = ".zip") -> Path:
     return path
 
 
+def as_uploaded(text: str, stored: str | Path, name: str) -> str:
+    """A message about an uploaded dataset as its user may see it: the upload's own file name in place of
+    the name it is stored under (a content hash, save_upload) and of any server path of the uploads, the
+    cache it was unpacked into, or a temporary fallback cache."""
+    for where in (default_cache(), uploads_dir(), Path(tempfile.gettempdir())):
+        text = re.sub(re.escape(str(where)) + r"[^\s:;,()'\"]*", lambda m: name, text)
+    return text.replace(Path(stored).name, name)
+
+
 def uploads_dir() -> Path:
     return default_home() / "uploads"
 
 
-def _fingerprint(index: pd.DataFrame, root: Path, classes: Sequence[str]) -> str:
+def _digests(index: pd.DataFrame) -> list[str]:
+    """Each indexed file's content digest (blake2b, 16 bytes), in index order: the fingerprint's, and what
+    finds the same file on both sides of a split."""
+    out = []
+    for path in index["path"]:
+        try:
+            out.append(hashlib.blake2b(Path(path).read_bytes(), digest_size=16).hexdigest())
+        except OSError as e:  # unreadable: skipped when decoded; identified by what stops it
+            out.append(f"unreadable:{e.errno}")
+    return out
+
+
+def _fingerprint(index: pd.DataFrame, root: Path, classes: Sequence[str], digests: Sequence[str]) -> str:
     """Content identity: the relative path, label and bytes of every file. Not file times: a dataset copied,
     unpacked again or provisioned anew (new modification times, same bytes) keeps its runs and caches, and
     a file rewritten in place with other pixels does not. Hashing reads every file once (~0.15 s for the
     81 MB of the 2,115-cell dev folder)."""
     h = hashlib.sha256(("|".join(classes)).encode())
-    for path, label in zip(index["path"], index["label"]):
-        try:
-            digest = hashlib.blake2b(Path(path).read_bytes(), digest_size=16).hexdigest()
-        except OSError as e:  # unreadable: skipped when decoded; identified by what stops it
-            digest = f"unreadable:{e.errno}"
+    for path, label, digest in zip(index["path"], index["label"], digests):
         h.update(f"{os.path.relpath(path, root)}\0{label}\0{digest}\n".encode())
     return h.hexdigest()[:16]
+
+
+def _listing(names: Sequence[str], n: int = 5) -> str:
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+STRAY_PREFIX = "?"  # the subject of a file whose name carries none, in a dataset whose other names do
+
+
+def _stray_names(index: pd.DataFrame) -> list[str]:
+    """Where most training file names carry a C-NMC subject id and a few do not, each of those few becomes its
+    own subject (STRAY_PREFIX + its name), so one stray file does not make the subject split impossible for
+    the whole dataset; a warning names them. Changes index["subject"] in place."""
+    pool = index["set"].isin(POOL_SETS).to_numpy()
+    stray = pool & (index["subject"] == "").to_numpy()
+    if not stray.any() or stray.sum() * 2 > pool.sum():
+        return []
+    names = [Path(p).name for p in index.loc[stray, "path"]]
+    index.loc[stray, "subject"] = [STRAY_PREFIX + n for n in names]
+    return [f"{len(names)} file name{'s do' if len(names) != 1 else ' does'} not follow the C-NMC pattern "
+            f"UID_<subject>_<image>_<cell>_<class> ({_listing(names)}): each is treated as a subject of its own "
+            "in subject splits. Rename it after its subject if you know the person, or the split may put cells "
+            "of one person on both sides"]
+
+
+def _test_copies(index: pd.DataFrame, digests: Sequence[str]) -> list[str]:
+    """A warning naming held-out test images that are byte-identical copies of training images."""
+    d = np.asarray(digests, dtype=object)
+    pool = index["set"].isin(POOL_SETS).to_numpy()
+    test = index["set"].isin(TEST_SETS).to_numpy() & (index["label"] >= 0).to_numpy()
+    seen = {x: p for x, p in zip(d[pool], index["path"][pool]) if not str(x).startswith("unreadable")}
+    copies = [f"{Path(p).name} = {Path(seen[x]).name}" for x, p in zip(d[test], index["path"][test]) if x in seen]
+    if not copies:
+        return []
+    return [f"LEAKY test set: {len(copies)} held-out test image{'s are' if len(copies) != 1 else ' is'} the same "
+            f"file as a training image ({_listing(copies)}): the test score counts images the model trained on. "
+            "Remove the copies from one side"]
+
+
+def _copies_across(ds: Dataset, split: Split) -> Split:
+    """The split marked leaky, with a warning naming them, when the same file (same bytes) is on both sides:
+    copies in two official folds, or in train/ and val/, put validation images into training."""
+    if not ds.digests:
+        return split
+    d = np.asarray(ds.digests, dtype=object)
+    train = {x: i for i, x in zip(split.train, d[split.train]) if not str(x).startswith("unreadable")}
+    pairs = [(int(i), train[x]) for i, x in zip(split.val, d[split.val]) if x in train]
+    if not pairs:
+        return split
+    rel = lambda i: os.path.relpath(ds.index["path"].iloc[i], ds.root)  # noqa: E731
+    shown = [f"{rel(v)} = {rel(t)}" for v, t in pairs]
+    warning = (f"LEAKY: {len(pairs)} validation image{'s are' if len(pairs) != 1 else ' is'} the same file as a "
+               f"training image ({_listing(shown)}): validation scores images the model trained on. Remove the "
+               "copies, or keep them on one side")
+    return Split(split.train, split.val, split.method, True, f"{split.description} ({warning})",
+                 [*split.warnings, warning])
 
 
 def default_home() -> Path:
@@ -471,6 +580,32 @@ def cache_folder(cache_dir: str | Path | None) -> Path:
     return Path(cache_dir) if cache_dir else default_cache()
 
 
+_FALLBACKS: dict[Path, Path] = {}  # a cache folder that cannot be written -> the temporary one used instead
+
+
+def writable(folder: Path) -> Path:
+    """folder, made if need be; or, when it cannot be written (a read-only LEUKVIZ_HOME, a file in the way), a
+    temporary folder in its place, said once on stderr. Reading a dataset never needs write access: a cache
+    is only a cache."""
+    folder = Path(folder)
+    if folder in _FALLBACKS:
+        return _FALLBACKS[folder]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+        return folder
+    except OSError as e:
+        tag = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:12]
+        fallback = Path(tempfile.gettempdir()) / f"leukviz-cache-{os.getuid() if hasattr(os, 'getuid') else 0}" / tag
+        fallback.mkdir(parents=True, exist_ok=True)
+        _FALLBACKS[folder] = fallback
+        print(f"note: cannot write the cache folder {folder} ({e.strerror or e}); using {fallback} instead "
+              "(set LEUKVIZ_CACHE to choose another)", file=sys.stderr)
+        return fallback
+
+
 def open_dataset(spec: str | Path = "demo", cache_dir: Path | None = None) -> Dataset:
     """Open 'demo', a C-NMC root, a class-per-folder tree, a train/ [val/] [test/] tree (find_set_folders), or a
     .zip of any of them; index it and fingerprint it."""
@@ -478,7 +613,10 @@ def open_dataset(spec: str | Path = "demo", cache_dir: Path | None = None) -> Da
     name = str(spec)
     skipped: list[tuple[str, str]] = []
     if name == "demo":
-        root = synthetic.ensure_demo(cache_dir / layout.DEMO_CACHE)
+        try:
+            root = synthetic.ensure_demo(cache_dir / layout.DEMO_CACHE)
+        except OSError:  # not built yet, and the cache cannot be written
+            root = synthetic.ensure_demo(writable(cache_dir / layout.DEMO_CACHE))
         index = _index_cnmc(root, skipped)
         # Generated content is identified by its generator, not file times (regeneration gives new mtimes).
         fp = hashlib.sha256(f"demo-v{synthetic.DEMO_VERSION}-s0-{len(index)}".encode()).hexdigest()[:16]
@@ -492,12 +630,15 @@ def open_dataset(spec: str | Path = "demo", cache_dir: Path | None = None) -> Da
             raise DataError(f"{path} is a file; a dataset is a folder or a .zip")
         digest = hashlib.sha256(f"{path.resolve()}:{path.stat().st_size}:{path.stat().st_mtime_ns}".encode())
         dest = cache_dir / layout.ZIP_CACHE / digest.hexdigest()[:16]
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(f"{dest}.lock"):  # the app and a training process may open the same zip at once
-            if not (dest / ".complete").exists():
-                extract_zip(path, dest)
-                (dest / ".complete").touch()
+        if not (dest / ".complete").exists():  # extracted before: read, even from a read-only cache
+            dest = writable(dest.parent) / dest.name
+            with FileLock(f"{dest}.lock"):  # the app and a training process may open the same zip at once
+                if not (dest / ".complete").exists():
+                    extract_zip(path, dest)
+                    (dest / ".complete").touch()
         entries = [p for p in dest.iterdir() if not p.name.startswith(".")]
+        if not entries:
+            raise DataError(f"{path.name}: the zip holds no files")
         path = entries[0] if len(entries) == 1 and entries[0].is_dir() and find_cnmc_root(dest) is None else dest
     if not path.is_dir():
         raise DataError(f"{path} is not a folder")
@@ -522,9 +663,11 @@ def open_dataset(spec: str | Path = "demo", cache_dir: Path | None = None) -> Da
     if len(present) < 2:
         only = classes[present[0]] if present else "none"
         raise DataError(f"{root} has images of one class only ({only}); a classifier needs at least two classes")
-    return Dataset(name, root, kind, tuple(classes), index.reset_index(drop=True),
-                   _fingerprint(index, root, classes), skipped, warnings,
-                   {role: p.name for role, p in (folders or {}).items()})
+    index = index.reset_index(drop=True)
+    digests = _digests(index)
+    warnings += _stray_names(index) + _test_copies(index, digests)
+    return Dataset(name, root, kind, tuple(classes), index, _fingerprint(index, root, classes, digests), skipped,
+                   warnings, {role: p.name for role, p in (folders or {}).items()}, digests)
 
 
 # ---------------------------------------------------------------------------------------------- splits
@@ -656,7 +799,12 @@ def make_split(ds: Dataset, method: str = "subject", val_fraction: float = 0.2, 
                val_fold: int = 0, n_folds: int = 0) -> Split:
     """Split the training rows: by subject (default), subject-grouped cross-validation folds, by official
     fold, by image (leaky), or as given (the dataset's own validation folder, given_split). All but
-    "given" draw from train_rows: set "train" and a given validation folder pooled."""
+    "given" draw from train_rows: set "train" and a given validation folder pooled. Leaky, and said so with
+    the files named, when one file is on both sides (_copies_across)."""
+    return _copies_across(ds, _make_split(ds, method, val_fraction, seed, val_fold, n_folds))
+
+
+def _make_split(ds: Dataset, method: str, val_fraction: float, seed: int, val_fold: int, n_folds: int) -> Split:
     if method == "given":
         return given_split(ds)
     train = ds.train_rows
@@ -674,10 +822,10 @@ def make_split(ds: Dataset, method: str = "subject", val_fraction: float = 0.2, 
         return Split(tr.astype(np.int64), val.astype(np.int64), "groups", False, desc)
     if method == "subject":
         if not ds.has_subjects:
-            n_unknown = int((train["subject"] == "").sum())
+            unknown = [Path(p).name for p in train.loc[train["subject"] == "", "path"]]
             folds = " split 'folds' (the official folds) or" if (train["fold"] >= 0).any() else ""
-            raise DataError(f"subject split impossible: {n_unknown} images have no subject id (file names are not "
-                            f"C-NMC style UID_<subject>_<image>_<cell>_<class>). Use{folds} split 'image' (leaky: "
+            raise DataError(f"subject split impossible: {len(unknown)} images have no subject id (file names are not "
+                            f"C-NMC style UID_<subject>_<image>_<cell>_<class>: {_listing(unknown, 3)}). Use{folds} split 'image' (leaky: "
                             "cells of one person on both sides) or name files by subject.")
         val_rows: list[int] = []
         for label in sorted(set(train["label"])):
@@ -731,11 +879,18 @@ def make_split(ds: Dataset, method: str = "subject", val_fraction: float = 0.2, 
 
 # ---------------------------------------------------------------------------------------------- cache
 
-def _decode_into(arr: np.ndarray, items: list[tuple[int, str]], size: int, crop: bool, window: float | None
-                 ) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
-    """Decode items into arr; returns (failed (row, reason), digests (row, content hash))."""
+class CacheInterrupted(Exception):
+    """The image cache's build was asked to stop (Ctrl-C, a stop request); nothing of it is kept."""
+
+
+def _decode_into(arr: np.ndarray, items: list[tuple[int, str]], size: int, crop: bool, window: float | None,
+                 halt: Callable[[], bool]) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
+    """Decode items into arr; returns (failed (row, reason), digests (row, content hash)). Returns early once
+    halt is set (the build is being stopped)."""
     failed, digests = [], []
     for i, path in items:
+        if halt():
+            break
         try:
             blob = Path(path).read_bytes()
         except OSError as e:
@@ -796,9 +951,54 @@ def _reserve(path: Path, nbytes: int) -> None:
         os.close(fd)
 
 
+def _decode_all(arr: np.ndarray, paths: list[tuple[int, str]], size: int, crop: bool, window: float | None,
+                workers: int, progress: Callable[[int, int], None] | None,
+                should_stop: Callable[[], bool] | None) -> tuple[list, list]:
+    """Decode every path into arr on threads. Ctrl-C or should_stop() stops it within an image per thread
+    (CacheInterrupted, or the KeyboardInterrupt itself), not when every queued chunk has run."""
+    n = len(paths)
+    chunk = max(16, min(256, n // (workers * 4) + 1))
+    jobs = [paths[i:i + chunk] for i in range(0, n, chunk)]
+    failed: list[tuple[int, str]] = []
+    digests: list[tuple[int, str]] = []
+    done, halted = 0, threading.Event()
+    halt = lambda: halted.is_set() or bool(should_stop and should_stop())  # noqa: E731
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
+        for (bad, dig), job in zip(pool.map(lambda j: _decode_into(arr, j, size, crop, window, halt), jobs), jobs):
+            failed.extend(bad)
+            digests.extend(dig)
+            done += len(job)
+            if progress:
+                progress(done, n)
+            if should_stop is not None and should_stop():
+                raise CacheInterrupted(f"stopped while building the image cache ({done} of {n} images decoded)")
+    finally:
+        halted.set()  # a no-op when all is done; otherwise the threads stop at their next image
+        pool.shutdown(wait=True, cancel_futures=True)
+    return failed, digests
+
+
+def _cached_images(ds: Dataset, stem: Path, size: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """A complete image cache at stem (its images, ok and reasons added to ds.skipped), or None."""
+    data_path, ok_path, why_path = Path(f"{stem}.npy"), Path(f"{stem}.ok.npy"), Path(f"{stem}.skipped.json")
+    n = len(ds.index)
+    if not (data_path.exists() and ok_path.exists() and why_path.exists()):
+        return None
+    try:  # a damaged cache (a crash, a full disk) is rebuilt, never fatal
+        ok, why = np.load(ok_path), json.loads(why_path.read_text())
+        images = np.load(data_path, mmap_mode="r")
+        if len(ok) == n and images.shape == (n, size, size, 3):
+            _add_skipped(ds, [(int(i), str(r)) for i, r in why])
+            return images, ok
+    except (OSError, ValueError, TypeError):
+        pass
+    return None
+
+
 def image_cache(ds: Dataset, size: int, crop: bool, cache_dir: Path | None = None, workers: int | None = None,
-                progress: Callable[[int, int], None] | None = None,
-                window: float | None = CELL_WINDOW) -> tuple[np.ndarray, np.ndarray]:
+                progress: Callable[[int, int], None] | None = None, window: float | None = CELL_WINDOW,
+                should_stop: Callable[[], bool] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Decode every indexed image once into a memory-mapped uint8 array (N, size, size, 3).
 
     Returns (images, ok): ok[i] is False for files that could not be decoded, and for the same image
@@ -807,40 +1007,23 @@ def image_cache(ds: Dataset, size: int, crop: bool, cache_dir: Path | None = Non
     never reuses a stale cache. Threads, not processes: Pillow releases the GIL while decoding and
     resizing, and forking a process that runs torch can deadlock.
     """
-    cache_dir = cache_folder(cache_dir)
-    folder = cache_dir / layout.IMAGE_CACHE
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = cache_folder(cache_dir) / layout.IMAGE_CACHE
     how = ("cell" if window is None else f"window{round(window * 1000)}") if crop else "full"
-    stem = folder / f"{ds.fingerprint}-{size}-{how}"
+    name = f"{ds.fingerprint}-{size}-{how}"
+    cached = _cached_images(ds, folder / name, size)  # a read-only cache is still read
+    if cached is not None:
+        return cached
+    stem = writable(folder) / name
+    if stem.parent != folder and (cached := _cached_images(ds, stem, size)) is not None:
+        return cached
     data_path, ok_path, why_path = Path(f"{stem}.npy"), Path(f"{stem}.ok.npy"), Path(f"{stem}.skipped.json")
     n = len(ds.index)
-    if data_path.exists() and ok_path.exists() and why_path.exists():
-        try:  # a damaged cache (a crash, a full disk) is rebuilt, never fatal
-            ok, why = np.load(ok_path), json.loads(why_path.read_text())
-            images = np.load(data_path, mmap_mode="r")
-            if len(ok) == n and images.shape == (n, size, size, 3):
-                _add_skipped(ds, [(int(i), str(r)) for i, r in why])
-                return images, ok
-        except (OSError, ValueError, TypeError):
-            pass
     tmp = Path(f"{stem}.{os.getpid()}.tmp.npy")
     try:
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
         _reserve(tmp, tmp.stat().st_size)
-        paths = list(enumerate(ds.index["path"]))
-        workers = workers or min(os.cpu_count() or 1, 4)
-        chunk = max(16, min(256, n // (workers * 4) + 1))
-        jobs = [paths[i:i + chunk] for i in range(0, n, chunk)]
-        failed: list[tuple[int, str]] = []
-        digests: list[tuple[int, str]] = []
-        done = 0
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for (bad, dig), job in zip(pool.map(lambda j: _decode_into(arr, j, size, crop, window), jobs), jobs):
-                failed.extend(bad)
-                digests.extend(dig)
-                done += len(job)
-                if progress:
-                    progress(done, n)
+        failed, digests = _decode_all(arr, list(enumerate(ds.index["path"])), size, crop, window,
+                                      workers or min(os.cpu_count() or 1, 4), progress, should_stop)
         arr.flush()
         del arr
         failed.extend(_conflicting_duplicates(ds, digests))
@@ -857,6 +1040,27 @@ def image_cache(ds: Dataset, size: int, crop: bool, cache_dir: Path | None = Non
     finally:
         tmp.unlink(missing_ok=True)
     return np.load(data_path, mmap_mode="r"), ok
+
+
+def check_decoded(ds: Dataset, split: Split, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The split's rows that decoded (ok), after the image cache dropped unreadable files and cross-class
+    copies; a DataError when a side has lost a class, naming the class and why its files were dropped
+    (the count before decoding cannot see a folder of empty files, or one class linked to the other)."""
+    labels = ds.index["label"].to_numpy()
+    why = {p: r for p, r in ds.skipped}
+    out = []
+    for side, rows in (("training", split.train), ("validation", split.val)):
+        kept = rows[ok[rows]]
+        for c in sorted(set(labels[rows]) - set(labels[kept])):
+            lost = rows[labels[rows] == c]
+            reasons = [why.get(str(ds.index["path"].iloc[i]), "not readable") for i in lost[:3]]
+            raise DataError(f"class {ds.classes[c]!r} has no usable {side} images: all {len(lost)} of them were "
+                            f"dropped ({'; '.join(reasons)}{'; ...' if len(lost) > 3 else ''}). A classifier needs "
+                            "images of every class on both sides; fix or replace those files")
+        out.append(kept)
+    if len(out[0]) == 0 or len(out[1]) == 0:
+        raise DataError("no readable images on one side of the split")
+    return out[0], out[1]
 
 
 def inspect(ds: Dataset) -> dict:

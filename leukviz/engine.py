@@ -87,7 +87,15 @@ def load_resume_state(path: Path) -> dict:
 def pick_device(pref: str = "auto") -> torch.device:
     """CUDA, else Apple MPS, else CPU (or the one asked for)."""
     if pref != "auto":
-        return torch.device(pref)
+        try:
+            device = torch.device(pref)
+        except RuntimeError:
+            raise ValueError(f"{pref!r} is not a device; choose one of: auto, cpu, cuda, cuda:N, mps") from None
+        if device.type not in ("cpu", "cuda", "mps"):
+            raise ValueError(f"device {pref!r} cannot train or predict; choose one of: auto, cpu, cuda, cuda:N, mps")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {pref!r} asked for, but no CUDA GPU is available here; use --device cpu or auto")
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -311,7 +319,10 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, d: Dist) -> li
     sampler.set_epoch(epoch)
     idx = np.fromiter(iter(sampler), dtype=np.int64)
     per_rank = max(1, batch_size // d.world)
-    return [idx[i:i + per_rank] for i in range(0, len(idx), per_rank)]
+    batches = [idx[i:i + per_rank] for i in range(0, len(idx), per_rank)]
+    if len(batches) > 1 and len(batches[-1]) == 1:  # batch norm cannot train on one image: merged into the one before
+        batches[-2:] = [np.concatenate(batches[-2:])]
+    return batches
 
 
 def to_input(x_uint8: torch.Tensor, backbone: str, device: torch.device) -> torch.Tensor:
@@ -419,13 +430,13 @@ def setup_training(cfg: RunConfig, model: nn.Module, train_x: torch.Tensor, trai
 
 
 def setup(cfg: RunConfig, cache_dir: Path | None, device_pref: str = "auto", log: Callable[[str], None] = print,
-          fingerprint: str | None = None) -> TrainState:
+          fingerprint: str | None = None, should_stop: Callable[[], bool] | None = None) -> TrainState:
     """Join the process group, open and split the dataset, read its cached images, build the model, and
     set up what trains it (setup_training). fingerprint: the dataset the run was created for; another one
     (the files changed since) fails here, before any training."""
     d, device = init_distributed(device_pref)
     torch.manual_seed(cfg.seed)
-    ds, split, images, train_idx, val_idx = prepare_data(cfg, cache_dir, log, fingerprint)
+    ds, split, images, train_idx, val_idx = prepare_data(cfg, cache_dir, log, fingerprint, should_stop)
     order = np.sort(train_idx)
     train_x = torch.from_numpy(np.ascontiguousarray(images[order]))
     train_y = torch.as_tensor(ds.index["label"].to_numpy()[order], dtype=torch.long)
@@ -709,9 +720,10 @@ class DatasetChanged(LeukvizError, ValueError):
 
 
 def prepare_data(cfg: RunConfig, cache_dir: Path | None, log: Callable[[str], None] = lambda s: None,
-                 fingerprint: str | None = None):
+                 fingerprint: str | None = None, should_stop: Callable[[], bool] | None = None):
     """Open the dataset (checking it is the expected one, when a fingerprint is given), split it and read
-    the cached images (decoding them once if needed)."""
+    the cached images (decoding them once if needed; a stop request while decoding is Stopped). Fails when
+    a class has no usable image left on a side of the split once the files are decoded (data.check_decoded)."""
     ds = data.open_dataset(cfg.data, cache_dir)
     if fingerprint is not None and ds.fingerprint != fingerprint:
         raise DatasetChanged(f"the dataset {cfg.data} is not the one this run was created for: its fingerprint is "
@@ -719,15 +731,17 @@ def prepare_data(cfg: RunConfig, cache_dir: Path | None, log: Callable[[str], No
                              "or changed). Start the configuration again to train on the data as it is now.")
     split = data.make_split(ds, cfg.split, cfg.val_fraction, cfg.split_rng_seed, cfg.val_fold, cfg.n_folds)
     t = time.time()
-    images, ok = preprocess.Preprocess.of_config(cfg).cache(ds, cache_dir)
+    try:
+        images, ok = preprocess.Preprocess.of_config(cfg).cache(ds, cache_dir, should_stop)
+    except data.CacheInterrupted as e:
+        raise Stopped(str(e)) from None
     log(f"image cache ready in {time.time() - t:.1f}s ({len(ds.index)} images at {cfg.image_size}px)")
     if ds.skipped:
         shown = "; ".join(f"{Path(p).name}: {r}" for p, r in ds.skipped[:10])
         log(f"skipped {len(ds.skipped)} files: {shown}")
-    train_idx = split.train[ok[split.train]]
-    val_idx = split.val[ok[split.val]]
-    if len(train_idx) == 0 or len(val_idx) == 0:
-        raise data.DataError("no readable images on one side of the split")
+    if split.leaky and split.warnings:
+        log(f"warning: {split.warnings[-1]}")
+    train_idx, val_idx = data.check_decoded(ds, split, ok)
     return ds, split, images, train_idx, val_idx
 
 
@@ -799,7 +813,7 @@ def save_cached_features(path: Path, feats: tuple[torch.Tensor, torch.Tensor], l
 
 def _fit(cfg: RunConfig, run_dir: Path, emit: Emit, should_stop: Callable[[], bool], cache_dir: Path | None,
          resume: bool, device_pref: str, log: Callable[[str], None], fingerprint: str | None) -> dict:
-    state = setup(cfg, cache_dir, device_pref, log, fingerprint)
+    state = setup(cfg, cache_dir, device_pref, log, fingerprint, should_stop)
     resume_path, main = run_dir / RESUME, state.dist.main
     if resume and resume_path.exists():
         restore(state, resume_path, log)

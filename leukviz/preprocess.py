@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Sequence
+from typing import IO, TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
@@ -81,9 +81,11 @@ class Preprocess:
         """One image file as uint8 RGB (size, size, 3); anything unusable raises data.ImageError."""
         return data.load_image(src, self.image_size, self.crop, self.window)
 
-    def cache(self, ds: data.Dataset, cache_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Every image of a dataset decoded once into the memory-mapped image cache: (images, ok)."""
-        return data.image_cache(ds, self.image_size, self.crop, cache_dir, window=self.window)
+    def cache(self, ds: data.Dataset, cache_dir: Path | None = None,
+              should_stop: Callable[[], bool] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Every image of a dataset decoded once into the memory-mapped image cache: (images, ok).
+        should_stop: asked while it is built (data.CacheInterrupted when it says stop)."""
+        return data.image_cache(ds, self.image_size, self.crop, cache_dir, window=self.window, should_stop=should_stop)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return normalize(images, self.backbone)

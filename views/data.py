@@ -16,12 +16,18 @@ SET_TEXT = {"train": "train", "val": "validation (given)", "test": "test (held o
             "prelim": "preliminary test (held out)"}
 
 
+def shown(text: object, spec: str) -> str:
+    """text as the browser may see it: an uploaded zip called by its own name (data.as_uploaded)."""
+    name = st.session_state.get("upload_names", {}).get(spec)
+    return data.as_uploaded(str(text), spec, name) if name else str(text)
+
+
 def use(spec: str) -> None:
     """Make spec the active dataset if it opens; otherwise say why, here."""
     try:
         ds = open_dataset(spec)
     except (data.DataError, OSError) as e:
-        st.error(dashboard.plain(e))
+        st.error(dashboard.plain(shown(e, spec)))
         return
     st.session_state["dataset"] = spec
     st.session_state["split"], st.session_state["split_dataset"] = data.default_split(ds), spec
@@ -52,18 +58,19 @@ elif source == SOURCES[2]:
     if upload is not None and st.button("Use this zip", type="primary"):
         with st.spinner("Saving and checking the zip…"):
             saved = data.save_upload(upload.getvalue(), data.uploads_dir())
+        st.session_state.setdefault("upload_names", {})[str(saved)] = upload.name
         use(str(saved))
 
 try:
     ds = open_dataset(current)
 except (data.DataError, OSError) as e:
-    st.error(f"The active dataset cannot be used: {dashboard.plain(e)}")
+    st.error(f"The active dataset cannot be used: {dashboard.plain(shown(e, current))}")
     st.info("Choose another source above; the built-in demo always works.")
     st.stop()
 
 info = data.inspect(ds)
 st.subheader(f"{dashboard.plain(dashboard.dataset_label(current))} · {info['n_train']} training images")
-st.caption(f"{ds.kind} layout at {dashboard.plain(info['root'])}; fingerprint {info['fingerprint']}")
+st.caption(f"{ds.kind} layout at {dashboard.plain(shown(info['root'], current))}; fingerprint {info['fingerprint']}")
 if info["skipped"]:
     st.warning(f"{info['skipped']} files were skipped (not images, or listed but missing).")
 
