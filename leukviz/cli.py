@@ -68,6 +68,32 @@ TRAIN_FIELDS = ("epochs", "image_size", "batch_size", "lr", "optimizer", "split"
                 "select", "finetune", "augment", "precision", "freeze_bn", "class_balance", "seed", "split_seed",
                 "patience")
 FLAGS = {"n_folds": "--folds"}  # otherwise --the-field-name
+MAX_SEED = 2**32 - 1  # numpy's and torch's generators take it; seeds derived from it stay under 2**64
+
+
+def _seed_value(text: str) -> int:
+    """--seed / --split-seed: a whole number from 0 to MAX_SEED, checked before any run folder is made."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= n <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{n} is out of range: a seed is from 0 to {MAX_SEED}")
+    return n
+
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def _device_value(text: str) -> str:
+    """--device: auto, cpu, cuda, cuda:N or mps, checked before any run folder is made (torch accepts others,
+    such as meta, that cannot train)."""
+    kind, _, index = text.partition(":")
+    if kind not in DEVICES or (index and (kind != "cuda" or not index.isdigit())):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device; choose one of: {', '.join(DEVICES)} "
+                                         "(or cuda:N for one GPU)")
+    return text
+
 
 
 def add_config_options(parser: argparse.ArgumentParser, names: tuple[str, ...] = TRAIN_FIELDS) -> None:
@@ -82,7 +108,8 @@ def add_config_options(parser: argparse.ArgumentParser, names: tuple[str, ...] =
         elif name in C.CHOICES:
             parser.add_argument(flag, choices=C.CHOICES[name], **kw)
         else:
-            parser.add_argument(flag, type=types[name], metavar=flag.lstrip("-").replace("-", "_").upper(), **kw)
+            kind = _seed_value if name in ("seed", "split_seed") else types[name]
+            parser.add_argument(flag, type=kind, metavar=flag.lstrip("-").replace("-", "_").upper(), **kw)
 
 
 def _resolve_cfg(args) -> C.RunConfig:
@@ -407,10 +434,12 @@ def cmd_predict(args) -> int:
     from leukviz import inference
     from leukviz.metrics import nan_to_none
 
+    if args.csv:
+        _output_file(args.csv, "--csv")
     files = _collect_images(args.images)
     if not files:
         raise CliError("no images given")
-    models = [inference.load_model(run.dir) for run in _selected_runs(args.run, args.runs_dir)]
+    models = _load_models(_selected_runs(args.run, args.runs_dir), args.run == "all")
     table = inference.predict_table(models, files, tta=args.tta)
     cams: list[dict] = []
     if args.cam:
@@ -434,6 +463,37 @@ def cmd_predict(args) -> int:
                 print(f"{r['file']}  [{r['model']} {r['run_id'][:6]}]  {r['predicted']}  "
                       f"{r['confidence'] * 100:.1f}%{how}")
     return 1 if all(r["error"] for r in records) else 0
+
+
+def _output_file(path: str, flag: str) -> Path:
+    """Where a command will write a file, checked before the work: its folder is made when missing; a folder
+    at the path itself, or a parent that cannot be made, is a CliError naming the flag."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise CliError(f"{flag} {path} is a folder; give a file name, e.g. {p / 'predictions.csv'}")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CliError(f"{flag} {path}: cannot make its folder {p.parent} ({e.strerror or e})") from None
+    return p
+
+
+def _load_models(chosen: list, keep_going: bool) -> list:
+    """The runs' models. With keep_going (--run all) a run that cannot be loaded (a damaged or missing file)
+    is named on stderr and left out, and the others predict; a single run's failure is the error."""
+    from leukviz import inference
+
+    models = []
+    for run in chosen:
+        try:
+            models.append(inference.load_model(run.dir))
+        except Exception as e:  # noqa: BLE001 - a damaged run folder can fail in any of its files
+            if not keep_going:
+                raise CliError(f"run {run.run_id} cannot be loaded: {e}") from None
+            print(f"run {run.run_id} left out: it cannot be loaded ({e.__class__.__name__}: {e})", file=sys.stderr)
+    if not models:
+        raise CliError("none of the finished runs can be loaded; `runs list` names what is wrong with each")
+    return models
 
 
 def _fmt(v, digits: int = 4) -> str:
@@ -623,7 +683,7 @@ def _add_train(sub, common: argparse.ArgumentParser) -> None:
     t.add_argument("--weights", default="imagenet", help="imagenet | none | path to a weights file")
     t.add_argument("--preset", choices=C.PRESETS, default="quick")
     add_config_options(t)
-    t.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    t.add_argument("--device", default="auto", type=_device_value, help="auto | cpu | cuda | cuda:N | mps")
     t.add_argument("--resume", metavar="RUN_ID", help="continue a stopped or interrupted run")
     t.add_argument("--force", action="store_true", help="retrain even if this configuration finished before")
     t.add_argument("--detach", action="store_true", help="start in the background and return")
@@ -657,7 +717,7 @@ def _add_study(sub, common: argparse.ArgumentParser) -> None:
     su.add_argument("--no-plain", action="store_true", help="leave out the plain hand-written loop")
     su.add_argument("--plain-seeds", type=int,
                     help="train the plain loop for the first N seeds only (default: all; it is slow)")
-    su.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    su.add_argument("--device", default="auto", type=_device_value, help="auto | cpu | cuda | cuda:N | mps")
     su.set_defaults(func=cmd_study)
     sl = ss.add_parser("leakage", parents=[common],
                        help="the same model and recipe split by image (leaky) and by subject, side by side")
@@ -670,8 +730,8 @@ def _add_study(sub, common: argparse.ArgumentParser) -> None:
     sl.add_argument("--epochs", type=int)
     sl.add_argument("--image-size", type=int)
     sl.add_argument("--batch-size", type=int)
-    sl.add_argument("--seed", type=int)
-    sl.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    sl.add_argument("--seed", type=_seed_value)
+    sl.add_argument("--device", default="auto", type=_device_value, help="auto | cpu | cuda | cuda:N | mps")
     sl.set_defaults(func=cmd_study)
     sp = ss.add_parser("paper", parents=[common],
                        help="every backbone with the paper's recipe, split by image (as published) and by subject")
@@ -685,7 +745,7 @@ def _add_study(sub, common: argparse.ArgumentParser) -> None:
     sp.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 (default 1)")
     sp.add_argument("--with-defaults", action="store_true",
                     help="also leukviz's defaults at the paper's size and epochs, on the subject split")
-    sp.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    sp.add_argument("--device", default="auto", type=_device_value, help="auto | cpu | cuda | cuda:N | mps")
     sp.set_defaults(func=cmd_study)
 
 
@@ -721,7 +781,7 @@ def _add_lrfind(sub, common: argparse.ArgumentParser) -> None:
     add_config_options(lf)
     lf.add_argument("--steps", type=int, default=lrfind.STEPS,
                     help=f"steps of the sweep from {lrfind.START:g} to {lrfind.END:g} (default {lrfind.STEPS})")
-    lf.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    lf.add_argument("--device", default="auto", type=_device_value, help="auto | cpu | cuda | cuda:N | mps")
     lf.add_argument("--config", help=argparse.SUPPRESS)
     lf.set_defaults(func=cmd_lrfind)
 
@@ -737,7 +797,7 @@ def _add_bench(sub, common: argparse.ArgumentParser) -> None:
     be.add_argument("--batch-size", type=int, default=0, help="default 32 (16 with --quick)")
     be.add_argument("--data", default="demo", help="demo, or a C-NMC folder / class-per-folder tree")
     be.add_argument("--fold", type=int, default=0, help="the training_data/fold_<k> folder both paths read")
-    be.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    be.add_argument("--device", default="auto", type=_device_value, help="auto | cpu | cuda | cuda:N | mps")
     be.add_argument("--precision", choices=C.PRECISIONS, default="auto", help="leukviz's paths (plain is fp32)")
     be.add_argument("--weights", default="none", help="none (default; speed does not depend on it) | imagenet")
     be.add_argument("--threads", type=int, default=0, help="torch threads (default: one per core)")
