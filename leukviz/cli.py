@@ -29,31 +29,58 @@ def _out(args, human: str, obj: dict) -> None:
 
 
 class Progress:
-    """A one-line progress bar on stderr (a line per epoch when stderr is not a terminal)."""
+    """Training progress on stderr: on a terminal one tqdm bar per epoch (images done, elapsed, ETA,
+    images/s, running loss and accuracy), replaced by the epoch's summary line when it ends; otherwise only
+    the summary lines, one per epoch, so a log stays readable."""
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
         self.tty = sys.stderr.isatty()
         self.t0 = time.time()
+        self.n_train = 0  # from the start event: the bar counts images, so tqdm's rate is images/s
+        self.bar = None
 
     def __call__(self, ev: dict) -> None:
         if not self.enabled:
             return
         t = ev.get("type")
         if t == BATCH and self.tty:
-            frac = ev["step"] / ev["steps"]
-            bar = "#" * int(frac * 30)
-            sys.stderr.write(f"\repoch {ev['epoch']} [{bar:<30}] {ev['step']}/{ev['steps']} "
-                             f"loss {ev['loss']:.4f} acc {ev['acc']:.3f}")
-            sys.stderr.flush()
+            self._batch(ev)
         elif t == EPOCH:
-            sys.stderr.write(("\r" if self.tty else "") +
-                             f"epoch {ev['epoch']}/{ev['epochs']}: train loss {ev['train_loss']:.4f} "
+            from leukviz.dashboard import format_duration
+
+            self._close()
+            left = (ev["epochs"] - ev["epoch"]) * ev["seconds"]  # the next epochs take about as long
+            eta = f", about {format_duration(left)} left" if left > 0 else ""
+            sys.stderr.write(f"epoch {ev['epoch']}/{ev['epochs']}: train loss {ev['train_loss']:.4f} "
                              f"acc {ev['train_acc']:.3f} | val loss {ev['val_loss']:.4f} acc {ev['val_acc']:.3f} "
-                             f"F1 {ev['val_f1']:.3f} | {ev['seconds']:.1f}s\n")
+                             f"F1 {ev['val_f1']:.3f} | {ev['seconds']:.1f}s, "
+                             f"{ev.get('images_per_s', 0):.0f} images/s{eta}\n")
         elif t in BEGINNINGS:
+            self.n_train = int(ev.get("n_train") or 0)
             sys.stderr.write(f"{t}: {ev['n_train']} train / {ev['n_val']} val images on {ev['device']} "
                              f"({ev['precision']}), split {ev['split']['method']}\n")
+
+    def _batch(self, ev: dict) -> None:
+        from tqdm import tqdm
+
+        total = self.n_train or ev["steps"]
+        done = min(total, round(ev["step"] * total / ev["steps"]))  # batch events count steps, the bar images
+        new = self.bar is None or self.bar.desc != f"epoch {ev['epoch']}"
+        if new:
+            self._close()
+            # a resumed epoch starts part-way: tqdm's rate and ETA then count only what this process does
+            self.bar = tqdm(total=total, initial=done, desc=f"epoch {ev['epoch']}", unit="img", leave=False,
+                            file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+        # tqdm redraws at most every 0.1 s: the postfix waits for the next redraw, except on a new bar
+        self.bar.set_postfix_str(f"loss {ev['loss']:.4f} acc {ev['acc']:.3f}", refresh=new)
+        if not new:
+            self.bar.update(done - self.bar.n)
+
+    def _close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def _train_result(run, cached: bool, t0: float) -> dict:
@@ -451,6 +478,8 @@ def cmd_predict(args) -> int:
     if args.csv:
         table.to_csv(args.csv, index=False)
     records = nan_to_none(table)
+    for r in records:  # the table holds one text cell; a JSON reader gets the list back
+        r["ood_reasons"] = r["ood_reasons"].split("; ") if r.get("ood_reasons") else []
     if args.json:
         print(json.dumps({"predictions": records, "cams": cams}))
     else:
@@ -461,7 +490,7 @@ def cmd_predict(args) -> int:
                 how = (f" (calibrated, T = {r['temperature']:.2f}; raw {r['confidence_raw'] * 100:.1f}%)"
                        if r.get("calibrated") else " (not calibrated)")
                 print(f"{r['file']}  [{r['model']} {r['run_id'][:6]}]  {r['predicted']}  "
-                      f"{r['confidence'] * 100:.1f}%{how}")
+                      f"{r['confidence'] * 100:.1f}%{how}{_ood_text(r)}")
     return 1 if all(r["error"] for r in records) else 0
 
 
@@ -494,6 +523,16 @@ def _load_models(chosen: list, keep_going: bool) -> list:
     if not models:
         raise CliError("none of the finished runs can be loaded; `runs list` names what is wrong with each")
     return models
+
+
+def _ood_text(r: dict) -> str:
+    """' (unlike the training data: ...)' when the image is unlike the run's training images; a run without
+    reference statistics says it was not compared."""
+    from leukviz import ood
+
+    if r.get("ood"):
+        return f" (unlike the training data: {'; '.join(r['ood_reasons'])})"
+    return f" ({ood.NO_REFERENCE})" if r.get("ood") is None else ""
 
 
 def _fmt(v, digits: int = 4) -> str:

@@ -700,7 +700,15 @@ def checkpoint_meta(state: TrainState) -> dict:
             "build_kwargs": backbones.build_kwargs(cfg.backbone, cfg.weights),
             "mean": list(spec.mean), "std": list(spec.std),
             "params": backbones.count_parameters(state.model), "dataset_fingerprint": ds.fingerprint,
-            "split": state.split.summary()}
+            "split": state.split.summary(), **_reference(state)}
+
+
+def _reference(state: TrainState) -> dict:
+    """The training images' reference statistics (ood.reference_stats, from a sample of the files as they are
+    on disk), which Predict compares a dropped image with."""
+    from leukviz import ood
+
+    return {"reference": ood.reference_stats(state.ds.index["path"].to_numpy()[state.train_rows])}
 
 
 def start_event(state: TrainState) -> dict:

@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from leukviz import backbones, calibration, data
+from leukviz import backbones, calibration, data, ood
 from leukviz.preprocess import Preprocess
 from leukviz.engine import autocast, pick_device
 from leukviz.layout import CHECKPOINT, SIDECAR
@@ -57,6 +57,12 @@ class LoadedModel:
     def window(self) -> float | None:
         """The crop window the run was trained with; None in sidecars of version 1 (one zoom per cell)."""
         return self.meta.get("crop_window")
+
+    @property
+    def reference(self) -> dict | None:
+        """The training images' reference statistics (ood.reference_stats); None for runs trained before
+        the sidecar held them."""
+        return self.meta.get("reference") or None
 
     @property
     def preprocess(self) -> Preprocess:
@@ -114,7 +120,8 @@ def prepare(lm: LoadedModel, src) -> np.ndarray:
 
 
 def predict_files(lm: LoadedModel, paths: Sequence[str | Path], tta: bool = False) -> list[dict]:
-    """Predict loose image files; unreadable ones come back with an error instead of probabilities."""
+    """Predict loose image files; unreadable ones come back with an error instead of probabilities. Each
+    readable file is also compared with the run's training images (prediction_record's ood fields)."""
     rows, good, arrays = [], [], []
     for path in paths:
         rows.append({"file": str(path), "error": ""})
@@ -127,22 +134,30 @@ def predict_files(lm: LoadedModel, paths: Sequence[str | Path], tta: bool = Fals
     if arrays:
         probs = predict_arrays(lm, np.stack(arrays), tta=tta)
         for j, i in enumerate(good):
-            rows[i].update(prediction_record(lm, probs[j]))
+            rows[i].update(prediction_record(lm, probs[j], paths[i]))
     return rows
 
 
-def prediction_record(lm: LoadedModel, prob: np.ndarray) -> dict:
+def prediction_record(lm: LoadedModel, prob: np.ndarray, image: ood.ImageSource | dict | None = None) -> dict:
     """One image's record from its raw probabilities: predicted, confidence and prob_<class> are the
     calibrated values (softmax(log p / T) with the model's temperature; the raw ones when T = 1), beside
     confidence_raw and prob_raw_<class> (the model's own softmax), calibrated and temperature. The
-    temperature is fitted on plain predictions; with TTA it scales the 8-view average the same way."""
+    temperature is fitted on plain predictions; with TTA it scales the 8-view average the same way.
+
+    image: the image as given (a file, bytes, or its ood.features, computed once for several models):
+    ood, ood_reasons and ood_note compare it with the run's training images (ood.assess); never instead
+    of the prediction. Without it they say it was not compared."""
     raw = np.asarray(prob, dtype=float)
     cal = calibration.apply_temperature(raw, lm.temperature)
     k = int(np.argmax(cal))
     return {"predicted": lm.classes[k], "confidence": float(cal[k]),
             **{f"prob_{c}": float(p) for c, p in zip(lm.classes, cal)},
             "confidence_raw": float(raw[k]), **{f"prob_raw_{c}": float(p) for c, p in zip(lm.classes, raw)},
-            "calibrated": lm.calibrated, "temperature": float(lm.temperature)}
+            "calibrated": lm.calibrated, "temperature": float(lm.temperature),
+            **(ood.assess(image, lm.reference) if image is not None else NOT_COMPARED)}
+
+
+NOT_COMPARED = {"ood": None, "ood_reasons": [], "ood_note": "not compared with the training data (no image given)"}
 
 
 HEAD = ["file", "model", "run_id", "predicted", "confidence"]  # a prediction table's first columns
@@ -151,12 +166,16 @@ HEAD = ["file", "model", "run_id", "predicted", "confidence"]  # a prediction ta
 def table_frame(rows: Sequence[dict]) -> pd.DataFrame:
     """Prediction rows as a table with one column order: file, model (backbone), run_id, predicted,
     confidence, prob_<class>... (calibrated), confidence_raw, prob_raw_<class>... (the model's own
-    softmax), calibrated, temperature, error (empty unless the image was unreadable)."""
+    softmax), calibrated, temperature, ood (True: unlike the run's training images; empty: not compared),
+    ood_reasons (joined by "; "), error (empty unless the image was unreadable)."""
     keys = list(dict.fromkeys(k for r in rows for k in r))
     probs = [k for k in keys if k.startswith("prob_") and not k.startswith("prob_raw_")]
     raw = [k for k in keys if k.startswith("prob_raw_")]
-    return pd.DataFrame(list(rows), columns=HEAD + probs + ["confidence_raw"] + raw
-                        + ["calibrated", "temperature", "error"])
+    # one cell per reason list: a table (and its CSV) holds text, the records keep the list
+    rows = [{**r, "ood_reasons": "; ".join(r["ood_reasons"])} if isinstance(r.get("ood_reasons"), list) else r
+            for r in rows]
+    return pd.DataFrame(rows, columns=HEAD + probs + ["confidence_raw"] + raw
+                        + ["calibrated", "temperature", "ood", "ood_reasons", "error"])
 
 
 def predict_table(models: Sequence[str | Path | LoadedModel], files: Sequence[str | Path],

@@ -13,7 +13,7 @@ from typing import IO, Any
 import numpy as np
 import pandas as pd
 
-from leukviz import backbones, data
+from leukviz import backbones, data, ood
 
 UPLOAD_TYPES = ("png", "jpg", "jpeg", "bmp", "tif", "tiff")
 
@@ -34,6 +34,9 @@ class ModelPrediction:
     confidence_raw: float | None = None
     temperature: float = 1.0
     calibrated: bool = False
+    ood: bool | None = None  # True: unlike the run's training images; None: not compared (no reference)
+    ood_reasons: list[str] = field(default_factory=list)
+    ood_note: str = ""
 
     @classmethod
     def of_record(cls, lm: Any, rec: dict, image: np.ndarray | None) -> "ModelPrediction":
@@ -41,7 +44,7 @@ class ModelPrediction:
         return cls(lm.name, lm.run_dir.name, image, rec["predicted"], rec["confidence"],
                    {c: rec[f"prob_{c}"] for c in lm.classes}, lm.backbone,
                    {c: rec[f"prob_raw_{c}"] for c in lm.classes}, rec["confidence_raw"], rec["temperature"],
-                   rec["calibrated"])
+                   rec["calibrated"], rec.get("ood"), list(rec.get("ood_reasons", [])), rec.get("ood_note", ""))
 
 
 @dataclass
@@ -70,12 +73,15 @@ def predict_images(models: Sequence[Any], items: Sequence[tuple[str, bytes]],
     A file that is empty, truncated or not an image gives ImagePrediction.error (the reason, without the
     name: the caller shows the name itself) and no exception, so one bad file never stops the others.
     keep_images=False drops the decoded images from the results (a table needs only the numbers).
+    Each readable image is also described once (ood.features) and compared with every model's training
+    images (ModelPrediction.ood, ood_reasons).
     """
     from leukviz import inference
 
     out = [ImagePrediction(name) for name, _ in items]
     decoders = {lm.preprocess.decoding: lm.preprocess for lm in models}
     decoded: dict[tuple, dict[int, np.ndarray]] = {key: {} for key in decoders}
+    looks: dict[int, dict | bytes] = {}
     for i, (name, blob) in enumerate(items):
         if not blob:
             out[i].error = "the file is empty (0 bytes)"
@@ -89,14 +95,25 @@ def predict_images(models: Sequence[Any], items: Sequence[tuple[str, bytes]],
                 shown = Path(name.replace("\\", "/")).name  # how data.load_image names the file
                 out[i].error = str(e).removeprefix(f"{shown}: ")
                 break
+        if out[i].error is None:
+            looks[i] = _looks(blob)
     good = [i for i, p in enumerate(out) if p.error is None]
     for lm in models:
         images = decoded[lm.preprocess.decoding]
         probs = inference.predict_arrays(lm, np.stack([images[i] for i in good])) if good else []
         for i, prob in zip(good, probs):
-            rec = inference.prediction_record(lm, prob)
+            rec = inference.prediction_record(lm, prob, looks[i])
             out[i].results.append(ModelPrediction.of_record(lm, rec, images[i] if keep_images else None))
     return out
+
+
+def _looks(blob: bytes) -> dict | bytes:
+    """The image's ood.features, computed once for all models; the bytes when that fails (ood.assess then
+    says why it could not compare)."""
+    try:
+        return ood.features(blob)
+    except data.ImageError:
+        return blob
 
 
 def predict_image(models: Sequence[Any], name: str, src: str | Path | bytes | IO[bytes]) -> ImagePrediction:
@@ -143,7 +160,7 @@ def predict_uploads(models: Sequence[Any], files: Sequence[tuple[str, bytes]], f
 def prediction_table(models: Sequence[Any], predictions: Sequence[ImagePrediction]) -> pd.DataFrame:
     """One row per image per model, models first, in inference.table_frame's columns: file, model
     (backbone), run_id, predicted, confidence, prob_<class>... (calibrated), confidence_raw,
-    prob_raw_<class>..., calibrated, temperature and error (empty unless unreadable)."""
+    prob_raw_<class>..., calibrated, temperature, ood, ood_reasons and error (empty unless unreadable)."""
     from leukviz import inference
 
     rows = []
@@ -159,7 +176,8 @@ def prediction_table(models: Sequence[Any], predictions: Sequence[ImagePredictio
 def _result_columns(r: ModelPrediction) -> dict[str, Any]:
     return {"predicted": r.predicted, "confidence": r.confidence,
             **{f"prob_{c}": v for c, v in r.probs.items()},
-            "confidence_raw": r.confidence_raw, **{f"prob_raw_{c}": v for c, v in r.probs_raw.items()}}
+            "confidence_raw": r.confidence_raw, **{f"prob_raw_{c}": v for c, v in r.probs_raw.items()},
+            "ood": r.ood, "ood_reasons": r.ood_reasons}
 
 
 def table_csv(table: pd.DataFrame) -> bytes:
@@ -181,6 +199,18 @@ def calibration_text(p: ModelPrediction) -> str:
         lean = ""
     raw = f"; raw {p.confidence_raw:.1%}" if p.confidence_raw is not None else ""
     return f"calibrated on validation, T = {p.temperature:.2f}{lean}{raw}"
+
+
+OOD_TITLE = "Unlike this model's training data"
+
+
+def ood_text(p: ModelPrediction) -> str:
+    """The Predict card's out-of-distribution warning: why the image is unlike the run's training images,
+    and that the prediction is shown all the same; empty when it is like them or was not compared."""
+    if not p.ood:
+        return ""
+    return (f"{OOD_TITLE}: " + "; ".join(p.ood_reasons) + ". The prediction above is shown as the model "
+            "gives it, but the model has never seen images like this one, so its confidence means little.")
 
 
 @dataclass

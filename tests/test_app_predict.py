@@ -84,3 +84,26 @@ def test_one_model_gets_no_ensemble_card(page, trained, tiny_data):
     assert [m.label for m in at.metric] == ["Prediction"]
     assert not [m for m in at.markdown if m.value.startswith("**Ensemble")]
     assert len([c for c in at.caption if "calibrated on validation" in c.value]) == 1
+
+
+def test_a_real_cnmc_cell_gets_the_out_of_distribution_warning_and_a_demo_cell_does_not(page, trained, tiny_data,
+                                                                                        cnmc_mini):
+    at = page
+    at.multiselect[0].set_value([trained[0].run_id]).run()
+    cell = sorted((cnmc_mini / "validation_data" / "C-NMC_test_prelim_phase_data").glob("*.bmp"))[0]
+    at.file_uploader[0].upload(cell.name, cell.read_bytes(), "image/bmp")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    warnings = [w.value for w in at.warning if dashboard.plain(prediction.OOD_TITLE) in w.value]
+    assert len(warnings) == 1
+    assert dashboard.plain("size 450x450 px, the training images were 64x64 px") in warnings[0]
+    assert [m.label for m in at.metric] == ["Prediction"]  # the prediction is shown beside it, never hidden
+
+    fresh = AppTest.from_file(str(REPO / "app.py"), default_timeout=60)
+    fresh.session_state["dataset"] = str(tiny_data)
+    fresh.run()
+    fresh.switch_page("views/predict.py").run()
+    fresh.multiselect[0].set_value([trained[0].run_id]).run()
+    upload_one(fresh, tiny_data)
+    assert [m.label for m in fresh.metric] == ["Prediction"]
+    assert not [w for w in fresh.warning if dashboard.plain(prediction.OOD_TITLE) in w.value]

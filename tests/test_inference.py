@@ -41,7 +41,7 @@ def test_predict_table_has_one_row_per_image_per_model(two_runs, images):
     table = inference.predict_table([r.dir for r in two_runs], files)
     assert list(table.columns) == ["file", "model", "run_id", "predicted", "confidence", "prob_hem",
                                    "prob_all", "confidence_raw", "prob_raw_hem", "prob_raw_all", "calibrated",
-                                   "temperature", "error"]
+                                   "temperature", "ood", "ood_reasons", "error"]
     assert len(table) == len(files) * 2
     assert not table.duplicated(["file", "run_id"]).any()
     assert set(table["run_id"]) == {r.run_id for r in two_runs}
@@ -49,6 +49,8 @@ def test_predict_table_has_one_row_per_image_per_model(two_runs, images):
     assert len(good) == 5 * 2
     np.testing.assert_allclose(good["prob_hem"] + good["prob_all"], 1.0, atol=1e-5)
     assert (good["predicted"] == np.where(good["prob_all"] > good["prob_hem"], "all", "hem")).all()
+    # held-out cells of the training source: compared with each run's training images, and like them
+    assert (good["ood"] == False).all() and (good["ood_reasons"] == "").all()  # noqa: E712
     bad = table[table["error"] != ""]
     assert len(bad) == 2 and bad["file"].str.endswith("broken.png").all() and bad["prob_all"].isna().all()
 

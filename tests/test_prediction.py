@@ -88,8 +88,11 @@ def test_cards_give_calibrated_values_beside_the_raw_ones(tmp_path):
     table = prediction.prediction_table([plain, scaled], [res])
     assert list(table.columns) == ["file", "model", "run_id", "predicted", "confidence", "prob_hem",
                                    "prob_all", "confidence_raw", "prob_raw_hem", "prob_raw_all", "calibrated",
-                                   "temperature", "error"]
+                                   "temperature", "ood", "ood_reasons", "error"]
     assert list(table["calibrated"]) == [False, True] and list(table["temperature"]) == [1.0, 3.0]
+    # models without reference statistics (as runs trained before them): not compared, and they say so
+    assert table["ood"].isna().all() and a.ood is None and a.ood_note.startswith("no reference statistics")
+    assert prediction.ood_text(a) == ""
     assert table.loc[1, "prob_all"] == pytest.approx(b.probs["all"])
     assert table.loc[1, "prob_raw_all"] == pytest.approx(b.probs_raw["all"])
 

@@ -123,6 +123,10 @@ for i, (name, src, truth, file_key) in enumerate(items):
             right.metric("Prediction", dashboard.plain(p.predicted))
             right.markdown(f"{p.confidence:.1%} confidence")
             right.caption(dashboard.plain(prediction.calibration_text(p)))
+            if p.ood:  # beside the prediction, never instead of it
+                st.warning(dashboard.plain(prediction.ood_text(p)), icon=":material/warning:")
+            elif p.ood is None:
+                st.caption(dashboard.plain(p.ood_note))
             bars = charts.probability_bars(p.probs).update_layout(margin={"l": 10, "r": 10, "t": 10, "b": 10})
             st.plotly_chart(bars, key=f"probs_{i}_{p.run_id}", height=180)
     mix = prediction.ensemble(result)
