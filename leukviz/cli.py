@@ -337,29 +337,25 @@ def cmd_cv(args) -> int:
 
 
 def cmd_runs(args) -> int:
+    """Every run folder, a damaged one too: what is wrong with it and how to repair it (runs.describe)."""
     from leukviz import runs
 
-    rows = []
-    for r in runs.list_runs(args.runs_dir):
-        try:
-            cfg = r.config
-        except (KeyError, TypeError):
-            continue
-        st = r.status
-        m = r.final_metrics()
-        rows.append({"run_id": r.run_id, "backbone": cfg.backbone, "state": st["state"], "preset": cfg.preset,
-                     "weights": cfg.weights, "image_size": cfg.image_size, "epochs": cfg.epochs, "split": cfg.split,
-                     "data": cfg.data, "val_acc": m.get("val_acc"), "val_f1": m.get("val_f1"),
-                     "error": st.get("error")})
+    rows = [runs.describe(r) for r in runs.list_runs(args.runs_dir)]
     if args.json:
         print(json.dumps({"runs": rows}))
         return 0
     if not rows:
-        print(f"no runs in {runs.runs_root(args.runs_dir)}")
+        print(f"no runs in {runs.runs_root(args.runs_dir, create=False)}")
     for r in rows:
         acc = f"{r['val_acc']:.3f}" if r["val_acc"] is not None else "-"
-        print(f"{r['run_id']}  {r['backbone']:<10} {r['state']:<11} {r['preset']:<6} {r['weights']:<9} "
-              f"{r['image_size']}px {r['epochs']}ep split={r['split']:<8} val_acc={acc}  data={r['data']}")
+        if r["backbone"] is None:  # config.json unreadable: nothing else to say about it
+            print(f"{r['run_id']}  DAMAGED")
+        else:
+            print(f"{r['run_id']}  {r['backbone']:<10} {r['state'] + (' DAMAGED' if r['damaged'] else ''):<11} "
+                  f"{r['preset']:<6} {r['weights']:<9} {r['image_size']}px {r['epochs']}ep split={r['split']:<8} "
+                  f"val_acc={acc}  data={r['data']}")
+        for problem in r["problems"]:
+            print(f"    {problem}")
     return 0
 
 

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from leukviz.errors import LeukvizError
@@ -121,8 +122,58 @@ class RunConfig:
             d.pop("split_seed")  # added later: runs without one keep their ids
         if d["patience"] == 0:
             d.pop("patience")  # added later too: runs without early stopping keep their ids
-        blob = json.dumps({"config": d, "dataset": fingerprint, "preprocess": PREPROCESS_VERSION}, sort_keys=True)
+        ident = {"config": d, "dataset": fingerprint, "preprocess": PREPROCESS_VERSION}
+        if self.weights not in WEIGHTS_CHOICES:  # a weights file: its bytes, as the dataset's (imagenet/none: as before)
+            ident["weights_file"] = weights_digest(self.weights)
+        blob = json.dumps(ident, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+_DIGESTS: dict[tuple, str] = {}
+
+
+def weights_digest(path: str) -> str:
+    """The content hash of a weights file, so replacing the file's bytes is another run (remembered per path,
+    size and modification time: the dashboard asks on every rerun); an unreadable file is named by why."""
+    p = Path(path).expanduser()
+    try:
+        st = p.stat()
+        key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+        if key not in _DIGESTS:
+            h = hashlib.sha256()
+            with open(p, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+            _DIGESTS[key] = h.hexdigest()
+        return _DIGESTS[key]
+    except OSError as e:
+        return f"unreadable:{e.errno}"
+
+
+def from_stored(d: Any) -> RunConfig:
+    """A RunConfig from a stored dict (a run folder's config.json), each field's type checked (a number is
+    not text, null is not a weights choice), then validate(): a ConfigError names the field."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"a config is an object, got {type(d).__name__}")
+    if "backbone" not in d:
+        raise ConfigError("the config has no backbone")
+    for f in fields(RunConfig):
+        if f.name not in d:
+            continue
+        v, kind = d[f.name], type(f.default) if f.default is not dataclasses.MISSING else str
+        if f.name == "split_seed":
+            ok = v is None or (isinstance(v, int) and not isinstance(v, bool))
+        elif kind is float:
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+        elif kind is int:
+            ok = isinstance(v, int) and not isinstance(v, bool)
+        else:
+            ok = isinstance(v, kind)
+        if not ok:
+            raise ConfigError(f"{f.name} is {v!r}, not a {'number' if kind in (int, float) else kind.__name__}")
+    cfg = RunConfig.from_dict(d)
+    validate(cfg)
+    return cfg
 
 
 def _check(name: str, value: Any, choices: tuple) -> None:

@@ -90,24 +90,36 @@ def split_text(cfg: RunConfig) -> str:
 # ---------------------------------------------------------------------------------------------- runs
 
 def all_runs(runs_dir: str | Path | None = None) -> list[runs.Run]:
-    """Every readable run, newest first; a folder with a broken config.json is left out, not fatal."""
+    """Every run whose config.json reads, newest first; one with a damaged config.json is left out (it is
+    among damaged_runs), never fatal."""
     out = []
     for r in runs.list_runs(runs_dir):
         try:
-            r.config  # noqa: B018 - parse once to drop unreadable runs
-        except (KeyError, TypeError, ValueError):
+            r.config  # noqa: B018 - checked once, to leave out runs whose config cannot be read
+        except (runs.RunFileError, OSError):
             continue
         out.append(r)
     return out
 
 
 def finished_runs(runs_dir: str | Path | None = None) -> list[runs.Run]:
-    return [r for r in all_runs(runs_dir) if r.state == "finished" and r.has_checkpoint]
+    """The runs Predict and Compare use: finished, and every file they read sound (runs.Run.is_usable)."""
+    return [r for r in all_runs(runs_dir) if r.is_usable]
+
+
+def damaged_runs(runs_dir: str | Path | None = None) -> list[runs.Run]:
+    """The runs left out because a file they need is damaged (each Run.problems says which, and the repair)."""
+    return runs.damaged_runs(runs_dir)
+
+
+def damage_text(run: runs.Run) -> str:
+    """One line for a damaged run: its id and, per damaged file, what is wrong and the repair."""
+    return f"run {run.run_id}: " + " · ".join(str(p) for p in run.damage)
 
 
 def find_run(cfg: RunConfig, fingerprint: str, runs_dir: str | Path | None = None) -> runs.Run | None:
     """The run folder of this exact configuration, if one exists (unlike runs.run_for, creates nothing)."""
-    path = runs.runs_root(runs_dir) / cfg.identity(fingerprint)
+    path = runs.runs_root(runs_dir, create=False) / cfg.identity(fingerprint)
     return runs.Run(path) if (path / CONFIG).exists() else None
 
 
@@ -164,7 +176,7 @@ class Card:
 
 def backbone_cards(dataset: str, runs_dir: str | Path | None = None) -> list[Card]:
     """One card per registered backbone: its active run on this dataset if any, else its newest run."""
-    mine = [r for r in all_runs(runs_dir) if r.config.data == dataset]
+    mine = [r for r in all_runs(runs_dir) if r.config.data == dataset and not r.is_damaged]
     cards = []
     for name, spec in backbones.BACKBONES.items():
         of_backbone = [r for r in mine if r.config.backbone == name]

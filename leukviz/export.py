@@ -28,8 +28,11 @@ class ExportError(LeukvizError, RuntimeError):
 
 
 def _target(out: Path, suffix: str) -> Path:
-    """A path with the format's suffix is the file; anything else is a folder to write into."""
+    """A path with the format's suffix is the file; anything else is a folder to write into. Checked before
+    any work: an existing file that is not one of the format's is refused, never overwritten."""
     out = Path(out).expanduser()
+    if out.exists() and not out.is_dir() and out.suffix != suffix:
+        raise ExportError(f"{out} is an existing file: give a folder, or a path ending in {suffix}")
     if out.suffix == suffix:
         out.parent.mkdir(parents=True, exist_ok=True)
         return out
@@ -157,6 +160,12 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path) -> dict:
         raise ValueError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     if not (run_dir / CHECKPOINT).exists() or not (run_dir / SIDECAR).exists():
         raise FileNotFoundError(f"run {run_dir.name} has no checkpoint yet (is it finished?)")
+    from leukviz import runs
+
+    damage = [str(p) for p in runs.check(runs.Run(run_dir)) if p.file in (SIDECAR, CHECKPOINT)]
+    if damage:
+        raise ExportError(f"run {run_dir.name} cannot be exported: {'; '.join(damage)}")
+    _target(Path(out), ".onnx" if fmt == "onnx" else ".safetensors")  # a bad target fails before the work
     write = _export_safetensors if fmt == "safetensors" else _export_onnx
     res = write(run_dir, Path(out))
     return {"run_id": run_dir.name, **res}

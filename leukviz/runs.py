@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import errno
 import contextlib
+import errno
+import json
 import os
 import shutil
 import signal
@@ -18,9 +19,10 @@ from typing import Callable, Iterator
 
 from filelock import FileLock, Timeout
 
-from leukviz import data, events, layout
+from leukviz import data, events, layout, runfiles
 from leukviz.config import RunConfig
 from leukviz.errors import LeukvizError
+from leukviz.runfiles import Problem, RunFileError
 from leukviz.storage import append_jsonl, atomic_write_json, read_json, read_jsonl
 
 # The states a trainer writes into status.json. Reading a run's status (read_status) adds two: "new" (never
@@ -40,9 +42,24 @@ def home() -> Path:
     return data.default_home()
 
 
-def runs_root(runs_dir: str | Path | None = None) -> Path:
+class RunsFolderError(LeukvizError, OSError):
+    """The runs folder cannot be used (a file, not a folder; not writable where a run must be written)."""
+
+
+def runs_root(runs_dir: str | Path | None = None, create: bool = True) -> Path:
+    """The folder of the run folders (--runs-dir, $LEUKVIZ_RUNS or $LEUKVIZ_HOME/runs). Readers pass
+    create=False: listing runs needs no write access (a read-only home lists its runs, or none)."""
     root = Path(runs_dir).expanduser() if runs_dir else Path(os.environ.get("LEUKVIZ_RUNS", home() / "runs"))
-    root.mkdir(parents=True, exist_ok=True)
+    where = "--runs-dir" if runs_dir else ("LEUKVIZ_RUNS" if "LEUKVIZ_RUNS" in os.environ else "LEUKVIZ_HOME")
+    blocker = next((p for p in (root, *root.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise RunsFolderError(f"the runs folder {root} cannot be used: {blocker} is a file, not a folder "
+                              f"(check {where})")
+    if create and not root.is_dir():
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RunsFolderError(f"cannot create the runs folder {root}: {e.strerror or e} (check {where})") from None
     return root
 
 
@@ -62,11 +79,42 @@ class Run:
 
     @property
     def config(self) -> RunConfig:
-        return RunConfig.from_dict(read_json(self.dir / layout.CONFIG, {})["config"])
+        """The run's configuration; RunFileError when config.json is damaged (runfiles.check_config)."""
+        try:
+            return runfiles.read_config(self.dir)[1]
+        except RunFileError as e:
+            raise RunFileError(f"run {self.run_id}: {layout.CONFIG} is damaged: {e}") from None
 
     @property
     def info(self) -> dict:
-        return read_json(self.dir / layout.CONFIG, {})
+        """config.json as an object ({} when it is not one); its values checked only through .config."""
+        obj = read_json(self.dir / layout.CONFIG, {})
+        return obj if isinstance(obj, dict) else {}
+
+    @property
+    def created(self) -> float:
+        c = self.info.get("created")
+        return float(c) if isinstance(c, (int, float)) and not isinstance(c, bool) and c == c else 0.0
+
+    @property
+    def damage(self) -> list[Problem]:
+        """What makes this run unusable (a required file damaged): empty for a sound run."""
+        return [p for p in check(self) if p.file in runfiles.REQUIRED or p.file == layout.TEST_PREDICTIONS]
+
+    @property
+    def problems(self) -> list[str]:
+        """Every damaged file of the run, with what is wrong and the repair (damage and notes alike)."""
+        return [str(p) for p in check(self)]
+
+    @property
+    def is_damaged(self) -> bool:
+        return bool(self.damage)
+
+    @property
+    def is_usable(self) -> bool:
+        """Finished, with a checkpoint and every file a finished run's readers need sound: Predict and Compare
+        take these runs."""
+        return self.state == "finished" and self.has_checkpoint and not self.damage
 
     @property
     def status(self) -> dict:
@@ -77,7 +125,29 @@ class Run:
         return self.status["state"]
 
     def events(self) -> list[dict]:
-        return list(read_jsonl(self.dir / layout.METRICS))
+        """The usable events of metrics.jsonl: a line that is not JSON, or an event without the fields its
+        readers need (runfiles.EVENT_FIELDS), is skipped (skipped_events counts them)."""
+        return [e for e in read_jsonl(self.dir / layout.METRICS) if runfiles.event_problem(e) is None]
+
+    def skipped_events(self) -> list[str]:
+        """Why lines of metrics.jsonl were skipped, one entry per line."""
+        out = []
+        try:
+            lines = (self.dir / layout.METRICS).read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            return out
+        for i, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                out.append(f"line {i} is not JSON")
+                continue
+            why = runfiles.event_problem(ev) if isinstance(ev, dict) else f"a JSON {type(ev).__name__}"
+            if why:
+                out.append(f"line {i}: {why}")
+        return out
 
     def epochs(self) -> list[dict]:
         """Epoch events, one per epoch (after a resume the later record wins)."""
@@ -87,31 +157,137 @@ class Run:
         return FileLock(str(self.dir / layout.RUN_LOCK))
 
     def is_locked(self) -> bool:
-        lock = self.lock()
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            return True
-        lock.release()
-        return False
+        """Whether a process holds the run lock. Creates nothing: a run folder nobody has locked yet (no
+        lock file) is not locked, and a read-only folder is read with a read-only lock probe."""
+        path = self.dir / layout.RUN_LOCK
+        if not path.exists():
+            return False
+        return _lock_held(path, self.lock())
 
     @property
     def has_checkpoint(self) -> bool:
         return (self.dir / layout.CHECKPOINT).exists() and (self.dir / layout.SIDECAR).exists()
 
+    def sidecar(self) -> dict:
+        """model.json, checked (runfiles.check_sidecar); RunFileError when it is missing or damaged."""
+        return runfiles.read_sidecar(self.dir)
+
     def final_metrics(self) -> dict:
-        return read_json(self.dir / layout.SIDECAR, {}).get("metrics", {})
+        """The kept epoch's validation metrics from model.json; {} when it is missing or damaged."""
+        try:
+            return dict(self.sidecar().get("metrics") or {})
+        except RunFileError:
+            return {}
 
     @property
     def can_resume(self) -> bool:
         return (self.dir / layout.RESUME).exists()
 
 
+def _lock_held(path: Path, lock: FileLock) -> bool:
+    """Whether another process holds an existing lock file, probed without write access where possible."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: filelock's own probe
+        fcntl = None
+    if fcntl is None:
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            return True
+        lock.release()
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # closing releases a lock taken here
+    return False
+
+
+def check(run: Run) -> list[Problem]:
+    """Every damaged file of a run folder, checked against its schema (runfiles): what is wrong and the
+    repair. The files a finished run's readers need (runfiles.REQUIRED) are checked once it says finished."""
+    out: list[Problem] = []
+    delete = f"delete the folder {run.dir}"
+    try:
+        runfiles.read_config(run.dir)
+    except (RunFileError, OSError) as e:
+        out.append(Problem(layout.CONFIG, str(e), f"{delete}, or train its configuration again "
+                                                  "(config.json is rewritten)"))
+    st = read_json(run.dir / layout.STATUS, None)
+    if (run.dir / layout.STATUS).exists() and not (isinstance(st, dict) and st.get("state") in STATES):
+        out.append(Problem(layout.STATUS, "not a run status", f"it reads as interrupted; `train --resume "
+                                                              f"{run.run_id}` rewrites it"))
+    elif isinstance(st, dict) and runfiles.clean_status(st)[1]:
+        out.append(Problem(layout.STATUS, ", ".join(runfiles.clean_status(st)[1]) + " (ignored)",
+                           "the next training rewrites it"))
+    skipped = run.skipped_events()
+    if skipped:
+        out.append(Problem(layout.METRICS, f"{len(skipped)} line(s) skipped ({'; '.join(skipped[:3])})",
+                           "the curves leave them out"))
+    finished = isinstance(st, dict) and st.get("state") == "finished"
+    if finished:
+        out += _check_results(run, delete)
+    if (run.dir / layout.RESUME).exists():
+        try:
+            runfiles.check_resume_state(run.dir / layout.RESUME)
+        except RunFileError as e:
+            out.append(Problem(layout.RESUME, str(e), f"the model is intact, only resuming needs it: delete {layout.RESUME}"
+                               if finished else f"it cannot resume: delete {layout.RESUME} and train it again"))
+    return out
+
+
+def _check_results(run: Run, delete: str) -> list[Problem]:
+    """The files of a finished run: the sidecar, the weights, the predictions."""
+    retrain = f"train its configuration again with --force, or {delete}"
+    try:
+        sidecar = runfiles.check_sidecar(runfiles._load(run.dir / layout.SIDECAR))
+    except FileNotFoundError:
+        return [Problem(layout.SIDECAR, "missing", retrain)]
+    except (RunFileError, OSError) as e:
+        return [Problem(layout.SIDECAR, str(e), retrain)]
+    out = []
+    try:
+        runfiles.check_weights(run.dir / layout.CHECKPOINT, sidecar)
+    except FileNotFoundError:
+        out.append(Problem(layout.CHECKPOINT, "missing", retrain))
+    except (RunFileError, OSError) as e:
+        out.append(Problem(layout.CHECKPOINT, str(e), retrain))
+    for name, repair in ((layout.PREDICTIONS, retrain),
+                         (layout.TEST_PREDICTIONS, f"delete {layout.TEST_PREDICTIONS}: Compare scores the test set again")):
+        path = run.dir / name
+        if name == layout.TEST_PREDICTIONS and not path.exists():
+            continue
+        try:
+            runfiles.check_predictions(path, sidecar["classes"])
+        except FileNotFoundError:
+            out.append(Problem(name, "missing", repair))
+        except (RunFileError, OSError) as e:
+            out.append(Problem(name, str(e), repair))
+    return out
+
+
+def _results_sound(run: Run) -> bool:
+    """status.json says finished and every file a finished run needs is sound."""
+    st = read_json(run.dir / layout.STATUS, None)
+    return isinstance(st, dict) and st.get("state") == "finished" and \
+        not [p for p in check(run) if p.file in runfiles.REQUIRED]
+
+
 def _recorded_status(run: Run) -> dict:
-    """status.json as the trainer wrote it; never started, or the file lost (a power cut), otherwise."""
+    """status.json as the trainer wrote it (fields of the wrong type dropped: runfiles.clean_status); never
+    started, or the file lost or damaged (a power cut), otherwise."""
     st = read_json(run.dir / layout.STATUS, None)
     if isinstance(st, dict) and st.get("state") in STATES:
-        return st
+        return runfiles.clean_status(st)[0]
     started = (run.dir / layout.METRICS).exists() or (run.dir / layout.RESUME).exists()  # progress on disk: cut short
     return {"state": "interrupted", "error": f"{layout.STATUS} is missing or damaged"} if started else {"state": "new"}
 
@@ -156,9 +332,23 @@ def _log_tail(run: Run, lines: int = 8) -> str:
 def plan(run: Run, status: dict | None = None) -> str:
     """What starting this run does now, one of PLANS: "cached" (finished: show it), "attach" (a process has
     it or is starting it), "resume" (stopped or interrupted, with a resumable state) or "train"."""
+    return plan_why(run, status)[0]
+
+
+def plan_why(run: Run, status: dict | None = None) -> tuple[str, str]:
+    """plan(run) and why, in words: a finished run whose model is missing or damaged trains again (it is
+    not cached), and the reason names the file."""
     state = (status or run.status)["state"]
     if state == "finished":
-        return "cached"
+        broken = [p for p in check(run) if p.file in runfiles.REQUIRED]
+        if not broken:
+            return "cached", "finished"
+        why = f"status.json says finished, but {broken[0].file} is {broken[0].what}"
+        return "train", f"{why}: it trains again"
+    return _plan_unfinished(run, state), state
+
+
+def _plan_unfinished(run: Run, state: str) -> str:
     if state in ACTIVE or run.is_locked():
         return "attach"
     if state in RESUMABLE and run.can_resume:
@@ -167,39 +357,84 @@ def plan(run: Run, status: dict | None = None) -> str:
 
 
 def run_for(cfg: RunConfig, runs_dir: str | Path | None = None, fingerprint: str | None = None) -> Run:
-    """The run folder for a config (created with its config.json if new). The id needs the dataset fingerprint."""
+    """The run folder for a config (created with its config.json if new, and config.json written again when
+    it is damaged: the config and fingerprint that name the folder are known). The id needs the dataset
+    fingerprint."""
     if fingerprint is None:
         fingerprint = data.open_dataset(cfg.data, cache_root()).fingerprint
     run_id = cfg.identity(fingerprint)
     run = Run(runs_root(runs_dir) / run_id)
     run.dir.mkdir(parents=True, exist_ok=True)
-    if not (run.dir / layout.CONFIG).exists():
+    try:
+        runfiles.read_config(run.dir)
+    except (RunFileError, OSError):
         atomic_write_json(run.dir / layout.CONFIG, {"run_id": run_id, "config": cfg.to_dict(),
                                                    "dataset_fingerprint": fingerprint, "created": time.time()})
     return run
 
 
+class NoSuchRun(LeukvizError, KeyError):
+    """No run, or several, answer to an id or prefix; the message lists what there is."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def _run_folders(root: Path) -> list[Path]:
+    if not root.is_dir():
+        return []
+    return [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / layout.CONFIG).exists()]
+
+
 def get_run(run_id: str, runs_dir: str | Path | None = None) -> Run:
-    root = runs_root(runs_dir)
-    path = root / run_id
-    if not (path / layout.CONFIG).exists():
-        matches = [p for p in root.iterdir() if p.name.startswith(run_id) and (p / layout.CONFIG).exists()]
-        if len(matches) != 1:
-            known = ", ".join(sorted(p.name for p in root.iterdir() if (p / layout.CONFIG).exists())[:10]) or "none"
-            raise KeyError(f"no run {run_id!r} in {root} (runs: {known})")
-        path = matches[0]
-    return Run(path)
+    """The run of an id, or of a unique prefix of one; NoSuchRun (empty, unknown or ambiguous) otherwise."""
+    root = runs_root(runs_dir, create=False)
+    run_id = str(run_id).strip()
+    if not run_id or "/" in run_id or run_id.startswith("."):
+        raise NoSuchRun(f"give a run id (or a unique prefix of one), not {run_id!r}; `runs list` shows them")
+    folders = _run_folders(root)
+    exact = [p for p in folders if p.name == run_id]
+    matches = exact or [p for p in folders if p.name.startswith(run_id)]
+    if len(matches) > 1:
+        raise NoSuchRun(f"run id prefix {run_id!r} is ambiguous: it matches {', '.join(sorted(p.name for p in matches))}; "
+                        "give more of the id")
+    if not matches:
+        known = ", ".join(sorted(p.name for p in folders)[:10]) or "none"
+        raise NoSuchRun(f"no run {run_id!r} in {root} (runs: {known})")
+    return Run(matches[0])
 
 
 def list_runs(runs_dir: str | Path | None = None) -> list[Run]:
-    root = runs_root(runs_dir)
-    runs = [Run(p) for p in root.iterdir() if p.is_dir() and (p / layout.CONFIG).exists()]
-    return sorted(runs, key=lambda r: r.info.get("created", 0), reverse=True)
+    """Every run folder (one with a config.json, damaged or not), newest first; a read-only or missing runs
+    folder is read as it is, never created."""
+    runs = [Run(p) for p in _run_folders(runs_root(runs_dir, create=False))]
+    return sorted(runs, key=lambda r: r.created, reverse=True)
+
+
+def describe(run: Run) -> dict:
+    """One run for `runs list`: its settings (None where config.json is damaged), state, final metrics, and
+    every problem of its files with the repair; damaged: a file it needs is damaged."""
+    try:
+        cfg = run.config.to_dict()
+    except (RunFileError, OSError):
+        cfg = {}
+    st = run.status
+    m = run.final_metrics()
+    keys = ("backbone", "preset", "weights", "image_size", "epochs", "split", "data")
+    return {"run_id": run.run_id, **{k: cfg.get(k) for k in keys}, "state": st["state"],
+            "val_acc": m.get("val_acc"), "val_f1": m.get("val_f1"), "error": st.get("error"),
+            "damaged": run.is_damaged, "problems": run.problems}
+
+
+def damaged_runs(runs_dir: str | Path | None = None) -> list[Run]:
+    """The runs that cannot be used because a file they need is damaged (Run.damage says which)."""
+    return [r for r in list_runs(runs_dir) if r.is_damaged]
 
 
 def write_status(run: Run, state: str, **extra) -> None:
     assert state in STATES, state
-    prev = read_json(run.dir / layout.STATUS, {}) or {}
+    prev = read_json(run.dir / layout.STATUS, {})
+    prev = runfiles.clean_status(prev)[0] if isinstance(prev, dict) else {}
     atomic_write_json(run.dir / layout.STATUS, {**prev, **extra, "state": state, "pid": os.getpid(),
                                                 "updated": time.time()})
 
@@ -208,7 +443,7 @@ def archive(run: Run) -> None:
     """Move a run's results aside (retraining on purpose); nothing is deleted."""
     trash = run.dir.parent / layout.ARCHIVE / f"{run.run_id}-{int(time.time())}"
     trash.parent.mkdir(parents=True, exist_ok=True)
-    info = run.info
+    info = runfiles.read_config(run.dir)[0]  # a damaged config.json is a RunFileError: never a folder without one
     shutil.move(str(run.dir), trash)
     run.dir.mkdir()
     atomic_write_json(run.dir / layout.CONFIG, {**info, "created": time.time()})
@@ -249,9 +484,10 @@ def _stop_signals(flag: dict) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def _prepare_folder(run: Run, resume: bool) -> bool:
+def _prepare_folder(run: Run, resume: bool, log: Callable[[str], None]) -> bool:
     """Before training: temporary files of cut-short writes go, and the metrics keep exactly what the
-    resumable state covers (or start empty). Returns whether the run resumes."""
+    resumable state covers (or start empty; a damaged line is dropped, with a note). Returns whether the
+    run resumes."""
     for leftover in run.dir.glob(".*.*"):
         if leftover.name.startswith(tuple(f".{name}." for name in layout.TRAINER_FILES)):
             leftover.unlink(missing_ok=True)
@@ -260,6 +496,9 @@ def _prepare_folder(run: Run, resume: bool) -> bool:
         from leukviz import engine
 
         st = engine.load_resume_state(run.dir / layout.RESUME)
+        skipped = run.skipped_events()
+        if skipped:
+            log(f"{layout.METRICS}: {len(skipped)} damaged line(s) dropped on resume ({'; '.join(skipped[:3])})")
         _truncate_after(run, int(st["epoch"]), int(st["step"]))
     else:
         (run.dir / layout.METRICS).unlink(missing_ok=True)
@@ -326,12 +565,11 @@ def train(run: Run, resume: bool = False, device: str = "auto", log: Callable[[s
         try:
             if not launched:  # launch() cleared old Stops; one sent while this process started must hold
                 stop_file.unlink(missing_ok=True)
-            finished = read_json(run.dir / layout.STATUS, {}).get("state") == "finished" and run.has_checkpoint
-            if finished and not resume:
+            if _results_sound(run) and not resume:
                 # Another process finished it between our caller's cache check and our lock: don't train twice.
                 log(f"run {run.run_id} is already finished")
                 return run.final_metrics()
-            resume = _prepare_folder(run, resume)
+            resume = _prepare_folder(run, resume, log)
             write_status(run, "queued", error=None, early_stop=None, epoch=0, epochs=cfg.epochs,
                          world_size=int(os.environ.get("WORLD_SIZE", 1)))
             with _device_slot(run, device, should_stop):

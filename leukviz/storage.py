@@ -114,7 +114,9 @@ def read_jsonl(path: Path) -> Iterator[dict]:
 
 
 def read_json(path: Path, default: Any = None) -> Any:
+    """The JSON in path, or default when it is missing, unreadable, not UTF-8 or not JSON (the caller checks
+    what it holds: runfiles has a schema per run file)."""
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
+    except (OSError, ValueError):  # ValueError: JSONDecodeError and UnicodeDecodeError
         return default

@@ -46,10 +46,26 @@ def make_run(root: Path, backbone: str = "googlenet", fingerprint: str = "fp1",
                      ).to_csv(run.dir / "val_predictions.csv", index=False)
         atomic_write_json(run.dir / "model.json", {
             "backbone": backbone, "classes": ["hem", "all"], "params": 5_600_000, "weights_init": "none",
+            "positive": 1, "image_size": cfg.image_size, "crop": cfg.crop, "crop_window": 0.75,
+            "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "build_kwargs": {},
             "split": {"method": split, "description": "by subject: 1 of 3 subjects held out"},
             "metrics": {"val_acc": 0.75, "val_f1": 0.74, "best_epoch": 2}})
-        (run.dir / "model.safetensors").write_bytes(b"\0" * 2_000_000)
+        (run.dir / "model.safetensors").write_bytes(fake_weights(backbone, 2, 2_000_000))
     return run
+
+
+def fake_weights(backbone: str, n_classes: int, size: int) -> bytes:
+    """A well-formed safetensors file of exactly `size` bytes whose classifier has n_classes outputs (the
+    run-folder checks read its header; nothing loads it)."""
+    import json
+    import struct
+
+    head = f"{backbones.get_spec(backbone).head}.weight"
+    n_head, header_len = n_classes * 16 * 4, 256
+    pad = size - 8 - header_len - n_head
+    header = json.dumps({head: {"dtype": "F32", "shape": [n_classes, 16], "data_offsets": [0, n_head]},
+                         "pad": {"dtype": "U8", "shape": [pad], "data_offsets": [n_head, n_head + pad]}})
+    return struct.pack("<Q", header_len) + header.ljust(header_len).encode() + b"\0" * (n_head + pad)
 
 
 class FakeProc:

@@ -162,7 +162,8 @@ def test_plan_says_what_starting_a_run_does(tiny_data, tmp_path):
     finally:
         lock.release()
     runs.write_status(run, "finished")
-    assert runs.plan(run) == "cached"
+    # finished without its model is not cached: it trains again, and says why (issue 15)
+    assert runs.plan_why(run) == ("train", "status.json says finished, but model.json is missing: it trains again")
     assert set(runs.PLANS) == {"cached", "attach", "resume", "train"}
 
 

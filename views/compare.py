@@ -42,6 +42,8 @@ def seconds_per_image(run_dir: str, stamp: tuple[int, int]) -> float:
 
 
 st.title("Compare")
+for damaged in dashboard.damaged_runs():
+    st.warning(f"Damaged, left out: {dashboard.plain(dashboard.damage_text(damaged))}", icon=":material/warning:")
 finished = dashboard.finished_runs()
 if not finished:
     st.info("Nothing to compare yet: train at least one backbone.")

@@ -48,6 +48,9 @@ def backbone_cards(polling: bool) -> None:
 
 backbone_cards(any_active)
 
+for damaged in dashboard.damaged_runs():
+    st.warning(f"Damaged, left out: {dashboard.plain(dashboard.damage_text(damaged))}", icon=":material/warning:")
+
 st.subheader("How to use it")
 st.markdown(
     "1. **Data**: check the dataset, its subjects and the validation split; switch to your own data.\n"

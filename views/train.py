@@ -163,7 +163,9 @@ def lr_finder(cfg: config.RunConfig, fingerprint: str) -> None:
 
 def finished_panel(run: runs.Run, evts: list[dict]) -> None:
     """A finished run: cached or just finished, why it ended early (if it did), its scores and next steps."""
-    if run.run_id in st.session_state.get("cached_runs", set()):
+    if run.damage:  # a file it needs is damaged: Start trains it again (runs.plan_why)
+        st.error(dashboard.plain(dashboard.damage_text(run)), icon=":material/broken_image:")
+    elif run.run_id in st.session_state.get("cached_runs", set()):
         st.info("Cached: this exact configuration had already finished, so nothing was retrained.",
                 icon=":material/inventory_2:")
     else:
@@ -253,11 +255,14 @@ with st.expander("Settings", expanded=True, key="train_settings_open", on_change
     lr_finder(cfg, ds.fingerprint)
     existing = dashboard.find_run(cfg, ds.fingerprint)
     known = existing.state if existing else "new"
+    if known == "finished" and existing.is_damaged:
+        known = "damaged"
     hint = {"running": "This configuration is training right now: Start attaches to it.",
             "queued": "This configuration is queued: Start attaches to it.",
             "starting": "This configuration is starting: Start attaches to it.",
             "stopped": "This configuration was stopped: Start resumes it.",
-            "interrupted": "This configuration was interrupted: Start resumes it."}.get(known)
+            "interrupted": "This configuration was interrupted: Start resumes it.",
+            "damaged": "This configuration finished, but a file of its run is damaged: Start trains it again."}.get(known)
     label = "Start training" if n_repeats == 1 else f"Start {n_repeats} runs (seeds {cfg.seed}–{cfg.seed + n_repeats - 1})"
     if st.button(label, type="primary", icon=":material/play_arrow:", key="train_start", on_click=fold_settings):
         started = []
@@ -297,6 +302,11 @@ with panel:
     except KeyError:
         st.warning(f"Run {dashboard.plain(run_id)} does not exist (any more).")
         del st.query_params["run"]
+        st.stop()
+    try:
+        run.config  # noqa: B018 - a run whose config.json is damaged has nothing to show but that
+    except runs.RunFileError as e:
+        st.error(f"{dashboard.plain(e)}: delete the folder {dashboard.plain(run.dir)}.", icon=":material/broken_image:")
         st.stop()
     active = run.state in runs.ACTIVE
     st.fragment(run_panel, run_every=POLL_SECONDS if active else None)(run, active)
