@@ -122,7 +122,6 @@ def _device_value(text: str) -> str:
     return text
 
 
-
 def add_config_options(parser: argparse.ArgumentParser, names: tuple[str, ...] = TRAIN_FIELDS) -> None:
     """One option per RunConfig field, its type, choices and help taken from config."""
     import dataclasses
@@ -408,7 +407,11 @@ def _selected_runs(run_arg: str, runs_dir):
     from leukviz import runs
 
     if run_arg == "all":
-        chosen = [r for r in runs.list_runs(runs_dir) if r.state == "finished" and r.has_checkpoint]
+        every = runs.list_runs(runs_dir)
+        for r in every:
+            if r.is_damaged:
+                print(f"left out, damaged: run {r.run_id}: " + " · ".join(str(p) for p in r.damage), file=sys.stderr)
+        chosen = [r for r in every if r.is_usable]
         if not chosen:
             raise CliError("no finished runs to predict with; train one first")
         return chosen
@@ -421,7 +424,7 @@ def _comparable(run_args: list[str], runs_dir) -> list:
     from leukviz import compare, runs
 
     chosen = [r for arg in run_args for r in _selected_runs(arg, runs_dir)]
-    chosen = list({r.run_id: r for r in chosen if r.state == "finished" and r.has_checkpoint}.values())
+    chosen = list({r.run_id: r for r in chosen if r.is_usable}.values())
     if not chosen:
         raise CliError("no finished runs among those given; `runs list` shows them")
     groups = compare.comparable_groups(chosen)

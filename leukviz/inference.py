@@ -3,7 +3,6 @@ the run's temperature (leukviz.calibration) applied to what a prediction record 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -16,7 +15,8 @@ from torch import nn
 from leukviz import backbones, calibration, data, ood
 from leukviz.preprocess import Preprocess
 from leukviz.engine import autocast, pick_device
-from leukviz.layout import CHECKPOINT, SIDECAR
+from leukviz.layout import CHECKPOINT, CONFIG, SIDECAR
+from leukviz.storage import read_json
 
 
 @dataclass
@@ -77,15 +77,15 @@ def load_model(run_dir: str | Path, device: str = "auto", calibrate: bool = True
     """Rebuild the architecture from the sidecar, then load the safetensors weights (no code is executed).
     With calibrate, the model carries the temperature fitted on the run's validation predictions
     (calibration.run_calibration: T = 1 when the run has none)."""
-    from safetensors.torch import load_file
+    from leukviz import runfiles
 
     run_dir = Path(run_dir)
     sidecar, weights = run_dir / SIDECAR, run_dir / CHECKPOINT
     if not sidecar.exists() or not weights.exists():
         raise FileNotFoundError(f"run {run_dir.name} has no checkpoint yet (is it finished?)")
-    meta = json.loads(sidecar.read_text())
+    meta = runfiles.read_sidecar(run_dir)  # checked: types and ranges, before anything is allocated
     model = backbones.build_model(meta["backbone"], len(meta["classes"]), arch=meta.get("build_kwargs", {}))
-    model.load_state_dict(load_file(str(weights)))
+    runfiles.load_weights(model, weights, run_dir.name)
     dev = pick_device(device)
     model = model.to(dev, memory_format=torch.channels_last).eval()
     cal = calibration.run_calibration(run_dir) if calibrate else calibration.not_calibrated("not asked for")
@@ -195,6 +195,29 @@ TTA_KEYS = ("accuracy", "weighted_f1", "balanced_accuracy", "sensitivity", "spec
             "confusion", "subject_vote")
 
 
+def _class_map(dataset_classes: list[str], model_classes: list[str]) -> np.ndarray:
+    """The model's index of each dataset class, matched by name (any case), not by order: a C-NMC run
+    (hem, all) scores an all/ + hem/ tree. DataError when the names differ."""
+    model = {c.lower(): i for i, c in enumerate(model_classes)}
+    if sorted(c.lower() for c in dataset_classes) != sorted(model):
+        raise data.DataError(f"dataset classes {dataset_classes} differ from the model's {model_classes}")
+    return np.array([model[c.lower()] for c in dataset_classes], dtype=np.int64)
+
+
+def _refuse_training_data(ds: data.Dataset, lm: LoadedModel) -> None:
+    """Without a held-out test set every labelled image is scored: not when that is a C-NMC root (its
+    labels CSV gave no labelled rows) or the very dataset the run was trained on."""
+    from leukviz import cnmc
+
+    if ds.kind == "cnmc":
+        raise data.DataError(f"the labels CSV ({cnmc.PRELIM_LABELS}) gives no labelled rows: a C-NMC root is scored "
+                             "on its preliminary test set only, never on its training folds")
+    trained_on = (read_json(lm.run_dir / CONFIG, {}) or {}).get("dataset_fingerprint")
+    if trained_on and trained_on == ds.fingerprint:
+        raise data.DataError("this is the dataset the run was trained on and it has no held-out test set: its "
+                             "scores would be of training images; give other labelled data")
+
+
 def evaluate_dataset(lm: LoadedModel, dataset: str | Path, cache_dir: Path | None = None, tta: bool = False) -> dict:
     """Score a run on labelled data it did not train on: a C-NMC root's preliminary test set (labels CSV),
     or every image of a class-per-folder tree.
@@ -205,24 +228,25 @@ def evaluate_dataset(lm: LoadedModel, dataset: str | Path, cache_dir: Path | Non
     from leukviz import metrics
 
     ds = data.open_dataset(dataset, cache_dir)
-    if list(ds.classes) != list(lm.classes):
-        raise data.DataError(f"dataset classes {list(ds.classes)} differ from the model's {lm.classes}")
+    to_model = _class_map(list(ds.classes), list(lm.classes))
     # The dataset's held-out test set (C-NMC's labelled preliminary set, a test/ folder) when it has one;
     # otherwise every labelled image of the tree (a folder the run never saw).
     test = ds.test_rows
+    if not len(test):
+        _refuse_training_data(ds, lm)
     sets = sorted(set(test["set"])) if len(test) else sorted(set(ds.index["set"]) - {"final"})
     rows = np.flatnonzero(ds.index["set"].isin(sets).to_numpy() & (ds.index["label"] >= 0).to_numpy())
     images, ok = lm.preprocess.cache(ds, cache_dir)
     rows = rows[ok[rows]]
     if len(rows) == 0:
         raise data.DataError("no labelled, readable images to evaluate")
-    y = ds.index["label"].to_numpy()[rows]
+    y = to_model[ds.index["label"].to_numpy()[rows]]
     subjects = ds.index["subject"].to_numpy()[rows]
     subjects = subjects if (subjects != "").all() else None
-    res = metrics.summary(y, predict_arrays(lm, images[rows]), ds.classes, subjects)
+    res = metrics.summary(y, predict_arrays(lm, images[rows]), lm.classes, subjects)
     res.update({"dataset": str(dataset), "set": "+".join(sets), "tta": tta, "run_id": lm.run_dir.name,
                 "skipped": int((~ok[np.flatnonzero(ds.index["set"].isin(sets).to_numpy())]).sum())})
     if tta:
-        with_tta = metrics.summary(y, predict_arrays(lm, images[rows], tta=True), ds.classes, subjects)
+        with_tta = metrics.summary(y, predict_arrays(lm, images[rows], tta=True), lm.classes, subjects)
         res["with_tta"] = {k: with_tta[k] for k in TTA_KEYS if k in with_tta}
     return res

@@ -102,7 +102,6 @@ def cnmc_copy(tiny_data, tmp_path) -> Path:
     return dest
 
 
-@pytest.mark.xfail(strict=True, reason="open: inference.evaluate_dataset is changed once the OOD work there is committed")
 @pytest.mark.parametrize("content", ["", ",".join(cnmc.LABEL_COLUMNS) + "\n"], ids=["empty", "header-only"])
 def test_evaluate_with_an_empty_labels_csv_refuses_instead_of_scoring_training_images(cnmc_copy, tmp_path, content):
     (cnmc_copy / cnmc.PRELIM_LABELS).write_text(content)
@@ -111,7 +110,6 @@ def test_evaluate_with_an_empty_labels_csv_refuses_instead_of_scoring_training_i
         inference.evaluate_dataset(lm, cnmc_copy, tmp_path / "cache")
 
 
-@pytest.mark.xfail(strict=True, reason="open: inference.evaluate_dataset is changed once the OOD work there is committed")
 def test_evaluate_matches_classes_by_name_not_order(tmp_path):
     root = class_tree(tmp_path / "ds", per_subject=2, subjects={"all": ("1", "2", "3"), "hem": ("H1", "H2")})
     assert data.open_dataset(root, tmp_path / "cache").classes == ("all", "hem")  # the model's are hem, all

@@ -374,15 +374,17 @@ def test_same_image_in_two_classes_is_dropped_and_reported(tmp_path):
     assert not used & dropped and {"all1.png", "all1_again.png"} <= used
 
 
-def test_names_without_subjects_say_so_and_offer_the_alternatives(micro, tmp_path):
+def test_a_few_names_without_subjects_are_named_and_the_splits_still_work(micro, tmp_path):
     copy = tmp_path / "C-NMC_Leukemia"
     shutil.copytree(micro, copy)
     for i, f in enumerate(sorted((copy / "training_data").rglob("*.png"))[::5]):
         f.rename(f.with_name(f"cell{i}.png"))
     ds = open_dataset(copy, tmp_path / "cache")
-    expected = r"subject split impossible: \d+ images have no subject.*'folds'.*'image'"
-    with pytest.raises(DataError, match=expected):
-        data.make_split(ds, "subject")
+    # A minority of stray names no longer blocks the subject split (issue 15): each is a subject of its own,
+    # and a warning names them; when most names carry no subject the split is refused, naming the files
+    # (tests/test_inputs.py).
+    assert any("cell0.png" in w and "subject of its own" in w for w in ds.warnings)
+    assert len(data.make_split(ds, "subject").val) > 0
     assert len(data.make_split(ds, "folds", val_fold=0).val) > 0 and data.make_split(ds, "image").leaky
 
 

@@ -187,14 +187,14 @@ def test_a_garbage_config_is_rewritten_by_its_configuration_and_never_archived_w
     assert again.dir == bad.dir and again.config == good.config and not again.problems
 
 
-def test_overview_and_compare_pages_work_beside_a_damaged_run(good, home, tiny_data):
+def test_overview_predict_and_compare_pages_work_beside_a_damaged_run(good, home, tiny_data):
     root = runs.runs_root()
     bad = copy_run(good, root, DAMAGED_ID)
     replace(bad.dir / layout.CHECKPOINT, (good.dir / layout.CHECKPOINT).read_bytes()[:1000])
     broken = copy_run(good, root, "cccccccccccc")
     replace(broken.dir / layout.CONFIG, b"[1, 2]")
     try:
-        for page in (None, "compare"):
+        for page in (None, "predict", "compare"):
             at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
             at.session_state["dataset"] = str(tiny_data)
             at.run()
@@ -204,8 +204,8 @@ def test_overview_and_compare_pages_work_beside_a_damaged_run(good, home, tiny_d
             warnings = " ".join(w.value for w in at.warning).replace("\\", "")  # markdown escapes off
             assert DAMAGED_ID in warnings and "model.safetensors" in warnings, warnings
             assert "cccccccccccc" in warnings and "config.json" in warnings
-            if page == "compare":
-                assert any(good.run_id[:6] in str(m.value) for m in at.multiselect), "the good run is compared"
+            if page in ("compare", "predict"):
+                assert any(good.run_id[:6] in str(m.value) for m in at.multiselect), "the good run is offered"
             else:
                 assert "Finished" in [m.value for m in at.markdown]
     finally:
@@ -300,3 +300,17 @@ def test_export_onto_an_existing_file_without_extension_is_refused_first(good, t
     assert target.read_text() == "keep me"
     res = export.export_run(good.dir, "safetensors", tmp_path / "folder")
     assert Path(res["path"]).exists()
+
+
+def test_predict_run_all_predicts_with_the_good_runs_and_names_the_damaged_one(good, tiny_data, capsys):
+    bad = copy_run(good, runs.runs_root(), DAMAGED_ID)
+    replace(bad.dir / layout.SIDECAR, b'{"backbone": "googlenet", "classes": [], "image_size": 100000}')
+    try:
+        image = str(next(Path(tiny_data).rglob("*.png")))
+        assert cli.main(["predict", "--run", "all", image, "--json"]) == 0
+        out = capsys.readouterr()
+        preds = json.loads(out.out.strip().splitlines()[-1])["predictions"]
+        assert [p["run_id"] for p in preds] == [good.run_id] and not preds[0]["error"]
+        assert f"left out, damaged: run {DAMAGED_ID}" in out.err and "model.json" in out.err
+    finally:
+        shutil.rmtree(bad.dir)
