@@ -37,8 +37,8 @@ def use(spec: str) -> None:
 st.title("Data")
 current = active_dataset()
 
-shown = 0 if current == "demo" else 2 if current.lower().endswith(".zip") else 1
-source = st.segmented_control("Dataset source", SOURCES, required=True, default=SOURCES[shown],
+first_source = 0 if current == "demo" else 2 if current.lower().endswith(".zip") else 1
+source = st.segmented_control("Dataset source", SOURCES, required=True, default=SOURCES[first_source],
                               key="data_source")
 if source == SOURCES[0] and current != "demo":
     if st.button("Use the built-in demo dataset", type="primary"):
