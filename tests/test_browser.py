@@ -185,7 +185,7 @@ def _walk_through(page, base: str, home: Path, shots: Path, timings: dict, t_lau
     _lr_finder(page, shots, timings)
     start.click()
     # The run panel is above the settings (which Start folds): Stop and the first curve point in view.
-    stop = page.get_by_role("button", name="Stop")
+    stop = page.get_by_role("button", name="Stop", exact=True)
     stop.wait_for(timeout=30_000)
     _assert_in_view(page, stop, "the Stop button")
     curves = page.locator(".js-plotly-plot", has=page.locator(".legendtext", has_text="train loss (running)"))
@@ -265,6 +265,10 @@ def _lr_finder(page, shots: Path, timings: dict) -> None:
     use.click()
     _settle(page)
     thumb = page.locator('[data-testid="stSliderThumbValue"]').first
+    for _ in range(40):  # the rerun that moves the slider can land after the page first looks settled
+        if thumb.inner_text().strip() == suggestion:
+            break
+        page.wait_for_timeout(250)
     assert thumb.inner_text().strip() == suggestion, (thumb.inner_text(), suggestion)
     _no_exception(page, "the learning-rate finder")
     page.screenshot(path=str(shots / "3-train-lr-finder.png"))

@@ -304,7 +304,9 @@ with panel:
         del st.query_params["run"]
         st.stop()
     try:
-        run.config  # noqa: B018 - a run whose config.json is damaged has nothing to show but that
+        # Read (not a bare expression: Streamlit's magic would draw it): a run whose config.json is damaged has
+        # nothing to show but that.
+        _ = run.config
     except runs.RunFileError as e:
         st.error(f"{dashboard.plain(e)}: delete the folder {dashboard.plain(run.dir)}.", icon=":material/broken_image:")
         st.stop()
