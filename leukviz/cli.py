@@ -259,10 +259,10 @@ def cmd_repeats(args) -> int:
         raise CliError("--seeds makes new runs: it does not go with --resume or --cv")
     cfgs = C.repeats(_resolve_cfg(args), args.seeds)
     results, worst = [], 0
-    for cfg in cfgs:
+    for i, cfg in enumerate(cfgs, 1):
         one = argparse.Namespace(**{**vars(args), "seeds": 1, "json": False, "seed": cfg.seed,
                                     "split_seed": cfg.split_seed})
-        print(f"seed {cfg.seed} ({cfgs.index(cfg) + 1} of {len(cfgs)}):", file=sys.stderr)
+        print(f"seed {cfg.seed} ({i} of {len(cfgs)}):", file=sys.stderr)
         with contextlib.redirect_stdout(sys.stderr):  # each run's own line; stdout keeps the summary
             worst = max(worst, cmd_train(one))
         results.append(_train_result(runs.run_for(cfg, args.runs_dir), False, time.time()))
@@ -407,11 +407,11 @@ def _selected_runs(run_arg: str, runs_dir):
     from leukviz import runs
 
     if run_arg == "all":
-        every = runs.list_runs(runs_dir)
-        for r in every:
-            if r.is_damaged:
-                print(f"left out, damaged: run {r.run_id}: " + " · ".join(str(p) for p in r.damage), file=sys.stderr)
-        chosen = [r for r in every if r.is_usable]
+        from leukviz import dashboard
+
+        for r in dashboard.damaged_runs(runs_dir):
+            print(f"left out, damaged: {dashboard.damage_text(r)}", file=sys.stderr)
+        chosen = dashboard.finished_runs(runs_dir)
         if not chosen:
             raise CliError("no finished runs to predict with; train one first")
         return chosen

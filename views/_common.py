@@ -73,3 +73,9 @@ def device_text() -> str:
     from leukviz import engine
 
     return engine.device_name(engine.pick_device())
+
+
+def warn_damaged() -> None:
+    """A warning for each run left out because a file it needs is damaged, with what is wrong and the repair."""
+    for damaged in dashboard.damaged_runs():
+        st.warning(f"Damaged, left out: {dashboard.plain(dashboard.damage_text(damaged))}", icon=":material/warning:")

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from leukviz import charts, compare, dashboard, layout, runs
-from views._common import active_dataset, load_model
+from views._common import active_dataset, load_model, warn_damaged
 
 CURVES = {"val_acc": "Validation accuracy", "val_loss": "Validation loss", "val_f1": "Validation weighted F1",
           "train_acc": "Training accuracy", "train_loss": "Training loss"}
@@ -42,8 +42,7 @@ def seconds_per_image(run_dir: str, stamp: tuple[int, int]) -> float:
 
 
 st.title("Compare")
-for damaged in dashboard.damaged_runs():
-    st.warning(f"Damaged, left out: {dashboard.plain(dashboard.damage_text(damaged))}", icon=":material/warning:")
+warn_damaged()
 finished = dashboard.finished_runs()
 if not finished:
     st.info("Nothing to compare yet: train at least one backbone.")

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from leukviz import backbones, dashboard, runs
-from views._common import active_dataset, device_text
+from views._common import active_dataset, device_text, warn_damaged
 
 st.title("leukviz")
 titles = ", ".join(spec.title for spec in backbones.BACKBONES.values())
@@ -48,8 +48,7 @@ def backbone_cards(polling: bool) -> None:
 
 backbone_cards(any_active)
 
-for damaged in dashboard.damaged_runs():
-    st.warning(f"Damaged, left out: {dashboard.plain(dashboard.damage_text(damaged))}", icon=":material/warning:")
+warn_damaged()
 
 st.subheader("How to use it")
 st.markdown(

@@ -7,12 +7,11 @@ from pathlib import Path
 import streamlit as st
 
 from leukviz import charts, dashboard, layout, prediction
-from views._common import active_dataset, load_model, open_dataset
+from views._common import active_dataset, load_model, open_dataset, warn_damaged
 
 st.title("Predict")
 finished = dashboard.finished_runs()  # damaged runs left out, and named:
-for damaged in dashboard.damaged_runs():
-    st.warning(f"Damaged, left out: {dashboard.plain(dashboard.damage_text(damaged))}", icon=":material/warning:")
+warn_damaged()
 if not finished:
     st.info("No trained model yet: train one first, then come back to predict with it.")
     st.page_link("views/train.py", label="Train a model", icon=":material/model_training:")
