@@ -35,6 +35,10 @@ class BackboneSpec:
     cam_layer: str  # dotted path of the layer Grad-CAM hooks
     cam_stride: int  # input pixels per cell of the CAM layer's map (its resolution: image side / stride)
     color: str  # its line in every chart
+    # The body's layer groups from input to output, as module prefixes (the head is not in them): with
+    # finetune="staged" each group gets its own learning rate, lower for earlier ones (param_groups).
+    # Empty: the whole body is one group.
+    stages: tuple[tuple[str, ...], ...] = ()
     pretrained_kwargs: dict[str, Any] = field(default_factory=dict)  # with weights=<enum>
     scratch_kwargs: dict[str, Any] = field(default_factory=dict)  # with weights=None
     # The recipe: what this backbone changes in config.preset_defaults' settings, for the paper preset, and
@@ -75,14 +79,19 @@ def register(spec: BackboneSpec) -> BackboneSpec:
 
 register(BackboneSpec(
     name="resnet50", title="ResNet50", builder_name="resnet50", weights_name="ResNet50_Weights.DEFAULT",
-    head="fc", last_stage=("layer4",), cam_layer="layer4", cam_stride=32, color="#636EFA",
+    head="fc", last_stage=("layer4",), stages=(("conv1", "bn1", "layer1"), ("layer2",), ("layer3",), ("layer4",)),
+    cam_layer="layer4", cam_stride=32, color="#636EFA",
 ))
 # GoogLeNet's ImageNet weights expect transform_input=True (they were trained with a different
 # normalisation, which the model re-applies itself); with weights torchvision drops the auxiliary
 # classifiers itself, and from scratch we drop them too (aux_logits=False): one head, one output.
 register(BackboneSpec(
     name="googlenet", title="GoogLeNet", builder_name="googlenet", weights_name="GoogLeNet_Weights.DEFAULT",
-    head="fc", last_stage=("inception5a", "inception5b"), cam_layer="inception5b", cam_stride=32, color="#00CC96",
+    head="fc", last_stage=("inception5a", "inception5b"),
+    stages=(("conv1", "conv2", "conv3"), ("inception3a", "inception3b"),
+            ("inception4a", "inception4b", "inception4c", "inception4d", "inception4e", "aux1", "aux2"),
+            ("inception5a", "inception5b")),
+    cam_layer="inception5b", cam_stride=32, color="#00CC96",
     pretrained_kwargs={"transform_input": True},
     scratch_kwargs={"aux_logits": False, "transform_input": False, "init_weights": True},
 ))
@@ -96,6 +105,10 @@ register(BackboneSpec(
 register(BackboneSpec(
     name="vgg16", title="VGG16", builder_name="vgg16", weights_name="VGG16_Weights.DEFAULT",
     head="classifier.6", last_stage=("features.24", "features.26", "features.28", "classifier"),
+    # its five conv blocks (features.N: the convs; the ReLUs and pools hold no weights), the first two as one
+    stages=(("features.0", "features.2", "features.5", "features.7"), ("features.10", "features.12", "features.14"),
+            ("features.17", "features.19", "features.21"), ("features.24", "features.26", "features.28"),
+            ("classifier.0", "classifier.3")),
     cam_layer="features.29", cam_stride=16, color="#EF553B",
     paper_recipe={"epochs": 4, "optimizer": "adam", "lr": 3e-3},
     pretrained_recipe={"lr": 1e-4},
@@ -225,14 +238,40 @@ def build_model(name: str, num_classes: int, weights: str = "none", arch: dict[s
 
 
 def build_kwargs(name: str, weights: str) -> dict[str, Any]:
-    """Builder arguments (for weights=None) that rebuild the architecture a run was trained with."""
+    """Builder arguments (for weights=None) that rebuild the architecture a run was trained with: from
+    scratch, the scratch ones; ImageNet weights, or an ImageNet-style weights file, the pretrained ones; a
+    leukviz checkpoint (a model.safetensors with its sidecar beside it), the ones its weights were trained
+    with (a GoogLeNet trained from scratch must not get ImageNet's input transform when fine-tuned further)."""
     spec = get_spec(name)
-    return dict(spec.scratch_kwargs) if weights == "none" else {**spec.scratch_kwargs, **spec.pretrained_kwargs}
+    if weights == "none":
+        return dict(spec.scratch_kwargs)
+    recorded = _recorded_kwargs(Path(weights), name) if weights != "imagenet" else None
+    return recorded if recorded is not None else {**spec.scratch_kwargs, **spec.pretrained_kwargs}
+
+
+def _recorded_kwargs(path: Path, name: str) -> dict[str, Any] | None:
+    """The builder arguments a leukviz checkpoint's sidecar (layout.SIDECAR beside it) records for this
+    backbone; None for any other file."""
+    import json
+
+    from leukviz.layout import CHECKPOINT, SIDECAR
+
+    side = path.with_name(SIDECAR)
+    if path.name != CHECKPOINT or not side.is_file():
+        return None
+    try:
+        meta = json.loads(side.read_text())
+    except (OSError, ValueError):
+        return None
+    kwargs = meta.get("build_kwargs") if isinstance(meta, dict) and meta.get("backbone") == name else None
+    return dict(kwargs) if isinstance(kwargs, dict) else None
 
 
 def set_finetune(model: nn.Module, name: str, mode: str) -> list[nn.Module]:
     """Freeze what the fine-tuning depth excludes; returns the frozen modules (kept in eval mode)."""
     spec = get_spec(name)
+    if mode == "staged":
+        mode = "head"  # its first epochs; the engine unfreezes the rest (engine.begin_epoch)
     if mode == "full":
         for p in model.parameters():
             p.requires_grad_(True)
@@ -252,6 +291,41 @@ def set_finetune(model: nn.Module, name: str, mode: str) -> list[nn.Module]:
             for p in module.parameters(recurse=False):
                 p.requires_grad_(True)
     return frozen
+
+
+# finetune="staged": the earliest layer group learns at 1/DISCRIMINATIVE_SPREAD of the head's rate, the
+# groups between on a geometric ladder (fastai spreads its groups' rates over 100x, ULMFiT divides by 2.6
+# per layer; earlier layers hold the generic features a new task should disturb least).
+DISCRIMINATIVE_SPREAD = 10.0
+
+
+def _in(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == k or name.startswith(k + ".") for k in prefixes)
+
+
+def param_groups(model: nn.Module, name: str, lr: float) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups of finetune="staged": one per stage of the body (spec.stages; the
+    whole body when it names none), input to output, with rates rising geometrically from
+    lr / DISCRIMINATIVE_SPREAD towards lr, then the head at lr. Every parameter is in exactly one group,
+    whether it trains now or not (the head-only epochs freeze the body: its groups wait without
+    gradients). Each group is named (its "name" key)."""
+    spec = get_spec(name)
+    owner = {k: k.rsplit(".", 1)[0] for k, _ in model.named_parameters()}
+    params = dict(model.named_parameters())
+    head = [k for k in params if _in(owner[k], (spec.head,))]
+    body = [k for k in params if k not in head]
+    stages = spec.stages or (("the body",),)
+    n = len(stages)
+    groups = []
+    for i, prefixes in enumerate(stages):
+        members = [k for k in body if _in(owner[k], prefixes)] if spec.stages else body
+        body = [k for k in body if k not in members]
+        groups.append({"params": [params[k] for k in members], "lr": lr * DISCRIMINATIVE_SPREAD ** (-(n - i) / n),
+                       "name": f"stage {i + 1}: {', '.join(prefixes)}"})
+    if body:
+        raise ValueError(f"{spec.title}'s stages leave {len(body)} parameters without a rate (first: {body[0]})")
+    groups.append({"params": [params[k] for k in head], "lr": lr, "name": f"head: {spec.head}"})
+    return [g for g in groups if g["params"]]
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -92,8 +92,8 @@ def _train_result(run, cached: bool, t0: float) -> dict:
 
 # The RunConfig fields the train command sets, in its --help order; unset (None) means the preset's default.
 TRAIN_FIELDS = ("epochs", "image_size", "batch_size", "lr", "optimizer", "split", "val_fold", "n_folds", "average",
-                "select", "finetune", "augment", "precision", "freeze_bn", "class_balance", "seed", "split_seed",
-                "patience")
+                "select", "finetune", "head_epochs", "augment", "precision", "freeze_bn", "class_balance", "seed",
+                "split_seed", "patience")
 FLAGS = {"n_folds": "--folds"}  # otherwise --the-field-name
 MAX_SEED = 2**32 - 1  # numpy's and torch's generators take it; seeds derived from it stay under 2**64
 

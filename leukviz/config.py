@@ -14,7 +14,7 @@ from leukviz.errors import LeukvizError
 PRESETS = ("quick", "paper", "full")
 WEIGHTS_CHOICES = ("imagenet", "none")  # or a path to a weights file
 SPLITS = ("subject", "groups", "folds", "image", "given")  # given: the dataset's own validation folder
-FINETUNE = ("full", "last", "head")
+FINETUNE = ("full", "last", "head", "staged")  # staged: the head alone first, then all layers (discriminative rates)
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "cosine")
 AUGMENT = ("none", "flips", "full")
@@ -34,7 +34,9 @@ HELP = {
     "n_folds": "number of subject-grouped folds for --split groups (default: automatic)",
     "average": "ema: validate and keep a moving average of the weights",
     "select": "keep the last epoch's model or the best on validation (--patience always keeps the best)",
-    "finetune": "train the full network, the last stage + head, or the head",
+    "finetune": "train the full network, the last stage + head, the head, or staged: the head alone for "
+                "--head-epochs, then the whole network with lower rates for earlier layers (for pretrained weights)",
+    "head_epochs": "finetune staged: how many epochs train the head alone before the whole network (default 1)",
     "freeze_bn": "keep BatchNorm statistics fixed (ImageNet's, when fine-tuning)",
     "class_balance": "weighted loss (default) or none",
     "patience": "early stopping: end the run when validation weighted F1 has not improved for this many epochs "
@@ -91,10 +93,16 @@ class RunConfig:
     # It implies keeping the best epoch (keeps_best): stopping on a plateau and then keeping the epoch
     # where it was noticed would throw away the model the stop was waiting for.
     patience: int = 0
+    # finetune="staged": the epochs that train the head alone (the backbone frozen, its statistics too)
+    # before the whole network trains with discriminative rates (backbones.param_groups). Other depths
+    # ignore it, so it is 1 for them (one run id whatever was asked).
+    head_epochs: int = 1
 
     def __post_init__(self) -> None:
         if self.split_seed is not None and (self.split_seed == self.seed or self.split not in SEEDED_SPLITS):
             object.__setattr__(self, "split_seed", None)
+        if self.finetune != "staged":
+            object.__setattr__(self, "head_epochs", 1)
 
     @property
     def keeps_best(self) -> bool:
@@ -122,6 +130,8 @@ class RunConfig:
             d.pop("split_seed")  # added later: runs without one keep their ids
         if d["patience"] == 0:
             d.pop("patience")  # added later too: runs without early stopping keep their ids
+        if d["head_epochs"] == 1:
+            d.pop("head_epochs")  # and this one (every depth but staged has 1)
         ident = {"config": d, "dataset": fingerprint, "preprocess": PREPROCESS_VERSION}
         if self.weights not in WEIGHTS_CHOICES:  # a weights file: its bytes, as the dataset's (imagenet/none: as before)
             ident["weights_file"] = weights_digest(self.weights)
@@ -240,6 +250,9 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("epochs and batch_size must be at least 1")
     if cfg.patience < 0:
         raise ConfigError(f"patience must be 0 (off) or a number of epochs, got {cfg.patience}")
+    if cfg.finetune == "staged" and not 1 <= cfg.head_epochs < cfg.epochs:
+        raise ConfigError(f"finetune staged trains the head alone for head_epochs, then the whole network: "
+                          f"head_epochs must be at least 1 and below epochs ({cfg.epochs}), got {cfg.head_epochs}")
     if not cfg.lr > 0:
         raise ConfigError(f"lr must be positive, got {cfg.lr}")
     if not 0.0 < cfg.val_fraction < 1.0:

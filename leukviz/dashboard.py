@@ -21,7 +21,8 @@ from leukviz.layout import CONFIG
 
 SPLIT_TEXT = {"subject": "by subject", "groups": "subject-grouped folds", "folds": "official folds",
               "image": "by image (leaky)", "given": "the dataset's own validation folder"}
-FINETUNE_TEXT = {"full": "the whole network", "last": "last stage + head", "head": "head only"}
+FINETUNE_TEXT = {"full": "the whole network", "last": "last stage + head", "head": "head only",
+                 "staged": "head first, then all (lower rates early)"}
 
 
 # ---------------------------------------------------------------------------------------------- text
@@ -70,7 +71,9 @@ def describe_config(cfg: RunConfig) -> str:
     epochs = f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}"
     return (f"{backbone_title(cfg.backbone)}, {cfg.preset} preset, weights {cfg.weights}, "
             f"{cfg.image_size} px, {epochs}, batch {cfg.batch_size}, "
-            f"lr {cfg.lr:g}, fine-tune {FINETUNE_TEXT.get(cfg.finetune, cfg.finetune)}, "
+            f"lr {cfg.lr:g}, fine-tune {FINETUNE_TEXT.get(cfg.finetune, cfg.finetune)}"
+            + (f" ({cfg.head_epochs} head-only epoch{'s' if cfg.head_epochs != 1 else ''})"
+               if cfg.finetune == "staged" else "") + ", "
             f"split {SPLIT_TEXT.get(cfg.split, cfg.split)}"
             + (f", early stopping after {cfg.patience} epochs without a better F1" if cfg.patience else ""))
 

@@ -207,9 +207,15 @@ def init_distributed(device_pref: str = "auto") -> tuple[Dist, torch.device]:
 def make_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
     """The run's optimizer. Fused (one pass over each tensor instead of one per arithmetic step) on CPU and
     CUDA: on CPU PyTorch's default is a Python loop of separate kernels, and the update is memory-bound, so
-    for AdamW the fused form is several times faster (see docs/BENCHMARKS.md)."""
-    params = [p for p in params if p.requires_grad]
-    fused = {"fused": True} if params and params[0].device.type in ("cpu", "cuda") else {}
+    for AdamW the fused form is several times faster (see docs/BENCHMARKS.md). params: the parameters (those
+    that train), or parameter groups with their own rates (finetune="staged", all of them)."""
+    params = list(params)
+    if params and isinstance(params[0], dict):
+        first = next((p for g in params for p in g["params"]), None)
+    else:
+        params = [p for p in params if p.requires_grad]
+        first = params[0] if params else None
+    fused = {"fused": True} if first is not None and first.device.type in ("cpu", "cuda") else {}
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **fused)
     if cfg.optimizer == "adam":
@@ -217,7 +223,19 @@ def make_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
 
 
-def make_scheduler(cfg: RunConfig, opt: torch.optim.Optimizer, total_steps: int):
+def make_scheduler(cfg: RunConfig, opt: torch.optim.Optimizer, total_steps: int, head_steps: int = 0):
+    """Cosine decay to 1 % of the rate, or none. finetune="staged" (head_steps > 0): the head-only steps at
+    the full rate, then the cosine over the rest, each group's own rate scaled alike (LambdaLR)."""
+    if cfg.finetune == "staged":
+        rest = max(1, total_steps - head_steps)
+
+        def factor(step: int) -> float:
+            if cfg.scheduler != "cosine" or step < head_steps:
+                return 1.0
+            t = min(1.0, (step - head_steps) / rest)
+            return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * t))
+
+        return torch.optim.lr_scheduler.LambdaLR(opt, factor)
     if cfg.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total_steps), eta_min=cfg.lr * 0.01)
     return torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
@@ -414,19 +432,40 @@ def setup_training(cfg: RunConfig, model: nn.Module, train_x: torch.Tensor, trai
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     weights = class_weights(train_y.numpy(), n_classes) if cfg.class_balance == "weighted_loss" else None
     criterion = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device))
-    opt = make_optimizer(cfg, model.parameters())
+    staged = cfg.finetune == "staged"
+    opt = make_optimizer(cfg, backbones.param_groups(model, cfg.backbone, cfg.lr) if staged else model.parameters())
     steps_per_epoch = len(epoch_batches(len(train_x), cfg.batch_size, cfg.seed, 1, d))
-    sched = make_scheduler(cfg, opt, steps_per_epoch * cfg.epochs if total_steps is None else total_steps)
+    sched = make_scheduler(cfg, opt, steps_per_epoch * cfg.epochs if total_steps is None else total_steps,
+                           steps_per_epoch * cfg.head_epochs if staged else 0)
     amp = autocast_dtype(cfg.precision, device)
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 and device.type == "cuda" else None
     average = make_average(cfg, model)
-    train_model: nn.Module = model
-    if d.on:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-    return TrainState(cfg, model, train_model, frozen, opt, sched, scaler, criterion, amp, device, d, average,
+    return TrainState(cfg, model, wrap(model, device, d), frozen, opt, sched, scaler, criterion, amp, device, d, average,
                       model if average is None else average.module, backbones.get_spec(cfg.backbone).head,
                       uses_feature_cache(cfg, d), train_x, train_y, steps_per_epoch)
+
+
+def wrap(model: nn.Module, device: torch.device, d: Dist) -> nn.Module:
+    """The model as it trains: itself, or in DistributedDataParallel under torchrun (which syncs the gradients
+    of the parameters that train when it is made, so a change of what trains wraps it anew)."""
+    if not d.on:
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def begin_epoch(state: TrainState, epoch: int, log: Callable[[str], None] = lambda s: None) -> None:
+    """What trains in this epoch. finetune="staged": the head alone up to cfg.head_epochs (the body frozen,
+    in eval mode), then the whole network, each stage at its own rate (backbones.param_groups); also when a
+    resume starts after the switch."""
+    cfg = state.cfg
+    if cfg.finetune != "staged" or epoch <= cfg.head_epochs or not state.frozen:
+        return
+    state.frozen = backbones.set_finetune(state.model, cfg.backbone, "full")
+    state.train_model = wrap(state.model, state.device, state.dist)
+    rates = ", ".join(f"{g['name'].split(':')[0]} {g['lr']:.2g}" for g in state.opt.param_groups)
+    log(f"epoch {epoch}: the whole network trains now, earlier layers at lower rates ({rates})")
 
 
 def setup(cfg: RunConfig, cache_dir: Path | None, device_pref: str = "auto", log: Callable[[str], None] = print,
@@ -663,7 +702,7 @@ def train_one_epoch(state: TrainState, batches: list[np.ndarray], epoch: int, ho
         seen += float(stats[2])
         if (step + 1) % report_every == 0 or step + 1 == steps:
             hooks.emit({"type": events.BATCH, "epoch": epoch, "step": step + 1, "steps": steps,
-                        "loss": loss_sum / seen, "acc": correct / seen, "lr": state.opt.param_groups[0]["lr"],
+                        "loss": loss_sum / seen, "acc": correct / seen, "lr": state.opt.param_groups[-1]["lr"],
                         "time": time.time()})
     return loss_sum / max(seen, 1), correct / max(seen, 1), int(seen)
 
@@ -833,6 +872,7 @@ def _fit(cfg: RunConfig, run_dir: Path, emit: Emit, should_stop: Callable[[], bo
         t0 = time.time()
         if state.fast_head and state.feats is None:  # counted in the first epoch's time
             state.feats = head_inputs(state, cache_dir, log)
+        begin_epoch(state, epoch, log)
         set_train_mode(state.train_model, state.frozen, cfg.freeze_bn)
         batches = epoch_batches(len(state.train_x), cfg.batch_size, cfg.seed, epoch, state.dist)
         hooks = Hooks(emit if main else _ignore, should_stop,
@@ -846,7 +886,7 @@ def _fit(cfg: RunConfig, run_dir: Path, emit: Emit, should_stop: Callable[[], bo
         f1 = weighted_f1(val_y, pred)
         ev = {"type": events.EPOCH, "epoch": epoch, "epochs": cfg.epochs, "train_loss": tl, "train_acc": ta,
               "val_loss": vl, "val_acc": float((pred == val_y).mean()), "val_f1": f1,
-              "lr": state.opt.param_groups[0]["lr"], "seconds": time.time() - t0,
+              "lr": state.opt.param_groups[-1]["lr"], "seconds": time.time() - t0,  # the head's (last group)
               "images_per_s": seen / max(train_seconds, 1e-9), "time": time.time()}
         if not all(math.isfinite(ev[k]) for k in ("train_loss", "val_loss")):
             raise TrainingDiverged(f"validation loss became {vl} at epoch {epoch}; lower the learning rate")

@@ -407,6 +407,22 @@ def test_train_shows_why_a_run_stopped_early(app, tiny_data):
     assert not at.exception
 
 
+def test_train_offers_the_staged_schedule_with_its_head_only_epochs(app, tiny_data):
+    """Fine-tuning depth "staged" asks for its head-only epochs (no other depth does) and the run gets them;
+    as many head-only epochs as epochs is refused in words."""
+    at = app
+    at.query_params["backbone"] = "googlenet"
+    open_page(at, "train")
+    assert not [n for n in at.number_input if n.key == "train_head_epochs"]
+    at.selectbox(key="train_finetune").set_value("staged").run()
+    at.number_input(key="train_head_epochs").set_value(2).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    shown = json.loads(at.json[-1].value)  # "Every setting of this run"
+    assert shown["finetune"] == "staged" and shown["head_epochs"] == 2
+    at.number_input(key="train_epochs").set_value(2).run()
+    assert any("head_epochs must be at least 1 and below epochs" in e.value.replace("\\", "") for e in at.error)
+
+
 def test_train_lr_finder_sweeps_in_the_background_and_one_click_uses_its_suggestion(app, tiny_data):
     from leukviz import lrfind
 

@@ -88,6 +88,29 @@ def test_imagenet_weights_load_from_torchvision_cache(monkeypatch, tmp_path):
     assert model.fc.out_features == 2 and model.transform_input and model.aux1 is None
 
 
+def test_a_leukviz_checkpoint_as_weights_file_keeps_the_architecture_it_was_trained_with(tmp_path):
+    """A GoogLeNet trained from scratch (no ImageNet input transform) fine-tuned further keeps its own input
+    transform, recorded in the sidecar; an ImageNet-style state_dict gets the pretrained one."""
+    import json
+
+    from leukviz import layout
+
+    src = build_model("googlenet", 2, "none")
+    assert not src.transform_input
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save(src.state_dict(), tmp_path / "imagenet_style.pt")
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, run / layout.CHECKPOINT)
+    (run / layout.SIDECAR).write_text(json.dumps({"backbone": "googlenet",
+                                                  "build_kwargs": backbones.build_kwargs("googlenet", "none")}))
+    assert not build_model("googlenet", 2, str(run / layout.CHECKPOINT)).transform_input
+    assert build_model("googlenet", 2, str(tmp_path / "imagenet_style.pt")).transform_input
+    (run / layout.SIDECAR).write_text(json.dumps({"backbone": "resnet50", "build_kwargs": {}}))  # another backbone's
+    assert build_model("googlenet", 2, str(run / layout.CHECKPOINT)).transform_input
+
+
 def test_weights_file_loads_backbone_and_rejects_wrong_architecture(tmp_path):
     src = build_model("resnet50", 2, "none")
     f = tmp_path / "w.pt"

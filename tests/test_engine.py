@@ -92,9 +92,10 @@ def test_split_seed_keeps_a_repeat_on_the_same_split_and_old_ids_unchanged(tiny_
     repeat = dataclasses.replace(base, seed=5, split_seed=0)
     assert repeat.split_rng_seed == 0 and repeat.identity("fp") != base.identity("fp")
     assert dataclasses.replace(base, seed=5).split_rng_seed == 5
-    # the id of a config without split_seed is the hash it had before the field existed (patience came later)
+    # the id of a config without split_seed is the hash it had before the field existed (patience and
+    # head_epochs came later)
     d = base.to_dict()
-    d.pop("data"), d.pop("split_seed"), d.pop("patience")
+    d.pop("data"), d.pop("split_seed"), d.pop("patience"), d.pop("head_epochs")
     blob = json.dumps({"config": d, "dataset": "fp", "preprocess": config.PREPROCESS_VERSION}, sort_keys=True)
     assert base.identity("fp") == hashlib.sha256(blob.encode()).hexdigest()[:12]
     ds = data.open_dataset(tiny_data)
@@ -223,7 +224,7 @@ def test_patience_leaves_old_run_ids_unchanged_and_is_validated():
     base = resolve("resnet50", weights="none", data="demo", seed=0)
     assert base.patience == 0
     d = base.to_dict()
-    d.pop("data"), d.pop("split_seed"), d.pop("patience")
+    d.pop("data"), d.pop("split_seed"), d.pop("patience"), d.pop("head_epochs")
     blob = json.dumps({"config": d, "dataset": "fp", "preprocess": config.PREPROCESS_VERSION}, sort_keys=True)
     assert base.identity("fp") == hashlib.sha256(blob.encode()).hexdigest()[:12]
     assert dataclasses.replace(base, patience=3).identity("fp") != base.identity("fp")

@@ -93,7 +93,13 @@ def settings_form() -> tuple[config.RunConfig, int, int]:
     rates = sorted({*LEARNING_RATES, *([state["train_lr"]] if "train_lr" in state else [])})
     lr = c4.select_slider("Learning rate", rates, format_func=lambda v: f"{v:g}", key="train_lr", **KEEP)
     finetune = c5.selectbox("Fine-tuning depth", config.FINETUNE, format_func=dashboard.FINETUNE_TEXT.get,
-                            key="train_finetune", **KEEP)
+                            key="train_finetune", **KEEP,
+                            help="Staged, for pretrained weights: the head alone first (the backbone frozen), then "
+                                 "the whole network, each earlier layer group at a lower rate (the earliest at "
+                                 f"1/{backbones.DISCRIMINATIVE_SPREAD:g} of the head's).")
+    head_epochs = None
+    if finetune == "staged":
+        head_epochs = int(c5.number_input("Head-only epochs", 1, 499, value=1, key="train_head_epochs", **KEEP))
     n_repeats = int(c6.number_input(
         "Repeats (seeds)", 1, config.MAX_REPEATS, value=1, key="train_repeats", **KEEP,
         help="Train this configuration several times, differing only in the random seed, on one validation "
@@ -110,7 +116,7 @@ def settings_form() -> tuple[config.RunConfig, int, int]:
     try:
         cfg = config.resolve(backbone, preset, weights, dataset, image_size=int(image_size), epochs=int(epochs),
                              batch_size=int(batch_size), lr=float(lr), finetune=finetune, split=split,
-                             patience=patience)
+                             patience=patience, head_epochs=head_epochs)
     except config.ConfigError as e:
         st.error(dashboard.plain(e))
         st.stop()
