@@ -3,7 +3,7 @@
 import streamlit as st
 
 from leukviz import dashboard
-from views._common import active_dataset, device_text
+from views._common import active_dataset, device_text, warm_imports
 
 st.set_page_config(page_title="leukviz", page_icon=":material/biotech:", layout="wide")
 
@@ -29,4 +29,7 @@ with st.sidebar:
     st.caption("Device")
     st.markdown(dashboard.plain(device_text()))
 
-page.run()
+try:
+    page.run()
+finally:  # once the page is drawn (or stopped): the other pages' imports, in the background
+    warm_imports()

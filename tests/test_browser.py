@@ -250,6 +250,18 @@ def _walk_through(page, base: str, home: Path, shots: Path, timings: dict, t_lau
     _no_exception(page, "Train, on return")
     page.screenshot(path=str(shots / "6-train-cached.png"))
 
+    # A second visitor on the now warm server, straight to Train: interactive when Start is enabled.
+    other = page.context.browser.new_page(viewport=VIEWPORT)  # a new context: another session
+    t_warm = time.time()
+    other.goto(f"{base}/train")
+    start = other.get_by_role("button", name="Start training")
+    start.wait_for(timeout=60_000)
+    _settle(other)
+    assert start.is_enabled()
+    timings["warm_server_train_page_interactive_s"] = round(time.time() - t_warm, 2)
+    _no_exception(other, "Train, a second visitor")
+    other.close()
+
 
 def _real_cell_warns(page, upload, shots: Path) -> None:
     """A real C-NMC cell (another source, size and stain) dropped on the demo-trained model: the warning

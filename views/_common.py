@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import streamlit as st
@@ -69,6 +70,23 @@ def load_model(run: runs.Run):
 
 
 @st.cache_resource(show_spinner=False)
+@st.cache_resource(show_spinner=False)
+def warm_imports() -> threading.Thread:
+    """Once per server process, in the background: import what the other pages need first (torchvision's
+    models for the Train page's weights check and for Predict; the comparison statistics, scipy.stats and
+    scikit-learn, for Train's results and Compare), while the first page is being read. Their first visit
+    then does not wait seconds for imports."""
+
+    def work() -> None:
+        import torchvision.models  # noqa: F401
+
+        from leukviz import compare, inference  # noqa: F401
+
+    thread = threading.Thread(target=work, name="leukviz-warm-imports", daemon=True)
+    thread.start()
+    return thread
+
+
 def device_text() -> str:
     from leukviz import engine
 
