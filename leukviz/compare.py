@@ -214,13 +214,36 @@ PAIRED_SCORES = ("weighted_f1", "accuracy")
 ENSEMBLE = "Ensemble"
 
 
-def config_key(run: runs.Run) -> str:
-    """Runs of one configuration that differ only in seed (repeats) share this key: the comparable group
-    (same data, same validation cells) and every setting but the seeds."""
+def _settings(run: runs.Run) -> dict[str, Any]:
+    """Every setting of a run but what repeats of one configuration differ in: the seeds, the data path (the
+    fingerprint stands for the data) and, under subject-grouped cross-validation, the fold."""
     d = run.config.to_dict()
     for name in ("seed", "split_seed", "data") + (("val_fold",) if run.config.split == "groups" else ()):
         d.pop(name, None)
-    return group_key(run) + "|" + json.dumps(d, sort_keys=True)
+    return d
+
+
+def config_key(run: runs.Run) -> str:
+    """Runs of one configuration that differ only in seed (repeats) share this key: the comparable group
+    (same data, same validation cells) and every setting but the seeds."""
+    return group_key(run) + "|" + json.dumps(_settings(run), sort_keys=True)
+
+
+def _value_text(name: str, v: Any) -> str:
+    if name == "weights" and v not in ("imagenet", "none"):
+        return Path(str(v)).name
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def setting_labels(firsts: Sequence[runs.Run], most: int = 3) -> list[str]:
+    """Short names for configurations of one backbone: the settings in which they differ ("finetune staged,
+    lr 0.0003"), at most `most` of them; the run id's start where that does not tell them apart."""
+    settings = [_settings(r) for r in firsts]
+    differ = [k for k in settings[0] if len({json.dumps(d.get(k), sort_keys=True) for d in settings}) > 1]
+    labels = [", ".join(f"{k} {_value_text(k, d.get(k))}" for k in differ[:most]) for d in settings]
+    if not all(labels) or len(set(labels)) < len(labels):
+        labels = [f"{label} ({r.run_id[:6]})" if label else r.run_id[:6] for label, r in zip(labels, firsts)]
+    return labels
 
 
 @dataclass
@@ -272,22 +295,22 @@ def _same_cells(a: Predictions, b: Predictions) -> bool:
 
 
 def repeat_groups(evals: Sequence[Evaluation]) -> list[Repeats]:
-    """The evaluations grouped by configuration (config_key), in registry order, each by seed. A
-    group is named by its backbone, plus its run id's start when one backbone has several configurations."""
+    """The evaluations grouped by configuration (config_key), in registry order, each by seed. A group is
+    named by its backbone, plus what sets it apart (setting_labels) when one backbone has several
+    configurations."""
     by_key: dict[str, list[Evaluation]] = {}
     for ev in evals:
         by_key.setdefault(config_key(ev.run), []).append(ev)
-    per_backbone: dict[str, int] = {}
-    for members in by_key.values():
-        per_backbone[members[0].run.config.backbone] = per_backbone.get(members[0].run.config.backbone, 0) + 1
-    out = []
-    for members in by_key.values():
+    groups = list(by_key.values())
+    for members in groups:
         members.sort(key=lambda ev: ev.run.config.seed)
-        first = members[0].run
-        name = backbone_title(first.config.backbone)
-        if per_backbone[first.config.backbone] > 1:
-            name += f" · {first.run_id[:6]}"
-        out.append(Repeats(name, members))
+    names = {id(m): backbone_title(m[0].run.config.backbone) for m in groups}
+    for backbone in {m[0].run.config.backbone for m in groups}:
+        same = [m for m in groups if m[0].run.config.backbone == backbone]
+        if len(same) > 1:
+            for members, label in zip(same, setting_labels([m[0].run for m in same])):
+                names[id(members)] += f" · {label}"
+    out = [Repeats(names[id(members)], members) for members in groups]
     order = list(BACKBONES)
     return sorted(out, key=lambda g: order.index(g.evals[0].run.config.backbone)
                   if g.evals[0].run.config.backbone in order else len(order))
@@ -524,11 +547,12 @@ def report_text(rep: Report) -> str:
             continue
         unit = part[0].interval.get("unit", "subjects")
         lines.append(f"{title}: mean ± sd over seeds, and the 95 % interval from a bootstrap over {unit}")
-        lines.append(f"  {'model':<18} {'seeds':>5}" + "".join(f"  {SHORT_TEXT[k]:<24}" for k in metrics.SCORES))
+        w = max(18, *(len(s.name) for s in part))
+        lines.append(f"  {'model':<{w}} {'seeds':>5}" + "".join(f"  {SHORT_TEXT[k]:<24}" for k in metrics.SCORES))
         for s in part:
             cells = "".join(f"  {format_spread(s.spread[k]):<13} {format_interval(s.interval['scores'].get(k), 2).replace(' to ', '-'):<10}"
                             for k in metrics.SCORES)
-            lines.append(f"  {s.name:<18} {s.n_seeds:>5}{cells}")
+            lines.append(f"  {s.name:<{w}} {s.n_seeds:>5}{cells}")
         pairs = [p for p in rep.pairs if p.which == which]
         if pairs:
             lines.append(f"  paired ({pairs[0].result.get('test', '')}):")

@@ -440,8 +440,8 @@ def setup_training(cfg: RunConfig, model: nn.Module, train_x: torch.Tensor, trai
     amp = autocast_dtype(cfg.precision, device)
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 and device.type == "cuda" else None
     average = make_average(cfg, model)
-    return TrainState(cfg, model, wrap(model, device, d), frozen, opt, sched, scaler, criterion, amp, device, d, average,
-                      model if average is None else average.module, backbones.get_spec(cfg.backbone).head,
+    return TrainState(cfg, model, wrap(model, device, d), frozen, opt, sched, scaler, criterion, amp, device, d,
+                      average, model if average is None else average.module, backbones.get_spec(cfg.backbone).head,
                       uses_feature_cache(cfg, d), train_x, train_y, steps_per_epoch)
 
 

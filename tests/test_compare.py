@@ -111,6 +111,19 @@ def test_repeats_are_grouped_by_configuration_with_mean_sd_and_intervals(tmp_pat
     assert ci["value"] == pytest.approx(metrics.weighted_f1(pooled.y, pooled.probs.argmax(1)))
 
 
+def test_configurations_of_one_backbone_are_named_by_the_settings_they_differ_in(tmp_path):
+    a = [make_run(tmp_path, "googlenet", "fpS", split="groups", seed=s, finetune="staged", epochs=3) for s in (0, 1)]
+    b = [make_run(tmp_path, "googlenet", "fpS", split="groups", seed=s, epochs=3) for s in (0, 1)]
+    c = make_run(tmp_path, "resnet50", "fpS", split="groups", seed=0)
+    names = sorted(g.name for g in compare.repeat_groups([compare.evaluate_run(r) for r in a + b + [c]]))
+    assert names == ["GoogLeNet · finetune full", "GoogLeNet · finetune staged", "ResNet50"]
+    # several settings differ: all of them, up to three; none that a reader could see: the run id
+    d = make_run(tmp_path, "googlenet", "fpS", split="groups", seed=0, lr=3e-4, epochs=5)
+    assert compare.setting_labels([b[0], d]) == ["epochs 3, lr 0.001", "epochs 5, lr 0.0003"]
+    e = make_run(tmp_path, "googlenet", "fpT", split="groups", seed=0, epochs=3)  # other data, same settings
+    assert compare.setting_labels([b[0], e]) == [b[0].run_id[:6], e.run_id[:6]]
+
+
 def test_identical_models_show_no_difference_and_the_ensemble_is_the_mean(tmp_path):
     import numpy as np
 
