@@ -70,7 +70,6 @@ def load_model(run: runs.Run):
 
 
 @st.cache_resource(show_spinner=False)
-@st.cache_resource(show_spinner=False)
 def warm_imports() -> threading.Thread:
     """Once per server process, in the background: import what the other pages need first (torchvision's
     models for the Train page's weights check and for Predict; the comparison statistics, scipy.stats and
@@ -87,6 +86,7 @@ def warm_imports() -> threading.Thread:
     return thread
 
 
+@st.cache_resource(show_spinner=False)
 def device_text() -> str:
     from leukviz import engine
 
