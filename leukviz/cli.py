@@ -600,7 +600,8 @@ def _study_subjects(args, log, progress) -> tuple[str, dict]:
 
     study = studies.SubjectStudy(args.data, tuple(args.backbones.split(",")) if args.backbones else (), args.seeds,
                                  0 if args.no_plain else args.plain_seeds, args.image_size, args.epochs,
-                                 args.weights, args.preset, args.folds)
+                                 args.weights, args.preset, args.folds,
+                                 tuple(studies.parse_variant(v) for v in args.vary or ()))
     res = studies.subject_study(study, args.runs_dir, log, progress, args.device)
     human = studies.format_subject_table(res)
     return human, res
@@ -755,6 +756,10 @@ def _add_study(sub, common: argparse.ArgumentParser) -> None:
     su.add_argument("--no-plain", action="store_true", help="leave out the plain hand-written loop")
     su.add_argument("--plain-seeds", type=int,
                     help="train the plain loop for the first N seeds only (default: all; it is slow)")
+    su.add_argument("--vary", action="append", metavar="SETTING=VALUE[,...]",
+                    help="leukviz's recipe again with these settings changed (e.g. augment=flips, crop=false, "
+                         "average=none,select=best), on the same folds and seeds, compared with the defaults "
+                         "paired over subjects; repeat for more variants")
     su.add_argument("--device", default="auto", type=_device_value, help="auto | cpu | cuda | cuda:N | mps")
     su.set_defaults(func=cmd_study)
     sl = ss.add_parser("leakage", parents=[common],

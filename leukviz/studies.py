@@ -257,6 +257,54 @@ def reproduce_paper(study: PaperStudy, runs_dir: str | Path | None = None, log: 
 # ---------------------------------------------------------------------------------------------- subjects
 
 STUDY_METRICS = ("weighted_f1", "accuracy", "hem_recall", "roc_auc")
+# What a variant (--vary) may not change: these define the study itself (its people, folds, seeds, budget).
+STUDY_FIXED = ("backbone", "weights", "data", "preset", "image_size", "epochs", "split", "val_fold", "n_folds",
+               "val_fraction", "seed", "split_seed")
+LEUKVIZ, PLAIN = "leukviz", "plain"
+
+# A variant of leukviz's recipe: settings changed from the defaults, as ((field, value), ...).
+Variant = tuple[tuple[str, object], ...]
+
+
+def _setting_value(name: str, text: str, kind: type) -> object:
+    if kind is bool:
+        low = text.strip().lower()
+        if low in ("true", "yes", "on", "1"):
+            return True
+        if low in ("false", "no", "off", "0"):
+            return False
+        raise config.ConfigError(f"{name} is true or false, got {text!r}")
+    try:
+        return kind(text)
+    except ValueError:
+        raise config.ConfigError(f"{name} takes a{'n' if kind is int else ''} {kind.__name__}, got {text!r}") from None
+
+
+def parse_variant(text: str) -> Variant:
+    """'augment=flips' or 'average=none,select=best' as a Variant, each value of its RunConfig field's type.
+    A ConfigError (one line) for an unknown setting, a malformed one, or one the study fixes."""
+    defaults = {f.name: f.default for f in dataclasses.fields(RunConfig) if f.name not in STUDY_FIXED}
+    out: dict[str, object] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, eq, value = (x.strip() for x in part.partition("="))
+        name = name.replace("-", "_")
+        if not eq or not name or not value:
+            raise config.ConfigError(f"--vary takes SETTING=VALUE[,SETTING=VALUE...], got {text!r}")
+        if name in STUDY_FIXED:
+            raise config.ConfigError(f"--vary {name}: the study sets {name} itself (its folds, seeds and budget "
+                                     f"are the same for every row); give it to the study, not to a variant")
+        if name not in defaults:
+            raise config.ConfigError(f"--vary: no setting {name!r}; one of: {', '.join(sorted(defaults))}")
+        out[name] = _setting_value(name, value, type(defaults[name]))
+    if not out:
+        raise config.ConfigError("--vary needs at least one SETTING=VALUE")
+    return tuple(out.items())
+
+
+def variant_label(variant: Variant) -> str:
+    """How a variant is named in the table: 'leukviz augment=flips'."""
+    text = lambda v: str(v).lower() if isinstance(v, bool) else f"{v:g}" if isinstance(v, float) else str(v)  # noqa: E731
+    return f"{LEUKVIZ} " + ",".join(f"{k}={text(v)}" for k, v in variant)
 
 
 def late_drop(f1s: list[float]) -> float:
@@ -285,9 +333,21 @@ def _leukviz_record(run: runs.Run, classes: Sequence[str]) -> dict:
     pred = pd.read_csv(run.dir / layout.PREDICTIONS, dtype={"subject": str})
     prob = pred[[f"prob_{c}" for c in classes]].to_numpy()
     f1s = [float(e["val_f1"]) for e in run.epochs()]
-    return {"method": "leukviz", "run_id": run.run_id, "epoch_f1": f1s, "late_drop": late_drop(f1s),
+    y, subjects = pred["label"].to_numpy(), pred["subject"].to_numpy()
+    return {"method": LEUKVIZ, "run_id": run.run_id, "epoch_f1": f1s, "late_drop": late_drop(f1s),
             "kept_epoch": run.final_metrics().get("best_epoch"),
-            **score_run(pred["label"].to_numpy(), prob, pred["subject"].to_numpy(), classes)}
+            **score_run(y, prob, subjects, classes), "_cells": _cells(pred["path"].tolist(), y, prob, subjects)}
+
+
+def _cells(paths: Sequence[str], y: np.ndarray, prob: np.ndarray, subjects: np.ndarray) -> dict:
+    """A run's validation cells in the order of their keys (compare.cell_keys), so two models scored on the
+    same fold line up cell for cell. Kept for the paired tests; not part of the study's JSON."""
+    from leukviz.compare import cell_keys
+
+    keys = cell_keys(paths)
+    order = np.argsort(keys, kind="stable")
+    return {"keys": keys[order], "y": np.asarray(y)[order], "prob": np.asarray(prob, dtype=float)[order],
+            "subjects": np.asarray(subjects).astype(str)[order]}
 
 
 def _plain_record(ds: data.Dataset, train_rows: np.ndarray, val_rows: np.ndarray, run, log: Log) -> dict:
@@ -299,9 +359,10 @@ def _plain_record(ds: data.Dataset, train_rows: np.ndarray, val_rows: np.ndarray
                          [int(v) for v in idx["label"].to_numpy()[rows]])
     res = plain.cached_fit(runs.cache_root(), run, ds.fingerprint, part(train_rows), part(val_rows), log)
     f1s = [float(e["val_f1"]) for e in res["epochs"]]
-    return {"method": "plain", "run_id": None, "epoch_f1": f1s, "late_drop": late_drop(f1s), "kept_epoch": run.epochs,
-            **score_run(idx["label"].to_numpy()[val_rows], np.asarray(res["probs"]),
-                        idx["subject"].to_numpy()[val_rows], ds.classes)}
+    y, prob, subjects = idx["label"].to_numpy()[val_rows], np.asarray(res["probs"]), idx["subject"].to_numpy()[val_rows]
+    return {"method": PLAIN, "run_id": None, "epoch_f1": f1s, "late_drop": late_drop(f1s), "kept_epoch": run.epochs,
+            **score_run(y, prob, subjects, ds.classes),
+            "_cells": _cells([str(p) for p in idx["path"].to_numpy()[val_rows]], y, prob, subjects)}
 
 
 def _mean_sd(values: list[float]) -> dict:
@@ -329,24 +390,60 @@ def summarize_subjects(records: list[dict]) -> dict:
         entry["n_runs"] = len(mine)
         out.setdefault(key[1], {})[key[0]] = entry
     for name, per in out.items():
-        if "leukviz" in per and "plain" in per:
-            per["difference"] = _paired_difference([r for r in records if r["backbone"] == name])
+        mine = [r for r in records if r["backbone"] == name]
+        if LEUKVIZ in per and PLAIN in per:
+            per["difference"] = _paired_difference(mine, LEUKVIZ, PLAIN)
+        variants = [m for m in per if m not in (LEUKVIZ, PLAIN) and m in {r["method"] for r in mine}]
+        if LEUKVIZ in per and variants:
+            per["variant_differences"] = {m: _paired_difference(mine, m, LEUKVIZ) for m in variants}
     return out
 
 
-def _paired_difference(records: list[dict]) -> dict:
-    """leukviz minus plain, on the seeds both ran (each seed's mean over folds): mean over those seeds."""
+def methods_of(per: dict) -> list[str]:
+    """The rows of one backbone's summary: leukviz, its variants, the plain loop (in that order)."""
+    rows = [m for m, e in per.items() if isinstance(e, dict) and "n_runs" in e]
+    return sorted(rows, key=lambda m: (m == PLAIN, m != LEUKVIZ))
+
+
+def _paired_difference(records: list[dict], a_method: str = LEUKVIZ, b_method: str = PLAIN) -> dict:
+    """a minus b, on the seeds both ran (each seed's mean over folds): mean over those seeds, and the
+    seeds' differences."""
     def per_seed(method: str, m: str) -> dict[int, float]:
         seeds = sorted({r["seed"] for r in records if r["method"] == method})
         return {s: float(np.mean([r[m] for r in records if r["method"] == method and r["seed"] == s])) for s in seeds}
 
     out: dict = {}
     for m in STUDY_METRICS:
-        a, b = per_seed("leukviz", m), per_seed("plain", m)
+        a, b = per_seed(a_method, m), per_seed(b_method, m)
         common = [s for s in a if s in b and np.isfinite(a[s]) and np.isfinite(b[s])]
         out[m] = float(np.mean([a[s] - b[s] for s in common])) if common else None
-    out["seeds"] = sorted({r["seed"] for r in records if r["method"] == "plain"})
+        if m == "weighted_f1":
+            out["per_seed_f1"] = {str(s): a[s] - b[s] for s in common}
+    out["seeds"] = sorted({r["seed"] for r in records if r["method"] == b_method}
+                          & {r["seed"] for r in records if r["method"] == a_method})
     return out
+
+
+def paired_test(records: list[dict], backbone: str, a_method: str, b_method: str, classes: Sequence[str],
+                n_resamples: int = 2000) -> dict | None:
+    """a − b for one backbone, cell for cell on every (seed, fold) both ran, pooled: the difference of
+    weighted F1 and accuracy with a paired subject-bootstrap interval and a paired permutation test over
+    subjects (metrics.paired_comparison), and its verdict in words. None when they share no cells."""
+    from leukviz import metrics
+
+    def cells(method: str) -> dict:
+        return {(r["seed"], r["fold"]): r["_cells"] for r in records
+                if r["backbone"] == backbone and r["method"] == method}
+
+    ca, cb = cells(a_method), cells(b_method)
+    common = sorted(set(ca) & set(cb))
+    if not common or any(not np.array_equal(ca[k]["keys"], cb[k]["keys"]) for k in common):
+        return None
+    cat = lambda side, f: np.concatenate([side[k][f] for k in common])  # noqa: E731
+    res = metrics.paired_comparison(cat(ca, "y"), cat(ca, "prob"), cat(cb, "prob"), classes, cat(ca, "subjects"),
+                                    scores=("weighted_f1", "accuracy"), n_resamples=n_resamples)
+    return {"a": a_method, "b": b_method, "seeds": sorted({s for s, _ in common}), **res,
+            "verdict": metrics.verdict(a_method, b_method, "weighted_f1", res)}
 
 
 @dataclass(frozen=True)
@@ -363,6 +460,9 @@ class SubjectStudy:
     weights: str = "none"
     preset: str = "quick"
     n_folds: int = 0
+    # leukviz's recipe again with settings changed (parse_variant), each compared with the defaults,
+    # paired on the same folds and seeds: what one change is worth.
+    variants: tuple[Variant, ...] = ()
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -385,16 +485,30 @@ def subject_study(study: SubjectStudy, runs_dir: str | Path | None = None, log: 
     rows = ds.train_rows.index.to_numpy()
     records: list[dict] = []
     ok = None
+
+    def resolve(name: str, seed: int, k: int, variant: Variant = ()) -> RunConfig:
+        return config.resolve(name, study.preset, study.weights, study.data, image_size=study.image_size,
+                              epochs=study.epochs, split="groups", val_fold=k, n_folds=study.n_folds, seed=seed,
+                              **dict(variant))
+
+    for name in study.names:  # a variant that is not valid, or changes nothing, fails before anything trains
+        for variant in study.variants:
+            if resolve(name, 0, 0, variant) == resolve(name, 0, 0):
+                raise config.ConfigError(f"--vary {variant_label(variant).removeprefix(LEUKVIZ + ' ')}: that is "
+                                         f"{backbones.get_spec(name).title}'s default already; the variant would "
+                                         f"be the same runs")
     for seed in range(study.seeds):
         for name in study.names:
             for k, val in enumerate(folds):
-                cfg = config.resolve(name, study.preset, study.weights, study.data, image_size=study.image_size,
-                                     epochs=study.epochs, split="groups", val_fold=k, n_folds=study.n_folds,
-                                     seed=seed)
+                cfg = resolve(name, seed, k)
                 run = ensure_trained(cfg, runs_dir, log, progress, device)
                 base = {"backbone": name, "seed": seed, "fold": k}
                 records.append({**base, **_leukviz_record(run, ds.classes)})
                 line = f"{name} seed {seed} fold {k}: leukviz F1 {records[-1]['weighted_f1']:.3f}"
+                for variant in study.variants:
+                    vrun = ensure_trained(resolve(name, seed, k, variant), runs_dir, log, progress, device)
+                    records.append({**base, **_leukviz_record(vrun, ds.classes), "method": variant_label(variant)})
+                    line += f", {records[-1]['method']} {records[-1]['weighted_f1']:.3f}"
                 if seed < study.n_plain:
                     if ok is None:  # the rows the runs could decode (the cache exists once a run has trained)
                         _, ok = data.image_cache(ds, cfg.image_size, cfg.crop, runs.cache_root())
@@ -408,12 +522,18 @@ def subject_study(study: SubjectStudy, runs_dir: str | Path | None = None, log: 
                   "val_subjects": sorted(map(str, set(idx.loc[v, "subject"]))),
                   "val_classes": {c: int((idx.loc[v, "label"] == i).sum()) for i, c in enumerate(ds.classes)}}
                  for k, v in enumerate(folds)]
+    summary = summarize_subjects(records)
+    for name, per in summary.items():  # every comparison with its uncertainty: paired over subjects
+        pairs = [(m, LEUKVIZ) for m in methods_of(per) if m not in (LEUKVIZ, PLAIN)]
+        pairs += [(LEUKVIZ, PLAIN)] if PLAIN in per else []
+        per["tests"] = [t for a, b in pairs if (t := paired_test(records, name, a, b, ds.classes)) is not None]
     return {"study": "subjects", "data": str(study.data), "fingerprint": ds.fingerprint,
             "backbones": list(study.names), "seeds": study.seeds, "plain_seeds": study.n_plain,
             "image_size": study.image_size, "epochs": study.epochs, "weights": study.weights,
-            "preset": study.preset, "folds": fold_info, "notes": data.subject_warnings(ds),
+            "preset": study.preset, "variants": [variant_label(v) for v in study.variants],
+            "folds": fold_info, "notes": data.subject_warnings(ds),
             "plain_recipe": plain.RECIPE if study.n_plain else None,
-            "runs": records, "summary": summarize_subjects(records)}
+            "runs": [{k: v for k, v in r.items() if not k.startswith("_")} for r in records], "summary": summary}
 
 
 def format_subject_table(res: dict) -> str:
@@ -429,30 +549,37 @@ def format_subject_table(res: dict) -> str:
              f"{of_plain}, "
              f"weights {res['weights']}, {res['image_size']} px, {res['epochs']} epochs, preset {res['preset']}",
              f"  validation subjects (never in that fold's training): {folds}",
-             *(f"  note: {n}" for n in res["notes"]),
-             f"  {'backbone':<10} {'loop':<8} {'weighted F1':<14} {'accuracy':<14} {'hem recall':<14} "
-             f"{'ROC AUC':<14} {'late drop':<14} runs"]
+             *(f"  note: {n}" for n in res["notes"])]
+    w = max([8, *(len(m) for per in res["summary"].values() for m in methods_of(per))])
+
+    def diff_row(label: str, dif: dict) -> str:
+        return f"  {'':<10} {label:<{w}} " + " ".join(
+            f"{'n/a' if dif[m] is None else f'{dif[m]:+.3f}':<14}" for m in STUDY_METRICS)
+
+    lines.append(f"  {'backbone':<10} {'loop':<{w}} {'weighted F1':<14} {'accuracy':<14} {'hem recall':<14} "
+                 f"{'ROC AUC':<14} {'late drop':<14} runs")
     for name, per in res["summary"].items():
-        for method in ("leukviz", "plain"):
-            if method not in per:
-                continue
+        for method in methods_of(per):
             e = per[method]
-            lines.append(f"  {backbones.get_spec(name).title:<10} {method:<8} "
+            lines.append(f"  {backbones.get_spec(name).title:<10} {method:<{w}} "
                          + " ".join(f"{ms(e[m]):<14}" for m in (*STUDY_METRICS, "late_drop")) + f" {e['n_runs']}")
+            if method in per.get("variant_differences", {}):
+                lines.append(diff_row("  − defaults", per["variant_differences"][method]))
         if "difference" in per:
-            dif = per["difference"]
-            lines.append(f"  {'':<10} {'diff':<8} " + " ".join(
-                f"{'n/a' if dif[m] is None else f'{dif[m]:+.3f}':<14}" for m in STUDY_METRICS))
-    subjects = sorted({s for per in res["summary"].values() for e in per.values() if "per_subject" in e
-                       for s in e["per_subject"]}, key=lambda s: (s[:1].isalpha(), len(s), s))
+            lines.append(diff_row("diff", per["difference"]))
+    tests = [(name, t) for name, per in res["summary"].items() for t in per.get("tests", [])]
+    if tests:
+        lines.append("  paired over subjects (each seed's folds pooled; subject bootstrap and permutation test):")
+        lines += [f"  {backbones.get_spec(name).title:<10} {t['verdict']}" for name, t in tests]
+    subjects = sorted({s for per in res["summary"].values() for m in methods_of(per) for s in per[m]["per_subject"]},
+                      key=lambda s: (s[:1].isalpha(), len(s), s))
     lines.append("  accuracy per validation subject (mean over seeds):")
-    lines.append(f"  {'':<19} " + " ".join(f"{s:>5}" for s in subjects))
+    lines.append(f"  {'':<{11 + w}} " + " ".join(f"{s:>5}" for s in subjects))
     for name, per in res["summary"].items():
-        for method in ("leukviz", "plain"):
-            if method in per:
-                row = per[method]["per_subject"]
-                lines.append(f"  {backbones.get_spec(name).title:<10} {method:<8} "
-                             + " ".join(f"{row[s]:>5.2f}" if s in row else "    -" for s in subjects))
+        for method in methods_of(per):
+            row = per[method]["per_subject"]
+            lines.append(f"  {backbones.get_spec(name).title:<10} {method:<{w}} "
+                         + " ".join(f"{row[s]:>5.2f}" if s in row else "    -" for s in subjects))
     lines.append("  mean ± sd: over seeds, of each seed's mean over folds. late drop: the largest fall of "
                  "validation F1 between consecutive epochs in the last half of training, averaged over runs. "
                  "Scores are of the model each loop keeps (leukviz: per its select setting; plain: last epoch).")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from leukviz import cli, runs, studies
-from leukviz.config import resolve
+from leukviz.config import ConfigError, resolve
 
 
 def config_of(run_id: str, runs_dir: Path) -> dict:
@@ -179,6 +180,105 @@ def test_subject_study_reruns_from_the_cache(subject_study, real_subset, shared_
     study = studies.SubjectStudy(str(real_subset), ("googlenet",), seeds=1, image_size=32, epochs=2)
     again = studies.subject_study(study, shared_runs, log=lambda s: None)
     assert [r["weighted_f1"] for r in again["runs"]] == [r["weighted_f1"] for r in subject_study["runs"]]
+
+
+def test_a_variant_parses_to_its_settings_types_and_refuses_what_the_study_fixes():
+    assert studies.parse_variant("augment=flips") == (("augment", "flips"),)
+    assert studies.parse_variant(" crop=false , lr=3e-4,batch-size=16") == (
+        ("crop", False), ("lr", 3e-4), ("batch_size", 16))
+    assert studies.variant_label(studies.parse_variant("crop=off,lr=0.0003")) == "leukviz crop=false,lr=0.0003"
+    for text, words in (("colour=on", "no setting 'colour'"), ("epochs=9", "the study sets epochs"),
+                        ("seed=3", "the study sets seed"), ("augment", "SETTING=VALUE"), ("crop=maybe", "true or false"),
+                        ("batch_size=big", "takes an int"), ("", "at least one")):
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            studies.parse_variant(text)
+
+
+@pytest.fixture(scope="module")
+def variant_study(subject_study, real_subset, shared_runs):
+    """The subject study's runs again, plus leukviz with flips only (no stain jitter) on the same folds."""
+    study = studies.SubjectStudy(str(real_subset), ("googlenet",), seeds=1, image_size=32, epochs=2,
+                                 variants=(studies.parse_variant("augment=flips"),))
+    return studies.subject_study(study, shared_runs, log=lambda s: None)
+
+
+def test_a_variant_trains_on_the_same_folds_and_is_compared_with_the_defaults(variant_study, shared_runs):
+    import numpy as np
+    from sklearn.metrics import f1_score
+
+    from leukviz.compare import read_predictions
+
+    name = "leukviz augment=flips"
+    recs = variant_study["runs"]
+    assert [r["method"] for r in recs] == ["leukviz", name, "plain"] * 2
+    for k in (0, 1):
+        a, v = (next(r for r in recs if r["method"] == m and r["fold"] == k) for m in ("leukviz", name))
+        assert differing(config_of(a["run_id"], shared_runs), config_of(v["run_id"], shared_runs)) == {"augment"}
+        assert config_of(v["run_id"], shared_runs)["augment"] == "flips"
+        assert set(a["per_subject"]) == set(v["per_subject"])
+    per = variant_study["summary"]["googlenet"]
+    assert studies.methods_of(per) == ["leukviz", name, "plain"]
+    dif = per["variant_differences"][name]
+    assert dif["weighted_f1"] == pytest.approx(per[name]["weighted_f1"]["mean"] - per["leukviz"]["weighted_f1"]["mean"])
+    # the paired test scores both models on the pooled cells of both folds, cell for cell
+    pooled = {}
+    for m in ("leukviz", name):
+        parts = [read_predictions(shared_runs / r["run_id"] / "val_predictions.csv") for r in recs if r["method"] == m]
+        pooled[m] = (np.concatenate([p.y for p in parts]), np.concatenate([p.probs.argmax(1) for p in parts]))
+    f1 = {m: f1_score(y, pred, average="weighted") for m, (y, pred) in pooled.items()}
+    tests = {(t["a"], t["b"]): t for t in per["tests"]}
+    assert set(tests) == {(name, "leukviz"), ("leukviz", "plain")}
+    t = tests[(name, "leukviz")]
+    assert t["scores"]["weighted_f1"]["difference"] == pytest.approx(f1[name] - f1["leukviz"])
+    assert t["unit"] == "subjects" and t["n_units"] == 5 and t["verdict"].startswith(f"{name} − leukviz:")
+    table = studies.format_subject_table(variant_study)
+    assert name in table and "− defaults" in table and "paired over subjects" in table and t["verdict"] in table
+    assert "_cells" not in json.dumps(variant_study, default=str) and variant_study["variants"] == [name]
+
+
+def test_the_paired_test_lines_up_the_cells_of_each_seed_and_fold():
+    import numpy as np
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(0)
+    subjects = np.repeat(["1", "2", "3", "H1", "H2", "H3"], 20)
+    y = (np.char.find(subjects, "H") == 0).astype(int)
+    keys = np.array([f"c{i:03d}" for i in range(len(y))])
+    order = rng.permutation(len(y))  # one side's cells arrive in another order: they must be lined up by key
+    recs, preds = [], {"a": [], "b": []}
+    for seed in (0, 1):
+        for m, right in (("a", 0.9), ("b", 0.6)):
+            prob1 = np.where(rng.random(len(y)) < right, y, 1 - y) * 0.8 + 0.1
+            prob = np.stack([1 - prob1, prob1], 1)
+            preds[m].append(prob.argmax(1))
+            idx = order if m == "b" else np.arange(len(y))
+            cells = studies._cells(keys[idx], y[idx], prob[idx], subjects[idx])
+            recs.append({"backbone": "googlenet", "seed": seed, "fold": 0, "method": m, "_cells": cells})
+    t = studies.paired_test(recs, "googlenet", "a", "b", ["all", "hem"], n_resamples=200)
+    yy = np.concatenate([y, y])
+    want = f1_score(yy, np.concatenate(preds["a"]), average="weighted") - f1_score(
+        yy, np.concatenate(preds["b"]), average="weighted")
+    assert t["scores"]["weighted_f1"]["difference"] == pytest.approx(want) and want > 0.2
+    assert t["seeds"] == [0, 1] and t["unit"] == "subjects" and t["n_units"] == 6 and "a is better" in t["verdict"]
+    other = [dict(r, fold=1) if r["method"] == "b" else r for r in recs]  # no (seed, fold) in common
+    assert studies.paired_test(other, "googlenet", "a", "b", ["all", "hem"]) is None
+
+
+def test_a_variant_that_changes_nothing_fails_before_anything_trains(real_subset, tmp_path):
+    study = studies.SubjectStudy(str(real_subset), ("googlenet",), seeds=1, image_size=32, epochs=1,
+                                 variants=(studies.parse_variant("augment=full"),))  # the quick preset's own
+    with pytest.raises(ConfigError, match="default already"):
+        studies.subject_study(study, tmp_path / "runs", log=lambda s: None)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    with pytest.raises(ConfigError, match="invalid augment .wild."):
+        studies.subject_study(dataclasses.replace(study, variants=(studies.parse_variant("augment=wild"),)),
+                              tmp_path / "runs", log=lambda s: None)
+
+
+def test_the_study_command_says_what_is_wrong_with_a_variant(real_subset, capsys):
+    assert cli.main(["study", "subjects", "--data", str(real_subset), "--vary", "epochs=1"]) == 2
+    err = capsys.readouterr().err
+    assert "the study sets epochs itself" in err and "Traceback" not in err
 
 
 def test_late_drop_looks_at_the_last_half_only():
