@@ -264,8 +264,8 @@ def test_the_paired_test_lines_up_the_cells_of_each_seed_and_fold():
     assert studies.paired_test(other, "googlenet", "a", "b", ["all", "hem"]) is None
 
 
-def test_a_variant_that_changes_nothing_fails_before_anything_trains(real_subset, tmp_path):
-    study = studies.SubjectStudy(str(real_subset), ("googlenet",), seeds=1, image_size=32, epochs=1,
+def test_a_variant_that_changes_nothing_fails_before_anything_trains(tiny_data, tmp_path):
+    study = studies.SubjectStudy(str(tiny_data), ("googlenet",), seeds=1, image_size=32, epochs=1,
                                  variants=(studies.parse_variant("augment=full"),))  # the quick preset's own
     with pytest.raises(ConfigError, match="default already"):
         studies.subject_study(study, tmp_path / "runs", log=lambda s: None)
@@ -275,8 +275,8 @@ def test_a_variant_that_changes_nothing_fails_before_anything_trains(real_subset
                               tmp_path / "runs", log=lambda s: None)
 
 
-def test_the_study_command_says_what_is_wrong_with_a_variant(real_subset, capsys):
-    assert cli.main(["study", "subjects", "--data", str(real_subset), "--vary", "epochs=1"]) == 2
+def test_the_study_command_says_what_is_wrong_with_a_variant(tiny_data, capsys):
+    assert cli.main(["study", "subjects", "--data", str(tiny_data), "--vary", "epochs=1"]) == 2
     err = capsys.readouterr().err
     assert "the study sets epochs itself" in err and "Traceback" not in err
 
