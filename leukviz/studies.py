@@ -6,13 +6,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
 from leukviz import backbones, cnmc, config, data, layout, runs
 from leukviz.config import RunConfig
 from leukviz.errors import LeukvizError
+
+if TYPE_CHECKING:
+    from leukviz.compare import Predictions
 
 # The seed paper's validation accuracies (ImageNet weights, 128 px, a random image-level split of C-NMC
 # fold 0). The one copy of these numbers: the CLI and the dashboard read them from here.
@@ -328,26 +331,27 @@ def score_run(y: np.ndarray, prob: np.ndarray, subjects: np.ndarray, classes: Se
 
 
 def _leukviz_record(run: runs.Run, classes: Sequence[str]) -> dict:
-    import pandas as pd
+    from leukviz.compare import read_predictions
 
-    pred = pd.read_csv(run.dir / layout.PREDICTIONS, dtype={"subject": str})
-    prob = pred[[f"prob_{c}" for c in classes]].to_numpy()
+    # Every cell of a subject-grouped split has its subject, so p.subjects is known.
+    p = read_predictions(run.dir / layout.PREDICTIONS, classes)
     f1s = [float(e["val_f1"]) for e in run.epochs()]
-    y, subjects = pred["label"].to_numpy(), pred["subject"].to_numpy()
     return {"method": LEUKVIZ, "run_id": run.run_id, "epoch_f1": f1s, "late_drop": late_drop(f1s),
             "kept_epoch": run.final_metrics().get("best_epoch"),
-            **score_run(y, prob, subjects, classes), "_cells": _cells(pred["path"].tolist(), y, prob, subjects)}
+            **score_run(p.y, p.probs, p.subjects, classes), "_cells": p}
 
 
-def _cells(paths: Sequence[str], y: np.ndarray, prob: np.ndarray, subjects: np.ndarray) -> dict:
-    """A run's validation cells in the order of their keys (compare.cell_keys), so two models scored on the
-    same fold line up cell for cell. Kept for the paired tests; not part of the study's JSON."""
-    from leukviz.compare import cell_keys
+def _cells(classes: Sequence[str], paths: Sequence[str], y: np.ndarray, prob: np.ndarray,
+           subjects: np.ndarray) -> Predictions:
+    """The plain loop's validation cells as compare.Predictions, in the order of their keys like a run's
+    (compare.read_predictions), so two models scored on the same fold line up cell for cell. Kept for the
+    paired tests; not part of the study's JSON."""
+    from leukviz.compare import Predictions, cell_keys
 
     keys = cell_keys(paths)
     order = np.argsort(keys, kind="stable")
-    return {"keys": keys[order], "y": np.asarray(y)[order], "prob": np.asarray(prob, dtype=float)[order],
-            "subjects": np.asarray(subjects).astype(str)[order]}
+    return Predictions(list(classes), keys[order], np.asarray(y)[order], np.asarray(prob, dtype=float)[order],
+                       np.asarray(subjects).astype(str)[order])
 
 
 def _plain_record(ds: data.Dataset, train_rows: np.ndarray, val_rows: np.ndarray, run, log: Log) -> dict:
@@ -362,7 +366,7 @@ def _plain_record(ds: data.Dataset, train_rows: np.ndarray, val_rows: np.ndarray
     y, prob, subjects = idx["label"].to_numpy()[val_rows], np.asarray(res["probs"]), idx["subject"].to_numpy()[val_rows]
     return {"method": PLAIN, "run_id": None, "epoch_f1": f1s, "late_drop": late_drop(f1s), "kept_epoch": run.epochs,
             **score_run(y, prob, subjects, ds.classes),
-            "_cells": _cells([str(p) for p in idx["path"].to_numpy()[val_rows]], y, prob, subjects)}
+            "_cells": _cells(ds.classes, [str(p) for p in idx["path"].to_numpy()[val_rows]], y, prob, subjects)}
 
 
 def _mean_sd(values: list[float]) -> dict:
@@ -393,7 +397,7 @@ def summarize_subjects(records: list[dict]) -> dict:
         mine = [r for r in records if r["backbone"] == name]
         if LEUKVIZ in per and PLAIN in per:
             per["difference"] = _paired_difference(mine, LEUKVIZ, PLAIN)
-        variants = [m for m in per if m not in (LEUKVIZ, PLAIN) and m in {r["method"] for r in mine}]
+        variants = [m for m in methods_of(per) if m not in (LEUKVIZ, PLAIN)]
         if LEUKVIZ in per and variants:
             per["variant_differences"] = {m: _paired_difference(mine, m, LEUKVIZ) for m in variants}
     return out
@@ -437,10 +441,10 @@ def paired_test(records: list[dict], backbone: str, a_method: str, b_method: str
 
     ca, cb = cells(a_method), cells(b_method)
     common = sorted(set(ca) & set(cb))
-    if not common or any(not np.array_equal(ca[k]["keys"], cb[k]["keys"]) for k in common):
+    if not common or any(not np.array_equal(ca[k].paths, cb[k].paths) for k in common):
         return None
-    cat = lambda side, f: np.concatenate([side[k][f] for k in common])  # noqa: E731
-    res = metrics.paired_comparison(cat(ca, "y"), cat(ca, "prob"), cat(cb, "prob"), classes, cat(ca, "subjects"),
+    cat = lambda side, f: np.concatenate([getattr(side[k], f) for k in common])  # noqa: E731
+    res = metrics.paired_comparison(cat(ca, "y"), cat(ca, "probs"), cat(cb, "probs"), classes, cat(ca, "subjects"),
                                     scores=("weighted_f1", "accuracy"), n_resamples=n_resamples)
     return {"a": a_method, "b": b_method, "seeds": sorted({s for s, _ in common}), **res,
             "verdict": metrics.verdict(a_method, b_method, "weighted_f1", res)}

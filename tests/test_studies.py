@@ -252,7 +252,7 @@ def test_the_paired_test_lines_up_the_cells_of_each_seed_and_fold():
             prob = np.stack([1 - prob1, prob1], 1)
             preds[m].append(prob.argmax(1))
             idx = order if m == "b" else np.arange(len(y))
-            cells = studies._cells(keys[idx], y[idx], prob[idx], subjects[idx])
+            cells = studies._cells(["all", "hem"], keys[idx], y[idx], prob[idx], subjects[idx])
             recs.append({"backbone": "googlenet", "seed": seed, "fold": 0, "method": m, "_cells": cells})
     t = studies.paired_test(recs, "googlenet", "a", "b", ["all", "hem"], n_resamples=200)
     yy = np.concatenate([y, y])
