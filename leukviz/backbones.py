@@ -100,8 +100,8 @@ register(BackboneSpec(
 # CUDA (copied first), each paired with pre-ReLU gradients. The ReLU's own output is one consistent tensor.
 # Its recipe: the seed paper trained it 4 epochs with Adam 3e-3; pretrained it takes a gentler rate; from
 # scratch (no batch norm) it stays at the majority class with Adam 1e-3, and with SGD 1e-2 and momentum it
-# had not begun to learn after 3 epochs on real cells (training accuracy 0.46-0.55; docs/REALDATA.md), so it
-# gets AdamW at 1e-4.
+# learnt slowly and unsteadily on real cells (training accuracy 0.51-0.75 after 3 epochs against AdamW 1e-4's
+# 0.72-0.82, validation F1 falling 0.10-0.15 between epochs; docs/REALDATA.md), so it gets AdamW at 1e-4.
 register(BackboneSpec(
     name="vgg16", title="VGG16", builder_name="vgg16", weights_name="VGG16_Weights.DEFAULT",
     head="classifier.6", last_stage=("features.24", "features.26", "features.28", "classifier"),

@@ -749,7 +749,9 @@ def _add_study(sub, common: argparse.ArgumentParser) -> None:
     su.add_argument("--image-size", type=int, default=96)
     su.add_argument("--epochs", type=int, default=3)
     su.add_argument("--weights", default="none", help="none (default) | imagenet | path to a weights file")
-    su.add_argument("--preset", choices=C.PRESETS, default="quick")
+    su.add_argument("--preset", choices=C.PRESETS, default="quick",
+                    help="the recipe's other settings (optimizer, augmentation, averaging...); the study's image "
+                         "size and epochs are its own --image-size and --epochs, whatever the preset")
     su.add_argument("--folds", type=int, default=0,
                     help="subject-grouped folds (default 0: as many as the class with the fewest subjects allows, "
                          "at most 5)")

@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from leukviz import backbones
+from leukviz.config import weights_digest
 from leukviz.metrics import weighted_f1
 from leukviz.storage import atomic_write_bytes
 
@@ -57,8 +58,10 @@ class PlainRun:
 
 
 def cache_key(run: PlainRun, fingerprint: str, train: Sequence[str], val: Sequence[str]) -> str:
+    # a weights file is known by its bytes, as a run's is (replacing the file is another run)
+    weights = run.weights if run.weights in ("none", "imagenet") else f"file:{weights_digest(run.weights)}"
     h = hashlib.sha256(json.dumps({"version": PLAIN_VERSION, "recipe": RECIPE, "backbone": run.backbone,
-                                   "weights": run.weights, "dataset": fingerprint, "image_size": run.image_size,
+                                   "weights": weights, "dataset": fingerprint, "image_size": run.image_size,
                                    "epochs": run.epochs, "seed": run.seed}, sort_keys=True).encode())
     for part in (sorted(train), sorted(val)):
         h.update("\n".join(Path(p).name for p in part).encode())
@@ -117,12 +120,14 @@ def cached_fit(cache_dir: Path, run: PlainRun, fingerprint: str, train: Files, v
     path = Path(cache_dir) / "plain" / f"{key}.json"
     try:
         res = json.loads(path.read_text())
-        if len(res["probs"]) == len(val[0]) and len(res["epochs"]) == run.epochs:
+        names = [Path(p).name for p in val[0]]
+        if (len(res["probs"]) == len(val[0]) and len(res["epochs"]) == run.epochs
+                and res.get("val_files", names) == names):  # the probabilities are of these cells, in this order
             log(f"plain {run.backbone} seed {run.seed}: cached")
             return res
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    res = fit(run, train, val, log)
+    res = {**fit(run, train, val, log), "val_files": [Path(p).name for p in val[0]]}
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, json.dumps(res).encode())
     return res

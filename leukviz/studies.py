@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -477,6 +478,46 @@ class SubjectStudy:
         return self.seeds if self.plain_seeds is None else min(self.plain_seeds, self.seeds)
 
 
+def study_config(study: SubjectStudy, name: str, seed: int = 0, k: int = 0, variant: Variant = ()) -> RunConfig:
+    """The run of one backbone, seed and fold of the study (split 'groups', validating on fold k), with a
+    variant's settings changed."""
+    return config.resolve(name, study.preset, study.weights, study.data, image_size=study.image_size,
+                          epochs=study.epochs, split="groups", val_fold=k, n_folds=study.n_folds, seed=seed,
+                          **dict(variant))
+
+
+def check_subject_study(study: SubjectStudy) -> tuple[set, list[str]]:
+    """Refuse, before anything trains, what the study cannot do: no seeds, weights it cannot have, a bad
+    setting, the same variant twice, a variant that changes nothing for every backbone. A variant that changes
+    nothing for some backbones only (its default there) is skipped for those: ({(backbone, variant)}, notes)."""
+    if study.seeds < 1 or (study.plain_seeds is not None and study.plain_seeds < 0):
+        raise config.ConfigError(f"the study needs at least one seed (--seeds {study.seeds}) and --plain-seeds "
+                                 f"0 or more (got {study.plain_seeds})")
+    labels = [variant_label(v) for v in study.variants]
+    if twice := sorted({x for x in labels if labels.count(x) > 1}):
+        raise config.ConfigError(f"--vary {twice[0].removeprefix(LEUKVIZ + ' ')} is given twice")
+    for name in study.names:
+        try:
+            backbones.ensure_weights(name, study.weights)
+        except FileNotFoundError as e:
+            raise config.ConfigError(str(e)) from None
+        study_config(study, name)
+    skipped, notes = set(), []
+    for variant, label in zip(study.variants, labels):
+        same = [name for name in study.names
+                if study_config(study, name, variant=variant) == study_config(study, name)]
+        for name in same:
+            base, title = study_config(study, name), backbones.get_spec(name).title
+            why = (f"that is {title}'s default already" if all(getattr(base, k) == v for k, v in variant)
+                   else f"it changes nothing in {title}'s recipe (the setting has no effect with the others)")
+            if len(same) == len(study.names):
+                raise config.ConfigError(f"--vary {label.removeprefix(LEUKVIZ + ' ')}: {why}; the variant would "
+                                         f"be the same runs")
+            skipped.add((name, variant))
+            notes.append(f"{label} is not run for {title}: {why}")
+    return skipped, notes
+
+
 def subject_study(study: SubjectStudy, runs_dir: str | Path | None = None, log: Log = print,
                   progress: Progress | None = None, device: str = "auto") -> dict:
     """Subject-grouped cross-validation: every backbone x seed x fold as an ordinary cached run (split
@@ -484,23 +525,13 @@ def subject_study(study: SubjectStudy, runs_dir: str | Path | None = None, log: 
     subjects, which training never saw."""
     from leukviz import plain
 
+    skipped, notes = check_subject_study(study)  # what is not valid fails before anything trains
+    resolve = partial(study_config, study)
     ds = data.open_dataset(study.data, runs.cache_root())
     folds = data.group_folds(ds, study.n_folds)  # the same folds as each run's split 'groups' makes
     rows = ds.train_rows.index.to_numpy()
     records: list[dict] = []
     ok = None
-
-    def resolve(name: str, seed: int, k: int, variant: Variant = ()) -> RunConfig:
-        return config.resolve(name, study.preset, study.weights, study.data, image_size=study.image_size,
-                              epochs=study.epochs, split="groups", val_fold=k, n_folds=study.n_folds, seed=seed,
-                              **dict(variant))
-
-    for name in study.names:  # a variant that is not valid, or changes nothing, fails before anything trains
-        for variant in study.variants:
-            if resolve(name, 0, 0, variant) == resolve(name, 0, 0):
-                raise config.ConfigError(f"--vary {variant_label(variant).removeprefix(LEUKVIZ + ' ')}: that is "
-                                         f"{backbones.get_spec(name).title}'s default already; the variant would "
-                                         f"be the same runs")
     for seed in range(study.seeds):
         for name in study.names:
             for k, val in enumerate(folds):
@@ -509,7 +540,7 @@ def subject_study(study: SubjectStudy, runs_dir: str | Path | None = None, log: 
                 base = {"backbone": name, "seed": seed, "fold": k}
                 records.append({**base, **_leukviz_record(run, ds.classes)})
                 line = f"{name} seed {seed} fold {k}: leukviz F1 {records[-1]['weighted_f1']:.3f}"
-                for variant in study.variants:
+                for variant in (v for v in study.variants if (name, v) not in skipped):
                     vrun = ensure_trained(resolve(name, seed, k, variant), runs_dir, log, progress, device)
                     records.append({**base, **_leukviz_record(vrun, ds.classes), "method": variant_label(variant)})
                     line += f", {records[-1]['method']} {records[-1]['weighted_f1']:.3f}"
@@ -530,12 +561,15 @@ def subject_study(study: SubjectStudy, runs_dir: str | Path | None = None, log: 
     for name, per in summary.items():  # every comparison with its uncertainty: paired over subjects
         pairs = [(m, LEUKVIZ) for m in methods_of(per) if m not in (LEUKVIZ, PLAIN)]
         pairs += [(LEUKVIZ, PLAIN)] if PLAIN in per else []
-        per["tests"] = [t for a, b in pairs if (t := paired_test(records, name, a, b, ds.classes)) is not None]
+        tested = {(a, b): paired_test(records, name, a, b, ds.classes) for a, b in pairs}
+        per["tests"] = [t for t in tested.values() if t is not None]
+        notes += [f"{backbones.get_spec(name).title}: {a} − {b} has no paired test (they scored different cells)"
+                  for (a, b), t in tested.items() if t is None]
     return {"study": "subjects", "data": str(study.data), "fingerprint": ds.fingerprint,
             "backbones": list(study.names), "seeds": study.seeds, "plain_seeds": study.n_plain,
             "image_size": study.image_size, "epochs": study.epochs, "weights": study.weights,
             "preset": study.preset, "variants": [variant_label(v) for v in study.variants],
-            "folds": fold_info, "notes": data.subject_warnings(ds),
+            "folds": fold_info, "notes": data.subject_warnings(ds) + notes,
             "plain_recipe": plain.RECIPE if study.n_plain else None,
             "runs": [{k: v for k, v in r.items() if not k.startswith("_")} for r in records], "summary": summary}
 
@@ -554,7 +588,13 @@ def format_subject_table(res: dict) -> str:
              f"weights {res['weights']}, {res['image_size']} px, {res['epochs']} epochs, preset {res['preset']}",
              f"  validation subjects (never in that fold's training): {folds}",
              *(f"  note: {n}" for n in res["notes"])]
-    w = max([8, *(len(m) for per in res["summary"].values() for m in methods_of(per))])
+    def diff_label(per: dict) -> str:  # leukviz − plain, on the seeds both ran: named when not all
+        seeds = per["difference"]["seeds"]
+        return ("diff" if len(seeds) == per[LEUKVIZ]["weighted_f1"]["n"] else
+                f"diff (seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))})")
+
+    w = max([8, *(len(m) for per in res["summary"].values() for m in methods_of(per)),
+             *(len(diff_label(per)) for per in res["summary"].values() if "difference" in per)])
 
     def diff_row(label: str, dif: dict) -> str:
         return f"  {'':<10} {label:<{w}} " + " ".join(
@@ -570,10 +610,11 @@ def format_subject_table(res: dict) -> str:
             if method in per.get("variant_differences", {}):
                 lines.append(diff_row("  − defaults", per["variant_differences"][method]))
         if "difference" in per:
-            lines.append(diff_row("diff", per["difference"]))
+            lines.append(diff_row(diff_label(per), per["difference"]))
     tests = [(name, t) for name, per in res["summary"].items() for t in per.get("tests", [])]
     if tests:
-        lines.append("  paired over subjects (each seed's folds pooled; subject bootstrap and permutation test):")
+        lines.append("  paired over subjects (every seed's and fold's cells pooled, so each subject counts once per "
+                     "seed; subject bootstrap and permutation test):")
         lines += [f"  {backbones.get_spec(name).title:<10} {t['verdict']}" for name, t in tests]
     subjects = sorted({s for per in res["summary"].values() for m in methods_of(per) for s in per[m]["per_subject"]},
                       key=lambda s: (s[:1].isalpha(), len(s), s))

@@ -275,6 +275,34 @@ def test_a_variant_that_changes_nothing_fails_before_anything_trains(tiny_data, 
                               tmp_path / "runs", log=lambda s: None)
 
 
+def test_a_variant_that_is_one_backbones_default_is_skipped_for_that_one_only(tiny_data):
+    study = studies.SubjectStudy(str(tiny_data), ("googlenet", "vgg16"), seeds=1, image_size=32, epochs=1,
+                                 variants=(studies.parse_variant("lr=1e-4"),))  # VGG16's own rate from scratch
+    skipped, notes = studies.check_subject_study(study)
+    assert skipped == {("vgg16", study.variants[0])}
+    assert len(notes) == 1 and "not run for VGG16" in notes[0] and "default already" in notes[0]
+    with pytest.raises(ConfigError, match="VGG16's default already"):
+        studies.check_subject_study(dataclasses.replace(study, backbones=("vgg16",)))
+    # head_epochs without finetune=staged is not the default's value, yet it changes no run
+    with pytest.raises(ConfigError, match="changes nothing in GoogLeNet's recipe"):
+        studies.check_subject_study(dataclasses.replace(study, backbones=("googlenet",),
+                                                        variants=(studies.parse_variant("head_epochs=2"),)))
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(seeds=0), "at least one seed"),
+    (dict(plain_seeds=-1), "--plain-seeds 0 or more"),
+    (dict(weights="auto"), "weights file not found: auto"),
+    (dict(variants=(studies.parse_variant("crop=false"), studies.parse_variant("crop=false"))), "given twice"),
+])
+def test_the_subject_study_refuses_what_it_cannot_do_before_reading_the_data(change, message, tmp_path):
+    study = studies.SubjectStudy(str(tmp_path / "no-such-folder"), ("googlenet",),
+                                 **{"seeds": 1, "image_size": 32, "epochs": 1, **change})
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        studies.subject_study(study, tmp_path / "runs", log=lambda s: None)
+    assert not (tmp_path / "runs").exists()
+
+
 def test_the_study_command_says_what_is_wrong_with_a_variant(tiny_data, capsys):
     assert cli.main(["study", "subjects", "--data", str(tiny_data), "--vary", "epochs=1"]) == 2
     err = capsys.readouterr().err
@@ -298,4 +326,6 @@ def test_subject_study_can_train_the_plain_loop_for_fewer_seeds(subject_study, r
     seed0 = [r for r in res["runs"] if r["seed"] == 0]
     mean = lambda m: sum(r["weighted_f1"] for r in seed0 if r["method"] == m) / 2  # noqa: E731
     assert per["difference"]["weighted_f1"] == pytest.approx(mean("leukviz") - mean("plain"))
-    assert per["difference"]["seeds"] == [0] and "the plain loop: 1" in studies.format_subject_table(res)
+    table = studies.format_subject_table(res)
+    assert per["difference"]["seeds"] == [0] and "the plain loop: 1" in table
+    assert re.search(r"diff \(seed 0\) +[+-]\d", table)  # the difference says it is of seed 0 alone
