@@ -545,7 +545,7 @@ def subject_study(study: SubjectStudy, runs_dir: str | Path | None = None, log: 
                     records.append({**base, **_leukviz_record(vrun, ds.classes), "method": variant_label(variant)})
                     line += f", {records[-1]['method']} {records[-1]['weighted_f1']:.3f}"
                 if seed < study.n_plain:
-                    if ok is None:  # the rows the runs could decode (the cache exists once a run has trained)
+                    if ok is None:  # the rows the runs could decode (read from the image cache; built if absent)
                         _, ok = data.image_cache(ds, cfg.image_size, cfg.crop, runs.cache_root())
                     train = np.setdiff1d(rows, val)
                     spec = plain.PlainRun(name, study.weights, study.image_size, study.epochs, seed)
