@@ -588,6 +588,7 @@ def format_subject_table(res: dict) -> str:
              f"weights {res['weights']}, {res['image_size']} px, {res['epochs']} epochs, preset {res['preset']}",
              f"  validation subjects (never in that fold's training): {folds}",
              *(f"  note: {n}" for n in res["notes"])]
+
     def diff_label(per: dict) -> str:  # leukviz − plain, on the seeds both ran: named when not all
         seeds = per["difference"]["seeds"]
         return ("diff" if len(seeds) == per[LEUKVIZ]["weighted_f1"]["n"] else
