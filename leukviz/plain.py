@@ -118,16 +118,16 @@ def cached_fit(cache_dir: Path, run: PlainRun, fingerprint: str, train: Files, v
     """fit, or its cached result (a damaged cache file is trained again)."""
     key = cache_key(run, fingerprint, train[0], val[0])
     path = Path(cache_dir) / "plain" / f"{key}.json"
+    names = [Path(p).name for p in val[0]]
     try:
         res = json.loads(path.read_text())
-        names = [Path(p).name for p in val[0]]
         if (len(res["probs"]) == len(val[0]) and len(res["epochs"]) == run.epochs
                 and res.get("val_files", names) == names):  # the probabilities are of these cells, in this order
             log(f"plain {run.backbone} seed {run.seed}: cached")
             return res
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    res = {**fit(run, train, val, log), "val_files": [Path(p).name for p in val[0]]}
+    res = {**fit(run, train, val, log), "val_files": names}
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, json.dumps(res).encode())
     return res

@@ -501,13 +501,12 @@ def check_subject_study(study: SubjectStudy) -> tuple[set, list[str]]:
             backbones.ensure_weights(name, study.weights)
         except FileNotFoundError as e:
             raise config.ConfigError(str(e)) from None
-        study_config(study, name)
+    defaults = {name: study_config(study, name) for name in study.names}
     skipped, notes = set(), []
     for variant, label in zip(study.variants, labels):
-        same = [name for name in study.names
-                if study_config(study, name, variant=variant) == study_config(study, name)]
+        same = [name for name, base in defaults.items() if study_config(study, name, variant=variant) == base]
         for name in same:
-            base, title = study_config(study, name), backbones.get_spec(name).title
+            base, title = defaults[name], backbones.get_spec(name).title
             why = (f"that is {title}'s default already" if all(getattr(base, k) == v for k, v in variant)
                    else f"it changes nothing in {title}'s recipe (the setting has no effect with the others)")
             if len(same) == len(study.names):
