@@ -577,6 +577,7 @@ def train(run: Run, resume: bool = False, device: str = "auto", log: Callable[[s
                 t0 = time.time()
                 result = engine.fit(cfg, run.dir, emit, should_stop, cache_root(), resume, device, log, fingerprint)
             write_status(run, "finished", metrics=result, seconds=time.time() - t0)
+            _drop_resume_state(run, log)
             return result
         except engine.Stopped as e:
             write_status(run, "stopped", error=str(e))
@@ -586,6 +587,16 @@ def train(run: Run, resume: bool = False, device: str = "auto", log: Callable[[s
             raise
         finally:
             lock.release()
+
+
+def _drop_resume_state(run: Run, log: Callable[[str], None]) -> None:
+    """A finished run is served from its checkpoint and never resumes: its resumable state (layout.RESUME:
+    the raw weights, the average and the optimizer's moments, about 1.6 GB for VGG16) goes. Best effort:
+    one left behind only costs disk."""
+    try:
+        (run.dir / layout.RESUME).unlink(missing_ok=True)
+    except OSError as e:
+        log(f"could not delete {layout.RESUME} of the finished run ({e.strerror or e}); it is not needed")
 
 
 class _device_slot:

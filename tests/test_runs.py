@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 
 import numpy as np
@@ -22,16 +23,32 @@ def tiny_cfg(data, **kw):
 
 
 @pytest.fixture(scope="module")
-def finished(tiny_data, tmp_path_factory):
+def trained(tiny_data, tmp_path_factory):
+    """One finished run, and its resumable state as it stood when training ended (the run then deletes it)."""
     run = runs.run_for(tiny_cfg(tiny_data), tmp_path_factory.mktemp("runs"))
-    runs.train(run, log=lambda s: None)
-    return run
+    copy = tmp_path_factory.mktemp("resume") / "last.pt"
+    real = runs._drop_resume_state
+
+    def keep_a_copy(r, log):
+        shutil.copyfile(r.dir / "last.pt", copy)
+        real(r, log)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(runs, "_drop_resume_state", keep_a_copy)
+        runs.train(run, log=lambda s: None)
+    return run, engine.load_resume_state(copy)
+
+
+@pytest.fixture(scope="module")
+def finished(trained):
+    return trained[0]
 
 
 def test_a_finished_run_folder_is_complete(finished):
     names = {p.name for p in finished.dir.iterdir()}
     assert {"config.json", "status.json", "metrics.jsonl", "model.safetensors", "model.json",
-            "val_predictions.csv", "last.pt", "train.log"} <= names
+            "val_predictions.csv", "train.log"} <= names
+    assert "last.pt" not in names  # the resumable state (1.6 GB for VGG16) goes: a finished run never resumes
     assert finished.state == "finished"
     ep = finished.epochs()
     assert [e["epoch"] for e in ep] == [1, 2]
@@ -119,16 +136,16 @@ def test_dead_process_shows_as_interrupted_and_a_held_lock_blocks_a_second_train
             runs.train(run, log=lambda s: None)
 
 
-def test_the_kept_model_is_the_weight_average_of_the_last_epoch(finished):
+def test_the_kept_model_is_the_weight_average_of_the_last_epoch(trained):
     """The quick preset validates and keeps the moving average of the weights, of the last epoch (not the
     epoch that scored best on the validation subjects)."""
     from safetensors.torch import load_file
 
+    finished, state = trained
     assert (finished.config.average, finished.config.select) == ("ema", "last")
     meta = json.loads((finished.dir / "model.json").read_text())
     assert meta["epoch"] == 2 and meta["metrics"]["val_f1"] == finished.epochs()[-1]["val_f1"]
     kept = load_file(str(finished.dir / "model.safetensors"))
-    state = engine.load_resume_state(finished.dir / "last.pt")
     averaged = {k.removeprefix("module."): v for k, v in state["average"].items() if k.startswith("module.")}
     raw = state["model"]
     name = "fc.weight"
