@@ -621,18 +621,6 @@ ABLATION_ALLOCATOR = "+ allocator keeps freed memory"
 ABLATION_FREEZE_BN = "+ frozen BatchNorm statistics (option)"
 
 
-def ablation_row(bc: BenchConfig, name: str, label: str, precision: str | None, channels_last: bool,
-                 train_x: torch.Tensor, train_y: torch.Tensor, init: nn.Module, device: torch.device,
-                 log: Log, freeze_bn: bool = False) -> dict:
-    cfg = run_config(bc, name, "full")
-    cfg = replace(cfg, precision=precision or cfg.precision, freeze_bn=freeze_bn)
-    r = time_leukviz(copy.deepcopy(init), cfg, train_x, train_y,
-                     device, bc.warmup_leukviz, bc.timed_leukviz, channels_last=channels_last,
-                     min_seconds=bc.min_seconds_leukviz)
-    log(f"  {name} ablation, {label}: {r['images_per_s']:.1f} img/s ({r['precision']})")
-    return {"step": label, **r}
-
-
 def ablations(bc: BenchConfig, images: np.ndarray, labels: np.ndarray, inits: dict[str, nn.Module],
               device: torch.device, log: Log) -> dict[str, list[dict]]:
     """leukviz's full fine-tuning with its speed-ups added one at a time, per backbone (the decode-once cache
@@ -640,17 +628,26 @@ def ablations(bc: BenchConfig, images: np.ndarray, labels: np.ndarray, inits: di
     be undone, so every backbone's other rows are measured before it is switched on for the last row."""
     train_x, train_y = torch.from_numpy(np.ascontiguousarray(images)), torch.as_tensor(labels)
     rows: dict[str, list[dict]] = {name: [] for name in inits}
-    for name, init in inits.items():
+
+    def measure(name: str, label: str, precision: str | None, channels_last: bool,
+                freeze_bn: bool = False) -> None:
+        cfg = run_config(bc, name, "full")
+        cfg = replace(cfg, precision=precision or cfg.precision, freeze_bn=freeze_bn)
+        r = time_leukviz(copy.deepcopy(inits[name]), cfg, train_x, train_y,
+                         device, bc.warmup_leukviz, bc.timed_leukviz, channels_last=channels_last,
+                         min_seconds=bc.min_seconds_leukviz)
+        log(f"  {name} ablation, {label}: {r['images_per_s']:.1f} img/s ({r['precision']})")
+        rows[name].append({"step": label, **r})
+
+    for name in inits:
         for label, precision, cl in ABLATION_STEPS:
-            rows[name].append(ablation_row(bc, name, label, precision, cl, train_x, train_y, init, device, log))
+            measure(name, label, precision, cl)
     if device.type == "cpu" and engine.tune_cpu_allocator():
-        for name, init in inits.items():
-            rows[name].append(ablation_row(bc, name, ABLATION_ALLOCATOR, None, True, train_x, train_y, init,
-                                           device, log))
+        for name in inits:
+            measure(name, ABLATION_ALLOCATOR, None, True)
     for name, init in inits.items():  # not a default: BatchNorm in eval mode changes what training does
         if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in init.modules()):
-            rows[name].append(ablation_row(bc, name, ABLATION_FREEZE_BN, None, True, train_x, train_y, init,
-                                           device, log, freeze_bn=True))
+            measure(name, ABLATION_FREEZE_BN, None, True, freeze_bn=True)
     return rows
 
 

@@ -48,6 +48,24 @@ def test_both_paths_start_from_the_same_weights():
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_ablation_adds_one_speed_up_per_row_from_the_same_start():
+    """Each backbone gets the three steps in order (fp32 NCHW, + channels-last, + the run's precision), the
+    allocator row where it can be tuned, and the frozen-BatchNorm row only for a backbone with BatchNorm;
+    every row timed, from a copy of the same initial weights (the initial model is left untouched)."""
+    bc = bench.BenchConfig(backbones=("googlenet",), image_size=32, batch_size=8, quick=True)
+    init = bench.build(bench.run_config(bc, "googlenet"), 0)
+    before = {k: v.clone() for k, v in init.state_dict().items()}
+    images = np.random.default_rng(0).integers(0, 255, (16, 32, 32, 3), dtype=np.uint8)
+    rows = bench.ablations(bc, images, np.arange(16) % 2, {"googlenet": init}, torch.device("cpu"),
+                           lambda s: None)["googlenet"]
+    steps = [r["step"] for r in rows]
+    assert steps[:3] == [label for label, _, _ in bench.ABLATION_STEPS]
+    assert steps[-1] == bench.ABLATION_FREEZE_BN and len(steps) in (4, 5)
+    assert [r["precision"] for r in rows[:2]] == ["fp32", "fp32"]
+    assert all(r["images_per_s"] > 0 and r["images"] >= 16 for r in rows)
+    assert all(torch.equal(before[k], v) for k, v in init.state_dict().items())
+
+
 def test_feature_cache_only_without_augmentation():
     head = resolve("resnet50", "quick", "none", finetune="head", augment="none")
     assert engine.uses_feature_cache(head, engine.Dist())
