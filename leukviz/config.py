@@ -22,9 +22,10 @@ CLASS_BALANCE = ("weighted_loss", "none")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AVERAGING = ("none", "ema")
 SELECT = ("last", "best")
+BN_STATS = ("running", "recomputed")
 # The choices of every RunConfig field that has them, in the order validate() checks them; the CLI offers them.
 CHOICES = {"split": SPLITS, "finetune": FINETUNE, "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "augment": AUGMENT,
-           "class_balance": CLASS_BALANCE, "precision": PRECISIONS, "average": AVERAGING, "select": SELECT}
+           "class_balance": CLASS_BALANCE, "precision": PRECISIONS, "average": AVERAGING, "select": SELECT, "bn_stats": BN_STATS}
 # What a field means, where its name alone does not say (the CLI's help).
 HELP = {
     "batch_size": "global batch size (split across torchrun processes)",
@@ -34,6 +35,8 @@ HELP = {
     "n_folds": "number of subject-grouped folds for --split groups (default: automatic)",
     "average": "ema: validate and keep a moving average of the weights",
     "select": "keep the last epoch's model or the best on validation (--patience always keeps the best)",
+    "bn_stats": "recomputed: before each validation, the kept model's BatchNorm statistics are measured anew on "
+                "training images (running: the moving averages gathered while training)",
     "finetune": "train the full network, the last stage + head, the head, or staged: the head alone for "
                 "--head-epochs, then the whole network with lower rates for earlier layers (for pretrained weights)",
     "head_epochs": "finetune staged: how many epochs train the head alone before the whole network (default 1)",
@@ -83,6 +86,11 @@ class RunConfig:
     freeze_bn: bool = False
     average: str = "none"  # "ema": validate and keep an exponential moving average of the weights
     select: str = "best"  # which epoch's model is kept: "best" on validation, or the "last"
+    # "recomputed": before each validation the kept model's BatchNorm statistics are measured anew on training
+    # images (as torch.optim.swa_utils.update_bn does for an averaged model). The running averages carry their
+    # initial values (mean 0, variance 1) for the first hundred steps, and an average of running statistics
+    # does not match averaged weights: either can make a short run call every cell one class (docs/REALDATA.md).
+    bn_stats: str = "running"
     precision: str = "auto"
     seed: int = 0
     # The seed of a random split (SEEDED_SPLITS) when it is not the run's seed: repeats that differ only in
@@ -132,6 +140,8 @@ class RunConfig:
             d.pop("patience")  # added later too: runs without early stopping keep their ids
         if d["head_epochs"] == 1:
             d.pop("head_epochs")  # and this one (every depth but staged has 1)
+        if d["bn_stats"] == "running":
+            d.pop("bn_stats")  # and this one
         ident = {"config": d, "dataset": fingerprint, "preprocess": PREPROCESS_VERSION}
         if self.weights not in WEIGHTS_CHOICES:  # a weights file: its bytes, as the dataset's (imagenet/none: as before)
             ident["weights_file"] = weights_digest(self.weights)
@@ -214,7 +224,7 @@ def preset_defaults(preset: str, backbone: str, weights: str) -> dict[str, Any]:
         d = dict(image_size=64, epochs=3, batch_size=32)
     else:  # full
         d = dict(image_size=224, epochs=15, batch_size=32)
-    d.update(augment="full", average="ema", select="last")
+    d.update(augment="full", average="ema", select="last", bn_stats="recomputed")
     # pretrained nets get gentle rates
     d.update(optimizer="adamw", lr=3e-4 if weights != "none" else 1e-3, weight_decay=1e-4)
     d.update(spec.pretrained_recipe if weights != "none" else spec.scratch_recipe)
@@ -270,3 +280,28 @@ def repeats(cfg: RunConfig, n: int) -> list[RunConfig]:
 
 
 MAX_REPEATS = 10
+
+
+def split_key(cfg: RunConfig, fingerprint: str) -> str:
+    """Runs are comparable (scored on the same validation cells) when they saw the same dataset content
+    and the same validation split."""
+    if cfg.split == "folds":
+        return f"{fingerprint}|folds|{cfg.val_fold}"
+    if cfg.split == "groups":  # cross-validation: the same folds for every seed, all folds together
+        return f"{fingerprint}|groups|{cfg.n_folds}"
+    return f"{fingerprint}|{cfg.split}|{cfg.val_fraction}|{cfg.split_rng_seed}"
+
+
+def repeat_settings(cfg: RunConfig) -> dict[str, Any]:
+    """Every setting but what repeats of one configuration differ in: the seeds, the data path (the
+    fingerprint stands for the data) and, under subject-grouped cross-validation, the fold."""
+    d = cfg.to_dict()
+    for name in ("seed", "split_seed", "data") + (("val_fold",) if cfg.split == "groups" else ()):
+        d.pop(name, None)
+    return d
+
+
+def repeat_key(cfg: RunConfig, fingerprint: str) -> str:
+    """Runs of one configuration that differ only in seed (repeats, one group on Train, Overview and
+    Compare) share this key: the same data and validation cells, and every setting but the seeds."""
+    return split_key(cfg, fingerprint) + "|" + json.dumps(repeat_settings(cfg), sort_keys=True)

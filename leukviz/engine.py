@@ -556,6 +556,38 @@ def evaluate(model: nn.Module, images: np.ndarray | torch.Tensor, labels: np.nda
     return (loss_sum / max(1, len(images))), p
 
 
+BN_IMAGES = 512  # training images that measure the BatchNorm statistics (bn_stats="recomputed"), evenly spaced
+
+
+@torch.no_grad()
+def recompute_bn_stats(state: TrainState) -> int:
+    """Measure the kept model's BatchNorm statistics anew on training images, evaluation preprocessing, for
+    the BatchNorm layers that trained this epoch (frozen ones keep theirs). A cumulative average (momentum
+    None), as torch.optim.swa_utils.update_bn, restricted to those layers. Returns how many layers."""
+    trained = {name for name, m in _unwrap(state.train_model).named_modules()
+               if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training}
+    layers = [m for name, m in state.scored.named_modules() if name in trained]
+    if not layers or state.feats is not None:
+        return 0
+    modes = [(m, m.training) for m in state.scored.modules()]
+    state.scored.eval()
+    momenta = [m.momentum for m in layers]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    rows = np.unique(np.linspace(0, len(state.train_x) - 1, min(BN_IMAGES, len(state.train_x))).astype(int))
+    for i in range(0, len(rows), 64):
+        x = to_input(state.train_x[torch.from_numpy(rows[i:i + 64])], state.cfg.backbone, state.device)
+        with autocast(state.device, state.amp):
+            state.scored(x)
+    for m, momentum in zip(layers, momenta):
+        m.momentum = momentum
+    for m, training in modes:  # each module's mode as it was (frozen layers stay in eval mode)
+        m.training = training
+    return len(layers)
+
+
 def validate(state: TrainState) -> tuple[float, np.ndarray]:
     """The validation loss and probabilities of the model a run keeps, in fp32 even when training runs in
     bf16: the saved validation predictions are exactly what single-image prediction (fp32) gives for the
@@ -776,7 +808,7 @@ def prepare_data(cfg: RunConfig, cache_dir: Path | None, log: Callable[[str], No
         raise DatasetChanged(f"the dataset {cfg.data} is not the one this run was created for: its fingerprint is "
                              f"{ds.fingerprint[:12]} now, {fingerprint[:12]} in {CONFIG} (files were added, removed "
                              "or changed). Start the configuration again to train on the data as it is now.")
-    split = data.make_split(ds, cfg.split, cfg.val_fraction, cfg.split_rng_seed, cfg.val_fold, cfg.n_folds)
+    split = data.split_of(ds, cfg)
     t = time.time()
     try:
         images, ok = preprocess.Preprocess.of_config(cfg).cache(ds, cache_dir, should_stop)
@@ -881,6 +913,8 @@ def _fit(cfg: RunConfig, run_dir: Path, emit: Emit, should_stop: Callable[[], bo
         state.start_step, state.running = 0, None
         train_seconds = time.time() - t0
         share_buffers(state)
+        if cfg.bn_stats == "recomputed":  # the same images on every rank: the ranks stay identical
+            recompute_bn_stats(state)
         vl, probs = validate(state)
         pred, val_y = probs.argmax(1), state.val_y
         f1 = weighted_f1(val_y, pred)

@@ -268,3 +268,36 @@ def test_a_run_with_patience_stops_early_and_keeps_the_best_checkpoint(tiny_data
     assert stop["reason"].startswith("stopped early at epoch 4: no better validation weighted F1 for 2 epochs")
     assert json.loads((run / SIDECAR).read_text())["epoch"] == 2
     assert result["best_epoch"] == 2 and result["val_f1"] == 0.8
+
+
+def test_recomputed_batchnorm_statistics_replace_the_stale_running_ones():
+    """After a few steps a BatchNorm's running variance still carries its initial 1.0 (momentum 0.1): measured
+    anew on training images it is the images' own; a layer that did not train (eval mode) keeps its values."""
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                torch.nn.Conv2d(4, 4, 3), torch.nn.BatchNorm2d(4))
+    model.train()
+    model[4].eval()  # frozen: keeps its statistics
+    frozen_before = model[4].running_var.clone()
+    images = torch.randint(0, 256, (40, 16, 16, 3), dtype=torch.uint8)
+    state = SimpleNamespace(train_model=model, scored=model, feats=None, train_x=images, amp=None,
+                            cfg=SimpleNamespace(backbone="googlenet"), device=torch.device("cpu"))
+    assert engine.recompute_bn_stats(state) == 1
+    with torch.no_grad():
+        x = engine.to_input(images, "googlenet", torch.device("cpu"))
+        expected = model[0](x).var(dim=(0, 2, 3))
+    assert torch.allclose(model[1].running_var, expected, rtol=1e-3)
+    assert torch.equal(model[4].running_var, frozen_before) and model[1].momentum == 0.1
+    assert model.training and not model[4].training  # modes as they were
+
+
+def test_the_presets_recompute_batchnorm_statistics_and_old_runs_keep_their_ids():
+    cfg = config.resolve("googlenet", "quick", "none", "demo")
+    assert cfg.bn_stats == "recomputed" and config.resolve("googlenet", "paper", "none", "demo").bn_stats == "running"
+    old = dataclasses.replace(cfg, bn_stats="running")
+    assert old.identity("fp") != cfg.identity("fp")
+    stored = old.to_dict()
+    del stored["bn_stats"]  # a run written before the field: read back, it is the same run
+    assert config.RunConfig.from_dict(stored).identity("fp") == old.identity("fp")
