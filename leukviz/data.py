@@ -19,7 +19,7 @@ import zlib
 from dataclasses import dataclass, field
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Callable, Sequence
+from typing import IO, Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -464,15 +464,32 @@ def extract_zip(zip_path: Path, dest: Path) -> Path:
     return dest
 
 
-def save_upload(blob: bytes, folder: Path, suffix: str = ".zip") -> Path:
-    """Store an uploaded dataset under a name made from its content (never the user's file name)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{hashlib.sha256(blob).hexdigest()[:16]}{suffix}"
+def save_upload(blob: bytes, folder: Path, suffix: str = ".zip", name: str | None = None) -> Path:
+    """Store an uploaded dataset in a folder named by its content. With name (the upload's own file name),
+    the file keeps that name, made safe (its bare name, letters, digits, '.', '-', '_' and spaces only), so
+    pages can call the dataset as the user does; the name is only ever shown, never followed as a path."""
+    digest = hashlib.sha256(blob).hexdigest()[:16]
+    if name:
+        bare = re.sub(r"[^\w.\- ]", "_", Path(str(name).replace("\\", "/")).name).strip(" .")[:80] or "upload"
+        path = folder / digest / (bare if bare.lower().endswith(suffix) else bare + suffix)
+    else:
+        path = folder / f"{digest}{suffix}"
+    path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():
         tmp = path.with_suffix(".part")
         tmp.write_bytes(blob)
         tmp.replace(path)
     return path
+
+
+def upload_name(spec: str | Path) -> str | None:
+    """The user's own file name of a dataset uploaded with one (save_upload's name), else None."""
+    p = Path(spec)
+    try:
+        inside = p.parent.parent == uploads_dir()
+    except (OSError, ValueError):
+        return None
+    return p.name if inside and len(p.parent.name) == 16 else None
 
 
 def as_uploaded(text: str, stored: str | Path, name: str) -> str:
@@ -795,6 +812,60 @@ def default_split(ds: Dataset) -> str:
     return "image"
 
 
+SPLIT_METHODS = ("given", "subject", "groups", "folds", "image")  # in the order a page offers them
+
+
+def split_options(ds: Dataset) -> dict[str, str | None]:
+    """Each split method and why this dataset cannot make it (None: it can), so a page offers only what can
+    run: a given validation folder it lacks, official folds it does not have, a subject split without
+    subject ids or with a class of one person."""
+    if ds.fingerprint in _SPLIT_OPTIONS:
+        return dict(_SPLIT_OPTIONS[ds.fingerprint])
+    out: dict[str, str | None] = {}
+    for method in SPLIT_METHODS:
+        if method == "given" and not ds.has_val:
+            out[method] = "the dataset has no validation folder of its own (val/ beside train/)"
+            continue
+        if method == "folds" and not (ds.train_rows["fold"] >= 0).any():
+            out[method] = "the dataset has no official folds (C-NMC's training_data/fold_0, fold_1, fold_2)"
+            continue
+        try:
+            _make_split(ds, method, 0.2, 0, 0, 0)
+        except DataError as e:
+            out[method] = str(e)
+        else:
+            out[method] = None
+    _SPLIT_OPTIONS[ds.fingerprint] = out
+    return dict(out)
+
+
+_SPLIT_OPTIONS: dict[str, dict[str, str | None]] = {}  # by dataset fingerprint: the same content, the same answer
+
+
+def split_problems(ds: Dataset, sp: Split) -> list[str]:
+    """What makes a split's scores unreliable, in plain words: a side without some class, or (where file
+    names carry subjects) a side with fewer than 2 subjects of a class, whose score then speaks for one person."""
+    out = []
+    for side, rows in (("validation", sp.val), ("training", sp.train)):
+        part = ds.index.loc[rows]
+        counts = {c: int((part["label"] == i).sum()) for i, c in enumerate(ds.classes)}
+        missing = [c for c, n in counts.items() if n == 0]
+        if missing:
+            held = ", ".join(f"{c} {n}" for c, n in counts.items())
+            names = "', '".join(missing)
+            out.append(f"the {side} set has no '{names}' cells ({held}): "
+                       + ("its scores cannot show whether the model tells the classes apart"
+                          if side == "validation" else "the model cannot learn that class"))
+            continue
+        if ds.has_subjects and sp.method != "image":
+            for i, c in enumerate(ds.classes):
+                n = part.loc[part["label"] == i, "subject"].nunique()
+                if n < 2:
+                    effect = "score speaks for one person" if side == "validation" else "is learnt from one person"
+                    out.append(f"the {side} set holds '{c}' cells of {n} subject only: its '{c}' {effect}")
+    return out
+
+
 def make_split(ds: Dataset, method: str = "subject", val_fraction: float = 0.2, seed: int = 0,
                val_fold: int = 0, n_folds: int = 0) -> Split:
     """Split the training rows: by subject (default), subject-grouped cross-validation folds, by official
@@ -802,6 +873,11 @@ def make_split(ds: Dataset, method: str = "subject", val_fraction: float = 0.2, 
     "given" draw from train_rows: set "train" and a given validation folder pooled. Leaky, and said so with
     the files named, when one file is on both sides (_copies_across)."""
     return _copies_across(ds, _make_split(ds, method, val_fraction, seed, val_fold, n_folds))
+
+
+def split_of(ds: Dataset, cfg: Any) -> Split:
+    """The split a run configuration (config.RunConfig) makes of ds: what training uses and pages show."""
+    return make_split(ds, cfg.split, cfg.val_fraction, cfg.split_rng_seed, cfg.val_fold, cfg.n_folds)
 
 
 def _make_split(ds: Dataset, method: str, val_fraction: float, seed: int, val_fold: int, n_folds: int) -> Split:
