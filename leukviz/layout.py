@@ -29,7 +29,7 @@ TRAINER_FILES = (RESUME, CHECKPOINT, SIDECAR, PREDICTIONS, TEST_PREDICTIONS, MET
 
 # ---------------------------------------------------------------------------------------------- the runs root
 
-ARCHIVE = ".archive"  # results moved aside by a retrain: <run id>-<time>
+ARCHIVE = ".archive"  # results moved aside by a retrain, and deleted runs (runs.delete): <run id>-<time>
 
 
 def device_lock(kind: str) -> str:

@@ -234,3 +234,63 @@ def test_retrain_archives_then_launches(tmp_path, monkeypatch):
     assert (run.dir / "config.json").exists()
     assert any((tmp_path / ".archive").iterdir())
     assert run.state == "starting"
+
+
+# ---------------------------------------------------------------------------------------------- delete
+
+@pytest.mark.parametrize("state", ["finished", "failed", "interrupted", None])
+def test_delete_moves_the_run_folder_into_the_archive_and_out_of_every_listing(tmp_path, state):
+    run = make_run(tmp_path, state=state)
+    other = make_run(tmp_path, seed=1)
+    files = sorted(p.name for p in run.dir.iterdir())
+    dest = runs.delete(run)
+    assert not run.dir.exists() and dest.parent == tmp_path / ".archive" and dest.name.startswith(run.run_id + "-")
+    assert set(files) <= {p.name for p in dest.iterdir()}  # moved whole: nothing lost
+    assert [r.run_id for r in runs.list_runs(tmp_path)] == [other.run_id]
+    with pytest.raises(runs.NoSuchRun):
+        runs.get_run(run.run_id, tmp_path)
+
+
+def test_delete_takes_a_damaged_run_and_the_same_id_twice_never_collides(tmp_path):
+    run = make_run(tmp_path)
+    (run.dir / "config.json").write_text("{not json")
+    assert run.is_damaged
+    first = runs.delete(run)
+    again = make_run(tmp_path)  # the same configuration trained again, deleted again within the second
+    assert again.run_id == run.run_id
+    second = runs.delete(again)
+    assert first != second and first.is_dir() and second.is_dir()
+    assert (first / "config.json").read_text() == "{not json" and runs.list_runs(tmp_path) == []
+
+
+def test_delete_refuses_an_active_run_and_leaves_it_in_place(tmp_path, monkeypatch):
+    running = make_run(tmp_path, state="running", with_predictions=False)
+    lock = running.lock()
+    lock.acquire()
+    try:
+        with pytest.raises(runs.AlreadyRunning, match=f"run {running.run_id} is training: stop it first"):
+            runs.delete(running)
+    finally:
+        lock.release()
+    # a finished status proves nothing while a trainer holds the lock (a retrain under way)
+    finished = make_run(tmp_path, seed=1)
+    lock = finished.lock()
+    lock.acquire()
+    try:
+        with pytest.raises(runs.AlreadyRunning, match="is training"):
+            runs.delete(finished)
+    finally:
+        lock.release()
+    starting = make_run(tmp_path, seed=2, state=None)
+    monkeypatch.setitem(runs._LAUNCHES, starting.dir, runs._Launch(time.time(), FakeProc(None)))
+    with pytest.raises(runs.AlreadyRunning, match="is starting: stop it first"):
+        runs.delete(starting)
+    assert {r.run_id for r in runs.list_runs(tmp_path)} == {running.run_id, finished.run_id, starting.run_id}
+    assert not (tmp_path / ".archive").exists() or not any((tmp_path / ".archive").iterdir())
+    # once nobody holds it, the stale "running" reads as interrupted and the run can go
+    assert running.state == "interrupted" and runs.delete(running).is_dir()
+
+
+def test_delete_of_an_unknown_run_is_no_such_run(tmp_path):
+    with pytest.raises(runs.NoSuchRun, match="no run 'abc123'"):
+        runs.delete(runs.Run(tmp_path / "abc123"))
