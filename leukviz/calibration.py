@@ -24,7 +24,8 @@ from leukviz.storage import atomic_write_json, read_json
 EPS = 1e-7  # probabilities are clipped to [EPS, 1] before the log: a saved 0 would be log(0) = -inf
 T_BOUNDS = (0.05, 20.0)  # the fitted temperature stays within these
 MIN_CELLS = 8  # fewer labelled validation cells than this fit nothing (T = 1)
-VERSION = 1  # of calibration.json; a cache of another version is refitted
+VERSION = 2  # of calibration.json; a cache of another version is refitted (2: a fit at a bound is not applied)
+BOUND_TOLERANCE = 0.02  # a fitted T within 2 % (in log) of a bound has hit it: the fit found no interior optimum
 
 
 def _log_probs(probs: Any) -> np.ndarray:
@@ -96,18 +97,48 @@ def report(y: Any, probs: Any, temperature: float, n_bins: int = 15) -> dict[str
         "reliability_after": metrics.reliability_bins(y, scaled, n_bins)})
 
 
-def not_calibrated(reason: str) -> dict[str, Any]:
+def not_calibrated(reason: str, **extra: Any) -> dict[str, Any]:
     """What a run without a usable fit carries: T = 1 (the raw probabilities), and why."""
     return {"version": VERSION, "temperature": 1.0, "calibrated": False, "fitted_on": None, "n": 0,
-            "note": f"not calibrated: {reason}", "report": None}
+            "note": f"not calibrated: {reason}", "report": None, **extra}
 
 
-def _validation(run_dir: Path, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, probabilities) of the labelled rows, columns in the sidecar's class order when it has one."""
+def at_bound(temperature: float) -> bool:
+    """Whether a fitted temperature sits on one of T_BOUNDS: the likelihood kept improving past it (a model
+    whose confidence carries no information, or one class only), so scaling by it would mislead."""
+    t = float(temperature)
+    return any(abs(np.log(t / b)) <= BOUND_TOLERANCE for b in T_BOUNDS)
+
+
+def unusable_fit(y: np.ndarray, n_classes: int) -> str | None:
+    """Why labelled validation cells cannot calibrate (None when they can): too few, or one class only."""
+    if len(y) < MIN_CELLS:
+        return f"{len(y)} labelled validation cells (need {MIN_CELLS})"
+    present = len(np.unique(y))
+    if present < min(2, n_classes):
+        return "every validation cell is of one class, so a temperature fitted on them means nothing"
+    return None
+
+
+def validation_cells(run_dir: Path, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(labels, probabilities, classes) of the labelled rows of a run's validation predictions, columns in
+    the sidecar's class order when it has one. ValueError when the table lacks its columns."""
+    y, p = _validation(run_dir, frame)
+    cols = _columns(run_dir, frame)
+    return y, p, [c.removeprefix("prob_") for c in cols]
+
+
+def _columns(run_dir: Path, frame: pd.DataFrame) -> list[str]:
     cols = [c for c in frame.columns if c.startswith("prob_")]
     classes = (read_json(run_dir / SIDECAR, {}) or {}).get("classes")
     if classes and {f"prob_{c}" for c in classes} == set(cols):
         cols = [f"prob_{c}" for c in classes]
+    return cols
+
+
+def _validation(run_dir: Path, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, probabilities) of the labelled rows, columns in the sidecar's class order when it has one."""
+    cols = _columns(run_dir, frame)
     if "label" not in frame.columns or len(cols) < 2:
         raise ValueError(f"{PREDICTIONS} lacks a label column or prob_<class> columns")
     y = pd.to_numeric(frame["label"], errors="coerce").to_numpy()
@@ -124,9 +155,14 @@ def fit_run(run_dir: Path, blob: bytes) -> dict[str, Any]:
         y, p = _validation(run_dir, pd.read_csv(io.BytesIO(blob)))
     except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         return not_calibrated(f"the validation predictions cannot be read ({e})")
-    if len(y) < MIN_CELLS:
-        return not_calibrated(f"{len(y)} labelled validation cells (need {MIN_CELLS})")
+    why = unusable_fit(y, p.shape[1])
+    if why:
+        return not_calibrated(why, n=len(y))
     t = fit_temperature(y, p)
+    if at_bound(t):
+        return not_calibrated(f"the fitted temperature reached its bound (T = {t:.2f}, allowed "
+                              f"{T_BOUNDS[0]:g} to {T_BOUNDS[1]:g}): the raw confidence is shown", n=len(y),
+                              fitted_temperature=t, at_bound=True)
     return {"version": VERSION, "temperature": t, "calibrated": True, "fitted_on": "validation", "n": len(y),
             "note": f"calibrated on {len(y)} validation cells, T = {t:.2f} (the cells that also chose the "
                     "best epoch: the error after scaling measured on them is optimistic)",

@@ -83,16 +83,32 @@ class Progress:
             self.bar = None
 
 
+def _health(run) -> dict:
+    """A run's health and its reasons (health.of_run_dir) for --json; None for a run that is not finished."""
+    from leukviz import health
+
+    if run.state != "finished":
+        return {"health": None, "health_reasons": []}
+    return health.of_run_dir(run.dir).to_dict()
+
+
+def _health_text(res: dict) -> str:
+    """'; DEGENERATE: calls every validation cell hem' for a degenerate run's line, else nothing."""
+    if res.get("health") == "degenerate":
+        return "; DEGENERATE: " + "; ".join(res["health_reasons"])
+    return ""
+
+
 def _train_result(run, cached: bool, t0: float) -> dict:
     st = run.status
     return {"run_id": run.run_id, "run_dir": str(run.dir), "status": st["state"], "cached": cached,
             "backbone": run.config.backbone, "metrics": run.final_metrics(), "error": st.get("error"),
-            "early_stop": st.get("early_stop"), "seconds": round(time.time() - t0, 2)}
+            "early_stop": st.get("early_stop"), **_health(run), "seconds": round(time.time() - t0, 2)}
 
 
 # The RunConfig fields the train command sets, in its --help order; unset (None) means the preset's default.
 TRAIN_FIELDS = ("epochs", "image_size", "batch_size", "lr", "optimizer", "split", "val_fold", "n_folds", "average",
-                "select", "finetune", "head_epochs", "augment", "precision", "freeze_bn", "class_balance", "seed",
+                "select", "bn_stats", "finetune", "head_epochs", "augment", "precision", "freeze_bn", "class_balance", "seed",
                 "split_seed", "patience")
 FLAGS = {"n_folds": "--folds"}  # otherwise --the-field-name
 MAX_SEED = 2**32 - 1  # numpy's and torch's generators take it; seeds derived from it stay under 2**64
@@ -246,7 +262,7 @@ def cmd_train(args) -> int:
     res = _train_result(run, False, t0)
     _out(args, f"run {run.run_id} {res['status']} ({run.dir}): " +
          ", ".join(f"{k} {v:.4f}" for k, v in res["metrics"].items() if isinstance(v, float)) +
-         (f"; {res['early_stop']}" if res["early_stop"] else ""), res)
+         (f"; {res['early_stop']}" if res["early_stop"] else "") + _health_text(res), res)
     return 0 if res["status"] == "finished" else 1
 
 
@@ -339,7 +355,11 @@ def cmd_runs(args) -> int:
     """Every run folder, a damaged one too: what is wrong with it and how to repair it (runs.describe)."""
     from leukviz import runs
 
-    rows = [runs.describe(r) for r in runs.list_runs(args.runs_dir)]
+    rows = []
+    for r in runs.list_runs(args.runs_dir):
+        row = runs.describe(r)
+        rows.append({**row, **(_health(r) if row["backbone"] is not None and not row["damaged"] else
+                               {"health": None, "health_reasons": []})})
     if args.json:
         print(json.dumps({"runs": rows}))
         return 0
@@ -352,9 +372,34 @@ def cmd_runs(args) -> int:
         else:
             print(f"{r['run_id']}  {r['backbone']:<10} {r['state'] + (' DAMAGED' if r['damaged'] else ''):<11} "
                   f"{r['preset']:<6} {r['weights']:<9} {r['image_size']}px {r['epochs']}ep split={r['split']:<8} "
-                  f"val_acc={acc}  data={r['data']}")
+                  f"val_acc={acc}  data={r['data']}" + (" DEGENERATE" if r["health"] == "degenerate" else ""))
         for problem in r["problems"]:
             print(f"    {problem}")
+    return 0
+
+
+def cmd_runs_delete(args) -> int:
+    """Remove runs: each folder moves into the runs folder's archive (runs.delete). Every id is resolved and
+    checked first, so a typo or a run still training deletes none of them."""
+    from leukviz import runs
+
+    chosen: list = []
+    for arg in args.run_ids:  # a unique prefix is enough, as everywhere; the same run named twice goes once
+        run = runs.get_run(arg, args.runs_dir)
+        if all(r.dir != run.dir for r in chosen):
+            chosen.append(run)
+    refused = [why for why in map(runs.delete_refusal, chosen) if why]
+    if refused:
+        raise CliError("; ".join(refused) + ("; nothing was deleted" if len(chosen) > 1 else ""))
+    moved: list[dict] = []
+    for run in chosen:
+        try:
+            moved.append({"run_id": run.run_id, "archived_to": str(runs.delete(run))})
+        except LeukvizError as e:  # it started meanwhile: say which went before it
+            done = ", ".join(m["run_id"] for m in moved)
+            raise CliError(f"{e}" + (f" (already deleted: {done})" if done else "")) from None
+    _out(args, "\n".join(f"deleted run {m['run_id']}: moved to {m['archived_to']}" for m in moved),
+         {"deleted": moved})
     return 0
 
 
@@ -868,10 +913,14 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
     _add_train(sub, common)
-    r = sub.add_parser("runs", help="list runs")
+    r = sub.add_parser("runs", help="list or delete runs")
     rs = r.add_subparsers(dest="runs_command", required=True)
     rl = rs.add_parser("list", parents=[common], help="list runs with their state and metrics")
     rl.set_defaults(func=cmd_runs)
+    rd = rs.add_parser("delete", parents=[common],
+                       help="remove runs: each folder moves into the runs folder's .archive/ (refused while training)")
+    rd.add_argument("run_ids", nargs="+", metavar="RUN_ID", help="run ids (a unique prefix is enough)")
+    rd.set_defaults(func=cmd_runs_delete)
 
     d = sub.add_parser("data", help="inspect a dataset")
     ds = d.add_subparsers(dest="data_command", required=True)

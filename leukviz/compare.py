@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from leukviz import metrics, runs
+from leukviz import config, health, metrics, runs
 from leukviz.backbones import BACKBONES
 from leukviz.dashboard import (backbone_title, dataset_label, format_duration, latest_per_backbone, run_name,
                                split_text)
@@ -89,13 +89,7 @@ def evaluate_run(run: runs.Run) -> Evaluation:
 
 def group_key(run: runs.Run) -> str:
     """Runs are comparable when they saw the same dataset content and the same validation split."""
-    cfg = run.config
-    fp = run.info.get("dataset_fingerprint", "?")
-    if cfg.split == "folds":
-        return f"{fp}|folds|{cfg.val_fold}"
-    if cfg.split == "groups":  # cross-validation: the same folds for every seed, all folds together
-        return f"{fp}|groups|{cfg.n_folds}"
-    return f"{fp}|{cfg.split}|{cfg.val_fraction}|{cfg.split_rng_seed}"
+    return config.split_key(run.config, run.info.get("dataset_fingerprint", "?"))
 
 
 @dataclass
@@ -214,19 +208,9 @@ PAIRED_SCORES = ("weighted_f1", "accuracy")
 ENSEMBLE = "Ensemble"
 
 
-def _settings(run: runs.Run) -> dict[str, Any]:
-    """Every setting of a run but what repeats of one configuration differ in: the seeds, the data path (the
-    fingerprint stands for the data) and, under subject-grouped cross-validation, the fold."""
-    d = run.config.to_dict()
-    for name in ("seed", "split_seed", "data") + (("val_fold",) if run.config.split == "groups" else ()):
-        d.pop(name, None)
-    return d
-
-
 def config_key(run: runs.Run) -> str:
-    """Runs of one configuration that differ only in seed (repeats) share this key: the comparable group
-    (same data, same validation cells) and every setting but the seeds."""
-    return group_key(run) + "|" + json.dumps(_settings(run), sort_keys=True)
+    """Runs of one configuration that differ only in seed (repeats) share this key (config.repeat_key)."""
+    return config.repeat_key(run.config, run.info.get("dataset_fingerprint", "?"))
 
 
 def _value_text(name: str, v: Any) -> str:
@@ -238,7 +222,7 @@ def _value_text(name: str, v: Any) -> str:
 def setting_labels(firsts: Sequence[runs.Run], most: int = 3) -> list[str]:
     """Short names for configurations of one backbone: the settings in which they differ ("finetune staged,
     lr 0.0003"), at most `most` of them; the run id's start where that does not tell them apart."""
-    settings = [_settings(r) for r in firsts]
+    settings = [config.repeat_settings(r.config) for r in firsts]
     differ = [k for k in settings[0] if len({json.dumps(d.get(k), sort_keys=True) for d in settings}) > 1]
     labels = [", ".join(f"{k} {_value_text(k, d.get(k))}" for k in differ[:most]) for d in settings]
     if not all(labels) or len(set(labels)) < len(labels):
@@ -483,7 +467,8 @@ class Report:
     def to_dict(self) -> dict:
         return metrics.nan_to_none({
             "sets": self.sets, "notes": self.notes,
-            "groups": [{"name": g.name, "seeds": g.seeds, "runs": [ev.run.run_id for ev in g.evals]}
+            "groups": [{"name": g.name, "seeds": g.seeds, "runs": [ev.run.run_id for ev in g.evals],
+                        "health": {ev.run.run_id: health.of_run_dir(ev.run.dir).to_dict() for ev in g.evals}}
                        for g in self.groups],
             "scores": [{"model": s.name, "set": s.which, "seeds": s.seeds, "spread": s.spread,
                         "interval": s.interval} for s in self.stats],
@@ -499,6 +484,11 @@ def build_report(evals: Sequence[Evaluation], n_resamples: int = 2000) -> Report
     everyone = groups + ([ens] if ens is not None else [])
     sets = ["val"] + (["test"] if evals and all(ev.test is not None for ev in evals) else [])
     notes = []
+    for ev in evals:
+        h = health.of_run_dir(ev.run.dir)
+        if h.degenerate:
+            notes.append(f"{run_name(ev.run)} (run {ev.run.run_id}) is degenerate: {'; '.join(h.reasons)}; it is "
+                         "compared only because it was chosen")
     if evals and not all(ev.test is not None for ev in evals) and any(ev.test is not None for ev in evals):
         notes.append("some runs have no test predictions: the test columns are left out")
     table = []

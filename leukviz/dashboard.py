@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from leukviz import backbones, data, runs
+from leukviz import backbones, config, data, health, metrics, runs
 from leukviz.config import RunConfig
 from leukviz.events import BATCH, EPOCH, latest_start
 from leukviz.layout import CONFIG
@@ -40,6 +40,9 @@ def dataset_label(spec: str) -> str:
     """Short name of a dataset spec: 'demo' or the last parts of its path."""
     if spec == "demo":
         return "built-in demo"
+    uploaded = data.upload_name(spec)
+    if uploaded:
+        return f"{uploaded} (uploaded)"
     p = Path(spec)
     return str(Path(*p.parts[-2:])) if len(p.parts) > 2 else str(p)
 
@@ -67,6 +70,19 @@ def run_name(run: runs.Run) -> str:
     return f"{backbone_title(run.config.backbone)} · {run.run_id[:6]}"
 
 
+def run_label(run: runs.Run) -> str:
+    """A run as a user thinks of it, for pickers: 'ResNet50 · cnmc-fold1-dev · seed 1 · F1 0.891', marked
+    when degenerate."""
+    parts = [backbone_title(run.config.backbone), dataset_label(run.config.data), f"seed {run.config.seed}"]
+    f1 = run.final_metrics().get("val_f1") if run.state == "finished" else None
+    if f1 is not None:
+        parts.append(f"F1 {f1:.3f}")
+    h = run_health(run)
+    if h is not None and h.degenerate:
+        parts.append("degenerate")
+    return " · ".join(parts) + f" · {run.run_id[:6]}"
+
+
 def describe_config(cfg: RunConfig) -> str:
     epochs = f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}"
     return (f"{backbone_title(cfg.backbone)}, {cfg.preset} preset, weights {cfg.weights}, "
@@ -78,16 +94,97 @@ def describe_config(cfg: RunConfig) -> str:
             + (f", early stopping after {cfg.patience} epochs without a better F1" if cfg.patience else ""))
 
 
-def split_text(cfg: RunConfig) -> str:
+def split_text(cfg: RunConfig, sp: data.Split | None = None) -> str:
+    """The split in words; with the split made (sp), the validation share it really holds (a subject split
+    takes whole people, so it lands near val_fraction, not on it)."""
     if cfg.split == "folds":
         return f"official folds (fold {cfg.val_fold} for validation)"
     if cfg.split == "groups":
         return f"subject-grouped folds (fold {cfg.val_fold} for validation)"
     if cfg.split == "given":
         return "the dataset's own validation folder"
+    share = f"{cfg.val_fraction:.0%} validation"
+    if sp is not None:
+        n = len(sp.train) + len(sp.val)
+        share = f"{len(sp.val)} of {n} images, {len(sp.val) / max(1, n):.0%}, for validation"
     if cfg.split == "image":
-        return f"by image, LEAKY ({cfg.val_fraction:.0%} validation, seed {cfg.split_rng_seed})"
-    return f"by subject ({cfg.val_fraction:.0%} validation, seed {cfg.split_rng_seed})"
+        return f"by image, LEAKY ({share}, seed {cfg.split_rng_seed})"
+    return f"by subject ({share}, seed {cfg.split_rng_seed})"
+
+
+# ---------------------------------------------------------------------------------------------- settings
+
+# The Train page's settings as the URL names them (so a reload or a bookmark restores them) -> their
+# session-state keys. The dataset and split are in the URL too (URL_DATA).
+URL_SETTINGS = {"backbone": "train_backbone", "preset": "train_preset", "weights": "train_weights",
+                "size": "train_image_size", "epochs": "train_epochs", "batch": "train_batch_size", "lr": "train_lr",
+                "finetune": "train_finetune", "head_epochs": "train_head_epochs", "repeats": "train_repeats",
+                "patience": "train_patience"}
+URL_DATA = {"dataset": "dataset", "split": "split"}
+# The number fields' ranges, shared by the widgets and the URL reader.
+SETTING_RANGES = {"train_image_size": config.IMAGE_SIZES, "train_epochs": (1, 500), "train_batch_size": (1, 4096),
+                  "train_head_epochs": (1, 499), "train_repeats": (1, config.MAX_REPEATS), "train_patience": (0, 500)}
+
+
+def _url_value(key: str, text: str) -> Any:
+    """One URL value as its setting's type, or None when it is not a valid value of that setting."""
+    if key == "train_backbone":
+        return text if text in backbones.BACKBONES else None
+    if key == "train_preset":
+        return text if text in config.PRESETS else None
+    if key == "train_weights":
+        return text if text in ("imagenet", "none") else None
+    if key == "train_finetune":
+        return text if text in config.FINETUNE else None
+    if key == "split":
+        return text if text in config.SPLITS else None
+    if key == "dataset":
+        return text or None
+    try:
+        v = float(text)
+    except ValueError:
+        return None
+    if key == "train_lr":
+        return v if math.isfinite(v) and 0 < v < 10 else None
+    low, high = SETTING_RANGES[key]
+    return int(v) if v.is_integer() and low <= v <= high else None
+
+
+def settings_from_url(params: Any) -> dict[str, Any]:
+    """The valid settings a URL's query parameters name, by session-state key; anything else is ignored."""
+    out = {}
+    for name, key in {**URL_DATA, **URL_SETTINGS}.items():
+        text = params.get(name)
+        value = _url_value(key, str(text)) if text is not None else None
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def settings_to_url(state: Any, names: Iterable[str]) -> dict[str, str]:
+    """The query parameters for the settings in state (names: keys of URL_SETTINGS or URL_DATA)."""
+    keys = {**URL_DATA, **URL_SETTINGS}
+    return {name: f"{state[keys[name]]:g}" if isinstance(state.get(keys[name]), float) else str(state[keys[name]])
+            for name in names if state.get(keys[name]) is not None}
+
+
+def recipe_changes(old: dict[str, Any], new: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """What switching backbone (or weights) changes: the settings whose preset default differs between the
+    old and the new choice (the new backbone's recipe owns them), as {name: (current value, new value)}.
+    Every other setting keeps what the user chose."""
+    return {k: (current.get(k), new[k]) for k in new if k in current and old.get(k) != new[k]}
+
+
+SETTING_NAMES = {"image_size": "image size", "epochs": "epochs", "batch_size": "batch size", "lr": "learning rate"}
+
+
+def changes_text(owner: str, changes: dict[str, tuple[Any, Any]]) -> str:
+    """'VGG16's recipe set learning rate 0.0001 (was 0.001); your other settings are kept.'"""
+    if not changes:
+        return f"{owner}: your settings are kept."
+    parts = [f"{SETTING_NAMES.get(k, k)} {v:g} (was {was:g})" if isinstance(v, float) else f"{SETTING_NAMES.get(k, k)} {v} (was {was})"
+             for k, (was, v) in changes.items()]
+    return f"{owner} set " + ", ".join(parts) + "; your other settings are kept."
 
 
 # ---------------------------------------------------------------------------------------------- runs
@@ -135,11 +232,95 @@ def latest_per_backbone(candidates: Iterable[runs.Run]) -> list[runs.Run]:
     return sorted(best.values(), key=lambda r: order.get(r.config.backbone, len(order)))
 
 
+def run_health(run: runs.Run) -> health.Health | None:
+    """A finished run's health (health.of_run_dir, the one rule); None for a run that is not finished."""
+    return health.of_run_dir(run.dir) if run.state == "finished" else None
+
+
+def healthy_runs(candidates: Iterable[runs.Run]) -> list[runs.Run]:
+    """The runs whose kept model is not degenerate (what Predict offers first and ensembles by default)."""
+    return [r for r in candidates if not (run_health(r) or health.Health(health.HEALTHY)).degenerate]
+
+
 def default_models(finished: Sequence[runs.Run], dataset: str) -> list[runs.Run]:
-    """Models offered first for prediction: the newest finished run per backbone on the active dataset,
-    or on any dataset when none was trained on it."""
-    on_active = [r for r in finished if r.config.data == dataset]
-    return latest_per_backbone(on_active or finished)
+    """Models offered first for prediction: the newest healthy finished run per backbone on the active
+    dataset, or on any dataset when none was trained on it. A degenerate run is never preselected."""
+    usable = healthy_runs(finished)
+    on_active = [r for r in usable if r.config.data == dataset]
+    return latest_per_backbone(on_active or usable)
+
+
+def repeat_group(run: runs.Run, candidates: Iterable[runs.Run]) -> list[runs.Run]:
+    """The repeats of run's configuration among candidates (config.repeat_key), by seed."""
+    key = _repeat_key(run)
+    return sorted((r for r in candidates if _repeat_key(r) == key), key=lambda r: r.config.seed)
+
+
+def _repeat_key(run: runs.Run) -> str:
+    return config.repeat_key(run.config, run.info.get("dataset_fingerprint", "?"))
+
+
+@dataclass
+class GroupSummary:
+    """Repeats of one configuration: each seed's run and state, and mean ± sd over the finished healthy
+    ones (a degenerate seed is counted apart, never averaged in silently)."""
+
+    members: list[runs.Run]
+    states: list[str]
+    f1: dict | None  # metrics.seed_spread of validation weighted F1 over the finished, healthy seeds
+    acc: dict | None
+    degenerate: list[runs.Run]
+
+    @property
+    def n(self) -> int:
+        return len(self.members)
+
+    @property
+    def done(self) -> bool:
+        return all(s not in runs.ACTIVE for s in self.states)
+
+    def score_text(self, key: str = "f1") -> str:
+        """'0.871 ± 0.021 (3 seeds)', or the one value for one seed; '–' with none."""
+        spread = self.f1 if key == "f1" else self.acc
+        if not spread:
+            return "–"
+        fmt = (lambda v: f"{v:.3f}") if key == "f1" else (lambda v: f"{v:.1%}")
+        if spread["sd"] is None:
+            return fmt(spread["mean"])
+        return f"{fmt(spread['mean'])} ± {fmt(spread['sd'])} ({spread['n']} seeds)"
+
+
+def seed_state_text(run: runs.Run, state: str) -> str:
+    """One repeat's state for the Train page's group: 'finished · F1 0.871', 'running · 40 %', 'queued'."""
+    if state == "finished":
+        h = run_health(run)
+        if h is not None and h.degenerate:
+            return "finished · degenerate"
+        f1 = run.final_metrics().get("val_f1")
+        return "finished" + (f" · F1 {f1:.3f}" if f1 is not None else "")
+    if state == "running":
+        return f"running · {progress(run.events()).fraction:.0%}"
+    return state
+
+
+def group_summary(members: Sequence[runs.Run]) -> GroupSummary:
+    """What Train and the Overview show of a group of repeats."""
+    states = [r.state for r in members]
+    f1s, accs, bad = [], [], []
+    for r, state in zip(members, states):
+        if state != "finished" or r.is_damaged:
+            continue
+        h = run_health(r)
+        if h is not None and h.degenerate:
+            bad.append(r)
+            continue
+        m = r.final_metrics()
+        if "val_f1" in m:
+            f1s.append(m["val_f1"])
+        if "val_acc" in m:
+            accs.append(m["val_acc"])
+    return GroupSummary(list(members), states, metrics.seed_spread(f1s) if f1s else None,
+                        metrics.seed_spread(accs) if accs else None, bad)
 
 
 def gpu_count() -> int:
@@ -161,6 +342,8 @@ class Card:
     val_acc: float | None = None
     val_f1: float | None = None
     error: str | None = None
+    health: health.Health | None = None  # of the finished run shown (run_health)
+    group: GroupSummary | None = None  # the repeats of its configuration, when there are several
 
     @property
     def text(self) -> str:
@@ -173,8 +356,17 @@ class Card:
         if self.state == "running":
             return f"Running: epoch {min(self.epoch + 1, self.epochs)} of {self.epochs}"
         if self.state == "finished":
-            return "Finished"
+            return "Finished: degenerate model" if self.health is not None and self.health.degenerate else "Finished"
         return self.state.capitalize()
+
+    @property
+    def scores(self) -> tuple[str, str]:
+        """(accuracy, weighted F1) as the card shows them: the group's mean ± sd over seeds when the
+        configuration was repeated, else the run's own."""
+        if self.group is not None and self.group.f1 is not None:
+            return self.group.score_text("acc"), self.group.score_text("f1")
+        return (f"{self.val_acc:.1%}" if self.val_acc is not None else "–",
+                f"{self.val_f1:.3f}" if self.val_f1 is not None else "–")
 
 
 def backbone_cards(dataset: str, runs_dir: str | Path | None = None) -> list[Card]:
@@ -194,8 +386,10 @@ def backbone_cards(dataset: str, runs_dir: str | Path | None = None) -> list[Car
         m = r.final_metrics() if s["state"] == "finished" else {}
         epochs_done = len(r.epochs()) if s["state"] in runs.ACTIVE else int(s.get("epoch") or 0)
         epochs = int(s.get("epochs") or r.config.epochs)
+        group = repeat_group(r, of_backbone)
         cards.append(Card(name, spec.title, s["state"], r.run_id, epochs_done, epochs,
-                          m.get("val_acc"), m.get("val_f1"), s.get("error")))
+                          m.get("val_acc"), m.get("val_f1"), s.get("error"), run_health(r),
+                          group_summary(group) if len(group) > 1 else None))
     return cards
 
 
@@ -236,11 +430,29 @@ def progress(events: Sequence[dict], now: float | None = None) -> Progress:
     elapsed = (t_last if now is None else now) - float(s0.get("time") or 0)
     if done > done0 and elapsed > 0:
         eta = max(0.0, (total - done) * elapsed / (done - done0))
+        finished = [e for e in events if e.get("type") == EPOCH and float(e.get("time") or 0) >= float(s0.get("time") or 0)
+                    and _num(e.get("seconds")) is not None]
+        if finished:  # whole epochs timed, their validation included: the best measure of what is left
+            per_epoch = sum(float(e["seconds"]) for e in finished) / len(finished)
+            eta = max(0.0, (total - done) / steps * per_epoch)
+        else:  # only training steps timed so far: add each remaining epoch's validation, a forward pass
+            # over the validation images (about a third of a training step's work per image)
+            n_train, n_val = _num(s0.get("n_train")) or 0, _num(s0.get("n_val")) or 0
+            if n_train > 0:
+                eta *= 1 + n_val / (3 * n_train)
     frac = min(1.0, done / total)
     text = f"Epoch {epoch} of {epochs} · step {step} of {steps}"
     if eta is not None:
         text += f" · about {format_duration(eta)} left"
     return Progress(frac, epoch, epochs, step, steps, eta, text)
+
+
+def _num(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
 
 
 # ---------------------------------------------------------------------------------------------- data page

@@ -151,3 +151,41 @@ def test_patience_flag_reaches_the_config_and_off_leaves_the_run_id(tiny_data):
     assert (on.patience, off.patience) == (3, 0)
     assert lv_cli._resolve_cfg(parse(base + ["--patience", "0"])).identity("fp") == off.identity("fp")
     assert parse(["lr-find", "--backbone", "googlenet", "--patience", "2", "--steps", "20"]).steps == 20
+
+
+def test_runs_delete_removes_two_runs_and_says_where_they_went(tmp_path, capsys):
+    from helpers import make_run
+
+    a, b = make_run(tmp_path), make_run(tmp_path, seed=1, state="failed")
+    kept = make_run(tmp_path, seed=2)
+    assert main(["runs", "delete", a.run_id, b.run_id[:8], "--runs-dir", str(tmp_path), "--json"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    moved = json.loads(out[-1])["deleted"]
+    assert [m["run_id"] for m in moved] == [a.run_id, b.run_id]
+    assert all(Path(m["archived_to"]).parent == tmp_path / ".archive" and Path(m["archived_to"]).is_dir()
+               for m in moved)
+    assert not a.dir.exists() and not b.dir.exists()
+    assert main(["runs", "list", "--runs-dir", str(tmp_path), "--json"]) == 0
+    assert [r["run_id"] for r in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["runs"]] == [kept.run_id]
+    assert main(["runs", "delete", kept.run_id, "--runs-dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.startswith(f"deleted run {kept.run_id}: moved to {tmp_path / '.archive'}")
+
+
+def test_runs_delete_deletes_none_when_one_is_unknown_or_training(tmp_path, capsys):
+    from helpers import make_run
+
+    done, busy = make_run(tmp_path), make_run(tmp_path, seed=1, state="running")
+    assert main(["runs", "delete", done.run_id, "nope", "--runs-dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: no run 'nope' in {tmp_path} (runs: "
+                                                            f"{', '.join(sorted((done.run_id, busy.run_id)))})"]
+    lock = busy.lock()
+    lock.acquire()
+    try:
+        assert main(["runs", "delete", done.run_id, busy.run_id, "--runs-dir", str(tmp_path), "--json"]) == 2
+    finally:
+        lock.release()
+    captured = capsys.readouterr()
+    assert f"run {busy.run_id} is training: stop it first" in json.loads(captured.out.strip().splitlines()[-1])["error"]
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and err[0].endswith("nothing was deleted")
+    assert done.dir.is_dir() and busy.dir.is_dir()

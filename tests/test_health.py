@@ -1,0 +1,119 @@
+"""Tests for leukviz.health: a finished run that learnt nothing is `degenerate`, with its reasons, once for every
+page and command; and the calibration that feeds it is not applied when it ends at a bound."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from helpers import make_run
+from leukviz import calibration, dashboard, health
+
+CLASSES = ["hem", "all"]
+
+
+def probs_for(pred: np.ndarray, confidence: float = 0.8) -> np.ndarray:
+    p = np.full((len(pred), 2), 1 - confidence)
+    p[np.arange(len(pred)), pred] = confidence
+    return p
+
+
+def test_a_model_that_calls_every_cell_one_class_is_degenerate_and_says_which():
+    y = np.array([0] * 30 + [1] * 70)
+    h = health.assess(y, probs_for(np.zeros(100, int)), CLASSES)
+    assert h.status == health.DEGENERATE and h.degenerate
+    assert "calls every validation cell hem" in h.reasons
+    assert any("below the 0.576 of calling every cell all" in r for r in h.reasons)  # 0.156 < majority's
+    assert h.to_dict()["health"] == "degenerate" and h.to_dict()["health_reasons"] == list(h.reasons)
+
+
+def test_a_model_below_the_majority_baseline_is_degenerate_even_with_both_classes_called():
+    y = np.array([0] * 20 + [1] * 80)
+    pred = np.array([1] * 20 + [0] * 60 + [1] * 20)  # mostly wrong
+    h = health.assess(y, probs_for(pred), CLASSES)
+    assert h.degenerate and len(h.reasons) == 1 and "below" in h.reasons[0]
+
+
+def test_a_model_that_learnt_is_healthy():
+    y = np.array([0] * 30 + [1] * 70)
+    pred = y.copy()
+    pred[:5] = 1
+    h = health.assess(y, probs_for(pred), CLASSES, {"calibrated": True, "temperature": 1.3})
+    assert h.status == health.HEALTHY and not h.reasons and h.text == ""
+
+
+def test_a_calibration_at_its_bound_makes_a_run_degenerate():
+    y = np.array([0] * 30 + [1] * 70)
+    cal = {"at_bound": True, "fitted_temperature": 20.0}
+    h = health.assess(y, probs_for(y), CLASSES, cal)
+    assert h.degenerate and "reached its bound (T = 20.00)" in h.reasons[0]
+
+
+def test_one_class_in_validation_is_unknown_not_healthy():
+    y = np.ones(20, int)
+    h = health.assess(y, probs_for(np.array([1] * 10 + [0] * 10)), CLASSES)
+    assert h.status == health.UNKNOWN and "every validation cell is all" in h.reasons[0]
+
+
+def test_calibration_that_hits_its_bound_is_not_applied(tmp_path):
+    """Confidence that carries no information (the right class only half the time, always 'sure'): the fit
+    runs to T's upper bound; it is reported, not applied."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    pred = rng.integers(0, 2, 200)
+    p = probs_for(pred, 0.99)
+    t = calibration.fit_temperature(y, p)
+    assert calibration.at_bound(t)
+    frame = pd.DataFrame({"path": [f"{i}.png" for i in range(200)], "label": y, "prob_hem": p[:, 0], "prob_all": p[:, 1]})
+    out = calibration.fit_run(tmp_path, frame.to_csv(index=False).encode())
+    assert out["calibrated"] is False and out["temperature"] == 1.0 and out["at_bound"] is True
+    assert "reached its bound" in out["note"]
+    assert not calibration.at_bound(1.0) and not calibration.at_bound(2.0)
+
+
+def test_calibration_on_one_class_is_not_applied(tmp_path):
+    y = np.ones(40, int)
+    p = probs_for(np.ones(40, int), 0.6)
+    frame = pd.DataFrame({"path": [f"{i}.png" for i in range(40)], "label": y, "prob_hem": p[:, 0], "prob_all": p[:, 1]})
+    out = calibration.fit_run(tmp_path, frame.to_csv(index=False).encode())
+    assert out["calibrated"] is False and out["temperature"] == 1.0 and "one class" in out["note"]
+
+
+def degenerate_run(root, **kw):
+    run = make_run(root, **kw)
+    frame = pd.read_csv(run.dir / "val_predictions.csv")
+    frame["prob_all"], frame["prob_hem"] = 0.3, 0.7  # every cell called hem
+    frame.to_csv(run.dir / "val_predictions.csv", index=False)
+    return run
+
+
+def test_pages_read_one_verdict_and_predict_leaves_a_degenerate_run_out(tmp_path):
+    good = make_run(tmp_path, "googlenet", created=1)
+    bad = degenerate_run(tmp_path, backbone="resnet50", created=2)
+    assert dashboard.run_health(good).status == health.HEALTHY
+    assert dashboard.run_health(bad).degenerate
+    assert [r.run_id for r in dashboard.default_models([bad, good], "demo")] == [good.run_id]
+    cards = {c.backbone: c for c in dashboard.backbone_cards("demo", tmp_path)}
+    assert cards["resnet50"].text == "Finished: degenerate model" and cards["googlenet"].text == "Finished"
+    assert "degenerate" in dashboard.run_label(bad) and "F1" in dashboard.run_label(good)
+
+
+@pytest.mark.parametrize("seeds", [2, 3])
+def test_an_overview_card_shows_the_repeat_groups_mean_and_sd(tmp_path, seeds):
+    made = [make_run(tmp_path, "googlenet", seed=s, split_seed=0, created=s) for s in range(seeds)]
+    f1s = [0.70, 0.80, 0.90][:seeds]
+    for run, f1 in zip(made, f1s):
+        meta = run.dir / "model.json"
+        meta.write_text(meta.read_text().replace('"val_f1": 0.74', f'"val_f1": {f1}'))
+    card = {c.backbone: c for c in dashboard.backbone_cards("demo", tmp_path)}["googlenet"]
+    assert card.group is not None and card.group.n == seeds
+    assert card.group.f1["mean"] == pytest.approx(np.mean(f1s))
+    assert card.scores[1] == f"{np.mean(f1s):.3f} ± {np.std(f1s, ddof=1):.3f} ({seeds} seeds)"
+
+
+def test_a_degenerate_seed_is_counted_apart_from_the_groups_mean(tmp_path):
+    make_run(tmp_path, "googlenet", seed=0, split_seed=0, created=0)
+    degenerate_run(tmp_path, backbone="googlenet", seed=1, split_seed=0, created=1)
+    card = {c.backbone: c for c in dashboard.backbone_cards("demo", tmp_path)}["googlenet"]
+    assert len(card.group.degenerate) == 1 and card.group.f1["n"] == 1
