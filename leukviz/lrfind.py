@@ -11,7 +11,9 @@ descent, the other classic rule, was measured to land on the noise of the first 
 from __future__ import annotations
 
 import dataclasses
+import glob
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -134,68 +136,201 @@ def sweep(cfg: RunConfig, cache_dir: Path | None = None, device_pref: str = "aut
             "seconds": round(time.time() - t0, 2)}
 
 
+def progress_path(cfg: RunConfig, fingerprint: str, cache_dir: Path | None = None, steps: int = STEPS) -> Path:
+    """<key>.progress.json: while it sweeps, how far it is (progress_info), for a page that polls it."""
+    return result_path(cfg, fingerprint, cache_dir, steps).with_suffix(".progress.json")
+
+
+def progress_info(steps: int, started: float, step: int = 0, seconds_per_step: float | None = None,
+                  now: float | None = None) -> dict:
+    """The progress file's content. phase: "preparing" (the data cache and the model, before the first step)
+    or "sweeping"; started: when the sweep was started (epoch seconds); time: when this was written;
+    seconds_per_step: measured over the steps after the first (which may warm up), once there are two."""
+    info = {"phase": "sweeping" if step else "preparing", "step": step, "steps": steps, "started": started,
+            "time": time.time() if now is None else now}
+    if seconds_per_step is not None:
+        info["seconds_per_step"] = seconds_per_step
+    return info
+
+
 def find(cfg: RunConfig, fingerprint: str, cache_dir: Path | None = None, device_pref: str = "auto",
          steps: int = STEPS, log: Callable[[str], None] = lambda s: None) -> tuple[dict, bool]:
     """The cached result, or a new sweep (stored). Returns (result, cached). While it sweeps,
-    <key>.progress.json says how far it is, for a page that polls it."""
+    <key>.progress.json says how far it is and how fast it goes (progress_info, progress_text)."""
     hit = cached(cfg, fingerprint, cache_dir, steps)
     if hit is not None:
         return hit, True
     out = result_path(cfg, fingerprint, cache_dir, steps)
     out.parent.mkdir(parents=True, exist_ok=True)
-    status = out.with_suffix(".progress.json")
+    status = progress_path(cfg, fingerprint, cache_dir, steps)
+    started, first = time.time(), [0.0]  # first: when step 1 ended, the clock of the time per step
+    atomic_write_json(status, progress_info(steps, started, now=started))
 
     def progress(done: int, total: int) -> None:
-        if done == 1 or done % 5 == 0 or done == total:  # a few writes, not one per step
-            atomic_write_json(status, {"step": done, "steps": total, "time": time.time()})
+        now = time.time()
+        if done == 1:
+            first[0] = now
+        per_step = (now - first[0]) / (done - 1) if done > 1 else None
+        if done <= 2 or done % 5 == 0 or done == total:  # a few writes, not one per step; 2: the first rate
+            atomic_write_json(status, progress_info(total, started, done, per_step, now))
 
-    res = sweep(cfg, cache_dir, device_pref, steps, log, progress)
-    atomic_write_json(out, {**res, "config": cfg.to_dict(), "dataset_fingerprint": fingerprint})
-    status.unlink(missing_ok=True)
+    try:
+        res = sweep(cfg, cache_dir, device_pref, steps, log, progress)
+        atomic_write_json(out, {**res, "config": cfg.to_dict(), "dataset_fingerprint": fingerprint})
+    finally:
+        status.unlink(missing_ok=True)
     return res, False
+
+
+def _about(seconds: float) -> str:
+    """A rough duration for an estimate: '45 s', '1 min 10 s', '3 min', '1 h 05 min' (the forms of
+    dashboard.format_duration, rounded; lrfind sits below dashboard and does not import it)."""
+    seconds = max(0.0, float(seconds))
+    if 5 * round(seconds / 5) < 60:
+        return f"{max(5, 5 * round(seconds / 5))} s"
+    if 10 * round(seconds / 10) < 3600:
+        m, s = divmod(10 * round(seconds / 10), 60)
+        return f"{m} min {s} s" if s else f"{m} min"
+    total = 60 * round(seconds / 60)
+    return f"{total // 3600} h {total % 3600 // 60:02d} min"
+
+
+def progress_text(info: dict | None, now: float | None = None) -> tuple[float, str]:
+    """The fraction done (0 to 1) and a line for a progress bar, from a progress file's content (status's
+    "running" info): "Preparing data and model…" before the first step, then "Finding a learning rate:
+    step 20 of at most 100 · about 1 min 10 s left…" once the time per step is known ("at most": a sweep
+    that diverges stops early). The estimate counts the time since the file was written."""
+    info = info or {}
+    total = max(int(info.get("steps") or STEPS), 1)
+    done = min(max(int(info.get("step") or 0), 0), total)
+    if done == 0:
+        return 0.0, "Preparing data and model…"
+    text = f"Finding a learning rate: step {done} of at most {total}"
+    per_step = info.get("seconds_per_step")
+    if isinstance(per_step, (int, float)) and np.isfinite(per_step) and per_step >= 0:
+        now = time.time() if now is None else now
+        since = max(0.0, now - float(info.get("time") or now))
+        left = per_step * (total - done) - since
+        text += f" · about {_about(left)} left" if left > 0 else " · almost done"
+    return done / total, text + "…"
 
 
 # ---------------------------------------------------------------------------------------------- in the background
 
 # Sweeps this process (the dashboard's server) launched, by cache key: every session sees one as running
-# and none launches it twice; a finished one's exit status tells a failure from a result.
+# and none launches it twice; a finished one's exit status tells a failure from a result. Every call below
+# reaps the children that ended (_reap), so none stays a zombie of the server.
 _SWEEPS: dict[str, subprocess.Popen] = {}
 _SWEEPS_LOCK = threading.Lock()
+TERM_WAIT = 5.0  # seconds cancel gives a sweep to end on SIGTERM before SIGKILL
+
+
+def _command(config_file: Path, steps: int) -> list[str]:
+    """The child's command line: the CLI's lr-find with the config file launch wrote."""
+    return [sys.executable, "-m", "leukviz", "lr-find", "--config", str(config_file), "--steps", str(steps)]
+
+
+def _reap() -> None:
+    """Collect the exit status of every launched child that ended (poll waits for it), so none is left
+    defunct. Call with _SWEEPS_LOCK held."""
+    for proc in _SWEEPS.values():
+        proc.poll()
 
 
 def launch(cfg: RunConfig, fingerprint: str, cache_dir: Path | None = None, steps: int = STEPS) -> bool:
     """Sweep in a child process (python -m leukviz lr-find --config FILE), so a page stays responsive on a
-    CPU where it takes a minute or two. Returns False when it is cached or already sweeping."""
+    CPU where it takes a minute or two. The child sweeps exactly cfg (cfg.to_dict() in FILE) and writes to
+    cache_dir (LEUKVIZ_CACHE in its environment). Returns False when it is cached or already sweeping."""
     key, out = cache_key(cfg, fingerprint, steps), result_path(cfg, fingerprint, cache_dir, steps)
     with _SWEEPS_LOCK:
+        _reap()
         proc = _SWEEPS.get(key)
-        if cached(cfg, fingerprint, cache_dir, steps) is not None or (proc is not None and proc.poll() is None):
+        if proc is not None and proc.returncode is None or cached(cfg, fingerprint, cache_dir, steps) is not None:
             return False
         out.parent.mkdir(parents=True, exist_ok=True)
         config_file = out.with_suffix(".config.json")
         atomic_write_json(config_file, cfg.to_dict())
-        out.with_suffix(".progress.json").unlink(missing_ok=True)
-        cmd = [sys.executable, "-m", "leukviz", "lr-find", "--config", str(config_file), "--steps", str(steps)]
+        # at once, before the child has even imported torch: the page says it prepares
+        atomic_write_json(out.with_suffix(".progress.json"), progress_info(steps, time.time()))
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if cache_dir is not None:  # the child's cache folder (runs.cache_root()) is where this one looks
+            env["LEUKVIZ_CACHE"] = str(Path(cache_dir).resolve())
         with open(out.with_suffix(".log"), "wb") as logf:
-            _SWEEPS[key] = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            _SWEEPS[key] = subprocess.Popen(_command(config_file, steps), stdout=logf,
+                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            start_new_session=True, env=env)
         return True
 
 
+def running_any() -> bool:
+    """Whether a sweep this process launched is still running (a page disables its Start meanwhile)."""
+    with _SWEEPS_LOCK:
+        _reap()
+        return any(proc.returncode is None for proc in _SWEEPS.values())
+
+
 def status(cfg: RunConfig, fingerprint: str, cache_dir: Path | None = None, steps: int = STEPS) -> tuple[str, dict]:
-    """Where this sweep stands: ("done", result), ("running", progress), ("failed", {"error": ...}) or
-    ("none", {})."""
+    """Where this sweep stands: ("done", result), ("running", progress: progress_info's content, for
+    progress_text), ("failed", {"error": ...}) or ("none", {}): never launched here, or cancelled."""
+    with _SWEEPS_LOCK:
+        _reap()
+        proc = _SWEEPS.get(cache_key(cfg, fingerprint, steps))
     hit = cached(cfg, fingerprint, cache_dir, steps)
     if hit is not None:
         return "done", hit
     out = result_path(cfg, fingerprint, cache_dir, steps)
-    proc = _SWEEPS.get(cache_key(cfg, fingerprint, steps))
     if proc is None:
         return "none", {}
-    if proc.poll() is None:
-        return "running", read_json(out.with_suffix(".progress.json"), None) or {"step": 0, "steps": steps}
+    if proc.returncode is None:
+        info = read_json(out.with_suffix(".progress.json"), None)
+        return "running", info if isinstance(info, dict) else progress_info(steps, time.time())
     try:
         tail = out.with_suffix(".log").read_text(errors="replace").strip().splitlines()[-6:]
     except OSError:
         tail = []
     return "failed", {"error": "\n".join(tail) or f"the sweep exited with status {proc.returncode}"}
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    """Send sig to the child's process group (it leads one: start_new_session), or to it alone without
+    process groups (Windows). Its pid stays reserved until it is reaped, so no other process gets it."""
+    try:
+        if hasattr(os, "killpg"):
+            os.killpg(proc.pid, sig)
+        else:
+            proc.terminate()
+    except OSError:  # already gone
+        pass
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """End a child and its process group: SIGTERM, SIGKILL after TERM_WAIT seconds; then reap it."""
+    if proc.poll() is None:
+        _signal_group(proc, signal.SIGTERM)
+        try:
+            proc.wait(TERM_WAIT)
+        except subprocess.TimeoutExpired:
+            _signal_group(proc, getattr(signal, "SIGKILL", signal.SIGTERM))
+            proc.kill()
+    proc.wait()
+
+
+def cancel(cfg: RunConfig, fingerprint: str, cache_dir: Path | None = None, steps: int = STEPS) -> bool:
+    """Stop this sweep if this process launched it and it still runs: its process (group) ends and is reaped,
+    its progress file and any half-written file go, nothing is cached, and status says "none" (the page
+    offers the button again). Returns whether a running sweep was stopped; False when there was none, or it
+    ended first (a result it stored in time stays: status then says "done", or "failed")."""
+    key, out = cache_key(cfg, fingerprint, steps), result_path(cfg, fingerprint, cache_dir, steps)
+    with _SWEEPS_LOCK:
+        _reap()
+        proc = _SWEEPS.get(key)
+        if proc is None or proc.returncode is not None:
+            return False
+        _stop(proc)
+        for tmp in out.parent.glob(f".{glob.escape(out.stem)}.*"):  # atomic writes cut short (storage)
+            tmp.unlink(missing_ok=True)
+        if cached(cfg, fingerprint, cache_dir, steps) is not None:  # it stored its result before the signal
+            return False
+        del _SWEEPS[key]
+        out.with_suffix(".progress.json").unlink(missing_ok=True)
+        return True

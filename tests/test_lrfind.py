@@ -1,9 +1,13 @@
-"""The learning-rate finder: the sweep's rates, the smoothing, the suggestion rule, the cache, the CLI."""
+"""The learning-rate finder: the sweep's rates, the smoothing, the suggestion rule, the cache, the CLI, the
+progress and its estimate, and the sweep in a child process (launch, status, cancel, reaping)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -74,3 +78,170 @@ def test_lr_find_cli_runs_end_to_end_and_is_cached(tiny_data, capsys):
     assert again["cached"] is True and again["suggestion"] == res["suggestion"]
     assert cli.main(args[:-1]) == 0
     assert "suggested learning rate" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------ progress and estimate
+
+def test_progress_text_says_it_prepares_then_estimates_the_time_left():
+    frac, text = lrfind.progress_text(lrfind.progress_info(100, started=0.0, now=0.0))
+    assert frac == 0.0 and text == "Preparing data and model…"
+    assert lrfind.progress_text(None) == (0.0, "Preparing data and model…")
+    info = lrfind.progress_info(100, started=900.0, step=20, seconds_per_step=0.875, now=1000.0)
+    assert info["phase"] == "sweeping" and info["started"] == 900.0
+    frac, text = lrfind.progress_text(info, now=1000.0)
+    assert frac == pytest.approx(0.2)
+    assert text == "Finding a learning rate: step 20 of at most 100 · about 1 min 10 s left…"
+    # the time since the file was written counts
+    assert "about 1 min left" in lrfind.progress_text(info, now=1010.0)[1]
+    assert "about 10 s left" in lrfind.progress_text(info, now=1060.0)[1]
+    assert "almost done" in lrfind.progress_text(info, now=1100.0)[1]
+    # one step done: the time per step is not known yet, so no estimate
+    frac, text = lrfind.progress_text(lrfind.progress_info(100, 0.0, step=1, now=5.0), now=6.0)
+    assert frac == pytest.approx(0.01) and "step 1 of at most 100" in text and "left" not in text
+    assert "1 h 05 min left" in lrfind.progress_text({**info, "seconds_per_step": 48.75}, now=1000.0)[1]
+    # rounded, never "60 s" or "60 min"
+    assert [lrfind._about(t) for t in (0, 12, 58, 61, 131, 3598, 3900)] == [
+        "5 s", "10 s", "1 min", "1 min", "2 min 10 s", "1 h 00 min", "1 h 05 min"]
+
+
+def test_find_writes_its_phase_start_and_time_per_step_while_it_sweeps(tmp_path, monkeypatch):
+    cfg = config.resolve("googlenet", "quick", "none", "demo", image_size=32)
+    seen = []
+
+    def fake_sweep(cfg_, cache_dir, device_pref, steps, log, progress):
+        path = lrfind.progress_path(cfg, "fp", tmp_path, steps)
+        seen.append(json.loads(path.read_text()))  # before the first step: preparing
+        for step in range(1, 11):
+            time.sleep(0.01)
+            progress(step, steps)
+            seen.append(json.loads(path.read_text()))
+        lrs = lrfind.rates(steps=steps)[:10].tolist()
+        return {"rates": lrs, "losses": [1.0] * 10, "smoothed": [1.0] * 10, "suggestion": lrs[0]}
+
+    monkeypatch.setattr(lrfind, "sweep", fake_sweep)
+    res, hit = lrfind.find(cfg, "fp", tmp_path, steps=40)
+    assert hit is False and res["suggestion"] == pytest.approx(lrfind.START)
+    assert seen[0]["phase"] == "preparing" and seen[0]["step"] == 0 and seen[0]["steps"] == 40
+    started = seen[0]["started"]
+    assert all(s["started"] == started for s in seen)
+    assert seen[1]["phase"] == "sweeping" and seen[1]["step"] == 1 and "seconds_per_step" not in seen[1]
+    assert seen[-1]["step"] == 10 and 0.005 < seen[-1]["seconds_per_step"] < 1.0
+    assert "left" in lrfind.progress_text(seen[-1])[1]
+    assert not lrfind.progress_path(cfg, "fp", tmp_path, 40).exists()  # gone once stored
+    assert lrfind.cached(cfg, "fp", tmp_path, 40)["suggestion"] == res["suggestion"]
+
+
+# ----------------------------------------------------------------------------------------- in a child process
+
+@pytest.fixture()
+def sweeps(monkeypatch):
+    """An empty table of launched sweeps; whatever a test leaves running is stopped and reaped."""
+    table: dict = {}
+    monkeypatch.setattr(lrfind, "_SWEEPS", table)
+    yield table
+    for proc in table.values():
+        lrfind._stop(proc)
+
+
+def child(monkeypatch, code: str) -> None:
+    """launch starts `python -c code` (with the config file and steps as arguments) instead of the sweep."""
+    monkeypatch.setattr(lrfind, "_command",
+                        lambda config_file, steps: [sys.executable, "-c", code, str(config_file), str(steps)])
+
+
+def wait_until_exited(pid: int, timeout: float = 60) -> None:
+    """Until the child has exited (a zombie, or gone) — without reaping it, which is what is tested."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return
+        if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"child {pid} still runs")
+
+
+def gone(pid: int) -> bool:
+    """No process, not even a defunct one (a zombie keeps its /proc entry until it is reaped)."""
+    return not Path(f"/proc/{pid}").exists()
+
+
+needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+
+
+@needs_proc
+def test_cancel_ends_the_child_reaps_it_and_leaves_nothing(tmp_path, monkeypatch, sweeps):
+    cfg = config.resolve("googlenet", "quick", "none", "demo", image_size=32)
+    child(monkeypatch, "import time; time.sleep(60)")
+    assert lrfind.cancel(cfg, "fp", tmp_path) is False  # nothing to cancel
+    assert lrfind.launch(cfg, "fp", tmp_path) is True
+    assert lrfind.launch(cfg, "fp", tmp_path) is False  # already sweeping
+    proc = sweeps[lrfind.cache_key(cfg, "fp")]
+    where, info = lrfind.status(cfg, "fp", tmp_path)
+    assert where == "running" and lrfind.progress_text(info)[1] == "Preparing data and model…"
+    assert lrfind.running_any() is True
+    t0 = time.time()
+    assert lrfind.cancel(cfg, "fp", tmp_path) is True
+    assert time.time() - t0 < lrfind.TERM_WAIT  # SIGTERM was enough
+    assert proc.returncode is not None and gone(proc.pid)  # ended and reaped: no zombie
+    assert lrfind.status(cfg, "fp", tmp_path) == ("none", {})
+    assert lrfind.running_any() is False and lrfind.cached(cfg, "fp", tmp_path) is None
+    folder = lrfind.result_path(cfg, "fp", tmp_path).parent
+    assert not list(folder.glob("*.progress.json")) and not list(folder.glob(".*"))
+    assert lrfind.cancel(cfg, "fp", tmp_path) is False
+
+
+@needs_proc
+def test_cancel_kills_a_child_that_ignores_sigterm(tmp_path, monkeypatch, sweeps):
+    cfg = config.resolve("googlenet", "quick", "none", "demo", image_size=32)
+    ready = tmp_path / "ready"
+    child(monkeypatch, f"import signal, time, pathlib; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                       f"pathlib.Path({str(ready)!r}).touch(); time.sleep(60)")
+    monkeypatch.setattr(lrfind, "TERM_WAIT", 0.5)
+    assert lrfind.launch(cfg, "fp", tmp_path)
+    proc = sweeps[lrfind.cache_key(cfg, "fp")]
+    deadline = time.time() + 60
+    while not ready.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert lrfind.cancel(cfg, "fp", tmp_path) is True
+    assert proc.returncode == -9 and gone(proc.pid)
+
+
+@needs_proc
+def test_status_reaps_a_finished_child_also_when_its_result_is_cached(tmp_path, monkeypatch, sweeps):
+    cfg = config.resolve("googlenet", "quick", "none", "demo", image_size=32)
+    child(monkeypatch, "pass")
+    assert lrfind.launch(cfg, "fp", tmp_path)
+    proc = sweeps[lrfind.cache_key(cfg, "fp")]
+    wait_until_exited(proc.pid)
+    assert not gone(proc.pid)  # defunct until this process reaps it
+    store = {"suggestion": 1e-3, "rates": [], "losses": [], "smoothed": []}
+    from leukviz.storage import atomic_write_json
+
+    atomic_write_json(lrfind.result_path(cfg, "fp", tmp_path), store)  # as if the child had stored it
+    assert lrfind.status(cfg, "fp", tmp_path)[0] == "done"
+    assert proc.returncode == 0 and gone(proc.pid)
+    assert lrfind.launch(cfg, "fp", tmp_path) is False  # cached
+
+
+@needs_proc
+def test_launch_gives_the_child_its_config_and_cache_and_a_failure_is_reaped(tmp_path, monkeypatch, sweeps):
+    """The child sweeps exactly the settings given (cfg.to_dict() in its config file) into the cache folder
+    given; one that exits without a result is a failure with its output's last lines."""
+    cfg = config.resolve("resnet50", "quick", "none", "demo", image_size=48, batch_size=8, lr=3e-4)
+    child(monkeypatch, "import os, sys; print(open(sys.argv[1]).read()); "
+                       "print('cache', os.environ['LEUKVIZ_CACHE']); print('steps', sys.argv[2]); sys.exit(3)")
+    assert lrfind.launch(cfg, "fp", tmp_path, steps=30)
+    proc = sweeps[lrfind.cache_key(cfg, "fp", 30)]
+    wait_until_exited(proc.pid)
+    assert lrfind.running_any() is False  # and it reaped it
+    assert proc.returncode == 3 and gone(proc.pid)
+    where, info = lrfind.status(cfg, "fp", tmp_path, steps=30)
+    assert where == "failed"
+    lines = info["error"].splitlines()
+    assert f"cache {tmp_path.resolve()}" in lines and "steps 30" in lines
+    config_file = lrfind.result_path(cfg, "fp", tmp_path, 30).with_suffix(".config.json")
+    assert config.RunConfig.from_dict(json.loads(config_file.read_text())) == cfg
+    assert lrfind.launch(cfg, "fp", tmp_path, steps=30) is True  # a failed sweep can start again
