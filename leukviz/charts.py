@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,38 @@ METRIC_LABELS = {"train_loss": "train loss", "val_loss": "validation loss", "tra
                  "val_acc": "validation accuracy", "val_f1": "validation weighted F1", "lr": "learning rate",
                  "seconds": "seconds per epoch", "images_per_s": "images / s"}
 FRACTION_METRICS = {"train_acc", "val_acc", "val_f1"}
+
+# Series of the live training chart (training_curves), each told apart by colour AND line style, so that no
+# two share a look: train series are cool hues and solid, validation ones warm and dashed or dotted, the
+# running (per-batch) ones thin and without markers. Every colour is mid-luminance, with a contrast of at
+# least 3:1 against both Streamlit's light (#FFFFFF) and dark (#0E1117) background, and is drawn opaque.
+CURVE_BACKGROUNDS = ("#FFFFFF", "#0E1117")
+
+
+@dataclass(frozen=True)
+class Series:
+    """One line of training_curves: the event key it reads, its legend name, colour and look."""
+
+    key: str
+    name: str
+    color: str
+    dash: str = "solid"
+    symbol: str | None = None  # marker symbol; None: a line only
+    width: float = 2.5
+
+
+LOSS_SERIES = (
+    Series("loss", "train loss (running)", "#3C8DDC", width=1.5),  # running mean over the epoch so far
+    Series("train_loss", METRIC_LABELS["train_loss"], "#7570B3", symbol="circle"),
+    Series("val_loss", METRIC_LABELS["val_loss"], "#D95F02", dash="dash", symbol="diamond"),
+)
+ACCURACY_SERIES = (
+    Series("acc", "train accuracy (running)", "#1A9E9E", width=1.5),
+    Series("train_acc", METRIC_LABELS["train_acc"], "#2CA02C", symbol="circle"),
+    Series("val_acc", METRIC_LABELS["val_acc"], "#E7298A", dash="dash", symbol="diamond"),
+    Series("val_f1", METRIC_LABELS["val_f1"], "#B8860B", dash="dot", symbol="square"),
+)
+CURVES_SPACING = 0.1  # fraction of the width between the two subplots
 
 
 def _palette_color(name: str) -> str:
@@ -92,41 +125,62 @@ def _waiting(fig: go.Figure, text: str) -> go.Figure:
     return fig
 
 
+def _add_series(fig: go.Figure, series: Series, x: list[float], events: list[dict], col: int) -> None:
+    """One Series as a line on subplot `col`, in that subplot's legend group, its hover value formatted for
+    the subplot (loss to 4 decimals, accuracy and F1 as a percentage)."""
+    y = [_num(e.get(series.key)) for e in events]
+    if all(v is None for v in y):
+        return  # a metric this run never recorded (an older run without F1): no empty legend entry
+    fig.add_trace(go.Scatter(
+        x=x, y=y, name=series.name, mode="lines+markers" if series.symbol else "lines",
+        line={"color": series.color, "width": series.width, "dash": series.dash},
+        marker={"color": series.color, "symbol": series.symbol or "circle", "size": 8},
+        legendgroup=f"col{col}", legendgrouptitle={"text": "<b>Loss</b>" if col == 1 else "<b>Accuracy</b>"},
+        hovertemplate="%{y:.4f}" if col == 1 else "%{y:.1%}"), row=1, col=col)
+
+
 def training_curves(events: list[dict], title: str = "", height: int | None = None) -> go.Figure:
-    """Live training chart from metrics.jsonl events: Loss (left) and Accuracy (right) against epoch.
+    """Live training chart from metrics.jsonl events: Loss (left) and Accuracy with weighted F1 (right)
+    against epoch.
 
     Epoch-level train and validation values are drawn as lines with markers at x = epoch; the running
-    per-batch train loss and accuracy as thin lines at fractional epochs in between.
+    per-batch train loss and accuracy (the mean over the epoch so far) as thin lines at fractional epochs
+    in between. Each series has its own colour and line style (LOSS_SERIES, ACCURACY_SERIES); the legend,
+    right of both plots, lists them in two titled groups, and the hover box lists every series of the
+    subplot under the cursor with its full name.
     """
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "Accuracy"), horizontal_spacing=0.1)
+    # The subplot titles name each y axis, so no axis title stands in the gap beside the accuracy plot.
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "Accuracy and weighted F1"),
+                        horizontal_spacing=CURVES_SPACING)
     epochs = epoch_events(events)
     batches = batch_events(events)
-
-    if batches:
-        bx = [batch_x(b) for b in batches]
-        for key, name, col in (("loss", "train loss (running)", 1), ("acc", "train acc (running)", 2)):
-            fig.add_trace(go.Scatter(x=bx, y=[_num(b.get(key)) for b in batches], mode="lines", name=name,
-                                     line={"color": TRAIN_COLOR, "width": 1}, opacity=0.5), row=1, col=col)
-    if epochs:
-        ex = [int(e["epoch"]) for e in epochs]
-        for key, name, color, col in (("train_loss", "train loss", TRAIN_COLOR, 1),
-                                      ("val_loss", "val loss", VAL_COLOR, 1),
-                                      ("train_acc", "train acc", TRAIN_COLOR, 2),
-                                      ("val_acc", "val acc", VAL_COLOR, 2)):
-            fig.add_trace(go.Scatter(x=ex, y=[_num(e.get(key)) for e in epochs], mode="lines+markers",
-                                     name=name, line={"color": color, "width": 2.5}), row=1, col=col)
+    bx = [batch_x(b) for b in batches]
+    ex = [int(e["epoch"]) for e in epochs]
+    for col, group in ((1, LOSS_SERIES), (2, ACCURACY_SERIES)):
+        for series in group:
+            if series.key in ("loss", "acc"):
+                _add_series(fig, series, bx, batches, col)
+            else:
+                _add_series(fig, series, ex, epochs, col)
 
     # The planned number of epochs fixes the x range, so the axes do not jump as a live run grows.
     planned = max((int(e.get("epochs") or 0) for e in events if e.get("type") in (START, EPOCH)),
                   default=0)
     if planned:
         fig.update_xaxes(range=[0, planned + 0.05])
-    fig.update_xaxes(title_text="epoch")
-    fig.update_yaxes(title_text="loss", row=1, col=1)
-    fig.update_yaxes(title_text="accuracy", range=[0, 1.02], tickformat=".0%", row=1, col=2)
-    # A constant uirevision keeps the user's zoom and legend toggles across live redraws.
-    fig.update_layout(title=title or None, uirevision="training-curves", hovermode="x unified", height=height)
+    fig.update_xaxes(title_text="epoch", hoverformat=".2f", unifiedhovertitle={"text": "epoch %{x:.2f}"})
+    fig.update_yaxes(range=[0, 1.02], tickformat=".0%", row=1, col=2)
+    fig.update_layout(
+        title=title or None, height=height, uirevision="training-curves",
+        # One legend right of both plots, in two titled groups, so nothing sits in the gap between them.
+        legend={"tracegroupgap": 14, "groupclick": "toggleitem", "yanchor": "top", "y": 1},
+        # One hover box per subplot listing every series at that epoch, names never cut short.
+        hovermode="x unified", hoverlabel={"namelength": -1},
+        margin={"t": 80 if title else 40, "b": 50})
     if not epochs and not batches:
+        # Empty axes would show Plotly's arbitrary default ranges: only the titles and the waiting text.
+        fig.update_xaxes(visible=False)
+        fig.update_yaxes(visible=False)
         _waiting(fig, WAITING_TEXT)
     return fig
 

@@ -39,35 +39,118 @@ def annotation_texts(fig) -> list[str]:
     return [a.text for a in fig.layout.annotations]
 
 
+RUN_TRACES = {"train loss (running)", "train loss", "validation loss", "train accuracy (running)",
+              "train accuracy", "validation accuracy", "validation weighted F1"}
+
+
 def test_training_curves_traces_and_values() -> None:
     fig = charts.training_curves(run_events(), title="resnet50")
     t = traces(fig)
-    assert set(t) == {"train loss (running)", "train acc (running)", "train loss", "val loss",
-                      "train acc", "val acc"}
-    assert list(t["val loss"].y) == [0.55]
+    assert set(t) == RUN_TRACES and len(fig.data) == len(RUN_TRACES)
+    assert list(t["validation loss"].y) == [0.55]
     assert list(t["train loss"].y) == [0.62]
-    assert list(t["val acc"].y) == [0.8] and list(t["val loss"].x) == [1]
+    assert list(t["validation accuracy"].y) == [0.8] and list(t["validation loss"].x) == [1]
+    assert list(t["validation weighted F1"].y) == [0.74]
     assert list(t["train loss (running)"].x) == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.25, 1.5])
     assert list(t["train loss (running)"].y) == pytest.approx([0.75, 0.7, 0.65, 0.6, 0.5, 0.5])
-    # Loss on the left subplot, accuracy on the right one shown in percent.
-    assert t["val loss"].xaxis == "x" and t["val acc"].xaxis == "x2"
+    assert list(t["train accuracy (running)"].y) == pytest.approx([0.5] * 6)
+    # Loss on the left subplot, accuracy and F1 on the right one shown in percent.
+    for name, trace in t.items():
+        assert trace.xaxis == ("x" if "loss" in name else "x2"), name
     assert t["train loss (running)"].line.width < t["train loss"].line.width
-    assert t["train loss"].line.color != t["val loss"].line.color
-    assert t["train acc"].line.color == t["train loss"].line.color
     assert fig.layout.yaxis2.tickformat == ".0%" and tuple(fig.layout.yaxis2.range) == (0, 1.02)
     # The x range covers the planned 3 epochs from the start, so it does not jump while training.
-    assert fig.layout.xaxis.range[1] >= 3
+    assert fig.layout.xaxis.range[1] >= 3 and fig.layout.xaxis2.range[1] >= 3
     assert fig.layout.title.text == "resnet50"
     assert charts.WAITING_TEXT not in annotation_texts(fig)
     json.loads(fig.to_json())
 
 
+def test_training_curves_series_look_distinct() -> None:
+    fig = charts.training_curves(run_events())
+    t = traces(fig)
+    colors = [tr.line.color for tr in fig.data]
+    assert len(set(colors)) == len(colors), colors  # no two series share a colour, across both plots
+    # Within each plot every series also has its own look (dash, markers, width), not only its own colour.
+    for axis in ("x", "x2"):
+        plot = [tr for tr in fig.data if tr.xaxis == axis]
+        looks = {(tr.line.dash, tr.mode, tr.marker.symbol if "markers" in tr.mode else None, tr.line.width)
+                 for tr in plot}
+        assert len(plot) >= 3 and len(looks) == len(plot), axis
+    for name, tr in t.items():
+        assert tr.marker.color in (None, tr.line.color), name  # markers in their line's colour
+        assert tr.opacity in (None, 1), name  # drawn opaque: a faded line vanishes on a dark background
+        if name.startswith("validation"):
+            assert tr.line.dash in ("dash", "dot", "dashdot"), name
+        else:
+            assert tr.line.dash == "solid", name
+        if "running" in name:
+            assert tr.mode == "lines", name
+        else:
+            assert tr.mode == "lines+markers", name
+    # The legend names each series once, grouped by the plot it belongs to.
+    assert {tr.legendgroup for tr in fig.data if "loss" in tr.name} != {tr.legendgroup for tr in fig.data
+                                                                      if "loss" not in tr.name}
+    assert fig.layout.legend.x is None or fig.layout.legend.x >= 1  # right of both plots, not between them
+
+
+def _luminance(color: str) -> float:
+    channels = [int(color.lstrip("#")[i:i + 2], 16) / 255 for i in (0, 2, 4)]
+    r, g, b = (c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in channels)
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def _contrast(a: str, b: str) -> float:
+    dark, light = sorted((_luminance(a), _luminance(b)))
+    return (light + 0.05) / (dark + 0.05)
+
+
+def test_contrast_helper() -> None:
+    assert _contrast("#FFFFFF", "#000000") == pytest.approx(21)
+    assert _contrast("#1F77B4", "#1F77B4") == pytest.approx(1)
+
+
+def test_training_curves_colours_legible_in_light_and_dark_theme() -> None:
+    fig = charts.training_curves(run_events())
+    assert charts.CURVE_BACKGROUNDS == ("#FFFFFF", "#0E1117")  # Streamlit's light and dark backgrounds
+    for tr in fig.data:
+        for background in charts.CURVE_BACKGROUNDS:
+            # WCAG's 3:1 for graphics: the old navy running loss (#1F77B4 at half opacity) failed on dark.
+            assert _contrast(tr.line.color, background) >= 3, (tr.name, tr.line.color, background)
+
+
+def test_training_curves_subplots_and_titles_do_not_collide() -> None:
+    fig = charts.training_curves(run_events(), title="resnet50")
+    left, right = fig.layout.xaxis.domain, fig.layout.xaxis2.domain
+    # The gap holds the accuracy ticks (up to "100%"): 8 % of the width, about 100 px at 1300 px.
+    assert right[0] - left[1] >= 0.08
+    # No axis title in that gap (the old "accuracy" title overlapped the loss plot): subplot titles name them.
+    assert not fig.layout.yaxis2.title.text and not fig.layout.yaxis.title.text
+    titles = {a.text: a for a in fig.layout.annotations}
+    assert {"Loss", "Accuracy and weighted F1"} <= set(titles)
+    assert left[0] < titles["Loss"].x < left[1] and right[0] < titles["Accuracy and weighted F1"].x < right[1]
+    assert titles["Loss"].xanchor == titles["Accuracy and weighted F1"].xanchor == "center"
+    # With a figure title, the top margin leaves room for it above the subplot titles.
+    assert fig.layout.margin.t > charts.training_curves(run_events()).layout.margin.t
+    assert fig.layout.xaxis.title.text == fig.layout.xaxis2.title.text == "epoch"
+
+
+def test_training_curves_hover_shows_full_names_and_formatted_values() -> None:
+    fig = charts.training_curves(run_events())
+    assert fig.layout.hovermode == "x unified"
+    assert fig.layout.hoverlabel.namelength == -1  # Plotly cuts names at 15 characters by default
+    for tr in fig.data:
+        assert tr.hovertemplate == ("%{y:.4f}" if "loss" in tr.name else "%{y:.1%}"), tr.name
+    assert fig.layout.xaxis.hoverformat == ".2f"  # fractional epochs of the running curves
+
+
 def test_training_curves_only_batches() -> None:
     fig = charts.training_curves([batch(1, 1), batch(1, 2)])
     t = traces(fig)
-    assert set(t) == {"train loss (running)", "train acc (running)"}
+    assert set(t) == {"train loss (running)", "train accuracy (running)"}
     assert list(t["train loss (running)"].x) == pytest.approx([0.25, 0.5])
     assert charts.WAITING_TEXT not in annotation_texts(fig)
+    assert fig.layout.xaxis.visible is not False
     fig.to_json()
 
 
@@ -76,6 +159,8 @@ def test_training_curves_waiting(events: list[dict]) -> None:
     fig = charts.training_curves(events)
     assert len(fig.data) == 0
     assert charts.WAITING_TEXT in annotation_texts(fig)
+    # No empty axes with arbitrary ranges: only the subplot titles and the waiting text.
+    assert fig.layout.xaxis.visible is False and fig.layout.yaxis2.visible is False
     fig.to_json()
 
 
@@ -83,8 +168,14 @@ def test_training_curves_resumed_run_and_missing_validation() -> None:
     events = [epoch(1, val_loss=0.9), epoch(2, val_loss=None), epoch(1, val_loss=0.4)]
     t = traces(charts.training_curves(events))
     # The repeated epoch 1 (after a resume) replaces the first one; a missing value is a gap.
-    assert list(t["val loss"].x) == [1, 2]
-    assert list(t["val loss"].y) == [0.4, None]
+    assert list(t["validation loss"].x) == [1, 2]
+    assert list(t["validation loss"].y) == [0.4, None]
+
+
+def test_training_curves_leaves_out_a_metric_never_recorded() -> None:
+    events = [epoch(1, val_f1=None), epoch(2, val_f1=None)]  # a run from before F1 was reported
+    t = traces(charts.training_curves(events))
+    assert "validation weighted F1" not in t and "validation accuracy" in t
 
 
 def test_compare_curves() -> None:
