@@ -3,7 +3,7 @@
 import streamlit as st
 
 from leukviz import dashboard
-from views._common import active_dataset, device_text, warm_imports
+from views._common import active_dataset, dataset_to_url, device_text, keep_choices, warm_imports
 
 st.set_page_config(page_title="leukviz", page_icon=":material/biotech:", layout="wide")
 
@@ -19,9 +19,11 @@ pages = [
 ]
 page = st.navigation(pages)
 
-# Plain keys (not widget keys), so the choices survive moving between pages.
+# Plain keys (not widget keys), so the choices survive moving between pages; the URL's on a first run.
+keep_choices()
 st.session_state.setdefault("dataset", "demo")
 st.session_state.setdefault("split", "subject")
+dataset_to_url()
 
 with st.sidebar:
     st.caption("Active dataset")
@@ -31,5 +33,6 @@ with st.sidebar:
 
 try:
     page.run()
-finally:  # once the page is drawn (or stopped): the other pages' imports, in the background
+finally:  # once the page is drawn (or stopped): the URL with what the page chose, the other pages' imports
+    dataset_to_url()
     warm_imports()

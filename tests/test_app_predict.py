@@ -11,7 +11,7 @@ from streamlit.testing.v1 import AppTest
 from leukviz import calibration, config, dashboard, inference, prediction, runs
 
 REPO = Path(__file__).resolve().parents[1]
-FINETUNE = {"googlenet": "full", "resnet50": "head"}  # as tests/test_app.py: small, still real runs
+FINETUNE = {"googlenet": "full", "resnet50": "last"}  # as tests/test_app.py: small, real runs that learn
 
 
 @pytest.fixture(scope="module")

@@ -198,7 +198,7 @@ def _walk_through(page, base: str, home: Path, shots: Path, timings: dict, t_lau
     curves.locator(".scatterlayer .trace").first.wait_for(timeout=150_000)
     _assert_in_view(page, curves.locator(".scatterlayer .trace").first, "the first curve point")
     page.screenshot(path=str(shots / "3-train-live.png"))
-    page.locator(".legendtext", has_text="val acc").first.wait_for(timeout=150_000)
+    page.locator(".legendtext", has_text="validation accuracy").first.wait_for(timeout=150_000)
     page.get_by_text("Finished.").wait_for(timeout=60_000)
     _no_exception(page, "Train")
     timings["train_page_epoch_seen_s"] = round(time.time() - t_launch, 2)

@@ -136,3 +136,43 @@ def test_run_name_and_description():
     folds = config.resolve("resnet50", split="folds", weights="none")
     assert dashboard.split_text(folds).startswith("official folds")
     assert json.dumps(cfg.to_dict())  # what the Train page's settings expander shows
+
+
+def test_the_eta_counts_validation_before_and_after_the_first_epoch():
+    events = [{"type": "start", "epoch": 0, "epochs": 2, "steps_per_epoch": 10, "n_train": 300, "n_val": 100,
+               "time": 0.0},
+              {"type": "batch", "epoch": 1, "step": 5, "steps": 10, "time": 10.0}]
+    p = dashboard.progress(events)
+    assert p.eta == pytest.approx(30.0 * (1 + 100 / 900))  # 15 training steps, plus the validations' forward
+    events += [{"type": "batch", "epoch": 1, "step": 10, "steps": 10, "time": 20.0},
+               {"type": "epoch", "epoch": 1, "epochs": 2, "seconds": 26.0, "time": 26.0}]
+    assert dashboard.progress(events).eta == pytest.approx(26.0)  # a whole epoch, its validation included
+
+
+def test_settings_come_back_from_the_url_and_bad_values_are_ignored():
+    url = {"dataset": "/data/x", "split": "groups", "backbone": "vgg16", "size": "32", "epochs": "2",
+           "lr": "4.8e-05", "repeats": "2", "preset": "nonsense", "batch": "-3", "patience": "1.5"}
+    got = dashboard.settings_from_url(url)
+    assert got == {"dataset": "/data/x", "split": "groups", "train_backbone": "vgg16", "train_image_size": 32,
+                   "train_epochs": 2, "train_lr": 4.8e-05, "train_repeats": 2}
+    back = dashboard.settings_to_url(got, dashboard.URL_SETTINGS)
+    assert back["lr"] == "4.8e-05" and back["size"] == "32" and "preset" not in back
+    assert dashboard.settings_from_url(dashboard.settings_to_url(got, [*dashboard.URL_SETTINGS, *dashboard.URL_DATA])) == got
+
+
+def test_a_backbone_switch_changes_only_what_its_recipe_owns():
+    old = config.preset_defaults("quick", "googlenet", "none")
+    new = config.preset_defaults("quick", "vgg16", "none")
+    current = {"image_size": 32, "epochs": 2, "batch_size": 32, "lr": 1e-3}
+    changes = dashboard.recipe_changes(old, {k: new[k] for k in current}, current)
+    assert changes == {"lr": (1e-3, new["lr"])}  # image size 32 and 2 epochs are the user's: kept
+    text = dashboard.changes_text("VGG16's recipe", changes)
+    assert text.startswith("VGG16's recipe set learning rate 0.0001 (was 0.001)") and "kept" in text
+
+
+def test_an_uploaded_zip_is_called_by_its_own_name(tmp_path, monkeypatch):
+    monkeypatch.setenv("LEUKVIZ_HOME", str(tmp_path))
+    saved = data.save_upload(b"PK-bytes", data.uploads_dir(), name="../evil/cells 24.zip")
+    assert saved.name == "cells 24.zip" and saved.parent.parent == data.uploads_dir()
+    assert dashboard.dataset_label(str(saved)) == "cells 24.zip (uploaded)"
+    assert data.upload_name(tmp_path / "cells.zip") is None

@@ -311,3 +311,24 @@ def test_existing_layouts_keep_their_sets_and_default_split(tmp_path, cnmc_mini,
     plain = open_dataset(tmp_path / "plain", tmp_path / "cache")
     assert plain.kind == "folder" and plain.classes == ("all", "test") and set(plain.index["set"]) == {"train"}
     assert data.default_split(plain) == "image" and len(plain.test_rows) == 0 and not plain.warnings
+
+
+def test_only_the_splits_a_dataset_can_make_are_offered_and_a_one_class_side_is_named(tmp_path, cnmc_mini):
+    ds = data.open_dataset(str(cnmc_mini), tmp_path)
+    options = data.split_options(ds)
+    assert options["given"] is not None and "no validation folder" in options["given"]
+    assert options["subject"] is None and options["folds"] is None and options["image"] is None
+    problems = data.split_problems(ds, data.make_split(ds, "folds"))
+    assert any("validation set has no 'hem' cells" in p for p in problems)
+
+
+def test_a_folder_without_folds_is_not_offered_official_folds(tmp_path):
+    for cls in ("all", "hem"):
+        for s in range(2):
+            (tmp_path / "d" / cls).mkdir(parents=True, exist_ok=True)
+            for i in range(2):
+                Image.new("RGB", (8, 8), (s * 40, i * 60, 90)).save(
+                    tmp_path / "d" / cls / f"UID_{'H' if cls == 'hem' else ''}{s + 1}_{i}_1_{cls}.bmp")
+    ds = data.open_dataset(str(tmp_path / "d"), tmp_path / "cache")
+    options = data.split_options(ds)
+    assert "no official folds" in options["folds"] and options["subject"] is None

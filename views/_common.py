@@ -10,6 +10,31 @@ import streamlit as st
 from leukviz import dashboard, data, layout, runs
 
 
+# Choices that outlive their widgets. Streamlit forgets a widget's value when a run does not draw it (a visit
+# to another page); saving each again at the top of every run makes it the session's, so it survives.
+KEPT = tuple(dashboard.URL_SETTINGS.values()) + ("train_weights_file", "train_nproc")
+
+
+def keep_choices() -> None:
+    """Every run, before any page: the user's choices (KEPT) saved again, and on a session's first run the
+    dataset, split and Train settings that the URL names (a reload or a bookmark)."""
+    state = st.session_state
+    if not state.get("url_read"):
+        state["url_read"] = True
+        for key, value in dashboard.settings_from_url(st.query_params).items():
+            state[key] = value
+        if "split" in state:
+            state["split_dataset"] = state.get("dataset", "demo")  # the URL's split is for the URL's dataset
+    for key in KEPT:
+        if key in state:
+            state[key] = state[key]
+
+
+def dataset_to_url() -> None:
+    """The active dataset and split in the URL of every page (a reload keeps them)."""
+    st.query_params.update(dashboard.settings_to_url(st.session_state, dashboard.URL_DATA))
+
+
 @st.cache_data(ttl=60, max_entries=8, show_spinner=False)
 def _open(spec: str, cache_dir: str) -> data.Dataset:
     return data.open_dataset(spec, Path(cache_dir))
@@ -29,17 +54,15 @@ def active_dataset() -> str:
 
 
 def active_split() -> str:
-    """The split chosen on the Data page; where the active dataset cannot have it (a given validation folder
-    it lacks), the dataset's default (data.default_split)."""
+    """The split chosen on the Data page; where the active dataset cannot make it (data.split_options: a
+    given validation folder or official folds it lacks, a subject split without subjects), the dataset's
+    default (data.default_split). The Train page says so when they differ."""
     split = st.session_state.get("split", "subject")
-    if split == "given":
-        try:
-            ds = open_dataset(active_dataset())
-        except (data.DataError, OSError):
-            return split
-        if not ds.has_val:
-            return data.default_split(ds)
-    return split
+    try:
+        ds = open_dataset(active_dataset())
+    except (data.DataError, OSError):
+        return split
+    return split if data.split_options(ds).get(split, "unknown") is None else data.default_split(ds)
 
 
 def require_dataset() -> data.Dataset:

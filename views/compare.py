@@ -52,16 +52,26 @@ if not finished:
 groups = compare.comparable_groups(finished)
 keys = list(groups)
 dataset = active_dataset()
-first = next((k for k in keys if dataset in groups[k].datasets), keys[0])
+asked = [i for i in (st.query_params.get("runs") or "").split(",") if i]  # Train's "Compare this group" link
+first = next((k for k in keys if asked and asked[0] in {r.run_id for r in groups[k].runs}), None)
+first = first or next((k for k in keys if dataset in groups[k].datasets), keys[0])
 key = st.selectbox("Dataset and split", keys, index=keys.index(first), format_func=lambda k: groups[k].label,
                    help="Only runs trained on the same data (same content fingerprint) with the same "
                         "validation split are comparable: they are scored on the same validation images.")
 group = groups[key]
 by_id = {r.run_id: r for r in group.runs}
-chosen = st.multiselect("Runs", list(by_id), format_func=lambda i: dashboard.run_name(by_id[i]),
-                        default=[r.run_id for r in compare.default_selection(group.runs)],
+degenerate = {r.run_id: h for r in group.runs if (h := dashboard.run_health(r)) is not None and h.degenerate}
+default = [i for i in asked if i in by_id] or [r.run_id for r in compare.default_selection(dashboard.healthy_runs(group.runs))]
+chosen = st.multiselect("Runs", list(by_id), format_func=lambda i: dashboard.run_label(by_id[i]),
+                        default=default,
                         help="Runs of one configuration that differ only in seed (Repeats on the Train page) "
-                             "are summarised together: mean ± sd over seeds.")
+                             "are summarised together: mean ± sd over seeds. Degenerate runs are not selected "
+                             "by default.")
+for run_id, h in degenerate.items():
+    st.warning(f"{dashboard.plain(dashboard.run_name(by_id[run_id]))} is degenerate "
+               f"({dashboard.plain('; '.join(h.reasons))})" + (": it is in the comparison because you chose it."
+                                                                 if run_id in chosen else ": left out unless you choose it."),
+               icon=":material/warning:")
 if not chosen:
     st.info("Choose at least one run.")
     st.stop()

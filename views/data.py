@@ -18,48 +18,61 @@ SET_TEXT = {"train": "train", "val": "validation (given)", "test": "test (held o
 
 def shown(text: object, spec: str) -> str:
     """text as the browser may see it: an uploaded zip called by its own name (data.as_uploaded)."""
-    name = st.session_state.get("upload_names", {}).get(spec)
+    name = data.upload_name(spec)
     return data.as_uploaded(str(text), spec, name) if name else str(text)
 
 
-def use(spec: str) -> None:
-    """Make spec the active dataset if it opens; otherwise say why, here."""
+def use(spec: str) -> bool:
+    """Make spec the active dataset, on its default split, if it opens; otherwise keep the active one and
+    leave the reason for the page to show where the user acted."""
     try:
         ds = open_dataset(spec)
     except (data.DataError, OSError) as e:
-        st.error(dashboard.plain(shown(e, spec)))
-        return
+        st.session_state["data_error"] = dashboard.plain(shown(e, spec))
+        return False
+    st.session_state.pop("data_error", None)
     st.session_state["dataset"] = spec
     st.session_state["split"], st.session_state["split_dataset"] = data.default_split(ds), spec
-    st.rerun()
+    return True
+
+
+def chose_source() -> None:
+    """One click on the built-in demo selects it."""
+    if st.session_state["data_source"] == SOURCES[0]:
+        use("demo")
 
 
 st.title("Data")
 current = active_dataset()
 
-first_source = 0 if current == "demo" else 2 if current.lower().endswith(".zip") else 1
-source = st.segmented_control("Dataset source", SOURCES, required=True, default=SOURCES[first_source],
-                              key="data_source")
-if source == SOURCES[0] and current != "demo":
-    if st.button("Use the built-in demo dataset", type="primary"):
-        use("demo")
-elif source == SOURCES[1]:
-    path = st.text_input("Folder path", value="" if current == "demo" else current,
-                         placeholder="/data/C-NMC_Leukemia",
-                         help="The C-NMC folder as downloaded (training_data/fold_*/all|hem), a folder "
-                              "with one sub-folder per class, or train/ and val/ (valid/, validation/) and "
-                              "test/, each with one sub-folder per class.")
-    if st.button("Use this folder", type="primary", disabled=not path.strip()):
-        use(str(Path(path.strip()).expanduser()))
+state = st.session_state
+state.setdefault("data_source", SOURCES[0 if current == "demo" else 2 if data.upload_name(current) else 1])
+source = st.segmented_control("Dataset source", SOURCES, required=True, key="data_source", on_change=chose_source)
+if source == SOURCES[1]:
+    # A form: Enter in the field submits it, as the button does.
+    with st.form("data_folder", border=False, enter_to_submit=True):
+        path = st.text_input("Folder path", value="" if current == "demo" or data.upload_name(current) else current,
+                             placeholder="/data/C-NMC_Leukemia",
+                             help="The C-NMC folder as downloaded (training_data/fold_*/all|hem), a folder "
+                                  "with one sub-folder per class, or train/ and val/ (valid/, validation/) and "
+                                  "test/, each with one sub-folder per class. Enter or the button uses it.")
+        if st.form_submit_button("Use this folder", type="primary"):
+            if not path.strip():
+                state["data_error"] = "Give the path of a dataset folder."
+            elif use(str(Path(path.strip()).expanduser())):
+                st.rerun()
 elif source == SOURCES[2]:
-    upload = st.file_uploader("Dataset zip", type=["zip"], max_upload_size=1024,
-                              help="A zip of the C-NMC folder or of a class-per-folder tree. For large "
-                                   "datasets give the folder path instead.")
-    if upload is not None and st.button("Use this zip", type="primary"):
-        with st.spinner("Saving and checking the zip…"):
-            saved = data.save_upload(upload.getvalue(), data.uploads_dir())
-        st.session_state.setdefault("upload_names", {})[str(saved)] = upload.name
-        use(str(saved))
+    upload = st.file_uploader("Dataset zip", type=["zip"], max_upload_size=1024, key="data_zip",
+                              help="A zip of the C-NMC folder or of a class-per-folder tree; it is used as soon as "
+                                   "it is uploaded. For large datasets give the folder path instead.")
+    if upload is not None and state.get("data_zip_used") != upload.file_id:
+        state["data_zip_used"] = upload.file_id  # once per upload: a rerun does not take it again
+        with st.spinner(f"Saving and checking {upload.name}…"):
+            saved = data.save_upload(upload.getvalue(), data.uploads_dir(), name=upload.name)
+        if use(str(saved)):
+            st.rerun()
+if state.get("data_error"):
+    st.error(state.pop("data_error"))
 
 try:
     ds = open_dataset(current)
@@ -116,24 +129,32 @@ default = info["default_split"]
 st.caption(f"By default a run on this dataset uses **{dashboard.plain(SPLITS[default])}** ({default}).")
 if st.session_state.get("split_dataset") != current:  # a dataset seen here first starts on its default split
     st.session_state["split"], st.session_state["split_dataset"] = default, current
-choices = [k for k in SPLITS if k != "given" or ds.has_val]
+options = data.split_options(ds)  # the engine says which splits this dataset can make, and why not
+choices = [k for k in SPLITS if options.get(k) is None]
 chosen = active_split() if active_split() in choices else default
 split = st.radio("Split used for training", choices, format_func=SPLITS.get, horizontal=True,
                  index=choices.index(chosen), key="data_split_radio")
 st.session_state["split"] = split
+impossible = {k: why for k, why in options.items() if why is not None}
+if impossible:
+    st.caption("Not possible on this dataset: " + " · ".join(
+        f"{dashboard.plain(SPLITS[k])} ({dashboard.plain(why)})" for k, why in impossible.items()))
 try:
     sp = data.make_split(ds, split)
 except data.DataError as e:
     st.error(dashboard.plain(e))
 else:
+    for problem in data.split_problems(ds, sp):
+        st.warning(dashboard.plain(problem[:1].upper() + problem[1:]) + ".", icon=":material/rule:")
     for warning in sp.warnings:
         st.warning(dashboard.plain(warning))
     if sp.leaky and not sp.warnings:
         st.warning("Leaky split: cells of the same person end up on both sides, so validation scores are "
                    "inflated (the seed paper's protocol). Use it only to reproduce that paper.")
     a, b, c = st.columns([1, 1, 3])
-    a.metric("Training images", sp.summary()["n_train"])
-    b.metric("Validation images", sp.summary()["n_val"])
+    n_train, n_val = sp.summary()["n_train"], sp.summary()["n_val"]
+    a.metric("Training images", n_train)
+    b.metric("Validation images", n_val, help=f"{n_val / max(1, n_train + n_val):.0%} of the images")
     c.markdown(f"  \n{dashboard.plain(sp.description)}")
 
 st.subheader("Sample cells")

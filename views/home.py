@@ -19,6 +19,8 @@ left.metric("Active dataset", dashboard.plain(dashboard.dataset_label(dataset)),
 right.metric("Device", dashboard.plain(device_text()), border=True)
 
 st.subheader("Backbones")
+if st.session_state.get("home_deleted"):
+    st.success(dashboard.plain(st.session_state.pop("home_deleted")), icon=":material/delete:")
 cards = dashboard.backbone_cards(dataset)
 any_active = any(c.state in runs.ACTIVE for c in cards)
 
@@ -34,9 +36,20 @@ def backbone_cards(polling: bool) -> None:
             st.markdown(f"#### {card.title}")
             st.markdown(card.text)
             if card.state == "finished":
-                a, b = st.columns(2)
-                a.metric("Val. accuracy", f"{card.val_acc:.1%}" if card.val_acc is not None else "–")
-                b.metric("Weighted F1", f"{card.val_f1:.3f}" if card.val_f1 is not None else "–")
+                acc, f1 = card.scores
+                if card.group is not None and card.group.f1 is not None:  # repeats: mean ± sd over seeds
+                    st.metric(f"Weighted F1, mean ± sd of {card.group.f1['n']} seeds",
+                              card.group.score_text("f1", count=False))
+                    st.caption(f"Val. accuracy {card.group.score_text('acc', count=False)}")
+                else:
+                    a, b = st.columns(2)
+                    a.metric("Val. accuracy", acc)
+                    b.metric("Weighted F1", f1)
+                if card.health is not None and card.health.degenerate:  # the first reason; the run page has all
+                    st.warning(f"Degenerate model: {dashboard.plain(card.health.reasons[0])}.", icon=":material/warning:")
+                if card.group is not None and card.group.degenerate:
+                    st.warning(f"{len(card.group.degenerate)} of {card.group.n} seeds degenerate, left out of "
+                               "the mean.", icon=":material/warning:")
             elif card.state in runs.ACTIVE and card.epochs:
                 st.progress(min(1.0, card.epoch / card.epochs))
             elif card.error:
@@ -44,6 +57,23 @@ def backbone_cards(polling: bool) -> None:
             params = {"backbone": card.backbone, **({"run": card.run_id} if card.run_id else {})}
             label = "Train it" if card.state == "none" else "Open the run"
             st.page_link("views/train.py", label=label, icon=":material/arrow_forward:", query_params=params)
+            if card.run_id and card.state not in runs.ACTIVE:
+                delete_popover(card.run_id)
+
+
+def delete_popover(run_id: str) -> None:
+    """Delete the card's run (to the archive folder), after a confirmation; the card then shows the next one."""
+    with st.popover("Delete this run", icon=":material/delete:"):
+        st.markdown(f"Move run {run_id} to the archive folder? It disappears from every page; its folder can be "
+                    "moved back by hand.")
+        if st.button("Delete", type="primary", key=f"home_delete_{run_id}"):
+            try:
+                where = runs.delete(runs.get_run(run_id))
+            except (runs.LeukvizError, OSError, KeyError) as e:
+                st.error(dashboard.plain(e))
+                return
+            st.session_state["home_deleted"] = f"Run {run_id} moved to {where}."
+            st.rerun()
 
 
 backbone_cards(any_active)

@@ -18,9 +18,16 @@ if not finished:
     st.stop()
 
 by_id = {r.run_id: r for r in finished}
-chosen = st.multiselect("Models", list(by_id), format_func=lambda i: dashboard.run_name(by_id[i]),
+chosen = st.multiselect("Models", list(by_id), format_func=lambda i: dashboard.run_label(by_id[i]),
                         default=[r.run_id for r in dashboard.default_models(finished, active_dataset())],
-                        help="Finished runs; by default the newest of each backbone on the active dataset.")
+                        help="Finished runs; by default the newest healthy run of each backbone on the active "
+                             "dataset (a degenerate run only when you choose it).")
+for run_id in chosen:
+    h = dashboard.run_health(by_id[run_id])
+    if h is not None and h.degenerate:
+        st.warning(f"{dashboard.plain(dashboard.run_name(by_id[run_id]))} is degenerate "
+                   f"({dashboard.plain('; '.join(h.reasons))}): its predictions, and the ensemble's, carry little "
+                   "information.", icon=":material/warning:")
 if not chosen:
     st.info("Choose at least one model.")
     st.stop()
