@@ -116,7 +116,8 @@ def comparable_groups(candidates: Sequence[runs.Run]) -> dict[str, Group]:
         if key not in groups:
             fp = key.split("|", 1)[0]
             split = ("subject-grouped cross-validation (each fold's validation subjects, pooled)"
-                     if r.config.split == "groups" else split_text(r.config))
+                     if r.config.split == "groups" else
+                     split_text(r.config, (read_json(r.dir / SIDECAR, {}) or {}).get("split")))
             label = f"{dataset_label(r.config.data)} · split {split} · data {fp[:8]}"
             groups[key] = Group(key, label)
         groups[key].runs.append(r)

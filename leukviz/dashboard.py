@@ -47,9 +47,12 @@ def dataset_label(spec: str) -> str:
     return str(Path(*p.parts[-2:])) if len(p.parts) > 2 else str(p)
 
 
-def format_duration(seconds: float | None) -> str:
+def format_duration(seconds: float | None, short: bool = False) -> str:
+    """'2 min 05 s'; short (for a metric's narrow column): '125 s', '12.5 min', '3.2 h'."""
     if seconds is None or not math.isfinite(seconds):
         return "–"
+    if short:
+        return f"{seconds:.0f} s" if seconds < 600 else f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
     seconds = max(0, round(seconds))
     if seconds < 60:
         return f"{seconds} s"
@@ -94,9 +97,10 @@ def describe_config(cfg: RunConfig) -> str:
             + (f", early stopping after {cfg.patience} epochs without a better F1" if cfg.patience else ""))
 
 
-def split_text(cfg: RunConfig, sp: data.Split | None = None) -> str:
-    """The split in words; with the split made (sp), the validation share it really holds (a subject split
-    takes whole people, so it lands near val_fraction, not on it)."""
+def split_text(cfg: RunConfig, sp: data.Split | dict | None = None) -> str:
+    """The split in words; with the split made (sp, or its summary as a run's sidecar keeps it), the
+    validation share it really holds (a subject split takes whole people, so it lands near val_fraction, not
+    on it)."""
     if cfg.split == "folds":
         return f"official folds (fold {cfg.val_fold} for validation)"
     if cfg.split == "groups":
@@ -104,9 +108,11 @@ def split_text(cfg: RunConfig, sp: data.Split | None = None) -> str:
     if cfg.split == "given":
         return "the dataset's own validation folder"
     share = f"{cfg.val_fraction:.0%} validation"
-    if sp is not None:
-        n = len(sp.train) + len(sp.val)
-        share = f"{len(sp.val)} of {n} images, {len(sp.val) / max(1, n):.0%}, for validation"
+    counts = (len(sp.train), len(sp.val)) if isinstance(sp, data.Split) else \
+        (sp.get("n_train"), sp.get("n_val")) if isinstance(sp, dict) else (None, None)
+    if all(isinstance(c, int) for c in counts):
+        n = counts[0] + counts[1]
+        share = f"{counts[1]} of {n} images, {counts[1] / max(1, n):.0%}, for validation"
     if cfg.split == "image":
         return f"by image, LEAKY ({share}, seed {cfg.split_rng_seed})"
     return f"by subject ({share}, seed {cfg.split_rng_seed})"
@@ -279,15 +285,16 @@ class GroupSummary:
     def done(self) -> bool:
         return all(s not in runs.ACTIVE for s in self.states)
 
-    def score_text(self, key: str = "f1") -> str:
-        """'0.871 ± 0.021 (3 seeds)', or the one value for one seed; '–' with none."""
+    def score_text(self, key: str = "f1", count: bool = True) -> str:
+        """'0.871 ± 0.021 (3 seeds)' (count: with the number of seeds), or the one value for one seed; '–'
+        with none."""
         spread = self.f1 if key == "f1" else self.acc
         if not spread:
             return "–"
         fmt = (lambda v: f"{v:.3f}") if key == "f1" else (lambda v: f"{v:.1%}")
         if spread["sd"] is None:
             return fmt(spread["mean"])
-        return f"{fmt(spread['mean'])} ± {fmt(spread['sd'])} ({spread['n']} seeds)"
+        return f"{fmt(spread['mean'])} ± {fmt(spread['sd'])}" + (f" ({spread['n']} seeds)" if count else "")
 
 
 def seed_state_text(run: runs.Run, state: str) -> str:

@@ -109,7 +109,7 @@ def streamlit_server(home: Path, port: int, log_path: Path):
                         os.kill(st["pid"], signal.SIGTERM)
 
 
-@pytest.mark.timeout(480)
+@pytest.mark.timeout(720)
 def test_train_predict_compare_in_a_real_browser(tmp_path, monkeypatch):
     if not Path(CHROMIUM).exists():
         _missing(f"{CHROMIUM} not found (apt-get install chromium)")
@@ -182,13 +182,19 @@ def _walk_through(page, base: str, home: Path, shots: Path, timings: dict, t_lau
     for choice in ("GoogLeNet", "From scratch"):
         page.get_by_role("radio", name=choice, exact=True).click()
         _settle(page)
-    for label, value in (("Image size (px)", "32"), ("Epochs", "1")):
-        box = page.get_by_label(label)
+    settings = (("Image size (px)", "32"), ("Epochs", "1"), ("Repeats (seeds)", "2"))
+    for label, value in settings:
+        box = _spinbutton(page, label)
         box.fill(value)
         box.press("Enter")
         _settle(page)
-        assert page.get_by_label(label).input_value() == value
-    _lr_finder(page, shots, timings)
+        assert _spinbutton(page, label).input_value() == value
+    # another backbone and back: its recipe owns none of these, so every one is kept
+    for choice in ("ResNet50", "GoogLeNet"):
+        page.get_by_role("radio", name=choice, exact=True).click()
+        _settle(page)
+    _assert_settings(page, settings, "after a backbone switch")
+    start = page.get_by_role("button", name="Start 2 runs (seeds 0–1)")
     start.click()
     # The run panel is above the settings (which Start folds): Stop and the first curve point in view.
     stop = page.get_by_role("button", name="Stop", exact=True)
@@ -198,7 +204,10 @@ def _walk_through(page, base: str, home: Path, shots: Path, timings: dict, t_lau
     curves.locator(".scatterlayer .trace").first.wait_for(timeout=150_000)
     _assert_in_view(page, curves.locator(".scatterlayer .trace").first, "the first curve point")
     page.screenshot(path=str(shots / "3-train-live.png"))
+    page.get_by_text("Repeats of this configuration: 2 seeds").wait_for(timeout=60_000)
     page.locator(".legendtext", has_text="validation accuracy").first.wait_for(timeout=150_000)
+    # both seeds train one after the other, the page following the one that trains; then their mean ± sd
+    page.get_by_text(re.compile(r"mean ± sd over seeds")).wait_for(timeout=240_000)
     page.get_by_text("Finished.").wait_for(timeout=60_000)
     _no_exception(page, "Train")
     timings["train_page_epoch_seen_s"] = round(time.time() - t_launch, 2)
@@ -249,6 +258,13 @@ def _walk_through(page, base: str, home: Path, shots: Path, timings: dict, t_lau
     page.get_by_text(re.compile(r"^(Cached: this exact configuration|Finished\.)")).first.wait_for()
     _no_exception(page, "Train, on return")
     page.screenshot(path=str(shots / "6-train-cached.png"))
+    _assert_settings(page, settings, "after visits to Predict and Compare")
+    page.reload()  # a reload is a new session: the URL brings the settings back
+    page.get_by_role("button", name="Start 2 runs (seeds 0–1)").wait_for(timeout=60_000)
+    _settle(page)
+    _assert_settings(page, settings, "after a reload")
+    _lr_finder(page, shots, timings)
+    _dataset_survives_a_reload(page, home, shots)
 
     # A second visitor on the now warm server, straight to Train: interactive when Start is enabled.
     other = page.context.browser.new_page(viewport=VIEWPORT)  # a new context: another session
@@ -261,6 +277,44 @@ def _walk_through(page, base: str, home: Path, shots: Path, timings: dict, t_lau
     timings["warm_server_train_page_interactive_s"] = round(time.time() - t_warm, 2)
     _no_exception(other, "Train, a second visitor")
     other.close()
+
+
+def _spinbutton(page, label: str):
+    """The number field named label, once the rerun has replaced its stale copy (a rerun can leave the old
+    element in the page for a moment)."""
+    box = page.get_by_role("spinbutton", name=label, exact=True)
+    for _ in range(80):
+        if box.count() == 1:
+            break
+        page.wait_for_timeout(250)
+    return box
+
+
+def _assert_settings(page, settings, when: str) -> None:
+    for label, value in settings:
+        got = _spinbutton(page, label).input_value()
+        assert got == value, f"{label} is {got}, not {value}, {when}"
+
+
+def _dataset_survives_a_reload(page, home: Path, shots: Path) -> None:
+    """A folder typed on the Data page (Enter submits it) stays the active dataset across a reload."""
+    folder = next(home.glob("cache/demo/*/C-NMC_Leukemia"))
+    _goto_page(page, "Data")
+    page.get_by_role("radio", name="Folder path", exact=True).click()
+    _settle(page)
+    box = page.get_by_role("textbox", name="Folder path")
+    box.fill(str(folder))
+    box.press("Enter")
+    _settle(page)
+    label = f"{folder.parent.name}/{folder.name}"
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    sidebar.get_by_text(label).wait_for(timeout=60_000)
+    page.reload()
+    page.get_by_role("heading", name="Data", exact=True).wait_for(timeout=60_000)
+    _settle(page)
+    sidebar.get_by_text(label).wait_for(timeout=30_000)
+    _no_exception(page, "Data, after a reload")
+    page.screenshot(path=str(shots / "7-data-folder-reloaded.png"))
 
 
 def _real_cell_warns(page, upload, shots: Path) -> None:

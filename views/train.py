@@ -95,8 +95,9 @@ def settings_form() -> tuple[config.RunConfig, int, int]:
                                   key="train_preset", on_change=apply_defaults)
     weights_choice = st.segmented_control("Weights", list(WEIGHTS_TEXT), format_func=WEIGHTS_TEXT.get,
                                           required=True, key="train_weights", on_change=switch_recipe)
+    notice = st.empty()  # always drawn (empty or not): the fields below keep their place between runs
     if state.get("train_notice"):
-        st.info(dashboard.plain(state.pop("train_notice")), icon=":material/tune:")
+        notice.info(dashboard.plain(state.pop("train_notice")), icon=":material/tune:")
     if not backbones.imagenet_available(spec):
         st.caption(f"{spec.title}'s ImageNet weights are not in torchvision's cache "
                    f"({dashboard.plain(backbones.weights_cache_path(spec))}), so training from scratch is the "
@@ -426,25 +427,27 @@ if existing is not None and known == "finished" and existing.run_id not in shown
 if not run_id and in_progress:
     run_id = in_progress[0].run_id
     st.query_params["run"] = run_id
-with panel:
+def attached_panel(run_id: str | None) -> None:
+    """The attached run's panel, or why there is none. Returns rather than stopping the script: the page
+    then always ends as a whole run, and Streamlit clears what the previous run drew and this one did not."""
     if st.session_state.get("train_deleted"):
         st.success(dashboard.plain(st.session_state.pop("train_deleted")), icon=":material/delete:")
     if not run_id:
         st.info("No run yet: choose the settings below and press Start training.")
-        st.stop()
+        return
     try:
         run = runs.get_run(run_id)
     except KeyError:
         st.warning(f"Run {dashboard.plain(run_id)} does not exist (any more).")
         del st.query_params["run"]
-        st.stop()
+        return
     try:
         # Read (not a bare expression: Streamlit's magic would draw it): a run whose config.json is damaged has
         # nothing to show but that.
         _ = run.config
     except runs.RunFileError as e:
         st.error(f"{dashboard.plain(e)}: delete the folder {dashboard.plain(run.dir)}.", icon=":material/broken_image:")
-        st.stop()
+        return
     group = dashboard.repeat_group(run, all_runs)
     active = any(r.state in runs.ACTIVE for r in group)
     st.fragment(run_panel, run_every=POLL_SECONDS if active else None)(run, active)
@@ -459,3 +462,7 @@ with panel:
                     st.query_params["run"] = r.run_id
                     st.session_state["train_follow"] = False
                     st.rerun()
+
+
+with panel:
+    attached_panel(run_id)
