@@ -185,9 +185,9 @@ def training_curves(events: list[dict], title: str = "", height: int | None = No
     return fig
 
 
-def lr_find_figure(result: dict) -> go.Figure:
+def lr_find_figure(result: dict, current: float | None = None) -> go.Figure:
     """The learning-rate finder's sweep (lrfind.sweep's result): the loss against the rate on a log axis,
-    raw (faint) and smoothed, with the suggested rate marked."""
+    raw (faint) and smoothed, with a tenth of the minimum marked and, when given, the rate on screen."""
     fig = go.Figure()
     lrs = result.get("rates") or []
     fig.add_trace(go.Scatter(x=lrs, y=[_num(v) for v in result.get("losses") or []], mode="lines",
@@ -197,8 +197,13 @@ def lr_find_figure(result: dict) -> go.Figure:
     suggestion = _num(result.get("suggestion"))
     if suggestion and lrs:
         y = float(np.interp(math.log10(suggestion), np.log10(lrs), result["smoothed"]))
-        fig.add_trace(go.Scatter(x=[suggestion], y=[y], mode="markers", name=f"suggested {suggestion:.2g}",
+        fig.add_trace(go.Scatter(x=[suggestion], y=[y], mode="markers", name=f"a tenth of the minimum {suggestion:.2g}",
                                  marker={"color": VAL_COLOR, "size": 12, "symbol": "diamond"}))
+    if current and lrs and lrs[0] <= current <= lrs[-1]:
+        y = float(np.interp(math.log10(current), np.log10(lrs), result["smoothed"]))
+        fig.add_trace(go.Scatter(x=[current], y=[y], mode="markers", name=f"your rate {current:g}",
+                                 marker={"color": NEUTRAL_COLOR, "size": 12, "symbol": "circle-open",
+                                         "line": {"width": 3}}))
     fig.update_xaxes(type="log", title_text="learning rate", exponentformat="power")
     fig.update_yaxes(title_text="training loss")
     fig.update_layout(hovermode="x unified", height=340, margin={"t": 30})

@@ -852,8 +852,11 @@ def cmd_lrfind(args) -> int:
                               lambda s: print(s, file=sys.stderr))
     res = {k: v for k, v in res.items() if k not in ("config", "dataset_fingerprint")}
     end = f"diverged after {res['steps_done']} steps" if res["diverged"] else f"{res['steps_done']} steps"
-    _out(args, f"{'cached: ' if cached else ''}suggested learning rate {res['suggestion']:.2g} for {cfg.backbone} "
-               f"({res['start']:g} to {res['end']:g}, {end}); rule: {res['rule']}", {**res, "cached": cached})
+    advice = lrfind.advise(res, cfg.lr)  # the configuration's rate (the preset's, or --lr) checked against it
+    _out(args, f"{'cached: ' if cached else ''}{cfg.backbone}: {advice.text} ({res['start']:g} to {res['end']:g}, "
+               f"{end}; a tenth of the minimum: {res['suggestion']:.2g})",
+         {**res, "cached": cached, "rate_checked": cfg.lr, "advice": advice.rate, "keep": advice.keep,
+          "advice_text": advice.text})
     return 0
 
 

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -67,6 +68,47 @@ def suggest(lrs: np.ndarray | list[float], smoothed: np.ndarray | list[float]) -
     first = min(int(len(lrs) * SKIP), len(lrs) - 1)
     low = first + int(np.argmin(smoothed[first:]))
     return float(max(lrs[low] / 10, lrs[0]))
+
+
+BASIN = 0.25  # a rate whose smoothed loss is within this fraction of the lowest is still in the loss's basin
+
+
+def loss_at(result: dict, rate: float) -> float | None:
+    """The smoothed loss the sweep measured at `rate` (interpolated in log rate), or None when the sweep
+    stopped (diverged) below it or never reached it."""
+    lrs, smoothed = np.asarray(result.get("rates") or [], float), np.asarray(result.get("smoothed") or [], float)
+    if len(lrs) < 2 or not lrs[0] <= rate <= lrs[-1]:
+        return None
+    return float(np.interp(np.log10(rate), np.log10(lrs), smoothed))
+
+
+@dataclass(frozen=True)
+class Advice:
+    """What the finder says of the rate on screen: the rate to use and why, in plain words."""
+
+    rate: float
+    keep: bool  # True: the rate on screen is in the loss's basin, keep it
+    text: str
+
+
+def advise(result: dict, current: float) -> Advice:
+    """Check the rate on screen against a sweep. In the loss's basin (its smoothed loss within BASIN of the
+    lowest): keep it. Outside it (the loss already rising, still high at too low a rate, or the sweep diverged
+    before reaching it): use the sweep's suggestion, a tenth of the rate at the minimum. Measured on real
+    cells (docs/REALDATA.md): from scratch the presets' rates sit in the basin, and a tenth of the minimum
+    trained no better or worse (a short sweep's loss falls at any rate while the network learns, which pulls
+    the minimum low); so the finder checks that a rate is not too high, and offers a way back from one that is."""
+    fallback = float(f"{result['suggestion']:.2g}")
+    lowest = float(np.min(result["smoothed"])) if result.get("smoothed") else None
+    here = loss_at(result, current)
+    if here is not None and lowest is not None and here <= lowest * (1 + BASIN):
+        return Advice(current, True, f"your rate {current:g} is in the loss's basin (its smoothed loss "
+                                     f"{here / lowest - 1:+.0%} from the lowest): keep it")
+    why = ("the sweep diverged before reaching it" if here is None and current > result["rates"][-1] else
+           f"the loss there is {here / lowest - 1:+.0%} from its lowest" if here is not None and lowest else
+           "the sweep did not reach it")
+    return Advice(fallback, False, f"your rate {current:g} is outside the loss's basin ({why}): use {fallback:g}, "
+                                   "a tenth of the rate at the smoothed loss's minimum")
 
 
 def finder_config(cfg: RunConfig) -> RunConfig:

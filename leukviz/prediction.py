@@ -37,6 +37,7 @@ class ModelPrediction:
     ood: bool | None = None  # True: unlike the run's training images; None: not compared (no reference)
     ood_reasons: list[str] = field(default_factory=list)
     ood_note: str = ""
+    calibration_note: str = ""  # why the confidence is not calibrated, when it is not (calibration's note)
 
     @classmethod
     def of_record(cls, lm: Any, rec: dict, image: np.ndarray | None) -> "ModelPrediction":
@@ -44,7 +45,8 @@ class ModelPrediction:
         return cls(lm.name, lm.run_dir.name, image, rec["predicted"], rec["confidence"],
                    {c: rec[f"prob_{c}"] for c in lm.classes}, lm.backbone,
                    {c: rec[f"prob_raw_{c}"] for c in lm.classes}, rec["confidence_raw"], rec["temperature"],
-                   rec["calibrated"], rec.get("ood"), list(rec.get("ood_reasons", [])), rec.get("ood_note", ""))
+                   rec["calibrated"], rec.get("ood"), list(rec.get("ood_reasons", [])), rec.get("ood_note", ""),
+                   str((getattr(lm, "calibration", None) or {}).get("note") or ""))
 
 
 @dataclass
@@ -190,7 +192,8 @@ def calibration_text(p: ModelPrediction) -> str:
     """What the shown confidence is: 'calibrated on validation, T = 1.60 (the raw model was over-confident);
     raw 95.0%', or that it is the model's raw softmax."""
     if not p.calibrated:
-        return "not calibrated (the run has no usable validation predictions): the model's raw softmax"
+        why = p.calibration_note.removeprefix("not calibrated: ") or "the run has no usable validation predictions"
+        return f"not calibrated ({why}): the model's raw softmax"
     if p.temperature > 1.0:
         lean = " (the raw model was over-confident)"
     elif p.temperature < 1.0:

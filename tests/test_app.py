@@ -447,16 +447,19 @@ def test_train_lr_finder_sweeps_in_the_background_and_one_click_uses_its_suggest
     where, res = lrfind.status(cfg, fp)
     assert where == "done", res
     at.run()
-    assert any("a tenth of the rate at the smoothed loss's minimum" in c.value.replace("\\", "") for c in at.caption)
-    suggestion = float(f"{res['suggestion']:.2g}")
-    use = next(b for b in at.button if b.label == f"Use {suggestion:g}")
+    keep = lrfind.advise(res, at.select_slider(key="train_lr").value)  # the rate on screen, checked
+    assert any(keep.text in c.value.replace("\\", "") for c in at.caption)
+    assert any(b.label == f"{'Keep' if keep.keep else 'Use'} {keep.rate:g}" for b in at.button)
+    at.select_slider(key="train_lr").set_value(0.1).run()  # far past the loss's basin: the finder says so
+    advice = lrfind.advise(res, 0.1)
+    assert not advice.keep and advice.rate < 0.1 and "outside the loss's basin" in advice.text
+    use = next(b for b in at.button if b.label == f"Use {advice.rate:g}")
     use.click().run()
     assert not at.exception
-    assert at.select_slider(key="train_lr").value == suggestion
-    assert next(b for b in at.button if b.label == f"Use {suggestion:g}").disabled  # in use
+    assert at.select_slider(key="train_lr").value == advice.rate
     # the rate used survives a backbone switch that its recipe does not own, and a visit to another page
     at.button_group(key="train_backbone").set_value("resnet50").run()
     at.switch_page("views/data.py").run()
     at.switch_page("views/train.py").run()
-    assert at.select_slider(key="train_lr").value == suggestion
+    assert at.select_slider(key="train_lr").value == advice.rate
     assert at.number_input(key="train_image_size").value == 32

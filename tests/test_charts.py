@@ -290,6 +290,8 @@ def test_lr_find_figure_marks_the_suggestion_on_a_log_axis() -> None:
     fig = charts.lr_find_figure(result)
     assert fig.layout.xaxis.type == "log"
     names = [t.name for t in fig.data]
-    assert names == ["loss (each step)", "loss (smoothed)", "suggested 0.0001"]
+    assert names == ["loss (each step)", "loss (smoothed)", "a tenth of the minimum 0.0001"]
     assert list(fig.data[2].x) == [1e-4] and fig.data[2].y[0] == pytest.approx(0.65)
+    mine = charts.lr_find_figure(result, current=1e-3)  # the rate on screen, where the sweep measured it
+    assert mine.data[-1].name == "your rate 0.001" and mine.data[-1].y[0] == pytest.approx(0.5)
     assert charts.lr_find_figure({}).layout.annotations  # nothing yet: says so

@@ -117,3 +117,12 @@ def test_a_degenerate_seed_is_counted_apart_from_the_groups_mean(tmp_path):
     degenerate_run(tmp_path, backbone="googlenet", seed=1, split_seed=0, created=1)
     card = {c.backbone: c for c in dashboard.backbone_cards("demo", tmp_path)}["googlenet"]
     assert len(card.group.degenerate) == 1 and card.group.f1["n"] == 1
+
+
+def test_predict_says_why_a_confidence_is_not_calibrated():
+    from leukviz import prediction
+
+    p = prediction.ModelPrediction("m", "r", None, "hem", 0.502, {"hem": 0.502, "all": 0.498},
+                                   calibration_note="not calibrated: the fitted temperature reached its bound (T = 20.00)")
+    assert prediction.calibration_text(p) == ("not calibrated (the fitted temperature reached its bound (T = 20.00)): "
+                                              "the model's raw softmax")

@@ -77,7 +77,8 @@ def test_lr_find_cli_runs_end_to_end_and_is_cached(tiny_data, capsys):
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert again["cached"] is True and again["suggestion"] == res["suggestion"]
     assert cli.main(args[:-1]) == 0
-    assert "suggested learning rate" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "your rate 0.001 is " in out and "a tenth of the minimum" in out  # the configuration's rate, checked
 
 
 # ------------------------------------------------------------------------------------------ progress and estimate
@@ -245,3 +246,21 @@ def test_launch_gives_the_child_its_config_and_cache_and_a_failure_is_reaped(tmp
     config_file = lrfind.result_path(cfg, "fp", tmp_path, 30).with_suffix(".config.json")
     assert config.RunConfig.from_dict(json.loads(config_file.read_text())) == cfg
     assert lrfind.launch(cfg, "fp", tmp_path, steps=30) is True  # a failed sweep can start again
+
+
+def test_the_finder_keeps_a_rate_in_the_basin_and_replaces_one_past_it():
+    """A basin from 1e-4 to 1e-2 (the lowest loss at 1e-3), divergence above: the rate on screen is kept while
+    its loss is within BASIN of the lowest, replaced by a tenth of the minimum past that, or beyond the sweep."""
+    lrs = np.geomspace(1e-7, 3e-2, 80)
+    smoothed = 0.5 + 0.4 * (np.log10(lrs) + 3) ** 2 / 16  # lowest, 0.5, at 1e-3
+    res = {"rates": lrs.tolist(), "smoothed": smoothed.tolist(), "suggestion": 1e-4}
+    keep = lrfind.advise(res, 1e-3)
+    assert keep.keep and keep.rate == 1e-3 and "keep it" in keep.text
+    assert lrfind.advise(res, 3e-3).keep  # +1 % of the lowest
+    past = lrfind.advise(res, 3e-2)  # +11 %, at the end of the sweep: still in the basin
+    assert past.keep
+    far = lrfind.advise(res, 0.1)  # the sweep stopped (diverged) before it
+    assert not far.keep and far.rate == 1e-4 and "diverged before reaching it" in far.text
+    low = lrfind.advise(res, 1e-7)  # at the start of the sweep the loss is high: past the basin on the low side
+    assert not low.keep and "from its lowest" in low.text
+    assert lrfind.loss_at(res, 1e-3) == pytest.approx(0.5, abs=1e-3) and lrfind.loss_at(res, 1.0) is None

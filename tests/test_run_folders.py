@@ -218,7 +218,7 @@ def test_overview_predict_and_compare_pages_work_beside_a_damaged_run(good, home
             if page in ("compare", "predict"):
                 assert any(good.run_id[:6] in str(m.value) for m in at.multiselect), "the good run is offered"
             else:
-                assert "Finished" in [m.value for m in at.markdown]
+                assert any(m.value.startswith("Finished") for m in at.markdown)  # (a head-only tiny run may be degenerate)
     finally:
         shutil.rmtree(bad.dir)
         shutil.rmtree(broken.dir)
@@ -227,11 +227,14 @@ def test_overview_predict_and_compare_pages_work_beside_a_damaged_run(good, home
 # ---------------------------------------------------------------------------------------------- run ids
 
 def test_ids_of_imagenet_and_none_configs_are_unchanged():
-    """Computed by the code before weights files were hashed by content (commit 754a9c9)."""
-    assert config.resolve("googlenet", "quick", "imagenet", "demo").identity("fp") == "f087c9cbf680"
-    assert config.resolve("googlenet", "quick", "none", "demo").identity("fp") == "e412195b6bb7"
-    assert config.resolve("googlenet", "quick", "imagenet", "demo", patience=2).identity("fp") == "b3b541d06768"
-    assert config.resolve("googlenet", "quick", "none", "demo", split_seed=5).identity("fp") == "01abc52643cf"
+    """Computed by the code before weights files were hashed by content (commit 754a9c9). The presets now
+    recompute BatchNorm statistics (a new recipe, so new ids); with the statistics as they were, the ids are."""
+    old = {"bn_stats": "running"}
+    assert config.resolve("googlenet", "quick", "imagenet", "demo", **old).identity("fp") == "f087c9cbf680"
+    assert config.resolve("googlenet", "quick", "none", "demo", **old).identity("fp") == "e412195b6bb7"
+    assert config.resolve("googlenet", "quick", "imagenet", "demo", patience=2, **old).identity("fp") == "b3b541d06768"
+    assert config.resolve("googlenet", "quick", "none", "demo", split_seed=5, **old).identity("fp") == "01abc52643cf"
+    assert config.resolve("googlenet", "quick", "none", "demo").identity("fp") != "e412195b6bb7"
 
 
 def test_the_run_id_hashes_the_content_of_a_weights_file(tmp_path):

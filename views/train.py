@@ -202,14 +202,18 @@ def lr_finder(cfg: config.RunConfig, fingerprint: str) -> None:
         lr_finder_progress(cfg, fingerprint)
         return
     if where == "done":
-        suggestion = float(f"{info['suggestion']:.2g}")
+        advice = lrfind.advise(info, cfg.lr)  # the rate on screen, checked against the sweep
         a, b = st.columns([3, 1], vertical_alignment="center")
         a.caption(f"Learning-rate finder ({info['steps_done']} steps from {info['start']:g} to {info['end']:g}"
-                  f"{', stopped when the loss diverged' if info.get('diverged') else ''}). Suggested: "
-                  f"{dashboard.plain(lrfind.RULE)}.")
-        b.button(f"Use {suggestion:g}", icon=":material/check:", key="train_use_lr", on_click=use_rate,
-                 args=(suggestion,), disabled=st.session_state.get("train_lr") == suggestion)
-        st.plotly_chart(charts.lr_find_figure(info), key="train_lr_find_chart")
+                  f"{', stopped when the loss diverged' if info.get('diverged') else ''}): "
+                  f"{dashboard.plain(advice.text)}.")
+        if advice.keep:
+            b.button(f"Keep {advice.rate:g}", icon=":material/check:", key="train_use_lr", disabled=True,
+                     help="The rate on screen is in the loss's basin.")
+        else:
+            b.button(f"Use {advice.rate:g}", icon=":material/check:", key="train_use_lr", on_click=use_rate,
+                     args=(advice.rate,))
+        st.plotly_chart(charts.lr_find_figure(info, current=cfg.lr), key="train_lr_find_chart")
         return
     if where == "failed":
         st.error("The learning-rate finder failed:")
