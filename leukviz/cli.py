@@ -468,8 +468,16 @@ def _comparable(run_args: list[str], runs_dir) -> list:
     cells (one comparable group), except that 'all' takes the largest group and says so."""
     from leukviz import compare, runs
 
+    from leukviz import health
+
     chosen = [r for arg in run_args for r in _selected_runs(arg, runs_dir)]
     chosen = list({r.run_id: r for r in chosen if r.is_usable}.values())
+    if run_args == ["all"]:  # as the Compare page's default: a degenerate run only when named
+        left = [r for r in chosen if health.of_run_dir(r.dir).degenerate]
+        for r in left:
+            print(f"run {r.run_id} left out: degenerate ({'; '.join(health.of_run_dir(r.dir).reasons)}); name it to "
+                  "compare it", file=sys.stderr)
+        chosen = [r for r in chosen if r not in left]
     if not chosen:
         raise CliError("no finished runs among those given; `runs list` shows them")
     groups = compare.comparable_groups(chosen)

@@ -126,3 +126,21 @@ def test_predict_says_why_a_confidence_is_not_calibrated():
                                    calibration_note="not calibrated: the fitted temperature reached its bound (T = 20.00)")
     assert prediction.calibration_text(p) == ("not calibrated (the fitted temperature reached its bound (T = 20.00)): "
                                               "the model's raw softmax")
+
+
+def test_compare_all_leaves_a_degenerate_run_out_and_runs_list_says_why(tmp_path, capsys):
+    import json
+
+    from leukviz.cli import main
+
+    good = [make_run(tmp_path, "googlenet", seed=s, split_seed=0, created=s) for s in (0, 1)]
+    bad = degenerate_run(tmp_path, backbone="resnet50", created=5)
+    assert main(["runs", "list", "--json", "--runs-dir", str(tmp_path)]) == 0
+    rows = {r["run_id"]: r for r in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["runs"]}
+    assert rows[bad.run_id]["health"] == "degenerate" and rows[good[0].run_id]["health"] == "healthy"
+    assert "calls every validation cell hem" in rows[bad.run_id]["health_reasons"]
+    assert main(["compare", "all", "--json", "--runs-dir", str(tmp_path), "--resamples", "200"]) == 0
+    out = capsys.readouterr()
+    report = json.loads(out.out.strip().splitlines()[-1])
+    assert bad.run_id not in {i for g in report["groups"] for i in g["runs"]}
+    assert f"run {bad.run_id} left out: degenerate" in out.err
