@@ -584,7 +584,7 @@ def verdict(name_a: str, name_b: str, score_name: str, result: dict[str, Any],
     """A paired_comparison result in plain words, e.g. "ResNet50 − GoogLeNet: +0.012 weighted F1,
     95 % CI −0.021 to +0.045 (p = 0.62): no clear difference". A model "is better" when the interval
     excludes 0 and the p-value is below 1 - confidence; when only the interval excludes 0 the words
-    say the evidence is weak. The confidence printed is the result's own (the argument is the
+    say the evidence is weak, and with p at or above WEAK_P that there is no clear difference. The confidence printed is the result's own (the argument is the
     fallback for a result without one). Every score in SCORES is higher-is-better."""
     confidence = float(result.get("confidence", confidence))
     entry = result["scores"][score_name]
@@ -602,9 +602,16 @@ def verdict(name_a: str, name_b: str, score_name: str, result: dict[str, Any],
     if low <= 0 <= high:
         return f"{text}: no clear difference"
     better = name_a if low > 0 else name_b
+    if p is not None and math.isfinite(p) and p >= WEAK_P:  # the two disagree: the words follow the test
+        return f"{text}: no clear difference (the interval excludes 0, but the paired test cannot tell them apart)"
     if p is not None and math.isfinite(p) and p >= 1 - confidence:
         return f"{text}: weak evidence that {better} is better (the interval excludes 0, the test does not)"
     return f"{text}: {better} is better"
+
+
+# At or above this p-value the paired test sees no sign of a difference at all: a verdict never calls it
+# evidence, whatever the interval says (few subjects make the interval narrow and the test blunt).
+WEAK_P = 0.5
 
 
 def seed_spread(values: Sequence[float]) -> dict[str, Any]:

@@ -98,6 +98,9 @@ def test_a_real_cnmc_cell_gets_the_out_of_distribution_warning_and_a_demo_cell_d
     assert len(warnings) == 1
     assert dashboard.plain("size 450x450 px, the training images were 64x64 px") in warnings[0]
     assert [m.label for m in at.metric] == ["Prediction"]  # the prediction is shown beside it, never hidden
+    # its confidence greyed and marked as meaningless here
+    assert any(m.value.startswith(":gray[") and m.value.endswith("% confidence]") for m in at.markdown)
+    assert any(prediction.UNRELIABLE_TEXT in m.value.replace("\\", "") for m in at.markdown)
 
     fresh = AppTest.from_file(str(REPO / "app.py"), default_timeout=60)
     fresh.session_state["dataset"] = str(tiny_data)
@@ -107,3 +110,4 @@ def test_a_real_cnmc_cell_gets_the_out_of_distribution_warning_and_a_demo_cell_d
     upload_one(fresh, tiny_data)
     assert [m.label for m in fresh.metric] == ["Prediction"]
     assert not [w for w in fresh.warning if dashboard.plain(prediction.OOD_TITLE) in w.value]
+    assert not any(prediction.UNRELIABLE_TEXT in m.value.replace("\\", "") for m in fresh.markdown)

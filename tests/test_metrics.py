@@ -423,6 +423,10 @@ def test_verdict_words() -> None:
         "(p < 0.001): GoogLeNet is better")
     assert "weak evidence that GoogLeNet is better" in m.verdict(
         "ResNet50", "GoogLeNet", "weighted_f1", result(-0.03, -0.05, -0.01, 0.2))
+    # an interval that excludes 0 beside a test that sees nothing (p = 1.00): never "evidence"
+    words = m.verdict("ResNet50", "Ensemble of 4", "weighted_f1", result(-0.075, -0.083, -0.068, 1.0))
+    assert "evidence" not in words and words.endswith("(p = 1.00): no clear difference (the interval excludes 0, "
+                                                      "but the paired test cannot tell them apart)")
 
 
 def test_seed_spread() -> None:

@@ -119,3 +119,13 @@ def test_the_ensemble_is_the_mean_of_the_models_calibrated_probabilities(tmp_pat
     res.results[0].predicted = "other"
     split = prediction.ensemble(res).agreement
     assert "disagree" in split and "says other" in split
+
+
+def test_an_ensemble_with_a_model_that_finds_the_image_unlike_its_training_data_is_not_reliable():
+    def one(model: str, ood: bool | None) -> prediction.ModelPrediction:
+        return prediction.ModelPrediction(model, model, None, "all", 0.9, {"hem": 0.1, "all": 0.9}, ood=ood)
+
+    assert prediction.confidence_reliable(one("a", None)) and not prediction.confidence_reliable(one("a", True))
+    mix = prediction.ensemble(prediction.ImagePrediction("x.png", results=[one("a", False), one("b", True)]))
+    assert mix.n_unreliable == 1 and not mix.reliable
+    assert prediction.ensemble(prediction.ImagePrediction("x.png", results=[one("a", False), one("b", None)])).reliable

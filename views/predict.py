@@ -129,8 +129,12 @@ for i, (name, src, truth, file_key) in enumerate(items):
             elif j < len(cams):
                 left.error(f"Grad-CAM failed: {dashboard.plain(cams[j])}")
             right.metric("Prediction", dashboard.plain(p.predicted))
-            right.markdown(f"{p.confidence:.1%} confidence")
-            right.caption(dashboard.plain(prediction.calibration_text(p)))
+            if prediction.confidence_reliable(p):
+                right.markdown(f"{p.confidence:.1%} confidence")
+                right.caption(dashboard.plain(prediction.calibration_text(p)))
+            else:  # greyed, and says why: a number that means nothing here must not read as one
+                right.markdown(f":gray[{p.confidence:.1%} confidence]")
+                right.markdown(f":orange[{dashboard.plain(prediction.UNRELIABLE_TEXT)}]")
             if p.ood:  # beside the prediction, never instead of it
                 st.warning(dashboard.plain(prediction.ood_text(p)), icon=":material/warning:")
             elif p.ood is None:
@@ -142,6 +146,11 @@ for i, (name, src, truth, file_key) in enumerate(items):
         with st.container(border=True):
             st.markdown(f"**{mix.title}**")
             st.metric("Ensemble prediction", dashboard.plain(mix.predicted))
-            st.markdown(dashboard.plain(mix.text))
+            if mix.reliable:
+                st.markdown(dashboard.plain(mix.text))
+            else:
+                st.markdown(f":gray[{dashboard.plain(mix.text)}]")
+                st.markdown(f":orange[{mix.n_unreliable} of {mix.n} models: "
+                            f"{dashboard.plain(prediction.UNRELIABLE_TEXT)}]")
             st.caption(dashboard.plain(" · ".join(f"{c} {v:.1%}" for c, v in mix.probs.items())
                                        + f" · {mix.agreement}"))
