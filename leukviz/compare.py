@@ -439,6 +439,77 @@ def format_spread(spread: dict | None, digits: int = 3) -> str:
 SET_TEXT = {"val": "validation", "test": "test (held out)"}
 
 
+def _signed(v: float, digits: int = 3) -> str:
+    return f"{v:+.{digits}f}".replace("-", "\u2212")
+
+
+def _pair_entry(paired: Sequence[dict], a: str, b: str, which: str, score: str) -> tuple[dict, int] | None:
+    """The paired result of a against b (sign 1) or of b against a (sign -1) on one set and score."""
+    for p in paired:
+        if p["set"] == which and {p["a"], p["b"]} == {a, b} and score in p["scores"]:
+            return p["scores"][score], (1 if p["a"] == a else -1)
+    return None
+
+
+def _difference_text(entry: dict, sign: int) -> str:
+    """'+0.030, 95 % CI −0.160 to +0.190, p = 0.62' for a − b (sign -1 turns b − a around)."""
+    diff, low, high = (entry.get(k) for k in ("difference", "low", "high"))
+    if sign < 0:
+        diff, low, high = -diff, -high, -low
+    p = entry.get("p_value")
+    ptext = "" if p is None else f", p {'< 0.001' if p < 0.001 else '= ' + (f'{p:.3f}' if p < 0.01 else f'{p:.2f}')}"
+    return f"{_signed(diff)}, 95 % CI {_signed(low)} to {_signed(high)}{ptext}"
+
+
+def answer(rep: dict, score: str = "weighted_f1", which: str = "val") -> str:
+    """Compare's answer in one sentence for one score and set (Report.to_dict's content): the best model,
+    and for each other whether its lead is clear (the interval and the paired test together,
+    metrics.verdict_kind). E.g. "ResNet50 is best on validation weighted F1 (0.739); its lead over VGG16 is
+    not clear (+0.030, 95 % CI −0.160 to +0.190, p = 0.62); it is clearly better than GoogLeNet (...)"."""
+    rows = [s for s in rep["scores"] if s["set"] == which and s["spread"].get(score, {}).get("mean") is not None]
+    if not rows:
+        return ""
+    best = max(rows, key=lambda s: s["spread"][score]["mean"])
+    label = f"{SET_TEXT[which].split(' ')[0]} {SCORE_TEXT[score]}"
+    text = f"{best['model']} is best on {label} ({best['spread'][score]['mean']:.3f})"
+    if len(rows) == 1:
+        return text + "."
+    parts = []
+    for other in rows:
+        if other is best:
+            continue
+        found = _pair_entry(rep["paired"], best["model"], other["model"], which, score)
+        if found is None:
+            parts.append(f"it was not compared with {other['model']} on the same cells")
+            continue
+        entry, sign = found
+        kind = metrics.verdict_kind(entry)
+        words = {metrics.CLEAR: f"it is clearly better than {other['model']}",
+                 metrics.WEAK: f"its lead over {other['model']} is suggestive, not clear",
+                 metrics.UNCLEAR: f"its lead over {other['model']} is not clear"}[kind]
+        parts.append(f"{words} ({_difference_text(entry, sign)})")
+    return text + "; " + "; ".join(parts) + "."
+
+
+def pair_matrix(rep: dict, score: str = "weighted_f1", which: str = "val") -> pd.DataFrame:
+    """Every pair at once: rows and columns the models (in the report's order), each cell the row's model
+    minus the column's, its interval and p, and a mark of what they support (✓ clear, ~ weak, = unclear)."""
+    names = [s["model"] for s in rep["scores"] if s["set"] == which]
+    marks = {metrics.CLEAR: "\u2713", metrics.WEAK: "~", metrics.UNCLEAR: "="}
+    cells = {}
+    for a in names:
+        row = {}
+        for b in names:
+            found = None if a == b else _pair_entry(rep["paired"], a, b, which, score)
+            if found is None:
+                row[b] = "" if a == b else "–"
+                continue
+            entry, sign = found
+            row[b] = f"{marks[metrics.verdict_kind(entry)]} {_difference_text(entry, sign)}"
+        cells[a] = row
+    return pd.DataFrame.from_dict(cells, orient="index", columns=names)
+
+
 def stats_table(scores: Sequence[dict]) -> pd.DataFrame:
     """The Compare table from Report.to_dict()["scores"]: a row per model and set (a model's validation and
     test rows together), each score as mean ± sd over seeds beside its 95 % subject-bootstrap interval."""

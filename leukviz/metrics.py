@@ -579,6 +579,23 @@ def _signed(x: float) -> str:
     return f"{x:+.3f}".replace("-", "\u2212")
 
 
+CLEAR, WEAK, UNCLEAR = "clear", "weak", "unclear"
+
+
+def verdict_kind(entry: dict[str, Any], confidence: float = 0.95) -> str:
+    """What a paired difference (one score's entry of paired_comparison) supports, from its interval and
+    its test together: CLEAR (the interval excludes 0 and p < 1 - confidence), WEAK (the interval excludes
+    0, p below WEAK_P) or UNCLEAR (the interval includes 0, or the test sees nothing). verdict() words it."""
+    low, high, p = entry.get("low"), entry.get("high"), entry.get("p_value")
+    if low is None or high is None or math.isnan(low) or math.isnan(high) or low <= 0 <= high:
+        return UNCLEAR
+    if p is not None and math.isfinite(p) and p >= WEAK_P:
+        return UNCLEAR
+    if p is not None and math.isfinite(p) and p >= 1 - confidence:
+        return WEAK
+    return CLEAR
+
+
 def verdict(name_a: str, name_b: str, score_name: str, result: dict[str, Any],
             confidence: float = 0.95) -> str:
     """A paired_comparison result in plain words, e.g. "ResNet50 − GoogLeNet: +0.012 weighted F1,
@@ -599,12 +616,13 @@ def verdict(name_a: str, name_b: str, score_name: str, result: dict[str, Any],
     text += f", {100 * confidence:g} % CI {_signed(low)} to {_signed(high)}"
     if p is not None and math.isfinite(p):
         text += f" (p {'< 0.001' if p < 0.001 else '= ' + (f'{p:.3f}' if p < 0.01 else f'{p:.2f}')})"
+    kind = verdict_kind(entry, confidence)
     if low <= 0 <= high:
         return f"{text}: no clear difference"
     better = name_a if low > 0 else name_b
-    if p is not None and math.isfinite(p) and p >= WEAK_P:  # the two disagree: the words follow the test
+    if kind == UNCLEAR:  # the interval excludes 0, the test sees nothing: the words follow the test
         return f"{text}: no clear difference (the interval excludes 0, but the paired test cannot tell them apart)"
-    if p is not None and math.isfinite(p) and p >= 1 - confidence:
+    if kind == WEAK:
         return f"{text}: weak evidence that {better} is better (the interval excludes 0, the test does not)"
     return f"{text}: {better} is better"
 

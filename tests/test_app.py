@@ -313,16 +313,17 @@ def test_compare_shows_an_error_gallery_and_export_section(app, tiny_data):
     assert "Error gallery" in [h.value for h in at.subheader]
     assert "Export" in [h.value for h in at.subheader]
     captions = [c for im in at.image for c in im.captions if c.startswith("true ")]
-    assert 0 < len(captions) <= 8 * len(at.dataframe[1].value)
+    runs_table = next(d.value for d in at.dataframe if "run_id" in d.value.columns)
+    assert 0 < len(captions) <= 8 * len(runs_table)
     labels = [b.proto.label for b in at.get("download_button")]
-    assert labels.count("Checkpoint (safetensors)") == len(at.dataframe[1].value)
+    assert labels.count("Checkpoint (safetensors)") == len(runs_table)
     assert [b for b in at.button if b.label == "Export to ONNX"]
     assert not at.error
 
 
 def test_compare_shows_each_finished_runs_metrics(app, tiny_data):
     at = open_page(app, "compare")
-    table = at.dataframe[1].value  # each run's own row; the intervals table comes first
+    table = next(d.value for d in at.dataframe if "run_id" in d.value.columns)  # each run's own row
     by_run = finished(tiny_data)
     assert set(table["run_id"]) >= {r.run_id for r in by_run.values()}
     for run in by_run.values():
@@ -339,8 +340,17 @@ def test_compare_shows_each_finished_runs_metrics(app, tiny_data):
 def test_compare_shows_intervals_a_verdict_and_the_ensemble(app, tiny_data):
     at = open_page(app, "compare")
     assert "Is the difference real?" in [h.value for h in at.subheader]
-    stats = at.dataframe[0].value
+    frames = [d.value for d in at.dataframe]
+    stats = next(f for f in frames if "Set" in f.columns)
     n = len(finished(tiny_data))
+    # the answer first: one sentence per set, then the pairwise matrix (models x models, row minus column)
+    answers = [i.value.replace("\\", "") for i in at.info if " is best on " in i.value.replace("\\", "")]
+    assert len(answers) == 2 and answers[0].split(" is best on ")[1].startswith("validation weighted F1")
+    matrices = [f for f in frames if list(f.columns) == list(f.index)]
+    assert len(matrices) == 2 and all(len(m) == n + 1 for m in matrices)  # validation and test tabs
+    cell = matrices[0].iloc[0, 1]
+    assert cell[0] in "✓~=" and "95 % CI" in cell and "p " in cell
+    assert matrices[0].iloc[1, 0].split(" ")[1][0] != cell.split(" ")[1][0]  # b − a is a − b turned around
     val = stats[stats["Set"] == "validation"]
     assert list(val["Model"]).count(f"Ensemble of {n}") == 1 and len(val) == n + 1
     # tiny_data has a labelled preliminary test set: every run was scored on it once, shown beside validation
@@ -355,7 +365,7 @@ def test_compare_shows_intervals_a_verdict_and_the_ensemble(app, tiny_data):
     assert len(verdicts) >= n and all("no clear difference" in v or "better" in v for v in verdicts)
     assert any("bootstrap over subjects" in c.value for c in at.caption)
     # calibration: a temperature per run, ECE raw -> calibrated on validation and on the test set
-    cal = at.dataframe[2].value
+    cal = next(f for f in frames if "Temperature" in f.columns)
     assert len(cal) == n and (cal["Temperature"] > 0).all()
     assert cal["ECE validation"].str.contains(" → ").all() and cal["ECE test"].str.contains(" → ").all()
 

@@ -289,3 +289,28 @@ def test_cross_validation_folds_pool_into_one_comparison_over_every_subject(tmp_
     assert pair.result["n_units"] == 8 and pair.seeds == [0, 1]
     assert "GoogLeNet is better" in pair.verdicts[0] and pair.result["scores"]["weighted_f1"]["p_value"] < 0.05
     assert not any("cannot give p below" in n for n in rep.notes)
+
+
+def test_the_answer_names_the_best_model_and_says_which_leads_are_clear():
+    def spread(mean):
+        return {"weighted_f1": {"mean": mean, "sd": 0.01}}
+
+    def pair(a, b, diff, low, high, p):
+        return {"a": a, "b": b, "set": "val", "scores": {"weighted_f1": {"difference": diff, "low": low, "high": high,
+                                                                         "p_value": p}}}
+
+    rep = {"scores": [{"model": "GoogLeNet", "set": "val", "spread": spread(0.70)},
+                      {"model": "ResNet50", "set": "val", "spread": spread(0.74)},
+                      {"model": "VGG16", "set": "val", "spread": spread(0.71)}],
+           "paired": [pair("GoogLeNet", "ResNet50", -0.05, -0.09, -0.01, 0.01),
+                      pair("ResNet50", "VGG16", 0.03, -0.16, 0.19, 0.62),
+                      pair("GoogLeNet", "VGG16", -0.01, -0.02, -0.005, 1.0)]}
+    text = compare.answer(rep, "weighted_f1", "val")
+    assert text.startswith("ResNet50 is best on validation weighted F1 (0.740); ")
+    assert "it is clearly better than GoogLeNet (+0.050, 95 % CI +0.010 to +0.090, p = 0.01)" in text
+    assert "its lead over VGG16 is not clear (+0.030, 95 % CI \u22120.160 to +0.190, p = 0.62)" in text
+    m = compare.pair_matrix(rep, "weighted_f1", "val")
+    assert list(m.index) == list(m.columns) == ["GoogLeNet", "ResNet50", "VGG16"]
+    assert m.loc["ResNet50", "GoogLeNet"].startswith("\u2713 +0.050") and m.loc["GoogLeNet", "ResNet50"].startswith("\u2713 \u22120.050")
+    assert m.loc["GoogLeNet", "VGG16"].startswith("= ")  # the interval excludes 0, p = 1.00: not clear
+    assert m.loc["VGG16", "VGG16"] == ""

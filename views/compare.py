@@ -100,11 +100,28 @@ with st.spinner("Scoring the runs and timing inference…"):
 if not evals:
     st.stop()
 
-st.subheader("Is the difference real?")
 with st.spinner("Bootstrapping over subjects…"):
     report = uncertainty(tuple((str(ev.run.dir), run_stamp(ev.run)) for ev in evals))
 scores = report["scores"]
 unit = scores[0]["interval"].get("unit", "subjects") if scores else "subjects"
+score = st.segmented_control("Score", list(compare.SCORE_TEXT), format_func=compare.SCORE_TEXT.get,
+                             default="weighted_f1", key="compare_score") or "weighted_f1"
+sets = [w for w in ("val", "test") if any(s["set"] == w for s in scores)]
+for which, tab in zip(sets, st.tabs([compare.SET_TEXT[w].capitalize() for w in sets])):
+    with tab:  # the answer first, in one sentence; then every pair at once
+        sentence = compare.answer(report, score, which)
+        if sentence:
+            st.info(dashboard.plain(sentence), icon=":material/emoji_events:")
+        matrix = compare.pair_matrix(report, score, which)
+        if len(matrix) > 1:
+            st.markdown(f"**Row minus column**, {compare.SCORE_TEXT[score]} on {compare.SET_TEXT[which]}: "
+                        "✓ clearly different, ~ suggestive, = no clear difference")
+            st.dataframe(matrix, width="stretch",
+                         column_config={c: st.column_config.TextColumn(c, width="medium") for c in matrix.columns})
+        elif score not in compare.PAIRED_SCORES:
+            st.caption(f"Paired tests are run on {' and '.join(compare.SCORE_TEXT[k] for k in compare.PAIRED_SCORES)}.")
+
+st.subheader("Is the difference real?")
 st.dataframe(compare.stats_table(scores), hide_index=True, width="stretch")
 st.markdown(dashboard.plain(compare.headline(scores)))
 st.caption(
@@ -115,19 +132,18 @@ st.caption(
     "cells that chose nothing (the kept epoch is chosen on validation).")
 for note in report["notes"]:
     st.caption(f"Note: {dashboard.plain(note)}")
-score = st.segmented_control("Score", list(compare.SCORE_TEXT), format_func=compare.SCORE_TEXT.get,
-                             default="weighted_f1", key="compare_score") or "weighted_f1"
 st.plotly_chart(charts.interval_figure(scores, score, compare.SCORE_TEXT[score]), key="intervals")
 if report["paired"]:
-    st.markdown("**Paired comparisons** (the same cells, model against model)")
-    for p in report["paired"]:
-        where = "test" if p["set"] == "test" else "validation"
-        for v in p["verdicts"]:
-            st.markdown(f"- {dashboard.plain(v)} ({where})")
+    with st.expander("Every paired comparison in words"):
+        for p in report["paired"]:
+            where = "test" if p["set"] == "test" else "validation"
+            for v in p["verdicts"]:
+                st.markdown(f"- {dashboard.plain(v)} ({where})")
     st.caption(f"Differences are first minus second, pooled over the seeds both have. The interval resamples "
                f"{unit} together for both models; the p-value is from a {report['paired'][0]['test']}: how often "
-               "a difference this large would arise if the two models were interchangeable. \"No clear "
-               "difference\" means the interval includes 0.")
+               "a difference this large would arise if the two models were interchangeable. A model is clearly "
+               "better when the interval excludes 0 and p < 0.05; with p of 0.5 or more there is no clear "
+               "difference whatever the interval.")
 
 st.subheader("Each run")
 table = compare.compare_table(rows)
