@@ -510,14 +510,15 @@ def pair_matrix(rep: dict, score: str = "weighted_f1", which: str = "val") -> pd
     return pd.DataFrame.from_dict(cells, orient="index", columns=names)
 
 
-def stats_table(scores: Sequence[dict]) -> pd.DataFrame:
+def stats_table(scores: Sequence[dict], only: str | None = None) -> pd.DataFrame:
     """The Compare table from Report.to_dict()["scores"]: a row per model and set (a model's validation and
-    test rows together), each score as mean ± sd over seeds beside its 95 % subject-bootstrap interval."""
+    test rows together), each score as mean ± sd over seeds beside its 95 % subject-bootstrap interval (only:
+    that score alone, as the page shows it, to fit a laptop screen)."""
     order = list(dict.fromkeys(s["model"] for s in scores))
     rows = []
     for s in sorted(scores, key=lambda s: (order.index(s["model"]), s["set"] != "val")):
         row = {"Model": s["model"], "Set": SET_TEXT.get(s["set"], s["set"]), "Seeds": len(s["seeds"])}
-        for k in metrics.SCORES:
+        for k in ([only] if only else metrics.SCORES):
             row[SCORE_TEXT[k]] = format_spread(s["spread"][k])
             row[f"{SCORE_TEXT[k]} 95 % CI"] = format_interval(s["interval"]["scores"].get(k))
         rows.append(row)

@@ -122,7 +122,12 @@ for which, tab in zip(sets, st.tabs([compare.SET_TEXT[w].capitalize() for w in s
             st.caption(f"Paired tests are run on {' and '.join(compare.SCORE_TEXT[k] for k in compare.PAIRED_SCORES)}.")
 
 st.subheader("Is the difference real?")
-st.dataframe(compare.stats_table(scores), hide_index=True, width="stretch")
+score_label = compare.SCORE_TEXT[score]
+st.dataframe(compare.stats_table(scores, score), hide_index=True, width="stretch",
+             column_config={score_label: st.column_config.TextColumn(f"{score_label} (mean ± sd)",
+                                                                     help="Mean ± sd over the seeds"),
+                            f"{score_label} 95 % CI": st.column_config.TextColumn(
+                                f"{score_label} 95 % CI", help=f"Bootstrap over {unit}, the seeds pooled")})
 st.markdown(dashboard.plain(compare.headline(scores)))
 st.caption(
     f"Each score is the mean ± sd over a configuration's seeds (the seeds' spread: how much a rerun moves it), "
@@ -147,18 +152,25 @@ if report["paired"]:
 
 st.subheader("Each run")
 table = compare.compare_table(rows)
-st.dataframe(
-    table, hide_index=True, width="stretch",
-    column_config={k: st.column_config.Column(label=v) for k, v in compare.COMPARE_COLUMNS.items()} | {
-        "val_accuracy": st.column_config.NumberColumn("Val. accuracy", format="percent"),
-        "weighted_f1": st.column_config.NumberColumn("Weighted F1", format="%.3f"),
-        "sensitivity": st.column_config.NumberColumn("Sensitivity (all)", format="percent"),
-        "specificity": st.column_config.NumberColumn("Specificity", format="percent"),
-        "roc_auc": st.column_config.NumberColumn("ROC AUC", format="%.3f"),
-        "ms_per_image": st.column_config.NumberColumn("Inference (ms / image)", format="%.1f"),
-        "params_m": st.column_config.NumberColumn("Parameters (M)", format="%.1f"),
-        "checkpoint_mb": st.column_config.NumberColumn("Checkpoint (MB)", format="%.1f"),
-    })
+SETTINGS_COLUMNS = ["model", "weights", "split", "image_size", "epochs", "run_id"]
+short = {  # short headers (each with its full name as help), so the table fits a laptop screen
+    "model": st.column_config.TextColumn("Model", width="medium"),
+    "val_accuracy": st.column_config.NumberColumn("Acc.", format="percent", help="Validation accuracy"),
+    "weighted_f1": st.column_config.NumberColumn("F1", format="%.3f", help="Validation weighted F1 (C-NMC's metric)"),
+    "weighted_f1_ci": st.column_config.TextColumn("F1 95 % CI", help="Bootstrap over subjects"),
+    "sensitivity": st.column_config.NumberColumn("Sens.", format="percent", help="Sensitivity: recall of `all`"),
+    "specificity": st.column_config.NumberColumn("Spec.", format="percent", help="Specificity: recall of `hem`"),
+    "roc_auc": st.column_config.NumberColumn("AUC", format="%.3f", help="ROC AUC"),
+    "train_time": st.column_config.TextColumn("Training", help="Training time (epochs and validation)"),
+    "ms_per_image": st.column_config.NumberColumn("ms / img", format="%.1f",
+                                                  help="Inference, one image at a time on this device"),
+    "params_m": st.column_config.NumberColumn("Params (M)", format="%.1f", help="Parameters, millions"),
+    "checkpoint_mb": st.column_config.NumberColumn("MB", format="%.1f", help="Checkpoint size"),
+}
+st.dataframe(table, hide_index=True, width="stretch", column_order=list(short), column_config=short)
+with st.expander("Settings of each run"):
+    st.dataframe(table[SETTINGS_COLUMNS], hide_index=True, width="stretch",
+                 column_config={k: st.column_config.Column(label=compare.COMPARE_COLUMNS[k]) for k in SETTINGS_COLUMNS})
 st.caption("One run each, on the validation split at its kept epoch (the last, or the best by weighted F1, as "
            "the run was set); `all` (blast) is the positive class. Inference: one image at a time on this device.")
 
