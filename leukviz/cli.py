@@ -532,8 +532,11 @@ def cmd_predict(args) -> int:
     records = nan_to_none(table)
     for r in records:  # the table holds one text cell; a JSON reader gets the list back
         r["ood_reasons"] = r["ood_reasons"].split("; ") if r.get("ood_reasons") else []
+    from leukviz import prediction
+
+    summary = prediction.batch_summary(table, models[0].classes) if len(files) > 1 else []
     if args.json:
-        print(json.dumps({"predictions": records, "cams": cams}))
+        print(json.dumps({"predictions": records, "cams": cams, "summary": nan_to_none(summary)}))
     else:
         for r in records:
             if r["error"]:
@@ -543,6 +546,10 @@ def cmd_predict(args) -> int:
                        if r.get("calibrated") else " (not calibrated)")
                 print(f"{r['file']}  [{r['model']} {r['run_id'][:6]}]  {r['predicted']}  "
                       f"{r['confidence'] * 100:.1f}%{how}{_ood_text(r)}")
+        if summary:
+            print("summary:")
+            for line in prediction.summary_lines(summary):
+                print(f"  {line}")
     return 1 if all(r["error"] for r in records) else 0
 
 

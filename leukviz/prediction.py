@@ -334,3 +334,103 @@ def cam_views(models: Sequence[Any], prediction: ImagePrediction) -> list[CamVie
         out.append(CamView(p.model, p.run_id, res["overlay"], tuple(res["grid"]),
                            cam_caption(res["grid"], lm.image_size)))
     return out
+
+
+# ---------------------------------------------------------------------------------------------- many images
+
+def truth_of(name: str, classes: Sequence[str]) -> tuple[str | None, str | None]:
+    """(true class, subject) an uploaded file's name tells: a class folder on its path ('cells.zip/hem/x.png')
+    or a C-NMC file name ('UID_h3_4_1_hem.bmp': class and subject); None where it tells nothing."""
+    from leukviz.cnmc import parse_cnmc_name
+
+    parts = str(name).replace("\\", "/").split("/")
+    parsed = parse_cnmc_name(parts[-1])
+    truth = next((p for p in reversed(parts[:-1]) if p in classes), None)
+    if truth is None and parsed and parsed[3] in classes:
+        truth = parsed[3]
+    return truth, (parsed[0] if parsed else None)
+
+
+def _wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson 95 % interval of a share k / n (sound at 0 and n, unlike the normal one)."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = k / n
+    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def batch_summary(table: pd.DataFrame, classes: Sequence[str], positive: str = "all") -> list[dict]:
+    """What many predictions say at a glance, per model (prediction_table's rows): how many images, the count
+    and share of each predicted class; where file names or class folders give the truth, accuracy and each
+    class's recall on those images; where C-NMC names give subjects, per subject the share of cells called
+    `positive` with its Wilson 95 % interval (a subject's cells are one person: the subject, not the cell,
+    is what a clinician would call)."""
+    out = []
+    truths = {f: truth_of(f, classes) for f in table["file"].unique()} if len(table) else {}
+    for run_id, rows in table.groupby("run_id", sort=False):
+        ok = rows[rows["error"] == ""]
+        counts = {c: int((ok["predicted"] == c).sum()) for c in classes}
+        item: dict[str, Any] = {"model": str(rows["model"].iloc[0]), "run_id": str(run_id), "images": int(len(rows)),
+                                "unreadable": int(len(rows) - len(ok)), "counts": counts,
+                                "shares": {c: counts[c] / len(ok) if len(ok) else None for c in classes}}
+        labelled = ok[[truths[f][0] is not None for f in ok["file"]]]
+        if len(labelled):
+            y = np.array([truths[f][0] for f in labelled["file"]])
+            pred = labelled["predicted"].to_numpy()
+            item["labelled"] = int(len(labelled))
+            item["accuracy"] = float((y == pred).mean())
+            item["recall"] = {c: float((pred[y == c] == c).mean()) if (y == c).any() else None for c in classes}
+        subjects = [truths[f][1] for f in ok["file"]]
+        if any(subjects):
+            per = []
+            for s in sorted({s for s in subjects if s}):
+                mine = ok[[sub == s for sub in subjects]]
+                k, n = int((mine["predicted"] == positive).sum()), int(len(mine))
+                low, high = _wilson(k, n)
+                per.append({"subject": s, "cells": n, f"called_{positive}": k, "share": k / n, "low": low, "high": high})
+            item["subjects"] = per
+        out.append(item)
+    return out
+
+
+def summary_frame(summary: Sequence[dict]) -> pd.DataFrame:
+    """batch_summary as one row per model, for a page's table: images, each class's count and share, and,
+    where the truth is known, accuracy and each class's recall."""
+    rows = []
+    for m in summary:
+        row: dict[str, Any] = {"Model": f"{m['model']} · {m['run_id'][:6]}", "Images": m["images"]}
+        for c, n in m["counts"].items():
+            share = m["shares"][c]
+            row[f"Called {c}"] = f"{n} ({share:.0%})" if share is not None else str(n)
+        if "accuracy" in m:
+            row["Known class"] = m["labelled"]
+            row["Accuracy"] = m["accuracy"]
+            row.update({f"Recall {c}": r for c, r in m["recall"].items()})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def subjects_frame(summary: Sequence[dict]) -> pd.DataFrame:
+    """batch_summary's per-subject shares, one row per model and subject (empty without subjects)."""
+    return pd.DataFrame([{"Model": f"{m['model']} · {m['run_id'][:6]}", "Subject": s["subject"], "Cells": s["cells"],
+                          "Called all": s["share"], "95 % CI": f"{s['low']:.0%} to {s['high']:.0%}"}
+                         for m in summary for s in m.get("subjects", [])])
+
+
+def summary_lines(summary: Sequence[dict]) -> list[str]:
+    """batch_summary as the command line prints it: a line per model, then one per subject."""
+    lines = []
+    for m in summary:
+        shares = ", ".join(f"{c} {n} ({m['shares'][c]:.0%})" for c, n in m["counts"].items() if m["shares"][c] is not None)
+        line = f"{m['model']} {m['run_id'][:6]}: {m['images']} images: {shares}"
+        if m["unreadable"]:
+            line += f"; {m['unreadable']} unreadable"
+        if "accuracy" in m:
+            recall = ", ".join(f"{c} {r:.0%}" for c, r in m["recall"].items() if r is not None)
+            line += f"; on the {m['labelled']} with a known class: accuracy {m['accuracy']:.1%}, recall {recall}"
+        lines.append(line)
+        for s in m.get("subjects", []):
+            lines.append(f"    subject {s['subject']}: {s['share']:.0%} of {s['cells']} cells called all "
+                         f"(95 % CI {s['low']:.0%} to {s['high']:.0%})")
+    return lines

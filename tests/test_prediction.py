@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from helpers import png_bytes, tiny_model
@@ -129,3 +130,24 @@ def test_an_ensemble_with_a_model_that_finds_the_image_unlike_its_training_data_
     mix = prediction.ensemble(prediction.ImagePrediction("x.png", results=[one("a", False), one("b", True)]))
     assert mix.n_unreliable == 1 and not mix.reliable
     assert prediction.ensemble(prediction.ImagePrediction("x.png", results=[one("a", False), one("b", None)])).reliable
+
+
+def test_a_batch_summary_counts_classes_and_scores_against_class_folders_and_cnmc_names():
+    rows = []
+    files = [("cells.zip/all/a1.png", "all"), ("cells.zip/all/a2.png", "hem"), ("cells.zip/hem/h1.png", "hem"),
+             ("UID_h3_1_1_hem.bmp", "all"), ("UID_h3_1_2_hem.bmp", "hem"), ("loose.png", "all"), ("bad.png", None)]
+    for f, pred in files:
+        rows.append({"file": f, "model": "googlenet", "run_id": "abcdef123456", "predicted": pred or "",
+                     "confidence": 0.9, "error": "" if pred else "not an image"})
+    table = pd.DataFrame(rows)
+    (s,) = prediction.batch_summary(table, ["hem", "all"])
+    assert s["images"] == 7 and s["unreadable"] == 1
+    assert s["counts"] == {"hem": 3, "all": 3} and s["shares"]["all"] == pytest.approx(0.5)
+    assert s["labelled"] == 5 and s["accuracy"] == pytest.approx(3 / 5)  # loose.png tells no class
+    assert s["recall"] == {"hem": pytest.approx(2 / 3), "all": pytest.approx(1 / 2)}
+    (h3,) = s["subjects"]
+    assert h3["subject"] == "h3" and h3["cells"] == 2 and h3["share"] == pytest.approx(0.5)
+    assert 0 < h3["low"] < 0.5 < h3["high"] < 1
+    lines = prediction.summary_lines([s])
+    assert lines[0].startswith("googlenet abcdef: 7 images: hem 3 (50%), all 3 (50%); 1 unreadable; on the 5 with a "
+                               "known class: accuracy 60.0%") and "subject h3: 50% of 2 cells called all" in lines[1]

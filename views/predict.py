@@ -73,7 +73,18 @@ if len(uploads) > 1 or zips:
                 st.error(f"The table could not be made: {dashboard.plain(e)}")
         st.session_state["batch_key"] = batch_key
     table = st.session_state.get("batch_table")
-    if table is not None:
+    if table is not None:  # the answer first: counts per class and, where the truth is known, accuracy
+        summary = prediction.batch_summary(table, models[0].classes)
+        st.dataframe(prediction.summary_frame(summary), hide_index=True, width="stretch",
+                     column_config={"Accuracy": st.column_config.NumberColumn(format="percent"),
+                                    **{f"Recall {c}": st.column_config.NumberColumn(format="percent")
+                                       for c in models[0].classes}})
+        st.caption("Known class: from a class folder on the image's path (all/, hem/) or a C-NMC file name.")
+        subjects = prediction.subjects_frame(summary)
+        if len(subjects):
+            st.markdown("**Per subject** (C-NMC file names): the share of each person's cells called `all`")
+            st.dataframe(subjects, hide_index=True, width="stretch",
+                         column_config={"Called all": st.column_config.NumberColumn(format="percent")})
         st.dataframe(table, hide_index=True, width="stretch",
                      column_config={"file": st.column_config.TextColumn("File"),
                                     "confidence": st.column_config.NumberColumn(
