@@ -301,7 +301,11 @@ def test_predict_several_files_give_a_downloadable_table(app, tiny_data):
     at.file_uploader[0].upload("notes.png", b"this is not an image", "image/png")
     at.run()
     assert not at.exception
-    table = at.dataframe[0].value
+    summary = at.dataframe[0].value  # the answer first: a row per model, counts per predicted class
+    assert len(summary) == len(BACKBONES) and (summary["Images"] == 3).all()
+    called = summary[[c for c in summary.columns if c.startswith("Called ")]]
+    assert called.apply(lambda col: col.str.split(" ").str[0].astype(int)).sum(axis=1).eq(2).all()  # 2 readable
+    table = next(d.value for d in at.dataframe if "file" in d.value.columns)
     assert len(table) == 3 * len(BACKBONES)
     assert set(table["file"]) == {g.name for g in goods} | {"notes.png"}
     assert (table["error"] != "").sum() == len(BACKBONES)
