@@ -494,6 +494,7 @@ def cmd_compare(args) -> int:
     """Runs side by side: mean ± sd over seeds, subject-bootstrap intervals, paired tests, the ensemble."""
     from leukviz import compare
 
+    report_path = _output_file(args.report, "--report") if args.report else None
     evals, chosen = [], _comparable(args.runs, args.runs_dir)
     for problem in compare.backfill_test(chosen):
         print(problem, file=sys.stderr)
@@ -505,6 +506,12 @@ def cmd_compare(args) -> int:
     if not evals:
         raise CliError("none of the runs could be read")
     rep = compare.build_report(evals, n_resamples=args.resamples)
+    if report_path is not None:
+        from leukviz import report
+        from leukviz.storage import atomic_write_bytes
+
+        atomic_write_bytes(report_path, report.html_report(evals, n_resamples=args.resamples).encode())
+        print(f"wrote the report to {report_path}", file=sys.stderr)
     _out(args, compare.report_text(rep), rep.to_dict())
     return 0
 
@@ -965,6 +972,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="finished runs side by side: intervals, paired tests, the ensemble")
     co.add_argument("runs", nargs="+", metavar="RUN", help="run ids (a unique prefix is enough), or 'all'")
     co.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    co.add_argument("--report", metavar="FILE.html",
+                    help="also write one self-contained HTML report (opens offline): data and split, the answer and "
+                         "every paired test, intervals, curves, ROC, confusion matrices, calibration, per-subject "
+                         "accuracy, settings and run ids, software and hardware")
     co.set_defaults(func=cmd_compare)
 
     _add_study(sub, common)

@@ -249,6 +249,7 @@ def _walk_through(page, base: str, home: Path, shots: Path, timings: dict, t_lau
     page.wait_for_timeout(1500)  # charts draw after their container
     _no_exception(page, "Compare")
     page.screenshot(path=str(shots / "5-compare.png"))
+    _report_opens_offline(page, shots)
 
     # Back on Train, the same settings: the finished run's results on arrival, on screen.
     _goto_page(page, "Train")
@@ -288,6 +289,25 @@ def _spinbutton(page, label: str):
             break
         page.wait_for_timeout(250)
     return box
+
+
+def _report_opens_offline(page, shots: Path) -> None:
+    """Compare's report: one HTML file that a browser with no network draws whole (Plotly inlined)."""
+    with page.expect_download(timeout=120_000) as download:
+        page.get_by_role("button", name="Download the report (HTML)").click()
+    path = shots / "report.html"
+    download.value.save_as(str(path))
+    context = page.context.browser.new_context(viewport=VIEWPORT, offline=True)
+    offline = context.new_page()
+    errors: list[str] = []
+    offline.on("pageerror", lambda e: errors.append(str(e)))
+    offline.goto(path.as_uri())
+    offline.locator(".js-plotly-plot .main-svg").first.wait_for(timeout=30_000)
+    assert not errors, errors
+    assert offline.locator(".js-plotly-plot").count() >= 5  # intervals, curves, ROC, a matrix, per subject
+    assert offline.get_by_text(re.compile(r"is best on validation weighted F1")).count() >= 1
+    offline.screenshot(path=str(shots / "5-report-offline.png"))
+    context.close()
 
 
 def _assert_settings(page, settings, when: str) -> None:
@@ -344,22 +364,28 @@ def _assert_in_view(page, locator, what: str) -> None:
 
 
 def _lr_finder(page, shots: Path, timings: dict) -> None:
-    """The learning-rate finder: its chart is drawn and one click puts its suggestion into the rate control."""
+    """The learning-rate finder: its chart is drawn, and it either keeps the rate on screen (in the loss's
+    basin) or puts its suggestion into the rate control with one click."""
     t0 = time.time()
     page.get_by_role("button", name="Find a learning rate").click()
-    use = page.get_by_role("button", name=re.compile(r"Use \d"))
-    use.wait_for(timeout=180_000)
+    advice = page.get_by_role("button", name=re.compile(r"^(Use|Keep) \d"))
+    advice.wait_for(timeout=180_000)
     timings["lr_finder_s"] = round(time.time() - t0, 2)
     chart = page.locator(".js-plotly-plot", has=page.locator(".legendtext", has_text="loss (smoothed)"))
     chart.locator(".scatterlayer .trace").first.wait_for(timeout=30_000)
-    suggestion = re.search(r"Use (\S+)", use.inner_text()).group(1)
-    use.click()
-    _settle(page)
+    label = advice.inner_text()
+    rate = re.search(r"(Use|Keep) (\S+)", label).group(2)
+    if "Keep" in label:
+        assert advice.is_disabled()
+        page.get_by_text(re.compile(r"is in the loss's basin")).first.wait_for()
+    else:
+        advice.click()
+        _settle(page)
     thumb = page.locator('[data-testid="stSliderThumbValue"]').first
     for _ in range(40):  # the rerun that moves the slider can land after the page first looks settled
-        if thumb.inner_text().strip() == suggestion:
+        if thumb.inner_text().strip() == rate:
             break
         page.wait_for_timeout(250)
-    assert thumb.inner_text().strip() == suggestion, (thumb.inner_text(), suggestion)
+    assert thumb.inner_text().strip() == rate, (thumb.inner_text(), rate)
     _no_exception(page, "the learning-rate finder")
     page.screenshot(path=str(shots / "3-train-lr-finder.png"))

@@ -314,3 +314,24 @@ def test_the_answer_names_the_best_model_and_says_which_leads_are_clear():
     assert m.loc["ResNet50", "GoogLeNet"].startswith("\u2713 +0.050") and m.loc["GoogLeNet", "ResNet50"].startswith("\u2713 \u22120.050")
     assert m.loc["GoogLeNet", "VGG16"].startswith("= ")  # the interval excludes 0, p = 1.00: not clear
     assert m.loc["VGG16", "VGG16"] == ""
+
+
+def test_the_html_report_is_whole_and_opens_offline(tmp_path, capsys):
+    """compare --report: one file with Plotly inlined (no address to fetch), the models, the answer, the
+    intervals, the figures, the settings and run ids, and the software it was made with."""
+    import re
+
+    from leukviz.cli import main
+
+    made = seeded_runs(tmp_path, "googlenet", 0.9) + seeded_runs(tmp_path, "resnet50", 0.8)
+    out = tmp_path / "out" / "report.html"
+    assert main(["compare", "all", "--runs-dir", str(tmp_path), "--resamples", "200", "--report", str(out)]) == 0
+    text = out.read_text()
+    assert not re.search(r"<script[^>]+src=", text) and not re.search(r"<link[^>]+href=\"?https?:", text)
+    assert "plotly" in text.lower() and text.count("Plotly.newPlot") >= 6  # intervals, curves, ROC, matrices...
+    for needle in ("GoogLeNet", "ResNet50", "Ensemble of 6", " is best on validation weighted F1", "95 % CI",
+                   "Row minus column", "Accuracy per subject", "Software and hardware", "torchvision"):
+        assert needle in text, needle
+    assert all(r.run_id in text for r in made)
+    assert "wrote the report" in capsys.readouterr().err
+    assert main(["compare", "all", "--runs-dir", str(tmp_path), "--report", str(tmp_path)]) == 2  # a folder

@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from leukviz import charts, compare, dashboard, layout, runs
+from leukviz.report import html_report
 from views._common import active_dataset, load_model, warn_damaged
 
 CURVES = {"val_acc": "Validation accuracy", "val_loss": "Validation loss", "val_f1": "Validation weighted F1",
@@ -120,6 +121,12 @@ for which, tab in zip(sets, st.tabs([compare.SET_TEXT[w].capitalize() for w in s
                          column_config={c: st.column_config.TextColumn(c, width="medium") for c in matrix.columns})
         elif score not in compare.PAIRED_SCORES:
             st.caption(f"Paired tests are run on {' and '.join(compare.SCORE_TEXT[k] for k in compare.PAIRED_SCORES)}.")
+
+st.download_button("Download the report (HTML)", lambda: html_report(evals, score=score).encode(),
+                   file_name="leukviz-report.html", mime="text/html", icon=":material/download:",
+                   key="compare_report", help="One self-contained file that opens offline: data and split, the "
+                   "answer, every paired test, intervals, curves, ROC, confusion matrices, calibration, per-subject "
+                   "accuracy, settings and run ids, software and hardware.")
 
 st.subheader("Is the difference real?")
 score_label = compare.SCORE_TEXT[score]
