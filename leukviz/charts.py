@@ -282,11 +282,13 @@ def probability_bars(probs: dict[str, float], title: str = "") -> go.Figure:
     values = [(_num(v) or 0.0) * 100 for v in probs.values()]
     top = int(np.argmax(values)) if values else -1
     colors = [class_color(n) if i == top else NEUTRAL_COLOR for i, n in enumerate(names)]
+    # labels level, always readable: inside a long bar at its end, outside a short one (never rotated)
     fig = go.Figure(go.Bar(x=values, y=names, orientation="h", marker_color=colors,
-                           text=[f"{v:.1f} %" for v in values], textposition="auto",
-                           hovertemplate="%{y}: %{x:.1f} %<extra></extra>"))
-    fig.update_layout(title=title or None, xaxis_title="probability (%)", showlegend=False)
-    fig.update_xaxes(range=[0, 100], ticksuffix=" %")
+                           text=[f"{v:.1f} %" for v in values], textangle=0, cliponaxis=False,
+                           textposition=["inside" if v >= 25 else "outside" for v in values],
+                           insidetextanchor="end", hovertemplate="%{y}: %{x:.1f} %<extra></extra>"))
+    fig.update_layout(title=title or None, xaxis_title="probability (%)", showlegend=False, uniformtext_minsize=10)
+    fig.update_xaxes(range=[0, 100], tickvals=[0, 25, 50, 75, 100], ticksuffix=" %")  # the whole axis, to 100 %
     fig.update_yaxes(type="category", autorange="reversed")
     return fig
 

@@ -89,13 +89,24 @@ def gradcam(lm: LoadedModel, image_uint8: np.ndarray, target: int | str | None =
     return _cam(lm, image_uint8, target)[0]
 
 
+# viridis: perceptually uniform and readable in grey and by colour-blind readers (jet invents edges where
+# its hue changes fastest); colour_bar draws its scale.
+COLORMAP = cv2.COLORMAP_VIRIDIS
+
+
+def colour_bar(width: int = 256, height: int = 12) -> np.ndarray:
+    """The heat map's colour scale, low (left) to high (right), as a uint8 RGB strip to show beside a map."""
+    ramp = np.tile(np.linspace(0, 255, width, dtype=np.float32).astype(np.uint8), (height, 1))
+    return cv2.cvtColor(cv2.applyColorMap(ramp, COLORMAP), cv2.COLOR_BGR2RGB)
+
+
 def overlay(image_uint8: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """The heat map in the jet colour map blended over the image: uint8 RGB at the image's size."""
+    """The heat map in the viridis colour map blended over the image: uint8 RGB at the image's size."""
     img = _as_image(image_uint8)
     heat = np.asarray(heat, dtype=np.float32)
     if heat.shape != img.shape[:2]:
         heat = cv2.resize(heat, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR)
-    colour = cv2.cvtColor(cv2.applyColorMap(np.uint8(255 * np.clip(heat, 0, 1)), cv2.COLORMAP_JET),
+    colour = cv2.cvtColor(cv2.applyColorMap(np.uint8(255 * np.clip(heat, 0, 1)), COLORMAP),
                           cv2.COLOR_BGR2RGB)
     # A plain blend, not pytorch_grad_cam's show_cam_on_image: that one rescales by the maximum, which
     # brightens dark cells differently from image to image.

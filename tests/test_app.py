@@ -279,6 +279,20 @@ def test_predict_demo_cells_in_one_click(app):
     assert len([m for m in at.markdown if "true class" in m.value]) == 3
 
 
+def test_predict_demo_cells_show_first_beside_uploads_and_cards_page(app, tiny_data):
+    at = open_page(app, "predict")
+    cells = sorted((tiny_data / "validation_data" / "C-NMC_test_prelim_phase_data").glob("*.png"))[:7]
+    for c in cells:
+        at.file_uploader[0].upload(c.name, c.read_bytes(), "image/png")
+    at.run()
+    next(b for b in at.button if b.label == "Try demo cells").click().run()
+    assert not at.exception
+    headings = [m.value for m in at.markdown if m.value.startswith("#### ")]
+    assert len(headings) == 6 and all("demo cell" in h for h in headings[:3])  # first, on the first page
+    at.number_input(key="predict_page").set_value(2).run()  # 3 demo cells + 7 uploads: 2 pages of 6
+    assert len([m for m in at.markdown if m.value.startswith("#### ")]) == 4
+
+
 def test_predict_with_grad_cam_gives_one_overlay_per_model(app, tiny_data):
     at = open_page(app, "predict")
     good = next((tiny_data / "validation_data" / "C-NMC_test_prelim_phase_data").glob("*.png"))
@@ -288,8 +302,9 @@ def test_predict_with_grad_cam_gives_one_overlay_per_model(app, tiny_data):
     assert not [c for im in at.image for c in im.captions if c.startswith("Grad-CAM")]  # off by default
     at.toggle(key="predict_cam").set_value(True).run()
     assert not at.exception and not at.error
-    cams = [c for im in at.image for c in im.captions if c.startswith("Grad-CAM")]
-    assert len(cams) == len(BACKBONES)
+    captions = [c for im in at.image for c in im.captions if c.startswith("Grad-CAM")]
+    cams = [c for c in captions if c != "Grad-CAM: low → high"]
+    assert len(cams) == len(BACKBONES) and captions.count("Grad-CAM: low → high") == len(BACKBONES)  # each its scale
     assert all("1×1 map" in c and "too coarse" in c for c in cams)  # 32 px models: 1/32 of the side
 
 

@@ -204,3 +204,14 @@ def test_top_losses_puts_the_most_confidently_wrong_first(trained):
     assert set(df["true"]) <= {"hem", "all"}
     assert len(explain.top_losses(trained.dir, k=3)) == 3
     assert explain.top_losses(trained.dir, k=1000, only_wrong=True)["correct"].sum() == 0
+
+
+def test_maps_use_a_perceptual_colour_map_with_its_scale():
+    from leukviz import explain
+
+    bar = explain.colour_bar(64, 4)
+    assert bar.shape == (4, 64, 3) and bar.dtype == np.uint8
+    lum = bar[0].astype(float) @ [0.299, 0.587, 0.114]
+    assert np.all(np.diff(lum) >= -1.0) and lum[-1] - lum[0] > 100  # viridis: brightness rises steadily (jet does not)
+    hot = explain.overlay(np.zeros((8, 8, 3), np.uint8), np.ones((8, 8)), alpha=1.0)
+    assert tuple(hot[0, 0]) == tuple(bar[0, -1])  # the highest heat is the scale's right end

@@ -7,6 +7,7 @@ from pathlib import Path
 import streamlit as st
 
 from leukviz import charts, dashboard, layout, prediction
+from leukviz.explain import colour_bar
 from views._common import active_dataset, load_model, open_dataset, warn_damaged
 
 st.title("Predict")
@@ -99,12 +100,18 @@ if st.button("Try demo cells", icon=":material/science:",
     st.session_state["demo_draw"] = st.session_state.get("demo_draw", -1) + 1
     st.session_state["demo_cells"] = dashboard.demo_cells(demo, n=3, seed=st.session_state["demo_draw"])
 
-items = [(f.name, f, None, f.file_id) for f in uploads]
-items += [(f"demo cell {Path(path).name}", path, truth, path)
-          for path, truth in st.session_state.get("demo_cells", [])]
+# The demo cells first (a click shows them at once, above any uploads), then the uploads.
+items = [(f"demo cell {Path(path).name}", path, truth, path)
+         for path, truth in st.session_state.get("demo_cells", [])]
+items += [(f.name, f, None, f.file_id) for f in uploads]
 if not items:
     st.info("Drop one or more cell images above, or try the demo cells.")
     st.stop()
+CARDS_PER_PAGE = 6  # cards for a page of images; the table above has them all
+if len(items) > CARDS_PER_PAGE:
+    pages = (len(items) + CARDS_PER_PAGE - 1) // CARDS_PER_PAGE
+    shown = st.number_input(f"Cards: page (of {pages}, {CARDS_PER_PAGE} images each)", 1, pages, key="predict_page")
+    items = items[(shown - 1) * CARDS_PER_PAGE: shown * CARDS_PER_PAGE]
 
 # Results kept per file and model set, so a rerun (another widget, a new upload) predicts only what is new.
 done = st.session_state.setdefault("predictions", {})
@@ -137,6 +144,7 @@ for i, (name, src, truth, file_key) in enumerate(items):
             left.image(p.image, caption=f"as fed ({p.image.shape[0]} px)", width="stretch")
             if j < len(cams) and isinstance(cams[j], prediction.CamView):
                 left.image(cams[j].overlay, caption=cams[j].caption, width="stretch")
+                left.image(colour_bar(), caption="Grad-CAM: low → high", width="stretch")
             elif j < len(cams):
                 left.error(f"Grad-CAM failed: {dashboard.plain(cams[j])}")
             right.metric("Prediction", dashboard.plain(p.predicted))
