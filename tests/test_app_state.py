@@ -104,6 +104,10 @@ def test_a_degenerate_run_is_a_warning_everywhere_and_not_preselected(app):
     at.switch_page("views/compare.py").run()
     assert bad.run_id not in at.multiselect[0].value
     assert any("degenerate" in w.value and "left out unless you choose it" in w.value for w in at.warning)
+    at.multiselect[0].set_value([*at.multiselect[0].value, bad.run_id]).run()  # chosen: listed apart, not ranked
+    apart = next(d.value for d in at.dataframe if "Why" in d.value.columns)
+    assert len(apart) == 1 and "calls every validation cell hem" in apart["Why"].iloc[0]
+    assert any("listed apart below, not ranked" in w.value for w in at.warning)
 
 
 def test_a_failed_run_can_be_deleted_from_its_panel(app):

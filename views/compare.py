@@ -68,15 +68,27 @@ chosen = st.multiselect("Runs", list(by_id), format_func=lambda i: dashboard.run
                         help="Runs of one configuration that differ only in seed (Repeats on the Train page) "
                              "are summarised together: mean ± sd over seeds. Degenerate runs are not selected "
                              "by default.")
+healthy_chosen = [i for i in chosen if i not in degenerate]
 for run_id, h in degenerate.items():
+    where = (": chosen, it is listed apart below, not ranked." if run_id in chosen and healthy_chosen else
+             ": chosen alone, it is compared as it is." if run_id in chosen else ": left out unless you choose it.")
     st.warning(f"{dashboard.plain(dashboard.run_name(by_id[run_id]))} is degenerate "
-               f"({dashboard.plain('; '.join(h.reasons))})" + (": it is in the comparison because you chose it."
-                                                                 if run_id in chosen else ": left out unless you choose it."),
-               icon=":material/warning:")
+               f"({dashboard.plain('; '.join(h.reasons))}){where}", icon=":material/warning:")
 if not chosen:
     st.info("Choose at least one run.")
     st.stop()
-selected = [by_id[i] for i in chosen]
+# Degenerate runs are listed apart, never ranked beside the others (unless they are all that was chosen).
+apart = [by_id[i] for i in chosen if i in degenerate] if healthy_chosen else []
+selected = [by_id[i] for i in (healthy_chosen or chosen)]
+if apart:
+    st.markdown("**Degenerate, not ranked** (their own validation scores)")
+    st.dataframe(pd.DataFrame([{"Model": dashboard.run_label(r), **{k: v for k, v in r.final_metrics().items()
+                                                                    if k in ("val_acc", "val_f1")},
+                                "Why": "; ".join(degenerate[r.run_id].reasons)} for r in apart]),
+                 hide_index=True, width="stretch",
+                 column_config={"val_acc": st.column_config.NumberColumn("Acc.", format="percent"),
+                                "val_f1": st.column_config.NumberColumn("F1", format="%.3f")})
+
 if compare.is_cross_validation(group):
     st.caption(f"{len(selected)} run(s) of subject-grouped cross-validation: each seed's folds together score every "
                f"subject once, by a model that never saw that subject: {dashboard.plain(group.label)}.")
