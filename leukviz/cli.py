@@ -472,8 +472,9 @@ def _comparable(run_args: list[str], runs_dir) -> list:
 
     chosen = [r for arg in run_args for r in _selected_runs(arg, runs_dir)]
     chosen = list({r.run_id: r for r in chosen if r.is_usable}.values())
-    if run_args == ["all"]:  # as the Compare page's default: a degenerate run only when named
+    if run_args == ["all"]:  # as the Compare page's default: a degenerate run only when named (or all there is)
         left = [r for r in chosen if health.of_run_dir(r.dir).degenerate]
+        left = left if len(left) < len(chosen) else []
         for r in left:
             print(f"run {r.run_id} left out: degenerate ({'; '.join(health.of_run_dir(r.dir).reasons)}); name it to "
                   "compare it", file=sys.stderr)

@@ -30,7 +30,9 @@ for run_id in chosen:
                    f"({dashboard.plain('; '.join(h.reasons))}): its predictions, and the ensemble's, carry little "
                    "information.", icon=":material/warning:")
 if not chosen:
-    st.info("Choose at least one model.")
+    st.info("Choose at least one model." if dashboard.healthy_runs(finished) else
+            "Every finished model is degenerate (each run's page on Train says why), so none is chosen for you: "
+            "choose one above to predict with it anyway.")
     st.stop()
 
 models, stamps = [], []
