@@ -265,6 +265,7 @@ def _walk_through(page, base: str, home: Path, shots: Path, timings: dict, t_lau
     _settle(page)
     _assert_settings(page, settings, "after a reload")
     _lr_finder(page, shots, timings)
+    _a_degenerate_run_is_flagged_and_deleted(page, base, home, shots)
     _dataset_survives_a_reload(page, home, shots)
 
     # A second visitor on the now warm server, straight to Train: interactive when Start is enabled.
@@ -314,6 +315,39 @@ def _assert_settings(page, settings, when: str) -> None:
     for label, value in settings:
         got = _spinbutton(page, label).input_value()
         assert got == value, f"{label} is {got}, not {value}, {when}"
+
+
+def _a_degenerate_run_is_flagged_and_deleted(page, base: str, home: Path, shots: Path) -> None:
+    """Seed 1's validation predictions made to call every cell hem: its panel warns (never "Finished."), Predict
+    leaves it out of its default selection, and its panel's Delete (with a confirmation) removes it."""
+    import csv
+
+    from leukviz import runs
+
+    seed1 = next(r for r in runs.list_runs(home / "runs") if r.state == "finished" and r.config.seed == 1)
+    path = seed1.dir / "val_predictions.csv"
+    rows = list(csv.DictReader(path.open()))
+    for row in rows:
+        row["prob_hem"], row["prob_all"] = "0.7", "0.3"
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    page.goto(f"{base}/train?run={seed1.run_id}")
+    page.get_by_text(re.compile(r"^Finished, but the model is degenerate: calls every validation cell hem")).wait_for(
+        timeout=60_000)
+    assert page.get_by_text("Finished.", exact=True).count() == 0
+    page.screenshot(path=str(shots / "6-train-degenerate.png"))
+    _goto_page(page, "Predict")
+    models = page.locator('[data-testid="stMultiSelect"]').first
+    models.get_by_text(re.compile(r"seed 0")).first.wait_for(timeout=60_000)  # the healthy one, preselected
+    assert seed1.run_id[:6] not in models.inner_text(), models.inner_text()
+    page.goto(f"{base}/train?run={seed1.run_id}")
+    page.get_by_role("button", name="Delete run").click()
+    page.get_by_role("button", name="Delete", exact=True).click()
+    page.get_by_text(re.compile(rf"^Run {seed1.run_id} moved to ")).wait_for(timeout=60_000)
+    assert not seed1.dir.exists()
+    _no_exception(page, "Train, after a delete")
 
 
 def _dataset_survives_a_reload(page, home: Path, shots: Path) -> None:
