@@ -144,7 +144,8 @@ def settings_form() -> tuple[config.RunConfig, int, int]:
     n_gpu = dashboard.gpu_count()
     nproc = 1
     if n_gpu > 1:  # DistributedDataParallel through torchrun; the batch size above is the global batch
-        nproc = int(st.number_input("GPUs (torchrun processes)", 1, n_gpu, value=n_gpu, key="train_nproc"))
+        state.setdefault("train_nproc", n_gpu)
+        nproc = int(st.number_input("GPUs (torchrun processes)", 1, n_gpu, key="train_nproc"))
     try:
         cfg = config.resolve(backbone, preset, weights, dataset, image_size=int(image_size), epochs=int(epochs),
                              batch_size=int(batch_size), lr=float(lr), finetune=finetune, split=split,
