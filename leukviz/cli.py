@@ -170,7 +170,10 @@ def _decide(args, runs) -> tuple[str, object, bool]:
         return "train", runs.Run(Path(args.run_dir)), args.resume_here
     if args.resume:
         run = runs.get_run(args.resume, args.runs_dir)
-        return ("attach" if runs.plan(run) == "attach" else "train"), run, True
+        action = runs.plan(run)
+        if action == "cached":  # finished: never trained again by a resume (it has nothing left to resume)
+            return "cached", run, False
+        return ("attach" if action == "attach" else "train"), run, True
     cfg = _resolve_cfg(args)
     run = runs.run_for(cfg, args.runs_dir)
     action = runs.plan(run)

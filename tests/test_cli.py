@@ -189,3 +189,17 @@ def test_runs_delete_deletes_none_when_one_is_unknown_or_training(tmp_path, caps
     err = captured.err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and err[0].endswith("nothing was deleted")
     assert done.dir.is_dir() and busy.dir.is_dir()
+
+
+def test_resume_of_a_finished_run_answers_that_it_is_finished_and_trains_nothing(tmp_path, capsys):
+    """Finished runs no longer keep last.pt: a resume used to fall back to training from scratch."""
+    import json
+
+    from helpers import make_run
+
+    run = make_run(tmp_path, "googlenet")
+    before = (run.dir / "metrics.jsonl").read_bytes()
+    assert main(["train", "--resume", run.run_id, "--runs-dir", str(tmp_path), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["cached"] is True and res["status"] == "finished" and res["run_id"] == run.run_id
+    assert (run.dir / "metrics.jsonl").read_bytes() == before  # nothing retrained, nothing rewritten

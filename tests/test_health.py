@@ -144,3 +144,4 @@ def test_compare_all_leaves_a_degenerate_run_out_and_runs_list_says_why(tmp_path
     report = json.loads(out.out.strip().splitlines()[-1])
     assert bad.run_id not in {i for g in report["groups"] for i in g["runs"]}
     assert f"run {bad.run_id} left out: degenerate" in out.err
+
