@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from leukviz import config as C
@@ -126,6 +127,24 @@ def _seed_value(text: str) -> int:
 
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def _bounded(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from low to high, checked before any work."""
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= n <= high:
+            raise argparse.ArgumentTypeError(f"{n} is out of range: from {low} to {high}")
+        return n
+    return parse
+
+
+def _backbone_list(text: str | None) -> tuple[str, ...]:
+    """--backbones a,b: each once, in the order given (googlenet,googlenet is one backbone)."""
+    return tuple(dict.fromkeys(b.strip() for b in text.split(",") if b.strip())) if text else ()
 
 
 def _device_value(text: str) -> str:
@@ -444,8 +463,10 @@ def _collect_images(items: list[str]) -> list[str]:
             dest.parent.mkdir(parents=True, exist_ok=True)
             root = data.extract_zip(p, dest)
             out.extend(str(f) for f in sorted(root.rglob("*")) if f.is_file() and data._is_image(f))
-        elif p.exists():
+        elif p.is_file():  # a regular file: a FIFO or a device would block the read, or never end
             out.append(str(p))
+        elif p.exists():
+            raise CliError(f"{item} is not a regular file (a pipe, socket or device): give image files, folders or zips")
         else:
             raise CliError(f"no such file: {item}")
     return out
@@ -669,7 +690,7 @@ def _paper_cell(col: dict | None) -> str:
 def _study_subjects(args, log, progress) -> tuple[str, dict]:
     from leukviz import studies
 
-    study = studies.SubjectStudy(args.data, tuple(args.backbones.split(",")) if args.backbones else (), args.seeds,
+    study = studies.SubjectStudy(args.data, _backbone_list(args.backbones), args.seeds,
                                  0 if args.no_plain else args.plain_seeds, args.image_size, args.epochs,
                                  args.weights, args.preset, args.folds,
                                  tuple(studies.parse_variant(v) for v in args.vary or ()))
@@ -705,7 +726,7 @@ def _study_paper(args, log, progress) -> tuple[str, dict]:
     from leukviz import studies
 
     study = studies.PaperStudy(args.data, args.epochs, args.image_size, args.weights,
-                               tuple(args.backbones.split(",")) if args.backbones else (), args.seeds,
+                               _backbone_list(args.backbones), args.seeds,
                                args.with_defaults)
     res = studies.reproduce_paper(study, args.runs_dir, log, progress, args.device)
     columns = [("image_split", "reproduced (image split)"), ("subject_split", "subject split")]
@@ -898,7 +919,7 @@ def _add_lrfind(sub, common: argparse.ArgumentParser) -> None:
     lf.add_argument("--weights", default="imagenet", help="imagenet | none | path to a weights file")
     lf.add_argument("--preset", choices=C.PRESETS, default="quick")
     add_config_options(lf)
-    lf.add_argument("--steps", type=int, default=lrfind.STEPS,
+    lf.add_argument("--steps", type=_bounded(10, 1000), default=lrfind.STEPS,
                     help=f"steps of the sweep from {lrfind.START:g} to {lrfind.END:g} (default {lrfind.STEPS})")
     lf.add_argument("--device", default="auto", type=_device_value, help="auto | cpu | cuda | cuda:N | mps")
     lf.add_argument("--config", help=argparse.SUPPRESS)
@@ -975,7 +996,8 @@ def build_parser() -> argparse.ArgumentParser:
     co = sub.add_parser("compare", parents=[common],
                         help="finished runs side by side: intervals, paired tests, the ensemble")
     co.add_argument("runs", nargs="+", metavar="RUN", help="run ids (a unique prefix is enough), or 'all'")
-    co.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    co.add_argument("--resamples", type=_bounded(100, 100_000), default=2000,
+                    help="bootstrap resamples, 100 to 100000 (default 2000)")
     co.add_argument("--report", metavar="FILE.html",
                     help="also write one self-contained HTML report (opens offline): data and split, the answer and "
                          "every paired test, intervals, curves, ROC, confusion matrices, calibration, per-subject "

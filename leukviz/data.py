@@ -584,12 +584,19 @@ def _copies_across(ds: Dataset, split: Split) -> Split:
                  [*split.warnings, warning])
 
 
+def env_path(name: str, default: Path | str) -> Path:
+    """A folder named by an environment variable; unset or empty (LEUKVIZ_HOME="") means the default, never
+    the current folder."""
+    value = os.environ.get(name, "").strip()
+    return Path(value or default).expanduser()
+
+
 def default_home() -> Path:
-    return Path(os.environ.get("LEUKVIZ_HOME", Path.home() / ".leukviz")).expanduser()
+    return env_path("LEUKVIZ_HOME", Path.home() / ".leukviz")
 
 
 def default_cache() -> Path:
-    return Path(os.environ.get("LEUKVIZ_CACHE", default_home() / "cache")).expanduser()
+    return env_path("LEUKVIZ_CACHE", default_home() / "cache")
 
 
 def cache_folder(cache_dir: str | Path | None) -> Path:

@@ -26,6 +26,7 @@ import numpy as np
 
 from leukviz import data
 from leukviz.config import RunConfig
+from leukviz.errors import LeukvizError
 from leukviz.storage import atomic_write_json, read_json
 
 START, END = 1e-7, 1.0
@@ -37,6 +38,10 @@ RULE = ("a tenth of the rate at the smoothed loss's minimum: the minimum is at t
         "of magnitude below it still learns fast")
 SKIP = 0.1  # the first tenth of the sweep is not searched for the minimum: few losses averaged, mostly noise
 Progress = Callable[[int, int], None]
+
+
+class LrFindError(LeukvizError, ValueError):
+    """A sweep that cannot suggest anything (no finite loss); nothing is cached."""
 
 
 def rates(start: float = START, end: float = END, steps: int = STEPS) -> np.ndarray:
@@ -149,7 +154,7 @@ def sweep(cfg: RunConfig, cache_dir: Path | None = None, device_pref: str = "aut
     model, opt, device = state.train_model, state.opt, state.device
     engine.set_train_mode(model, state.frozen, cfg.freeze_bn)
     planned = rates(START, END, steps)
-    lrs, losses, best, epoch, queue = [], [], float("inf"), 0, []
+    lrs, losses, best, epoch, queue, value = [], [], float("inf"), 0, [], float("nan")
     for step, lr in enumerate(planned):
         if not queue:  # cycle over the training images, one shuffled epoch after another
             epoch += 1
@@ -175,6 +180,9 @@ def sweep(cfg: RunConfig, cache_dir: Path | None = None, device_pref: str = "aut
             progress(step + 1, steps)
         if smoothed > DIVERGE * best:
             break
+    if not losses:  # no step gave a finite loss: nothing to suggest, and nothing must be cached
+        raise LrFindError(f"the first step's loss is not finite ({value}): the initial weights give NaN or "
+                          "infinite outputs (check the weights file), or the data holds NaN images")
     sm = smooth(losses)
     return {"rates": lrs, "losses": losses, "smoothed": sm.tolist(), "suggestion": suggest(lrs, sm),
             "rule": RULE, "steps": steps, "steps_done": len(lrs), "diverged": len(lrs) < steps,

@@ -49,8 +49,8 @@ class RunsFolderError(LeukvizError, OSError):
 def runs_root(runs_dir: str | Path | None = None, create: bool = True) -> Path:
     """The folder of the run folders (--runs-dir, $LEUKVIZ_RUNS or $LEUKVIZ_HOME/runs). Readers pass
     create=False: listing runs needs no write access (a read-only home lists its runs, or none)."""
-    root = Path(runs_dir).expanduser() if runs_dir else Path(os.environ.get("LEUKVIZ_RUNS", home() / "runs"))
-    where = "--runs-dir" if runs_dir else ("LEUKVIZ_RUNS" if "LEUKVIZ_RUNS" in os.environ else "LEUKVIZ_HOME")
+    root = Path(runs_dir).expanduser() if runs_dir else data.env_path("LEUKVIZ_RUNS", home() / "runs")
+    where = "--runs-dir" if runs_dir else ("LEUKVIZ_RUNS" if os.environ.get("LEUKVIZ_RUNS", "").strip() else "LEUKVIZ_HOME")
     blocker = next((p for p in (root, *root.parents) if p.exists()), None)
     if blocker is not None and not blocker.is_dir():
         raise RunsFolderError(f"the runs folder {root} cannot be used: {blocker} is a file, not a folder "

@@ -203,3 +203,37 @@ def test_resume_of_a_finished_run_answers_that_it_is_finished_and_trains_nothing
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert res["cached"] is True and res["status"] == "finished" and res["run_id"] == run.run_id
     assert (run.dir / "metrics.jsonl").read_bytes() == before  # nothing retrained, nothing rewritten
+
+
+def test_bounded_options_are_checked_before_any_work(capsys):
+    for argv in (["lr-find", "--backbone", "googlenet", "--steps", "0"],
+                 ["compare", "all", "--resamples", "1"], ["compare", "all", "--resamples", "1000000000"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2 and "out of range" in capsys.readouterr().err
+
+
+def test_a_fifo_given_to_predict_is_refused_not_read(tmp_path, capsys):
+    import os
+
+    fifo = tmp_path / "x.png"
+    os.mkfifo(fifo)
+    assert main(["predict", "--run", "all", str(fifo), "--runs-dir", str(tmp_path / "runs")]) == 2
+    assert "not a regular file" in capsys.readouterr().err
+
+
+def test_an_empty_leukviz_home_is_unset_never_the_current_folder(tmp_path, monkeypatch):
+    from leukviz import data, runs
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LEUKVIZ_HOME", "")
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    assert data.default_home() == tmp_path / "user" / ".leukviz"
+    assert runs.runs_root(create=False) == tmp_path / "user" / ".leukviz" / "runs"
+    assert data.default_cache() == tmp_path / "user" / ".leukviz" / "cache"
+
+
+def test_a_backbone_named_twice_is_one_backbone():
+    from leukviz.cli import _backbone_list
+
+    assert _backbone_list("googlenet,googlenet, resnet50") == ("googlenet", "resnet50")

@@ -265,3 +265,27 @@ def test_the_finder_keeps_a_rate_in_the_basin_and_replaces_one_past_it():
     far = lrfind.advise(res, 0.1)  # the sweep stopped (diverged) before it
     assert not far.keep and "diverged before reaching it" in far.text
     assert lrfind.loss_at(res, 1e-3) == pytest.approx(0.5, abs=1e-3) and lrfind.loss_at(res, 1.0) is None
+
+
+def test_a_sweep_with_no_finite_loss_is_an_error_and_caches_nothing(tmp_path, monkeypatch):
+    """A weights file of NaNs gives NaN from the first step: no suggestion (it used to be 1e-07, cached)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from leukviz import engine
+
+    class NaNs(torch.nn.Module):
+        def forward(self, x):
+            return torch.full((len(x), 2), float("nan"), requires_grad=True)
+
+    model = NaNs()
+    state = SimpleNamespace(train_model=model, frozen=[], opt=torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1),
+                            device=torch.device("cpu"), train_x=torch.zeros((8, 8, 8, 3), dtype=torch.uint8),
+                            train_y=torch.zeros(8, dtype=torch.long), dist=engine.Dist(), amp=None,
+                            criterion=torch.nn.CrossEntropyLoss())
+    monkeypatch.setattr(engine, "setup", lambda *a, **k: state)
+    cfg = config.resolve("googlenet", "quick", "none", "demo", batch_size=4)
+    with pytest.raises(lrfind.LrFindError, match="not finite"):
+        lrfind.find(cfg, "fp", tmp_path, steps=20)
+    assert lrfind.cached(cfg, "fp", tmp_path, 20) is None
