@@ -17,6 +17,7 @@ from leukviz import config, health, metrics, runs
 from leukviz.backbones import BACKBONES
 from leukviz.dashboard import (backbone_title, dataset_label, format_duration, latest_per_backbone, run_name,
                                split_text)
+from leukviz.errors import LeukvizError
 from leukviz.layout import CHECKPOINT, PREDICTIONS, SIDECAR, TEST_PREDICTIONS
 from leukviz.preprocess import Preprocess
 from leukviz.storage import read_json
@@ -550,8 +551,34 @@ class Report:
         })
 
 
+class LabelConflict(LeukvizError, ValueError):
+    """Runs that give one cell different true labels: a table and a paired test over them would contradict
+    each other."""
+
+
+def check_labels(evals: Sequence[Evaluation]) -> None:
+    """Every cell the runs share has one true label in all of them (validation and test files alike), else
+    LabelConflict naming the cells and the runs."""
+    for which in ("val", "test"):
+        seen: dict[str, tuple[int, str]] = {}
+        bad: list[str] = []
+        for ev in evals:
+            p = getattr(ev, which)
+            if p is None:
+                continue
+            for key, label in zip(p.paths, p.y):
+                first = seen.setdefault(str(key), (int(label), ev.run.run_id))
+                if first[0] != int(label):
+                    bad.append(f"{key} ({first[1]}: {p.classes[first[0]]}, {ev.run.run_id}: {p.classes[int(label)]})")
+        if bad:
+            raise LabelConflict(f"the runs disagree on the true class of {len(bad)} {SET_TEXT[which]} cell(s), so "
+                                f"they cannot be compared: {'; '.join(bad[:3])}{' …' if len(bad) > 3 else ''}")
+
+
 def build_report(evals: Sequence[Evaluation], n_resamples: int = 2000) -> Report:
-    """The report of runs that share their validation cells (one comparable group)."""
+    """The report of runs that share their validation cells (one comparable group); runs that disagree on a
+    shared cell's label are refused (check_labels)."""
+    check_labels(evals)
     groups = repeat_groups(evals)
     ens = ensemble(evals)
     everyone = groups + ([ens] if ens is not None else [])

@@ -335,3 +335,17 @@ def test_the_html_report_is_whole_and_opens_offline(tmp_path, capsys):
     assert all(r.run_id in text for r in made)
     assert "wrote the report" in capsys.readouterr().err
     assert main(["compare", "all", "--runs-dir", str(tmp_path), "--report", str(tmp_path)]) == 2  # a folder
+
+
+def test_runs_that_disagree_on_a_cells_label_are_refused_naming_the_cells(tmp_path, capsys):
+    from leukviz.cli import main
+
+    made = seeded_runs(tmp_path, "googlenet", 0.9, seeds=(0, 1))
+    path = made[1].dir / "val_predictions.csv"
+    frame = pd.read_csv(path)
+    frame.loc[0, "label"] = 1 - frame.loc[0, "label"]  # one cell, another label in the second run
+    frame.to_csv(path, index=False)
+    with pytest.raises(compare.LabelConflict, match="disagree on the true class of 1 validation cell"):
+        compare.build_report([compare.evaluate_run(r) for r in made], n_resamples=100)
+    assert main(["compare", "all", "--runs-dir", str(tmp_path), "--resamples", "100"]) == 2
+    assert "000.png (" in capsys.readouterr().err  # the cell, by its key, with each run's label

@@ -114,7 +114,11 @@ if not evals:
     st.stop()
 
 with st.spinner("Bootstrapping over subjects…"):
-    report = uncertainty(tuple((str(ev.run.dir), run_stamp(ev.run)) for ev in evals))
+    try:
+        report = uncertainty(tuple((str(ev.run.dir), run_stamp(ev.run)) for ev in evals))
+    except compare.LabelConflict as e:
+        st.error(dashboard.plain(e), icon=":material/rule:")
+        st.stop()
 scores = report["scores"]
 unit = scores[0]["interval"].get("unit", "subjects") if scores else "subjects"
 score = st.segmented_control("Score", list(compare.SCORE_TEXT), format_func=compare.SCORE_TEXT.get,
