@@ -215,6 +215,12 @@ def _load_file_weights(model: nn.Module, spec: BackboneSpec, path: Path) -> None
     if missing:
         raise ValueError(f"{Path(path).name} does not fit {spec.title}: {len(missing)} tensors missing or of "
                          f"another shape (first: {missing[0]}). Is it a {spec.title} state_dict?")
+    # Checked here, where the cause is known: NaN or infinite weights give NaN outputs, which training would
+    # report later as a loss that "became nan" (and advise a lower rate, the wrong cure).
+    bad = [k for k, v in usable.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    if bad:
+        raise ValueError(f"{Path(path).name} holds NaN or infinite values in {len(bad)} tensor(s) (first: {bad[0]}): "
+                         "the file is damaged, or was saved from a run that diverged; use another weights file")
     model.load_state_dict(usable, strict=False)
 
 

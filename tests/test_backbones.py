@@ -190,3 +190,15 @@ def test_a_backbone_registered_at_test_time_trains_predicts_compares_and_exports
 
     res = export.export_run(run.dir, "onnx", tmp_path / "extra.onnx")
     assert res["agrees"]
+
+
+def test_a_weights_file_of_nans_is_refused_when_loaded_naming_the_cause(tmp_path):
+    from safetensors.torch import save_file
+
+    model = backbones.build_model("googlenet", 2, "none")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["conv1.conv.weight"][0, 0, 0, 0] = float("nan")
+    path = tmp_path / "nans.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    with pytest.raises(ValueError, match="holds NaN or infinite values in 1 tensor.*conv1.conv.weight"):
+        backbones.build_model("googlenet", 2, str(path))
