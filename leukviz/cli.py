@@ -194,6 +194,8 @@ def _decide(args, runs) -> tuple[str, object, bool]:
             return "cached", run, False
         return ("attach" if action == "attach" else "train"), run, True
     cfg = _resolve_cfg(args)
+    for caution in C.cautions(cfg):
+        print(f"warning: {caution}", file=sys.stderr)
     run = runs.run_for(cfg, args.runs_dir)
     action = runs.plan(run)
     if action == "cached" and not args.force:

@@ -269,6 +269,17 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"val_fraction must be between 0 and 1, got {cfg.val_fraction}")
 
 
+def cautions(cfg: RunConfig) -> list[str]:
+    """Settings that run but are unlikely to be what was meant, in plain words (shown before a run starts)."""
+    out = []
+    if cfg.finetune in ("staged", "head", "last") and cfg.weights == "none":
+        what = {"staged": "trains the head alone first", "head": "trains only the head",
+                "last": "trains only the last stage and the head"}[cfg.finetune]
+        out.append(f"fine-tuning depth '{cfg.finetune}' {what} on the backbone's features, and from scratch those "
+                   "are random: use 'full' with --weights none, or pretrained weights")
+    return out
+
+
 def repeats(cfg: RunConfig, n: int) -> list[RunConfig]:
     """n runs of one configuration that differ only in the training seed (cfg.seed, cfg.seed + 1, ...),
     all drawing their split with cfg's split seed: the same validation cells, so a comparison can pair

@@ -128,3 +128,9 @@ def test_a_staged_run_trains_end_to_end_and_says_when_the_whole_network_starts(t
     assert len(switch) == 1 and switch[0].startswith("epoch 2")
     stored = json.loads((run.dir / "config.json").read_text())["config"]
     assert stored["finetune"] == "staged" and stored["head_epochs"] == 1
+
+
+def test_a_depth_that_needs_pretrained_features_is_cautioned_from_scratch():
+    assert "random" in config.cautions(config.resolve("resnet50", "quick", "none", finetune="staged", epochs=3,
+                                                      head_epochs=1))[0]
+    assert config.cautions(config.resolve("resnet50", "quick", "none")) == []  # full from scratch: fine

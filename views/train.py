@@ -171,6 +171,8 @@ def settings_form() -> tuple[config.RunConfig, int, int]:
         st.warning(dashboard.plain(problem[:1].upper() + problem[1:]) + ".", icon=":material/rule:")
     if split == "image":
         st.warning("Leaky split: cells of one person on both sides inflate the validation scores.")
+    for caution in config.cautions(cfg):
+        st.warning(dashboard.plain(caution[:1].upper() + caution[1:]) + ".", icon=":material/warning:")
     with st.popover("Every setting of this run"):  # not an expander: expanders do not nest
         st.json(cfg.to_dict())
     # The settings in the URL: a reload or a bookmark restores them (app.restore_from_url).
