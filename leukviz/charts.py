@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from leukviz import backbones
-from leukviz.events import EPOCH, START, batch_events, epoch_events
+from leukviz.events import EPOCH, START, batch_events, epoch_events, finite
 
 # Mid-tone colours readable on both light and dark backgrounds; no template or background is set here
 # so the caller (Streamlit's theme, or Plotly's default) decides the rest.
@@ -101,16 +101,6 @@ def _distinct_colors(names: Iterable[str]) -> dict[str, str]:
     return out
 
 
-def _num(value: Any) -> float | None:
-    """A finite float, or None for a missing/NaN value (Plotly draws None as a gap)."""
-    if value is None:
-        return None
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
 
 def batch_x(event: dict) -> float:
     """Fractional epoch of a batch event: epoch - 1 + step / steps, so epoch 1 ends at x = 1 where
@@ -128,7 +118,7 @@ def _waiting(fig: go.Figure, text: str) -> go.Figure:
 def _add_series(fig: go.Figure, series: Series, x: list[float], events: list[dict], col: int) -> None:
     """One Series as a line on subplot `col`, in that subplot's legend group, its hover value formatted for
     the subplot (loss to 4 decimals, accuracy and F1 as a percentage)."""
-    y = [_num(e.get(series.key)) for e in events]
+    y = [finite(e.get(series.key)) for e in events]
     if all(v is None for v in y):
         return  # a metric this run never recorded (an older run without F1): no empty legend entry
     fig.add_trace(go.Scatter(
@@ -190,11 +180,11 @@ def lr_find_figure(result: dict, current: float | None = None) -> go.Figure:
     raw (faint) and smoothed, with a tenth of the minimum marked and, when given, the rate on screen."""
     fig = go.Figure()
     lrs = result.get("rates") or []
-    fig.add_trace(go.Scatter(x=lrs, y=[_num(v) for v in result.get("losses") or []], mode="lines",
+    fig.add_trace(go.Scatter(x=lrs, y=[finite(v) for v in result.get("losses") or []], mode="lines",
                              name="loss (each step)", line={"color": TRAIN_COLOR, "width": 1}, opacity=0.35))
-    fig.add_trace(go.Scatter(x=lrs, y=[_num(v) for v in result.get("smoothed") or []], mode="lines",
+    fig.add_trace(go.Scatter(x=lrs, y=[finite(v) for v in result.get("smoothed") or []], mode="lines",
                              name="loss (smoothed)", line={"color": TRAIN_COLOR, "width": 2.5}))
-    suggestion = _num(result.get("suggestion"))
+    suggestion = finite(result.get("suggestion"))
     if suggestion and lrs:
         y = float(np.interp(math.log10(suggestion), np.log10(lrs), result["smoothed"]))
         fig.add_trace(go.Scatter(x=[suggestion], y=[y], mode="markers", name=f"a tenth of the minimum {suggestion:.2g}",
@@ -217,10 +207,10 @@ def compare_curves(histories: dict[str, list[dict]], metric: str = "val_acc") ->
     fig = go.Figure()
     colors = _distinct_colors(histories)
     for name, events in histories.items():
-        epochs = [e for e in epoch_events(events) if _num(e.get(metric)) is not None]
+        epochs = [e for e in epoch_events(events) if finite(e.get(metric)) is not None]
         if not epochs:
             continue
-        fig.add_trace(go.Scatter(x=[int(e["epoch"]) for e in epochs], y=[_num(e[metric]) for e in epochs],
+        fig.add_trace(go.Scatter(x=[int(e["epoch"]) for e in epochs], y=[finite(e[metric]) for e in epochs],
                                  mode="lines+markers", name=name, line={"color": colors[name], "width": 2.5}))
     label = METRIC_LABELS.get(metric, metric)
     fig.update_layout(title=label.capitalize(), xaxis_title="epoch", yaxis_title=label, hovermode="x unified")
@@ -233,7 +223,7 @@ def compare_curves(histories: dict[str, list[dict]], metric: str = "val_acc") ->
 
 
 def _auc_text(auc: float | None) -> str:
-    auc = _num(auc)
+    auc = finite(auc)
     return "AUC n/a" if auc is None else f"AUC {auc:.3f}"
 
 
@@ -279,7 +269,7 @@ def probability_bars(probs: dict[str, float], title: str = "") -> go.Figure:
     """Horizontal bars of class probabilities (fractions 0..1, drawn as 0..100 %), the top class in its
     class colour and the others grey."""
     names = [str(k) for k in probs]
-    values = [(_num(v) or 0.0) * 100 for v in probs.values()]
+    values = [(finite(v) or 0.0) * 100 for v in probs.values()]
     top = int(np.argmax(values)) if values else -1
     colors = [class_color(n) if i == top else NEUTRAL_COLOR for i, n in enumerate(names)]
     # labels level, always readable: inside a long bar at its end, outside a short one (never rotated)
@@ -354,7 +344,7 @@ def interval_figure(scores: Sequence[dict], score: str = "weighted_f1", label: s
         if not part:
             continue
         names = [s["model"] for s in part]
-        mean = [_num(s["spread"][score]["mean"]) for s in part]
+        mean = [finite(s["spread"][score]["mean"]) for s in part]
         ci = [s["interval"]["scores"].get(score) or {} for s in part]
         high = [None if m is None or c.get("high") is None else c["high"] - m for m, c in zip(mean, ci)]
         low = [None if m is None or c.get("low") is None else m - c["low"] for m, c in zip(mean, ci)]
@@ -369,7 +359,7 @@ def interval_figure(scores: Sequence[dict], score: str = "weighted_f1", label: s
         for s in part:
             for seed, v in zip(s["seeds"], s["spread"][score].get("values") or []):
                 xs.append(s["model"])
-                ys.append(_num(v))
+                ys.append(finite(v))
                 text.append(f"seed {seed}")
         if xs:
             fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=f"{set_name}: each seed", text=text,

@@ -440,10 +440,6 @@ def format_spread(spread: dict | None, digits: int = 3) -> str:
 SET_TEXT = {"val": "validation", "test": "test (held out)"}
 
 
-def _signed(v: float, digits: int = 3) -> str:
-    return f"{v:+.{digits}f}".replace("-", "\u2212")
-
-
 def _pair_entry(paired: Sequence[dict], a: str, b: str, which: str, score: str) -> tuple[dict, int] | None:
     """The paired result of a against b (sign 1) or of b against a (sign -1) on one set and score."""
     for p in paired:
@@ -458,8 +454,8 @@ def _difference_text(entry: dict, sign: int) -> str:
     if sign < 0:
         diff, low, high = -diff, -high, -low
     p = entry.get("p_value")
-    ptext = "" if p is None else f", p {'< 0.001' if p < 0.001 else '= ' + (f'{p:.3f}' if p < 0.01 else f'{p:.2f}')}"
-    return f"{_signed(diff)}, 95 % CI {_signed(low)} to {_signed(high)}{ptext}"
+    ptext = "" if p is None else f", {metrics.p_text(p)}"
+    return f"{metrics.signed(diff)}, 95 % CI {metrics.signed(low)} to {metrics.signed(high)}{ptext}"
 
 
 def answer(rep: dict, score: str = "weighted_f1", which: str = "val") -> str:

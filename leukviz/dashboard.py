@@ -16,7 +16,7 @@ import numpy as np
 
 from leukviz import backbones, config, data, health, metrics, runs
 from leukviz.config import RunConfig
-from leukviz.events import BATCH, EPOCH, latest_start
+from leukviz.events import BATCH, EPOCH, finite, latest_start
 from leukviz.layout import CONFIG
 
 SPLIT_TEXT = {"subject": "by subject", "groups": "subject-grouped folds", "folds": "official folds",
@@ -438,13 +438,13 @@ def progress(events: Sequence[dict], now: float | None = None) -> Progress:
     if done > done0 and elapsed > 0:
         eta = max(0.0, (total - done) * elapsed / (done - done0))
         finished = [e for e in events if e.get("type") == EPOCH and float(e.get("time") or 0) >= float(s0.get("time") or 0)
-                    and _num(e.get("seconds")) is not None]
+                    and finite(e.get("seconds")) is not None]
         if finished:  # whole epochs timed, their validation included: the best measure of what is left
             per_epoch = sum(float(e["seconds"]) for e in finished) / len(finished)
             eta = max(0.0, (total - done) / steps * per_epoch)
         else:  # only training steps timed so far: add each remaining epoch's validation, a forward pass
             # over the validation images (about a third of a training step's work per image)
-            n_train, n_val = _num(s0.get("n_train")) or 0, _num(s0.get("n_val")) or 0
+            n_train, n_val = finite(s0.get("n_train")) or 0, finite(s0.get("n_val")) or 0
             if n_train > 0:
                 eta *= 1 + n_val / (3 * n_train)
     frac = min(1.0, done / total)
@@ -452,14 +452,6 @@ def progress(events: Sequence[dict], now: float | None = None) -> Progress:
     if eta is not None:
         text += f" · about {format_duration(eta)} left"
     return Progress(frac, epoch, epochs, step, steps, eta, text)
-
-
-def _num(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
 
 
 # ---------------------------------------------------------------------------------------------- data page

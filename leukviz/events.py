@@ -7,7 +7,8 @@ helpers here, so a resumed run, which repeats the epoch it was cut in, reads the
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+import math
+from typing import Any, Iterable, Sequence
 
 START = "start"  # training begins from scratch: sizes, device, precision, split
 RESUME = "resume"  # training continues from the resumable state, same fields as START
@@ -53,3 +54,14 @@ def until_resume_point(events: Iterable[dict], epoch: int, step: int) -> list[di
             continue
         keep.append(e)
     return keep
+
+
+def finite(value: Any) -> float | None:
+    """An event value as a finite float, or None when missing, non-numeric, NaN or infinite."""
+    if value is None:
+        return None
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None

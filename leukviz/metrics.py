@@ -575,8 +575,15 @@ def paired_comparison(y: Any, prob_a: Any, prob_b: Any, classes: Sequence[str], 
                         "confidence": confidence, "notes": notes, "scores": out})
 
 
-def _signed(x: float) -> str:
+def signed(x: float) -> str:
+    """'+0.012' or '−0.021' (a true minus sign): a difference as verdicts and tables print it."""
     return f"{x:+.3f}".replace("-", "\u2212")
+
+
+def p_text(p: float) -> str:
+    """'p < 0.001', 'p = 0.004' or 'p = 0.62': a p-value as verdicts and tables print it."""
+    return "p < 0.001" if p < 0.001 else "p = " + (f"{p:.3f}" if p < 0.01 else f"{p:.2f}")
+
 
 
 CLEAR, WEAK, UNCLEAR = "clear", "weak", "unclear"
@@ -610,12 +617,12 @@ def verdict(name_a: str, name_b: str, score_name: str, result: dict[str, Any],
     diff, low, high, p = (entry.get(k) for k in ("difference", "low", "high", "p_value"))
     if diff is None or (isinstance(diff, float) and math.isnan(diff)):
         return f"{head}: {label} is undefined on these cells"
-    text = f"{head}: {_signed(diff)} {label}"
+    text = f"{head}: {signed(diff)} {label}"
     if low is None or high is None or math.isnan(low) or math.isnan(high):
         return f"{text} (no interval): no clear difference"
-    text += f", {100 * confidence:g} % CI {_signed(low)} to {_signed(high)}"
+    text += f", {100 * confidence:g} % CI {signed(low)} to {signed(high)}"
     if p is not None and math.isfinite(p):
-        text += f" (p {'< 0.001' if p < 0.001 else '= ' + (f'{p:.3f}' if p < 0.01 else f'{p:.2f}')})"
+        text += f" ({p_text(p)})"
     kind = verdict_kind(entry, confidence)
     if low <= 0 <= high:
         return f"{text}: no clear difference"

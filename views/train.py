@@ -331,13 +331,12 @@ def group_panel(run: runs.Run, members: list[runs.Run]) -> None:
                        + ", ".join(f"seed {r.config.seed}" for r in summary.degenerate), icon=":material/warning:")
 
 
-def run_panel(run: runs.Run, polling: bool) -> None:
-    """The attached run: its state and controls, its repeats, then its curves at full width. A fragment
-    re-reads the run folders every second while the run (or a repeat of it) is active, and reruns the whole
-    page when that ends."""
+def run_panel(run: runs.Run, polling: bool, members: list[runs.Run]) -> None:
+    """The attached run: its state and controls, its repeats (members, found once by the page: the group does
+    not change while it trains), then its curves at full width. A fragment re-reads their states every second
+    while the run (or a repeat of it) is active, and reruns the whole page when that ends."""
     status = run.status
     state = status["state"]
-    members = dashboard.repeat_group(run, dashboard.all_runs())
     group_active = [m for m in members if m.state in runs.ACTIVE]
     if state not in runs.ACTIVE and group_active and st.session_state.get("train_follow", True):
         st.query_params["run"] = group_active[0].run_id  # follow the repeat that trains now
@@ -457,7 +456,7 @@ def attached_panel(run_id: str | None) -> None:
         return
     group = dashboard.repeat_group(run, all_runs)
     active = any(r.state in runs.ACTIVE for r in group)
-    st.fragment(run_panel, run_every=POLL_SECONDS if active else None)(run, active)
+    st.fragment(run_panel, run_every=POLL_SECONDS if active else None)(run, active, group)
     others = [r for r in in_progress if r.run_id not in {m.run_id for m in group}]
     if others:
         with st.container(border=True):
