@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from leukviz import dashboard
+from leukviz import charts, dashboard
 from views._common import active_dataset, dataset_to_url, device_text, keep_choices, warm_imports
 
 st.set_page_config(page_title="leukviz", page_icon=":material/biotech:", layout="wide")
@@ -30,6 +30,9 @@ with st.sidebar:
     st.markdown(f"**{dashboard.plain(dashboard.dataset_label(active_dataset()))}**")
     st.caption("Device")
     st.markdown(dashboard.plain(device_text()))
+    st.radio("Figure downloads", charts.IMAGE_FORMATS, format_func=str.upper, horizontal=True, key="figure_format",
+             help="What each chart's camera button (top right, on hover) saves: PNG at three times the screen's "
+                  "pixels, or SVG (vector, for print). Compare's HTML report offers both under every figure.")
 
 try:
     page.run()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -64,6 +65,25 @@ ACCURACY_SERIES = (
     Series("val_f1", METRIC_LABELS["val_f1"], "#B8860B", dash="dot", symbol="square"),
 )
 CURVES_SPACING = 0.1  # fraction of the width between the two subplots
+
+# Every figure can be saved for print: Plotly's camera button saves it in the browser (no server-side
+# renderer to install), as PNG at three times the screen's pixels or as SVG (vector).
+IMAGE_FORMATS = ("png", "svg")
+PNG_SCALE = 3
+
+
+def image_filename(name: str) -> str:
+    """A figure's download name: "leukviz-" and its name in lower-case words joined by '-'."""
+    return "leukviz-" + (re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "figure")
+
+
+def figure_config(name: str, image_format: str = "png") -> dict[str, Any]:
+    """Plotly's config for a figure on a page: its camera button saves `image_format`, named after `name`."""
+    if image_format not in IMAGE_FORMATS:
+        raise ValueError(f"image format {image_format!r}: one of {', '.join(IMAGE_FORMATS)}")
+    return {"displaylogo": False,
+            "toImageButtonOptions": {"format": image_format, "filename": image_filename(name),
+                                     "scale": PNG_SCALE if image_format == "png" else 1}}
 
 
 def _palette_color(name: str) -> str:

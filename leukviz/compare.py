@@ -597,13 +597,14 @@ def build_report(evals: Sequence[Evaluation], n_resamples: int = 2000) -> Report
             else:
                 table.append(st_)
     pairs = [p for which in sets for p in all_pairs(everyone, which, n_resamples)]
-    by_subject = [p for p in pairs if p.result.get("unit") == "subjects"]
-    if by_subject:
-        n = min(int(p.result["n_units"]) for p in by_subject)
-        if 2 / 2 ** n >= 0.05:
-            notes.append(f"only {n} subjects are scored: a paired permutation test over {n} subjects cannot give "
-                         f"p below {2 / 2 ** n:.2f}, so no difference can be significant here; read the intervals, "
-                         "and validate on more people (study subjects swaps them between folds)")
+    for which in sets:  # per set: a test set usually holds other (and fewer) people than validation
+        by_subject = [p for p in pairs if p.which == which and p.result.get("unit") == "subjects"]
+        n = min((int(p.result["n_units"]) for p in by_subject), default=0)
+        if by_subject and 2 / 2 ** n >= 0.05:
+            notes.append(f"the {SET_TEXT[which]} rows pair the models over {n} subjects: a paired permutation test "
+                         f"over {n} subjects cannot give p below {2 / 2 ** n:.2f}, so no difference can be "
+                         "significant there; read the intervals, and validate on more people (study subjects "
+                         "swaps them between folds)")
     for st_ in table[:1]:
         notes.extend(st_.interval.get("notes", []))
     return Report(groups, table, pairs, sets, notes)

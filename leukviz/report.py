@@ -26,7 +26,8 @@ h1 { margin-bottom: 0.2rem; } h2 { margin-top: 2.2rem; border-bottom: 1px solid 
 table { border-collapse: collapse; margin: 0.6rem 0; font-size: 0.9rem; }
 th, td { border: 1px solid #ddd; padding: 0.3rem 0.6rem; text-align: left; }
 th { background: #f4f4f4; } .answer { background: #eef5ff; padding: 0.8rem; border-radius: 6px; }
-.note { color: #555; font-size: 0.9rem; } .warn { background: #fff6df; padding: 0.6rem; border-radius: 6px; }
+.note { color: #555; font-size: 0.9rem; } figure.fig { margin: 0.5rem 0; }
+figcaption button { margin-left: 0.3rem; } .warn { background: #fff6df; padding: 0.6rem; border-radius: 6px; }
 """
 
 
@@ -52,11 +53,24 @@ def _table(df: pd.DataFrame, index: bool = False) -> str:
     return df.to_html(index=index, escape=True, border=0, na_rep="–")
 
 
-def _figure(fig, first: list[bool]) -> str:
-    """A figure as an HTML fragment; the first carries Plotly's JavaScript, inlined (no network needed)."""
-    include = first[0]
-    first[0] = False
-    return fig.to_html(full_html=False, include_plotlyjs=include, config={"displaylogo": False})
+class _Figures:
+    """The report's figures as HTML fragments, numbered, each with a PNG and an SVG button under it (drawn by
+    Plotly in the browser, so they work offline); the first carries Plotly's JavaScript, inlined."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, fig, name: str = "") -> str:
+        self.count += 1
+        name = name or fig.layout.title.text or f"figure {self.count}"
+        div_id = f"fig-{self.count}"
+        buttons = "".join(
+            f"<button onclick=\"Plotly.downloadImage('{div_id}', {{format: '{fmt}', scale: {scale}, "
+            f"filename: '{charts.image_filename(name)}'}})\">{fmt.upper()}</button>"
+            for fmt, scale in (("png", charts.PNG_SCALE), ("svg", 1)))
+        drawn = fig.to_html(full_html=False, include_plotlyjs=self.count == 1, div_id=div_id,
+                            config=charts.figure_config(name))
+        return f"<figure class='fig'>{drawn}<figcaption class='note'>Download {html.escape(name)}: {buttons}</figcaption></figure>"
 
 
 def _data_section(evals: Sequence[compare.Evaluation]) -> str:
@@ -103,7 +117,7 @@ def html_report(evals: Sequence[compare.Evaluation], n_resamples: int = 2000, sc
                 title: str = "leukviz comparison") -> str:
     """The whole report as one HTML document (runs that share their validation cells: one comparable group)."""
     rep = compare.build_report(evals, n_resamples).to_dict()
-    first = [True]
+    figure = _Figures()
     body = [f"<h1>{html.escape(title)}</h1>",
             f"<p class='note'>Made {datetime.datetime.now().isoformat(timespec='seconds')} by leukviz from "
             f"{len(evals)} run(s).</p>",
@@ -113,19 +127,19 @@ def html_report(evals: Sequence[compare.Evaluation], n_resamples: int = 2000, sc
             "<p class='note'>Mean ± sd over each configuration's seeds, and the 95 % interval from a bootstrap over "
             "subjects (all of a person's cells resampled together).</p>",
             _table(compare.stats_table(rep["scores"])),
-            _figure(charts.interval_figure(rep["scores"], score, compare.SCORE_TEXT[score]), first)]
+            figure(charts.interval_figure(rep["scores"], score, compare.SCORE_TEXT[score]), "intervals")]
     for note in rep["notes"]:
         body.append(f"<p class='warn'>Note: {html.escape(note)}</p>")
     body += ["<h2>Each run</h2>", _table(compare.compare_table([compare.compare_row(ev) for ev in evals])),
              "<h2>Learning curves</h2>"]
     hist = compare.histories([ev.run for ev in evals])
     for metric in ("val_f1", "val_loss"):
-        body.append(_figure(charts.compare_curves(hist, metric), first))
-    body += ["<h2>ROC</h2>", _figure(charts.roc_figure(compare.roc_curves(evals)), first),
+        body.append(figure(charts.compare_curves(hist, metric), f"curves {charts.METRIC_LABELS[metric]}"))
+    body += ["<h2>ROC</h2>", figure(charts.roc_figure(compare.roc_curves(evals)), "ROC"),
              "<h2>Confusion matrices</h2>"]
     body.append("<div style='display:flex;flex-wrap:wrap;gap:1rem'>" + "".join(
-        _figure(charts.confusion_figure(ev.summary["confusion"], ev.classes, title=compare.run_name(ev.run))
-                .update_layout(width=380, height=340), first) for ev in evals) + "</div>")
+        figure(charts.confusion_figure(ev.summary["confusion"], ev.classes, title=compare.run_name(ev.run))
+                .update_layout(width=380, height=340)) for ev in evals) + "</div>")
     cals = [compare.calibration_of(ev) for ev in evals]
     body += ["<h2>Calibration</h2>", _table(compare.calibration_table(cals))]
     for cal in cals:
@@ -133,14 +147,14 @@ def html_report(evals: Sequence[compare.Evaluation], n_resamples: int = 2000, sc
         if rep_cal:
             fig = charts.reliability_figure(pd.DataFrame(rep_cal["reliability_before"]),
                                             pd.DataFrame(rep_cal["reliability_after"]))
-            body.append(_figure(fig.update_layout(title=f"{cal['model']}: {'test' if cal['test'] else 'validation'}, "
-                                                        f"T = {cal['temperature']:.2f}"), first))
+            body.append(figure(fig.update_layout(title=f"{cal['model']}: {'test' if cal['test'] else 'validation'}, "
+                                                        f"T = {cal['temperature']:.2f}")))
     body.append("<h2>Accuracy per subject</h2>")
     for ev in evals:
         if ev.val is not None and ev.val.subjects is not None:
             df = metrics.per_subject(ev.val.y, np.asarray(ev.val.probs).argmax(1), ev.val.subjects)
-            body.append(_figure(charts.per_subject_figure(df, ev.classes).update_layout(
-                title=f"{compare.run_name(ev.run)}: accuracy per validation subject"), first))
+            body.append(figure(charts.per_subject_figure(df, ev.classes).update_layout(
+                title=f"{compare.run_name(ev.run)}: accuracy per validation subject")))
     env = environment()
     body += ["<h2>Settings and run ids</h2>", _settings_section(evals),
              "<h2>Software and hardware</h2>", _table(pd.DataFrame([env]).T.reset_index().set_axis(["", "version"], axis=1))]

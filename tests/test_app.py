@@ -353,6 +353,17 @@ def test_compare_shows_each_finished_runs_metrics(app, tiny_data):
         assert row["weights"] == "none"
     # intervals, reliability, curves, ROC, and a confusion matrix per run
     assert len(at.get("plotly_chart")) == 4 + len(table)
+    # each saves as PNG (print resolution) from its camera button, or as SVG once the sidebar says so
+    def saves() -> list[dict]:
+        return [json.loads(c.proto.config)["toImageButtonOptions"] for c in at.get("plotly_chart")]
+
+    assert all(o["format"] == "png" and o["scale"] == 3 for o in saves())
+    assert len({o["filename"] for o in saves()}) == len(saves())  # each named after itself
+    at.radio(key="figure_format").set_value("svg").run()
+    assert all(o["format"] == "svg" for o in saves())
+    at.switch_page("views/train.py").run()
+    at.switch_page("views/compare.py").run()
+    assert at.radio(key="figure_format").value == "svg" and all(o["format"] == "svg" for o in saves())
     assert "split by subject" in at.selectbox[0].options[0]
 
 

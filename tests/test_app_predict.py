@@ -111,3 +111,32 @@ def test_a_real_cnmc_cell_gets_the_out_of_distribution_warning_and_a_demo_cell_d
     assert [m.label for m in fresh.metric] == ["Prediction"]
     assert not [w for w in fresh.warning if dashboard.plain(prediction.OOD_TITLE) in w.value]
     assert not any(prediction.UNRELIABLE_TEXT in m.value.replace("\\", "") for m in fresh.markdown)
+
+
+def test_a_zip_of_class_folders_gets_counts_accuracy_and_recall_against_its_folders(page, trained, tiny_data, tmp_path):
+    """A batch whose zip carries all/ and hem/ folders: the summary above the table counts each predicted class
+    and scores every model against the folders (the file names carry no class here)."""
+    import io
+    import zipfile
+
+    cells = {c: sorted((tiny_data / "training_data" / "fold_0" / c).glob("*.png"))[:4] for c in ("all", "hem")}
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for c, paths in cells.items():
+            for i, p in enumerate(paths):
+                z.writestr(f"batch/{c}/cell{i}{p.suffix}", p.read_bytes())
+    page.file_uploader[0].upload("batch.zip", buf.getvalue(), "application/zip")
+    page.run()
+    assert not page.exception, [e.value for e in page.exception]
+    summary = page.dataframe[0].value
+    table = next(d.value for d in page.dataframe if "file" in d.value.columns)
+    assert len(summary) == len(trained) and (summary["Images"] == 8).all() and (summary["Known class"] == 8).all()
+    for _, row in summary.iterrows():
+        mine = table[table["model"] == row["Model"].split(" · ")[0]]
+        assert len(mine) == 8
+        truth = mine["file"].str.split("/").str[-2]
+        assert row["Accuracy"] == pytest.approx((mine["predicted"] == truth).mean())
+        for c in ("all", "hem"):
+            assert row[f"Recall {c}"] == pytest.approx((mine["predicted"][truth == c] == c).mean())
+        called = sum(int(row[f"Called {c}"].split(" ")[0]) for c in ("all", "hem"))
+        assert called == 8

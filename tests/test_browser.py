@@ -249,6 +249,8 @@ def _walk_through(page, base: str, home: Path, shots: Path, timings: dict, t_lau
     page.wait_for_timeout(1500)  # charts draw after their container
     _no_exception(page, "Compare")
     page.screenshot(path=str(shots / "5-compare.png"))
+    assert _assert_tables_fit(page, "Compare") >= 4  # the matrix, the scores, each run, calibration
+    _figures_save_as_svg(page, shots)
     _report_opens_offline(page, shots)
 
     # Back on Train, the same settings: the finished run's results on arrival, on screen.
@@ -292,6 +294,22 @@ def _spinbutton(page, label: str):
     return box
 
 
+def _figures_save_as_svg(page, shots: Path) -> None:
+    """The sidebar's SVG choice: a chart's camera button then saves a vector file, named after the chart."""
+    page.get_by_text("SVG", exact=True).click()
+    _settle(page)
+    chart = page.locator(".js-plotly-plot").first
+    chart.hover()
+    with page.expect_download(timeout=30_000) as download:
+        chart.locator(".modebar-btn[data-title^='Download plot']").click()
+    path = shots / download.value.suggested_filename
+    download.value.save_as(str(path))
+    assert path.name.startswith("leukviz-") and path.suffix == ".svg", path.name
+    assert path.read_text()[:200].lstrip().startswith("<svg")
+    page.get_by_text("PNG", exact=True).click()
+    _settle(page)
+
+
 def _report_opens_offline(page, shots: Path) -> None:
     """Compare's report: one HTML file that a browser with no network draws whole (Plotly inlined)."""
     with page.expect_download(timeout=120_000) as download:
@@ -307,8 +325,44 @@ def _report_opens_offline(page, shots: Path) -> None:
     assert not errors, errors
     assert offline.locator(".js-plotly-plot").count() >= 5  # intervals, curves, ROC, a matrix, per subject
     assert offline.get_by_text(re.compile(r"is best on validation weighted F1")).count() >= 1
+    with offline.expect_download(timeout=30_000) as download:  # each figure's own SVG button, offline
+        offline.get_by_role("button", name="SVG").first.click()
+    assert download.value.suggested_filename.endswith(".svg")
     offline.screenshot(path=str(shots / "5-report-offline.png"))
     context.close()
+
+
+# Each table's columns against their content: glide's grid draws on a canvas, but keeps every cell's text in an
+# accessible table; each column's widest text (numbers at 4 significant digits and a unit: their formatted
+# width), measured in the grid's font with its 8 px padding each side, must fit the grid without scrolling.
+TABLE_FIT_JS = """() => {
+  const ctx = document.createElement('canvas').getContext('2d');
+  return [...document.querySelectorAll('[data-testid="stDataFrame"]')].filter(df => df.offsetParent !== null)
+    .map(df => {
+      const family = getComputedStyle(df).fontFamily, widest = {};
+      const measure = (cell, weight) => {
+        const text = cell.innerText.trim(), n = Number(text), col = cell.getAttribute('aria-colindex');
+        ctx.font = `${weight} 14px ${family}`;
+        const w = ctx.measureText(text !== '' && !isNaN(n) ? n.toPrecision(4) + '%' : text).width;
+        widest[col] = Math.max(widest[col] || 0, w);
+      };
+      df.querySelectorAll('th[role=columnheader]').forEach(c => measure(c, 600));
+      df.querySelectorAll('td[role=gridcell]').forEach(c => measure(c, 400));
+      const scroller = df.querySelector('.dvn-scroller');
+      return {columns: Object.keys(widest).length, header: [...df.querySelectorAll('th')].map(c => c.innerText),
+              need: Object.values(widest).reduce((a, w) => a + Math.ceil(w) + 17, 0),
+              width: df.getBoundingClientRect().width,
+              overflow: scroller ? scroller.scrollWidth - scroller.clientWidth : 0};
+    });
+}"""
+
+
+def _assert_tables_fit(page, where: str) -> int:
+    """No table on the page is wider than its place at 1366 px: nothing clipped, no sideways scrolling."""
+    tables = [t for t in page.evaluate(TABLE_FIT_JS) if t["columns"]]
+    for t in tables:
+        assert t["overflow"] <= 1 and t["need"] <= t["width"], f"{where}: a table does not fit: {t}"
+    return len(tables)
 
 
 def _assert_settings(page, settings, when: str) -> None:

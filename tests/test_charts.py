@@ -295,3 +295,14 @@ def test_lr_find_figure_marks_the_suggestion_on_a_log_axis() -> None:
     mine = charts.lr_find_figure(result, current=1e-3)  # the rate on screen, where the sweep measured it
     assert mine.data[-1].name == "your rate 0.001" and mine.data[-1].y[0] == pytest.approx(0.5)
     assert charts.lr_find_figure({}).layout.annotations  # nothing yet: says so
+
+
+def test_every_figure_saves_as_png_or_svg_named_after_it():
+    png = charts.figure_config("ROC · GoogLeNet, seed 1")
+    assert png["toImageButtonOptions"] == {"format": "png", "filename": "leukviz-roc-googlenet-seed-1",
+                                           "scale": charts.PNG_SCALE}
+    svg = charts.figure_config("ROC", "svg")["toImageButtonOptions"]
+    assert svg["format"] == "svg" and svg["scale"] == 1 and svg["filename"] == "leukviz-roc"
+    assert charts.image_filename("··") == "leukviz-figure"
+    with pytest.raises(ValueError, match="png, svg"):
+        charts.figure_config("ROC", "gif")

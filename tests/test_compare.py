@@ -251,7 +251,8 @@ def test_too_few_subjects_for_any_significance_is_said(tmp_path):
         rep = compare.build_report([compare.evaluate_run(x) for x in runs_], n_resamples=300)
     finally:
         SUBJECTS = keep
-    assert any("cannot give p below 0.06" in n for n in rep.notes)
+    assert any("validation rows pair the models over 5 subjects" in n and "cannot give p below 0.06" in n
+               for n in rep.notes)
     pair = rep.pairs[0]
     assert pair.result["scores"]["accuracy"]["p_value"] >= 2 / 32 - 1e-9
 
@@ -333,6 +334,10 @@ def test_the_html_report_is_whole_and_opens_offline(tmp_path, capsys):
                    "Row minus column", "Accuracy per subject", "Software and hardware", "torchvision"):
         assert needle in text, needle
     assert all(r.run_id in text for r in made)
+    # every figure: its own PNG and SVG button, drawn by the inlined Plotly (no renderer on the server)
+    figures = text.count("Plotly.newPlot")
+    assert text.count("format: 'svg'") == figures and text.count("format: 'png'") == figures
+    assert "filename: 'leukviz-roc'" in text
     assert "wrote the report" in capsys.readouterr().err
     assert main(["compare", "all", "--runs-dir", str(tmp_path), "--report", str(tmp_path)]) == 2  # a folder
 

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import streamlit as st
 
-from leukviz import dashboard, data, layout, runs
+from leukviz import charts, dashboard, data, layout, runs
 
 
 # Choices that outlive their widgets. Streamlit forgets a widget's value when a run does not draw it (a visit
 # to another page); saving each again at the top of every run makes it the session's, so it survives.
-KEPT = tuple(dashboard.URL_SETTINGS.values()) + ("train_weights_file", "train_nproc")
+KEPT = tuple(dashboard.URL_SETTINGS.values()) + ("train_weights_file", "train_nproc", "figure_format")
 
 
 def keep_choices() -> None:
@@ -28,6 +28,13 @@ def keep_choices() -> None:
     for key in KEPT:
         if key in state:
             state[key] = state[key]
+
+
+def figure(fig, key: str, name: str, where=None, **kwargs) -> None:
+    """A Plotly figure on a page, its camera button saving it as PNG or SVG (the sidebar's choice), named
+    after `name`."""
+    config = charts.figure_config(name, st.session_state.get("figure_format", "png"))
+    (where or st).plotly_chart(fig, key=key, config=config, **kwargs)
 
 
 def dataset_to_url() -> None:

@@ -9,7 +9,7 @@ import streamlit as st
 
 from leukviz import charts, compare, dashboard, layout, runs
 from leukviz.report import html_report
-from views._common import active_dataset, load_model, warn_damaged
+from views._common import active_dataset, figure, load_model, warn_damaged
 
 CURVES = {"val_acc": "Validation accuracy", "val_loss": "Validation loss", "val_f1": "Validation weighted F1",
           "train_acc": "Training accuracy", "train_loss": "Training loss"}
@@ -133,8 +133,7 @@ for which, tab in zip(sets, st.tabs([compare.SET_TEXT[w].capitalize() for w in s
         if len(matrix) > 1:
             st.markdown(f"**Row minus column**, {compare.SCORE_TEXT[score]} on {compare.SET_TEXT[which]}: "
                         "✓ clearly different, ~ suggestive, = no clear difference")
-            st.dataframe(matrix, width="stretch",
-                         column_config={c: st.column_config.TextColumn(c, width="medium") for c in matrix.columns})
+            st.dataframe(matrix, width="stretch")  # columns sized to their content: nothing clipped
         elif score not in compare.PAIRED_SCORES:
             st.caption(f"Paired tests are run on {' and '.join(compare.SCORE_TEXT[k] for k in compare.PAIRED_SCORES)}.")
 
@@ -160,7 +159,7 @@ st.caption(
     "cells that chose nothing (the kept epoch is chosen on validation).")
 for note in report["notes"]:
     st.caption(f"Note: {dashboard.plain(note)}")
-st.plotly_chart(charts.interval_figure(scores, score, compare.SCORE_TEXT[score]), key="intervals")
+figure(charts.interval_figure(scores, score, compare.SCORE_TEXT[score]), "intervals", f"{score} intervals")
 if report["paired"]:
     with st.expander("Every paired comparison in words"):
         for p in report["paired"]:
@@ -177,7 +176,7 @@ st.subheader("Each run")
 table = compare.compare_table(rows)
 SETTINGS_COLUMNS = ["model", "weights", "split", "image_size", "epochs", "run_id"]
 short = {  # short headers (each with its full name as help), so the table fits a laptop screen
-    "model": st.column_config.TextColumn("Model", width="medium"),
+    "model": st.column_config.TextColumn("Model"),
     "val_accuracy": st.column_config.NumberColumn("Acc.", format="percent", help="Validation accuracy"),
     "weighted_f1": st.column_config.NumberColumn("F1", format="%.3f", help="Validation weighted F1 (C-NMC's metric)"),
     "weighted_f1_ci": st.column_config.TextColumn("F1 95 % CI", help="Bootstrap over subjects"),
@@ -214,7 +213,7 @@ rep = cal["test"] or cal["val"]
 if rep:
     fig = charts.reliability_figure(pd.DataFrame(rep["reliability_before"]), pd.DataFrame(rep["reliability_after"]))
     fig.update_layout(title=f"{'test (held out)' if cal['test'] else 'validation'}, T = {cal['temperature']:.2f}")
-    st.plotly_chart(fig, key="reliability")
+    figure(fig, "reliability", f"reliability {cal['model']}")
 else:
     st.info(dashboard.plain(cal.get("note") or "This run is not calibrated."))
 
@@ -225,17 +224,17 @@ with left:
     fig = charts.compare_curves(compare.histories(selected), metric)
     if metric in charts.FRACTION_METRICS:
         fig.update_yaxes(range=[0, 1.02])  # a fixed scale: one epoch alone would autorange to 0-150 %
-    st.plotly_chart(fig.update_layout(title=None), key="compare_curves")
+    figure(fig.update_layout(title=None), "compare_curves", f"curves {CURVES[metric]}")
 with right:
     st.subheader("ROC")
-    st.plotly_chart(charts.roc_figure(compare.roc_curves(evals)).update_layout(title=None), key="roc")
+    figure(charts.roc_figure(compare.roc_curves(evals)).update_layout(title=None), "roc", "ROC")
 
 st.subheader("Confusion matrices")
 per_row = 3
 for start in range(0, len(evals), per_row):
     for col, ev in zip(st.columns(per_row), evals[start:start + per_row]):
         fig = charts.confusion_figure(ev.summary["confusion"], ev.classes, title=dashboard.run_name(ev.run))
-        col.plotly_chart(fig, key=f"cm_{ev.run.run_id}")
+        figure(fig, f"cm_{ev.run.run_id}", f"confusion {dashboard.run_name(ev.run)}", where=col)
 
 st.subheader("Error gallery")
 st.caption("Each run's most confidently wrong validation cells (then its least sure right ones), as the "

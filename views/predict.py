@@ -8,7 +8,7 @@ import streamlit as st
 
 from leukviz import charts, dashboard, layout, prediction
 from leukviz.explain import colour_bar
-from views._common import active_dataset, load_model, open_dataset, warn_damaged
+from views._common import active_dataset, figure, load_model, open_dataset, warn_damaged
 
 st.title("Predict")
 finished = dashboard.finished_runs()  # damaged runs left out, and named:
@@ -161,7 +161,7 @@ for i, (name, src, truth, file_key) in enumerate(items):
             elif p.ood is None:
                 st.caption(dashboard.plain(p.ood_note))
             bars = charts.probability_bars(p.probs).update_layout(margin={"l": 10, "r": 10, "t": 10, "b": 10})
-            st.plotly_chart(bars, key=f"probs_{i}_{p.run_id}", height=180)
+            figure(bars, f"probs_{i}_{p.run_id}", f"probabilities {name} {p.model}", height=180)
     mix = prediction.ensemble(result)
     if mix is not None:
         with st.container(border=True):

@@ -5,7 +5,7 @@ from pathlib import Path
 import streamlit as st
 
 from leukviz import backbones, charts, compare, config, dashboard, data, events, layout, lrfind, runs
-from views._common import active_dataset, active_split, require_dataset
+from views._common import active_dataset, active_split, figure, require_dataset
 
 LEARNING_RATES = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 PRESET_TEXT = {"quick": "Quick", "paper": "Paper (seed paper's recipe)", "full": "Full"}
@@ -216,7 +216,7 @@ def lr_finder(cfg: config.RunConfig, fingerprint: str) -> None:
         else:
             b.button(f"Use {advice.rate:g}", icon=":material/check:", key="train_use_lr", on_click=use_rate,
                      args=(advice.rate,))
-        st.plotly_chart(charts.lr_find_figure(info, current=cfg.lr), key="train_lr_find_chart")
+        figure(charts.lr_find_figure(info, current=cfg.lr), "train_lr_find_chart", f"learning-rate finder {cfg.backbone}")
         return
     if where == "failed":
         st.error("The learning-rate finder failed:")
@@ -369,7 +369,7 @@ def run_panel(run: runs.Run, polling: bool, members: list[runs.Run]) -> None:
             st.rerun()
     else:
         unfinished_panel(run, status)
-    st.plotly_chart(charts.training_curves(evts, height=CURVES_HEIGHT), key=f"curves_{run.run_id}")
+    figure(charts.training_curves(evts, height=CURVES_HEIGHT), f"curves_{run.run_id}", f"training curves {run.run_id}")
     if len(members) > 1:  # under the curves, which stay in view: the other seeds, and their mean when done
         group_panel(run, members)
 
