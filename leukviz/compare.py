@@ -489,22 +489,29 @@ def answer(rep: dict, score: str = "weighted_f1", which: str = "val") -> str:
 
 
 def pair_matrix(rep: dict, score: str = "weighted_f1", which: str = "val") -> pd.DataFrame:
-    """Every pair at once: rows and columns the models (in the report's order), each cell the row's model
-    minus the column's, its interval and p, and a mark of what they support (✓ clear, ~ weak, = unclear)."""
+    """Every pair once: the upper triangle of a models x models table (rows all but the last model, columns
+    all but the first, in the report's order), each cell the row's model minus the column's: a mark of what
+    the interval and the paired test support together (✓ clear, ~ weak, = unclear), the difference, its 95 %
+    interval in brackets and p ("✓ +0.050 [+0.010, +0.090] p = 0.01"). Half the width of the full square,
+    whose other half only repeats it with the sign turned, so it fits a laptop screen."""
     names = [s["model"] for s in rep["scores"] if s["set"] == which]
     marks = {metrics.CLEAR: "\u2713", metrics.WEAK: "~", metrics.UNCLEAR: "="}
     cells = {}
-    for a in names:
+    for i, a in enumerate(names[:-1]):
         row = {}
-        for b in names:
-            found = None if a == b else _pair_entry(rep["paired"], a, b, which, score)
+        for j, b in enumerate(names[1:], start=1):
+            found = _pair_entry(rep["paired"], a, b, which, score) if j > i else None
             if found is None:
-                row[b] = "" if a == b else "–"
+                row[b] = "" if j <= i else "–"
                 continue
             entry, sign = found
-            row[b] = f"{marks[metrics.verdict_kind(entry)]} {_difference_text(entry, sign)}"
+            diff, low, high = (sign * entry[k] for k in ("difference", "low", "high"))
+            low, high = min(low, high), max(low, high)
+            p = entry.get("p_value")
+            row[b] = (f"{marks[metrics.verdict_kind(entry)]} {metrics.signed(diff)} "
+                      f"[{metrics.signed(low)}, {metrics.signed(high)}]" + ("" if p is None else f" {metrics.p_text(p)}"))
         cells[a] = row
-    return pd.DataFrame.from_dict(cells, orient="index", columns=names)
+    return pd.DataFrame.from_dict(cells, orient="index", columns=names[1:])
 
 
 def stats_table(scores: Sequence[dict], only: str | None = None) -> pd.DataFrame:

@@ -394,12 +394,21 @@ def batch_summary(table: pd.DataFrame, classes: Sequence[str], positive: str = "
     return out
 
 
+def model_name(m: dict) -> str:
+    """A batch_summary entry's model as every page names it: 'GoogLeNet · 1a2b3c' (inference.LoadedModel.name)."""
+    try:
+        title = backbones.get_spec(m["model"]).title
+    except ValueError:
+        title = m["model"]
+    return f"{title} · {m['run_id'][:6]}"
+
+
 def summary_frame(summary: Sequence[dict]) -> pd.DataFrame:
     """batch_summary as one row per model, for a page's table: images, each class's count and share, and,
     where the truth is known, accuracy and each class's recall."""
     rows = []
     for m in summary:
-        row: dict[str, Any] = {"Model": f"{m['model']} · {m['run_id'][:6]}", "Images": m["images"]}
+        row: dict[str, Any] = {"Model": model_name(m), "Images": m["images"]}
         for c, n in m["counts"].items():
             share = m["shares"][c]
             row[f"Called {c}"] = f"{n} ({share:.0%})" if share is not None else str(n)
@@ -413,7 +422,7 @@ def summary_frame(summary: Sequence[dict]) -> pd.DataFrame:
 
 def subjects_frame(summary: Sequence[dict]) -> pd.DataFrame:
     """batch_summary's per-subject shares, one row per model and subject (empty without subjects)."""
-    return pd.DataFrame([{"Model": f"{m['model']} · {m['run_id'][:6]}", "Subject": s["subject"], "Cells": s["cells"],
+    return pd.DataFrame([{"Model": model_name(m), "Subject": s["subject"], "Cells": s["cells"],
                           "Called all": s["share"], "95 % CI": f"{s['low']:.0%} to {s['high']:.0%}"}
                          for m in summary for s in m.get("subjects", [])])
 
@@ -423,7 +432,7 @@ def summary_lines(summary: Sequence[dict]) -> list[str]:
     lines = []
     for m in summary:
         shares = ", ".join(f"{c} {n} ({m['shares'][c]:.0%})" for c, n in m["counts"].items() if m["shares"][c] is not None)
-        line = f"{m['model']} {m['run_id'][:6]}: {m['images']} images: {shares}"
+        line = f"{model_name(m)}: {m['images']} images: {shares}"
         if m["unreadable"]:
             line += f"; {m['unreadable']} unreadable"
         if "accuracy" in m:

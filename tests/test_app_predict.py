@@ -132,7 +132,7 @@ def test_a_zip_of_class_folders_gets_counts_accuracy_and_recall_against_its_fold
     table = next(d.value for d in page.dataframe if "file" in d.value.columns)
     assert len(summary) == len(trained) and (summary["Images"] == 8).all() and (summary["Known class"] == 8).all()
     for _, row in summary.iterrows():
-        mine = table[table["model"] == row["Model"].split(" · ")[0]]
+        mine = table[table["run_id"].str.startswith(row["Model"].split(" · ")[1])]
         assert len(mine) == 8
         truth = mine["file"].str.split("/").str[-2]
         assert row["Accuracy"] == pytest.approx((mine["predicted"] == truth).mean())
@@ -140,3 +140,7 @@ def test_a_zip_of_class_folders_gets_counts_accuracy_and_recall_against_its_fold
             assert row[f"Recall {c}"] == pytest.approx((mine["predicted"][truth == c] == c).mean())
         called = sum(int(row[f"Called {c}"].split(" ")[0]) for c in ("all", "hem"))
         assert called == 8
+    # the zip's images get cards too, a page of six at a time, each with its class from its folder
+    titles = [m.value.replace("\\", "") for m in page.markdown if m.value.replace("\\", "").startswith("#### batch.zip/")]
+    assert len(titles) == 6 and all(" · true class **" in t for t in titles)
+    assert page.number_input(key="predict_page").max == 2

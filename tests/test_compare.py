@@ -311,10 +311,12 @@ def test_the_answer_names_the_best_model_and_says_which_leads_are_clear():
     assert "it is clearly better than GoogLeNet (+0.050, 95 % CI +0.010 to +0.090, p = 0.01)" in text
     assert "its lead over VGG16 is not clear (+0.030, 95 % CI \u22120.160 to +0.190, p = 0.62)" in text
     m = compare.pair_matrix(rep, "weighted_f1", "val")
-    assert list(m.index) == list(m.columns) == ["GoogLeNet", "ResNet50", "VGG16"]
-    assert m.loc["ResNet50", "GoogLeNet"].startswith("\u2713 +0.050") and m.loc["GoogLeNet", "ResNet50"].startswith("\u2713 \u22120.050")
+    # every pair once, row minus column: the upper triangle (its mirror would only repeat it, sign turned)
+    assert list(m.index) == ["GoogLeNet", "ResNet50"] and list(m.columns) == ["ResNet50", "VGG16"]
+    assert m.loc["GoogLeNet", "ResNet50"] == "\u2713 \u22120.050 [\u22120.090, \u22120.010] p = 0.01"
+    assert m.loc["ResNet50", "VGG16"] == "= +0.030 [\u22120.160, +0.190] p = 0.62"
     assert m.loc["GoogLeNet", "VGG16"].startswith("= ")  # the interval excludes 0, p = 1.00: not clear
-    assert m.loc["VGG16", "VGG16"] == ""
+    assert m.loc["ResNet50", "ResNet50"] == ""  # the diagonal and below: empty
 
 
 def test_the_html_report_is_whole_and_opens_offline(tmp_path, capsys):

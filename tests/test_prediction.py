@@ -149,5 +149,5 @@ def test_a_batch_summary_counts_classes_and_scores_against_class_folders_and_cnm
     assert h3["subject"] == "h3" and h3["cells"] == 2 and h3["share"] == pytest.approx(0.5)
     assert 0 < h3["low"] < 0.5 < h3["high"] < 1
     lines = prediction.summary_lines([s])
-    assert lines[0].startswith("googlenet abcdef: 7 images: hem 3 (50%), all 3 (50%); 1 unreadable; on the 5 with a "
+    assert lines[0].startswith("GoogLeNet · abcdef: 7 images: hem 3 (50%), all 3 (50%); 1 unreadable; on the 5 with a "
                                "known class: accuracy 60.0%") and "subject h3: 50% of 2 cells called all" in lines[1]

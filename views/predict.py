@@ -68,11 +68,15 @@ if len(uploads) > 1 or zips:
                 predictions = prediction.predict_uploads(models, [(f.name, f.getvalue()) for f in uploads + zips],
                                                         Path(tmp))
                 st.session_state["batch_table"] = prediction.prediction_table(models, predictions)
+                # a zip's images get cards too (a page at a time, predicted again when shown): their bytes kept
+                st.session_state["batch_members"] = [(z.file_id, *m) for z in zips
+                                                     for m in prediction.zip_images(z.name, z.getvalue(), Path(tmp))]
                 # the cards below show these same results: every image is decoded and predicted once
                 done = st.session_state.setdefault("predictions", {})
                 done.update({(f.file_id, tuple(stamps)): p for f, p in zip(uploads, predictions)})
             except (OSError, RuntimeError, ValueError, KeyError) as e:
                 st.session_state["batch_table"] = None
+                st.session_state["batch_members"] = []
                 st.error(f"The table could not be made: {dashboard.plain(e)}")
         st.session_state["batch_key"] = batch_key
     table = st.session_state.get("batch_table")
@@ -88,12 +92,21 @@ if len(uploads) > 1 or zips:
             st.markdown("**Per subject** (C-NMC file names): the share of each person's cells called `all`")
             st.dataframe(subjects, hide_index=True, width="stretch",
                          column_config={"Called all": st.column_config.NumberColumn(format="percent")})
-        st.dataframe(table, hide_index=True, width="stretch",
+        st.dataframe(table, hide_index=True, width="stretch",  # what fits a laptop screen; the CSV has every column
+                     column_order=[c for c in ("file", "model", "predicted", "confidence", "ood", "error")
+                                   if c in table.columns],
                      column_config={"file": st.column_config.TextColumn("File"),
+                                    "model": st.column_config.TextColumn("Model"),
+                                    "predicted": st.column_config.TextColumn("Predicted"),
+                                    "ood": st.column_config.CheckboxColumn(
+                                        "Unlike training", help="Out of distribution: the confidence is not reliable"),
+                                    "error": st.column_config.TextColumn("Error"),
                                     "confidence": st.column_config.NumberColumn(
                                         "Confidence", format="percent", help="Calibrated on validation"),
                                     "confidence_raw": st.column_config.NumberColumn("Raw confidence",
                                                                                     format="percent")})
+        st.caption("The CSV also has each class's probability (calibrated and raw), the temperature and why an "
+                   "image was called unlike the training images.")
         st.download_button("Download the table (CSV)", prediction.table_csv(table), file_name="predictions.csv",
                            mime="text/csv", icon=":material/download:", key="batch_csv")
 if st.button("Try demo cells", icon=":material/science:",
@@ -105,7 +118,11 @@ if st.button("Try demo cells", icon=":material/science:",
 # The demo cells first (a click shows them at once, above any uploads), then the uploads.
 items = [(f"demo cell {Path(path).name}", path, truth, path)
          for path, truth in st.session_state.get("demo_cells", [])]
-items += [(f.name, f, None, f.file_id) for f in uploads]
+classes = models[0].classes
+items += [(f.name, f, prediction.truth_of(f.name, classes)[0], f.file_id) for f in uploads]
+if zips:  # the zips' images, in the table's order
+    items += [(name, blob, prediction.truth_of(name, classes)[0], f"{zip_id}/{name}")
+              for zip_id, name, blob in st.session_state.get("batch_members", [])]
 if not items:
     st.info("Drop one or more cell images above, or try the demo cells.")
     st.stop()
