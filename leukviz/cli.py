@@ -654,6 +654,13 @@ def cmd_evaluate(args) -> int:
              + (f", {res['skipped']} unreadable skipped" if res["skipped"] else ""),
              f"  cell level{' (no TTA)' if args.tta else ''}: {_scores_text(res)}; positive class {pos}",
              f"  confusion (rows true, columns predicted; {', '.join(res['classes'])}): {res['confusion']}"]
+    if res["not_held_out"]:
+        copies = res["not_held_out"]
+        lines.insert(1, f"  left out: {len(copies)} image(s) whose bytes are in the run's own training or validation "
+                        f"data, so not held out ({', '.join(copies[:3])}{' …' if len(copies) > 3 else ''})")
+    if res["copies_unchecked"]:
+        lines.insert(1, f"  warning: not checked for copies of the run's training images ({res['copies_unchecked']}): "
+                        "if any are here, these scores are not of held-out data")
     if "subject_vote" in res:
         lines.append(f"  subject level{' (no TTA)' if args.tta else ''}, each subject diagnosed once by the mean "
                      f"probability of its cells: {_vote_text(res['subject_vote'])}")

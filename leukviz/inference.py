@@ -218,6 +218,34 @@ def _refuse_training_data(ds: data.Dataset, lm: LoadedModel) -> None:
                              "scores would be of training images; give other labelled data")
 
 
+def seen_digests(lm: LoadedModel, cache_dir: Path | None = None) -> tuple[set[str], str]:
+    """The content digests of every image the run's own dataset offered it for training or validation (its
+    test set excluded): what a score must not count as held out; and, when that dataset (where config.json
+    says) cannot be opened, why nothing could be checked."""
+    spec = ((read_json(lm.run_dir / CONFIG, {}) or {}).get("config") or {}).get("data")
+    if not spec:
+        return set(), "the run does not name its dataset"
+    try:
+        ds = data.open_dataset(spec, cache_dir)
+    except (data.DataError, OSError) as e:
+        return set(), f"the run's own dataset ({spec}) cannot be opened: {e}"
+    pool = ds.index["set"].isin(data.POOL_SETS).to_numpy()
+    return {d for d, p in zip(data.content_digests(ds), pool) if p and not d.startswith("unreadable")}, ""
+
+
+def _listing(names: Sequence[str], shown: int = 3) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def _held_out(ds: data.Dataset, rows: np.ndarray, seen: set[str]) -> tuple[np.ndarray, list[str]]:
+    """The rows whose bytes the run never saw, and the names of those it did (left out of the score)."""
+    digests = np.asarray(data.content_digests(ds), dtype=object)[rows]
+    copy = np.array([d in seen for d in digests], dtype=bool)
+    names = [str(Path(p).relative_to(ds.root)) if Path(p).is_relative_to(ds.root) else Path(p).name
+             for p in ds.index["path"].to_numpy()[rows[copy]]]
+    return rows[~copy], names
+
+
 def evaluate_dataset(lm: LoadedModel, dataset: str | Path, cache_dir: Path | None = None, tta: bool = False) -> dict:
     """Score a run on labelled data it did not train on: a C-NMC root's preliminary test set (labels CSV),
     or every image of a class-per-folder tree.
@@ -236,6 +264,12 @@ def evaluate_dataset(lm: LoadedModel, dataset: str | Path, cache_dir: Path | Non
         _refuse_training_data(ds, lm)
     sets = sorted(set(test["set"])) if len(test) else sorted(set(ds.index["set"]) - {"final"})
     rows = np.flatnonzero(ds.index["set"].isin(sets).to_numpy() & (ds.index["label"] >= 0).to_numpy())
+    # images whose bytes the run trained (or chose its epoch) on are never scored as held out: named, left out
+    seen, unchecked = seen_digests(lm, cache_dir)
+    rows, copies = _held_out(ds, rows, seen)
+    if len(copies) and not len(rows):
+        raise data.DataError(f"every one of the {len(copies)} labelled images is a copy of an image the run trained "
+                             f"or was validated on ({_listing(copies)}): nothing here is held out; give other data")
     images, ok = lm.preprocess.cache(ds, cache_dir)
     rows = rows[ok[rows]]
     if len(rows) == 0:
@@ -245,7 +279,8 @@ def evaluate_dataset(lm: LoadedModel, dataset: str | Path, cache_dir: Path | Non
     subjects = subjects if (subjects != "").all() else None
     res = metrics.summary(y, predict_arrays(lm, images[rows]), lm.classes, subjects)
     res.update({"dataset": str(dataset), "set": "+".join(sets), "tta": tta, "run_id": lm.run_dir.name,
-                "skipped": int((~ok[np.flatnonzero(ds.index["set"].isin(sets).to_numpy())]).sum())})
+                "skipped": int((~ok[np.flatnonzero(ds.index["set"].isin(sets).to_numpy())]).sum()),
+                "not_held_out": copies, "copies_unchecked": unchecked})
     if tta:
         with_tta = metrics.summary(y, predict_arrays(lm, images[rows], tta=True), lm.classes, subjects)
         res["with_tta"] = {k: with_tta[k] for k in TTA_KEYS if k in with_tta}

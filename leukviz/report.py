@@ -98,7 +98,7 @@ def _answer_section(rep: dict, score: str) -> str:
         if sentence:
             parts.append(f"<p class='answer'>{html.escape(sentence)}</p>")
         matrix = compare.pair_matrix(rep, score, which)
-        if len(matrix) > 1:
+        if not matrix.empty:  # two models or more (every pair once)
             parts.append(f"<p>Row minus column, {compare.SCORE_TEXT[score]} on {compare.SET_TEXT[which]} "
                          "(✓ clearly different, ~ suggestive, = no clear difference):</p>" + _table(matrix, index=True))
     words = [f"<li>{html.escape(v)} ({'test' if p['set'] == 'test' else 'validation'})</li>"

@@ -313,3 +313,34 @@ def test_predict_all_with_a_damaged_run_predicts_with_the_others(tmp_path, monke
     assert f"run {bad.run_id} left out" in out.err and "truncated" in out.err
     assert main(["predict", "--run", bad.run_id, str(img), "--runs-dir", str(runs_dir)]) == 2
     assert "cannot be loaded" in capsys.readouterr().err
+
+
+def test_evaluate_leaves_out_byte_copies_of_the_runs_own_images_and_names_them(tmp_path):
+    """Copies of the run's training images in another folder, under other names, are not held out: they are
+    named and left out of the score (found by content digest); a folder of nothing else is refused."""
+    import json
+
+    trained_on = class_tree(tmp_path / "train", per_subject=2)
+    lm = tiny_model(tmp_path)
+    (lm.run_dir / "config.json").write_text(json.dumps({"config": {"data": str(trained_on)}}))
+    other = class_tree(tmp_path / "other", per_subject=2, subjects={"all": ("7", "8"), "hem": ("H7", "H8")})
+    # new pixels: class_tree numbers its cells, so shift the other tree's so none equals a training cell
+    for i, p in enumerate(sorted(other.rglob("*.png"))):
+        cell_png(p, 100 + i)
+    copies = sorted(trained_on.rglob("*.png"))[:3]
+    for i, p in enumerate(copies):
+        shutil.copy(p, other / p.parent.name / f"renamed{i}.png")
+    res = inference.evaluate_dataset(lm, other, tmp_path / "cache")
+    assert res["n"] == 8 and sorted(res["not_held_out"]) == sorted(f"{p.parent.name}/renamed{i}.png"
+                                                                      for i, p in enumerate(copies))
+    only_copies = tmp_path / "copies"
+    for p in sorted(trained_on.rglob("*.png")):
+        (only_copies / p.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, only_copies / p.parent.name / f"x{p.name}")
+    with pytest.raises(data.DataError, match=r"every one of the 12 labelled images is a copy"):
+        inference.evaluate_dataset(lm, only_copies, tmp_path / "cache")
+    assert res["copies_unchecked"] == ""
+    # the run's own dataset gone: scored, and said to be unchecked (the CLI prints it as a warning)
+    shutil.rmtree(trained_on)
+    res = inference.evaluate_dataset(lm, other, tmp_path / "cache")
+    assert res["n"] == 11 and "the run's own dataset" in res["copies_unchecked"] and "cannot be opened" in res["copies_unchecked"]

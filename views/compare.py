@@ -130,7 +130,7 @@ for which, tab in zip(sets, st.tabs([compare.SET_TEXT[w].capitalize() for w in s
         if sentence:
             st.info(dashboard.plain(sentence), icon=":material/emoji_events:")
         matrix = compare.pair_matrix(report, score, which)
-        if len(matrix) > 1:
+        if not matrix.empty:  # two models or more (every pair once)
             st.markdown(f"**Row minus column**, {compare.SCORE_TEXT[score]} on {compare.SET_TEXT[which]}: "
                         "✓ clearly different, ~ suggestive, = no clear difference")
             st.dataframe(matrix, width="stretch")  # columns sized to their content: nothing clipped
