@@ -15,6 +15,7 @@ from leukviz import config as C
 from leukviz import layout
 from leukviz.errors import LeukvizError
 from leukviz.events import BATCH, BEGINNINGS, EPOCH
+from leukviz.storage import write_error_text
 
 
 class CliError(LeukvizError):
@@ -486,7 +487,15 @@ def _selected_runs(run_arg: str, runs_dir):
         if not chosen:
             raise CliError("no finished runs to predict with; train one first")
         return chosen
-    return [runs.get_run(run_arg, runs_dir)]
+    return [_warn_unfinished(runs.get_run(run_arg, runs_dir))]
+
+
+def _warn_unfinished(run):
+    """The run, after a warning on stderr when its model is not a finished run's (stopped, interrupted)."""
+    note = run.unfinished()
+    if note:
+        print(f"warning: {note}; its results are of an unfinished model", file=sys.stderr)
+    return run
 
 
 def _comparable(run_args: list[str], runs_dir) -> list:
@@ -547,8 +556,9 @@ def cmd_predict(args) -> int:
     from leukviz import inference
     from leukviz.metrics import nan_to_none
 
-    if args.csv:
-        _output_file(args.csv, "--csv")
+    csv_path = _output_file(args.csv, "--csv") if args.csv else None
+    if args.cam:
+        _output_folder(args.cam, "--cam")
     files = _collect_images(args.images)
     if not files:
         raise CliError("no images given")
@@ -561,8 +571,11 @@ def cmd_predict(args) -> int:
             cams.extend({"model": lm.backbone, "run_id": lm.run_dir.name, **rec}
                         for rec in explain.save_cams(lm, files, Path(args.cam)))
         print(f"wrote {sum(1 for c in cams if c['cam'])} Grad-CAM overlays to {args.cam}", file=sys.stderr)
-    if args.csv:
-        table.to_csv(args.csv, index=False)
+    if csv_path is not None:
+        from leukviz.prediction import table_csv
+        from leukviz.storage import atomic_write_bytes
+
+        atomic_write_bytes(csv_path, table_csv(table))  # whole or not at all: a full disk leaves no cut-short table
     records = nan_to_none(table)
     for r in records:  # the table holds one text cell; a JSON reader gets the list back
         r["ood_reasons"] = r["ood_reasons"].split("; ") if r.get("ood_reasons") else []
@@ -597,6 +610,19 @@ def _output_file(path: str, flag: str) -> Path:
         p.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise CliError(f"{flag} {path}: cannot make its folder {p.parent} ({e.strerror or e})") from None
+    return p
+
+
+def _output_folder(path: str, flag: str) -> Path:
+    """Where a command will write files, checked (and made) before the work: a file at the path, or a
+    folder that cannot be made, is a CliError naming the flag."""
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise CliError(f"{flag} {path} is a file; give a folder to write into")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CliError(f"{flag} {path}: cannot make this folder ({e.strerror or e})") from None
     return p
 
 
@@ -646,9 +672,9 @@ def _vote_text(vote: dict) -> str:
 def cmd_evaluate(args) -> int:
     from leukviz import inference, runs
 
-    run = runs.get_run(args.run, args.runs_dir)
+    run = _warn_unfinished(runs.get_run(args.run, args.runs_dir))
     lm = inference.load_model(run.dir)
-    res = inference.evaluate_dataset(lm, args.data, runs.cache_root(), tta=args.tta)
+    res = {**inference.evaluate_dataset(lm, args.data, runs.cache_root(), tta=args.tta), "unfinished": run.unfinished()}
     pos = res["positive_class"]
     lines = [f"run {run.run_id} ({lm.backbone}) on {res['dataset']} [{res['set']} set], n={res['n']} cells"
              + (f", {res['skipped']} unreadable skipped" if res["skipped"] else ""),
@@ -768,8 +794,8 @@ def cmd_study(args) -> int:
 def cmd_export(args) -> int:
     from leukviz import export, runs
 
-    run = runs.get_run(args.run, args.runs_dir)
-    res = export.export_run(run.dir, args.format, args.out)
+    run = _warn_unfinished(runs.get_run(args.run, args.runs_dir))
+    res = {**export.export_run(run.dir, args.format, args.out), "unfinished": run.unfinished()}
     human = f"exported run {run.run_id} as {res['format']} to {res['path']} ({res['bytes'] / 1e6:.1f} MB)"
     if res["format"] == "safetensors":
         human += f"; sidecar {res['sidecar']}"
@@ -1029,8 +1055,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (LeukvizError, KeyError, FileNotFoundError, ValueError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    except (LeukvizError, KeyError, FileNotFoundError, ValueError, OSError) as e:
+        # an OSError that is not a missing input (a full disk, no permission) is one line naming the file
+        plain = isinstance(e, FileNotFoundError) or not isinstance(e, OSError) or isinstance(e, LeukvizError)
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e) if plain else write_error_text(e)
         if getattr(args, "json", False):
             print(json.dumps({"error": msg}))
         print(f"error: {msg}", file=sys.stderr)

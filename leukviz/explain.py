@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import json
 import re
 import threading
@@ -17,6 +19,7 @@ from PIL import Image
 from leukviz import backbones
 from leukviz.inference import LoadedModel, prepare
 from leukviz.layout import PREDICTIONS, SIDECAR
+from leukviz.storage import atomic_write_bytes
 
 DISPLAY_MIN = 224  # overlays written to disk are upscaled to at least this many pixels, to be readable
 # The hooks sit on a model that the dashboard shares between sessions (threads): one CAM at a time.
@@ -158,7 +161,9 @@ def save_cams(lm: LoadedModel, files: Sequence[str | Path], out_dir: str | Path)
             name, n = f"{stem}_{n}.{tag}.png", n + 1
         taken.add(name)
         big = _display(img)
-        Image.fromarray(overlay(big, gradcam(lm, img))).save(out_dir / name)
+        buf = io.BytesIO()  # each overlay whole or not at all (a full disk)
+        Image.fromarray(overlay(big, gradcam(lm, img))).save(buf, format="PNG")
+        atomic_write_bytes(out_dir / name, buf.getvalue())
         records.append({"file": str(f), "cam": str(out_dir / name), "error": ""})
     return records
 

@@ -17,6 +17,7 @@ from torch import nn
 from leukviz import inference
 from leukviz.errors import LeukvizError
 from leukviz.layout import CHECKPOINT, CONFIG, PREDICTIONS, SIDECAR
+from leukviz.storage import atomic_path, atomic_write_bytes
 
 FORMATS = ("onnx", "safetensors")
 ONNX_TOLERANCE = 1e-4  # max abs difference of probabilities, ONNX Runtime vs PyTorch
@@ -45,11 +46,13 @@ def _target(out: Path, suffix: str) -> Path:
 def _export_safetensors(run_dir: Path, out: Path) -> dict:
     target = _target(out, ".safetensors")
     sidecar = target.with_suffix(".json")
-    shutil.copyfile(run_dir / CHECKPOINT, target)
     meta = json.loads((run_dir / SIDECAR).read_text())
     meta["run_id"] = run_dir.name
     meta["config"] = json.loads((run_dir / CONFIG).read_text()).get("config", {})
-    sidecar.write_text(json.dumps(meta, indent=1))
+    # each file whole or not at all (a full disk): the weights first, then the sidecar that describes them
+    with atomic_path(target) as tmp:
+        shutil.copyfile(run_dir / CHECKPOINT, tmp)
+    atomic_write_bytes(sidecar, json.dumps(meta, indent=1).encode())
     return {"format": "safetensors", "path": str(target), "sidecar": str(sidecar),
             "bytes": target.stat().st_size}
 
@@ -105,16 +108,6 @@ def _export_onnx(run_dir: Path, out: Path) -> dict:
         raise ExportError("ONNX export needs the onnxscript package: pip install onnxscript "
                           "(pinned in requirements.txt)") from None
     t0 = time.time()
-    # The default (dynamo) exporter, not the deprecated TorchScript one (dynamo=False): that one cannot
-    # export VGG16's AdaptiveAvgPool2d(7) from a feature map whose side does not divide 7, which is
-    # every input size but multiples of 224 (the 64 px quick and 128 px paper presets among them).
-    # One self-contained file (no external data: the largest, VGG16, is 0.5 GB of the 2 GB limit).
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")  # the exporter's chatter about its own internals
-        torch.onnx.export(model, (x[:2],), str(target), dynamo=True, external_data=False, verbose=False,
-                          input_names=["image"], output_names=["logits", "probabilities"],
-                          dynamic_shapes=({0: torch.export.Dim("batch")},))
-    proto = onnx.load(str(target))
     props = {"leukviz.backbone": lm.backbone, "leukviz.run_id": run_dir.name,
              "leukviz.classes": json.dumps(lm.classes),
              "leukviz.positive_class": lm.classes[meta["positive"]],
@@ -122,29 +115,42 @@ def _export_onnx(run_dir: Path, out: Path) -> dict:
              "leukviz.mean": json.dumps(meta["mean"]), "leukviz.std": json.dumps(meta["std"]),
              "leukviz.input_layout": "NCHW float32, normalised",
              "leukviz.preprocessing": lm.preprocess.describe(lm.classes)}
-    for k, v in props.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = k, v
-    proto.doc_string = f"leukviz {lm.backbone} run {run_dir.name}. Input: {lm.preprocess.describe(lm.classes)}"
-    onnx.checker.check_model(proto)
-    onnx.save(proto, str(target))
-    seconds = time.time() - t0
+    # Written beside the target and checked there; published whole only when ONNX Runtime agrees with PyTorch
+    # (a full disk, or a graph that disagrees, leaves nothing at the target).
+    with atomic_path(target) as tmp:
+        # The default (dynamo) exporter, not the deprecated TorchScript one (dynamo=False): that one cannot
+        # export VGG16's AdaptiveAvgPool2d(7) from a feature map whose side does not divide 7, which is
+        # every input size but multiples of 224 (the 64 px quick and 128 px paper presets among them).
+        # One self-contained file (no external data: the largest, VGG16, is 0.5 GB of the 2 GB limit).
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")  # the exporter's chatter about its own internals
+            torch.onnx.export(model, (x[:2],), str(tmp), dynamo=True, external_data=False, verbose=False,
+                              input_names=["image"], output_names=["logits", "probabilities"],
+                              dynamic_shapes=({0: torch.export.Dim("batch")},))
+        proto = onnx.load(str(tmp))
+        for k, v in props.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = k, v
+        proto.doc_string = f"leukviz {lm.backbone} run {run_dir.name}. Input: {lm.preprocess.describe(lm.classes)}"
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(tmp))
+        seconds = time.time() - t0
 
-    with torch.inference_mode():
-        torch_probs = model(x)[1].numpy()
-    session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
-    ort_batch = session.run(["probabilities"], {"image": x.numpy()})[0]  # the batch axis is dynamic
-    ort_single = np.concatenate([session.run(["probabilities"], {"image": x[i:i + 1].numpy()})[0]
-                                 for i in range(len(x))])
-    diff = float(max(np.abs(ort_batch - torch_probs).max(), np.abs(ort_single - torch_probs).max()))
+        with torch.inference_mode():
+            torch_probs = model(x)[1].numpy()
+        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        ort_batch = session.run(["probabilities"], {"image": x.numpy()})[0]  # the batch axis is dynamic
+        ort_single = np.concatenate([session.run(["probabilities"], {"image": x[i:i + 1].numpy()})[0]
+                                     for i in range(len(x))])
+        diff = float(max(np.abs(ort_batch - torch_probs).max(), np.abs(ort_single - torch_probs).max()))
+        if diff > ONNX_TOLERANCE:
+            raise ExportError(f"ONNX Runtime's probabilities differ from PyTorch's by {diff:.2e} "
+                              f"(tolerance {ONNX_TOLERANCE:g}); nothing was written to {target}")
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     res = {"format": "onnx", "path": str(target), "bytes": target.stat().st_size, "opset": opset,
            "inputs": ["image"], "outputs": ["logits", "probabilities"], "metadata": props,
            "check_images": int(len(x)), "max_abs_diff": diff, "tolerance": ONNX_TOLERANCE,
            "agrees": diff <= ONNX_TOLERANCE, "export_seconds": round(seconds, 2)}
-    if not res["agrees"]:
-        raise ExportError(f"ONNX Runtime's probabilities differ from PyTorch's by {diff:.2e} "
-                          f"(tolerance {ONNX_TOLERANCE:g}); the file at {target} should not be trusted")
     return res
 
 

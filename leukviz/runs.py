@@ -120,6 +120,20 @@ class Run:
     def status(self) -> dict:
         return read_status(self)
 
+    def unfinished(self) -> str:
+        """Why this run's model is not a finished one (empty when it is): a stopped or interrupted run keeps the
+        checkpoint of the epoch it reached, and what is exported or scored from it must say so."""
+        state = self.state
+        if state == "finished":
+            return ""
+        try:
+            done = runfiles.read_sidecar(self.dir).get("epoch")
+            of = self.config.epochs
+        except (RunFileError, OSError):
+            done = of = None
+        reached = f"its model is from epoch {done} of {of}" if done is not None and of else "it did not finish"
+        return f"run {self.run_id} is {state}, not finished: {reached}"
+
     @property
     def state(self) -> str:
         return self.status["state"]

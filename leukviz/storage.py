@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -60,6 +61,35 @@ def atomic_write_files(files: dict[Path, bytes]) -> None:
         raise
     for folder in {p.parent for p in temps}:
         _sync_dir(folder)
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary file beside path (same suffix) for a writer that wants a path of its own (an exporter); once
+    the block ends without error it is synced and renamed into place, else removed: path is either the
+    whole new file or what it was before (nothing, or the old file), never a cut-short one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".partial{path.suffix}", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _sync_dir(path.parent)
+
+
+def write_error_text(e: OSError, what: str = "") -> str:
+    """An OSError from writing a user's file as one line: a full disk (or quota) says so and that nothing was
+    left half-written; anything else names the file and the system's reason."""
+    where = what or (str(e.filename) if e.filename else "the file")
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"the disk is full: {where} could not be written (nothing half-written was left); free space and retry"
+    return f"{where} could not be written: {e.strerror or e}"
 
 
 def json_bytes(obj: Any) -> bytes:

@@ -237,3 +237,38 @@ def test_a_backbone_named_twice_is_one_backbone():
     from leukviz.cli import _backbone_list
 
     assert _backbone_list("googlenet,googlenet, resnet50") == ("googlenet", "resnet50")
+
+
+def test_predict_outputs_are_checked_before_the_work_and_written_whole(trained, tiny_data, tmp_path, capsys,
+                                                                       monkeypatch):
+    """--csv onto a folder, --cam onto a file: one line naming the option, before any model is loaded; a
+    table cut short by a full disk leaves no file and says so."""
+    import errno
+
+    from leukviz import inference, storage
+
+    runs_dir, first, _, _ = trained
+    img = str(sorted((tiny_data / "training_data" / "fold_0" / "all").glob("*.png"))[0])
+    loaded = []
+    monkeypatch.setattr(inference, "load_model", lambda *a, **k: loaded.append(a) or (_ for _ in ()).throw(AssertionError))
+    base = ["predict", "--run", first["run_id"], img, "--runs-dir", str(runs_dir)]
+    assert main([*base, "--csv", str(tmp_path)]) == 2
+    assert "--csv" in capsys.readouterr().err and not loaded
+    (tmp_path / "afile").write_text("x")
+    assert main([*base, "--cam", str(tmp_path / "afile")]) == 2
+    err = capsys.readouterr().err
+    assert "--cam" in err and "is a file" in err and not loaded
+    monkeypatch.undo()
+
+    real = storage._write_temp
+
+    def full(path, blob):
+        if path.suffix == ".csv":  # the disk fills while the table is written
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real(path, blob)
+
+    monkeypatch.setattr(storage, "_write_temp", full)
+    table = tmp_path / "t" / "table.csv"
+    assert main([*base, "--csv", str(table)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: the disk is full:") and not table.exists()

@@ -106,3 +106,48 @@ def test_vgg16_exports_to_onnx_at_the_quick_size(tmp_path):
     _fake_run("vgg16", 64, tmp_path / "run")
     res = export.export_run(tmp_path / "run", "onnx", tmp_path / "m.onnx")
     assert res["agrees"] and res["max_abs_diff"] <= 1e-4
+
+
+def test_an_export_cut_short_by_a_full_disk_leaves_nothing_and_says_so_in_one_line(trained, tmp_path, capsys,
+                                                                                   monkeypatch):
+    """The weights are copied into a temporary file that a full disk cuts short: the target never appears
+    (no 1.4 MB stub), no temporary is left, and the CLI says it in one line."""
+    import errno
+    import os
+
+    def half_then_full(src, dst, *a, **k):
+        with open(dst, "wb") as fh:
+            fh.write(open(src, "rb").read()[:1000])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
+
+    monkeypatch.setattr(export.shutil, "copyfile", half_then_full)
+    out = tmp_path / "out" / "m.safetensors"
+    rc = cli.main(["export", "--run", trained.run_id, "--format", "safetensors", "--out", str(out),
+                   "--runs-dir", str(trained.dir.parent)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[-1].startswith("error: the disk is full:") and "nothing half-written" in err[-1]
+    assert list(out.parent.iterdir()) == []  # neither the target nor a temporary, nor a sidecar
+
+    def onnx_half_then_full(model, args, f, **k):
+        open(f, "wb").write(b"\x08" * 1000)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f)
+
+    monkeypatch.setattr(torch.onnx, "export", onnx_half_then_full)
+    with pytest.raises(OSError):
+        export.export_run(trained.dir, "onnx", tmp_path / "onnx" / "m.onnx")
+    assert list((tmp_path / "onnx").iterdir()) == []  # no 0-byte .onnx
+
+
+def test_a_stopped_run_is_exported_with_a_warning_that_it_is_unfinished(trained, tmp_path, capsys):
+    import shutil
+
+    from leukviz import runs
+
+    copy = tmp_path / "runs" / trained.run_id
+    shutil.copytree(trained.dir, copy)
+    runs.write_status(runs.Run(copy), "stopped", error="stopped by the user")
+    rc = cli.main(["export", "--run", trained.run_id, "--format", "safetensors", "--out", str(tmp_path / "x"),
+                   "--runs-dir", str(tmp_path / "runs"), "--json"])
+    out = capsys.readouterr()
+    assert rc == 0 and f"warning: run {trained.run_id} is stopped, not finished: its model is from epoch 1 of 1" in out.err
+    assert json.loads(out.out.strip().splitlines()[-1])["unfinished"].startswith(f"run {trained.run_id} is stopped")
