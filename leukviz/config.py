@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import json
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -49,6 +50,7 @@ HELP = {
 }
 # Splits that draw at random, so depend on a seed; the others (groups, folds) are the same for every seed.
 SEEDED_SPLITS = ("subject", "image")
+MOMENTUM = 0.9  # SGD's default momentum
 IMAGE_SIZES = (16, 1024)  # the smallest and largest image side a run accepts, in pixels
 # What a run's preprocessing means, hashed into every run id: version 2 keeps the cells' scale (a fixed
 # window around the cell for the whole dataset) where version 1 zoomed every cell to fill the frame.
@@ -72,7 +74,7 @@ class RunConfig:
     batch_size: int = 32  # global batch: split across processes under torchrun
     optimizer: str = "adam"
     lr: float = 1e-3
-    momentum: float = 0.9
+    momentum: float = MOMENTUM  # SGD's; the other optimizers ignore it, so it is MOMENTUM for them
     weight_decay: float = 1e-4
     scheduler: str = "cosine"
     finetune: str = "full"
@@ -111,6 +113,8 @@ class RunConfig:
             object.__setattr__(self, "split_seed", None)
         if self.finetune != "staged":
             object.__setattr__(self, "head_epochs", 1)
+        if self.optimizer != "sgd":  # only SGD has a momentum setting (Adam's betas are its own): one run id
+            object.__setattr__(self, "momentum", MOMENTUM)
 
     @property
     def keeps_best(self) -> bool:
@@ -263,8 +267,15 @@ def validate(cfg: RunConfig) -> None:
     if cfg.finetune == "staged" and not 1 <= cfg.head_epochs < cfg.epochs:
         raise ConfigError(f"finetune staged trains the head alone for head_epochs, then the whole network: "
                           f"head_epochs must be at least 1 and below epochs ({cfg.epochs}), got {cfg.head_epochs}")
+    numbers = {f.name: getattr(cfg, f.name) for f in fields(cfg) if isinstance(getattr(cfg, f.name), float)}
+    if bad := [f"{k}={v}" for k, v in numbers.items() if not math.isfinite(v)]:
+        raise ConfigError(f"settings must be finite numbers, got {', '.join(bad)}")
     if not cfg.lr > 0:
         raise ConfigError(f"lr must be positive, got {cfg.lr}")
+    if not 0.0 <= cfg.momentum < 1.0:
+        raise ConfigError(f"momentum must be from 0 up to (not including) 1, got {cfg.momentum}")
+    if cfg.weight_decay < 0:
+        raise ConfigError(f"weight_decay must be 0 or more, got {cfg.weight_decay}")
     if not 0.0 < cfg.val_fraction < 1.0:
         raise ConfigError(f"val_fraction must be between 0 and 1, got {cfg.val_fraction}")
 

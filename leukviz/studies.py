@@ -4,6 +4,7 @@ subject-grouped cross-validation against the plain hand-written loop."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -279,9 +280,12 @@ def _setting_value(name: str, text: str, kind: type) -> object:
             return False
         raise config.ConfigError(f"{name} is true or false, got {text!r}")
     try:
-        return kind(text)
+        value = kind(text)
     except ValueError:
         raise config.ConfigError(f"{name} takes a{'n' if kind is int else ''} {kind.__name__}, got {text!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise config.ConfigError(f"{name} takes a finite number, got {text!r}")
+    return value
 
 
 def parse_variant(text: str) -> Variant:
@@ -299,6 +303,8 @@ def parse_variant(text: str) -> Variant:
                                      f"are the same for every row); give it to the study, not to a variant")
         if name not in defaults:
             raise config.ConfigError(f"--vary: no setting {name!r}; one of: {', '.join(sorted(defaults))}")
+        if name in out:
+            raise config.ConfigError(f"--vary {text!r} sets {name} twice; give each setting once per variant")
         out[name] = _setting_value(name, value, type(defaults[name]))
     if not out:
         raise config.ConfigError("--vary needs at least one SETTING=VALUE")

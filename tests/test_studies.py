@@ -329,3 +329,32 @@ def test_subject_study_can_train_the_plain_loop_for_fewer_seeds(subject_study, r
     table = studies.format_subject_table(res)
     assert per["difference"]["seeds"] == [0] and "the plain loop: 1" in table
     assert re.search(r"diff \(seed 0\) +[+-]\d", table)  # the difference says it is of seed 0 alone
+
+
+@pytest.mark.parametrize("vary, message", [
+    ("crop=false,crop=true", "sets crop twice"),
+    ("momentum=nan", "momentum takes a finite number, got 'nan'"),
+    ("weight_decay=-1", "weight_decay must be 0 or more"),
+    ("momentum=1.5,optimizer=sgd", "momentum must be from 0"),
+    ("momentum=0.5", "changes nothing in GoogLeNet's recipe"),  # Adam has no momentum setting: the same runs
+])
+def test_a_variant_is_checked_by_the_run_settings_rules_before_anything_trains(vary, message, tmp_path):
+    """Each variant is checked as a run's settings are (RunConfig's rules), before a folder is made."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        study = studies.SubjectStudy(str(tmp_path / "no-such-folder"), ("googlenet",), seeds=1, image_size=32,
+                                     epochs=1, variants=(studies.parse_variant(vary),))
+        studies.subject_study(study, tmp_path / "runs", log=lambda s: None)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_run_settings_are_finite_and_in_range_and_an_ignored_momentum_is_one_run():
+    from leukviz import config
+
+    for kw, words in ((dict(optimizer="sgd", momentum=float("nan")), "momentum=nan"), (dict(lr=float("inf")), "lr=inf"),
+                      (dict(weight_decay=-1.0), "weight_decay must be 0 or more"),
+                      (dict(optimizer="sgd", momentum=1.0), "momentum must be from 0")):
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            config.resolve("googlenet", "quick", "none", "demo", **kw)
+    adam = config.resolve("googlenet", "quick", "none", "demo")
+    assert adam.optimizer != "sgd" and config.resolve("googlenet", "quick", "none", "demo", momentum=0.5) == adam
+    assert config.resolve("googlenet", "quick", "none", "demo", optimizer="sgd", momentum=0.5).momentum == 0.5
