@@ -446,9 +446,12 @@ def cmd_data(args) -> int:
         print("  subjects per class: " + ", ".join(f"{k} {v}" for k, v in info["subjects_per_class"].items()))
     for w in info["warnings"]:
         print(f"  warning: {w}")
-    print(f"  preliminary test (labelled): {info['prelim']['n']}; final test (unlabeled): {info['final_unlabeled']}")
-    if info["skipped"]:
-        print(f"  skipped files: {info['skipped']}")
+    test = info["test"]
+    print(f"  held-out test set (labelled): {test['n']}"
+          + (" (" + ", ".join(f"{k} {v}" for k, v in test["per_class"].items()) + ")" if test["n"] else "")
+          + (f"; C-NMC final test (unlabeled): {info['final_unlabeled']}" if info["kind"] == "cnmc" else ""))
+    if ds.skipped:
+        print(f"  skipped {data.skipped_text(ds.skipped)}")
     return 0
 
 

@@ -319,6 +319,17 @@ def _class_images(d: Path, skipped: list) -> list[Path]:
     return [f for f in files if _is_image(f)]
 
 
+def skipped_text(skipped: Sequence[tuple[str, str]], shown: int = 3) -> str:
+    """Skipped files counted by reason, with a few names each: '3 files: 3 directly in val/, not in a class
+    folder (v0.png, v1.png, v2.png)'."""
+    by_reason: dict[str, list[str]] = {}
+    for path, why in skipped:
+        by_reason.setdefault(why, []).append(Path(path).name)
+    parts = [f"{len(names)} {why} ({', '.join(names[:shown])}{', …' if len(names) > shown else ''})"
+             for why, names in by_reason.items()]
+    return f"{len(skipped)} file{'s' if len(skipped) != 1 else ''}: " + "; ".join(parts)
+
+
 def _index_folder(root: Path, skipped: list) -> tuple[pd.DataFrame, tuple[str, ...]]:
     class_dirs = _class_dirs(root)
     if not class_dirs:
@@ -379,6 +390,15 @@ def _index_sets(root: Path, folders: dict[str, Path], skipped: list,
     classes = tuple(sorted(per_set["train"]))
     for role in ("val", "test"):
         if role not in per_set:
+            continue
+        if not per_set[role]:  # there, but no image in a class folder: say so, never "has none"
+            loose = sum(1 for f, why in skipped if why.startswith(f"directly in {folders[role].name}/"))
+            where = f" ({loose} file(s) lie directly in it, skipped)" if loose else ""
+            instead = ("the split draws validation from train/ instead" if role == "val"
+                       else "no test score is made")
+            warnings.append(f"the {'validation' if role == 'val' else 'test'} folder {folders[role].name}/ holds no "
+                            f"images in class folders{where}: put them in one sub-folder per class "
+                            f"({', '.join(f'{folders[role].name}/{c}/' for c in classes)}); until then {instead}")
             continue
         names = set(per_set[role])
         extra = sorted(names - set(classes))
@@ -789,6 +809,10 @@ def given_split(ds: Dataset) -> Split:
     Leaky, and said so, when file names carry subject ids and a subject is on both sides."""
     idx = ds.index
     val = np.flatnonzero((idx["set"] == "val").to_numpy())
+    if len(val) == 0 and "val" in ds.folders:
+        raise DataError(f"split 'given' validates on {ds.folders['val']}/, and it holds no images in class folders "
+                        f"(one sub-folder per class, as in train/); fill it, or use split "
+                        f"{'subject' if ds.has_subjects else 'image'}")
     if len(val) == 0:
         raise DataError(f"split 'given' validates on the dataset's own validation folder (val/, valid/ or "
                         f"validation/ beside train/), and {ds.name} has none; use split "

@@ -816,8 +816,9 @@ def prepare_data(cfg: RunConfig, cache_dir: Path | None, log: Callable[[str], No
         raise Stopped(str(e)) from None
     log(f"image cache ready in {time.time() - t:.1f}s ({len(ds.index)} images at {cfg.image_size}px)")
     if ds.skipped:
-        shown = "; ".join(f"{Path(p).name}: {r}" for p, r in ds.skipped[:10])
-        log(f"skipped {len(ds.skipped)} files: {shown}")
+        log(f"skipped {data.skipped_text(ds.skipped)}")
+    for w in ds.warnings:  # the layout's (a test folder without a class, ...): before the run, not only on Data
+        log(f"warning: {w}")
     if split.leaky and split.warnings:
         log(f"warning: {split.warnings[-1]}")
     train_idx, val_idx = data.check_decoded(ds, split, ok)

@@ -332,3 +332,36 @@ def test_a_folder_without_folds_is_not_offered_official_folds(tmp_path):
     ds = data.open_dataset(str(tmp_path / "d"), tmp_path / "cache")
     options = data.split_options(ds)
     assert "no official folds" in options["folds"] and options["subject"] is None
+
+
+def test_an_empty_or_loose_validation_folder_and_a_one_class_test_folder_each_get_one_message(tmp_path, capsys):
+    """val/ with no class folder (empty, or files lying loose in it) is named as such with what to do, never as
+    missing; a test/ without a class is warned about on inspect and when a run starts; skipped files say why."""
+    from leukviz import cli
+
+    empty = _tree(tmp_path / "empty", {"train": TRAIN})
+    (empty / "val").mkdir()
+    ds = open_dataset(empty, tmp_path / "cache")
+    assert any(w.startswith("the validation folder val/ holds no images in class folders: put them in one "
+                            "sub-folder per class (val/all/, val/hem/)") for w in ds.warnings)
+    with pytest.raises(DataError, match=r"split 'given' validates on val/, and it holds no images in class folders"):
+        data.make_split(ds, "given", 0.2, 0)
+    loose = _tree(tmp_path / "loose", {"train": TRAIN})
+    for i in range(3):
+        Image.new("RGB", (16, 16), (200, i, 9)).save((loose / "val").mkdir(exist_ok=True) or loose / "val" / f"v{i}.png")
+    assert cli.main(["data", "inspect", str(loose)]) == 0
+    out = capsys.readouterr().out
+    assert "val/ holds no images in class folders (3 file(s) lie directly in it, skipped)" in out
+    assert "skipped 3 files: 3 directly in val/, not in a class folder (v0.png, v1.png, v2.png)" in out
+    one_class = _tree(tmp_path / "oneclass", {"train": TRAIN, "test": {"all": TEST["all"]}})
+    assert cli.main(["data", "inspect", str(one_class)]) == 0
+    out = capsys.readouterr().out
+    assert "warning: the test folder test/ has no images of class hem" in out
+    assert "held-out test set (labelled): 3 (all 3, hem 0)" in out
+    from leukviz import engine
+    from leukviz.config import resolve
+
+    logged = []
+    engine.prepare_data(resolve("googlenet", "quick", "none", str(one_class), image_size=16), tmp_path / "cache",
+                        logged.append)
+    assert "warning: the test folder test/ has no images of class hem: its score says nothing about that class" in logged
