@@ -423,6 +423,23 @@ def _size(n: float) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
+def _check_members(zip_name: str, files: list[zipfile.ZipInfo]) -> None:
+    """Before extracting: an entry name given twice (which file is meant?), and a zip that holds zips but no
+    image (a zip of the dataset's zip), each one line naming the zip and the entry."""
+    seen: set[str] = set()
+    for info in files:
+        key = info.filename.replace("\\", "/").rstrip("/")
+        if key in seen:
+            raise DataError(f"{zip_name}: the entry {info.filename!r} appears twice, so which file is meant is "
+                            "unclear; make the zip again from the folder")
+        seen.add(key)
+    names = [Path(i.filename.replace("\\", "/")) for i in files]
+    inner = [n.name for n in names if n.suffix.lower() == ".zip"]
+    if inner and not any(_is_image(n) for n in names):
+        raise DataError(f"{zip_name} holds another zip ({', '.join(inner[:3])}) and no images: give the inner zip "
+                        "itself, or zip the dataset's folder")
+
+
 def extract_zip(zip_path: Path, dest: Path) -> Path:
     """Extract a dataset zip safely: no paths outside dest, no links, size and ratio limits; returns the root."""
     try:
@@ -449,6 +466,7 @@ def extract_zip(zip_path: Path, dest: Path) -> Path:
             if "__MACOSX" in name:
                 continue
             members.append(info)
+        _check_members(Path(zip_path).name, [m for m in members if not m.is_dir()])
         free = shutil.disk_usage(dest.parent).free
         if total > free:
             raise DataError(f"{Path(zip_path).name}: expands to {_size(total)} but only {_size(free)} is free in "

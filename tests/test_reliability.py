@@ -445,7 +445,19 @@ ZIPS = {
     "drive-letter": (lambda: _class_folder_zip_entries() + [("C:/evil.png", PNG)], "unsafe entry"),
     "symlink": (lambda: _class_folder_zip_entries() + [(_symlink_entry(), "/etc/passwd")], "symbolic link"),
     "ratio-bomb": (lambda: _class_folder_zip_entries() + [("all/bomb.bmp", b"\0" * (24 << 20))], "zip bomb"),
+    "nested-zip": (lambda: [("cells/cells.zip", _zip_bytes(_class_folder_zip_entries()))],
+                   r"d.zip holds another zip \(cells.zip\) and no images"),
+    "duplicate-entry": (lambda: _class_folder_zip_entries() + [("all/all0.png", PNG)],
+                        r"d.zip: the entry 'all/all0.png' appears twice"),
 }
+
+
+def _zip_bytes(entries: list[tuple[str, bytes]]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, blob in entries:
+            zf.writestr(name, blob)
+    return buf.getvalue()
 
 
 @pytest.mark.parametrize("case", list(ZIPS))
