@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import math
 import os
 import signal
 import subprocess
@@ -137,7 +138,24 @@ def result_path(cfg: RunConfig, fingerprint: str, cache_dir: Path | None = None,
 def cached(cfg: RunConfig, fingerprint: str, cache_dir: Path | None = None, steps: int = STEPS) -> dict | None:
     """The stored result of this sweep, or None."""
     res = read_json(result_path(cfg, fingerprint, cache_dir, steps), None)
-    return res if isinstance(res, dict) and "suggestion" in res else None
+    return res if result_problem(res) is None else None
+
+
+def result_problem(res: object) -> str | None:
+    """What is wrong with a stored sweep (a damaged or hand-edited file), as run files are checked: the
+    suggestion a positive finite rate within the swept range, and rates, losses and smoothed losses lists of
+    finite numbers of one length. None when it can be served; otherwise it is swept again."""
+    if not isinstance(res, dict):
+        return "not a JSON object"
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
+    rate = res.get("suggestion")
+    if not number(rate) or not START <= rate <= END:
+        return f"suggestion {rate!r} is not a rate between {START:g} and {END:g}"
+    series = [res.get(k) for k in ("rates", "losses", "smoothed")]
+    if not all(isinstance(x, list) and x and all(number(v) for v in x) for x in series) \
+            or len({len(x) for x in series}) != 1 or min(series[0]) <= 0:
+        return "rates, losses and smoothed are not lists of finite numbers of one length"
+    return None
 
 
 def sweep(cfg: RunConfig, cache_dir: Path | None = None, device_pref: str = "auto", steps: int = STEPS,

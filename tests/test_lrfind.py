@@ -218,7 +218,7 @@ def test_status_reaps_a_finished_child_also_when_its_result_is_cached(tmp_path, 
     proc = sweeps[lrfind.cache_key(cfg, "fp")]
     wait_until_exited(proc.pid)
     assert not gone(proc.pid)  # defunct until this process reaps it
-    store = {"suggestion": 1e-3, "rates": [], "losses": [], "smoothed": []}
+    store = {"suggestion": 1e-3, "rates": [1e-4, 1e-3], "losses": [0.7, 0.6], "smoothed": [0.7, 0.65]}
     from leukviz.storage import atomic_write_json
 
     atomic_write_json(lrfind.result_path(cfg, "fp", tmp_path), store)  # as if the child had stored it
@@ -289,3 +289,18 @@ def test_a_sweep_with_no_finite_loss_is_an_error_and_caches_nothing(tmp_path, mo
     with pytest.raises(lrfind.LrFindError, match="not finite"):
         lrfind.find(cfg, "fp", tmp_path, steps=20)
     assert lrfind.cached(cfg, "fp", tmp_path, 20) is None
+
+
+@pytest.mark.parametrize("edit", [{"suggestion": "abc"}, {"suggestion": -5}, {"suggestion": float("nan")},
+                                  {"suggestion": 3.0}, {"losses": [1.0, "x"]}, {"rates": []}, "not an object"])
+def test_a_damaged_or_hand_edited_sweep_is_never_served_and_is_swept_again(tmp_path, monkeypatch, edit):
+    cfg = config.resolve("googlenet", "quick", "none", "demo", image_size=32)
+    lrs = lrfind.rates(steps=20)[:4].tolist()
+    good = {"rates": lrs, "losses": [1.0, 0.9, 0.8, 0.9], "smoothed": [1.0, 0.95, 0.9, 0.9], "suggestion": lrs[1]}
+    path = lrfind.result_path(cfg, "fp", tmp_path, 20)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({**good, **edit} if isinstance(edit, dict) else edit))
+    assert lrfind.cached(cfg, "fp", tmp_path, 20) is None
+    monkeypatch.setattr(lrfind, "sweep", lambda *a, **k: good)
+    res, hit = lrfind.find(cfg, "fp", tmp_path, steps=20)  # a new sweep replaces it
+    assert not hit and res["suggestion"] == lrs[1] and lrfind.cached(cfg, "fp", tmp_path, 20)["suggestion"] == lrs[1]
