@@ -100,15 +100,20 @@ class Dataset:
 def _to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode to 8-bit RGB: 16-bit and float greyscale are rescaled, alpha is composited on black."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        a = np.asarray(img, dtype=np.float64)
-        bad = int(np.count_nonzero(~np.isfinite(a)))
-        if bad:  # min/max would be nan or inf, and the whole image would decode as black
-            raise ImageError(f"{bad} pixel{'s' if bad != 1 else ''} of this floating-point image "
-                             f"{'are' if bad != 1 else 'is'} not a number (inf or NaN); refused rather than "
-                             "predicted as a black image")
+        a = np.asarray(img)  # uint16, int32 or float32 as stored: no float64 copy of a large image
+        if a.dtype.kind == "f":
+            bad = int(np.count_nonzero(~np.isfinite(a)))
+            if bad:  # min/max would be nan or inf, and the whole image would decode as black
+                raise ImageError(f"{bad} pixel{'s' if bad != 1 else ''} of this floating-point image "
+                                 f"{'are' if bad != 1 else 'is'} not a number (inf or NaN); refused rather than "
+                                 "predicted as a black image")
         lo, hi = float(a.min()), float(a.max())
-        a = (a - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(a)
-        img = Image.fromarray(a.astype(np.uint8), "L")
+        out = np.zeros(a.shape, np.uint8)
+        if hi > lo:  # rescaled a block of rows at a time, in float32: memory of a few rows, not of the image
+            scale = np.float32(255.0 / (hi - lo))
+            for r in range(0, a.shape[0], 256):
+                out[r:r + 256] = (a[r:r + 256].astype(np.float32) - np.float32(lo)) * scale
+        img = Image.fromarray(out, "L")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         img = img.convert("RGBA")
         bg = Image.new("RGBA", img.size, (0, 0, 0, 255))  # cells sit on black
@@ -178,6 +183,13 @@ def load_image(src: str | Path | IO[bytes], size: int, crop: bool = True,
 
     Anything that is not a usable image raises ImageError with a one-line reason, never another exception.
     """
+    return fit_image(decode_rgb(src), size, crop, window)
+
+
+def decode_rgb(src: str | Path | IO[bytes]) -> np.ndarray:
+    """One image file as uint8 RGB at its own size (orientation applied, 16-bit and float rescaled, alpha on
+    black): what load_image fits, and what the out-of-distribution check measures. Decode once, use twice.
+    ImageError (one line naming the file) for anything unusable."""
     name = _display_name(src)
     try:
         with Image.open(src) as img:
@@ -203,6 +215,12 @@ def load_image(src: str | Path | IO[bytes], size: int, crop: bool = True,
         raise ImageError(f"{name}: not a readable image ({e.__class__.__name__}: {detail})") from None
     if a.ndim != 3 or a.shape[0] < 2 or a.shape[1] < 2:
         raise ImageError(f"{name}: image is empty or too small")
+    return a
+
+
+def fit_image(a: np.ndarray, size: int, crop: bool = True, window: float | None = CELL_WINDOW) -> np.ndarray:
+    """decode_rgb's image as the model sees it: cropped around the cell (crop), padded to a square on black,
+    resized to size x size."""
     side = max(a.shape[:2])
     if side * side > MAX_PIXELS:  # a long thin image: shrink it first, or a square of its long side fills memory
         w, h = max(1, round(a.shape[1] * size / side)), max(1, round(a.shape[0] * size / side))

@@ -51,7 +51,7 @@ ImageSource = str | Path | bytes | IO[bytes] | np.ndarray
 
 
 def _pixels(src: ImageSource) -> np.ndarray:
-    """The image as uint8 RGB at its own size, decoded as data.load_image decodes it (before crop and resize)."""
+    """The image as uint8 RGB at its own size, decoded by data.decode_rgb (before crop and resize)."""
     if isinstance(src, np.ndarray):
         return src
     if isinstance(src, bytes):
@@ -59,11 +59,9 @@ def _pixels(src: ImageSource) -> np.ndarray:
     elif hasattr(src, "seek"):
         src.seek(0)
     try:
-        with Image.open(src) as img:
-            img.seek(0)
-            return np.asarray(ImageOps.exif_transpose(data._to_rgb(img)))
-    except Exception as e:  # noqa: BLE001 - a damaged file can make any decoder raise anything
-        raise data.ImageError(f"not a readable image ({e.__class__.__name__})") from None
+        return data.decode_rgb(src)
+    except data.ImageError as e:  # the reason without the file's name: the caller names the file
+        raise data.ImageError(str(e).split(": ", 1)[-1]) from None
 
 
 def features(src: ImageSource) -> dict[str, Any]:
@@ -157,8 +155,11 @@ def _background_reasons(f: dict, ref: dict) -> list[str]:
 
 
 def _colour_reason(f: dict, ref: dict | None) -> str | None:
-    if f["colour"] is None:
-        return "no cell found: almost every pixel is near-black"
+    if f["colour"] is None:  # too few non-black pixels: say which of the two reasons it is
+        if f["black"] >= 0.5:
+            return "no cell found: almost every pixel is near-black"
+        return (f"too few pixels to measure a cell's colour ({f['width']}x{f['height']} px, "
+                f"{1 - f['black']:.0%} of them not black)")
     if not ref:
         return None
     x = np.log1p(np.asarray(f["colour"], dtype=float))

@@ -83,22 +83,23 @@ def predict_images(models: Sequence[Any], items: Sequence[tuple[str, bytes]],
     out = [ImagePrediction(name) for name, _ in items]
     decoders = {lm.preprocess.decoding: lm.preprocess for lm in models}
     decoded: dict[tuple, dict[int, np.ndarray]] = {key: {} for key in decoders}
-    looks: dict[int, dict | bytes] = {}
+    looks: dict[int, dict] = {}
     for i, (name, blob) in enumerate(items):
         if not blob:
             out[i].error = "the file is empty (0 bytes)"
             continue
+        buf = io.BytesIO(blob)
+        buf.name = name
+        try:  # decoded once at its own size: the check measures it, each decoding fits it (a large 16-bit
+            full = data.decode_rgb(buf)  # image is decoded once, not once per use)
+        except data.ImageError as e:
+            shown = Path(name.replace("\\", "/")).name  # how data.decode_rgb names the file
+            out[i].error = str(e).removeprefix(f"{shown}: ")
+            continue
+        looks[i] = ood.features(full)
         for key, pre in decoders.items():
-            buf = io.BytesIO(blob)
-            buf.name = name
-            try:
-                decoded[key][i] = pre.decode(buf)
-            except data.ImageError as e:
-                shown = Path(name.replace("\\", "/")).name  # how data.load_image names the file
-                out[i].error = str(e).removeprefix(f"{shown}: ")
-                break
-        if out[i].error is None:
-            looks[i] = _looks(blob)
+            decoded[key][i] = pre.fit(full)
+        del full
     good = [i for i, p in enumerate(out) if p.error is None]
     for lm in models:
         images = decoded[lm.preprocess.decoding]
@@ -107,15 +108,6 @@ def predict_images(models: Sequence[Any], items: Sequence[tuple[str, bytes]],
             rec = inference.prediction_record(lm, prob, looks[i])
             out[i].results.append(ModelPrediction.of_record(lm, rec, images[i] if keep_images else None))
     return out
-
-
-def _looks(blob: bytes) -> dict | bytes:
-    """The image's ood.features, computed once for all models; the bytes when that fails (ood.assess then
-    says why it could not compare)."""
-    try:
-        return ood.features(blob)
-    except data.ImageError:
-        return blob
 
 
 def predict_image(models: Sequence[Any], name: str, src: str | Path | bytes | IO[bytes]) -> ImagePrediction:

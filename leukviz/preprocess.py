@@ -81,6 +81,10 @@ class Preprocess:
         """One image file as uint8 RGB (size, size, 3); anything unusable raises data.ImageError."""
         return data.load_image(src, self.image_size, self.crop, self.window)
 
+    def fit(self, image: np.ndarray) -> np.ndarray:
+        """An image already decoded (data.decode_rgb, at its own size) as this model sees it."""
+        return data.fit_image(image, self.image_size, self.crop, self.window)
+
     def cache(self, ds: data.Dataset, cache_dir: Path | None = None,
               should_stop: Callable[[], bool] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Every image of a dataset decoded once into the memory-mapped image cache: (images, ok).

@@ -178,3 +178,12 @@ def test_progress_on_a_terminal_draws_a_tqdm_bar_per_epoch(monkeypatch):
         assert any(x.startswith(f"epoch {epoch}:") and "loss 0.5000 acc 0.800" in x for x in draws), draws
     summaries = [x for x in text.replace("\r", "\n").splitlines() if x.startswith("epoch 1/2: train loss")]
     assert len(summaries) == 1
+
+
+def test_a_tiny_white_image_gets_reasons_that_agree_with_each_other():
+    """A white 2x2 image: nothing near-black, so never 'almost every pixel is near-black' beside '0 %'."""
+    ref = {"width": [100, 500], "height": [100, 500], "black": [0.5, 0.8], "border": 10, "colour": None}
+    reasons = ood.check(np.full((2, 2, 3), 255, np.uint8), ref)
+    assert any(r.startswith("background: 0% of the image is near-black") for r in reasons)
+    assert "too few pixels to measure a cell's colour (2x2 px, 100% of them not black)" in reasons
+    assert not any("almost every pixel is near-black" in r for r in reasons)

@@ -46,8 +46,8 @@ def test_uploads_are_decoded_and_predicted_once_for_the_table_and_the_cards(tmp_
 
     models = [tiny_model(tmp_path, 32, name=n) for n in "ab"]
     calls = []
-    real = data.load_image
-    monkeypatch.setattr(data, "load_image", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = data.decode_rgb
+    monkeypatch.setattr(data, "decode_rgb", lambda *a, **k: calls.append(1) or real(*a, **k))
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w") as zf:
         zf.writestr("cells/one.png", png_bytes())
@@ -57,7 +57,7 @@ def test_uploads_are_decoded_and_predicted_once_for_the_table_and_the_cards(tmp_
              ("broken.zip", b"not a zip")]
     preds = prediction.predict_uploads(models, files, tmp_path / "up")
     assert [p.name for p in preds] == ["x.png", "bad.png", "cells.zip/cells/one.png"]
-    assert len(calls) == 3  # one decode per image: both models share one decoding
+    assert len(calls) == 3  # one decode per image: both models and the out-of-distribution check share it
     assert preds[0].results[0].image.shape == (32, 32, 3) and preds[2].results[0].image is None
     assert preds[1].error and not preds[1].results
     table = prediction.prediction_table(models, preds)

@@ -237,6 +237,24 @@ def test_long_thin_image_decodes_in_bounded_memory(crop):
     assert peak < 600e6, f"peak {peak / 1e6:.0f} MB"
 
 
+def test_a_large_16_bit_image_is_rescaled_in_blocks_not_in_float64():
+    """A 3000 x 3000 16-bit PNG: rescaled to 8 bits a block of rows at a time in float32 (it was the whole image
+    in float64, 8 bytes a pixel, beside the other copies): under 8 bytes a pixel at the peak, decode included."""
+    rng = np.random.default_rng(0)
+    a = np.zeros((3000, 3000), np.uint16)
+    a[1000:2000, 1000:2000] = rng.integers(1000, 60000, (1000, 1000), dtype=np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG")
+    tracemalloc.start()
+    try:
+        full = data.decode_rgb(_named(buf.getvalue(), "big16.png"))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert full.dtype == np.uint8 and full.shape == (3000, 3000, 3) and full.max() == 255
+    assert peak < 8 * a.size, f"peak {peak / a.size:.1f} bytes a pixel"
+
+
 @pytest.mark.parametrize("name", ["../../etc/passwd.png", "/abs/dir/evil.png", "..\\..\\win\\evil.png",
                                   "<script>alert(1)</script>.png", "a\nb.png"])
 def test_upload_names_are_only_shown_never_followed(name, tmp_path, monkeypatch):
