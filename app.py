@@ -3,6 +3,7 @@
 import streamlit as st
 
 from leukviz import charts, dashboard
+from leukviz import names
 from views._common import active_dataset, dataset_to_url, device_text, keep_choices, warm_imports
 
 st.set_page_config(page_title="leukviz", page_icon=":material/biotech:", layout="wide")
@@ -27,7 +28,7 @@ dataset_to_url()
 
 with st.sidebar:
     st.caption("Active dataset")
-    st.markdown(f"**{dashboard.plain(dashboard.dataset_label(active_dataset()))}**")
+    st.markdown(f"**{dashboard.plain(names.dataset_label(active_dataset()))}**")
     st.caption("Device")
     st.markdown(dashboard.plain(device_text()))
     st.radio("Figure downloads", charts.IMAGE_FORMATS, format_func=str.upper, horizontal=True, key="figure_format",

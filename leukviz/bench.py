@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from leukviz import backbones, cnmc, data, engine
+from leukviz import backbones, cnmc, data, devices, engine
 from leukviz.config import RunConfig, resolve
 
 CNMC_SIZE = 15_135  # images in C-NMC 2019 as downloaded: 10,661 training + 1,867 preliminary + 2,607 final
@@ -538,7 +538,7 @@ def machine() -> dict:
         pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "bf16_matrix_instructions": engine.cpu_has_bf16(), "load_average_1min": load,
+            "bf16_matrix_instructions": devices.cpu_has_bf16(), "load_average_1min": load,
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
@@ -642,7 +642,7 @@ def ablations(bc: BenchConfig, images: np.ndarray, labels: np.ndarray, inits: di
     for name in inits:
         for label, precision, cl in ABLATION_STEPS:
             measure(name, label, precision, cl)
-    if device.type == "cpu" and engine.tune_cpu_allocator():
+    if device.type == "cpu" and devices.tune_cpu_allocator():
         for name in inits:
             measure(name, ABLATION_ALLOCATOR, None, True)
     for name, init in inits.items():  # not a default: BatchNorm in eval mode changes what training does
@@ -688,13 +688,13 @@ def run(bc: BenchConfig, cache_dir: Path | None = None, log: Log = lambda s: pri
     to the process (the allocator tuning) and leukviz's paths; then latency and memory."""
     if bc.threads:
         torch.set_num_threads(bc.threads)
-    device = engine.pick_device(bc.device)
+    device = devices.pick_device(bc.device)
     t_start = time.time()
     info = machine()
     notes = run_notes(bc, info)
     for name in bc.backbones:
         backbones.ensure_weights(name, bc.weights)
-    log(f"bench on {engine.device_name(device)}, {bc.image_size}px, batch {bc.batch}, "
+    log(f"bench on {devices.device_name(device)}, {bc.image_size}px, batch {bc.batch}, "
         f"{'quick' if bc.quick else 'full'}")
     bd = bench_data(bc.data, bc.fold, cache_dir)
     log(f"  data: {bd.n} images of {bd.folder} (ImageFolder and leukviz read the same files)")
@@ -702,7 +702,7 @@ def run(bc: BenchConfig, cache_dir: Path | None = None, log: Log = lambda s: pri
     images, cache_seconds = cold_cache(bc, bd)
     log(f"  decode once into the cache: {cache_seconds:.2f}s ({bd.n / cache_seconds:.0f} img/s)")
 
-    lv_amp = engine.autocast_dtype(bc.precision, device)
+    lv_amp = devices.autocast_dtype(bc.precision, device)
     sizes = (8192,) if device.type == "cuda" else (1024, 2048) if bc.quick else (1024, 2048, 4096)
     reps = 10 if device.type == "cuda" else 3 if bc.quick else 5
     peaks = {"fp32": matmul_peak(torch.float32, device, sizes, reps)}
@@ -713,7 +713,7 @@ def run(bc: BenchConfig, cache_dir: Path | None = None, log: Log = lambda s: pri
     inits = {name: build(run_config(bc, name, "full"), bc.seed) for name in bc.backbones}
     per = {name: bench_plain(bc, name, bd, inits[name], device, log) for name in bc.backbones}
     steps = ablations(bc, images, bd.labels, inits, device, log) if bc.ablation else {}
-    allocator = engine.tune_cpu_allocator() if device.type == "cpu" else False
+    allocator = devices.tune_cpu_allocator() if device.type == "cpu" else False
     for name in bc.backbones:
         bench_leukviz(bc, name, bd, images, inits[name], device, cache_seconds, per[name], log)
 
@@ -735,7 +735,7 @@ def run(bc: BenchConfig, cache_dir: Path | None = None, log: Log = lambda s: pri
                     warmup_leukviz=bc.warmup_leukviz, timed_leukviz=bc.timed_leukviz, plain_workers=list(bc.workers),
                     min_seconds_plain=bc.min_seconds_plain, min_seconds_leukviz=bc.min_seconds_leukviz)
     res = {
-        "machine": info, "config": cfg_dict, "device": engine.device_name(device), "notes": notes,
+        "machine": info, "config": cfg_dict, "device": devices.device_name(device), "notes": notes,
         "allocator_tuned": allocator,
         "data": {"folder": str(bd.folder), "n_images": bd.n, "cache_seconds": cache_seconds},
         "matmul_peak_gflops": peaks, "backbones": per, "ablation": steps,

@@ -49,7 +49,7 @@ class Progress:
         if t == BATCH and self.tty:
             self._batch(ev)
         elif t == EPOCH:
-            from leukviz.dashboard import format_duration
+            from leukviz.names import format_duration
 
             self._close()
             left = (ev["epochs"] - ev["epoch"]) * ev["seconds"]  # the next epochs take about as long
@@ -325,7 +325,7 @@ def cmd_cv(args) -> int:
     import dataclasses
     import statistics
 
-    from leukviz import data, engine, runs
+    from leukviz import data, devices, runs
 
     t0 = time.time()
     if args.split not in (None, "folds"):
@@ -337,7 +337,7 @@ def cmd_cv(args) -> int:
     if len(folds) < 2:
         raise CliError(f"cross-validation needs official folds; {base.data} has {folds or 'none'}")
     fold_runs = [runs.run_for(dataclasses.replace(base, val_fold=f), args.runs_dir, ds.fingerprint) for f in folds]
-    n_gpu = __import__("torch").cuda.device_count() if engine.pick_device(args.device).type == "cuda" else 0
+    n_gpu = __import__("torch").cuda.device_count() if devices.pick_device(args.device).type == "cuda" else 0
     todo = [(r, runs.plan(r) == "resume") for r in fold_runs if runs.plan(r) in ("train", "resume")]
     if n_gpu > 1:
         procs = []
@@ -504,7 +504,7 @@ def _warn_unfinished(run):
 def _comparable(run_args: list[str], runs_dir) -> list:
     """The runs to compare: ids (a unique prefix is enough) or 'all'; they must share their validation
     cells (one comparable group), except that 'all' takes the largest group and says so."""
-    from leukviz import compare, runs
+    from leukviz import compare
 
     from leukviz import health
 

@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from leukviz import config, health, metrics, runs
+from leukviz import config, data, health, metrics, runs
 from leukviz.backbones import BACKBONES
-from leukviz.dashboard import (backbone_title, dataset_label, format_duration, latest_per_backbone, run_name,
-                               split_text)
+from leukviz.names import (backbone_title, dataset_label, format_duration, latest_per_backbone, run_name,
+                           split_text)
 from leukviz.errors import LeukvizError
 from leukviz.layout import CHECKPOINT, PREDICTIONS, SIDECAR, TEST_PREDICTIONS
 from leukviz.preprocess import Preprocess

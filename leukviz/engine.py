@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +18,8 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from leukviz import backbones, data, events, preprocess
+from leukviz.augmentation import augment, draw_jitter
+from leukviz.devices import autocast, autocast_dtype, device_name, pick_device, tune_cpu_allocator
 from leukviz.config import PREPROCESS_VERSION, RunConfig
 from leukviz.errors import LeukvizError
 from leukviz.layout import CHECKPOINT, CONFIG, FEATURE_CACHE, PREDICTIONS, RESUME, SIDECAR, TEST_PREDICTIONS
@@ -83,94 +82,6 @@ def load_resume_state(path: Path) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- setup
-
-def pick_device(pref: str = "auto") -> torch.device:
-    """CUDA, else Apple MPS, else CPU (or the one asked for)."""
-    if pref != "auto":
-        try:
-            device = torch.device(pref)
-        except RuntimeError:
-            raise ValueError(f"{pref!r} is not a device; choose one of: auto, cpu, cuda, cuda:N, mps") from None
-        if device.type not in ("cpu", "cuda", "mps"):
-            raise ValueError(f"device {pref!r} cannot train or predict; choose one of: auto, cpu, cuda, cuda:N, mps")
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {pref!r} asked for, but no CUDA GPU is available here; use --device cpu or auto")
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return {"mps": "Apple GPU (MPS)"}.get(device.type, f"CPU ({torch.get_num_threads()} threads)")
-
-
-def cpu_has_bf16() -> bool:
-    """True where the CPU has native bf16 matrix instructions (AVX512-BF16 or AMX)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for this precision setting on this device; None means plain fp32.
-
-    auto on a CPU with bf16 matrix instructions (AVX512-BF16 or AMX) is bf16: measured faster for all three
-    backbones without a loss of validation accuracy (docs/BENCHMARKS.md); LEUKVIZ_CPU_BF16=0 opts out.
-    """
-    if precision == "fp32":
-        return None
-    if device.type == "cuda":
-        if precision == "fp16":
-            return torch.float16
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu":
-        if precision == "bf16" or (precision == "auto" and os.environ.get("LEUKVIZ_CPU_BF16") != "0"
-                                   and cpu_has_bf16()):
-            return torch.bfloat16
-        return None
-    return None  # MPS: fp32
-
-
-_ALLOCATOR_TUNED = False
-
-
-def tune_cpu_allocator() -> bool:
-    """Keep freed memory in the process for reuse (glibc: no mmap for large blocks, no trimming).
-
-    By default glibc serves every block over 32 MB (activations, VGG16's 25088x4096 weight and gradient) with
-    a fresh mmap and unmaps it when freed, so each training step page-faults gigabytes in again: measured
-    ~25 % of a VGG16 step at 128 px on a 2-core CPU (docs/BENCHMARKS.md); neutral for ResNet50/GoogLeNet.
-    The cost: the process keeps its peak memory until it ends, which a training process does anyway.
-    Process-wide and idempotent; LEUKVIZ_MALLOC_TUNE=0 opts out; does nothing off glibc. Returns whether
-    it is in effect.
-    """
-    global _ALLOCATOR_TUNED
-    if _ALLOCATOR_TUNED:
-        return True
-    if os.environ.get("LEUKVIZ_MALLOC_TUNE") == "0" or not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(None)
-        libc.gnu_get_libc_version  # glibc only (musl has no mallopt tunables of this kind)  # noqa: B018
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_max = -1, -4
-    _ALLOCATOR_TUNED = libc.mallopt(m_mmap_max, 0) == 1 and libc.mallopt(m_trim_threshold, 2**31 - 1) == 1
-    return _ALLOCATOR_TUNED
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
-
 
 @dataclass
 class Dist:
@@ -249,46 +160,6 @@ def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------- batches
-
-# Colour / stain jitter of the 'full' augmentation, as fractions: cells of different people (and slides)
-# differ in stain intensity and hue, so each training image gets its own brightness, contrast and
-# per-channel gain. The black background stays black (it is no stain).
-JITTER_BRIGHTNESS, JITTER_CONTRAST, JITTER_CHANNEL = 0.15, 0.15, 0.08
-
-
-def draw_jitter(n: int, g: torch.Generator) -> torch.Tensor:
-    """(n, 5) colour factors: brightness, contrast, and the gains of R, G and B, each around 1."""
-    spread = torch.tensor([JITTER_BRIGHTNESS, JITTER_CONTRAST, JITTER_CHANNEL, JITTER_CHANNEL, JITTER_CHANNEL])
-    return 1.0 + (torch.rand((n, 5), generator=g) * 2 - 1) * spread
-
-
-def augment(x: torch.Tensor, codes: torch.Tensor, jitter: torch.Tensor | None) -> torch.Tensor:
-    """Per-sample dihedral transforms of a uint8 NHWC batch (cells have no orientation), then colour jitter.
-
-    codes[i] in 0..7: bit 0 = horizontal flip, bits 1-2 = number of 90-degree turns. Applied by group so
-    it stays vectorised. jitter (B, 5) (draw_jitter): brightness, contrast around the cell's mean, and a
-    gain per channel, applied to the cell's pixels only (the background stays black).
-    """
-    out = x.clone()
-    for code in codes.unique().tolist():
-        sel = (codes == code).nonzero().flatten()
-        part = out[sel]
-        if code & 1:
-            part = part.flip(2)
-        k = code >> 1
-        if k:
-            part = torch.rot90(part, k, dims=(1, 2))
-        out[sel] = part
-    if jitter is not None:
-        f = out.float()
-        cell = f.amax(dim=3, keepdim=True) > 10
-        n_cell = cell.sum(dim=(1, 2, 3), keepdim=True).clamp_min(1) * 3
-        mean = (f * cell).sum(dim=(1, 2, 3), keepdim=True) / n_cell
-        f = (f - mean) * jitter[:, 1].view(-1, 1, 1, 1) + mean * jitter[:, 0].view(-1, 1, 1, 1)
-        f = f * jitter[:, 2:5].reshape(-1, 1, 1, 3)
-        out = torch.where(cell, f.clamp_(0, 255), 0.0).to(torch.uint8)
-    return out
-
 
 def epoch_augment_tables(cfg: RunConfig, epoch: int, n: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Augmentation draws for every sample of an epoch, from (seed, epoch) alone: the same whatever the

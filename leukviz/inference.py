@@ -14,7 +14,7 @@ from torch import nn
 
 from leukviz import backbones, calibration, data, ood
 from leukviz.preprocess import Preprocess
-from leukviz.engine import autocast, pick_device
+from leukviz.devices import autocast, pick_device
 from leukviz.layout import CHECKPOINT, CONFIG, SIDECAR
 from leukviz.storage import read_json
 
@@ -99,7 +99,7 @@ TTA_CODES = (0, 1, 2, 3, 4, 5, 6, 7)  # the 8 dihedral transforms: flips and 90-
 def predict_arrays(lm: LoadedModel, images: np.ndarray, tta: bool = False, batch_size: int = 64) -> np.ndarray:
     """uint8 (N, S, S, 3) images at the model's size -> raw probabilities (N, C), before any temperature (as
     the validation predictions were saved). TTA averages the dihedral views."""
-    from leukviz.engine import augment
+    from leukviz.augmentation import augment
 
     out = []
     for i in range(0, len(images), batch_size):

@@ -165,7 +165,7 @@ def sweep(cfg: RunConfig, cache_dir: Path | None = None, device_pref: str = "aut
     fine-tuning depth, class balance and precision."""
     import torch
 
-    from leukviz import engine
+    from leukviz import devices, engine
 
     t0 = time.time()
     state = engine.setup(cfg, cache_dir, device_pref, log)
@@ -182,7 +182,7 @@ def sweep(cfg: RunConfig, cache_dir: Path | None = None, device_pref: str = "aut
             group["lr"] = float(lr)
         x = engine.to_input(state.train_x[b], cfg.backbone, device)
         y = state.train_y[b].to(device)
-        with engine.autocast(device, state.amp):
+        with devices.autocast(device, state.amp):
             loss = state.criterion(model(x).float(), y)
         value = float(loss.detach())
         if not np.isfinite(value):
@@ -204,7 +204,7 @@ def sweep(cfg: RunConfig, cache_dir: Path | None = None, device_pref: str = "aut
     sm = smooth(losses)
     return {"rates": lrs, "losses": losses, "smoothed": sm.tolist(), "suggestion": suggest(lrs, sm),
             "rule": RULE, "steps": steps, "steps_done": len(lrs), "diverged": len(lrs) < steps,
-            "start": START, "end": END, "backbone": cfg.backbone, "device": engine.device_name(device),
+            "start": START, "end": END, "backbone": cfg.backbone, "device": devices.device_name(device),
             "seconds": round(time.time() - t0, 2)}
 
 
@@ -256,7 +256,7 @@ def find(cfg: RunConfig, fingerprint: str, cache_dir: Path | None = None, device
 
 def _about(seconds: float) -> str:
     """A rough duration for an estimate: '45 s', '1 min 10 s', '3 min', '1 h 05 min' (the forms of
-    dashboard.format_duration, rounded; lrfind sits below dashboard and does not import it)."""
+    names.format_duration's wording, rounded; lrfind sits below the run store and does not import it)."""
     seconds = max(0.0, float(seconds))
     if 5 * round(seconds / 5) < 60:
         return f"{max(5, 5 * round(seconds / 5))} s"

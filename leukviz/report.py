@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from leukviz import charts, compare, metrics
-from leukviz.dashboard import dataset_label, split_text
+from leukviz.names import dataset_label, split_text
 from leukviz.layout import SIDECAR
 from leukviz.storage import read_json
 

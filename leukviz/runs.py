@@ -690,9 +690,9 @@ class _device_slot:
     """One training at a time per device: later runs wait here, as 'queued', until the device is free."""
 
     def __init__(self, run: Run, device: str, should_stop: Callable[[], bool]):
-        from leukviz import engine
+        from leukviz import devices
 
-        kind = engine.pick_device(device).type
+        kind = devices.pick_device(device).type
         if kind == "cuda":  # one queue per visible GPU set, so folds pinned to different GPUs run in parallel
             kind += os.environ.get("CUDA_VISIBLE_DEVICES", "").replace(",", "-")
         self.lock = FileLock(str(run.dir.parent / layout.device_lock(kind)))

@@ -13,6 +13,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from leukviz import backbones, config, dashboard, data, runs, synthetic
+from leukviz import names
 
 REPO = Path(__file__).resolve().parents[1]
 BACKBONES = ("googlenet", "resnet50")  # VGG16's 138 M parameters would write a 1.6 GB resume file per run
@@ -69,7 +70,7 @@ def test_overview_shows_dataset_device_and_a_card_per_backbone(app, tiny_data):
     assert at.title[0].value == "leukviz"
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Device"].startswith("CPU")
-    assert dashboard.plain(dashboard.dataset_label(str(tiny_data))) == metrics["Active dataset"]
+    assert dashboard.plain(names.dataset_label(str(tiny_data))) == metrics["Active dataset"]
     cards = [m.value for m in at.markdown if m.value.startswith("#### ")]
     assert cards == [f"#### {spec.title}" for spec in backbones.BACKBONES.values()]
     links = at.get("page_link")

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from leukviz import backbones
+from leukviz import names
 from leukviz.backbones import BACKBONES, WeightsUnavailable, build_model, set_finetune
 from leukviz.preprocess import normalize
 
@@ -179,7 +180,7 @@ def test_a_backbone_registered_at_test_time_trains_predicts_compares_and_exports
 
     ev = compare.evaluate_run(run)
     row = compare.compare_row(ev)
-    assert row["model"] == dashboard.run_name(run) and 0 <= row["val_accuracy"] <= 1
+    assert row["model"] == names.run_name(run) and 0 <= row["val_accuracy"] <= 1
     curves = charts.compare_curves(compare.histories([run]))
     assert [t.line.color for t in curves.data] == [EXTRA.color]
     roc = charts.roc_figure(compare.roc_curves([ev]))

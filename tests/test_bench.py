@@ -183,8 +183,8 @@ def test_tiny_bench_end_to_end(tiny_data, capsys):
 
 _FAULTS = r"""
 import resource, sys, torch
-from leukviz import engine
-tuned = engine.tune_cpu_allocator() if sys.argv[1] == "1" else False
+from leukviz import devices
+tuned = devices.tune_cpu_allocator() if sys.argv[1] == "1" else False
 faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(12):  # 64 MB blocks, above glibc's largest mmap threshold; the tuned heap settles in a few
     x = torch.empty(16 * 2**20); x.fill_(1); del x

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import zlib
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from helpers import make_run, tiny_model
-from leukviz import compare, config, dashboard, metrics, runs
+from leukviz import compare, dashboard, metrics, runs
+from leukviz import names
 
 
 def test_groups_separate_datasets_and_splits(tmp_path):
@@ -46,9 +48,9 @@ def test_compare_row_from_the_run_files(tmp_path):
     table = compare.compare_table([row])
     assert list(table.columns) == list(compare.COMPARE_COLUMNS)
     curves = compare.roc_curves([ev])
-    fpr, tpr, auc = curves[dashboard.run_name(run)]
+    fpr, tpr, auc = curves[names.run_name(run)]
     assert fpr[0] == 0 and tpr[-1] == 1 and auc == pytest.approx(expected["roc_auc"])
-    assert list(compare.histories([run])) == [dashboard.run_name(run)]
+    assert list(compare.histories([run])) == [names.run_name(run)]
 
 
 def test_time_per_image_is_positive(tmp_path):

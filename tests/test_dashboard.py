@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ import pytest
 
 from helpers import make_run
 from leukviz import backbones, config, dashboard, data, runs
+from leukviz import names
 
 # ---------------------------------------------------------------------------------------------- text
 
@@ -24,12 +24,12 @@ def test_plain_escapes_everything_markdown_could_interpret():
 
 
 def test_labels_and_durations():
-    assert dashboard.dataset_label("demo") == "built-in demo"
-    assert dashboard.dataset_label("/data/sets/C-NMC_Leukemia") == "sets/C-NMC_Leukemia"
-    assert dashboard.format_duration(None) == "–"
-    assert dashboard.format_duration(42.4) == "42 s"
-    assert dashboard.format_duration(125) == "2 min 05 s"
-    assert dashboard.format_duration(3 * 3600 + 120) == "3 h 02 min"
+    assert names.dataset_label("demo") == "built-in demo"
+    assert names.dataset_label("/data/sets/C-NMC_Leukemia") == "sets/C-NMC_Leukemia"
+    assert names.format_duration(None) == "–"
+    assert names.format_duration(42.4) == "42 s"
+    assert names.format_duration(125) == "2 min 05 s"
+    assert names.format_duration(3 * 3600 + 120) == "3 h 02 min"
 
 
 # ---------------------------------------------------------------------------------------------- progress
@@ -131,10 +131,10 @@ def test_augment_preview_uses_the_training_transforms():
 
 def test_run_name_and_description():
     cfg = config.resolve("vgg16", "paper", "none", "demo")
-    text = dashboard.describe_config(cfg)
+    text = names.describe_config(cfg)
     assert text.startswith("VGG16, paper preset") and "128 px" in text and "split by subject" in text
     folds = config.resolve("resnet50", split="folds", weights="none")
-    assert dashboard.split_text(folds).startswith("official folds")
+    assert names.split_text(folds).startswith("official folds")
     assert json.dumps(cfg.to_dict())  # what the Train page's settings expander shows
 
 
@@ -174,5 +174,5 @@ def test_an_uploaded_zip_is_called_by_its_own_name(tmp_path, monkeypatch):
     monkeypatch.setenv("LEUKVIZ_HOME", str(tmp_path))
     saved = data.save_upload(b"PK-bytes", data.uploads_dir(), name="../evil/cells 24.zip")
     assert saved.name == "cells 24.zip" and saved.parent.parent == data.uploads_dir()
-    assert dashboard.dataset_label(str(saved)) == "cells 24.zip (uploaded)"
+    assert names.dataset_label(str(saved)) == "cells 24.zip (uploaded)"
     assert data.upload_name(tmp_path / "cells.zip") is None

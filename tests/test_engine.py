@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from leukviz import config, data, engine
+from leukviz import config, data, devices, engine
 from leukviz.config import resolve
-from leukviz.engine import Dist, augment, class_weights, epoch_batches, evaluate
+from leukviz.augmentation import augment
+from leukviz.engine import Dist, class_weights, epoch_batches, evaluate
 
 
 def test_validation_runs_in_eval_mode_without_gradients():
@@ -105,8 +106,8 @@ def test_split_seed_keeps_a_repeat_on_the_same_split_and_old_ids_unchanged(tiny_
 
 
 def test_autocast_choice():
-    assert engine.autocast_dtype("fp32", torch.device("cpu")) is None
-    assert engine.autocast_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    assert devices.autocast_dtype("fp32", torch.device("cpu")) is None
+    assert devices.autocast_dtype("bf16", torch.device("cpu")) == torch.bfloat16
 
 
 # ---------------------------------------------------------------------------------------------- the held-out test set

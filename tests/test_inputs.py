@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from leukviz import cnmc, config, data, engine, inference
+from leukviz import cnmc, config, data, devices, engine, inference
 from leukviz.cli import main
 from tests.helpers import make_run, tiny_model
 
@@ -138,8 +138,8 @@ def test_bad_flags_are_refused_before_a_run_folder_is_made(tmp_path, capsys, fla
 
 def test_pick_device_refuses_devices_that_cannot_train():
     with pytest.raises(ValueError, match="cannot train"):
-        engine.pick_device("meta")
-    assert engine.pick_device("cpu").type == "cpu"
+        devices.pick_device("meta")
+    assert devices.pick_device("cpu").type == "cpu"
 
 
 # ------------------------------------------------------------------ 2. the same file on both sides of a split

@@ -118,9 +118,9 @@ def warm_imports() -> threading.Thread:
 
 @st.cache_resource(show_spinner=False)
 def device_text() -> str:
-    from leukviz import engine
+    from leukviz import devices
 
-    return engine.device_name(engine.pick_device())
+    return devices.device_name(devices.pick_device())
 
 
 def warn_damaged() -> None:

@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from leukviz import charts, compare, dashboard, layout, runs
+from leukviz import names
 from leukviz.report import html_report
 from views._common import active_dataset, figure, load_model, warn_damaged
 
@@ -72,7 +73,7 @@ healthy_chosen = [i for i in chosen if i not in degenerate]
 for run_id, h in degenerate.items():
     where = (": chosen, it is listed apart below, not ranked." if run_id in chosen and healthy_chosen else
              ": chosen alone, it is compared as it is." if run_id in chosen else ": left out unless you choose it.")
-    st.warning(f"{dashboard.plain(dashboard.run_name(by_id[run_id]))} is degenerate "
+    st.warning(f"{dashboard.plain(names.run_name(by_id[run_id]))} is degenerate "
                f"({dashboard.plain('; '.join(h.reasons))}){where}", icon=":material/warning:")
 if not chosen:
     st.info("Choose at least one run.")
@@ -106,7 +107,7 @@ with st.spinner("Scoring the runs and timing inference…"):
             ev = evaluation(str(r.dir), stamp)
             per_image = seconds_per_image(str(r.dir), stamp)
         except (OSError, KeyError, ValueError, RuntimeError) as e:
-            st.warning(f"{dashboard.plain(dashboard.run_name(r))} left out: {dashboard.plain(e)}")
+            st.warning(f"{dashboard.plain(names.run_name(r))} left out: {dashboard.plain(e)}")
             continue
         evals.append(ev)
         rows.append(compare.compare_row(ev, per_image))
@@ -233,14 +234,14 @@ st.subheader("Confusion matrices")
 per_row = 3
 for start in range(0, len(evals), per_row):
     for col, ev in zip(st.columns(per_row), evals[start:start + per_row]):
-        fig = charts.confusion_figure(ev.summary["confusion"], ev.classes, title=dashboard.run_name(ev.run))
-        figure(fig, f"cm_{ev.run.run_id}", f"confusion {dashboard.run_name(ev.run)}", where=col)
+        fig = charts.confusion_figure(ev.summary["confusion"], ev.classes, title=names.run_name(ev.run))
+        figure(fig, f"cm_{ev.run.run_id}", f"confusion {names.run_name(ev.run)}", where=col)
 
 st.subheader("Error gallery")
 st.caption("Each run's most confidently wrong validation cells (then its least sure right ones), as the "
            "model saw them.")
 for ev in evals:
-    with st.expander(dashboard.plain(dashboard.run_name(ev.run)), expanded=len(evals) == 1):
+    with st.expander(dashboard.plain(names.run_name(ev.run)), expanded=len(evals) == 1):
         try:
             cells = compare.error_gallery(ev.run, k=8)
         except (OSError, KeyError, ValueError) as e:
@@ -263,7 +264,7 @@ exports = st.session_state.setdefault("onnx_exports", {})
 for r in selected:
     stamp = (r.dir / layout.CHECKPOINT).stat().st_mtime_ns
     with st.container(border=True):
-        st.markdown(f"**{dashboard.plain(dashboard.run_name(r))}**")
+        st.markdown(f"**{dashboard.plain(names.run_name(r))}**")
         cols = st.columns(3)
         cols[0].download_button("Checkpoint (safetensors)", functools.partial(compare.checkpoint_bytes, r),
                                 file_name=f"{r.config.backbone}-{r.run_id}.safetensors",

@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from leukviz import dashboard, data
+from leukviz import names
 from leukviz.config import AUGMENT
 from views._common import active_dataset, active_split, open_dataset
 
@@ -82,7 +83,7 @@ except (data.DataError, OSError) as e:
     st.stop()
 
 info = data.inspect(ds)
-st.subheader(f"{dashboard.plain(dashboard.dataset_label(current))} · {info['n_train']} training images")
+st.subheader(f"{dashboard.plain(names.dataset_label(current))} · {info['n_train']} training images")
 st.caption(f"{ds.kind} layout at {dashboard.plain(shown(info['root'], current))}; fingerprint {info['fingerprint']}")
 if info["skipped"]:
     st.warning(f"{info['skipped']} files were skipped (not images, or listed but missing).")

@@ -3,6 +3,7 @@
 import streamlit as st
 
 from leukviz import backbones, dashboard, runs
+from leukviz import names
 from views._common import active_dataset, device_text, warn_damaged
 
 st.title("leukviz")
@@ -15,7 +16,7 @@ st.markdown(
 
 dataset = active_dataset()
 left, right = st.columns(2)
-left.metric("Active dataset", dashboard.plain(dashboard.dataset_label(dataset)), border=True)
+left.metric("Active dataset", dashboard.plain(names.dataset_label(dataset)), border=True)
 right.metric("Device", dashboard.plain(device_text()), border=True)
 
 st.subheader("Backbones")

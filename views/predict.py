@@ -7,6 +7,7 @@ from pathlib import Path
 import streamlit as st
 
 from leukviz import charts, dashboard, layout, prediction
+from leukviz import names
 from leukviz.explain import colour_bar
 from views._common import active_dataset, figure, load_model, open_dataset, warn_damaged
 
@@ -26,7 +27,7 @@ chosen = st.multiselect("Models", list(by_id), format_func=lambda i: dashboard.r
 for run_id in chosen:
     h = dashboard.run_health(by_id[run_id])
     if h is not None and h.degenerate:
-        st.warning(f"{dashboard.plain(dashboard.run_name(by_id[run_id]))} is degenerate "
+        st.warning(f"{dashboard.plain(names.run_name(by_id[run_id]))} is degenerate "
                    f"({dashboard.plain('; '.join(h.reasons))}): its predictions, and the ensemble's, carry little "
                    "information.", icon=":material/warning:")
 if not chosen:
@@ -42,7 +43,7 @@ with st.spinner("Loading the models…"):
             models.append(load_model(by_id[run_id]))
             stamps.append(f"{run_id}:{(by_id[run_id].dir / layout.CHECKPOINT).stat().st_mtime_ns}")
         except (OSError, RuntimeError, ValueError, KeyError) as e:
-            name = dashboard.plain(dashboard.run_name(by_id[run_id]))
+            name = dashboard.plain(names.run_name(by_id[run_id]))
             st.error(f"{name} cannot be loaded: {dashboard.plain(e)}")
 if not models:
     st.stop()

@@ -5,6 +5,7 @@ from pathlib import Path
 import streamlit as st
 
 from leukviz import backbones, charts, compare, config, dashboard, data, events, layout, lrfind, runs
+from leukviz import names
 from views._common import active_dataset, active_split, figure, require_dataset
 
 LEARNING_RATES = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
@@ -51,7 +52,7 @@ def switch_recipe() -> None:
     changes = dashboard.recipe_changes(old, {n: new[n] for n in SETTINGS}, current)
     for name, (_, value) in changes.items():
         s[f"train_{name}"] = value
-    owner = f"{dashboard.backbone_title(s['train_backbone'])}'s recipe"
+    owner = f"{names.backbone_title(s['train_backbone'])}'s recipe"
     if s["train_weights"] != s.get("train_prev_weights"):
         owner = f"{WEIGHTS_TEXT[s['train_weights']]} weights"
     s["train_notice"] = dashboard.changes_text(owner, changes) + note
@@ -74,11 +75,11 @@ def settings_form() -> tuple[config.RunConfig, int, int]:
     state = st.session_state
     # A link (the overview's, a shared URL) may name the backbone: switch to it as a click would.
     asked = st.query_params.get("backbone")
-    if asked in names and asked != state.get("train_url_backbone") and asked != state.get("train_backbone"):
+    if asked in choices and asked != state.get("train_url_backbone") and asked != state.get("train_backbone"):
         state["train_prev_backbone"], state["train_backbone"] = state.get("train_backbone", asked), asked
         if "train_weights" in state:
             switch_recipe()
-    state.setdefault("train_backbone", names[0])
+    state.setdefault("train_backbone", choices[0])
     state.setdefault("train_preset", "quick")
     state.setdefault("train_weights", default_weights(state["train_backbone"]))
     for name, value in _defaults(state["train_backbone"], state["train_preset"], state["train_weights"]).items():
@@ -87,7 +88,7 @@ def settings_form() -> tuple[config.RunConfig, int, int]:
     for name, value in (("finetune", "full"), ("repeats", 1), ("patience", 0), ("head_epochs", 1)):
         state.setdefault(f"train_{name}", value)
     state["train_prev_backbone"], state["train_prev_weights"] = state["train_backbone"], state["train_weights"]
-    backbone = st.segmented_control("Backbone", names, format_func=dashboard.backbone_title, required=True,
+    backbone = st.segmented_control("Backbone", choices, format_func=names.backbone_title, required=True,
                                     key="train_backbone", on_change=switch_recipe)
     state["train_url_backbone"] = backbone
     spec = backbones.get_spec(backbone)
@@ -124,7 +125,7 @@ def settings_form() -> tuple[config.RunConfig, int, int]:
     # A rate the finder suggested (use_rate) joins the usual ones, so the slider can hold it.
     rates = sorted({*LEARNING_RATES, *([state["train_lr"]] if "train_lr" in state else [])})
     lr = c4.select_slider("Learning rate", rates, format_func=lambda v: f"{v:g}", key="train_lr")
-    finetune = c5.selectbox("Fine-tuning depth", config.FINETUNE, format_func=dashboard.FINETUNE_TEXT.get,
+    finetune = c5.selectbox("Fine-tuning depth", config.FINETUNE, format_func=names.FINETUNE_TEXT.get,
                             key="train_finetune",
                             help="Staged, for pretrained weights: the head alone first (the backbone frozen), then "
                                  "the whole network, each earlier layer group at a lower rate (the earliest at "
@@ -160,12 +161,12 @@ def settings_form() -> tuple[config.RunConfig, int, int]:
         st.error(f"This split cannot be made: {dashboard.plain(e)}", icon=":material/rule:")
         st.page_link("views/data.py", label="Choose another split on the Data page", icon=":material/dataset:")
         st.stop()
-    st.caption(f"Dataset {dashboard.plain(dashboard.dataset_label(dataset))}, split "
-               f"{dashboard.plain(dashboard.split_text(cfg, sp))} (both chosen on the Data page).")
+    st.caption(f"Dataset {dashboard.plain(names.dataset_label(dataset))}, split "
+               f"{dashboard.plain(names.split_text(cfg, sp))} (both chosen on the Data page).")
     chosen_split = st.session_state.get("split")
     if chosen_split != split:
-        st.warning(f"The split chosen on the Data page ({dashboard.plain(dashboard.SPLIT_TEXT.get(chosen_split, chosen_split))}) "
-                   f"is not possible on this dataset, so this run uses {dashboard.plain(dashboard.SPLIT_TEXT[split])}.",
+        st.warning(f"The split chosen on the Data page ({dashboard.plain(names.SPLIT_TEXT.get(chosen_split, chosen_split))}) "
+                   f"is not possible on this dataset, so this run uses {dashboard.plain(names.SPLIT_TEXT[split])}.",
                    icon=":material/rule:")
     for problem in data.split_problems(ds, sp):
         st.warning(dashboard.plain(problem[:1].upper() + problem[1:]) + ".", icon=":material/rule:")
@@ -253,7 +254,7 @@ def finished_panel(run: runs.Run, evts: list[dict]) -> None:
     a.metric("Val. accuracy", f"{m['val_acc']:.1%}" if "val_acc" in m else "–")
     b.metric("Weighted F1", f"{m['val_f1']:.3f}" if "val_f1" in m else "–")
     c.metric("Kept epoch", m.get("best_epoch", "–"))
-    e.metric("Training time", dashboard.format_duration(compare.training_seconds(run), short=True))
+    e.metric("Training time", names.format_duration(compare.training_seconds(run), short=True))
     with f:
         st.page_link("views/predict.py", label="Predict with it", icon=":material/center_focus_strong:")
         st.page_link("views/compare.py", label="Compare backbones", icon=":material/compare:")
@@ -343,8 +344,8 @@ def run_panel(run: runs.Run, polling: bool, members: list[runs.Run]) -> None:
         st.rerun()
     if polling and state not in runs.ACTIVE and not group_active:
         st.rerun()  # the whole page: polling stops and the result's buttons appear
-    st.subheader(f"Run {run.run_id} · {dashboard.backbone_title(run.config.backbone)} · seed {run.config.seed}")
-    st.caption(dashboard.plain(dashboard.describe_config(run.config)))
+    st.subheader(f"Run {run.run_id} · {names.backbone_title(run.config.backbone)} · seed {run.config.seed}")
+    st.caption(dashboard.plain(names.describe_config(run.config)))
     evts = run.events()
     if state in runs.ACTIVE:
         p = dashboard.progress(evts)
@@ -376,7 +377,7 @@ def run_panel(run: runs.Run, polling: bool, members: list[runs.Run]) -> None:
 
 st.title("Train")
 dataset, split = active_dataset(), active_split()
-names = list(backbones.BACKBONES)
+choices = list(backbones.BACKBONES)
 # The attached run is drawn above the settings (filled in at the end, once the settings have chosen it), so
 # after Start its progress, Stop and live curves are on screen without scrolling; Start folds the settings.
 panel = st.container()
@@ -463,7 +464,7 @@ def attached_panel(run_id: str | None) -> None:
             st.markdown("**Other runs in progress** (one trains at a time per device; the rest wait, queued)")
             for r in others:
                 a, b = st.columns([4, 1])
-                a.markdown(f"{dashboard.plain(dashboard.run_name(r))}: {r.state}")
+                a.markdown(f"{dashboard.plain(names.run_name(r))}: {r.state}")
                 if b.button("Show", key=f"show_{r.run_id}"):
                     st.query_params["run"] = r.run_id
                     st.session_state["train_follow"] = False
