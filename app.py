@@ -2,8 +2,8 @@
 
 import streamlit as st
 
-from leukviz import charts, dashboard
-from leukviz import names
+from leukviz.app import charts, dashboard
+from leukviz.runstore import names
 from views._common import active_dataset, dataset_to_url, device_text, keep_choices, warm_imports
 
 st.set_page_config(page_title="leukviz", page_icon=":material/biotech:", layout="wide")

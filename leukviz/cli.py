@@ -11,11 +11,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from leukviz import config as C
-from leukviz import layout
-from leukviz.errors import LeukvizError
-from leukviz.events import BATCH, BEGINNINGS, EPOCH
-from leukviz.storage import write_error_text
+from leukviz.core import layout
+from leukviz.core.errors import LeukvizError
+from leukviz.core.events import BATCH, BEGINNINGS, EPOCH
+from leukviz.core.storage import write_error_text
+from leukviz.models import config as C
 
 
 class CliError(LeukvizError):
@@ -49,7 +49,7 @@ class Progress:
         if t == BATCH and self.tty:
             self._batch(ev)
         elif t == EPOCH:
-            from leukviz.names import format_duration
+            from leukviz.runstore.names import format_duration
 
             self._close()
             left = (ev["epochs"] - ev["epoch"]) * ev["seconds"]  # the next epochs take about as long
@@ -87,7 +87,7 @@ class Progress:
 
 def _health(run) -> dict:
     """A run's health and its reasons (health.of_run_dir) for --json; None for a run that is not finished."""
-    from leukviz import health
+    from leukviz.scoring import health
 
     if run.state != "finished":
         return {"health": None, "health_reasons": []}
@@ -177,7 +177,8 @@ def add_config_options(parser: argparse.ArgumentParser, names: tuple[str, ...] =
 def _resolve_cfg(args) -> C.RunConfig:
     given = {name: getattr(args, name) for name in TRAIN_FIELDS}
     if given["split"] is None and args.data != "demo":  # a train/ + val/ tree: its own validation folder
-        from leukviz import data, runs
+        from leukviz.datasets import data
+        from leukviz.runstore import runs
         if data.default_split(data.open_dataset(args.data, runs.cache_root())) == "given":
             given["split"] = "given"
     return C.resolve(args.backbone, args.preset, args.weights, args.data, **given)
@@ -201,7 +202,7 @@ def _decide(args, runs) -> tuple[str, object, bool]:
     action = runs.plan(run)
     if action == "cached" and not args.force:
         return "cached", run, False
-    from leukviz.backbones import ensure_weights
+    from leukviz.models.backbones import ensure_weights
     ensure_weights(cfg.backbone, cfg.weights)
     if action == "attach":  # training, or launched by the app and still starting
         if args.force:
@@ -220,7 +221,7 @@ def cmd_train(args) -> int:
     Under torchrun every rank runs this; rank 0 decides (it alone reads and writes the run folder) and
     broadcasts the decision, so no rank waits for a collective the others never join.
     """
-    from leukviz import runs
+    from leukviz.runstore import runs
 
     if args.cv:
         return cmd_cv(args)
@@ -228,7 +229,7 @@ def cmd_train(args) -> int:
         return cmd_repeats(args)
     t0 = time.time()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from leukviz import engine
+        from leukviz.training import engine
         d, _ = engine.init_distributed(args.device)
     else:  # torch is not imported before it is needed: a cached answer comes back at once
         from types import SimpleNamespace
@@ -269,7 +270,7 @@ def cmd_train(args) -> int:
         for ev in runs.follow(run):
             progress(ev)
     else:
-        from leukviz import engine
+        from leukviz.training import engine
         try:
             runs.train(run, resume=resume, device=args.device, log=log, emit_hook=progress)
         except runs.AlreadyRunning:
@@ -294,7 +295,8 @@ def cmd_train(args) -> int:
 def cmd_repeats(args) -> int:
     """--seeds N: N cached runs of one configuration differing only in seed (config.repeats: one split for
     all), trained one after another; then each run's validation scores and their mean and spread."""
-    from leukviz import metrics, runs
+    from leukviz.runstore import runs
+    from leukviz.scoring import metrics
 
     if args.resume or args.run_dir or args.cv:
         raise CliError("--seeds makes new runs: it does not go with --resume or --cv")
@@ -325,7 +327,9 @@ def cmd_cv(args) -> int:
     import dataclasses
     import statistics
 
-    from leukviz import data, devices, runs
+    from leukviz.datasets import data
+    from leukviz.models import devices
+    from leukviz.runstore import runs
 
     t0 = time.time()
     if args.split not in (None, "folds"):
@@ -378,7 +382,7 @@ def cmd_cv(args) -> int:
 
 def cmd_runs(args) -> int:
     """Every run folder, a damaged one too: what is wrong with it and how to repair it (runs.describe)."""
-    from leukviz import runs
+    from leukviz.runstore import runs
 
     rows = []
     for r in runs.list_runs(args.runs_dir):
@@ -406,7 +410,7 @@ def cmd_runs(args) -> int:
 def cmd_runs_delete(args) -> int:
     """Remove runs: each folder moves into the runs folder's archive (runs.delete). Every id is resolved and
     checked first, so a typo or a run still training deletes none of them."""
-    from leukviz import runs
+    from leukviz.runstore import runs
 
     chosen: list = []
     for arg in args.run_ids:  # a unique prefix is enough, as everywhere; the same run named twice goes once
@@ -429,7 +433,8 @@ def cmd_runs_delete(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from leukviz import data, runs
+    from leukviz.datasets import data
+    from leukviz.runstore import runs
 
     ds = data.open_dataset(args.path, runs.cache_root())
     info = data.inspect(ds)
@@ -456,7 +461,7 @@ def cmd_data(args) -> int:
 
 
 def _collect_images(items: list[str]) -> list[str]:
-    from leukviz import data
+    from leukviz.datasets import data
 
     out: list[str] = []
     for item in items:
@@ -464,7 +469,7 @@ def _collect_images(items: list[str]) -> list[str]:
         if p.is_dir():
             out.extend(str(f) for f in sorted(p.rglob("*")) if f.is_file() and data._is_image(f))
         elif p.suffix.lower() == ".zip":
-            from leukviz import runs
+            from leukviz.runstore import runs
             dest = runs.cache_root() / layout.PREDICT_ZIP_CACHE / f"{p.stem}-{int(p.stat().st_mtime)}"
             dest.parent.mkdir(parents=True, exist_ok=True)
             root = data.extract_zip(p, dest)
@@ -479,10 +484,10 @@ def _collect_images(items: list[str]) -> list[str]:
 
 
 def _selected_runs(run_arg: str, runs_dir):
-    from leukviz import runs
+    from leukviz.runstore import runs
 
     if run_arg == "all":
-        from leukviz import dashboard
+        from leukviz.app import dashboard
 
         for r in dashboard.damaged_runs(runs_dir):
             print(f"left out, damaged: {dashboard.damage_text(r)}", file=sys.stderr)
@@ -504,9 +509,8 @@ def _warn_unfinished(run):
 def _comparable(run_args: list[str], runs_dir) -> list:
     """The runs to compare: ids (a unique prefix is enough) or 'all'; they must share their validation
     cells (one comparable group), except that 'all' takes the largest group and says so."""
-    from leukviz import compare
-
-    from leukviz import health
+    from leukviz.comparison import compare
+    from leukviz.scoring import health
 
     chosen = [r for arg in run_args for r in _selected_runs(arg, runs_dir)]
     chosen = list({r.run_id: r for r in chosen if r.is_usable}.values())
@@ -531,7 +535,7 @@ def _comparable(run_args: list[str], runs_dir) -> list:
 
 def cmd_compare(args) -> int:
     """Runs side by side: mean ± sd over seeds, subject-bootstrap intervals, paired tests, the ensemble."""
-    from leukviz import compare
+    from leukviz.comparison import compare
 
     report_path = _output_file(args.report, "--report") if args.report else None
     evals, chosen = [], _comparable(args.runs, args.runs_dir)
@@ -546,8 +550,8 @@ def cmd_compare(args) -> int:
         raise CliError("none of the runs could be read")
     rep = compare.build_report(evals, n_resamples=args.resamples)
     if report_path is not None:
-        from leukviz import report
-        from leukviz.storage import atomic_write_bytes
+        from leukviz.app import report
+        from leukviz.core.storage import atomic_write_bytes
 
         atomic_write_bytes(report_path, report.html_report(evals, n_resamples=args.resamples).encode())
         print(f"wrote the report to {report_path}", file=sys.stderr)
@@ -556,8 +560,8 @@ def cmd_compare(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from leukviz import inference
-    from leukviz.metrics import nan_to_none
+    from leukviz.scoring.metrics import nan_to_none
+    from leukviz.serving import inference
 
     csv_path = _output_file(args.csv, "--csv") if args.csv else None
     if args.cam:
@@ -569,20 +573,20 @@ def cmd_predict(args) -> int:
     table = inference.predict_table(models, files, tta=args.tta)
     cams: list[dict] = []
     if args.cam:
-        from leukviz import explain
+        from leukviz.serving import explain
         for lm in models:
             cams.extend({"model": lm.backbone, "run_id": lm.run_dir.name, **rec}
                         for rec in explain.save_cams(lm, files, Path(args.cam)))
         print(f"wrote {sum(1 for c in cams if c['cam'])} Grad-CAM overlays to {args.cam}", file=sys.stderr)
     if csv_path is not None:
-        from leukviz.prediction import table_csv
-        from leukviz.storage import atomic_write_bytes
+        from leukviz.core.storage import atomic_write_bytes
+        from leukviz.serving.prediction import table_csv
 
         atomic_write_bytes(csv_path, table_csv(table))  # whole or not at all: a full disk leaves no cut-short table
     records = nan_to_none(table)
     for r in records:  # the table holds one text cell; a JSON reader gets the list back
         r["ood_reasons"] = r["ood_reasons"].split("; ") if r.get("ood_reasons") else []
-    from leukviz import prediction
+    from leukviz.serving import prediction
 
     summary = prediction.batch_summary(table, models[0].classes) if len(files) > 1 else []
     if args.json:
@@ -632,7 +636,7 @@ def _output_folder(path: str, flag: str) -> Path:
 def _load_models(chosen: list, keep_going: bool) -> list:
     """The runs' models. With keep_going (--run all) a run that cannot be loaded (a damaged or missing file)
     is named on stderr and left out, and the others predict; a single run's failure is the error."""
-    from leukviz import inference
+    from leukviz.serving import inference
 
     models = []
     for run in chosen:
@@ -650,7 +654,7 @@ def _load_models(chosen: list, keep_going: bool) -> list:
 def _ood_text(r: dict) -> str:
     """' (unlike the training data: ...)' when the image is unlike the run's training images; a run without
     reference statistics says it was not compared."""
-    from leukviz import ood
+    from leukviz.datasets import ood
 
     if r.get("ood"):
         return f" (unlike the training data: {'; '.join(r['ood_reasons'])})"
@@ -673,7 +677,8 @@ def _vote_text(vote: dict) -> str:
 
 
 def cmd_evaluate(args) -> int:
-    from leukviz import inference, runs
+    from leukviz.runstore import runs
+    from leukviz.serving import inference
 
     run = _warn_unfinished(runs.get_run(args.run, args.runs_dir))
     lm = inference.load_model(run.dir)
@@ -726,7 +731,7 @@ def _paper_cell(col: dict | None) -> str:
 
 
 def _study_subjects(args, log, progress) -> tuple[str, dict]:
-    from leukviz import studies
+    from leukviz.comparison import studies
 
     study = studies.SubjectStudy(args.data, _backbone_list(args.backbones), args.seeds,
                                  0 if args.no_plain else args.plain_seeds, args.image_size, args.epochs,
@@ -738,7 +743,7 @@ def _study_subjects(args, log, progress) -> tuple[str, dict]:
 
 
 def _study_leakage(args, log, progress) -> tuple[str, dict]:
-    from leukviz import studies
+    from leukviz.comparison import studies
 
     weights, note = studies.resolve_weights(args.backbone, args.weights)
     if note:
@@ -761,7 +766,7 @@ def _study_leakage(args, log, progress) -> tuple[str, dict]:
 
 
 def _study_paper(args, log, progress) -> tuple[str, dict]:
-    from leukviz import studies
+    from leukviz.comparison import studies
 
     study = studies.PaperStudy(args.data, args.epochs, args.image_size, args.weights,
                                _backbone_list(args.backbones), args.seeds,
@@ -795,7 +800,8 @@ def cmd_study(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from leukviz import export, runs
+    from leukviz.runstore import runs
+    from leukviz.serving import export
 
     run = _warn_unfinished(runs.get_run(args.run, args.runs_dir))
     res = {**export.export_run(run.dir, args.format, args.out), "unfinished": run.unfinished()}
@@ -811,7 +817,8 @@ def cmd_export(args) -> int:
 
 def cmd_bench(args) -> int:
     """Speed: the plain hand-written loop against leukviz's paths, measured in one process (see leukviz/bench.py)."""
-    from leukviz import bench, runs
+    from leukviz.benchmarks import bench
+    from leukviz.runstore import runs
 
     log = lambda s: print(s, file=sys.stderr)  # noqa: E731
     if args.accuracy:
@@ -844,7 +851,7 @@ def _seed_count(text: str) -> int:
 
 def _add_train(sub, common: argparse.ArgumentParser) -> None:
     """The train command: the RunConfig options (add_config_options) and how to run it."""
-    from leukviz.backbones import BACKBONES
+    from leukviz.models.backbones import BACKBONES
 
     t = sub.add_parser("train", parents=[common], help="train a backbone (or return the cached run)")
     t.add_argument("--backbone", choices=list(BACKBONES), default="resnet50")
@@ -867,7 +874,7 @@ def _add_train(sub, common: argparse.ArgumentParser) -> None:
 
 def _add_study(sub, common: argparse.ArgumentParser) -> None:
     """The study commands: subjects, leakage and paper, each made of ordinary cached runs."""
-    from leukviz.backbones import BACKBONES
+    from leukviz.models.backbones import BACKBONES
 
     st = sub.add_parser("study", help="studies made of ordinary cached runs: subjects, leakage, paper")
     ss = st.add_subparsers(dest="study_command", required=True)
@@ -926,7 +933,9 @@ def _add_study(sub, common: argparse.ArgumentParser) -> None:
 
 def cmd_lrfind(args) -> int:
     """The learning-rate finder (lrfind): the cached sweep of this configuration, or a new one."""
-    from leukviz import data, lrfind, runs
+    from leukviz.datasets import data
+    from leukviz.runstore import runs
+    from leukviz.training import lrfind
 
     if args.config:  # the page's form: the resolved config in a file (lrfind.launch)
         cfg = C.RunConfig.from_dict(json.loads(Path(args.config).read_text()))
@@ -947,8 +956,8 @@ def cmd_lrfind(args) -> int:
 
 def _add_lrfind(sub, common: argparse.ArgumentParser) -> None:
     """The lr-find command: the train command's configuration options, and the sweep's length."""
-    from leukviz import lrfind
-    from leukviz.backbones import BACKBONES
+    from leukviz.models.backbones import BACKBONES
+    from leukviz.training import lrfind
 
     lf = sub.add_parser("lr-find", parents=[common],
                         help="sweep the learning rate exponentially over a short training and suggest one (cached)")
@@ -966,7 +975,7 @@ def _add_lrfind(sub, common: argparse.ArgumentParser) -> None:
 
 def _add_bench(sub, common: argparse.ArgumentParser) -> None:
     """The bench command: speed of the plain PyTorch loop against leukviz's paths."""
-    from leukviz.backbones import BACKBONES
+    from leukviz.models.backbones import BACKBONES
 
     be = sub.add_parser("bench", parents=[common], help="measure speed: the plain PyTorch loop vs leukviz's paths")
     be.add_argument("--quick", action="store_true", help="a few batches per path, extrapolated (under a minute)")

@@ -24,7 +24,7 @@ def leukviz_home(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """A small C-NMC-layout dataset (6 subjects, 64 px) made by the demo generator."""
-    from leukviz.synthetic import generate_demo
+    from leukviz.datasets.synthetic import generate_demo
 
     return generate_demo(tmp_path_factory.mktemp("tiny"), seed=1, n_subjects=6, image_size=64, workers=1)
 

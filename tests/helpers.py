@@ -11,8 +11,10 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from leukviz import backbones, config, inference, runs
-from leukviz.storage import append_jsonl, atomic_write_json
+from leukviz.core.storage import append_jsonl, atomic_write_json
+from leukviz.models import backbones, config
+from leukviz.runstore import runs
+from leukviz.serving import inference
 
 
 def make_run(root: Path, backbone: str = "googlenet", fingerprint: str = "fp1",

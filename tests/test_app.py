@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from leukviz import backbones, config, dashboard, data, runs, synthetic
-from leukviz import names
+from leukviz.app import dashboard
+from leukviz.datasets import data, synthetic
+from leukviz.models import backbones, config
+from leukviz.runstore import names, runs
 
 REPO = Path(__file__).resolve().parents[1]
 BACKBONES = ("googlenet", "resnet50")  # VGG16's 138 M parameters would write a 1.6 GB resume file per run
@@ -435,7 +437,8 @@ def test_compare_exports_a_run_to_onnx(app, tiny_data):
 
 def test_train_shows_why_a_run_stopped_early(app, tiny_data):
     """A run that ended early says so, with its reason, beside its results."""
-    from leukviz import engine, layout
+    from leukviz.core import layout
+    from leukviz.training import engine
 
     src = finished(tiny_data)["googlenet"]
     run = runs.run_for(tiny_config("googlenet", tiny_data, epochs=9, patience=2))
@@ -469,7 +472,7 @@ def test_train_offers_the_staged_schedule_with_its_head_only_epochs(app, tiny_da
 
 
 def test_train_lr_finder_sweeps_in_the_background_and_one_click_uses_its_suggestion(app, tiny_data):
-    from leukviz import lrfind
+    from leukviz.training import lrfind
 
     at = app
     at.query_params["backbone"] = "googlenet"

@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from leukviz import calibration, config, dashboard, inference, prediction, runs
+from leukviz.app import dashboard
+from leukviz.models import config
+from leukviz.runstore import runs
+from leukviz.scoring import calibration
+from leukviz.serving import inference, prediction
 
 REPO = Path(__file__).resolve().parents[1]
 FINETUNE = {"googlenet": "full", "resnet50": "last"}  # as tests/test_app.py: small, real runs that learn

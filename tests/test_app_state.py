@@ -11,7 +11,9 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from helpers import make_run
-from leukviz import config, data, runs
+from leukviz.datasets import data
+from leukviz.models import config
+from leukviz.runstore import runs
 
 REPO = Path(__file__).resolve().parents[1]
 

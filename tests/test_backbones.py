@@ -7,10 +7,10 @@ import urllib.error
 import pytest
 import torch
 
-from leukviz import backbones
-from leukviz import names
-from leukviz.backbones import BACKBONES, WeightsUnavailable, build_model, set_finetune
-from leukviz.preprocess import normalize
+from leukviz.models import backbones
+from leukviz.models.backbones import BACKBONES, WeightsUnavailable, build_model, set_finetune
+from leukviz.models.preprocess import normalize
+from leukviz.runstore import names
 
 
 @pytest.mark.parametrize("name", list(BACKBONES))
@@ -94,7 +94,7 @@ def test_a_leukviz_checkpoint_as_weights_file_keeps_the_architecture_it_was_trai
     transform, recorded in the sidecar; an ImageNet-style state_dict gets the pretrained one."""
     import json
 
-    from leukviz import layout
+    from leukviz.core import layout
 
     src = build_model("googlenet", 2, "none")
     assert not src.transform_input
@@ -161,7 +161,11 @@ EXTRA = backbones.BackboneSpec(
 
 def test_a_backbone_registered_at_test_time_trains_predicts_compares_and_exports(tiny_data, tmp_path,
                                                                                  monkeypatch):
-    from leukviz import charts, compare, config, dashboard, export, inference, prediction, runs
+    from leukviz.app import charts, dashboard
+    from leukviz.comparison import compare
+    from leukviz.models import config
+    from leukviz.runstore import runs
+    from leukviz.serving import export, inference, prediction
 
     monkeypatch.setitem(BACKBONES, EXTRA.name, EXTRA)
     cfg = config.resolve(EXTRA.name, "quick", "none", str(tiny_data), image_size=32, epochs=1, batch_size=16)

@@ -16,8 +16,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from leukviz import backbones, bench, cnmc, data, engine, preprocess
-from leukviz.config import resolve
+from leukviz.benchmarks import bench
+from leukviz.datasets import cnmc, data
+from leukviz.models import backbones, preprocess
+from leukviz.models.config import resolve
+from leukviz.training import engine
 
 
 def test_plain_and_leukviz_read_the_same_files_labels_and_size(tiny_data, tmp_path):
@@ -183,7 +186,7 @@ def test_tiny_bench_end_to_end(tiny_data, capsys):
 
 _FAULTS = r"""
 import resource, sys, torch
-from leukviz import devices
+from leukviz.models import devices
 tuned = devices.tune_cpu_allocator() if sys.argv[1] == "1" else False
 faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(12):  # 64 MB blocks, above glibc's largest mmap threshold; the tuned heap settles in a few

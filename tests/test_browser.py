@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from leukviz.prediction import OOD_TITLE  # the out-of-distribution warning as the page shows it
+from leukviz.serving.prediction import OOD_TITLE  # the out-of-distribution warning as the page shows it
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -122,7 +122,7 @@ def test_train_predict_compare_in_a_real_browser(tmp_path, monkeypatch):
     home = tmp_path / "home"
     # The full demo takes half a minute or more to draw on two cores; the same generator, smaller, keeps
     # this test within its time (the server finds it in its cache, as after a first use).
-    from leukviz import data, synthetic
+    from leukviz.datasets import data, synthetic
 
     real = synthetic.generate_demo
 
@@ -376,7 +376,7 @@ def _a_degenerate_run_is_flagged_and_deleted(page, base: str, home: Path, shots:
     leaves it out of its default selection, and its panel's Delete (with a confirmation) removes it."""
     import csv
 
-    from leukviz import runs
+    from leukviz.runstore import runs
 
     seed1 = next(r for r in runs.list_runs(home / "runs") if r.state == "finished" and r.config.seed == 1)
     path = seed1.dir / "val_predictions.csv"
@@ -397,8 +397,17 @@ def _a_degenerate_run_is_flagged_and_deleted(page, base: str, home: Path, shots:
     models.get_by_text(re.compile(r"seed 0")).first.wait_for(timeout=60_000)  # the healthy one, preselected
     assert seed1.run_id[:6] not in models.inner_text(), models.inner_text()
     page.goto(f"{base}/train?run={seed1.run_id}")
-    page.get_by_role("button", name="Delete run").click()
-    page.get_by_role("button", name="Delete", exact=True).click()
+    page.get_by_text(re.compile(r"^Finished, but the model is degenerate")).wait_for(timeout=60_000)
+    _settle(page)  # a rerun still drawing would close the popover the click opens
+    confirm = page.get_by_role("button", name="Delete", exact=True)
+    for _ in range(3):
+        page.get_by_role("button", name="Delete run").click()
+        try:
+            confirm.wait_for(state="visible", timeout=10_000)
+            break
+        except Exception:  # noqa: BLE001 - playwright's TimeoutError: the popover did not open; settle, retry
+            _settle(page)
+    confirm.click()
     page.get_by_text(re.compile(rf"^Run {seed1.run_id} moved to ")).wait_for(timeout=60_000)
     assert not seed1.dir.exists()
     _no_exception(page, "Train, after a delete")

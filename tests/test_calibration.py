@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from leukviz import calibration, layout, metrics
+from leukviz.core import layout
+from leukviz.scoring import calibration, metrics
 
 
 def made_up(n: int = 2000, scale: float = 1.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from leukviz import backbones, charts, metrics
+from leukviz.app import charts
+from leukviz.models import backbones
+from leukviz.scoring import metrics
 
 
 def batch(epoch: int, step: int, steps: int = 4, loss: float = 0.7, acc: float = 0.5) -> dict:

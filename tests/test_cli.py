@@ -223,7 +223,8 @@ def test_a_fifo_given_to_predict_is_refused_not_read(tmp_path, capsys):
 
 
 def test_an_empty_leukviz_home_is_unset_never_the_current_folder(tmp_path, monkeypatch):
-    from leukviz import data, runs
+    from leukviz.datasets import data
+    from leukviz.runstore import runs
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LEUKVIZ_HOME", "")
@@ -245,7 +246,8 @@ def test_predict_outputs_are_checked_before_the_work_and_written_whole(trained, 
     table cut short by a full disk leaves no file and says so."""
     import errno
 
-    from leukviz import inference, storage
+    from leukviz.core import storage
+    from leukviz.serving import inference
 
     runs_dir, first, _, _ = trained
     img = str(sorted((tiny_data / "training_data" / "fold_0" / "all").glob("*.png"))[0])

@@ -2,7 +2,7 @@
 
 import pytest
 
-from leukviz import cnmc, data
+from leukviz.datasets import cnmc, data
 
 
 @pytest.mark.parametrize("subject", ["11", "H10", "h3"])

@@ -9,8 +9,10 @@ import pandas as pd
 import pytest
 
 from helpers import make_run, tiny_model
-from leukviz import compare, dashboard, metrics, runs
-from leukviz import names
+from leukviz.app import dashboard
+from leukviz.comparison import compare
+from leukviz.runstore import names, runs
+from leukviz.scoring import metrics
 
 
 def test_groups_separate_datasets_and_splits(tmp_path):

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from helpers import make_run
-from leukviz import backbones, config, dashboard, data, runs
-from leukviz import names
+from leukviz.app import dashboard
+from leukviz.datasets import data
+from leukviz.models import backbones, config
+from leukviz.runstore import names, runs
 
 # ---------------------------------------------------------------------------------------------- text
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from leukviz import data
-from leukviz.data import DataError, make_split, open_dataset
+from leukviz.datasets import data
+from leukviz.datasets.data import DataError, make_split, open_dataset
 
 
 def test_cnmc_mini_index_counts(cnmc_mini):
@@ -358,8 +358,8 @@ def test_an_empty_or_loose_validation_folder_and_a_one_class_test_folder_each_ge
     out = capsys.readouterr().out
     assert "warning: the test folder test/ has no images of class hem" in out
     assert "held-out test set (labelled): 3 (all 3, hem 0)" in out
-    from leukviz import engine
-    from leukviz.config import resolve
+    from leukviz.models.config import resolve
+    from leukviz.training import engine
 
     logged = []
     engine.prepare_data(resolve("googlenet", "quick", "none", str(one_class), image_size=16), tmp_path / "cache",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from leukviz import runs
+from leukviz.runstore import runs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,7 +20,8 @@ DIGESTING_LEUKVIZ = """
 import hashlib, os, sys
 from pathlib import Path
 
-from leukviz import cli, engine
+from leukviz import cli
+from leukviz.training import engine
 
 evaluate, folder = engine.evaluate, Path(sys.argv.pop(1))
 

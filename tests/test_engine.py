@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from leukviz import config, data, devices, engine
-from leukviz.config import resolve
-from leukviz.augmentation import augment
-from leukviz.engine import Dist, class_weights, epoch_batches, evaluate
+from leukviz.datasets import data
+from leukviz.models import config, devices
+from leukviz.models.augmentation import augment
+from leukviz.models.config import resolve
+from leukviz.training import engine
+from leukviz.training.engine import Dist, class_weights, epoch_batches, evaluate
 
 
 def test_validation_runs_in_eval_mode_without_gradients():
@@ -71,7 +73,7 @@ def test_presets_resolve_and_overrides_win():
     paper = resolve("vgg16", "paper", "imagenet")
     assert (paper.image_size, paper.batch_size, paper.epochs) == (128, 128, 4)
     assert resolve("resnet50", "paper", "imagenet").epochs == 5
-    from leukviz.config import ConfigError
+    from leukviz.models.config import ConfigError
     with pytest.raises(ConfigError, match="choose one of: subject, groups, folds, image"):
         resolve("resnet50", split="random")
 
@@ -120,7 +122,7 @@ def _fit_run(cfg, run_dir, cache, logs=None, **kw):
 
 def _checkpoint_predicts(run_dir, ds, rows, cache):
     """What the saved checkpoint predicts for these rows, through inference (as a user would load it)."""
-    from leukviz import inference
+    from leukviz.serving import inference
 
     lm = inference.load_model(run_dir, device="cpu")
     images, _ = lm.preprocess.cache(ds, cache)
@@ -132,9 +134,9 @@ def test_test_set_is_scored_once_with_the_kept_model(tiny_data, tmp_path, monkey
     """select="best" with epoch 1 made the best: the test predictions are the checkpoint's (epoch 1's
     weights, or their average), not the last epoch's, and the test set never enters the choice."""
     import pandas as pd
-
-    from leukviz.layout import RESUME, SIDECAR, TEST_PREDICTIONS
     from test_testset import split_tree, tiny_cfg
+
+    from leukviz.core.layout import RESUME, SIDECAR, TEST_PREDICTIONS
 
     tree, cache = split_tree(tiny_data, tmp_path / "cells"), tmp_path / "cache"
     scores = iter([0.9, 0.1])  # epoch 1 scores best; the test set's own line gets the real F1
@@ -170,9 +172,9 @@ def test_a_test_folder_changes_nothing_that_is_chosen(tiny_data, tmp_path):
     import os
 
     import pandas as pd
-
-    from leukviz.layout import PREDICTIONS, SIDECAR, TEST_PREDICTIONS
     from test_testset import split_tree, tiny_cfg
+
+    from leukviz.core.layout import PREDICTIONS, SIDECAR, TEST_PREDICTIONS
 
     out = {}
     for name, test in (("with", True), ("without", False)):
@@ -190,9 +192,9 @@ def test_a_test_folder_changes_nothing_that_is_chosen(tiny_data, tmp_path):
 
 def test_a_resume_past_the_last_epoch_still_scores_and_a_failure_does_not_fail_it(tiny_data, tmp_path, monkeypatch):
     import pandas as pd
-
-    from leukviz.layout import TEST_PREDICTIONS
     from test_testset import split_tree, tiny_cfg
+
+    from leukviz.core.layout import TEST_PREDICTIONS
 
     tree, cache, run = split_tree(tiny_data, tmp_path / "cells"), tmp_path / "cache", tmp_path / "run"
     bad = sorted((tree / "test" / "all").iterdir())[0]
@@ -251,8 +253,8 @@ def test_early_stopping_stops_at_the_right_epoch_on_a_made_up_sequence():
 def test_a_run_with_patience_stops_early_and_keeps_the_best_checkpoint(tiny_data, tmp_path, monkeypatch):
     """F1 0.5, 0.8, 0.6, 0.7 with patience 2: the run ends after epoch 4 of 8, says why, and keeps epoch 2,
     though the preset asks for the last epoch (patience implies the best)."""
-    from leukviz import events
-    from leukviz.layout import SIDECAR
+    from leukviz.core import events
+    from leukviz.core.layout import SIDECAR
 
     scores = iter([0.5, 0.8, 0.6, 0.7])
     real_f1 = engine.weighted_f1

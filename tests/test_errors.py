@@ -4,8 +4,13 @@ import argparse
 
 import pytest
 
-from leukviz import backbones, cli, config, data, engine, export, runs
-from leukviz.errors import LeukvizError
+from leukviz import cli
+from leukviz.core.errors import LeukvizError
+from leukviz.datasets import data
+from leukviz.models import backbones, config
+from leukviz.runstore import runs
+from leukviz.serving import export
+from leukviz.training import engine
 
 
 @pytest.mark.parametrize("cls, builtin", [

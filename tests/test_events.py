@@ -1,6 +1,6 @@
 """Tests for leukviz.events: the readers see a resumed run as one history, the later records winning."""
 
-from leukviz import events
+from leukviz.core import events
 
 
 def resumed_run() -> list[dict]:

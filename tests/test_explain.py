@@ -14,9 +14,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from leukviz import backbones, explain, inference, studies
-from leukviz.backbones import BACKBONES
-from leukviz.config import resolve
+from leukviz.comparison import studies
+from leukviz.models import backbones
+from leukviz.models.backbones import BACKBONES
+from leukviz.models.config import resolve
+from leukviz.serving import explain, inference
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +209,7 @@ def test_top_losses_puts_the_most_confidently_wrong_first(trained):
 
 
 def test_maps_use_a_perceptual_colour_map_with_its_scale():
-    from leukviz import explain
+    from leukviz.serving import explain
 
     bar = explain.colour_bar(64, 4)
     assert bar.shape == (4, 64, 3) and bar.dtype == np.uint8

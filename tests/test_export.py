@@ -9,8 +9,11 @@ import pandas as pd
 import pytest
 import torch
 
-from leukviz import backbones, cli, export, inference, studies
-from leukviz.config import resolve
+from leukviz import cli
+from leukviz.comparison import studies
+from leukviz.models import backbones
+from leukviz.models.config import resolve
+from leukviz.serving import export, inference
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +89,7 @@ def test_cli_export(trained, onnx_export, tmp_path, capsys, monkeypatch):
 
 def _fake_run(name: str, size: int, run_dir) -> None:
     """A run folder holding a randomly initialised backbone, as training would leave it."""
-    from leukviz import engine
+    from leukviz.training import engine
 
     torch.manual_seed(0)
     model = backbones.build_model(name, 2, "none")
@@ -141,7 +144,7 @@ def test_an_export_cut_short_by_a_full_disk_leaves_nothing_and_says_so_in_one_li
 def test_a_stopped_run_is_exported_with_a_warning_that_it_is_unfinished(trained, tmp_path, capsys):
     import shutil
 
-    from leukviz import runs
+    from leukviz.runstore import runs
 
     copy = tmp_path / "runs" / trained.run_id
     shutil.copytree(trained.dir, copy)

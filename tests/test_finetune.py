@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from leukviz import backbones, config, engine, runs
-from leukviz.backbones import BACKBONES
+from leukviz.models import backbones, config
+from leukviz.models.backbones import BACKBONES
+from leukviz.runstore import runs
+from leukviz.training import engine
 
 
 @pytest.mark.parametrize("name", list(BACKBONES))

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from helpers import make_run
-from leukviz import calibration, dashboard, health
+from leukviz.app import dashboard
+from leukviz.scoring import calibration, health
 
 CLASSES = ["hem", "all"]
 
@@ -120,7 +121,7 @@ def test_a_degenerate_seed_is_counted_apart_from_the_groups_mean(tmp_path):
 
 
 def test_predict_says_why_a_confidence_is_not_calibrated():
-    from leukviz import prediction
+    from leukviz.serving import prediction
 
     p = prediction.ModelPrediction("m", "r", None, "hem", 0.502, {"hem": 0.502, "all": 0.498},
                                    calibration_note="not calibrated: the fitted temperature reached its bound (T = 20.00)")

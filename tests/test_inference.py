@@ -10,8 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from leukviz import calibration, cli, inference, layout, studies
-from leukviz.config import resolve
+from leukviz import cli
+from leukviz.comparison import studies
+from leukviz.core import layout
+from leukviz.models.config import resolve
+from leukviz.scoring import calibration
+from leukviz.serving import inference
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from leukviz import cnmc, config, data, devices, engine, inference
 from leukviz.cli import main
+from leukviz.datasets import cnmc, data
+from leukviz.models import config, devices
+from leukviz.serving import inference
+from leukviz.training import engine
 from tests.helpers import make_run, tiny_model
 
 

@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from leukviz import cli, config, lrfind
+from leukviz import cli
+from leukviz.models import config
+from leukviz.training import lrfind
 
 
 def synthetic_curve(lrs: np.ndarray) -> np.ndarray:
@@ -219,7 +221,7 @@ def test_status_reaps_a_finished_child_also_when_its_result_is_cached(tmp_path, 
     wait_until_exited(proc.pid)
     assert not gone(proc.pid)  # defunct until this process reaps it
     store = {"suggestion": 1e-3, "rates": [1e-4, 1e-3], "losses": [0.7, 0.6], "smoothed": [0.7, 0.65]}
-    from leukviz.storage import atomic_write_json
+    from leukviz.core.storage import atomic_write_json
 
     atomic_write_json(lrfind.result_path(cfg, "fp", tmp_path), store)  # as if the child had stored it
     assert lrfind.status(cfg, "fp", tmp_path)[0] == "done"
@@ -273,7 +275,7 @@ def test_a_sweep_with_no_finite_loss_is_an_error_and_caches_nothing(tmp_path, mo
 
     import torch
 
-    from leukviz import engine
+    from leukviz.training import engine
 
     class NaNs(torch.nn.Module):
         def forward(self, x):

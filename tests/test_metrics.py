@@ -9,7 +9,7 @@ import pytest
 from scipy.stats import binomtest
 from sklearn import metrics as skm
 
-from leukviz import metrics as m
+from leukviz.scoring import metrics as m
 
 # Unbalanced binary case, worked by hand: cm = [[4, 0], [1, 1]].
 Y = np.array([0, 0, 0, 0, 1, 1])

@@ -14,8 +14,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from leukviz import cli, config, data, inference, layout, ood, runs, synthetic
-from leukviz.events import BATCH, EPOCH, START
+from leukviz import cli
+from leukviz.core import layout
+from leukviz.core.events import BATCH, EPOCH, START
+from leukviz.datasets import data, ood, synthetic
+from leukviz.models import config
+from leukviz.runstore import runs
+from leukviz.serving import inference
 
 
 def small_demo(generate, root: Path, seed: int = 0, **_) -> Path:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from leukviz import plain
+from leukviz.training import plain
 
 
 def test_a_weights_file_is_known_by_its_bytes(tmp_path):

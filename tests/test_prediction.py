@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from helpers import png_bytes, tiny_model
-from leukviz import data, prediction
+from leukviz.datasets import data
+from leukviz.serving import prediction
 
 
 def test_predict_image_one_result_per_model_sharing_one_decode(tmp_path):
@@ -67,7 +68,7 @@ def test_uploads_are_decoded_and_predicted_once_for_the_table_and_the_cards(tmp_
 
 
 def test_cards_give_calibrated_values_beside_the_raw_ones(tmp_path):
-    from leukviz import calibration
+    from leukviz.scoring import calibration
 
     plain, scaled = tiny_model(tmp_path, name="plain"), tiny_model(tmp_path, name="scaled")
     scaled.temperature = 3.0

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from leukviz import backbones, data
-from leukviz.config import resolve
-from leukviz.preprocess import Preprocess, normalize
+from leukviz.datasets import data
+from leukviz.models import backbones
+from leukviz.models.config import resolve
+from leukviz.models.preprocess import Preprocess, normalize
 
 
 def test_decode_and_cache_are_the_same_pixels(tiny_data, tmp_path):

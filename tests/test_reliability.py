@@ -28,11 +28,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from leukviz import cnmc, data, engine, inference, runs
-from leukviz.config import resolve
-from leukviz.cnmc import parse_cnmc_name
-from leukviz.data import DataError, ImageError, load_image, open_dataset
-from leukviz.storage import read_jsonl
+from leukviz.core.storage import read_jsonl
+from leukviz.datasets import cnmc, data
+from leukviz.datasets.cnmc import parse_cnmc_name
+from leukviz.datasets.data import DataError, ImageError, load_image, open_dataset
+from leukviz.models.config import resolve
+from leukviz.runstore import runs
+from leukviz.serving import inference
+from leukviz.training import engine
 
 REPO = Path(__file__).resolve().parents[1]
 WAIT = 240  # seconds: the bound on every wait for another process, so nothing can hang CI
@@ -794,7 +797,7 @@ def test_two_cli_trainers_of_one_config_train_once_and_report_the_same_run(micro
 PARENT = """
 import json, os, signal, sys, threading
 from pathlib import Path
-from leukviz import runs
+from leukviz.runstore import runs
 run = runs.Run(Path(sys.argv[1]))
 out = []
 clicks = [threading.Thread(target=lambda: out.append(runs.launch(run))) for _ in range(2)]

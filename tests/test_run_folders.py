@@ -13,7 +13,13 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from leukviz import cli, config, dashboard, data, export, layout, runfiles, runs, synthetic
+from leukviz import cli
+from leukviz.app import dashboard
+from leukviz.core import layout
+from leukviz.datasets import data, synthetic
+from leukviz.models import config
+from leukviz.runstore import runfiles, runs
+from leukviz.serving import export
 
 REPO = Path(__file__).resolve().parents[1]
 DAMAGED_ID = "dddddddddddd"
@@ -157,7 +163,7 @@ def test_wrong_shaped_weights_are_a_clear_error(good, tmp_path):
     import torch
     from safetensors.torch import load_file, save_file
 
-    from leukviz import backbones
+    from leukviz.models import backbones
 
     bad = copy_run(good, tmp_path, DAMAGED_ID)
     state = load_file(str(good.dir / layout.CHECKPOINT))

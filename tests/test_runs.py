@@ -11,8 +11,10 @@ import pytest
 import torch
 
 from helpers import FakeProc, make_run
-from leukviz import engine, inference, runs
-from leukviz.config import resolve
+from leukviz.models.config import resolve
+from leukviz.runstore import runs
+from leukviz.serving import inference
+from leukviz.training import engine
 
 
 def tiny_cfg(data, **kw):

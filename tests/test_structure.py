@@ -1,35 +1,105 @@
-"""The package's shape, as issue 12 set it: no import cycle, short functions, a loop with few parameters."""
+"""The package's shape: layer subpackages that import only downwards (docs/ARCHITECTURE.md), no import cycle,
+short functions, a loop with few parameters, and the entry points that must not load torch."""
 
 from __future__ import annotations
 
 import ast
 import inspect
+import subprocess
+import sys
 from pathlib import Path
 
-from leukviz import engine
+import pytest
 
-PACKAGE = Path(engine.__file__).resolve().parent
-MODULES = {p.stem: p for p in PACKAGE.glob("*.py") if p.stem not in ("__init__", "__main__")}
+from leukviz.training import engine
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "leukviz"
+# Lowest first: a module may import its own layer and the layers before it, never one after it.
+LAYERS = ("core", "scoring", "datasets", "models", "training", "runstore", "serving", "comparison", "app",
+          "benchmarks", "cli")
+MODULES = {f"{p.parent.name}.{p.stem}" if p.parent != PACKAGE else p.stem: p
+           for p in PACKAGE.rglob("*.py") if p.stem not in ("__init__", "__main__")}
+
+
+def _layer(module: str) -> str:
+    return module.split(".")[0]
 
 
 def _imports(path: Path) -> set[str]:
-    """leukviz modules a module imports, at its top or inside functions (TYPE_CHECKING blocks aside)."""
+    """The leukviz modules ('layer.module') a file imports, at its top or inside functions (TYPE_CHECKING
+    blocks aside): function-level imports are imports too."""
     tree = ast.parse(path.read_text())
     typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
                    and "TYPE_CHECKING" in ast.unparse(node.test) for n in ast.walk(node)}
     out = set()
     for node in ast.walk(tree):
-        if id(node) in typing_only:
+        if id(node) in typing_only or not isinstance(node, ast.ImportFrom) or not node.module:
             continue
-        if isinstance(node, ast.ImportFrom) and node.module == "leukviz":
+        parts = node.module.split(".")
+        if parts[0] != "leukviz":
+            continue
+        if len(parts) == 1:
             out |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("leukviz."):
-            out.add(node.module.split(".")[1])
-    return out & set(MODULES)
+        elif len(parts) == 2 and parts[1] in LAYERS and parts[1] != "cli":
+            out |= {f"{parts[1]}.{a.name}" for a in node.names}
+        else:
+            out.add(".".join(parts[1:3]))
+    return out
+
+
+def test_every_module_lives_in_a_layer():
+    assert {_layer(m) for m in MODULES} <= set(LAYERS), sorted({_layer(m) for m in MODULES} - set(LAYERS))
+    assert not [p for p in PACKAGE.glob("*.py") if p.stem not in ("__init__", "__main__", "cli")]
+
+
+def test_layers_import_only_downwards():
+    wrong = [f"{m} ({_layer(m)}) imports {dep} ({_layer(dep)})"
+             for m, path in MODULES.items() for dep in _imports(path)
+             if _layer(dep) in LAYERS and LAYERS.index(_layer(dep)) > LAYERS.index(_layer(m))]
+    assert not wrong, wrong
+
+
+def test_nothing_but_the_cli_imports_the_benchmarks():
+    users = [m for m, path in MODULES.items() if _layer(m) not in ("benchmarks", "cli")
+             and any(_layer(d) == "benchmarks" for d in _imports(path))]
+    assert not users, users
+
+
+def test_serving_never_imports_training():
+    users = [f"{m} imports {d}" for m, path in MODULES.items() if _layer(m) == "serving"
+             for d in _imports(path) if _layer(d) == "training"]
+    assert not users, users
+
+
+def test_the_pages_stay_thin():
+    """views/ may use any layer below the CLI, but never the CLI, the benchmarks or the training loop
+    itself (a page launches training through the run store)."""
+    bad = [f"{p.name} imports {d}" for p in (REPO / "views").glob("*.py") for d in _imports(p)
+           if _layer(d) in ("cli", "benchmarks") or d == "training.engine"]
+    assert not bad, bad
+
+
+def test_the_engine_never_imports_streamlit():
+    def streamlit(node: ast.AST) -> bool:
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+        return any(n.split(".")[0] == "streamlit" for n in names)
+
+    users = [m for m, path in MODULES.items() for node in ast.walk(ast.parse(path.read_text()))
+             if isinstance(node, (ast.Import, ast.ImportFrom)) and streamlit(node)]
+    assert not users, users
+
+
+@pytest.mark.parametrize("module", ["leukviz.cli", "leukviz.runstore.runs", "leukviz.models.config",
+                                    "leukviz.core.storage", "leukviz.scoring.metrics"])
+def test_entry_points_import_without_torch(module):
+    """`python -m leukviz --help`, the run store and the settings answer without loading torch (seconds)."""
+    code = f"import sys, {module}; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0, f"{module} loads torch"
 
 
 def test_no_import_cycle():
-    graph = {name: _imports(path) for name, path in MODULES.items()}
+    graph = {name: _imports(path) & set(MODULES) for name, path in MODULES.items()}
     done: set[str] = set()
 
     def visit(name: str, path: tuple[str, ...]) -> None:

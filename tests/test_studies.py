@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from leukviz import cli, runs, studies
-from leukviz.config import ConfigError, resolve
+from leukviz import cli
+from leukviz.comparison import studies
+from leukviz.models.config import ConfigError, resolve
+from leukviz.runstore import runs
 
 
 def config_of(run_id: str, runs_dir: Path) -> dict:
@@ -141,7 +143,7 @@ def subject_study(real_subset, shared_runs):
 
 
 def test_subject_folds_hold_out_whole_subjects_with_both_classes_on_both_sides(subject_study, real_subset):
-    from leukviz import data
+    from leukviz.datasets import data
 
     ds = data.open_dataset(str(real_subset))
     folds = subject_study["folds"]
@@ -206,7 +208,7 @@ def test_a_variant_trains_on_the_same_folds_and_is_compared_with_the_defaults(va
     import numpy as np
     from sklearn.metrics import f1_score
 
-    from leukviz.compare import read_predictions
+    from leukviz.comparison.compare import read_predictions
 
     name = "leukviz augment=flips"
     recs = variant_study["runs"]
@@ -348,7 +350,7 @@ def test_a_variant_is_checked_by_the_run_settings_rules_before_anything_trains(v
 
 
 def test_run_settings_are_finite_and_in_range_and_an_ignored_momentum_is_one_run():
-    from leukviz import config
+    from leukviz.models import config
 
     for kw, words in ((dict(optimizer="sgd", momentum=float("nan")), "momentum=nan"), (dict(lr=float("inf")), "lr=inf"),
                       (dict(weight_decay=-1.0), "weight_decay must be 0 or more"),

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from leukviz import synthetic
-from leukviz.synthetic import DEMO_VERSION, ensure_demo, generate_demo
+from leukviz.datasets import synthetic
+from leukviz.datasets.synthetic import DEMO_VERSION, ensure_demo, generate_demo
 
 NAME = re.compile(r"UID_([A-Za-z]*\d+)_(\d+)_(\d+)_(all|hem)\.png")
 

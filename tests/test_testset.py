@@ -12,8 +12,12 @@ import pandas as pd
 import pytest
 
 from helpers import make_run
-from leukviz import cnmc, config, data, layout, runs, testset
-from leukviz.cnmc import parse_cnmc_name
+from leukviz.comparison import testset
+from leukviz.core import layout
+from leukviz.datasets import cnmc, data
+from leukviz.datasets.cnmc import parse_cnmc_name
+from leukviz.models import config
+from leukviz.runstore import runs
 
 
 def split_tree(tiny_data: Path, root: Path, test: bool = True, per_subject: int = 6) -> Path:

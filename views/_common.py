@@ -7,8 +7,10 @@ from pathlib import Path
 
 import streamlit as st
 
-from leukviz import charts, dashboard, data, layout, runs
-
+from leukviz.app import charts, dashboard
+from leukviz.core import layout
+from leukviz.datasets import data
+from leukviz.runstore import runs
 
 # Choices that outlive their widgets. Streamlit forgets a widget's value when a run does not draw it (a visit
 # to another page); saving each again at the top of every run makes it the session's, so it survives.
@@ -87,7 +89,7 @@ def require_dataset() -> data.Dataset:
 
 @st.cache_resource(max_entries=12, show_spinner=False)
 def _load_model(run_dir: str, mtime_ns: int):
-    from leukviz import inference
+    from leukviz.serving import inference
 
     return inference.load_model(run_dir)
 
@@ -109,7 +111,8 @@ def warm_imports() -> threading.Thread:
     def work() -> None:
         import torchvision.models  # noqa: F401
 
-        from leukviz import compare, inference  # noqa: F401
+        from leukviz.comparison import compare  # noqa: F401
+        from leukviz.serving import inference  # noqa: F401
 
     thread = threading.Thread(target=work, name="leukviz-warm-imports", daemon=True)
     thread.start()
@@ -118,7 +121,7 @@ def warm_imports() -> threading.Thread:
 
 @st.cache_resource(show_spinner=False)
 def device_text() -> str:
-    from leukviz import devices
+    from leukviz.models import devices
 
     return devices.device_name(devices.pick_device())
 

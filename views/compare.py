@@ -7,9 +7,11 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from leukviz import charts, compare, dashboard, layout, runs
-from leukviz import names
-from leukviz.report import html_report
+from leukviz.app import charts, dashboard
+from leukviz.app.report import html_report
+from leukviz.comparison import compare
+from leukviz.core import layout
+from leukviz.runstore import names, runs
 from views._common import active_dataset, figure, load_model, warn_damaged
 
 CURVES = {"val_acc": "Validation accuracy", "val_loss": "Validation loss", "val_f1": "Validation weighted F1",

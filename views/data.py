@@ -5,9 +5,10 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from leukviz import dashboard, data
-from leukviz import names
-from leukviz.config import AUGMENT
+from leukviz.app import dashboard
+from leukviz.datasets import data
+from leukviz.models.config import AUGMENT
+from leukviz.runstore import names
 from views._common import active_dataset, active_split, open_dataset
 
 SOURCES = ("Built-in demo", "Folder path", "Zip upload")

@@ -2,8 +2,9 @@
 
 import streamlit as st
 
-from leukviz import backbones, dashboard, runs
-from leukviz import names
+from leukviz.app import dashboard
+from leukviz.models import backbones
+from leukviz.runstore import names, runs
 from views._common import active_dataset, device_text, warn_damaged
 
 st.title("leukviz")

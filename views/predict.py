@@ -6,9 +6,11 @@ from pathlib import Path
 
 import streamlit as st
 
-from leukviz import charts, dashboard, layout, prediction
-from leukviz import names
-from leukviz.explain import colour_bar
+from leukviz.app import charts, dashboard
+from leukviz.core import layout
+from leukviz.runstore import names
+from leukviz.serving import prediction
+from leukviz.serving.explain import colour_bar
 from views._common import active_dataset, figure, load_model, open_dataset, warn_damaged
 
 st.title("Predict")

@@ -4,8 +4,13 @@ from pathlib import Path
 
 import streamlit as st
 
-from leukviz import backbones, charts, compare, config, dashboard, data, events, layout, lrfind, runs
-from leukviz import names
+from leukviz.app import charts, dashboard
+from leukviz.comparison import compare
+from leukviz.core import events, layout
+from leukviz.datasets import data
+from leukviz.models import backbones, config
+from leukviz.runstore import names, runs
+from leukviz.training import lrfind
 from views._common import active_dataset, active_split, figure, require_dataset
 
 LEARNING_RATES = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)

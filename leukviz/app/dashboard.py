@@ -1,0 +1,425 @@
+"""What the pages say about runs: text helpers, run queries and the overview's cards, training progress,
+the Data page's samples. The Compare page's numbers are in compare.py, the Predict page's in prediction.py;
+no Streamlit in here."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from leukviz.core.events import BATCH, EPOCH, finite, latest_start
+from leukviz.core.layout import CONFIG
+from leukviz.datasets import data
+from leukviz.models import backbones, config
+from leukviz.models.config import RunConfig
+from leukviz.runstore import runs
+from leukviz.runstore.names import backbone_title, dataset_label, format_duration, latest_per_backbone
+from leukviz.scoring import health, metrics
+
+# ---------------------------------------------------------------------------------------------- text
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:=\"'&^%@/])")
+
+
+def plain(text: Any) -> str:
+    """User-supplied text made literal inside Streamlit markdown: every markdown, LaTeX ($) and
+    directive (:red[...], :material/x:) character is backslash-escaped, and HTML is never rendered."""
+    return _MD_SPECIAL.sub(r"\\\1", str(text)).replace("\n", " ")
+
+
+def run_label(run: runs.Run) -> str:
+    """A run as a user thinks of it, for pickers: 'ResNet50 · cnmc-fold1-dev · seed 1 · F1 0.891', marked
+    when degenerate."""
+    parts = [backbone_title(run.config.backbone), dataset_label(run.config.data), f"seed {run.config.seed}"]
+    f1 = run.final_metrics().get("val_f1") if run.state == "finished" else None
+    if f1 is not None:
+        parts.append(f"F1 {f1:.3f}")
+    h = run_health(run)
+    if h is not None and h.degenerate:
+        parts.append("degenerate")
+    return " · ".join(parts) + f" · {run.run_id[:6]}"
+
+
+# ---------------------------------------------------------------------------------------------- settings
+
+# The Train page's settings as the URL names them (so a reload or a bookmark restores them) -> their
+# session-state keys. The dataset and split are in the URL too (URL_DATA).
+URL_SETTINGS = {"backbone": "train_backbone", "preset": "train_preset", "weights": "train_weights",
+                "size": "train_image_size", "epochs": "train_epochs", "batch": "train_batch_size", "lr": "train_lr",
+                "finetune": "train_finetune", "head_epochs": "train_head_epochs", "repeats": "train_repeats",
+                "patience": "train_patience"}
+URL_DATA = {"dataset": "dataset", "split": "split"}
+# The number fields' ranges, shared by the widgets and the URL reader.
+SETTING_RANGES = {"train_image_size": config.IMAGE_SIZES, "train_epochs": (1, 500), "train_batch_size": (1, 4096),
+                  "train_head_epochs": (1, 499), "train_repeats": (1, config.MAX_REPEATS), "train_patience": (0, 500)}
+
+
+def _url_value(key: str, text: str) -> Any:
+    """One URL value as its setting's type, or None when it is not a valid value of that setting."""
+    if key == "train_backbone":
+        return text if text in backbones.BACKBONES else None
+    if key == "train_preset":
+        return text if text in config.PRESETS else None
+    if key == "train_weights":
+        return text if text in ("imagenet", "none") else None
+    if key == "train_finetune":
+        return text if text in config.FINETUNE else None
+    if key == "split":
+        return text if text in config.SPLITS else None
+    if key == "dataset":
+        return text or None
+    try:
+        v = float(text)
+    except ValueError:
+        return None
+    if key == "train_lr":
+        return v if math.isfinite(v) and 0 < v < 10 else None
+    low, high = SETTING_RANGES[key]
+    return int(v) if v.is_integer() and low <= v <= high else None
+
+
+def settings_from_url(params: Any) -> dict[str, Any]:
+    """The valid settings a URL's query parameters name, by session-state key; anything else is ignored."""
+    out = {}
+    for name, key in {**URL_DATA, **URL_SETTINGS}.items():
+        text = params.get(name)
+        value = _url_value(key, str(text)) if text is not None else None
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def settings_to_url(state: Any, names: Iterable[str]) -> dict[str, str]:
+    """The query parameters for the settings in state (names: keys of URL_SETTINGS or URL_DATA)."""
+    keys = {**URL_DATA, **URL_SETTINGS}
+    return {name: f"{state[keys[name]]:g}" if isinstance(state.get(keys[name]), float) else str(state[keys[name]])
+            for name in names if state.get(keys[name]) is not None}
+
+
+def recipe_changes(old: dict[str, Any], new: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """What switching backbone (or weights) changes: the settings whose preset default differs between the
+    old and the new choice (the new backbone's recipe owns them), as {name: (current value, new value)}.
+    Every other setting keeps what the user chose."""
+    return {k: (current.get(k), new[k]) for k in new if k in current and old.get(k) != new[k]}
+
+
+SETTING_NAMES = {"image_size": "image size", "epochs": "epochs", "batch_size": "batch size", "lr": "learning rate"}
+
+
+def changes_text(owner: str, changes: dict[str, tuple[Any, Any]]) -> str:
+    """'VGG16's recipe set learning rate 0.0001 (was 0.001); your other settings are kept.'"""
+    if not changes:
+        return f"{owner}: your settings are kept."
+    parts = [f"{SETTING_NAMES.get(k, k)} {v:g} (was {was:g})" if isinstance(v, float) else f"{SETTING_NAMES.get(k, k)} {v} (was {was})"
+             for k, (was, v) in changes.items()]
+    return f"{owner} set " + ", ".join(parts) + "; your other settings are kept."
+
+
+# ---------------------------------------------------------------------------------------------- runs
+
+def all_runs(runs_dir: str | Path | None = None) -> list[runs.Run]:
+    """Every run whose config.json reads, newest first; one with a damaged config.json is left out (it is
+    among damaged_runs), never fatal."""
+    out = []
+    for r in runs.list_runs(runs_dir):
+        try:
+            r.config  # noqa: B018 - checked once, to leave out runs whose config cannot be read
+        except (runs.RunFileError, OSError):
+            continue
+        out.append(r)
+    return out
+
+
+def finished_runs(runs_dir: str | Path | None = None) -> list[runs.Run]:
+    """The runs Predict and Compare use: finished, and every file they read sound (runs.Run.is_usable)."""
+    return [r for r in all_runs(runs_dir) if r.is_usable]
+
+
+def damaged_runs(runs_dir: str | Path | None = None) -> list[runs.Run]:
+    """The runs left out because a file they need is damaged (each Run.problems says which, and the repair)."""
+    return runs.damaged_runs(runs_dir)
+
+
+def damage_text(run: runs.Run) -> str:
+    """One line for a damaged run: its id and, per damaged file, what is wrong and the repair."""
+    return f"run {run.run_id}: " + " · ".join(str(p) for p in run.damage)
+
+
+def find_run(cfg: RunConfig, fingerprint: str, runs_dir: str | Path | None = None) -> runs.Run | None:
+    """The run folder of this exact configuration, if one exists (unlike runs.run_for, creates nothing)."""
+    path = runs.runs_root(runs_dir, create=False) / cfg.identity(fingerprint)
+    return runs.Run(path) if (path / CONFIG).exists() else None
+
+
+def run_health(run: runs.Run) -> health.Health | None:
+    """A finished run's health (health.of_run_dir, the one rule); None for a run that is not finished."""
+    return health.of_run_dir(run.dir) if run.state == "finished" else None
+
+
+def healthy_runs(candidates: Iterable[runs.Run]) -> list[runs.Run]:
+    """The runs whose kept model is not degenerate (what Predict offers first and ensembles by default)."""
+    return [r for r in candidates if not (run_health(r) or health.Health(health.HEALTHY)).degenerate]
+
+
+def default_models(finished: Sequence[runs.Run], dataset: str) -> list[runs.Run]:
+    """Models offered first for prediction: the newest healthy finished run per backbone on the active
+    dataset, or on any dataset when none was trained on it. A degenerate run is never preselected."""
+    usable = healthy_runs(finished)
+    on_active = [r for r in usable if r.config.data == dataset]
+    return latest_per_backbone(on_active or usable)
+
+
+def repeat_group(run: runs.Run, candidates: Iterable[runs.Run]) -> list[runs.Run]:
+    """The repeats of run's configuration among candidates (config.repeat_key), by seed."""
+    key = _repeat_key(run)
+    return sorted((r for r in candidates if _repeat_key(r) == key), key=lambda r: r.config.seed)
+
+
+def _repeat_key(run: runs.Run) -> str:
+    return config.repeat_key(run.config, run.info.get("dataset_fingerprint", "?"))
+
+
+@dataclass
+class GroupSummary:
+    """Repeats of one configuration: each seed's run and state, and mean ± sd over the finished healthy
+    ones (a degenerate seed is counted apart, never averaged in silently)."""
+
+    members: list[runs.Run]
+    states: list[str]
+    f1: dict | None  # metrics.seed_spread of validation weighted F1 over the finished, healthy seeds
+    acc: dict | None
+    degenerate: list[runs.Run]
+
+    @property
+    def n(self) -> int:
+        return len(self.members)
+
+    @property
+    def done(self) -> bool:
+        return all(s not in runs.ACTIVE for s in self.states)
+
+    def score_text(self, key: str = "f1", count: bool = True) -> str:
+        """'0.871 ± 0.021 (3 seeds)' (count: with the number of seeds), or the one value for one seed; '–'
+        with none."""
+        spread = self.f1 if key == "f1" else self.acc
+        if not spread:
+            return "–"
+        fmt = (lambda v: f"{v:.3f}") if key == "f1" else (lambda v: f"{v:.1%}")
+        if spread["sd"] is None:
+            return fmt(spread["mean"])
+        return f"{fmt(spread['mean'])} ± {fmt(spread['sd'])}" + (f" ({spread['n']} seeds)" if count else "")
+
+
+def seed_state_text(run: runs.Run, state: str) -> str:
+    """One repeat's state for the Train page's group: 'finished · F1 0.871', 'running · 40 %', 'queued'."""
+    if state == "finished":
+        h = run_health(run)
+        if h is not None and h.degenerate:
+            return "finished · degenerate"
+        f1 = run.final_metrics().get("val_f1")
+        return "finished" + (f" · F1 {f1:.3f}" if f1 is not None else "")
+    if state == "running":
+        return f"running · {progress(run.events()).fraction:.0%}"
+    return state
+
+
+def group_summary(members: Sequence[runs.Run]) -> GroupSummary:
+    """What Train and the Overview show of a group of repeats."""
+    states = [r.state for r in members]
+    f1s, accs, bad = [], [], []
+    for r, state in zip(members, states):
+        if state != "finished" or r.is_damaged:
+            continue
+        h = run_health(r)
+        if h is not None and h.degenerate:
+            bad.append(r)
+            continue
+        m = r.final_metrics()
+        if "val_f1" in m:
+            f1s.append(m["val_f1"])
+        if "val_acc" in m:
+            accs.append(m["val_acc"])
+    return GroupSummary(list(members), states, metrics.seed_spread(f1s) if f1s else None,
+                        metrics.seed_spread(accs) if accs else None, bad)
+
+
+def gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+@dataclass
+class Card:
+    """What the overview shows for one backbone."""
+
+    backbone: str
+    title: str
+    state: str  # "none" when no run of this backbone exists on the dataset
+    run_id: str | None = None
+    epoch: int = 0
+    epochs: int = 0
+    val_acc: float | None = None
+    val_f1: float | None = None
+    error: str | None = None
+    health: health.Health | None = None  # of the finished run shown (run_health)
+    group: GroupSummary | None = None  # the repeats of its configuration, when there are several
+
+    @property
+    def text(self) -> str:
+        if self.state == "none":
+            return "No run yet"
+        if self.state == "starting":
+            return "Starting…"
+        if self.state == "queued":
+            return "Queued: waits for the device"
+        if self.state == "running":
+            return f"Running: epoch {min(self.epoch + 1, self.epochs)} of {self.epochs}"
+        if self.state == "finished":
+            return "Finished: degenerate model" if self.health is not None and self.health.degenerate else "Finished"
+        return self.state.capitalize()
+
+    @property
+    def scores(self) -> tuple[str, str]:
+        """(accuracy, weighted F1) as the card shows them: the group's mean ± sd over seeds when the
+        configuration was repeated, else the run's own."""
+        if self.group is not None and self.group.f1 is not None:
+            return self.group.score_text("acc"), self.group.score_text("f1")
+        return (f"{self.val_acc:.1%}" if self.val_acc is not None else "–",
+                f"{self.val_f1:.3f}" if self.val_f1 is not None else "–")
+
+
+def backbone_cards(dataset: str, runs_dir: str | Path | None = None) -> list[Card]:
+    """One card per registered backbone: its active run on this dataset if any, else its newest run."""
+    mine = [r for r in all_runs(runs_dir) if r.config.data == dataset and not r.is_damaged]
+    cards = []
+    for name, spec in backbones.BACKBONES.items():
+        of_backbone = [r for r in mine if r.config.backbone == name]
+        statuses = [(r, r.status) for r in of_backbone]
+        chosen = next(((r, s) for r, s in statuses if s["state"] in runs.ACTIVE), None)
+        chosen = chosen or next(((r, s) for r, s in statuses if s["state"] == "finished"), None)
+        chosen = chosen or next(((r, s) for r, s in statuses if s["state"] != "new"), None)
+        if chosen is None:
+            cards.append(Card(name, spec.title, "none"))
+            continue
+        r, s = chosen
+        m = r.final_metrics() if s["state"] == "finished" else {}
+        epochs_done = len(r.epochs()) if s["state"] in runs.ACTIVE else int(s.get("epoch") or 0)
+        epochs = int(s.get("epochs") or r.config.epochs)
+        group = repeat_group(r, of_backbone)
+        cards.append(Card(name, spec.title, s["state"], r.run_id, epochs_done, epochs,
+                          m.get("val_acc"), m.get("val_f1"), s.get("error"), run_health(r),
+                          group_summary(group) if len(group) > 1 else None))
+    return cards
+
+
+# ---------------------------------------------------------------------------------------------- progress
+
+@dataclass
+class Progress:
+    fraction: float
+    epoch: int  # the epoch in progress (or the last one done)
+    epochs: int
+    step: int
+    steps: int
+    eta: float | None  # seconds left, None until the first batch
+    text: str
+
+
+def progress(events: Sequence[dict], now: float | None = None) -> Progress:
+    """Fraction done and time left of a run, from its metrics.jsonl events (rate measured since the
+    latest start or resume, so time spent before a stop does not skew it)."""
+    s0 = latest_start(events)
+    if s0 is None:
+        return Progress(0.0, 0, 0, 0, 0, None, "Preparing data and model…")
+    epochs, steps = int(s0.get("epochs") or 1), max(1, int(s0.get("steps_per_epoch") or 1))
+    total = epochs * steps
+    done0 = int(s0.get("epoch") or 0) * steps + int(s0.get("step") or 0)
+    done, t_last, epoch, step = done0, float(s0.get("time") or 0), max(1, int(s0.get("epoch") or 0) + 1), 0
+    for e in events:
+        if e.get("type") == BATCH:
+            d = (int(e["epoch"]) - 1) * steps + int(e["step"])
+        elif e.get("type") == EPOCH:
+            d = int(e["epoch"]) * steps
+        else:
+            continue
+        if d >= done:
+            done, t_last = d, float(e.get("time") or t_last)
+            epoch, step = int(e["epoch"]), int(e["step"]) if e["type"] == BATCH else steps
+    eta = None
+    elapsed = (t_last if now is None else now) - float(s0.get("time") or 0)
+    if done > done0 and elapsed > 0:
+        eta = max(0.0, (total - done) * elapsed / (done - done0))
+        finished = [e for e in events if e.get("type") == EPOCH and float(e.get("time") or 0) >= float(s0.get("time") or 0)
+                    and finite(e.get("seconds")) is not None]
+        if finished:  # whole epochs timed, their validation included: the best measure of what is left
+            per_epoch = sum(float(e["seconds"]) for e in finished) / len(finished)
+            eta = max(0.0, (total - done) / steps * per_epoch)
+        else:  # only training steps timed so far: add each remaining epoch's validation, a forward pass
+            # over the validation images (about a third of a training step's work per image)
+            n_train, n_val = finite(s0.get("n_train")) or 0, finite(s0.get("n_val")) or 0
+            if n_train > 0:
+                eta *= 1 + n_val / (3 * n_train)
+    frac = min(1.0, done / total)
+    text = f"Epoch {epoch} of {epochs} · step {step} of {steps}"
+    if eta is not None:
+        text += f" · about {format_duration(eta)} left"
+    return Progress(frac, epoch, epochs, step, steps, eta, text)
+
+
+# ---------------------------------------------------------------------------------------------- data page
+
+def sample_cells(ds: data.Dataset, per_class: int = 6, seed: int = 0) -> dict[str, list[str]]:
+    """A few training images of each class, drawn reproducibly."""
+    rng = np.random.default_rng(seed)
+    train = ds.train_rows
+    out = {}
+    for i, c in enumerate(ds.classes):
+        paths = train.loc[train["label"] == i, "path"].to_numpy()
+        if len(paths):
+            out[c] = [str(p) for p in rng.choice(paths, size=min(per_class, len(paths)), replace=False)]
+    return out
+
+
+def demo_cells(ds: data.Dataset, n: int = 3, seed: int = 0) -> list[tuple[str, str]]:
+    """(path, true class) of a few labelled cells, preferring the held-out preliminary test set, taking
+    the classes in turn."""
+    idx = ds.index[ds.index["label"] >= 0]
+    pool = idx[idx["set"] == "prelim"] if (idx["set"] == "prelim").any() else idx
+    rng = np.random.default_rng(seed)
+    by_class = [rng.permutation(pool.index[pool["label"] == i].to_numpy()) for i in range(len(ds.classes))]
+    picks: list[tuple[str, str]] = []
+    k = 0
+    while len(picks) < n and any(k < len(b) for b in by_class):
+        for i, rows in enumerate(by_class):
+            if k < len(rows) and len(picks) < n:
+                picks.append((str(ds.index.at[rows[k], "path"]), ds.classes[i]))
+        k += 1
+    return picks
+
+
+AUGMENT_CODES_TEXT = {0: "original", 1: "flipped", 2: "turned 90°", 3: "flipped, 90°", 4: "turned 180°",
+                      5: "flipped, 180°", 6: "turned 270°", 7: "flipped, 270°"}
+
+
+def augment_preview(image: np.ndarray, mode: str, n: int = 4, seed: int = 0) -> list[tuple[str, np.ndarray]]:
+    """The training augmentation (augmentation.augment) applied to one uint8 HWC image n times: (caption, image)."""
+    import torch
+
+    from leukviz.models.augmentation import augment, draw_jitter
+
+    if mode == "none":
+        return [("no augmentation", image)]
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randperm(7, generator=g)[:n] + 1  # distinct non-identity transforms
+    jitter = draw_jitter(len(codes), g) if mode == "full" else None
+    batch = torch.from_numpy(np.ascontiguousarray(np.stack([image] * len(codes))))
+    out = augment(batch, codes, jitter).numpy()
+    return [(AUGMENT_CODES_TEXT[int(c)] + (", stain jitter" if jitter is not None else ""), out[i])
+            for i, c in enumerate(codes.tolist())]

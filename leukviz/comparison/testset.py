@@ -1,0 +1,46 @@
+"""The held-out test set of a finished run, scored once: the backfill for runs that finished before training
+scored it itself (engine.score_test_set).
+
+The same rows (Dataset.test_rows: a test/ folder, C-NMC's labelled preliminary set), the same file
+(layout.TEST_PREDICTIONS, written by engine.write_predictions) and the model the checkpoint holds, with the
+run's own preprocessing. Nothing here chooses anything: the run's epoch was chosen on validation.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from leukviz.core.layout import CONFIG, TEST_PREDICTIONS
+from leukviz.datasets import data
+from leukviz.serving import inference
+from leukviz.training import engine
+
+
+def score_run(run_dir: str | Path, cache_dir: Path | None = None) -> Path | None:
+    """Write run_dir's layout.TEST_PREDICTIONS and return its path; the existing file when it is newer than
+    the checkpoint (idempotent). None when the run's dataset cannot be opened, is no longer the one the run
+    was trained on (its fingerprint changed: its test rows might now hold training images), or has no
+    labelled test rows. A run without a checkpoint raises FileNotFoundError (inference.load_model)."""
+    run_dir = Path(run_dir)
+    out = run_dir / TEST_PREDICTIONS
+    if engine.test_is_scored(run_dir):
+        return out
+    info = json.loads((run_dir / CONFIG).read_text())
+    try:
+        ds = data.open_dataset(info["config"]["data"], cache_dir)
+    except (data.DataError, OSError):
+        return None
+    expected = info.get("dataset_fingerprint")
+    rows = ds.test_rows.index.to_numpy()
+    if (expected and ds.fingerprint != expected) or len(rows) == 0:
+        return None
+    lm = inference.load_model(run_dir)
+    if list(lm.classes) != list(ds.classes):
+        raise data.DataError(f"dataset classes {list(ds.classes)} differ from the model's {lm.classes}")
+    images, ok = lm.preprocess.cache(ds, cache_dir)
+    rows = rows[ok[rows]]
+    if len(rows) == 0:
+        return None
+    engine.write_predictions(out, ds, rows, inference.predict_arrays(lm, images[rows]))
+    return out

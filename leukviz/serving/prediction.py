@@ -1,0 +1,438 @@
+"""The Predict page's numbers: dropped images (and the images inside dropped zips) decoded and predicted
+once by every model, with calibrated confidences, an ensemble of the models, their table, and Grad-CAM
+views of them; no Streamlit in here."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import pandas as pd
+
+from leukviz.datasets import data, ood
+from leukviz.models import backbones
+
+UPLOAD_TYPES = ("png", "jpg", "jpeg", "bmp", "tif", "tiff")
+
+
+@dataclass
+class ModelPrediction:
+    """One model's answer for one image. predicted, confidence and probs are calibrated (the run's
+    temperature applied; the raw values when T = 1); probs_raw and confidence_raw are the model's softmax."""
+
+    model: str  # LoadedModel.name
+    run_id: str
+    image: np.ndarray | None  # as fed to the model: decoded, cropped, resized (before normalisation)
+    predicted: str
+    confidence: float
+    probs: dict[str, float]
+    backbone: str = ""
+    probs_raw: dict[str, float] = field(default_factory=dict)
+    confidence_raw: float | None = None
+    temperature: float = 1.0
+    calibrated: bool = False
+    ood: bool | None = None  # True: unlike the run's training images; None: not compared (no reference)
+    ood_reasons: list[str] = field(default_factory=list)
+    ood_note: str = ""
+    calibration_note: str = ""  # why the confidence is not calibrated, when it is not (calibration's note)
+
+    @classmethod
+    def of_record(cls, lm: Any, rec: dict, image: np.ndarray | None) -> "ModelPrediction":
+        """From inference.prediction_record's dict."""
+        return cls(lm.name, lm.run_dir.name, image, rec["predicted"], rec["confidence"],
+                   {c: rec[f"prob_{c}"] for c in lm.classes}, lm.backbone,
+                   {c: rec[f"prob_raw_{c}"] for c in lm.classes}, rec["confidence_raw"], rec["temperature"],
+                   rec["calibrated"], rec.get("ood"), list(rec.get("ood_reasons", [])), rec.get("ood_note", ""),
+                   str((getattr(lm, "calibration", None) or {}).get("note") or ""))
+
+
+@dataclass
+class ImagePrediction:
+    name: str
+    error: str | None = None
+    results: list[ModelPrediction] = field(default_factory=list)
+
+
+def _read_bytes(src: str | Path | bytes | IO[bytes]) -> bytes:
+    if isinstance(src, bytes):
+        return src
+    if isinstance(src, (str, Path)):
+        return Path(src).read_bytes()
+    if hasattr(src, "getvalue"):
+        return src.getvalue()
+    src.seek(0)
+    return src.read()
+
+
+def predict_images(models: Sequence[Any], items: Sequence[tuple[str, bytes]],
+                   keep_images: bool = True) -> list[ImagePrediction]:
+    """Predict images (name, file bytes) with every model: each image decoded once per distinct decoding
+    (models sharing a size and crop share it) and predicted once per model, in batches.
+
+    A file that is empty, truncated or not an image gives ImagePrediction.error (the reason, without the
+    name: the caller shows the name itself) and no exception, so one bad file never stops the others.
+    keep_images=False drops the decoded images from the results (a table needs only the numbers).
+    Each readable image is also described once (ood.features) and compared with every model's training
+    images (ModelPrediction.ood, ood_reasons).
+    """
+    from leukviz.serving import inference
+
+    out = [ImagePrediction(name) for name, _ in items]
+    decoders = {lm.preprocess.decoding: lm.preprocess for lm in models}
+    decoded: dict[tuple, dict[int, np.ndarray]] = {key: {} for key in decoders}
+    looks: dict[int, dict] = {}
+    for i, (name, blob) in enumerate(items):
+        if not blob:
+            out[i].error = "the file is empty (0 bytes)"
+            continue
+        buf = io.BytesIO(blob)
+        buf.name = name
+        try:  # decoded once at its own size: the check measures it, each decoding fits it (a large 16-bit
+            full = data.decode_rgb(buf)  # image is decoded once, not once per use)
+        except data.ImageError as e:
+            shown = Path(name.replace("\\", "/")).name  # how data.decode_rgb names the file
+            out[i].error = str(e).removeprefix(f"{shown}: ")
+            continue
+        looks[i] = ood.features(full)
+        for key, pre in decoders.items():
+            decoded[key][i] = pre.fit(full)
+        del full
+    good = [i for i, p in enumerate(out) if p.error is None]
+    for lm in models:
+        images = decoded[lm.preprocess.decoding]
+        probs = inference.predict_arrays(lm, np.stack([images[i] for i in good])) if good else []
+        for i, prob in zip(good, probs):
+            rec = inference.prediction_record(lm, prob, looks[i])
+            out[i].results.append(ModelPrediction.of_record(lm, rec, images[i] if keep_images else None))
+    return out
+
+
+def predict_image(models: Sequence[Any], name: str, src: str | Path | bytes | IO[bytes]) -> ImagePrediction:
+    """Predict one image (a path, bytes or an uploaded file) with every model (predict_images)."""
+    try:
+        blob = _read_bytes(src)
+    except OSError as e:
+        return ImagePrediction(name, f"cannot read the file ({e.__class__.__name__})")
+    return predict_images(models, [(name, blob)])[0]
+
+
+MAX_ZIP_MEMBER = 64 * 2**20  # an image inside an uploaded zip larger than this is left out
+
+
+def zip_images(name: str, blob: bytes, folder: Path) -> list[tuple[str, bytes]]:
+    """The images inside an uploaded zip, (shown name 'zip/member', bytes), extracted by data.extract_zip
+    (its limits and refusals) into folder. A zip that cannot be opened or is refused gives none."""
+    path = data.save_upload(blob, folder)
+    dest = folder / f"{path.stem}-files"
+    try:
+        data.extract_zip(path, dest)
+    except data.DataError:
+        return []
+    out = []
+    for p in sorted(dest.rglob("*")):
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower().lstrip(".") in UPLOAD_TYPES \
+                and p.stat().st_size <= MAX_ZIP_MEMBER:
+            out.append((f"{name}/{p.relative_to(dest).as_posix()}", p.read_bytes()))
+    return out
+
+
+def predict_uploads(models: Sequence[Any], files: Sequence[tuple[str, bytes]], folder: Path) -> list[ImagePrediction]:
+    """Every uploaded image, and every image inside an uploaded zip (zip_images), predicted once: one
+    ImagePrediction per image, in upload order with each zip's images in its place. Loose files keep their
+    decoded images (the page's cards show them); a zip's images only feed the table."""
+    is_zip = [name.lower().endswith(".zip") for name, _ in files]
+    loose = iter(predict_images(models, [f for f, z in zip(files, is_zip) if not z]))
+    out: list[ImagePrediction] = []
+    for (name, blob), z in zip(files, is_zip):
+        out += predict_images(models, zip_images(name, blob, folder), keep_images=False) if z else [next(loose)]
+    return out
+
+
+def prediction_table(models: Sequence[Any], predictions: Sequence[ImagePrediction]) -> pd.DataFrame:
+    """One row per image per model, models first, in inference.table_frame's columns: file, model
+    (backbone), run_id, predicted, confidence, prob_<class>... (calibrated), confidence_raw,
+    prob_raw_<class>..., calibrated, temperature, ood, ood_reasons and error (empty unless unreadable)."""
+    from leukviz.serving import inference
+
+    rows = []
+    for lm in models:
+        for p in predictions:
+            r = next((r for r in p.results if r.run_id == lm.run_dir.name), None)
+            rows.append({"file": p.name, "model": lm.backbone, "run_id": lm.run_dir.name,
+                         "calibrated": lm.calibrated, "temperature": float(lm.temperature),
+                         **(_result_columns(r) if r else {}), "error": p.error or ""})
+    return inference.table_frame(rows)
+
+
+def _result_columns(r: ModelPrediction) -> dict[str, Any]:
+    return {"predicted": r.predicted, "confidence": r.confidence,
+            **{f"prob_{c}": v for c, v in r.probs.items()},
+            "confidence_raw": r.confidence_raw, **{f"prob_raw_{c}": v for c, v in r.probs_raw.items()},
+            "ood": r.ood, "ood_reasons": r.ood_reasons}
+
+
+def table_csv(table: pd.DataFrame) -> bytes:
+    return table.to_csv(index=False).encode("utf-8")
+
+
+# ---------------------------------------------------------------------------------------------- confidence
+
+def calibration_text(p: ModelPrediction) -> str:
+    """What the shown confidence is: 'calibrated on validation, T = 1.60 (the raw model was over-confident);
+    raw 95.0%', or that it is the model's raw softmax."""
+    if not p.calibrated:
+        why = p.calibration_note.removeprefix("not calibrated: ") or "the run has no usable validation predictions"
+        return f"not calibrated ({why}): the model's raw softmax"
+    if p.temperature > 1.0:
+        lean = " (the raw model was over-confident)"
+    elif p.temperature < 1.0:
+        lean = " (the raw model was under-confident)"
+    else:
+        lean = ""
+    raw = f"; raw {p.confidence_raw:.1%}" if p.confidence_raw is not None else ""
+    return f"calibrated on validation, T = {p.temperature:.2f}{lean}{raw}"
+
+
+OOD_TITLE = "Unlike this model's training data"
+
+
+def ood_text(p: ModelPrediction) -> str:
+    """The Predict card's out-of-distribution warning: why the image is unlike the run's training images,
+    and that the prediction is shown all the same; empty when it is like them or was not compared."""
+    if not p.ood:
+        return ""
+    return (f"{OOD_TITLE}: " + "; ".join(p.ood_reasons) + ". The prediction above is shown as the model "
+            "gives it, but the model has never seen images like this one, so its confidence means little.")
+
+
+UNRELIABLE_TEXT = "not reliable here: unlike the training images"
+
+
+def confidence_reliable(p: ModelPrediction) -> bool:
+    """Whether a confidence can be read as one: not for an image flagged unlike the run's training images
+    (measured on 260 cells of another lab: every one flagged, all called `all` at 94.5 % mean confidence,
+    accuracy 0.50)."""
+    return not p.ood
+
+
+@dataclass
+class EnsemblePrediction:
+    """The mean of several models' calibrated probabilities for one image, and the class it picks."""
+
+    n: int
+    predicted: str
+    confidence: float
+    probs: dict[str, float]
+    votes: dict[str, str]  # model name -> its own prediction
+    n_calibrated: int = 0  # how many of the n models' probabilities were temperature-scaled
+    n_unreliable: int = 0  # how many of the n models found the image unlike their training images
+
+    @property
+    def reliable(self) -> bool:
+        return self.n_unreliable == 0
+
+    @property
+    def title(self) -> str:
+        return f"Ensemble (mean of {self.n} models)"
+
+    @property
+    def text(self) -> str:
+        """'87.0%, the mean of the models' calibrated probabilities of all' (or which were not calibrated)."""
+        if self.n_calibrated == self.n:
+            kind = "calibrated probabilities"
+        elif self.n_calibrated == 0:
+            kind = "raw probabilities (none could be calibrated)"
+        else:
+            kind = f"probabilities ({self.n_calibrated} of {self.n} calibrated)"
+        return f"{self.confidence:.1%}, the mean of the models' {kind} of {self.predicted}"
+
+    @property
+    def agreement(self) -> str:
+        said = set(self.votes.values())
+        if len(said) == 1:
+            return f"all {self.n} models predict {self.predicted}"
+        return "the models disagree: " + ", ".join(f"{m} says {c}" for m, c in self.votes.items())
+
+
+def ensemble(prediction: ImagePrediction) -> EnsemblePrediction | None:
+    """The ensemble of an image's model results: the mean of their calibrated probabilities, class by
+    class. None for fewer than two results, or when the models do not share their classes."""
+    results = prediction.results
+    if len(results) < 2:
+        return None
+    classes = list(results[0].probs)
+    if any(set(r.probs) != set(classes) for r in results):
+        return None
+    mean = {c: float(np.mean([r.probs[c] for r in results])) for c in classes}
+    best = max(classes, key=lambda c: mean[c])
+    return EnsemblePrediction(len(results), best, mean[best], mean, {r.model: r.predicted for r in results},
+                              sum(r.calibrated for r in results), sum(not confidence_reliable(r) for r in results))
+
+
+# ---------------------------------------------------------------------------------------------- Grad-CAM
+
+CAM_MIN_READABLE = 4  # a map of fewer cells a side (a stride-32 backbone under 128 px) says little
+
+
+def cam_resolution_text() -> str:
+    """How fine each registered backbone's Grad-CAM map is: '1/32 of the image side for ResNet50 and
+    GoogLeNet, 1/16 for VGG16'."""
+    by_stride: dict[int, list[str]] = {}
+    for spec in backbones.BACKBONES.values():
+        by_stride.setdefault(spec.cam_stride, []).append(spec.title)
+    parts = [f"1/{stride}{' of the image side' if i == 0 else ''} for {' and '.join(titles)}"
+             for i, (stride, titles) in enumerate(by_stride.items())]
+    return ", ".join(parts)
+
+
+@dataclass
+class CamView:
+    model: str
+    run_id: str
+    overlay: np.ndarray  # uint8 RGB at the model's input size
+    grid: tuple[int, int]
+    caption: str
+
+
+def cam_caption(grid: Sequence[int], image_size: int) -> str:
+    h, w = int(grid[0]), int(grid[1])
+    text = f"Grad-CAM: a {h}×{w} map smoothed up to {image_size} px"
+    if min(h, w) < CAM_MIN_READABLE:
+        text += " (too coarse to read much: models trained at 128 px or more give finer maps)"
+    return text
+
+
+def cam_views(models: Sequence[Any], prediction: ImagePrediction) -> list[CamView | str]:
+    """One Grad-CAM overlay per model result of an already decoded prediction; a failure gives its
+    message (a str) in that model's place, so one model never stops the others."""
+    from leukviz.serving import explain
+
+    by_run = {lm.run_dir.name: lm for lm in models}
+    out: list[CamView | str] = []
+    for p in prediction.results:
+        lm = by_run.get(p.run_id)
+        if lm is None:
+            out.append("the model is no longer loaded")
+            continue
+        try:
+            # the map explains the class the prediction showed (its pass has no gradients to reuse)
+            res = explain.explain_image(lm, p.image, target=p.predicted)
+        except (RuntimeError, ValueError, KeyError, ImportError) as e:
+            out.append(f"{e.__class__.__name__}: {e}")
+            continue
+        out.append(CamView(p.model, p.run_id, res["overlay"], tuple(res["grid"]),
+                           cam_caption(res["grid"], lm.image_size)))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- many images
+
+def truth_of(name: str, classes: Sequence[str]) -> tuple[str | None, str | None]:
+    """(true class, subject) an uploaded file's name tells: a class folder on its path ('cells.zip/hem/x.png')
+    or a C-NMC file name ('UID_h3_4_1_hem.bmp': class and subject); None where it tells nothing."""
+    from leukviz.datasets.cnmc import parse_cnmc_name
+
+    parts = str(name).replace("\\", "/").split("/")
+    parsed = parse_cnmc_name(parts[-1])
+    truth = next((p for p in reversed(parts[:-1]) if p in classes), None)
+    if truth is None and parsed and parsed[3] in classes:
+        truth = parsed[3]
+    return truth, (parsed[0] if parsed else None)
+
+
+def _wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson 95 % interval of a share k / n (sound at 0 and n, unlike the normal one)."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = k / n
+    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def batch_summary(table: pd.DataFrame, classes: Sequence[str], positive: str = "all") -> list[dict]:
+    """What many predictions say at a glance, per model (prediction_table's rows): how many images, the count
+    and share of each predicted class; where file names or class folders give the truth, accuracy and each
+    class's recall on those images; where C-NMC names give subjects, per subject the share of cells called
+    `positive` with its Wilson 95 % interval (a subject's cells are one person: the subject, not the cell,
+    is what a clinician would call)."""
+    out = []
+    truths = {f: truth_of(f, classes) for f in table["file"].unique()} if len(table) else {}
+    for run_id, rows in table.groupby("run_id", sort=False):
+        ok = rows[rows["error"] == ""]
+        counts = {c: int((ok["predicted"] == c).sum()) for c in classes}
+        item: dict[str, Any] = {"model": str(rows["model"].iloc[0]), "run_id": str(run_id), "images": int(len(rows)),
+                                "unreadable": int(len(rows) - len(ok)), "counts": counts,
+                                "shares": {c: counts[c] / len(ok) if len(ok) else None for c in classes}}
+        labelled = ok[[truths[f][0] is not None for f in ok["file"]]]
+        if len(labelled):
+            y = np.array([truths[f][0] for f in labelled["file"]])
+            pred = labelled["predicted"].to_numpy()
+            item["labelled"] = int(len(labelled))
+            item["accuracy"] = float((y == pred).mean())
+            item["recall"] = {c: float((pred[y == c] == c).mean()) if (y == c).any() else None for c in classes}
+        subjects = [truths[f][1] for f in ok["file"]]
+        if any(subjects):
+            per = []
+            for s in sorted({s for s in subjects if s}):
+                mine = ok[[sub == s for sub in subjects]]
+                k, n = int((mine["predicted"] == positive).sum()), int(len(mine))
+                low, high = _wilson(k, n)
+                per.append({"subject": s, "cells": n, f"called_{positive}": k, "share": k / n, "low": low, "high": high})
+            item["subjects"] = per
+        out.append(item)
+    return out
+
+
+def model_name(m: dict) -> str:
+    """A batch_summary entry's model as every page names it: 'GoogLeNet · 1a2b3c' (inference.LoadedModel.name)."""
+    try:
+        title = backbones.get_spec(m["model"]).title
+    except ValueError:
+        title = m["model"]
+    return f"{title} · {m['run_id'][:6]}"
+
+
+def summary_frame(summary: Sequence[dict]) -> pd.DataFrame:
+    """batch_summary as one row per model, for a page's table: images, each class's count and share, and,
+    where the truth is known, accuracy and each class's recall."""
+    rows = []
+    for m in summary:
+        row: dict[str, Any] = {"Model": model_name(m), "Images": m["images"]}
+        for c, n in m["counts"].items():
+            share = m["shares"][c]
+            row[f"Called {c}"] = f"{n} ({share:.0%})" if share is not None else str(n)
+        if "accuracy" in m:
+            row["Known class"] = m["labelled"]
+            row["Accuracy"] = m["accuracy"]
+            row.update({f"Recall {c}": r for c, r in m["recall"].items()})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def subjects_frame(summary: Sequence[dict]) -> pd.DataFrame:
+    """batch_summary's per-subject shares, one row per model and subject (empty without subjects)."""
+    return pd.DataFrame([{"Model": model_name(m), "Subject": s["subject"], "Cells": s["cells"],
+                          "Called all": s["share"], "95 % CI": f"{s['low']:.0%} to {s['high']:.0%}"}
+                         for m in summary for s in m.get("subjects", [])])
+
+
+def summary_lines(summary: Sequence[dict]) -> list[str]:
+    """batch_summary as the command line prints it: a line per model, then one per subject."""
+    lines = []
+    for m in summary:
+        shares = ", ".join(f"{c} {n} ({m['shares'][c]:.0%})" for c, n in m["counts"].items() if m["shares"][c] is not None)
+        line = f"{model_name(m)}: {m['images']} images: {shares}"
+        if m["unreadable"]:
+            line += f"; {m['unreadable']} unreadable"
+        if "accuracy" in m:
+            recall = ", ".join(f"{c} {r:.0%}" for c, r in m["recall"].items() if r is not None)
+            line += f"; on the {m['labelled']} with a known class: accuracy {m['accuracy']:.1%}, recall {recall}"
+        lines.append(line)
+        for s in m.get("subjects", []):
+            lines.append(f"    subject {s['subject']}: {s['share']:.0%} of {s['cells']} cells called all "
+                         f"(95 % CI {s['low']:.0%} to {s['high']:.0%})")
+    return lines
