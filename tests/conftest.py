@@ -62,3 +62,26 @@ def real_subset(cnmc_dev, tmp_path_factory) -> Path:
             for f in sorted((cnmc_dev / cls).glob(f"UID_{s}_*"))[:4]:
                 (root / cls / f.name).symlink_to(f)
     return root
+
+
+@pytest.fixture(scope="session")
+def shared_runs(tmp_path_factory) -> Path:
+    """One runs folder for the session: a configuration any test module asks for is trained once."""
+    return tmp_path_factory.getbasetemp() / "shared-runs"
+
+
+@pytest.fixture(scope="session")
+def trained_run(shared_runs):
+    """Factory of finished runs: trained_run(cfg) trains cfg into the shared folder the first time any test
+    asks for it (studies.ensure_trained) and returns the cached run after that."""
+    from leukviz.comparison import studies
+
+    return lambda cfg: studies.ensure_trained(cfg, shared_runs, log=lambda s: None)
+
+
+@pytest.fixture(scope="session")
+def app_runs(trained_run, tiny_data) -> dict:
+    """The dashboard tests' two finished runs on tiny_data (helpers.tiny_config), by backbone."""
+    from helpers import APP_FINETUNE, tiny_config
+
+    return {b: trained_run(tiny_config(b, tiny_data)) for b in APP_FINETUNE}

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
+import shutil
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -98,3 +101,29 @@ def png_bytes(size: int = 48) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(a).save(buf, format="PNG")
     return buf.getvalue()
+
+
+# The two small runs the dashboard tests share: GoogLeNet trained whole, ResNet50's last stage and head (cheap,
+# and it learns; a head alone on random features is degenerate). VGG16 is left out: 138 M parameters.
+APP_FINETUNE = {"googlenet": "full", "resnet50": "last"}
+
+
+def tiny_config(backbone: str, dataset: Path, **overrides) -> config.RunConfig:
+    """A run of the quick preset from scratch at 32 px, one epoch: seconds to train."""
+    settings = {"epochs": 1, "image_size": 32, "batch_size": 64, "finetune": APP_FINETUNE.get(backbone, "full")}
+    settings.update(overrides)
+    return config.resolve(backbone, "quick", "none", str(dataset), **settings)
+
+
+def link_run(run: runs.Run, root: Path, name: str | None = None) -> runs.Run:
+    """A run's folder under root (as `name`, or its id) made of hard links, its lock files left out: cheap, and
+    safe because files are replaced, never edited in place, by every writer but training itself (a test that
+    damages a file replaces it; a test that trains makes a run of its own)."""
+    dest = Path(root) / (name or run.run_id)
+    shutil.copytree(run.dir, dest, copy_function=os.link, ignore=shutil.ignore_patterns("*.lock"))
+    return runs.Run(dest)
+
+
+def link_runs(found: Iterable[runs.Run], root: Path) -> list[runs.Run]:
+    """The session's trained runs in a module's own home, without training them again (link_run)."""
+    return [link_run(run, root) for run in found]

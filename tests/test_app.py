@@ -12,20 +12,14 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from helpers import APP_FINETUNE, link_runs, tiny_config
 from leukviz.app import dashboard
 from leukviz.datasets import data, synthetic
 from leukviz.models import backbones, config
 from leukviz.runstore import names, runs
 
 REPO = Path(__file__).resolve().parents[1]
-BACKBONES = ("googlenet", "resnet50")  # VGG16's 138 M parameters would write a 1.6 GB resume file per run
-FINETUNE = {"googlenet": "full", "resnet50": "last"}  # last stage + head: cheap, and it learns (head only on random features is degenerate)
-
-
-def tiny_config(backbone: str, dataset: Path, **overrides) -> config.RunConfig:
-    settings = {"epochs": 1, "image_size": 32, "batch_size": 64, "finetune": FINETUNE[backbone]}
-    settings.update(overrides)
-    return config.resolve(backbone, "quick", "none", str(dataset), **settings)
+BACKBONES = tuple(APP_FINETUNE)  # VGG16's 138 M parameters would write a 1.6 GB resume file per run
 
 
 def small_demo(generate, root: Path, seed: int = 0, **_) -> Path:
@@ -34,8 +28,9 @@ def small_demo(generate, root: Path, seed: int = 0, **_) -> Path:
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory, tiny_data) -> Path:
-    """This module's own LEUKVIZ_HOME: a small demo dataset in its cache, two finished runs on tiny_data."""
+def home(tmp_path_factory, tiny_data, app_runs) -> Path:
+    """This module's own LEUKVIZ_HOME: a small demo dataset in its cache, the session's two finished runs on
+    tiny_data (linked, not trained again)."""
     path = tmp_path_factory.mktemp("app-home")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LEUKVIZ_HOME", str(path))
@@ -43,8 +38,7 @@ def home(tmp_path_factory, tiny_data) -> Path:
         with pytest.MonkeyPatch.context() as demo:
             demo.setattr(synthetic, "generate_demo", functools.partial(small_demo, synthetic.generate_demo))
             data.open_dataset("demo", runs.cache_root())
-        for backbone in BACKBONES:
-            runs.train(runs.run_for(tiny_config(backbone, tiny_data)), log=lambda s: None)
+        link_runs(app_runs.values(), runs.runs_root())
         yield path
 
 
@@ -223,6 +217,7 @@ def test_train_shows_a_failed_runs_error_and_offers_a_retry(app, tiny_data):
     assert "Retry from scratch" in labels and "Resume" not in labels  # nothing to resume from
 
 
+@pytest.mark.integration
 def test_train_starts_a_run_which_stops_and_offers_resume(app, tiny_data):
     at = app
     at.query_params["backbone"] = "googlenet"
@@ -424,6 +419,7 @@ def test_a_missing_dataset_is_an_error_where_the_user_looks(app, tmp_path):
     assert at.button_group(key="data_source").value == "Folder path"  # the way out is right there
 
 
+@pytest.mark.integration
 def test_compare_exports_a_run_to_onnx(app, tiny_data):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
@@ -471,6 +467,7 @@ def test_train_offers_the_staged_schedule_with_its_head_only_epochs(app, tiny_da
     assert any("head_epochs must be at least 1 and below epochs" in e.value.replace("\\", "") for e in at.error)
 
 
+@pytest.mark.integration
 def test_train_lr_finder_sweeps_in_the_background_and_one_click_uses_its_suggestion(app, tiny_data):
     from leukviz.training import lrfind
 

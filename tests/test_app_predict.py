@@ -8,30 +8,23 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from helpers import link_runs
 from leukviz.app import dashboard
-from leukviz.models import config
 from leukviz.runstore import runs
 from leukviz.scoring import calibration
 from leukviz.serving import inference, prediction
 
 REPO = Path(__file__).resolve().parents[1]
-FINETUNE = {"googlenet": "full", "resnet50": "last"}  # as tests/test_app.py: small, real runs that learn
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_data) -> list[runs.Run]:
-    """This module's own LEUKVIZ_HOME with two finished 32 px, one-epoch runs on tiny_data."""
+def trained(tmp_path_factory, app_runs) -> list[runs.Run]:
+    """This module's own LEUKVIZ_HOME with the session's two finished 32 px, one-epoch runs on tiny_data
+    (linked, not trained again)."""
     home = tmp_path_factory.mktemp("app-predict-home")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LEUKVIZ_HOME", str(home))
-        out = []
-        for backbone, finetune in FINETUNE.items():
-            cfg = config.resolve(backbone, "quick", "none", str(tiny_data), epochs=1, image_size=32,
-                                 batch_size=64, finetune=finetune)
-            run = runs.run_for(cfg)
-            runs.train(run, log=lambda s: None)
-            out.append(run)
-        yield out
+        yield link_runs(app_runs.values(), runs.runs_root())
 
 
 @pytest.fixture()

@@ -159,6 +159,7 @@ EXTRA = backbones.BackboneSpec(
     last_stage=("features.12", "classifier"), cam_layer="features.12", cam_stride=32, color="#123456")
 
 
+@pytest.mark.integration
 def test_a_backbone_registered_at_test_time_trains_predicts_compares_and_exports(tiny_data, tmp_path,
                                                                                  monkeypatch):
     from leukviz.app import charts, dashboard

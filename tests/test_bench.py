@@ -51,6 +51,7 @@ def test_both_paths_start_from_the_same_weights():
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.integration
 def test_ablation_adds_one_speed_up_per_row_from_the_same_start():
     """Each backbone gets the three steps in order (fp32 NCHW, + channels-last, + the run's precision), the
     allocator row where it can be tuned, and the frozen-BatchNorm row only for a backbone with BatchNorm;
@@ -86,7 +87,7 @@ def _fit(cfg, run_dir: Path, cache: Path):
     return res, events, pd.read_csv(run_dir / engine.PREDICTIONS), load_file(str(run_dir / engine.CHECKPOINT))
 
 
-@pytest.mark.parametrize("backbone", [pytest.param(name, marks=pytest.mark.slow) if name == "vgg16" else name
+@pytest.mark.parametrize("backbone", [name if name == "googlenet" else pytest.param(name, marks=pytest.mark.integration)
                                       for name in backbones.BACKBONES])  # VGG16: 138 M parameters
 def test_head_fast_path_trains_the_same_head_as_the_normal_loop(backbone, tiny_data, tmp_path, monkeypatch):
     # The frozen backbone is in eval mode in both paths (no dropout, fixed BatchNorm statistics), the
@@ -120,6 +121,7 @@ def test_head_fast_path_trains_the_same_head_as_the_normal_loop(backbone, tiny_d
     assert changed and all(k.startswith(head + ".") for k in changed)
 
 
+@pytest.mark.integration
 def test_head_fast_path_in_bf16_keeps_the_predictions(tiny_data, tmp_path, monkeypatch):
     cfg = resolve("googlenet", "quick", "none", str(tiny_data), image_size=32, epochs=1, finetune="head",
                   augment="none", precision="bf16", batch_size=16)
@@ -131,6 +133,7 @@ def test_head_fast_path_in_bf16_keeps_the_predictions(tiny_data, tmp_path, monke
     assert (fpred["pred"] == npred["pred"]).mean() >= 0.95
 
 
+@pytest.mark.integration
 def test_head_features_are_kept_for_the_next_run_and_reused_exactly(tiny_data, tmp_path):
     cfg = resolve("googlenet", "quick", "none", str(tiny_data), image_size=32, epochs=1, finetune="head",
                   augment="none", precision="fp32", batch_size=16)
@@ -160,6 +163,7 @@ def test_head_features_are_kept_for_the_next_run_and_reused_exactly(tiny_data, t
     assert "computed once" in log5 and again["val_loss"] == first["val_loss"]
 
 
+@pytest.mark.integration
 def test_tiny_bench_end_to_end(tiny_data, capsys):
     from leukviz.cli import main
 
@@ -198,6 +202,7 @@ print(tuned, faults() - before)
 """
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc allocator tuning is Linux-only")
 def test_tuned_allocator_reuses_freed_memory_instead_of_faulting_it_in_again():
     pages = 64 * 2**20 // os.sysconf("SC_PAGE_SIZE")

@@ -25,7 +25,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 EXCEPTION = '[data-testid="stException"]'
 VIEWPORT = {"width": 1366, "height": 900}  # a common laptop screen: what a user sees without scrolling
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]
+pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
 
 def _missing(reason: str) -> None:

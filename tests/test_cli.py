@@ -34,6 +34,7 @@ def trained(tiny_data, tmp_path_factory):
         json.loads(second.stdout.strip().splitlines()[-1]), time.time() - t
 
 
+@pytest.mark.integration  # trains through the CLI in a child process
 def test_train_json_then_cached(trained):
     runs_dir, first, second, seconds = trained
     assert first["status"] == "finished" and first["cached"] is False
@@ -44,6 +45,7 @@ def test_train_json_then_cached(trained):
     assert (Path(first["run_dir"]) / "model.safetensors").exists()
 
 
+@pytest.mark.integration  # trains through the CLI in a child process
 def test_runs_list_shows_the_run(trained, capsys):
     runs_dir, first, _, _ = trained
     assert main(["runs", "list", "--runs-dir", str(runs_dir), "--json"]) == 0
@@ -59,6 +61,7 @@ def test_data_inspect_cnmc_mini(cnmc_mini, capsys):
     assert set(info["per_fold"]) == {"0", "1", "2"}
 
 
+@pytest.mark.integration  # trains through the CLI in a child process
 def test_predict_and_evaluate(trained, cnmc_mini, capsys):
     runs_dir, first, _, _ = trained
     img = str(next((cnmc_mini / "training_data" / "fold_1" / "hem").iterdir()))
@@ -88,6 +91,7 @@ def test_errors_exit_nonzero_with_one_clear_line(args, msg, tiny_data, tmp_path,
     assert "Traceback" not in err
 
 
+@pytest.mark.integration
 def test_cross_validation_over_folds(tiny_data, tmp_path, capsys):
     code = main(["train", "--backbone", "googlenet", "--weights", "none", "--epochs", "1", "--image-size", "32",
                  "--data", str(tiny_data), "--split", "folds", "--cv", "--runs-dir", str(tmp_path), "--json"])
@@ -98,6 +102,7 @@ def test_cross_validation_over_folds(tiny_data, tmp_path, capsys):
     assert res["summary"]["val_acc"]["mean"] == pytest.approx(sum(accs) / 3)
 
 
+@pytest.mark.integration
 def test_train_seeds_makes_repeats_on_one_split(tiny_data, tmp_path, capsys):
     """--seeds 2: two cached runs differing only in seed, scored on the same validation cells, then their
     mean and spread; run again, both come back cached."""
@@ -121,6 +126,7 @@ def test_train_seeds_makes_repeats_on_one_split(tiny_data, tmp_path, capsys):
     assert "between 1 and 10" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_a_train_val_test_tree_trains_on_its_own_split_and_compares_on_its_test_set(tmp_path, capsys):
     """The ImageFolder / Keras layout: train uses val/ for validation unless told otherwise, scores test/
     once, and compare shows the test rows beside validation."""
@@ -240,6 +246,7 @@ def test_a_backbone_named_twice_is_one_backbone():
     assert _backbone_list("googlenet,googlenet, resnet50") == ("googlenet", "resnet50")
 
 
+@pytest.mark.integration  # trains through the CLI in a child process
 def test_predict_outputs_are_checked_before_the_work_and_written_whole(trained, tiny_data, tmp_path, capsys,
                                                                        monkeypatch):
     """--csv onto a folder, --cam onto a file: one line naming the option, before any model is loaded; a

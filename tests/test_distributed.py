@@ -12,6 +12,8 @@ import pytest
 
 from leukviz.runstore import runs
 
+pytestmark = pytest.mark.integration  # several processes train
+
 REPO = Path(__file__).resolve().parents[1]
 
 # `python -m leukviz` with engine.evaluate wrapped: every process writes a digest of the weights it

@@ -14,7 +14,6 @@ import torch
 from PIL import Image
 from torch import nn
 
-from leukviz.comparison import studies
 from leukviz.models import backbones
 from leukviz.models.backbones import BACKBONES
 from leukviz.models.config import resolve
@@ -22,15 +21,14 @@ from leukviz.serving import explain, inference
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_data, tmp_path_factory):
+def trained(tiny_data, trained_run):
     """googlenet trained one epoch at 64 px (a 2x2 CAM grid); the other test modules reuse this run.
 
     Batch 4 gives 68 steps: enough for BatchNorm's running statistics to leave their initial values. After
     17 steps (batch 16) a net trained from scratch is input-independent in eval mode, and so is its CAM.
     """
-    root = tmp_path_factory.getbasetemp() / "shared-runs"
     cfg = resolve("googlenet", "quick", "none", str(tiny_data), epochs=1, image_size=64, batch_size=4)
-    return studies.ensure_trained(cfg, root, log=lambda s: None)
+    return trained_run(cfg)
 
 
 @pytest.fixture(scope="module")

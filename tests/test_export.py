@@ -10,17 +10,15 @@ import pytest
 import torch
 
 from leukviz import cli
-from leukviz.comparison import studies
 from leukviz.models import backbones
 from leukviz.models.config import resolve
 from leukviz.serving import export, inference
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_data, tmp_path_factory):
-    root = tmp_path_factory.getbasetemp() / "shared-runs"
+def trained(tiny_data, trained_run):
     cfg = resolve("googlenet", "quick", "none", str(tiny_data), epochs=1, image_size=64, batch_size=4)
-    return studies.ensure_trained(cfg, root, log=lambda s: None)
+    return trained_run(cfg)
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +26,7 @@ def onnx_export(trained, tmp_path_factory):
     return export.export_run(trained.dir, "onnx", tmp_path_factory.mktemp("onnx") / "model.onnx")
 
 
+@pytest.mark.integration
 def test_onnx_agrees_with_pytorch_and_has_a_dynamic_batch(onnx_export, trained):
     import onnxruntime as ort
 
@@ -45,6 +44,7 @@ def test_onnx_agrees_with_pytorch_and_has_a_dynamic_batch(onnx_export, trained):
     np.testing.assert_allclose(one, probs[:1], atol=1e-5)
 
 
+@pytest.mark.integration
 def test_onnx_metadata_documents_the_preprocessing(onnx_export, trained):
     import onnx
 
@@ -74,6 +74,7 @@ def test_bad_format_names_the_choices(trained, tmp_path):
         export.export_run(trained.dir, "tflite", tmp_path / "x")
 
 
+@pytest.mark.integration
 def test_cli_export(trained, onnx_export, tmp_path, capsys, monkeypatch):
     rc = cli.main(["export", "--run", trained.run_id[:8], "--format", "safetensors", "--out", str(tmp_path),
                    "--runs-dir", str(trained.dir.parent), "--json"])
@@ -102,7 +103,7 @@ def _fake_run(name: str, size: int, run_dir) -> None:
     (run_dir / "config.json").write_text(json.dumps({"config": {"backbone": name}}))
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_vgg16_exports_to_onnx_at_the_quick_size(tmp_path):
     """At 64 px VGG16's 7x7 adaptive pooling upsamples a 2x2 map, which the legacy exporter refuses.
     (GoogLeNet is exported above; ResNet50 has no such layer.)"""

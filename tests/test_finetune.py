@@ -119,6 +119,7 @@ def test_staged_is_validated_and_other_depths_ignore_head_epochs():
     assert staged.identity("fp") != dataclasses.replace(staged, head_epochs=2).identity("fp")
 
 
+@pytest.mark.integration
 def test_a_staged_run_trains_end_to_end_and_says_when_the_whole_network_starts(tiny_data, tmp_path):
     cfg = config.resolve("googlenet", "quick", "none", str(tiny_data), finetune="staged", epochs=2, head_epochs=1,
                          image_size=32, batch_size=16)

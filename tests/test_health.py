@@ -134,8 +134,9 @@ def test_compare_all_leaves_a_degenerate_run_out_and_runs_list_says_why(tmp_path
 
     from leukviz.cli import main
 
-    good = [make_run(tmp_path, "googlenet", seed=s, split_seed=0, created=s) for s in (0, 1)]
-    bad = degenerate_run(tmp_path, backbone="resnet50", created=5)
+    cells = str(tmp_path / "cells")  # named, never read: "demo" would make compare generate the demo first
+    good = [make_run(tmp_path, "googlenet", seed=s, split_seed=0, created=s, data_spec=cells) for s in (0, 1)]
+    bad = degenerate_run(tmp_path, backbone="resnet50", created=5, data_spec=cells)
     assert main(["runs", "list", "--json", "--runs-dir", str(tmp_path)]) == 0
     rows = {r["run_id"]: r for r in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["runs"]}
     assert rows[bad.run_id]["health"] == "degenerate" and rows[good[0].run_id]["health"] == "healthy"

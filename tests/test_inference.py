@@ -11,7 +11,6 @@ import pandas as pd
 import pytest
 
 from leukviz import cli
-from leukviz.comparison import studies
 from leukviz.core import layout
 from leukviz.models.config import resolve
 from leukviz.scoring import calibration
@@ -19,14 +18,13 @@ from leukviz.serving import inference
 
 
 @pytest.fixture(scope="module")
-def two_runs(tiny_data, tmp_path_factory):
+def two_runs(tiny_data, trained_run):
     """The same tiny googlenet split by subject and by image (shared with the other test modules)."""
-    root = tmp_path_factory.getbasetemp() / "shared-runs"
     out = []
     for split in ("subject", "image"):
         cfg = resolve("googlenet", "quick", "none", str(tiny_data), epochs=1, image_size=64, batch_size=4,
                       split=split)
-        out.append(studies.ensure_trained(cfg, root, log=lambda s: None))
+        out.append(trained_run(cfg))
     return out
 
 

@@ -65,6 +65,7 @@ def test_the_cache_key_ignores_what_the_sweep_does_not_use():
     assert lrfind.cache_key(cfg, "fp") != lrfind.cache_key(cfg, "other data")
 
 
+@pytest.mark.integration
 def test_lr_find_cli_runs_end_to_end_and_is_cached(tiny_data, capsys):
     args = ["lr-find", "--backbone", "googlenet", "--data", str(tiny_data), "--weights", "none",
             "--image-size", "32", "--batch-size", "32", "--steps", "30", "--json"]

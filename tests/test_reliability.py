@@ -597,6 +597,7 @@ def _fail_writes_of(monkeypatch, name: str, after: int) -> dict:
     return state
 
 
+@pytest.mark.integration
 @linux_only
 @pytest.mark.parametrize("target", [engine.CHECKPOINT, engine.SIDECAR, engine.RESUME])
 def test_full_disk_during_a_checkpoint_keeps_the_previous_one(target, micro, tmp_path, monkeypatch):
@@ -743,6 +744,7 @@ def _finish(proc: subprocess.Popen, out: Path) -> dict:
     return {**json.loads(stdout.strip().splitlines()[-1]), "exit": proc.returncode, "stderr": stderr}
 
 
+@pytest.mark.integration
 def test_kill_9_mid_epoch_then_resume_keeps_one_continuous_history(micro, tmp_path):
     runs_dir = tmp_path / "runs"
     proc = _cli(_train_args(micro, runs_dir, epochs=4, seed=11), tmp_path / "trainer")
@@ -773,6 +775,7 @@ def test_kill_9_mid_epoch_then_resume_keeps_one_continuous_history(micro, tmp_pa
     assert probs.shape == (2, 2) and np.allclose(probs.sum(1), 1, atol=1e-5)
 
 
+@pytest.mark.integration
 def test_two_cli_trainers_of_one_config_train_once_and_report_the_same_run(micro, tmp_path):
     runs_dir = tmp_path / "runs"
     args = _train_args(micro, runs_dir, epochs=2, seed=12)
@@ -810,6 +813,7 @@ os.killpg(0, signal.SIGKILL)  # the server dies with its whole process group, as
 """
 
 
+@pytest.mark.integration
 def test_two_launches_start_one_process_that_outlives_the_server(micro, tmp_path):
     """Two Start clicks at once on a server that then dies: one training process, and it finishes."""
     run = runs.run_for(micro_cfg(micro, seed=13), tmp_path / "runs")

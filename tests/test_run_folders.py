@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from helpers import link_run, link_runs, tiny_config
 from leukviz import cli
 from leukviz.app import dashboard
 from leukviz.core import layout
@@ -25,15 +26,10 @@ REPO = Path(__file__).resolve().parents[1]
 DAMAGED_ID = "dddddddddddd"
 
 
-def tiny_config(dataset: Path, **overrides) -> config.RunConfig:
-    settings = {"epochs": 1, "image_size": 32, "batch_size": 64, "finetune": "head"}
-    settings.update(overrides)
-    return config.resolve("googlenet", "quick", "none", str(dataset), **settings)
-
-
 @pytest.fixture(scope="module")
-def home(tmp_path_factory, tiny_data) -> Path:
-    """This module's LEUKVIZ_HOME: a small demo dataset in its cache and one finished run on tiny_data."""
+def home(tmp_path_factory, tiny_data, app_runs) -> Path:
+    """This module's LEUKVIZ_HOME: a small demo dataset in its cache and the session's finished GoogLeNet run
+    on tiny_data (linked, not trained again)."""
     path = tmp_path_factory.mktemp("runfolders-home")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LEUKVIZ_HOME", str(path))
@@ -41,24 +37,16 @@ def home(tmp_path_factory, tiny_data) -> Path:
             small = functools.partial(synthetic.generate_demo, n_subjects=6, image_size=64, workers=1)
             demo.setattr(synthetic, "generate_demo", lambda root, seed=0, **_: small(root, seed=seed))
             data.open_dataset("demo", runs.cache_root())
-        runs.train(runs.run_for(tiny_config(tiny_data)), log=lambda s: None)
+        link_runs([app_runs["googlenet"]], runs.runs_root())
         yield path
 
 
 @pytest.fixture()
 def good(home, tiny_data, monkeypatch) -> runs.Run:
     monkeypatch.setenv("LEUKVIZ_HOME", str(home))
-    run = runs.run_for(tiny_config(tiny_data))
+    run = runs.run_for(tiny_config("googlenet", tiny_data))
     assert run.is_usable and not run.problems, run.problems
     return run
-
-
-def copy_run(run: runs.Run, root: Path, name: str | None = None) -> runs.Run:
-    """A copy of a run folder made of hard links (cheap); a damaged file is replaced, never written through."""
-    dest = root / (name or run.run_id)
-    shutil.copytree(run.dir, dest, copy_function=os.link,
-                    ignore=shutil.ignore_patterns(layout.RUN_LOCK, layout.LAUNCH_LOCK))
-    return runs.Run(dest)
 
 
 def replace(path: Path, blob: bytes) -> None:
@@ -98,8 +86,8 @@ def runs_list(runs_dir: Path, capsys) -> str:
 def test_every_damaged_file_is_named_and_the_good_run_still_listed(good, tmp_path, capsys, name):
     for kind, blob in damages(good.dir / name).items():
         root = tmp_path / kind
-        copy_run(good, root)
-        bad = copy_run(good, root, DAMAGED_ID)
+        link_run(good, root)
+        bad = link_run(good, root, DAMAGED_ID)
         replace(bad.dir / name, blob)
         if name == layout.METRICS and kind == "truncated":  # a cut JSON line, and a well-formed incomplete one
             replace(bad.dir / name, blob + b'{"type": "epoch"}\n{"type": "epo')
@@ -128,7 +116,7 @@ def _json_list(root: Path, capsys) -> str:
     ("config.backbone", "alexnet"), ("config.lr", -1)])
 def test_bad_values_in_config_json_are_named(good, tmp_path, capsys, change):
     key, value = change
-    bad = copy_run(good, tmp_path, DAMAGED_ID)
+    bad = link_run(good, tmp_path, DAMAGED_ID)
     info = json.loads((bad.dir / layout.CONFIG).read_text())
     if key == "config":
         info = value
@@ -145,7 +133,7 @@ def test_bad_values_in_config_json_are_named(good, tmp_path, capsys, change):
 @pytest.mark.parametrize("change", [("val_acc", "high"), ("image_size", 100000), ("classes", []), ("backbone", None),
                                     ("positive", 5), ("mean", "x")])
 def test_bad_values_in_model_json_are_named(good, tmp_path, capsys, change):
-    bad = copy_run(good, tmp_path, DAMAGED_ID)
+    bad = link_run(good, tmp_path, DAMAGED_ID)
     meta = json.loads((bad.dir / layout.SIDECAR).read_text())
     if change[0] == "val_acc":
         meta["metrics"]["val_acc"] = change[1]
@@ -165,7 +153,7 @@ def test_wrong_shaped_weights_are_a_clear_error(good, tmp_path):
 
     from leukviz.models import backbones
 
-    bad = copy_run(good, tmp_path, DAMAGED_ID)
+    bad = link_run(good, tmp_path, DAMAGED_ID)
     state = load_file(str(good.dir / layout.CHECKPOINT))
     state["fc.weight"], state["fc.bias"] = torch.zeros(3, state["fc.weight"].shape[1]), torch.zeros(3)
     (bad.dir / layout.CHECKPOINT).unlink()
@@ -179,7 +167,7 @@ def test_wrong_shaped_weights_are_a_clear_error(good, tmp_path):
 
 
 def test_finished_without_weights_is_not_cached_and_says_why(good, tmp_path):
-    bad = copy_run(good, tmp_path)
+    bad = link_run(good, tmp_path)
     (bad.dir / layout.CHECKPOINT).unlink()
     action, why = runs.plan_why(bad)
     assert action == "train" and "model.safetensors" in why and "finished" in why
@@ -187,7 +175,7 @@ def test_finished_without_weights_is_not_cached_and_says_why(good, tmp_path):
 
 
 def test_an_incomplete_metrics_line_never_breaks_a_resume(good, tmp_path):
-    bad = copy_run(good, tmp_path)
+    bad = link_run(good, tmp_path)
     replace(bad.dir / layout.METRICS, (good.dir / layout.METRICS).read_bytes() + b'{"type": "epoch"}\n')
     assert len(bad.events()) == len(good.events())
     runs._truncate_after(bad, 1, 0)  # was KeyError: 'epoch'
@@ -195,20 +183,20 @@ def test_an_incomplete_metrics_line_never_breaks_a_resume(good, tmp_path):
 
 
 def test_a_garbage_config_is_rewritten_by_its_configuration_and_never_archived_without_one(good, tmp_path, tiny_data):
-    bad = copy_run(good, tmp_path)
+    bad = link_run(good, tmp_path)
     replace(bad.dir / layout.CONFIG, b"garbage")
     with pytest.raises(runfiles.RunFileError):
         runs.archive(bad)
     assert (bad.dir / layout.CONFIG).read_bytes() == b"garbage"  # nothing moved
-    again = runs.run_for(tiny_config(tiny_data), tmp_path, good.info["dataset_fingerprint"])
+    again = runs.run_for(tiny_config("googlenet", tiny_data), tmp_path, good.info["dataset_fingerprint"])
     assert again.dir == bad.dir and again.config == good.config and not again.problems
 
 
 def test_overview_predict_and_compare_pages_work_beside_a_damaged_run(good, home, tiny_data):
     root = runs.runs_root()
-    bad = copy_run(good, root, DAMAGED_ID)
+    bad = link_run(good, root, DAMAGED_ID)
     replace(bad.dir / layout.CHECKPOINT, (good.dir / layout.CHECKPOINT).read_bytes()[:1000])
-    broken = copy_run(good, root, "cccccccccccc")
+    broken = link_run(good, root, "cccccccccccc")
     replace(broken.dir / layout.CONFIG, b"[1, 2]")
     try:
         for page in (None, "predict", "compare"):
@@ -260,7 +248,7 @@ def test_the_run_id_hashes_the_content_of_a_weights_file(tmp_path):
 def test_resume_after_the_dataset_changed_is_refused(tiny_data, tmp_path, capsys):
     ds = tmp_path / "data"
     shutil.copytree(tiny_data, ds)
-    run = runs.run_for(tiny_config(ds, epochs=2), tmp_path / "runs")
+    run = runs.run_for(tiny_config("googlenet", ds, epochs=2), tmp_path / "runs")
 
     def stop_after_one(ev):
         if ev.get("type") == "epoch":
@@ -280,7 +268,7 @@ def test_resume_after_the_dataset_changed_is_refused(tiny_data, tmp_path, capsys
 # ---------------------------------------------------------------------------------------------- paths and ids
 
 def test_listing_creates_no_file(good, tmp_path, capsys):
-    copy = copy_run(good, tmp_path / "runs")
+    copy = link_run(good, tmp_path / "runs")
     before = sorted(p.name for p in copy.dir.iterdir())
     runs_list(tmp_path / "runs", capsys)
     assert sorted(p.name for p in copy.dir.iterdir()) == before  # no lock file: a read-only home lists its runs
@@ -301,7 +289,7 @@ def test_a_runs_folder_that_is_a_file_is_a_clear_message(tmp_path, monkeypatch, 
 
 def test_an_ambiguous_or_empty_run_id_is_refused(good, tmp_path, capsys):
     for name in ("abc111111111", "abc222222222"):
-        copy_run(good, tmp_path, name)
+        link_run(good, tmp_path, name)
     with pytest.raises(runs.NoSuchRun, match="ambiguous.*abc111111111, abc222222222"):
         runs.get_run("abc", tmp_path)
     for given in ("", " "):
@@ -324,7 +312,7 @@ def test_export_onto_an_existing_file_without_extension_is_refused_first(good, t
 
 
 def test_predict_run_all_predicts_with_the_good_runs_and_names_the_damaged_one(good, tiny_data, capsys):
-    bad = copy_run(good, runs.runs_root(), DAMAGED_ID)
+    bad = link_run(good, runs.runs_root(), DAMAGED_ID)
     replace(bad.dir / layout.SIDECAR, b'{"backbone": "googlenet", "classes": [], "image_size": 100000}')
     try:
         image = str(next(Path(tiny_data).rglob("*.png")))

@@ -78,6 +78,7 @@ def test_same_config_is_cached(finished, tiny_data):
     assert again.dir == finished.dir and again.state == "finished"
 
 
+@pytest.mark.integration
 def test_stop_then_resume_gives_one_continuous_history(tiny_data, tmp_path, finished):
     run = runs.run_for(tiny_cfg(tiny_data), tmp_path)
     batches = []
@@ -128,6 +129,7 @@ def test_nan_loss_stops_with_a_clear_message(tiny_data, tmp_path, monkeypatch):
     assert run.state == "failed" and "loss became nan" in run.status["error"]
 
 
+@pytest.mark.integration
 def test_dead_process_shows_as_interrupted_and_a_held_lock_blocks_a_second_trainer(tiny_data, tmp_path):
     run = runs.run_for(tiny_cfg(tiny_data, seed=9), tmp_path)
     runs.write_status(run, "running")
@@ -156,6 +158,7 @@ def test_the_kept_model_is_the_weight_average_of_the_last_epoch(trained):
     assert int(state["average"]["n_averaged"]) == start["steps_per_epoch"] * 2  # one update per step
 
 
+@pytest.mark.integration
 def test_select_best_keeps_the_best_epoch(tiny_data, tmp_path):
     run = runs.run_for(tiny_cfg(tiny_data, epochs=3, select="best", average="none", lr=0.05), tmp_path)
     runs.train(run, log=lambda s: None)

@@ -25,11 +25,6 @@ def differing(a: dict, b: dict) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def shared_runs(tmp_path_factory) -> Path:
-    return tmp_path_factory.getbasetemp() / "shared-runs"
-
-
-@pytest.fixture(scope="module")
 def leakage(tiny_data, shared_runs):
     cfg = resolve("googlenet", "quick", "none", str(tiny_data), epochs=1, image_size=64, batch_size=4)
     return studies.leakage(cfg, shared_runs, log=lambda s: None)

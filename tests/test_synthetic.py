@@ -39,6 +39,7 @@ def small(tmp_path_factory) -> Path:
     return generate_demo(tmp_path_factory.mktemp("small"), seed=0, n_subjects=6, image_size=48, workers=1)
 
 
+@pytest.mark.integration
 def test_same_seed_same_bytes_whatever_the_workers(small, tmp_path):
     again = generate_demo(tmp_path / "again", seed=0, n_subjects=6, image_size=48, workers=2)
     assert again == tmp_path / "again" / "C-NMC_Leukemia"
@@ -54,6 +55,7 @@ def test_different_seed_different_images(small, tmp_path):
     assert sum(first[k] != other[k] for k in shared) > 0.9 * len(shared)
 
 
+@pytest.mark.integration
 def test_training_layout_parses_as_cnmc(full):
     files = sorted((full / "training_data").rglob("*.png"))
     folds_of = defaultdict(set)
@@ -86,6 +88,7 @@ def test_class_ratio_holds_for_other_seeds():
         assert 60 <= sum(len(s["cells"]) for s in prelim) <= 100
 
 
+@pytest.mark.integration
 def test_prelim_set_is_labelled_and_held_out(full):
     folder = full / "validation_data" / "C-NMC_test_prelim_phase_data"
     with open(full / "validation_data" / "C-NMC_test_prelim_phase_data_labels.csv", newline="") as f:
@@ -104,6 +107,7 @@ def test_prelim_set_is_labelled_and_held_out(full):
     assert 2 <= len(prelim_subjects) <= 3
 
 
+@pytest.mark.integration
 def test_cells_on_black_and_classes_differ(full):
     area = {"all": [], "hem": []}
     nucleus = {"all": [], "hem": []}
