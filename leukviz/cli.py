@@ -325,11 +325,11 @@ def cmd_cv(args) -> int:
     With several GPUs the folds train in parallel, one process per GPU; otherwise one after another.
     """
     import dataclasses
-    import statistics
 
     from leukviz.datasets import data
     from leukviz.models import devices
     from leukviz.runstore import runs
+    from leukviz.scoring import metrics
 
     t0 = time.time()
     if args.split not in (None, "folds"):
@@ -370,12 +370,12 @@ def cmd_cv(args) -> int:
     for key in ("val_acc", "val_f1", "val_loss"):
         vals = [f[key] for f in done if key in f]
         if vals:
-            summary[key] = {"mean": statistics.fmean(vals), "std": statistics.pstdev(vals) if len(vals) > 1 else 0.0}
+            summary[key] = metrics.mean_sd(vals)  # the one mean ± sd (sample sd; None for one fold)
     res = {"cv": True, "backbone": base.backbone, "folds": per_fold, "summary": summary,
            "status": "finished" if len(done) == len(per_fold) else "failed", "seconds": round(time.time() - t0, 2)}
     lines = [f"fold {f['fold']}: {f['status']} val_acc {f.get('val_acc', float('nan')):.4f} "
              f"val_f1 {f.get('val_f1', float('nan')):.4f}" for f in per_fold]
-    lines += [f"{k}: mean {v['mean']:.4f} ± {v['std']:.4f}" for k, v in summary.items()]
+    lines += [f"{k}: mean {v['mean']:.4f} ± {_fmt(v['sd'], 4)} over {v['n']} folds" for k, v in summary.items()]
     _out(args, "\n".join(lines), res)
     return 0 if res["status"] == "finished" else 1
 

@@ -100,6 +100,9 @@ def test_cross_validation_over_folds(tiny_data, tmp_path, capsys):
     assert [f["fold"] for f in res["folds"]] == [0, 1, 2] and len({f["run_id"] for f in res["folds"]}) == 3
     accs = [f["val_acc"] for f in res["folds"]]
     assert res["summary"]["val_acc"]["mean"] == pytest.approx(sum(accs) / 3)
+    import statistics  # the sample sd, as every page and study gives it (it was the population sd here)
+
+    assert res["summary"]["val_acc"]["sd"] == pytest.approx(statistics.stdev(accs)) and res["summary"]["val_acc"]["n"] == 3
 
 
 @pytest.mark.integration

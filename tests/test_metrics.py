@@ -436,3 +436,15 @@ def test_seed_spread() -> None:
     assert m.seed_spread([0.7]) == {"mean": 0.7, "sd": None, "n": 1, "values": [0.7]}
     with pytest.raises(ValueError):
         m.seed_spread([])
+
+
+def test_one_mean_and_sd_over_repeats_everywhere():
+    """Pages, the CLI's cross-validation and the studies share one definition: the sample sd (ddof=1), None
+    for a single run (it says nothing about the spread), non-finite values left out."""
+    out = m.mean_sd([0.8, 0.9, 1.0])
+    assert out == {"mean": pytest.approx(0.9), "sd": pytest.approx(0.1), "n": 3}
+    assert m.mean_sd([0.7]) == {"mean": 0.7, "sd": None, "n": 1}
+    assert m.mean_sd([0.7, None, float("nan"), 0.9])["n"] == 2 and m.mean_sd([])["mean"] is None
+    spread = m.seed_spread([0.8, 0.9, 1.0])
+    assert spread["sd"] == out["sd"] and spread["values"] == [0.8, 0.9, 1.0]
+    assert m.seed_spread([0.8, float("nan")])["mean"] is None  # a seed without the score: no mean

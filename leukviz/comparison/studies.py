@@ -18,6 +18,7 @@ from leukviz.datasets import cnmc, data
 from leukviz.models import backbones, config
 from leukviz.models.config import RunConfig
 from leukviz.runstore import runs
+from leukviz.scoring import metrics
 
 if TYPE_CHECKING:
     from leukviz.comparison.compare import Predictions
@@ -228,7 +229,7 @@ def _column(done: dict, name: str, column: str) -> dict | None:
     out = dict(per_seed[0])
     out["seeds"] = per_seed
     for k in ("val_acc", "val_f1"):
-        stats = _mean_sd([r[k] for r in per_seed])
+        stats = metrics.mean_sd([r[k] for r in per_seed])
         out[f"{k}_mean"], out[f"{k}_sd"] = stats["mean"], stats["sd"]
     return out
 
@@ -329,8 +330,6 @@ def late_drop(f1s: list[float]) -> float:
 
 def score_run(y: np.ndarray, prob: np.ndarray, subjects: np.ndarray, classes: Sequence[str]) -> dict:
     """The study's scores of one model on its validation subjects."""
-    from leukviz.scoring import metrics
-
     pos = metrics.positive_index(classes)
     pred = prob.argmax(1)
     _, spec = metrics.sensitivity_specificity(y, pred, pos)
@@ -379,13 +378,6 @@ def _plain_record(ds: data.Dataset, train_rows: np.ndarray, val_rows: np.ndarray
             "_cells": _cells(ds.classes, [str(p) for p in idx["path"].to_numpy()[val_rows]], y, prob, subjects)}
 
 
-def _mean_sd(values: list[float]) -> dict:
-    a = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
-    if len(a) == 0:
-        return {"mean": None, "sd": None, "n": 0}
-    return {"mean": float(a.mean()), "sd": float(a.std(ddof=1)) if len(a) > 1 else 0.0, "n": int(len(a))}
-
-
 def summarize_subjects(records: list[dict]) -> dict:
     """Per method and backbone: each metric averaged over the folds of one seed (a cross-validated score),
     then mean and sd over seeds; late_drop averaged over runs; per-subject accuracy averaged over seeds."""
@@ -393,11 +385,11 @@ def summarize_subjects(records: list[dict]) -> dict:
     for key in dict.fromkeys((r["method"], r["backbone"]) for r in records):
         mine = [r for r in records if (r["method"], r["backbone"]) == key]
         seeds = sorted({r["seed"] for r in mine})
-        entry = {m: _mean_sd([float(np.mean([r[m] for r in mine if r["seed"] == s])) for s in seeds])
+        entry = {m: metrics.mean_sd([float(np.mean([r[m] for r in mine if r["seed"] == s])) for s in seeds])
                  for m in STUDY_METRICS}
         entry["per_seed_f1"] = {str(s): float(np.mean([r["weighted_f1"] for r in mine if r["seed"] == s]))
                                 for s in seeds}
-        entry["late_drop"] = _mean_sd([r["late_drop"] for r in mine])
+        entry["late_drop"] = metrics.mean_sd([r["late_drop"] for r in mine])
         subjects = sorted({s for r in mine for s in r["per_subject"]})
         entry["per_subject"] = {s: float(np.mean([r["per_subject"][s] for r in mine if s in r["per_subject"]]))
                                 for s in subjects}
@@ -443,8 +435,6 @@ def paired_test(records: list[dict], backbone: str, a_method: str, b_method: str
     """a − b for one backbone, cell for cell on every (seed, fold) both ran, pooled: the difference of
     weighted F1 and accuracy with a paired subject-bootstrap interval and a paired permutation test over
     subjects (metrics.paired_comparison), and its verdict in words. None when they share no cells."""
-    from leukviz.scoring import metrics
-
     def cells(method: str) -> dict:
         return {(r["seed"], r["fold"]): r["_cells"] for r in records
                 if r["backbone"] == backbone and r["method"] == method}
@@ -586,7 +576,9 @@ def format_subject_table(res: dict) -> str:
     """The subject study as text: per backbone, leukviz and the plain loop side by side (mean ± sd over
     seeds), their difference, then each subject's accuracy."""
     def ms(d: dict) -> str:
-        return "   n/a     " if d["mean"] is None else f"{d['mean']:.3f} ± {d['sd']:.3f}"
+        if d["mean"] is None:
+            return "   n/a     "
+        return f"{d['mean']:.3f} ± {d['sd']:.3f}" if d["sd"] is not None else f"{d['mean']:.3f} (1 seed)"
 
     folds = "; ".join(f"fold {f['fold']}: {', '.join(f['val_subjects'])}" for f in res["folds"])
     plain_seeds = res.get("plain_seeds", res["seeds"])

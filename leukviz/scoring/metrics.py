@@ -639,11 +639,21 @@ def verdict(name_a: str, name_b: str, score_name: str, result: dict[str, Any],
 WEAK_P = 0.5
 
 
+def mean_sd(values: Sequence[float | None]) -> dict[str, Any]:
+    """The one mean ± sd over repeats (seeds, folds) of every page, the CLI and the studies: the mean and the
+    sample standard deviation (ddof=1) of the finite values, "n" of them; sd is None with fewer than two
+    (one run says nothing about the spread), and both are None with none."""
+    a = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    if len(a) == 0:
+        return {"mean": None, "sd": None, "n": 0}
+    return {"mean": float(a.mean()), "sd": float(a.std(ddof=1)) if len(a) > 1 else None, "n": int(len(a))}
+
+
 def seed_spread(values: Sequence[float]) -> dict[str, Any]:
-    """Spread of one score over repeated runs (seeds): {"mean", "sd" (ddof=1; None for one value),
-    "n", "values"}. NaN values propagate into mean and sd, which are then None."""
+    """Spread of one score over repeated runs (seeds): mean_sd's {"mean", "sd", "n"} and the "values"; a NaN
+    value (a score one seed cannot have) makes mean and sd None rather than a mean of the others."""
     vals = [float(v) for v in values]
     if not vals:
         raise ValueError("seed_spread needs at least one value")
-    sd = float(np.std(vals, ddof=1)) if len(vals) > 1 else None
-    return nan_to_none({"mean": float(np.mean(vals)), "sd": sd, "n": len(vals), "values": vals})
+    spread = mean_sd(vals) if all(np.isfinite(vals)) else {"mean": None, "sd": None, "n": len(vals)}
+    return {**spread, "values": vals}
