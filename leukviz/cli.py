@@ -1063,9 +1063,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, process_entry: bool = False) -> int:
+    """The CLI. process_entry (python -m leukviz, the launcher's worker): this process owns its signals, so for
+    the commands that train, SIGTERM and SIGINT stop the training after its batch with its state saved
+    (runs.stop_on_signals). Called as a library (a test, a notebook), the caller keeps its own signals."""
     args = build_parser().parse_args(argv)
+    trains = args.func in (cmd_train, cmd_study)
     try:
+        if process_entry and trains:
+            from leukviz.runstore import runs
+
+            with runs.stop_on_signals():
+                return int(args.func(args) or 0)
         return int(args.func(args) or 0)
     except (LeukvizError, KeyError, FileNotFoundError, ValueError, OSError) as e:
         # an OSError that is not a missing input (a full disk, no permission) is one line naming the file

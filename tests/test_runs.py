@@ -299,3 +299,21 @@ def test_delete_refuses_an_active_run_and_leaves_it_in_place(tmp_path, monkeypat
 def test_delete_of_an_unknown_run_is_no_such_run(tmp_path):
     with pytest.raises(runs.NoSuchRun, match="no run 'abc123'"):
         runs.delete(runs.Run(tmp_path / "abc123"))
+
+
+def test_training_in_a_library_caller_leaves_its_signals_alone(tiny_data, tmp_path):
+    """runs.train never installs signal handlers (a test runner's SIGTERM stays the runner's); only the worker
+    entry (python -m leukviz train) turns SIGTERM into a Stop, through runs.stop_on_signals."""
+    import signal
+
+    seen = []
+    cfg = resolve("googlenet", "quick", "none", str(tiny_data), epochs=1, image_size=16, batch_size=64)
+    run = runs.run_for(cfg, tmp_path / "runs")
+    before = signal.getsignal(signal.SIGTERM)
+    runs.train(run, log=lambda s: None, emit_hook=lambda ev: seen.append(signal.getsignal(signal.SIGTERM)))
+    assert seen and all(h is before for h in seen)
+    with runs.stop_on_signals():
+        assert signal.getsignal(signal.SIGTERM) is not before
+        signal.raise_signal(signal.SIGTERM)  # asks the trainings of this process to stop, nothing else
+        assert runs._SIGNALLED.is_set()
+    assert signal.getsignal(signal.SIGTERM) is before and not runs._SIGNALLED.is_set()

@@ -558,20 +558,28 @@ def _file_log(run: Run, console: Callable[[str], None]) -> Callable[[str], None]
     return log
 
 
+# Set by the signal handlers of stop_on_signals (the CLI's, the worker entry's); every training in this
+# process stops after its batch when it is set. Never set by a library caller: a test runner's own SIGTERM
+# or a notebook's Ctrl-C stays theirs.
+_SIGNALLED = threading.Event()
+
+
 @contextlib.contextmanager
-def _stop_signals(flag: dict) -> Iterator[None]:
-    """SIGTERM and SIGINT set flag["stop"] (the loop stops after the batch) while training. Only the main
-    thread may set handlers; they are put back afterwards, so a caller that goes on (a test, a CLI attaching
-    to another trainer) keeps its Ctrl-C."""
+def stop_on_signals() -> Iterator[None]:
+    """The worker entry's signal handling (python -m leukviz train / study): while inside, SIGTERM and SIGINT
+    ask every training of this process to stop after its batch, its resumable state saved (a Stop). Only the
+    main thread may set handlers; the previous ones are put back afterwards."""
     previous: dict = {}
+    _SIGNALLED.clear()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
-            previous[sig] = signal.signal(sig, lambda signum, frame: flag.__setitem__("stop", True))
+            previous[sig] = signal.signal(sig, lambda signum, frame: _SIGNALLED.set())
     try:
         yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        _SIGNALLED.clear()
 
 
 def _prepare_folder(run: Run, resume: bool, log: Callable[[str], None]) -> bool:
@@ -627,12 +635,11 @@ def train(run: Run, resume: bool = False, device: str = "auto", log: Callable[[s
     stop_file = run.dir / layout.STOP
     launch_info = read_json(run.dir / layout.LAUNCH, None)
     launched = isinstance(launch_info, dict) and launch_info.get("pid") in (os.getpid(), os.getppid())
-    flag = {"stop": False}
     if rank == 0 and not launched:
         log = _file_log(run, log)
 
     def should_stop() -> bool:
-        return flag["stop"] or stop_file.exists()
+        return _SIGNALLED.is_set() or stop_file.exists()
 
     def emit(ev: dict) -> None:
         append_jsonl(run.dir / layout.METRICS, ev)
@@ -643,40 +650,39 @@ def train(run: Run, resume: bool = False, device: str = "auto", log: Callable[[s
         if emit_hook:
             emit_hook(ev)
 
-    with _stop_signals(flag):
-        if rank != 0:
-            return engine.fit(cfg, run.dir, lambda e: None, should_stop, cache_root(), resume, device, log,
-                              fingerprint)
-        lock = run.lock()
-        try:
-            lock.acquire(timeout=3)
-        except Timeout:
-            raise AlreadyRunning(f"run {run.run_id} is already being trained by another process") from None
-        try:
-            if not launched:  # launch() cleared old Stops; one sent while this process started must hold
-                stop_file.unlink(missing_ok=True)
-            if _results_sound(run) and not resume:
-                # Another process finished it between our caller's cache check and our lock: don't train twice.
-                log(f"run {run.run_id} is already finished")
-                return run.final_metrics()
-            resume = _prepare_folder(run, resume, log)
-            write_status(run, "queued", error=None, early_stop=None, epoch=0, epochs=cfg.epochs,
-                         world_size=int(os.environ.get("WORLD_SIZE", 1)))
-            with _device_slot(run, device, should_stop):
-                write_status(run, "running")
-                t0 = time.time()
-                result = engine.fit(cfg, run.dir, emit, should_stop, cache_root(), resume, device, log, fingerprint)
-            write_status(run, "finished", metrics=result, seconds=time.time() - t0)
-            _drop_resume_state(run, log)
-            return result
-        except engine.Stopped as e:
-            write_status(run, "stopped", error=str(e))
-            raise
-        except BaseException as e:
-            _record_failure(run, e, log)
-            raise
-        finally:
-            lock.release()
+    if rank != 0:
+        return engine.fit(cfg, run.dir, lambda e: None, should_stop, cache_root(), resume, device, log,
+                          fingerprint)
+    lock = run.lock()
+    try:
+        lock.acquire(timeout=3)
+    except Timeout:
+        raise AlreadyRunning(f"run {run.run_id} is already being trained by another process") from None
+    try:
+        if not launched:  # launch() cleared old Stops; one sent while this process started must hold
+            stop_file.unlink(missing_ok=True)
+        if _results_sound(run) and not resume:
+            # Another process finished it between our caller's cache check and our lock: don't train twice.
+            log(f"run {run.run_id} is already finished")
+            return run.final_metrics()
+        resume = _prepare_folder(run, resume, log)
+        write_status(run, "queued", error=None, early_stop=None, epoch=0, epochs=cfg.epochs,
+                     world_size=int(os.environ.get("WORLD_SIZE", 1)))
+        with _device_slot(run, device, should_stop):
+            write_status(run, "running")
+            t0 = time.time()
+            result = engine.fit(cfg, run.dir, emit, should_stop, cache_root(), resume, device, log, fingerprint)
+        write_status(run, "finished", metrics=result, seconds=time.time() - t0)
+        _drop_resume_state(run, log)
+        return result
+    except engine.Stopped as e:
+        write_status(run, "stopped", error=str(e))
+        raise
+    except BaseException as e:
+        _record_failure(run, e, log)
+        raise
+    finally:
+        lock.release()
 
 
 def _drop_resume_state(run: Run, log: Callable[[str], None]) -> None:
