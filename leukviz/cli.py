@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from leukviz.core import layout
+from leukviz.core import layout, paths
 from leukviz.core.errors import LeukvizError
 from leukviz.core.events import BATCH, BEGINNINGS, EPOCH
 from leukviz.core.storage import write_error_text
@@ -178,8 +178,7 @@ def _resolve_cfg(args) -> C.RunConfig:
     given = {name: getattr(args, name) for name in TRAIN_FIELDS}
     if given["split"] is None and args.data != "demo":  # a train/ + val/ tree: its own validation folder
         from leukviz.datasets import data
-        from leukviz.runstore import runs
-        if data.default_split(data.open_dataset(args.data, runs.cache_root())) == "given":
+        if data.default_split(data.open_dataset(args.data, paths.cache_root())) == "given":
             given["split"] = "given"
     return C.resolve(args.backbone, args.preset, args.weights, args.data, **given)
 
@@ -336,7 +335,7 @@ def cmd_cv(args) -> int:
         raise CliError("--cv runs over the official folds: use it with --split folds")
     args.split = "folds"
     base = _resolve_cfg(args)
-    ds = data.open_dataset(base.data, runs.cache_root())
+    ds = data.open_dataset(base.data, paths.cache_root())
     folds = sorted(set(ds.train_rows["fold"]) - {-1})
     if len(folds) < 2:
         raise CliError(f"cross-validation needs official folds; {base.data} has {folds or 'none'}")
@@ -434,9 +433,8 @@ def cmd_runs_delete(args) -> int:
 
 def cmd_data(args) -> int:
     from leukviz.datasets import data
-    from leukviz.runstore import runs
 
-    ds = data.open_dataset(args.path, runs.cache_root())
+    ds = data.open_dataset(args.path, paths.cache_root())
     info = data.inspect(ds)
     if args.json:
         print(json.dumps(info))
@@ -469,8 +467,7 @@ def _collect_images(items: list[str]) -> list[str]:
         if p.is_dir():
             out.extend(str(f) for f in sorted(p.rglob("*")) if f.is_file() and data._is_image(f))
         elif p.suffix.lower() == ".zip":
-            from leukviz.runstore import runs
-            dest = runs.cache_root() / layout.PREDICT_ZIP_CACHE / f"{p.stem}-{int(p.stat().st_mtime)}"
+            dest = paths.cache_root() / layout.PREDICT_ZIP_CACHE / f"{p.stem}-{int(p.stat().st_mtime)}"
             dest.parent.mkdir(parents=True, exist_ok=True)
             root = data.extract_zip(p, dest)
             out.extend(str(f) for f in sorted(root.rglob("*")) if f.is_file() and data._is_image(f))
@@ -682,7 +679,7 @@ def cmd_evaluate(args) -> int:
 
     run = _warn_unfinished(runs.get_run(args.run, args.runs_dir))
     lm = inference.load_model(run.dir)
-    res = {**inference.evaluate_dataset(lm, args.data, runs.cache_root(), tta=args.tta), "unfinished": run.unfinished()}
+    res = {**inference.evaluate_dataset(lm, args.data, paths.cache_root(), tta=args.tta), "unfinished": run.unfinished()}
     pos = res["positive_class"]
     lines = [f"run {run.run_id} ({lm.backbone}) on {res['dataset']} [{res['set']} set], n={res['n']} cells"
              + (f", {res['skipped']} unreadable skipped" if res["skipped"] else ""),
@@ -818,14 +815,13 @@ def cmd_export(args) -> int:
 def cmd_bench(args) -> int:
     """Speed: the plain hand-written loop against leukviz's paths, measured in one process (see leukviz/bench.py)."""
     from leukviz.benchmarks import bench
-    from leukviz.runstore import runs
 
     log = lambda s: print(s, file=sys.stderr)  # noqa: E731
     if args.accuracy:
         names = [args.backbone] if args.backbone else ["googlenet"]
         rows = [r for nm in names for r in bench.precision_accuracy(
             nm, args.image_size or 64, args.epochs, tuple(range(args.seeds)), data_spec=args.data,
-            cache_dir=runs.cache_root(), log=log)]
+            cache_dir=paths.cache_root(), log=log)]
         _out(args, "\n".join(f"{r['backbone']} seed {r['seed']} {r['precision']}: val acc {r['val_acc']:.4f}, "
                              f"F1 {r['val_f1']:.4f}, {r['seconds']:.0f}s" for r in rows), {"accuracy": rows})
         return 0
@@ -835,7 +831,7 @@ def cmd_bench(args) -> int:
         quick=args.quick, device=args.device, precision=args.precision, weights=args.weights,
         threads=args.threads, plain_workers=tuple(args.plain_workers or ()), memory_files=args.memory_files,
         latency=not args.no_latency, ablation=args.ablation)
-    res = bench.run(bc, runs.cache_root(), log)
+    res = bench.run(bc, paths.cache_root(), log)
     print(bench.format_table(res))
     if args.json:
         print(json.dumps(res, default=str))
@@ -934,15 +930,14 @@ def _add_study(sub, common: argparse.ArgumentParser) -> None:
 def cmd_lrfind(args) -> int:
     """The learning-rate finder (lrfind): the cached sweep of this configuration, or a new one."""
     from leukviz.datasets import data
-    from leukviz.runstore import runs
     from leukviz.training import lrfind
 
     if args.config:  # the page's form: the resolved config in a file (lrfind.launch)
         cfg = C.RunConfig.from_dict(json.loads(Path(args.config).read_text()))
     else:
         cfg = _resolve_cfg(args)
-    fingerprint = data.open_dataset(cfg.data, runs.cache_root()).fingerprint
-    res, cached = lrfind.find(cfg, fingerprint, runs.cache_root(), args.device, args.steps,
+    fingerprint = data.open_dataset(cfg.data, paths.cache_root()).fingerprint
+    res, cached = lrfind.find(cfg, fingerprint, paths.cache_root(), args.device, args.steps,
                               lambda s: print(s, file=sys.stderr))
     res = {k: v for k, v in res.items() if k not in ("config", "dataset_fingerprint")}
     end = f"diverged after {res['steps_done']} steps" if res["diverged"] else f"{res['steps_done']} steps"

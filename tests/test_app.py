@@ -14,6 +14,7 @@ from streamlit.testing.v1 import AppTest
 
 from helpers import APP_FINETUNE, link_runs, tiny_config
 from leukviz.app import dashboard
+from leukviz.core import paths
 from leukviz.datasets import data, synthetic
 from leukviz.models import backbones, config
 from leukviz.runstore import names, runs
@@ -37,7 +38,7 @@ def home(tmp_path_factory, tiny_data, app_runs) -> Path:
         # The real demo takes half a minute to draw; the same generator, smaller, stands in for it.
         with pytest.MonkeyPatch.context() as demo:
             demo.setattr(synthetic, "generate_demo", functools.partial(small_demo, synthetic.generate_demo))
-            data.open_dataset("demo", runs.cache_root())
+            data.open_dataset("demo", paths.cache_root())
         link_runs(app_runs.values(), runs.runs_root())
         yield path
 
@@ -82,7 +83,7 @@ def test_data_page_counts_split_and_gallery(app):
     at = app
     at.session_state["dataset"] = "demo"
     open_page(at, "data")
-    ds = data.open_dataset("demo", runs.cache_root())
+    ds = data.open_dataset("demo", paths.cache_root())
     info = data.inspect(ds)
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Class hem"] == str(info["per_class"]["hem"])
@@ -106,7 +107,7 @@ def test_data_page_warns_when_a_class_has_few_subjects(app, real_subset):
     at.session_state["dataset"] = str(real_subset)
     open_page(at, "data")
     assert not at.exception
-    expected = data.subject_warnings(data.open_dataset(str(real_subset), runs.cache_root()))
+    expected = data.subject_warnings(data.open_dataset(str(real_subset), paths.cache_root()))
     assert len(expected) == 1 and "class 'hem' has 2 subjects" in expected[0] and "study subjects" in expected[0]
     assert [w.value for w in at.warning][:1] == [dashboard.plain(w) for w in expected]
     assert any("hem 2" in c.value and "all 3" in c.value for c in at.caption)
@@ -140,7 +141,7 @@ def test_data_page_takes_a_zip_upload(app, tiny_data, tmp_path):
     assert not at.exception and not at.error
     spec = at.session_state["dataset"]
     # stored in a folder named by its content, under its own (safe) name, and called by it
-    assert Path(spec).parent.parent == data.uploads_dir() and Path(spec).name == "my cells.zip"
+    assert Path(spec).parent.parent == paths.uploads() and Path(spec).name == "my cells.zip"
     assert any("my cells.zip (uploaded)" in m.value.replace("\\", "") for m in at.markdown)
     expected = data.inspect(data.open_dataset(str(tiny_data)))["per_class"]
     assert {m.label: m.value for m in at.metric}["Class all"] == str(expected["all"])

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from leukviz.cli import main
+from leukviz.core import paths
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -232,15 +233,14 @@ def test_a_fifo_given_to_predict_is_refused_not_read(tmp_path, capsys):
 
 
 def test_an_empty_leukviz_home_is_unset_never_the_current_folder(tmp_path, monkeypatch):
-    from leukviz.datasets import data
     from leukviz.runstore import runs
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LEUKVIZ_HOME", "")
     monkeypatch.setenv("HOME", str(tmp_path / "user"))
-    assert data.default_home() == tmp_path / "user" / ".leukviz"
+    assert paths.home() == tmp_path / "user" / ".leukviz"
     assert runs.runs_root(create=False) == tmp_path / "user" / ".leukviz" / "runs"
-    assert data.default_cache() == tmp_path / "user" / ".leukviz" / "cache"
+    assert paths.cache_root() == tmp_path / "user" / ".leukviz" / "cache"
 
 
 def test_a_backbone_named_twice_is_one_backbone():

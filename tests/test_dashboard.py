@@ -10,6 +10,7 @@ import pytest
 
 from helpers import make_run
 from leukviz.app import dashboard
+from leukviz.core import paths
 from leukviz.datasets import data
 from leukviz.models import backbones, config
 from leukviz.runstore import names, runs
@@ -102,9 +103,9 @@ def test_sample_and_demo_cells(tiny_data):
     ds = data.open_dataset(str(tiny_data))
     samples = dashboard.sample_cells(ds, per_class=4)
     assert list(samples) == list(ds.classes)
-    for cls, paths in samples.items():
-        assert len(paths) == 4
-        assert all(f"_{cls}." in Path(p).name for p in paths)  # C-NMC names end in the class
+    for cls, files in samples.items():
+        assert len(files) == 4
+        assert all(f"_{cls}." in Path(p).name for p in files)  # C-NMC names end in the class
     cells = dashboard.demo_cells(ds, n=3, seed=0)
     assert len(cells) == 3
     prelim = set(ds.index.loc[ds.index["set"] == "prelim", "path"])
@@ -174,7 +175,7 @@ def test_a_backbone_switch_changes_only_what_its_recipe_owns():
 
 def test_an_uploaded_zip_is_called_by_its_own_name(tmp_path, monkeypatch):
     monkeypatch.setenv("LEUKVIZ_HOME", str(tmp_path))
-    saved = data.save_upload(b"PK-bytes", data.uploads_dir(), name="../evil/cells 24.zip")
-    assert saved.name == "cells 24.zip" and saved.parent.parent == data.uploads_dir()
+    saved = data.save_upload(b"PK-bytes", paths.uploads(), name="../evil/cells 24.zip")
+    assert saved.name == "cells 24.zip" and saved.parent.parent == paths.uploads()
     assert names.dataset_label(str(saved)) == "cells 24.zip (uploaded)"
     assert data.upload_name(tmp_path / "cells.zip") is None

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from leukviz.cli import main
+from leukviz.core import paths
 from leukviz.datasets import cnmc, data
 from leukviz.models import config, devices
 from leukviz.serving import inference
@@ -262,12 +263,12 @@ def test_uploaded_zips_that_are_not_datasets_are_named_by_their_upload(tmp_path,
         buf = io.BytesIO()
         zipfile.ZipFile(buf, "w").close()
         blob = buf.getvalue()
-    saved = data.save_upload(blob, data.uploads_dir())
+    saved = data.save_upload(blob, paths.uploads())
     with pytest.raises(data.DataError) as e:
         data.open_dataset(saved)
     text = data.as_uploaded(str(e.value), saved, "my cells.zip")
     assert msg in text and "my cells.zip" in text
-    assert saved.stem not in text and str(data.default_home()) not in text
+    assert saved.stem not in text and str(paths.home()) not in text
 
 
 def test_stopping_during_the_image_cache_build_is_prompt(tmp_path, monkeypatch):

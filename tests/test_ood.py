@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from leukviz import cli
-from leukviz.core import layout
+from leukviz.core import layout, paths
 from leukviz.core.events import BATCH, EPOCH, START
 from leukviz.datasets import data, ood, synthetic
 from leukviz.models import config
@@ -44,7 +44,7 @@ def demo_run(tmp_path_factory) -> runs.Run:
 
 def demo_cells(run: runs.Run) -> list[Path]:
     """The demo's held-out (prelim) cells: other subjects than the run trained on."""
-    ds = data.open_dataset("demo", runs.cache_root())  # the fixture's home is set while it lives
+    ds = data.open_dataset("demo", paths.cache_root())  # the fixture's home is set while it lives
     return [Path(p) for p in ds.index.loc[ds.index["set"] == "prelim", "path"]]
 
 

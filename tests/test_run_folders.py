@@ -16,7 +16,7 @@ from streamlit.testing.v1 import AppTest
 from helpers import link_run, link_runs, tiny_config
 from leukviz import cli
 from leukviz.app import dashboard
-from leukviz.core import layout
+from leukviz.core import layout, paths
 from leukviz.datasets import data, synthetic
 from leukviz.models import config
 from leukviz.runstore import runfiles, runs
@@ -36,7 +36,7 @@ def home(tmp_path_factory, tiny_data, app_runs) -> Path:
         with pytest.MonkeyPatch.context() as demo:  # the real demo takes half a minute: a smaller one
             small = functools.partial(synthetic.generate_demo, n_subjects=6, image_size=64, workers=1)
             demo.setattr(synthetic, "generate_demo", lambda root, seed=0, **_: small(root, seed=seed))
-            data.open_dataset("demo", runs.cache_root())
+            data.open_dataset("demo", paths.cache_root())
         link_runs([app_runs["googlenet"]], runs.runs_root())
         yield path
 

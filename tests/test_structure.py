@@ -123,3 +123,11 @@ def test_no_function_over_80_lines():
 
 def test_the_training_loop_takes_few_parameters():
     assert len(inspect.signature(engine.train_one_epoch).parameters) <= 7
+
+
+def test_only_core_paths_reads_the_home_runs_and_cache_variables():
+    names = {"LEUKVIZ_HOME", "LEUKVIZ_RUNS", "LEUKVIZ_CACHE"}
+    readers = [m for m, path in MODULES.items() if m != "core.paths"
+               for node in ast.walk(ast.parse(path.read_text()))
+               if isinstance(node, ast.Constant) and node.value in names]
+    assert not readers, readers

@@ -13,7 +13,7 @@ import pytest
 
 from helpers import make_run
 from leukviz.comparison import testset
-from leukviz.core import layout
+from leukviz.core import layout, paths
 from leukviz.datasets import cnmc, data
 from leukviz.datasets.cnmc import parse_cnmc_name
 from leukviz.models import config
@@ -56,7 +56,7 @@ def trained(tiny_data, tmp_path_factory) -> tuple[runs.Run, Path]:
     run = runs.run_for(tiny_cfg(tree), tmp_path_factory.mktemp("runs"))
     runs.train(run, log=lambda s: None)
     assert run.state == "finished"
-    return run, runs.cache_root()  # where runs.train decoded the images
+    return run, paths.cache_root()  # where runs.train decoded the images
 
 
 def test_training_writes_one_test_prediction_per_test_image(trained):

@@ -8,7 +8,7 @@ from pathlib import Path
 import streamlit as st
 
 from leukviz.app import charts, dashboard
-from leukviz.core import layout
+from leukviz.core import layout, paths
 from leukviz.datasets import data
 from leukviz.runstore import runs
 
@@ -55,7 +55,7 @@ def open_dataset(spec: str) -> data.Dataset:
     if spec == "demo":
         msg = "Opening the built-in demo dataset (generated on first use: about half a minute)…"
     with st.spinner(msg):
-        return _open(spec, str(runs.cache_root()))
+        return _open(spec, str(paths.cache_root()))
 
 
 def active_dataset() -> str:

@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from leukviz.app import dashboard
+from leukviz.core import paths
 from leukviz.datasets import data
 from leukviz.models.config import AUGMENT
 from leukviz.runstore import names
@@ -70,7 +71,7 @@ elif source == SOURCES[2]:
     if upload is not None and state.get("data_zip_used") != upload.file_id:
         state["data_zip_used"] = upload.file_id  # once per upload: a rerun does not take it again
         with st.spinner(f"Saving and checking {upload.name}…"):
-            saved = data.save_upload(upload.getvalue(), data.uploads_dir(), name=upload.name)
+            saved = data.save_upload(upload.getvalue(), paths.uploads(), name=upload.name)
         if use(str(saved)):
             st.rerun()
 if state.get("data_error"):
@@ -161,9 +162,9 @@ else:
 
 st.subheader("Sample cells")
 samples = dashboard.sample_cells(ds, per_class=6)
-for cls, paths in samples.items():
+for cls, files in samples.items():
     st.markdown(f"**{dashboard.plain(cls)}**")
-    st.image([data.load_image(p, 96, crop=False) for p in paths], width=96)
+    st.image([data.load_image(p, 96, crop=False) for p in files], width=96)
 
 st.subheader("What the network is fed")
 size = int(st.session_state.get("train_image_size", 96))
@@ -179,8 +180,8 @@ crop = c2.toggle("Window around the cell", value=True,
 st.caption(f"Cells of the active dataset at the training size "
            f"({size} px, from the Train page), exactly as the network receives them before normalisation: "
            "a large cell stays larger than a small one, since cell size tells the classes apart.")
-for cls, paths in samples.items():
-    original = data.load_image(paths[0], size, crop=crop)
-    views = dashboard.augment_preview(original, mode, n=5, seed=len(paths[0]))
+for cls, files in samples.items():
+    original = data.load_image(files[0], size, crop=crop)
+    views = dashboard.augment_preview(original, mode, n=5, seed=len(files[0]))
     st.image([original] + [v for _, v in views], caption=[f"{dashboard.plain(cls)}: as cached"] + [c for c, _ in views],
              width=max(96, size))

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from leukviz.core import layout
+from leukviz.core import layout, paths
 from leukviz.core.errors import LeukvizError
 from leukviz.datasets import cnmc, data
 from leukviz.models import backbones, config
@@ -157,7 +157,7 @@ def paper_data(data_spec: str | None) -> tuple[str, list[str]]:
     if data_spec in (None, "", "demo"):
         return "demo", ["no C-NMC data given (--data PATH): ran on the built-in synthetic demo data; "
                         "its numbers are not comparable with the paper's"]
-    ds = data.open_dataset(data_spec, runs.cache_root())
+    ds = data.open_dataset(data_spec, paths.cache_root())
     if ds.kind != "cnmc":
         return str(data_spec), [f"{data_spec} is not in the C-NMC layout: trained on all of it, "
                                 f"not on fold {PAPER_FOLD}"]
@@ -166,8 +166,8 @@ def paper_data(data_spec: str | None) -> tuple[str, list[str]]:
         return str(data_spec), [f"C-NMC data without fold {PAPER_FOLD}: trained on all training "
                                 f"folds {folds}"]
     try:
-        view = _fold_view(ds, PAPER_FOLD, runs.cache_root())
-        sub = data.open_dataset(view, runs.cache_root())
+        view = _fold_view(ds, PAPER_FOLD, paths.cache_root())
+        sub = data.open_dataset(view, paths.cache_root())
         data.make_split(sub, "subject")
     except (OSError, data.DataError) as e:
         return str(data_spec), [f"fold {PAPER_FOLD} alone cannot be used ({e}): trained on all training "
@@ -370,7 +370,7 @@ def _plain_record(ds: data.Dataset, train_rows: np.ndarray, val_rows: np.ndarray
     idx = ds.index
     part = lambda rows: ([str(p) for p in idx["path"].to_numpy()[rows]],  # noqa: E731
                          [int(v) for v in idx["label"].to_numpy()[rows]])
-    res = plain.cached_fit(runs.cache_root(), run, ds.fingerprint, part(train_rows), part(val_rows), log)
+    res = plain.cached_fit(paths.cache_root(), run, ds.fingerprint, part(train_rows), part(val_rows), log)
     f1s = [float(e["val_f1"]) for e in res["epochs"]]
     y, prob, subjects = idx["label"].to_numpy()[val_rows], np.asarray(res["probs"]), idx["subject"].to_numpy()[val_rows]
     return {"method": PLAIN, "run_id": None, "epoch_f1": f1s, "late_drop": late_drop(f1s), "kept_epoch": run.epochs,
@@ -525,7 +525,7 @@ def subject_study(study: SubjectStudy, runs_dir: str | Path | None = None, log: 
 
     skipped, notes = check_subject_study(study)  # what is not valid fails before anything trains
     resolve = partial(study_config, study)
-    ds = data.open_dataset(study.data, runs.cache_root())
+    ds = data.open_dataset(study.data, paths.cache_root())
     folds = data.group_folds(ds, study.n_folds)  # the same folds as each run's split 'groups' makes
     rows = ds.train_rows.index.to_numpy()
     records: list[dict] = []
@@ -544,7 +544,7 @@ def subject_study(study: SubjectStudy, runs_dir: str | Path | None = None, log: 
                     line += f", {records[-1]['method']} {records[-1]['weighted_f1']:.3f}"
                 if seed < study.n_plain:
                     if ok is None:  # the rows the runs could decode (read from the image cache; built if absent)
-                        _, ok = data.image_cache(ds, cfg.image_size, cfg.crop, runs.cache_root())
+                        _, ok = data.image_cache(ds, cfg.image_size, cfg.crop, paths.cache_root())
                     train = np.setdiff1d(rows, val)
                     spec = plain.PlainRun(name, study.weights, study.image_size, study.epochs, seed)
                     records.append({**base, **_plain_record(ds, train[ok[train]], val[ok[val]], spec, log)})

@@ -26,7 +26,7 @@ import pandas as pd
 from filelock import FileLock
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from leukviz.core import layout
+from leukviz.core import layout, paths
 from leukviz.core.errors import LeukvizError
 from leukviz.core.storage import atomic_write_bytes
 from leukviz.datasets import cnmc, synthetic
@@ -543,7 +543,7 @@ def upload_name(spec: str | Path) -> str | None:
     """The user's own file name of a dataset uploaded with one (save_upload's name), else None."""
     p = Path(spec)
     try:
-        inside = p.parent.parent == uploads_dir()
+        inside = p.parent.parent == paths.uploads()
     except (OSError, ValueError):
         return None
     return p.name if inside and len(p.parent.name) == 16 else None
@@ -553,13 +553,9 @@ def as_uploaded(text: str, stored: str | Path, name: str) -> str:
     """A message about an uploaded dataset as its user may see it: the upload's own file name in place of
     the name it is stored under (a content hash, save_upload) and of any server path of the uploads, the
     cache it was unpacked into, or a temporary fallback cache."""
-    for where in (default_cache(), uploads_dir(), Path(tempfile.gettempdir())):
+    for where in (paths.cache_root(), paths.uploads(), Path(tempfile.gettempdir())):
         text = re.sub(re.escape(str(where)) + r"[^\s:;,()'\"]*", lambda m: name, text)
     return text.replace(Path(stored).name, name)
-
-
-def uploads_dir() -> Path:
-    return default_home() / "uploads"
 
 
 def _digests(index: pd.DataFrame) -> list[str]:
@@ -647,24 +643,9 @@ def _copies_across(ds: Dataset, split: Split) -> Split:
                  [*split.warnings, warning])
 
 
-def env_path(name: str, default: Path | str) -> Path:
-    """A folder named by an environment variable; unset or empty (LEUKVIZ_HOME="") means the default, never
-    the current folder."""
-    value = os.environ.get(name, "").strip()
-    return Path(value or default).expanduser()
-
-
-def default_home() -> Path:
-    return env_path("LEUKVIZ_HOME", Path.home() / ".leukviz")
-
-
-def default_cache() -> Path:
-    return env_path("LEUKVIZ_CACHE", default_home() / "cache")
-
-
 def cache_folder(cache_dir: str | Path | None) -> Path:
     """The cache folder a caller gave, or the default one."""
-    return Path(cache_dir) if cache_dir else default_cache()
+    return Path(cache_dir) if cache_dir else paths.cache_root()
 
 
 _FALLBACKS: dict[Path, Path] = {}  # a cache folder that cannot be written -> the temporary one used instead

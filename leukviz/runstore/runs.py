@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 
 from filelock import FileLock, Timeout
 
-from leukviz.core import events, layout
+from leukviz.core import events, layout, paths
 from leukviz.core.errors import LeukvizError
 from leukviz.core.storage import append_jsonl, atomic_write_json, read_json, read_jsonl
 from leukviz.datasets import data
@@ -40,10 +40,6 @@ class AlreadyRunning(LeukvizError, RuntimeError):
     """Another process holds this run's lock."""
 
 
-def home() -> Path:
-    return data.default_home()
-
-
 class RunsFolderError(LeukvizError, OSError):
     """The runs folder cannot be used (a file, not a folder; not writable where a run must be written)."""
 
@@ -51,8 +47,7 @@ class RunsFolderError(LeukvizError, OSError):
 def runs_root(runs_dir: str | Path | None = None, create: bool = True) -> Path:
     """The folder of the run folders (--runs-dir, $LEUKVIZ_RUNS or $LEUKVIZ_HOME/runs). Readers pass
     create=False: listing runs needs no write access (a read-only home lists its runs, or none)."""
-    root = Path(runs_dir).expanduser() if runs_dir else data.env_path("LEUKVIZ_RUNS", home() / "runs")
-    where = "--runs-dir" if runs_dir else ("LEUKVIZ_RUNS" if os.environ.get("LEUKVIZ_RUNS", "").strip() else "LEUKVIZ_HOME")
+    root, where = (Path(runs_dir).expanduser(), "--runs-dir") if runs_dir else paths.runs_default()
     blocker = next((p for p in (root, *root.parents) if p.exists()), None)
     if blocker is not None and not blocker.is_dir():
         raise RunsFolderError(f"the runs folder {root} cannot be used: {blocker} is a file, not a folder "
@@ -63,10 +58,6 @@ def runs_root(runs_dir: str | Path | None = None, create: bool = True) -> Path:
         except OSError as e:
             raise RunsFolderError(f"cannot create the runs folder {root}: {e.strerror or e} (check {where})") from None
     return root
-
-
-def cache_root() -> Path:
-    return data.default_cache()
 
 
 @dataclass
@@ -377,7 +368,7 @@ def run_for(cfg: RunConfig, runs_dir: str | Path | None = None, fingerprint: str
     it is damaged: the config and fingerprint that name the folder are known). The id needs the dataset
     fingerprint."""
     if fingerprint is None:
-        fingerprint = data.open_dataset(cfg.data, cache_root()).fingerprint
+        fingerprint = data.open_dataset(cfg.data, paths.cache_root()).fingerprint
     run_id = cfg.identity(fingerprint)
     run = Run(runs_root(runs_dir) / run_id)
     run.dir.mkdir(parents=True, exist_ok=True)
@@ -651,7 +642,7 @@ def train(run: Run, resume: bool = False, device: str = "auto", log: Callable[[s
             emit_hook(ev)
 
     if rank != 0:
-        return engine.fit(cfg, run.dir, lambda e: None, should_stop, cache_root(), resume, device, log,
+        return engine.fit(cfg, run.dir, lambda e: None, should_stop, paths.cache_root(), resume, device, log,
                           fingerprint)
     lock = run.lock()
     try:
@@ -671,7 +662,7 @@ def train(run: Run, resume: bool = False, device: str = "auto", log: Callable[[s
         with _device_slot(run, device, should_stop):
             write_status(run, "running")
             t0 = time.time()
-            result = engine.fit(cfg, run.dir, emit, should_stop, cache_root(), resume, device, log, fingerprint)
+            result = engine.fit(cfg, run.dir, emit, should_stop, paths.cache_root(), resume, device, log, fingerprint)
         write_status(run, "finished", metrics=result, seconds=time.time() - t0)
         _drop_resume_state(run, log)
         return result

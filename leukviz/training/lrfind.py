@@ -25,6 +25,7 @@ from typing import Callable
 
 import numpy as np
 
+from leukviz.core import paths
 from leukviz.core.errors import LeukvizError
 from leukviz.core.storage import atomic_write_json, read_json
 from leukviz.datasets import data
@@ -326,8 +327,8 @@ def launch(cfg: RunConfig, fingerprint: str, cache_dir: Path | None = None, step
         # at once, before the child has even imported torch: the page says it prepares
         atomic_write_json(out.with_suffix(".progress.json"), progress_info(steps, time.time()))
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        if cache_dir is not None:  # the child's cache folder (runs.cache_root()) is where this one looks
-            env["LEUKVIZ_CACHE"] = str(Path(cache_dir).resolve())
+        if cache_dir is not None:  # the child's cache folder (paths.cache_root()) is where this one looks
+            env[paths.CACHE] = str(Path(cache_dir).resolve())
         with open(out.with_suffix(".log"), "wb") as logf:
             _SWEEPS[key] = subprocess.Popen(_command(config_file, steps), stdout=logf,
                                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
