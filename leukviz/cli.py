@@ -87,9 +87,10 @@ class Progress:
 
 def _health(run) -> dict:
     """A run's health and its reasons (health.of_run_dir) for --json; None for a run that is not finished."""
+    from leukviz.runstore import runs
     from leukviz.scoring import health
 
-    if run.state != "finished":
+    if run.state != runs.State.FINISHED:
         return {"health": None, "health_reasons": []}
     return health.of_run_dir(run.dir).to_dict()
 
@@ -207,7 +208,7 @@ def _decide(args, runs) -> tuple[str, object, bool]:
         if args.force:
             raise CliError(f"run {run.run_id} is training right now; stop it before retraining")
         return "attach", run, False
-    if args.force and run.state != "new":
+    if args.force and run.state != runs.State.NEW:
         runs.archive(run)
         action = "train"
     # an unfinished run of this config continues rather than starting over

@@ -317,3 +317,11 @@ def test_training_in_a_library_caller_leaves_its_signals_alone(tiny_data, tmp_pa
         signal.raise_signal(signal.SIGTERM)  # asks the trainings of this process to stop, nothing else
         assert runs._SIGNALLED.is_set()
     assert signal.getsignal(signal.SIGTERM) is before and not runs._SIGNALLED.is_set()
+
+
+def test_run_states_are_one_enum_that_reads_and_writes_as_plain_strings():
+    import json
+
+    assert [s.value for s in runs.State][:6] == list(runs.STATES)
+    assert runs.State.FINISHED == "finished" and json.dumps(runs.State.STOPPED) == '"stopped"'
+    assert f"{runs.State.NEW}" == "new" and "interrupted" in runs.RESUMABLE and "starting" in runs.ACTIVE

@@ -37,7 +37,7 @@ def backbone_cards(polling: bool) -> None:
         with col.container(border=True):
             st.markdown(f"#### {card.title}")
             st.markdown(card.text)
-            if card.state == "finished":
+            if card.state == runs.State.FINISHED:
                 acc, f1 = card.scores
                 if card.group is not None and card.group.f1 is not None:  # repeats: mean ± sd over seeds
                     st.metric(f"Weighted F1, mean ± sd of {card.group.f1['n']} seeds",

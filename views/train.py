@@ -293,7 +293,7 @@ def unfinished_panel(run: runs.Run, status: dict) -> None:
     """A failed, stopped or interrupted run: what happened, and resume, retry or delete."""
     state = status["state"]
     text = status.get("error") or "no error text was recorded"
-    if state == "failed":
+    if state == runs.State.FAILED:
         st.error("Training failed:", icon=":material/error:")
     else:
         st.warning(f"Training {state} with {len(run.epochs())} of {run.config.epochs} epochs done.",
@@ -361,14 +361,14 @@ def run_panel(run: runs.Run, polling: bool, members: list[runs.Run]) -> None:
         stopping = (run.dir / layout.STOP).exists()
         # Not while starting: the process clears old stop requests when it takes the run.
         if b.button("Stopping…" if stopping else "Stop", icon=":material/stop:", key=f"stop_{run.run_id}",
-                    disabled=stopping or state == "starting", width="stretch"):
+                    disabled=stopping or state == runs.State.STARTING, width="stretch"):
             runs.request_stop(run)
         if run.config.patience:
             st.caption(f"Early stopping: after {run.config.patience} epochs without a better validation "
                        "weighted F1; the best epoch is kept.")
-    elif state == "finished":
+    elif state == runs.State.FINISHED:
         finished_panel(run, evts)
-    elif state == "new":
+    elif state == runs.State.NEW:
         st.info("This run has not started.")
         if st.button("Start it", key=f"begin_{run.run_id}"):
             runs.start(run, nproc=nproc)

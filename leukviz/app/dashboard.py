@@ -37,7 +37,7 @@ def run_label(run: runs.Run) -> str:
     """A run as a user thinks of it, for pickers: 'ResNet50 · cnmc-fold1-dev · seed 1 · F1 0.891', marked
     when degenerate."""
     parts = [backbone_title(run.config.backbone), dataset_label(run.config.data), f"seed {run.config.seed}"]
-    f1 = run.final_metrics().get("val_f1") if run.state == "finished" else None
+    f1 = run.final_metrics().get("val_f1") if run.state == runs.State.FINISHED else None
     if f1 is not None:
         parts.append(f"F1 {f1:.3f}")
     h = run_health(run)
@@ -159,7 +159,7 @@ def find_run(cfg: RunConfig, fingerprint: str, runs_dir: str | Path | None = Non
 
 def run_health(run: runs.Run) -> health.Health | None:
     """A finished run's health (health.of_run_dir, the one rule); None for a run that is not finished."""
-    return health.of_run_dir(run.dir) if run.state == "finished" else None
+    return health.of_run_dir(run.dir) if run.state == runs.State.FINISHED else None
 
 
 def healthy_runs(candidates: Iterable[runs.Run]) -> list[runs.Run]:
@@ -218,13 +218,13 @@ class GroupSummary:
 
 def seed_state_text(run: runs.Run, state: str) -> str:
     """One repeat's state for the Train page's group: 'finished · F1 0.871', 'running · 40 %', 'queued'."""
-    if state == "finished":
+    if state == runs.State.FINISHED:
         h = run_health(run)
         if h is not None and h.degenerate:
             return "finished · degenerate"
         f1 = run.final_metrics().get("val_f1")
         return "finished" + (f" · F1 {f1:.3f}" if f1 is not None else "")
-    if state == "running":
+    if state == runs.State.RUNNING:
         return f"running · {progress(run.events()).fraction:.0%}"
     return state
 
@@ -234,7 +234,7 @@ def group_summary(members: Sequence[runs.Run]) -> GroupSummary:
     states = [r.state for r in members]
     f1s, accs, bad = [], [], []
     for r, state in zip(members, states):
-        if state != "finished" or r.is_damaged:
+        if state != runs.State.FINISHED or r.is_damaged:
             continue
         h = run_health(r)
         if h is not None and h.degenerate:
@@ -275,13 +275,13 @@ class Card:
     def text(self) -> str:
         if self.state == "none":
             return "No run yet"
-        if self.state == "starting":
+        if self.state == runs.State.STARTING:
             return "Starting…"
-        if self.state == "queued":
+        if self.state == runs.State.QUEUED:
             return "Queued: waits for the device"
-        if self.state == "running":
+        if self.state == runs.State.RUNNING:
             return f"Running: epoch {min(self.epoch + 1, self.epochs)} of {self.epochs}"
-        if self.state == "finished":
+        if self.state == runs.State.FINISHED:
             return "Finished: degenerate model" if self.health is not None and self.health.degenerate else "Finished"
         return self.state.capitalize()
 
@@ -303,13 +303,13 @@ def backbone_cards(dataset: str, runs_dir: str | Path | None = None) -> list[Car
         of_backbone = [r for r in mine if r.config.backbone == name]
         statuses = [(r, r.status) for r in of_backbone]
         chosen = next(((r, s) for r, s in statuses if s["state"] in runs.ACTIVE), None)
-        chosen = chosen or next(((r, s) for r, s in statuses if s["state"] == "finished"), None)
-        chosen = chosen or next(((r, s) for r, s in statuses if s["state"] != "new"), None)
+        chosen = chosen or next(((r, s) for r, s in statuses if s["state"] == runs.State.FINISHED), None)
+        chosen = chosen or next(((r, s) for r, s in statuses if s["state"] != runs.State.NEW), None)
         if chosen is None:
             cards.append(Card(name, spec.title, "none"))
             continue
         r, s = chosen
-        m = r.final_metrics() if s["state"] == "finished" else {}
+        m = r.final_metrics() if s["state"] == runs.State.FINISHED else {}
         epochs_done = len(r.epochs()) if s["state"] in runs.ACTIVE else int(s.get("epoch") or 0)
         epochs = int(s.get("epochs") or r.config.epochs)
         group = repeat_group(r, of_backbone)

@@ -65,7 +65,7 @@ def ensure_trained(cfg: RunConfig, runs_dir: str | Path | None = None, log: Log 
                     progress(ev)
         except Exception as e:  # usually recorded in status.json too; StudyError below reports it once
             failure = e
-    if run.state != "finished":
+    if run.state != runs.State.FINISHED:
         why = run.status.get("error") or (f"{failure.__class__.__name__}: {failure}" if failure else None)
         why = why or "no reason given"
         raise StudyError(f"run {run.run_id} ({what}) ended {run.state}: {why}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import enum
 import errno
 import json
 import os
@@ -27,11 +28,27 @@ from leukviz.models.config import RunConfig
 from leukviz.runstore import runfiles
 from leukviz.runstore.runfiles import Problem, RunFileError
 
-# The states a trainer writes into status.json. Reading a run's status (read_status) adds two: "new" (never
-# started) and "starting" (a process was launched for it and has not taken the run yet). Nothing else.
-STATES = ("queued", "running", "finished", "failed", "stopped", "interrupted")
-ACTIVE = ("starting", "queued", "running")  # a process has the run, or is about to: attach, never launch again
-RESUMABLE = ("stopped", "interrupted")
+
+class State(str, enum.Enum):
+    """A run's state. A trainer writes the first six into status.json; reading a run's status (read_status)
+    adds two: NEW (never started) and STARTING (a process was launched for it and has not taken the run yet).
+    Nothing else. A str: equal to its value, and written as it in JSON."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    INTERRUPTED = "interrupted"
+    NEW = "new"
+    STARTING = "starting"
+
+    __str__ = str.__str__
+
+
+STATES = tuple(s.value for s in State)[:6]  # the ones status.json may hold
+ACTIVE = (State.STARTING, State.QUEUED, State.RUNNING)  # a process has the run, or is about to: attach, never launch
+RESUMABLE = (State.STOPPED, State.INTERRUPTED)
 PLANS = ("cached", "attach", "resume", "train")
 LAUNCH_GRACE = 120.0  # seconds a launched process may take to start (import torch) and take the run lock
 
