@@ -131,3 +131,20 @@ def test_only_core_paths_reads_the_home_runs_and_cache_variables():
                for node in ast.walk(ast.parse(path.read_text()))
                if isinstance(node, ast.Constant) and node.value in names]
     assert not readers, readers
+
+
+def test_model_json_is_read_by_its_owner():
+    """The sidecar (layout.SIDECAR) is read through runfiles.read_sidecar (Run.meta above the run store); below
+    the run store only its writer (the training engine) and the calibration's class order read it."""
+    readers = {"read_json", "loads", "load", "open", "read_text", "read_bytes"}
+    owners = {"runstore.runfiles", "training.engine", "scoring.calibration"}
+
+    def reads_sidecar(node: ast.AST) -> bool:
+        if not isinstance(node, ast.Call):
+            return False
+        name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+        return name in readers and "SIDECAR" in ast.unparse(node)
+
+    users = [m for m, path in MODULES.items() if m not in owners
+             and any(reads_sidecar(n) for n in ast.walk(ast.parse(path.read_text())))]
+    assert not users, users

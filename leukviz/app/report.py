@@ -16,8 +16,6 @@ import pandas as pd
 
 from leukviz.app import charts
 from leukviz.comparison import compare
-from leukviz.core.layout import SIDECAR
-from leukviz.core.storage import read_json
 from leukviz.runstore.names import dataset_label, split_text
 from leukviz.scoring import metrics
 
@@ -78,7 +76,7 @@ class _Figures:
 def _data_section(evals: Sequence[compare.Evaluation]) -> str:
     ev = evals[0]
     cfg = ev.run.config
-    meta = read_json(ev.run.dir / SIDECAR, {}) or {}
+    meta = ev.run.meta()
     split = split_text(cfg, meta.get("split"))
     rows = []
     val = ev.val

@@ -14,8 +14,7 @@ import numpy as np
 import pandas as pd
 
 from leukviz.core.errors import LeukvizError
-from leukviz.core.layout import CHECKPOINT, PREDICTIONS, SIDECAR, TEST_PREDICTIONS
-from leukviz.core.storage import read_json
+from leukviz.core.layout import CHECKPOINT, PREDICTIONS, TEST_PREDICTIONS
 from leukviz.datasets import data
 from leukviz.models import config
 from leukviz.models.backbones import BACKBONES
@@ -90,7 +89,7 @@ class Evaluation:
 def evaluate_run(run: runs.Run) -> Evaluation:
     """Metrics of a finished run, from its val_predictions.csv (the kept epoch's), via metrics.summary, and
     its test_predictions.csv when there is one."""
-    meta = read_json(run.dir / SIDECAR, {}) or {}
+    meta = run.meta()
     val = read_predictions(run.dir / PREDICTIONS, meta.get("classes"))
     test_file = run.dir / TEST_PREDICTIONS
     test = read_predictions(test_file, val.classes) if test_file.exists() else None
@@ -127,7 +126,7 @@ def comparable_groups(candidates: Sequence[runs.Run]) -> dict[str, Group]:
             fp = key.split("|", 1)[0]
             split = ("subject-grouped cross-validation (each fold's validation subjects, pooled)"
                      if r.config.split == "groups" else
-                     split_text(r.config, (read_json(r.dir / SIDECAR, {}) or {}).get("split")))
+                     split_text(r.config, r.meta().get("split")))
             label = f"{dataset_label(r.config.data)} · split {split} · data {fp[:8]}"
             groups[key] = Group(key, label)
         groups[key].runs.append(r)
@@ -156,7 +155,7 @@ def compare_row(ev: Evaluation, seconds_per_image: float | None = None) -> dict:
     """One row of the Compare table (keys of COMPARE_COLUMNS)."""
     run, s = ev.run, ev.summary
     cfg = run.config
-    meta = read_json(run.dir / SIDECAR, {}) or {}
+    meta = run.meta()
     ckpt = run.dir / CHECKPOINT
     split = (meta.get("split") or {}).get("description") or split_text(cfg)
     return {
@@ -736,7 +735,7 @@ def error_gallery(run: runs.Run, k: int = 8) -> list[GalleryCell]:
     at the model's input size, as explain.top_losses orders them."""
     from leukviz.serving import explain
 
-    meta = read_json(run.dir / SIDECAR) or {}
+    meta = run.meta()
     pre = Preprocess.of_checkpoint({"backbone": run.config.backbone, "image_size": run.config.image_size,
                                     "crop": True, **meta})
     cells = []

@@ -74,10 +74,8 @@ def ensure_trained(cfg: RunConfig, runs_dir: str | Path | None = None, log: Log 
 
 def run_scores(run: runs.Run) -> dict:
     """What a study reports of one run: its id, best-epoch validation scores and what the split held."""
-    from leukviz.core.storage import read_json
-
     m = run.final_metrics()
-    split = read_json(run.dir / layout.SIDECAR, {}).get("split", {})
+    split = run.meta().get("split") or {}
     return {"run_id": run.run_id, "split": run.config.split, "val_acc": m.get("val_acc"),
             "val_f1": m.get("val_f1"), "best_epoch": m.get("best_epoch"), "n_train": split.get("n_train"),
             "n_val": split.get("n_val"), "split_description": split.get("description")}

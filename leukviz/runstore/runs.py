@@ -101,6 +101,14 @@ class Run:
         obj = read_json(self.dir / layout.CONFIG, {})
         return obj if isinstance(obj, dict) else {}
 
+    def meta(self) -> dict:
+        """model.json (the sidecar) as runfiles.read_sidecar checks it; {} when it is missing or damaged (what
+        is wrong is named by Run.problems). The one reader of the sidecar above the run store."""
+        try:
+            return runfiles.read_sidecar(self.dir)
+        except (RunFileError, OSError):
+            return {}
+
     @property
     def created(self) -> float:
         c = self.info.get("created")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import re
 import threading
 from pathlib import Path
@@ -18,6 +17,7 @@ from PIL import Image
 from leukviz.core.layout import PREDICTIONS, SIDECAR
 from leukviz.core.storage import atomic_write_bytes
 from leukviz.models import backbones
+from leukviz.runstore import runfiles
 from leukviz.serving.inference import LoadedModel, prepare
 
 DISPLAY_MIN = 224  # overlays written to disk are upscaled to at least this many pixels, to be readable
@@ -179,8 +179,7 @@ def top_losses(run_dir: str | Path, k: int = 16, only_wrong: bool = False) -> pd
         raise FileNotFoundError(f"run {run_dir.name} has no {PREDICTIONS} yet (is it finished?)")
     df = pd.read_csv(path, dtype={"subject": str}, keep_default_na=False)
     prob_cols = [c for c in df.columns if c.startswith("prob_")]
-    sidecar = run_dir / SIDECAR
-    classes = (json.loads(sidecar.read_text())["classes"] if sidecar.exists()
+    classes = (runfiles.read_sidecar(run_dir)["classes"] if (run_dir / SIDECAR).exists()
                else [c.removeprefix("prob_") for c in prob_cols])
     probs = df[[f"prob_{c}" for c in classes]].to_numpy(dtype=float)
     y = df["label"].to_numpy(dtype=int)

@@ -17,6 +17,7 @@ from torch import nn
 from leukviz.core.errors import LeukvizError
 from leukviz.core.layout import CHECKPOINT, CONFIG, PREDICTIONS, SIDECAR
 from leukviz.core.storage import atomic_path, atomic_write_bytes
+from leukviz.runstore import runfiles
 from leukviz.serving import inference
 
 FORMATS = ("onnx", "safetensors")
@@ -46,7 +47,7 @@ def _target(out: Path, suffix: str) -> Path:
 def _export_safetensors(run_dir: Path, out: Path) -> dict:
     target = _target(out, ".safetensors")
     sidecar = target.with_suffix(".json")
-    meta = json.loads((run_dir / SIDECAR).read_text())
+    meta = runfiles.read_sidecar(run_dir)  # checked (export_run refused a damaged one already)
     meta["run_id"] = run_dir.name
     meta["config"] = json.loads((run_dir / CONFIG).read_text()).get("config", {})
     # each file whole or not at all (a full disk): the weights first, then the sidecar that describes them
