@@ -148,3 +148,16 @@ def test_model_json_is_read_by_its_owner():
     users = [m for m, path in MODULES.items() if m not in owners
              and any(reads_sidecar(n) for n in ast.walk(ast.parse(path.read_text())))]
     assert not users, users
+
+
+def test_the_predictions_file_is_parsed_by_its_owner():
+    """prob_<class> columns of a run's predictions file: written and read by scoring/predictions.py only (the
+    prediction table of Predict and `predict --csv` has its own, in serving)."""
+    owners = {"scoring.predictions", "serving.inference", "serving.prediction"}
+
+    def names_prob(node: ast.AST) -> bool:  # f"prob_{c}", startswith("prob_"), removeprefix("prob_")
+        return isinstance(node, ast.Constant) and node.value in ("prob_", "prob_raw_")
+
+    users = [m for m, path in MODULES.items() if m not in owners
+             and any(names_prob(n) for n in ast.walk(ast.parse(path.read_text())))]
+    assert not users, users

@@ -28,7 +28,7 @@ from leukviz.runstore.names import (
     run_name,
     split_text,
 )
-from leukviz.scoring import health, metrics
+from leukviz.scoring import health, metrics, predictions
 
 
 @dataclass
@@ -62,14 +62,12 @@ def cell_keys(paths: Sequence[str]) -> np.ndarray:
 def read_predictions(path: Path, classes: Sequence[str] | None = None) -> Predictions:
     """A val_predictions.csv / test_predictions.csv (path, subject, label, prob_<class>...), its cells in
     the order of their keys (cell_keys), which `paths` holds."""
-    df = pd.read_csv(path, dtype={"subject": str, "path": str}, keep_default_na=False)
-    df["path"] = cell_keys(df["path"].tolist())
-    df = df.sort_values("path", kind="stable")
-    classes = list(classes or [c.removeprefix("prob_") for c in df.columns if c.startswith("prob_")])
-    subjects = df["subject"].to_numpy(dtype=str)
+    t = predictions.read(path, classes)
+    keys = cell_keys(t.paths.tolist())
+    order = np.argsort(keys, kind="stable")
+    subjects = t.subjects[order].astype(str)
     known = bool(len(subjects)) and bool((subjects != "").all())
-    return Predictions(classes, df["path"].to_numpy(dtype=str), df["label"].to_numpy(dtype=int),
-                       df[[f"prob_{c}" for c in classes]].to_numpy(dtype=float), subjects if known else None)
+    return Predictions(t.classes, keys[order], t.y[order].astype(int), t.probs[order], subjects if known else None)
 
 
 @dataclass

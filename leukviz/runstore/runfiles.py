@@ -18,6 +18,7 @@ from typing import Any
 from leukviz.core import layout
 from leukviz.core.errors import LeukvizError
 from leukviz.models import config
+from leukviz.scoring import predictions
 
 
 class RunFileError(LeukvizError, ValueError):
@@ -277,10 +278,10 @@ def check_predictions(path: Path, classes: list[str]) -> None:
     if not rows:
         raise RunFileError("empty")
     header = rows[0]
-    lacking = [c for c in ["path", "label"] + [f"prob_{c}" for c in classes] if c not in header]
+    lacking = [c for c in ["path", "label"] + [predictions.prob_column(c) for c in classes] if c not in header]
     if lacking:
         raise RunFileError(f"lacks the columns {', '.join(lacking)}")
-    label, probs = header.index("label"), [header.index(f"prob_{c}") for c in classes]
+    label, probs = header.index("label"), [header.index(predictions.prob_column(c)) for c in classes]
     for i, row in enumerate(rows[1:], 2):
         try:
             ok = len(row) == len(header) and 0 <= int(row[label]) < len(classes) and \

@@ -19,7 +19,7 @@ import pandas as pd
 
 from leukviz.core.layout import CALIBRATION, PREDICTIONS, SIDECAR
 from leukviz.core.storage import atomic_write_json, read_json
-from leukviz.scoring import metrics
+from leukviz.scoring import metrics, predictions
 
 EPS = 1e-7  # probabilities are clipped to [EPS, 1] before the log: a saved 0 would be log(0) = -inf
 T_BOUNDS = (0.05, 20.0)  # the fitted temperature stays within these
@@ -120,39 +120,19 @@ def unusable_fit(y: np.ndarray, n_classes: int) -> str | None:
     return None
 
 
-def validation_cells(run_dir: Path, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(labels, probabilities, classes) of the labelled rows of a run's validation predictions, columns in
-    the sidecar's class order when it has one. ValueError when the table lacks its columns."""
-    y, p = _validation(run_dir, frame)
-    cols = _columns(run_dir, frame)
-    return y, p, [c.removeprefix("prob_") for c in cols]
-
-
-def _columns(run_dir: Path, frame: pd.DataFrame) -> list[str]:
-    cols = [c for c in frame.columns if c.startswith("prob_")]
-    classes = (read_json(run_dir / SIDECAR, {}) or {}).get("classes")
-    if classes and {f"prob_{c}" for c in classes} == set(cols):
-        cols = [f"prob_{c}" for c in classes]
-    return cols
-
-
-def _validation(run_dir: Path, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, probabilities) of the labelled rows, columns in the sidecar's class order when it has one."""
-    cols = _columns(run_dir, frame)
-    if "label" not in frame.columns or len(cols) < 2:
-        raise ValueError(f"{PREDICTIONS} lacks a label column or prob_<class> columns")
-    y = pd.to_numeric(frame["label"], errors="coerce").to_numpy()
-    p = frame[cols].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
-    keep = np.isfinite(y) & (y >= 0) & (y < len(cols)) & np.isfinite(p).all(axis=1)
-    return y[keep].astype(int), p[keep]
+def validation_cells(run_dir: Path, src: Path | bytes) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(labels, probabilities, classes) of the labelled rows of a run's validation predictions (a path or the
+    file's bytes), columns in the sidecar's class order when it has one. ValueError when the table lacks its
+    columns."""
+    t = predictions.read(src, (read_json(run_dir / SIDECAR, {}) or {}).get("classes"))
+    keep = t.labelled()
+    return t.y[keep].astype(int), t.probs[keep], t.classes
 
 
 def fit_run(run_dir: Path, blob: bytes) -> dict[str, Any]:
     """Fit and report on the bytes of a run's validation predictions (run_calibration caches this)."""
-    import io
-
     try:
-        y, p = _validation(run_dir, pd.read_csv(io.BytesIO(blob)))
+        y, p, _ = validation_cells(run_dir, blob)
     except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         return not_calibrated(f"the validation predictions cannot be read ({e})")
     why = unusable_fit(y, p.shape[1])

@@ -7,7 +7,6 @@ instead of congratulating, and Predict leaves it out of its defaults and of the 
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,7 +94,7 @@ def of_run_dir(run_dir: str | Path) -> Health:
     if key not in _CACHE:
         try:
             blob = path.read_bytes()
-            y, p, classes = calibration.validation_cells(run_dir, pd.read_csv(io.BytesIO(blob)))
+            y, p, classes = calibration.validation_cells(run_dir, blob)
         except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
             return Health(UNKNOWN, (f"its validation predictions cannot be read ({e})",))
         _CACHE[key] = assess(y, p, classes, calibration.run_calibration(run_dir))

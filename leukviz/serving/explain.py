@@ -18,6 +18,7 @@ from leukviz.core.layout import PREDICTIONS, SIDECAR
 from leukviz.core.storage import atomic_write_bytes
 from leukviz.models import backbones
 from leukviz.runstore import runfiles
+from leukviz.scoring import predictions
 from leukviz.serving.inference import LoadedModel, prepare
 
 DISPLAY_MIN = 224  # overlays written to disk are upscaled to at least this many pixels, to be readable
@@ -177,16 +178,12 @@ def top_losses(run_dir: str | Path, k: int = 16, only_wrong: bool = False) -> pd
     path = run_dir / PREDICTIONS
     if not path.exists():
         raise FileNotFoundError(f"run {run_dir.name} has no {PREDICTIONS} yet (is it finished?)")
-    df = pd.read_csv(path, dtype={"subject": str}, keep_default_na=False)
-    prob_cols = [c for c in df.columns if c.startswith("prob_")]
-    classes = (runfiles.read_sidecar(run_dir)["classes"] if (run_dir / SIDECAR).exists()
-               else [c.removeprefix("prob_") for c in prob_cols])
-    probs = df[[f"prob_{c}" for c in classes]].to_numpy(dtype=float)
-    y = df["label"].to_numpy(dtype=int)
+    t = predictions.read(path, runfiles.read_sidecar(run_dir)["classes"] if (run_dir / SIDECAR).exists() else None)
+    classes, probs, y = t.classes, t.probs, t.y.astype(int)
     pred = probs.argmax(axis=1)
-    p_true = probs[np.arange(len(df)), y]
+    p_true = probs[np.arange(len(y)), y]
     out = pd.DataFrame({
-        "path": df["path"], "subject": df["subject"].astype(str),
+        "path": t.paths, "subject": t.subjects,
         "true": [classes[i] for i in y], "predicted": [classes[i] for i in pred],
         "confidence": probs.max(axis=1), "prob_true": p_true,
         "loss": -np.log(np.clip(p_true, 1e-12, 1.0)), "correct": pred == y,

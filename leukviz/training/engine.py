@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -34,6 +33,7 @@ from leukviz.models import backbones, preprocess
 from leukviz.models.augmentation import augment, draw_jitter
 from leukviz.models.config import PREPROCESS_VERSION, RunConfig
 from leukviz.models.devices import autocast, autocast_dtype, device_name, pick_device, tune_cpu_allocator
+from leukviz.scoring import predictions
 from leukviz.scoring.metrics import weighted_f1
 
 Emit = Callable[[dict], None]
@@ -885,8 +885,6 @@ def score_test_set(state: TrainState, run_dir: Path, cache_dir: Path | None, log
 
 def write_predictions(path: Path, ds: data.Dataset, rows: np.ndarray, probs: np.ndarray) -> None:
     part = ds.index.iloc[rows]
-    df = pd.DataFrame({"path": part["path"].to_numpy(), "subject": part["subject"].to_numpy(),
-                       "label": part["label"].to_numpy(), "pred": probs.argmax(1)})
-    for i, c in enumerate(ds.classes):
-        df[f"prob_{c}"] = probs[:, i]
+    df = predictions.frame(part["label"].to_numpy(), probs, ds.classes, part["path"].to_numpy(),
+                           part["subject"].to_numpy())
     atomic_write_bytes(path, df.to_csv(index=False).encode())
