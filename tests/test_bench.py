@@ -52,6 +52,7 @@ def test_both_paths_start_from_the_same_weights():
 
 
 @pytest.mark.integration
+@pytest.mark.bench
 def test_ablation_adds_one_speed_up_per_row_from_the_same_start():
     """Each backbone gets the three steps in order (fp32 NCHW, + channels-last, + the run's precision), the
     allocator row where it can be tuned, and the frozen-BatchNorm row only for a backbone with BatchNorm;
@@ -87,7 +88,7 @@ def _fit(cfg, run_dir: Path, cache: Path):
     return res, events, pd.read_csv(run_dir / engine.PREDICTIONS), load_file(str(run_dir / engine.CHECKPOINT))
 
 
-@pytest.mark.parametrize("backbone", [name if name == "googlenet" else pytest.param(name, marks=pytest.mark.integration)
+@pytest.mark.parametrize("backbone", [name if name == "googlenet" else pytest.param(name, marks=[pytest.mark.integration, pytest.mark.bench])
                                       for name in backbones.BACKBONES])  # VGG16: 138 M parameters
 def test_head_fast_path_trains_the_same_head_as_the_normal_loop(backbone, tiny_data, tmp_path, monkeypatch):
     # The frozen backbone is in eval mode in both paths (no dropout, fixed BatchNorm statistics), the
@@ -122,6 +123,7 @@ def test_head_fast_path_trains_the_same_head_as_the_normal_loop(backbone, tiny_d
 
 
 @pytest.mark.integration
+@pytest.mark.bench
 def test_head_fast_path_in_bf16_keeps_the_predictions(tiny_data, tmp_path, monkeypatch):
     cfg = resolve("googlenet", "quick", "none", str(tiny_data), image_size=32, epochs=1, finetune="head",
                   augment="none", precision="bf16", batch_size=16)
@@ -134,6 +136,7 @@ def test_head_fast_path_in_bf16_keeps_the_predictions(tiny_data, tmp_path, monke
 
 
 @pytest.mark.integration
+@pytest.mark.bench
 def test_head_features_are_kept_for_the_next_run_and_reused_exactly(tiny_data, tmp_path):
     cfg = resolve("googlenet", "quick", "none", str(tiny_data), image_size=32, epochs=1, finetune="head",
                   augment="none", precision="fp32", batch_size=16)
@@ -164,6 +167,7 @@ def test_head_features_are_kept_for_the_next_run_and_reused_exactly(tiny_data, t
 
 
 @pytest.mark.integration
+@pytest.mark.bench
 def test_tiny_bench_end_to_end(tiny_data, capsys):
     from leukviz.cli import main
 
@@ -203,6 +207,7 @@ print(tuned, faults() - before)
 
 
 @pytest.mark.integration
+@pytest.mark.bench
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc allocator tuning is Linux-only")
 def test_tuned_allocator_reuses_freed_memory_instead_of_faulting_it_in_again():
     pages = 64 * 2**20 // os.sysconf("SC_PAGE_SIZE")
