@@ -39,3 +39,15 @@ def test_until_resume_point_drops_what_comes_after_it():
     assert [(e["type"], e["epoch"], e.get("step")) for e in kept] == [
         (events.START, 0, 0), (events.BATCH, 1, 1), (events.BATCH, 1, 2), (events.EPOCH, 1, None),
         (events.BATCH, 2, 1)]
+
+
+def test_the_event_schema_has_one_owner():
+    """Every event type has its fields in events.FIELDS, and events.problem is the one check of them (the run
+    folder's reader skips what it names)."""
+    from leukviz.core import events
+
+    assert set(events.FIELDS) == set(events.TYPES)
+    assert events.problem({"type": events.BATCH, "epoch": 1, "step": True, "steps": 3, "loss": 0.1, "acc": 0.2})
+    assert events.problem({"type": events.EPOCH, "epoch": -1}) == 'a epoch event whose "epoch" is -1'
+    assert events.problem({"type": events.START, "epoch": 0, "epochs": 3}) is None
+    assert events.problem({"type": "future-kind"}) is None

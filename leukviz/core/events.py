@@ -17,6 +17,23 @@ EPOCH = "epoch"  # an epoch's train and validation metrics
 EARLY_STOP = "early_stop"  # the run ends before its last epoch: epoch, best_epoch, patience, reason (a sentence)
 TYPES = (START, RESUME, BATCH, EPOCH, EARLY_STOP)
 BEGINNINGS = (START, RESUME)  # the events that open a training session
+# The fields every reader of an event relies on, per type (the schema); an event without them is skipped, with
+# a note, by the run folder's reader (problem).
+FIELDS = {START: ("epoch", "epochs"), RESUME: ("epoch", "epochs"), BATCH: ("epoch", "step", "steps", "loss", "acc"),
+          EPOCH: ("epoch", "epochs", "train_loss", "train_acc", "val_loss", "val_acc"), EARLY_STOP: ("epoch",)}
+INTEGER_FIELDS = ("epoch", "epochs", "step", "steps")
+
+
+def problem(ev: dict) -> str | None:
+    """Why a well-formed line of the metrics file cannot be used (a field of the schema missing or of the
+    wrong type), or None. An unknown type is no problem: readers pick events by type and never see it."""
+    for k in FIELDS.get(ev.get("type"), ()):
+        v = ev.get(k)
+        whole = isinstance(v, int) and not isinstance(v, bool) and v >= 0
+        number = isinstance(v, (int, float)) and not isinstance(v, bool)  # NaN allowed: the charts skip it
+        if not (whole if k in INTEGER_FIELDS else number):
+            return f"a {ev['type']} event whose \"{k}\" is {v!r}"
+    return None
 
 
 def epoch_events(events: Iterable[dict]) -> list[dict]:

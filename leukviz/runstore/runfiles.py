@@ -116,26 +116,6 @@ def clean_status(obj: dict) -> tuple[dict, list[str]]:
 
 # ---------------------------------------------------------------------------------------------- metrics.jsonl
 
-# The fields every reader of an event relies on, per type; an event without them is skipped (with a note).
-EVENT_FIELDS = {"start": ("epoch", "epochs"), "resume": ("epoch", "epochs"),
-                "batch": ("epoch", "step", "steps", "loss", "acc"),
-                "epoch": ("epoch", "epochs", "train_loss", "train_acc", "val_loss", "val_acc"),
-                "early_stop": ("epoch",)}
-_INTEGER_FIELDS = ("epoch", "epochs", "step", "steps")
-
-
-def event_problem(ev: dict) -> str | None:
-    """Why a well-formed line of metrics.jsonl cannot be used, or None."""
-    need = EVENT_FIELDS.get(ev.get("type"))
-    if need is None:
-        return None  # an unknown type: readers pick events by type and never see it
-    for k in need:
-        v = ev.get(k)
-        if (not _is_int(v) or v < 0) if k in _INTEGER_FIELDS else not _is_number(v):
-            return f"a {ev['type']} event whose \"{k}\" is {v!r}"
-    return None
-
-
 # ---------------------------------------------------------------------------------------------- model.json
 
 def check_sidecar(obj: Any) -> dict:

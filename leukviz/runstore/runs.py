@@ -158,8 +158,8 @@ class Run:
 
     def events(self) -> list[dict]:
         """The usable events of metrics.jsonl: a line that is not JSON, or an event without the fields its
-        readers need (runfiles.EVENT_FIELDS), is skipped (skipped_events counts them)."""
-        return [e for e in read_jsonl(self.dir / layout.METRICS) if runfiles.event_problem(e) is None]
+        readers need (events.FIELDS), is skipped (skipped_events counts them)."""
+        return [e for e in read_jsonl(self.dir / layout.METRICS) if events.problem(e) is None]
 
     def skipped_events(self) -> list[str]:
         """Why lines of metrics.jsonl were skipped, one entry per line."""
@@ -176,7 +176,7 @@ class Run:
             except ValueError:
                 out.append(f"line {i} is not JSON")
                 continue
-            why = runfiles.event_problem(ev) if isinstance(ev, dict) else f"a JSON {type(ev).__name__}"
+            why = events.problem(ev) if isinstance(ev, dict) else f"a JSON {type(ev).__name__}"
             if why:
                 out.append(f"line {i}: {why}")
         return out
@@ -667,8 +667,8 @@ def train(run: Run, resume: bool = False, device: str = "auto", log: Callable[[s
             emit_hook(ev)
 
     if rank != 0:
-        return engine.fit(cfg, run.dir, lambda e: None, should_stop, paths.cache_root(), resume, device, log,
-                          fingerprint)
+        return engine.fit(cfg, run.dir, lambda e: None, should_stop=should_stop, cache_dir=paths.cache_root(),
+                          resume=resume, device_pref=device, log=log, fingerprint=fingerprint)
     lock = run.lock()
     try:
         lock.acquire(timeout=3)
@@ -687,7 +687,8 @@ def train(run: Run, resume: bool = False, device: str = "auto", log: Callable[[s
         with _device_slot(run, device, should_stop):
             write_status(run, "running")
             t0 = time.time()
-            result = engine.fit(cfg, run.dir, emit, should_stop, paths.cache_root(), resume, device, log, fingerprint)
+            result = engine.fit(cfg, run.dir, emit, should_stop=should_stop, cache_dir=paths.cache_root(),
+                                resume=resume, device_pref=device, log=log, fingerprint=fingerprint)
         write_status(run, "finished", metrics=result, seconds=time.time() - t0)
         _drop_resume_state(run, log)
         return result

@@ -706,7 +706,7 @@ def prepare_data(cfg: RunConfig, cache_dir: Path | None, log: Callable[[str], No
     return ds, split, images, train_idx, val_idx
 
 
-def fit(cfg: RunConfig, run_dir: Path, emit: Emit, should_stop: Callable[[], bool] = lambda: False,
+def fit(cfg: RunConfig, run_dir: Path, emit: Emit, *, should_stop: Callable[[], bool] = lambda: False,
         cache_dir: Path | None = None, resume: bool = False, device_pref: str = "auto",
         log: Callable[[str], None] = print, fingerprint: str | None = None) -> dict:
     """Train one run into run_dir. Returns the kept epoch's validation metrics. fingerprint: the dataset the
