@@ -129,6 +129,7 @@ def _checkpoint_predicts(run_dir, ds, rows, cache):
     return inference.predict_arrays(lm, images[rows])
 
 
+@pytest.mark.integration  # trains runs of its own
 @pytest.mark.parametrize("average", ["none", "ema"])
 def test_test_set_is_scored_once_with_the_kept_model(tiny_data, tmp_path, monkeypatch, average):
     """select="best" with epoch 1 made the best: the test predictions are the checkpoint's (epoch 1's
@@ -167,6 +168,7 @@ def ds_images(ds, rows, cache):
     return images[rows]
 
 
+@pytest.mark.integration  # trains runs of its own
 def test_a_test_folder_changes_nothing_that_is_chosen(tiny_data, tmp_path):
     """The same tree with and without test/: the same validation predictions and kept epoch."""
     import os

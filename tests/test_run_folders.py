@@ -245,6 +245,7 @@ def test_the_run_id_hashes_the_content_of_a_weights_file(tmp_path):
     assert cfg.identity("fp") == first  # the same bytes: the same run
 
 
+@pytest.mark.integration  # trains runs of its own
 def test_resume_after_the_dataset_changed_is_refused(tiny_data, tmp_path, capsys):
     ds = tmp_path / "data"
     shutil.copytree(tiny_data, ds)

@@ -312,6 +312,7 @@ def test_late_drop_looks_at_the_last_half_only():
     assert studies.late_drop([0.5, 0.6, 0.7]) == 0.0 and studies.late_drop([0.7]) == 0.0
 
 
+@pytest.mark.integration  # trains runs of its own
 def test_subject_study_can_train_the_plain_loop_for_fewer_seeds(subject_study, real_subset, shared_runs):
     study = studies.SubjectStudy(str(real_subset), ("googlenet",), seeds=2, plain_seeds=1, image_size=32, epochs=2)
     res = studies.subject_study(study, shared_runs, log=lambda s: None)
