@@ -68,12 +68,13 @@ if len(uploads) > 1 or zips:
         with st.spinner("Predicting every uploaded image with every model…"), \
                 tempfile.TemporaryDirectory(prefix="leukviz-batch-") as tmp:
             try:
-                predictions = prediction.predict_uploads(models, [(f.name, f.getvalue()) for f in uploads + zips],
-                                                        Path(tmp))
+                # each zip extracted once: its images feed the table, and their bytes are kept for the cards
+                # (a page at a time, predicted again when shown)
+                unpacked = [prediction.unpack_uploads([(f.name, f.getvalue())], Path(tmp)) for f in uploads + zips]
+                predictions = prediction.predict_unpacked(models, [item for part in unpacked for item in part])
                 st.session_state["batch_table"] = prediction.prediction_table(models, predictions)
-                # a zip's images get cards too (a page at a time, predicted again when shown): their bytes kept
-                st.session_state["batch_members"] = [(z.file_id, *m) for z in zips
-                                                     for m in prediction.zip_images(z.name, z.getvalue(), Path(tmp))]
+                st.session_state["batch_members"] = [(f.file_id, name, blob) for f, part in zip(uploads + zips, unpacked)
+                                                     for name, blob, zipped in part if zipped]
                 # the cards below show these same results: every image is decoded and predicted once
                 done = st.session_state.setdefault("predictions", {})
                 done.update({(f.file_id, tuple(stamps)): p for f, p in zip(uploads, predictions)})

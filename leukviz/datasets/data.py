@@ -587,7 +587,8 @@ def _fingerprint(index: pd.DataFrame, root: Path, classes: Sequence[str], digest
     return h.hexdigest()[:16]
 
 
-def _listing(names: Sequence[str], n: int = 5) -> str:
+def listing(names: Sequence[str], n: int = 5) -> str:
+    """'a, b, c, d, e and 7 more': the first n names of a list, in a message."""
     return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
@@ -605,7 +606,7 @@ def _stray_names(index: pd.DataFrame) -> list[str]:
     names = [Path(p).name for p in index.loc[stray, "path"]]
     index.loc[stray, "subject"] = [STRAY_PREFIX + n for n in names]
     return [f"{len(names)} file name{'s do' if len(names) != 1 else ' does'} not follow the C-NMC pattern "
-            f"UID_<subject>_<image>_<cell>_<class> ({_listing(names)}): each is treated as a subject of its own "
+            f"UID_<subject>_<image>_<cell>_<class> ({listing(names)}): each is treated as a subject of its own "
             "in subject splits. Rename it after its subject if you know the person, or the split may put cells "
             "of one person on both sides"]
 
@@ -620,7 +621,7 @@ def _test_copies(index: pd.DataFrame, digests: Sequence[str]) -> list[str]:
     if not copies:
         return []
     return [f"LEAKY test set: {len(copies)} held-out test image{'s are' if len(copies) != 1 else ' is'} the same "
-            f"file as a training image ({_listing(copies)}): the test score counts images the model trained on. "
+            f"file as a training image ({listing(copies)}): the test score counts images the model trained on. "
             "Remove the copies from one side"]
 
 
@@ -637,7 +638,7 @@ def _copies_across(ds: Dataset, split: Split) -> Split:
     rel = lambda i: os.path.relpath(ds.index["path"].iloc[i], ds.root)  # noqa: E731
     shown = [f"{rel(v)} = {rel(t)}" for v, t in pairs]
     warning = (f"LEAKY: {len(pairs)} validation image{'s are' if len(pairs) != 1 else ' is'} the same file as a "
-               f"training image ({_listing(shown)}): validation scores images the model trained on. Remove the "
+               f"training image ({listing(shown)}): validation scores images the model trained on. Remove the "
                "copies, or keep them on one side")
     return Split(split.train, split.val, split.method, True, f"{split.description} ({warning})",
                  [*split.warnings, warning])
@@ -956,7 +957,7 @@ def _make_split(ds: Dataset, method: str, val_fraction: float, seed: int, val_fo
             unknown = [Path(p).name for p in train.loc[train["subject"] == "", "path"]]
             folds = " split 'folds' (the official folds) or" if (train["fold"] >= 0).any() else ""
             raise DataError(f"subject split impossible: {len(unknown)} images have no subject id (file names are not "
-                            f"C-NMC style UID_<subject>_<image>_<cell>_<class>: {_listing(unknown, 3)}). Use{folds} split 'image' (leaky: "
+                            f"C-NMC style UID_<subject>_<image>_<cell>_<class>: {listing(unknown, 3)}). Use{folds} split 'image' (leaky: "
                             "cells of one person on both sides) or name files by subject.")
         val_rows: list[int] = []
         for label in sorted(set(train["label"])):

@@ -46,7 +46,8 @@ class State(str, enum.Enum):
     __str__ = str.__str__
 
 
-STATES = tuple(s.value for s in State)[:6]  # the ones status.json may hold
+STATES = tuple(s.value for s in (State.QUEUED, State.RUNNING, State.FINISHED, State.FAILED, State.STOPPED,
+                                  State.INTERRUPTED))  # the ones status.json may hold
 ACTIVE = (State.STARTING, State.QUEUED, State.RUNNING)  # a process has the run, or is about to: attach, never launch
 RESUMABLE = (State.STOPPED, State.INTERRUPTED)
 PLANS = ("cached", "attach", "resume", "train")

@@ -235,10 +235,6 @@ def seen_digests(lm: LoadedModel, cache_dir: Path | None = None) -> tuple[set[st
     return {d for d, p in zip(data.content_digests(ds), pool) if p and not d.startswith("unreadable")}, ""
 
 
-def _listing(names: Sequence[str], shown: int = 3) -> str:
-    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
-
-
 def _held_out(ds: data.Dataset, rows: np.ndarray, seen: set[str]) -> tuple[np.ndarray, list[str]]:
     """The rows whose bytes the run never saw, and the names of those it did (left out of the score)."""
     digests = np.asarray(data.content_digests(ds), dtype=object)[rows]
@@ -271,7 +267,7 @@ def evaluate_dataset(lm: LoadedModel, dataset: str | Path, cache_dir: Path | Non
     rows, copies = _held_out(ds, rows, seen)
     if len(copies) and not len(rows):
         raise data.DataError(f"every one of the {len(copies)} labelled images is a copy of an image the run trained "
-                             f"or was validated on ({_listing(copies)}): nothing here is held out; give other data")
+                             f"or was validated on ({data.listing(copies, 3)}): nothing here is held out; give other data")
     images, ok = lm.preprocess.cache(ds, cache_dir)
     rows = rows[ok[rows]]
     if len(rows) == 0:

@@ -15,6 +15,7 @@ import pandas as pd
 
 from leukviz.datasets import data, ood
 from leukviz.models import backbones
+from leukviz.runstore import names
 
 UPLOAD_TYPES = ("png", "jpg", "jpeg", "bmp", "tif", "tiff")
 
@@ -140,16 +141,30 @@ def zip_images(name: str, blob: bytes, folder: Path) -> list[tuple[str, bytes]]:
     return out
 
 
-def predict_uploads(models: Sequence[Any], files: Sequence[tuple[str, bytes]], folder: Path) -> list[ImagePrediction]:
-    """Every uploaded image, and every image inside an uploaded zip (zip_images), predicted once: one
-    ImagePrediction per image, in upload order with each zip's images in its place. Loose files keep their
-    decoded images (the page's cards show them); a zip's images only feed the table."""
-    is_zip = [name.lower().endswith(".zip") for name, _ in files]
-    loose = iter(predict_images(models, [f for f, z in zip(files, is_zip) if not z]))
-    out: list[ImagePrediction] = []
-    for (name, blob), z in zip(files, is_zip):
-        out += predict_images(models, zip_images(name, blob, folder), keep_images=False) if z else [next(loose)]
+def unpack_uploads(files: Sequence[tuple[str, bytes]], folder: Path) -> list[tuple[str, bytes, bool]]:
+    """The uploaded files with every zip replaced by the images inside it (zip_images), in upload order:
+    (shown name, bytes, whether it came from a zip)."""
+    out: list[tuple[str, bytes, bool]] = []
+    for name, blob in files:
+        if name.lower().endswith(".zip"):
+            out += [(member, data_, True) for member, data_ in zip_images(name, blob, folder)]
+        else:
+            out.append((name, blob, False))
     return out
+
+
+def predict_unpacked(models: Sequence[Any], items: Sequence[tuple[str, bytes, bool]]) -> list[ImagePrediction]:
+    """unpack_uploads' images predicted once each, in their order: loose files keep their decoded images (the
+    page's cards show them); a zip's images only feed the table."""
+    loose = iter(predict_images(models, [(n, b) for n, b, zipped in items if not zipped]))
+    packed = iter(predict_images(models, [(n, b) for n, b, zipped in items if zipped], keep_images=False))
+    return [next(packed) if zipped else next(loose) for _, _, zipped in items]
+
+
+def predict_uploads(models: Sequence[Any], files: Sequence[tuple[str, bytes]], folder: Path) -> list[ImagePrediction]:
+    """Every uploaded image, and every image inside an uploaded zip, predicted once: one ImagePrediction per
+    image, in upload order with each zip's images in its place (unpack_uploads, predict_unpacked)."""
+    return predict_unpacked(models, unpack_uploads(files, folder))
 
 
 def prediction_table(models: Sequence[Any], predictions: Sequence[ImagePrediction]) -> pd.DataFrame:
@@ -389,11 +404,7 @@ def batch_summary(table: pd.DataFrame, classes: Sequence[str], positive: str = "
 
 def model_name(m: dict) -> str:
     """A batch_summary entry's model as every page names it: 'GoogLeNet · 1a2b3c' (inference.LoadedModel.name)."""
-    try:
-        title = backbones.get_spec(m["model"]).title
-    except ValueError:
-        title = m["model"]
-    return f"{title} · {m['run_id'][:6]}"
+    return f"{names.backbone_title(m['model'])} · {m['run_id'][:6]}"
 
 
 def summary_frame(summary: Sequence[dict]) -> pd.DataFrame:
