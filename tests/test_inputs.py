@@ -15,7 +15,7 @@ from PIL import Image
 
 from leukviz.cli import main
 from leukviz.core import paths
-from leukviz.datasets import cnmc, data
+from leukviz.datasets import cachedir, cnmc, data, imagecache
 from leukviz.models import config, devices
 from leukviz.serving import inference
 from leukviz.training import engine
@@ -193,7 +193,7 @@ def test_a_read_only_cache_is_still_read(tmp_path, monkeypatch):
     root = class_tree(tmp_path / "ds", per_subject=1)
     ds = data.open_dataset(root, tmp_path / "cache")
     first, _ = data.image_cache(ds, 32, True, tmp_path / "cache")
-    monkeypatch.setattr(data.tempfile, "mkstemp", lambda **kw: (_ for _ in ()).throw(OSError(30, "Read-only")))
+    monkeypatch.setattr(cachedir.tempfile, "mkstemp", lambda **kw: (_ for _ in ()).throw(OSError(30, "Read-only")))
     again, _ = data.image_cache(data.open_dataset(root, tmp_path / "cache"), 32, True, tmp_path / "cache")
     assert np.array_equal(first, again)  # a hit needs no write
 
@@ -277,8 +277,8 @@ def test_stopping_during_the_image_cache_build_is_prompt(tmp_path, monkeypatch):
         cell_png(root / ("all" if i % 2 else "hem") / f"c{i}.png", i, size=16)
     ds = data.open_dataset(root, tmp_path / "cache")
     decoded = []
-    real = data.load_image
-    monkeypatch.setattr(data, "load_image", lambda *a, **k: (decoded.append(1), real(*a, **k))[1])
+    real = imagecache.load_image
+    monkeypatch.setattr(imagecache, "load_image", lambda *a, **k: (decoded.append(1), real(*a, **k))[1])
 
     def interrupt(done, n):
         raise KeyboardInterrupt

@@ -1,5 +1,7 @@
-"""Where images come from: the dataset readers (C-NMC, class folders, train/val/test trees, zips), their
-splits and leakage checks, the image cache, the C-NMC file names, the synthetic demo, and the image
-statistics the out-of-distribution check compares."""
+"""Where images come from: the dataset itself and the public surface `data` (open_dataset, fingerprint,
+inspect), the Dataset record (dataset), decoding (decode), the layout readers (layouts), zips and uploads
+(archives), splits and their leakage checks (splits), the image cache (imagecache) and its folder (cachedir),
+the C-NMC file names, the synthetic demo, and the image statistics the out-of-distribution check compares."""
 
-__all__ = ["cnmc", "data", "ood", "synthetic"]
+__all__ = ["archives", "cachedir", "cnmc", "data", "dataset", "decode", "imagecache", "layouts", "ood", "splits",
+           "synthetic"]
