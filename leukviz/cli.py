@@ -185,34 +185,30 @@ def _resolve_cfg(args) -> C.RunConfig:
 
 
 def _decide(args, runs) -> tuple[str, object, bool]:
-    """Rank 0's decision for a train command: ('cached' | 'attach' | 'train' | 'detach', run, resume), from
-    runs.plan, with --force (retrain a finished run) and --detach on top."""
+    """Rank 0's decision for a train command: ('cached' | 'attach' | 'train' | 'detach', run, resume), by the
+    one start policy (runs.ensure, --force on it) with --detach on top."""
     if args.run_dir:  # the launcher's form: the run folder and its config.json are ready
         return "train", runs.Run(Path(args.run_dir)), args.resume_here
-    if args.resume:
+    chosen: list = []
+
+    def start(run, resume: bool) -> None:
+        if not args.resume:  # a resume trains what is there; a new start needs its weights first
+            from leukviz.models.backbones import ensure_weights
+            ensure_weights(run.config.backbone, run.config.weights)
+        # --resume continues from the resumable state whenever there is one (a failed run's too: a full disk
+        # leaves its last complete checkpoint), where the policy would resume only a stopped run
+        chosen.append(("detach" if args.detach and not args.resume else "train", run, resume or bool(args.resume)))
+
+    if args.resume:  # a finished run is never trained again by a resume (it has nothing left to resume)
         run = runs.get_run(args.resume, args.runs_dir)
-        action = runs.plan(run)
-        if action == "cached":  # finished: never trained again by a resume (it has nothing left to resume)
-            return "cached", run, False
-        return ("attach" if action == "attach" else "train"), run, True
+        action = runs.ensure(run, start)
+        return chosen[0] if chosen else (action, run, False)
     cfg = _resolve_cfg(args)
     for caution in C.cautions(cfg):
         print(f"warning: {caution}", file=sys.stderr)
     run = runs.run_for(cfg, args.runs_dir)
-    action = runs.plan(run)
-    if action == "cached" and not args.force:
-        return "cached", run, False
-    from leukviz.models.backbones import ensure_weights
-    ensure_weights(cfg.backbone, cfg.weights)
-    if action == "attach":  # training, or launched by the app and still starting
-        if args.force:
-            raise CliError(f"run {run.run_id} is training right now; stop it before retraining")
-        return "attach", run, False
-    if args.force and run.state != runs.State.NEW:
-        runs.archive(run)
-        action = "train"
-    # an unfinished run of this config continues rather than starting over
-    return ("detach" if args.detach else "train"), run, action == "resume"
+    action = runs.ensure(run, start, force=args.force)
+    return chosen[0] if chosen else (action, run, False)
 
 
 def cmd_train(args) -> int:
@@ -221,7 +217,7 @@ def cmd_train(args) -> int:
     Under torchrun every rank runs this; rank 0 decides (it alone reads and writes the run folder) and
     broadcasts the decision, so no rank waits for a collective the others never join.
     """
-    from leukviz.runstore import runs
+    from leukviz.runstore import runs, supervisor, trainer
 
     if args.cv:
         return cmd_cv(args)
@@ -254,7 +250,7 @@ def cmd_train(args) -> int:
     run = runs.Run(Path(where))
     if not d.main:
         if action == "train":
-            runs.train(run, resume=resume, device=args.device, log=log)
+            trainer.train(run, resume=resume, device=args.device, log=log)
         return 0
     if action == "cached":
         res = _train_result(run, True, t0)
@@ -262,20 +258,20 @@ def cmd_train(args) -> int:
                    f"val acc {res['metrics'].get('val_acc', float('nan')):.3f}", res)
         return 0
     if action == "detach":
-        runs.launch(run, resume=resume, device=args.device)
+        supervisor.launch(run, resume=resume, device=args.device)
         _out(args, f"launched run {run.run_id} in the background ({run.dir})", _train_result(run, False, t0))
         return 0
     if action == "attach":
         log(f"run {run.run_id} is already training in another process: attaching")
-        for ev in runs.follow(run):
+        for ev in supervisor.follow(run):
             progress(ev)
     else:
         from leukviz.training import engine
         try:
-            runs.train(run, resume=resume, device=args.device, log=log, emit_hook=progress)
+            trainer.train(run, resume=resume, device=args.device, log=log, emit_hook=progress)
         except runs.AlreadyRunning:
             log(f"run {run.run_id} is already training in another process: attaching")
-            for ev in runs.follow(run):
+            for ev in supervisor.follow(run):
                 progress(ev)
         except (KeyboardInterrupt, engine.Stopped):
             pass
@@ -328,7 +324,7 @@ def cmd_cv(args) -> int:
 
     from leukviz.datasets import data
     from leukviz.models import devices
-    from leukviz.runstore import runs
+    from leukviz.runstore import runs, supervisor, trainer
     from leukviz.scoring import metrics
 
     t0 = time.time()
@@ -342,26 +338,27 @@ def cmd_cv(args) -> int:
         raise CliError(f"cross-validation needs official folds; {base.data} has {folds or 'none'}")
     fold_runs = [runs.run_for(dataclasses.replace(base, val_fold=f), args.runs_dir, ds.fingerprint) for f in folds]
     n_gpu = __import__("torch").cuda.device_count() if devices.pick_device(args.device).type == "cuda" else 0
-    todo = [(r, runs.plan(r) == "resume") for r in fold_runs if runs.plan(r) in ("train", "resume")]
-    if n_gpu > 1:
-        procs = []
-        for i, (run, resume) in enumerate(todo):
-            gpu = str(i % n_gpu)
-            procs.append(runs.launch(run, resume=resume, env={"CUDA_VISIBLE_DEVICES": gpu}))
-        for p in procs:
-            if p is not None:
-                p.wait()
-    else:
-        for run, resume in todo:
-            print(f"fold {run.config.val_fold}: run {run.run_id}", file=sys.stderr)
-            try:
-                runs.train(run, resume=resume, device=args.device,
-                           log=lambda s: print(s, file=sys.stderr), emit_hook=Progress())
-            except Exception as e:  # noqa: BLE001 - recorded in the run; the other folds still run
-                print(f"fold {run.config.val_fold} failed: {e}", file=sys.stderr)
+    procs: list = []
+
+    def on_a_gpu(run, resume: bool) -> None:  # the folds in parallel, one process per GPU, round robin
+        procs.append(supervisor.launch(run, resume=resume, env={"CUDA_VISIBLE_DEVICES": str(len(procs) % n_gpu)}))
+
+    def here(run, resume: bool) -> None:
+        print(f"fold {run.config.val_fold}: run {run.run_id}", file=sys.stderr)
+        try:
+            trainer.train(run, resume=resume, device=args.device, log=lambda s: print(s, file=sys.stderr),
+                          emit_hook=Progress())
+        except Exception as e:  # noqa: BLE001 - recorded in the run; the other folds still run
+            print(f"fold {run.config.val_fold} failed: {e}", file=sys.stderr)
+
+    for run in fold_runs:  # the one start policy: a cached fold is kept, one in progress followed below
+        runs.ensure(run, on_a_gpu if n_gpu > 1 else here)
+    for p in procs:
+        if p is not None:
+            p.wait()
     for run in fold_runs:
         if run.is_locked():
-            for _ in runs.follow(run):
+            for _ in supervisor.follow(run):
                 pass
     per_fold = [{"fold": r.config.val_fold, "run_id": r.run_id, "status": r.state, **r.final_metrics()}
                 for r in fold_runs]
@@ -1062,14 +1059,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, *, process_entry: bool = False) -> int:
     """The CLI. process_entry (python -m leukviz, the launcher's worker): this process owns its signals, so for
     the commands that train, SIGTERM and SIGINT stop the training after its batch with its state saved
-    (runs.stop_on_signals). Called as a library (a test, a notebook), the caller keeps its own signals."""
+    (trainer.stop_on_signals). Called as a library (a test, a notebook), the caller keeps its own signals."""
     args = build_parser().parse_args(argv)
     trains = args.func in (cmd_train, cmd_study)
     try:
         if process_entry and trains:
-            from leukviz.runstore import runs
+            from leukviz.runstore import trainer
 
-            with runs.stop_on_signals():
+            with trainer.stop_on_signals():
                 return int(args.func(args) or 0)
         return int(args.func(args) or 0)
     except (LeukvizError, KeyError, FileNotFoundError, ValueError, OSError) as e:

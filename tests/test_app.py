@@ -17,7 +17,7 @@ from leukviz.app import dashboard
 from leukviz.core import paths
 from leukviz.datasets import data, synthetic
 from leukviz.models import backbones, config
-from leukviz.runstore import names, runs
+from leukviz.runstore import names, processes, runs
 
 REPO = Path(__file__).resolve().parents[1]
 BACKBONES = tuple(APP_FINETUNE)  # VGG16's 138 M parameters would write a 1.6 GB resume file per run
@@ -237,7 +237,7 @@ def test_train_starts_a_run_which_stops_and_offers_resume(app, tiny_data):
     stop = next(b for b in at.button if b.label in ("Stop", "Stopping…"))
     if run.state == "running":
         stop.click().run()
-    launch = runs._LAUNCHES[run.dir]
+    launch = processes.LAUNCHES[run.dir]
     launch.proc.wait(timeout=120)
     assert run.state in ("stopped", "finished")
     at.run()

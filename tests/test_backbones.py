@@ -165,13 +165,13 @@ def test_a_backbone_registered_at_test_time_trains_predicts_compares_and_exports
     from leukviz.app import charts, dashboard
     from leukviz.comparison import compare
     from leukviz.models import config
-    from leukviz.runstore import runs
+    from leukviz.runstore import runs, trainer
     from leukviz.serving import export, inference, prediction
 
     monkeypatch.setitem(BACKBONES, EXTRA.name, EXTRA)
     cfg = config.resolve(EXTRA.name, "quick", "none", str(tiny_data), image_size=32, epochs=1, batch_size=16)
     run = runs.run_for(cfg, tmp_path / "runs")
-    runs.train(run, log=lambda s: None)
+    trainer.train(run, log=lambda s: None)
     assert run.state == "finished" and runs.plan(run) == "cached"
 
     lm = inference.load_model(run.dir)  # the same build path as training

@@ -12,7 +12,7 @@ import torch
 
 from leukviz.models import backbones, config
 from leukviz.models.backbones import BACKBONES
-from leukviz.runstore import runs
+from leukviz.runstore import runs, trainer
 from leukviz.training import engine
 
 
@@ -125,7 +125,7 @@ def test_a_staged_run_trains_end_to_end_and_says_when_the_whole_network_starts(t
                          image_size=32, batch_size=16)
     run = runs.run_for(cfg, tmp_path / "runs")
     lines: list[str] = []
-    runs.train(run, log=lines.append)
+    trainer.train(run, log=lines.append)
     assert run.state == "finished", run.status
     switch = [s for s in lines if "the whole network trains now" in s]
     assert len(switch) == 1 and switch[0].startswith("epoch 2")

@@ -19,7 +19,7 @@ from leukviz.core import layout, paths
 from leukviz.core.events import BATCH, EPOCH, START
 from leukviz.datasets import data, ood, synthetic
 from leukviz.models import config
-from leukviz.runstore import runs
+from leukviz.runstore import runs, trainer
 from leukviz.serving import inference
 
 
@@ -38,7 +38,7 @@ def demo_run(tmp_path_factory) -> runs.Run:
         cfg = config.resolve("resnet50", "quick", "none", "demo", epochs=1, image_size=32, batch_size=64,
                              finetune="head")
         run = runs.run_for(cfg)
-        runs.train(run, log=lambda s: None)
+        trainer.train(run, log=lambda s: None)
         yield run
 
 

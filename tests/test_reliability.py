@@ -30,11 +30,11 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from leukviz.core.storage import read_jsonl
-from leukviz.datasets import cnmc, data
+from leukviz.datasets import archives, cnmc, data
 from leukviz.datasets.cnmc import parse_cnmc_name
 from leukviz.datasets.data import DataError, ImageError, load_image, open_dataset
 from leukviz.models.config import resolve
-from leukviz.runstore import runs
+from leukviz.runstore import runs, trainer
 from leukviz.serving import inference
 from leukviz.training import engine
 
@@ -167,7 +167,7 @@ def micro(tiny_data, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def finished_micro(micro, tmp_path_factory) -> runs.Run:
     run = runs.run_for(micro_cfg(micro, epochs=1), tmp_path_factory.mktemp("runs"))
-    runs.train(run, log=lambda s: None)
+    trainer.train(run, log=lambda s: None)
     assert run.state == "finished"
     return run
 
@@ -494,7 +494,7 @@ def test_unsafe_zips_are_refused_and_nothing_is_extracted(case, tmp_path):
 
 
 def test_zip_total_size_limit(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "MAX_ZIP_BYTES", 2000)
+    monkeypatch.setattr(archives, "MAX_ZIP_BYTES", 2000)
     z = _zip(tmp_path / "d.zip", _class_folder_zip_entries())
     with pytest.raises(DataError, match="expands to over"):
         open_dataset(z, tmp_path / "cache")
@@ -503,7 +503,7 @@ def test_zip_total_size_limit(tmp_path, monkeypatch):
 
 def test_zip_larger_than_the_free_disk_is_refused_before_writing(tmp_path, monkeypatch):
     real = shutil.disk_usage
-    monkeypatch.setattr(data.shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
+    monkeypatch.setattr(archives.shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
     z = _zip(tmp_path / "d.zip", _class_folder_zip_entries())
     with pytest.raises(DataError, match="only 0.0 MB is free"):
         open_dataset(z, tmp_path / "cache")
@@ -614,7 +614,7 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one(target, micro, tmp
                 after_epoch_1[name] = (run.dir / name).read_bytes()
 
     with pytest.raises(OSError):
-        runs.train(run, log=lambda s: None, emit_hook=remember)
+        trainer.train(run, log=lambda s: None, emit_hook=remember)
     assert fault["failed"] == 1
     st_ = run.status
     assert st_["state"] == "failed" and "No space left on device" in st_["error"] and "resume" in st_["error"]
@@ -628,7 +628,7 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one(target, micro, tmp
         assert (run.dir / engine.CHECKPOINT).read_bytes() == after_epoch_1[engine.CHECKPOINT]
         assert (run.dir / engine.SIDECAR).read_bytes() == after_epoch_1[engine.SIDECAR]
     monkeypatch.setattr(os, "fsync", _REAL_FSYNC)  # space freed: the run resumes from what was kept
-    runs.train(run, resume=True, log=lambda s: None)
+    trainer.train(run, resume=True, log=lambda s: None)
     assert run.state == "finished"
     _check_continuous_history(run, 2)
     assert inference.load_model(run.dir).meta["epoch"] == 2
@@ -655,7 +655,7 @@ def test_a_finished_run_is_never_trained_again_by_a_late_second_trainer(finished
     """The second of two racing trainers gets the lock only after the first finished: it must not retrain."""
     before = (finished_micro.dir / "metrics.jsonl").read_bytes()
     stamp = (finished_micro.dir / engine.CHECKPOINT).stat().st_mtime_ns
-    metrics = runs.train(finished_micro, log=lambda s: None)
+    metrics = trainer.train(finished_micro, log=lambda s: None)
     assert metrics == finished_micro.final_metrics() and metrics["val_acc"] >= 0
     assert (finished_micro.dir / "metrics.jsonl").read_bytes() == before
     assert (finished_micro.dir / engine.CHECKPOINT).stat().st_mtime_ns == stamp
@@ -664,10 +664,10 @@ def test_a_finished_run_is_never_trained_again_by_a_late_second_trainer(finished
 def test_train_gives_back_signal_handlers_and_runs_off_the_main_thread(finished_micro):
     """An in-process caller keeps its Ctrl-C afterwards; a worker thread (a server) may call train at all."""
     mine = signal.getsignal(signal.SIGINT)
-    runs.train(finished_micro, log=lambda s: None)
+    trainer.train(finished_micro, log=lambda s: None)
     assert signal.getsignal(signal.SIGINT) is mine
     out: list = []
-    worker = threading.Thread(target=lambda: out.append(runs.train(finished_micro, log=lambda s: None)))
+    worker = threading.Thread(target=lambda: out.append(trainer.train(finished_micro, log=lambda s: None)))
     worker.start()
     worker.join(WAIT)
     assert out == [finished_micro.final_metrics()]
@@ -684,7 +684,7 @@ def test_out_of_device_memory_names_the_batch_size_and_a_smaller_one(error, micr
     monkeypatch.setattr(torchvision.models.GoogLeNet, "forward", forward)
     run = runs.run_for(micro_cfg(micro, epochs=1, seed=4), tmp_path)
     with pytest.raises(engine.OutOfMemory) as err:
-        runs.train(run, log=lambda s: None)
+        trainer.train(run, log=lambda s: None)
     assert "batch size 8" in str(err.value) and "--batch-size 4" in str(err.value)
     assert run.state == "failed" and run.status["error"] == str(err.value)
     assert "googlenet" in run.status["error"] and "32 px" in run.status["error"]
@@ -697,7 +697,7 @@ def test_infinite_loss_stops_with_a_clear_message(micro, tmp_path, monkeypatch):
                         lambda self, a, b: real(self, a, b) * float("inf"))
     run = runs.run_for(micro_cfg(micro, epochs=1, seed=6), tmp_path)
     with pytest.raises(engine.TrainingDiverged):
-        runs.train(run, log=lambda s: None)
+        trainer.train(run, log=lambda s: None)
     assert run.state == "failed" and "loss became inf" in run.status["error"]
     assert not (run.dir / engine.CHECKPOINT).exists(), "nothing trained on garbage is saved"
 
@@ -713,7 +713,7 @@ def test_a_malicious_last_pt_is_refused_on_resume(micro, tmp_path):
     torch.save({"model": {}, "epoch": 1, "step": 0, "payload": RunsCode()}, run.dir / engine.RESUME)
     runs.write_status(run, "stopped")
     with pytest.raises(engine.CheckpointError):
-        runs.train(run, resume=True, log=lambda s: None)
+        trainer.train(run, resume=True, log=lambda s: None)
     assert not marker.exists(), "no code from the checkpoint ran"
     assert run.state == "failed" and "refusing to resume from last.pt" in run.status["error"]
     # proof that the file does carry code, read without running it: its pickle calls os.mkdir on the marker
@@ -770,7 +770,7 @@ def test_kill_9_mid_epoch_then_resume_keeps_one_continuous_history(micro, tmp_pa
         fh.write('{"type": "batch", "epoch": 9')  # and it died in the middle of a line
     before = [e for e in run.epochs() if e["time"] < killed_at]
     assert before and before[0]["epoch"] == 1
-    runs.train(run, resume=True, log=lambda s: None)
+    trainer.train(run, resume=True, log=lambda s: None)
     assert run.state == "finished"
     ev = _check_continuous_history(run, 4)
     assert [e["type"] for e in ev if e["type"] in ("start", "resume")] == ["start", "resume"]
@@ -805,10 +805,10 @@ def test_two_cli_trainers_of_one_config_train_once_and_report_the_same_run(micro
 PARENT = """
 import json, os, signal, sys, threading
 from pathlib import Path
-from leukviz.runstore import runs
+from leukviz.runstore import runs, supervisor
 run = runs.Run(Path(sys.argv[1]))
 out = []
-clicks = [threading.Thread(target=lambda: out.append(runs.launch(run))) for _ in range(2)]
+clicks = [threading.Thread(target=lambda: out.append(supervisor.launch(run))) for _ in range(2)]
 for t in clicks: t.start()
 for t in clicks: t.join()
 started = [p.pid for p in out if p is not None]

@@ -19,7 +19,7 @@ from leukviz.app import dashboard
 from leukviz.core import layout, paths
 from leukviz.datasets import data, synthetic
 from leukviz.models import config
-from leukviz.runstore import runfiles, runs
+from leukviz.runstore import runfiles, runs, trainer
 from leukviz.serving import export
 
 REPO = Path(__file__).resolve().parents[1]
@@ -178,7 +178,7 @@ def test_an_incomplete_metrics_line_never_breaks_a_resume(good, tmp_path):
     bad = link_run(good, tmp_path)
     replace(bad.dir / layout.METRICS, (good.dir / layout.METRICS).read_bytes() + b'{"type": "epoch"}\n')
     assert len(bad.events()) == len(good.events())
-    runs._truncate_after(bad, 1, 0)  # was KeyError: 'epoch'
+    trainer._truncate_after(bad, 1, 0)  # was KeyError: 'epoch'
     assert not bad.skipped_events()
 
 
@@ -256,7 +256,7 @@ def test_resume_after_the_dataset_changed_is_refused(tiny_data, tmp_path, capsys
             (run.dir / layout.STOP).touch()
 
     with pytest.raises(Exception, match="stopped"):
-        runs.train(run, log=lambda s: None, emit_hook=stop_after_one)
+        trainer.train(run, log=lambda s: None, emit_hook=stop_after_one)
     assert runs.plan(run) == "resume"
     for f in sorted(ds.rglob("*.png"))[:5]:
         f.unlink()

@@ -12,7 +12,7 @@ import torch
 
 from helpers import FakeProc, make_run
 from leukviz.models.config import resolve
-from leukviz.runstore import runs
+from leukviz.runstore import processes, runs, supervisor, trainer
 from leukviz.serving import inference
 from leukviz.training import engine
 
@@ -29,15 +29,15 @@ def trained(tiny_data, tmp_path_factory):
     """One finished run, and its resumable state as it stood when training ended (the run then deletes it)."""
     run = runs.run_for(tiny_cfg(tiny_data), tmp_path_factory.mktemp("runs"))
     copy = tmp_path_factory.mktemp("resume") / "last.pt"
-    real = runs._drop_resume_state
+    real = trainer._drop_resume_state
 
     def keep_a_copy(r, log):
         shutil.copyfile(r.dir / "last.pt", copy)
         real(r, log)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(runs, "_drop_resume_state", keep_a_copy)
-        runs.train(run, log=lambda s: None)
+        mp.setattr(trainer, "_drop_resume_state", keep_a_copy)
+        trainer.train(run, log=lambda s: None)
     return run, engine.load_resume_state(copy)
 
 
@@ -87,13 +87,13 @@ def test_stop_then_resume_gives_one_continuous_history(tiny_data, tmp_path, fini
         if ev["type"] == "batch":
             batches.append(ev)
             if len(batches) == 3 and ev["epoch"] == 1:
-                runs.request_stop(run)
+                supervisor.request_stop(run)
 
     with pytest.raises(engine.Stopped):
-        runs.train(run, log=lambda s: None, emit_hook=stop_after_three)
+        trainer.train(run, log=lambda s: None, emit_hook=stop_after_three)
     assert run.state == "stopped" and (run.dir / "last.pt").exists()
     assert not run.epochs()
-    runs.train(run, resume=True, log=lambda s: None)
+    trainer.train(run, resume=True, log=lambda s: None)
     assert run.state == "finished"
     ev = run.events()
     steps = [(e["epoch"], e["step"]) for e in ev if e["type"] == "batch"]
@@ -114,7 +114,7 @@ def test_a_crash_is_recorded_as_failed_with_the_message(tiny_data, tmp_path):
             raise RuntimeError("simulated crash in the middle of epoch 1")
 
     with pytest.raises(RuntimeError):
-        runs.train(run, log=lambda s: None, emit_hook=boom)
+        trainer.train(run, log=lambda s: None, emit_hook=boom)
     st = run.status
     assert st["state"] == "failed" and "simulated crash" in st["error"]
     assert [e["step"] for e in run.events() if e["type"] == "batch"][:2] == [1, 2]  # metrics so far are kept
@@ -125,7 +125,7 @@ def test_nan_loss_stops_with_a_clear_message(tiny_data, tmp_path, monkeypatch):
     real = torch.nn.CrossEntropyLoss.forward
     monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward", lambda self, a, b: real(self, a, b) * float("nan"))
     with pytest.raises(engine.TrainingDiverged):
-        runs.train(run, log=lambda s: None)
+        trainer.train(run, log=lambda s: None)
     assert run.state == "failed" and "loss became nan" in run.status["error"]
 
 
@@ -137,7 +137,7 @@ def test_dead_process_shows_as_interrupted_and_a_held_lock_blocks_a_second_train
     with run.lock():
         assert run.state == "running"
         with pytest.raises(runs.AlreadyRunning):
-            runs.train(run, log=lambda s: None)
+            trainer.train(run, log=lambda s: None)
 
 
 def test_the_kept_model_is_the_weight_average_of_the_last_epoch(trained):
@@ -161,7 +161,7 @@ def test_the_kept_model_is_the_weight_average_of_the_last_epoch(trained):
 @pytest.mark.integration
 def test_select_best_keeps_the_best_epoch(tiny_data, tmp_path):
     run = runs.run_for(tiny_cfg(tiny_data, epochs=3, select="best", average="none", lr=0.05), tmp_path)
-    runs.train(run, log=lambda s: None)
+    trainer.train(run, log=lambda s: None)
     f1s = [e["val_f1"] for e in run.epochs()]
     meta = json.loads((run.dir / "model.json").read_text())
     assert meta["epoch"] == 1 + int(np.argmax(f1s)) and meta["metrics"]["val_f1"] == max(f1s)
@@ -189,10 +189,41 @@ def test_plan_says_what_starting_a_run_does(tiny_data, tmp_path):
     assert set(runs.PLANS) == {"cached", "attach", "resume", "train"}
 
 
+def test_ensure_is_the_one_start_policy(tiny_data, tmp_path):
+    """runs.ensure acts on plan: nothing for a cached run, nothing but "attach" for one a process has, the
+    caller's start(run, resume) for the others; force archives a finished run and refuses one in training."""
+    run = runs.run_for(tiny_cfg(tiny_data, seed=23), tmp_path, fingerprint="fp")
+    calls = []
+
+    def start(r, resume):
+        calls.append((r.run_id, resume))
+
+    assert runs.ensure(run, start) == "train" and calls == [(run.run_id, False)]
+    runs.write_status(run, "stopped", error="stopped at epoch 1")
+    (run.dir / "last.pt").write_bytes(b"")
+    assert runs.ensure(run, start) == "resume" and calls[-1] == (run.run_id, True)
+    finished = make_run(tmp_path / "done")
+    calls.clear()
+    assert runs.ensure(finished, start) == "cached" and calls == []
+    assert runs.ensure(finished, start, force=True) == "train" and calls == [(finished.run_id, False)]
+    assert list((finished.dir.parent / ".archive").iterdir()), "force moved the old results aside"
+    assert finished.state == "new" and (finished.dir / "config.json").is_file()
+    lock = run.lock()
+    lock.acquire()
+    try:
+        runs.write_status(run, "running")
+        calls.clear()
+        assert runs.ensure(run, start) == "attach" and calls == []
+        with pytest.raises(runs.AlreadyRunning, match="stop it before retraining"):
+            runs.ensure(run, start, force=True)
+    finally:
+        lock.release()
+
+
 def test_the_trainer_refuses_a_dataset_that_is_not_the_runs(tiny_data, tmp_path):
     run = runs.run_for(tiny_cfg(tiny_data, seed=22), tmp_path, fingerprint="0123456789abcdef")
     with pytest.raises(engine.DatasetChanged):
-        runs.train(run, log=lambda s: None)
+        trainer.train(run, log=lambda s: None)
     assert run.state == "failed"
     assert "not the one this run was created for" in run.status["error"]
     assert "0123456789ab" in run.status["error"] and not (run.dir / "model.safetensors").exists()
@@ -203,15 +234,15 @@ def test_the_trainer_refuses_a_dataset_that_is_not_the_runs(tiny_data, tmp_path)
 def test_read_status_starting_then_dead_before_writing(tmp_path, monkeypatch):
     run = make_run(tmp_path, state=None, with_predictions=False)
     assert run.state == "new"
-    monkeypatch.setitem(runs._LAUNCHES, run.dir, runs._Launch(time.time(), FakeProc(None)))
+    monkeypatch.setitem(processes.LAUNCHES, run.dir, processes.Launch(time.time(), FakeProc(None)))
     assert run.state == "starting"
-    assert runs.start(run) is False  # never launched twice
+    assert supervisor.start(run) is False  # never launched twice
     (run.dir / "train.log").write_text("Traceback...\nImportError: no module named x\n")
-    monkeypatch.setitem(runs._LAUNCHES, run.dir, runs._Launch(time.time(), FakeProc(1)))
+    monkeypatch.setitem(processes.LAUNCHES, run.dir, processes.Launch(time.time(), FakeProc(1)))
     st = run.status
     assert st["state"] == "failed" and "ImportError" in st["error"]
     # once the process writes its own status, that is the truth
-    monkeypatch.setitem(runs._LAUNCHES, run.dir, runs._Launch(time.time() - 60, FakeProc(0)))
+    monkeypatch.setitem(processes.LAUNCHES, run.dir, processes.Launch(time.time() - 60, FakeProc(0)))
     runs.write_status(run, "stopped", error="stopped at epoch 1")
     assert run.state == "stopped"
 
@@ -219,12 +250,12 @@ def test_read_status_starting_then_dead_before_writing(tmp_path, monkeypatch):
 def test_start_attaches_instead_of_launching_a_locked_run(tmp_path, monkeypatch):
     run = make_run(tmp_path, state="running", with_predictions=False)
     launched = []
-    monkeypatch.setattr(runs, "launch", lambda *a, **k: launched.append(a))
+    monkeypatch.setattr(supervisor, "launch", lambda *a, **k: launched.append(a))
     lock = run.lock()
     lock.acquire()
     try:
         assert run.state == "running"
-        assert runs.start(run) is False
+        assert supervisor.start(run) is False
     finally:
         lock.release()
     assert launched == []
@@ -233,8 +264,8 @@ def test_start_attaches_instead_of_launching_a_locked_run(tmp_path, monkeypatch)
 
 def test_retrain_archives_then_launches(tmp_path, monkeypatch):
     run = make_run(tmp_path)
-    monkeypatch.setattr(runs, "launch", lambda run, resume=False, nproc=1: FakeProc(None))
-    assert runs.retrain(run) is True
+    monkeypatch.setattr(supervisor, "launch", lambda run, resume=False, nproc=1: FakeProc(None))
+    assert supervisor.retrain(run) is True
     assert not (run.dir / "model.safetensors").exists()
     assert (run.dir / "config.json").exists()
     assert any((tmp_path / ".archive").iterdir())
@@ -287,7 +318,7 @@ def test_delete_refuses_an_active_run_and_leaves_it_in_place(tmp_path, monkeypat
     finally:
         lock.release()
     starting = make_run(tmp_path, seed=2, state=None)
-    monkeypatch.setitem(runs._LAUNCHES, starting.dir, runs._Launch(time.time(), FakeProc(None)))
+    monkeypatch.setitem(processes.LAUNCHES, starting.dir, processes.Launch(time.time(), FakeProc(None)))
     with pytest.raises(runs.AlreadyRunning, match="is starting: stop it first"):
         runs.delete(starting)
     assert {r.run_id for r in runs.list_runs(tmp_path)} == {running.run_id, finished.run_id, starting.run_id}
@@ -302,21 +333,21 @@ def test_delete_of_an_unknown_run_is_no_such_run(tmp_path):
 
 
 def test_training_in_a_library_caller_leaves_its_signals_alone(tiny_data, tmp_path):
-    """runs.train never installs signal handlers (a test runner's SIGTERM stays the runner's); only the worker
-    entry (python -m leukviz train) turns SIGTERM into a Stop, through runs.stop_on_signals."""
+    """trainer.train never installs signal handlers (a test runner's SIGTERM stays the runner's); only the worker
+    entry (python -m leukviz train) turns SIGTERM into a Stop, through trainer.stop_on_signals."""
     import signal
 
     seen = []
     cfg = resolve("googlenet", "quick", "none", str(tiny_data), epochs=1, image_size=16, batch_size=64)
     run = runs.run_for(cfg, tmp_path / "runs")
     before = signal.getsignal(signal.SIGTERM)
-    runs.train(run, log=lambda s: None, emit_hook=lambda ev: seen.append(signal.getsignal(signal.SIGTERM)))
+    trainer.train(run, log=lambda s: None, emit_hook=lambda ev: seen.append(signal.getsignal(signal.SIGTERM)))
     assert seen and all(h is before for h in seen)
-    with runs.stop_on_signals():
+    with trainer.stop_on_signals():
         assert signal.getsignal(signal.SIGTERM) is not before
         signal.raise_signal(signal.SIGTERM)  # asks the trainings of this process to stop, nothing else
-        assert runs._SIGNALLED.is_set()
-    assert signal.getsignal(signal.SIGTERM) is before and not runs._SIGNALLED.is_set()
+        assert trainer._SIGNALLED.is_set()
+    assert signal.getsignal(signal.SIGTERM) is before and not trainer._SIGNALLED.is_set()
 
 
 def test_run_states_are_one_enum_that_reads_and_writes_as_plain_strings():

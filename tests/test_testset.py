@@ -17,7 +17,7 @@ from leukviz.core import layout, paths
 from leukviz.datasets import cnmc, data
 from leukviz.datasets.cnmc import parse_cnmc_name
 from leukviz.models import config
-from leukviz.runstore import runs
+from leukviz.runstore import runs, trainer
 
 
 def split_tree(tiny_data: Path, root: Path, test: bool = True, per_subject: int = 6) -> Path:
@@ -54,9 +54,9 @@ def trained(tiny_data, tmp_path_factory) -> tuple[runs.Run, Path]:
     """A finished run on a train/valid/test tree, and its cache folder."""
     tree = split_tree(tiny_data, tmp_path_factory.mktemp("tree") / "cells")
     run = runs.run_for(tiny_cfg(tree), tmp_path_factory.mktemp("runs"))
-    runs.train(run, log=lambda s: None)
+    trainer.train(run, log=lambda s: None)
     assert run.state == "finished"
-    return run, paths.cache_root()  # where runs.train decoded the images
+    return run, paths.cache_root()  # where trainer.train decoded the images
 
 
 def test_training_writes_one_test_prediction_per_test_image(trained):

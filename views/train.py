@@ -9,7 +9,7 @@ from leukviz.comparison import compare
 from leukviz.core import events, layout
 from leukviz.datasets import data
 from leukviz.models import backbones, config
-from leukviz.runstore import names, runs
+from leukviz.runstore import names, runs, supervisor
 from leukviz.training import lrfind
 from views._common import active_dataset, active_split, figure, require_dataset
 
@@ -266,7 +266,7 @@ def finished_panel(run: runs.Run, evts: list[dict]) -> None:
     g, h, _ = st.columns([1, 1, 3])
     if g.button("Retrain from scratch", icon=":material/restart_alt:", key=f"retrain_{run.run_id}"):
         st.session_state.get("cached_runs", set()).discard(run.run_id)
-        runs.retrain(run, nproc=nproc)
+        supervisor.retrain(run, nproc=nproc)
         st.rerun()
     with h:
         delete_button(run)
@@ -301,10 +301,10 @@ def unfinished_panel(run: runs.Run, status: dict) -> None:
     st.code(text, language=None, wrap_lines=True)
     a, b, c, _ = st.columns([1, 1, 1, 2])
     if run.can_resume and a.button("Resume", icon=":material/play_arrow:", key=f"resume_{run.run_id}"):
-        runs.start(run, resume=True, nproc=nproc)
+        supervisor.start(run, resume=True, nproc=nproc)
         st.rerun()
     if b.button("Retry from scratch", icon=":material/restart_alt:", key=f"retry_{run.run_id}"):
-        runs.start(run, nproc=nproc)
+        supervisor.start(run, nproc=nproc)
         st.rerun()
     with c:
         delete_button(run)
@@ -362,7 +362,7 @@ def run_panel(run: runs.Run, polling: bool, members: list[runs.Run]) -> None:
         # Not while starting: the process clears old stop requests when it takes the run.
         if b.button("Stopping…" if stopping else "Stop", icon=":material/stop:", key=f"stop_{run.run_id}",
                     disabled=stopping or state == runs.State.STARTING, width="stretch"):
-            runs.request_stop(run)
+            supervisor.request_stop(run)
         if run.config.patience:
             st.caption(f"Early stopping: after {run.config.patience} epochs without a better validation "
                        "weighted F1; the best epoch is kept.")
@@ -371,7 +371,7 @@ def run_panel(run: runs.Run, polling: bool, members: list[runs.Run]) -> None:
     elif state == runs.State.NEW:
         st.info("This run has not started.")
         if st.button("Start it", key=f"begin_{run.run_id}"):
-            runs.start(run, nproc=nproc)
+            supervisor.start(run, nproc=nproc)
             st.rerun()
     else:
         unfinished_panel(run, status)
@@ -407,11 +407,10 @@ with st.expander("Settings", expanded=True, key="train_settings_open", on_change
         actions = {}
         for one in config.repeats(cfg, n_repeats):
             run = runs.run_for(one, fingerprint=ds.fingerprint)
-            action = actions[run.run_id] = runs.plan(run)
+            action = actions[run.run_id] = runs.ensure(  # the one start policy; trains in the background
+                run, lambda r, resume: supervisor.start(r, resume=resume, nproc=nproc))
             if action == "cached":
                 st.session_state.setdefault("cached_runs", set()).add(run.run_id)
-            elif action in ("resume", "train"):
-                runs.start(run, resume=action == "resume", nproc=nproc)
         # Show the first repeat that trains (a cached one is one click away in the group), and follow the
         # repeats as they take their turn.
         st.query_params["run"] = next((r for r, a in actions.items() if a != "cached"), next(iter(actions)))

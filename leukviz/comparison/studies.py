@@ -17,7 +17,7 @@ from leukviz.core.errors import LeukvizError
 from leukviz.datasets import cnmc, data
 from leukviz.models import backbones, config
 from leukviz.models.config import RunConfig
-from leukviz.runstore import runs
+from leukviz.runstore import runs, supervisor, trainer
 from leukviz.scoring import metrics
 
 if TYPE_CHECKING:
@@ -45,28 +45,31 @@ def ensure_trained(cfg: RunConfig, runs_dir: str | Path | None = None, log: Log 
     process is training it). Raises StudyError if it does not finish."""
     run = runs.run_for(cfg, runs_dir)
     what = f"{cfg.backbone} split={cfg.split} ({run.run_id})"
-    action = runs.plan(run)
+    failure: list[Exception] = []
+
+    def here(run: runs.Run, resume: bool) -> None:
+        log(f"{what}: training")
+        try:
+            trainer.train(run, resume=resume, device=device, log=log, emit_hook=progress)
+        except runs.AlreadyRunning:  # another process took it meanwhile: wait for it as for an attach
+            follow()
+        except Exception as e:  # usually recorded in status.json too; StudyError below reports it once
+            failure.append(e)
+
+    def follow() -> None:
+        for ev in supervisor.follow(run):
+            if progress:
+                progress(ev)
+
+    action = runs.ensure(run, here)  # the one start policy
     if action == "cached":
         log(f"{what}: cached")
         return run
-    failure: Exception | None = None
     if action == "attach":
         log(f"{what}: being trained by another process, waiting for it")
-        for ev in runs.follow(run):
-            if progress:
-                progress(ev)
-    else:
-        log(f"{what}: training")
-        try:
-            runs.train(run, resume=action == "resume", device=device, log=log, emit_hook=progress)
-        except runs.AlreadyRunning:
-            for ev in runs.follow(run):
-                if progress:
-                    progress(ev)
-        except Exception as e:  # usually recorded in status.json too; StudyError below reports it once
-            failure = e
+        follow()
     if run.state != runs.State.FINISHED:
-        why = run.status.get("error") or (f"{failure.__class__.__name__}: {failure}" if failure else None)
+        why = run.status.get("error") or (f"{failure[0].__class__.__name__}: {failure[0]}" if failure else None)
         why = why or "no reason given"
         raise StudyError(f"run {run.run_id} ({what}) ended {run.state}: {why}")
     return run
@@ -105,7 +108,7 @@ def leakage_configs(cfg_base: RunConfig) -> dict[str, RunConfig]:
 
 
 def leakage_runs(cfg_base: RunConfig, runs_dir: str | Path | None = None) -> dict[str, runs.Run]:
-    """The study's two run folders, created but not trained: a page launches them (runs.launch) and
+    """The study's two run folders, created but not trained: a page launches them (supervisor.launch) and
     shows leakage_summary as they finish."""
     return {split: runs.run_for(cfg, runs_dir) for split, cfg in leakage_configs(cfg_base).items()}
 

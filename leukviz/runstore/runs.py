@@ -1,31 +1,27 @@
-"""Run folders: run ids, the status lifecycle, the cache lookup, one-process-per-run locking, launching and stopping."""
+"""Run folders: run ids, the status lifecycle, the cache lookup and the start policy (plan, ensure),
+one-process-per-run locking. Training a run in this process is trainer.py; launching, stopping and following
+its process, supervisor.py."""
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import errno
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import threading
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 from filelock import FileLock, Timeout
 
 from leukviz.core import events, layout, paths
 from leukviz.core.errors import LeukvizError
-from leukviz.core.storage import append_jsonl, atomic_write_json, read_json, read_jsonl
+from leukviz.core.storage import atomic_write_json, read_json, read_jsonl
 from leukviz.datasets import data
 from leukviz.models.config import RunConfig
-from leukviz.runstore import runfiles
+from leukviz.runstore import processes, runfiles
 from leukviz.runstore.runfiles import Problem, RunFileError
 
 
@@ -51,7 +47,6 @@ STATES = tuple(s.value for s in (State.QUEUED, State.RUNNING, State.FINISHED, St
 ACTIVE = (State.STARTING, State.QUEUED, State.RUNNING)  # a process has the run, or is about to: attach, never launch
 RESUMABLE = (State.STOPPED, State.INTERRUPTED)
 PLANS = ("cached", "attach", "resume", "train")
-LAUNCH_GRACE = 120.0  # seconds a launched process may take to start (import torch) and take the run lock
 
 
 class AlreadyRunning(LeukvizError, RuntimeError):
@@ -332,10 +327,10 @@ def read_status(run: Run) -> dict:
     when this process launched it and it has already exited); an active state nobody holds the lock of any
     more is "interrupted" (the trainer was killed).
     """
-    for other in list(_LAUNCHES.values()):
+    for other in list(processes.LAUNCHES.values()):
         other.proc.poll()  # reap ended children, so none lingers as a zombie
     st = _recorded_status(run)
-    mine = _LAUNCHES.get(run.dir)
+    mine = processes.LAUNCHES.get(run.dir)
     if mine is not None and st.get("updated", 0) < mine.time:  # launched here, its status not written yet
         if mine.proc.poll() is None:
             return {**st, "state": "starting", "error": None}
@@ -346,7 +341,7 @@ def read_status(run: Run) -> dict:
                 "error": f"the training process exited (status {mine.proc.returncode}) before starting"
                          + (f":\n{tail}" if tail else "")}
     if st["state"] != "finished" and not run.is_locked():
-        if _launch_pending(run):  # launched (by any process), still starting: not dead, not to launch again
+        if processes.launch_pending(run.dir):  # launched (by any process), still starting: not dead, not to launch again
             return {**st, "state": "starting", "error": None}
         if st["state"] in ACTIVE:
             return {**st, "state": "interrupted",
@@ -387,6 +382,25 @@ def _plan_unfinished(run: Run, state: str) -> str:
     if state in RESUMABLE and run.can_resume:
         return "resume"
     return "train"
+
+
+def ensure(run: Run, start: Callable[[Run, bool], object], *, force: bool = False) -> str:
+    """The one start policy (the CLI's train and --cv, studies, the Train page): act on plan(run) and return
+    it. "cached": nothing to do (force: its results are archived and it trains again); "attach": a process
+    has it, the caller follows it (force: AlreadyRunning, stop it first); "resume" / "train": start(run,
+    resume) is called, the caller's way of training (here, launched, or in the background)."""
+    action = plan(run)
+    if action == "attach":
+        if force:
+            raise AlreadyRunning(f"run {run.run_id} is training right now; stop it before retraining")
+        return action
+    if action == "cached" and not force:
+        return action
+    if force and run.state != State.NEW:
+        archive(run)
+        action = "train"
+    start(run, action == "resume")
+    return action
 
 
 def run_for(cfg: RunConfig, runs_dir: str | Path | None = None, fingerprint: str | None = None) -> Run:
@@ -506,7 +520,7 @@ def delete(run: Run) -> Path:
         # The launch lock keeps launch() from starting it meanwhile; the run lock, held through the move, keeps
         # a trainer from taking it. The state is read before taking the run lock: held by us, a stale
         # "running" would read as running.
-        with _LAUNCHES_LOCK, FileLock(str(run.dir / layout.LAUNCH_LOCK), timeout=30):
+        with processes.LAUNCHES_LOCK, FileLock(str(run.dir / layout.LAUNCH_LOCK), timeout=30):
             why = delete_refusal(run)
             if why:
                 raise AlreadyRunning(why)
@@ -519,7 +533,7 @@ def delete(run: Run) -> Path:
                 dest = _move_aside(run)
             finally:
                 lock.release()
-            _LAUNCHES.pop(run.dir, None)
+            processes.LAUNCHES.pop(run.dir, None)
             return dest
     except Timeout:  # the launch lock: a launch is under way
         raise AlreadyRunning(f"run {run.run_id} is starting: {_STOP_FIRST}") from None
@@ -553,317 +567,3 @@ def _move_aside(run: Run) -> Path:
         shutil.move(str(run.dir), str(dest))
         return dest
     raise RunsFolderError(f"cannot archive run {run.run_id}: {root} already holds 999 folders named {stem}-*")
-
-
-# ---------------------------------------------------------------------------------------------- training process
-
-def _truncate_after(run: Run, epoch: int, step: int) -> None:
-    """Drop events past the resumable checkpoint (epoch in progress, steps done), so history stays one line."""
-    keep = events.until_resume_point(run.events(), epoch, step)
-    import json
-
-    from leukviz.core.storage import atomic_write_bytes
-    atomic_write_bytes(run.dir / layout.METRICS, "".join(json.dumps(e) + "\n" for e in keep).encode())
-
-
-def _file_log(run: Run, console: Callable[[str], None]) -> Callable[[str], None]:
-    """A log that also appends to the run's train.log (a launched process's output already goes there)."""
-    def log(msg: str) -> None:
-        console(msg)
-        with contextlib.suppress(OSError), open(run.dir / layout.LOG, "a", encoding="utf-8") as fh:
-            fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
-    return log
-
-
-# Set by the signal handlers of stop_on_signals (the CLI's, the worker entry's); every training in this
-# process stops after its batch when it is set. Never set by a library caller: a test runner's own SIGTERM
-# or a notebook's Ctrl-C stays theirs.
-_SIGNALLED = threading.Event()
-
-
-@contextlib.contextmanager
-def stop_on_signals() -> Iterator[None]:
-    """The worker entry's signal handling (python -m leukviz train / study): while inside, SIGTERM and SIGINT
-    ask every training of this process to stop after its batch, its resumable state saved (a Stop). Only the
-    main thread may set handlers; the previous ones are put back afterwards."""
-    previous: dict = {}
-    _SIGNALLED.clear()
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            previous[sig] = signal.signal(sig, lambda signum, frame: _SIGNALLED.set())
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        _SIGNALLED.clear()
-
-
-def _prepare_folder(run: Run, resume: bool, log: Callable[[str], None]) -> bool:
-    """Before training: temporary files of cut-short writes go, and the metrics keep exactly what the
-    resumable state covers (or start empty; a damaged line is dropped, with a note). Returns whether the
-    run resumes."""
-    for leftover in run.dir.glob(".*.*"):
-        if leftover.name.startswith(tuple(f".{name}." for name in layout.TRAINER_FILES)):
-            leftover.unlink(missing_ok=True)
-    resume = resume and run.can_resume
-    if resume:
-        from leukviz.training import engine
-
-        st = engine.load_resume_state(run.dir / layout.RESUME)
-        skipped = run.skipped_events()
-        if skipped:
-            log(f"{layout.METRICS}: {len(skipped)} damaged line(s) dropped on resume ({'; '.join(skipped[:3])})")
-        _truncate_after(run, int(st["epoch"]), int(st["step"]))
-    else:
-        (run.dir / layout.METRICS).unlink(missing_ok=True)
-    return resume
-
-
-def _record_failure(run: Run, e: BaseException, log: Callable[[str], None]) -> None:
-    """The failure in status.json as one line for the user; the traceback in train.log."""
-    if isinstance(e, LeukvizError):  # written for the user: shown as it is
-        msg = str(e)
-    else:
-        msg = f"{e.__class__.__name__}: {e}" if str(e) else e.__class__.__name__
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-        msg = (f"{e.strerror} while writing the run files in {run.dir.parent}: free some disk space, "
-               "then resume the run (its last complete checkpoint is intact)")
-    with contextlib.suppress(OSError):
-        with open(run.dir / layout.LOG, "a", encoding="utf-8") as fh:
-            fh.write(traceback.format_exc())
-    try:
-        write_status(run, "failed", error=msg)
-    except OSError as status_error:  # the disk may be full: the log still holds the reason
-        log(f"could not record the failure in {layout.STATUS}: {status_error}")
-
-
-def train(run: Run, resume: bool = False, device: str = "auto", log: Callable[[str], None] = print,
-          emit_hook: Callable[[dict], None] | None = None) -> dict:
-    """Train this run in this process: take the run lock, wait for the device, fit, record the outcome.
-
-    Under torchrun only rank 0 touches the run folder; every rank trains. The dataset the trainer opens
-    must be the one the run was created for (its fingerprint in config.json), else the run fails saying so.
-    """
-    from leukviz.training import engine
-
-    rank = int(os.environ.get("RANK", "0"))
-    cfg, fingerprint = run.config, run.info.get("dataset_fingerprint")
-    stop_file = run.dir / layout.STOP
-    launch_info = read_json(run.dir / layout.LAUNCH, None)
-    launched = isinstance(launch_info, dict) and launch_info.get("pid") in (os.getpid(), os.getppid())
-    if rank == 0 and not launched:
-        log = _file_log(run, log)
-
-    def should_stop() -> bool:
-        return _SIGNALLED.is_set() or stop_file.exists()
-
-    def emit(ev: dict) -> None:
-        append_jsonl(run.dir / layout.METRICS, ev)
-        if ev.get("type") == events.EPOCH:
-            write_status(run, "running", epoch=ev["epoch"], epochs=ev["epochs"])
-        elif ev.get("type") == events.EARLY_STOP:  # kept in the status when the run then finishes
-            write_status(run, "running", early_stop=ev["reason"])
-        if emit_hook:
-            emit_hook(ev)
-
-    if rank != 0:
-        return engine.fit(cfg, run.dir, lambda e: None, should_stop=should_stop, cache_dir=paths.cache_root(),
-                          resume=resume, device_pref=device, log=log, fingerprint=fingerprint)
-    lock = run.lock()
-    try:
-        lock.acquire(timeout=3)
-    except Timeout:
-        raise AlreadyRunning(f"run {run.run_id} is already being trained by another process") from None
-    try:
-        if not launched:  # launch() cleared old Stops; one sent while this process started must hold
-            stop_file.unlink(missing_ok=True)
-        if _results_sound(run) and not resume:
-            # Another process finished it between our caller's cache check and our lock: don't train twice.
-            log(f"run {run.run_id} is already finished")
-            return run.final_metrics()
-        resume = _prepare_folder(run, resume, log)
-        write_status(run, "queued", error=None, early_stop=None, epoch=0, epochs=cfg.epochs,
-                     world_size=int(os.environ.get("WORLD_SIZE", 1)))
-        with _device_slot(run, device, should_stop):
-            write_status(run, "running")
-            t0 = time.time()
-            result = engine.fit(cfg, run.dir, emit, should_stop=should_stop, cache_dir=paths.cache_root(),
-                                resume=resume, device_pref=device, log=log, fingerprint=fingerprint)
-        write_status(run, "finished", metrics=result, seconds=time.time() - t0)
-        _drop_resume_state(run, log)
-        return result
-    except engine.Stopped as e:
-        write_status(run, "stopped", error=str(e))
-        raise
-    except BaseException as e:
-        _record_failure(run, e, log)
-        raise
-    finally:
-        lock.release()
-
-
-def _drop_resume_state(run: Run, log: Callable[[str], None]) -> None:
-    """A finished run is served from its checkpoint and never resumes: its resumable state (layout.RESUME:
-    the raw weights, the average and the optimizer's moments, about 1.6 GB for VGG16) goes. Best effort:
-    one left behind only costs disk."""
-    try:
-        (run.dir / layout.RESUME).unlink(missing_ok=True)
-    except OSError as e:
-        log(f"could not delete {layout.RESUME} of the finished run ({e.strerror or e}); it is not needed")
-
-
-class _device_slot:
-    """One training at a time per device: later runs wait here, as 'queued', until the device is free."""
-
-    def __init__(self, run: Run, device: str, should_stop: Callable[[], bool]):
-        from leukviz.models import devices
-
-        kind = devices.pick_device(device).type
-        if kind == "cuda":  # one queue per visible GPU set, so folds pinned to different GPUs run in parallel
-            kind += os.environ.get("CUDA_VISIBLE_DEVICES", "").replace(",", "-")
-        self.lock = FileLock(str(run.dir.parent / layout.device_lock(kind)))
-        self.should_stop = should_stop
-        self.enabled = int(os.environ.get("WORLD_SIZE", "1")) == 1
-
-    def __enter__(self):
-        from leukviz.training import engine
-
-        while self.enabled:
-            try:
-                self.lock.acquire(timeout=1)
-                return self
-            except Timeout:
-                if self.should_stop():
-                    raise engine.Stopped("stopped while queued")
-        return self
-
-    def __exit__(self, *exc):
-        if self.enabled and self.lock.is_locked:
-            self.lock.release()
-
-
-# ---------------------------------------------------------------------------------------------- launching
-
-def launch(run: Run, resume: bool = False, device: str = "auto", nproc: int = 1,
-           env: dict[str, str] | None = None) -> subprocess.Popen | None:
-    """Start the training process for a run, detached from the caller (it outlives a server restart).
-
-    Returns None when the run is already being trained, or another launch of it is still starting
-    (attach to it instead): two clicks, two tabs or two servers start one process.
-    """
-    try:
-        with FileLock(str(run.dir / layout.LAUNCH_LOCK), timeout=30):
-            if run.is_locked() or _launch_pending(run):
-                return None
-            (run.dir / layout.STOP).unlink(missing_ok=True)  # an old Stop; a Stop from now on must hold
-            proc = _spawn(run, resume, device, nproc, env)
-            atomic_write_json(run.dir / layout.LAUNCH, {"pid": proc.pid, "time": time.time()})
-            return proc
-    except Timeout:
-        return None
-
-
-@dataclass
-class _Launch:
-    time: float
-    proc: subprocess.Popen
-
-
-# Launches by this process (the dashboard's server): every session (tab, refresh) of it must see a
-# just-launched run as starting rather than launch it again, and learn when its process died at once.
-_LAUNCHES: dict[Path, _Launch] = {}
-_LAUNCHES_LOCK = threading.Lock()
-
-
-def start(run: Run, resume: bool = False, nproc: int = 1) -> bool:
-    """Launch the training process unless this run is already starting, queued or running, and keep it
-    supervised (read_status). nproc > 1 launches through torchrun, one process per GPU. Returns True when a
-    process was started; False means attach to the one that runs it."""
-    with _LAUNCHES_LOCK:
-        if run.state in ACTIVE:
-            return False
-        proc = launch(run, resume=resume, nproc=nproc)
-        if proc is None:
-            return False
-        _LAUNCHES[run.dir] = _Launch(time.time(), proc)
-        return True
-
-
-def retrain(run: Run, nproc: int = 1) -> bool:
-    """Retrain a configuration on purpose: its previous results are archived (moved aside), then launched."""
-    with _LAUNCHES_LOCK:
-        if run.state in ACTIVE:
-            return False
-        archive(run)
-        _LAUNCHES.pop(run.dir, None)
-    return start(run, nproc=nproc)
-
-
-def _spawn(run: Run, resume: bool, device: str, nproc: int, env: dict[str, str] | None) -> subprocess.Popen:
-    if nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               "-m", "leukviz", "train", "--run-dir", str(run.dir), "--device", device]
-    else:
-        cmd = [sys.executable, "-m", "leukviz", "train", "--run-dir", str(run.dir), "--device", device]
-    if resume:
-        cmd.append("--resume-here")
-    logf = open(run.dir / layout.LOG, "ab")
-    try:
-        return subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
-    finally:
-        logf.close()
-
-
-def _alive(pid: int) -> bool:
-    """Whether a process exists and has not exited (an exited child nobody has waited for is a zombie)."""
-    if pid <= 0:
-        return False
-    if os.name != "posix":  # os.kill(pid, 0) would terminate it on Windows; trust the grace period there
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][:1] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def _launch_pending(run: Run) -> bool:
-    """A process launched for this run a moment ago that is alive but has not taken the run lock yet."""
-    info = read_json(run.dir / layout.LAUNCH, None)
-    if not isinstance(info, dict):
-        return False
-    try:
-        pid, started = int(info.get("pid", 0)), float(info.get("time", 0))
-    except (TypeError, ValueError):
-        return False
-    return time.time() - started < LAUNCH_GRACE and _alive(pid)
-
-
-def request_stop(run: Run) -> None:
-    """Ask the training process to stop after the current batch (it saves a resumable checkpoint)."""
-    (run.dir / layout.STOP).touch()
-
-
-def follow(run: Run, poll: float = 0.5, timeout: float | None = None) -> Iterator[dict]:
-    """Yield new events of a run as they are written, until it is no longer active."""
-    seen = 0
-    t0 = time.time()
-    settle = time.time() + 10  # a just-launched process may not hold its lock yet
-    while True:
-        written = run.events()
-        yield from written[seen:]
-        seen = len(written)
-        if run.state not in ACTIVE and run.state != "new" or (run.state == "new" and time.time() > settle):
-            if not run.is_locked():
-                yield from run.events()[seen:]
-                return
-        if timeout is not None and time.time() - t0 > timeout:
-            return
-        time.sleep(poll)
