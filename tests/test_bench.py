@@ -17,10 +17,11 @@ import torch
 from safetensors.torch import load_file
 
 from leukviz.benchmarks import bench
+from leukviz.core import layout
 from leukviz.datasets import cnmc, data
 from leukviz.models import backbones, preprocess
 from leukviz.models.config import resolve
-from leukviz.training import engine
+from leukviz.training import engine, features
 
 
 def test_plain_and_leukviz_read_the_same_files_labels_and_size(tiny_data, tmp_path):
@@ -73,19 +74,19 @@ def test_ablation_adds_one_speed_up_per_row_from_the_same_start():
 
 def test_feature_cache_only_without_augmentation():
     head = resolve("resnet50", "quick", "none", finetune="head", augment="none")
-    assert engine.uses_feature_cache(head, engine.Dist())
-    assert not engine.uses_feature_cache(resolve("resnet50", "quick", "none", finetune="head", augment="flips"),
+    assert features.uses_feature_cache(head, engine.Dist())
+    assert not features.uses_feature_cache(resolve("resnet50", "quick", "none", finetune="head", augment="flips"),
                                          engine.Dist())
-    assert not engine.uses_feature_cache(resolve("resnet50", "quick", "none", finetune="last", augment="none"),
+    assert not features.uses_feature_cache(resolve("resnet50", "quick", "none", finetune="last", augment="none"),
                                          engine.Dist())
-    assert not engine.uses_feature_cache(head, engine.Dist(0, 2))  # torchrun: the normal loop
+    assert not features.uses_feature_cache(head, engine.Dist(0, 2))  # torchrun: the normal loop
 
 
 def _fit(cfg, run_dir: Path, cache: Path):
     events: list[dict] = []
     run_dir.mkdir(parents=True)
     res = engine.fit(cfg, run_dir, events.append, cache_dir=cache, log=lambda s: None)
-    return res, events, pd.read_csv(run_dir / engine.PREDICTIONS), load_file(str(run_dir / engine.CHECKPOINT))
+    return res, events, pd.read_csv(run_dir / layout.PREDICTIONS), load_file(str(run_dir / layout.CHECKPOINT))
 
 
 @pytest.mark.parametrize("backbone", [name if name == "googlenet" else pytest.param(name, marks=[pytest.mark.integration, pytest.mark.bench])
@@ -97,7 +98,7 @@ def test_head_fast_path_trains_the_same_head_as_the_normal_loop(backbone, tiny_d
     cfg = resolve(backbone, "quick", "none", str(tiny_data), image_size=32, epochs=1, finetune="head",
                   augment="none", precision="fp32", batch_size=16)
     fast = _fit(cfg, tmp_path / "fast", tmp_path / "cache")
-    monkeypatch.setattr(engine, "uses_feature_cache", lambda c, d: False)
+    monkeypatch.setattr(features, "uses_feature_cache", lambda c, d: False)
     normal = _fit(cfg, tmp_path / "normal", tmp_path / "cache")
 
     (fres, fev, fpred, fw), (nres, nev, npred, nw) = fast, normal
@@ -128,7 +129,7 @@ def test_head_fast_path_in_bf16_keeps_the_predictions(tiny_data, tmp_path, monke
     cfg = resolve("googlenet", "quick", "none", str(tiny_data), image_size=32, epochs=1, finetune="head",
                   augment="none", precision="bf16", batch_size=16)
     _, _, fpred, _ = _fit(cfg, tmp_path / "fast", tmp_path / "cache")
-    monkeypatch.setattr(engine, "uses_feature_cache", lambda c, d: False)
+    monkeypatch.setattr(features, "uses_feature_cache", lambda c, d: False)
     _, _, npred, _ = _fit(cfg, tmp_path / "normal", tmp_path / "cache")
     probs = [c for c in fpred.columns if c.startswith("prob_")]
     assert np.abs(fpred[probs].to_numpy() - npred[probs].to_numpy()).max() < 2e-2  # bf16: 8 bits of mantissa
@@ -146,7 +147,7 @@ def test_head_features_are_kept_for_the_next_run_and_reused_exactly(tiny_data, t
         logs: list[str] = []
         (tmp_path / name).mkdir()
         res = engine.fit(c, tmp_path / name, lambda e: None, cache_dir=cache, log=logs.append)
-        return res, "\n".join(logs), load_file(str(tmp_path / name / engine.CHECKPOINT))
+        return res, "\n".join(logs), load_file(str(tmp_path / name / layout.CHECKPOINT))
 
     first, log1, w1 = fit(cfg, "a")
     files = list((cache / "features").glob("*.safetensors"))

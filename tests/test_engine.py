@@ -14,8 +14,9 @@ from leukviz.datasets import data
 from leukviz.models import config, devices
 from leukviz.models.augmentation import augment
 from leukviz.models.config import resolve
-from leukviz.training import engine
-from leukviz.training.engine import Dist, class_weights, epoch_batches, evaluate
+from leukviz.training import callbacks, checkpoints, engine
+from leukviz.training.engine import Dist, epoch_batches, evaluate
+from leukviz.training.optim import class_weights
 
 
 def test_validation_runs_in_eval_mode_without_gradients():
@@ -31,11 +32,13 @@ def test_validation_runs_in_eval_mode_without_gradients():
             return self.lin(x.mean(dim=(2, 3)))
 
     model = Probe().train()
+    model.lin.eval()  # a frozen layer: it keeps its statistics, so it stays in eval mode after validation
     imgs = np.random.default_rng(0).integers(0, 255, (10, 8, 8, 3), dtype=np.uint8)
     loss, probs = evaluate(model, imgs, np.array([0, 1] * 5), "resnet50", torch.device("cpu"),
-                           torch.nn.CrossEntropyLoss(), batch_size=4)
+                           criterion=torch.nn.CrossEntropyLoss(), batch_size=4)
     assert seen and all(g is False and t is False for g, t in seen)
     assert model.training, "evaluate restores the training mode"
+    assert not model.lin.training, "and each module's own mode: a frozen layer is not put back in training"
     assert probs.shape == (10, 2) and np.allclose(probs.sum(1), 1, atol=1e-5) and loss > 0
 
 
@@ -154,7 +157,7 @@ def test_test_set_is_scored_once_with_the_kept_model(tiny_data, tmp_path, monkey
     assert list(df["path"]) == list(ds.index.loc[rows, "path"]) and len(df) == len(ds.test_rows) == 12
     kept = _checkpoint_predicts(run, ds, rows, cache)
     assert np.allclose(df[["prob_all", "prob_hem"]].to_numpy(), kept, atol=1e-5)
-    last = engine.load_resume_state(run / RESUME)["model"]  # epoch 2's weights
+    last = checkpoints.load_resume_state(run / RESUME)["model"]  # epoch 2's weights
     model = engine.backbones.build_model("googlenet", 2, "none")
     model.load_state_dict(last)
     _, last_probs = evaluate(model, ds_images(ds, rows, cache), None, "googlenet", torch.device("cpu"))
@@ -215,7 +218,7 @@ def test_a_resume_past_the_last_epoch_still_scores_and_a_failure_does_not_fail_i
     def boom(*a, **k):
         raise RuntimeError("decoder exploded")
 
-    monkeypatch.setattr(engine, "evaluate", boom)
+    monkeypatch.setattr(checkpoints, "evaluate", boom)
     logs = []
     assert _fit_run(cfg, run, cache, logs, resume=True) == res  # the finished training stands
     assert not (run / TEST_PREDICTIONS).exists()
@@ -245,11 +248,11 @@ def test_early_stopping_stops_at_the_right_epoch_on_a_made_up_sequence():
     for epoch, score in enumerate(f1, start=1):
         if score > best[0]:
             best = (score, epoch)
-        if engine.stops_early(best[1], epoch, patience=3):
+        if callbacks.stops_early(best[1], epoch, patience=3):
             stopped = epoch
             break
     assert (stopped, best[1]) == (5, 2)
-    assert not any(engine.stops_early(1, e, patience=0) for e in range(1, 50))  # 0 is off
+    assert not any(callbacks.stops_early(1, e, patience=0) for e in range(1, 50))  # 0 is off
 
 
 def test_a_run_with_patience_stops_early_and_keeps_the_best_checkpoint(tiny_data, tmp_path, monkeypatch):

@@ -10,12 +10,12 @@ from leukviz.datasets import data
 from leukviz.models import backbones, config
 from leukviz.runstore import runs
 from leukviz.serving import export
-from leukviz.training import engine
+from leukviz.training import checkpoints, engine
 
 
 @pytest.mark.parametrize("cls, builtin", [
     (data.DataError, ValueError), (data.ImageError, ValueError), (config.ConfigError, ValueError),
-    (engine.CheckpointError, ValueError), (backbones.WeightsUnavailable, RuntimeError),
+    (checkpoints.CheckpointError, ValueError), (backbones.WeightsUnavailable, RuntimeError),
     (engine.TrainingDiverged, RuntimeError), (engine.OutOfMemory, RuntimeError), (export.ExportError, RuntimeError),
     (runs.AlreadyRunning, RuntimeError), (cli.CliError, Exception),
 ])

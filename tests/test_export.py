@@ -90,7 +90,7 @@ def test_cli_export(trained, onnx_export, tmp_path, capsys, monkeypatch):
 
 def _fake_run(name: str, size: int, run_dir) -> None:
     """A run folder holding a randomly initialised backbone, as training would leave it."""
-    from leukviz.training import engine
+    from leukviz.training import checkpoints
 
     torch.manual_seed(0)
     model = backbones.build_model(name, 2, "none")
@@ -99,7 +99,7 @@ def _fake_run(name: str, size: int, run_dir) -> None:
             "build_kwargs": backbones.build_kwargs(name, "none"), "mean": list(spec.mean),
             "std": list(spec.std)}
     run_dir.mkdir(parents=True)
-    engine.save_checkpoint(model, run_dir, meta)
+    checkpoints.save_checkpoint(model, run_dir, meta)
     (run_dir / "config.json").write_text(json.dumps({"config": {"backbone": name}}))
 
 

@@ -14,7 +14,7 @@ from helpers import FakeProc, make_run
 from leukviz.models.config import resolve
 from leukviz.runstore import processes, runs, supervisor, trainer
 from leukviz.serving import inference
-from leukviz.training import engine
+from leukviz.training import checkpoints, engine
 
 
 def tiny_cfg(data, **kw):
@@ -38,7 +38,7 @@ def trained(tiny_data, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(trainer, "_drop_resume_state", keep_a_copy)
         trainer.train(run, log=lambda s: None)
-    return run, engine.load_resume_state(copy)
+    return run, checkpoints.load_resume_state(copy)
 
 
 @pytest.fixture(scope="module")

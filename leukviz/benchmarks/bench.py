@@ -27,7 +27,7 @@ from torch import nn
 from leukviz.datasets import cnmc, data
 from leukviz.models import backbones, devices
 from leukviz.models.config import RunConfig, resolve
-from leukviz.training import engine
+from leukviz.training import engine, features
 
 CNMC_SIZE = 15_135  # images in C-NMC 2019 as downloaded: 10,661 training + 1,867 preliminary + 2,607 final
 CNMC_SETS = {"train": 10_661, "prelim": 1_867}  # the rest is the unlabeled final set
@@ -279,6 +279,18 @@ def time_plain(model: nn.Module, cfg: RunConfig, loader, device: torch.device, w
     return {"seconds": seconds, "images": images, "images_per_s": images / seconds}
 
 
+class _NCHW(nn.Module):
+    """The channels-last ablation's model: its input made NCHW-contiguous before the (NCHW) model runs.
+    Holds the model as .module, so the loop's weight average reads the model itself (distributed.unwrap)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.module = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x.contiguous())
+
+
 def time_leukviz(model: nn.Module, cfg: RunConfig, train_x: torch.Tensor, train_y: torch.Tensor,
                  device: torch.device, warmup: int, timed: int | None, channels_last: bool = True,
                  min_seconds: float = 0.0) -> dict:
@@ -288,9 +300,12 @@ def time_leukviz(model: nn.Module, cfg: RunConfig, train_x: torch.Tensor, train_
     d = engine.Dist()
     n = len(train_x)
     epoch1 = engine.epoch_batches(n, cfg.batch_size, cfg.seed, 1, d)
-    state = engine.setup_training(cfg, model, train_x, train_y, 2, device, d, len(epoch1) * 3, channels_last)
-    if not channels_last:
-        state.prepare = lambda xb: engine.to_input(xb, cfg.backbone, device).contiguous()
+    state = engine.setup_training(cfg, model, train_x, train_y, 2, device, d, len(epoch1) * 3)
+    if not channels_last:  # the ablation: the same state, its model and inputs in NCHW
+        for m in (state.model, state.average):
+            if m is not None:
+                m.to(memory_format=torch.contiguous_format)  # in place: the optimizer keeps its parameters
+        state.train_model = _NCHW(state.model)
     engine.set_train_mode(state.train_model, state.frozen, cfg.freeze_bn)
     hooks = engine.Hooks()
     warm = [epoch1[i % len(epoch1)] for i in range(warmup)]
@@ -316,7 +331,7 @@ def time_leukviz(model: nn.Module, cfg: RunConfig, train_x: torch.Tensor, train_
 
 def time_head_fast(model: nn.Module, cfg: RunConfig, images: np.ndarray, train_y: torch.Tensor,
                    device: torch.device, part_size: int | None) -> dict:
-    """The head-only fast path as a run takes it: features once (engine.head_features), then
+    """The head-only fast path as a run takes it: features once (features.head_features), then
     HEAD_EPOCHS epochs of the head on them (engine.train_one_epoch). part_size (quick): the feature pass is
     timed on that many images and extrapolated to all; the head epochs always run in full."""
     d = engine.Dist()
@@ -325,13 +340,13 @@ def time_head_fast(model: nn.Module, cfg: RunConfig, images: np.ndarray, train_y
     state = engine.setup_training(cfg, model, torch.from_numpy(np.ascontiguousarray(images)), train_y, 2, device,
                                   d, steps * HEAD_EPOCHS)
     model, head, amp = state.model, state.head_name, state.amp
-    fb = engine.feature_batch_size(cfg.image_size)
+    fb = features.feature_batch_size(cfg.image_size)
     part = images[:min(n, part_size)] if part_size else images
     if part_size:  # the first batch creates the kernels: one small warm-up so one timed batch is representative
-        engine.head_features(model, head, images[:2], cfg.backbone, device, amp, fb)
+        features.head_features(model, head, images[:2], cfg.backbone, device, amp, fb)
     _sync(device)
     t = time.perf_counter()
-    feats = engine.head_features(model, head, part, cfg.backbone, device, amp, fb)
+    feats = features.head_features(model, head, part, cfg.backbone, device, amp, fb)
     _sync(device)
     feature_seconds = (time.perf_counter() - t) * (n / len(part))
     if len(part) < n:  # the head epochs need features of every image: repeat the measured ones

@@ -1,8 +1,8 @@
 """The held-out test set of a finished run, scored once: the backfill for runs that finished before training
-scored it itself (engine.score_test_set).
+scored it itself (checkpoints.score_test_set).
 
 The same rows (Dataset.test_rows: a test/ folder, C-NMC's labelled preliminary set), the same file
-(layout.TEST_PREDICTIONS, written by engine.write_predictions) and the model the checkpoint holds, with the
+(layout.TEST_PREDICTIONS, written by checkpoints.write_predictions) and the model the checkpoint holds, with the
 run's own preprocessing. Nothing here chooses anything: the run's epoch was chosen on validation.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 from leukviz.core.layout import CONFIG, TEST_PREDICTIONS
 from leukviz.datasets import data
 from leukviz.serving import inference
-from leukviz.training import engine
+from leukviz.training import checkpoints
 
 
 def score_run(run_dir: str | Path, cache_dir: Path | None = None) -> Path | None:
@@ -24,7 +24,7 @@ def score_run(run_dir: str | Path, cache_dir: Path | None = None) -> Path | None
     labelled test rows. A run without a checkpoint raises FileNotFoundError (inference.load_model)."""
     run_dir = Path(run_dir)
     out = run_dir / TEST_PREDICTIONS
-    if engine.test_is_scored(run_dir):
+    if checkpoints.test_is_scored(run_dir):
         return out
     info = json.loads((run_dir / CONFIG).read_text())
     try:
@@ -42,5 +42,5 @@ def score_run(run_dir: str | Path, cache_dir: Path | None = None) -> Path | None
     rows = rows[ok[rows]]
     if len(rows) == 0:
         return None
-    engine.write_predictions(out, ds, rows, inference.predict_arrays(lm, images[rows]))
+    checkpoints.write_predictions(out, ds, rows, inference.predict_arrays(lm, images[rows]))
     return out

@@ -1,6 +1,7 @@
-"""Where leukviz keeps its files, and the one reader of every variable that moves them: LEUKVIZ_HOME (default
-~/.leukviz), LEUKVIZ_RUNS (default <home>/runs) and LEUKVIZ_CACHE (default <home>/cache). Unset or empty is the
-default, never the current folder. Torch-free."""
+"""Where leukviz keeps its files, and the one reader of every LEUKVIZ_* variable: LEUKVIZ_HOME (default
+~/.leukviz), LEUKVIZ_RUNS (default <home>/runs) and LEUKVIZ_CACHE (default <home>/cache), where unset or empty is
+the default, never the current folder; and the switches LEUKVIZ_OFFLINE, LEUKVIZ_CPU_BF16, LEUKVIZ_MALLOC_TUNE and
+LEUKVIZ_DIST_TIMEOUT (switches()). Torch-free."""
 
 from __future__ import annotations
 
@@ -8,6 +9,28 @@ import os
 from pathlib import Path
 
 HOME, RUNS, CACHE = "LEUKVIZ_HOME", "LEUKVIZ_RUNS", "LEUKVIZ_CACHE"
+OFFLINE, CPU_BF16, MALLOC_TUNE, DIST_TIMEOUT = ("LEUKVIZ_OFFLINE", "LEUKVIZ_CPU_BF16", "LEUKVIZ_MALLOC_TUNE",
+                                               "LEUKVIZ_DIST_TIMEOUT")
+
+
+def offline() -> bool:
+    """LEUKVIZ_OFFLINE=1: never download ImageNet weights (the tests, an air-gapped machine)."""
+    return os.environ.get(OFFLINE) == "1"
+
+
+def cpu_bf16_allowed() -> bool:
+    """LEUKVIZ_CPU_BF16=0 turns off bfloat16 autocast on CPUs that have it (precision "auto")."""
+    return os.environ.get(CPU_BF16) != "0"
+
+
+def malloc_tune_allowed() -> bool:
+    """LEUKVIZ_MALLOC_TUNE=0 leaves glibc's allocator as it is (devices.tune_cpu_allocator)."""
+    return os.environ.get(MALLOC_TUNE) != "0"
+
+
+def dist_timeout() -> int:
+    """Seconds a torchrun process group waits for a peer (LEUKVIZ_DIST_TIMEOUT, default 600)."""
+    return int(os.environ.get(DIST_TIMEOUT, 600))
 
 
 def env_path(name: str, default: Path | str) -> Path:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from leukviz.core import paths
 from leukviz.core.errors import LeukvizError
 
 if TYPE_CHECKING:
@@ -157,7 +158,7 @@ def _replace_head(model: nn.Module, spec: BackboneSpec, num_classes: int) -> Non
 
 
 def _load_imagenet(spec: BackboneSpec) -> nn.Module:
-    if not imagenet_available(spec) and os.environ.get("LEUKVIZ_OFFLINE") == "1":
+    if not imagenet_available(spec) and paths.offline():
         raise WeightsUnavailable(_offline_message(spec, "LEUKVIZ_OFFLINE=1"))
     old_timeout = socket.getdefaulttimeout()
     socket.setdefaulttimeout(20)  # torch.hub has no timeout of its own: never hang on a dead network

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from leukviz.core import paths
+
 
 def pick_device(pref: str = "auto") -> torch.device:
     """CUDA, else Apple MPS, else CPU (or the one asked for)."""
@@ -59,7 +61,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
             return torch.float16
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "cpu":
-        if precision == "bf16" or (precision == "auto" and os.environ.get("LEUKVIZ_CPU_BF16") != "0"
+        if precision == "bf16" or (precision == "auto" and paths.cpu_bf16_allowed()
                                    and cpu_has_bf16()):
             return torch.bfloat16
         return None
@@ -82,7 +84,7 @@ def tune_cpu_allocator() -> bool:
     global _ALLOCATOR_TUNED
     if _ALLOCATOR_TUNED:
         return True
-    if os.environ.get("LEUKVIZ_MALLOC_TUNE") == "0" or not sys.platform.startswith("linux"):
+    if not paths.malloc_tune_allowed() or not sys.platform.startswith("linux"):
         return False
     try:
         libc = ctypes.CDLL(None)

@@ -71,9 +71,9 @@ def _prepare_folder(run: Run, resume: bool, log: Callable[[str], None]) -> bool:
             leftover.unlink(missing_ok=True)
     resume = resume and run.can_resume
     if resume:
-        from leukviz.training import engine
+        from leukviz.training import checkpoints
 
-        st = engine.load_resume_state(run.dir / layout.RESUME)
+        st = checkpoints.load_resume_state(run.dir / layout.RESUME)
         skipped = run.skipped_events()
         if skipped:
             log(f"{layout.METRICS}: {len(skipped)} damaged line(s) dropped on resume ({'; '.join(skipped[:3])})")

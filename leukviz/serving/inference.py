@@ -15,8 +15,8 @@ from torch import nn
 from leukviz.core.layout import CHECKPOINT, CONFIG, SIDECAR
 from leukviz.core.storage import read_json
 from leukviz.datasets import data, ood
-from leukviz.models import backbones
-from leukviz.models.devices import autocast, pick_device
+from leukviz.models import backbones, forward
+from leukviz.models.devices import pick_device
 from leukviz.models.preprocess import Preprocess
 from leukviz.scoring import calibration
 
@@ -97,23 +97,27 @@ def load_model(run_dir: str | Path, device: str = "auto", calibrate: bool = True
 TTA_CODES = (0, 1, 2, 3, 4, 5, 6, 7)  # the 8 dihedral transforms: flips and 90-degree turns
 
 
-@torch.inference_mode()
 def predict_arrays(lm: LoadedModel, images: np.ndarray, tta: bool = False, batch_size: int = 64) -> np.ndarray:
     """uint8 (N, S, S, 3) images at the model's size -> raw probabilities (N, C), before any temperature (as
-    the validation predictions were saved). TTA averages the dihedral views."""
+    the validation predictions were saved), through the eval-mode forward loop (forward.outputs) in fp32.
+    TTA averages the dihedral views."""
     from leukviz.models.augmentation import augment
 
-    out = []
-    for i in range(0, len(images), batch_size):
-        xb = torch.from_numpy(np.array(images[i:i + batch_size]))  # a copy: cached images are read-only
-        views = [xb] if not tta else [augment(xb, torch.full((len(xb),), c), None) for c in TTA_CODES]
-        p = 0
-        for v in views:
-            x = lm.preprocess.normalize(v.to(lm.device))
-            with autocast(lm.device, None):
-                p = p + torch.softmax(lm.model(x).float(), dim=1)
-        out.append((p / len(views)).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, len(lm.classes)))
+    if len(images) == 0:
+        return np.zeros((0, len(lm.classes)))
+
+    def view(code: int | None):
+        def prepare(xb: torch.Tensor) -> torch.Tensor:
+            if code is not None:
+                xb = augment(xb, torch.full((len(xb),), code), None)
+            return lm.preprocess.normalize(xb.to(lm.device))
+        return prepare
+
+    total = 0
+    for code in (TTA_CODES if tta else (None,)):
+        out = forward.outputs(lm.model, images, lm.backbone, lm.device, batch_size=batch_size, prepare=view(code))
+        total = total + torch.cat([torch.softmax(o.float(), dim=1) for o in out])
+    return (total / (len(TTA_CODES) if tta else 1)).cpu().numpy()
 
 
 def prepare(lm: LoadedModel, src) -> np.ndarray:

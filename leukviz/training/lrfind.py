@@ -171,35 +171,40 @@ def sweep(cfg: RunConfig, cache_dir: Path | None = None, device_pref: str = "aut
 
     t0 = time.time()
     state = engine.setup(cfg, cache_dir, device_pref, log)
-    model, opt, device = state.train_model, state.opt, state.device
-    engine.set_train_mode(model, state.frozen, cfg.freeze_bn)
     planned = rates(START, END, steps)
-    lrs, losses, best, epoch, queue, value = [], [], float("inf"), 0, [], float("nan")
-    for step, lr in enumerate(planned):
-        if not queue:  # cycle over the training images, one shuffled epoch after another
-            epoch += 1
-            queue = engine.epoch_batches(len(state.train_x), cfg.batch_size, cfg.seed, epoch, state.dist)
-        b = torch.from_numpy(queue.pop(0))
-        for group in opt.param_groups:
-            group["lr"] = float(lr)
-        x = engine.to_input(state.train_x[b], cfg.backbone, device)
-        y = state.train_y[b].to(device)
-        with devices.autocast(device, state.amp):
-            loss = state.criterion(model(x).float(), y)
-        value = float(loss.detach())
-        if not np.isfinite(value):
-            break
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        lrs.append(float(lr))
-        losses.append(value)
+    # The engine's loop trains the sweep: the schedule sets each step's rate (every group the same), and the
+    # loop's after_step hook records the loss and ends the sweep where it diverges.
+    state.sched = torch.optim.lr_scheduler.LambdaLR(
+        state.opt, [lambda i, base=g["lr"]: float(planned[min(i, steps - 1)]) / base for g in state.opt.param_groups])
+    state.average = None  # the sweep's weights are thrown away: nothing to average
+    lrs: list[float] = []
+    losses: list[float] = []
+    best, value = float("inf"), float("nan")
+
+    def after_step(step: int, loss: float) -> bool:
+        nonlocal best
+        lrs.append(float(planned[len(lrs)]))
+        losses.append(loss)
         smoothed = ema(losses)[-1]
         best = min(best, smoothed)
         if progress:
-            progress(step + 1, steps)
-        if smoothed > DIVERGE * best:
+            progress(len(losses), steps)
+        return len(losses) >= steps or smoothed > DIVERGE * best
+
+    hooks = engine.Hooks(after_step=after_step)
+    epoch = 0
+    while len(losses) < steps:  # cycle over the training images, one shuffled epoch after another
+        epoch += 1
+        engine.set_train_mode(state.train_model, state.frozen, cfg.freeze_bn)
+        batches = engine.epoch_batches(len(state.train_x), cfg.batch_size, cfg.seed, epoch, state.dist)
+        try:
+            engine.train_one_epoch(state, batches[:steps - len(losses)], epoch, hooks)
+        except engine.TrainingDiverged as e:  # a loss that is not finite: the sweep ends before that step
+            value = e.loss
             break
+        if len(losses) >= steps or (losses and ema(losses)[-1] > DIVERGE * best):
+            break
+    device = state.device
     if not losses:  # no step gave a finite loss: nothing to suggest, and nothing must be cached
         raise LrFindError(f"the first step's loss is not finite ({value}): the initial weights give NaN or "
                           "infinite outputs (check the weights file), or the data holds NaN images")
