@@ -18,12 +18,26 @@ PACKAGE = REPO / "leukviz"
 # Lowest first: a module may import its own layer and the layers before it, never one after it.
 LAYERS = ("core", "scoring", "datasets", "models", "training", "runstore", "serving", "comparison", "app",
           "benchmarks", "cli")
-MODULES = {f"{p.parent.name}.{p.stem}" if p.parent != PACKAGE else p.stem: p
-           for p in PACKAGE.rglob("*.py") if p.stem not in ("__init__", "__main__")}
+
+
+def _module(path: Path) -> str:
+    """'layer.module' for a layer's module, 'layer' for its package's __init__.py (the CLI's main and
+    build_parser live there), the stem for a file at the top of the package."""
+    if path.parent == PACKAGE:
+        return path.stem
+    return path.parent.name if path.stem == "__init__" else f"{path.parent.name}.{path.stem}"
+
+
+MODULES = {_module(p): p for p in PACKAGE.rglob("*.py")
+           if p.parent != PACKAGE or p.stem not in ("__init__", "__main__")}
 
 
 def _layer(module: str) -> str:
     return module.split(".")[0]
+
+
+# The CLI: one module per command family (leukviz/cli/), on top of every layer.
+CLI_MODULES = sorted(f"leukviz.{m}" for m in MODULES if _layer(m) == "cli")
 
 
 def _imports(path: Path) -> set[str]:
@@ -41,8 +55,9 @@ def _imports(path: Path) -> set[str]:
             continue
         if len(parts) == 1:
             out |= {a.name for a in node.names}
-        elif len(parts) == 2 and parts[1] in LAYERS and parts[1] != "cli":
-            out |= {f"{parts[1]}.{a.name}" for a in node.names}
+        elif len(parts) == 2:  # from leukviz.layer import module, or a name of the layer's __init__.py
+            named = {f"{parts[1]}.{a.name}" for a in node.names}
+            out |= {n if n in MODULES else parts[1] for n in named}
         else:
             out.add(".".join(parts[1:3]))
     return out
@@ -50,7 +65,23 @@ def _imports(path: Path) -> set[str]:
 
 def test_every_module_lives_in_a_layer():
     assert {_layer(m) for m in MODULES} <= set(LAYERS), sorted({_layer(m) for m in MODULES} - set(LAYERS))
-    assert not [p for p in PACKAGE.glob("*.py") if p.stem not in ("__init__", "__main__", "cli")]
+    assert not [p for p in PACKAGE.glob("*.py") if p.stem not in ("__init__", "__main__")]
+
+
+def test_the_cli_is_a_package_of_command_modules():
+    assert {"cli", "cli.common", "cli.train"} <= set(MODULES), sorted(MODULES)
+    assert not (PACKAGE / "cli.py").exists(), "leukviz/cli.py would be shadowed by the leukviz/cli/ package"
+
+
+def test_nothing_but_the_entry_point_imports_the_cli():
+    """Only leukviz/__main__.py (and the CLI's own modules) import the CLI; a command module imports the
+    shared ones (cli.common), never the package's __init__ (which imports every command: a cycle)."""
+    users = [m for m, path in MODULES.items()
+             if _layer(m) != "cli" and any(_layer(d) == "cli" for d in _imports(path))]
+    assert not users, users
+    inward = [m for m, path in MODULES.items() if _layer(m) == "cli" and m != "cli"
+              and "cli" in _imports(path)]
+    assert not inward, inward
 
 
 def test_layers_import_only_downwards():
@@ -98,6 +129,15 @@ def test_entry_points_import_without_torch(module):
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0, f"{module} loads torch"
 
 
+def test_the_cli_and_its_parser_load_without_torch():
+    """Every command module (torch only inside the command functions) and the whole parser: `--help` and a
+    cached answer come back without loading torch."""
+    code = (f"import sys, {', '.join(CLI_MODULES)}; import leukviz.cli as c; c.build_parser(); "
+            "sys.exit('torch' in sys.modules)")
+    assert len(CLI_MODULES) > 2, CLI_MODULES
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0, "the CLI loads torch"
+
+
 def test_no_import_cycle():
     graph = {name: _imports(path) & set(MODULES) for name, path in MODULES.items()}
     done: set[str] = set()
@@ -125,19 +165,43 @@ def test_the_training_loop_takes_few_parameters():
     assert len(inspect.signature(engine.train_one_epoch).parameters) <= 7
 
 
-def test_only_core_paths_reads_the_home_runs_and_cache_variables():
-    names = {"LEUKVIZ_HOME", "LEUKVIZ_RUNS", "LEUKVIZ_CACHE"}
-    readers = [m for m, path in MODULES.items() if m != "core.paths"
+def test_the_benchmark_shapes_nothing_in_the_training_api():
+    """The NCHW ablation wraps the model in the benchmark; training has no knob that only it uses."""
+    import dataclasses
+
+    assert "channels_last" not in inspect.signature(engine.setup_training).parameters
+    assert "prepare" not in {f.name for f in dataclasses.fields(engine.TrainState)}
+
+
+def test_only_core_paths_reads_the_leukviz_variables():
+    """Every LEUKVIZ_* variable (home, runs, cache and the switches) is named by core/paths.py alone."""
+    readers = [(m, node.value) for m, path in MODULES.items() if m != "core.paths"
                for node in ast.walk(ast.parse(path.read_text()))
-               if isinstance(node, ast.Constant) and node.value in names]
+               if isinstance(node, ast.Constant) and isinstance(node.value, str)
+               and node.value.startswith("LEUKVIZ_") and " " not in node.value]
     assert not readers, readers
+    environ = [m for m, path in MODULES.items() if m != "core.paths" and 'environ.get("LEUKVIZ' in path.read_text()]
+    assert not environ, environ
+
+
+def test_the_split_words_have_one_owner():
+    """Each split method (config.SPLITS, offered in data.SPLIT_METHODS' order) is worded in runstore/names.py,
+    in a sentence and as the Data page's choice; no page words it again."""
+    from leukviz.datasets import data
+    from leukviz.models import config
+    from leukviz.runstore import names
+
+    assert set(config.SPLITS) == set(data.SPLIT_METHODS) == set(names.SPLIT_TEXT) == set(names.SPLIT_CHOICE)
+    assert tuple(names.SPLIT_CHOICE) == data.SPLIT_METHODS
+    pages = [p.name for p in (REPO / "views").glob("*.py") if "By subject (recommended)" in p.read_text()]
+    assert not pages, pages
 
 
 def test_model_json_is_read_by_its_owner():
     """The sidecar (layout.SIDECAR) is read through runfiles.read_sidecar (Run.meta above the run store); below
-    the run store only its writer (the training engine) and the calibration's class order read it."""
+    the run store only its writer (training/checkpoints.py) and the calibration's class order read it."""
     readers = {"read_json", "loads", "load", "open", "read_text", "read_bytes"}
-    owners = {"runstore.runfiles", "training.engine", "scoring.calibration"}
+    owners = {"runstore.runfiles", "training.checkpoints", "scoring.calibration"}
 
     def reads_sidecar(node: ast.AST) -> bool:
         if not isinstance(node, ast.Call):
