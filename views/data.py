@@ -13,8 +13,6 @@ from leukviz.runstore import names
 from views._common import active_dataset, active_split, open_dataset
 
 SOURCES = ("Built-in demo", "Folder path", "Zip upload")
-SPLITS = {"given": "Given: the dataset's own validation folder", "subject": "By subject (recommended)",
-          "groups": "Subject-grouped folds", "folds": "Official folds", "image": "By image (leaky)"}
 SET_TEXT = {"train": "train", "val": "validation (given)", "test": "test (held out)",
             "prelim": "preliminary test (held out)"}
 
@@ -129,19 +127,19 @@ st.subheader("Validation split")
 for warning in data.subject_warnings(ds):
     st.warning(dashboard.plain(warning), icon=":material/group:")
 default = info["default_split"]
-st.caption(f"By default a run on this dataset uses **{dashboard.plain(SPLITS[default])}** ({default}).")
+st.caption(f"By default a run on this dataset uses **{dashboard.plain(names.SPLIT_CHOICE[default])}** ({default}).")
 if st.session_state.get("split_dataset") != current:  # a dataset seen here first starts on its default split
     st.session_state["split"], st.session_state["split_dataset"] = default, current
 options = data.split_options(ds)  # the engine says which splits this dataset can make, and why not
-choices = [k for k in SPLITS if options.get(k) is None]
+choices = [k for k in data.SPLIT_METHODS if options.get(k) is None]
 chosen = active_split() if active_split() in choices else default
-split = st.radio("Split used for training", choices, format_func=SPLITS.get, horizontal=True,
+split = st.radio("Split used for training", choices, format_func=names.SPLIT_CHOICE.get, horizontal=True,
                  index=choices.index(chosen), key="data_split_radio")
 st.session_state["split"] = split
 impossible = {k: why for k, why in options.items() if why is not None}
 if impossible:
     st.caption("Not possible on this dataset: " + " · ".join(
-        f"{dashboard.plain(SPLITS[k])} ({dashboard.plain(why)})" for k, why in impossible.items()))
+        f"{dashboard.plain(names.SPLIT_CHOICE[k])} ({dashboard.plain(why)})" for k, why in impossible.items()))
 try:
     sp = data.make_split(ds, split)
 except data.DataError as e:

@@ -39,7 +39,7 @@ class StudyError(LeukvizError, RuntimeError):
 
 # ---------------------------------------------------------------------------------------------- shared
 
-def ensure_trained(cfg: RunConfig, runs_dir: str | Path | None = None, log: Log = print,
+def ensure_trained(cfg: RunConfig, runs_dir: str | Path | None = None, *, log: Log = print,
                    progress: Progress | None = None, device: str = "auto") -> runs.Run:
     """The finished run of this config: cached if it exists, else trained here (or waited for, when another
     process is training it). Raises StudyError if it does not finish."""
@@ -132,7 +132,7 @@ def leakage_summary(image_run: runs.Run, subject_run: runs.Run) -> dict:
 def leakage(cfg_base: RunConfig, runs_dir: str | Path | None = None, log: Log = print,
             progress: Progress | None = None, device: str = "auto") -> dict:
     """Train (or reuse) cfg_base with split=image and split=subject and compare them."""
-    done = {split: ensure_trained(cfg, runs_dir, log, progress, device)
+    done = {split: ensure_trained(cfg, runs_dir, log=log, progress=progress, device=device)
             for split, cfg in leakage_configs(cfg_base).items()}
     return leakage_summary(done["image"], done["subject"])
 
@@ -260,7 +260,7 @@ def reproduce_paper(study: PaperStudy, runs_dir: str | Path | None = None, log: 
     cfgs, notes = paper_configs(study)
     for n in notes:
         log(f"note: {n}")
-    done = {key: ensure_trained(cfg, runs_dir, log, progress, device) for key, cfg in cfgs.items()}
+    done = {key: ensure_trained(cfg, runs_dir, log=log, progress=progress, device=device) for key, cfg in cfgs.items()}
     return paper_summary(done, notes)
 
 
@@ -535,12 +535,12 @@ def subject_study(study: SubjectStudy, runs_dir: str | Path | None = None, log: 
         for name in study.names:
             for k, val in enumerate(folds):
                 cfg = resolve(name, seed, k)
-                run = ensure_trained(cfg, runs_dir, log, progress, device)
+                run = ensure_trained(cfg, runs_dir, log=log, progress=progress, device=device)
                 base = {"backbone": name, "seed": seed, "fold": k}
                 records.append({**base, **_leukviz_record(run, ds.classes)})
                 line = f"{name} seed {seed} fold {k}: leukviz F1 {records[-1]['weighted_f1']:.3f}"
                 for variant in (v for v in study.variants if (name, v) not in skipped):
-                    vrun = ensure_trained(resolve(name, seed, k, variant), runs_dir, log, progress, device)
+                    vrun = ensure_trained(resolve(name, seed, k, variant), runs_dir, log=log, progress=progress, device=device)
                     records.append({**base, **_leukviz_record(vrun, ds.classes), "method": variant_label(variant)})
                     line += f", {records[-1]['method']} {records[-1]['weighted_f1']:.3f}"
                 if seed < study.n_plain:

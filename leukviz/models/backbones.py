@@ -159,7 +159,7 @@ def _replace_head(model: nn.Module, spec: BackboneSpec, num_classes: int) -> Non
 
 def _load_imagenet(spec: BackboneSpec) -> nn.Module:
     if not imagenet_available(spec) and paths.offline():
-        raise WeightsUnavailable(_offline_message(spec, "LEUKVIZ_OFFLINE=1"))
+        raise WeightsUnavailable(_offline_message(spec, f"{paths.OFFLINE}=1"))
     old_timeout = socket.getdefaulttimeout()
     socket.setdefaulttimeout(20)  # torch.hub has no timeout of its own: never hang on a dead network
     try:

@@ -12,8 +12,12 @@ from leukviz.models import backbones
 from leukviz.models.config import RunConfig
 from leukviz.runstore import runs
 
+# The split words, one place for each method (config.SPLITS): in a sentence, and as a choice on the Data page
+# (in the order data.SPLIT_METHODS offers them).
 SPLIT_TEXT = {"subject": "by subject", "groups": "subject-grouped folds", "folds": "official folds",
               "image": "by image (leaky)", "given": "the dataset's own validation folder"}
+SPLIT_CHOICE = {"given": "Given: the dataset's own validation folder", "subject": "By subject (recommended)",
+                "groups": "Subject-grouped folds", "folds": "Official folds", "image": "By image (leaky)"}
 FINETUNE_TEXT = {"full": "the whole network", "last": "last stage + head", "head": "head only",
                  "staged": "head first, then all (lower rates early)"}
 

@@ -17,7 +17,7 @@ from leukviz.runstore import processes
 from leukviz.runstore.runs import ACTIVE, Run, archive
 
 
-def launch(run: Run, resume: bool = False, device: str = "auto", nproc: int = 1,
+def launch(run: Run, *, resume: bool = False, device: str = "auto", nproc: int = 1,
            env: dict[str, str] | None = None) -> subprocess.Popen | None:
     """Start the training process for a run, detached from the caller (it outlives a server restart).
 
@@ -36,7 +36,7 @@ def launch(run: Run, resume: bool = False, device: str = "auto", nproc: int = 1,
         return None
 
 
-def start(run: Run, resume: bool = False, nproc: int = 1) -> bool:
+def start(run: Run, *, resume: bool = False, nproc: int = 1) -> bool:
     """Launch the training process unless this run is already starting, queued or running, and keep it
     supervised (read_status). nproc > 1 launches through torchrun, one process per GPU. Returns True when a
     process was started; False means attach to the one that runs it."""
@@ -50,7 +50,7 @@ def start(run: Run, resume: bool = False, nproc: int = 1) -> bool:
         return True
 
 
-def retrain(run: Run, nproc: int = 1) -> bool:
+def retrain(run: Run, *, nproc: int = 1) -> bool:
     """Retrain a configuration on purpose: its previous results are archived (moved aside), then launched."""
     with processes.LAUNCHES_LOCK:
         if run.state in ACTIVE:
@@ -81,7 +81,7 @@ def request_stop(run: Run) -> None:
     (run.dir / layout.STOP).touch()
 
 
-def follow(run: Run, poll: float = 0.5, timeout: float | None = None) -> Iterator[dict]:
+def follow(run: Run, *, poll: float = 0.5, timeout: float | None = None) -> Iterator[dict]:
     """Yield new events of a run as they are written, until it is no longer active."""
     seen = 0
     t0 = time.time()

@@ -101,7 +101,7 @@ def _record_failure(run: Run, e: BaseException, log: Callable[[str], None]) -> N
         log(f"could not record the failure in {layout.STATUS}: {status_error}")
 
 
-def train(run: Run, resume: bool = False, device: str = "auto", log: Callable[[str], None] = print,
+def train(run: Run, *, resume: bool = False, device: str = "auto", log: Callable[[str], None] = print,
           emit_hook: Callable[[dict], None] | None = None) -> dict:
     """Train this run in this process: take the run lock, wait for the device, fit, record the outcome.
 

@@ -4,7 +4,6 @@ record each epoch and its resume point, stop early, score the held-out test set 
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Callable
@@ -12,7 +11,7 @@ from typing import Callable
 import numpy as np
 
 from leukviz.core import events
-from leukviz.core.layout import PREDICTIONS, RESUME, SIDECAR
+from leukviz.core.layout import PREDICTIONS, RESUME
 from leukviz.training import checkpoints
 from leukviz.training.state import TrainState
 
@@ -55,7 +54,7 @@ class KeepBest(Callback):
         """The kept epoch's metrics: this session's, or (a resume after the best epoch) the checkpoint's."""
         if self.result or not self.main:
             return self.result
-        return json.loads((self.run_dir / SIDECAR).read_text()).get("metrics", {})
+        return checkpoints.kept_sidecar(self.run_dir).get("metrics", {})
 
 
 class Record(Callback):

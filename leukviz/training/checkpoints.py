@@ -64,6 +64,11 @@ def save_resume(state: TrainState, path: Path, epoch: int, step: int, running: l
                        "best_epoch": state.best["epoch"], **average}, path)
 
 
+def kept_sidecar(run_dir: Path) -> dict:
+    """The sidecar this run's trainer wrote with its kept checkpoint (the writer reads its own file back)."""
+    return json.loads((run_dir / SIDECAR).read_text())
+
+
 def save_checkpoint(model: nn.Module, run_dir: Path, meta: dict) -> None:
     """Best model as safetensors plus a JSON sidecar holding everything needed to rebuild it."""
     from safetensors.torch import save
@@ -128,7 +133,7 @@ def score_test_set(state: TrainState, run_dir: Path, cache_dir: Path | None, log
         state.scored.load_state_dict(load_file(str(run_dir / CHECKPOINT)))
         _, probs = evaluate(state.scored, images[good], None, state.cfg.backbone, state.device, amp=None)
         write_predictions(run_dir / TEST_PREDICTIONS, state.ds, good, probs)
-        epoch = json.loads((run_dir / SIDECAR).read_text()).get("epoch", "?")
+        epoch = kept_sidecar(run_dir).get("epoch", "?")
     except Exception as e:  # noqa: BLE001 - the run is trained and saved; its test score is an extra
         log(f"test set not scored ({e.__class__.__name__}: {e}); the trained run is unaffected")
         return

@@ -171,7 +171,7 @@ def begin_epoch(state: TrainState, epoch: int, log: Callable[[str], None] = lamb
     log(f"epoch {epoch}: the whole network trains now, earlier layers at lower rates ({rates})")
 
 
-def setup(cfg: RunConfig, cache_dir: Path | None, device_pref: str = "auto", log: Callable[[str], None] = print,
+def setup(cfg: RunConfig, cache_dir: Path | None, *, device_pref: str = "auto", log: Callable[[str], None] = print,
           fingerprint: str | None = None, should_stop: Callable[[], bool] | None = None) -> TrainState:
     """Join the process group, open and split the dataset, read its cached images, build the model, and
     set up what trains it (setup_training). fingerprint: the dataset the run was created for; another one
@@ -378,7 +378,8 @@ def fit(cfg: RunConfig, run_dir: Path, emit: Emit, *, should_stop: Callable[[], 
 
 def _fit(cfg: RunConfig, run_dir: Path, emit: Emit, should_stop: Callable[[], bool], cache_dir: Path | None,
          resume: bool, device_pref: str, log: Callable[[str], None], fingerprint: str | None) -> dict:
-    state = setup(cfg, cache_dir, device_pref, log, fingerprint, should_stop)
+    state = setup(cfg, cache_dir, device_pref=device_pref, log=log, fingerprint=fingerprint,
+                  should_stop=should_stop)
     resume_path, main = run_dir / RESUME, state.dist.main
     if resume and resume_path.exists():
         checkpoints.restore(state, resume_path, log)

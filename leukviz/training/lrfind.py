@@ -170,7 +170,7 @@ def sweep(cfg: RunConfig, cache_dir: Path | None = None, device_pref: str = "aut
     from leukviz.training import engine
 
     t0 = time.time()
-    state = engine.setup(cfg, cache_dir, device_pref, log)
+    state = engine.setup(cfg, cache_dir, device_pref=device_pref, log=log)
     planned = rates(START, END, steps)
     # The engine's loop trains the sweep: the schedule sets each step's rate (every group the same), and the
     # loop's after_step hook records the loss and ends the sweep where it diverges.
