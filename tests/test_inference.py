@@ -18,14 +18,11 @@ from leukviz.serving import inference
 
 
 @pytest.fixture(scope="module")
-def two_runs(tiny_data, trained_run):
-    """The same tiny googlenet split by subject and by image (shared with the other test modules)."""
-    out = []
-    for split in ("subject", "image"):
-        cfg = resolve("googlenet", "quick", "none", str(tiny_data), epochs=1, image_size=64, batch_size=4,
-                      split=split)
-        out.append(trained_run(cfg))
-    return out
+def two_runs(tiny_data, trained_run, app_runs):
+    """Two models of tiny_data from the session's shared runs: the 64 px googlenet that test_explain and
+    test_export use (the one most tests here read), and the dashboard tests' 32 px googlenet."""
+    cfg = resolve("googlenet", "quick", "none", str(tiny_data), epochs=1, image_size=64, batch_size=4)
+    return [trained_run(cfg), app_runs["googlenet"]]
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 scored it itself (checkpoints.score_test_set).
 
 The same rows (Dataset.test_rows: a test/ folder, C-NMC's labelled preliminary set), the same file
-(layout.TEST_PREDICTIONS, written by checkpoints.write_predictions) and the model the checkpoint holds, with the
+(layout.TEST_PREDICTIONS), the same code (checkpoints.score_test_rows) and the model the checkpoint holds, with the
 run's own preprocessing. Nothing here chooses anything: the run's epoch was chosen on validation.
 """
 
@@ -39,8 +39,5 @@ def score_run(run_dir: str | Path, cache_dir: Path | None = None) -> Path | None
     if list(lm.classes) != list(ds.classes):
         raise data.DataError(f"dataset classes {list(ds.classes)} differ from the model's {lm.classes}")
     images, ok = lm.preprocess.cache(ds, cache_dir)
-    rows = rows[ok[rows]]
-    if len(rows) == 0:
-        return None
-    checkpoints.write_predictions(out, ds, rows, inference.predict_arrays(lm, images[rows]))
-    return out
+    scored = checkpoints.score_test_rows(run_dir, ds, images, ok, lambda x: inference.predict_arrays(lm, x))
+    return out if scored is not None else None

@@ -111,28 +111,43 @@ def test_is_scored(run_dir: Path) -> bool:
     return out.is_file() and ckpt.is_file() and out.stat().st_mtime_ns >= ckpt.stat().st_mtime_ns
 
 
+def score_test_rows(run_dir: Path, ds: data.Dataset, images: np.ndarray, ok: np.ndarray,
+                    predict: Callable[[np.ndarray], np.ndarray],
+                    log: Callable[[str], None] = lambda s: None) -> tuple[np.ndarray, np.ndarray] | None:
+    """The one scoring of a run's held-out test set, for training (score_test_set) and the backfill of older
+    runs (comparison/testset.py): the dataset's labelled test rows (Dataset.test_rows) whose images decoded
+    (`ok`), their probabilities by `predict` (the kept model, fp32, validation's preprocessing), written to
+    layout.TEST_PREDICTIONS like the validation predictions. Returns (rows, probabilities); None when no row
+    is left to score."""
+    rows = ds.test_rows.index.to_numpy()
+    good = rows[ok[rows]]
+    if len(good) < len(rows):
+        log(f"test set: {len(rows) - len(good)} of {len(rows)} images unreadable, skipped")
+    if len(good) == 0:
+        return None
+    probs = predict(images[good])
+    write_predictions(run_dir / TEST_PREDICTIONS, ds, good, probs)
+    return good, probs
+
+
 def score_test_set(state: TrainState, run_dir: Path, cache_dir: Path | None, log: Callable[[str], None]) -> None:
-    """Score the kept model once on the dataset's labelled held-out test rows (Dataset.test_rows) and write
-    layout.TEST_PREDICTIONS like the validation predictions. The kept model is what the checkpoint holds
-    (the best epoch's weights with select="best", the average with average="ema"), loaded back into the
-    scored module, which training no longer needs. Validation's preprocessing and fp32; the decoded images
-    come from the run's image cache, which holds every row of the dataset. Best effort: a failure is
-    logged and the finished training stands."""
-    rows = state.ds.test_rows.index.to_numpy()
-    if len(rows) == 0 or test_is_scored(run_dir):
+    """Score the kept model once on the held-out test rows (score_test_rows) after training. The kept model
+    is what the checkpoint holds (the best epoch's weights with select="best", the average with
+    average="ema"), loaded back into the scored module, which training no longer needs; the decoded images
+    come from the run's image cache, which holds every row of the dataset. Best effort: a failure is logged
+    and the finished training stands."""
+    if len(state.ds.test_rows) == 0 or test_is_scored(run_dir):
         return
     try:
         from safetensors.torch import load_file
 
         images, ok = preprocess.Preprocess.of_config(state.cfg).cache(state.ds, cache_dir)
-        good = rows[ok[rows]]
-        if len(good) < len(rows):
-            log(f"test set: {len(rows) - len(good)} of {len(rows)} images unreadable, skipped")
-        if len(good) == 0:
-            return
         state.scored.load_state_dict(load_file(str(run_dir / CHECKPOINT)))
-        _, probs = evaluate(state.scored, images[good], None, state.cfg.backbone, state.device, amp=None)
-        write_predictions(run_dir / TEST_PREDICTIONS, state.ds, good, probs)
+        scored = score_test_rows(run_dir, state.ds, images, ok, lambda x: evaluate(
+            state.scored, x, None, state.cfg.backbone, state.device)[1], log)
+        if scored is None:
+            return
+        good, probs = scored
         epoch = kept_sidecar(run_dir).get("epoch", "?")
     except Exception as e:  # noqa: BLE001 - the run is trained and saved; its test score is an extra
         log(f"test set not scored ({e.__class__.__name__}: {e}); the trained run is unaffected")
