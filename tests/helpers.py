@@ -108,6 +108,21 @@ def png_bytes(size: int = 48) -> bytes:
 APP_FINETUNE = {"googlenet": "full", "resnet50": "last"}
 
 
+_BUILT: dict[str, torch.nn.Module] = {}
+
+
+def fresh_model(name: str) -> torch.nn.Module:
+    """A from-scratch model of a backbone with two classes, as build_model(name, 2, "none") gives it after
+    torch.manual_seed(0): built once per session (VGG16's initialisation alone takes about a second) and
+    handed out as a copy that a test may change freely."""
+    if name not in _BUILT:
+        torch.manual_seed(0)
+        _BUILT[name] = backbones.build_model(name, 2, "none")
+    import copy
+
+    return copy.deepcopy(_BUILT[name])
+
+
 def tiny_config(backbone: str, dataset: Path, **overrides) -> config.RunConfig:
     """A run of the quick preset from scratch at 32 px, one epoch: seconds to train."""
     settings = {"epochs": 1, "image_size": 32, "batch_size": 64, "finetune": APP_FINETUNE.get(backbone, "full")}

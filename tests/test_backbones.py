@@ -7,6 +7,7 @@ import urllib.error
 import pytest
 import torch
 
+from helpers import fresh_model
 from leukviz.models import backbones
 from leukviz.models.backbones import BACKBONES, WeightsUnavailable, build_model, set_finetune
 from leukviz.models.preprocess import normalize
@@ -15,8 +16,7 @@ from leukviz.runstore import names
 
 @pytest.mark.parametrize("name", list(BACKBONES))
 def test_builds_forwards_and_trains_one_step(name):
-    torch.manual_seed(0)
-    model = build_model(name, num_classes=2, weights="none")
+    model = fresh_model(name)  # build_model(name, 2, "none") after manual_seed(0), built once a session
     assert model.get_submodule(BACKBONES[name].head).out_features == 2
     x = normalize(torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8), name)
     model.train()
@@ -32,7 +32,7 @@ def test_builds_forwards_and_trains_one_step(name):
 
 @pytest.mark.parametrize("name", list(BACKBONES))
 def test_finetune_depths_freeze_the_right_parameters(name):
-    model = build_model(name, 2, "none")
+    model = fresh_model(name)
     spec = BACKBONES[name]
     set_finetune(model, name, "head")
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -47,7 +47,7 @@ def test_finetune_depths_freeze_the_right_parameters(name):
 
 @pytest.mark.parametrize("name", list(BACKBONES))
 def test_cam_layer_exists(name):
-    model = build_model(name, 2, "none")
+    model = fresh_model(name)
     assert isinstance(model.get_submodule(BACKBONES[name].cam_layer), torch.nn.Module)
 
 
@@ -143,7 +143,7 @@ def test_unknown_backbone_lists_choices():
 
 @pytest.mark.parametrize("name", list(BACKBONES))
 def test_cam_stride_is_the_cam_layers_resolution(name):
-    model = build_model(name, 2, "none").eval()
+    model = fresh_model(name).eval()
     spec = BACKBONES[name]
     seen = []
     model.get_submodule(spec.cam_layer).register_forward_hook(lambda m, i, out: seen.append(out.shape[-1]))

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from leukviz.models import backbones
+from helpers import fresh_model
 from leukviz.models.backbones import BACKBONES
 from leukviz.models.config import resolve
 from leukviz.serving import explain, inference
@@ -108,8 +108,7 @@ def test_heat_map_comes_back_at_the_size_of_the_image_given(toy):
 # ------------------------------------------------------------------------------- every backbone
 
 def _random_model(name: str, size: int) -> inference.LoadedModel:
-    torch.manual_seed(0)
-    model = backbones.build_model(name, 2, "none").to(memory_format=torch.channels_last).eval()
+    model = fresh_model(name).to(memory_format=torch.channels_last).eval()
     meta = {"backbone": name, "classes": ["hem", "all"], "image_size": size, "crop": True}
     return inference.LoadedModel(model, meta, torch.device("cpu"), Path("random"))
 

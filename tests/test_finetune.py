@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import fresh_model
 from leukviz.models import backbones, config
 from leukviz.models.backbones import BACKBONES
 from leukviz.runstore import runs, trainer
@@ -18,7 +19,7 @@ from leukviz.training import engine
 
 @pytest.mark.parametrize("name", list(BACKBONES))
 def test_the_stages_give_every_parameter_one_rate_rising_from_the_input_to_the_head(name):
-    model = backbones.build_model(name, 2, "none")
+    model = fresh_model(name)
     groups = backbones.param_groups(model, name, 1e-3)
     ids = [id(p) for g in groups for p in g["params"]]
     assert len(ids) == len(set(ids)) == len(list(model.parameters()))  # each parameter exactly once

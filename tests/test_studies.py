@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import tiny_config
 from leukviz import cli
 from leukviz.comparison import studies
 from leukviz.models.config import ConfigError, resolve
@@ -25,8 +26,10 @@ def differing(a: dict, b: dict) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def leakage(tiny_data, shared_runs):
-    cfg = resolve("googlenet", "quick", "none", str(tiny_data), epochs=1, image_size=64, batch_size=4)
+def leakage(tiny_data, shared_runs, app_runs):
+    """The dashboard tests' 32 px googlenet (its subject split is app_runs', already trained) split both ways."""
+    cfg = tiny_config("googlenet", tiny_data)
+    assert studies.leakage_configs(cfg)["subject"].identity("") == app_runs["googlenet"].config.identity("")
     return studies.leakage(cfg, shared_runs, log=lambda s: None)
 
 
@@ -46,7 +49,7 @@ def test_leakage_runs_differ_only_in_the_split(leakage, shared_runs):
 def test_cli_leakage_reuses_the_cached_runs(leakage, tiny_data, shared_runs, capsys):
     before = {p.name for p in shared_runs.iterdir()}
     rc = cli.main(["study", "leakage", "--backbone", "googlenet", "--data", str(tiny_data),
-                   "--weights", "none", "--epochs", "1", "--image-size", "64", "--batch-size", "4",
+                   "--weights", "none", "--epochs", "1", "--image-size", "32", "--batch-size", "64",
                    "--runs-dir", str(shared_runs), "--json"])
     assert rc == 0
     captured = capsys.readouterr()
