@@ -94,8 +94,8 @@ def content_digests(ds: Dataset) -> list[str]:
 def _fingerprint(index: pd.DataFrame, root: Path, classes: Sequence[str], digests: Sequence[str]) -> str:
     """Content identity: the relative path, label and bytes of every file. Not file times: a dataset copied,
     unpacked again or provisioned anew (new modification times, same bytes) keeps its runs and caches, and
-    a file rewritten in place with other pixels does not. Hashing reads every file once (~0.15 s for the
-    81 MB of the 2,115-cell dev folder)."""
+    a file rewritten in place with other pixels does not. Hashing reads every file once (its cost:
+    docs/BENCHMARKS.md, "Numbers behind the code")."""
     h = hashlib.sha256(("|".join(classes)).encode())
     for path, label, digest in zip(index["path"], index["label"], digests):
         h.update(f"{os.path.relpath(path, root)}\0{label}\0{digest}\n".encode())

@@ -57,7 +57,7 @@ CELL_WINDOW = 0.75
 def cell_box(a: np.ndarray, threshold: int = 10) -> tuple[int, int, int, int] | None:
     """(y0, y1, x0, x1) of the pixels brighter than threshold (the cell on its black background), or None."""
     # the brightest channel of each pixel; np.maximum of the three planes, as a.max(axis=2) (a reduction
-    # over a length-3 axis) is ~25x slower and was most of the cache's decode time
+    # over a length-3 axis) is much slower (docs/BENCHMARKS.md, "Numbers behind the code")
     mask = np.maximum(np.maximum(a[..., 0], a[..., 1]), a[..., 2]) > threshold
     if np.count_nonzero(mask) < 16:
         return None

@@ -75,8 +75,8 @@ def tune_cpu_allocator() -> bool:
     """Keep freed memory in the process for reuse (glibc: no mmap for large blocks, no trimming).
 
     By default glibc serves every block over 32 MB (activations, VGG16's 25088x4096 weight and gradient) with
-    a fresh mmap and unmaps it when freed, so each training step page-faults gigabytes in again: measured
-    ~25 % of a VGG16 step at 128 px on a 2-core CPU (docs/BENCHMARKS.md); neutral for ResNet50/GoogLeNet.
+    a fresh mmap and unmaps it when freed, so each training step page-faults gigabytes in again: a large
+    share of a VGG16 step, neutral for ResNet50/GoogLeNet (docs/BENCHMARKS.md, "Numbers behind the code").
     The cost: the process keeps its peak memory until it ends, which a training process does anyway.
     Process-wide and idempotent; LEUKVIZ_MALLOC_TUNE=0 opts out; does nothing off glibc. Returns whether
     it is in effect.

@@ -168,7 +168,7 @@ def train(run: Run, *, resume: bool = False, device: str = "auto", log: Callable
 
 def _drop_resume_state(run: Run, log: Callable[[str], None]) -> None:
     """A finished run is served from its checkpoint and never resumes: its resumable state (layout.RESUME:
-    the raw weights, the average and the optimizer's moments, about 1.6 GB for VGG16) goes. Best effort:
+    the raw weights, the average and the optimizer's moments: docs/BENCHMARKS.md for its size) goes. Best effort:
     one left behind only costs disk."""
     try:
         (run.dir / layout.RESUME).unlink(missing_ok=True)

@@ -62,8 +62,8 @@ def _cam(lm: LoadedModel, image: np.ndarray,
     with _CAM_LOCK, torch.inference_mode(False), torch.enable_grad():
         x = lm.preprocess.normalize(torch.from_numpy(np.array(img[None])).to(lm.device))
         # Gradients flow from the input, so the map works whether or not the weights are trainable; the
-        # weights are switched off so backward computes no weight gradients: measured on CPU 1.1-1.6x
-        # faster for ResNet50/GoogLeNet and up to 3.4x for VGG16, and no .grad buffers left on a shared model.
+        # weights are switched off so backward computes no weight gradients: faster (docs/BENCHMARKS.md,
+        # "Numbers behind the code"), and no .grad buffers left on a shared model.
         x.requires_grad_(True)
         trainable = [p for p in lm.model.parameters() if p.requires_grad]
         for p in trainable:

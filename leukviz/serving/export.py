@@ -122,7 +122,8 @@ def _export_onnx(run_dir: Path, out: Path) -> dict:
         # The default (dynamo) exporter, not the deprecated TorchScript one (dynamo=False): that one cannot
         # export VGG16's AdaptiveAvgPool2d(7) from a feature map whose side does not divide 7, which is
         # every input size but multiples of 224 (the 64 px quick and 128 px paper presets among them).
-        # One self-contained file (no external data: the largest, VGG16, is 0.5 GB of the 2 GB limit).
+        # One self-contained file: no external data (VGG16, the largest, fits ONNX's 2 GB limit:
+        # docs/BENCHMARKS.md, "Numbers behind the code").
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")  # the exporter's chatter about its own internals
             torch.onnx.export(model, (x[:2],), str(tmp), dynamo=True, external_data=False, verbose=False,

@@ -229,8 +229,8 @@ UNRELIABLE_TEXT = "not reliable here: unlike the training images"
 
 def confidence_reliable(p: ModelPrediction) -> bool:
     """Whether a confidence can be read as one: not for an image flagged unlike the run's training images
-    (measured on 260 cells of another lab: every one flagged, all called `all` at 94.5 % mean confidence,
-    accuracy 0.50)."""
+    (such images are called with high confidence and no better than chance: docs/BENCHMARKS.md, "Numbers
+    behind the code")."""
     return not p.ood
 
 
