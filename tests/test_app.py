@@ -441,14 +441,14 @@ def test_compare_exports_a_run_to_onnx(app, tiny_data, monkeypatch):
 
 def test_train_shows_why_a_run_stopped_early(app, tiny_data):
     """A run that ended early says so, with its reason, beside its results."""
-    from leukviz.core import layout
+    from leukviz.core import filenames
     from leukviz.training import callbacks
 
     src = finished(tiny_data)["googlenet"]
     run = runs.run_for(tiny_config("googlenet", tiny_data, epochs=9, patience=2))
-    for name in (layout.CHECKPOINT, layout.SIDECAR, layout.METRICS, layout.STATUS):
+    for name in (filenames.CHECKPOINT, filenames.SIDECAR, filenames.METRICS, filenames.STATUS):
         shutil.copy(src.dir / name, run.dir / name)
-    with open(run.dir / layout.METRICS, "a") as fh:
+    with open(run.dir / filenames.METRICS, "a") as fh:
         fh.write(json.dumps(callbacks.early_stop_event(4, 2, 2)) + "\n")
     at = app
     at.query_params["run"] = run.run_id

@@ -94,7 +94,7 @@ def test_a_leukviz_checkpoint_as_weights_file_keeps_the_architecture_it_was_trai
     transform, recorded in the sidecar; an ImageNet-style state_dict gets the pretrained one."""
     import json
 
-    from leukviz.core import layout
+    from leukviz.core import filenames
 
     src = build_model("googlenet", 2, "none")
     assert not src.transform_input
@@ -103,13 +103,13 @@ def test_a_leukviz_checkpoint_as_weights_file_keeps_the_architecture_it_was_trai
     torch.save(src.state_dict(), tmp_path / "imagenet_style.pt")
     from safetensors.torch import save_file
 
-    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, run / layout.CHECKPOINT)
-    (run / layout.SIDECAR).write_text(json.dumps({"backbone": "googlenet",
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, run / filenames.CHECKPOINT)
+    (run / filenames.SIDECAR).write_text(json.dumps({"backbone": "googlenet",
                                                   "build_kwargs": backbones.build_kwargs("googlenet", "none")}))
-    assert not build_model("googlenet", 2, str(run / layout.CHECKPOINT)).transform_input
+    assert not build_model("googlenet", 2, str(run / filenames.CHECKPOINT)).transform_input
     assert build_model("googlenet", 2, str(tmp_path / "imagenet_style.pt")).transform_input
-    (run / layout.SIDECAR).write_text(json.dumps({"backbone": "resnet50", "build_kwargs": {}}))  # another backbone's
-    assert build_model("googlenet", 2, str(run / layout.CHECKPOINT)).transform_input
+    (run / filenames.SIDECAR).write_text(json.dumps({"backbone": "resnet50", "build_kwargs": {}}))  # another backbone's
+    assert build_model("googlenet", 2, str(run / filenames.CHECKPOINT)).transform_input
 
 
 def test_weights_file_loads_backbone_and_rejects_wrong_architecture(tmp_path):

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from leukviz.benchmarks import bench
-from leukviz.core import layout
+from leukviz.core import filenames
 from leukviz.datasets import cnmc, data
 from leukviz.models import backbones, preprocess
 from leukviz.models.config import resolve
@@ -86,7 +86,7 @@ def _fit(cfg, run_dir: Path, cache: Path):
     events: list[dict] = []
     run_dir.mkdir(parents=True)
     res = engine.fit(cfg, run_dir, events.append, cache_dir=cache, log=lambda s: None)
-    return res, events, pd.read_csv(run_dir / layout.PREDICTIONS), load_file(str(run_dir / layout.CHECKPOINT))
+    return res, events, pd.read_csv(run_dir / filenames.PREDICTIONS), load_file(str(run_dir / filenames.CHECKPOINT))
 
 
 @pytest.mark.parametrize("backbone", [name if name == "googlenet" else pytest.param(name, marks=[pytest.mark.integration, pytest.mark.bench])
@@ -147,7 +147,7 @@ def test_head_features_are_kept_for_the_next_run_and_reused_exactly(tiny_data, t
         logs: list[str] = []
         (tmp_path / name).mkdir()
         res = engine.fit(c, tmp_path / name, lambda e: None, cache_dir=cache, log=logs.append)
-        return res, "\n".join(logs), load_file(str(tmp_path / name / layout.CHECKPOINT))
+        return res, "\n".join(logs), load_file(str(tmp_path / name / filenames.CHECKPOINT))
 
     first, log1, w1 = fit(cfg, "a")
     files = list((cache / "features").glob("*.safetensors"))

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from leukviz.core import layout
+from leukviz.core import filenames
 from leukviz.scoring import calibration, metrics
 
 
@@ -72,7 +72,7 @@ def write_predictions(run_dir, y, p, classes=("hem", "all")):
     run_dir.mkdir(parents=True, exist_ok=True)
     df = pd.DataFrame({"path": [f"/x/{i}.png" for i in range(len(y))], "subject": "s", "label": y,
                        "pred": p.argmax(1), **{f"prob_{c}": p[:, i] for i, c in enumerate(classes)}})
-    df.to_csv(run_dir / layout.PREDICTIONS, index=False)
+    df.to_csv(run_dir / filenames.PREDICTIONS, index=False)
 
 
 def test_run_calibration_fits_caches_and_refits_when_the_predictions_change(tmp_path, monkeypatch):
@@ -83,7 +83,7 @@ def test_run_calibration_fits_caches_and_refits_when_the_predictions_change(tmp_
     assert first["calibrated"] and first["fitted_on"] == "validation" and first["n"] == 400
     assert first["temperature"] > 1.5 and "optimistic" in first["note"]
     assert first["report"]["after"]["nll"] < first["report"]["before"]["nll"]
-    saved = json.loads((run / layout.CALIBRATION).read_text())
+    saved = json.loads((run / filenames.CALIBRATION).read_text())
     assert saved["temperature"] == first["temperature"]
 
     fits = []
@@ -95,7 +95,7 @@ def test_run_calibration_fits_caches_and_refits_when_the_predictions_change(tmp_
     write_predictions(run, y2, p2)
     again = calibration.run_calibration(run)
     assert fits == [1] and again["temperature"] < 1.0 and again["key"] != first["key"]
-    assert json.loads((run / layout.CALIBRATION).read_text())["temperature"] == again["temperature"]
+    assert json.loads((run / filenames.CALIBRATION).read_text())["temperature"] == again["temperature"]
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "no label", "too few"])
@@ -103,9 +103,9 @@ def test_a_run_without_usable_predictions_gets_t_one_and_says_not_calibrated(tmp
     run = tmp_path / "run"
     run.mkdir()
     if case == "empty":
-        (run / layout.PREDICTIONS).write_bytes(b"")
+        (run / filenames.PREDICTIONS).write_bytes(b"")
     elif case == "no label":
-        pd.DataFrame({"prob_hem": [0.2] * 20, "prob_all": [0.8] * 20}).to_csv(run / layout.PREDICTIONS)
+        pd.DataFrame({"prob_hem": [0.2] * 20, "prob_all": [0.8] * 20}).to_csv(run / filenames.PREDICTIONS)
     elif case == "too few":
         y, p = made_up(calibration.MIN_CELLS - 1)
         write_predictions(run, y, p)
@@ -120,7 +120,7 @@ def test_unlabelled_rows_are_left_out_and_the_sidecar_orders_the_classes(tmp_pat
     y = y.copy()
     y[:50] = -1
     write_predictions(run, y, p[:, ::-1], classes=("all", "hem"))  # columns saved in another order
-    (run / layout.SIDECAR).write_text(json.dumps({"classes": ["hem", "all"]}))
+    (run / filenames.SIDECAR).write_text(json.dumps({"classes": ["hem", "all"]}))
     res = calibration.run_calibration(run)
     assert res["n"] == 250
     # labels index the sidecar's classes: read in that order, the fit sees the model as it was
@@ -137,4 +137,4 @@ def test_a_run_folder_that_cannot_be_written_still_gets_its_temperature(tmp_path
 
     monkeypatch.setattr(calibration, "atomic_write_json", refuse)
     res = calibration.run_calibration(run)
-    assert res["calibrated"] and res["temperature"] > 1.3 and not (run / layout.CALIBRATION).exists()
+    assert res["calibrated"] and res["temperature"] > 1.3 and not (run / filenames.CALIBRATION).exists()

@@ -140,7 +140,7 @@ def test_test_set_is_scored_once_with_the_kept_model(tiny_data, tmp_path, monkey
     import pandas as pd
     from test_testset import split_tree, tiny_cfg
 
-    from leukviz.core.layout import RESUME, SIDECAR, TEST_PREDICTIONS
+    from leukviz.core.filenames import RESUME, SIDECAR, TEST_PREDICTIONS
 
     tree, cache = split_tree(tiny_data, tmp_path / "cells"), tmp_path / "cache"
     scores = iter([0.9, 0.1])  # epoch 1 scores best; the test set's own line gets the real F1
@@ -179,7 +179,7 @@ def test_a_test_folder_changes_nothing_that_is_chosen(tiny_data, tmp_path):
     import pandas as pd
     from test_testset import split_tree, tiny_cfg
 
-    from leukviz.core.layout import PREDICTIONS, SIDECAR, TEST_PREDICTIONS
+    from leukviz.core.filenames import PREDICTIONS, SIDECAR, TEST_PREDICTIONS
 
     out = {}
     for name, test in (("with", True), ("without", False)):
@@ -199,7 +199,7 @@ def test_a_resume_past_the_last_epoch_still_scores_and_a_failure_does_not_fail_i
     import pandas as pd
     from test_testset import split_tree, tiny_cfg
 
-    from leukviz.core.layout import TEST_PREDICTIONS
+    from leukviz.core.filenames import TEST_PREDICTIONS
 
     tree, cache, run = split_tree(tiny_data, tmp_path / "cells"), tmp_path / "cache", tmp_path / "run"
     bad = sorted((tree / "test" / "all").iterdir())[0]
@@ -259,7 +259,7 @@ def test_a_run_with_patience_stops_early_and_keeps_the_best_checkpoint(tiny_data
     """F1 0.5, 0.8, 0.6, 0.7 with patience 2: the run ends after epoch 4 of 8, says why, and keeps epoch 2,
     though the preset asks for the last epoch (patience implies the best)."""
     from leukviz.core import events
-    from leukviz.core.layout import SIDECAR
+    from leukviz.core.filenames import SIDECAR
 
     scores = iter([0.5, 0.8, 0.6, 0.7])
     real_f1 = engine.weighted_f1

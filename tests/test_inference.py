@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from leukviz import cli
-from leukviz.core import layout
+from leukviz.core import filenames
 from leukviz.models.config import resolve
 from leukviz.scoring import calibration
 from leukviz.serving import inference
@@ -59,7 +59,7 @@ def test_a_loaded_model_carries_the_runs_temperature(two_runs):
     lm = inference.load_model(run.dir)
     fitted = calibration.run_calibration(run.dir)
     assert lm.temperature == fitted["temperature"] and lm.calibrated == fitted["calibrated"]
-    assert (run.dir / layout.CALIBRATION).exists()
+    assert (run.dir / filenames.CALIBRATION).exists()
     assert lm.calibration["note"].startswith("calibrated" if lm.calibrated else "not calibrated")
     plain = inference.load_model(run.dir, calibrate=False)
     assert plain.temperature == 1.0 and not plain.calibrated

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from leukviz import cli
-from leukviz.core import layout, paths
+from leukviz.core import filenames, paths
 from leukviz.core.events import BATCH, EPOCH, START
 from leukviz.datasets import data, ood, synthetic
 from leukviz.models import config
@@ -53,7 +53,7 @@ def cnmc_cell(cnmc_mini: Path) -> Path:
 
 
 def test_the_sidecar_keeps_the_training_images_reference(demo_run):
-    meta = json.loads((demo_run.dir / layout.SIDECAR).read_text())
+    meta = json.loads((demo_run.dir / filenames.SIDECAR).read_text())
     ref = meta["reference"]
     assert ref["version"] == ood.VERSION and ref["sizes"] == ["64x64"]
     assert ref["width"] == [64, 64] and ref["height"] == [64, 64]
@@ -107,9 +107,9 @@ def test_records_carry_the_check_and_old_runs_say_they_were_not_compared(demo_ru
 
     old = tmp_path / demo_run.run_id  # a run trained before the sidecar held a reference
     shutil.copytree(demo_run.dir, old, ignore=shutil.ignore_patterns("*.lock", "last.pt"))
-    meta = json.loads((old / layout.SIDECAR).read_text())
+    meta = json.loads((old / filenames.SIDECAR).read_text())
     del meta["reference"]
-    (old / layout.SIDECAR).write_text(json.dumps(meta))
+    (old / filenames.SIDECAR).write_text(json.dumps(meta))
     rec = inference.predict_files(inference.load_model(old), [real])[0]
     assert rec["ood"] is None and rec["ood_reasons"] == [] and rec["ood_note"] == ood.NO_REFERENCE
     assert rec["ood_note"].startswith("no reference statistics (trained before")

@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from leukviz.core import layout
+from leukviz.core import filenames
 from leukviz.core.storage import read_jsonl
 from leukviz.datasets import archives, cnmc, data
 from leukviz.datasets.cnmc import parse_cnmc_name
@@ -601,7 +601,7 @@ def _fail_writes_of(monkeypatch, name: str, after: int) -> dict:
 
 @pytest.mark.integration
 @linux_only
-@pytest.mark.parametrize("target", [layout.CHECKPOINT, layout.SIDECAR, engine.RESUME])
+@pytest.mark.parametrize("target", [filenames.CHECKPOINT, filenames.SIDECAR, engine.RESUME])
 def test_full_disk_during_a_checkpoint_keeps_the_previous_one(target, micro, tmp_path, monkeypatch):
     run = runs.run_for(micro_cfg(micro, seed=3), tmp_path)
     scores = itertools.count(0.5, 0.1)  # every epoch 'improves', so every epoch writes model.safetensors
@@ -611,7 +611,7 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one(target, micro, tmp
 
     def remember(ev: dict) -> None:
         if ev["type"] == "epoch" and ev["epoch"] == 1:
-            for name in (layout.CHECKPOINT, layout.SIDECAR):
+            for name in (filenames.CHECKPOINT, filenames.SIDECAR):
                 after_epoch_1[name] = (run.dir / name).read_bytes()
 
     with pytest.raises(OSError):
@@ -626,8 +626,8 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one(target, micro, tmp
         assert (resume_state["epoch"], resume_state["step"]) == (2, 0) and lm.meta["epoch"] == 2
     else:
         assert lm.meta["epoch"] == 1, "weights and sidecar stay a matching pair"
-        assert (run.dir / layout.CHECKPOINT).read_bytes() == after_epoch_1[layout.CHECKPOINT]
-        assert (run.dir / layout.SIDECAR).read_bytes() == after_epoch_1[layout.SIDECAR]
+        assert (run.dir / filenames.CHECKPOINT).read_bytes() == after_epoch_1[filenames.CHECKPOINT]
+        assert (run.dir / filenames.SIDECAR).read_bytes() == after_epoch_1[filenames.SIDECAR]
     monkeypatch.setattr(os, "fsync", _REAL_FSYNC)  # space freed: the run resumes from what was kept
     trainer.train(run, resume=True, log=lambda s: None)
     assert run.state == "finished"
@@ -655,11 +655,11 @@ def test_truncated_last_line_and_lost_status_are_tolerated(finished_micro, tmp_p
 def test_a_finished_run_is_never_trained_again_by_a_late_second_trainer(finished_micro):
     """The second of two racing trainers gets the lock only after the first finished: it must not retrain."""
     before = (finished_micro.dir / "metrics.jsonl").read_bytes()
-    stamp = (finished_micro.dir / layout.CHECKPOINT).stat().st_mtime_ns
+    stamp = (finished_micro.dir / filenames.CHECKPOINT).stat().st_mtime_ns
     metrics = trainer.train(finished_micro, log=lambda s: None)
     assert metrics == finished_micro.final_metrics() and metrics["val_acc"] >= 0
     assert (finished_micro.dir / "metrics.jsonl").read_bytes() == before
-    assert (finished_micro.dir / layout.CHECKPOINT).stat().st_mtime_ns == stamp
+    assert (finished_micro.dir / filenames.CHECKPOINT).stat().st_mtime_ns == stamp
 
 
 def test_train_gives_back_signal_handlers_and_runs_off_the_main_thread(finished_micro):
@@ -700,7 +700,7 @@ def test_infinite_loss_stops_with_a_clear_message(micro, tmp_path, monkeypatch):
     with pytest.raises(engine.TrainingDiverged):
         trainer.train(run, log=lambda s: None)
     assert run.state == "failed" and "loss became inf" in run.status["error"]
-    assert not (run.dir / layout.CHECKPOINT).exists(), "nothing trained on garbage is saved"
+    assert not (run.dir / filenames.CHECKPOINT).exists(), "nothing trained on garbage is saved"
 
 
 def test_a_malicious_last_pt_is_refused_on_resume(micro, tmp_path):

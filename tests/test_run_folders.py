@@ -16,7 +16,7 @@ from streamlit.testing.v1 import AppTest
 from helpers import link_run, link_runs, tiny_config
 from leukviz import cli
 from leukviz.app import dashboard
-from leukviz.core import layout, paths
+from leukviz.core import filenames, paths
 from leukviz.datasets import data, synthetic
 from leukviz.models import config
 from leukviz.runstore import runfiles, runs, trainer
@@ -71,10 +71,10 @@ def a_resume_state() -> bytes:
     return buf.getvalue()
 
 
-FILES = (layout.CONFIG, layout.STATUS, layout.METRICS, layout.SIDECAR, layout.CHECKPOINT, layout.PREDICTIONS,
-         layout.TEST_PREDICTIONS, layout.RESUME)
+FILES = (filenames.CONFIG, filenames.STATUS, filenames.METRICS, filenames.SIDECAR, filenames.CHECKPOINT, filenames.PREDICTIONS,
+         filenames.TEST_PREDICTIONS, filenames.RESUME)
 # What still works with one damaged file: the model is usable (a note only) or the run is left out.
-NOTES_ONLY = (layout.METRICS, layout.RESUME)
+NOTES_ONLY = (filenames.METRICS, filenames.RESUME)
 
 
 def runs_list(runs_dir: Path, capsys) -> str:
@@ -89,18 +89,18 @@ def test_every_damaged_file_is_named_and_the_good_run_still_listed(good, tmp_pat
         link_run(good, root)
         bad = link_run(good, root, DAMAGED_ID)
         replace(bad.dir / name, blob)
-        if name == layout.METRICS and kind == "truncated":  # a cut JSON line, and a well-formed incomplete one
+        if name == filenames.METRICS and kind == "truncated":  # a cut JSON line, and a well-formed incomplete one
             replace(bad.dir / name, blob + b'{"type": "epoch"}\n{"type": "epo')
         out = runs_list(root, capsys)
         assert good.run_id in out and DAMAGED_ID in out, (kind, out)
-        if name == layout.METRICS and kind == "empty":
+        if name == filenames.METRICS and kind == "empty":
             continue  # an empty history is not damage
         lines = [line for line in out.splitlines() if DAMAGED_ID in line or line.startswith("    ")]
-        assert any(name in line for line in lines) or name == layout.STATUS and "interrupted" in out, (kind, out)
+        assert any(name in line for line in lines) or name == filenames.STATUS and "interrupted" in out, (kind, out)
         usable = [r.run_id for r in dashboard.finished_runs(root)]
         assert good.run_id in usable, (kind, usable)
         assert (DAMAGED_ID in usable) == (name in NOTES_ONLY), (kind, usable, bad.problems)
-        if name not in NOTES_ONLY and name != layout.STATUS:
+        if name not in NOTES_ONLY and name != filenames.STATUS:
             assert DAMAGED_ID in [r.run_id for r in dashboard.damaged_runs(root)], kind
         as_json = json.loads(_json_list(root, capsys))
         assert {r["run_id"] for r in as_json["runs"]} == {good.run_id, DAMAGED_ID}
@@ -117,14 +117,14 @@ def _json_list(root: Path, capsys) -> str:
 def test_bad_values_in_config_json_are_named(good, tmp_path, capsys, change):
     key, value = change
     bad = link_run(good, tmp_path, DAMAGED_ID)
-    info = json.loads((bad.dir / layout.CONFIG).read_text())
+    info = json.loads((bad.dir / filenames.CONFIG).read_text())
     if key == "config":
         info = value
     elif key.startswith("config."):
         info["config"][key.split(".", 1)[1]] = value
     else:
         info[key] = value
-    replace(bad.dir / layout.CONFIG, json.dumps(info).encode())
+    replace(bad.dir / filenames.CONFIG, json.dumps(info).encode())
     out = runs_list(tmp_path, capsys)
     assert f"{DAMAGED_ID}" in out and "config.json" in out and "delete the folder" in out
     assert DAMAGED_ID not in [r.run_id for r in dashboard.finished_runs(tmp_path)]
@@ -134,12 +134,12 @@ def test_bad_values_in_config_json_are_named(good, tmp_path, capsys, change):
                                     ("positive", 5), ("mean", "x")])
 def test_bad_values_in_model_json_are_named(good, tmp_path, capsys, change):
     bad = link_run(good, tmp_path, DAMAGED_ID)
-    meta = json.loads((bad.dir / layout.SIDECAR).read_text())
+    meta = json.loads((bad.dir / filenames.SIDECAR).read_text())
     if change[0] == "val_acc":
         meta["metrics"]["val_acc"] = change[1]
     else:
         meta[change[0]] = change[1]
-    replace(bad.dir / layout.SIDECAR, json.dumps(meta).encode())
+    replace(bad.dir / filenames.SIDECAR, json.dumps(meta).encode())
     out = runs_list(tmp_path, capsys)
     assert "model.json" in out and "--force" in out
     assert DAMAGED_ID not in [r.run_id for r in dashboard.finished_runs(tmp_path)]
@@ -154,21 +154,21 @@ def test_wrong_shaped_weights_are_a_clear_error(good, tmp_path):
     from leukviz.models import backbones
 
     bad = link_run(good, tmp_path, DAMAGED_ID)
-    state = load_file(str(good.dir / layout.CHECKPOINT))
+    state = load_file(str(good.dir / filenames.CHECKPOINT))
     state["fc.weight"], state["fc.bias"] = torch.zeros(3, state["fc.weight"].shape[1]), torch.zeros(3)
-    (bad.dir / layout.CHECKPOINT).unlink()
-    save_file(state, str(bad.dir / layout.CHECKPOINT))
+    (bad.dir / filenames.CHECKPOINT).unlink()
+    save_file(state, str(bad.dir / filenames.CHECKPOINT))
     assert any("classifier has 3 outputs" in p for p in bad.problems)
     meta = good.sidecar()
     model = backbones.build_model(meta["backbone"], 2, arch=meta["build_kwargs"])
     with pytest.raises(runfiles.RunFileError, match=r"fc\.weight is \[3, "):
-        runfiles.load_weights(model, bad.dir / layout.CHECKPOINT, bad.run_id)
-    runfiles.load_weights(model, good.dir / layout.CHECKPOINT, good.run_id)  # the good one loads
+        runfiles.load_weights(model, bad.dir / filenames.CHECKPOINT, bad.run_id)
+    runfiles.load_weights(model, good.dir / filenames.CHECKPOINT, good.run_id)  # the good one loads
 
 
 def test_finished_without_weights_is_not_cached_and_says_why(good, tmp_path):
     bad = link_run(good, tmp_path)
-    (bad.dir / layout.CHECKPOINT).unlink()
+    (bad.dir / filenames.CHECKPOINT).unlink()
     action, why = runs.plan_why(bad)
     assert action == "train" and "model.safetensors" in why and "finished" in why
     assert runs.plan(good) == "cached"
@@ -176,7 +176,7 @@ def test_finished_without_weights_is_not_cached_and_says_why(good, tmp_path):
 
 def test_an_incomplete_metrics_line_never_breaks_a_resume(good, tmp_path):
     bad = link_run(good, tmp_path)
-    replace(bad.dir / layout.METRICS, (good.dir / layout.METRICS).read_bytes() + b'{"type": "epoch"}\n')
+    replace(bad.dir / filenames.METRICS, (good.dir / filenames.METRICS).read_bytes() + b'{"type": "epoch"}\n')
     assert len(bad.events()) == len(good.events())
     trainer._truncate_after(bad, 1, 0)  # was KeyError: 'epoch'
     assert not bad.skipped_events()
@@ -184,10 +184,10 @@ def test_an_incomplete_metrics_line_never_breaks_a_resume(good, tmp_path):
 
 def test_a_garbage_config_is_rewritten_by_its_configuration_and_never_archived_without_one(good, tmp_path, tiny_data):
     bad = link_run(good, tmp_path)
-    replace(bad.dir / layout.CONFIG, b"garbage")
+    replace(bad.dir / filenames.CONFIG, b"garbage")
     with pytest.raises(runfiles.RunFileError):
         runs.archive(bad)
-    assert (bad.dir / layout.CONFIG).read_bytes() == b"garbage"  # nothing moved
+    assert (bad.dir / filenames.CONFIG).read_bytes() == b"garbage"  # nothing moved
     again = runs.run_for(tiny_config("googlenet", tiny_data), tmp_path, good.info["dataset_fingerprint"])
     assert again.dir == bad.dir and again.config == good.config and not again.problems
 
@@ -195,9 +195,9 @@ def test_a_garbage_config_is_rewritten_by_its_configuration_and_never_archived_w
 def test_overview_predict_and_compare_pages_work_beside_a_damaged_run(good, home, tiny_data):
     root = runs.runs_root()
     bad = link_run(good, root, DAMAGED_ID)
-    replace(bad.dir / layout.CHECKPOINT, (good.dir / layout.CHECKPOINT).read_bytes()[:1000])
+    replace(bad.dir / filenames.CHECKPOINT, (good.dir / filenames.CHECKPOINT).read_bytes()[:1000])
     broken = link_run(good, root, "cccccccccccc")
-    replace(broken.dir / layout.CONFIG, b"[1, 2]")
+    replace(broken.dir / filenames.CONFIG, b"[1, 2]")
     try:
         for page in (None, "predict", "compare"):
             at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
@@ -253,7 +253,7 @@ def test_resume_after_the_dataset_changed_is_refused(tiny_data, tmp_path, capsys
 
     def stop_after_one(ev):
         if ev.get("type") == "epoch":
-            (run.dir / layout.STOP).touch()
+            (run.dir / filenames.STOP).touch()
 
     with pytest.raises(Exception, match="stopped"):
         trainer.train(run, log=lambda s: None, emit_hook=stop_after_one)
@@ -314,7 +314,7 @@ def test_export_onto_an_existing_file_without_extension_is_refused_first(good, t
 
 def test_predict_run_all_predicts_with_the_good_runs_and_names_the_damaged_one(good, tiny_data, capsys):
     bad = link_run(good, runs.runs_root(), DAMAGED_ID)
-    replace(bad.dir / layout.SIDECAR, b'{"backbone": "googlenet", "classes": [], "image_size": 100000}')
+    replace(bad.dir / filenames.SIDECAR, b'{"backbone": "googlenet", "classes": [], "image_size": 100000}')
     try:
         image = str(next(Path(tiny_data).rglob("*.png")))
         assert cli.main(["predict", "--run", "all", image, "--json"]) == 0

@@ -198,7 +198,7 @@ def test_the_split_words_have_one_owner():
 
 
 def test_model_json_is_read_by_its_owner():
-    """The sidecar (layout.SIDECAR) is read through runfiles.read_sidecar (Run.meta above the run store); below
+    """The sidecar (filenames.SIDECAR) is read through runfiles.read_sidecar (Run.meta above the run store); below
     the run store only its writer (training/checkpoints.py) and the calibration's class order read it."""
     readers = {"read_json", "loads", "load", "open", "read_text", "read_bytes"}
     owners = {"runstore.runfiles", "training.checkpoints", "scoring.calibration"}
@@ -225,3 +225,16 @@ def test_the_predictions_file_is_parsed_by_its_owner():
     users = [m for m, path in MODULES.items() if m not in owners
              and any(names_prob(n) for n in ast.walk(ast.parse(path.read_text())))]
     assert not users, users
+
+
+def test_each_layer_lists_its_modules():
+    """A layer's __init__ names every module it holds (__all__), so the tree reads as the docs say."""
+    import importlib
+
+    for pkg in sorted(p for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()):
+        declared = set(getattr(importlib.import_module(f"leukviz.{pkg.name}"), "__all__", []))
+        modules = {p.stem for p in pkg.glob("*.py") if p.stem != "__init__"}
+        if pkg.name == "cli":  # the CLI's __all__ is what it re-exports; its modules are the commands
+            continue
+        assert declared == modules, (pkg.name, sorted(declared ^ modules))
+

@@ -13,7 +13,7 @@ import pytest
 
 from helpers import make_run
 from leukviz.comparison import testset
-from leukviz.core import layout, paths
+from leukviz.core import filenames, paths
 from leukviz.datasets import cnmc, data
 from leukviz.datasets.cnmc import parse_cnmc_name
 from leukviz.models import config
@@ -62,8 +62,8 @@ def trained(tiny_data, tmp_path_factory) -> tuple[runs.Run, Path]:
 def test_training_writes_one_test_prediction_per_test_image(trained):
     run, cache = trained
     ds = data.open_dataset(run.config.data, cache)
-    df = pd.read_csv(run.dir / layout.TEST_PREDICTIONS, dtype={"subject": str}, keep_default_na=False)
-    val = pd.read_csv(run.dir / layout.PREDICTIONS)
+    df = pd.read_csv(run.dir / filenames.TEST_PREDICTIONS, dtype={"subject": str}, keep_default_na=False)
+    val = pd.read_csv(run.dir / filenames.PREDICTIONS)
     assert list(df.columns) == list(val.columns) == ["path", "subject", "label", "pred", "prob_all", "prob_hem"]
     assert sorted(df["path"]) == sorted(ds.test_rows["path"]) and len(df) == 12
     assert set(df["path"].map(lambda p: Path(p).parent.parent.name)) == {"test"}
@@ -75,15 +75,15 @@ def test_backfill_writes_the_same_file_for_a_run_trained_without_it(trained, tmp
     run, cache = trained
     old = runs.Run(tmp_path / run.run_id)
     shutil.copytree(run.dir, old.dir, ignore=shutil.ignore_patterns("*.lock"))
-    (old.dir / layout.TEST_PREDICTIONS).unlink()  # as a run that finished before training scored its test set
+    (old.dir / filenames.TEST_PREDICTIONS).unlink()  # as a run that finished before training scored its test set
     out = testset.score_run(old.dir, cache)
-    assert out == old.dir / layout.TEST_PREDICTIONS
-    a, b = pd.read_csv(run.dir / layout.TEST_PREDICTIONS), pd.read_csv(out)
+    assert out == old.dir / filenames.TEST_PREDICTIONS
+    a, b = pd.read_csv(run.dir / filenames.TEST_PREDICTIONS), pd.read_csv(out)
     assert a[["path", "subject", "label", "pred"]].equals(b[["path", "subject", "label", "pred"]])
     assert np.allclose(a[["prob_all", "prob_hem"]], b[["prob_all", "prob_hem"]], atol=1e-5)
     mtime = out.stat().st_mtime_ns
     assert testset.score_run(old.dir, cache) == out and out.stat().st_mtime_ns == mtime, "idempotent"
-    os.utime(old.dir / layout.CHECKPOINT, ns=(mtime + 10**9, mtime + 10**9))  # a newer checkpoint: scored again
+    os.utime(old.dir / filenames.CHECKPOINT, ns=(mtime + 10**9, mtime + 10**9))  # a newer checkpoint: scored again
     assert testset.score_run(old.dir, cache) == out and out.stat().st_mtime_ns > mtime
 
 
@@ -97,4 +97,4 @@ def test_backfill_is_none_without_a_labelled_test_set_or_dataset(tmp_path):
     assert testset.score_run(plain.dir, tmp_path / "cache") is None
     gone = make_run(tmp_path / "runs", fingerprint="fp1", data_spec=str(tmp_path / "nowhere"))
     assert testset.score_run(gone.dir, tmp_path / "cache") is None
-    assert not (plain.dir / layout.TEST_PREDICTIONS).exists()
+    assert not (plain.dir / filenames.TEST_PREDICTIONS).exists()

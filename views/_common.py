@@ -8,7 +8,7 @@ from pathlib import Path
 import streamlit as st
 
 from leukviz.app import charts, dashboard
-from leukviz.core import layout, paths
+from leukviz.core import filenames, paths
 from leukviz.datasets import data
 from leukviz.runstore import runs
 
@@ -97,7 +97,7 @@ def _load_model(run_dir: str, mtime_ns: int):
 def load_model(run: runs.Run):
     """A finished run's model, loaded once per checkpoint (a retrained run has a new mtime) and shared
     read-only by every session."""
-    ckpt = run.dir / layout.CHECKPOINT
+    ckpt = run.dir / filenames.CHECKPOINT
     return _load_model(str(run.dir), ckpt.stat().st_mtime_ns)
 
 

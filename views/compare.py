@@ -10,7 +10,7 @@ import streamlit as st
 from leukviz.app import charts, dashboard
 from leukviz.app.report import html_report
 from leukviz.comparison import compare
-from leukviz.core import layout
+from leukviz.core import filenames
 from leukviz.runstore import names, runs
 from views._common import active_dataset, figure, load_model, warn_damaged
 
@@ -25,8 +25,8 @@ def evaluation(run_dir: str, stamp: tuple[int, int]) -> compare.Evaluation:
 
 def run_stamp(run: runs.Run) -> tuple[int, int]:
     """What a run's cached numbers depend on: its checkpoint and its test predictions (written later)."""
-    test = run.dir / layout.TEST_PREDICTIONS
-    return (run.dir / layout.CHECKPOINT).stat().st_mtime_ns, test.stat().st_mtime_ns if test.exists() else 0
+    test = run.dir / filenames.TEST_PREDICTIONS
+    return (run.dir / filenames.CHECKPOINT).stat().st_mtime_ns, test.stat().st_mtime_ns if test.exists() else 0
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -264,7 +264,7 @@ st.caption("The safetensors checkpoint is the run's own file; ONNX is exported o
            "a CPU) and checked against PyTorch with ONNX Runtime.")
 exports = st.session_state.setdefault("onnx_exports", {})
 for r in selected:
-    stamp = (r.dir / layout.CHECKPOINT).stat().st_mtime_ns
+    stamp = (r.dir / filenames.CHECKPOINT).stat().st_mtime_ns
     with st.container(border=True):
         st.markdown(f"**{dashboard.plain(names.run_name(r))}**")
         cols = st.columns(3)

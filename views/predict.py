@@ -7,7 +7,7 @@ from pathlib import Path
 import streamlit as st
 
 from leukviz.app import charts, dashboard
-from leukviz.core import layout
+from leukviz.core import filenames
 from leukviz.runstore import names
 from leukviz.serving import prediction
 from leukviz.serving.explain import colour_bar
@@ -43,7 +43,7 @@ with st.spinner("Loading the models…"):
     for run_id in chosen:
         try:
             models.append(load_model(by_id[run_id]))
-            stamps.append(f"{run_id}:{(by_id[run_id].dir / layout.CHECKPOINT).stat().st_mtime_ns}")
+            stamps.append(f"{run_id}:{(by_id[run_id].dir / filenames.CHECKPOINT).stat().st_mtime_ns}")
         except (OSError, RuntimeError, ValueError, KeyError) as e:
             name = dashboard.plain(names.run_name(by_id[run_id]))
             st.error(f"{name} cannot be loaded: {dashboard.plain(e)}")

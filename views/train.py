@@ -6,7 +6,7 @@ import streamlit as st
 
 from leukviz.app import charts, dashboard
 from leukviz.comparison import compare
-from leukviz.core import events, layout
+from leukviz.core import events, filenames
 from leukviz.datasets import data
 from leukviz.models import backbones, config
 from leukviz.runstore import names, runs, supervisor
@@ -358,7 +358,7 @@ def run_panel(run: runs.Run, polling: bool, members: list[runs.Run]) -> None:
                  "queued": "Queued: waiting for the device (another run is training)…"}.get(state, p.text)
         a, b = st.columns([5, 1], vertical_alignment="bottom")
         a.progress(p.fraction, text=label)
-        stopping = (run.dir / layout.STOP).exists()
+        stopping = (run.dir / filenames.STOP).exists()
         # Not while starting: the process clears old stop requests when it takes the run.
         if b.button("Stopping…" if stopping else "Stop", icon=":material/stop:", key=f"stop_{run.run_id}",
                     disabled=stopping or state == runs.State.STARTING, width="stretch"):

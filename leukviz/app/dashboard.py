@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from leukviz.core.events import BATCH, EPOCH, finite, latest_start
-from leukviz.core.layout import CONFIG
+from leukviz.core.filenames import CONFIG
 from leukviz.datasets import data
 from leukviz.models import backbones, config
 from leukviz.models.config import RunConfig

@@ -17,7 +17,7 @@ from leukviz.cli.common import (
     _selected_runs,
     _warn_unfinished,
 )
-from leukviz.core import layout, paths
+from leukviz.core import filenames, paths
 
 
 def _collect_images(items: list[str]) -> list[str]:
@@ -29,7 +29,7 @@ def _collect_images(items: list[str]) -> list[str]:
         if p.is_dir():
             out.extend(str(f) for f in sorted(p.rglob("*")) if f.is_file() and data._is_image(f))
         elif p.suffix.lower() == ".zip":
-            dest = paths.cache_root() / layout.PREDICT_ZIP_CACHE / f"{p.stem}-{int(p.stat().st_mtime)}"
+            dest = paths.cache_root() / filenames.PREDICT_ZIP_CACHE / f"{p.stem}-{int(p.stat().st_mtime)}"
             dest.parent.mkdir(parents=True, exist_ok=True)
             root = data.extract_zip(p, dest)
             out.extend(str(f) for f in sorted(root.rglob("*")) if f.is_file() and data._is_image(f))

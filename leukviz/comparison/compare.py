@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from leukviz.core.errors import LeukvizError
-from leukviz.core.layout import CHECKPOINT, PREDICTIONS, TEST_PREDICTIONS
+from leukviz.core.filenames import CHECKPOINT, PREDICTIONS, TEST_PREDICTIONS
 from leukviz.datasets import data
 from leukviz.models import config
 from leukviz.models.backbones import BACKBONES

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from leukviz.core import layout, paths
+from leukviz.core import filenames, paths
 from leukviz.core.errors import LeukvizError
 from leukviz.datasets import cnmc, data
 from leukviz.models import backbones, config
@@ -344,7 +344,7 @@ def _leukviz_record(run: runs.Run, classes: Sequence[str]) -> dict:
     from leukviz.comparison.compare import read_predictions
 
     # Every cell of a subject-grouped split has its subject, so p.subjects is known.
-    p = read_predictions(run.dir / layout.PREDICTIONS, classes)
+    p = read_predictions(run.dir / filenames.PREDICTIONS, classes)
     f1s = [float(e["val_f1"]) for e in run.epochs()]
     return {"method": LEUKVIZ, "run_id": run.run_id, "epoch_f1": f1s, "late_drop": late_drop(f1s),
             "kept_epoch": run.final_metrics().get("best_epoch"),

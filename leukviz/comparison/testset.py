@@ -2,7 +2,7 @@
 scored it itself (checkpoints.score_test_set).
 
 The same rows (Dataset.test_rows: a test/ folder, C-NMC's labelled preliminary set), the same file
-(layout.TEST_PREDICTIONS), the same code (checkpoints.score_test_rows) and the model the checkpoint holds, with the
+(filenames.TEST_PREDICTIONS), the same code (checkpoints.score_test_rows) and the model the checkpoint holds, with the
 run's own preprocessing. Nothing here chooses anything: the run's epoch was chosen on validation.
 """
 
@@ -11,14 +11,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from leukviz.core.layout import CONFIG, TEST_PREDICTIONS
+from leukviz.core.filenames import CONFIG, TEST_PREDICTIONS
 from leukviz.datasets import data
 from leukviz.serving import inference
 from leukviz.training import checkpoints
 
 
 def score_run(run_dir: str | Path, cache_dir: Path | None = None) -> Path | None:
-    """Write run_dir's layout.TEST_PREDICTIONS and return its path; the existing file when it is newer than
+    """Write run_dir's filenames.TEST_PREDICTIONS and return its path; the existing file when it is newer than
     the checkpoint (idempotent). None when the run's dataset cannot be opened, is no longer the one the run
     was trained on (its fingerprint changed: its test rows might now hold training images), or has no
     labelled test rows. A run without a checkpoint raises FileNotFoundError (inference.load_model)."""

@@ -1,4 +1,4 @@
-"""The events a training run writes, one JSON object a line, to its metrics file (layout.METRICS).
+"""The events a training run writes, one JSON object a line, to its metrics file (filenames.METRICS).
 
 Each event's "type" is one of the names below; docs/ARCHITECTURE.md lists their fields. The engine writes
 them, and every reader (the run folder, the charts, the progress bar, the CLI) takes them through the

@@ -18,7 +18,7 @@ from PIL import Image  # noqa: F401 - re-exported, as below
 
 # The imports marked noqa F401 are re-exports: data is the dataset layer's public surface, and callers use
 # data.X for what now lives in the modules below it.
-from leukviz.core import layout
+from leukviz.core import filenames
 from leukviz.datasets import synthetic
 from leukviz.datasets.archives import as_uploaded, extract_zip, save_upload, upload_name  # noqa: F401
 from leukviz.datasets.cachedir import cache_folder, writable  # noqa: F401
@@ -143,9 +143,9 @@ def open_dataset(spec: str | Path = "demo", cache_dir: Path | None = None) -> Da
     skipped: list[tuple[str, str]] = []
     if name == "demo":
         try:
-            root = synthetic.ensure_demo(cache_dir / layout.DEMO_CACHE)
+            root = synthetic.ensure_demo(cache_dir / filenames.DEMO_CACHE)
         except OSError:  # not built yet, and the cache cannot be written
-            root = synthetic.ensure_demo(writable(cache_dir / layout.DEMO_CACHE))
+            root = synthetic.ensure_demo(writable(cache_dir / filenames.DEMO_CACHE))
         index = _index_cnmc(root, skipped)
         # Generated content is identified by its generator, not file times (regeneration gives new mtimes).
         fp = hashlib.sha256(f"demo-v{synthetic.DEMO_VERSION}-s0-{len(index)}".encode()).hexdigest()[:16]
@@ -158,7 +158,7 @@ def open_dataset(spec: str | Path = "demo", cache_dir: Path | None = None) -> Da
         if path.suffix.lower() != ".zip":
             raise DataError(f"{path} is a file; a dataset is a folder or a .zip")
         digest = hashlib.sha256(f"{path.resolve()}:{path.stat().st_size}:{path.stat().st_mtime_ns}".encode())
-        dest = cache_dir / layout.ZIP_CACHE / digest.hexdigest()[:16]
+        dest = cache_dir / filenames.ZIP_CACHE / digest.hexdigest()[:16]
         if not (dest / ".complete").exists():  # extracted before: read, even from a read-only cache
             dest = writable(dest.parent) / dest.name
             with FileLock(f"{dest}.lock"):  # the app and a training process may open the same zip at once

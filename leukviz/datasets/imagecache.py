@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from leukviz.core import layout
+from leukviz.core import filenames
 from leukviz.core.storage import atomic_write_bytes
 from leukviz.datasets.cachedir import cache_folder, writable
 from leukviz.datasets.dataset import DataError, Dataset
@@ -152,7 +152,7 @@ def image_cache(ds: Dataset, size: int, crop: bool, cache_dir: Path | None = Non
     never reuses a stale cache. Threads, not processes: Pillow releases the GIL while decoding and
     resizing, and forking a process that runs torch can deadlock.
     """
-    folder = cache_folder(cache_dir) / layout.IMAGE_CACHE
+    folder = cache_folder(cache_dir) / filenames.IMAGE_CACHE
     how = ("cell" if window is None else f"window{round(window * 1000)}") if crop else "full"
     name = f"{ds.fingerprint}-{size}-{how}"
     cached = _cached_images(ds, folder / name, size)  # a read-only cache is still read

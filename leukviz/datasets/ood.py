@@ -3,7 +3,7 @@
 At training time `reference_stats` summarises a sample of the training images as they were on disk
 (before any crop or resize): their sizes, how much of each is near-black background and how bright its
 edge is, and the colour of the cell pixels (per channel mean and spread). The summary travels in the
-run's sidecar (layout.SIDECAR, key "reference"). At prediction time `check` compares one image with it
+run's sidecar (filenames.SIDECAR, key "reference"). At prediction time `check` compares one image with it
 and returns plain reasons, one per way the image is unlike the training data (none holds a ";": a table
 joins them with "; "); the prediction itself is always shown beside them, never withheld.
 """

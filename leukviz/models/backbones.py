@@ -257,11 +257,11 @@ def build_kwargs(name: str, weights: str) -> dict[str, Any]:
 
 
 def _recorded_kwargs(path: Path, name: str) -> dict[str, Any] | None:
-    """The builder arguments a leukviz checkpoint's sidecar (layout.SIDECAR beside it) records for this
+    """The builder arguments a leukviz checkpoint's sidecar (filenames.SIDECAR beside it) records for this
     backbone; None for any other file."""
     import json
 
-    from leukviz.core.layout import CHECKPOINT, SIDECAR
+    from leukviz.core.filenames import CHECKPOINT, SIDECAR
 
     side = path.with_name(SIDECAR)
     if path.name != CHECKPOINT or not side.is_file():

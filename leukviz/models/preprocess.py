@@ -62,7 +62,7 @@ class Preprocess:
 
     @classmethod
     def of_checkpoint(cls, meta: dict) -> Preprocess:
-        """A finished run's preprocessing, from its sidecar (layout.SIDECAR)."""
+        """A finished run's preprocessing, from its sidecar (filenames.SIDECAR)."""
         return cls(meta["backbone"], int(meta["image_size"]), bool(meta["crop"]), meta.get("crop_window"))
 
     @property

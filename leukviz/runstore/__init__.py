@@ -1,4 +1,5 @@
-"""Run folders: the run and its state, one checked reader per run file (runfiles), the start policy, launch
-and supervision of training processes (runs), and how runs are named (names)."""
+"""Run folders: the run, its state and the one start policy (runs), one checked reader per run file
+(runfiles), training a run in this process (trainer), launching, stopping and following a training process
+(supervisor, with this process's launches in processes), and how runs are named (names)."""
 
-__all__ = ["names", "runfiles", "runs"]
+__all__ = ["names", "processes", "runfiles", "runs", "supervisor", "trainer"]

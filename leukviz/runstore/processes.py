@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from leukviz.core import layout
+from leukviz.core import filenames
 from leukviz.core.storage import read_json
 
 LAUNCH_GRACE = 120.0  # seconds a launched process may take to start (import torch) and take the run lock
@@ -49,7 +49,7 @@ def alive(pid: int) -> bool:
 
 def launch_pending(run_dir: Path) -> bool:
     """A process launched for this run a moment ago that is alive but has not taken the run lock yet."""
-    info = read_json(run_dir / layout.LAUNCH, None)
+    info = read_json(run_dir / filenames.LAUNCH, None)
     if not isinstance(info, dict):
         return False
     try:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from leukviz.core import layout
+from leukviz.core import filenames
 from leukviz.core.errors import LeukvizError
 from leukviz.models import config
 from leukviz.scoring import predictions
@@ -40,7 +40,7 @@ class Problem:
 # Files without which a finished run cannot be used (Predict needs the first three, Compare all four); the
 # others damaged are notes: status.json reads as interrupted, a bad metrics line is skipped, a damaged
 # calibration.json is refitted, a damaged last.pt only means the run cannot be resumed.
-REQUIRED = (layout.CONFIG, layout.SIDECAR, layout.CHECKPOINT, layout.PREDICTIONS)
+REQUIRED = (filenames.CONFIG, filenames.SIDECAR, filenames.CHECKPOINT, filenames.PREDICTIONS)
 
 
 def _is_int(v: Any) -> bool:
@@ -92,7 +92,7 @@ def check_config(obj: Any) -> tuple[config.RunConfig, str]:
 
 def read_config(run_dir: Path) -> tuple[dict, config.RunConfig, str]:
     """config.json checked: (the whole object, its RunConfig, its dataset fingerprint)."""
-    path = run_dir / layout.CONFIG
+    path = run_dir / filenames.CONFIG
     try:
         obj = _load(path)
     except FileNotFoundError:
@@ -160,11 +160,11 @@ def check_sidecar(obj: Any) -> dict:
 def read_sidecar(run_dir: Path) -> dict:
     """model.json checked; RunFileError (missing, empty, not JSON, wrong types) naming the run and file."""
     try:
-        return check_sidecar(_load(run_dir / layout.SIDECAR))
+        return check_sidecar(_load(run_dir / filenames.SIDECAR))
     except FileNotFoundError:
-        raise RunFileError(f"run {run_dir.name}: {layout.SIDECAR} is missing") from None
+        raise RunFileError(f"run {run_dir.name}: {filenames.SIDECAR} is missing") from None
     except RunFileError as e:
-        raise RunFileError(f"run {run_dir.name}: {layout.SIDECAR} is damaged: {e}") from None
+        raise RunFileError(f"run {run_dir.name}: {filenames.SIDECAR} is damaged: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------------- model.safetensors
@@ -218,7 +218,7 @@ def check_weights(path: Path, sidecar: dict) -> None:
     if key not in shapes:
         raise RunFileError(f"no {key} (the {sidecar['backbone']} classifier): not this run's model")
     if shapes[key][0] != len(sidecar["classes"]):
-        raise RunFileError(f"its classifier has {shapes[key][0]} outputs, {layout.SIDECAR} names "
+        raise RunFileError(f"its classifier has {shapes[key][0]} outputs, {filenames.SIDECAR} names "
                            f"{len(sidecar['classes'])} classes")
 
 
@@ -230,7 +230,7 @@ def load_weights(model: Any, path: Path, run_id: str) -> None:
     try:
         shapes = weights_header(path)
     except RunFileError as e:
-        raise RunFileError(f"run {run_id}: {layout.CHECKPOINT} is damaged: {e}. {WEIGHTS_REPAIR}") from None
+        raise RunFileError(f"run {run_id}: {filenames.CHECKPOINT} is damaged: {e}. {WEIGHTS_REPAIR}") from None
     want = {k: list(v.shape) for k, v in model.state_dict().items()}
     wrong = [f"{k} is {shapes[k]} in the file, {want[k]} in the model" for k in want if k in shapes
              and shapes[k] != want[k]]
@@ -238,7 +238,7 @@ def load_weights(model: Any, path: Path, run_id: str) -> None:
     if wrong or missing or extra:
         parts = wrong[:3] + ([f"missing {', '.join(missing[:3])}"] if missing else []) \
             + ([f"unexpected {', '.join(extra[:3])}"] if extra else [])
-        raise RunFileError(f"run {run_id}: {layout.CHECKPOINT} does not fit the model {layout.SIDECAR} describes "
+        raise RunFileError(f"run {run_id}: {filenames.CHECKPOINT} does not fit the model {filenames.SIDECAR} describes "
                            f"({'; '.join(parts)}). {WEIGHTS_REPAIR}")
     model.load_state_dict(load_file(str(path)))
 

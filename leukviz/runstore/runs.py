@@ -16,7 +16,7 @@ from typing import Callable
 
 from filelock import FileLock, Timeout
 
-from leukviz.core import events, layout, paths
+from leukviz.core import events, filenames, paths
 from leukviz.core.errors import LeukvizError
 from leukviz.core.storage import atomic_write_json, read_json, read_jsonl
 from leukviz.datasets import data
@@ -89,12 +89,12 @@ class Run:
         try:
             return runfiles.read_config(self.dir)[1]
         except RunFileError as e:
-            raise RunFileError(f"run {self.run_id}: {layout.CONFIG} is damaged: {e}") from None
+            raise RunFileError(f"run {self.run_id}: {filenames.CONFIG} is damaged: {e}") from None
 
     @property
     def info(self) -> dict:
         """config.json as an object ({} when it is not one); its values checked only through .config."""
-        obj = read_json(self.dir / layout.CONFIG, {})
+        obj = read_json(self.dir / filenames.CONFIG, {})
         return obj if isinstance(obj, dict) else {}
 
     def meta(self) -> dict:
@@ -113,7 +113,7 @@ class Run:
     @property
     def damage(self) -> list[Problem]:
         """What makes this run unusable (a required file damaged): empty for a sound run."""
-        return [p for p in check(self) if p.file in runfiles.REQUIRED or p.file == layout.TEST_PREDICTIONS]
+        return [p for p in check(self) if p.file in runfiles.REQUIRED or p.file == filenames.TEST_PREDICTIONS]
 
     @property
     def problems(self) -> list[str]:
@@ -155,13 +155,13 @@ class Run:
     def events(self) -> list[dict]:
         """The usable events of metrics.jsonl: a line that is not JSON, or an event without the fields its
         readers need (events.FIELDS), is skipped (skipped_events counts them)."""
-        return [e for e in read_jsonl(self.dir / layout.METRICS) if events.problem(e) is None]
+        return [e for e in read_jsonl(self.dir / filenames.METRICS) if events.problem(e) is None]
 
     def skipped_events(self) -> list[str]:
         """Why lines of metrics.jsonl were skipped, one entry per line."""
         out = []
         try:
-            lines = (self.dir / layout.METRICS).read_text(encoding="utf-8", errors="replace").splitlines()
+            lines = (self.dir / filenames.METRICS).read_text(encoding="utf-8", errors="replace").splitlines()
         except OSError:
             return out
         for i, line in enumerate(lines, 1):
@@ -182,19 +182,19 @@ class Run:
         return events.epoch_events(self.events())
 
     def lock(self) -> FileLock:
-        return FileLock(str(self.dir / layout.RUN_LOCK))
+        return FileLock(str(self.dir / filenames.RUN_LOCK))
 
     def is_locked(self) -> bool:
         """Whether a process holds the run lock. Creates nothing: a run folder nobody has locked yet (no
         lock file) is not locked, and a read-only folder is read with a read-only lock probe."""
-        path = self.dir / layout.RUN_LOCK
+        path = self.dir / filenames.RUN_LOCK
         if not path.exists():
             return False
         return _lock_held(path, self.lock())
 
     @property
     def has_checkpoint(self) -> bool:
-        return (self.dir / layout.CHECKPOINT).exists() and (self.dir / layout.SIDECAR).exists()
+        return (self.dir / filenames.CHECKPOINT).exists() and (self.dir / filenames.SIDECAR).exists()
 
     def sidecar(self) -> dict:
         """model.json, checked (runfiles.check_sidecar); RunFileError when it is missing or damaged."""
@@ -209,7 +209,7 @@ class Run:
 
     @property
     def can_resume(self) -> bool:
-        return (self.dir / layout.RESUME).exists()
+        return (self.dir / filenames.RESUME).exists()
 
 
 def _lock_held(path: Path, lock: FileLock) -> bool:
@@ -248,28 +248,28 @@ def check(run: Run) -> list[Problem]:
     try:
         runfiles.read_config(run.dir)
     except (RunFileError, OSError) as e:
-        out.append(Problem(layout.CONFIG, str(e), f"{delete}, or train its configuration again "
+        out.append(Problem(filenames.CONFIG, str(e), f"{delete}, or train its configuration again "
                                                   "(config.json is rewritten)"))
-    st = read_json(run.dir / layout.STATUS, None)
-    if (run.dir / layout.STATUS).exists() and not (isinstance(st, dict) and st.get("state") in STATES):
-        out.append(Problem(layout.STATUS, "not a run status", f"it reads as interrupted; `train --resume "
+    st = read_json(run.dir / filenames.STATUS, None)
+    if (run.dir / filenames.STATUS).exists() and not (isinstance(st, dict) and st.get("state") in STATES):
+        out.append(Problem(filenames.STATUS, "not a run status", f"it reads as interrupted; `train --resume "
                                                               f"{run.run_id}` rewrites it"))
     elif isinstance(st, dict) and runfiles.clean_status(st)[1]:
-        out.append(Problem(layout.STATUS, ", ".join(runfiles.clean_status(st)[1]) + " (ignored)",
+        out.append(Problem(filenames.STATUS, ", ".join(runfiles.clean_status(st)[1]) + " (ignored)",
                            "the next training rewrites it"))
     skipped = run.skipped_events()
     if skipped:
-        out.append(Problem(layout.METRICS, f"{len(skipped)} line(s) skipped ({'; '.join(skipped[:3])})",
+        out.append(Problem(filenames.METRICS, f"{len(skipped)} line(s) skipped ({'; '.join(skipped[:3])})",
                            "the curves leave them out"))
     finished = isinstance(st, dict) and st.get("state") == "finished"
     if finished:
         out += _check_results(run, delete)
-    if (run.dir / layout.RESUME).exists():
+    if (run.dir / filenames.RESUME).exists():
         try:
-            runfiles.check_resume_state(run.dir / layout.RESUME)
+            runfiles.check_resume_state(run.dir / filenames.RESUME)
         except RunFileError as e:
-            out.append(Problem(layout.RESUME, str(e), f"the model is intact, only resuming needs it: delete {layout.RESUME}"
-                               if finished else f"it cannot resume: delete {layout.RESUME} and train it again"))
+            out.append(Problem(filenames.RESUME, str(e), f"the model is intact, only resuming needs it: delete {filenames.RESUME}"
+                               if finished else f"it cannot resume: delete {filenames.RESUME} and train it again"))
     return out
 
 
@@ -277,22 +277,22 @@ def _check_results(run: Run, delete: str) -> list[Problem]:
     """The files of a finished run: the sidecar, the weights, the predictions."""
     retrain = f"train its configuration again with --force, or {delete}"
     try:
-        sidecar = runfiles.check_sidecar(runfiles._load(run.dir / layout.SIDECAR))
+        sidecar = runfiles.check_sidecar(runfiles._load(run.dir / filenames.SIDECAR))
     except FileNotFoundError:
-        return [Problem(layout.SIDECAR, "missing", retrain)]
+        return [Problem(filenames.SIDECAR, "missing", retrain)]
     except (RunFileError, OSError) as e:
-        return [Problem(layout.SIDECAR, str(e), retrain)]
+        return [Problem(filenames.SIDECAR, str(e), retrain)]
     out = []
     try:
-        runfiles.check_weights(run.dir / layout.CHECKPOINT, sidecar)
+        runfiles.check_weights(run.dir / filenames.CHECKPOINT, sidecar)
     except FileNotFoundError:
-        out.append(Problem(layout.CHECKPOINT, "missing", retrain))
+        out.append(Problem(filenames.CHECKPOINT, "missing", retrain))
     except (RunFileError, OSError) as e:
-        out.append(Problem(layout.CHECKPOINT, str(e), retrain))
-    for name, repair in ((layout.PREDICTIONS, retrain),
-                         (layout.TEST_PREDICTIONS, f"delete {layout.TEST_PREDICTIONS}: Compare scores the test set again")):
+        out.append(Problem(filenames.CHECKPOINT, str(e), retrain))
+    for name, repair in ((filenames.PREDICTIONS, retrain),
+                         (filenames.TEST_PREDICTIONS, f"delete {filenames.TEST_PREDICTIONS}: Compare scores the test set again")):
         path = run.dir / name
-        if name == layout.TEST_PREDICTIONS and not path.exists():
+        if name == filenames.TEST_PREDICTIONS and not path.exists():
             continue
         try:
             runfiles.check_predictions(path, sidecar["classes"])
@@ -305,7 +305,7 @@ def _check_results(run: Run, delete: str) -> list[Problem]:
 
 def _results_sound(run: Run) -> bool:
     """status.json says finished and every file a finished run needs is sound."""
-    st = read_json(run.dir / layout.STATUS, None)
+    st = read_json(run.dir / filenames.STATUS, None)
     return isinstance(st, dict) and st.get("state") == "finished" and \
         not [p for p in check(run) if p.file in runfiles.REQUIRED]
 
@@ -313,11 +313,11 @@ def _results_sound(run: Run) -> bool:
 def _recorded_status(run: Run) -> dict:
     """status.json as the trainer wrote it (fields of the wrong type dropped: runfiles.clean_status); never
     started, or the file lost or damaged (a power cut), otherwise."""
-    st = read_json(run.dir / layout.STATUS, None)
+    st = read_json(run.dir / filenames.STATUS, None)
     if isinstance(st, dict) and st.get("state") in STATES:
         return runfiles.clean_status(st)[0]
-    started = (run.dir / layout.METRICS).exists() or (run.dir / layout.RESUME).exists()  # progress on disk: cut short
-    return {"state": "interrupted", "error": f"{layout.STATUS} is missing or damaged"} if started else {"state": "new"}
+    started = (run.dir / filenames.METRICS).exists() or (run.dir / filenames.RESUME).exists()  # progress on disk: cut short
+    return {"state": "interrupted", "error": f"{filenames.STATUS} is missing or damaged"} if started else {"state": "new"}
 
 
 def read_status(run: Run) -> dict:
@@ -351,7 +351,7 @@ def read_status(run: Run) -> dict:
 
 def _log_tail(run: Run, lines: int = 8) -> str:
     try:
-        text = (run.dir / layout.LOG).read_text(errors="replace")
+        text = (run.dir / filenames.LOG).read_text(errors="replace")
     except OSError:
         return ""
     return "\n".join(text.strip().splitlines()[-lines:])
@@ -415,7 +415,7 @@ def run_for(cfg: RunConfig, runs_dir: str | Path | None = None, fingerprint: str
     try:
         runfiles.read_config(run.dir)
     except (RunFileError, OSError):
-        atomic_write_json(run.dir / layout.CONFIG, {"run_id": run_id, "config": cfg.to_dict(),
+        atomic_write_json(run.dir / filenames.CONFIG, {"run_id": run_id, "config": cfg.to_dict(),
                                                    "dataset_fingerprint": fingerprint, "created": time.time()})
     return run
 
@@ -430,7 +430,7 @@ class NoSuchRun(LeukvizError, KeyError):
 def _run_folders(root: Path) -> list[Path]:
     if not root.is_dir():
         return []
-    return [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / layout.CONFIG).exists()]
+    return [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / filenames.CONFIG).exists()]
 
 
 def get_run(run_id: str, runs_dir: str | Path | None = None) -> Run:
@@ -480,9 +480,9 @@ def damaged_runs(runs_dir: str | Path | None = None) -> list[Run]:
 
 def write_status(run: Run, state: str, **extra) -> None:
     assert state in STATES, state
-    prev = read_json(run.dir / layout.STATUS, {})
+    prev = read_json(run.dir / filenames.STATUS, {})
     prev = runfiles.clean_status(prev)[0] if isinstance(prev, dict) else {}
-    atomic_write_json(run.dir / layout.STATUS, {**prev, **extra, "state": state, "pid": os.getpid(),
+    atomic_write_json(run.dir / filenames.STATUS, {**prev, **extra, "state": state, "pid": os.getpid(),
                                                 "updated": time.time()})
 
 
@@ -492,7 +492,7 @@ def archive(run: Run) -> Path:
     info = runfiles.read_config(run.dir)[0]  # a damaged config.json is a RunFileError: never a folder without one
     dest = _move_aside(run)
     run.dir.mkdir()
-    atomic_write_json(run.dir / layout.CONFIG, {**info, "created": time.time()})
+    atomic_write_json(run.dir / filenames.CONFIG, {**info, "created": time.time()})
     return dest
 
 
@@ -520,7 +520,7 @@ def delete(run: Run) -> Path:
         # The launch lock keeps launch() from starting it meanwhile; the run lock, held through the move, keeps
         # a trainer from taking it. The state is read before taking the run lock: held by us, a stale
         # "running" would read as running.
-        with processes.LAUNCHES_LOCK, FileLock(str(run.dir / layout.LAUNCH_LOCK), timeout=30):
+        with processes.LAUNCHES_LOCK, FileLock(str(run.dir / filenames.LAUNCH_LOCK), timeout=30):
             why = delete_refusal(run)
             if why:
                 raise AlreadyRunning(why)
@@ -546,10 +546,10 @@ def delete(run: Run) -> Path:
 
 
 def _move_aside(run: Run) -> Path:
-    """Move a run folder into <runs root>/.archive/ (layout.ARCHIVE; hidden, so no listing reads it) as
+    """Move a run folder into <runs root>/.archive/ (filenames.ARCHIVE; hidden, so no listing reads it) as
     <run id>-<YYYYmmdd-HHMMSS>, with -2, -3... when that name is taken: two removals of one id never collide.
     One rename, atomic, within a filesystem; a copy then delete (shutil.move) across filesystems."""
-    root = run.dir.parent / layout.ARCHIVE
+    root = run.dir.parent / filenames.ARCHIVE
     root.mkdir(parents=True, exist_ok=True)
     stem = f"{run.run_id}-{time.strftime('%Y%m%d-%H%M%S')}"
     for n in range(1, 1000):

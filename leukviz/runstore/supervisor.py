@@ -11,7 +11,7 @@ from typing import Iterator
 
 from filelock import FileLock, Timeout
 
-from leukviz.core import layout
+from leukviz.core import filenames
 from leukviz.core.storage import atomic_write_json
 from leukviz.runstore import processes
 from leukviz.runstore.runs import ACTIVE, Run, archive
@@ -25,12 +25,12 @@ def launch(run: Run, *, resume: bool = False, device: str = "auto", nproc: int =
     (attach to it instead): two clicks, two tabs or two servers start one process.
     """
     try:
-        with FileLock(str(run.dir / layout.LAUNCH_LOCK), timeout=30):
+        with FileLock(str(run.dir / filenames.LAUNCH_LOCK), timeout=30):
             if run.is_locked() or processes.launch_pending(run.dir):
                 return None
-            (run.dir / layout.STOP).unlink(missing_ok=True)  # an old Stop; a Stop from now on must hold
+            (run.dir / filenames.STOP).unlink(missing_ok=True)  # an old Stop; a Stop from now on must hold
             proc = _spawn(run, resume, device, nproc, env)
-            atomic_write_json(run.dir / layout.LAUNCH, {"pid": proc.pid, "time": time.time()})
+            atomic_write_json(run.dir / filenames.LAUNCH, {"pid": proc.pid, "time": time.time()})
             return proc
     except Timeout:
         return None
@@ -68,7 +68,7 @@ def _spawn(run: Run, resume: bool, device: str, nproc: int, env: dict[str, str] 
         cmd = [sys.executable, "-m", "leukviz", "train", "--run-dir", str(run.dir), "--device", device]
     if resume:
         cmd.append("--resume-here")
-    logf = open(run.dir / layout.LOG, "ab")
+    logf = open(run.dir / filenames.LOG, "ab")
     try:
         return subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
@@ -78,7 +78,7 @@ def _spawn(run: Run, resume: bool, device: str, nproc: int, env: dict[str, str] 
 
 def request_stop(run: Run) -> None:
     """Ask the training process to stop after the current batch (it saves a resumable checkpoint)."""
-    (run.dir / layout.STOP).touch()
+    (run.dir / filenames.STOP).touch()
 
 
 def follow(run: Run, *, poll: float = 0.5, timeout: float | None = None) -> Iterator[dict]:

@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 
 from filelock import FileLock, Timeout
 
-from leukviz.core import events, layout, paths
+from leukviz.core import events, filenames, paths
 from leukviz.core.errors import LeukvizError
 from leukviz.core.storage import append_jsonl, read_json
 from leukviz.runstore.runs import AlreadyRunning, Run, _results_sound, write_status
@@ -26,14 +26,14 @@ def _truncate_after(run: Run, epoch: int, step: int) -> None:
     import json
 
     from leukviz.core.storage import atomic_write_bytes
-    atomic_write_bytes(run.dir / layout.METRICS, "".join(json.dumps(e) + "\n" for e in keep).encode())
+    atomic_write_bytes(run.dir / filenames.METRICS, "".join(json.dumps(e) + "\n" for e in keep).encode())
 
 
 def _file_log(run: Run, console: Callable[[str], None]) -> Callable[[str], None]:
     """A log that also appends to the run's train.log (a launched process's output already goes there)."""
     def log(msg: str) -> None:
         console(msg)
-        with contextlib.suppress(OSError), open(run.dir / layout.LOG, "a", encoding="utf-8") as fh:
+        with contextlib.suppress(OSError), open(run.dir / filenames.LOG, "a", encoding="utf-8") as fh:
             fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
     return log
 
@@ -67,19 +67,19 @@ def _prepare_folder(run: Run, resume: bool, log: Callable[[str], None]) -> bool:
     resumable state covers (or start empty; a damaged line is dropped, with a note). Returns whether the
     run resumes."""
     for leftover in run.dir.glob(".*.*"):
-        if leftover.name.startswith(tuple(f".{name}." for name in layout.TRAINER_FILES)):
+        if leftover.name.startswith(tuple(f".{name}." for name in filenames.TRAINER_FILES)):
             leftover.unlink(missing_ok=True)
     resume = resume and run.can_resume
     if resume:
         from leukviz.training import checkpoints
 
-        st = checkpoints.load_resume_state(run.dir / layout.RESUME)
+        st = checkpoints.load_resume_state(run.dir / filenames.RESUME)
         skipped = run.skipped_events()
         if skipped:
-            log(f"{layout.METRICS}: {len(skipped)} damaged line(s) dropped on resume ({'; '.join(skipped[:3])})")
+            log(f"{filenames.METRICS}: {len(skipped)} damaged line(s) dropped on resume ({'; '.join(skipped[:3])})")
         _truncate_after(run, int(st["epoch"]), int(st["step"]))
     else:
-        (run.dir / layout.METRICS).unlink(missing_ok=True)
+        (run.dir / filenames.METRICS).unlink(missing_ok=True)
     return resume
 
 
@@ -93,12 +93,12 @@ def _record_failure(run: Run, e: BaseException, log: Callable[[str], None]) -> N
         msg = (f"{e.strerror} while writing the run files in {run.dir.parent}: free some disk space, "
                "then resume the run (its last complete checkpoint is intact)")
     with contextlib.suppress(OSError):
-        with open(run.dir / layout.LOG, "a", encoding="utf-8") as fh:
+        with open(run.dir / filenames.LOG, "a", encoding="utf-8") as fh:
             fh.write(traceback.format_exc())
     try:
         write_status(run, "failed", error=msg)
     except OSError as status_error:  # the disk may be full: the log still holds the reason
-        log(f"could not record the failure in {layout.STATUS}: {status_error}")
+        log(f"could not record the failure in {filenames.STATUS}: {status_error}")
 
 
 def train(run: Run, *, resume: bool = False, device: str = "auto", log: Callable[[str], None] = print,
@@ -112,8 +112,8 @@ def train(run: Run, *, resume: bool = False, device: str = "auto", log: Callable
 
     rank = int(os.environ.get("RANK", "0"))
     cfg, fingerprint = run.config, run.info.get("dataset_fingerprint")
-    stop_file = run.dir / layout.STOP
-    launch_info = read_json(run.dir / layout.LAUNCH, None)
+    stop_file = run.dir / filenames.STOP
+    launch_info = read_json(run.dir / filenames.LAUNCH, None)
     launched = isinstance(launch_info, dict) and launch_info.get("pid") in (os.getpid(), os.getppid())
     if rank == 0 and not launched:
         log = _file_log(run, log)
@@ -122,7 +122,7 @@ def train(run: Run, *, resume: bool = False, device: str = "auto", log: Callable
         return _SIGNALLED.is_set() or stop_file.exists()
 
     def emit(ev: dict) -> None:
-        append_jsonl(run.dir / layout.METRICS, ev)
+        append_jsonl(run.dir / filenames.METRICS, ev)
         if ev.get("type") == events.EPOCH:
             write_status(run, "running", epoch=ev["epoch"], epochs=ev["epochs"])
         elif ev.get("type") == events.EARLY_STOP:  # kept in the status when the run then finishes
@@ -167,13 +167,13 @@ def train(run: Run, *, resume: bool = False, device: str = "auto", log: Callable
 
 
 def _drop_resume_state(run: Run, log: Callable[[str], None]) -> None:
-    """A finished run is served from its checkpoint and never resumes: its resumable state (layout.RESUME:
+    """A finished run is served from its checkpoint and never resumes: its resumable state (filenames.RESUME:
     the raw weights, the average and the optimizer's moments: docs/BENCHMARKS.md for its size) goes. Best effort:
     one left behind only costs disk."""
     try:
-        (run.dir / layout.RESUME).unlink(missing_ok=True)
+        (run.dir / filenames.RESUME).unlink(missing_ok=True)
     except OSError as e:
-        log(f"could not delete {layout.RESUME} of the finished run ({e.strerror or e}); it is not needed")
+        log(f"could not delete {filenames.RESUME} of the finished run ({e.strerror or e}); it is not needed")
 
 
 class _device_slot:
@@ -185,7 +185,7 @@ class _device_slot:
         kind = devices.pick_device(device).type
         if kind == "cuda":  # one queue per visible GPU set, so folds pinned to different GPUs run in parallel
             kind += os.environ.get("CUDA_VISIBLE_DEVICES", "").replace(",", "-")
-        self.lock = FileLock(str(run.dir.parent / layout.device_lock(kind)))
+        self.lock = FileLock(str(run.dir.parent / filenames.device_lock(kind)))
         self.should_stop = should_stop
         self.enabled = int(os.environ.get("WORLD_SIZE", "1")) == 1
 

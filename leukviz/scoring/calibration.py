@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from leukviz.core.layout import CALIBRATION, PREDICTIONS, SIDECAR
+from leukviz.core.filenames import CALIBRATION, PREDICTIONS, SIDECAR
 from leukviz.core.storage import atomic_write_json, read_json
 from leukviz.scoring import metrics, predictions
 
@@ -150,8 +150,8 @@ def fit_run(run_dir: Path, blob: bytes) -> dict[str, Any]:
 
 
 def run_calibration(run_dir: str | Path) -> dict[str, Any]:
-    """A run's temperature, fitted on its validation predictions (layout.PREDICTIONS) and cached in
-    layout.CALIBRATION under the predictions file's content hash: a retrained run (new predictions) is
+    """A run's temperature, fitted on its validation predictions (filenames.PREDICTIONS) and cached in
+    filenames.CALIBRATION under the predictions file's content hash: a retrained run (new predictions) is
     refitted, an unchanged one read back. Never raises for a run's contents: without usable validation
     predictions it gives T = 1 and a note saying "not calibrated". The report's "after" numbers are
     measured on the cells T was fitted on, so they are optimistic."""

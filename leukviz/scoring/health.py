@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from leukviz.core.layout import PREDICTIONS
+from leukviz.core.filenames import PREDICTIONS
 from leukviz.scoring import calibration, metrics
 
 HEALTHY, DEGENERATE, UNKNOWN = "healthy", "degenerate", "unknown"

@@ -1,4 +1,4 @@
-"""A run's predictions file (layout.PREDICTIONS, layout.TEST_PREDICTIONS): one writer and one reader of its
+"""A run's predictions file (filenames.PREDICTIONS, filenames.TEST_PREDICTIONS): one writer and one reader of its
 columns, path, subject, label, pred and prob_<class> per class. Torch-free."""
 
 from __future__ import annotations

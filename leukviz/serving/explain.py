@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from leukviz.core.layout import PREDICTIONS, SIDECAR
+from leukviz.core.filenames import PREDICTIONS, SIDECAR
 from leukviz.core.storage import atomic_write_bytes
 from leukviz.models import backbones
 from leukviz.runstore import runfiles

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from leukviz.core.errors import LeukvizError
-from leukviz.core.layout import CHECKPOINT, CONFIG, PREDICTIONS, SIDECAR
+from leukviz.core.filenames import CHECKPOINT, CONFIG, PREDICTIONS, SIDECAR
 from leukviz.core.storage import atomic_path, atomic_write_bytes
 from leukviz.runstore import runfiles
 from leukviz.serving import inference

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from leukviz.core.layout import CHECKPOINT, CONFIG, SIDECAR
+from leukviz.core.filenames import CHECKPOINT, CONFIG, SIDECAR
 from leukviz.core.storage import read_json
 from leukviz.datasets import data, ood
 from leukviz.models import backbones, forward

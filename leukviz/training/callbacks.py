@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 
 from leukviz.core import events
-from leukviz.core.layout import PREDICTIONS, RESUME
+from leukviz.core.filenames import PREDICTIONS, RESUME
 from leukviz.training import checkpoints
 from leukviz.training.state import TrainState
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from leukviz.core.errors import LeukvizError
-from leukviz.core.layout import CHECKPOINT, SIDECAR, TEST_PREDICTIONS
+from leukviz.core.filenames import CHECKPOINT, SIDECAR, TEST_PREDICTIONS
 from leukviz.core.storage import atomic_torch_save, atomic_write_bytes, atomic_write_files, json_bytes
 from leukviz.datasets import data
 from leukviz.models import backbones, preprocess
@@ -30,7 +30,7 @@ class CheckpointError(LeukvizError, ValueError):
 
 
 def load_resume_state(path: Path) -> dict:
-    """Read the resumable state (layout.RESUME) with weights_only=True: tensors and plain values load; a pickle that runs code is refused."""
+    """Read the resumable state (filenames.RESUME) with weights_only=True: tensors and plain values load; a pickle that runs code is refused."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - weights_only refusals and damaged files both land here
@@ -40,7 +40,7 @@ def load_resume_state(path: Path) -> dict:
 
 
 def restore(state: TrainState, path: Path, log: Callable[[str], None]) -> None:
-    """Continue from a resumable state (layout.RESUME): weights, optimizer, schedule, average, and where."""
+    """Continue from a resumable state (filenames.RESUME): weights, optimizer, schedule, average, and where."""
     st = load_resume_state(path)
     state.model.load_state_dict(st["model"])
     state.opt.load_state_dict(st["optimizer"])
@@ -79,7 +79,7 @@ def save_checkpoint(model: nn.Module, run_dir: Path, meta: dict) -> None:
 
 
 def checkpoint_meta(state: TrainState) -> dict:
-    """The sidecar's fields that rebuild the model (layout.SIDECAR); each checkpoint adds its epoch and metrics."""
+    """The sidecar's fields that rebuild the model (filenames.SIDECAR); each checkpoint adds its epoch and metrics."""
     cfg, ds, spec = state.cfg, state.ds, backbones.get_spec(state.cfg.backbone)
     return {"format": 1, "backbone": cfg.backbone, "classes": list(ds.classes), "positive": ds.positive,
             "image_size": cfg.image_size, "crop": cfg.crop, "crop_window": data.CELL_WINDOW,
@@ -106,7 +106,7 @@ def write_predictions(path: Path, ds: data.Dataset, rows: np.ndarray, probs: np.
 
 
 def test_is_scored(run_dir: Path) -> bool:
-    """Whether layout.TEST_PREDICTIONS holds the kept model's predictions (written after its checkpoint)."""
+    """Whether filenames.TEST_PREDICTIONS holds the kept model's predictions (written after its checkpoint)."""
     out, ckpt = run_dir / TEST_PREDICTIONS, run_dir / CHECKPOINT
     return out.is_file() and ckpt.is_file() and out.stat().st_mtime_ns >= ckpt.stat().st_mtime_ns
 
@@ -117,7 +117,7 @@ def score_test_rows(run_dir: Path, ds: data.Dataset, images: np.ndarray, ok: np.
     """The one scoring of a run's held-out test set, for training (score_test_set) and the backfill of older
     runs (comparison/testset.py): the dataset's labelled test rows (Dataset.test_rows) whose images decoded
     (`ok`), their probabilities by `predict` (the kept model, fp32, validation's preprocessing), written to
-    layout.TEST_PREDICTIONS like the validation predictions. Returns (rows, probabilities); None when no row
+    filenames.TEST_PREDICTIONS like the validation predictions. Returns (rows, probabilities); None when no row
     is left to score."""
     rows = ds.test_rows.index.to_numpy()
     good = rows[ok[rows]]

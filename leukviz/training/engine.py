@@ -20,7 +20,7 @@ from torch.utils.data import DistributedSampler
 
 from leukviz.core import events
 from leukviz.core.errors import LeukvizError
-from leukviz.core.layout import CONFIG, RESUME
+from leukviz.core.filenames import CONFIG, RESUME
 from leukviz.datasets import data
 from leukviz.models import backbones, preprocess
 from leukviz.models.augmentation import augment, draw_jitter

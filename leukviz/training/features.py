@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from leukviz.core.layout import FEATURE_CACHE
+from leukviz.core.filenames import FEATURE_CACHE
 from leukviz.core.storage import atomic_write_bytes
 from leukviz.datasets import data
 from leukviz.models import forward
