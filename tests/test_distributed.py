@@ -12,8 +12,6 @@ import pytest
 
 from leukviz.runstore import runs
 
-pytestmark = pytest.mark.integration  # several processes train
-
 REPO = Path(__file__).resolve().parents[1]
 
 # `python -m leukviz` with engine.evaluate wrapped: every process writes a digest of the weights it
@@ -46,6 +44,29 @@ def _train(args: list[str], env: dict, timeout: int = 300) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def test_the_ranks_batches_together_are_the_single_process_batches():
+    """Each global batch is split across the processes, so N processes train on what one process trains on
+    (engine.epoch_batches); a stop asked of one process alone, or rank 0's statistics, need no process group
+    when there is one process."""
+    import numpy as np
+    import torch
+
+    from leukviz.training import distributed, engine
+
+    one = engine.epoch_batches(40, 8, seed=3, epoch=2, d=distributed.Dist())
+    ranks = [engine.epoch_batches(40, 8, seed=3, epoch=2, d=distributed.Dist(rank=r, world=2)) for r in (0, 1)]
+    assert len(one) == len(ranks[0]) == len(ranks[1]) == 5
+    for step, batch in enumerate(one):
+        assert sorted(np.concatenate([ranks[0][step], ranks[1][step]])) == sorted(batch)
+    assert engine.epoch_batches(40, 8, seed=3, epoch=3, d=distributed.Dist())[0].tolist() != one[0].tolist()
+    assert distributed.stop_requested(True, distributed.Dist()) and not distributed.stop_requested(False, distributed.Dist())
+    bn = torch.nn.BatchNorm1d(2)
+    bn.running_mean += 1
+    distributed.share_buffers(distributed.Dist(), [bn])  # one process: nothing to take from rank 0
+    assert torch.equal(bn.running_mean, torch.ones(2))
+
+
+@pytest.mark.integration  # several processes train
 @pytest.mark.timeout(600)
 def test_two_gloo_processes_match_one_process(tiny_data, tmp_path):
     # Frozen BatchNorm statistics and an unweighted loss make one process and two the same computation
