@@ -8,7 +8,7 @@ helpers here, so a resumed run, which repeats the epoch it was cut in, reads the
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 START = "start"  # training begins from scratch: sizes, device, precision, split
 RESUME = "resume"  # training continues from the resumable state, same fields as START
@@ -22,6 +22,7 @@ BEGINNINGS = (START, RESUME)  # the events that open a training session
 FIELDS = {START: ("epoch", "epochs"), RESUME: ("epoch", "epochs"), BATCH: ("epoch", "step", "steps", "loss", "acc"),
           EPOCH: ("epoch", "epochs", "train_loss", "train_acc", "val_loss", "val_acc"), EARLY_STOP: ("epoch",)}
 INTEGER_FIELDS = ("epoch", "epochs", "step", "steps")
+Emit = Callable[[dict], None]  # where the engine sends each event it announces
 
 
 def problem(ev: dict) -> str | None:

@@ -28,12 +28,13 @@ def outputs(model: nn.Module, images: np.ndarray | torch.Tensor, backbone: str, 
     """The model's output for each batch of `images`, in order: eval mode (every module's own mode is put back
     afterwards, frozen layers included), inference mode, evaluation preprocessing (to_input) or `prepare`
     when the images are something else (cached features, an augmented view), autocast at `amp`."""
+    prepare = prepare or (lambda xb: to_input(xb, backbone, device))
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         with torch.inference_mode():
             for i in range(0, len(images), batch_size):
-                x = (prepare or (lambda xb: to_input(xb, backbone, device)))(_batch(images[i:i + batch_size]))
+                x = prepare(_batch(images[i:i + batch_size]))
                 with autocast(device, amp):
                     yield model(x)
     finally:

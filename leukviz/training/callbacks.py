@@ -11,11 +11,10 @@ from typing import Callable
 import numpy as np
 
 from leukviz.core import events
+from leukviz.core.events import Emit
 from leukviz.core.filenames import PREDICTIONS, RESUME
 from leukviz.training import checkpoints
 from leukviz.training.state import TrainState
-
-Emit = Callable[[dict], None]
 
 
 class Callback:
@@ -40,7 +39,7 @@ class KeepBest(Callback):
 
     def on_epoch(self, state: TrainState, ev: dict, probs: np.ndarray) -> bool:
         f1, epoch = ev["val_f1"], ev["epoch"]
-        if not (f1 > state.best["val_f1"] or not state.cfg.keeps_best):
+        if state.cfg.keeps_best and f1 <= state.best["val_f1"]:
             return False
         state.best = {"val_f1": f1, "epoch": epoch}
         if self.main:
@@ -58,16 +57,16 @@ class KeepBest(Callback):
 
 
 class Record(Callback):
-    """Rank 0 emits the epoch event, then writes the resume point of the next epoch: a crash between the two
-    resumes at this epoch and drops its event, where the other order would lose the event for good."""
+    """The epoch event, then the resume point of the next epoch: a crash between the two resumes at this epoch
+    and drops its event, where the other order would lose the event for good. Only rank 0 writes either (its
+    emit is the run's; save_resume writes on rank 0 alone)."""
 
-    def __init__(self, run_dir: Path, emit: Emit, main: bool):
-        self.resume_path, self.emit, self.main = run_dir / RESUME, emit, main
+    def __init__(self, run_dir: Path, emit: Emit):
+        self.resume_path, self.emit = run_dir / RESUME, emit
 
     def on_epoch(self, state: TrainState, ev: dict, probs: np.ndarray) -> bool:
-        if self.main:
-            self.emit(ev)
-            checkpoints.save_resume(state, self.resume_path, ev["epoch"] + 1, 0, None)
+        self.emit(ev)
+        checkpoints.save_resume(state, self.resume_path, ev["epoch"] + 1, 0, None)
         return False
 
 
@@ -85,16 +84,16 @@ def early_stop_event(epoch: int, best_epoch: int, patience: int) -> dict:
 
 
 class EarlyStopping(Callback):
-    """Stop once cfg.patience epochs passed without a better one (every rank decides alike); rank 0 says why."""
+    """Stop once cfg.patience epochs passed without a better one (every rank decides alike; the event is
+    written by rank 0's emit)."""
 
-    def __init__(self, emit: Emit, main: bool):
-        self.emit, self.main = emit, main
+    def __init__(self, emit: Emit):
+        self.emit = emit
 
     def on_epoch(self, state: TrainState, ev: dict, probs: np.ndarray) -> bool:
         epoch, cfg = ev["epoch"], state.cfg
         if epoch < cfg.epochs and stops_early(state.best["epoch"], epoch, cfg.patience):
-            if self.main:
-                self.emit(early_stop_event(epoch, state.best["epoch"], cfg.patience))
+            self.emit(early_stop_event(epoch, state.best["epoch"], cfg.patience))
             return True
         return False
 

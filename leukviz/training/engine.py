@@ -20,6 +20,7 @@ from torch.utils.data import DistributedSampler
 
 from leukviz.core import events
 from leukviz.core.errors import LeukvizError
+from leukviz.core.events import Emit
 from leukviz.core.filenames import CONFIG, RESUME
 from leukviz.datasets import data
 from leukviz.models import backbones, preprocess
@@ -31,8 +32,6 @@ from leukviz.scoring.metrics import weighted_f1
 from leukviz.training import callbacks, checkpoints, features, optim
 from leukviz.training.distributed import Dist, init_distributed, share_buffers, stop_requested, unwrap
 from leukviz.training.state import TrainState
-
-Emit = Callable[[dict], None]
 
 
 class Stopped(Exception):
@@ -385,7 +384,7 @@ def _fit(cfg: RunConfig, run_dir: Path, emit: Emit, should_stop: Callable[[], bo
         checkpoints.restore(state, resume_path, log)
     emit = emit if main else _ignore
     keep = callbacks.KeepBest(run_dir, checkpoints.checkpoint_meta(state), main)
-    hooks_after = [keep, callbacks.Record(run_dir, emit, main), callbacks.EarlyStopping(emit, main),
+    hooks_after = [keep, callbacks.Record(run_dir, emit), callbacks.EarlyStopping(emit),
                    callbacks.TestScoring(run_dir, cache_dir, log, main)]
     emit(start_event(state))
     for epoch in range(state.start_epoch, cfg.epochs + 1):

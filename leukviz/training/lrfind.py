@@ -179,21 +179,22 @@ def sweep(cfg: RunConfig, cache_dir: Path | None = None, device_pref: str = "aut
     state.average = None  # the sweep's weights are thrown away: nothing to average
     lrs: list[float] = []
     losses: list[float] = []
-    best, value = float("inf"), float("nan")
+    best, value, done = float("inf"), float("nan"), False
 
     def after_step(step: int, loss: float) -> bool:
-        nonlocal best
+        nonlocal best, done
         lrs.append(float(planned[len(lrs)]))
         losses.append(loss)
         smoothed = ema(losses)[-1]
         best = min(best, smoothed)
         if progress:
             progress(len(losses), steps)
-        return len(losses) >= steps or smoothed > DIVERGE * best
+        done = len(losses) >= steps or smoothed > DIVERGE * best
+        return done
 
     hooks = engine.Hooks(after_step=after_step)
     epoch = 0
-    while len(losses) < steps:  # cycle over the training images, one shuffled epoch after another
+    while not done and len(losses) < steps:  # cycle over the training images, one shuffled epoch after another
         epoch += 1
         engine.set_train_mode(state.train_model, state.frozen, cfg.freeze_bn)
         batches = engine.epoch_batches(len(state.train_x), cfg.batch_size, cfg.seed, epoch, state.dist)
@@ -201,8 +202,6 @@ def sweep(cfg: RunConfig, cache_dir: Path | None = None, device_pref: str = "aut
             engine.train_one_epoch(state, batches[:steps - len(losses)], epoch, hooks)
         except engine.TrainingDiverged as e:  # a loss that is not finite: the sweep ends before that step
             value = e.loss
-            break
-        if len(losses) >= steps or (losses and ema(losses)[-1] > DIVERGE * best):
             break
     device = state.device
     if not losses:  # no step gave a finite loss: nothing to suggest, and nothing must be cached
