@@ -405,9 +405,10 @@ def _matmul_gflops(dtype: torch.dtype, device: torch.device, n: int, reps: int) 
 
 def predict_latency(bc: BenchConfig, image_path: str, device: torch.device, reps: int, log: Log,
                     built: dict[str, nn.Module]) -> dict:
-    """One image file through leukviz.inference.predict_files (decode, preprocessing, forward), through all
-    models in turn (as the Predict page does) and each model's share of that loop; p50 and p95 over warm
-    repetitions."""
+    """One image file through leukviz.inference.predict_files (decode, preprocessing, forward: the CLI's
+    predict path, each model decoding the file itself), through all models in turn and each model's share of
+    that loop; p50 and p95 over warm repetitions. (The Predict page decodes once for all models:
+    prediction.predict_images.)"""
     from leukviz.serving import inference
 
     models = {}

@@ -454,12 +454,17 @@ def _pair_entry(paired: Sequence[dict], a: str, b: str, which: str, score: str) 
     return None
 
 
-def _difference_text(entry: dict, sign: int) -> str:
-    """'+0.030, 95 % CI −0.160 to +0.190, p = 0.62' for a − b (sign -1 turns b − a around)."""
+def _oriented(entry: dict, sign: int) -> tuple[float, float, float, float | None]:
+    """(difference, low, high, p) of a paired entry as a − b (sign -1 turns the stored b − a around)."""
     diff, low, high = (entry.get(k) for k in ("difference", "low", "high"))
     if sign < 0:
         diff, low, high = -diff, -high, -low
-    p = entry.get("p_value")
+    return diff, low, high, entry.get("p_value")
+
+
+def _difference_text(entry: dict, sign: int) -> str:
+    """'+0.030, 95 % CI −0.160 to +0.190, p = 0.62' for a − b (sign -1 turns b − a around)."""
+    diff, low, high, p = _oriented(entry, sign)
     ptext = "" if p is None else f", {metrics.p_text(p)}"
     return f"{metrics.signed(diff)}, 95 % CI {metrics.signed(low)} to {metrics.signed(high)}{ptext}"
 
@@ -511,9 +516,7 @@ def pair_matrix(rep: dict, score: str = "weighted_f1", which: str = "val") -> pd
                 row[b] = "" if j <= i else "–"
                 continue
             entry, sign = found
-            diff, low, high = (sign * entry[k] for k in ("difference", "low", "high"))
-            low, high = min(low, high), max(low, high)
-            p = entry.get("p_value")
+            diff, low, high, p = _oriented(entry, sign)
             row[b] = (f"{marks[metrics.verdict_kind(entry)]} {metrics.signed(diff)} "
                       f"[{metrics.signed(low)}, {metrics.signed(high)}]" + ("" if p is None else f" {metrics.p_text(p)}"))
         cells[a] = row

@@ -154,12 +154,14 @@ def _index_sets(root: Path, folders: dict[str, Path], skipped: list,
     a class of val/ or test/ that train/ lacks is an error (the model never sees it); a class of train/
     that val/ lacks fails split "given" (make_split), and one that test/ lacks is a warning."""
     per_set: dict[str, dict[str, list[Path]]] = {}
+    loose: dict[str, int] = {}  # files lying directly in a set folder, not in a class folder
     for role in ("train", "val", "test"):
         if role not in folders:
             continue
         top = folders[role]
-        skipped.extend((str(f), f"directly in {top.name}/, not in a class folder")
-                       for f in sorted(top.iterdir()) if f.is_file() and not f.name.startswith("."))
+        files = [f for f in sorted(top.iterdir()) if f.is_file() and not f.name.startswith(".")]
+        skipped.extend((str(f), f"directly in {top.name}/, not in a class folder") for f in files)
+        loose[role] = len(files)
         per_set[role] = {}
         for d in _class_dirs(top):
             if imgs := _class_images(d, skipped):
@@ -172,8 +174,7 @@ def _index_sets(root: Path, folders: dict[str, Path], skipped: list,
         if role not in per_set:
             continue
         if not per_set[role]:  # there, but no image in a class folder: say so, never "has none"
-            loose = sum(1 for f, why in skipped if why.startswith(f"directly in {folders[role].name}/"))
-            where = f" ({loose} file(s) lie directly in it, skipped)" if loose else ""
+            where = f" ({loose[role]} file(s) lie directly in it, skipped)" if loose[role] else ""
             instead = ("the split draws validation from train/ instead" if role == "val"
                        else "no test score is made")
             warnings.append(f"the {'validation' if role == 'val' else 'test'} folder {folders[role].name}/ holds no "

@@ -54,9 +54,14 @@ def backbone_title(name: str) -> str:
         return name
 
 
+def model_name(backbone: str, run_id: str) -> str:
+    """A trained model as every page, the CLI and the report name it: 'GoogLeNet · 1a2b3c'."""
+    return f"{backbone_title(backbone)} · {run_id[:6]}"
+
+
 def run_name(run: runs.Run) -> str:
-    """Same form as inference.LoadedModel.name: 'GoogLeNet · 1a2b3c'."""
-    return f"{backbone_title(run.config.backbone)} · {run.run_id[:6]}"
+    """A run's model_name."""
+    return model_name(run.config.backbone, run.run_id)
 
 
 def describe_config(cfg: RunConfig) -> str:

@@ -140,11 +140,11 @@ class Run:
         state = self.state
         if state == "finished":
             return ""
+        done = self.meta().get("epoch")
         try:
-            done = runfiles.read_sidecar(self.dir).get("epoch")
             of = self.config.epochs
         except (RunFileError, OSError):
-            done = of = None
+            of = None
         reached = f"its model is from epoch {done} of {of}" if done is not None and of else "it did not finish"
         return f"run {self.run_id} is {state}, not finished: {reached}"
 
@@ -201,11 +201,8 @@ class Run:
         return runfiles.read_sidecar(self.dir)
 
     def final_metrics(self) -> dict:
-        """The kept epoch's validation metrics from model.json; {} when it is missing or damaged."""
-        try:
-            return dict(self.sidecar().get("metrics") or {})
-        except RunFileError:
-            return {}
+        """The kept epoch's validation metrics from model.json; {} when it is missing or damaged (meta)."""
+        return dict(self.meta().get("metrics") or {})
 
     @property
     def can_resume(self) -> bool:

@@ -18,6 +18,7 @@ from leukviz.datasets import data, ood
 from leukviz.models import backbones, forward
 from leukviz.models.devices import pick_device
 from leukviz.models.preprocess import Preprocess
+from leukviz.runstore import names
 from leukviz.scoring import calibration
 
 
@@ -72,7 +73,7 @@ class LoadedModel:
 
     @property
     def name(self) -> str:
-        return f"{backbones.get_spec(self.backbone).title} · {self.run_dir.name[:6]}"
+        return names.model_name(self.backbone, self.run_dir.name)
 
 
 def load_model(run_dir: str | Path, device: str = "auto", calibrate: bool = True) -> LoadedModel:
@@ -127,20 +128,23 @@ def prepare(lm: LoadedModel, src) -> np.ndarray:
 
 def predict_files(lm: LoadedModel, paths: Sequence[str | Path], tta: bool = False) -> list[dict]:
     """Predict loose image files; unreadable ones come back with an error instead of probabilities. Each
-    readable file is also compared with the run's training images (prediction_record's ood fields)."""
-    rows, good, arrays = [], [], []
+    readable file is decoded once (data.decode_rgb): fitted to the model's input and described for the
+    comparison with the run's training images (prediction_record's ood fields)."""
+    rows, good, arrays, looks = [], [], [], []
     for path in paths:
         rows.append({"file": str(path), "error": ""})
         try:
-            arrays.append(lm.preprocess.decode(path))
+            full = data.decode_rgb(path)
         except data.ImageError as e:
             rows[-1]["error"] = str(e)
             continue
+        arrays.append(lm.preprocess.fit(full))
+        looks.append(ood.features(full))
         good.append(len(rows) - 1)
     if arrays:
         probs = predict_arrays(lm, np.stack(arrays), tta=tta)
         for j, i in enumerate(good):
-            rows[i].update(prediction_record(lm, probs[j], paths[i]))
+            rows[i].update(prediction_record(lm, probs[j], looks[j]))
     return rows
 
 

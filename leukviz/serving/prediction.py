@@ -403,8 +403,8 @@ def batch_summary(table: pd.DataFrame, classes: Sequence[str], positive: str = "
 
 
 def model_name(m: dict) -> str:
-    """A batch_summary entry's model as every page names it: 'GoogLeNet · 1a2b3c' (inference.LoadedModel.name)."""
-    return f"{names.backbone_title(m['model'])} · {m['run_id'][:6]}"
+    """A batch_summary entry's model as every page names it (names.model_name)."""
+    return names.model_name(m["model"], m["run_id"])
 
 
 def summary_frame(summary: Sequence[dict]) -> pd.DataFrame:
