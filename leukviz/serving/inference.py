@@ -228,25 +228,33 @@ def _refuse_training_data(ds: data.Dataset, lm: LoadedModel) -> None:
                              "scores would be of training images; give other labelled data")
 
 
-def seen_digests(lm: LoadedModel, cache_dir: Path | None = None) -> tuple[set[str], str]:
+def seen_digests(lm: LoadedModel, cache_dir: Path | None = None,
+                 opened: tuple[data.Dataset, list[str]] | None = None) -> tuple[set[str], str]:
     """The content digests of every image the run's own dataset offered it for training or validation (its
     test set excluded): what a score must not count as held out; and, when that dataset (where config.json
-    says) cannot be opened, why nothing could be checked."""
-    spec = ((read_json(lm.run_dir / CONFIG, {}) or {}).get("config") or {}).get("data")
+    says) cannot be opened, why nothing could be checked. opened: a dataset already open and its digests,
+    used as they are when it is the run's own (the same fingerprint), instead of opening it again."""
+    info = read_json(lm.run_dir / CONFIG, {}) or {}
+    spec = (info.get("config") or {}).get("data")
     if not spec:
         return set(), "the run does not name its dataset"
-    try:
-        ds = data.open_dataset(spec, cache_dir)
-    except (data.DataError, OSError) as e:
-        return set(), f"the run's own dataset ({spec}) cannot be opened: {e}"
+    if opened is not None and opened[0].fingerprint == info.get("dataset_fingerprint"):
+        ds, digests = opened
+    else:
+        try:
+            ds = data.open_dataset(spec, cache_dir)
+        except (data.DataError, OSError) as e:
+            return set(), f"the run's own dataset ({spec}) cannot be opened: {e}"
+        digests = data.content_digests(ds)
     pool = ds.index["set"].isin(data.POOL_SETS).to_numpy()
-    return {d for d, p in zip(data.content_digests(ds), pool) if p and not d.startswith("unreadable")}, ""
+    return {d for d, p in zip(digests, pool) if p and not d.startswith("unreadable")}, ""
 
 
-def _held_out(ds: data.Dataset, rows: np.ndarray, seen: set[str]) -> tuple[np.ndarray, list[str]]:
-    """The rows whose bytes the run never saw, and the names of those it did (left out of the score)."""
-    digests = np.asarray(data.content_digests(ds), dtype=object)[rows]
-    copy = np.array([d in seen for d in digests], dtype=bool)
+def _held_out(ds: data.Dataset, digests: list[str], rows: np.ndarray,
+              seen: set[str]) -> tuple[np.ndarray, list[str]]:
+    """The rows whose bytes (digests: the dataset's, in index order) the run never saw, and the names of those
+    it did (left out of the score)."""
+    copy = np.array([d in seen for d in np.asarray(digests, dtype=object)[rows]], dtype=bool)
     names = [str(Path(p).relative_to(ds.root)) if Path(p).is_relative_to(ds.root) else Path(p).name
              for p in ds.index["path"].to_numpy()[rows[copy]]]
     return rows[~copy], names
@@ -271,8 +279,9 @@ def evaluate_dataset(lm: LoadedModel, dataset: str | Path, cache_dir: Path | Non
     sets = sorted(set(test["set"])) if len(test) else sorted(set(ds.index["set"]) - {"final"})
     rows = np.flatnonzero(ds.index["set"].isin(sets).to_numpy() & (ds.index["label"] >= 0).to_numpy())
     # images whose bytes the run trained (or chose its epoch) on are never scored as held out: named, left out
-    seen, unchecked = seen_digests(lm, cache_dir)
-    rows, copies = _held_out(ds, rows, seen)
+    digests = data.content_digests(ds)  # hashed once (the demo's index carries none) for both uses
+    seen, unchecked = seen_digests(lm, cache_dir, (ds, digests))
+    rows, copies = _held_out(ds, digests, rows, seen)
     if len(copies) and not len(rows):
         raise data.DataError(f"every one of the {len(copies)} labelled images is a copy of an image the run trained "
                              f"or was validated on ({data.listing(copies, 3)}): nothing here is held out; give other data")
