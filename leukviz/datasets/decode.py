@@ -19,7 +19,16 @@ Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
 class ImageError(DataError):
-    """One image that cannot be decoded."""
+    """One image that cannot be decoded. str(): the message (decode_rgb's names the file); .reason: why,
+    without the file's name, for a caller that shows the name itself."""
+
+    def __init__(self, message: str, reason: str | None = None):
+        super().__init__(message)
+        self.reason = message if reason is None else reason
+
+
+def _named(name: str, reason: str) -> ImageError:
+    return ImageError(f"{name}: {reason}", reason)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -120,26 +129,26 @@ def decode_rgb(src: str | Path | IO[bytes]) -> np.ndarray:
         with Image.open(src) as img:
             w, h = img.size
             if w * h > MAX_PIXELS:  # Pillow only refuses at twice its limit; between, it merely warns
-                raise ImageError(f"{name}: image too large ({w}x{h} pixels; the limit is {MAX_PIXELS:,})")
+                raise _named(name, f"image too large ({w}x{h} pixels; the limit is {MAX_PIXELS:,})")
             img.seek(0)  # animated images: the first frame
             img = ImageOps.exif_transpose(_to_rgb(img))
             a = np.asarray(img)
     except ImageError as e:
         if str(e).startswith(f"{name}: "):
             raise
-        raise ImageError(f"{name}: {e}") from None
+        raise _named(name, str(e)) from None
     except Image.DecompressionBombError:
-        raise ImageError(f"{name}: image too large (over {MAX_PIXELS:,} pixels)") from None
+        raise _named(name, f"image too large (over {MAX_PIXELS:,} pixels)") from None
     except UnidentifiedImageError:
         empty = isinstance(src, (str, Path)) and os.path.isfile(src) and os.path.getsize(src) == 0
         empty = empty or (hasattr(src, "getbuffer") and src.getbuffer().nbytes == 0)
-        raise ImageError(f"{name}: not a readable image (" + ("the file is empty: 0 bytes)" if empty else
-                                                             "not an image, or an unknown format)")) from None
+        raise _named(name, "not a readable image (" + ("the file is empty: 0 bytes)" if empty else
+                                                      "not an image, or an unknown format)")) from None
     except Exception as e:  # noqa: BLE001 - a damaged file can make any decoder raise anything
         detail = e.strerror if isinstance(e, OSError) and e.strerror else str(e).replace(str(src), name)
-        raise ImageError(f"{name}: not a readable image ({e.__class__.__name__}: {detail})") from None
+        raise _named(name, f"not a readable image ({e.__class__.__name__}: {detail})") from None
     if a.ndim != 3 or a.shape[0] < 2 or a.shape[1] < 2:
-        raise ImageError(f"{name}: image is empty or too small")
+        raise _named(name, "image is empty or too small")
     return a
 
 

@@ -60,7 +60,7 @@ def _pixels(src: ImageSource) -> np.ndarray:
     try:
         return data.decode_rgb(src)
     except data.ImageError as e:  # the reason without the file's name: the caller names the file
-        raise data.ImageError(str(e).split(": ", 1)[-1]) from None
+        raise data.ImageError(e.reason) from None
 
 
 def features(src: ImageSource) -> dict[str, Any]:

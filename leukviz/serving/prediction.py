@@ -95,8 +95,7 @@ def predict_images(models: Sequence[Any], items: Sequence[tuple[str, bytes]],
         try:  # decoded once at its own size: the check measures it, each decoding fits it (a large 16-bit
             full = data.decode_rgb(buf)  # image is decoded once, not once per use)
         except data.ImageError as e:
-            shown = Path(name.replace("\\", "/")).name  # how data.decode_rgb names the file
-            out[i].error = str(e).removeprefix(f"{shown}: ")
+            out[i].error = e.reason  # without the name: the caller shows it
             continue
         looks[i] = ood.features(full)
         for key, pre in decoders.items():
