@@ -56,7 +56,7 @@ def test_uploads_are_decoded_and_predicted_once_for_the_table_and_the_cards(tmp_
         zf.writestr("__MACOSX/cells/._one.png", b"junk")
     files = [("x.png", png_bytes()), ("bad.png", b"not an image"), ("cells.zip", archive.getvalue()),
              ("broken.zip", b"not a zip")]
-    preds = prediction.predict_uploads(models, files, tmp_path / "up")
+    preds = prediction.predict_unpacked(models, prediction.unpack_uploads(files, tmp_path / "up"))
     assert [p.name for p in preds] == ["x.png", "bad.png", "cells.zip/cells/one.png"]
     assert len(calls) == 3  # one decode per image: both models and the out-of-distribution check share it
     assert preds[0].results[0].image.shape == (32, 32, 3) and preds[2].results[0].image is None

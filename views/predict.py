@@ -75,7 +75,8 @@ if len(uploads) > 1 or zips:
                 st.session_state["batch_table"] = prediction.prediction_table(models, predictions)
                 st.session_state["batch_members"] = [(f.file_id, name, blob) for f, part in zip(uploads + zips, unpacked)
                                                      for name, blob, zipped in part if zipped]
-                # the cards below show these same results: every image is decoded and predicted once
+                # the loose uploads' cards below show these same results (a zip's images, whose decoded
+                # pixels the table does not keep, are predicted again a page at a time when shown)
                 done = st.session_state.setdefault("predictions", {})
                 done.update({(f.file_id, tuple(stamps)): p for f, p in zip(uploads, predictions)})
             except (OSError, RuntimeError, ValueError, KeyError) as e:

@@ -160,12 +160,6 @@ def predict_unpacked(models: Sequence[Any], items: Sequence[tuple[str, bytes, bo
     return [next(packed) if zipped else next(loose) for _, _, zipped in items]
 
 
-def predict_uploads(models: Sequence[Any], files: Sequence[tuple[str, bytes]], folder: Path) -> list[ImagePrediction]:
-    """Every uploaded image, and every image inside an uploaded zip, predicted once: one ImagePrediction per
-    image, in upload order with each zip's images in its place (unpack_uploads, predict_unpacked)."""
-    return predict_unpacked(models, unpack_uploads(files, folder))
-
-
 def prediction_table(models: Sequence[Any], predictions: Sequence[ImagePrediction]) -> pd.DataFrame:
     """One row per image per model, models first, in inference.table_frame's columns: file, model
     (backbone), run_id, predicted, confidence, prob_<class>... (calibrated), confidence_raw,
