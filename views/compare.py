@@ -140,7 +140,7 @@ for which, tab in zip(sets, st.tabs([compare.SET_TEXT[w].capitalize() for w in s
         elif score not in compare.PAIRED_SCORES:
             st.caption(f"Paired tests are run on {' and '.join(compare.SCORE_TEXT[k] for k in compare.PAIRED_SCORES)}.")
 
-st.download_button("Download the report (HTML)", lambda: html_report(evals, score=score).encode(),
+st.download_button("Download the report (HTML)", lambda: html_report(evals, score=score, rep=report).encode(),
                    file_name="leukviz-report.html", mime="text/html", icon=":material/download:",
                    key="compare_report", help="One self-contained file that opens offline: data and split, the "
                    "answer, every paired test, intervals, curves, ROC, confusion matrices, calibration, per-subject "

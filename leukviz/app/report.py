@@ -114,9 +114,11 @@ def _settings_section(evals: Sequence[compare.Evaluation]) -> str:
 
 
 def html_report(evals: Sequence[compare.Evaluation], n_resamples: int = 2000, score: str = "weighted_f1",
-                title: str = "leukviz comparison") -> str:
-    """The whole report as one HTML document (runs that share their validation cells: one comparable group)."""
-    rep = compare.build_report(evals, n_resamples).to_dict()
+                title: str = "leukviz comparison", rep: dict | None = None) -> str:
+    """The whole report as one HTML document (runs that share their validation cells: one comparable group).
+    rep: these runs' compare.build_report(...).to_dict() when the caller has it (the bootstrap is not run
+    again); otherwise it is built here with n_resamples."""
+    rep = rep if rep is not None else compare.build_report(evals, n_resamples).to_dict()
     figure = _Figures()
     body = [f"<h1>{html.escape(title)}</h1>",
             f"<p class='note'>Made {datetime.datetime.now().isoformat(timespec='seconds')} by leukviz from "

@@ -55,7 +55,7 @@ def cmd_compare(args) -> int:
         from leukviz.app import report
         from leukviz.core.storage import atomic_write_bytes
 
-        atomic_write_bytes(report_path, report.html_report(evals, n_resamples=args.resamples).encode())
+        atomic_write_bytes(report_path, report.html_report(evals, rep=rep.to_dict()).encode())
         print(f"wrote the report to {report_path}", file=sys.stderr)
     _out(args, compare.report_text(rep), rep.to_dict())
     return 0
