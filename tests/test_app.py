@@ -53,7 +53,7 @@ def app(home, tiny_data) -> AppTest:
 def open_page(at: AppTest, page: str | None = None) -> AppTest:
     at.run()
     if page:
-        at.switch_page(f"views/{page}.py").run()
+        at.switch_page(f"leukviz/ui/{page}.py").run()
     assert not at.exception, [e.value for e in at.exception]
     return at
 
@@ -361,8 +361,8 @@ def test_compare_shows_each_finished_runs_metrics(app, tiny_data):
     assert len({o["filename"] for o in saves()}) == len(saves())  # each named after itself
     at.radio(key="figure_format").set_value("svg").run()
     assert all(o["format"] == "svg" for o in saves())
-    at.switch_page("views/train.py").run()
-    at.switch_page("views/compare.py").run()
+    at.switch_page("leukviz/ui/train.py").run()
+    at.switch_page("leukviz/ui/compare.py").run()
     assert at.radio(key="figure_format").value == "svg" and all(o["format"] == "svg" for o in saves())
     assert "split by subject" in at.selectbox[0].options[0]
 
@@ -510,7 +510,7 @@ def test_train_lr_finder_sweeps_in_the_background_and_one_click_uses_its_suggest
     assert at.select_slider(key="train_lr").value == advice.rate
     # the rate used survives a backbone switch that its recipe does not own, and a visit to another page
     at.button_group(key="train_backbone").set_value("resnet50").run()
-    at.switch_page("views/data.py").run()
-    at.switch_page("views/train.py").run()
+    at.switch_page("leukviz/ui/data.py").run()
+    at.switch_page("leukviz/ui/train.py").run()
     assert at.select_slider(key="train_lr").value == advice.rate
     assert at.number_input(key="train_image_size").value == 32

@@ -32,7 +32,7 @@ def page(trained, tiny_data) -> AppTest:
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=60)
     at.session_state["dataset"] = str(tiny_data)
     at.run()
-    at.switch_page("views/predict.py").run()
+    at.switch_page("leukviz/ui/predict.py").run()
     assert not at.exception, [e.value for e in at.exception]
     return at
 
@@ -102,7 +102,7 @@ def test_a_real_cnmc_cell_gets_the_out_of_distribution_warning_and_a_demo_cell_d
     fresh = AppTest.from_file(str(REPO / "app.py"), default_timeout=60)
     fresh.session_state["dataset"] = str(tiny_data)
     fresh.run()
-    fresh.switch_page("views/predict.py").run()
+    fresh.switch_page("leukviz/ui/predict.py").run()
     fresh.multiselect[0].set_value([trained[0].run_id]).run()
     upload_one(fresh, tiny_data)
     assert [m.label for m in fresh.metric] == ["Prediction"]

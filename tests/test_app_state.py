@@ -57,7 +57,7 @@ def test_settings_survive_a_backbone_switch_a_page_visit_and_a_reload(app):
     at = app
     at.query_params["backbone"] = "googlenet"
     at.run()
-    at.switch_page("views/train.py").run()
+    at.switch_page("leukviz/ui/train.py").run()
     at.number_input(key="train_image_size").set_value(32)
     at.number_input(key="train_epochs").set_value(2)
     at.number_input(key="train_repeats").set_value(2).run()
@@ -66,8 +66,8 @@ def test_settings_survive_a_backbone_switch_a_page_visit_and_a_reload(app):
     assert (at.number_input(key="train_image_size").value, at.number_input(key="train_epochs").value) == (32, 2)
     assert at.select_slider(key="train_lr").value == vgg["lr"]
     assert any("VGG16's recipe set learning rate" in i.value.replace("\\", "") for i in at.info)
-    at.switch_page("views/compare.py").run()
-    at.switch_page("views/train.py").run()
+    at.switch_page("leukviz/ui/compare.py").run()
+    at.switch_page("leukviz/ui/train.py").run()
     assert at.number_input(key="train_repeats").value == 2 and at.number_input(key="train_epochs").value == 2
     url = dict(at.query_params)
     assert url["size"] == "32" and url["backbone"] == "vgg16" and url["repeats"] == "2"
@@ -78,7 +78,7 @@ def test_settings_survive_a_backbone_switch_a_page_visit_and_a_reload(app):
     for key, value in url.items():
         again.query_params[key] = value
     again.run()
-    again.switch_page("views/train.py")
+    again.switch_page("leukviz/ui/train.py")
     for key, value in url.items():  # st.navigation keeps a deep link's query string
         again.query_params[key] = value
     again.run()
@@ -95,15 +95,15 @@ def test_a_degenerate_run_is_a_warning_everywhere_and_not_preselected(app):
     at.query_params["run"] = bad.run_id
     at.run()
     assert any("degenerate model" in w.value.lower() for w in at.warning)  # the overview's card
-    at.switch_page("views/train.py")
+    at.switch_page("leukviz/ui/train.py")
     at.query_params["run"] = bad.run_id
     at.run()
     assert any("calls every validation cell hem" in w.value.replace("\\", "") for w in at.warning)
     assert not any("Finished." in s.value for s in at.success)
-    at.switch_page("views/predict.py").run()
+    at.switch_page("leukviz/ui/predict.py").run()
     chosen = at.multiselect[0].value
     assert bad.run_id not in chosen and chosen  # the healthy GoogLeNet is offered first
-    at.switch_page("views/compare.py").run()
+    at.switch_page("leukviz/ui/compare.py").run()
     assert bad.run_id not in at.multiselect[0].value
     assert any("degenerate" in w.value and "left out unless you choose it" in w.value for w in at.warning)
     at.multiselect[0].set_value([*at.multiselect[0].value, bad.run_id]).run()  # chosen: listed apart, not ranked
@@ -115,7 +115,7 @@ def test_a_degenerate_run_is_a_warning_everywhere_and_not_preselected(app):
 def test_a_failed_run_can_be_deleted_from_its_panel(app):
     failed = by_backbone("vgg16")[0]
     at = app
-    at.switch_page("views/train.py")
+    at.switch_page("leukviz/ui/train.py")
     at.query_params["run"] = failed.run_id
     at.run()
     assert any("failed" in e.value for e in at.error)
@@ -129,12 +129,12 @@ def test_a_failed_run_can_be_deleted_from_its_panel(app):
 def test_repeats_are_shown_as_one_group_with_their_mean(app):
     seeds = by_backbone("googlenet")
     at = app
-    at.switch_page("views/train.py")
+    at.switch_page("leukviz/ui/train.py")
     at.query_params["run"] = seeds[1].run_id
     at.run()
     text = " ".join(m.value for m in at.markdown)
     assert "Repeats of this configuration: 2 seeds" in text
     assert "Seed 0" in text and "Seed 1 (shown)" in text
     assert "0.750 ± 0.071" in text  # mean ± sd of the seeds' validation weighted F1 (0.70, 0.80)
-    at.switch_page("views/home.py").run()
+    at.switch_page("leukviz/ui/home.py").run()
     assert any(m.value == "0.750 ± 0.071" and "2 seeds" in m.label for m in at.metric)

@@ -204,7 +204,7 @@ def test_overview_predict_and_compare_pages_work_beside_a_damaged_run(good, home
             at.session_state["dataset"] = str(tiny_data)
             at.run()
             if page:
-                at.switch_page(f"views/{page}.py").run()
+                at.switch_page(f"leukviz/ui/{page}.py").run()
             assert not at.exception, [e.value for e in at.exception]
             warnings = " ".join(w.value for w in at.warning).replace("\\", "")  # markdown escapes off
             assert DAMAGED_ID in warnings and "model.safetensors" in warnings, warnings

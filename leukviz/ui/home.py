@@ -5,7 +5,7 @@ import streamlit as st
 from leukviz.app import dashboard
 from leukviz.models import backbones
 from leukviz.runstore import names, runs
-from views._common import active_dataset, device_text, warn_damaged
+from leukviz.ui._common import active_dataset, device_text, page, warn_damaged
 
 st.title("leukviz")
 titles = ", ".join(spec.title for spec in backbones.BACKBONES.values())
@@ -58,7 +58,7 @@ def backbone_cards(polling: bool) -> None:
                 st.caption(dashboard.plain(card.error.splitlines()[0][:200]))
             params = {"backbone": card.backbone, **({"run": card.run_id} if card.run_id else {})}
             label = "Train it" if card.state == "none" else "Open the run"
-            st.page_link("views/train.py", label=label, icon=":material/arrow_forward:", query_params=params)
+            st.page_link(page("train"), label=label, icon=":material/arrow_forward:", query_params=params)
             if card.run_id and card.state not in runs.ACTIVE:
                 delete_popover(card.run_id)
 

@@ -11,14 +11,14 @@ from leukviz.core import filenames
 from leukviz.runstore import names
 from leukviz.serving import prediction
 from leukviz.serving.explain import colour_bar
-from views._common import active_dataset, figure, load_model, open_dataset, warn_damaged
+from leukviz.ui._common import active_dataset, figure, load_model, open_dataset, page, warn_damaged
 
 st.title("Predict")
 finished = dashboard.finished_runs()  # damaged runs left out, and named:
 warn_damaged()
 if not finished:
     st.info("No trained model yet: train one first, then come back to predict with it.")
-    st.page_link("views/train.py", label="Train a model", icon=":material/model_training:")
+    st.page_link(page("train"), label="Train a model", icon=":material/model_training:")
     st.stop()
 
 by_id = {r.run_id: r for r in finished}

@@ -10,7 +10,7 @@ from leukviz.core import paths
 from leukviz.datasets import data
 from leukviz.models.config import AUGMENT
 from leukviz.runstore import names
-from views._common import active_dataset, active_split, open_dataset
+from leukviz.ui._common import active_dataset, active_split, open_dataset
 
 SOURCES = ("Built-in demo", "Folder path", "Zip upload")
 SET_TEXT = {"train": "train", "val": "validation (given)", "test": "test (held out)",

@@ -12,7 +12,7 @@ from leukviz.app.report import html_report
 from leukviz.comparison import compare
 from leukviz.core import filenames
 from leukviz.runstore import names, runs
-from views._common import active_dataset, figure, load_model, warn_damaged
+from leukviz.ui._common import active_dataset, figure, load_model, page, warn_damaged
 
 CURVES = {"val_acc": "Validation accuracy", "val_loss": "Validation loss", "val_f1": "Validation weighted F1",
           "train_acc": "Training accuracy", "train_loss": "Training loss"}
@@ -50,7 +50,7 @@ warn_damaged()
 finished = dashboard.finished_runs()
 if not finished:
     st.info("Nothing to compare yet: train at least one backbone.")
-    st.page_link("views/train.py", label="Train a model", icon=":material/model_training:")
+    st.page_link(page("train"), label="Train a model", icon=":material/model_training:")
     st.stop()
 
 groups = compare.comparable_groups(finished)

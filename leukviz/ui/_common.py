@@ -12,6 +12,14 @@ from leukviz.core import filenames, paths
 from leukviz.datasets import data
 from leukviz.runstore import runs
 
+UI = Path(__file__).resolve().parent
+
+
+def page(name: str) -> str:
+    """A page's script by name ('train'), as st.Page and st.page_link take it, wherever the entry script is:
+    `streamlit run app.py` in a checkout or `leukviz app` from the installed package."""
+    return str(UI / f"{name}.py")
+
 # Choices that outlive their widgets. Streamlit forgets a widget's value when a run does not draw it (a visit
 # to another page); saving each again at the top of every run makes it the session's, so it survives.
 KEPT = tuple(dashboard.URL_SETTINGS.values()) + ("train_weights_file", "train_nproc", "figure_format")
@@ -81,7 +89,7 @@ def require_dataset() -> data.Dataset:
         return open_dataset(spec)
     except (data.DataError, OSError) as e:
         st.error(f"The active dataset cannot be used: {dashboard.plain(e)}")
-        st.page_link("views/data.py", label="Choose another dataset on the Data page",
+        st.page_link(page("data"), label="Choose another dataset on the Data page",
                      icon=":material/folder_open:")
         st.stop()
         raise

@@ -11,7 +11,7 @@ from leukviz.datasets import data
 from leukviz.models import backbones, config
 from leukviz.runstore import names, runs, supervisor
 from leukviz.training import lrfind
-from views._common import active_dataset, active_split, figure, require_dataset
+from leukviz.ui._common import active_dataset, active_split, figure, page, require_dataset
 
 LEARNING_RATES = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 PRESET_TEXT = {"quick": "Quick", "paper": "Paper (seed paper's recipe)", "full": "Full"}
@@ -164,7 +164,7 @@ def settings_form() -> tuple[config.RunConfig, int, int]:
         sp = data.split_of(ds, cfg)
     except data.DataError as e:
         st.error(f"This split cannot be made: {dashboard.plain(e)}", icon=":material/rule:")
-        st.page_link("views/data.py", label="Choose another split on the Data page", icon=":material/dataset:")
+        st.page_link(page("data"), label="Choose another split on the Data page", icon=":material/dataset:")
         st.stop()
     st.caption(f"Dataset {dashboard.plain(names.dataset_label(dataset))}, split "
                f"{dashboard.plain(names.split_text(cfg, sp))} (both chosen on the Data page).")
@@ -261,8 +261,8 @@ def finished_panel(run: runs.Run, evts: list[dict]) -> None:
     c.metric("Kept epoch", m.get("best_epoch", "–"))
     e.metric("Training time", names.format_duration(compare.training_seconds(run), short=True))
     with f:
-        st.page_link("views/predict.py", label="Predict with it", icon=":material/center_focus_strong:")
-        st.page_link("views/compare.py", label="Compare backbones", icon=":material/compare:")
+        st.page_link(page("predict"), label="Predict with it", icon=":material/center_focus_strong:")
+        st.page_link(page("compare"), label="Compare backbones", icon=":material/compare:")
     g, h, _ = st.columns([1, 1, 3])
     if g.button("Retrain from scratch", icon=":material/restart_alt:", key=f"retrain_{run.run_id}"):
         st.session_state.get("cached_runs", set()).discard(run.run_id)
@@ -330,7 +330,7 @@ def group_panel(run: runs.Run, members: list[runs.Run]) -> None:
         if summary.done and summary.f1 is not None:
             st.markdown(f"Validation weighted F1 **{summary.score_text('f1')}**, accuracy "
                         f"{summary.score_text('acc')} (mean ± sd over seeds).")
-            st.page_link("views/compare.py", label="Compare this group", icon=":material/compare:",
+            st.page_link(page("compare"), label="Compare this group", icon=":material/compare:",
                          query_params={"runs": ",".join(m.run_id for m in members)})
         if summary.degenerate:
             st.warning(f"{len(summary.degenerate)} of {summary.n} seeds degenerate, left out of the mean: "
