@@ -122,10 +122,13 @@ def test_configurations_of_one_backbone_are_named_by_the_settings_they_differ_in
     b = [make_run(tmp_path, "googlenet", "fpS", split="groups", seed=s, epochs=3) for s in (0, 1)]
     c = make_run(tmp_path, "resnet50", "fpS", split="groups", seed=0)
     names = sorted(g.name for g in compare.repeat_groups([compare.evaluate_run(r) for r in a + b + [c]]))
-    assert names == ["GoogLeNet · finetune full", "GoogLeNet · finetune staged", "ResNet50"]
+    # told apart in words, not config keys ("finetune staged")
+    assert names == ["GoogLeNet · staged fine-tuning", "GoogLeNet · whole network trained", "ResNet50"]
     # several settings differ: all of them, up to three; none that a reader could see: the run id
     d = make_run(tmp_path, "googlenet", "fpS", split="groups", seed=0, lr=3e-4, epochs=5)
-    assert compare.setting_labels([b[0], d]) == ["epochs 3, lr 0.001", "epochs 5, lr 0.0003"]
+    assert compare.setting_labels([b[0], d]) == ["3 epochs, lr 0.001", "5 epochs, lr 0.0003"]
+    f = make_run(tmp_path, "googlenet", "fpS", split="groups", seed=0, image_size=32, epochs=1)
+    assert compare.setting_labels([b[0], f])[1] == "32 px, 1 epoch"
     e = make_run(tmp_path, "googlenet", "fpT", split="groups", seed=0, epochs=3)  # other data, same settings
     assert compare.setting_labels([b[0], e]) == [b[0].run_id[:6], e.run_id[:6]]
 
@@ -257,8 +260,13 @@ def test_too_few_subjects_for_any_significance_is_said(tmp_path):
         rep = compare.build_report([compare.evaluate_run(x) for x in runs_], n_resamples=300)
     finally:
         SUBJECTS = keep
-    assert any("validation rows pair the models over 5 subjects" in n and "cannot give p below 0.06" in n
-               for n in rep.notes)
+    # said once, where the verdict is (the answer), with what would help; not again among the notes
+    sentences = compare.answer_sentences(rep.to_dict(), "weighted_f1", "val")
+    assert sentences[0].startswith("GoogLeNet is best on validation weighted F1")
+    assert sentences[1].startswith("With 5 validation subjects, a paired permutation test cannot give p below 0.0625")
+    assert "subject-grouped folds" in sentences[1] and "more subjects" in sentences[1]
+    assert not any("cannot give p below" in n for n in rep.notes)
+    assert "cannot give p below 0.0625" in compare.report_text(rep)
     pair = rep.pairs[0]
     assert pair.result["scores"]["accuracy"]["p_value"] >= 2 / 32 - 1e-9
 
@@ -295,7 +303,8 @@ def test_cross_validation_folds_pool_into_one_comparison_over_every_subject(tmp_
     pair = rep.pairs[0]
     assert pair.result["n_units"] == 8 and pair.seeds == [0, 1]
     assert "GoogLeNet is better" in pair.verdicts[0] and pair.result["scores"]["weighted_f1"]["p_value"] < 0.05
-    assert not any("cannot give p below" in n for n in rep.notes)
+    assert not any("cannot give p below" in " ".join(compare.answer_sentences(rep.to_dict(), k, "val"))
+                   for k in compare.PAIRED_SCORES)  # eight subjects: p can go below 0.05
 
 
 def test_the_answer_names_the_best_model_and_says_which_leads_are_clear():
@@ -314,8 +323,9 @@ def test_the_answer_names_the_best_model_and_says_which_leads_are_clear():
                       pair("GoogLeNet", "VGG16", -0.01, -0.02, -0.005, 1.0)]}
     text = compare.answer(rep, "weighted_f1", "val")
     assert text.startswith("ResNet50 is best on validation weighted F1 (0.740); ")
-    assert "it is clearly better than GoogLeNet (+0.050, 95 % CI +0.010 to +0.090, p = 0.01)" in text
-    assert "its lead over VGG16 is not clear (+0.030, 95 % CI \u22120.160 to +0.190, p = 0.62)" in text
+    assert "it is better than GoogLeNet (+0.050, 95 % CI +0.010 to +0.090, p = 0.01)" in text
+    assert "no clear difference from VGG16 (+0.030, 95 % CI \u22120.160 to +0.190, p = 0.62)" in text
+    assert "same cells" not in text  # every pair was compared
     m = compare.pair_matrix(rep, "weighted_f1", "val")
     # every pair once, row minus column: the upper triangle (its mirror would only repeat it, sign turned)
     assert list(m.index) == ["GoogLeNet", "ResNet50"] and list(m.columns) == ["ResNet50", "VGG16"]
@@ -362,3 +372,71 @@ def test_runs_that_disagree_on_a_cells_label_are_refused_naming_the_cells(tmp_pa
         compare.build_report([compare.evaluate_run(r) for r in made], n_resamples=100)
     assert main(["compare", "all", "--runs-dir", str(tmp_path), "--resamples", "100"]) == 2
     assert "000.png (" in capsys.readouterr().err  # the cell, by its key, with each run's label
+
+
+def _answer_report(entries: dict, subjects: dict | None = None) -> dict:
+    """A Report.to_dict-like report of models A (best), B, C, with the paired entries given per (a, b)."""
+    scores = [{"model": m, "set": "val", "spread": {"weighted_f1": {"mean": v}, "sensitivity": {"mean": v}}}
+              for m, v in (("A", 0.9), ("B", 0.8), ("C", 0.7))]
+    paired = [{"a": a, "b": b, "set": "val", "unit": "subjects", "n_units": n,
+               "scores": {"weighted_f1": e, "accuracy": e}} for (a, b, n), e in entries.items()]
+    return {"scores": scores, "paired": paired, "subjects": {"val": subjects or {}}}
+
+
+def test_one_vocabulary_for_one_verdict_in_the_answer_the_matrix_and_the_words_list():
+    """The same interval and p read the same in all three places: the answer's clause, the matrix's mark (and
+    its key) and metrics.verdict's words all use names.VERDICT_WORDS."""
+    cases = {"clear": (0.1, 0.05, 0.15, 0.001), "weak": (0.1, 0.05, 0.15, 0.2), "unclear": (0.1, -0.05, 0.2, 0.6)}
+    for kind, (d, lo, hi, p) in cases.items():
+        entry = {"difference": d, "low": lo, "high": hi, "p_value": p}
+        rep = _answer_report({("A", "B", 12): entry, ("A", "C", 12): entry, ("B", "C", 12): entry})
+        assert metrics.verdict_kind(entry) == kind
+        word = names.VERDICT_WORDS[kind]
+        assert names.lead_text(kind, "B") in compare.answer(rep) and word in compare.answer(rep)
+        assert word in metrics.verdict("A", "B", "weighted_f1", {"confidence": 0.95, "scores": {"weighted_f1": entry}})
+        cell = compare.pair_matrix(rep).loc["A", "B"]
+        assert cell.startswith(names.VERDICT_MARK[kind] + " ")
+        assert f"{names.VERDICT_MARK[kind]} {word}" in names.verdict_legend()
+    for other in ("suggestive", "not clear"):  # the old second vocabulary
+        assert other not in names.verdict_legend()
+
+
+def test_not_compared_on_the_same_cells_only_when_the_cells_differ():
+    entry = {"difference": 0.1, "low": 0.05, "high": 0.15, "p_value": 0.001}
+    rep = _answer_report({("A", "B", 12): entry, ("A", "C", 12): entry})
+    # sensitivity is not tested in pairs: that is said, not that the cells differ
+    text = compare.answer(rep, "sensitivity")
+    assert "same cells" not in text and "not tested in pairs" in text
+    assert compare.pair_matrix(rep, "sensitivity").empty
+    rep = _answer_report({("A", "B", 12): entry})  # C was never paired with A: other cells
+    assert "it was not compared with C on the same cells" in compare.answer(rep)
+
+
+def test_a_zero_width_interval_says_why():
+    flat = {"difference": 0.2, "low": 0.2, "high": 0.2, "p_value": 0.5}
+    rep = _answer_report({("A", "B", 2): flat, ("A", "C", 2): flat}, subjects={"hem": 1, "all": 1})
+    sentences = compare.answer_sentences(rep)
+    assert any("no width because hem and all have one validation subject" in s for s in sentences)
+    assert any("cannot give p below 0.5" in s for s in sentences)  # two subjects
+    wide = {"difference": 0.2, "low": 0.1, "high": 0.3, "p_value": 0.001}
+    assert not any("no width" in s for s in compare.answer_sentences(
+        _answer_report({("A", "B", 12): wide, ("A", "C", 12): wide})))
+
+
+def test_compare_json_carries_the_answer_the_matrix_and_calibration(tmp_path, capsys):
+    import json
+
+    from leukviz.cli import main
+
+    runs_ = seeded_runs(tmp_path, "googlenet", 0.95) + seeded_runs(tmp_path, "resnet50", 0.6)
+    assert main(["compare", *[r.run_id for r in runs_], "--runs-dir", str(tmp_path), "--json",
+                 "--resamples", "200"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    sentences = out["answer"]["val"]["weighted_f1"]
+    assert sentences[0].startswith("GoogLeNet is best on validation weighted F1")
+    matrix = out["matrix"]["val"]["weighted_f1"]
+    assert set(matrix) == {"ResNet50", "GoogLeNet"} and matrix["ResNet50"]["GoogLeNet"].startswith("\u2713 \u2212")
+    assert [c["run_id"] for c in out["calibration"]] == [r.run_id for r in compare.comparable_groups(runs_)
+                                                         [compare.group_key(runs_[0])].runs]
+    cal = out["calibration"][0]
+    assert cal["temperature"] > 0 and {"ece", "brier"} <= set(cal["val"]["before"]) <= set(cal["val"]["after"]) | {"nll"}

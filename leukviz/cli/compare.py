@@ -57,7 +57,7 @@ def cmd_compare(args) -> int:
 
         atomic_write_bytes(report_path, report.html_report(evals, rep=rep.to_dict()).encode())
         print(f"wrote the report to {report_path}", file=sys.stderr)
-    _out(args, compare.report_text(rep), rep.to_dict())
+    _out(args, compare.report_text(rep), compare.report_json(rep, evals) if args.json else None)
     return 0
 
 

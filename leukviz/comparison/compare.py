@@ -19,13 +19,14 @@ from leukviz.datasets import data
 from leukviz.models import config
 from leukviz.models.backbones import BACKBONES
 from leukviz.models.preprocess import Preprocess
-from leukviz.runstore import runs
+from leukviz.runstore import names, runs
 from leukviz.runstore.names import (
     backbone_title,
     dataset_label,
     format_duration,
     latest_per_backbone,
     run_name,
+    setting_text,
     split_text,
 )
 from leukviz.scoring import health, metrics, predictions
@@ -221,18 +222,12 @@ def config_key(run: runs.Run) -> str:
     return config.repeat_key(run.config, run.info.get("dataset_fingerprint", "?"))
 
 
-def _value_text(name: str, v: Any) -> str:
-    if name == "weights" and v not in ("imagenet", "none"):
-        return Path(str(v)).name
-    return f"{v:g}" if isinstance(v, float) else str(v)
-
-
 def setting_labels(firsts: Sequence[runs.Run], most: int = 3) -> list[str]:
-    """Short names for configurations of one backbone: the settings in which they differ ("finetune staged,
-    lr 0.0003"), at most `most` of them; the run id's start where that does not tell them apart."""
+    """Short names for configurations of one backbone: the settings in which they differ, in words
+    (names.setting_text: "32 px, 1 epoch", "fine-tune head only, lr 0.0003"), at most `most` of them; the run id's start where that does not tell them apart."""
     settings = [config.repeat_settings(r.config) for r in firsts]
     differ = [k for k in settings[0] if len({json.dumps(d.get(k), sort_keys=True) for d in settings}) > 1]
-    labels = [", ".join(f"{k} {_value_text(k, d.get(k))}" for k in differ[:most]) for d in settings]
+    labels = [", ".join(setting_text(k, d.get(k)) for k in differ[:most]) for d in settings]
     if not all(labels) or len(set(labels)) < len(labels):
         labels = [f"{label} ({r.run_id[:6]})" if label else r.run_id[:6] for label, r in zip(labels, firsts)]
     return labels
@@ -469,58 +464,85 @@ def _difference_text(entry: dict, sign: int) -> str:
     return f"{metrics.signed(diff)}, 95 % CI {metrics.signed(low)} to {metrics.signed(high)}{ptext}"
 
 
-def answer(rep: dict, score: str = "weighted_f1", which: str = "val") -> str:
-    """Compare's answer in one sentence for one score and set (Report.to_dict's content): the best model,
-    and for each other whether its lead is clear (the interval and the paired test together,
-    metrics.verdict_kind). E.g. "ResNet50 is best on validation weighted F1 (0.739); its lead over VGG16 is
-    not clear (+0.030, 95 % CI −0.160 to +0.190, p = 0.62); it is clearly better than GoogLeNet (...)"."""
+def _pairs_with(rep: dict, name: str, which: str) -> list[dict]:
+    return [p for p in rep["paired"] if p["set"] == which and name in (p["a"], p["b"])]
+
+
+def answer_sentences(rep: dict, score: str = "weighted_f1", which: str = "val") -> list[str]:
+    """Compare's answer for one score and set (Report.to_dict's content), sentence by sentence: the best
+    model, and for each other what the paired interval and test support together (metrics.verdict_kind, in
+    names.VERDICT_WORDS, the words of the matrix and of the words list); then what the data cannot say: the
+    smallest p a permutation over so few subjects can give, and why an interval has no width. E.g.
+    "ResNet50 is best on validation weighted F1 (0.739); no clear difference from VGG16 (+0.030, 95 % CI
+    −0.160 to +0.190, p = 0.62); it is better than GoogLeNet (...)."."""
     rows = [s for s in rep["scores"] if s["set"] == which and s["spread"].get(score, {}).get("mean") is not None]
     if not rows:
-        return ""
+        return []
     best = max(rows, key=lambda s: s["spread"][score]["mean"])
     label = f"{SET_TEXT[which].split(' ')[0]} {SCORE_TEXT[score]}"
     text = f"{best['model']} is best on {label} ({best['spread'][score]['mean']:.3f})"
     if len(rows) == 1:
-        return text + "."
-    parts = []
+        return [text + "."]
+    parts, entries, unpaired = [], [], []
     for other in rows:
         if other is best:
             continue
         found = _pair_entry(rep["paired"], best["model"], other["model"], which, score)
         if found is None:
-            parts.append(f"it was not compared with {other['model']} on the same cells")
+            paired_at_all = any(other["model"] in (p["a"], p["b"]) for p in _pairs_with(rep, best["model"], which))
+            if paired_at_all:  # paired, on other scores: the same cells, this score untested
+                unpaired.append(other["model"])
+            else:
+                parts.append(f"it was not compared with {other['model']} on the same cells")
             continue
         entry, sign = found
-        kind = metrics.verdict_kind(entry)
-        words = {metrics.CLEAR: f"it is clearly better than {other['model']}",
-                 metrics.WEAK: f"its lead over {other['model']} is suggestive, not clear",
-                 metrics.UNCLEAR: f"its lead over {other['model']} is not clear"}[kind]
-        parts.append(f"{words} ({_difference_text(entry, sign)})")
-    return text + "; " + "; ".join(parts) + "."
+        entries.append(entry)
+        parts.append(f"{names.lead_text(metrics.verdict_kind(entry), other['model'])} "
+                     f"({_difference_text(entry, sign)})")
+    if unpaired:
+        parts.append(f"{SCORE_TEXT[score]} is not tested in pairs (the paired tests are on "
+                     f"{' and '.join(SCORE_TEXT[k] for k in PAIRED_SCORES)}): read the intervals")
+    out = [text + "; " + "; ".join(parts) + "."]
+    n = min((int(p["n_units"]) for p in _pairs_with(rep, best["model"], which) if p.get("unit") == "subjects"),
+            default=0)
+    few = names.few_subjects_text(n, SET_TEXT[which].split(' ')[0]) if n else ""
+    if few:
+        out.append(few[0].upper() + few[1:] + ".")
+    if any(e.get("low") is not None and e.get("low") == e.get("high") for e in entries):
+        one = [c for c, k in (rep.get("subjects", {}).get(which) or {}).items() if k == 1]
+        zero = names.zero_width_text(one)
+        out.append(zero[0].upper() + zero[1:] + ".")
+    return out
+
+
+def answer(rep: dict, score: str = "weighted_f1", which: str = "val") -> str:
+    """answer_sentences as one text."""
+    return " ".join(answer_sentences(rep, score, which))
 
 
 def pair_matrix(rep: dict, score: str = "weighted_f1", which: str = "val") -> pd.DataFrame:
     """Every pair once: the upper triangle of a models x models table (rows all but the last model, columns
     all but the first, in the report's order), each cell the row's model minus the column's: a mark of what
-    the interval and the paired test support together (✓ clear, ~ weak, = unclear), the difference, its 95 %
-    interval in brackets and p ("✓ +0.050 [+0.010, +0.090] p = 0.01"). Half the width of the full square,
-    whose other half only repeats it with the sign turned, so it fits a laptop screen."""
-    names = [s["model"] for s in rep["scores"] if s["set"] == which]
-    marks = {metrics.CLEAR: "\u2713", metrics.WEAK: "~", metrics.UNCLEAR: "="}
+    the interval and the paired test support together (names.VERDICT_MARK: ✓ better, ~ weak evidence, = no
+    clear difference), the difference, its 95 % interval in brackets and p ("✓ +0.050 [+0.010, +0.090]
+    p = 0.01"). Half the width of the full square, whose other half only repeats it with the sign turned."""
+    models = [s["model"] for s in rep["scores"] if s["set"] == which]
+    if not any(p["set"] == which and score in p["scores"] for p in rep["paired"]):
+        return pd.DataFrame()  # this score is not tested in pairs (PAIRED_SCORES)
     cells = {}
-    for i, a in enumerate(names[:-1]):
+    for i, a in enumerate(models[:-1]):
         row = {}
-        for j, b in enumerate(names[1:], start=1):
+        for j, b in enumerate(models[1:], start=1):
             found = _pair_entry(rep["paired"], a, b, which, score) if j > i else None
             if found is None:
                 row[b] = "" if j <= i else "–"
                 continue
             entry, sign = found
             diff, low, high, p = _oriented(entry, sign)
-            row[b] = (f"{marks[metrics.verdict_kind(entry)]} {metrics.signed(diff)} "
+            row[b] = (f"{names.VERDICT_MARK[metrics.verdict_kind(entry)]} {metrics.signed(diff)} "
                       f"[{metrics.signed(low)}, {metrics.signed(high)}]" + ("" if p is None else f" {metrics.p_text(p)}"))
         cells[a] = row
-    return pd.DataFrame.from_dict(cells, orient="index", columns=names[1:])
+    return pd.DataFrame.from_dict(cells, orient="index", columns=models[1:])
 
 
 def stats_table(scores: Sequence[dict], only: str | None = None) -> pd.DataFrame:
@@ -549,10 +571,11 @@ class Report:
     pairs: list[Paired]
     sets: list[str]
     notes: list[str]
+    subjects: dict[str, dict[str, int]] = field(default_factory=dict)  # set -> class -> how many subjects
 
     def to_dict(self) -> dict:
         return metrics.nan_to_none({
-            "sets": self.sets, "notes": self.notes,
+            "sets": self.sets, "notes": self.notes, "subjects": self.subjects,
             "groups": [{"name": g.name, "seeds": g.seeds, "runs": [ev.run.run_id for ev in g.evals],
                         "health": {ev.run.run_id: health.of_run_dir(ev.run.dir).to_dict() for ev in g.evals}}
                        for g in self.groups],
@@ -613,17 +636,20 @@ def build_report(evals: Sequence[Evaluation], n_resamples: int = 2000) -> Report
             else:
                 table.append(st_)
     pairs = [p for which in sets for p in all_pairs(everyone, which, n_resamples)]
-    for which in sets:  # per set: a test set usually holds other (and fewer) people than validation
-        by_subject = [p for p in pairs if p.which == which and p.result.get("unit") == "subjects"]
-        n = min((int(p.result["n_units"]) for p in by_subject), default=0)
-        if by_subject and 2 / 2 ** n >= 0.05:
-            notes.append(f"the {SET_TEXT[which]} rows pair the models over {n} subjects: a paired permutation test "
-                         f"over {n} subjects cannot give p below {2 / 2 ** n:.2f}, so no difference can be "
-                         "significant there; read the intervals, and validate on more people (study subjects "
-                         "swaps them between folds)")
+    # how few subjects the paired p-values rest on is said by the answer, where the verdict is (answer_sentences)
     for st_ in table[:1]:
         notes.extend(st_.interval.get("notes", []))
-    return Report(groups, table, pairs, sets, notes)
+    return Report(groups, table, pairs, sets, notes, {which: subjects_per_class(everyone, which) for which in sets})
+
+
+def subjects_per_class(groups: Sequence[Repeats], which: str) -> dict[str, int]:
+    """How many subjects of each class the set holds (the first group's cells; every group has the same), {}
+    when the cells carry no subjects."""
+    for g in groups:
+        p = g.pooled(which)
+        if p is not None and p.subjects is not None:
+            return {c: len(set(p.subjects[p.y == i])) for i, c in enumerate(p.classes)}
+    return {}
 
 
 def headline(scores: Sequence[dict], score: str = "weighted_f1") -> str:
@@ -642,7 +668,7 @@ def headline(scores: Sequence[dict], score: str = "weighted_f1") -> str:
 
 def report_text(rep: Report) -> str:
     """The report as the command line prints it."""
-    lines = []
+    lines, whole = [], rep.to_dict()
     for which in rep.sets:
         title = "validation" if which == "val" else "test (held out: scored once, used to choose nothing)"
         part = [s for s in rep.stats if s.which == which]
@@ -656,6 +682,7 @@ def report_text(rep: Report) -> str:
             cells = "".join(f"  {format_spread(s.spread[k]):<13} {format_interval(s.interval['scores'].get(k), 2).replace(' to ', '-'):<10}"
                             for k in metrics.SCORES)
             lines.append(f"  {s.name:<{w}} {s.n_seeds:>5}{cells}")
+        lines.extend(f"  {line}" for line in answer_sentences(whole, "weighted_f1", which))
         pairs = [p for p in rep.pairs if p.which == which]
         if pairs:
             lines.append(f"  paired ({pairs[0].result.get('test', '')}):")
@@ -695,6 +722,28 @@ def calibration_table(cals: Sequence[dict]) -> pd.DataFrame:
         rows.append(row)
     table = pd.DataFrame(rows)
     return table.drop(columns=[c for c in table.columns if c.endswith(" test") and (table[c] == "–").all()])
+
+
+def calibration_summary(cal: dict) -> dict:
+    """calibration_of without its reliability tables: T, whether it is applied and why not, and ECE, Brier
+    and NLL before and after on validation (and test, where there is one): what `compare --json` carries."""
+    out = {k: cal.get(k) for k in ("model", "run_id", "temperature", "calibrated", "note")}
+    for which in ("val", "test"):
+        rep = cal.get(which)
+        out[which] = None if not rep else {"n": rep.get("n"), "before": rep["before"], "after": rep["after"]}
+    return out
+
+
+def report_json(rep: Report, evals: Sequence[Evaluation]) -> dict:
+    """What `compare --json` prints: the report (Report.to_dict), what the page leads with (the answer's
+    sentences per set and paired score, and the pairwise matrix, row minus column) and each run's
+    calibration (calibration_summary)."""
+    out = rep.to_dict()
+    out["answer"] = {which: {k: answer_sentences(out, k, which) for k in PAIRED_SCORES} for which in rep.sets}
+    out["matrix"] = {which: {k: pair_matrix(out, k, which).to_dict(orient="index") for k in PAIRED_SCORES}
+                     for which in rep.sets}
+    out["calibration"] = [calibration_summary(calibration_of(ev)) for ev in evals]
+    return metrics.nan_to_none(out)
 
 
 def backfill_test(candidates: Sequence[runs.Run], cache_dir: Path | None = None) -> list[str]:
