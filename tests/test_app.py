@@ -9,6 +9,7 @@ import shutil
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -367,6 +368,27 @@ def test_compare_shows_each_finished_runs_metrics(app, tiny_data):
     assert "split by subject" in at.selectbox[0].options[0]
 
 
+def html_table(body: str) -> pd.DataFrame:
+    """An HTML table's cells as text (the first row the header, each row's first cell its name)."""
+    from html.parser import HTMLParser
+
+    rows: list[list[str]] = []
+
+    class Cells(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            if tag == "tr":
+                rows.append([])
+            elif tag in ("td", "th"):
+                rows[-1].append("")
+
+        def handle_data(self, text):
+            if rows and rows[-1]:
+                rows[-1][-1] += text
+
+    Cells().feed(body)
+    return pd.DataFrame([r[1:] for r in rows[1:]], index=[r[0] for r in rows[1:]], columns=rows[0][1:])
+
+
 def test_compare_shows_intervals_a_verdict_and_the_ensemble(app, tiny_data):
     at = open_page(app, "compare")
     assert "Is the difference real?" in [h.value for h in at.subheader]
@@ -377,10 +399,12 @@ def test_compare_shows_intervals_a_verdict_and_the_ensemble(app, tiny_data):
     answers = [i.value.replace("\\", "") for i in at.info if " is best on " in i.value.replace("\\", "")]
     assert len(answers) == 2 and answers[0].split(" is best on ")[1].startswith("validation weighted F1")
     models = list(stats[stats["Set"] == "validation"]["Model"])
-    matrices = [f for f in frames if list(f.index) == models[:-1] and list(f.columns) == models[1:]]
+    # the matrix is an HTML table that wraps (it fits 1366 px with many models), not a scrolling dataframe
+    matrices = [html_table(h.proto.body) for h in at.get("html") if "lv-matrix" in h.proto.body]
     assert len(matrices) == 2  # validation and test tabs: every pair once (row minus column)
+    assert list(matrices[0].index) == models[:-1] and list(matrices[0].columns) == models[1:]
     cell = matrices[0].iloc[0, 0]
-    assert re.fullmatch(r"[✓~=] [+−]\d\.\d{3} \[[+−]\d\.\d{3}, [+−]\d\.\d{3}\] p [<=] [\d.]+", cell), cell
+    assert re.fullmatch(r"[✓~=] [+−]\d\.\d{3} ?\[[+−]\d\.\d{3}, [+−]\d\.\d{3}\] p [<=] [\d.]+", cell), cell
     assert all(matrices[0].iloc[i, j] == "" for i in range(n) for j in range(i))  # below the diagonal: empty
     val = stats[stats["Set"] == "validation"]
     assert list(val["Model"]).count(f"Ensemble of {n}") == 1 and len(val) == n + 1
@@ -399,6 +423,15 @@ def test_compare_shows_intervals_a_verdict_and_the_ensemble(app, tiny_data):
     cal = next(f for f in frames if "Temperature" in f.columns)
     assert len(cal) == n and (cal["Temperature"] > 0).all()
     assert cal["ECE validation"].str.contains(" → ").all() and cal["ECE test"].str.contains(" → ").all()
+
+
+def test_compare_takes_one_run_named_several_times_in_the_address_once(app, tiny_data):
+    """/compare?runs=ID,ID,ID (issue 35): no duplicate element key, the run compared once, and a note says so."""
+    run = next(iter(finished(tiny_data).values()))
+    app.query_params["runs"] = ",".join([run.run_id] * 3)
+    at = open_page(app, "compare")
+    assert at.multiselect[0].value == [run.run_id]
+    assert any("named a run more than once" in c.value for c in at.caption)
 
 
 def test_pages_say_what_to_do_without_runs(home, tmp_path, monkeypatch):

@@ -308,3 +308,17 @@ def test_every_figure_saves_as_png_or_svg_named_after_it():
     assert charts.image_filename("··") == "leukviz-figure"
     with pytest.raises(ValueError, match="png, svg"):
         charts.figure_config("ROC", "gif")
+
+
+def test_the_interval_chart_keeps_its_legend_above_and_names_its_models_in_words():
+    """The legend sits above the plot, the model names (wrapped at ' · ' and ', ') below it: they never meet."""
+    def score(model: str, which: str = "val") -> dict:
+        return {"model": model, "set": which, "seeds": [0, 1],
+                "spread": {"weighted_f1": {"mean": 0.8, "values": [0.79, 0.81]}},
+                "interval": {"scores": {"weighted_f1": {"low": 0.7, "high": 0.9}}}}
+
+    fig = charts.interval_figure([score("GoogLeNet · 32 px, 1 epoch"), score("ResNet50"), score("VGG16"),
+                                  score("GoogLeNet · 32 px, 2 epochs"), score("ResNet50", "test")])
+    assert fig.layout.legend.y >= 1 and fig.layout.legend.yanchor == "bottom"
+    assert fig.data[0].x[0] == "GoogLeNet ·<br>32 px,<br>1 epoch"
+    assert fig.layout.xaxis.automargin and fig.layout.xaxis.tickangle == 0

@@ -440,3 +440,32 @@ def test_compare_json_carries_the_answer_the_matrix_and_calibration(tmp_path, ca
                                                          [compare.group_key(runs_[0])].runs]
     cal = out["calibration"][0]
     assert cal["temperature"] > 0 and {"ece", "brier"} <= set(cal["val"]["before"]) <= set(cal["val"]["after"]) | {"nll"}
+
+
+def test_the_html_report_reads_as_a_document(tmp_path):
+    """Human column names and 3 decimals (no config keys, no long floats), scores 0-1, ms per image filled
+    from the caller's timings, settings one row each, the interval beside its score (narrow tables), and
+    every table in a box that scrolls by itself rather than widening the page."""
+    import re
+
+    from leukviz.app import report
+
+    made = seeded_runs(tmp_path, "googlenet", 0.9) + seeded_runs(tmp_path, "resnet50", 0.8)
+    evals = [compare.evaluate_run(r) for r in made]
+    timed = {r.run_id: 0.0156 for r in made}
+    text = report.html_report(evals, n_resamples=200, per_image=timed)
+    headers = re.findall(r"<th>([^<]*)</th>", text)
+    for key in ("val_accuracy", "weighted_f1", "ms_per_image", "params_m", "checkpoint_mb", "run_id"):
+        assert key not in headers, key
+    for name in ("Val. accuracy", "Weighted F1", "Inference (ms / image)", "Parameters (M)", "image size"):
+        assert name in headers, name
+    cells = re.findall(r"<td class='num'>([^<]*)</td>", text)
+    assert cells and all(re.fullmatch(r"-?\d+(\.\d{1,3})?", c) for c in cells), cells[:20]
+    body = re.sub(r"<script.*?</script>", "", text, flags=re.S)  # Plotly's own code aside
+    assert "15.6" in cells and "None" not in body and "nan" not in body
+    f1 = [float(c) for c in re.findall(r"<td class='num'>(0\.\d{3}|1\.000)</td>", text)]
+    assert f1 and all(0 <= v <= 1 for v in f1)  # scores 0-1, never a percentage
+    assert "<div class='scroll'><table>" in text and "table-layout: fixed" in text
+    assert "weighted F1: mean ± sd (95 % CI)" in headers and "weighted F1 95 % CI" not in headers
+    untimed = report.html_report(evals[:1], n_resamples=100, per_image={})
+    assert "Not timed: GoogLeNet" in untimed

@@ -363,7 +363,7 @@ def interval_figure(scores: Sequence[dict], score: str = "weighted_f1", label: s
         part = [s for s in scores if s["set"] == which]
         if not part:
             continue
-        names = [s["model"] for s in part]
+        names = [wrap_label(s["model"]) for s in part]
         mean = [finite(s["spread"][score]["mean"]) for s in part]
         ci = [s["interval"]["scores"].get(score) or {} for s in part]
         high = [None if m is None or c.get("high") is None else c["high"] - m for m, c in zip(mean, ci)]
@@ -378,7 +378,7 @@ def interval_figure(scores: Sequence[dict], score: str = "weighted_f1", label: s
         xs, ys, text = [], [], []
         for s in part:
             for seed, v in zip(s["seeds"], s["spread"][score].get("values") or []):
-                xs.append(s["model"])
+                xs.append(wrap_label(s["model"]))
                 ys.append(finite(v))
                 text.append(f"seed {seed}")
         if xs:
@@ -386,6 +386,14 @@ def interval_figure(scores: Sequence[dict], score: str = "weighted_f1", label: s
                                      offsetgroup=which,
                                      marker={"size": 6, "symbol": symbol, "opacity": 0.55, "color": NEUTRAL_COLOR},
                                      hovertemplate="%{x}<br>%{text}: %{y:.3f}<extra></extra>"))
-    fig.update_layout(yaxis_title=label, legend={"orientation": "h", "y": -0.2}, margin={"t": 20},
-                      scattermode="group")  # validation and test of one model side by side
+    # the legend above the plot, the model names (wrapped at " · ") below it: they never meet
+    fig.update_layout(yaxis_title=label, legend={"orientation": "h", "x": 0, "y": 1.02, "yanchor": "bottom"},
+                      margin={"t": 40}, scattermode="group")  # validation and test of one model side by side
+    fig.update_xaxes(automargin=True, tickangle=0)
     return fig
+
+
+def wrap_label(name: str) -> str:
+    """A model's name on an axis: 'GoogLeNet ·<br>32 px, 1 epoch' (a line per part), so many models' names
+    stand side by side without turning or overlapping."""
+    return str(name).replace(" · ", " ·<br>").replace(", ", ",<br>")

@@ -16,17 +16,20 @@ import pandas as pd
 
 from leukviz.app import charts
 from leukviz.comparison import compare
-from leukviz.runstore.names import dataset_label, split_text
+from leukviz.runstore.names import dataset_label, sorted_subjects, split_text, verdict_legend
 from leukviz.scoring import metrics
 
 PACKAGES = ("torch", "torchvision", "numpy", "scikit-learn", "scipy", "plotly", "streamlit")
 STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px; color: #222; }
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px; padding: 0 1rem; color: #222;
+  line-height: 1.45; overflow-wrap: anywhere; }
 h1 { margin-bottom: 0.2rem; } h2 { margin-top: 2.2rem; border-bottom: 1px solid #ddd; }
-table { border-collapse: collapse; margin: 0.6rem 0; font-size: 0.9rem; }
-th, td { border: 1px solid #ddd; padding: 0.3rem 0.6rem; text-align: left; }
-th { background: #f4f4f4; } .answer { background: #eef5ff; padding: 0.8rem; border-radius: 6px; }
-.note { color: #555; font-size: 0.9rem; } figure.fig { margin: 0.5rem 0; }
+table { border-collapse: collapse; margin: 0.6rem 0; font-size: 0.9rem; max-width: 100%; }
+th, td { border: 1px solid #ddd; padding: 0.3rem 0.6rem; text-align: left; vertical-align: top; }
+th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.scroll { max-width: 100%; overflow-x: auto; }
+.answer { background: #eef5ff; padding: 0.8rem; border-radius: 6px; }
+.note { color: #555; font-size: 0.9rem; } figure.fig { margin: 0.5rem 0; max-width: 100%; }
 figcaption button { margin-left: 0.3rem; } .warn { background: #fff6df; padding: 0.6rem; border-radius: 6px; }
 """
 
@@ -49,8 +52,54 @@ def environment() -> dict[str, str]:
     return out
 
 
-def _table(df: pd.DataFrame, index: bool = False) -> str:
-    return df.to_html(index=index, escape=True, border=0, na_rep="–")
+MATRIX_STYLE = """
+table.lv-matrix { width: 100%; table-layout: fixed; border-collapse: collapse; font-size: 0.85rem; }
+table.lv-matrix th, table.lv-matrix td { border: 1px solid rgba(128, 128, 128, 0.35); padding: 0.3rem 0.45rem;
+  text-align: left; vertical-align: top; white-space: normal; overflow-wrap: anywhere; color: inherit; }
+table.lv-matrix th { font-weight: 600; background: rgba(128, 128, 128, 0.08); }
+table.lv-matrix td .lv-ci { opacity: 0.75; font-size: 0.8rem; }
+"""
+
+
+def matrix_html(matrix: pd.DataFrame) -> str:
+    """compare.pair_matrix as an HTML table that wraps instead of scrolling: a column per model sharing the
+    width (model names break across lines), each cell the mark and difference on one line, the interval and
+    p under it; so the matrix of five or six models fits a laptop's 1366 px (the page and the report)."""
+    def cell(text: str) -> str:
+        head, _, rest = str(text).partition(" [")
+        if not rest:
+            return html.escape(head)
+        return f"<b>{html.escape(head)}</b><br><span class='lv-ci'>[{html.escape(rest)}</span>"
+
+    header = "<tr><th></th>" + "".join(f"<th>{html.escape(str(c))}</th>" for c in matrix.columns) + "</tr>"
+    rows = "".join("<tr><th>" + html.escape(str(i)) + "</th>" + "".join(f"<td>{cell(v)}</td>" for v in row)
+                   + "</tr>" for i, row in zip(matrix.index, matrix.itertuples(index=False)))
+    return f"<table class='lv-matrix'>{header}{rows}</table>"
+
+
+def _cell(v: object, digits: int = 3) -> str:
+    """A value as the report prints it: numbers to `digits` decimals (right-aligned), nothing as '–'."""
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "<td>–</td>"
+    if isinstance(v, (bool, np.bool_)):
+        return f"<td>{'yes' if v else 'no'}</td>"
+    if isinstance(v, (int, np.integer)):
+        return f"<td class='num'>{int(v)}</td>"
+    if isinstance(v, (float, np.floating)):
+        return f"<td class='num'>{float(v):.{digits}f}</td>"
+    return f"<td>{html.escape(str(v))}</td>"
+
+
+def _table(df: pd.DataFrame, index: bool = False, digits: dict[str, int] | None = None) -> str:
+    """A table that reads in a document: headers as given (human names), numbers to 3 decimals (digits: other
+    places per column), wrapped in a box that scrolls on its own rather than widening the page."""
+    digits = digits or {}
+    head = ("<th></th>" if index else "") + "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    body = []
+    for i, row in zip(df.index, df.itertuples(index=False)):
+        cells = "".join(_cell(v, digits.get(str(c), 3)) for c, v in zip(df.columns, row))
+        body.append("<tr>" + (f"<th>{html.escape(str(i))}</th>" if index else "") + cells + "</tr>")
+    return f"<div class='scroll'><table><tr>{head}</tr>{''.join(body)}</table></div>"
 
 
 class _Figures:
@@ -82,7 +131,7 @@ def _data_section(evals: Sequence[compare.Evaluation]) -> str:
     val = ev.val
     if val is not None and val.subjects is not None:
         for i, c in enumerate(val.classes):
-            subjects = sorted(set(val.subjects[val.y == i]))
+            subjects = sorted_subjects(val.subjects[val.y == i])
             rows.append({"class": c, "validation cells": int((val.y == i).sum()), "subjects": len(subjects),
                          "subject ids": ", ".join(map(str, subjects))})
     fingerprint = ev.run.info.get("dataset_fingerprint", "?")
@@ -94,13 +143,13 @@ def _data_section(evals: Sequence[compare.Evaluation]) -> str:
 def _answer_section(rep: dict, score: str) -> str:
     parts = []
     for which in rep["sets"]:
-        sentence = compare.answer(rep, score, which)
-        if sentence:
-            parts.append(f"<p class='answer'>{html.escape(sentence)}</p>")
+        sentences = compare.answer_sentences(rep, score, which)
+        if sentences:
+            parts.append("<div class='answer'>" + "".join(f"<p>{html.escape(x)}</p>" for x in sentences) + "</div>")
         matrix = compare.pair_matrix(rep, score, which)
         if not matrix.empty:  # two models or more (every pair once)
             parts.append(f"<p>Row minus column, {compare.SCORE_TEXT[score]} on {compare.SET_TEXT[which]} "
-                         "(✓ clearly different, ~ suggestive, = no clear difference):</p>" + _table(matrix, index=True))
+                         f"({html.escape(verdict_legend())}):</p>" + matrix_html(matrix))
     words = [f"<li>{html.escape(v)} ({'test' if p['set'] == 'test' else 'validation'})</li>"
              for p in rep["paired"] for v in p["verdicts"]]
     if words:
@@ -109,16 +158,70 @@ def _answer_section(rep: dict, score: str) -> str:
 
 
 def _settings_section(evals: Sequence[compare.Evaluation]) -> str:
-    rows = [{"run": ev.run.run_id, "model": compare.run_name(ev.run), **ev.run.config.to_dict()} for ev in evals]
-    return _table(pd.DataFrame(rows))
+    """A row per setting, a column per run (so many settings stay in the page's width): the full run id, then
+    every setting under its own name."""
+    columns = {compare.run_name(ev.run): {"run id": ev.run.run_id, **ev.run.config.to_dict()} for ev in evals}
+    table = pd.DataFrame(columns)
+    table.index = [str(i).replace("_", " ") for i in table.index]
+    return _table(table.astype(object).where(table.notna(), None).map(_setting_value), index=True)
+
+
+def _setting_value(v: object) -> object:
+    return f"{v:g}" if isinstance(v, float) else v
+
+
+RUN_SCORES = ("model", "val_accuracy", "weighted_f1", "weighted_f1_ci", "sensitivity", "specificity", "roc_auc")
+RUN_COSTS = ("model", "train_time", "ms_per_image", "params_m", "checkpoint_mb", "image_size", "epochs", "weights")
+
+
+def _runs_section(evals: Sequence[compare.Evaluation], per_image: dict[str, float | None]) -> str:
+    """Each run's own scores (0-1, 3 decimals) and its costs, as two tables under human column names."""
+    table = compare.compare_table([compare.compare_row(ev, per_image.get(ev.run.run_id)) for ev in evals])
+    scores = table[list(RUN_SCORES)].rename(columns=compare.COMPARE_COLUMNS)
+    costs = table[list(RUN_COSTS)].rename(columns=compare.COMPARE_COLUMNS)
+    untimed = [compare.run_name(ev.run) for ev in evals if per_image.get(ev.run.run_id) is None]
+    note = (f"<p class='note'>Not timed: {html.escape(', '.join(untimed))} (the model could not be loaded).</p>"
+            if untimed else "<p class='note'>Inference: one image at a time on the device below.</p>")
+    one = {compare.COMPARE_COLUMNS[k]: 1 for k in ("ms_per_image", "params_m", "checkpoint_mb")}
+    return (_table(scores) + "<p class='note'>Validation, at the kept epoch; scores from 0 to 1; the interval from a "
+            "bootstrap over subjects.</p>" + _table(costs, digits=one) + note)
+
+
+def inference_times(evals: Sequence[compare.Evaluation]) -> dict[str, float | None]:
+    """Seconds per image of each run (compare.time_per_image on its loaded model); None where it cannot load."""
+    from leukviz.serving import inference
+
+    out: dict[str, float | None] = {}
+    for ev in evals:
+        try:
+            out[ev.run.run_id] = compare.time_per_image(inference.load_model(ev.run.dir, calibrate=False))
+        except (OSError, RuntimeError, ValueError, KeyError):
+            out[ev.run.run_id] = None
+    return out
+
+
+def _scores_table(scores: Sequence[dict]) -> str:
+    """compare.stats_table with each score's mean ± sd and its interval in one cell (the interval on a second
+    line): eight columns instead of thirteen, so the table fits the page."""
+    table = compare.stats_table(scores)
+    for k in metrics.SCORES:
+        name = compare.SCORE_TEXT[k]
+        if name in table:
+            table[name] = [f"{a} ({b})" if b != "–" else a for a, b in zip(table[name], table[f"{name} 95 % CI"])]
+            table = table.drop(columns=[f"{name} 95 % CI"])
+    return _table(table.rename(columns={compare.SCORE_TEXT[k]: f"{compare.SCORE_TEXT[k]}: mean ± sd (95 % CI)"
+                                        for k in metrics.SCORES}))
 
 
 def html_report(evals: Sequence[compare.Evaluation], n_resamples: int = 2000, score: str = "weighted_f1",
-                title: str = "leukviz comparison", rep: dict | None = None) -> str:
+                title: str = "leukviz comparison", rep: dict | None = None,
+                per_image: dict[str, float | None] | None = None) -> str:
     """The whole report as one HTML document (runs that share their validation cells: one comparable group).
     rep: these runs' compare.build_report(...).to_dict() when the caller has it (the bootstrap is not run
-    again); otherwise it is built here with n_resamples."""
+    again); otherwise it is built here with n_resamples. per_image: seconds per image by run id, as the
+    caller timed them (Compare's page); otherwise each model is loaded and timed here (inference_times)."""
     rep = rep if rep is not None else compare.build_report(evals, n_resamples).to_dict()
+    per_image = per_image if per_image is not None else inference_times(evals)
     figure = _Figures()
     body = [f"<h1>{html.escape(title)}</h1>",
             f"<p class='note'>Made {datetime.datetime.now().isoformat(timespec='seconds')} by leukviz from "
@@ -128,12 +231,11 @@ def html_report(evals: Sequence[compare.Evaluation], n_resamples: int = 2000, sc
             "<h2>Scores with their intervals</h2>",
             "<p class='note'>Mean ± sd over each configuration's seeds, and the 95 % interval from a bootstrap over "
             "subjects (all of a person's cells resampled together).</p>",
-            _table(compare.stats_table(rep["scores"])),
+            _scores_table(rep["scores"]),
             figure(charts.interval_figure(rep["scores"], score, compare.SCORE_TEXT[score]), "intervals")]
     for note in rep["notes"]:
         body.append(f"<p class='warn'>Note: {html.escape(note)}</p>")
-    body += ["<h2>Each run</h2>", _table(compare.compare_table([compare.compare_row(ev) for ev in evals])),
-             "<h2>Learning curves</h2>"]
+    body += ["<h2>Each run</h2>", _runs_section(evals, per_image), "<h2>Learning curves</h2>"]
     hist = compare.histories([ev.run for ev in evals])
     for metric in ("val_f1", "val_loss"):
         body.append(figure(charts.compare_curves(hist, metric), f"curves {charts.METRIC_LABELS[metric]}"))
@@ -143,7 +245,9 @@ def html_report(evals: Sequence[compare.Evaluation], n_resamples: int = 2000, sc
         figure(charts.confusion_figure(ev.summary["confusion"], ev.classes, title=compare.run_name(ev.run))
                 .update_layout(width=380, height=340)) for ev in evals) + "</div>")
     cals = [compare.calibration_of(ev) for ev in evals]
-    body += ["<h2>Calibration</h2>", _table(compare.calibration_table(cals))]
+    body += ["<h2>Calibration</h2>", _table(compare.calibration_table(cals)),
+             "<p class='note'>T: the temperature fitted on validation; ECE and Brier score raw → calibrated, lower is "
+             "better (on validation the 'after' is flattering: T was fitted there).</p>"]
     for cal in cals:
         rep_cal = cal["test"] or cal["val"]
         if rep_cal:
@@ -161,4 +265,4 @@ def html_report(evals: Sequence[compare.Evaluation], n_resamples: int = 2000, sc
     body += ["<h2>Settings and run ids</h2>", _settings_section(evals),
              "<h2>Software and hardware</h2>", _table(pd.DataFrame([env]).T.reset_index().set_axis(["", "version"], axis=1))]
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>")
+            f"<style>{STYLE}{MATRIX_STYLE}</style></head><body>{''.join(body)}</body></html>")

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from leukviz.app import charts, dashboard
-from leukviz.app.report import html_report
+from leukviz.app.report import MATRIX_STYLE, html_report, matrix_html
 from leukviz.comparison import compare
 from leukviz.core import filenames
 from leukviz.runstore import names, runs
@@ -57,6 +57,8 @@ groups = compare.comparable_groups(finished)
 keys = list(groups)
 dataset = active_dataset()
 asked = [i for i in (st.query_params.get("runs") or "").split(",") if i]  # Train's "Compare this group" link
+repeated = len(asked) != len(set(asked))
+asked = list(dict.fromkeys(asked))  # one run named twice in the address is one run (issue 35)
 first = next((k for k in keys if asked and asked[0] in {r.run_id for r in groups[k].runs}), None)
 first = first or next((k for k in keys if dataset in groups[k].datasets), keys[0])
 key = st.selectbox("Dataset and split", keys, index=keys.index(first), format_func=lambda k: groups[k].label,
@@ -71,6 +73,8 @@ chosen = st.multiselect("Runs", list(by_id), format_func=lambda i: dashboard.run
                         help="Runs of one configuration that differ only in seed (Repeats on the Train page) "
                              "are summarised together: mean ± sd over seeds. Degenerate runs are not selected "
                              "by default.")
+if repeated:
+    st.caption("The address named a run more than once: each is compared once.")
 healthy_chosen = [i for i in chosen if i not in degenerate]
 for run_id, h in degenerate.items():
     where = (": chosen, it is listed apart below, not ranked." if run_id in chosen and healthy_chosen else
@@ -101,7 +105,7 @@ else:
 with st.spinner("Scoring older runs on the dataset's held-out test set (once)…"):
     for problem in compare.backfill_test(selected):
         st.warning(dashboard.plain(problem))
-evals, rows = [], []
+evals, rows, timed = [], [], {}
 with st.spinner("Scoring the runs and timing inference…"):
     for r in selected:
         stamp = run_stamp(r)
@@ -112,6 +116,7 @@ with st.spinner("Scoring the runs and timing inference…"):
             st.warning(f"{dashboard.plain(names.run_name(r))} left out: {dashboard.plain(e)}")
             continue
         evals.append(ev)
+        timed[r.run_id] = per_image
         rows.append(compare.compare_row(ev, per_image))
 if not evals:
     st.stop()
@@ -129,18 +134,19 @@ score = st.segmented_control("Score", list(compare.SCORE_TEXT), format_func=comp
 sets = [w for w in ("val", "test") if any(s["set"] == w for s in scores)]
 for which, tab in zip(sets, st.tabs([compare.SET_TEXT[w].capitalize() for w in sets])):
     with tab:  # the answer first, in one sentence; then every pair at once
-        sentence = compare.answer(report, score, which)
-        if sentence:
-            st.info(dashboard.plain(sentence), icon=":material/emoji_events:")
+        sentences = compare.answer_sentences(report, score, which)
+        if sentences:  # the verdict, then (in the same box) what the data cannot say
+            st.info("\n\n".join(dashboard.plain(x) for x in sentences), icon=":material/emoji_events:")
         matrix = compare.pair_matrix(report, score, which)
         if not matrix.empty:  # two models or more (every pair once)
             st.markdown(f"**Row minus column**, {compare.SCORE_TEXT[score]} on {compare.SET_TEXT[which]}: "
-                        "✓ clearly different, ~ suggestive, = no clear difference")
-            st.dataframe(matrix, width="stretch")  # columns sized to their content: nothing clipped
+                        f"{dashboard.plain(names.verdict_legend())}")
+            # an HTML table that wraps (names, then the interval under the difference): fits 1366 px at 6 models
+            st.html(f"<style>{MATRIX_STYLE}</style>{matrix_html(matrix)}")
         elif score not in compare.PAIRED_SCORES:
             st.caption(f"Paired tests are run on {' and '.join(compare.SCORE_TEXT[k] for k in compare.PAIRED_SCORES)}.")
 
-st.download_button("Download the report (HTML)", lambda: html_report(evals, score=score, rep=report).encode(),
+st.download_button("Download the report (HTML)", lambda: html_report(evals, score=score, rep=report, per_image=timed).encode(),
                    file_name="leukviz-report.html", mime="text/html", icon=":material/download:",
                    key="compare_report", help="One self-contained file that opens offline: data and split, the "
                    "answer, every paired test, intervals, curves, ROC, confusion matrices, calibration, per-subject "
