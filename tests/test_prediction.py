@@ -152,3 +152,98 @@ def test_a_batch_summary_counts_classes_and_scores_against_class_folders_and_cnm
     lines = prediction.summary_lines([s])
     assert lines[0].startswith("GoogLeNet · abcdef: 7 images: hem 3 (50%), all 3 (50%); 1 unreadable; on the 5 with a "
                                "known class: accuracy 60.0%") and "subject h3: 50% of 2 cells called all" in lines[1]
+
+
+def test_the_batch_table_names_each_run_not_its_backbone(tmp_path):
+    """Three GoogLeNet runs are three models in the table and its summary, each named by its run."""
+    models = [tiny_model(tmp_path, name=n) for n in ("aaaaaa111", "bbbbbb222", "cccccc333")]
+    preds = prediction.predict_images(models, [("x.png", png_bytes())])
+    table = prediction.prediction_table(models, preds)
+    assert list(table["model"]) == ["GoogLeNet · aaaaaa", "GoogLeNet · bbbbbb", "GoogLeNet · cccccc"]
+    summary = prediction.batch_summary(table, ["hem", "all"])
+    assert [m["model"] for m in summary] == list(table["model"])
+    assert list(prediction.summary_frame(summary)["Model"]) == list(table["model"])
+
+
+def _batch(rows: list[tuple[str, str, bool | None, bool | None]]) -> pd.DataFrame:
+    return pd.DataFrame([{"file": f, "model": "googlenet", "run_id": "abcdef123456", "predicted": pred,
+                          "confidence": 0.9, "ood": ood, "seen": seen, "error": ""} for f, pred, ood, seen in rows])
+
+
+def test_the_batch_summary_gives_figures_with_and_without_images_unlike_training_and_its_own_cells():
+    table = _batch([("all/a1.png", "all", False, False), ("all/a2.png", "all", True, False),
+                    ("all/a3.png", "hem", True, True), ("hem/h1.png", "hem", False, True),
+                    ("hem/h2.png", "all", None, False)])
+    (s,) = prediction.batch_summary(table, ["hem", "all"])
+    assert s["unlike"] == 2 and s["seen"] == 2 and s["accuracy"] == pytest.approx(3 / 5)
+    assert s["without_unlike"]["readable"] == 3 and s["without_unlike"]["accuracy"] == pytest.approx(2 / 3)
+    assert s["held_out"]["readable"] == 3 and s["held_out"]["accuracy"] == pytest.approx(2 / 3)
+    frame = prediction.summary_frame([s])
+    assert list(frame["Images"]) == ["all readable", "without the 2 unlike its training data",
+                                     "without the 2 of its own training or validation images"]
+    assert list(frame["Accuracy"]) == ["60.0% (3 of 5)", "66.7% (2 of 3)", "66.7% (2 of 3)"]
+    sentences = prediction.summary_sentences([s])
+    assert sentences[0] == ("GoogLeNet · abcdef: 2 of 5 images are unlike its training data (its confidence on them "
+                            "means little); accuracy 60.0% on every image with a known class, 66.7% without them.")
+    assert sentences[1].startswith("GoogLeNet · abcdef: 2 of 5 images are its own training or validation images")
+    assert sentences[1].endswith("on the 3 others, accuracy 66.7%.")
+    # nothing flagged: one row, nothing to say
+    plain = _batch([("all/a1.png", "all", False, False), ("hem/h1.png", "hem", False, False)])
+    (p,) = prediction.batch_summary(plain, ["hem", "all"])
+    assert len(prediction.summary_frame([p])) == 1 and prediction.summary_sentences([p]) == []
+
+
+def test_an_empty_recall_says_why():
+    (s,) = prediction.batch_summary(_batch([("all/a1.png", "all", False, False), ("all/a2.png", "hem", False, False)]),
+                                    ["hem", "all"])
+    row = prediction.summary_frame([s]).iloc[0]
+    assert row["Recall hem"] == "– (no image known to be hem)" and row["Recall all"] == "50.0% (1 of 2)"
+    assert "None" not in " ".join(prediction.summary_lines([s]))
+    assert "hem – (no image known to be hem)" in prediction.summary_lines([s])[0]
+
+
+def test_subjects_are_listed_in_number_order():
+    files = [f"UID_{s}_1_1_all.bmp" for s in ("16", "2", "23", "h3", "h12")]
+    (s,) = prediction.batch_summary(_batch([(f, "all", False, False) for f in files]), ["hem", "all"])
+    assert [x["subject"] for x in s["subjects"]] == ["2", "16", "23", "h3", "h12"]
+
+
+def test_a_flagged_image_is_said_once_for_all_its_model_cards(tmp_path):
+    def one(model: str, ood: bool | None, reasons: list[str]) -> prediction.ModelPrediction:
+        return prediction.ModelPrediction(model, model, None, "all", 0.9, {"hem": 0.1, "all": 0.9}, ood=ood,
+                                          ood_reasons=reasons)
+
+    same = prediction.ImagePrediction("x.png", results=[one("A · 1", True, ["too small"]),
+                                                        one("B · 2", True, ["too small"])])
+    text = prediction.image_ood_text(same)
+    assert text.startswith(prediction.OOD_TITLE) and text.count("too small") == 1 and "every model" in text
+    mixed = prediction.ImagePrediction("x.png", results=[one("A · 1", True, ["too small"]), one("B · 2", False, [])])
+    assert "A · 1: too small" in prediction.image_ood_text(mixed) and "B · 2" not in prediction.image_ood_text(mixed)
+    assert prediction.image_ood_text(prediction.ImagePrediction("x.png", results=[one("A", False, [])])) == ""
+
+
+def test_the_models_own_training_and_validation_images_are_found_by_their_bytes(tmp_path):
+    import json
+
+    ds = tmp_path / "cells"
+    files = {}
+    for c in ("all", "hem"):
+        (ds / c).mkdir(parents=True)
+        for i in range(4):
+            files[f"{c}/{i}.png"] = png_bytes(40 + i + (8 if c == "hem" else 0))
+            (ds / f"{c}/{i}.png").write_bytes(files[f"{c}/{i}.png"])
+    lm = tiny_model(tmp_path, name="ownrun123")
+    (lm.run_dir / "config.json").write_text(json.dumps({"config": {"data": str(ds)}, "dataset_fingerprint": "x"}))
+    own = prediction.own_images(lm, tmp_path / "cache")
+    assert own == {prediction.file_digest(b) for b in files.values()}
+    preds = prediction.predict_images([lm], [("cells.zip/all/0.png", files["all/0.png"]),
+                                             ("new/all/9.png", png_bytes(70))])
+    table = prediction.prediction_table([lm], preds, {lm.run_dir.name: own})
+    assert list(table["seen"]) == [True, False]
+    (s,) = prediction.batch_summary(table, ["hem", "all"])
+    assert s["seen"] == 1 and s["held_out"]["readable"] == 1
+    assert "1 of 2 images are its own training or validation images" in prediction.summary_sentences([s])[0]
+    unknown = prediction.prediction_table([lm], preds, {lm.run_dir.name: None})  # its dataset cannot be opened
+    assert unknown["seen"].isna().all()
+    (u,) = prediction.batch_summary(unknown, ["hem", "all"])
+    assert "could not be checked" in prediction.summary_sentences([u])[0]

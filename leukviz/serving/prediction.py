@@ -4,6 +4,7 @@ views of them; no Streamlit in here."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -56,6 +57,13 @@ class ImagePrediction:
     name: str
     error: str | None = None
     results: list[ModelPrediction] = field(default_factory=list)
+    digest: str = ""  # the file's content digest (data.file_digest): finds a run's own training cells
+
+
+def file_digest(blob: bytes) -> str:
+    """A file's content digest as a dataset's index computes it (blake2b, 16 bytes), so an uploaded copy of a
+    run's own training or validation image is known by its bytes (inference.seen_digests)."""
+    return hashlib.blake2b(blob, digest_size=16).hexdigest()
 
 
 def _read_bytes(src: str | Path | bytes | IO[bytes]) -> bytes:
@@ -82,7 +90,7 @@ def predict_images(models: Sequence[Any], items: Sequence[tuple[str, bytes]],
     """
     from leukviz.serving import inference
 
-    out = [ImagePrediction(name) for name, _ in items]
+    out = [ImagePrediction(name, digest=file_digest(blob) if blob else "") for name, blob in items]
     decoders = {lm.preprocess.decoding: lm.preprocess for lm in models}
     decoded: dict[tuple, dict[int, np.ndarray]] = {key: {} for key in decoders}
     looks: dict[int, dict] = {}
@@ -160,20 +168,30 @@ def predict_unpacked(models: Sequence[Any], items: Sequence[tuple[str, bytes, bo
     return [next(packed) if zipped else next(loose) for _, _, zipped in items]
 
 
-def prediction_table(models: Sequence[Any], predictions: Sequence[ImagePrediction]) -> pd.DataFrame:
-    """One row per image per model, models first, in inference.table_frame's columns: file, model
-    (backbone), run_id, predicted, confidence, prob_<class>... (calibrated), confidence_raw,
-    prob_raw_<class>..., calibrated, temperature, ood, ood_reasons and error (empty unless unreadable)."""
+def prediction_table(models: Sequence[Any], predictions: Sequence[ImagePrediction],
+                     seen: dict[str, set[str] | None] | None = None) -> pd.DataFrame:
+    """One row per image per model, models first, in inference.table_frame's columns: file, model (the run's
+    name, 'GoogLeNet · 1a2b3c': three runs of one backbone are three models), run_id, predicted, confidence,
+    prob_<class>... (calibrated), confidence_raw, prob_raw_<class>..., calibrated, temperature, ood,
+    ood_reasons and error (empty unless unreadable); with seen (run id -> the digests of its own training
+    and validation images, inference.seen_digests; None where they could not be read) a last column "seen":
+    whether the image is one of them (empty where unknown)."""
     from leukviz.serving import inference
 
     rows = []
     for lm in models:
+        mine = None if seen is None else seen.get(lm.run_dir.name)
         for p in predictions:
             r = next((r for r in p.results if r.run_id == lm.run_dir.name), None)
-            rows.append({"file": p.name, "model": lm.backbone, "run_id": lm.run_dir.name,
+            rows.append({"file": p.name, "model": lm.name, "run_id": lm.run_dir.name,
                          "calibrated": lm.calibrated, "temperature": float(lm.temperature),
                          **(_result_columns(r) if r else {}), "error": p.error or ""})
-    return inference.table_frame(rows)
+            if seen is not None:
+                rows[-1]["seen"] = None if mine is None or not p.digest else p.digest in mine
+    table = inference.table_frame(rows)
+    if seen is not None:
+        table["seen"] = [r.get("seen") for r in rows]
+    return table
 
 
 def _result_columns(r: ModelPrediction) -> dict[str, Any]:
@@ -215,6 +233,24 @@ def ood_text(p: ModelPrediction) -> str:
         return ""
     return (f"{OOD_TITLE}: " + "; ".join(p.ood_reasons) + ". The prediction above is shown as the model "
             "gives it, but the model has never seen images like this one, so its confidence means little.")
+
+
+def image_ood_text(prediction: ImagePrediction) -> str:
+    """The out-of-distribution warning of one image, said once under all its model cards (each card only
+    greys its confidence): which models find it unlike their training images and why (the reasons once when
+    they agree), and that the predictions are shown all the same; empty when none does."""
+    flagged = [p for p in prediction.results if p.ood]
+    if not flagged:
+        return ""
+    reasons = {"; ".join(p.ood_reasons) for p in flagged}
+    who = "every model" if len(flagged) == len(prediction.results) > 1 else ", ".join(p.model for p in flagged)
+    if len(reasons) == 1:
+        why = f"{who}: {reasons.pop()}"
+    else:
+        why = "; ".join(f"{p.model}: {'; '.join(p.ood_reasons)}" for p in flagged)
+    return (f"{OOD_TITLE} ({why}). The predictions are shown as the models give them, but "
+            f"{'they have' if len(flagged) > 1 else 'the model has'} never seen images like this one, so "
+            f"{'their' if len(flagged) > 1 else 'its'} confidence means little.")
 
 
 UNRELIABLE_TEXT = "not reliable here: unlike the training images"
@@ -361,31 +397,71 @@ def _wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return float(max(0.0, centre - half)), float(min(1.0, centre + half))
 
 
+def own_images(lm: Any, cache_dir: Path | None = None) -> set[str] | None:
+    """The content digests of the run's own training and validation images (inference.seen_digests), None
+    when its dataset cannot be opened here (nothing can be checked)."""
+    from leukviz.serving import inference
+
+    seen, unchecked = inference.seen_digests(lm, cache_dir)
+    return None if unchecked else seen
+
+
+def _figures(rows: pd.DataFrame, truths: dict, classes: Sequence[str]) -> dict[str, Any]:
+    """Counts and shares of each predicted class over readable rows; where the truth is known, accuracy and
+    each class's recall (None, with recall_why, for a class no image is known to be)."""
+    counts = {c: int((rows["predicted"] == c).sum()) for c in classes}
+    out: dict[str, Any] = {"readable": int(len(rows)), "counts": counts,
+                           "shares": {c: counts[c] / len(rows) if len(rows) else None for c in classes}}
+    labelled = rows[[truths[f][0] is not None for f in rows["file"]]]
+    if len(labelled):
+        y = np.array([truths[f][0] for f in labelled["file"]])
+        pred = labelled["predicted"].to_numpy()
+        out["labelled"] = int(len(labelled))
+        out["correct"] = int((y == pred).sum())
+        out["accuracy"] = float((y == pred).mean())
+        out["recall"] = {c: float((pred[y == c] == c).mean()) if (y == c).any() else None for c in classes}
+        out["recall_n"] = {c: [int((pred[y == c] == c).sum()), int((y == c).sum())] for c in classes}
+        out["recall_why"] = {c: f"no image known to be {c}" for c in classes if not (y == c).any()}
+    return out
+
+
+def _flagged(rows: pd.DataFrame, column: str) -> np.ndarray:
+    """Which rows a True/False/empty column flags (empty and False alike are not flagged)."""
+    if column not in rows:
+        return np.zeros(len(rows), bool)
+    return np.array([isinstance(v, (bool, np.bool_)) and bool(v) for v in rows[column]], dtype=bool)
+
+
 def batch_summary(table: pd.DataFrame, classes: Sequence[str], positive: str = "all") -> list[dict]:
     """What many predictions say at a glance, per model (prediction_table's rows): how many images, the count
     and share of each predicted class; where file names or class folders give the truth, accuracy and each
-    class's recall on those images; where C-NMC names give subjects, per subject the share of cells called
-    `positive` with its Wilson 95 % interval (a subject's cells are one person: the subject, not the cell,
-    is what a clinician would call)."""
+    class's recall on those images (_figures); how many images are unlike the model's training data
+    ("unlike") and, when any, the same figures without them ("without_unlike"); how many are the run's own
+    training or validation images ("seen", from the table's seen column) and the figures on the others
+    ("held_out"); where C-NMC names give subjects, per subject (in number order) the share of cells called
+    `positive` with its Wilson 95 % interval (a subject's cells are one person: the subject, not the cell, is
+    what a clinician would call)."""
     out = []
     truths = {f: truth_of(f, classes) for f in table["file"].unique()} if len(table) else {}
     for run_id, rows in table.groupby("run_id", sort=False):
         ok = rows[rows["error"] == ""]
-        counts = {c: int((ok["predicted"] == c).sum()) for c in classes}
-        item: dict[str, Any] = {"model": str(rows["model"].iloc[0]), "run_id": str(run_id), "images": int(len(rows)),
-                                "unreadable": int(len(rows) - len(ok)), "counts": counts,
-                                "shares": {c: counts[c] / len(ok) if len(ok) else None for c in classes}}
-        labelled = ok[[truths[f][0] is not None for f in ok["file"]]]
-        if len(labelled):
-            y = np.array([truths[f][0] for f in labelled["file"]])
-            pred = labelled["predicted"].to_numpy()
-            item["labelled"] = int(len(labelled))
-            item["accuracy"] = float((y == pred).mean())
-            item["recall"] = {c: float((pred[y == c] == c).mean()) if (y == c).any() else None for c in classes}
+        model = str(rows["model"].iloc[0])
+        item: dict[str, Any] = {"model": names.model_name(model, str(run_id)) if model in backbones.BACKBONES
+                                else model, "run_id": str(run_id), "unreadable": int(len(rows) - len(ok)),
+                                **_figures(ok, truths, classes)}
+        item["images"] = int(len(rows))
+        unlike, seen = _flagged(ok, "ood"), _flagged(ok, "seen")
+        item["unlike"], item["seen"] = int(unlike.sum()), int(seen.sum())
+        if "seen" in ok and ok["seen"].isna().any():
+            item["seen_unchecked"] = int(ok["seen"].isna().sum())
+        if unlike.any():
+            item["without_unlike"] = _figures(ok[~unlike], truths, classes)
+        if seen.any():
+            item["held_out"] = _figures(ok[~seen], truths, classes)
         subjects = [truths[f][1] for f in ok["file"]]
         if any(subjects):
             per = []
-            for s in sorted({s for s in subjects if s}):
+            for s in names.sorted_subjects(s for s in subjects if s):
                 mine = ok[[sub == s for sub in subjects]]
                 k, n = int((mine["predicted"] == positive).sum()), int(len(mine))
                 low, high = _wilson(k, n)
@@ -397,24 +473,82 @@ def batch_summary(table: pd.DataFrame, classes: Sequence[str], positive: str = "
 
 def model_name(m: dict) -> str:
     """A batch_summary entry's model as every page names it (names.model_name)."""
-    return names.model_name(m["model"], m["run_id"])
+    return m["model"]
+
+
+UNLIKE_WORDS = "unlike its training data"
+SEEN_WORDS = "its own training or validation images"
+
+
+def _share(k: int, n: int) -> str:
+    return f"{k / n:.1%} ({k} of {n})"
+
+
+def _recall_text(fig: dict, c: str) -> str:
+    """A class's recall as text: '85.0% (34 of 40)', or why there is none ('– no image known to be hem')."""
+    if fig.get("recall", {}).get(c) is None:
+        return f"– ({fig.get('recall_why', {}).get(c, 'no image of known class')})"
+    k, n = fig["recall_n"][c]
+    return _share(k, n)
+
+
+def _figure_row(model: str, which: str, fig: dict) -> dict[str, Any]:
+    row: dict[str, Any] = {"Model": model, "Images": which, "Readable": fig["readable"]}
+    for c, n in fig["counts"].items():
+        share = fig["shares"][c]
+        row[f"Called {c}"] = f"{n} ({share:.0%})" if share is not None else str(n)
+    if "accuracy" in fig:
+        row["Known class"] = fig["labelled"]
+        row["Accuracy"] = _share(fig["correct"], fig["labelled"])
+        row.update({f"Recall {c}": _recall_text(fig, c) for c in fig["counts"]})
+    return row
 
 
 def summary_frame(summary: Sequence[dict]) -> pd.DataFrame:
-    """batch_summary as one row per model, for a page's table: images, each class's count and share, and,
-    where the truth is known, accuracy and each class's recall."""
+    """batch_summary as rows per model, for a page's table: every readable image, then (when any) without those
+    unlike the model's training data, and without the run's own training or validation images; each with
+    the count and share of each predicted class and, where the truth is known, accuracy and each class's
+    recall as 'share (k of n)', or why a recall is empty."""
     rows = []
     for m in summary:
-        row: dict[str, Any] = {"Model": model_name(m), "Images": m["images"]}
-        for c, n in m["counts"].items():
-            share = m["shares"][c]
-            row[f"Called {c}"] = f"{n} ({share:.0%})" if share is not None else str(n)
-        if "accuracy" in m:
-            row["Known class"] = m["labelled"]
-            row["Accuracy"] = m["accuracy"]
-            row.update({f"Recall {c}": r for c, r in m["recall"].items()})
-        rows.append(row)
-    return pd.DataFrame(rows)
+        rows.append(_figure_row(model_name(m), "all readable", m))
+        if "without_unlike" in m:
+            rows.append(_figure_row(model_name(m), f"without the {m['unlike']} {UNLIKE_WORDS}", m["without_unlike"]))
+        if "held_out" in m:
+            rows.append(_figure_row(model_name(m), f"without the {m['seen']} of {SEEN_WORDS}", m["held_out"]))
+    frame = pd.DataFrame(rows)
+    if "Known class" in frame:  # a row left with no image of known class: 0 of them, and no figures
+        frame["Known class"] = frame["Known class"].fillna(0).astype(int)
+        frame = frame.fillna("– (no image of known class)")
+    return frame
+
+
+def summary_sentences(summary: Sequence[dict]) -> list[str]:
+    """What the figures rest on, once per model: how many images are unlike its training data and how
+    accuracy moves without them; how many are the run's own training or validation images (a score on those
+    says nothing about new cells), and the accuracy on the others."""
+    out = []
+    for m in summary:
+        readable = m["readable"]
+        if m.get("unlike"):
+            text = f"{model_name(m)}: {m['unlike']} of {readable} images are {UNLIKE_WORDS} (its confidence on them means little)"
+            if "accuracy" in m and "accuracy" in m["without_unlike"]:
+                text += (f"; accuracy {m['accuracy']:.1%} on every image with a known class, "
+                         f"{m['without_unlike']['accuracy']:.1%} without them")
+            out.append(text + ".")
+        if m.get("seen"):
+            text = (f"{model_name(m)}: {m['seen']} of {readable} images are {SEEN_WORDS} (the same bytes): scores "
+                    "on them say nothing about new cells")
+            held = m["held_out"]
+            if "accuracy" in held:
+                text += f"; on the {held['readable']} others, accuracy {held['accuracy']:.1%}"
+            elif not held["readable"]:
+                text += "; none of these images is new to it"
+            out.append(text + ".")
+        if m.get("seen_unchecked"):
+            out.append(f"{model_name(m)}: whether these images are among its own training images could not be "
+                       "checked (its dataset cannot be opened here).")
+    return out
 
 
 def subjects_frame(summary: Sequence[dict]) -> pd.DataFrame:
@@ -433,9 +567,10 @@ def summary_lines(summary: Sequence[dict]) -> list[str]:
         if m["unreadable"]:
             line += f"; {m['unreadable']} unreadable"
         if "accuracy" in m:
-            recall = ", ".join(f"{c} {r:.0%}" for c, r in m["recall"].items() if r is not None)
+            recall = ", ".join(f"{c} {_recall_text(m, c)}" for c in m["recall"])
             line += f"; on the {m['labelled']} with a known class: accuracy {m['accuracy']:.1%}, recall {recall}"
         lines.append(line)
+        lines.extend(f"    {x}" for x in summary_sentences([m]))
         for s in m.get("subjects", []):
             lines.append(f"    subject {s['subject']}: {s['share']:.0%} of {s['cells']} cells called all "
                          f"(95 % CI {s['low']:.0%} to {s['high']:.0%})")

@@ -7,11 +7,18 @@ from pathlib import Path
 import streamlit as st
 
 from leukviz.app import charts, dashboard
-from leukviz.core import filenames
+from leukviz.core import filenames, paths
 from leukviz.runstore import names
 from leukviz.serving import prediction
 from leukviz.serving.explain import colour_bar
 from leukviz.ui._common import active_dataset, figure, load_model, open_dataset, page, warn_damaged
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def own_images(_lm, key: str) -> set[str] | None:
+    """The run's own training and validation images by content (key: run id and checkpoint time)."""
+    return prediction.own_images(_lm, paths.cache_root())
+
 
 st.title("Predict")
 finished = dashboard.finished_runs()  # damaged runs left out, and named:
@@ -72,7 +79,9 @@ if len(uploads) > 1 or zips:
                 # (a page at a time, predicted again when shown)
                 unpacked = [prediction.unpack_uploads([(f.name, f.getvalue())], Path(tmp)) for f in uploads + zips]
                 predictions = prediction.predict_unpacked(models, [item for part in unpacked for item in part])
-                st.session_state["batch_table"] = prediction.prediction_table(models, predictions)
+                with st.spinner("Checking which images the models trained or validated on…"):
+                    seen = {lm.run_dir.name: own_images(lm, stamp) for lm, stamp in zip(models, stamps)}
+                st.session_state["batch_table"] = prediction.prediction_table(models, predictions, seen)
                 st.session_state["batch_members"] = [(f.file_id, name, blob) for f, part in zip(uploads + zips, unpacked)
                                                      for name, blob, zipped in part if zipped]
                 # the loose uploads' cards below show these same results (a zip's images, whose decoded
@@ -87,24 +96,26 @@ if len(uploads) > 1 or zips:
     table = st.session_state.get("batch_table")
     if table is not None:  # the answer first: counts per class and, where the truth is known, accuracy
         summary = prediction.batch_summary(table, models[0].classes)
-        st.dataframe(prediction.summary_frame(summary), hide_index=True, width="stretch",
-                     column_config={"Accuracy": st.column_config.NumberColumn(format="percent"),
-                                    **{f"Recall {c}": st.column_config.NumberColumn(format="percent")
-                                       for c in models[0].classes}})
-        st.caption("Known class: from a class folder on the image's path (all/, hem/) or a C-NMC file name.")
+        st.dataframe(prediction.summary_frame(summary), hide_index=True, width="stretch")
+        for sentence in prediction.summary_sentences(summary):  # what the figures rest on, once per model
+            st.warning(dashboard.plain(sentence), icon=":material/warning:")
+        st.caption("Known class: from a class folder on the image's path (all/, hem/) or a C-NMC file name. "
+                   "A model's own training or validation images are found by their bytes.")
         subjects = prediction.subjects_frame(summary)
         if len(subjects):
             st.markdown("**Per subject** (C-NMC file names): the share of each person's cells called `all`")
             st.dataframe(subjects, hide_index=True, width="stretch",
                          column_config={"Called all": st.column_config.NumberColumn(format="percent")})
         st.dataframe(table, hide_index=True, width="stretch",  # what fits a laptop screen; the CSV has every column
-                     column_order=[c for c in ("file", "model", "predicted", "confidence", "ood", "error")
+                     column_order=[c for c in ("file", "model", "predicted", "confidence", "ood", "seen", "error")
                                    if c in table.columns],
                      column_config={"file": st.column_config.TextColumn("File"),
                                     "model": st.column_config.TextColumn("Model"),
                                     "predicted": st.column_config.TextColumn("Predicted"),
                                     "ood": st.column_config.CheckboxColumn(
                                         "Unlike training", help="Out of distribution: the confidence is not reliable"),
+                                    "seen": st.column_config.CheckboxColumn(
+                                        "Its own", help="One of the model's own training or validation images"),
                                     "error": st.column_config.TextColumn("Error"),
                                     "confidence": st.column_config.NumberColumn(
                                         "Confidence", format="percent", help="Calibrated on validation"),
@@ -178,12 +189,13 @@ for i, (name, src, truth, file_key) in enumerate(items):
             else:  # greyed, and says why: a number that means nothing here must not read as one
                 right.markdown(f":gray[{p.confidence:.1%} confidence]")
                 right.markdown(f":orange[{dashboard.plain(prediction.UNRELIABLE_TEXT)}]")
-            if p.ood:  # beside the prediction, never instead of it
-                st.warning(dashboard.plain(prediction.ood_text(p)), icon=":material/warning:")
-            elif p.ood is None:
+            if p.ood is None:  # flagged images are said once under the cards (image_ood_text)
                 st.caption(dashboard.plain(p.ood_note))
             bars = charts.probability_bars(p.probs).update_layout(margin={"l": 10, "r": 10, "t": 10, "b": 10})
             figure(bars, f"probs_{i}_{p.run_id}", f"probabilities {name} {p.model}", height=180)
+    unlike = prediction.image_ood_text(result)
+    if unlike:  # once for the image, beside the predictions, never instead of them
+        st.warning(dashboard.plain(unlike), icon=":material/warning:")
     mix = prediction.ensemble(result)
     if mix is not None:
         with st.container(border=True):
