@@ -19,6 +19,7 @@ from leukviz.core import paths
 from leukviz.datasets import data, synthetic
 from leukviz.models import backbones, config
 from leukviz.runstore import names, processes, runs
+from leukviz.serving import prediction
 
 REPO = Path(__file__).resolve().parents[1]
 BACKBONES = tuple(APP_FINETUNE)  # VGG16's 138 M parameters would write a 1.6 GB resume file per run
@@ -318,7 +319,7 @@ def test_predict_several_files_give_a_downloadable_table(app, tiny_data):
     at.run()
     assert not at.exception
     summary = at.dataframe[0].value  # the answer first: a row per model, counts per predicted class
-    summary = summary[summary["Images"] == "all readable"]  # (then, when any, without flagged images)
+    summary = summary[summary["Images"] == prediction.ALL_ROWS]  # (then, when any, without flagged images)
     assert len(summary) == len(BACKBONES) and (summary["Readable"] == 2).all()
     called = summary[[c for c in summary.columns if c.startswith("Called ")]]
     assert called.apply(lambda col: col.str.split(" ").str[0].astype(int)).sum(axis=1).eq(2).all()  # 2 readable

@@ -127,12 +127,12 @@ def test_a_zip_of_class_folders_gets_counts_accuracy_and_recall_against_its_fold
     assert not page.exception, [e.value for e in page.exception]
     every = page.dataframe[0].value
     table = next(d.value for d in page.dataframe if "file" in d.value.columns)
-    summary = every[every["Images"] == "all readable"]
-    assert len(summary) == len(trained) and (summary["Readable"] == 8).all() and (summary["Known class"] == 8).all()
+    summary = every[every["Images"] == prediction.ALL_ROWS]
+    assert len(summary) == len(trained) and (summary["Readable"] == 8).all() and (summary["Known"] == 8).all()
     assert set(table["model"]) == set(summary["Model"])  # the table names each run, as the summary does
 
-    def share(text: str) -> float:  # "62.5% (5 of 8)"
-        k, n = text.split("(")[1].rstrip(")").split(" of ")
+    def share(text: str) -> float:  # "62.5% (5/8)"
+        k, n = text.split("(")[1].rstrip(")").split("/")
         return int(k) / int(n)
 
     for _, row in summary.iterrows():
@@ -146,7 +146,9 @@ def test_a_zip_of_class_folders_gets_counts_accuracy_and_recall_against_its_fold
         assert called == 8
     # these are the runs' own training cells (tiny_data's fold 0): found by their bytes, and said
     assert table["seen"].all()
-    own = [w.value.replace("\\", "") for w in page.warning if "own training or validation images" in w.value.replace("\\", "")]
+    boxes = [w.value.replace("\\", "") for w in page.warning if "own training or validation images" in w.value.replace("\\", "")]
+    assert len(boxes) == 1  # one box, a line per model
+    own = [line for line in boxes[0].split("\n\n") if "own training or validation images" in line]
     assert len(own) == len(trained) and all("8 of 8 images" in w and "none of these images is new" in w for w in own)
     # the zip's images get cards too, a page of six at a time, each with its class from its folder
     titles = [m.value.replace("\\", "") for m in page.markdown if m.value.replace("\\", "").startswith("#### batch.zip/")]

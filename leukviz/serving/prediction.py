@@ -421,7 +421,7 @@ def _figures(rows: pd.DataFrame, truths: dict, classes: Sequence[str]) -> dict[s
         out["accuracy"] = float((y == pred).mean())
         out["recall"] = {c: float((pred[y == c] == c).mean()) if (y == c).any() else None for c in classes}
         out["recall_n"] = {c: [int((pred[y == c] == c).sum()), int((y == c).sum())] for c in classes}
-        out["recall_why"] = {c: f"no image known to be {c}" for c in classes if not (y == c).any()}
+        out["recall_why"] = {c: f"no known {c} image" for c in classes if not (y == c).any()}
     return out
 
 
@@ -477,17 +477,18 @@ def model_name(m: dict) -> str:
 
 
 UNLIKE_WORDS = "unlike its training data"
+ALL_ROWS = "all readable"  # summary_frame's first row of a model: every readable image
 SEEN_WORDS = "its own training or validation images"
 
 
 def _share(k: int, n: int) -> str:
-    return f"{k / n:.1%} ({k} of {n})"
+    return f"{k / n:.1%} ({k}/{n})"
 
 
 def _recall_text(fig: dict, c: str) -> str:
     """A class's recall as text: '85.0% (34 of 40)', or why there is none ('– no image known to be hem')."""
     if fig.get("recall", {}).get(c) is None:
-        return f"– ({fig.get('recall_why', {}).get(c, 'no image of known class')})"
+        return f"– {fig.get('recall_why', {}).get(c, 'no image of known class')}"
     k, n = fig["recall_n"][c]
     return _share(k, n)
 
@@ -498,7 +499,7 @@ def _figure_row(model: str, which: str, fig: dict) -> dict[str, Any]:
         share = fig["shares"][c]
         row[f"Called {c}"] = f"{n} ({share:.0%})" if share is not None else str(n)
     if "accuracy" in fig:
-        row["Known class"] = fig["labelled"]
+        row["Known"] = fig["labelled"]
         row["Accuracy"] = _share(fig["correct"], fig["labelled"])
         row.update({f"Recall {c}": _recall_text(fig, c) for c in fig["counts"]})
     return row
@@ -507,19 +508,19 @@ def _figure_row(model: str, which: str, fig: dict) -> dict[str, Any]:
 def summary_frame(summary: Sequence[dict]) -> pd.DataFrame:
     """batch_summary as rows per model, for a page's table: every readable image, then (when any) without those
     unlike the model's training data, and without the run's own training or validation images; each with
-    the count and share of each predicted class and, where the truth is known, accuracy and each class's
-    recall as 'share (k of n)', or why a recall is empty."""
+    the count and share of each predicted class and, where the truth is known ("Known" images), accuracy and
+    each class's recall as 'share (k/n)', or why a recall is empty ('– no known hem image')."""
     rows = []
     for m in summary:
-        rows.append(_figure_row(model_name(m), "all readable", m))
+        rows.append(_figure_row(model_name(m), ALL_ROWS, m))
         if "without_unlike" in m:
-            rows.append(_figure_row(model_name(m), f"without the {m['unlike']} {UNLIKE_WORDS}", m["without_unlike"]))
+            rows.append(_figure_row(model_name(m), f"without {m['unlike']} unlike training", m["without_unlike"]))
         if "held_out" in m:
-            rows.append(_figure_row(model_name(m), f"without the {m['seen']} of {SEEN_WORDS}", m["held_out"]))
+            rows.append(_figure_row(model_name(m), f"without {m['seen']} of its own", m["held_out"]))
     frame = pd.DataFrame(rows)
-    if "Known class" in frame:  # a row left with no image of known class: 0 of them, and no figures
-        frame["Known class"] = frame["Known class"].fillna(0).astype(int)
-        frame = frame.fillna("– (no image of known class)")
+    if "Known" in frame:  # a row left with no image of known class: 0 of them, and no figures
+        frame["Known"] = frame["Known"].fillna(0).astype(int)
+        frame = frame.fillna("– no image of known class")
     return frame
 
 

@@ -93,7 +93,7 @@ if apart:
                                                                     if k in ("val_acc", "val_f1")},
                                 "Why": "; ".join(degenerate[r.run_id].reasons)} for r in apart]),
                  hide_index=True, width="stretch",
-                 column_config={"val_acc": st.column_config.NumberColumn("Acc.", format="percent"),
+                 column_config={"val_acc": st.column_config.NumberColumn("Acc.", format="%.3f"),
                                 "val_f1": st.column_config.NumberColumn("F1", format="%.3f")})
 
 if compare.is_cross_validation(group):
@@ -177,20 +177,22 @@ if report["paired"]:
                 st.markdown(f"- {dashboard.plain(v)} ({where})")
     st.caption(f"Differences are first minus second, pooled over the seeds both have. The interval resamples "
                f"{unit} together for both models; the p-value is from a {report['paired'][0]['test']}: how often "
-               "a difference this large would arise if the two models were interchangeable. A model is clearly "
-               "better when the interval excludes 0 and p < 0.05; with p of 0.5 or more there is no clear "
-               "difference whatever the interval.")
+               "a difference this large would arise if the two models were interchangeable. One model is "
+               f"{names.VERDICT_WORDS['clear']} ({names.VERDICT_MARK['clear']}) when the interval excludes 0 and p < "
+               f"0.05; {names.VERDICT_WORDS['weak']} ({names.VERDICT_MARK['weak']}) when only the interval excludes "
+               f"0; with p of 0.5 or more, {names.VERDICT_WORDS['unclear']} ({names.VERDICT_MARK['unclear']}) "
+               "whatever the interval.")
 
 st.subheader("Each run")
 table = compare.compare_table(rows)
 SETTINGS_COLUMNS = ["model", "weights", "split", "image_size", "epochs", "run_id"]
 short = {  # short headers (each with its full name as help), so the table fits a laptop screen
     "model": st.column_config.TextColumn("Model"),
-    "val_accuracy": st.column_config.NumberColumn("Acc.", format="percent", help="Validation accuracy"),
+    "val_accuracy": st.column_config.NumberColumn("Acc.", format="%.3f", help="Validation accuracy"),
     "weighted_f1": st.column_config.NumberColumn("F1", format="%.3f", help="Validation weighted F1 (C-NMC's metric)"),
     "weighted_f1_ci": st.column_config.TextColumn("F1 95 % CI", help="Bootstrap over subjects"),
-    "sensitivity": st.column_config.NumberColumn("Sens.", format="percent", help="Sensitivity: recall of `all`"),
-    "specificity": st.column_config.NumberColumn("Spec.", format="percent", help="Specificity: recall of `hem`"),
+    "sensitivity": st.column_config.NumberColumn("Sens.", format="%.3f", help="Sensitivity: recall of `all`"),
+    "specificity": st.column_config.NumberColumn("Spec.", format="%.3f", help="Specificity: recall of `hem`"),
     "roc_auc": st.column_config.NumberColumn("AUC", format="%.3f", help="ROC AUC"),
     "train_time": st.column_config.TextColumn("Training", help="Training time (epochs and validation)"),
     "ms_per_image": st.column_config.NumberColumn("ms / img", format="%.1f",

@@ -96,9 +96,14 @@ if len(uploads) > 1 or zips:
     table = st.session_state.get("batch_table")
     if table is not None:  # the answer first: counts per class and, where the truth is known, accuracy
         summary = prediction.batch_summary(table, models[0].classes)
-        st.dataframe(prediction.summary_frame(summary), hide_index=True, width="stretch")
-        for sentence in prediction.summary_sentences(summary):  # what the figures rest on, once per model
-            st.warning(dashboard.plain(sentence), icon=":material/warning:")
+        st.dataframe(prediction.summary_frame(summary), hide_index=True, width="stretch",
+                     column_config={"Images": st.column_config.TextColumn(
+                         help="Every readable image, then (when any) without those unlike the model's training "
+                              "data, and without its own training or validation images"),
+                                    "Known": st.column_config.NumberColumn(help="Images whose true class is known")})
+        sentences = prediction.summary_sentences(summary)
+        if sentences:  # what the figures rest on: one box, a line per model and fact
+            st.warning("\n\n".join(dashboard.plain(x) for x in sentences), icon=":material/warning:")
         st.caption("Known class: from a class folder on the image's path (all/, hem/) or a C-NMC file name. "
                    "A model's own training or validation images are found by their bytes.")
         subjects = prediction.subjects_frame(summary)
