@@ -180,7 +180,7 @@ def test_the_batch_summary_gives_figures_with_and_without_images_unlike_training
     assert s["held_out"]["readable"] == 3 and s["held_out"]["accuracy"] == pytest.approx(2 / 3)
     frame = prediction.summary_frame([s])
     assert list(frame["Images"]) == ["all readable", "without 2 unlike training", "without 2 of its own"]
-    assert list(frame["Accuracy"]) == ["60.0% (3/5)", "66.7% (2/3)", "66.7% (2/3)"]
+    assert list(frame["Accuracy"]) == ["60% (3/5)", "67% (2/3)", "67% (2/3)"]
     sentences = prediction.summary_sentences([s])
     assert sentences[0] == ("GoogLeNet · abcdef: 2 of 5 images are unlike its training data (its confidence on them "
                             "means little); accuracy 60.0% on every image with a known class, 66.7% without them.")
@@ -196,7 +196,7 @@ def test_an_empty_recall_says_why():
     (s,) = prediction.batch_summary(_batch([("all/a1.png", "all", False, False), ("all/a2.png", "hem", False, False)]),
                                     ["hem", "all"])
     row = prediction.summary_frame([s]).iloc[0]
-    assert row["Recall hem"] == "– no known hem image" and row["Recall all"] == "50.0% (1/2)"
+    assert row["Recall hem"] == "– no known hem image" and row["Recall all"] == "50% (1/2)"
     assert "None" not in " ".join(prediction.summary_lines([s]))
     assert "hem – no known hem image" in prediction.summary_lines([s])[0]
 
@@ -246,3 +246,13 @@ def test_the_models_own_training_and_validation_images_are_found_by_their_bytes(
     assert unknown["seen"].isna().all()
     (u,) = prediction.batch_summary(unknown, ["hem", "all"])
     assert "could not be checked" in prediction.summary_sentences([u])[0]
+
+
+def test_flagged_images_alike_for_every_model_are_said_once():
+    rows = _batch([("all/a1.png", "all", False, False), ("all/a2.png", "all", True, True)])
+    two = pd.concat([rows, rows.assign(run_id="fedcba654321", model="resnet50")])
+    summary = prediction.batch_summary(two, ["hem", "all"])
+    (sentence,) = prediction.summary_sentences(summary)
+    assert sentence.startswith("For every model: 1 of 2 images are unlike their training data")
+    assert "1 of 2 are their own training or validation images" in sentence
+    assert len(prediction.summary_sentences(summary[:1])) == 2  # one model: its own sentences, with its figures

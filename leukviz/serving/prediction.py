@@ -482,7 +482,7 @@ SEEN_WORDS = "its own training or validation images"
 
 
 def _share(k: int, n: int) -> str:
-    return f"{k / n:.1%} ({k}/{n})"
+    return f"{k / n:.0%} ({k}/{n})"
 
 
 def _recall_text(fig: dict, c: str) -> str:
@@ -528,6 +528,15 @@ def summary_sentences(summary: Sequence[dict]) -> list[str]:
     """What the figures rest on, once per model: how many images are unlike its training data and how
     accuracy moves without them; how many are the run's own training or validation images (a score on those
     says nothing about new cells), and the accuracy on the others."""
+    facts = {(m["readable"], m.get("unlike", 0), m.get("seen", 0), m.get("seen_unchecked", 0)) for m in summary}
+    if len(summary) > 1 and len(facts) == 1:  # every model alike: said once, the table has each one's figures
+        readable, unlike, seen, unchecked = facts.pop()
+        parts = ([f"{unlike} of {readable} images are unlike their training data (their confidence on them means "
+                  "little)"] if unlike else []) + \
+                ([f"{seen} of {readable} are their own training or validation images (the same bytes): scores on "
+                  "them say nothing about new cells"] if seen else []) + \
+                (["whether these images are among their own training images could not be checked"] if unchecked else [])
+        return [f"For every model: {'; '.join(parts)}. The table gives the figures with and without them."] if parts else []
     out = []
     for m in summary:
         readable = m["readable"]
