@@ -219,6 +219,10 @@ def test_a_flagged_image_is_said_once_for_all_its_model_cards(tmp_path):
     mixed = prediction.ImagePrediction("x.png", results=[one("A · 1", True, ["too small"]), one("B · 2", False, [])])
     assert "A · 1: too small" in prediction.image_ood_text(mixed) and "B · 2" not in prediction.image_ood_text(mixed)
     assert prediction.image_ood_text(prediction.ImagePrediction("x.png", results=[one("A", False, [])])) == ""
+    three = prediction.ImagePrediction("x.png", results=[one("A · 1", True, ["too small"]), one("B · 2", True, ["too small"]),
+                                                         one("C · 3", True, ["too dark"])])
+    text = prediction.image_ood_text(three)  # alike reasons once, their models named together
+    assert "A · 1, B · 2: too small | C · 3: too dark" in text and text.count("too small") == 1
 
 
 def test_the_models_own_training_and_validation_images_are_found_by_their_bytes(tmp_path):

@@ -242,12 +242,13 @@ def image_ood_text(prediction: ImagePrediction) -> str:
     flagged = [p for p in prediction.results if p.ood]
     if not flagged:
         return ""
-    reasons = {"; ".join(p.ood_reasons) for p in flagged}
-    who = "every model" if len(flagged) == len(prediction.results) > 1 else ", ".join(p.model for p in flagged)
-    if len(reasons) == 1:
-        why = f"{who}: {reasons.pop()}"
+    by_reason: dict[str, list[str]] = {}  # models that give the same reasons named together, the reasons once
+    for p in flagged:
+        by_reason.setdefault("; ".join(p.ood_reasons), []).append(p.model)
+    if len(by_reason) == 1 and len(flagged) == len(prediction.results) > 1:
+        why = f"every model: {next(iter(by_reason))}"
     else:
-        why = "; ".join(f"{p.model}: {'; '.join(p.ood_reasons)}" for p in flagged)
+        why = " | ".join(f"{', '.join(models)}: {reasons}" for reasons, models in by_reason.items())
     return (f"{OOD_TITLE} ({why}). The predictions are shown as the models give them, but "
             f"{'they have' if len(flagged) > 1 else 'the model has'} never seen images like this one, so "
             f"{'their' if len(flagged) > 1 else 'its'} confidence means little.")
