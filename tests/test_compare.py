@@ -412,6 +412,12 @@ def test_not_compared_on_the_same_cells_only_when_the_cells_differ():
     assert "it was not compared with C on the same cells" in compare.answer(rep)
 
 
+def test_one_model_alone_is_not_called_best():
+    rep = {"scores": [{"model": "A", "set": "val", "spread": {"weighted_f1": {"mean": 0.9}}}], "paired": []}
+    assert compare.answer(rep) == ("A scores 0.900 on validation weighted F1: the only model chosen, so there is "
+                                   "nothing to compare it with.")
+
+
 def test_a_zero_width_interval_says_why():
     flat = {"difference": 0.2, "low": 0.2, "high": 0.2, "p_value": 0.5}
     rep = _answer_report({("A", "B", 2): flat, ("A", "C", 2): flat}, subjects={"hem": 1, "all": 1})

@@ -480,9 +480,10 @@ def answer_sentences(rep: dict, score: str = "weighted_f1", which: str = "val") 
         return []
     best = max(rows, key=lambda s: s["spread"][score]["mean"])
     label = f"{SET_TEXT[which].split(' ')[0]} {SCORE_TEXT[score]}"
+    if len(rows) == 1:  # nothing to rank it against
+        return [f"{best['model']} scores {best['spread'][score]['mean']:.3f} on {label}: the only model chosen, "
+                "so there is nothing to compare it with."]
     text = f"{best['model']} is best on {label} ({best['spread'][score]['mean']:.3f})"
-    if len(rows) == 1:
-        return [text + "."]
     parts, entries, unpaired = [], [], []
     for other in rows:
         if other is best:
