@@ -486,3 +486,35 @@ def _lr_finder(page, shots: Path, timings: dict) -> None:
     assert thumb.inner_text().strip() == rate, (thumb.inner_text(), rate)
     _no_exception(page, "the learning-rate finder")
     page.screenshot(path=str(shots / "3-train-lr-finder.png"))
+
+
+@pytest.mark.timeout(300)
+def test_the_html_report_is_no_wider_than_a_laptop_window(tmp_path):
+    """The report of four configurations (and their ensemble) in Chromium at 1366 px, light and dark: the page
+    never scrolls sideways (it was 3,007 px wide when every table was one long row)."""
+    if not Path(CHROMIUM).exists():
+        _missing(f"{CHROMIUM} not found (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _missing("the playwright python package is not installed")
+    from test_compare import seeded_runs
+
+    from leukviz.app import report
+    from leukviz.comparison import compare
+
+    made = [r for b, q in (("googlenet", 0.9), ("resnet50", 0.8), ("vgg16", 0.7)) for r in seeded_runs(tmp_path, b, q)]
+    path = tmp_path / "report.html"
+    path.write_text(report.html_report([compare.evaluate_run(r) for r in made], n_resamples=200,
+                                       per_image={r.run_id: 0.05 for r in made}))
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        for scheme in ("light", "dark"):
+            page = browser.new_page(viewport=VIEWPORT, color_scheme=scheme)
+            page.goto(path.as_uri())
+            page.wait_for_timeout(1500)
+            scroll, client = page.evaluate("() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+            assert scroll <= client == VIEWPORT["width"], (scheme, scroll, client)
+            page.screenshot(path=str(_artifacts() / f"report-{scheme}.png"))
+            page.close()
+        browser.close()
