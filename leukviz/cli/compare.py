@@ -39,7 +39,7 @@ def cmd_compare(args) -> int:
     """Runs side by side: mean ± sd over seeds, subject-bootstrap intervals, paired tests, the ensemble."""
     from leukviz.comparison import compare
 
-    report_path = _output_file(args.report, "--report") if args.report else None
+    report_path = _output_file(args.report, "--report", "report.html") if args.report is not None else None
     evals, chosen = [], _comparable(args.runs, args.runs_dir)
     for problem in compare.backfill_test(chosen):
         print(problem, file=sys.stderr)
@@ -53,10 +53,10 @@ def cmd_compare(args) -> int:
     rep = compare.build_report(evals, n_resamples=args.resamples)
     if report_path is not None:
         from leukviz.app import report
-        from leukviz.core.storage import atomic_write_bytes
+        from leukviz.core.storage import write_output
 
-        atomic_write_bytes(report_path, report.html_report(evals, rep=rep.to_dict()).encode())
-        print(f"wrote the report to {report_path}", file=sys.stderr)
+        write_output(report_path, report.html_report(evals, rep=rep.to_dict()).encode())
+        print(f"wrote the report to {report_path.shown}", file=sys.stderr)
     _out(args, compare.report_text(rep), rep.to_dict())
     return 0
 

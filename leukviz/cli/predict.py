@@ -46,8 +46,8 @@ def cmd_predict(args) -> int:
     from leukviz.scoring.metrics import nan_to_none
     from leukviz.serving import inference
 
-    csv_path = _output_file(args.csv, "--csv") if args.csv else None
-    if args.cam:
+    csv_path = _output_file(args.csv, "--csv", "predictions.csv") if args.csv is not None else None
+    if args.cam is not None:
         _output_folder(args.cam, "--cam")
     files = _collect_images(args.images)
     if not files:
@@ -55,17 +55,17 @@ def cmd_predict(args) -> int:
     models = _load_models(_selected_runs(args.run, args.runs_dir), args.run == "all")
     table = inference.predict_table(models, files, tta=args.tta)
     cams: list[dict] = []
-    if args.cam:
+    if args.cam is not None:
         from leukviz.serving import explain
         for lm in models:
             cams.extend({"model": lm.backbone, "run_id": lm.run_dir.name, **rec}
                         for rec in explain.save_cams(lm, files, Path(args.cam)))
         print(f"wrote {sum(1 for c in cams if c['cam'])} Grad-CAM overlays to {args.cam}", file=sys.stderr)
     if csv_path is not None:
-        from leukviz.core.storage import atomic_write_bytes
+        from leukviz.core.storage import write_output
         from leukviz.serving.prediction import table_csv
 
-        atomic_write_bytes(csv_path, table_csv(table))  # whole or not at all: a full disk leaves no cut-short table
+        write_output(csv_path, table_csv(table))  # the output rule: whole or not at all, or a stream
     records = nan_to_none(table)
     for r in records:  # the table holds one text cell; a JSON reader gets the list back
         r["ood_reasons"] = r["ood_reasons"].split("; ") if r.get("ood_reasons") else []

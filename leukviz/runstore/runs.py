@@ -18,7 +18,7 @@ from filelock import FileLock, Timeout
 
 from leukviz.core import events, filenames, paths
 from leukviz.core.errors import LeukvizError
-from leukviz.core.storage import atomic_write_json, read_json, read_jsonl
+from leukviz.core.storage import atomic_write_json, read_json, read_jsonl, read_text
 from leukviz.datasets import data
 from leukviz.models.config import RunConfig
 from leukviz.runstore import processes, runfiles
@@ -113,7 +113,9 @@ class Run:
     @property
     def damage(self) -> list[Problem]:
         """What makes this run unusable (a required file damaged): empty for a sound run."""
-        return [p for p in check(self) if p.file in runfiles.REQUIRED or p.file == filenames.TEST_PREDICTIONS]
+        odd = runfiles.not_regular_files(self.dir)  # a pipe or device in place of any run file: unusable
+        return [p for p in check(self) if p.file in runfiles.REQUIRED or p.file == filenames.TEST_PREDICTIONS
+                or p.file in odd]
 
     @property
     def problems(self) -> list[str]:
@@ -161,7 +163,7 @@ class Run:
         """Why lines of metrics.jsonl were skipped, one entry per line."""
         out = []
         try:
-            lines = (self.dir / filenames.METRICS).read_text(encoding="utf-8", errors="replace").splitlines()
+            lines = read_text(self.dir / filenames.METRICS, errors="replace").splitlines()
         except OSError:
             return out
         for i, line in enumerate(lines, 1):
@@ -223,7 +225,7 @@ def _lock_held(path: Path, lock: FileLock) -> bool:
         lock.release()
         return False
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO in its place: no hang
     except OSError:
         return False
     try:
@@ -240,8 +242,12 @@ def _lock_held(path: Path, lock: FileLock) -> bool:
 def check(run: Run) -> list[Problem]:
     """Every damaged file of a run folder, checked against its schema (runfiles): what is wrong and the
     repair. The files a finished run's readers need (runfiles.REQUIRED) are checked once it says finished."""
-    out: list[Problem] = []
     delete = f"delete the folder {run.dir}"
+    odd = runfiles.not_regular_files(run.dir)
+    if odd:  # a pipe, socket or device in place of a run file: named, and never opened (a FIFO would hang)
+        return [Problem(name, f"is {kind}, not a regular file, so nothing reads it", f"remove it, or {delete}")
+                for name, kind in odd.items()]
+    out: list[Problem] = []
     try:
         runfiles.read_config(run.dir)
     except (RunFileError, OSError) as e:
@@ -348,7 +354,7 @@ def read_status(run: Run) -> dict:
 
 def _log_tail(run: Run, lines: int = 8) -> str:
     try:
-        text = (run.dir / filenames.LOG).read_text(errors="replace")
+        text = read_text(run.dir / filenames.LOG, errors="replace")
     except OSError:
         return ""
     return "\n".join(text.strip().splitlines()[-lines:])

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from leukviz.core import storage
 from leukviz.core.filenames import CALIBRATION, PREDICTIONS, SIDECAR
 from leukviz.core.storage import atomic_write_json, read_json
 from leukviz.scoring import metrics, predictions
@@ -157,7 +158,7 @@ def run_calibration(run_dir: str | Path) -> dict[str, Any]:
     measured on the cells T was fitted on, so they are optimistic."""
     run_dir = Path(run_dir)
     try:
-        blob = (run_dir / PREDICTIONS).read_bytes()
+        blob = storage.read_bytes(run_dir / PREDICTIONS)
     except OSError:
         return not_calibrated(f"the run has no validation predictions ({PREDICTIONS})")
     key = hashlib.sha256(blob).hexdigest()
@@ -166,7 +167,8 @@ def run_calibration(run_dir: str | Path) -> dict[str, Any]:
         return cached
     out = {**fit_run(run_dir, blob), "key": key, "source": PREDICTIONS}
     try:
-        atomic_write_json(run_dir / CALIBRATION, out)
+        if storage.is_regular_or_missing(run_dir / CALIBRATION):  # a pipe in its place is named, not replaced
+            atomic_write_json(run_dir / CALIBRATION, out)
     except OSError:
         pass  # a read-only run folder: the fit is cheap, the next load fits again
     return json.loads(json.dumps(out))

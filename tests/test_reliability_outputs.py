@@ -1,0 +1,236 @@
+"""Reliability, fourth pass (issue 35): one output rule for every file written for a user, run-file readers
+that open only regular files, one line for a closed pipe, an interrupt or a kill's signal, and run files
+checked against each other. The table: docs/RELIABILITY.md, rows O1 on."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import link_run, make_run, tiny_config
+from leukviz.cli import main
+from leukviz.core import filenames, storage
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+linux_only = pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc and FIFOs (Linux)")
+
+
+@contextlib.contextmanager
+def no_hang(seconds: int = 30):
+    """Fail, instead of hanging the suite, when the block blocks on a FIFO."""
+    def fail(*_):
+        raise TimeoutError(f"blocked for {seconds} s (a FIFO opened?)")
+    old = signal.signal(signal.SIGALRM, fail)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".") or "partial" in p.name)
+
+
+@pytest.fixture(scope="module")
+def finished(trained_run, tiny_data):
+    """One finished 32 px run (the session's shared googlenet run of tiny_data)."""
+    return trained_run(tiny_config("googlenet", tiny_data))
+
+
+@pytest.fixture()
+def own_runs(finished, tmp_path) -> tuple[Path, str]:
+    """A runs folder of this test's own holding the finished run (hard links), and its id."""
+    root = tmp_path / "runs"
+    root.mkdir()
+    return root, link_run(finished, root).run_id
+
+
+def _cli(*args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "leukviz", *args], cwd=REPO, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, **kw)
+
+
+# ---------------------------------------------------------------------------------------------- the output rule
+
+@linux_only
+def test_output_rule_files_keep_their_mode_links_are_written_through_and_streams_are_never_renamed_over(tmp_path):
+    old_umask = os.umask(0o022)
+    try:
+        new = tmp_path / "new.csv"
+        storage.write_output(new, b"a\n")
+        assert stat.S_IMODE(new.stat().st_mode) == 0o644 and new.read_bytes() == b"a\n"  # not mkstemp's 0600
+        shared = tmp_path / "shared.html"
+        shared.write_text("old")
+        os.chmod(shared, 0o664)
+        storage.write_output(shared, b"new")
+        assert stat.S_IMODE(shared.stat().st_mode) == 0o664 and shared.read_text() == "new"
+    finally:
+        os.umask(old_umask)
+
+    target = tmp_path / "real.csv"
+    target.write_text("old")
+    link = tmp_path / "link.csv"
+    link.symlink_to(target)
+    storage.write_output(link, b"through")
+    assert link.is_symlink() and target.read_text() == "through"  # written through to the target; still a link
+
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    with no_hang(), pytest.raises(storage.OutputError, match="nobody reads"):
+        storage.write_output(fifo, b"x")  # no reader: refused at once, not waited on
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(open(fifo, "rb").read()))  # noqa: SIM115
+    reader.start()
+    time.sleep(0.2)
+    with no_hang():
+        storage.write_output(fifo, b"streamed")
+    reader.join(10)
+    assert got == [b"streamed"] and stat.S_ISFIFO(os.lstat(fifo).st_mode)  # the reader got it; still a FIFO
+
+    storage.write_output("/dev/null", b"x")
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    if Path("/dev/full").exists():
+        with pytest.raises(storage.OutputError, match="/dev/full could not be written: No space left"):
+            storage.write_output("/dev/full", b"x" * 100_000)
+        assert stat.S_ISCHR(os.stat("/dev/full").st_mode)  # the device stays a device
+    assert _leftovers(tmp_path) == []
+
+
+@linux_only
+@pytest.mark.parametrize("case, message", [
+    ("", "is empty: give a file name"),
+    ("rep/", "names a folder; give a file name, e.g. rep/report.html"),
+    ("folder", "is a folder; give a file name, e.g. folder/report.html"),
+    ("sock", "is a socket"),
+    ("x" * 300 + ".html", "the file name is too long (305 bytes; at most 255)"),
+    ("/proc/r.html", "cannot write in the folder /proc"),
+])
+def test_an_output_that_cannot_be_written_is_one_line_before_the_work(case, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "folder").mkdir()
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind("sock")
+        with pytest.raises(storage.OutputError) as e:
+            storage.prepare_output(case, "--report", "report.html")
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "rep").exists()
+
+
+def test_an_interrupt_inside_an_output_leaves_the_old_file_and_no_temporary(tmp_path):
+    report = tmp_path / "r.html"
+    report.write_text("old")
+    with pytest.raises(KeyboardInterrupt):
+        with storage.output(report) as fh:
+            fh.write(b"half")
+            raise KeyboardInterrupt
+    assert report.read_text() == "old" and _leftovers(tmp_path) == []
+
+
+def test_stdout_as_an_output_carries_the_file_alone(tmp_path, capfd):
+    with storage.stdout_reserved():
+        print("the command's own text")
+        storage.write_output("-", b"file,bytes\n")
+    out, err = capfd.readouterr()
+    assert out == "file,bytes\n" and "the command's own text" in err
+
+
+def test_predict_csv_to_stdout_or_a_fifo_streams_and_leaves_the_link_a_link(own_runs, tiny_data, tmp_path):
+    root, run_id = own_runs
+    img = str(sorted((tiny_data / "training_data" / "fold_0" / "all").glob("*.png"))[0])
+    base = ("predict", "--run", run_id, img, "--runs-dir", str(root))
+    for dest in ("-", "/dev/stdout"):
+        proc = _cli(*base, "--csv", dest)
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err.decode()[-2000:]
+        lines = out.decode().splitlines()
+        assert lines[0].startswith("file,") and len(lines) == 2, out.decode()  # the CSV alone on stdout
+        assert "[googlenet" in err.decode()  # the human table went to stderr
+    assert Path("/dev/stdout").is_symlink()
+
+
+# ---------------------------------------------------------------------------------------------- run files
+
+@linux_only
+@pytest.mark.parametrize("name", [filenames.STATUS, filenames.SIDECAR, filenames.PREDICTIONS, filenames.METRICS,
+                                  filenames.CONFIG, filenames.CALIBRATION, filenames.CHECKPOINT])
+def test_a_fifo_in_place_of_a_run_file_is_named_and_never_opened(name, tmp_path, capsys):
+    from leukviz.app import dashboard
+    from leukviz.runstore import runs
+    from leukviz.scoring import health
+
+    root = tmp_path / "runs"
+    good, bad = make_run(root, seed=0), make_run(root, seed=1)
+    (bad.dir / name).unlink(missing_ok=True)
+    os.mkfifo(bad.dir / name)
+    with no_hang():
+        assert main(["runs", "list", "--runs-dir", str(root), "--json"]) == 0
+        listed = {r["run_id"]: r for r in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["runs"]}
+        assert [r.run_id for r in dashboard.finished_runs(root)] == [good.run_id]
+        assert [r.run_id for r in runs.damaged_runs(root)] == [bad.run_id]
+        health.of_run_dir(bad.dir)
+        with contextlib.suppress(Exception):
+            storage.read_json(bad.dir / name)
+    assert any(f"{name}: is a pipe, not a regular file" in p for p in listed[bad.run_id]["problems"])
+    assert stat.S_ISFIFO(os.lstat(bad.dir / name).st_mode)
+
+
+# ---------------------------------------------------------------------------------------------- one line each
+
+@linux_only
+def test_a_closed_pipe_ends_quietly(tmp_path):
+    root = tmp_path / "runs"
+    for seed in range(30):
+        make_run(root, seed=seed)
+    proc = _cli("runs", "list", "--json", "--runs-dir", str(root))
+    proc.stdout.close()  # `| head -c 0`: the reader goes away before the command writes
+    err = proc.stderr.read().decode()
+    proc.wait(120)
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+    assert proc.returncode == 141
+
+
+def test_an_interrupt_is_one_line_and_exit_130_with_no_temporary(own_runs, tmp_path, capsys, monkeypatch):
+    from leukviz.app import report
+
+    root, run_id = own_runs
+    out = tmp_path / "r.html"
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(report, "html_report", interrupted)
+    assert main(["compare", run_id, "--runs-dir", str(root), "--report", str(out), "--resamples", "100"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: interrupted") and not any("Traceback" in line for line in err)
+    assert _leftovers(tmp_path) == [] and not out.exists()
+
+
+@linux_only
+@pytest.mark.integration  # a child process exporting ONNX, killed part-way
+def test_sigterm_during_an_onnx_export_leaves_no_partial_file(own_runs, tmp_path):
+    root, run_id = own_runs
+    out = tmp_path / "export"
+    out.mkdir()
+    proc = _cli("export", "--run", run_id, "--format", "onnx", "--out", str(out / "m.onnx"), "--runs-dir", str(root))
+    deadline = time.time() + 240
+    while not any("partial" in p.name for p in out.iterdir()) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    err = err.decode()
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("error: terminated")
+    assert list(out.iterdir()) == []
