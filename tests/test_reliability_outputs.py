@@ -234,3 +234,31 @@ def test_sigterm_during_an_onnx_export_leaves_no_partial_file(own_runs, tmp_path
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("error: terminated")
     assert list(out.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------- uploads
+
+def test_an_upload_name_holding_a_nul_byte_gets_a_message_and_the_other_files_go_on(finished, tiny_data,
+                                                                                    tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from helpers import link_runs
+
+    monkeypatch.setenv("LEUKVIZ_HOME", str(tmp_path / "home"))
+    from leukviz.runstore import runs
+
+    link_runs([finished], runs.runs_root())
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=60)
+    at.session_state["dataset"] = str(tiny_data)
+    at.run()
+    at.switch_page("leukviz/ui/predict.py").run()
+    cells = sorted((tiny_data / "validation_data" / "C-NMC_test_prelim_phase_data").glob("*.png"))[:2]
+    at.file_uploader[0].upload("evil\x00name.png", cells[0].read_bytes(), "image/png")
+    at.file_uploader[0].upload(cells[1].name, cells[1].read_bytes(), "image/png")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    warnings = [w.value for w in at.warning if "NUL byte" in w.value]
+    assert len(warnings) == 1 and "evil" in warnings[0]
+    from leukviz.datasets import data
+    assert data.upload_refusal("evil\x00name.png", ("png",)).startswith("evil\\x00name.png: the file name holds a NUL")
+    assert any(cells[1].name in m.value.replace("\\", "") for m in at.markdown)  # the other file is predicted

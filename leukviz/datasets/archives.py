@@ -104,6 +104,25 @@ def extract_zip(zip_path: Path, dest: Path) -> Path:
     return dest
 
 
+def shown_upload_name(name: str) -> str:
+    """An upload's name fit to show: control characters (a NUL byte, a newline) as visible escapes."""
+    return "".join(f"\\x{ord(c):02x}" if ord(c) < 32 or ord(c) == 127 else c for c in str(name))
+
+
+def upload_refusal(name: str, kinds: tuple[str, ...]) -> str | None:
+    """Why an uploaded file is not taken, judged by its name alone, as one line naming it; None when its
+    extension is one of kinds. The pages' uploaders take any file and ask this instead of Streamlit's own
+    type check, which raises on a name holding a NUL byte and so replaced the whole page: here that one
+    file gets a message and the others go on."""
+    shown = shown_upload_name(name)
+    if "\0" in name:
+        return f"{shown}: the file name holds a NUL byte, which no real file name can: rename it and upload it again"
+    ext = name.rsplit(".", 1)[-1].lower() if "." in name else ""
+    if ext not in kinds:
+        return f"{shown}: not a file type taken here (.{ext or '?'}); give " + ", ".join(f".{k}" for k in kinds)
+    return None
+
+
 def save_upload(blob: bytes, folder: Path, suffix: str = ".zip", name: str | None = None) -> Path:
     """Store an uploaded dataset in a folder named by its content. With name (the upload's own file name),
     the file keeps that name, made safe (its bare name, letters, digits, '.', '-', '_' and spaces only), so

@@ -20,7 +20,14 @@ from PIL import Image  # noqa: F401 - re-exported, as below
 # data.X for what now lives in the modules below it.
 from leukviz.core import filenames
 from leukviz.datasets import synthetic
-from leukviz.datasets.archives import as_uploaded, extract_zip, save_upload, upload_name  # noqa: F401
+from leukviz.datasets.archives import (  # noqa: F401
+    as_uploaded,
+    extract_zip,
+    save_upload,
+    shown_upload_name,
+    upload_name,
+    upload_refusal,
+)
 from leukviz.datasets.cachedir import cache_folder, writable  # noqa: F401
 from leukviz.datasets.cnmc import CNMC_CLASSES
 from leukviz.datasets.dataset import POOL_SETS, TEST_SETS, DataError, Dataset, listing  # noqa: F401

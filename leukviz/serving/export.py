@@ -77,8 +77,8 @@ def _export_safetensors(run_dir: Path, out: Path | str) -> dict:
     # each file whole or not at all (a full disk): the weights first, then the sidecar that describes them
     with storage.output_path(target) as tmp:
         try:
-            with storage.open_regular(run_dir / CHECKPOINT) as src, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst, 2**20)
+            storage.open_regular(run_dir / CHECKPOINT).close()  # a pipe in its place is refused, not read
+            shutil.copyfile(run_dir / CHECKPOINT, tmp)
         except OSError as e:  # a full disk is the target's, not the run's file
             if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                 raise OSError(e.errno, e.strerror, str(target.path)) from None
