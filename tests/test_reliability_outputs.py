@@ -262,3 +262,58 @@ def test_an_upload_name_holding_a_nul_byte_gets_a_message_and_the_other_files_go
     from leukviz.datasets import data
     assert data.upload_refusal("evil\x00name.png", ("png",)).startswith("evil\\x00name.png: the file name holds a NUL")
     assert any(cells[1].name in m.value.replace("\\", "") for m in at.markdown)  # the other file is predicted
+
+
+# ---------------------------------------------------------------------------------------------- cross-checks
+
+def _replace(path: Path, text: str) -> None:
+    """Replace a run file (never edit in place: the run's files are hard links shared with the session)."""
+    path.unlink(missing_ok=True)
+    path.write_text(text)
+
+
+def test_run_files_are_checked_against_each_other(finished, tmp_path):
+    from leukviz.runstore import runs
+    from leukviz.scoring import calibration
+
+    def fresh(name: str) -> runs.Run:
+        return link_run(finished, tmp_path / name)
+
+    # calibration.json whose T lies outside its own bounds, or is not a number: never applied, fitted again
+    run = fresh("cal")
+    good = calibration.run_calibration(run.dir)
+    for bad, why in ((1e-9, "outside its own bounds"), ("abc", "is not a number")):
+        _replace(run.dir / filenames.CALIBRATION, json.dumps({**good, "temperature": bad}))
+        got = calibration.run_calibration(run.dir)
+        assert got["temperature"] == good["temperature"] and why in got["note"]
+        assert got["note"].startswith("calibration.json was not applied")
+        assert calibration.run_calibration(run.dir)["note"] == good["note"]  # repaired: named once
+
+    # val_predictions.csv cut at a line end: fewer rows than model.json's validation count, so DAMAGED
+    run = fresh("cut")
+    lines = (run.dir / filenames.PREDICTIONS).read_text().splitlines(keepends=True)
+    n_val = run.sidecar()["split"]["n_val"]
+    assert len(lines) - 1 == n_val > 9
+    _replace(run.dir / filenames.PREDICTIONS, "".join(lines[:10]))
+    assert [p.what for p in run.damage] == [f"holds 9 predictions, model.json says the validation set has {n_val} "
+                                            "cells (cut short?)"]
+
+    # a hand-edited predictions file whose accuracy is not model.json's: DAMAGED, so neither healthy nor compared
+    run = fresh("edited")
+    import pandas as pd
+    df = pd.read_csv(run.dir / filenames.PREDICTIONS)
+    classes = run.sidecar()["classes"]
+    for i, c in enumerate(classes):
+        df[f"prob_{c}"] = (df["label"] == i).astype(float)  # perfect scores
+    (run.dir / filenames.PREDICTIONS).unlink()
+    df.to_csv(run.dir / filenames.PREDICTIONS, index=False)
+    assert run.sidecar()["metrics"]["val_acc"] < 1
+    assert any("its accuracy is 1.000, model.json says the model scored" in p.what for p in run.damage)
+    assert not run.is_usable
+
+    # a finished run whose status.json was cut in half: read as finished, never advised to resume
+    run = fresh("half")
+    _replace(run.dir / filenames.STATUS, '{"state": "fini')
+    assert run.state == "finished" and runs.plan(run) == "cached" and run.is_usable
+    assert any("reads as finished" in p and "resume" not in p.split("reads as finished")[0] for p in run.problems)
+    assert not any("train --resume" in p for p in run.problems)

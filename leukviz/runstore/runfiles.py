@@ -265,9 +265,10 @@ WEIGHTS_REPAIR = "Train the configuration again (train ... --force) or delete th
 
 # ---------------------------------------------------------------------------------------------- the others
 
-def check_predictions(path: Path, classes: list[str]) -> None:
+def check_predictions(path: Path, classes: list[str]) -> tuple[int, int]:
     """A val/test predictions CSV: the columns Compare reads, and every row whole (a label of a class, a
-    probability per class); one cut short by a crash is damaged."""
+    probability per class); one cut short by a crash is damaged. Returns (rows, rows whose highest
+    probability is their label's), for the cross-check with model.json (agrees_with_sidecar)."""
     import csv
 
     with io.TextIOWrapper(storage.open_regular(path), encoding="utf-8", errors="replace", newline="") as fh:
@@ -279,16 +280,37 @@ def check_predictions(path: Path, classes: list[str]) -> None:
     if lacking:
         raise RunFileError(f"lacks the columns {', '.join(lacking)}")
     label, probs = header.index("label"), [header.index(predictions.prob_column(c)) for c in classes]
+    right = 0
     for i, row in enumerate(rows[1:], 2):
         try:
-            ok = len(row) == len(header) and 0 <= int(row[label]) < len(classes) and \
-                all(0.0 <= float(row[j]) <= 1.0 for j in probs)
+            p = [float(row[j]) for j in probs] if len(row) == len(header) else []
+            ok = bool(p) and 0 <= int(row[label]) < len(classes) and all(0.0 <= x <= 1.0 for x in p)
         except ValueError:
             ok = False
         if not ok:
             raise RunFileError(f"line {i} is not a whole prediction (cut short?)")
+        right += max(range(len(p)), key=p.__getitem__) == int(row[label])
     if len(rows) < 2:
         raise RunFileError("holds no predictions")
+    return len(rows) - 1, right
+
+
+def agrees_with_sidecar(counts: tuple[int, int], sidecar: dict) -> str | None:
+    """What val_predictions.csv's rows and accuracy (check_predictions) contradict in model.json, which the
+    engine writes from the same predictions: fewer or more rows than its split's validation count (a file
+    cut at a line end), or another accuracy than its val_acc (a hand-edited file). None when they agree,
+    or when model.json records no validation count (a run folder not written by the engine)."""
+    n, right = counts
+    n_val = (sidecar.get("split") or {}).get("n_val")
+    if not _is_int(n_val):
+        return None
+    if n != n_val:
+        return f"holds {n} predictions, {filenames.SIDECAR} says the validation set has {n_val} cells (cut short?)"
+    acc = (sidecar.get("metrics") or {}).get("val_acc")
+    if _is_finite(acc) and abs(right - acc * n) > 0.5:  # more than one cell's rounding apart
+        return (f"its accuracy is {right / n:.3f}, {filenames.SIDECAR} says the model scored {acc:.3f} on these "
+                "cells (edited by hand?)")
+    return None
 
 
 def check_resume_state(path: Path) -> None:

@@ -255,8 +255,13 @@ def check(run: Run) -> list[Problem]:
                                                   "(config.json is rewritten)"))
     st = read_json(run.dir / filenames.STATUS, None)
     if (run.dir / filenames.STATUS).exists() and not (isinstance(st, dict) and st.get("state") in STATES):
-        out.append(Problem(filenames.STATUS, "not a run status", f"it reads as interrupted; `train --resume "
-                                                              f"{run.run_id}` rewrites it"))
+        if _finished_by_its_files(run):  # never advised to resume: that would train a finished run again
+            st = {"state": "finished"}
+            out.append(Problem(filenames.STATUS, "not a run status", "it reads as finished, since its epochs, "
+                               "model, weights and predictions are whole: nothing to resume or train"))
+        else:
+            out.append(Problem(filenames.STATUS, "not a run status", f"it reads as interrupted; `train --resume "
+                                                                  f"{run.run_id}` rewrites it"))
     elif isinstance(st, dict) and runfiles.clean_status(st)[1]:
         out.append(Problem(filenames.STATUS, ", ".join(runfiles.clean_status(st)[1]) + " (ignored)",
                            "the next training rewrites it"))
@@ -298,7 +303,10 @@ def _check_results(run: Run, delete: str) -> list[Problem]:
         if name == filenames.TEST_PREDICTIONS and not path.exists():
             continue
         try:
-            runfiles.check_predictions(path, sidecar["classes"])
+            counts = runfiles.check_predictions(path, sidecar["classes"])
+            odd = runfiles.agrees_with_sidecar(counts, sidecar) if name == filenames.PREDICTIONS else None
+            if odd:
+                out.append(Problem(name, odd, repair))
         except FileNotFoundError:
             out.append(Problem(name, "missing", repair))
         except (RunFileError, OSError) as e:
@@ -313,6 +321,23 @@ def _results_sound(run: Run) -> bool:
         not [p for p in check(run) if p.file in runfiles.REQUIRED]
 
 
+def _finished_by_its_files(run: Run) -> bool:
+    """Whether a run whose status.json is lost or damaged finished, by what its other files say: no resumable
+    state left, its epochs reached the configured number (or it stopped early), and the files a finished
+    run needs (model.json, the weights, the predictions) whole and agreeing."""
+    if (run.dir / filenames.RESUME).exists():
+        return False
+    try:
+        epochs = run.config.epochs
+    except (RunFileError, OSError):
+        return False
+    evs = run.events()
+    done = max((e["epoch"] for e in evs if e.get("type") == events.EPOCH), default=0)
+    if done < epochs and not any(e.get("type") == events.EARLY_STOP for e in evs):
+        return False
+    return not _check_results(run, "")
+
+
 def _recorded_status(run: Run) -> dict:
     """status.json as the trainer wrote it (fields of the wrong type dropped: runfiles.clean_status); never
     started, or the file lost or damaged (a power cut), otherwise."""
@@ -320,6 +345,8 @@ def _recorded_status(run: Run) -> dict:
     if isinstance(st, dict) and st.get("state") in STATES:
         return runfiles.clean_status(st)[0]
     started = (run.dir / filenames.METRICS).exists() or (run.dir / filenames.RESUME).exists()  # progress on disk: cut short
+    if started and _finished_by_its_files(run):
+        return {"state": "finished", "error": None}
     return {"state": "interrupted", "error": f"{filenames.STATUS} is missing or damaged"} if started else {"state": "new"}
 
 
