@@ -317,3 +317,33 @@ def test_run_files_are_checked_against_each_other(finished, tmp_path):
     assert run.state == "finished" and runs.plan(run) == "cached" and run.is_usable
     assert any("reads as finished" in p and "resume" not in p.split("reads as finished")[0] for p in run.problems)
     assert not any("train --resume" in p for p in run.problems)
+
+
+# ---------------------------------------------------------------------------------------------- the served dashboard
+
+def test_data_roots_keep_every_other_path_shut_and_bad_link_values_are_noted(tmp_path, monkeypatch):
+    from leukviz.app import dashboard
+    from leukviz.core import paths
+    from leukviz.datasets import data
+    from leukviz.ui import _common
+
+    inside = tmp_path / "data" / "cells"
+    inside.mkdir(parents=True)
+    (inside / "escape").symlink_to("/etc")
+    monkeypatch.setenv("LEUKVIZ_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv(paths.DATA_ROOTS, raising=False)
+    assert paths.data_refusal("/etc") is None  # unset: a dashboard on localhost opens what its user names
+    monkeypatch.setenv(paths.DATA_ROOTS, str(tmp_path / "data"))
+    for spec in ("/etc/shadow", "/root", str(inside / "escape"), str(inside / ".." / ".." / "x.zip")):
+        assert "outside the data folders this dashboard may open" in paths.data_refusal(spec)
+        with pytest.raises(data.DataError, match="outside the data folders"):
+            _common.open_dataset(spec)  # the one gate of every page (URL, folder field, session state)
+    for spec in ("demo", str(inside), str(paths.uploads() / "abc" / "cells.zip")):
+        assert paths.data_refusal(spec) is None
+
+    values, notes = dashboard.read_url({"dataset": "/root", "epochs": "-5", "lr": "nan", "size": "99999999",
+                                        "backbone": "alexnet", "batch": "8", "split": "subject"})
+    assert values == {"train_batch_size": 8, "split": "subject"}
+    assert len(notes) == 5 and all("was not used" in n and "the default is kept" in n for n in notes)
+    assert any("epochs=-5" in n and "from 1 to 500" in n for n in notes)
+    assert any("backbone=alexnet" in n and "resnet50" in n for n in notes)
