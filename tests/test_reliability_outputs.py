@@ -347,3 +347,42 @@ def test_data_roots_keep_every_other_path_shut_and_bad_link_values_are_noted(tmp
     assert len(notes) == 5 and all("was not used" in n and "the default is kept" in n for n in notes)
     assert any("epochs=-5" in n and "from 1 to 500" in n for n in notes)
     assert any("backbone=alexnet" in n and "resnet50" in n for n in notes)
+
+
+# ---------------------------------------------------------------------------------------------- runs and predictions
+
+@linux_only
+def test_predict_all_leaves_degenerate_runs_out_names_odd_files_and_runs_list_shows_unknown_health(tmp_path, capsys,
+                                                                                                   monkeypatch):
+    from leukviz.cli import predict as cli_predict
+    from leukviz.scoring import health
+
+    root = tmp_path / "runs"
+    good, bad, odd = make_run(root, seed=0), make_run(root, seed=1), make_run(root, seed=2)
+    verdict = {bad.run_id: health.Health(health.DEGENERATE, ("calls every validation cell hem",)),
+               odd.run_id: health.Health(health.UNKNOWN, ("too few validation cells to judge",))}
+    monkeypatch.setattr(health, "of_run_dir", lambda d: verdict.get(Path(d).name, health.Health(health.HEALTHY)))
+    folder = tmp_path / "cells"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"not read here")
+    os.mkfifo(folder / "b.png")
+    loaded: list[str] = []
+
+    class Stop(Exception):
+        pass
+
+    def load(chosen, keep_going):
+        loaded.extend(r.run_id for r in chosen)
+        raise Stop
+    monkeypatch.setattr(cli_predict, "_load_models", load)
+    with no_hang(), pytest.raises(Stop):
+        main(["predict", "--run", "all", str(folder), "--runs-dir", str(root)])
+    err = capsys.readouterr().err
+    assert sorted(loaded) == sorted([good.run_id, odd.run_id])
+    assert f"run {bad.run_id} left out: degenerate (calls every validation cell hem); name it to predict" in err
+    assert "skipped 1 file(s) in" in err and "not regular files" in err and "b.png" in err
+
+    assert main(["runs", "list", "--runs-dir", str(root)]) == 0
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if ln.startswith(odd.run_id))
+    assert "HEALTH-UNKNOWN" in line and "health unknown: too few validation cells to judge" in out

@@ -202,6 +202,21 @@ def _selected_runs(run_arg: str, runs_dir):
     return [_warn_unfinished(runs.get_run(run_arg, runs_dir))]
 
 
+def _without_degenerate(chosen: list, verb: str) -> list:
+    """The runs of 'all' less the degenerate ones (scoring.health), each named on stderr with why; when every
+    run is degenerate, all of them, each still named. compare all and predict --run all choose alike."""
+    from leukviz.scoring import health
+
+    left = [r for r in chosen if health.of_run_dir(r.dir).degenerate]
+    for r in left:
+        why = "; ".join(health.of_run_dir(r.dir).reasons)
+        if len(left) < len(chosen):
+            print(f"run {r.run_id} left out: degenerate ({why}); name it to {verb} with it", file=sys.stderr)
+        else:
+            print(f"warning: run {r.run_id} is degenerate ({why}), and so is every finished run", file=sys.stderr)
+    return [r for r in chosen if r not in left] if len(left) < len(chosen) else chosen
+
+
 def _warn_unfinished(run):
     """The run, after a warning on stderr when its model is not a finished run's (stopped, interrupted)."""
     note = run.unfinished()

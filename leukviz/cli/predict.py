@@ -16,6 +16,7 @@ from leukviz.cli.common import (
     _output_folder,
     _selected_runs,
     _warn_unfinished,
+    _without_degenerate,
 )
 from leukviz.core import filenames, paths
 
@@ -27,7 +28,12 @@ def _collect_images(items: list[str]) -> list[str]:
     for item in items:
         p = Path(item)
         if p.is_dir():
-            out.extend(str(f) for f in sorted(p.rglob("*")) if f.is_file() and data._is_image(f))
+            found = sorted(p.rglob("*"))
+            out.extend(str(f) for f in found if f.is_file() and data._is_image(f))
+            odd = [f for f in found if not f.is_file() and not f.is_dir()]  # pipes, sockets, devices, broken links
+            if odd:
+                print(f"skipped {len(odd)} file(s) in {item} that are not regular files (a pipe, socket, device or "
+                      f"broken link): {', '.join(f.name for f in odd[:3])}{' …' if len(odd) > 3 else ''}", file=sys.stderr)
         elif p.suffix.lower() == ".zip":
             dest = paths.cache_root() / filenames.PREDICT_ZIP_CACHE / f"{p.stem}-{int(p.stat().st_mtime)}"
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -52,7 +58,10 @@ def cmd_predict(args) -> int:
     files = _collect_images(args.images)
     if not files:
         raise CliError("no images given")
-    models = _load_models(_selected_runs(args.run, args.runs_dir), args.run == "all")
+    chosen = _selected_runs(args.run, args.runs_dir)
+    if args.run == "all":  # as compare all: a degenerate run only when named (or when all are)
+        chosen = _without_degenerate(chosen, "predict")
+    models = _load_models(chosen, args.run == "all")
     table = inference.predict_table(models, files, tta=args.tta)
     cams: list[dict] = []
     if args.cam is not None:
