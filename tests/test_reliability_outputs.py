@@ -386,3 +386,26 @@ def test_predict_all_leaves_degenerate_runs_out_names_odd_files_and_runs_list_sh
     out = capsys.readouterr().out
     line = next(ln for ln in out.splitlines() if ln.startswith(odd.run_id))
     assert "HEALTH-UNKNOWN" in line and "health unknown: too few validation cells to judge" in out
+
+
+def test_an_overlong_overlay_name_is_cut_to_fit_and_the_others_are_written(tmp_path):
+    from helpers import png_bytes, tiny_model
+    from leukviz.serving import explain
+
+    lm = tiny_model(tmp_path)
+    src = tmp_path / "in"
+    src.mkdir()
+    long_a, long_b, short = src / ("a" * 249 + "1.png"), src / ("a" * 249 + "2.png"), src / "s.png"
+    for f in (long_a, long_b, short):
+        f.write_bytes(png_bytes())
+    records = explain.save_cams(lm, [long_a, long_b, short], tmp_path / "cams")
+    written = [Path(r["cam"]) for r in records]
+    assert all(r["error"] == "" for r in records) and all(p.exists() for p in written)
+    assert len(set(written)) == 3 and all(len(p.name.encode()) <= storage.NAME_MAX for p in written)
+
+
+def test_a_reading_command_never_says_it_could_not_write_an_input(tmp_path, capsys):
+    name = "/" + "b" * 300 + ".png"
+    assert main(["predict", "--run", "all", name, "--runs-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "File name too long" in err and "could not be written" not in err and len(err) < 300
