@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import stat
@@ -409,3 +410,68 @@ def test_a_reading_command_never_says_it_could_not_write_an_input(tmp_path, caps
     assert main(["predict", "--run", "all", name, "--runs-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "File name too long" in err and "could not be written" not in err and len(err) < 300
+
+
+# ---------------------------------------------------------------------------------------------- splits and labels
+
+def test_labels_and_names_that_contradict_each_other_are_named_not_counted(tiny_data, tmp_path):
+    import csv
+
+    from leukviz.datasets import cnmc, data
+
+    root = tmp_path / "C-NMC_Leukemia"
+    shutil.copytree(tiny_data, root)
+    labels = root / cnmc.PRELIM_LABELS
+    rows = list(csv.DictReader(labels.open()))
+    flipped = {**rows[1], cnmc.LABEL_VALUE: "0" if rows[1][cnmc.LABEL_VALUE].strip() == "1" else "1"}
+    with labels.open("a", newline="") as fh:
+        csv.DictWriter(fh, fieldnames=list(rows[0])).writerows([rows[0], flipped])
+    moved = sorted((root / cnmc.TRAINING / "fold_0" / "all").glob("*_all.*"))[0]
+    moved.rename(root / cnmc.TRAINING / "fold_0" / "hem" / moved.name)  # hem/UID_…_all.png
+    for odd in ("fold_x", "fold_-1"):
+        shutil.copytree(root / cnmc.TRAINING / "fold_0", root / cnmc.TRAINING / odd)
+    ds = data.open_dataset(str(root), tmp_path / "cache")
+    why = {Path(p).name: reason for p, reason in ds.skipped}
+    assert why[rows[0][cnmc.LABEL_FILE]].endswith("listed 2 times with one label: counted once")
+    assert "listed 2 times with different labels (0, 1)" in why[rows[1][cnmc.LABEL_FILE]]
+    assert why[moved.name].startswith("its name says all, its folder hem")
+    assert why["fold_x"].startswith("not a fold folder") and why["fold_-1"].startswith("not a fold folder")
+    prelim = ds.index[ds.index["set"] == "prelim"]["path"].map(lambda p: Path(p).name).tolist()
+    assert prelim.count(rows[0][cnmc.LABEL_FILE]) == 1 and rows[1][cnmc.LABEL_FILE] not in prelim
+    assert moved.name not in ds.index["path"].map(lambda p: Path(p).name).tolist()
+    assert set(ds.index[ds.index["set"] == "train"]["fold"]) == {0, 1, 2}
+
+
+def test_dataset_shapes_that_explain_a_refusal_say_so(tiny_data, tmp_path, capsys):
+    import zipfile
+
+    from helpers import png_bytes
+    from leukviz.datasets import data
+
+    only_test = tmp_path / "only-test"
+    for cls in ("all", "hem"):
+        (only_test / "test" / cls).mkdir(parents=True)
+        (only_test / "test" / cls / "a.png").write_bytes(png_bytes())
+    with pytest.raises(data.DataError, match=r"holds test/ but no train/"):
+        data.open_dataset(str(only_test), tmp_path / "cache")
+
+    nested = tmp_path / "nested"
+    deep = nested.joinpath(*["d"] * 30)
+    deep.mkdir(parents=True)
+    (deep / "a.png").write_bytes(png_bytes())
+    with pytest.raises(data.DataError, match=r"a chain of 30 folders each holding one folder"):
+        data.open_dataset(str(nested), tmp_path / "cache")
+
+    clash = tmp_path / "clash.zip"
+    with zipfile.ZipFile(clash, "w") as zf:
+        zf.writestr("cells/all", b"a file")
+        zf.writestr("cells/all/a.png", png_bytes())
+        zf.writestr("cells/hem/b.png", png_bytes())
+    with pytest.raises(data.DataError, match=r"'cells/all' is both a file and a folder in the zip"):
+        data.open_dataset(str(clash), tmp_path / "cache")
+
+    runs_dir = tmp_path / "runs"
+    assert main(["train", "--backbone", "googlenet", "--weights", "none", "--data", str(tiny_data), "--split", "folds",
+                 "--val-fold", "-1", "--runs-dir", str(runs_dir)]) == 2
+    assert "val_fold is a fold number, 0 or more, got -1" in capsys.readouterr().err
+    assert not runs_dir.exists() or not any(runs_dir.iterdir())  # refused before any run folder

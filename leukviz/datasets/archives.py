@@ -35,6 +35,10 @@ def _check_members(zip_name: str, files: list[zipfile.ZipInfo]) -> None:
             raise DataError(f"{zip_name}: the entry {info.filename!r} appears twice, so which file is meant is "
                             "unclear; make the zip again from the folder")
         seen.add(key)
+    folders = {str(parent) for key in seen for parent in Path(key).parents if str(parent) != "."}
+    if clash := sorted(seen & folders):  # extracting both would fail with "File exists"
+        raise DataError(f"{zip_name}: {clash[0]!r} is both a file and a folder in the zip, so one cannot be "
+                        "extracted; rename one of them and make the zip again")
     names = [Path(i.filename.replace("\\", "/")) for i in files]
     inner = [n.name for n in names if n.suffix.lower() == ".zip"]
     if inner and not any(_is_image(n) for n in names):

@@ -142,6 +142,22 @@ def _test_copies(index: pd.DataFrame, digests: Sequence[str]) -> list[str]:
             "Remove the copies from one side"]
 
 
+def _one_class_text(root: Path, only: str) -> str:
+    """The one-class refusal, saying what the folder looks like when that explains it: a set folder (test/)
+    without train/, or a chain of single folders (d/d/d/…) above the class folders."""
+    if only.lower() in SET_FOLDERS:
+        return (f"{root} holds {only}/ but no train/: a train/ val/ test/ tree needs train/ with one sub-folder per "
+                "class (train/all/, train/hem/)")
+    depth, inner = 0, Path(root) / only
+    while depth < 1000 and (subs := [p for p in inner.iterdir() if p.is_dir()]) and len(subs) == 1 \
+            and not any(p.is_file() for p in inner.iterdir()):
+        inner, depth = subs[0], depth + 1
+    if depth >= 2:
+        return (f"{root} holds only {only}/, a chain of {depth + 1} folders each holding one folder: give the folder "
+                "that holds the class folders (e.g. all/ and hem/), not one above it")
+    return f"{root} has images of one class only ({only}); a classifier needs at least two classes"
+
+
 def open_dataset(spec: str | Path = "demo", cache_dir: Path | None = None) -> Dataset:
     """Open 'demo', a C-NMC root, a class-per-folder tree, a train/ [val/] [test/] tree (find_set_folders), or a
     .zip of any of them; index it and fingerprint it."""
@@ -198,7 +214,7 @@ def open_dataset(spec: str | Path = "demo", cache_dir: Path | None = None) -> Da
     present = sorted(set(train["label"]))
     if len(present) < 2:
         only = classes[present[0]] if present else "none"
-        raise DataError(f"{root} has images of one class only ({only}); a classifier needs at least two classes")
+        raise DataError(_one_class_text(root, only))
     index = index.reset_index(drop=True)
     digests = _digests(index)
     warnings += _stray_names(index) + _test_copies(index, digests)
