@@ -1,6 +1,7 @@
 """Where leukviz keeps its files, and the one reader of every LEUKVIZ_* variable: LEUKVIZ_HOME (default
 ~/.leukviz), LEUKVIZ_RUNS (default <home>/runs) and LEUKVIZ_CACHE (default <home>/cache), where unset or empty is
-the default, never the current folder; and the switches LEUKVIZ_OFFLINE, LEUKVIZ_CPU_BF16, LEUKVIZ_MALLOC_TUNE and
+the default, never the current folder; LEUKVIZ_DATA_ROOTS (data_roots: where the served dashboard may open
+datasets); and the switches LEUKVIZ_OFFLINE, LEUKVIZ_CPU_BF16, LEUKVIZ_MALLOC_TUNE and
 LEUKVIZ_DIST_TIMEOUT (switches()). Torch-free."""
 
 from __future__ import annotations
