@@ -475,3 +475,31 @@ def test_dataset_shapes_that_explain_a_refusal_say_so(tiny_data, tmp_path, capsy
                  "--val-fold", "-1", "--runs-dir", str(runs_dir)]) == 2
     assert "val_fold is a fold number, 0 or more, got -1" in capsys.readouterr().err
     assert not runs_dir.exists() or not any(runs_dir.iterdir())  # refused before any run folder
+
+
+def test_stray_one_image_subjects_never_make_up_the_validation_set(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from leukviz.datasets import data
+
+    rng = np.random.default_rng(0)
+
+    def image(path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(path)
+
+    root = tmp_path / "cells"
+    for cls, subjects in (("all", ("1", "2", "3")), ("hem", ("h1", "h2", "h3"))):
+        for s in subjects:
+            for i in range(8):
+                image(root / cls / f"UID_{s}_{i}_1_{cls}.png")
+    for i in range(4):
+        image(root / "hem" / f"stray{i}.png")  # names without a subject: four one-image subjects
+    ds = data.open_dataset(str(root), tmp_path / "cache")
+    assert any("do not follow the C-NMC pattern" in w for w in ds.warnings)
+    for seed in range(12):
+        sp = data.make_split(ds, "subject", 0.2, seed)
+        val = ds.index.loc[sp.val]
+        hem = val[val["label"] == ds.classes.index("hem")]
+        assert len(hem) and not hem["subject"].str.startswith(data.STRAY_PREFIX).any(), (seed, hem["subject"].tolist())

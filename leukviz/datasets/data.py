@@ -30,7 +30,7 @@ from leukviz.datasets.archives import (  # noqa: F401
 )
 from leukviz.datasets.cachedir import cache_folder, writable  # noqa: F401
 from leukviz.datasets.cnmc import CNMC_CLASSES
-from leukviz.datasets.dataset import POOL_SETS, TEST_SETS, DataError, Dataset, listing  # noqa: F401
+from leukviz.datasets.dataset import POOL_SETS, STRAY_PREFIX, TEST_SETS, DataError, Dataset, listing  # noqa: F401
 from leukviz.datasets.decode import (  # noqa: F401
     CELL_WINDOW,
     IMAGE_EXTS,
@@ -109,7 +109,6 @@ def _fingerprint(index: pd.DataFrame, root: Path, classes: Sequence[str], digest
     return h.hexdigest()[:16]
 
 
-STRAY_PREFIX = "?"  # the subject of a file whose name carries none, in a dataset whose other names do
 
 
 def _stray_names(index: pd.DataFrame) -> list[str]:
