@@ -147,7 +147,8 @@ def cmd_evaluate(args) -> int:
     res = {**inference.evaluate_dataset(lm, args.data, paths.cache_root(), tta=args.tta), "unfinished": run.unfinished()}
     pos = res["positive_class"]
     lines = [f"run {run.run_id} ({lm.backbone}) on {res['dataset']} [{res['set']} set], n={res['n']} cells"
-             + (f", {res['skipped']} unreadable skipped" if res["skipped"] else ""),
+             + (f", {res['skipped']} file(s) skipped (unreadable, or listed wrongly: `data inspect` names each and why)"
+                if res["skipped"] else ""),
              f"  cell level{' (no TTA)' if args.tta else ''}: {_scores_text(res)}; positive class {pos}",
              f"  confusion (rows true, columns predicted; {', '.join(res['classes'])}): {res['confusion']}"]
     if res["not_held_out"]:
