@@ -219,6 +219,9 @@ def output_target(path: str | Path, flag: str = "", example: str = "output") -> 
         st = os.stat(p)  # follows a symbolic link: the kind of what it points at
     except FileNotFoundError:
         st = None
+    except NotADirectoryError:
+        raise OutputError(f"{lead}: cannot make its folder {shorten(str(p.parent))} (a part of that path is a "
+                          "file, not a folder)") from None
     except OSError as e:
         raise OutputError(f"{lead} cannot be used: {e.strerror or e}") from None
     if st is None or stat.S_ISREG(st.st_mode):
