@@ -197,7 +197,7 @@ def _selected_runs(run_arg: str, runs_dir):
             print(f"left out, damaged: {dashboard.damage_text(r)}", file=sys.stderr)
         chosen = dashboard.finished_runs(runs_dir)
         if not chosen:
-            raise CliError("no finished runs to predict with; train one first")
+            raise CliError("no usable finished runs (`runs list` names what is wrong with each); train one first")
         return chosen
     return [_warn_unfinished(runs.get_run(run_arg, runs_dir))]
 
