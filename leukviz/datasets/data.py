@@ -148,7 +148,7 @@ def _one_class_text(root: Path, only: str) -> str:
         return (f"{root} holds {only}/ but no train/: a train/ val/ test/ tree needs train/ with one sub-folder per "
                 "class (train/all/, train/hem/)")
     depth, inner = 0, Path(root) / only
-    while depth < 1000 and (subs := [p for p in inner.iterdir() if p.is_dir()]) and len(subs) == 1 \
+    while inner.is_dir() and depth < 1000 and (subs := [p for p in inner.iterdir() if p.is_dir()]) and len(subs) == 1 \
             and not any(p.is_file() for p in inner.iterdir()):
         inner, depth = subs[0], depth + 1
     if depth >= 2:
