@@ -503,3 +503,18 @@ def test_stray_one_image_subjects_never_make_up_the_validation_set(tmp_path):
         val = ds.index.loc[sp.val]
         hem = val[val["label"] == ds.classes.index("hem")]
         assert len(hem) and not hem["subject"].str.startswith(data.STRAY_PREFIX).any(), (seed, hem["subject"].tolist())
+
+
+def test_a_process_the_demo_generator_spawns_never_draws_the_dashboard(monkeypatch):
+    """Spawned workers import the entry script again as __mp_main__; drawing the pages there only logged ~130
+    "missing ScriptRunContext" warnings per demo generation."""
+    import runpy
+
+    from leukviz.ui import app as ui_app
+
+    drawn: list[str] = []
+    monkeypatch.setattr(ui_app, "main", lambda: drawn.append("drawn"))
+    runpy.run_path(str(REPO / "app.py"), run_name="__mp_main__")
+    assert drawn == []
+    runpy.run_path(str(REPO / "app.py"), run_name="__main__")
+    assert drawn == ["drawn"]
