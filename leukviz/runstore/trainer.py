@@ -17,6 +17,7 @@ from filelock import FileLock, Timeout
 from leukviz.core import events, filenames, paths
 from leukviz.core.errors import LeukvizError
 from leukviz.core.storage import append_jsonl, read_json
+from leukviz.runstore import summary
 from leukviz.runstore.runs import AlreadyRunning, Run, _results_sound, write_status
 
 
@@ -155,6 +156,7 @@ def train(run: Run, *, resume: bool = False, device: str = "auto", log: Callable
                                 resume=resume, device_pref=device, log=log, fingerprint=fingerprint)
         write_status(run, "finished", metrics=result, seconds=time.time() - t0)
         _drop_resume_state(run, log)
+        _summarise(run, log)
         return result
     except engine.Stopped as e:
         write_status(run, "stopped", error=str(e))
@@ -174,6 +176,15 @@ def _drop_resume_state(run: Run, log: Callable[[str], None]) -> None:
         (run.dir / filenames.RESUME).unlink(missing_ok=True)
     except OSError as e:
         log(f"could not delete {filenames.RESUME} of the finished run ({e.strerror or e}); it is not needed")
+
+
+def _summarise(run: Run, log: Callable[[str], None]) -> None:
+    """Summarise the finished run once (runstore.summary), so listings read the summary and not its files.
+    Best effort: the run is finished either way, and a listing computes a missing summary itself."""
+    try:
+        summary.refresh(run)
+    except Exception as e:  # noqa: BLE001 - never turn a finished run into a failed one
+        log(f"could not store the run's summary ({e}); listings compute it when they first read the run")
 
 
 class _device_slot:
