@@ -140,3 +140,22 @@ def test_the_trainer_stores_the_summary_when_a_run_finishes(trained_run, tiny_da
     stored = json.loads((run.dir / filenames.SUMMARY).read_text())
     assert stored["state"] == "finished"
     assert stored["sources"][filenames.STATUS] == summary.stamps(run.dir)[filenames.STATUS]
+
+
+def test_cloned_runs_are_listed_as_finished_runs_of_their_own(tmp_path):
+    """benchmarks.scale's clones (hard links and a config of their own): each its own run id and summary."""
+    from leukviz.benchmarks import scale
+
+    src = make_run(tmp_path / "src", state="finished")
+    made = scale.clone_runs(src.dir, tmp_path / "runs", 5)
+    listed = summary.list_runs(tmp_path / "runs")
+    assert len({r.run_id for r in listed}) == 5 == len(made)
+    assert all(r.is_usable and r.health.status == "healthy" for r in listed)
+    assert (made[0] / filenames.CHECKPOINT).stat().st_ino == (src.dir / filenames.CHECKPOINT).stat().st_ino
+
+
+def test_scale_ratios_are_to_the_smallest_size():
+    from leukviz.benchmarks import scale
+
+    rows = scale.ratios([{"files": 10, "seconds": 2.0}, {"files": 100, "seconds": 5.0}], ("seconds",), "files")
+    assert rows[1]["seconds_x"] == 2.5 and rows[1]["files_x"] == 10 and rows[0]["seconds_x"] == 1
