@@ -17,7 +17,7 @@ from leukviz.core.errors import LeukvizError
 from leukviz.datasets import cnmc, data
 from leukviz.models import backbones, config
 from leukviz.models.config import RunConfig
-from leukviz.runstore import runs, supervisor, trainer
+from leukviz.runstore import runs, shards, supervisor, trainer
 from leukviz.scoring import metrics
 
 if TYPE_CHECKING:
@@ -515,6 +515,29 @@ def check_subject_study(study: SubjectStudy) -> tuple[set, list[str]]:
             skipped.add((name, variant))
             notes.append(f"{label} is not run for {title}: {why}")
     return skipped, notes
+
+
+def study_runs(study: SubjectStudy, n_folds: int) -> list[RunConfig]:
+    """Every leukviz run of a subject study, in its one fixed order (seed, backbone, fold, variant): the order
+    shards split (runstore.shards)."""
+    skipped, _ = check_subject_study(study)
+    return [study_config(study, name, seed, k, variant)
+            for seed in range(study.seeds) for name in study.names for k in range(n_folds)
+            for variant in ((),) + tuple(v for v in study.variants if (name, v) not in skipped)]
+
+
+def train_shard(study: SubjectStudy, shard: shards.Shard, runs_dir: str | Path | None = None, log: Log = print,
+                progress: Progress | None = None, device: str = "auto") -> dict:
+    """A shard's part of a subject study: its runs trained (or found cached, or followed when another process
+    has one), nothing scored; the last call without a shard gathers every run and scores the study."""
+    ds = data.open_dataset(study.data, paths.cache_root())
+    group = study_runs(study, len(data.group_folds(ds, study.n_folds)))
+    mine = shards.pick(group, shard)
+    done = []
+    for i, cfg in enumerate(mine, 1):
+        log(f"shard {shard}: run {i} of {len(mine)} ({len(group)} in the study)")
+        done.append(ensure_trained(cfg, runs_dir, log=log, progress=progress, device=device).run_id)
+    return {"study": "subjects", "shard": str(shard), "runs": done, "study_runs": len(group)}
 
 
 def subject_study(study: SubjectStudy, runs_dir: str | Path | None = None, log: Log = print,
