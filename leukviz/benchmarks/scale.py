@@ -44,12 +44,13 @@ def _link(src: Path, dest: Path) -> None:
 
 def clone_runs(source: Path, root: Path, n: int, start: int = 0) -> list[Path]:
     """n finished runs in root cloned from one trained run folder: each its source's files hard-linked and a
-    config.json of its own (seed start+i, so its own run id), as if n seeds had been trained."""
+    config.json of its own (seed 10,000+i on the source's split, so its own run id), as if n repeats of one
+    configuration had been trained (config.repeats)."""
     obj, cfg, fp = runfiles.read_config(Path(source))
     root.mkdir(parents=True, exist_ok=True)
     out = []
     for i in range(start, start + n):
-        c = replace(cfg, seed=10_000 + i)
+        c = replace(cfg, seed=10_000 + i, split_seed=cfg.split_rng_seed)  # repeats: one split for all
         run_id = c.identity(fp)
         folder = root / run_id
         if folder.exists():
