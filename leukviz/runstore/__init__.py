@@ -2,4 +2,4 @@
 (runfiles), training a run in this process (trainer), launching, stopping and following a training process
 (supervisor, with this process's launches in processes), how runs are named (names), each run summarised once for listings (summary), and a group of runs split between machines (shards)."""
 
-__all__ = ["names", "processes", "runfiles", "runs", "shards", "summary", "supervisor", "trainer"]
+__all__ = ["names", "processes", "runfiles", "pool", "runs", "shards", "summary", "supervisor", "trainer"]

@@ -196,6 +196,7 @@ class _device_slot:
         kind = devices.pick_device(device).type
         if kind == "cuda":  # one queue per visible GPU set, so folds pinned to different GPUs run in parallel
             kind += os.environ.get("CUDA_VISIBLE_DEVICES", "").replace(",", "-")
+        kind += os.environ.get(paths.DEVICE_SLOT, "")  # a device pool's worker: a queue of its own
         self.lock = FileLock(str(run.dir.parent / filenames.device_lock(kind)))
         self.should_stop = should_stop
         self.enabled = int(os.environ.get("WORLD_SIZE", "1")) == 1
