@@ -32,14 +32,6 @@ def batches(files: Sequence[str | Path], size: int = BATCH) -> Iterator[Sequence
         yield files[i:i + size]
 
 
-def table_columns(models: Sequence[Any]) -> list[str]:
-    """The table's columns for these models (inference.table_frame's order), fixed before the first batch: a
-    batch of only unreadable images still writes every column."""
-    rows = [{**{f"prob_{c}": 0.0 for c in lm.classes}, **{f"prob_raw_{c}": 0.0 for c in lm.classes}}
-            for lm in models]
-    return list(inference.table_frame(rows).columns)
-
-
 def batch_rows(models: Sequence[Any], files: Sequence[str | Path], tta: bool = False) -> list[dict]:
     """One batch predicted by every model: inference.predict_table's rows, models first."""
     rows = []
@@ -165,7 +157,7 @@ def predict_stream(models: Sequence[Any], files: Sequence[str | Path], csv_path:
                    progress: ProgressLine | None = None) -> StreamResult:
     """Predict files with every model batch by batch: each batch's rows go to the CSV (when csv_path is given;
     whole or not at all), to on_rows (a printer) and to the running summary, then are dropped."""
-    columns = table_columns(models)
+    columns = inference.table_columns(models)
     running = RunningSummary(models[0].classes)
     n_rows = n_errors = done = 0
 
