@@ -272,12 +272,15 @@ def test_predict_outputs_are_checked_before_the_work_and_written_whole(trained, 
     assert "--cam" in err and "is a file" in err and not loaded
     monkeypatch.undo()
 
+    real = storage._copy_mode
+
+    def full(tmp, path):
+        if path.suffix == ".csv":  # the disk fills at the end of the table's temporary (output's last step)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real(tmp, path)
+
+    monkeypatch.setattr(storage, "_copy_mode", full)
     table = tmp_path / "t" / "table.csv"
-
-    def full(fd):  # the disk fills as the streamed table is synced, before it is renamed into place
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(table))
-
-    monkeypatch.setattr(storage.os, "fsync", full)
     assert main([*base, "--csv", str(table)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: the disk is full:") and not table.exists()

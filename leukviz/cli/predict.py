@@ -17,6 +17,7 @@ from leukviz.cli.common import (
     _output_folder,
     _selected_runs,
     _warn_unfinished,
+    _without_degenerate,
 )
 from leukviz.core import filenames, paths
 
@@ -28,7 +29,12 @@ def _collect_images(items: list[str]) -> list[str]:
     for item in items:
         p = Path(item)
         if p.is_dir():
-            out.extend(str(f) for f in sorted(p.rglob("*")) if f.is_file() and data._is_image(f))
+            found = sorted(p.rglob("*"))
+            out.extend(str(f) for f in found if f.is_file() and data._is_image(f))
+            odd = [f for f in found if not f.is_file() and not f.is_dir()]  # pipes, sockets, devices, broken links
+            if odd:
+                print(f"skipped {len(odd)} file(s) in {item} that are not regular files (a pipe, socket, device or "
+                      f"broken link): {', '.join(f.name for f in odd[:3])}{' …' if len(odd) > 3 else ''}", file=sys.stderr)
         elif p.suffix.lower() == ".zip":
             dest = paths.cache_root() / filenames.PREDICT_ZIP_CACHE / f"{p.stem}-{int(p.stat().st_mtime)}"
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -49,13 +55,16 @@ def cmd_predict(args) -> int:
     time left on stderr."""
     from leukviz.serving import prediction, stream
 
-    csv_path = _output_file(args.csv, "--csv") if args.csv else None
-    if args.cam:
+    csv_path = _output_file(args.csv, "--csv", "predictions.csv") if args.csv is not None else None
+    if args.cam is not None:
         _output_folder(args.cam, "--cam")
     files = _collect_images(args.images)
     if not files:
         raise CliError("no images given")
-    models = _load_models(_selected_runs(args.run, args.runs_dir), args.run == "all")
+    chosen = _selected_runs(args.run, args.runs_dir)
+    if args.run == "all":  # as compare all: a degenerate run only when named (or when all are)
+        chosen = _without_degenerate(chosen, "predict")
+    models = _load_models(chosen, args.run == "all")
     out = _JsonRecords() if args.json else _print_records
     progress = stream.ProgressLine(len(files), _stderr, sys.stderr.isatty()) if len(files) > 1 else None
     try:
@@ -66,7 +75,7 @@ def cmd_predict(args) -> int:
             out.abandon()
         raise
     cams: list[dict] = []
-    if args.cam:
+    if args.cam is not None:
         from leukviz.serving import explain
         for lm in models:
             cams.extend({"model": lm.backbone, "run_id": lm.run_dir.name, **rec}
@@ -180,7 +189,8 @@ def cmd_evaluate(args) -> int:
     res = {**inference.evaluate_dataset(lm, args.data, paths.cache_root(), tta=args.tta), "unfinished": run.unfinished()}
     pos = res["positive_class"]
     lines = [f"run {run.run_id} ({lm.backbone}) on {res['dataset']} [{res['set']} set], n={res['n']} cells"
-             + (f", {res['skipped']} unreadable skipped" if res["skipped"] else ""),
+             + (f", {res['skipped']} file(s) skipped (unreadable, or listed wrongly: `data inspect` names each and why)"
+                if res["skipped"] else ""),
              f"  cell level{' (no TTA)' if args.tta else ''}: {_scores_text(res)}; positive class {pos}",
              f"  confusion (rows true, columns predicted; {', '.join(res['classes'])}): {res['confusion']}"]
     if res["not_held_out"]:

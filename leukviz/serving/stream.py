@@ -4,7 +4,8 @@ holds (docs/BENCHMARKS.md, "Prediction at scale"). The table is the one inferenc
 prediction.table_csv make, row for row, and the summary prediction.batch_summary's, from counts.
 
 The CSV is written to a temporary file beside its destination and renamed once the last batch is in
-(storage.atomic_path): a stopped run or a full disk never leaves a table cut short.
+(storage.output, the output rule; `-` or a pipe is written as a stream): a stopped run or a full disk never
+leaves a table cut short.
 """
 
 from __future__ import annotations
@@ -15,9 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
-from leukviz.core.storage import atomic_path
+from leukviz.core import storage
 from leukviz.runstore.names import format_duration
 from leukviz.serving import inference, prediction
 
@@ -142,6 +141,19 @@ class ProgressLine:
         self.last = now
 
 
+class _CsvSink:
+    """The table written batch by batch into a binary file (storage.output's): the header once, then rows in
+    inference.table_frame's columns, as prediction.table_csv writes a whole table."""
+
+    def __init__(self, fh, columns: list[str]):
+        self.fh, self.columns, self.header = fh, columns, True
+
+    def write(self, rows: list[dict]) -> None:
+        frame = inference.table_frame(rows).reindex(columns=self.columns)
+        self.fh.write(frame.to_csv(index=False, header=self.header).encode("utf-8"))
+        self.header = False
+
+
 @dataclass
 class StreamResult:
     """What a streamed prediction leaves behind besides its table: the summary and the row counts."""
@@ -152,7 +164,7 @@ class StreamResult:
     images: int
 
 
-def predict_stream(models: Sequence[Any], files: Sequence[str | Path], csv_path: Path | None = None, *,
+def predict_stream(models: Sequence[Any], files: Sequence[str | Path], csv_path: Any = None, *,
                    tta: bool = False, batch_size: int = BATCH, on_rows: Callable[[list[dict]], None] | None = None,
                    progress: ProgressLine | None = None) -> StreamResult:
     """Predict files with every model batch by batch: each batch's rows go to the CSV (when csv_path is given;
@@ -168,7 +180,7 @@ def predict_stream(models: Sequence[Any], files: Sequence[str | Path], csv_path:
         n_rows += len(rows)
         n_errors += sum(1 for r in rows if r.get("error"))
         if sink is not None:
-            inference.table_frame(rows).reindex(columns=columns).to_csv(sink, index=False, header=sink.tell() == 0)
+            sink.write(rows)
         if on_rows is not None:
             on_rows(rows)
         done += len(chunk)
@@ -179,9 +191,10 @@ def predict_stream(models: Sequence[Any], files: Sequence[str | Path], csv_path:
         for chunk in batches(files, batch_size):
             one_batch(chunk, None)
     else:
-        with atomic_path(csv_path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
+        with storage.output(csv_path) as fh:  # the output rule: a file whole or not at all, or a stream
+            sink = _CsvSink(fh, columns)
             if not files:
-                pd.DataFrame(columns=columns).to_csv(fh, index=False)
+                sink.write([])
             for chunk in batches(files, batch_size):
-                one_batch(chunk, fh)
+                one_batch(chunk, sink)
     return StreamResult(running.result(), n_rows, n_errors, len(files))
