@@ -19,7 +19,7 @@ from leukviz.core.filenames import CONFIG
 from leukviz.datasets import data
 from leukviz.models import backbones, config
 from leukviz.models.config import RunConfig
-from leukviz.runstore import runs
+from leukviz.runstore import runs, summary
 from leukviz.runstore.names import backbone_title, dataset_label, format_duration, latest_per_backbone
 from leukviz.scoring import health, metrics
 
@@ -153,9 +153,10 @@ def changes_text(owner: str, changes: dict[str, tuple[Any, Any]]) -> str:
 
 def all_runs(runs_dir: str | Path | None = None) -> list[runs.Run]:
     """Every run whose config.json reads, newest first; one with a damaged config.json is left out (it is
-    among damaged_runs), never fatal."""
+    among damaged_runs), never fatal. Each is read through its stored summary (runstore.summary), so a page
+    listing hundreds of runs reads no predictions file."""
     out = []
-    for r in runs.list_runs(runs_dir):
+    for r in summary.list_runs(runs_dir):
         try:
             r.config  # noqa: B018 - checked once, to leave out runs whose config cannot be read
         except (runs.RunFileError, OSError):
@@ -171,7 +172,7 @@ def finished_runs(runs_dir: str | Path | None = None) -> list[runs.Run]:
 
 def damaged_runs(runs_dir: str | Path | None = None) -> list[runs.Run]:
     """The runs left out because a file they need is damaged (each Run.problems says which, and the repair)."""
-    return runs.damaged_runs(runs_dir)
+    return [r for r in summary.list_runs(runs_dir) if r.is_damaged]
 
 
 def damage_text(run: runs.Run) -> str:
@@ -186,8 +187,9 @@ def find_run(cfg: RunConfig, fingerprint: str, runs_dir: str | Path | None = Non
 
 
 def run_health(run: runs.Run) -> health.Health | None:
-    """A finished run's health (health.of_run_dir, the one rule); None for a run that is not finished."""
-    return health.of_run_dir(run.dir) if run.state == runs.State.FINISHED else None
+    """A finished run's health (health.of_run_dir, the one rule, as its summary stored it); None for a run that
+    is not finished."""
+    return summary.health(run)
 
 
 def healthy_runs(candidates: Iterable[runs.Run]) -> list[runs.Run]:

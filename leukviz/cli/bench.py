@@ -17,6 +17,8 @@ def cmd_bench(args) -> int:
     from leukviz.benchmarks import bench
 
     log = lambda s: print(s, file=sys.stderr)  # noqa: E731
+    if args.scale:
+        return _bench_scale(args, log)
     if args.accuracy:
         names = [args.backbone] if args.backbone else ["googlenet"]
         rows = [r for nm in names for r in bench.precision_accuracy(
@@ -35,6 +37,27 @@ def cmd_bench(args) -> int:
     print(bench.format_table(res))
     if args.json:
         print(json.dumps(res, default=str))
+    return 0
+
+
+def _bench_scale(args, log) -> int:
+    """bench --scale RUN_ID --scale-images FOLDER: how listing, predicting and indexing grow (benchmarks.scale)."""
+    from pathlib import Path
+
+    from leukviz.benchmarks import scale
+    from leukviz.cli.common import CliError
+    from leukviz.datasets import data
+    from leukviz.runstore import runs
+
+    run = runs.get_run(args.scale, args.runs_dir)
+    if not run.is_usable:
+        raise CliError(f"run {run.run_id} is not a finished, sound run: the scale section clones and predicts with one")
+    folder = Path(args.scale_images or "")
+    images = sorted(f for f in folder.rglob("*") if f.is_file() and data._is_image(f)) if folder.is_dir() else []
+    if not images:
+        raise CliError("give --scale-images FOLDER: a folder of cell images to link into the predict folders")
+    res = scale.run(run.dir, images, log, quick=args.quick)
+    _out(args, scale.format_table(res), {"scale": res})
     return 0
 
 
@@ -64,4 +87,8 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
                     help="instead: train from scratch in fp32 and bf16 and compare validation accuracy")
     be.add_argument("--epochs", type=int, default=3, help="with --accuracy")
     be.add_argument("--seeds", type=int, default=2, help="with --accuracy: seeds 0..N-1")
+    be.add_argument("--scale", metavar="RUN_ID",
+                    help="instead: how costs grow (runs list at 10/100/1,000 runs cloned from this finished run, "
+                         "predict at 2k/20k/50k files, index + cache at 15k/100k files), as ratios to the smallest")
+    be.add_argument("--scale-images", metavar="FOLDER", help="with --scale: cell images to link into predict folders")
     be.set_defaults(func=cmd_bench)

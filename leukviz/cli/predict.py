@@ -10,6 +10,7 @@ from pathlib import Path
 
 from leukviz.cli.common import (
     CliError,
+    _bounded,
     _fmt,
     _out,
     _output_file,
@@ -49,8 +50,10 @@ def _collect_images(items: list[str]) -> list[str]:
 
 
 def cmd_predict(args) -> int:
-    from leukviz.scoring.metrics import nan_to_none
-    from leukviz.serving import inference
+    """Predict in batches (serving.stream): each batch is predicted, printed, added to the table and to the
+    running summary, then dropped, so a folder of any size predicts in the memory of one batch; progress and
+    time left on stderr."""
+    from leukviz.serving import prediction, stream
 
     csv_path = _output_file(args.csv, "--csv", "predictions.csv") if args.csv is not None else None
     if args.cam is not None:
@@ -62,7 +65,15 @@ def cmd_predict(args) -> int:
     if args.run == "all":  # as compare all: a degenerate run only when named (or when all are)
         chosen = _without_degenerate(chosen, "predict")
     models = _load_models(chosen, args.run == "all")
-    table = inference.predict_table(models, files, tta=args.tta)
+    out = _JsonRecords() if args.json else _print_records
+    progress = stream.ProgressLine(len(files), _stderr, sys.stderr.isatty()) if len(files) > 1 else None
+    try:
+        res = stream.predict_stream(models, files, csv_path, tta=args.tta, batch_size=args.batch_size,
+                                    on_rows=out, progress=progress)
+    except BaseException:
+        if isinstance(out, _JsonRecords):
+            out.abandon()
+        raise
     cams: list[dict] = []
     if args.cam is not None:
         from leukviz.serving import explain
@@ -70,33 +81,64 @@ def cmd_predict(args) -> int:
             cams.extend({"model": lm.backbone, "run_id": lm.run_dir.name, **rec}
                         for rec in explain.save_cams(lm, files, Path(args.cam)))
         print(f"wrote {sum(1 for c in cams if c['cam'])} Grad-CAM overlays to {args.cam}", file=sys.stderr)
-    if csv_path is not None:
-        from leukviz.core.storage import write_output
-        from leukviz.serving.prediction import table_csv
+    summary = res.summary if len(files) > 1 else []
+    if isinstance(out, _JsonRecords):
+        out.close(cams, summary)
+    elif summary:
+        print("summary:")
+        for line in prediction.summary_lines(summary):
+            print(f"  {line}")
+    return 1 if res.errors == res.rows else 0
 
-        write_output(csv_path, table_csv(table))  # the output rule: whole or not at all, or a stream
-    records = nan_to_none(table)
-    for r in records:  # the table holds one text cell; a JSON reader gets the list back
-        r["ood_reasons"] = r["ood_reasons"].split("; ") if r.get("ood_reasons") else []
-    from leukviz.serving import prediction
 
-    summary = prediction.batch_summary(table, models[0].classes) if len(files) > 1 else []
-    if args.json:
-        print(json.dumps({"predictions": records, "cams": cams, "summary": nan_to_none(summary)}))
-    else:
+def _stderr(text: str) -> None:
+    sys.stderr.write(text)
+    sys.stderr.flush()
+
+
+class _JsonRecords:
+    """--json streamed: one JSON object on one line, its predictions written batch by batch as they come,
+    the Grad-CAM records and the summary at the end (close). A failure part-way ends the line (abandon), so
+    the error's own JSON line stays the last line, whole."""
+
+    def __init__(self):
+        self.started = False
+
+    def __call__(self, rows: list[dict]) -> None:
+        from leukviz.scoring.metrics import nan_to_none
+        from leukviz.serving import inference
+
+        records = nan_to_none(inference.table_frame(rows))
         for r in records:
-            if r["error"]:
-                print(f"{r['file']}  [{r['model']} {r['run_id'][:6]}]  ERROR {r['error']}")
-            else:
-                how = (f" (calibrated, T = {r['temperature']:.2f}; raw {r['confidence_raw'] * 100:.1f}%)"
-                       if r.get("calibrated") else " (not calibrated)")
-                print(f"{r['file']}  [{r['model']} {r['run_id'][:6]}]  {r['predicted']}  "
-                      f"{r['confidence'] * 100:.1f}%{how}{_ood_text(r)}")
-        if summary:
-            print("summary:")
-            for line in prediction.summary_lines(summary):
-                print(f"  {line}")
-    return 1 if all(r["error"] for r in records) else 0
+            r["ood_reasons"] = r["ood_reasons"].split("; ") if r.get("ood_reasons") else []
+            sys.stdout.write(", " if self.started else '{"predictions": [')
+            sys.stdout.write(json.dumps(r, default=str))
+            self.started = True
+
+    def close(self, cams: list[dict], summary: list[dict]) -> None:
+        from leukviz.scoring.metrics import nan_to_none
+
+        head = "" if self.started else '{"predictions": ['
+        sys.stdout.write(f'{head}], "cams": {json.dumps(cams, default=str)}, '
+                         f'"summary": {json.dumps(nan_to_none(summary), default=str)}}}\n')
+        sys.stdout.flush()
+
+    def abandon(self) -> None:
+        if self.started:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+
+
+def _print_records(rows: list[dict]) -> None:
+    """One line per prediction, printed as each batch is done."""
+    for r in rows:
+        if r["error"]:
+            print(f"{r['file']}  [{r['model']} {r['run_id'][:6]}]  ERROR {r['error']}")
+        else:
+            how = (f" (calibrated, T = {r['temperature']:.2f}; raw {r['confidence_raw'] * 100:.1f}%)"
+                   if r.get("calibrated") else " (not calibrated)")
+            print(f"{r['file']}  [{r['model']} {r['run_id'][:6]}]  {r['predicted']}  "
+                  f"{r['confidence'] * 100:.1f}%{how}{_ood_text(r)}")
 
 
 def _load_models(chosen: list, keep_going: bool) -> list:
@@ -180,6 +222,9 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     pr.add_argument("--tta", action="store_true", help="average the 8 flips/rotations")
     pr.add_argument("--csv", help="write a table: file, model, predicted class, probability of each class")
     pr.add_argument("--cam", metavar="OUT_DIR", help="write Grad-CAM overlays here")
+    pr.add_argument("--batch-size", type=_bounded(1, 100_000), default=512,
+                    help="images decoded and predicted at a time (default 512): memory holds one batch, "
+                         "whatever the folder's size")
     pr.set_defaults(func=cmd_predict)
 
     ev = sub.add_parser("evaluate", parents=[common], help="score a run on labelled data it did not train on")

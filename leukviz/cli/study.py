@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from leukviz.cli.common import Progress, _backbone_list, _device_value, _fmt, _out, _seed_value
+from leukviz.cli.common import Progress, _backbone_list, _bounded, _device_value, _fmt, _out, _seed_value
 from leukviz.models import config as C
 
 
@@ -37,7 +37,14 @@ def _study_subjects(args, log, progress) -> tuple[str, dict]:
                                  0 if args.no_plain else args.plain_seeds, args.image_size, args.epochs,
                                  args.weights, args.preset, args.folds,
                                  tuple(studies.parse_variant(v) for v in args.vary or ()))
-    res = studies.subject_study(study, args.runs_dir, log, progress, args.device)
+    from leukviz.runstore import pool
+
+    envs = pool.worker_envs(args.device, args.workers) if args.device in ("auto", "cuda", "cpu") else [{}]
+    if args.shard:  # its part of the runs only; the last call without --shard gathers and scores them all
+        res = studies.train_shard(study, args.shard, args.runs_dir, log, progress, args.device, envs)
+        return (f"shard {res['shard']}: {len(res['runs'])} of the study's {res['study_runs']} runs finished here "
+                "(trained or cached); `study subjects` without --shard gathers them"), res
+    res = studies.subject_study(study, args.runs_dir, log, progress, args.device, envs)
     human = studies.format_subject_table(res)
     return human, res
 
@@ -102,6 +109,7 @@ def cmd_study(args) -> int:
 def add_parser(sub, common: argparse.ArgumentParser) -> None:
     """The study commands: subjects, leakage and paper, each made of ordinary cached runs."""
     from leukviz.models.backbones import BACKBONES
+    from leukviz.runstore import shards
 
     st = sub.add_parser("study", help="studies made of ordinary cached runs: subjects, leakage, paper")
     ss = st.add_subparsers(dest="study_command", required=True)
@@ -127,6 +135,12 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
                          "average=none,select=best), on the same folds and seeds, compared with the defaults "
                          "paired over subjects; repeat for more variants")
     su.add_argument("--device", default="auto", type=_device_value, help="auto | cpu | cuda | cuda:N | mps")
+    su.add_argument("--workers", type=_bounded(1, 64), default=1,
+                    help="on CPU: train this many runs at once, the cores split between them (with several GPUs: "
+                         "one run per GPU at once)")
+    su.add_argument("--shard", type=shards.parse, metavar="I/N",
+                    help="train only every N-th run of the study starting at the I-th (a Slurm array task, or one "
+                         "of N machines sharing the runs folder); a last call without --shard gathers and scores")
     su.set_defaults(func=cmd_study)
     sl = ss.add_parser("leakage", parents=[common],
                        help="the same model and recipe split by image (leaky) and by subject, side by side")

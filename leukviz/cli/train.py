@@ -15,6 +15,7 @@ from pathlib import Path
 from leukviz.cli.common import (
     CliError,
     Progress,
+    _bounded,
     _device_value,
     _fmt,
     _health_text,
@@ -64,6 +65,8 @@ def cmd_train(args) -> int:
 
     if args.cv:
         return cmd_cv(args)
+    if getattr(args, "shard", None) and args.seeds < 2:
+        raise CliError("--shard splits a group of runs: use it with --seeds N (or with study subjects)")
     if args.seeds > 1:
         return cmd_repeats(args)
     t0 = time.time()
@@ -133,29 +136,73 @@ def cmd_train(args) -> int:
 
 def cmd_repeats(args) -> int:
     """--seeds N: N cached runs of one configuration differing only in seed (config.repeats: one split for
-    all), trained one after another; then each run's validation scores and their mean and spread."""
-    from leukviz.runstore import runs
+    all), trained one after another here, or by the device pool (one per GPU, or --workers on CPU) as many at
+    once as it has workers; then each run's validation scores and their mean and spread."""
     from leukviz.scoring import metrics
 
     if args.resume or args.run_dir or args.cv:
         raise CliError("--seeds makes new runs: it does not go with --resume or --cv")
-    cfgs = C.repeats(_resolve_cfg(args), args.seeds)
+    from leukviz.runstore import shards
+
+    group = C.repeats(_resolve_cfg(args), args.seeds)
+    cfgs = shards.pick(group, args.shard)  # a shard trains its part of the seeds; without one, all (cached or not)
+    if not cfgs:
+        raise CliError(f"shard {args.shard} of {len(group)} seeds holds none: use at most {len(group)} shards")
+    envs = _pool_envs(args)
+    if len(envs) > 1:
+        results, worst = _pooled_repeats(args, cfgs, envs)
+    else:
+        results, worst = _sequential_repeats(args, cfgs)
+    spread = {k: metrics.seed_spread([r["metrics"][k] for r in results if r["metrics"].get(k) is not None])
+              for k in ("val_acc", "val_f1")}
+    lines = [f"{len(results)} seeds of {cfgs[0].backbone} (one split, seed {cfgs[0].split_rng_seed})"
+             + (f", shard {args.shard} of a group of {len(group)}" if args.shard else "") + ":"]
+    lines += [f"  seed {c.seed}: run {r['run_id']} {r['status']}  val acc {_fmt(r['metrics'].get('val_acc'), 3)}  "
+              f"F1 {_fmt(r['metrics'].get('val_f1'), 3)}" for c, r in zip(cfgs, results)]
+    lines += [f"  {k}: {_fmt(v['mean'], 3)} ± {_fmt(v['sd'], 3)} over {v['n']} seeds" for k, v in spread.items()]
+    _out(args, "\n".join(lines), {"runs": results, "spread": spread, "shard": str(args.shard) if args.shard else None})
+    return worst
+
+
+def _pool_envs(args) -> list[dict[str, str]]:
+    """The device pool's workers for a group: one per GPU, or --workers on CPU (runstore.pool)."""
+    from leukviz.runstore import pool
+
+    if args.device not in ("auto", "cuda", "cpu") or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return [{}]  # a named device (cuda:1, mps) or under torchrun: one run at a time, as asked
+    return pool.worker_envs(args.device, args.workers)
+
+
+def _pooled_repeats(args, cfgs: list, envs: list) -> tuple[list[dict], int]:
+    """The seeds trained by the device pool, as many at once as it has workers, each its own process."""
+    from leukviz.runstore import pool, runs
+
+    t0 = time.time()
+    group = [runs.run_for(cfg, args.runs_dir) for cfg in cfgs]
+    p = pool.Pool(envs, args.device, log=lambda s: print(s, file=sys.stderr))
+    print(f"{len(group)} runs on {len(envs)} workers", file=sys.stderr)
+    try:
+        p.run(group)
+    except KeyboardInterrupt:
+        print("stopping every run in flight (each keeps a resumable checkpoint)", file=sys.stderr)
+        p.run(group, should_stop=lambda: True)
+    results = [_train_result(r, False, t0) for r in group]
+    return results, 0 if all(r["status"] == "finished" for r in results) else 1
+
+
+def _sequential_repeats(args, cfgs: list) -> tuple[list[dict], int]:
+    """The seeds trained one after another in this process."""
+    from leukviz.runstore import runs
+
     results, worst = [], 0
     for i, cfg in enumerate(cfgs, 1):
-        one = argparse.Namespace(**{**vars(args), "seeds": 1, "json": False, "seed": cfg.seed,
+        one = argparse.Namespace(**{**vars(args), "seeds": 1, "shard": None, "json": False, "seed": cfg.seed,
                                     "split_seed": cfg.split_seed})
         print(f"seed {cfg.seed} ({i} of {len(cfgs)}):", file=sys.stderr)
         with contextlib.redirect_stdout(sys.stderr):  # each run's own line; stdout keeps the summary
             worst = max(worst, cmd_train(one))
         results.append(_train_result(runs.run_for(cfg, args.runs_dir), False, time.time()))
-    spread = {k: metrics.seed_spread([r["metrics"][k] for r in results if r["metrics"].get(k) is not None])
-              for k in ("val_acc", "val_f1")}
-    lines = [f"{len(results)} seeds of {cfgs[0].backbone} (one split, seed {cfgs[0].split_rng_seed}):"]
-    lines += [f"  seed {c.seed}: run {r['run_id']} {r['status']}  val acc {_fmt(r['metrics'].get('val_acc'), 3)}  "
-              f"F1 {_fmt(r['metrics'].get('val_f1'), 3)}" for c, r in zip(cfgs, results)]
-    lines += [f"  {k}: {_fmt(v['mean'], 3)} ± {_fmt(v['sd'], 3)} over {v['n']} seeds" for k, v in spread.items()]
-    _out(args, "\n".join(lines), {"runs": results, "spread": spread})
-    return worst
+    return results, worst
 
 
 def cmd_cv(args) -> int:
@@ -230,6 +277,7 @@ def _seed_count(text: str) -> int:
 def add_parser(sub, common: argparse.ArgumentParser) -> None:
     """The train command: the RunConfig options (add_config_options) and how to run it."""
     from leukviz.models.backbones import BACKBONES
+    from leukviz.runstore import shards
 
     t = sub.add_parser("train", parents=[common], help="train a backbone (or return the cached run)")
     t.add_argument("--backbone", choices=list(BACKBONES), default="resnet50")
@@ -245,6 +293,12 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     t.add_argument("--seeds", type=_seed_count, default=1, metavar="N",
                    help="train N runs differing only in seed (--seed, --seed + 1, ...), one after another, on one "
                         "split; then their mean and spread")
+    t.add_argument("--workers", type=_bounded(1, 64), default=1,
+                   help="with --seeds on CPU: train this many runs at once, each its own process, the cores split "
+                        "between them (with several GPUs: one run per GPU at once, whatever this says)")
+    t.add_argument("--shard", type=shards.parse, metavar="I/N",
+                   help="with --seeds: train only every N-th seed starting at the I-th (a Slurm array task, or one "
+                        "of N machines sharing the runs folder); a last call without --shard gathers them")
     t.add_argument("--run-dir", help=argparse.SUPPRESS)
     t.add_argument("--resume-here", action="store_true", help=argparse.SUPPRESS)
     t.set_defaults(func=cmd_train)

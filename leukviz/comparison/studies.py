@@ -17,7 +17,7 @@ from leukviz.core.errors import LeukvizError
 from leukviz.datasets import cnmc, data
 from leukviz.models import backbones, config
 from leukviz.models.config import RunConfig
-from leukviz.runstore import runs, supervisor, trainer
+from leukviz.runstore import runs, shards, supervisor, trainer
 from leukviz.scoring import metrics
 
 if TYPE_CHECKING:
@@ -517,8 +517,47 @@ def check_subject_study(study: SubjectStudy) -> tuple[set, list[str]]:
     return skipped, notes
 
 
+def study_runs(study: SubjectStudy, n_folds: int) -> list[RunConfig]:
+    """Every leukviz run of a subject study, in its one fixed order (seed, backbone, fold, variant): the order
+    shards split (runstore.shards)."""
+    skipped, _ = check_subject_study(study)
+    return [study_config(study, name, seed, k, variant)
+            for seed in range(study.seeds) for name in study.names for k in range(n_folds)
+            for variant in ((),) + tuple(v for v in study.variants if (name, v) not in skipped)]
+
+
+def pool_train(cfgs: Sequence[RunConfig], envs: Sequence[dict], runs_dir: str | Path | None = None,
+               log: Log = print, device: str = "auto") -> None:
+    """Train runs on the device pool's workers (runstore.pool), as many at once as it has. One that did not
+    finish is not finished for ensure_trained either: the study trains it again, here, and names a second
+    failure."""
+    from leukviz.runstore import pool
+
+    if len(envs) < 2:
+        return
+    fp = data.open_dataset(cfgs[0].data, paths.cache_root()).fingerprint if cfgs else None
+    group = [runs.run_for(c, runs_dir, fingerprint=fp) for c in cfgs]
+    log(f"{len(group)} runs on {len(envs)} workers")
+    pool.Pool(envs, device, log=log).run(group)
+
+
+def train_shard(study: SubjectStudy, shard: shards.Shard, runs_dir: str | Path | None = None, log: Log = print,
+                progress: Progress | None = None, device: str = "auto", envs: Sequence[dict] = ({},)) -> dict:
+    """A shard's part of a subject study: its runs trained (or found cached, or followed when another process
+    has one), nothing scored; the last call without a shard gathers every run and scores the study."""
+    ds = data.open_dataset(study.data, paths.cache_root())
+    group = study_runs(study, len(data.group_folds(ds, study.n_folds)))
+    mine = shards.pick(group, shard)
+    pool_train(mine, envs, runs_dir, log, device)
+    done = []
+    for i, cfg in enumerate(mine, 1):
+        log(f"shard {shard}: run {i} of {len(mine)} ({len(group)} in the study)")
+        done.append(ensure_trained(cfg, runs_dir, log=log, progress=progress, device=device).run_id)
+    return {"study": "subjects", "shard": str(shard), "runs": done, "study_runs": len(group)}
+
+
 def subject_study(study: SubjectStudy, runs_dir: str | Path | None = None, log: Log = print,
-                  progress: Progress | None = None, device: str = "auto") -> dict:
+                  progress: Progress | None = None, device: str = "auto", envs: Sequence[dict] = ({},)) -> dict:
     """Subject-grouped cross-validation: every backbone x seed x fold as an ordinary cached run (split
     'groups'), and the plain hand-written loop on the same folds and budget; scored on the validation
     subjects, which training never saw."""
@@ -528,6 +567,7 @@ def subject_study(study: SubjectStudy, runs_dir: str | Path | None = None, log: 
     resolve = partial(study_config, study)
     ds = data.open_dataset(study.data, paths.cache_root())
     folds = data.group_folds(ds, study.n_folds)  # the same folds as each run's split 'groups' makes
+    pool_train(study_runs(study, len(folds)), envs, runs_dir, log, device)  # several workers: all at once first
     rows = ds.train_rows.index.to_numpy()
     records: list[dict] = []
     ok = None

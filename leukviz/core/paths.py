@@ -12,6 +12,8 @@ from pathlib import Path
 HOME, RUNS, CACHE = "LEUKVIZ_HOME", "LEUKVIZ_RUNS", "LEUKVIZ_CACHE"
 OFFLINE, CPU_BF16, MALLOC_TUNE, DIST_TIMEOUT = ("LEUKVIZ_OFFLINE", "LEUKVIZ_CPU_BF16", "LEUKVIZ_MALLOC_TUNE",
                                                "LEUKVIZ_DIST_TIMEOUT")
+# Set by the device pool (runstore.pool) for each worker: its own device queue, so workers train at once.
+DEVICE_SLOT = "LEUKVIZ_DEVICE_SLOT"
 
 
 def offline() -> bool:

@@ -17,6 +17,7 @@ from filelock import FileLock, Timeout
 from leukviz.core import events, filenames, paths
 from leukviz.core.errors import LeukvizError
 from leukviz.core.storage import append_jsonl, read_json
+from leukviz.runstore import summary
 from leukviz.runstore.runs import AlreadyRunning, Run, _results_sound, write_status
 
 
@@ -155,6 +156,7 @@ def train(run: Run, *, resume: bool = False, device: str = "auto", log: Callable
                                 resume=resume, device_pref=device, log=log, fingerprint=fingerprint)
         write_status(run, "finished", metrics=result, seconds=time.time() - t0)
         _drop_resume_state(run, log)
+        _summarise(run, log)
         return result
     except engine.Stopped as e:
         write_status(run, "stopped", error=str(e))
@@ -176,6 +178,15 @@ def _drop_resume_state(run: Run, log: Callable[[str], None]) -> None:
         log(f"could not delete {filenames.RESUME} of the finished run ({e.strerror or e}); it is not needed")
 
 
+def _summarise(run: Run, log: Callable[[str], None]) -> None:
+    """Summarise the finished run once (runstore.summary), so listings read the summary and not its files.
+    Best effort: the run is finished either way, and a listing computes a missing summary itself."""
+    try:
+        summary.refresh(run)
+    except Exception as e:  # noqa: BLE001 - never turn a finished run into a failed one
+        log(f"could not store the run's summary ({e}); listings compute it when they first read the run")
+
+
 class _device_slot:
     """One training at a time per device: later runs wait here, as 'queued', until the device is free."""
 
@@ -185,6 +196,7 @@ class _device_slot:
         kind = devices.pick_device(device).type
         if kind == "cuda":  # one queue per visible GPU set, so folds pinned to different GPUs run in parallel
             kind += os.environ.get("CUDA_VISIBLE_DEVICES", "").replace(",", "-")
+        kind += os.environ.get(paths.DEVICE_SLOT, "")  # a device pool's worker: a queue of its own
         self.lock = FileLock(str(run.dir.parent / filenames.device_lock(kind)))
         self.should_stop = should_stop
         self.enabled = int(os.environ.get("WORLD_SIZE", "1")) == 1

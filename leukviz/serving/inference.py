@@ -188,6 +188,14 @@ def table_frame(rows: Sequence[dict]) -> pd.DataFrame:
                         + ["calibrated", "temperature", "ood", "ood_reasons", "error"])
 
 
+def table_columns(models: Sequence[LoadedModel]) -> list[str]:
+    """table_frame's columns for these models' classes, known before any row (a streamed table's header: a
+    batch of only unreadable images still writes every column)."""
+    rows = [{**{f"prob_{c}": 0.0 for c in lm.classes}, **{f"prob_raw_{c}": 0.0 for c in lm.classes}}
+            for lm in models]
+    return list(table_frame(rows).columns)
+
+
 def predict_table(models: Sequence[str | Path | LoadedModel], files: Sequence[str | Path],
                   tta: bool = False) -> pd.DataFrame:
     """Predict files with every model: one row per image per model, table_frame's columns (calibrated
