@@ -119,9 +119,9 @@ def _ood_text(r: dict) -> str:
 
 
 def _scores_text(res: dict) -> str:
-    return (f"accuracy {_fmt(res['accuracy'])}, weighted F1 {_fmt(res['weighted_f1'])} (the C-NMC metric), "
-            f"balanced accuracy {_fmt(res['balanced_accuracy'])}, sensitivity {_fmt(res['sensitivity'])}, "
-            f"specificity {_fmt(res['specificity'])}, ROC AUC {_fmt(res['roc_auc'])}, ECE {_fmt(res['ece'])}")
+    from leukviz.scoring import registry
+
+    return registry.scores_text(res, _fmt)
 
 
 def _vote_text(vote: dict) -> str:

@@ -28,7 +28,7 @@ from leukviz.runstore.names import (
     run_name,
     split_text,
 )
-from leukviz.scoring import health, metrics, predictions
+from leukviz.scoring import health, metrics, predictions, registry
 
 
 @dataclass
@@ -142,7 +142,7 @@ def training_seconds(run: runs.Run) -> float | None:
 COMPARE_COLUMNS = {
     "model": "Model", "val_accuracy": "Val. accuracy", "weighted_f1": "Weighted F1",
     "weighted_f1_ci": "Weighted F1 95 % CI",
-    "sensitivity": "Sensitivity (all)", "specificity": "Specificity", "roc_auc": "ROC AUC",
+    **{k: registry.column(k) for k in ("sensitivity", "specificity", "roc_auc")},
     "train_time": "Training time", "ms_per_image": "Inference (ms / image)", "params_m": "Parameters (M)",
     "checkpoint_mb": "Checkpoint (MB)", "weights": "Weights", "split": "Split", "image_size": "Image size",
     "epochs": "Epochs", "run_id": "Run",
@@ -208,10 +208,9 @@ def time_per_image(lm: Any, repeats: int = 5, warmup: int = 2) -> float:
 
 # ---------------------------------------------------------------------------------------------- repeats, intervals, tests
 
-SCORE_TEXT = {"weighted_f1": "weighted F1", "accuracy": "accuracy", "sensitivity": "sensitivity (all)",
-              "specificity": "specificity", "roc_auc": "ROC AUC"}
-SHORT_TEXT = {"weighted_f1": "weighted F1 [95 % CI]", "accuracy": "accuracy", "sensitivity": "sensitivity (all)",
-              "specificity": "specificity (hem)", "roc_auc": "ROC AUC"}
+# The compared scores in words, from the score registry (weighted F1 first: the C-NMC metric).
+SCORE_TEXT = {k: registry.text(k) for k in sorted(metrics.SCORES, key=lambda k: k != "weighted_f1")}
+SHORT_TEXT = {**SCORE_TEXT, "weighted_f1": "weighted F1 [95 % CI]"}
 PAIRED_SCORES = ("weighted_f1", "accuracy")
 ENSEMBLE = "Ensemble"
 

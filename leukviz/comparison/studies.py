@@ -266,7 +266,10 @@ def reproduce_paper(study: PaperStudy, runs_dir: str | Path | None = None, log: 
 
 # ---------------------------------------------------------------------------------------------- subjects
 
-STUDY_METRICS = ("weighted_f1", "accuracy", "hem_recall", "roc_auc")
+# The study's scores, by the key its records and table use -> the score registry's name ("hem_recall" is the
+# specificity of C-NMC, whose negative class is hem).
+STUDY_SCORES = {"weighted_f1": "weighted_f1", "accuracy": "accuracy", "hem_recall": "specificity", "roc_auc": "roc_auc"}
+STUDY_METRICS = tuple(STUDY_SCORES)
 # What a variant (--vary) may not change: these define the study itself (its people, folds, seeds, budget).
 STUDY_FIXED = ("backbone", "weights", "data", "preset", "image_size", "epochs", "split", "val_fold", "n_folds",
                "val_fraction", "seed", "split_seed")
@@ -331,11 +334,8 @@ def late_drop(f1s: list[float]) -> float:
 
 def score_run(y: np.ndarray, prob: np.ndarray, subjects: np.ndarray, classes: Sequence[str]) -> dict:
     """The study's scores of one model on its validation subjects."""
-    pos = metrics.positive_index(classes)
     pred = prob.argmax(1)
-    _, spec = metrics.sensitivity_specificity(y, pred, pos)
-    return {"weighted_f1": metrics.weighted_f1(y, pred), "accuracy": metrics.accuracy(y, pred),
-            "hem_recall": spec, "roc_auc": metrics.roc_auc(y, prob, pos),
+    return {**{key: metrics.score(name, y, prob, classes) for key, name in STUDY_SCORES.items()},
             "per_subject": {str(s): float(np.mean(pred[subjects == s] == y[subjects == s]))
                             for s in sorted(set(subjects))}}
 
