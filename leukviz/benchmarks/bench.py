@@ -307,20 +307,19 @@ def time_leukviz(model: nn.Module, cfg: RunConfig, train_x: torch.Tensor, train_
                 m.to(memory_format=torch.contiguous_format)  # in place: the optimizer keeps its parameters
         state.train_model = _NCHW(state.model)
     engine.set_train_mode(state.train_model, state.frozen, cfg.freeze_bn)
-    hooks = engine.Hooks()
     warm = [epoch1[i % len(epoch1)] for i in range(warmup)]
-    engine.train_one_epoch(state, warm, 1, hooks)
+    engine.train_one_epoch(state, warm, 1)
     batches = engine.epoch_batches(n, cfg.batch_size, cfg.seed, 2, d)
     _sync(device)
     t = time.perf_counter()
     if timed is None:  # one whole epoch
-        engine.train_one_epoch(state, batches, 1, hooks)
+        engine.train_one_epoch(state, batches, 1)
         images = int(sum(len(b) for b in batches))
     else:  # at least `timed` batches, and more until min_seconds have passed
         images = done = 0
         while done < timed or time.perf_counter() - t < min_seconds:
             b = batches[done % len(batches)]
-            engine.train_one_epoch(state, [b], 1, hooks)
+            engine.train_one_epoch(state, [b], 1)
             images += len(b)
             done += 1
     _sync(device)
@@ -339,7 +338,7 @@ def time_head_fast(model: nn.Module, cfg: RunConfig, images: np.ndarray, train_y
     steps = len(engine.epoch_batches(n, cfg.batch_size, cfg.seed, 1, d))
     state = engine.setup_training(cfg, model, torch.from_numpy(np.ascontiguousarray(images)), train_y, 2, device,
                                   d, steps * HEAD_EPOCHS)
-    model, head, amp = state.model, state.head_name, state.amp
+    model, head, amp = state.model, state.spec.head, state.amp
     fb = features.feature_batch_size(cfg.image_size)
     part = images[:min(n, part_size)] if part_size else images
     if part_size:  # the first batch creates the kernels: one small warm-up so one timed batch is representative
@@ -356,7 +355,7 @@ def time_head_fast(model: nn.Module, cfg: RunConfig, images: np.ndarray, train_y
     t = time.perf_counter()
     for epoch in range(1, HEAD_EPOCHS + 1):
         batches = engine.epoch_batches(n, cfg.batch_size, cfg.seed, epoch, d)
-        engine.train_one_epoch(state, batches, epoch, engine.Hooks())
+        engine.train_one_epoch(state, batches, epoch)
     _sync(device)
     head_seconds = time.perf_counter() - t
     return {"feature_seconds": feature_seconds, "head_epochs_seconds": head_seconds,
