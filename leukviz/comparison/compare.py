@@ -139,10 +139,12 @@ def training_seconds(run: runs.Run) -> float | None:
     return sum(secs) if secs else None
 
 
+# The registered scores (scoring/registry.py) Compare's per-run table shows beside accuracy and weighted F1.
+RUN_SCORES = ("sensitivity", "specificity", "roc_auc")
 COMPARE_COLUMNS = {
     "model": "Model", "val_accuracy": "Val. accuracy", "weighted_f1": "Weighted F1",
     "weighted_f1_ci": "Weighted F1 95 % CI",
-    **{k: registry.column(k) for k in ("sensitivity", "specificity", "roc_auc")},
+    **{k: registry.column(k) for k in RUN_SCORES},
     "train_time": "Training time", "ms_per_image": "Inference (ms / image)", "params_m": "Parameters (M)",
     "checkpoint_mb": "Checkpoint (MB)", "weights": "Weights", "split": "Split", "image_size": "Image size",
     "epochs": "Epochs", "run_id": "Run",
@@ -161,7 +163,7 @@ def compare_row(ev: Evaluation, seconds_per_image: float | None = None) -> dict:
         "weighted_f1_ci": format_interval(metrics.subject_bootstrap(
             ev.y, ev.probs, ev.classes, ev.val.subjects if ev.val else None, scores=("weighted_f1",),
             n_resamples=1000)["scores"]["weighted_f1"]),
-        "sensitivity": s["sensitivity"], "specificity": s["specificity"], "roc_auc": s["roc_auc"],
+        **{k: s[k] for k in RUN_SCORES},
         "train_time": format_duration(training_seconds(run)),
         "ms_per_image": None if seconds_per_image is None else seconds_per_image * 1000,
         "params_m": meta["params"] / 1e6 if meta.get("params") else None,

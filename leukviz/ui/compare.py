@@ -185,7 +185,7 @@ short = {  # short headers (each with its full name as help), so the table fits 
     "weighted_f1": st.column_config.NumberColumn("F1", format="%.3f", help="Validation weighted F1 (C-NMC's metric)"),
     "weighted_f1_ci": st.column_config.TextColumn("F1 95 % CI", help="Bootstrap over subjects"),
     **{k: st.column_config.NumberColumn(registry.get(k).short, format=registry.number_format(k), help=registry.get(k).help)
-       for k in ("sensitivity", "specificity", "roc_auc")},  # as the score registry words them
+       for k in compare.RUN_SCORES},  # as the score registry words them
     "train_time": st.column_config.TextColumn("Training", help="Training time (epochs and validation)"),
     "ms_per_image": st.column_config.NumberColumn("ms / img", format="%.1f",
                                                   help="Inference, one image at a time on this device"),
