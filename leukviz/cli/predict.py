@@ -27,12 +27,12 @@ def _collect_images(items: list[str]) -> list[str]:
     for item in items:
         p = Path(item)
         if p.is_dir():
-            out.extend(str(f) for f in sorted(p.rglob("*")) if f.is_file() and data._is_image(f))
+            out.extend(str(f) for f in sorted(p.rglob("*")) if f.is_file() and data.is_image(f))
         elif p.suffix.lower() == ".zip":
             dest = paths.cache_root() / filenames.PREDICT_ZIP_CACHE / f"{p.stem}-{int(p.stat().st_mtime)}"
             dest.parent.mkdir(parents=True, exist_ok=True)
             root = data.extract_zip(p, dest)
-            out.extend(str(f) for f in sorted(root.rglob("*")) if f.is_file() and data._is_image(f))
+            out.extend(str(f) for f in sorted(root.rglob("*")) if f.is_file() and data.is_image(f))
         elif p.is_file():  # a regular file: a FIFO or a device would block the read, or never end
             out.append(str(p))
         elif p.exists():

@@ -4,7 +4,6 @@ subject-grouped cross-validation against the plain hand-written loop."""
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -280,20 +279,10 @@ Variant = tuple[tuple[str, object], ...]
 
 
 def _setting_value(name: str, text: str, kind: type) -> object:
-    if kind is bool:
-        low = text.strip().lower()
-        if low in ("true", "yes", "on", "1"):
-            return True
-        if low in ("false", "no", "off", "0"):
-            return False
-        raise config.ConfigError(f"{name} is true or false, got {text!r}")
     try:
-        value = kind(text)
-    except ValueError:
-        raise config.ConfigError(f"{name} takes a{'n' if kind is int else ''} {kind.__name__}, got {text!r}") from None
-    if kind is float and not math.isfinite(value):
-        raise config.ConfigError(f"{name} takes a finite number, got {text!r}")
-    return value
+        return config.parse_value(text, kind)
+    except ValueError as e:
+        raise config.ConfigError(f"{name} {e}") from None
 
 
 def parse_variant(text: str) -> Variant:

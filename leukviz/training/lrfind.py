@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from leukviz.core import paths
+from leukviz.core import durations, paths
 from leukviz.core.errors import LeukvizError
 from leukviz.core.storage import atomic_write_json, read_json
 from leukviz.datasets import data
@@ -271,17 +271,7 @@ def find(cfg: RunConfig, fingerprint: str, cache_dir: Path | None = None, device
     return res, False
 
 
-def _about(seconds: float) -> str:
-    """A rough duration for an estimate: '45 s', '1 min 10 s', '3 min', '1 h 05 min' (the forms of
-    names.format_duration's wording, rounded; lrfind sits below the run store and does not import it)."""
-    seconds = max(0.0, float(seconds))
-    if 5 * round(seconds / 5) < 60:
-        return f"{max(5, 5 * round(seconds / 5))} s"
-    if 10 * round(seconds / 10) < 3600:
-        m, s = divmod(10 * round(seconds / 10), 60)
-        return f"{m} min {s} s" if s else f"{m} min"
-    total = 60 * round(seconds / 60)
-    return f"{total // 3600} h {total % 3600 // 60:02d} min"
+_about = durations.about  # the one duration wording (core/durations.py), rounded for an estimate
 
 
 def progress_text(info: dict | None, now: float | None = None) -> tuple[float, str]:
