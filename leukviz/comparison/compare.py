@@ -219,7 +219,7 @@ ENSEMBLE = "Ensemble"
 
 def config_key(run: runs.Run) -> str:
     """Runs of one configuration that differ only in seed (repeats) share this key (config.repeat_key)."""
-    return config.repeat_key(run.config, run.info.get("dataset_fingerprint", "?"))
+    return run.repeat_key
 
 
 def _value_text(name: str, v: Any) -> str:
