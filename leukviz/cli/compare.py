@@ -5,24 +5,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from leukviz.cli.common import CliError, _bounded, _out, _output_file, _selected_runs
+from leukviz.cli.common import CliError, _bounded, _out, _output_file, _selected_runs, _without_degenerate
 
 
 def _comparable(run_args: list[str], runs_dir) -> list:
     """The runs to compare: ids (a unique prefix is enough) or 'all'; they must share their validation
     cells (one comparable group), except that 'all' takes the largest group and says so."""
     from leukviz.comparison import compare
-    from leukviz.scoring import health
 
     chosen = [r for arg in run_args for r in _selected_runs(arg, runs_dir)]
     chosen = list({r.run_id: r for r in chosen if r.is_usable}.values())
     if run_args == ["all"]:  # as the Compare page's default: a degenerate run only when named (or all there is)
-        left = [r for r in chosen if health.of_run_dir(r.dir).degenerate]
-        left = left if len(left) < len(chosen) else []
-        for r in left:
-            print(f"run {r.run_id} left out: degenerate ({'; '.join(health.of_run_dir(r.dir).reasons)}); name it to "
-                  "compare it", file=sys.stderr)
-        chosen = [r for r in chosen if r not in left]
+        chosen = _without_degenerate(chosen, "compare")
     if not chosen:
         raise CliError("no finished runs among those given; `runs list` shows them")
     groups = compare.comparable_groups(chosen)
@@ -39,7 +33,7 @@ def cmd_compare(args) -> int:
     """Runs side by side: mean ± sd over seeds, subject-bootstrap intervals, paired tests, the ensemble."""
     from leukviz.comparison import compare
 
-    report_path = _output_file(args.report, "--report") if args.report else None
+    report_path = _output_file(args.report, "--report", "report.html") if args.report is not None else None
     evals, chosen = [], _comparable(args.runs, args.runs_dir)
     for problem in compare.backfill_test(chosen):
         print(problem, file=sys.stderr)
@@ -53,10 +47,10 @@ def cmd_compare(args) -> int:
     rep = compare.build_report(evals, n_resamples=args.resamples)
     if report_path is not None:
         from leukviz.app import report
-        from leukviz.core.storage import atomic_write_bytes
+        from leukviz.core.storage import write_output
 
-        atomic_write_bytes(report_path, report.html_report(evals, rep=rep.to_dict()).encode())
-        print(f"wrote the report to {report_path}", file=sys.stderr)
+        write_output(report_path, report.html_report(evals, rep=rep.to_dict()).encode())
+        print(f"wrote the report to {report_path.shown}", file=sys.stderr)
     _out(args, compare.report_text(rep), rep.to_dict())
     return 0
 
