@@ -29,10 +29,24 @@ def tiny_data(tmp_path_factory) -> Path:
     return generate_demo(tmp_path_factory.mktemp("tiny"), seed=1, n_subjects=6, image_size=64, workers=1)
 
 
+def data_required() -> bool:
+    """In CI (CI=true, as CI services set it, or LEUKVIZ_REQUIRE_DATA=1, as .ci/run sets it) the tests on the real
+    data beside the repo must run: a missing folder fails them, as LEUKVIZ_REQUIRE_BROWSER does the browser test.
+    A newcomer's clone without ../shared/data skips them, saying where the data is expected."""
+    return os.environ.get("CI", "").lower() == "true" or os.environ.get("LEUKVIZ_REQUIRE_DATA") == "1"
+
+
+def missing_data(reason: str) -> None:
+    """Skip (a clone without the data) or, where the data is required (data_required), fail, with the reason."""
+    if data_required():
+        pytest.fail(f"real data required in CI (CI=true or LEUKVIZ_REQUIRE_DATA=1) but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def cnmc_mini() -> Path:
     if not (CNMC_MINI / "training_data").is_dir():
-        pytest.skip(f"real C-NMC sample not found at {CNMC_MINI} (it lives in ../shared/data beside the repo)")
+        missing_data(f"real C-NMC sample not found at {CNMC_MINI} (it lives in ../shared/data beside the repo)")
     return CNMC_MINI
 
 
@@ -48,7 +62,7 @@ CNMC_DEV = (REPO / ".." / "shared" / "data" / "cnmc-fold1-dev").resolve()
 def cnmc_dev() -> Path:
     """The real fold-1 development folder (one sub-folder per class, C-NMC names), beside the repo."""
     if not (CNMC_DEV / "all").is_dir() or not (CNMC_DEV / "hem").is_dir():
-        pytest.skip(f"real C-NMC development folder not found at {CNMC_DEV} (it lives in ../shared/data)")
+        missing_data(f"real C-NMC development folder not found at {CNMC_DEV} (it lives in ../shared/data)")
     return CNMC_DEV
 
 

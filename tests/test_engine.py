@@ -291,7 +291,8 @@ def test_recomputed_batchnorm_statistics_replace_the_stale_running_ones():
     frozen_before = model[4].running_var.clone()
     images = torch.randint(0, 256, (40, 16, 16, 3), dtype=torch.uint8)
     state = SimpleNamespace(train_model=model, scored=model, feats=None, train_x=images, amp=None,
-                            cfg=SimpleNamespace(backbone="googlenet"), device=torch.device("cpu"))
+                            cfg=SimpleNamespace(backbone="googlenet"),
+                            spec=engine.backbones.get_spec("googlenet"), device=torch.device("cpu"))
     assert engine.recompute_bn_stats(state) == 1
     with torch.no_grad():
         x = engine.to_input(images, "googlenet", torch.device("cpu"))
@@ -309,3 +310,46 @@ def test_the_presets_recompute_batchnorm_statistics_and_old_runs_keep_their_ids(
     stored = old.to_dict()
     del stored["bn_stats"]  # a run written before the field: read back, it is the same run
     assert config.RunConfig.from_dict(stored).identity("fp") == old.identity("fp")
+
+
+# ---------------------------------------------------------------------------------------------- the loop protocol
+
+class _Listener(callbacks.Callback):
+    """Records every event it hears (with the epoch), and ends the run after the epoch `stop_after`."""
+
+    def __init__(self, stop_after: int = 0):
+        self.heard: list[tuple[str, int]] = []
+        self.stop_after = stop_after
+        for event in callbacks.EVENTS:
+            setattr(self, event, lambda state, event=event: self._hear(event, state))
+
+    def _hear(self, event: str, state) -> None:
+        self.heard.append((event, state.epoch))
+        if event == "after_epoch" and state.epoch == self.stop_after:
+            state.stop_fit = True
+
+
+def test_fit_announces_named_events_to_extra_callbacks_and_a_callback_ends_the_run(tiny_data, tmp_path):
+    """fit(..., callbacks=[...]): an extra listener hears the events in the protocol's order (a step's two
+    events inside their epoch), and one that sets stop_fit after epoch 1 of 3 ends the run there, after_fit
+    still announced; the run's own callbacks ran too (its checkpoint and epoch event exist)."""
+    from leukviz.core import events as ev_types
+    from leukviz.core.filenames import CHECKPOINT
+
+    cfg = resolve("googlenet", "quick", "none", str(tiny_data), epochs=3, image_size=32, batch_size=32,
+                  average="none", select="best")
+    listener, emitted = _Listener(stop_after=1), []
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    engine.fit(cfg, run_dir, emitted.append, cache_dir=tmp_path / "cache", log=lambda s: None,
+               callbacks=[listener])
+    names = [e for e, _ in listener.heard]
+    assert names[0] == "before_fit" and names[-1] == "after_fit" and names[1] == "before_epoch"
+    steps = [e for e in names if e.endswith("_step")]
+    assert steps and steps[::2] == ["before_step"] * (len(steps) // 2) and len(steps) % 2 == 0
+    assert names.index("after_epoch") > max(i for i, e in enumerate(names) if e == "after_step")
+    assert {epoch for e, epoch in listener.heard if e == "after_epoch"} == {1}  # ended after epoch 1 of 3
+    assert [e["epoch"] for e in emitted if e["type"] == ev_types.EPOCH] == [1]
+    assert (run_dir / CHECKPOINT).is_file()
+    with pytest.raises(ValueError, match="unknown loop event"):
+        callbacks.Callbacks([listener])("after_batch", None)

@@ -48,6 +48,7 @@ def test_the_event_schema_has_one_owner():
 
     assert set(events.FIELDS) == set(events.TYPES)
     assert events.problem({"type": events.BATCH, "epoch": 1, "step": True, "steps": 3, "loss": 0.1, "acc": 0.2})
-    assert events.problem({"type": events.EPOCH, "epoch": -1}) == 'a epoch event whose "epoch" is -1'
+    said = events.problem({"type": events.EPOCH, "epoch": -1})  # names the event's type, the field, the value
+    assert said and events.EPOCH in said and '"epoch"' in said and "-1" in said
     assert events.problem({"type": events.START, "epoch": 0, "epochs": 3}) is None
     assert events.problem({"type": "future-kind"}) is None

@@ -66,7 +66,7 @@ def test_staged_trains_the_head_alone_first_then_every_layer_at_lower_rates_for_
     engine.begin_epoch(state, 1)
     engine.set_train_mode(state.train_model, state.frozen, False)
     batches = engine.epoch_batches(16, 8, 0, 1, state.dist)
-    engine.train_one_epoch(state, batches, 1, engine.Hooks())
+    engine.train_one_epoch(state, batches, 1)
     after_head = _snapshot(model)
     body = [k for k in start if not k.startswith(head + ".")]
     assert body and all(torch.equal(start[k], after_head[k]) for k in body)
@@ -77,7 +77,7 @@ def test_staged_trains_the_head_alone_first_then_every_layer_at_lower_rates_for_
     engine.begin_epoch(state, 2)
     assert state.frozen == [] and all(p.requires_grad for p in model.parameters())
     engine.set_train_mode(state.train_model, state.frozen, False)
-    engine.train_one_epoch(state, batches[:1], 2, engine.Hooks())
+    engine.train_one_epoch(state, batches[:1], 2)
     moved, rates = [], []
     for group in state.opt.param_groups[:-1]:
         steps = torch.cat([(p.detach() - before).abs().flatten()

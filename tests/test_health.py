@@ -125,8 +125,9 @@ def test_predict_says_why_a_confidence_is_not_calibrated():
 
     p = prediction.ModelPrediction("m", "r", None, "hem", 0.502, {"hem": 0.502, "all": 0.498},
                                    calibration_note="not calibrated: the fitted temperature reached its bound (T = 20.00)")
-    assert prediction.calibration_text(p) == ("not calibrated (the fitted temperature reached its bound (T = 20.00)): "
-                                              "the model's raw softmax")
+    said = prediction.calibration_text(p)  # that it is not calibrated, why (the bound, its T), and what is shown
+    assert said.startswith("not calibrated") and "bound" in said and "T = 20.00" in said and "raw softmax" in said
+    assert said.count("not calibrated") == 1  # the note's own "not calibrated:" is not repeated
 
 
 def test_compare_all_leaves_a_degenerate_run_out_and_runs_list_says_why(tmp_path, capsys):

@@ -286,7 +286,8 @@ def test_a_sweep_with_no_finite_loss_is_an_error_and_caches_nothing(tmp_path, mo
     state = SimpleNamespace(train_model=model, frozen=[], opt=torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1),
                             device=torch.device("cpu"), train_x=torch.zeros((8, 8, 8, 3), dtype=torch.uint8),
                             train_y=torch.zeros(8, dtype=torch.long), dist=engine.Dist(), amp=None,
-                            criterion=torch.nn.CrossEntropyLoss(), feats=None, scaler=None)
+                            criterion=torch.nn.CrossEntropyLoss(), feats=None, scaler=None,
+                            spec=engine.backbones.get_spec("googlenet"))
     monkeypatch.setattr(engine, "setup", lambda *a, **k: state)
     cfg = config.resolve("googlenet", "quick", "none", "demo", batch_size=4)
     state.cfg = cfg

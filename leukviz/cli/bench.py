@@ -53,7 +53,7 @@ def _bench_scale(args, log) -> int:
     if not run.is_usable:
         raise CliError(f"run {run.run_id} is not a finished, sound run: the scale section clones and predicts with one")
     folder = Path(args.scale_images or "")
-    images = sorted(f for f in folder.rglob("*") if f.is_file() and data._is_image(f)) if folder.is_dir() else []
+    images = sorted(f for f in folder.rglob("*") if f.is_file() and data.is_image(f)) if folder.is_dir() else []
     if not images:
         raise CliError("give --scale-images FOLDER: a folder of cell images to link into the predict folders")
     res = scale.run(run.dir, images, log, quick=args.quick)

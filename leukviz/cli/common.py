@@ -118,28 +118,19 @@ MAX_SEED = 2**32 - 1  # numpy's and torch's generators take it; seeds derived fr
 
 def _seed_value(text: str) -> int:
     """--seed / --split-seed: a whole number from 0 to MAX_SEED, checked before any run folder is made."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 0 <= n <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"{n} is out of range: a seed is from 0 to {MAX_SEED}")
-    return n
+    return _bounded(0, MAX_SEED)(text)
 
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 def _bounded(low: int, high: int) -> Callable[[str], int]:
-    """An argparse type: a whole number from low to high, checked before any work."""
+    """An argparse type: a whole number from low to high, checked before any work (config.parse_value)."""
     def parse(text: str) -> int:
         try:
-            n = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if not low <= n <= high:
-            raise argparse.ArgumentTypeError(f"{n} is out of range: from {low} to {high}")
-        return n
+            return C.parse_value(text, int, low, high)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
     return parse
 
 

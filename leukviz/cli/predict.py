@@ -30,7 +30,7 @@ def _collect_images(items: list[str]) -> list[str]:
         p = Path(item)
         if p.is_dir():
             found = sorted(p.rglob("*"))
-            out.extend(str(f) for f in found if f.is_file() and data._is_image(f))
+            out.extend(str(f) for f in found if f.is_file() and data.is_image(f))
             odd = [f for f in found if not f.is_file() and not f.is_dir()]  # pipes, sockets, devices, broken links
             if odd:
                 print(f"skipped {len(odd)} file(s) in {item} that are not regular files (a pipe, socket, device or "
@@ -39,7 +39,7 @@ def _collect_images(items: list[str]) -> list[str]:
             dest = paths.cache_root() / filenames.PREDICT_ZIP_CACHE / f"{p.stem}-{int(p.stat().st_mtime)}"
             dest.parent.mkdir(parents=True, exist_ok=True)
             root = data.extract_zip(p, dest)
-            out.extend(str(f) for f in sorted(root.rglob("*")) if f.is_file() and data._is_image(f))
+            out.extend(str(f) for f in sorted(root.rglob("*")) if f.is_file() and data.is_image(f))
         elif p.is_file():  # a regular file: a FIFO or a device would block the read, or never end
             out.append(str(p))
         elif p.exists():
@@ -170,9 +170,9 @@ def _ood_text(r: dict) -> str:
 
 
 def _scores_text(res: dict) -> str:
-    return (f"accuracy {_fmt(res['accuracy'])}, weighted F1 {_fmt(res['weighted_f1'])} (the C-NMC metric), "
-            f"balanced accuracy {_fmt(res['balanced_accuracy'])}, sensitivity {_fmt(res['sensitivity'])}, "
-            f"specificity {_fmt(res['specificity'])}, ROC AUC {_fmt(res['roc_auc'])}, ECE {_fmt(res['ece'])}")
+    from leukviz.scoring import registry
+
+    return registry.scores_text(res, _fmt)
 
 
 def _vote_text(vote: dict) -> str:

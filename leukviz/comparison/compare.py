@@ -30,7 +30,7 @@ from leukviz.runstore.names import (
     setting_text,
     split_text,
 )
-from leukviz.scoring import health, metrics, predictions
+from leukviz.scoring import health, metrics, predictions, registry
 
 
 @dataclass
@@ -141,10 +141,12 @@ def training_seconds(run: runs.Run) -> float | None:
     return sum(secs) if secs else None
 
 
+# The registered scores (scoring/registry.py) Compare's per-run table shows beside accuracy and weighted F1.
+RUN_SCORES = ("sensitivity", "specificity", "roc_auc")
 COMPARE_COLUMNS = {
     "model": "Model", "val_accuracy": "Val. accuracy", "weighted_f1": "Weighted F1",
     "weighted_f1_ci": "Weighted F1 95 % CI",
-    "sensitivity": "Sensitivity (all)", "specificity": "Specificity", "roc_auc": "ROC AUC",
+    **{k: registry.column(k) for k in RUN_SCORES},
     "train_time": "Training time", "ms_per_image": "Inference (ms / image)", "params_m": "Parameters (M)",
     "checkpoint_mb": "Checkpoint (MB)", "weights": "Weights", "split": "Split", "image_size": "Image size",
     "epochs": "Epochs", "run_id": "Run",
@@ -163,7 +165,7 @@ def compare_row(ev: Evaluation, seconds_per_image: float | None = None) -> dict:
         "weighted_f1_ci": format_interval(metrics.subject_bootstrap(
             ev.y, ev.probs, ev.classes, ev.val.subjects if ev.val else None, scores=("weighted_f1",),
             n_resamples=1000)["scores"]["weighted_f1"]),
-        "sensitivity": s["sensitivity"], "specificity": s["specificity"], "roc_auc": s["roc_auc"],
+        **{k: s[k] for k in RUN_SCORES},
         "train_time": format_duration(training_seconds(run)),
         "ms_per_image": None if seconds_per_image is None else seconds_per_image * 1000,
         "params_m": meta["params"] / 1e6 if meta.get("params") else None,
@@ -210,17 +212,16 @@ def time_per_image(lm: Any, repeats: int = 5, warmup: int = 2) -> float:
 
 # ---------------------------------------------------------------------------------------------- repeats, intervals, tests
 
-SCORE_TEXT = {"weighted_f1": "weighted F1", "accuracy": "accuracy", "sensitivity": "sensitivity (all)",
-              "specificity": "specificity", "roc_auc": "ROC AUC"}
-SHORT_TEXT = {"weighted_f1": "weighted F1 [95 % CI]", "accuracy": "accuracy", "sensitivity": "sensitivity (all)",
-              "specificity": "specificity (hem)", "roc_auc": "ROC AUC"}
+# The compared scores in words, from the score registry (weighted F1 first: the C-NMC metric).
+SCORE_TEXT = {k: registry.text(k) for k in sorted(metrics.SCORES, key=lambda k: k != "weighted_f1")}
+SHORT_TEXT = {**SCORE_TEXT, "weighted_f1": "weighted F1 [95 % CI]"}
 PAIRED_SCORES = ("weighted_f1", "accuracy")
 ENSEMBLE = "Ensemble"
 
 
 def config_key(run: runs.Run) -> str:
     """Runs of one configuration that differ only in seed (repeats) share this key (config.repeat_key)."""
-    return config.repeat_key(run.config, run.info.get("dataset_fingerprint", "?"))
+    return run.repeat_key
 
 
 def setting_labels(firsts: Sequence[runs.Run], most: int = 3) -> list[str]:

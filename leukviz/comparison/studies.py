@@ -4,7 +4,6 @@ subject-grouped cross-validation against the plain hand-written loop."""
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -266,7 +265,10 @@ def reproduce_paper(study: PaperStudy, runs_dir: str | Path | None = None, log: 
 
 # ---------------------------------------------------------------------------------------------- subjects
 
-STUDY_METRICS = ("weighted_f1", "accuracy", "hem_recall", "roc_auc")
+# The study's scores, by the key its records and table use -> the score registry's name ("hem_recall" is the
+# specificity of C-NMC, whose negative class is hem).
+STUDY_SCORES = {"weighted_f1": "weighted_f1", "accuracy": "accuracy", "hem_recall": "specificity", "roc_auc": "roc_auc"}
+STUDY_METRICS = tuple(STUDY_SCORES)
 # What a variant (--vary) may not change: these define the study itself (its people, folds, seeds, budget).
 STUDY_FIXED = ("backbone", "weights", "data", "preset", "image_size", "epochs", "split", "val_fold", "n_folds",
                "val_fraction", "seed", "split_seed")
@@ -277,20 +279,10 @@ Variant = tuple[tuple[str, object], ...]
 
 
 def _setting_value(name: str, text: str, kind: type) -> object:
-    if kind is bool:
-        low = text.strip().lower()
-        if low in ("true", "yes", "on", "1"):
-            return True
-        if low in ("false", "no", "off", "0"):
-            return False
-        raise config.ConfigError(f"{name} is true or false, got {text!r}")
     try:
-        value = kind(text)
-    except ValueError:
-        raise config.ConfigError(f"{name} takes a{'n' if kind is int else ''} {kind.__name__}, got {text!r}") from None
-    if kind is float and not math.isfinite(value):
-        raise config.ConfigError(f"{name} takes a finite number, got {text!r}")
-    return value
+        return config.parse_value(text, kind)
+    except ValueError as e:
+        raise config.ConfigError(f"{name} {e}") from None
 
 
 def parse_variant(text: str) -> Variant:
@@ -331,11 +323,8 @@ def late_drop(f1s: list[float]) -> float:
 
 def score_run(y: np.ndarray, prob: np.ndarray, subjects: np.ndarray, classes: Sequence[str]) -> dict:
     """The study's scores of one model on its validation subjects."""
-    pos = metrics.positive_index(classes)
     pred = prob.argmax(1)
-    _, spec = metrics.sensitivity_specificity(y, pred, pos)
-    return {"weighted_f1": metrics.weighted_f1(y, pred), "accuracy": metrics.accuracy(y, pred),
-            "hem_recall": spec, "roc_auc": metrics.roc_auc(y, prob, pos),
+    return {**{key: metrics.score(name, y, prob, classes) for key, name in STUDY_SCORES.items()},
             "per_subject": {str(s): float(np.mean(pred[subjects == s] == y[subjects == s]))
                             for s in sorted(set(subjects))}}
 

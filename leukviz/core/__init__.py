@@ -1,4 +1,5 @@
 """The ground floor, torch-free: the errors every layer raises, the run folder's file names (filenames), atomic
-writes and tolerant readers (storage), and the typed training events."""
+writes and tolerant readers (storage), the typed training events, the LEUKVIZ_* paths (paths) and durations in
+words (durations)."""
 
-__all__ = ["errors", "events", "filenames", "paths", "storage"]
+__all__ = ["durations", "errors", "events", "filenames", "paths", "storage"]

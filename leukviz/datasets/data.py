@@ -1,8 +1,9 @@
 """The dataset itself: open_dataset (demo, C-NMC as downloaded, class-per-folder trees, train/val/test trees,
 zips), its content digests and fingerprint, the leakage and naming checks made when it is opened, inspect.
 
-It is also the dataset layer's public surface: callers use `data.X` for what lives in the modules below
-(decode, layouts, archives, splits, imagecache, cachedir, dataset), re-imported here."""
+It is also the dataset layer's public surface: callers outside the layer use `data.X` for what lives in the
+modules below (decode, layouts, archives, splits, imagecache, cachedir, dataset), re-imported here; __all__ (at
+the end) is that surface, and tests/test_structure.py holds the callers to it."""
 
 from __future__ import annotations
 
@@ -36,11 +37,11 @@ from leukviz.datasets.decode import (  # noqa: F401
     IMAGE_EXTS,
     MAX_PIXELS,
     ImageError,
-    _is_image,
     cell_box,
     crop_to_cell,
     decode_rgb,
     fit_image,
+    is_image,
     load_image,
 )
 from leukviz.datasets.imagecache import CacheInterrupted, check_decoded, image_cache  # noqa: F401
@@ -251,3 +252,12 @@ def inspect(ds: Dataset) -> dict:
     out["test"] = {"n": int(len(test)), "sets": sorted(set(test["set"])),
                    "per_class": {c: int((test["label"] == i).sum()) for i, c in enumerate(ds.classes)}}
     return out
+
+
+# The dataset layer's public surface: what the layers above use (tests/test_structure.py checks it).
+__all__ = ["CELL_WINDOW", "POOL_SETS", "SPLIT_METHODS", "CacheInterrupted", "DataError", "Dataset", "Image",
+           "ImageError", "Split", "as_uploaded", "cache_folder", "cell_box", "check_decoded", "content_digests",
+           "crop_to_cell", "decode_rgb", "default_split", "extract_zip", "find_cnmc_root", "fit_image",
+           "group_folds", "image_cache", "inspect", "is_image", "listing", "load_image", "make_split", "open_dataset",
+           "save_upload", "skipped_text", "split_of", "split_options", "split_problems", "subject_warnings",
+           "upload_name", "upload_refusal"]

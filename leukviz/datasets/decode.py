@@ -172,5 +172,8 @@ def fit_image(a: np.ndarray, size: int, crop: bool = True, window: float | None 
     return np.ascontiguousarray(a, dtype=np.uint8)
 
 
-def _is_image(p: Path) -> bool:
+def is_image(p: Path) -> bool:
     return p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".")
+
+
+_is_image = is_image  # the name the layer's modules used before it was public

@@ -117,7 +117,10 @@ register(BackboneSpec(
 ))
 
 
-def get_spec(name: str) -> BackboneSpec:
+def get_spec(name: str | BackboneSpec) -> BackboneSpec:
+    """A backbone's registry entry by name; a spec already resolved (a run's TrainState.spec) is itself."""
+    if isinstance(name, BackboneSpec):
+        return name
     try:
         return BACKBONES[name]
     except KeyError:

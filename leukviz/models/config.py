@@ -200,6 +200,29 @@ def from_stored(d: Any) -> RunConfig:
     return cfg
 
 
+def parse_value(text: str, kind: type, low: float | None = None, high: float | None = None) -> Any:
+    """The one parser of a setting's value from text (CLI flags, a study's --vary): bool (true/yes/on/1,
+    false/no/off/0), int, or a finite float, within [low, high] when given. A ValueError whose message
+    completes the setting's name: 'takes an int (a whole number), got 'big'', '5 is out of range: from 10 to 1000'."""
+    if kind is bool:
+        low_text = text.strip().lower()
+        if low_text in ("true", "yes", "on", "1"):
+            return True
+        if low_text in ("false", "no", "off", "0"):
+            return False
+        raise ValueError(f"is true or false, got {text!r}")
+    try:
+        value = kind(text)
+    except ValueError:
+        words = "an int (a whole number)" if kind is int else f"a{'n' if kind.__name__[0] in 'aeiou' else ''} {kind.__name__}"
+        raise ValueError(f"takes {words}, got {text!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise ValueError(f"takes a finite number, got {text!r}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ValueError(f"{value} is out of range: from {low} to {high}")
+    return value
+
+
 def _check(name: str, value: Any, choices: tuple) -> None:
     if value not in choices:
         raise ConfigError(f"invalid {name} {value!r}; choose one of: {', '.join(map(str, choices))}")

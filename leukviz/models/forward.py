@@ -11,10 +11,11 @@ import torch
 from torch import nn
 
 from leukviz.models import preprocess
+from leukviz.models.backbones import BackboneSpec
 from leukviz.models.devices import autocast
 
 
-def to_input(x_uint8: torch.Tensor, backbone: str, device: torch.device) -> torch.Tensor:
+def to_input(x_uint8: torch.Tensor, backbone: str | BackboneSpec, device: torch.device) -> torch.Tensor:
     """uint8 NHWC images on the CPU -> the model's normalised input on the device (pinned for a CUDA copy)."""
     non_blocking = device.type == "cuda"
     if non_blocking:
@@ -22,7 +23,7 @@ def to_input(x_uint8: torch.Tensor, backbone: str, device: torch.device) -> torc
     return preprocess.normalize(x_uint8.to(device, non_blocking=non_blocking), backbone)
 
 
-def outputs(model: nn.Module, images: np.ndarray | torch.Tensor, backbone: str, device: torch.device, *,
+def outputs(model: nn.Module, images: np.ndarray | torch.Tensor, backbone: str | BackboneSpec, device: torch.device, *,
             amp: torch.dtype | None = None, batch_size: int = 64,
             prepare: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Iterator[torch.Tensor]:
     """The model's output for each batch of `images`, in order: eval mode (every module's own mode is put back
@@ -50,7 +51,7 @@ def _batch(part: np.ndarray | torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(part if part.flags.writeable else part.copy())
 
 
-def evaluate(model: nn.Module, images: np.ndarray | torch.Tensor, labels: np.ndarray | None, backbone: str,
+def evaluate(model: nn.Module, images: np.ndarray | torch.Tensor, labels: np.ndarray | None, backbone: str | BackboneSpec,
              device: torch.device, *, criterion: nn.Module | None = None, batch_size: int = 64,
              amp: torch.dtype | None = None,
              prepare: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[float, np.ndarray]:

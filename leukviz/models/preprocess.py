@@ -23,22 +23,25 @@ if TYPE_CHECKING:
     from leukviz.models.config import RunConfig
 
 
-def normalize(images: torch.Tensor, backbone: str) -> torch.Tensor:
+def normalize(images: torch.Tensor, backbone: str | backbones.BackboneSpec) -> torch.Tensor:
     """uint8 NHWC images -> float NCHW (channels-last memory), scaled to [0, 1] and normalised with the
     backbone's mean and std: the one normalisation of training, validation, prediction and export."""
     import torch
 
     x = images.permute(0, 3, 1, 2).float().div_(255.0)  # NHWC storage seen as NCHW: channels-last for free
-    mean, std = _mean_std(backbone)
+    mean, std = _mean_std(backbone) if isinstance(backbone, str) else _spec_mean_std(backbone)
     mean, std = mean.to(x.device).view(1, 3, 1, 1), std.to(x.device).view(1, 3, 1, 1)
     return x.sub_(mean).div_(std).contiguous(memory_format=torch.channels_last)
 
 
 @functools.lru_cache(maxsize=None)
 def _mean_std(backbone: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return _spec_mean_std(backbones.get_spec(backbone))
+
+
+def _spec_mean_std(spec: backbones.BackboneSpec) -> tuple[torch.Tensor, torch.Tensor]:
     import torch
 
-    spec = backbones.get_spec(backbone)
     return torch.tensor(spec.mean), torch.tensor(spec.std)
 
 

@@ -3,12 +3,12 @@ report ('GoogLeNet · 1a2b3c', 'built-in demo', 'by subject (20 % validation, se
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from leukviz.core.durations import format_duration  # noqa: F401 - re-exported: names.format_duration
 from leukviz.datasets import data
 from leukviz.models import backbones
 from leukviz.models.config import RunConfig
@@ -33,20 +33,6 @@ def dataset_label(spec: str) -> str:
         return f"{uploaded} (uploaded)"
     p = Path(spec)
     return str(Path(*p.parts[-2:])) if len(p.parts) > 2 else str(p)
-
-
-def format_duration(seconds: float | None, short: bool = False) -> str:
-    """'2 min 05 s'; short (for a metric's narrow column): '125 s', '12.5 min', '3.2 h'."""
-    if seconds is None or not math.isfinite(seconds):
-        return "–"
-    if short:
-        return f"{seconds:.0f} s" if seconds < 600 else f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
-    seconds = max(0, round(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 def backbone_title(name: str) -> str:

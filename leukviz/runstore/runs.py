@@ -20,7 +20,7 @@ from leukviz.core import events, filenames, paths
 from leukviz.core.errors import LeukvizError
 from leukviz.core.storage import atomic_write_json, read_json, read_jsonl, read_text
 from leukviz.datasets import data
-from leukviz.models.config import RunConfig
+from leukviz.models.config import RunConfig, repeat_key
 from leukviz.runstore import processes, runfiles
 from leukviz.runstore.runfiles import Problem, RunFileError
 
@@ -104,6 +104,12 @@ class Run:
             return runfiles.read_sidecar(self.dir)
         except (RunFileError, OSError):
             return {}
+
+    @property
+    def repeat_key(self) -> str:
+        """Runs of one configuration that differ only in seed (repeats) share this key (config.repeat_key with
+        the dataset's fingerprint): the one key of the Overview's repeat groups and Compare's."""
+        return repeat_key(self.config, self.info.get("dataset_fingerprint", "?"))
 
     @property
     def created(self) -> float:

@@ -1,4 +1,7 @@
-"""Numbers from predictions, torch-free: the predictions file (predictions), the metrics (weighted F1,
-intervals, paired tests), the temperature calibration, and a finished run's health (degenerate or not)."""
+"""Numbers from predictions, torch-free: the predictions file (predictions), the scalar scores (scores), the
+score registry (registry: one spec per score), calibration-like scores (reliability), subject-bootstrap
+intervals (bootstrap), paired tests (paired), the words of a verdict (wording), all re-exported by metrics;
+the temperature calibration, and a finished run's health (degenerate or not)."""
 
-__all__ = ["calibration", "health", "metrics", "predictions"]
+__all__ = ["bootstrap", "calibration", "health", "metrics", "paired", "predictions", "registry", "reliability",
+           "scores", "wording"]

@@ -19,7 +19,7 @@ from leukviz.models import backbones, forward
 from leukviz.models.devices import pick_device
 from leukviz.models.preprocess import Preprocess
 from leukviz.runstore import names
-from leukviz.scoring import calibration
+from leukviz.scoring import calibration, registry
 
 
 @dataclass
@@ -209,8 +209,7 @@ def predict_table(models: Sequence[str | Path | LoadedModel], files: Sequence[st
     return table_frame(rows)
 
 
-TTA_KEYS = ("accuracy", "weighted_f1", "balanced_accuracy", "sensitivity", "specificity", "roc_auc", "ece",
-            "confusion", "subject_vote")
+TTA_KEYS = (*registry.REGISTRY, "confusion", "subject_vote")  # every registered score of metrics.summary
 
 
 def _class_map(dataset_classes: list[str], model_classes: list[str]) -> np.ndarray:

@@ -22,7 +22,7 @@ from leukviz.core import storage
 from leukviz.models import backbones
 from leukviz.runstore import names
 from leukviz.runstore.names import format_duration
-from leukviz.serving import inference, prediction
+from leukviz.serving import batchsummary, inference
 
 BATCH = 512  # images per batch: decoded once for every model, then dropped
 
@@ -122,7 +122,7 @@ class RunningSummary:
                 m.unreadable += 1
                 continue
             called = r.get("predicted")
-            truth, subject = prediction.truth_of(r["file"], self.classes)
+            truth, subject = batchsummary.truth_of(r["file"], self.classes)
             unlike, seen = _flag(r.get("ood")), _flag(r.get("seen"))
             m.unlike += unlike
             m.seen += seen
@@ -153,7 +153,7 @@ class RunningSummary:
                 per = []
                 for s in names.sorted_subjects(m.subjects):
                     k, n = m.subjects[s]
-                    low, high = prediction._wilson(k, n)
+                    low, high = batchsummary._wilson(k, n)
                     per.append({"subject": s, "cells": n, f"called_{self.positive}": k, "share": k / n,
                                 "low": low, "high": high})
                 item["subjects"] = per

@@ -1,6 +1,8 @@
-"""Training: the loop and fit (engine) with what it trains (state), its hooks (callbacks: keep the best,
-record, stop early, score the test set), what a run writes (checkpoints), torchrun (distributed), the
-optimizer and weight average (optim), the head-only fast path (features); the plain hand-written baseline,
-and the learning-rate finder on the same loop."""
+"""Training: the loop and fit (engine) with what it trains (state), its one callback protocol (protocol: the
+named events) and a run's callbacks (callbacks: record, keep the best, stop on request, stop early, score the
+test set), what a run writes (checkpoints), torchrun (distributed), the optimizer and weight average (optim),
+the head-only fast path (features); the plain hand-written baseline, and the learning-rate finder, whose sweep
+is a callback of the same loop."""
 
-__all__ = ["callbacks", "checkpoints", "distributed", "engine", "features", "lrfind", "optim", "plain", "state"]
+__all__ = ["callbacks", "checkpoints", "distributed", "engine", "features", "lrfind", "optim", "plain", "protocol",
+           "state"]

@@ -1,6 +1,10 @@
-"""What a run does around the training loop, as hooks the loop calls (engine.fit): keep the best model,
-record each epoch and its resume point, stop early, score the held-out test set at the end. The loop itself
-(engine.train_one_epoch) trains and validates; these decide what is kept and when to stop."""
+"""The loop's one callback protocol (fastai's): the loop (engine.fit, engine.train_one_epoch) announces named
+events, each callback answers the ones it cares about, reading and setting the run's TrainState. What a run
+does around the loop is made of callbacks: record batches and epochs with their resume points, keep the best
+model, stop on request (with a resume point), stop early, the staged fine-tuning switch, the head-only fast
+path's features, score the held-out test set at the end; the learning-rate finder's sweep is one too
+(lrfind.py). The loop itself trains and validates; these decide what is kept and when to stop. The protocol
+itself (the events, Callback, Callbacks, Stopped) is protocol.py, torch-free."""
 
 from __future__ import annotations
 
@@ -8,24 +12,42 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from leukviz.core import events
 from leukviz.core.events import Emit
 from leukviz.core.filenames import PREDICTIONS, RESUME
 from leukviz.training import checkpoints
+from leukviz.training.distributed import stop_requested
+from leukviz.training.protocol import EVENTS, Callback, Callbacks, Stopped
 from leukviz.training.state import TrainState
 
+__all__ = ["EVENTS", "Callback", "Callbacks", "Stopped"]  # the protocol, re-exported
 
-class Callback:
-    """A hook on the loop. on_epoch: after an epoch is validated (its event and probabilities); True stops
-    training after it. on_end: once training has ended normally (not on a stop or a failure)."""
+class RecordBatches(Callback):
+    """The batch events: the running loss and accuracy of the epoch so far, about 50 per epoch and at its end."""
 
-    def on_epoch(self, state: TrainState, ev: dict, probs: np.ndarray) -> bool:
-        return False
+    def __init__(self, emit: Emit):
+        self.emit = emit
 
-    def on_end(self, state: TrainState) -> None:
-        return None
+    def after_step(self, state: TrainState) -> None:
+        steps, (loss_sum, correct, seen) = state.steps, state.running
+        if (state.step + 1) % max(1, steps // 50) == 0 or state.step + 1 == steps:
+            self.emit({"type": events.BATCH, "epoch": state.epoch, "step": state.step + 1, "steps": steps,
+                       "loss": loss_sum / seen, "acc": correct / seen, "lr": state.opt.param_groups[-1]["lr"],
+                       "time": time.time()})
+
+
+class StopOnRequest(Callback):
+    """A stop (a signal, the page's Stop) asked between batches: every rank agrees (stop_requested), the resume
+    point of this step is written (rank 0), and Stopped ends the run."""
+
+    def __init__(self, should_stop: Callable[[], bool], resume_path: Path | None = None):
+        self.should_stop, self.resume_path = should_stop, resume_path
+
+    def before_step(self, state: TrainState) -> None:
+        if stop_requested(self.should_stop(), state.dist):
+            if self.resume_path is not None:
+                checkpoints.save_resume(state, self.resume_path, state.epoch, state.step, list(state.running))
+            raise Stopped(f"stopped at epoch {state.epoch}, step {state.step}/{state.steps}")
 
 
 class KeepBest(Callback):
@@ -37,17 +59,17 @@ class KeepBest(Callback):
         self.run_dir, self.meta, self.main = run_dir, meta, main
         self.result: dict = {}
 
-    def on_epoch(self, state: TrainState, ev: dict, probs: np.ndarray) -> bool:
+    def after_epoch(self, state: TrainState) -> None:
+        ev = state.ev
         f1, epoch = ev["val_f1"], ev["epoch"]
         if state.cfg.keeps_best and f1 <= state.best["val_f1"]:
-            return False
+            return
         state.best = {"val_f1": f1, "epoch": epoch}
         if self.main:
             self.result = {k: ev[k] for k in ("val_loss", "val_acc", "val_f1", "train_loss", "train_acc")}
             self.result["best_epoch"] = epoch
             checkpoints.save_checkpoint(state.scored, self.run_dir, {**self.meta, "epoch": epoch, "metrics": self.result})
-            checkpoints.write_predictions(self.run_dir / PREDICTIONS, state.ds, state.val_rows, probs)
-        return False
+            checkpoints.write_predictions(self.run_dir / PREDICTIONS, state.ds, state.val_rows, state.probs)
 
     def kept(self) -> dict:
         """The kept epoch's metrics: this session's, or (a resume after the best epoch) the checkpoint's."""
@@ -57,17 +79,19 @@ class KeepBest(Callback):
 
 
 class Record(Callback):
-    """The epoch event, then the resume point of the next epoch: a crash between the two resumes at this epoch
-    and drops its event, where the other order would lose the event for good. Only rank 0 writes either (its
-    emit is the run's; save_resume writes on rank 0 alone)."""
+    """The start (or resume) event; per epoch the epoch event, then the resume point of the next epoch: a crash
+    between the two resumes at this epoch and drops its event, where the other order would lose the event for
+    good. Only rank 0 writes either (its emit is the run's; save_resume writes on rank 0 alone)."""
 
-    def __init__(self, run_dir: Path, emit: Emit):
-        self.resume_path, self.emit = run_dir / RESUME, emit
+    def __init__(self, run_dir: Path, emit: Emit, start: Callable[[TrainState], dict]):
+        self.resume_path, self.emit, self.start = run_dir / RESUME, emit, start
 
-    def on_epoch(self, state: TrainState, ev: dict, probs: np.ndarray) -> bool:
-        self.emit(ev)
-        checkpoints.save_resume(state, self.resume_path, ev["epoch"] + 1, 0, None)
-        return False
+    def before_fit(self, state: TrainState) -> None:
+        self.emit(self.start(state))
+
+    def after_epoch(self, state: TrainState) -> None:
+        self.emit(state.ev)
+        checkpoints.save_resume(state, self.resume_path, state.ev["epoch"] + 1, 0, None)
 
 
 def stops_early(best_epoch: int, epoch: int, patience: int) -> bool:
@@ -90,12 +114,11 @@ class EarlyStopping(Callback):
     def __init__(self, emit: Emit):
         self.emit = emit
 
-    def on_epoch(self, state: TrainState, ev: dict, probs: np.ndarray) -> bool:
-        epoch, cfg = ev["epoch"], state.cfg
+    def after_epoch(self, state: TrainState) -> None:
+        epoch, cfg = state.ev["epoch"], state.cfg
         if epoch < cfg.epochs and stops_early(state.best["epoch"], epoch, cfg.patience):
             self.emit(early_stop_event(epoch, state.best["epoch"], cfg.patience))
-            return True
-        return False
+            state.stop_fit = True
 
 
 class TestScoring(Callback):
@@ -107,6 +130,6 @@ class TestScoring(Callback):
     def __init__(self, run_dir: Path, cache_dir: Path | None, log: Callable[[str], None], main: bool):
         self.run_dir, self.cache_dir, self.log, self.main = run_dir, cache_dir, log, main
 
-    def on_end(self, state: TrainState) -> None:
+    def after_fit(self, state: TrainState) -> None:
         if self.main:
             checkpoints.score_test_set(state, self.run_dir, self.cache_dir, self.log)

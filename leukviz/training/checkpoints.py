@@ -81,7 +81,7 @@ def save_checkpoint(model: nn.Module, run_dir: Path, meta: dict) -> None:
 
 def checkpoint_meta(state: TrainState) -> dict:
     """The sidecar's fields that rebuild the model (filenames.SIDECAR); each checkpoint adds its epoch and metrics."""
-    cfg, ds, spec = state.cfg, state.ds, backbones.get_spec(state.cfg.backbone)
+    cfg, ds, spec = state.cfg, state.ds, state.spec
     return {"format": 1, "backbone": cfg.backbone, "classes": list(ds.classes), "positive": ds.positive,
             "image_size": cfg.image_size, "crop": cfg.crop, "crop_window": data.CELL_WINDOW,
             "weights_init": cfg.weights, "preprocess": PREPROCESS_VERSION,
@@ -145,7 +145,7 @@ def score_test_set(state: TrainState, run_dir: Path, cache_dir: Path | None, log
         images, ok = preprocess.Preprocess.of_config(state.cfg).cache(state.ds, cache_dir)
         state.scored.load_state_dict(load_file(str(run_dir / CHECKPOINT)))
         scored = score_test_rows(run_dir, state.ds, images, ok, lambda x: evaluate(
-            state.scored, x, None, state.cfg.backbone, state.device)[1], log)
+            state.scored, x, None, state.spec, state.device)[1], log)
         if scored is None:
             return
         good, probs = scored

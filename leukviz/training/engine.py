@@ -1,6 +1,7 @@
-"""The training loop: setup, train_one_epoch, validate and fit, which runs the loop with its hooks
-(callbacks.py: keep the best model, record each epoch, stop early, score the test set). It announces named
-events and knows nothing of any UI. Its parts: distributed.py, optim.py, features.py (the head-only fast
+"""The training loop: setup, train_one_epoch, validate and fit, which runs the loop and announces its named
+events to its callbacks (callbacks.py: the one protocol; record, keep the best model, stop on request, stop
+early, score the test set; here the two that change what trains: the staged switch and the head-only features).
+It knows nothing of any UI. Its parts: distributed.py, optim.py, features.py (the head-only fast
 path), checkpoints.py (what a run writes); the eval-mode forward loop is models/forward.py."""
 
 from __future__ import annotations
@@ -8,9 +9,8 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -30,12 +30,9 @@ from leukviz.models.devices import autocast, autocast_dtype, device_name, tune_c
 from leukviz.models.forward import evaluate, to_input
 from leukviz.scoring.metrics import weighted_f1
 from leukviz.training import callbacks, checkpoints, features, optim
-from leukviz.training.distributed import Dist, init_distributed, share_buffers, stop_requested, unwrap
+from leukviz.training.distributed import Dist, init_distributed, share_buffers, unwrap
+from leukviz.training.protocol import Callback, Callbacks, Stopped
 from leukviz.training.state import TrainState
-
-
-class Stopped(Exception):
-    """Raised between batches when a stop was requested; the resumable state is already saved."""
 
 
 class TrainingDiverged(LeukvizError, RuntimeError):
@@ -108,34 +105,18 @@ def _ignore(event: dict) -> None:
     """The emit of processes other than rank 0 (one metrics stream per run)."""
 
 
-def _never() -> bool:
-    return False
-
-
-@dataclass
-class Hooks:
-    """What the loop tells its caller and asks it: events out, a stop request in, where a stop saves, and
-    after_step(step, loss), called after each optimizer step with the batch's loss, which ends the epoch
-    early when it returns True (the learning-rate finder's sweep)."""
-
-    emit: Emit = _ignore
-    should_stop: Callable[[], bool] = _never
-    save_resume: Callable[[int, list[float]], None] | None = None
-    after_step: Callable[[int, float], bool] | None = None
-
-
 def setup_training(cfg: RunConfig, model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, n_classes: int,
                    device: torch.device, d: Dist | None = None, total_steps: int | None = None) -> TrainState:
     """What a run trains with, around a built model: frozen layers, the device (channels-last), loss,
     optimizer, schedule, autocast, gradient scaler, weight average, DDP. The benchmark uses it as is.
     total_steps: the schedule's length (default: the run's epochs)."""
-    d = d or Dist()
-    frozen = backbones.set_finetune(model, cfg.backbone, cfg.finetune)
+    d, spec = d or Dist(), backbones.get_spec(cfg.backbone)  # the backbone's facts, looked up once per run
+    frozen = backbones.set_finetune(model, spec, cfg.finetune)
     model = model.to(device, memory_format=torch.channels_last)
     weights = optim.class_weights(train_y.numpy(), n_classes) if cfg.class_balance == "weighted_loss" else None
     criterion = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device))
     staged = cfg.finetune == "staged"
-    opt = optim.make_optimizer(cfg, backbones.param_groups(model, cfg.backbone, cfg.lr) if staged else model.parameters())
+    opt = optim.make_optimizer(cfg, backbones.param_groups(model, spec, cfg.lr) if staged else model.parameters())
     steps_per_epoch = len(epoch_batches(len(train_x), cfg.batch_size, cfg.seed, 1, d))
     sched = optim.make_scheduler(cfg, opt, steps_per_epoch * cfg.epochs if total_steps is None else total_steps,
                            steps_per_epoch * cfg.head_epochs if staged else 0)
@@ -143,7 +124,7 @@ def setup_training(cfg: RunConfig, model: nn.Module, train_x: torch.Tensor, trai
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 and device.type == "cuda" else None
     average = optim.make_average(cfg, model)
     return TrainState(cfg, model, wrap(model, device, d), frozen, opt, sched, scaler, criterion, amp, device, d,
-                      average, model if average is None else average.module, backbones.get_spec(cfg.backbone).head,
+                      average, model if average is None else average.module, spec,
                       features.uses_feature_cache(cfg, d), train_x, train_y, steps_per_epoch)
 
 
@@ -164,7 +145,7 @@ def begin_epoch(state: TrainState, epoch: int, log: Callable[[str], None] = lamb
     cfg = state.cfg
     if cfg.finetune != "staged" or epoch <= cfg.head_epochs or not state.frozen:
         return
-    state.frozen = backbones.set_finetune(state.model, cfg.backbone, "full")
+    state.frozen = backbones.set_finetune(state.model, state.spec, "full")
     state.train_model = wrap(state.model, state.device, state.dist)
     rates = ", ".join(f"{g['name'].split(':')[0]} {g['lr']:.2g}" for g in state.opt.param_groups)
     log(f"epoch {epoch}: the whole network trains now, earlier layers at lower rates ({rates})")
@@ -225,7 +206,7 @@ def recompute_bn_stats(state: TrainState) -> int:
         m.train()
     rows = np.unique(np.linspace(0, len(state.train_x) - 1, min(BN_IMAGES, len(state.train_x))).astype(int))
     for i in range(0, len(rows), 64):
-        x = to_input(state.train_x[torch.from_numpy(rows[i:i + 64])], state.cfg.backbone, state.device)
+        x = to_input(state.train_x[torch.from_numpy(rows[i:i + 64])], state.spec, state.device)
         with autocast(state.device, state.amp):
             state.scored(x)
     for m, momentum in zip(layers, momenta):
@@ -239,11 +220,10 @@ def validate(state: TrainState) -> tuple[float, np.ndarray]:
     """The validation loss and probabilities of the model a run keeps, in fp32 even when training runs in
     bf16: the saved validation predictions are exactly what single-image prediction (fp32) gives for the
     same cell. The head-only fast path keeps its features as computed and hands them to the head in fp32."""
-    cfg = state.cfg
     if state.feats is not None:
-        return evaluate(state.head, state.feats[1], state.val_y, cfg.backbone, state.device,
+        return evaluate(state.head, state.feats[1], state.val_y, state.spec, state.device,
                         criterion=state.criterion, prepare=lambda f: f.float())
-    return evaluate(state.scored, state.val_images(), state.val_y, cfg.backbone, state.device,
+    return evaluate(state.scored, state.val_images(), state.val_y, state.spec, state.device,
                     criterion=state.criterion)
 
 
@@ -259,28 +239,29 @@ def _backward_step(state: TrainState, loss: torch.Tensor) -> None:
     state.sched.step()
 
 
-def train_one_epoch(state: TrainState, batches: list[np.ndarray], epoch: int, hooks: Hooks, start_step: int = 0,
+def train_one_epoch(state: TrainState, batches: list[np.ndarray], epoch: int,
+                    callbacks: Callbacks | Sequence[Callback] = (), start_step: int = 0,
                     running: list[float] | None = None) -> tuple[float, float, int]:
     """One pass over this process's batches. Returns (mean loss, accuracy, images seen) across processes.
 
     The model trains on train_x (uint8 images, training preprocessing) or, once the head-only fast path has
-    its features, the head alone on them. start_step and running: where a resumed epoch continues.
+    its features, the head alone on them. Around each optimizer step the callbacks hear before_step and
+    after_step (state.step, state.loss, state.running); one that sets state.stop_epoch ends the epoch there.
+    start_step and running: where a resumed epoch continues.
     """
     cfg, d, device = state.cfg, state.dist, state.device
+    cbs = callbacks if isinstance(callbacks, Callbacks) else Callbacks(callbacks)
     if state.feats is not None:
         model, train_x, prepare = state.head, state.feats[0], (lambda f: f)
     else:
         model, train_x = state.train_model, state.train_x
-        prepare = lambda xb: to_input(xb, cfg.backbone, device)  # noqa: E731
-    loss_sum, correct, seen = running or [0.0, 0.0, 0.0]
+        prepare = lambda xb: to_input(xb, state.spec, device)  # noqa: E731
+    state.running = list(running or [0.0, 0.0, 0.0])
+    state.epoch, state.steps, state.stop_epoch = epoch, len(batches), False
     codes, jitter = epoch_augment_tables(cfg, epoch, len(train_x))
-    steps = len(batches)
-    report_every = max(1, steps // 50)
-    for step in range(start_step, steps):
-        if stop_requested(hooks.should_stop(), d):
-            if hooks.save_resume:
-                hooks.save_resume(step, [loss_sum, correct, seen])
-            raise Stopped(f"stopped at epoch {epoch}, step {step}/{steps}")
+    for step in range(start_step, state.steps):
+        state.step = step
+        cbs("before_step", state)
         torch.manual_seed(cfg.seed * 1_000_003 + epoch * 10_007 + step)  # dropout: same draws after a resume
         b = torch.from_numpy(batches[step])
         xb = train_x[b]
@@ -299,19 +280,15 @@ def train_one_epoch(state: TrainState, batches: list[np.ndarray], epoch: int, ho
         _backward_step(state, loss)
         if state.average is not None:
             state.average.update_parameters(unwrap(model))
-        value = float(loss.detach())
-        stats = torch.tensor([value * len(y), float((logits.argmax(1) == y).sum()), float(len(y))])
+        state.loss = float(loss.detach())
+        stats = torch.tensor([state.loss * len(y), float((logits.argmax(1) == y).sum()), float(len(y))])
         if d.on:
             dist.all_reduce(stats)
-        loss_sum += float(stats[0])
-        correct += float(stats[1])
-        seen += float(stats[2])
-        if (step + 1) % report_every == 0 or step + 1 == steps:
-            hooks.emit({"type": events.BATCH, "epoch": epoch, "step": step + 1, "steps": steps,
-                        "loss": loss_sum / seen, "acc": correct / seen, "lr": state.opt.param_groups[-1]["lr"],
-                        "time": time.time()})
-        if hooks.after_step is not None and hooks.after_step(step, value):
+        state.running = [r + float(s) for r, s in zip(state.running, stats)]
+        cbs("after_step", state)
+        if state.stop_epoch:
             break
+    loss_sum, correct, seen = state.running
     return loss_sum / max(seen, 1), correct / max(seen, 1), int(seen)
 
 
@@ -360,14 +337,22 @@ def prepare_data(cfg: RunConfig, cache_dir: Path | None, log: Callable[[str], No
 
 def fit(cfg: RunConfig, run_dir: Path, emit: Emit, *, should_stop: Callable[[], bool] = lambda: False,
         cache_dir: Path | None = None, resume: bool = False, device_pref: str = "auto",
-        log: Callable[[str], None] = print, fingerprint: str | None = None) -> dict:
+        log: Callable[[str], None] = print, fingerprint: str | None = None,
+        callbacks: Sequence[Callback] = ()) -> dict:
     """Train one run into run_dir. Returns the kept epoch's validation metrics. fingerprint: the dataset the
-    run was created for (prepare_data checks it).
+    run was created for (prepare_data checks it). callbacks: listeners added after a run's own (run_callbacks).
 
     Running out of device memory becomes OutOfMemory, whose message names the batch size and a smaller one.
     """
     try:
-        return _fit(cfg, run_dir, emit, should_stop, cache_dir, resume, device_pref, log, fingerprint)
+        state = setup(cfg, cache_dir, device_pref=device_pref, log=log, fingerprint=fingerprint,
+                      should_stop=should_stop)
+        resume_path = run_dir / RESUME
+        if resume and resume_path.exists():
+            checkpoints.restore(state, resume_path, log)
+        own = run_callbacks(state, run_dir, emit if state.dist.main else _ignore, should_stop, cache_dir, log)
+        fit_loop(state, Callbacks([*own, *callbacks]), log)
+        return own[0].kept()
     except Exception as e:
         if not is_out_of_memory(e):
             raise
@@ -375,40 +360,64 @@ def fit(cfg: RunConfig, run_dir: Path, emit: Emit, *, should_stop: Callable[[], 
         raise OutOfMemory(out_of_memory_message(cfg, e, world)) from e
 
 
-def _fit(cfg: RunConfig, run_dir: Path, emit: Emit, should_stop: Callable[[], bool], cache_dir: Path | None,
-         resume: bool, device_pref: str, log: Callable[[str], None], fingerprint: str | None) -> dict:
-    state = setup(cfg, cache_dir, device_pref=device_pref, log=log, fingerprint=fingerprint,
-                  should_stop=should_stop)
-    resume_path, main = run_dir / RESUME, state.dist.main
-    if resume and resume_path.exists():
-        checkpoints.restore(state, resume_path, log)
-    emit = emit if main else _ignore
-    keep = callbacks.KeepBest(run_dir, checkpoints.checkpoint_meta(state), main)
-    hooks_after = [keep, callbacks.Record(run_dir, emit), callbacks.EarlyStopping(emit),
-                   callbacks.TestScoring(run_dir, cache_dir, log, main)]
-    emit(start_event(state))
-    for epoch in range(state.start_epoch, cfg.epochs + 1):
-        if state.fast_head and state.feats is None:  # counted in the first epoch's time
-            state.feats = features.head_inputs(state, cache_dir, log)
-        hooks = Hooks(emit, should_stop, lambda step, running: checkpoints.save_resume(state, resume_path, epoch,
-                                                                                       step, running))
-        ev, probs = run_epoch(state, epoch, hooks, log)
-        if any([cb.on_epoch(state, ev, probs) for cb in hooks_after]):  # every hook sees every epoch
+class StagedFinetune(Callback):
+    """finetune="staged": the whole network trains from epoch cfg.head_epochs + 1 (begin_epoch)."""
+
+    def __init__(self, log: Callable[[str], None]):
+        self.log = log
+
+    def before_epoch(self, state: TrainState) -> None:
+        begin_epoch(state, state.epoch, self.log)
+
+
+class HeadFeatures(Callback):
+    """The head-only fast path: the backbone's features of every image, computed (or read from the feature
+    cache) before the first epoch that needs them; the loop then trains the head on them."""
+
+    def __init__(self, cache_dir: Path | None, log: Callable[[str], None]):
+        self.cache_dir, self.log = cache_dir, log
+
+    def before_epoch(self, state: TrainState) -> None:
+        if state.fast_head and state.feats is None:
+            state.feats = features.head_inputs(state, self.cache_dir, self.log)
+
+
+def run_callbacks(state: TrainState, run_dir: Path, emit: Emit, should_stop: Callable[[], bool],
+                  cache_dir: Path | None, log: Callable[[str], None]) -> list[Callback]:
+    """A run's own callbacks, in the order they hear each event: KeepBest first (its kept() is fit's result;
+    it sets the best epoch that early stopping reads), then record, early stopping, test scoring; the staged
+    switch and the head-only features before each epoch; a stop request before each step."""
+    main = state.dist.main
+    return [callbacks.KeepBest(run_dir, checkpoints.checkpoint_meta(state), main),
+            callbacks.Record(run_dir, emit, start_event), callbacks.EarlyStopping(emit),
+            callbacks.TestScoring(run_dir, cache_dir, log, main), HeadFeatures(cache_dir, log), StagedFinetune(log),
+            callbacks.RecordBatches(emit), callbacks.StopOnRequest(should_stop, run_dir / RESUME)]
+
+
+def fit_loop(state: TrainState, cbs: Callbacks, log: Callable[[str], None] = lambda s: None) -> None:
+    """The epochs from state.start_epoch, announcing before_fit, then per epoch before_epoch, the steps'
+    events (train_one_epoch) and after_epoch (state.ev, state.probs), and after_fit once the last epoch is
+    done (also when a resume finds none left) or a callback set state.stop_fit. Every callback hears every
+    event; a stop or a failure ends it by an exception, without after_fit."""
+    cbs("before_fit", state)
+    for epoch in range(state.start_epoch, state.cfg.epochs + 1):
+        state.epoch = epoch
+        cbs("before_epoch", state)
+        state.ev, state.probs = run_epoch(state, epoch, cbs)
+        cbs("after_epoch", state)
+        if state.stop_fit:
             break
     if state.dist.on:
         torch.distributed.barrier()
-    for cb in hooks_after:  # after the last epoch (also when a resume finds none left)
-        cb.on_end(state)
-    return keep.kept()
+    cbs("after_fit", state)
 
 
-def run_epoch(state: TrainState, epoch: int, hooks: Hooks, log: Callable[[str], None]) -> tuple[dict, np.ndarray]:
+def run_epoch(state: TrainState, epoch: int, cbs: Callbacks) -> tuple[dict, np.ndarray]:
     """Train one epoch and validate the model a run keeps: the epoch event and the validation probabilities."""
     t0, cfg = time.time(), state.cfg
-    begin_epoch(state, epoch, log)
     set_train_mode(state.train_model, state.frozen, cfg.freeze_bn)
     batches = epoch_batches(len(state.train_x), cfg.batch_size, cfg.seed, epoch, state.dist)
-    tl, ta, seen = train_one_epoch(state, batches, epoch, hooks, state.start_step, state.running)
+    tl, ta, seen = train_one_epoch(state, batches, epoch, cbs, state.start_step, state.running)
     state.start_step, state.running = 0, None
     train_seconds = time.time() - t0
     share_buffers(state.dist, [state.model] + ([state.average.module] if state.average is not None else []))

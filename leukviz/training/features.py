@@ -60,7 +60,7 @@ def head_inputs(state: TrainState, cache_dir: Path | None, log: Callable[[str], 
     """The head-only fast path's (train, val) head inputs: read from the feature cache, or computed once
     (and kept for the next run)."""
     t0, cfg, ds = time.time(), state.cfg, state.ds
-    key = feature_cache_key(state.model, state.head_name, cfg, ds.fingerprint, state.train_rows, state.val_rows,
+    key = feature_cache_key(state.model, state.spec.head, cfg, ds.fingerprint, state.train_rows, state.val_rows,
                             state.device, state.amp)
     fpath = data.cache_folder(cache_dir) / FEATURE_CACHE / f"{key}.safetensors"
     n = f"{len(state.train_x)} + {len(state.val_rows)} images"
@@ -70,7 +70,7 @@ def head_inputs(state: TrainState, cache_dir: Path | None, log: Callable[[str], 
             f"({fpath.name}) in {time.time() - t0:.1f}s")
         return feats
     fb = feature_batch_size(cfg.image_size)
-    feats = tuple(head_features(state.model, state.head_name, x, cfg.backbone, state.device, state.amp, fb)
+    feats = tuple(head_features(state.model, state.spec.head, x, state.spec, state.device, state.amp, fb)
                   for x in (state.train_x, state.val_images()))
     log(f"head-only without augmentation: backbone features of {n} computed once in {time.time() - t0:.1f}s; "
         f"the head trains on them")

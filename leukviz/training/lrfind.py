@@ -21,15 +21,19 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from leukviz.core import paths
+from leukviz.core import durations, paths
 from leukviz.core.errors import LeukvizError
 from leukviz.core.storage import atomic_write_json, read_json
 from leukviz.datasets import data
 from leukviz.models.config import RunConfig
+from leukviz.training.protocol import Callback
+
+if TYPE_CHECKING:
+    from leukviz.training.state import TrainState
 
 START, END = 1e-7, 1.0
 STEPS = 100  # fastai's default; the sweep cycles over the training images as often as it needs
@@ -159,6 +163,27 @@ def result_problem(res: object) -> str | None:
     return None
 
 
+class Sweep(Callback):
+    """The sweep as a callback of the loop (its after_step event): each step's rate and loss; it ends
+    the epoch, and the sweep, once the planned steps are done or the smoothed loss diverges (DIVERGE x its best)."""
+
+    def __init__(self, planned: np.ndarray, steps: int, progress: Progress | None = None):
+        self.planned, self.steps, self.progress = planned, steps, progress
+        self.lrs: list[float] = []
+        self.losses: list[float] = []
+        self.best, self.value, self.done = float("inf"), float("nan"), False
+
+    def after_step(self, state: TrainState) -> None:
+        self.lrs.append(float(self.planned[len(self.lrs)]))
+        self.losses.append(state.loss)
+        smoothed = ema(self.losses)[-1]
+        self.best = min(self.best, smoothed)
+        if self.progress:
+            self.progress(len(self.losses), self.steps)
+        self.done = len(self.losses) >= self.steps or smoothed > DIVERGE * self.best
+        state.stop_epoch = self.done
+
+
 def sweep(cfg: RunConfig, cache_dir: Path | None = None, device_pref: str = "auto", steps: int = STEPS,
           log: Callable[[str], None] = lambda s: None, progress: Progress | None = None) -> dict:
     """Train from the run's initial weights with the rate rising each step; the rates, the losses (raw and
@@ -173,36 +198,22 @@ def sweep(cfg: RunConfig, cache_dir: Path | None = None, device_pref: str = "aut
     state = engine.setup(cfg, cache_dir, device_pref=device_pref, log=log)
     planned = rates(START, END, steps)
     # The engine's loop trains the sweep: the schedule sets each step's rate (every group the same), and the
-    # loop's after_step hook records the loss and ends the sweep where it diverges.
+    # loop's after_step event (the Sweep callback) records the loss and ends the sweep where it diverges.
     state.sched = torch.optim.lr_scheduler.LambdaLR(
         state.opt, [lambda i, base=g["lr"]: float(planned[min(i, steps - 1)]) / base for g in state.opt.param_groups])
     state.average = None  # the sweep's weights are thrown away: nothing to average
-    lrs: list[float] = []
-    losses: list[float] = []
-    best, value, done = float("inf"), float("nan"), False
-
-    def after_step(step: int, loss: float) -> bool:
-        nonlocal best, done
-        lrs.append(float(planned[len(lrs)]))
-        losses.append(loss)
-        smoothed = ema(losses)[-1]
-        best = min(best, smoothed)
-        if progress:
-            progress(len(losses), steps)
-        done = len(losses) >= steps or smoothed > DIVERGE * best
-        return done
-
-    hooks = engine.Hooks(after_step=after_step)
+    sweep_cb = Sweep(planned, steps, progress)
     epoch = 0
-    while not done and len(losses) < steps:  # cycle over the training images, one shuffled epoch after another
+    while not sweep_cb.done and len(sweep_cb.losses) < steps:  # cycle over the training images, epoch after epoch
         epoch += 1
         engine.set_train_mode(state.train_model, state.frozen, cfg.freeze_bn)
         batches = engine.epoch_batches(len(state.train_x), cfg.batch_size, cfg.seed, epoch, state.dist)
         try:
-            engine.train_one_epoch(state, batches[:steps - len(losses)], epoch, hooks)
+            engine.train_one_epoch(state, batches[:steps - len(sweep_cb.losses)], epoch, [sweep_cb])
         except engine.TrainingDiverged as e:  # a loss that is not finite: the sweep ends before that step
-            value = e.loss
+            sweep_cb.value = e.loss
             break
+    lrs, losses, value = sweep_cb.lrs, sweep_cb.losses, sweep_cb.value
     device = state.device
     if not losses:  # no step gave a finite loss: nothing to suggest, and nothing must be cached
         raise LrFindError(f"the first step's loss is not finite ({value}): the initial weights give NaN or "
@@ -260,17 +271,7 @@ def find(cfg: RunConfig, fingerprint: str, cache_dir: Path | None = None, device
     return res, False
 
 
-def _about(seconds: float) -> str:
-    """A rough duration for an estimate: '45 s', '1 min 10 s', '3 min', '1 h 05 min' (the forms of
-    names.format_duration's wording, rounded; lrfind sits below the run store and does not import it)."""
-    seconds = max(0.0, float(seconds))
-    if 5 * round(seconds / 5) < 60:
-        return f"{max(5, 5 * round(seconds / 5))} s"
-    if 10 * round(seconds / 10) < 3600:
-        m, s = divmod(10 * round(seconds / 10), 60)
-        return f"{m} min {s} s" if s else f"{m} min"
-    total = 60 * round(seconds / 60)
-    return f"{total // 3600} h {total % 3600 // 60:02d} min"
+_about = durations.about  # the one duration wording (core/durations.py), rounded for an estimate
 
 
 def progress_text(info: dict | None, now: float | None = None) -> tuple[float, str]:

@@ -2,7 +2,7 @@
 
 torchvision's file loading and transforms (the whole image resized, random flips), decoded at every access,
 Adam at 1e-3, fp32, no class weighting, no schedule, no averaging; the model of the last epoch is scored.
-Its results are cached as JSON (it is slow: every epoch decodes every image again), keyed by everything
+The benchmark times this same loop (train_loader, optimizer, train_step). Its results are cached as JSON (it is slow: every epoch decodes every image again), keyed by everything
 they depend on, so a study that is run again only trains what is new.
 """
 
@@ -69,36 +69,66 @@ def cache_key(run: PlainRun, fingerprint: str, train: Sequence[str], val: Sequen
     return h.hexdigest()[:16]
 
 
+def transforms(backbone: str, image_size: int, train: bool):
+    """torchvision's usual transforms: the whole image resized, random flips when training, the backbone's
+    normalisation."""
+    from torchvision import transforms as T
+
+    spec = backbones.get_spec(backbone)
+    flips = [T.RandomHorizontalFlip(), T.RandomVerticalFlip()] if train else []
+    return T.Compose([T.Resize((image_size, image_size)), *flips, T.ToTensor(), T.Normalize(spec.mean, spec.std)])
+
+
+def train_loader(files: Files, backbone: str, image_size: int, seed: int, batch_size: int = RECIPE["batch_size"],
+                 workers: int = 0, pin_memory: bool = False):
+    """The training batches, shuffled by `seed`, decoded at every access. The benchmark times this loop with
+    its own batch size and DataLoader workers; the recipe's are the defaults."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(_Files(*files, transforms(backbone, image_size, True)), batch_size=batch_size, shuffle=True,
+                      generator=g, num_workers=workers, pin_memory=pin_memory)
+
+
+def optimizer(model):
+    """The recipe's optimizer over the parameters that train."""
+    import torch
+
+    return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=RECIPE["lr"])
+
+
+def train_step(model, opt, crit, x, y, device=None) -> None:
+    """One step of the plain loop: fp32, the default memory format, on `device` when given (the benchmark)."""
+    if device is not None:
+        nb = device.type == "cuda"
+        x, y = x.to(device, non_blocking=nb), y.to(device, non_blocking=nb)
+    loss = crit(model(x), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
 def fit(run: PlainRun, train: Files, val: Files, log: Callable[[str], None] = print) -> dict:
     """Train the plain loop; returns each epoch's validation scores and the last epoch's probabilities."""
     import torch
     from torch import nn
     from torch.utils.data import DataLoader
-    from torchvision import transforms as T
 
     backbone, image_size, epochs, seed = run.backbone, run.image_size, run.epochs, run.seed
     torch.manual_seed(seed)
-    spec = backbones.get_spec(backbone)
     model = backbones.build_model(backbone, 2, run.weights)
-    norm = [T.ToTensor(), T.Normalize(spec.mean, spec.std)]
-    tf_train = T.Compose([T.Resize((image_size, image_size)), T.RandomHorizontalFlip(), T.RandomVerticalFlip(),
-                          *norm])
-    tf_val = T.Compose([T.Resize((image_size, image_size)), *norm])
-    g = torch.Generator().manual_seed(seed)
-    train_loader = DataLoader(_Files(*train, tf_train), batch_size=RECIPE["batch_size"], shuffle=True, generator=g)
-    val_loader = DataLoader(_Files(*val, tf_val), batch_size=64)
-    opt = torch.optim.Adam(model.parameters(), lr=RECIPE["lr"])
+    loader = train_loader(train, backbone, image_size, seed)
+    val_loader = DataLoader(_Files(*val, transforms(backbone, image_size, False)), batch_size=64)
+    opt = optimizer(model)
     crit = nn.CrossEntropyLoss()
     y_val = np.asarray(val[1])
     history, probs = [], np.zeros((0, 2))
     for epoch in range(1, epochs + 1):
         t0 = time.time()
         model.train()
-        for x, y in train_loader:
-            loss = crit(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        for x, y in loader:
+            train_step(model, opt, crit, x, y)
         model.eval()
         out = []
         with torch.no_grad():

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from leukviz.datasets import data
+from leukviz.models.backbones import BackboneSpec
 from leukviz.models.config import RunConfig
 from leukviz.training.distributed import Dist
 
@@ -20,7 +21,10 @@ class TrainState:
 
     `average` is the weight average (or None) and `scored` the model validated and kept (the average's
     module, else the model). `feats` holds the head's (train, val) inputs once the head-only fast path has
-    them; then the head trains on feats[0] instead of the model on train_x.
+    them; then the head trains on feats[0] instead of the model on train_x. `spec` is the backbone's registry
+    entry, resolved once when the state is made. The loop keeps where it is (epoch, step, steps, the epoch's
+    running sums, the step's loss, the validated epoch's event and probabilities) on the state for its
+    callbacks, which end the epoch or the run through stop_epoch and stop_fit.
     """
 
     cfg: RunConfig
@@ -36,7 +40,7 @@ class TrainState:
     dist: Dist
     average: nn.Module | None
     scored: nn.Module
-    head_name: str
+    spec: BackboneSpec
     fast_head: bool
     train_x: torch.Tensor
     train_y: torch.Tensor
@@ -55,10 +59,19 @@ class TrainState:
     start_step: int = 0
     running: list[float] | None = None
     best: dict = field(default_factory=lambda: {"val_f1": -1.0, "epoch": 0})
+    # where the loop is, for its callbacks (callbacks.py)
+    epoch: int = 0
+    step: int = 0
+    steps: int = 0
+    loss: float = float("nan")  # the last step's batch loss
+    ev: dict | None = None  # the validated epoch's event
+    probs: np.ndarray | None = None  # its validation probabilities
+    stop_epoch: bool = False
+    stop_fit: bool = False
 
     @property
     def head(self) -> nn.Module:
-        return self.model.get_submodule(self.head_name)
+        return self.model.get_submodule(self.spec.head)
 
     def val_images(self) -> np.ndarray:
         return self.val_x if self.val_x is not None else self.images[self.val_rows]

@@ -12,6 +12,7 @@ from leukviz.app.report import MATRIX_STYLE, html_report, matrix_html
 from leukviz.comparison import compare
 from leukviz.core import filenames
 from leukviz.runstore import names, runs
+from leukviz.scoring import registry
 from leukviz.ui._common import active_dataset, figure, load_model, page, warn_damaged
 
 CURVES = {"val_acc": "Validation accuracy", "val_loss": "Validation loss", "val_f1": "Validation weighted F1",
@@ -191,9 +192,8 @@ short = {  # short headers (each with its full name as help), so the table fits 
     "val_accuracy": st.column_config.NumberColumn("Acc.", format="%.3f", help="Validation accuracy"),
     "weighted_f1": st.column_config.NumberColumn("F1", format="%.3f", help="Validation weighted F1 (C-NMC's metric)"),
     "weighted_f1_ci": st.column_config.TextColumn("F1 95 % CI", help="Bootstrap over subjects"),
-    "sensitivity": st.column_config.NumberColumn("Sens.", format="%.3f", help="Sensitivity: recall of `all`"),
-    "specificity": st.column_config.NumberColumn("Spec.", format="%.3f", help="Specificity: recall of `hem`"),
-    "roc_auc": st.column_config.NumberColumn("AUC", format="%.3f", help="ROC AUC"),
+    **{k: st.column_config.NumberColumn(registry.get(k).short, format=registry.number_format(k), help=registry.get(k).help)
+       for k in compare.RUN_SCORES},  # as the score registry words them
     "train_time": st.column_config.TextColumn("Training", help="Training time (epochs and validation)"),
     "ms_per_image": st.column_config.NumberColumn("ms / img", format="%.1f",
                                                   help="Inference, one image at a time on this device"),
