@@ -1,4 +1,5 @@
-"""Command line: python -m leukviz train | lr-find | runs | data | predict | evaluate | study | export | bench (see --help)."""
+"""Command line: leukviz (or python -m leukviz) train | lr-find | runs | data | predict | evaluate | compare | study |
+export | tensorboard | bench | app (see --help)."""
 
 # One module per command family, each with its command functions and its add_parser(sub, common); what
 # they share is in common. Torch is imported inside functions only: `--help` and a cached answer stay fast.
@@ -9,19 +10,21 @@ import argparse
 import json
 import sys
 
-from leukviz.cli import bench, compare, dataset, export, lrfind, predict, runfolders, study, train
+from leukviz import __version__
+from leukviz.cli import app, bench, compare, dataset, export, lrfind, predict, runfolders, study, train
 from leukviz.cli.common import CliError, Progress, _backbone_list, _resolve_cfg
 from leukviz.core.errors import LeukvizError
 from leukviz.core.storage import write_error_text
 
-__all__ = ["CliError", "Progress", "_backbone_list", "_resolve_cfg", "build_parser", "main"]
+__all__ = ["CliError", "Progress", "_backbone_list", "_resolve_cfg", "build_parser", "entry", "main"]
 
 # The subcommands in their --help order (predict adds predict and evaluate).
-COMMANDS = (train, runfolders, dataset, predict, compare, study, export, bench, lrfind)
+COMMANDS = (train, runfolders, dataset, predict, compare, study, export, bench, lrfind, app)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m leukviz", description=__doc__)
+def build_parser(prog: str = "leukviz") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__)
+    p.add_argument("--version", action="version", version=f"leukviz {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--runs-dir", default=None, help="runs folder (default: $LEUKVIZ_HOME/runs)")
@@ -35,7 +38,12 @@ def main(argv: list[str] | None = None, *, process_entry: bool = False) -> int:
     """The CLI. process_entry (python -m leukviz, the launcher's worker): this process owns its signals, so for
     the commands that train, SIGTERM and SIGINT stop the training after its batch with its state saved
     (trainer.stop_on_signals). Called as a library (a test, a notebook), the caller keeps its own signals."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.func is app.cmd_app:  # `leukviz app --server.port 8502`: Streamlit's own options, passed through
+        args.streamlit_options = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     trains = args.func in (train.cmd_train, study.cmd_study)
     try:
         if process_entry and trains:
@@ -52,3 +60,8 @@ def main(argv: list[str] | None = None, *, process_entry: bool = False) -> int:
             print(json.dumps({"error": msg}))
         print(f"error: {msg}", file=sys.stderr)
         return 2
+
+
+def entry() -> None:
+    """The `leukviz` console command (pip's launcher): the same as `python -m leukviz`."""
+    sys.exit(main(process_entry=True))
