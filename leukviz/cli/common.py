@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from leukviz.core import paths
 from leukviz.core.errors import LeukvizError
 from leukviz.core.events import BATCH, BEGINNINGS, EPOCH
 from leukviz.models import config as C
@@ -86,12 +85,9 @@ class Progress:
 
 def _health(run) -> dict:
     """A run's health and its reasons (health.of_run_dir) for --json; None for a run that is not finished."""
-    from leukviz.runstore import runs
-    from leukviz.scoring import health
+    from leukviz import api
 
-    if run.state != runs.State.FINISHED:
-        return {"health": None, "health_reasons": []}
-    return health.of_run_dir(run.dir).to_dict()
+    return api._health(run)
 
 
 def _health_text(res: dict) -> str:
@@ -175,12 +171,11 @@ def add_config_options(parser: argparse.ArgumentParser, names: tuple[str, ...] =
 
 
 def _resolve_cfg(args) -> C.RunConfig:
-    given = {name: getattr(args, name) for name in TRAIN_FIELDS}
-    if given["split"] is None and args.data != "demo":  # a train/ + val/ tree: its own validation folder
-        from leukviz.datasets import data
-        if data.default_split(data.open_dataset(args.data, paths.cache_root())) == "given":
-            given["split"] = "given"
-    return C.resolve(args.backbone, args.preset, args.weights, args.data, **given)
+    """The train options as a RunConfig, by the API's config() (a train/ + val/ tree: its own validation folder)."""
+    from leukviz import api
+
+    return api.config(args.backbone, args.data, args.weights, args.preset,
+                      **{name: getattr(args, name) for name in TRAIN_FIELDS})
 
 
 def _fmt(v, digits: int = 4) -> str:

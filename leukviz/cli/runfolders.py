@@ -6,19 +6,16 @@ from __future__ import annotations
 import argparse
 import json
 
-from leukviz.cli.common import CliError, _health, _out
+from leukviz.cli.common import CliError, _out
 from leukviz.core.errors import LeukvizError
 
 
 def cmd_runs(args) -> int:
     """Every run folder, a damaged one too: what is wrong with it and how to repair it (runs.describe)."""
+    from leukviz import api
     from leukviz.runstore import runs
 
-    rows = []
-    for r in runs.list_runs(args.runs_dir):
-        row = runs.describe(r)
-        rows.append({**row, **(_health(r) if row["backbone"] is not None and not row["damaged"] else
-                               {"health": None, "health_reasons": []})})
+    rows = api.run_rows(args.runs_dir)
     if args.json:
         print(json.dumps({"runs": rows}))
         return 0
