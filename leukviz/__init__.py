@@ -1,7 +1,8 @@
 """leukviz: fine-tune and compare CNN backbones on single-cell leukemia images (C-NMC 2019).
 
 The Python API (leukviz/api.py) is here, loaded on first use so that `import leukviz` stays light (no torch,
-no pandas): leukviz.train, leukviz.runs, leukviz.compare, leukviz.predict, leukviz.load."""
+no pandas): leukviz.train, leukviz.runs, leukviz.compare, leukviz.predict, leukviz.load (and
+leukviz.sample_images, a few labelled cells to try predict on)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-API = ("train", "runs", "compare", "predict", "load", "Run", "Comparison")
+API = ("train", "runs", "compare", "predict", "load", "sample_images", "Run", "Comparison")
 __all__ = ["__version__", *API]
 
 if TYPE_CHECKING:
-    from leukviz.api import Comparison, Run, compare, load, predict, runs, train  # noqa: F401
+    from leukviz.api import Comparison, Run, compare, load, predict, runs, sample_images, train  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

@@ -4,10 +4,11 @@
     run = leukviz.train(backbone="resnet50", data="demo", weights="none", epochs=1, image_size=32)
     run.metrics, run.health, run.history          # a dict, a word, a DataFrame of epochs
     leukviz.runs(dataset="demo")                   # a DataFrame, one row per run
-    result = leukviz.compare(leukviz.runs(dataset="demo", health="ok"))
+    result = leukviz.compare(leukviz.runs(dataset="demo", health="healthy"))
     result.answer, result.table, result.figures    # words, a DataFrame, Plotly figures
     result.report("report.html")
     leukviz.predict(run, ["cell.bmp"])             # a DataFrame, one row per image per run
+    leukviz.load("2e5b2e")                         # a run by id (a unique prefix is enough)
 
 These are the functions the command line calls (`leukviz train`, `runs list`, `compare`, `predict`): one way to
 do each thing. The module imports without torch; torch loads when a model trains or predicts.
@@ -32,8 +33,8 @@ if TYPE_CHECKING:  # pandas and plotly load when a function needs them: `import 
 
     from leukviz.comparison.compare import Evaluation, Report
 
-__all__ = ["Comparison", "Run", "compare", "config", "load", "predict", "run_rows", "runs", "select_comparable",
-           "train"]
+__all__ = ["ApiError", "Comparison", "Run", "compare", "config", "load", "predict", "run_rows", "runs",
+           "sample_images", "select_comparable", "train"]
 
 class ApiError(LeukvizError, ValueError):
     """A call that cannot be done as asked, in one line (the CLI prints it as its error)."""
@@ -228,7 +229,7 @@ COLUMNS = ["run_id", "backbone", "state", "health", "val_acc", "val_f1", "data",
 def runs(dataset: str | Path | None = None, backbone: str | Iterable[str] | None = None,
          health: str | None = None, state: str | None = None, runs_dir: str | Path | None = None) -> pd.DataFrame:
     """The runs as a DataFrame (newest first, indexed by nothing: run_id is a column), filtered by dataset (as
-    given to train: "demo" or a path), backbone (one or several), health ("ok" / "degenerate") and state. Pass
+    given to train: "demo" or a path), backbone (one or several), health ("healthy" / "degenerate") and state. Pass
     it (or its run_id column) to compare()."""
     import pandas as pd
 
@@ -406,6 +407,16 @@ def _image_files(images: str | Path | Sequence[str | Path]) -> list[str]:
     if not out:
         raise ApiError("no images given")
     return out
+
+
+def sample_images(data: str | Path = "demo", n: int = 4, seed: int = 0) -> list[tuple[Path, str]]:
+    """(path, true class) of n labelled cells of a dataset to try predict() on, the classes in turn, from its
+    held-out test set when it has one (the cells the Predict page offers: dashboard.demo_cells)."""
+    from leukviz.app import dashboard
+    from leukviz.datasets import data as D
+
+    ds = D.open_dataset(str(data), paths.cache_root())
+    return [(Path(p), c) for p, c in dashboard.demo_cells(ds, n, seed)]
 
 
 def predict(run_or_runs: Any, images: str | Path | Sequence[str | Path], tta: bool = False,

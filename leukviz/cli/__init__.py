@@ -11,7 +11,7 @@ import json
 import sys
 
 from leukviz import __version__
-from leukviz.cli import app, bench, compare, dataset, export, lrfind, predict, runfolders, study, train
+from leukviz.cli import app, bench, compare, dataset, export, lrfind, predict, runfolders, study, tblog, train
 from leukviz.cli.common import CliError, Progress, _backbone_list, _resolve_cfg
 from leukviz.core.errors import LeukvizError
 from leukviz.core.storage import write_error_text
@@ -19,7 +19,7 @@ from leukviz.core.storage import write_error_text
 __all__ = ["CliError", "Progress", "_backbone_list", "_resolve_cfg", "build_parser", "entry", "main"]
 
 # The subcommands in their --help order (predict adds predict and evaluate).
-COMMANDS = (train, runfolders, dataset, predict, compare, study, export, bench, lrfind, app)
+COMMANDS = (train, runfolders, dataset, predict, compare, study, export, tblog, bench, lrfind, app)
 
 
 def build_parser(prog: str = "leukviz") -> argparse.ArgumentParser:

@@ -29,7 +29,7 @@ from leukviz.models.config import RunConfig
 from leukviz.models.devices import autocast, autocast_dtype, device_name, tune_cpu_allocator
 from leukviz.models.forward import evaluate, to_input
 from leukviz.scoring.metrics import weighted_f1
-from leukviz.training import callbacks, checkpoints, features, optim
+from leukviz.training import callbacks, checkpoints, features, optim, tblog
 from leukviz.training.distributed import Dist, init_distributed, share_buffers, stop_requested, unwrap
 from leukviz.training.state import TrainState
 
@@ -386,6 +386,8 @@ def _fit(cfg: RunConfig, run_dir: Path, emit: Emit, should_stop: Callable[[], bo
     keep = callbacks.KeepBest(run_dir, checkpoints.checkpoint_meta(state), main)
     hooks_after = [keep, callbacks.Record(run_dir, emit), callbacks.EarlyStopping(emit),
                    callbacks.TestScoring(run_dir, cache_dir, log, main)]
+    if main and tblog.available():  # event files beside the run with the optional tensorboard extra
+        hooks_after.append(tblog.TensorBoardLog(run_dir, cfg.to_dict(), state.start_epoch))
     emit(start_event(state))
     for epoch in range(state.start_epoch, cfg.epochs + 1):
         if state.fast_head and state.feats is None:  # counted in the first epoch's time
