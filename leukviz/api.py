@@ -218,12 +218,13 @@ def run_rows(runs_dir: str | Path | None = None) -> list[dict[str, Any]]:
     for r in _runs.list_runs(runs_dir):
         row = _runs.describe(r)
         healthy = row["backbone"] is not None and not row["damaged"]
-        rows.append({**row, **(_health(r) if healthy else {"health": None, "health_reasons": []})})
+        rows.append({**row, **(_health(r) if healthy else {"health": None, "health_reasons": []}),
+                     "run_dir": str(r.dir)})
     return rows
 
 
 COLUMNS = ["run_id", "backbone", "state", "health", "val_acc", "val_f1", "data", "preset", "weights", "image_size",
-           "epochs", "split", "damaged", "health_reasons", "problems", "error"]
+           "epochs", "split", "damaged", "health_reasons", "problems", "error", "run_dir"]
 
 
 def runs(dataset: str | Path | None = None, backbone: str | Iterable[str] | None = None,
@@ -245,30 +246,31 @@ def runs(dataset: str | Path | None = None, backbone: str | Iterable[str] | None
     return df.reset_index(drop=True)
 
 
-def _run_ids(chosen: Any) -> list[str]:
-    """Run ids from a DataFrame of runs(), a Run, a run id, 'all', or a list of them."""
+def _resolve(chosen: Any, runs_dir: str | Path | None = None) -> list[Run]:
+    """Runs from a DataFrame of runs() (its run_dir column), a Run, a run id (a unique prefix), or a list of
+    them; each once, in the order given."""
     if hasattr(chosen, "columns"):  # a DataFrame of runs()
-        return [str(i) for i in chosen["run_id"]]
-    if isinstance(chosen, (str, Run, _runs.Run)):
+        chosen = [Path(d) for d in chosen["run_dir"]] if "run_dir" in chosen.columns else list(chosen["run_id"])
+    elif isinstance(chosen, (str, Path, Run, _runs.Run)):
         chosen = [chosen]
-    ids = []
-    for c in chosen:
-        ids.append(c.id if isinstance(c, Run) else c.run_id if isinstance(c, _runs.Run) else str(c))
-    return ids
+    out = [Run(c) if isinstance(c, Path) else Run.of(c, runs_dir) for c in chosen]
+    return list({r.dir: r for r in out}.values())
 
 
 # ---------------------------------------------------------------------------------------------- comparing
 
-def select_comparable(run_ids: Sequence[str], runs_dir: str | Path | None = None,
+def select_comparable(chosen: Any, runs_dir: str | Path | None = None,
                       note: Callable[[str], None] = lambda s: None) -> list[_runs.Run]:
-    """The finished, usable runs to compare: ids (a unique prefix is enough) or 'all'; they must share their
-    validation cells (one comparable group), except that 'all' takes the largest group and says so (note).
-    'all' leaves out degenerate runs (as the Compare page's default) unless nothing else is left."""
+    """The finished, usable runs to compare: 'all', or what _resolve takes (ids, Runs, a DataFrame of runs());
+    they must share their validation cells (one comparable group), except that 'all' takes the largest group and
+    says so (note). 'all' leaves out degenerate runs (as the Compare page's default) unless nothing else is left."""
     from leukviz.app import dashboard
     from leukviz.comparison import compare as cmp
     from leukviz.scoring import health
 
-    if list(run_ids) == ["all"]:
+    everything = isinstance(chosen, str) and chosen == "all" or (isinstance(chosen, (list, tuple))
+                                                                 and list(chosen) == ["all"])
+    if everything:
         for r in dashboard.damaged_runs(runs_dir):
             note(f"left out, damaged: {dashboard.damage_text(r)}")
         chosen = dashboard.finished_runs(runs_dir)
@@ -279,7 +281,7 @@ def select_comparable(run_ids: Sequence[str], runs_dir: str | Path | None = None
                  "compare it")
         chosen = [r for r in chosen if r not in left]
     else:
-        chosen = [_runs.get_run(i, runs_dir) for i in run_ids]
+        chosen = [r._run for r in _resolve(chosen, runs_dir)]
         for r in chosen:
             if r.unfinished():
                 note(f"warning: {r.unfinished()}; its results are of an unfinished model")
@@ -289,7 +291,7 @@ def select_comparable(run_ids: Sequence[str], runs_dir: str | Path | None = None
     groups = cmp.comparable_groups(chosen)
     if len(groups) > 1:
         listing = "; ".join(f"{g.label}: {' '.join(r.run_id for r in g.runs)}" for g in groups.values())
-        if list(run_ids) != ["all"]:
+        if not everything:
             raise ApiError(f"these runs were not scored on the same validation cells, so they cannot be compared; "
                            f"give runs of one group: {listing}")
         note(f"comparing the largest of {len(groups)} groups (others: {listing})")
@@ -375,7 +377,7 @@ def compare(chosen: Any = "all", resamples: int = 2000, runs_dir: str | Path | N
         notes.append(text)
         (note or (lambda s: print(s, file=sys.stderr)))(text)
 
-    chosen_runs = select_comparable(_run_ids(chosen), runs_dir, say)
+    chosen_runs = select_comparable(chosen, runs_dir, say)
     for problem in cmp.backfill_test(chosen_runs):
         say(problem)
     evals = []
@@ -427,7 +429,7 @@ def predict(run_or_runs: Any, images: str | Path | Sequence[str | Path], tta: bo
     from leukviz.serving import inference
 
     files = _image_files(images)
-    chosen = [Run.of(i, runs_dir) for i in _run_ids(run_or_runs)]
+    chosen = _resolve(run_or_runs, runs_dir)
     for r in chosen:
         if not r._run.has_checkpoint:
             raise ApiError(f"run {r.id} has no model yet ({r.state}): nothing to predict with")
