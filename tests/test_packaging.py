@@ -134,7 +134,7 @@ import json, sys
 import leukviz
 settings = dict(weights="none", epochs=1, image_size=32, batch_size=16)
 first = leukviz.train("googlenet", sys.argv[1], **settings)
-second = leukviz.train("googlenet", sys.argv[1], seed=1, **settings)
+second = leukviz.train("googlenet", sys.argv[1], seed=1, split_seed=0, **settings)  # the same split
 table = leukviz.runs(dataset=sys.argv[1])
 result = leukviz.compare(table, resamples=200)
 print(json.dumps({"file": leukviz.__file__, "first": first.id, "second": second.id, "epochs": len(first.history),
