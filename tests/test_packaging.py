@@ -233,3 +233,13 @@ def _draw(base: str) -> None:
         assert not page.locator('[data-testid="stException"]').count()
         page.screenshot(path=str(out / "0-installed-overview.png"))
         browser.close()
+
+
+def test_citation_cff_names_this_version_and_the_data_it_trains_on():
+    text = (REPO / "CITATION.cff").read_text()
+    assert text.startswith("cff-version: 1.2.0") and f"\nversion: {__version__}\n" in text
+    for key in ("\ntitle:", "\nauthors:", "\nmessage:", "\nreferences:"):
+        assert key in text, key
+    readme = (REPO / "README.md").read_text()
+    assert "10.7937/tcia.2019.dc64i46r" in text and "10.7937/tcia.2019.dc64i46r" in readme  # C-NMC 2019 on TCIA
+    assert "docs/img/overview.png" in readme and (REPO / "docs" / "img" / "overview.png").stat().st_size < 200_000
