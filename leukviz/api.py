@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # pandas and plotly load when a function needs them: `import 
 
     from leukviz.comparison.compare import Evaluation, Report
 
-__all__ = ["ApiError", "Comparison", "Run", "compare", "config", "load", "predict", "run_rows", "runs",
+__all__ = ["ApiError", "Comparison", "Run", "compare", "config", "health_of", "load", "predict", "run_rows", "runs",
            "sample_images", "select_comparable", "train"]
 
 class ApiError(LeukvizError, ValueError):
@@ -86,11 +86,11 @@ class Run:
     @property
     def health(self) -> str | None:
         """'ok' or 'degenerate' for a finished run (health_reasons says why); None before it finishes."""
-        return _health(self._run)["health"]
+        return health_of(self._run)["health"]
 
     @property
     def health_reasons(self) -> list[str]:
-        return _health(self._run)["health_reasons"]
+        return health_of(self._run)["health_reasons"]
 
     @property
     def error(self) -> str | None:
@@ -114,13 +114,13 @@ class Run:
                 + (f", {scores}" if scores else "") + (f", health {self.health}" if self.health else "") + ")")
 
 
-def _health(run: _runs.Run) -> dict[str, Any]:
-    """A run's health and its reasons (health.of_run_dir); None for a run that is not finished."""
-    from leukviz.scoring import health
+def health_of(run: _runs.Run) -> dict[str, Any]:
+    """{"health", "health_reasons"} of a run as the pages decide it (dashboard.run_health); None before it
+    finishes."""
+    from leukviz.app import dashboard
 
-    if run.state != _runs.State.FINISHED:
-        return {"health": None, "health_reasons": []}
-    return health.of_run_dir(run.dir).to_dict()
+    h = dashboard.run_health(run)
+    return h.to_dict() if h is not None else {"health": None, "health_reasons": []}
 
 
 def load(run_id: str, runs_dir: str | Path | None = None) -> Run:
@@ -218,7 +218,7 @@ def run_rows(runs_dir: str | Path | None = None) -> list[dict[str, Any]]:
     for r in _runs.list_runs(runs_dir):
         row = _runs.describe(r)
         healthy = row["backbone"] is not None and not row["damaged"]
-        rows.append({**row, **(_health(r) if healthy else {"health": None, "health_reasons": []}),
+        rows.append({**row, **(health_of(r) if healthy else {"health": None, "health_reasons": []}),
                      "run_dir": str(r.dir)})
     return rows
 

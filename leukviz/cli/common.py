@@ -87,7 +87,7 @@ def _health(run) -> dict:
     """A run's health and its reasons (health.of_run_dir) for --json; None for a run that is not finished."""
     from leukviz import api
 
-    return api._health(run)
+    return api.health_of(run)
 
 
 def _health_text(res: dict) -> str:
