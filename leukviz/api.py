@@ -150,11 +150,11 @@ def config(backbone: str = "resnet50", data: str | Path = "demo", weights: str =
 
 def train(backbone: str = "resnet50", data: str | Path = "demo", *, weights: str = "imagenet", preset: str = "quick",
           seeds: int = 1, device: str = "auto", force: bool = False, runs_dir: str | Path | None = None,
-          progress: bool | Callable[[dict], None] = False, **settings: Any) -> Run | list[Run]:
+          progress: bool | Callable[[dict], None] = True, **settings: Any) -> Run | list[Run]:
     """Train a backbone here (or return the cached run: the same configuration on the same data never trains
     twice), with `leukviz train`'s options as keywords: epochs=, image_size=, batch_size=, lr=, split=,
     finetune=, seed=, patience=, ... seeds=N trains N runs differing only in seed and returns them all.
-    progress: True prints each epoch on stderr as the CLI does, or a function that gets every event."""
+    progress: True (the default) prints each epoch on stderr, False nothing, or a function that gets every event."""
     cfg = config(backbone, data, weights, preset, **settings)
     for caution in C.cautions(cfg):
         print(f"warning: {caution}", file=sys.stderr)
