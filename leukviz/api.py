@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # pandas and plotly load when a function needs them: `import 
     from leukviz.comparison.compare import Evaluation, Report
 
 __all__ = ["ApiError", "Comparison", "Run", "compare", "config", "health_of", "load", "predict", "run_rows", "runs",
-           "sample_images", "select_comparable", "train"]
+           "sample_images", "select_comparable", "train", "without_degenerate"]
 
 class ApiError(LeukvizError, ValueError):
     """A call that cannot be done as asked, in one line (the CLI prints it as its error)."""
@@ -259,6 +259,21 @@ def _resolve(chosen: Any, runs_dir: str | Path | None = None) -> list[Run]:
 
 # ---------------------------------------------------------------------------------------------- comparing
 
+def without_degenerate(chosen: list[_runs.Run], verb: str, note: Callable[[str], None]) -> list[_runs.Run]:
+    """The runs of 'all' less the degenerate ones (scoring.health), each named (note) with why; when every run is
+    degenerate, all of them, each still named. compare all and predict --run all choose alike."""
+    from leukviz.scoring import health
+
+    left = [r for r in chosen if health.of_run_dir(r.dir).degenerate]
+    for r in left:
+        why = "; ".join(health.of_run_dir(r.dir).reasons)
+        if len(left) < len(chosen):
+            note(f"run {r.run_id} left out: degenerate ({why}); name it to {verb} with it")
+        else:
+            note(f"warning: run {r.run_id} is degenerate ({why}), and so is every finished run")
+    return [r for r in chosen if r not in left] if len(left) < len(chosen) else chosen
+
+
 def select_comparable(chosen: Any, runs_dir: str | Path | None = None,
                       note: Callable[[str], None] = lambda s: None) -> list[_runs.Run]:
     """The finished, usable runs to compare: 'all', or what _resolve takes (ids, Runs, a DataFrame of runs());
@@ -266,7 +281,6 @@ def select_comparable(chosen: Any, runs_dir: str | Path | None = None,
     says so (note). 'all' leaves out degenerate runs (as the Compare page's default) unless nothing else is left."""
     from leukviz.app import dashboard
     from leukviz.comparison import compare as cmp
-    from leukviz.scoring import health
 
     everything = isinstance(chosen, str) and chosen == "all" or (isinstance(chosen, (list, tuple))
                                                                  and list(chosen) == ["all"])
@@ -274,12 +288,9 @@ def select_comparable(chosen: Any, runs_dir: str | Path | None = None,
         for r in dashboard.damaged_runs(runs_dir):
             note(f"left out, damaged: {dashboard.damage_text(r)}")
         chosen = dashboard.finished_runs(runs_dir)
-        left = [r for r in chosen if health.of_run_dir(r.dir).degenerate]
-        left = left if len(left) < len(chosen) else []
-        for r in left:
-            note(f"run {r.run_id} left out: degenerate ({'; '.join(health.of_run_dir(r.dir).reasons)}); name it to "
-                 "compare it")
-        chosen = [r for r in chosen if r not in left]
+        if not chosen:
+            raise ApiError("no usable finished runs (`runs list` names what is wrong with each); train one first")
+        chosen = without_degenerate([r for r in chosen if r.is_usable], "compare", note)
     else:
         chosen = [r._run for r in _resolve(chosen, runs_dir)]
         for r in chosen:
@@ -345,14 +356,19 @@ class Comparison:
                 "val_f1": charts.compare_curves(hist, "val_f1"), "val_loss": charts.compare_curves(hist, "val_loss"),
                 "roc": charts.roc_figure(cmp.roc_curves(self.evaluations))}
 
-    def report(self, path: str | Path) -> Path:
-        """Write the self-contained HTML report (`leukviz compare --report`) and return its path."""
+    def html(self) -> str:
+        """The self-contained HTML report (Plotly inlined: it opens offline), from this comparison's numbers."""
         from leukviz.app import report
+
+        return report.html_report(self.evaluations, rep=self.data)
+
+    def report(self, path: str | Path) -> Path:
+        """Write the HTML report (`leukviz compare --report`) and return its path."""
         from leukviz.core.storage import atomic_write_bytes
 
         path = Path(path).expanduser()
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, report.html_report(self.evaluations, rep=self.data).encode())
+        atomic_write_bytes(path, self.html().encode())
         return path
 
     def __str__(self) -> str:

@@ -272,14 +272,14 @@ def test_predict_outputs_are_checked_before_the_work_and_written_whole(trained, 
     assert "--cam" in err and "is a file" in err and not loaded
     monkeypatch.undo()
 
-    real = storage._write_temp
+    real = storage._copy_mode
 
-    def full(path, blob):
-        if path.suffix == ".csv":  # the disk fills while the table is written
+    def full(tmp, path):
+        if path.suffix == ".csv":  # the disk fills at the end of the table's temporary (output's last step)
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-        return real(path, blob)
+        return real(tmp, path)
 
-    monkeypatch.setattr(storage, "_write_temp", full)
+    monkeypatch.setattr(storage, "_copy_mode", full)
     table = tmp_path / "t" / "table.csv"
     assert main([*base, "--csv", str(table)]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -644,6 +644,8 @@ def test_truncated_last_line_and_lost_status_are_tolerated(finished_micro, tmp_p
         fh.write('{"type": "batch", "epoch": 2, "st')  # the writer died mid-line
     assert len(copy.events()) == n and [e["epoch"] for e in copy.epochs()] == [1]
     (copy.dir / "status.json").write_bytes(b"")  # lost to a power cut
+    assert copy.state == "finished"  # its other files say it finished (issue 35): never resumed nor retrained
+    (copy.dir / filenames.CHECKPOINT).unlink()  # a run whose results are not whole was cut short
     assert copy.state == "interrupted" and "status.json" in copy.status["error"]
     (copy.dir / "status.json").unlink()
     assert copy.state == "interrupted"

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from leukviz.core import paths
 from leukviz.core.events import BATCH, EPOCH, finite, latest_start
 from leukviz.core.filenames import CONFIG
 from leukviz.datasets import data
@@ -85,14 +86,41 @@ def _url_value(key: str, text: str) -> Any:
 
 
 def settings_from_url(params: Any) -> dict[str, Any]:
-    """The valid settings a URL's query parameters name, by session-state key; anything else is ignored."""
-    out = {}
+    """The valid settings a URL's query parameters name, by session-state key (read_url)."""
+    return read_url(params)[0]
+
+
+def read_url(params: Any) -> tuple[dict[str, Any], list[str]]:
+    """The valid settings a URL's query parameters name, by session-state key, and a note for each value
+    that is not valid (epochs=-5, lr=nan, size=99999999, an unknown backbone, a dataset outside
+    LEUKVIZ_DATA_ROOTS): that setting keeps its default, and the page shows the note."""
+    out, notes = {}, []
     for name, key in {**URL_DATA, **URL_SETTINGS}.items():
         text = params.get(name)
-        value = _url_value(key, str(text)) if text is not None else None
-        if value is not None:
+        if text is None:
+            continue
+        value = _url_value(key, str(text))
+        refusal = paths.data_refusal(str(value)) if key == "dataset" and value is not None else None
+        if value is not None and refusal is None:
             out[key] = value
-    return out
+        else:
+            shown = str(text) if len(str(text)) <= 60 else str(text)[:57] + "…"
+            notes.append(f"The link's {name}={shown} was not used ({refusal or _url_rule(key)}); the default is kept.")
+    return out, notes
+
+
+def _url_rule(key: str) -> str:
+    """What a URL setting takes, in words, for read_url's notes."""
+    choices = {"train_backbone": backbones.BACKBONES, "train_preset": config.PRESETS, "train_weights": ("imagenet", "none"),
+               "train_finetune": config.FINETUNE, "split": config.SPLITS}
+    if key in choices:
+        return "one of " + ", ".join(map(str, choices[key]))
+    if key == "train_lr":
+        return "a number above 0 and below 10"
+    if key == "dataset":
+        return "a dataset path or demo"
+    low, high = SETTING_RANGES[key]
+    return f"a whole number from {low} to {high}"
 
 
 def settings_to_url(state: Any, names: Iterable[str]) -> dict[str, str]:

@@ -59,6 +59,10 @@ def cmd_app(args) -> int:
         return proc.wait()
     except KeyboardInterrupt:  # the terminal's Ctrl-C reached Streamlit too: let it finish its shutdown
         return proc.wait()
+    except BaseException:  # SIGTERM or SIGHUP to this process alone (cli.main's Terminated): Streamlit goes too
+        proc.terminate()
+        proc.wait()
+        raise
 
 
 def add_parser(sub, common: argparse.ArgumentParser) -> None:

@@ -192,9 +192,16 @@ def _selected_runs(run_arg: str, runs_dir):
             print(f"left out, damaged: {dashboard.damage_text(r)}", file=sys.stderr)
         chosen = dashboard.finished_runs(runs_dir)
         if not chosen:
-            raise CliError("no finished runs to predict with; train one first")
+            raise CliError("no usable finished runs (`runs list` names what is wrong with each); train one first")
         return chosen
     return [_warn_unfinished(runs.get_run(run_arg, runs_dir))]
+
+
+def _without_degenerate(chosen: list, verb: str) -> list:
+    """The runs of 'all' less the degenerate ones, each named on stderr (api.without_degenerate)."""
+    from leukviz import api
+
+    return api.without_degenerate(chosen, verb, lambda s: print(s, file=sys.stderr))
 
 
 def _warn_unfinished(run):
@@ -205,27 +212,33 @@ def _warn_unfinished(run):
     return run
 
 
-def _output_file(path: str, flag: str) -> Path:
-    """Where a command will write a file, checked before the work: its folder is made when missing; a folder
-    at the path itself, or a parent that cannot be made, is a CliError naming the flag."""
-    p = Path(path).expanduser()
-    if p.is_dir():
-        raise CliError(f"{flag} {path} is a folder; give a file name, e.g. {p / 'predictions.csv'}")
+def _output_file(path: str, flag: str, example: str = "output"):
+    """Where a command will write a user's file (storage.OutputTarget), checked before the work by the output
+    rule (storage.prepare_output): a regular file or new name (its folder made and probed for writing), `-`
+    (stdout), a pipe or character device; an empty name, a folder, a socket, a name too long or a folder that
+    cannot be written in is a CliError naming the flag. example: the file name a folder's message suggests."""
+    from leukviz.core import storage
+
     try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CliError(f"{flag} {path}: cannot make its folder {p.parent} ({e.strerror or e})") from None
-    return p
+        return storage.prepare_output(path, flag, example)
+    except storage.OutputError as e:
+        raise CliError(str(e)) from None
 
 
 def _output_folder(path: str, flag: str) -> Path:
-    """Where a command will write files, checked (and made) before the work: a file at the path, or a
-    folder that cannot be made, is a CliError naming the flag."""
+    """Where a command will write files, checked (and made, and probed for writing) before the work: an empty
+    name, a file at the path, or a folder that cannot be made or written in is a CliError naming the flag."""
+    import tempfile
+
+    if not path.strip():
+        raise CliError(f"{flag} is empty: give a folder to write into")
     p = Path(path).expanduser()
     if p.exists() and not p.is_dir():
         raise CliError(f"{flag} {path} is a file; give a folder to write into")
     try:
         p.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(prefix=".leukviz-probe-", dir=p):
+            pass
     except OSError as e:
-        raise CliError(f"{flag} {path}: cannot make this folder ({e.strerror or e})") from None
+        raise CliError(f"{flag} {path}: cannot write in this folder ({e.strerror or e})") from None
     return p

@@ -13,12 +13,14 @@ def cmd_compare(args) -> int:
     (api.compare: the runs chosen as select_comparable says, the test backfill, the report)."""
     from leukviz import api
 
-    report_path = _output_file(args.report, "--report") if args.report else None
+    report_path = _output_file(args.report, "--report", "report.html") if args.report is not None else None
     result = api.compare(args.runs, resamples=args.resamples, runs_dir=args.runs_dir,
                          note=lambda s: print(s, file=sys.stderr))
     if report_path is not None:
-        result.report(report_path)
-        print(f"wrote the report to {report_path}", file=sys.stderr)
+        from leukviz.core.storage import write_output
+
+        write_output(report_path, result.html().encode())
+        print(f"wrote the report to {report_path.shown}", file=sys.stderr)
     _out(args, str(result), result.data)
     return 0
 

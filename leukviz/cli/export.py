@@ -19,7 +19,8 @@ def cmd_export(args) -> int:
     else:
         human += (f"; ONNX Runtime vs PyTorch on {res['check_images']} images: max |difference| of probabilities "
                   f"{res['max_abs_diff']:.1e} (tolerance {res['tolerance']:g}); preprocessing in the metadata")
-    human += f"\nmodel card (intended use and limits, scores with intervals): {res['model_card']}"
+    if res.get("model_card"):
+        human += f"\nmodel card (intended use and limits, scores with intervals): {res['model_card']}"
     _out(args, human, res)
     return 0
 

@@ -16,6 +16,7 @@ from leukviz.cli.common import (
     _output_folder,
     _selected_runs,
     _warn_unfinished,
+    _without_degenerate,
 )
 from leukviz.core import filenames, paths
 
@@ -27,7 +28,12 @@ def _collect_images(items: list[str]) -> list[str]:
     for item in items:
         p = Path(item)
         if p.is_dir():
-            out.extend(str(f) for f in sorted(p.rglob("*")) if f.is_file() and data._is_image(f))
+            found = sorted(p.rglob("*"))
+            out.extend(str(f) for f in found if f.is_file() and data._is_image(f))
+            odd = [f for f in found if not f.is_file() and not f.is_dir()]  # pipes, sockets, devices, broken links
+            if odd:
+                print(f"skipped {len(odd)} file(s) in {item} that are not regular files (a pipe, socket, device or "
+                      f"broken link): {', '.join(f.name for f in odd[:3])}{' …' if len(odd) > 3 else ''}", file=sys.stderr)
         elif p.suffix.lower() == ".zip":
             dest = paths.cache_root() / filenames.PREDICT_ZIP_CACHE / f"{p.stem}-{int(p.stat().st_mtime)}"
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -46,26 +52,29 @@ def cmd_predict(args) -> int:
     from leukviz.scoring.metrics import nan_to_none
     from leukviz.serving import inference
 
-    csv_path = _output_file(args.csv, "--csv") if args.csv else None
-    if args.cam:
+    csv_path = _output_file(args.csv, "--csv", "predictions.csv") if args.csv is not None else None
+    if args.cam is not None:
         _output_folder(args.cam, "--cam")
     files = _collect_images(args.images)
     if not files:
         raise CliError("no images given")
-    models = _load_models(_selected_runs(args.run, args.runs_dir), args.run == "all")
+    chosen = _selected_runs(args.run, args.runs_dir)
+    if args.run == "all":  # as compare all: a degenerate run only when named (or when all are)
+        chosen = _without_degenerate(chosen, "predict")
+    models = _load_models(chosen, args.run == "all")
     table = inference.predict_table(models, files, tta=args.tta)
     cams: list[dict] = []
-    if args.cam:
+    if args.cam is not None:
         from leukviz.serving import explain
         for lm in models:
             cams.extend({"model": lm.backbone, "run_id": lm.run_dir.name, **rec}
                         for rec in explain.save_cams(lm, files, Path(args.cam)))
         print(f"wrote {sum(1 for c in cams if c['cam'])} Grad-CAM overlays to {args.cam}", file=sys.stderr)
     if csv_path is not None:
-        from leukviz.core.storage import atomic_write_bytes
+        from leukviz.core.storage import write_output
         from leukviz.serving.prediction import table_csv
 
-        atomic_write_bytes(csv_path, table_csv(table))  # whole or not at all: a full disk leaves no cut-short table
+        write_output(csv_path, table_csv(table))  # the output rule: whole or not at all, or a stream
     records = nan_to_none(table)
     for r in records:  # the table holds one text cell; a JSON reader gets the list back
         r["ood_reasons"] = r["ood_reasons"].split("; ") if r.get("ood_reasons") else []
@@ -138,7 +147,8 @@ def cmd_evaluate(args) -> int:
     res = {**inference.evaluate_dataset(lm, args.data, paths.cache_root(), tta=args.tta), "unfinished": run.unfinished()}
     pos = res["positive_class"]
     lines = [f"run {run.run_id} ({lm.backbone}) on {res['dataset']} [{res['set']} set], n={res['n']} cells"
-             + (f", {res['skipped']} unreadable skipped" if res["skipped"] else ""),
+             + (f", {res['skipped']} file(s) skipped (unreadable, or listed wrongly: `data inspect` names each and why)"
+                if res["skipped"] else ""),
              f"  cell level{' (no TTA)' if args.tta else ''}: {_scores_text(res)}; positive class {pos}",
              f"  confusion (rows true, columns predicted; {', '.join(res['classes'])}): {res['confusion']}"]
     if res["not_held_out"]:

@@ -9,6 +9,8 @@ import json
 from leukviz.cli.common import CliError, _out
 from leukviz.core.errors import LeukvizError
 
+_HEALTH_MARK = {"degenerate": " DEGENERATE", "unknown": " HEALTH-UNKNOWN"}
+
 
 def cmd_runs(args) -> int:
     """Every run folder, a damaged one too: what is wrong with it and how to repair it (runs.describe)."""
@@ -28,9 +30,11 @@ def cmd_runs(args) -> int:
         else:
             print(f"{r['run_id']}  {r['backbone']:<10} {r['state'] + (' DAMAGED' if r['damaged'] else ''):<11} "
                   f"{r['preset']:<6} {r['weights']:<9} {r['image_size']}px {r['epochs']}ep split={r['split']:<8} "
-                  f"val_acc={acc}  data={r['data']}" + (" DEGENERATE" if r["health"] == "degenerate" else ""))
+                  f"val_acc={acc}  data={r['data']}" + _HEALTH_MARK.get(r["health"], ""))
         for problem in r["problems"]:
             print(f"    {problem}")
+        if r["health"] == "unknown":  # as --json says: the text listing hides no health
+            print(f"    health unknown: {'; '.join(r['health_reasons'])}")
     return 0
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from leukviz.cli.common import CliError, _out, _output_folder
 
@@ -44,7 +43,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     tb = sub.add_parser("tensorboard", parents=[common],
                         help="write runs' curves and scores as TensorBoard event files (needs tensorboard)")
     tb.add_argument("runs", nargs="+", metavar="RUN", help="run ids (a unique prefix is enough), or 'all'")
-    tb.add_argument("--logdir", type=Path, default=None,
+    tb.add_argument("--logdir", default=None,
                     help="write into LOGDIR/<run id> (default: each run's own folder, tensorboard/ beside its "
                          "metrics; `tensorboard --logdir` on the runs folder then shows every run)")
     tb.set_defaults(func=cmd_tensorboard)

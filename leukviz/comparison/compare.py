@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from leukviz.core import storage
 from leukviz.core.errors import LeukvizError
 from leukviz.core.filenames import CHECKPOINT, PREDICTIONS, TEST_PREDICTIONS
 from leukviz.datasets import data
@@ -768,4 +769,4 @@ def export_text(res: dict) -> str:
 
 
 def checkpoint_bytes(run: runs.Run) -> bytes:
-    return (run.dir / CHECKPOINT).read_bytes()
+    return storage.read_bytes(run.dir / CHECKPOINT)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from leukviz.core import storage
 from leukviz.core.filenames import CONFIG, TEST_PREDICTIONS
 from leukviz.datasets import data
 from leukviz.serving import inference
@@ -26,7 +27,7 @@ def score_run(run_dir: str | Path, cache_dir: Path | None = None) -> Path | None
     out = run_dir / TEST_PREDICTIONS
     if checkpoints.test_is_scored(run_dir):
         return out
-    info = json.loads((run_dir / CONFIG).read_text())
+    info = json.loads(storage.read_text(run_dir / CONFIG))
     try:
         ds = data.open_dataset(info["config"]["data"], cache_dir)
     except (data.DataError, OSError):

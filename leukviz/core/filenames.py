@@ -27,6 +27,9 @@ TENSORBOARD = "tensorboard"  # TensorBoard event files (training/tblog.py), when
 # The files a training process replaces atomically (storage writes a temporary ".<name>.*" beside each
 # first): leftovers with these prefixes are the writes a crash cut short.
 TRAINER_FILES = (RESUME, CHECKPOINT, SIDECAR, PREDICTIONS, TEST_PREDICTIONS, METRICS)
+# The files of a run folder that readers open: each must be a regular file (runs.check names any that is not).
+RUN_FILES = (CONFIG, STATUS, METRICS, CHECKPOINT, SIDECAR, RESUME, PREDICTIONS, TEST_PREDICTIONS, CALIBRATION, LOG,
+             LAUNCH, RUN_LOCK)
 
 # ---------------------------------------------------------------------------------------------- the runs root
 

@@ -35,6 +35,10 @@ def _check_members(zip_name: str, files: list[zipfile.ZipInfo]) -> None:
             raise DataError(f"{zip_name}: the entry {info.filename!r} appears twice, so which file is meant is "
                             "unclear; make the zip again from the folder")
         seen.add(key)
+    folders = {str(parent) for key in seen for parent in Path(key).parents if str(parent) != "."}
+    if clash := sorted(seen & folders):  # extracting both would fail with "File exists"
+        raise DataError(f"{zip_name}: {clash[0]!r} is both a file and a folder in the zip, so one cannot be "
+                        "extracted; rename one of them and make the zip again")
     names = [Path(i.filename.replace("\\", "/")) for i in files]
     inner = [n.name for n in names if n.suffix.lower() == ".zip"]
     if inner and not any(_is_image(n) for n in names):
@@ -102,6 +106,25 @@ def extract_zip(zip_path: Path, dest: Path) -> Path:
     if len(entries) == 1 and entries[0].is_dir() and find_cnmc_root(dest) is None:
         return entries[0]
     return dest
+
+
+def shown_upload_name(name: str) -> str:
+    """An upload's name fit to show: control characters (a NUL byte, a newline) as visible escapes."""
+    return "".join(f"\\x{ord(c):02x}" if ord(c) < 32 or ord(c) == 127 else c for c in str(name))
+
+
+def upload_refusal(name: str, kinds: tuple[str, ...]) -> str | None:
+    """Why an uploaded file is not taken, judged by its name alone, as one line naming it; None when its
+    extension is one of kinds. The pages' uploaders take any file and ask this instead of Streamlit's own
+    type check, which raises on a name holding a NUL byte and so replaced the whole page: here that one
+    file gets a message and the others go on."""
+    shown = shown_upload_name(name)
+    if "\0" in name:
+        return f"{shown}: the file name holds a NUL byte, which no real file name can: rename it and upload it again"
+    ext = name.rsplit(".", 1)[-1].lower() if "." in name else ""
+    if ext not in kinds:
+        return f"{shown}: not a file type taken here (.{ext or '?'}); give " + ", ".join(f".{k}" for k in kinds)
+    return None
 
 
 def save_upload(blob: bytes, folder: Path, suffix: str = ".zip", name: str | None = None) -> Path:

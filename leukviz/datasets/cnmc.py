@@ -46,8 +46,6 @@ def fold_name(fold: int) -> str:
 
 
 def parse_fold(name: str) -> int | None:
-    """'fold_2' -> 2; None for a folder that is not a fold."""
-    try:
-        return int(name.split("_")[1])
-    except (IndexError, ValueError):
-        return None
+    """'fold_2' -> 2; None for a folder that is not a fold ('fold_x', 'fold_-1', 'fold_1_old')."""
+    head, _, number = name.partition("_")
+    return int(number) if head == "fold" and number.isascii() and number.isdigit() else None

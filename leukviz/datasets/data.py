@@ -20,10 +20,17 @@ from PIL import Image  # noqa: F401 - re-exported, as below
 # data.X for what now lives in the modules below it.
 from leukviz.core import filenames
 from leukviz.datasets import synthetic
-from leukviz.datasets.archives import as_uploaded, extract_zip, save_upload, upload_name  # noqa: F401
+from leukviz.datasets.archives import (  # noqa: F401
+    as_uploaded,
+    extract_zip,
+    save_upload,
+    shown_upload_name,
+    upload_name,
+    upload_refusal,
+)
 from leukviz.datasets.cachedir import cache_folder, writable  # noqa: F401
 from leukviz.datasets.cnmc import CNMC_CLASSES
-from leukviz.datasets.dataset import POOL_SETS, TEST_SETS, DataError, Dataset, listing  # noqa: F401
+from leukviz.datasets.dataset import POOL_SETS, STRAY_PREFIX, TEST_SETS, DataError, Dataset, listing  # noqa: F401
 from leukviz.datasets.decode import (  # noqa: F401
     CELL_WINDOW,
     IMAGE_EXTS,
@@ -102,7 +109,6 @@ def _fingerprint(index: pd.DataFrame, root: Path, classes: Sequence[str], digest
     return h.hexdigest()[:16]
 
 
-STRAY_PREFIX = "?"  # the subject of a file whose name carries none, in a dataset whose other names do
 
 
 def _stray_names(index: pd.DataFrame) -> list[str]:
@@ -133,6 +139,22 @@ def _test_copies(index: pd.DataFrame, digests: Sequence[str]) -> list[str]:
     return [f"LEAKY test set: {len(copies)} held-out test image{'s are' if len(copies) != 1 else ' is'} the same "
             f"file as a training image ({listing(copies)}): the test score counts images the model trained on. "
             "Remove the copies from one side"]
+
+
+def _one_class_text(root: Path, only: str) -> str:
+    """The one-class refusal, saying what the folder looks like when that explains it: a set folder (test/)
+    without train/, or a chain of single folders (d/d/d/…) above the class folders."""
+    if only.lower() in SET_FOLDERS:
+        return (f"{root} holds {only}/ but no train/: a train/ val/ test/ tree needs train/ with one sub-folder per "
+                "class (train/all/, train/hem/)")
+    depth, inner = 0, Path(root) / only
+    while inner.is_dir() and depth < 1000 and (subs := [p for p in inner.iterdir() if p.is_dir()]) and len(subs) == 1 \
+            and not any(p.is_file() for p in inner.iterdir()):
+        inner, depth = subs[0], depth + 1
+    if depth >= 2:
+        return (f"{root} holds only {only}/, a chain of {depth + 1} folders each holding one folder: give the folder "
+                "that holds the class folders (e.g. all/ and hem/), not one above it")
+    return f"{root} has images of one class only ({only}); a classifier needs at least two classes"
 
 
 def open_dataset(spec: str | Path = "demo", cache_dir: Path | None = None) -> Dataset:
@@ -191,7 +213,7 @@ def open_dataset(spec: str | Path = "demo", cache_dir: Path | None = None) -> Da
     present = sorted(set(train["label"]))
     if len(present) < 2:
         only = classes[present[0]] if present else "none"
-        raise DataError(f"{root} has images of one class only ({only}); a classifier needs at least two classes")
+        raise DataError(_one_class_text(root, only))
     index = index.reset_index(drop=True)
     digests = _digests(index)
     warnings += _stray_names(index) + _test_copies(index, digests)

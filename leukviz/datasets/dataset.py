@@ -11,6 +11,7 @@ import pandas as pd
 
 from leukviz.core.errors import LeukvizError
 
+STRAY_PREFIX = "?"  # the subject of a file whose name carries none, in a dataset whose other names do
 
 class DataError(LeukvizError, ValueError):
     """A dataset or image that cannot be used; the message says why and what to do."""

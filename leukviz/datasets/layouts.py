@@ -28,7 +28,10 @@ def _index_cnmc(root: Path, skipped: list) -> pd.DataFrame:
     rows = []
     for fold_dir in sorted((root / cnmc.TRAINING).glob(cnmc.FOLD_GLOB)):
         fold = cnmc.parse_fold(fold_dir.name)
-        if fold is None or not fold_dir.is_dir():
+        if not fold_dir.is_dir():
+            continue
+        if fold is None:  # named, never dropped in silence (nor fold_-1 trained as a fold)
+            skipped.append((str(fold_dir), "not a fold folder (fold_0, fold_1, …): not read"))
             continue
         for cls_dir in _distinct_dirs(sorted(p for p in fold_dir.iterdir() if p.is_dir())):
             if class_name(cls_dir.name) not in CNMC_CLASSES:
@@ -41,6 +44,8 @@ def _index_cnmc(root: Path, skipped: list) -> pd.DataFrame:
                     skipped.append((str(f), "not a regular file"))
                     continue
                 parsed = parse_cnmc_name(f.name)
+                if _name_disagrees(parsed, class_name(cls_dir.name), skipped, f):
+                    continue
                 subject = parsed[0] if parsed else ""
                 rows.append((str(f), CNMC_CLASSES.index(class_name(cls_dir.name)), subject, fold, "train"))
     labels = root / cnmc.PRELIM_LABELS
@@ -54,7 +59,7 @@ def _index_cnmc(root: Path, skipped: list) -> pd.DataFrame:
         if records and not {cnmc.LABEL_FILE, cnmc.LABEL_VALUE} <= set(records[0]):
             raise DataError(f"{labels.name} lacks the columns {cnmc.LABEL_FILE} and {cnmc.LABEL_VALUE} "
                             f"(has: {', '.join(map(str, records[0]))})")
-        for rec in records:
+        for rec in _one_row_per_file(records, labels.name, skipped):
             fname, label = str(rec.get(cnmc.LABEL_FILE) or ""), str(rec.get(cnmc.LABEL_VALUE) or "").strip()
             if Path(fname).name != fname or fname in ("", ".", ".."):  # a name inside the folder, not a path
                 skipped.append((fname, f"{labels.name}: not a plain file name"))
@@ -74,6 +79,33 @@ def _index_cnmc(root: Path, skipped: list) -> pd.DataFrame:
             if _is_image(f) and f.is_file():
                 rows.append((str(f), -1, "", -1, "final"))
     return pd.DataFrame(rows, columns=["path", "label", "subject", "fold", "set"])
+
+
+def _one_row_per_file(records: list[dict], source: str, skipped: list) -> list[dict]:
+    """The labels CSV's rows, one per file: a file listed twice with one label is counted once (its extra
+    rows noted), and one listed with two labels is left out, every row of it named (which label is right?)."""
+    by_name: dict[str, list[dict]] = {}
+    for rec in records:
+        by_name.setdefault(str(rec.get(cnmc.LABEL_FILE) or ""), []).append(rec)
+    out = []
+    for fname, recs in by_name.items():
+        labels = sorted({str(r.get(cnmc.LABEL_VALUE) or "").strip() for r in recs})
+        if len(labels) > 1:
+            skipped.append((fname, f"{source}: listed {len(recs)} times with different labels ({', '.join(labels)})"))
+            continue
+        if len(recs) > 1:
+            skipped.append((fname, f"{source}: listed {len(recs)} times with one label: counted once"))
+        out.append(recs[0])
+    return out
+
+
+def _name_disagrees(parsed: tuple | None, folder_class: str, skipped: list, f: Path) -> bool:
+    """Whether a C-NMC file name names another C-NMC class than its class folder (hem/UID_77_1_1_all.png):
+    noted and left out, since nothing tells which is right."""
+    if parsed and parsed[3] in CNMC_CLASSES and folder_class in CNMC_CLASSES and parsed[3] != folder_class:
+        skipped.append((str(f), f"its name says {parsed[3]}, its folder {folder_class}: which is it? left out"))
+        return True
+    return False
 
 
 def class_name(folder: str) -> str:
@@ -126,6 +158,8 @@ def _index_folder(root: Path, skipped: list) -> tuple[pd.DataFrame, tuple[str, .
             classes.append(class_name(d.name))
         for f in images:
             parsed = parse_cnmc_name(f.name)
+            if _name_disagrees(parsed, class_name(d.name), skipped, f):
+                continue
             rows.append((str(f), classes.index(class_name(d.name)), parsed[0] if parsed else "", -1, "train"))
     return pd.DataFrame(rows, columns=["path", "label", "subject", "fold", "set"]), tuple(classes)
 

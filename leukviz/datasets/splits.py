@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from leukviz.datasets.dataset import DataError, Dataset, listing
+from leukviz.datasets.dataset import STRAY_PREFIX, DataError, Dataset, listing
 
 
 @dataclass
@@ -239,6 +239,10 @@ def _make_split(ds: Dataset, method: str, val_fraction: float, seed: int, val_fo
             if len(subjects) < 2:
                 raise DataError(f"subject split impossible: class {ds.classes[label]!r} has one subject only "
                                 f"({subjects[0]}); use split 'image' (leaky) or add subjects")
+            # Stray files (a subject of their own, _stray_names) never make up the validation set while the
+            # class has two real subjects: four one-image strays were the whole validation set of a class.
+            real = [s for s in subjects if not str(s).startswith(STRAY_PREFIX)]
+            subjects = real if len(real) >= 2 and len(real) < len(subjects) else subjects
             rng.shuffle(subjects)
             counts = part.groupby("subject").size()
             # Take whole subjects in a seeded order while they fit ~val_fraction of the class; a subject

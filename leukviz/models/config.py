@@ -276,6 +276,8 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"momentum must be from 0 up to (not including) 1, got {cfg.momentum}")
     if cfg.weight_decay < 0:
         raise ConfigError(f"weight_decay must be 0 or more, got {cfg.weight_decay}")
+    if cfg.val_fold < 0:
+        raise ConfigError(f"val_fold is a fold number, 0 or more, got {cfg.val_fold}")
     if not 0.0 < cfg.val_fraction < 1.0:
         raise ConfigError(f"val_fraction must be between 0 and 1, got {cfg.val_fraction}")
 

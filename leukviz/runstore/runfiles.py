@@ -7,15 +7,18 @@ weights file is checked from its header alone (sizes, shapes, offsets), never lo
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import os
+import stat
 import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from leukviz.core import filenames
+from leukviz.core import filenames, storage
 from leukviz.core.errors import LeukvizError
 from leukviz.models import config
 from leukviz.scoring import predictions
@@ -57,7 +60,7 @@ def _is_finite(v: Any) -> bool:
 
 def _load(path: Path) -> Any:
     """The JSON in path; RunFileError when it is empty or not JSON; FileNotFoundError passes through."""
-    blob = path.read_bytes()
+    blob = storage.read_bytes(path)  # a FIFO or device in its place is NotRegularFile, never a hang
     if not blob.strip():
         raise RunFileError("empty")
     try:
@@ -68,6 +71,20 @@ def _load(path: Path) -> Any:
 
 def _type_name(v: Any) -> str:
     return "null" if v is None else type(v).__name__
+
+
+def not_regular_files(run_dir: Path) -> dict[str, str]:
+    """The run files (filenames.RUN_FILES) that exist but are not regular files, with what each is (a pipe, a
+    socket, a device, a folder): found by stat alone, so nothing blocks on a FIFO."""
+    out = {}
+    for name in filenames.RUN_FILES:
+        try:
+            mode = os.stat(run_dir / name).st_mode
+        except OSError:
+            continue
+        if not stat.S_ISREG(mode):
+            out[name] = storage.file_kind(mode)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- config.json
@@ -175,10 +192,10 @@ _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I1
 def weights_header(path: Path) -> dict[str, list[int]]:
     """The tensor shapes of a safetensors file from its header, checked against the file's size (an empty,
     truncated or garbage file is a RunFileError); the tensors are not read."""
-    size = path.stat().st_size
-    if size == 0:
-        raise RunFileError("empty (0 bytes)")
-    with open(path, "rb") as fh:
+    with storage.open_regular(path) as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size == 0:
+            raise RunFileError("empty (0 bytes)")
         head = fh.read(8)
         n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
         if not 0 < n <= min(size - 8, 100_000_000):
@@ -248,12 +265,13 @@ WEIGHTS_REPAIR = "Train the configuration again (train ... --force) or delete th
 
 # ---------------------------------------------------------------------------------------------- the others
 
-def check_predictions(path: Path, classes: list[str]) -> None:
+def check_predictions(path: Path, classes: list[str]) -> tuple[int, int]:
     """A val/test predictions CSV: the columns Compare reads, and every row whole (a label of a class, a
-    probability per class); one cut short by a crash is damaged."""
+    probability per class); one cut short by a crash is damaged. Returns (rows, rows whose highest
+    probability is their label's), for the cross-check with model.json (agrees_with_sidecar)."""
     import csv
 
-    with open(path, encoding="utf-8", errors="replace", newline="") as fh:
+    with io.TextIOWrapper(storage.open_regular(path), encoding="utf-8", errors="replace", newline="") as fh:
         rows = list(csv.reader(fh))
     if not rows:
         raise RunFileError("empty")
@@ -262,19 +280,42 @@ def check_predictions(path: Path, classes: list[str]) -> None:
     if lacking:
         raise RunFileError(f"lacks the columns {', '.join(lacking)}")
     label, probs = header.index("label"), [header.index(predictions.prob_column(c)) for c in classes]
+    right = 0
     for i, row in enumerate(rows[1:], 2):
         try:
-            ok = len(row) == len(header) and 0 <= int(row[label]) < len(classes) and \
-                all(0.0 <= float(row[j]) <= 1.0 for j in probs)
+            p = [float(row[j]) for j in probs] if len(row) == len(header) else []
+            ok = bool(p) and 0 <= int(row[label]) < len(classes) and all(0.0 <= x <= 1.0 for x in p)
         except ValueError:
             ok = False
         if not ok:
             raise RunFileError(f"line {i} is not a whole prediction (cut short?)")
+        right += max(range(len(p)), key=p.__getitem__) == int(row[label])
     if len(rows) < 2:
         raise RunFileError("holds no predictions")
+    return len(rows) - 1, right
+
+
+def agrees_with_sidecar(counts: tuple[int, int], sidecar: dict) -> str | None:
+    """What val_predictions.csv's rows and accuracy (check_predictions) contradict in model.json, which the
+    engine writes from the same predictions: fewer or more rows than its split's validation count (a file
+    cut at a line end), or another accuracy than its val_acc (a hand-edited file). None when they agree,
+    or when model.json records no validation count (a run folder not written by the engine)."""
+    n, right = counts
+    n_val = (sidecar.get("split") or {}).get("n_val")
+    if not _is_int(n_val):
+        return None
+    if n != n_val:
+        return f"holds {n} predictions, {filenames.SIDECAR} says the validation set has {n_val} cells (cut short?)"
+    acc = (sidecar.get("metrics") or {}).get("val_acc")
+    if _is_finite(acc) and abs(right - acc * n) > 0.5:  # more than one cell's rounding apart
+        return (f"its accuracy is {right / n:.3f}, {filenames.SIDECAR} says the model scored {acc:.3f} on these "
+                "cells (edited by hand?)")
+    return None
 
 
 def check_resume_state(path: Path) -> None:
     """last.pt is a whole torch file (a zip archive): a truncated or garbage one cannot resume."""
-    if not zipfile.is_zipfile(path):
+    with storage.open_regular(path) as fh:
+        whole = zipfile.is_zipfile(fh)
+    if not whole:
         raise RunFileError("not a whole PyTorch file (truncated or garbage)")

@@ -18,7 +18,7 @@ from filelock import FileLock, Timeout
 
 from leukviz.core import events, filenames, paths
 from leukviz.core.errors import LeukvizError
-from leukviz.core.storage import atomic_write_json, read_json, read_jsonl
+from leukviz.core.storage import atomic_write_json, read_json, read_jsonl, read_text
 from leukviz.datasets import data
 from leukviz.models.config import RunConfig
 from leukviz.runstore import processes, runfiles
@@ -113,7 +113,9 @@ class Run:
     @property
     def damage(self) -> list[Problem]:
         """What makes this run unusable (a required file damaged): empty for a sound run."""
-        return [p for p in check(self) if p.file in runfiles.REQUIRED or p.file == filenames.TEST_PREDICTIONS]
+        odd = runfiles.not_regular_files(self.dir)  # a pipe or device in place of any run file: unusable
+        return [p for p in check(self) if p.file in runfiles.REQUIRED or p.file == filenames.TEST_PREDICTIONS
+                or p.file in odd]
 
     @property
     def problems(self) -> list[str]:
@@ -161,7 +163,7 @@ class Run:
         """Why lines of metrics.jsonl were skipped, one entry per line."""
         out = []
         try:
-            lines = (self.dir / filenames.METRICS).read_text(encoding="utf-8", errors="replace").splitlines()
+            lines = read_text(self.dir / filenames.METRICS, errors="replace").splitlines()
         except OSError:
             return out
         for i, line in enumerate(lines, 1):
@@ -223,7 +225,7 @@ def _lock_held(path: Path, lock: FileLock) -> bool:
         lock.release()
         return False
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO in its place: no hang
     except OSError:
         return False
     try:
@@ -240,8 +242,12 @@ def _lock_held(path: Path, lock: FileLock) -> bool:
 def check(run: Run) -> list[Problem]:
     """Every damaged file of a run folder, checked against its schema (runfiles): what is wrong and the
     repair. The files a finished run's readers need (runfiles.REQUIRED) are checked once it says finished."""
-    out: list[Problem] = []
     delete = f"delete the folder {run.dir}"
+    odd = runfiles.not_regular_files(run.dir)
+    if odd:  # a pipe, socket or device in place of a run file: named, and never opened (a FIFO would hang)
+        return [Problem(name, f"is {kind}, not a regular file, so nothing reads it", f"remove it, or {delete}")
+                for name, kind in odd.items()]
+    out: list[Problem] = []
     try:
         runfiles.read_config(run.dir)
     except (RunFileError, OSError) as e:
@@ -249,8 +255,13 @@ def check(run: Run) -> list[Problem]:
                                                   "(config.json is rewritten)"))
     st = read_json(run.dir / filenames.STATUS, None)
     if (run.dir / filenames.STATUS).exists() and not (isinstance(st, dict) and st.get("state") in STATES):
-        out.append(Problem(filenames.STATUS, "not a run status", f"it reads as interrupted; `train --resume "
-                                                              f"{run.run_id}` rewrites it"))
+        if _finished_by_its_files(run):  # never advised to resume: that would train a finished run again
+            st = {"state": "finished"}
+            out.append(Problem(filenames.STATUS, "not a run status", "it reads as finished, since its epochs, "
+                               "model, weights and predictions are whole: nothing to resume or train"))
+        else:
+            out.append(Problem(filenames.STATUS, "not a run status", f"it reads as interrupted; `train --resume "
+                                                                  f"{run.run_id}` rewrites it"))
     elif isinstance(st, dict) and runfiles.clean_status(st)[1]:
         out.append(Problem(filenames.STATUS, ", ".join(runfiles.clean_status(st)[1]) + " (ignored)",
                            "the next training rewrites it"))
@@ -292,7 +303,10 @@ def _check_results(run: Run, delete: str) -> list[Problem]:
         if name == filenames.TEST_PREDICTIONS and not path.exists():
             continue
         try:
-            runfiles.check_predictions(path, sidecar["classes"])
+            counts = runfiles.check_predictions(path, sidecar["classes"])
+            odd = runfiles.agrees_with_sidecar(counts, sidecar) if name == filenames.PREDICTIONS else None
+            if odd:
+                out.append(Problem(name, odd, repair))
         except FileNotFoundError:
             out.append(Problem(name, "missing", repair))
         except (RunFileError, OSError) as e:
@@ -307,6 +321,23 @@ def _results_sound(run: Run) -> bool:
         not [p for p in check(run) if p.file in runfiles.REQUIRED]
 
 
+def _finished_by_its_files(run: Run) -> bool:
+    """Whether a run whose status.json is lost or damaged finished, by what its other files say: no resumable
+    state left, its epochs reached the configured number (or it stopped early), and the files a finished
+    run needs (model.json, the weights, the predictions) whole and agreeing."""
+    if (run.dir / filenames.RESUME).exists():
+        return False
+    try:
+        epochs = run.config.epochs
+    except (RunFileError, OSError):
+        return False
+    evs = run.events()
+    done = max((e["epoch"] for e in evs if e.get("type") == events.EPOCH), default=0)
+    if done < epochs and not any(e.get("type") == events.EARLY_STOP for e in evs):
+        return False
+    return not _check_results(run, "")
+
+
 def _recorded_status(run: Run) -> dict:
     """status.json as the trainer wrote it (fields of the wrong type dropped: runfiles.clean_status); never
     started, or the file lost or damaged (a power cut), otherwise."""
@@ -314,6 +345,8 @@ def _recorded_status(run: Run) -> dict:
     if isinstance(st, dict) and st.get("state") in STATES:
         return runfiles.clean_status(st)[0]
     started = (run.dir / filenames.METRICS).exists() or (run.dir / filenames.RESUME).exists()  # progress on disk: cut short
+    if started and _finished_by_its_files(run):
+        return {"state": "finished", "error": None}
     return {"state": "interrupted", "error": f"{filenames.STATUS} is missing or damaged"} if started else {"state": "new"}
 
 
@@ -348,7 +381,7 @@ def read_status(run: Run) -> dict:
 
 def _log_tail(run: Run, lines: int = 8) -> str:
     try:
-        text = (run.dir / filenames.LOG).read_text(errors="replace")
+        text = read_text(run.dir / filenames.LOG, errors="replace")
     except OSError:
         return ""
     return "\n".join(text.strip().splitlines()[-lines:])

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from leukviz.core import storage
 from leukviz.core.filenames import CALIBRATION, PREDICTIONS, SIDECAR
 from leukviz.core.storage import atomic_write_json, read_json
 from leukviz.scoring import metrics, predictions
@@ -120,6 +121,22 @@ def unusable_fit(y: np.ndarray, n_classes: int) -> str | None:
     return None
 
 
+def cache_problem(cached: Any) -> str | None:
+    """What is wrong with a calibration.json whose key matches (None when nothing): a temperature that is not
+    a finite number, one outside T_BOUNDS or at a bound yet marked calibrated, or a not-calibrated one other
+    than 1. Such a file is never applied; run_calibration fits again and says so, naming the file."""
+    t, calibrated = cached.get("temperature"), cached.get("calibrated")
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not np.isfinite(t):
+        return f"its temperature {t!r} is not a number"
+    if not isinstance(calibrated, bool):
+        return f"its \"calibrated\" is {calibrated!r}, not true or false"
+    if calibrated and not (T_BOUNDS[0] < t < T_BOUNDS[1]) or calibrated and at_bound(t):
+        return f"its temperature {t:g} is outside its own bounds ({T_BOUNDS[0]:g} to {T_BOUNDS[1]:g})"
+    if not calibrated and t != 1.0:
+        return f"it is not calibrated, yet its temperature is {t:g}, not 1"
+    return None
+
+
 def validation_cells(run_dir: Path, src: Path | bytes) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(labels, probabilities, classes) of the labelled rows of a run's validation predictions (a path or the
     file's bytes), columns in the sidecar's class order when it has one. ValueError when the table lacks its
@@ -157,16 +174,22 @@ def run_calibration(run_dir: str | Path) -> dict[str, Any]:
     measured on the cells T was fitted on, so they are optimistic."""
     run_dir = Path(run_dir)
     try:
-        blob = (run_dir / PREDICTIONS).read_bytes()
+        blob = storage.read_bytes(run_dir / PREDICTIONS)
     except OSError:
         return not_calibrated(f"the run has no validation predictions ({PREDICTIONS})")
     key = hashlib.sha256(blob).hexdigest()
     cached = read_json(run_dir / CALIBRATION, None)
+    damaged = None
     if isinstance(cached, dict) and cached.get("key") == key and cached.get("version") == VERSION:
-        return cached
+        damaged = cache_problem(cached)
+        if damaged is None:
+            return cached
     out = {**fit_run(run_dir, blob), "key": key, "source": PREDICTIONS}
     try:
-        atomic_write_json(run_dir / CALIBRATION, out)
+        if storage.is_regular_or_missing(run_dir / CALIBRATION):  # a pipe in its place is named, not replaced
+            atomic_write_json(run_dir / CALIBRATION, out)
     except OSError:
         pass  # a read-only run folder: the fit is cheap, the next load fits again
+    if damaged:  # a hand-edited or damaged file: never applied; fitted again (and rewritten), named this once
+        out["note"] = f"{CALIBRATION} was not applied ({damaged}), so it was fitted again: {out['note']}"
     return json.loads(json.dumps(out))

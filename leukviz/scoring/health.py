@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from leukviz.core import storage
 from leukviz.core.filenames import PREDICTIONS
 from leukviz.scoring import calibration, metrics
 
@@ -93,7 +94,7 @@ def of_run_dir(run_dir: str | Path) -> Health:
     key = (str(path), st.st_size, st.st_mtime_ns)
     if key not in _CACHE:
         try:
-            blob = path.read_bytes()
+            blob = storage.read_bytes(path)  # a FIFO in its place: NotRegularFile, never a hang
             y, p, classes = calibration.validation_cells(run_dir, blob)
         except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
             return Health(UNKNOWN, (f"its validation predictions cannot be read ({e})",))

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from leukviz.core import storage
+
 PROB = "prob_"
 
 
@@ -48,7 +50,9 @@ def frame(y: np.ndarray, probs: np.ndarray, classes: Sequence[str], paths: Seque
 def read(src: str | Path | bytes, classes: Sequence[str] | None = None) -> Table:
     """The file (a path, or its bytes). classes: their order (a run's sidecar), used when the file has exactly
     those prob_ columns; otherwise the file's own order. ValueError when it lacks a label or two prob_ columns."""
-    df = pd.read_csv(io.BytesIO(src) if isinstance(src, bytes) else src, dtype={"subject": str, "path": str},
+    if not isinstance(src, bytes):  # a path: opened only when it is a regular file (a FIFO never hangs)
+        src = storage.read_bytes(src)
+    df = pd.read_csv(io.BytesIO(src), dtype={"subject": str, "path": str},
                      keep_default_na=False)
     found = [c.removeprefix(PROB) for c in df.columns if c.startswith(PROB)]
     order = list(classes) if classes and set(classes) == set(found) else found

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from leukviz.core.filenames import PREDICTIONS, SIDECAR
-from leukviz.core.storage import atomic_write_bytes
+from leukviz.core.storage import NAME_MAX, write_output
 from leukviz.models import backbones
 from leukviz.runstore import runfiles
 from leukviz.scoring import predictions
@@ -139,6 +139,17 @@ def _display(image: np.ndarray) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((DISPLAY_MIN, DISPLAY_MIN), Image.Resampling.BICUBIC))
 
 
+def _fitted_stem(stem: str, room: int) -> str:
+    """stem cut so that it and room more bytes fit one file name (NAME_MAX), a digest of the whole stem kept
+    at its end so two long names that share their start stay two files."""
+    if len((stem).encode()) + room <= NAME_MAX:
+        return stem
+    import hashlib
+
+    digest = hashlib.sha1(stem.encode()).hexdigest()[:8]
+    return stem.encode()[:NAME_MAX - room - 10].decode("utf-8", "ignore") + "~" + digest
+
+
 def save_cams(lm: LoadedModel, files: Sequence[str | Path], out_dir: str | Path) -> list[dict]:
     """Write one PNG overlay per readable image for this model into out_dir, named
     `<image stem>.<backbone>-<run id>.png`. Returns one record per file: file, cam (path or None), error."""
@@ -155,7 +166,7 @@ def save_cams(lm: LoadedModel, files: Sequence[str | Path], out_dir: str | Path)
         except data.ImageError as e:
             records.append({"file": str(f), "cam": None, "error": str(e)})
             continue
-        stem = re.sub(r"[^\w.-]+", "_", Path(f).stem)
+        stem = _fitted_stem(re.sub(r"[^\w.-]+", "_", Path(f).stem), len(f".{tag}.png") + 8)
         name, n = f"{stem}.{tag}.png", 2
         while name in taken:  # same stem in two folders (all/ and hem/ of a zip): keep both
             name, n = f"{stem}_{n}.{tag}.png", n + 1
@@ -163,7 +174,7 @@ def save_cams(lm: LoadedModel, files: Sequence[str | Path], out_dir: str | Path)
         big = _display(img)
         buf = io.BytesIO()  # each overlay whole or not at all (a full disk)
         Image.fromarray(overlay(big, gradcam(lm, img))).save(buf, format="PNG")
-        atomic_write_bytes(out_dir / name, buf.getvalue())
+        write_output(out_dir / name, buf.getvalue())  # the output rule
         records.append({"file": str(f), "cam": str(out_dir / name), "error": ""})
     return records
 

@@ -4,6 +4,7 @@ with its model card (serving/modelcard.py) beside the weights in Markdown and in
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import shutil
@@ -15,9 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from leukviz.core import storage
 from leukviz.core.errors import LeukvizError
 from leukviz.core.filenames import CHECKPOINT, CONFIG, PREDICTIONS, SIDECAR
-from leukviz.core.storage import atomic_path, atomic_write_bytes
 from leukviz.runstore import runfiles
 from leukviz.serving import inference, modelcard
 
@@ -30,34 +31,63 @@ class ExportError(LeukvizError, RuntimeError):
     """The export could not be written or does not agree with the PyTorch model."""
 
 
-def _target(out: Path, suffix: str) -> Path:
-    """A path with the format's suffix is the file; anything else is a folder to write into. Checked before
-    any work: an existing file that is not one of the format's is refused, never overwritten."""
-    out = Path(out).expanduser()
-    if out.exists() and not out.is_dir() and out.suffix != suffix:
-        raise ExportError(f"{out} is an existing file: give a folder, or a path ending in {suffix}")
-    if out.suffix == suffix:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        return out
-    if out.suffix and not out.is_dir():
-        raise ExportError(f"{out.name}: a {suffix.lstrip('.')} export is a {suffix} file or a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    return out / f"model{suffix}"
+def _target(out: Path | str, suffix: str) -> storage.OutputTarget:
+    """Where the export goes, by the output rule (storage.OutputTarget), checked before any work: a path with
+    the format's suffix is the file; `-`, a pipe or a character device takes an ONNX file as a stream (a
+    safetensors export is two files); anything else is a folder to write into. An existing file that is not
+    one of the format's is refused, never overwritten."""
+    text = str(out)
+    if not text.strip():
+        raise ExportError(f"--out is empty: give a folder, or a path ending in {suffix}")
+    p = Path(text).expanduser()
+    if text == storage.STDOUT or (p.exists() and not p.is_dir() and not p.is_file()):
+        if suffix != ".onnx":
+            raise ExportError(f"{text}: a safetensors export is two files (the weights and their {SIDECAR}): give "
+                              "a folder, or a path ending in .safetensors")
+        return _checked(text)
+    if p.exists() and not p.is_dir() and p.suffix != suffix:
+        raise ExportError(f"{p} is an existing file: give a folder, or a path ending in {suffix}")
+    if p.suffix == suffix:
+        return _checked(p)
+    if p.suffix and not p.is_dir():
+        raise ExportError(f"{p.name}: a {suffix.lstrip('.')} export is a {suffix} file or a folder")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ExportError(f"--out {text}: cannot make this folder ({e.strerror or e})") from None
+    return _checked(p / f"model{suffix}")
 
 
-def _export_safetensors(run_dir: Path, out: Path, card: dict) -> dict:
+def _checked(path: Path | str) -> storage.OutputTarget:
+    try:
+        return storage.prepare_output(path, "--out", "model.onnx")
+    except storage.OutputError as e:
+        raise ExportError(str(e)) from None
+
+
+def _shown(target: storage.OutputTarget) -> str:
+    return str(target.path) if target.kind == "file" else target.shown
+
+
+def _export_safetensors(run_dir: Path, out: Path | str, card: dict) -> dict:
     target = _target(out, ".safetensors")
-    sidecar = target.with_suffix(".json")
+    sidecar = target.path.with_suffix(".json")
     meta = runfiles.read_sidecar(run_dir)  # checked (export_run refused a damaged one already)
     meta["run_id"] = run_dir.name
-    meta["config"] = json.loads((run_dir / CONFIG).read_text()).get("config", {})
+    meta["config"] = json.loads(storage.read_text(run_dir / CONFIG)).get("config", {})
     meta["model_card"] = card
     # each file whole or not at all (a full disk): the weights first, then the sidecar that describes them
-    with atomic_path(target) as tmp:
-        shutil.copyfile(run_dir / CHECKPOINT, tmp)
-    atomic_write_bytes(sidecar, json.dumps(meta, indent=1).encode())
-    return {"format": "safetensors", "path": str(target), "sidecar": str(sidecar),
-            "bytes": target.stat().st_size}
+    with storage.output_path(target) as tmp:
+        try:
+            storage.open_regular(run_dir / CHECKPOINT).close()  # a pipe in its place is refused, not read
+            shutil.copyfile(run_dir / CHECKPOINT, tmp)
+        except OSError as e:  # a full disk is the target's, not the run's file
+            if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise OSError(e.errno, e.strerror, str(target.path)) from None
+            raise
+    storage.write_output(sidecar, json.dumps(meta, indent=1).encode())
+    return {"format": "safetensors", "path": str(target.path), "sidecar": str(sidecar),
+            "bytes": target.path.stat().st_size}
 
 
 class _WithProbabilities(nn.Module):
@@ -81,7 +111,7 @@ def _sample_images(lm: inference.LoadedModel, n: int) -> np.ndarray:
     images = []
     path = lm.run_dir / PREDICTIONS
     if path.exists():
-        for p in pd.read_csv(path)["path"]:
+        for p in pd.read_csv(io.BytesIO(storage.read_bytes(path)))["path"]:
             try:
                 images.append(inference.prepare(lm, p))
             except (data.ImageError, FileNotFoundError):
@@ -95,7 +125,7 @@ def _sample_images(lm: inference.LoadedModel, n: int) -> np.ndarray:
     return np.stack(images)
 
 
-def _export_onnx(run_dir: Path, out: Path, card: dict) -> dict:
+def _export_onnx(run_dir: Path, out: Path | str, card: dict) -> dict:
     import onnx
     import onnxruntime as ort
 
@@ -121,7 +151,7 @@ def _export_onnx(run_dir: Path, out: Path, card: dict) -> dict:
              "leukviz.model_card": json.dumps(card), "leukviz.intended_use": modelcard.INTENDED_USE}
     # Written beside the target and checked there; published whole only when ONNX Runtime agrees with PyTorch
     # (a full disk, or a graph that disagrees, leaves nothing at the target).
-    with atomic_path(target) as tmp:
+    with storage.output_path(target) as tmp:
         # The default (dynamo) exporter, not the deprecated TorchScript one (dynamo=False): that one cannot
         # export VGG16's AdaptiveAvgPool2d(7) from a feature map whose side does not divide 7, which is
         # every input size but multiples of 224 (the 64 px quick and 128 px paper presets among them).
@@ -150,9 +180,10 @@ def _export_onnx(run_dir: Path, out: Path, card: dict) -> dict:
         diff = float(max(np.abs(ort_batch - torch_probs).max(), np.abs(ort_single - torch_probs).max()))
         if diff > ONNX_TOLERANCE:
             raise ExportError(f"ONNX Runtime's probabilities differ from PyTorch's by {diff:.2e} "
-                              f"(tolerance {ONNX_TOLERANCE:g}); nothing was written to {target}")
+                              f"(tolerance {ONNX_TOLERANCE:g}); nothing was written to {_shown(target)}")
+        size = Path(tmp).stat().st_size
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
-    res = {"format": "onnx", "path": str(target), "bytes": target.stat().st_size, "opset": opset,
+    res = {"format": "onnx", "path": _shown(target), "bytes": size, "opset": opset,
            "inputs": ["image"], "outputs": ["logits", "probabilities"], "metadata": props,
            "check_images": int(len(x)), "max_abs_diff": diff, "tolerance": ONNX_TOLERANCE,
            "agrees": diff <= ONNX_TOLERANCE, "export_seconds": round(seconds, 2)}
@@ -178,10 +209,13 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path) -> dict:
     damage = [str(p) for p in runs.check(runs.Run(run_dir)) if p.file in (SIDECAR, CHECKPOINT)]
     if damage:
         raise ExportError(f"run {run_dir.name} cannot be exported: {'; '.join(damage)}")
-    _target(Path(out), ".onnx" if fmt == "onnx" else ".safetensors")  # a bad target fails before the work
+    _target(out, ".onnx" if fmt == "onnx" else ".safetensors")  # a bad target fails before the work
     write = _export_safetensors if fmt == "safetensors" else _export_onnx
     card = modelcard.card(run_dir)
-    res = write(run_dir, Path(out), card)
-    card_file = modelcard.card_path(Path(res["path"]))
-    atomic_write_bytes(card_file, modelcard.markdown(card).encode())
-    return {"run_id": run_dir.name, **res, "model_card": str(card_file)}
+    res = write(run_dir, out, card)
+    weights = Path(res["path"])
+    if weights.is_file():  # beside the weights; a stream (stdout, a pipe) carries the card in its metadata only
+        card_file = modelcard.card_path(weights)
+        storage.write_output(card_file, modelcard.markdown(card).encode())
+        res["model_card"] = str(card_file)
+    return {"run_id": run_dir.name, **res}

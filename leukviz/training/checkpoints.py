@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from leukviz.core import storage
 from leukviz.core.errors import LeukvizError
 from leukviz.core.filenames import CHECKPOINT, SIDECAR, TEST_PREDICTIONS
 from leukviz.core.storage import atomic_torch_save, atomic_write_bytes, atomic_write_files, json_bytes
@@ -66,7 +67,7 @@ def save_resume(state: TrainState, path: Path, epoch: int, step: int, running: l
 
 def kept_sidecar(run_dir: Path) -> dict:
     """The sidecar this run's trainer wrote with its kept checkpoint (the writer reads its own file back)."""
-    return json.loads((run_dir / SIDECAR).read_text())
+    return json.loads(storage.read_text(run_dir / SIDECAR))
 
 
 def save_checkpoint(model: nn.Module, run_dir: Path, meta: dict) -> None:

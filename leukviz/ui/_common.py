@@ -31,13 +31,17 @@ def keep_choices() -> None:
     state = st.session_state
     if not state.get("url_read"):
         state["url_read"] = True
-        for key, value in dashboard.settings_from_url(st.query_params).items():
+        values, notes = dashboard.read_url(st.query_params)
+        for key, value in values.items():
             state[key] = value
+        state["url_notes"] = notes
         if "split" in state:
             state["split_dataset"] = state.get("dataset", "demo")  # the URL's split is for the URL's dataset
     for key in KEPT:
         if key in state:
             state[key] = state[key]
+    for note in state.pop("url_notes", []):  # shown on the page the link opened, once
+        st.warning(dashboard.plain(note), icon=":material/link_off:")
 
 
 def figure(fig, key: str, name: str, where=None, **kwargs) -> None:
@@ -59,6 +63,9 @@ def _open(spec: str, cache_dir: str) -> data.Dataset:
 
 def open_dataset(spec: str) -> data.Dataset:
     """The dataset (cached a minute: a folder's fingerprint re-stats every file), with a spinner."""
+    refusal = paths.data_refusal(spec)  # LEUKVIZ_DATA_ROOTS: the one gate for the URL, the folder field and state
+    if refusal:
+        raise data.DataError(refusal)
     msg = "Indexing the dataset…"
     if spec == "demo":
         msg = "Opening the built-in demo dataset (generated on first use: about half a minute)…"

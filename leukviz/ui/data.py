@@ -63,10 +63,14 @@ if source == SOURCES[1]:
             elif use(str(Path(path.strip()).expanduser())):
                 st.rerun()
 elif source == SOURCES[2]:
-    upload = st.file_uploader("Dataset zip", type=["zip"], max_upload_size=1024, key="data_zip",
+    # any type, its name checked here (data.upload_refusal): Streamlit's own check raises on a NUL byte
+    upload = st.file_uploader("Dataset zip", max_upload_size=1024, key="data_zip",
                               help="A zip of the C-NMC folder or of a class-per-folder tree; it is used as soon as "
                                    "it is uploaded. For large datasets give the folder path instead.")
-    if upload is not None and state.get("data_zip_used") != upload.file_id:
+    refusal = data.upload_refusal(upload.name, ("zip",)) if upload is not None else None
+    if refusal:
+        st.error(dashboard.plain(refusal))
+    elif upload is not None and state.get("data_zip_used") != upload.file_id:
         state["data_zip_used"] = upload.file_id  # once per upload: a rerun does not take it again
         with st.spinner(f"Saving and checking {upload.name}…"):
             saved = data.save_upload(upload.getvalue(), paths.uploads(), name=upload.name)

@@ -8,6 +8,7 @@ import streamlit as st
 
 from leukviz.app import charts, dashboard
 from leukviz.core import filenames
+from leukviz.datasets import data
 from leukviz.runstore import names
 from leukviz.serving import prediction
 from leukviz.serving.explain import colour_bar
@@ -50,7 +51,8 @@ with st.spinner("Loading the models…"):
 if not models:
     st.stop()
 
-uploads = st.file_uploader("Cell images", type=[*prediction.UPLOAD_TYPES, "zip"], accept_multiple_files=True,
+# any type: each name is checked below (data.upload_refusal), so one odd name (a NUL byte) cannot stop the page
+uploads = st.file_uploader("Cell images", accept_multiple_files=True,
                            help="PNG, JPEG, BMP or TIFF; one cell per image, like the training data. "
                                 "Several files or a zip of images also give a table to download as CSV.")
 show_cam = st.toggle("Show Grad-CAM", value=False, key="predict_cam",
@@ -58,6 +60,10 @@ show_cam = st.toggle("Show Grad-CAM", value=False, key="predict_cam",
                           f"{prediction.cam_resolution_text()}: models trained at 128 px or more give "
                           "readable maps.")
 uploads = uploads or []
+KINDS = (*prediction.UPLOAD_TYPES, "zip")
+for refusal in filter(None, (data.upload_refusal(f.name, KINDS) for f in uploads)):
+    st.warning(dashboard.plain(refusal))
+uploads = [f for f in uploads if data.upload_refusal(f.name, KINDS) is None]
 zips = [f for f in uploads if f.name.lower().endswith(".zip")]
 uploads = [f for f in uploads if f not in zips]
 
