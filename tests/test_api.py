@@ -98,5 +98,5 @@ def test_bad_settings_and_inputs_are_one_clear_line(tmp_path):
         api.train("googlenet", "demo", epoch=1, runs_dir=tmp_path)
     with pytest.raises(FileNotFoundError, match="no such image"):
         api.predict([], [tmp_path / "missing.png"], runs_dir=tmp_path)
-    with pytest.raises(api.ApiError, match="no finished runs"):
+    with pytest.raises(api.ApiError, match="no usable finished runs"):
         api.compare("all", runs_dir=tmp_path)
