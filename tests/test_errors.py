@@ -34,6 +34,6 @@ def test_the_cli_reports_any_of_them_as_one_line(capsys, monkeypatch):
         raise engine.OutOfMemory("ran out of memory with batch size 64")
 
     parsed = argparse.Namespace(func=fail, json=False)
-    monkeypatch.setattr(cli, "build_parser", lambda: argparse.Namespace(parse_args=lambda argv: parsed))
+    monkeypatch.setattr(cli, "build_parser", lambda: argparse.Namespace(parse_known_args=lambda argv: (parsed, [])))
     assert cli.main([]) == 2
     assert capsys.readouterr().err == "error: ran out of memory with batch size 64\n"

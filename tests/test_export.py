@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -55,6 +56,9 @@ def test_onnx_metadata_documents_the_preprocessing(onnx_export, trained):
     assert json.loads(props["leukviz.std"]) == pytest.approx(meta["std"])
     assert props["leukviz.image_size"] == "64" and props["leukviz.backbone"] == "googlenet"
     assert "64x64" in props["leukviz.preprocessing"] and "crop" in props["leukviz.preprocessing"]
+    card = json.loads(props["leukviz.model_card"])  # the model card travels inside the graph too
+    assert card["model"]["run_id"] == trained.run_id and "diagnosis" in " ".join(card["limits"])
+    assert Path(onnx_export["model_card"]).name == "model.card.md" and Path(onnx_export["model_card"]).exists()
 
 
 def test_safetensors_export_loads_back_and_predicts_the_same(trained, tmp_path):
@@ -155,3 +159,40 @@ def test_a_stopped_run_is_exported_with_a_warning_that_it_is_unfinished(trained,
     out = capsys.readouterr()
     assert rc == 0 and f"warning: run {trained.run_id} is stopped, not finished: its model is from epoch 1 of 1" in out.err
     assert json.loads(out.out.strip().splitlines()[-1])["unfinished"].startswith(f"run {trained.run_id} is stopped")
+
+
+def test_export_writes_a_model_card_beside_the_weights_and_in_the_sidecar(trained, tmp_path):
+    """The card's numbers are the run's own: the validation weighted F1 of its predictions file, inside its
+    interval, the subjects that file holds, the fingerprint of its data; and it says what it is not for."""
+    from sklearn.metrics import f1_score
+
+    from leukviz.serving import modelcard
+
+    res = export.export_run(trained.dir, "safetensors", tmp_path / "g.safetensors")
+    card_file = tmp_path / "g.card.md"
+    assert res["model_card"] == str(card_file) and card_file.exists()
+    card = json.loads(open(res["sidecar"]).read())["model_card"]
+    val = pd.read_csv(trained.dir / "val_predictions.csv", dtype={"subject": str})
+    f1 = f1_score(val["label"], val["pred"], average="weighted")
+    scored = card["validation"]["scores"]["weighted_f1"]
+    assert scored["value"] == pytest.approx(f1) and scored["low"] <= f1 <= scored["high"]
+    assert card["validation"]["interval_unit"] == "subjects"
+    by_class = card["validation"]["subjects_per_class"]
+    assert sorted(s for subj in by_class.values() for s in subj) == sorted(set(val["subject"]))
+    info = json.loads((trained.dir / "config.json").read_text())
+    assert card["data"]["fingerprint"] == info["dataset_fingerprint"] and card["model"]["backbone"] == "googlenet"
+    assert card["health"]["health"] in ("healthy", "degenerate") and card["calibration"]["temperature"] > 0
+    text = card_file.read_text()
+    assert "not for diagnosis" in text and info["dataset_fingerprint"] in text and "googlenet" in text
+    assert f"{f1:.3f}" in text and all(s in text for s in set(val["subject"]))
+    assert text == modelcard.markdown(card)  # the file says what the metadata holds
+
+
+def test_the_model_card_says_when_there_is_no_held_out_test_set(trained, tmp_path):
+    from leukviz.serving import modelcard
+
+    card = modelcard.card(trained.dir)
+    has_test = (trained.dir / "test_predictions.csv").exists()
+    assert (card["test"] is None) == (not has_test)
+    if card["test"] is None:
+        assert "None: the run has no such predictions." in modelcard.markdown(card)

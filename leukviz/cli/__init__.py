@@ -1,4 +1,5 @@
-"""Command line: python -m leukviz train | lr-find | runs | data | predict | evaluate | study | export | bench (see --help)."""
+"""Command line: leukviz (or python -m leukviz) train | lr-find | runs | data | predict | evaluate | compare | study |
+export | tensorboard | bench | app (see --help)."""
 
 # One module per command family, each with its command functions and its add_parser(sub, common); what
 # they share is in common. Torch is imported inside functions only: `--help` and a cached answer stay fast.
@@ -13,20 +14,22 @@ import signal
 import sys
 from collections.abc import Iterator
 
-from leukviz.cli import bench, compare, dataset, export, lrfind, predict, runfolders, study, train
+from leukviz import __version__
+from leukviz.cli import app, bench, compare, dataset, export, lrfind, predict, runfolders, study, tblog, train
 from leukviz.cli.common import CliError, Progress, _backbone_list, _resolve_cfg
 from leukviz.core import storage
 from leukviz.core.errors import LeukvizError
 from leukviz.core.storage import write_error_text
 
-__all__ = ["CliError", "Progress", "_backbone_list", "_resolve_cfg", "build_parser", "main"]
+__all__ = ["CliError", "Progress", "_backbone_list", "_resolve_cfg", "build_parser", "entry", "main"]
 
 # The subcommands in their --help order (predict adds predict and evaluate).
-COMMANDS = (train, runfolders, dataset, predict, compare, study, export, bench, lrfind)
+COMMANDS = (train, runfolders, dataset, predict, compare, study, export, tblog, bench, lrfind, app)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m leukviz", description=__doc__)
+def build_parser(prog: str = "leukviz") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__)
+    p.add_argument("--version", action="version", version=f"leukviz {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--runs-dir", default=None, help="runs folder (default: $LEUKVIZ_HOME/runs)")
@@ -97,7 +100,12 @@ def main(argv: list[str] | None = None, *, process_entry: bool = False) -> int:
     (trainer.stop_on_signals); the other commands turn SIGTERM and SIGHUP into Terminated. Called as a library
     (a test, a notebook), the caller keeps its own signals. Every command ends a closed stdout pipe quietly
     (exit 141), an interrupt with one line (exit 130; 143 for SIGTERM), an error with one line (exit 2)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.func is app.cmd_app:  # `leukviz app --server.port 8502`: Streamlit's own options, passed through
+        args.streamlit_options = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     trains = args.func in (train.cmd_train, study.cmd_study)
     reserve = storage.stdout_reserved() if _stdout_outputs(args) else contextlib.nullcontext()
     try:
@@ -123,3 +131,8 @@ def main(argv: list[str] | None = None, *, process_entry: bool = False) -> int:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e) if plain else write_error_text(e)
         _say(args, msg)
         return 2
+
+
+def entry() -> None:
+    """The `leukviz` console command (pip's launcher): the same as `python -m leukviz`."""
+    sys.exit(main(process_entry=True))

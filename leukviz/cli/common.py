@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from leukviz.core import paths
 from leukviz.core.errors import LeukvizError
 from leukviz.core.events import BATCH, BEGINNINGS, EPOCH
 from leukviz.models import config as C
@@ -86,12 +85,9 @@ class Progress:
 
 def _health(run) -> dict:
     """A run's health and its reasons (health.of_run_dir) for --json; None for a run that is not finished."""
-    from leukviz.runstore import runs
-    from leukviz.scoring import health
+    from leukviz import api
 
-    if run.state != runs.State.FINISHED:
-        return {"health": None, "health_reasons": []}
-    return health.of_run_dir(run.dir).to_dict()
+    return api.health_of(run)
 
 
 def _health_text(res: dict) -> str:
@@ -166,12 +162,11 @@ def add_config_options(parser: argparse.ArgumentParser, names: tuple[str, ...] =
 
 
 def _resolve_cfg(args) -> C.RunConfig:
-    given = {name: getattr(args, name) for name in TRAIN_FIELDS}
-    if given["split"] is None and args.data != "demo":  # a train/ + val/ tree: its own validation folder
-        from leukviz.datasets import data
-        if data.default_split(data.open_dataset(args.data, paths.cache_root())) == "given":
-            given["split"] = "given"
-    return C.resolve(args.backbone, args.preset, args.weights, args.data, **given)
+    """The train options as a RunConfig, by the API's config() (a train/ + val/ tree: its own validation folder)."""
+    from leukviz import api
+
+    return api.config(args.backbone, args.data, args.weights, args.preset,
+                      **{name: getattr(args, name) for name in TRAIN_FIELDS})
 
 
 def _fmt(v, digits: int = 4) -> str:
@@ -194,18 +189,10 @@ def _selected_runs(run_arg: str, runs_dir):
 
 
 def _without_degenerate(chosen: list, verb: str) -> list:
-    """The runs of 'all' less the degenerate ones (scoring.health), each named on stderr with why; when every
-    run is degenerate, all of them, each still named. compare all and predict --run all choose alike."""
-    from leukviz.scoring import health
+    """The runs of 'all' less the degenerate ones, each named on stderr (api.without_degenerate)."""
+    from leukviz import api
 
-    left = [r for r in chosen if health.of_run_dir(r.dir).degenerate]
-    for r in left:
-        why = "; ".join(health.of_run_dir(r.dir).reasons)
-        if len(left) < len(chosen):
-            print(f"run {r.run_id} left out: degenerate ({why}); name it to {verb} with it", file=sys.stderr)
-        else:
-            print(f"warning: run {r.run_id} is degenerate ({why}), and so is every finished run", file=sys.stderr)
-    return [r for r in chosen if r not in left] if len(left) < len(chosen) else chosen
+    return api.without_degenerate(chosen, verb, lambda s: print(s, file=sys.stderr))
 
 
 def _warn_unfinished(run):

@@ -5,53 +5,23 @@ from __future__ import annotations
 import argparse
 import sys
 
-from leukviz.cli.common import CliError, _bounded, _out, _output_file, _selected_runs, _without_degenerate
-
-
-def _comparable(run_args: list[str], runs_dir) -> list:
-    """The runs to compare: ids (a unique prefix is enough) or 'all'; they must share their validation
-    cells (one comparable group), except that 'all' takes the largest group and says so."""
-    from leukviz.comparison import compare
-
-    chosen = [r for arg in run_args for r in _selected_runs(arg, runs_dir)]
-    chosen = list({r.run_id: r for r in chosen if r.is_usable}.values())
-    if run_args == ["all"]:  # as the Compare page's default: a degenerate run only when named (or all there is)
-        chosen = _without_degenerate(chosen, "compare")
-    if not chosen:
-        raise CliError("no finished runs among those given; `runs list` shows them")
-    groups = compare.comparable_groups(chosen)
-    if len(groups) > 1:
-        listing = "; ".join(f"{g.label}: {' '.join(r.run_id for r in g.runs)}" for g in groups.values())
-        if run_args != ["all"]:
-            raise CliError(f"these runs were not scored on the same validation cells, so they cannot be "
-                           f"compared; give runs of one group: {listing}")
-        print(f"comparing the largest of {len(groups)} groups (others: {listing})", file=sys.stderr)
-    return next(iter(groups.values())).runs
+from leukviz.cli.common import _bounded, _out, _output_file
 
 
 def cmd_compare(args) -> int:
-    """Runs side by side: mean ± sd over seeds, subject-bootstrap intervals, paired tests, the ensemble."""
-    from leukviz.comparison import compare
+    """Runs side by side: mean ± sd over seeds, subject-bootstrap intervals, paired tests, the ensemble
+    (api.compare: the runs chosen as select_comparable says, the test backfill, the report)."""
+    from leukviz import api
 
     report_path = _output_file(args.report, "--report", "report.html") if args.report is not None else None
-    evals, chosen = [], _comparable(args.runs, args.runs_dir)
-    for problem in compare.backfill_test(chosen):
-        print(problem, file=sys.stderr)
-    for run in chosen:
-        try:
-            evals.append(compare.evaluate_run(run))
-        except (OSError, KeyError, ValueError) as e:
-            print(f"run {run.run_id} left out: {e}", file=sys.stderr)
-    if not evals:
-        raise CliError("none of the runs could be read")
-    rep = compare.build_report(evals, n_resamples=args.resamples)
+    result = api.compare(args.runs, resamples=args.resamples, runs_dir=args.runs_dir,
+                         note=lambda s: print(s, file=sys.stderr))
     if report_path is not None:
-        from leukviz.app import report
         from leukviz.core.storage import write_output
 
-        write_output(report_path, report.html_report(evals, rep=rep.to_dict()).encode())
+        write_output(report_path, result.html().encode())
         print(f"wrote the report to {report_path.shown}", file=sys.stderr)
-    _out(args, compare.report_text(rep), compare.report_json(rep, evals) if args.json else None)
+    _out(args, str(result), result.data)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""python -m leukviz export: a finished run as ONNX (checked against PyTorch) or safetensors."""
+"""leukviz export: a finished run as ONNX (checked against PyTorch) or safetensors, with its model card."""
 
 from __future__ import annotations
 
@@ -19,13 +19,15 @@ def cmd_export(args) -> int:
     else:
         human += (f"; ONNX Runtime vs PyTorch on {res['check_images']} images: max |difference| of probabilities "
                   f"{res['max_abs_diff']:.1e} (tolerance {res['tolerance']:g}); preprocessing in the metadata")
+    if res.get("model_card"):
+        human += f"\nmodel card (intended use and limits, scores with intervals): {res['model_card']}"
     _out(args, human, res)
     return 0
 
 
 def add_parser(sub, common: argparse.ArgumentParser) -> None:
     """The export command: the run, the format, where."""
-    ex = sub.add_parser("export", parents=[common], help="export a finished run as ONNX or safetensors")
+    ex = sub.add_parser("export", parents=[common], help="export a finished run as ONNX or safetensors, with its model card")
     ex.add_argument("--run", required=True, help="RUN_ID (a unique prefix is enough)")
     ex.add_argument("--format", choices=("onnx", "safetensors"), required=True)
     ex.add_argument("--out", required=True, help="a .onnx / .safetensors file, or a folder")

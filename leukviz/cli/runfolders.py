@@ -13,11 +13,12 @@ _HEALTH_MARK = {"degenerate": " DEGENERATE", "unknown": " HEALTH-UNKNOWN"}
 
 
 def cmd_runs(args) -> int:
-    """Every run folder, a damaged one too: what is wrong with it and how to repair it, read from each run's
-    stored summary (runstore.summary: computed once, again only when the run's files change)."""
-    from leukviz.runstore import runs, summary
+    """Every run folder, a damaged one too: what is wrong with it and how to repair it (api.run_rows: read
+    from each run's stored summary, computed once and again only when the run's files change)."""
+    from leukviz import api
+    from leukviz.runstore import runs
 
-    rows = [summary.describe(r) for r in summary.list_runs(args.runs_dir)]
+    rows = api.run_rows(args.runs_dir)
     if args.json:
         print(json.dumps({"runs": rows}))
         return 0

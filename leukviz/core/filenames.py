@@ -23,6 +23,7 @@ RUN_LOCK = "run.lock"  # held by the one process that trains the run
 LAUNCH_LOCK = "launch.lock"  # held while a launch starts, so two clicks start one process
 STOP = "stop"  # present = stop requested
 SUMMARY = "summary.json"  # the run summarised once (runstore.summary), with the size, mtime and inode of its sources
+TENSORBOARD = "tensorboard"  # TensorBoard event files (training/tblog.py), when the tensorboard extra is installed
 
 # The files a training process replaces atomically (storage writes a temporary ".<name>.*" beside each
 # first): leftovers with these prefixes are the writes a crash cut short.

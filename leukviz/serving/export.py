@@ -1,4 +1,5 @@
-"""Export a finished run: its safetensors checkpoint with the sidecar, or ONNX checked against PyTorch."""
+"""Export a finished run: its safetensors checkpoint with the sidecar, or ONNX checked against PyTorch; either way
+with its model card (serving/modelcard.py) beside the weights in Markdown and in the exported metadata."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from leukviz.core import storage
 from leukviz.core.errors import LeukvizError
 from leukviz.core.filenames import CHECKPOINT, CONFIG, PREDICTIONS, SIDECAR
 from leukviz.runstore import runfiles
-from leukviz.serving import inference
+from leukviz.serving import inference, modelcard
 
 FORMATS = ("onnx", "safetensors")
 ONNX_TOLERANCE = 1e-4  # max abs difference of probabilities, ONNX Runtime vs PyTorch
@@ -68,12 +69,13 @@ def _shown(target: storage.OutputTarget) -> str:
     return str(target.path) if target.kind == "file" else target.shown
 
 
-def _export_safetensors(run_dir: Path, out: Path | str) -> dict:
+def _export_safetensors(run_dir: Path, out: Path | str, card: dict) -> dict:
     target = _target(out, ".safetensors")
     sidecar = target.path.with_suffix(".json")
     meta = runfiles.read_sidecar(run_dir)  # checked (export_run refused a damaged one already)
     meta["run_id"] = run_dir.name
     meta["config"] = json.loads(storage.read_text(run_dir / CONFIG)).get("config", {})
+    meta["model_card"] = card
     # each file whole or not at all (a full disk): the weights first, then the sidecar that describes them
     with storage.output_path(target) as tmp:
         try:
@@ -123,7 +125,7 @@ def _sample_images(lm: inference.LoadedModel, n: int) -> np.ndarray:
     return np.stack(images)
 
 
-def _export_onnx(run_dir: Path, out: Path | str) -> dict:
+def _export_onnx(run_dir: Path, out: Path | str, card: dict) -> dict:
     import onnx
     import onnxruntime as ort
 
@@ -145,7 +147,8 @@ def _export_onnx(run_dir: Path, out: Path | str) -> dict:
              "leukviz.image_size": str(lm.image_size), "leukviz.crop": json.dumps(lm.crop),
              "leukviz.mean": json.dumps(meta["mean"]), "leukviz.std": json.dumps(meta["std"]),
              "leukviz.input_layout": "NCHW float32, normalised",
-             "leukviz.preprocessing": lm.preprocess.describe(lm.classes)}
+             "leukviz.preprocessing": lm.preprocess.describe(lm.classes),
+             "leukviz.model_card": json.dumps(card), "leukviz.intended_use": modelcard.INTENDED_USE}
     # Written beside the target and checked there; published whole only when ONNX Runtime agrees with PyTorch
     # (a full disk, or a graph that disagrees, leaves nothing at the target).
     with storage.output_path(target) as tmp:
@@ -193,6 +196,8 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path) -> dict:
     safetensors: the checkpoint and its JSON sidecar (a folder export loads with inference.load_model).
     onnx: a graph with a dynamic batch axis, outputs logits and probabilities, the preprocessing in its
     metadata, checked against PyTorch with ONNX Runtime on sample images (max_abs_diff in the result).
+    Both: the model card beside the weights (model.card.md for model.onnx) and in the metadata (the sidecar's
+    model_card, the ONNX property leukviz.model_card), written after the weights.
     """
     run_dir = Path(run_dir)
     if fmt not in FORMATS:
@@ -206,5 +211,11 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path) -> dict:
         raise ExportError(f"run {run_dir.name} cannot be exported: {'; '.join(damage)}")
     _target(out, ".onnx" if fmt == "onnx" else ".safetensors")  # a bad target fails before the work
     write = _export_safetensors if fmt == "safetensors" else _export_onnx
-    res = write(run_dir, out)
+    card = modelcard.card(run_dir)
+    res = write(run_dir, out, card)
+    weights = Path(res["path"])
+    if weights.is_file():  # beside the weights; a stream (stdout, a pipe) carries the card in its metadata only
+        card_file = modelcard.card_path(weights)
+        storage.write_output(card_file, modelcard.markdown(card).encode())
+        res["model_card"] = str(card_file)
     return {"run_id": run_dir.name, **res}

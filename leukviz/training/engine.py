@@ -29,7 +29,7 @@ from leukviz.models.config import RunConfig
 from leukviz.models.devices import autocast, autocast_dtype, device_name, tune_cpu_allocator
 from leukviz.models.forward import evaluate, to_input
 from leukviz.scoring.metrics import weighted_f1
-from leukviz.training import callbacks, checkpoints, features, optim
+from leukviz.training import callbacks, checkpoints, features, optim, tblog
 from leukviz.training.distributed import Dist, init_distributed, share_buffers, unwrap
 from leukviz.training.protocol import Callback, Callbacks, Stopped
 from leukviz.training.state import TrainState
@@ -388,10 +388,13 @@ def run_callbacks(state: TrainState, run_dir: Path, emit: Emit, should_stop: Cal
     it sets the best epoch that early stopping reads), then record, early stopping, test scoring; the staged
     switch and the head-only features before each epoch; a stop request before each step."""
     main = state.dist.main
-    return [callbacks.KeepBest(run_dir, checkpoints.checkpoint_meta(state), main),
+    cbs: list[Callback] = [callbacks.KeepBest(run_dir, checkpoints.checkpoint_meta(state), main),
             callbacks.Record(run_dir, emit, start_event), callbacks.EarlyStopping(emit),
             callbacks.TestScoring(run_dir, cache_dir, log, main), HeadFeatures(cache_dir, log), StagedFinetune(log),
             callbacks.RecordBatches(emit), callbacks.StopOnRequest(should_stop, run_dir / RESUME)]
+    if main and tblog.available():  # event files beside the run with the optional tensorboard extra
+        cbs.append(tblog.TensorBoardLog(run_dir, state.cfg.to_dict(), state.start_epoch))
+    return cbs
 
 
 def fit_loop(state: TrainState, cbs: Callbacks, log: Callable[[str], None] = lambda s: None) -> None:
