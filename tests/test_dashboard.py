@@ -87,14 +87,14 @@ def test_find_run_creates_nothing(tmp_path):
     assert dashboard.find_run(cfg, "fp", tmp_path).dir == made.dir
 
 
-def test_default_models_prefer_the_active_dataset(tmp_path):
+def test_default_models_come_from_the_active_dataset_only(tmp_path):
     a = make_run(tmp_path, "googlenet", data_spec="/a", created=3)
     b = make_run(tmp_path, "googlenet", data_spec="/b", created=2, lr=3e-3)
     c = make_run(tmp_path, "resnet50", data_spec="/b", created=1)
     finished = dashboard.finished_runs(tmp_path)
     assert [r.run_id for r in finished] == [a.run_id, b.run_id, c.run_id]
-    assert [r.run_id for r in dashboard.default_models(finished, "/b")] == [c.run_id, b.run_id]
-    assert [r.run_id for r in dashboard.default_models(finished, "/none")] == [c.run_id, a.run_id]
+    assert [r.run_id for r in dashboard.default_models(finished, "/b")] == [c.run_id, b.run_id]  # registry order
+    assert dashboard.default_models(finished, "/none") == []  # none from another dataset: the user picks
 
 
 # ---------------------------------------------------------------------------------------------- data page

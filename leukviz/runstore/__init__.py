@@ -1,5 +1,6 @@
 """Run folders: the run, its state and the one start policy (runs), one checked reader per run file
 (runfiles), training a run in this process (trainer), launching, stopping and following a training process
-(supervisor, with this process's launches in processes), and how runs are named (names)."""
+(supervisor, with this process's launches in processes), how runs are named (names), and which run a page
+shows or preselects (best)."""
 
-__all__ = ["names", "processes", "runfiles", "runs", "supervisor", "trainer"]
+__all__ = ["best", "names", "processes", "runfiles", "runs", "supervisor", "trainer"]

@@ -4,7 +4,6 @@ report ('GoogLeNet · 1a2b3c', 'built-in demo', 'by subject (20 % validation, se
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from pathlib import Path
 
 from leukviz.datasets import data
@@ -95,11 +94,3 @@ def split_text(cfg: RunConfig, sp: data.Split | dict | None = None) -> str:
         return f"by image, LEAKY ({share}, seed {cfg.split_rng_seed})"
     return f"by subject ({share}, seed {cfg.split_rng_seed})"
 
-
-def latest_per_backbone(candidates: Iterable[runs.Run]) -> list[runs.Run]:
-    """The newest run of each backbone, in registry order (candidates come newest first)."""
-    best: dict[str, runs.Run] = {}
-    for r in candidates:
-        best.setdefault(r.config.backbone, r)
-    order = {name: i for i, name in enumerate(backbones.BACKBONES)}
-    return sorted(best.values(), key=lambda r: order.get(r.config.backbone, len(order)))
