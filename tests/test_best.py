@@ -94,3 +94,30 @@ def test_only_unhealthy_runs_are_named_as_such_and_never_preselected(tmp_path):
     card = dashboard.backbone_cards("demo", tmp_path)[1]
     assert card.run_id == bad.run_id and "No healthy run" in card.note
     assert health.DEGENERATE == best.entry(bad).health
+
+
+def one_class_validation(root, **kw) -> runs.Run:
+    """A run whose validation cells are all `all`: its scores cannot judge it."""
+    run = scored(root, 0.9, **kw)
+    frame = pd.read_csv(run.dir / "val_predictions.csv")
+    frame["label"] = 1
+    frame.to_csv(run.dir / "val_predictions.csv", index=False)
+    return run
+
+
+def test_runs_list_marks_the_best_and_says_in_text_what_json_says(tmp_path, capsys):
+    from leukviz.cli import main
+
+    good = scored(tmp_path, 0.92, created=1, lr=1e-3)
+    newer = scored(tmp_path, 0.58, created=3, lr=3e-3)
+    unjudged = one_class_validation(tmp_path, backbone="resnet50", created=2)
+    assert main(["runs", "list", "--json", "--runs-dir", str(tmp_path)]) == 0
+    rows = {r["run_id"]: r for r in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["runs"]}
+    assert rows[good.run_id]["best"] and not rows[newer.run_id]["best"] and not rows[unjudged.run_id]["best"]
+    assert rows[unjudged.run_id]["health"] == "unknown"
+    assert "its validation has one class" in rows[unjudged.run_id]["health_reasons"][0]
+    assert main(["runs", "list", "--runs-dir", str(tmp_path)]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert lines[good.run_id].rstrip().endswith("BEST") and "BEST" not in lines[newer.run_id]
+    assert "WARNING: its validation has one class (every cell is all): its scores cannot judge it" in \
+        lines[unjudged.run_id]

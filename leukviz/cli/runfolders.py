@@ -6,19 +6,26 @@ from __future__ import annotations
 import argparse
 import json
 
-from leukviz.cli.common import CliError, _health, _out
+from leukviz.cli.common import CliError, _health, _health_text, _out
 from leukviz.core.errors import LeukvizError
 
 
 def cmd_runs(args) -> int:
-    """Every run folder, a damaged one too: what is wrong with it and how to repair it (runs.describe)."""
-    from leukviz.runstore import runs
+    """Every run folder, a damaged one too: what is wrong with it and how to repair it (runs.describe); BEST
+    marks each backbone's healthy run or repeat group with the best validation F1 on its dataset and split
+    (runstore.best, the rule of every page), and a run that is not healthy says why, as --json does."""
+    from leukviz.runstore import best, runs
 
-    rows = []
+    rows, entries = [], []
     for r in runs.list_runs(args.runs_dir):
         row = runs.describe(r)
         rows.append({**row, **(_health(r) if row["backbone"] is not None and not row["damaged"] else
                                {"health": None, "health_reasons": []})})
+        if row["backbone"] is not None:
+            entries.append(best.entry(r))
+    marked = best.best_ids(entries)
+    for row in rows:
+        row["best"] = row["run_id"] in marked
     if args.json:
         print(json.dumps({"runs": rows}))
         return 0
@@ -26,12 +33,14 @@ def cmd_runs(args) -> int:
         print(f"no runs in {runs.runs_root(args.runs_dir, create=False)}")
     for r in rows:
         acc = f"{r['val_acc']:.3f}" if r["val_acc"] is not None else "-"
+        f1 = f"{r['val_f1']:.3f}" if r["val_f1"] is not None else "-"
         if r["backbone"] is None:  # config.json unreadable: nothing else to say about it
             print(f"{r['run_id']}  DAMAGED")
         else:
             print(f"{r['run_id']}  {r['backbone']:<10} {r['state'] + (' DAMAGED' if r['damaged'] else ''):<11} "
                   f"{r['preset']:<6} {r['weights']:<9} {r['image_size']}px {r['epochs']}ep split={r['split']:<8} "
-                  f"val_acc={acc}  data={r['data']}" + (" DEGENERATE" if r["health"] == "degenerate" else ""))
+                  f"val_acc={acc} val_f1={f1}  data={r['data']}" + ("  BEST" if r["best"] else "")
+                  + _health_text(r))
         for problem in r["problems"]:
             print(f"    {problem}")
     return 0
