@@ -399,8 +399,11 @@ def progress(events: Sequence[dict], now: float | None = None) -> Progress:
             if n_train > 0:
                 eta *= 1 + n_val / (3 * n_train)
     frac = min(1.0, done / total)
-    text = f"Epoch {epoch} of {epochs} · step {step} of {steps}"
-    if eta is not None:
+    last = next((e for e in reversed(events) if e.get("type") in (BATCH, EPOCH)), None)
+    validating = last is not None and last.get("type") == BATCH and step >= steps  # steps done, no epoch yet
+    text = f"Epoch {epoch} of {epochs} · " + ("training steps done, validating…" if validating
+                                             else f"step {step} of {steps}")
+    if eta is not None and (eta >= 1 or not validating):
         text += f" · about {format_duration(eta)} left"
     return Progress(frac, epoch, epochs, step, steps, eta, text)
 

@@ -51,6 +51,8 @@ from leukviz.datasets.splits import (  # noqa: F401
     SPLIT_METHODS,
     Split,
     default_split,
+    few_subjects,
+    few_subjects_effect,
     given_split,
     group_folds,
     make_split,
@@ -59,6 +61,7 @@ from leukviz.datasets.splits import (  # noqa: F401
     split_problems,
     subject_counts,
     subject_warnings,
+    usable_split,
 )
 
 
