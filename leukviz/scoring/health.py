@@ -105,18 +105,19 @@ def assess(y: np.ndarray, probs: np.ndarray, classes: list[str], cal: dict | Non
     y, probs = np.asarray(y, dtype=int), np.asarray(probs, dtype=float)
     if len(y) == 0:
         return Health(UNKNOWN, ("the run has no labelled validation cells to judge it on",))
+    if len(np.unique(y)) < 2:  # whatever it calls them, one class cannot show whether it tells classes apart
+        return Health(UNKNOWN, (ONE_CLASS.format(cls=classes[int(y[0])]),))
     pred = probs.argmax(1)
     reasons = []
     called = np.unique(pred)
-    two_classes = len(np.unique(y)) > 1
     if len(called) == 1 and len(classes) > 1:
         reasons.append(f"calls every validation cell {classes[int(called[0])]}")
     f1 = metrics.weighted_f1(y, pred)
     base, majority = majority_baseline(y)
-    if two_classes and f1 < base - 1e-9:
+    if f1 < base - 1e-9:
         reasons.append(f"its validation weighted F1 ({f1:.3f}) is below the {base:.3f} of calling every cell "
                        f"{classes[majority]}")
-    if two_classes and len(called) > 1:  # one class called already says it all
+    if len(called) > 1:  # one class called already says it all
         chance = chance_reason(evidence(y, probs, classes, subjects))
         if chance:
             reasons.append(chance)
@@ -125,8 +126,6 @@ def assess(y: np.ndarray, probs: np.ndarray, classes: list[str], cal: dict | Non
                        "its confidences carry no information")
     if reasons:
         return Health(DEGENERATE, tuple(reasons))
-    if not two_classes:
-        return Health(UNKNOWN, (ONE_CLASS.format(cls=classes[int(y[0])]),))
     return Health(HEALTHY)
 
 
