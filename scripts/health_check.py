@@ -49,69 +49,69 @@ def one_class_val(base: Path) -> Path:
     return root
 
 
-def ordinary() -> list[tuple[str, list[str]]]:
-    """(label, CLI arguments) of the ordinary runs: cheap (32-64 px, 1-3 epochs), mostly from scratch."""
-    out = []
-    for data in (DEV, "demo"):
-        tag = "dev" if data == DEV else "demo"
-        for backbone in ("googlenet", "resnet50"):
-            for seed in (0, 1, 2):
-                out.append((f"{tag} {backbone} quick 32px 2ep seed {seed}",
-                            ["--data", data, "--backbone", backbone, "--image-size", "32", "--epochs", "2",
-                             "--seed", str(seed)]))
-            out.append((f"{tag} {backbone} quick 32px 1ep", ["--data", data, "--backbone", backbone,
-                                                           "--image-size", "32", "--epochs", "1"]))
-            out.append((f"{tag} {backbone} quick 48px 1ep", ["--data", data, "--backbone", backbone,
-                                                           "--image-size", "48", "--epochs", "1"]))
-            out.append((f"{tag} {backbone} quick 64px 3ep", ["--data", data, "--backbone", backbone,
-                                                           "--image-size", "64", "--epochs", "3"]))
-            out.append((f"{tag} {backbone} paper 32px 2ep", ["--data", data, "--backbone", backbone,
-                                                           "--preset", "paper", "--image-size", "32",
-                                                           "--epochs", "2"]))
-        out.append((f"{tag} vgg16 quick 32px 1ep", ["--data", data, "--backbone", "vgg16", "--image-size", "32",
-                                                     "--epochs", "1"]))
-        out.append((f"{tag} googlenet quick 32px 1ep image split", ["--data", data, "--backbone", "googlenet",
-                                                                     "--image-size", "32", "--epochs", "1",
-                                                                     "--split", "image"]))
-    return out
+def run(data: str, backbone: str, size: int, epochs: int, *extra: str) -> list[str]:
+    return ["--data", data, "--backbone", backbone, "--image-size", str(size), "--epochs", str(epochs), *extra]
 
 
-def broken() -> list[tuple[str, list[str]]]:
-    """(label, CLI arguments) of the deliberately broken runs."""
+def plan() -> list[tuple[str, str, list[str]]]:
+    """(kind, label, CLI arguments) of every run, cheapest and most telling first (a run on a busy machine can
+    take minutes): the broken ones, then ordinary ones, the kinds a user trains (backbones, seeds, sizes,
+    epochs, presets, splits), cheap (32-64 px, 1-3 epochs, from scratch)."""
+    tags = {DEV: "dev", "demo": "demo"}
     out = []
     for data in (DEV, "demo"):
-        tag = "dev" if data == DEV else "demo"
-        for backbone in ("googlenet", "resnet50"):
-            out.append((f"{tag} {backbone} lr 1e-7", ["--data", data, "--backbone", backbone, "--image-size", "32",
-                                                      "--epochs", "1", "--lr", "1e-7"]))
-            out.append((f"{tag} {backbone} lr 1.0", ["--data", data, "--backbone", backbone, "--image-size", "32",
-                                                     "--epochs", "1", "--lr", "1.0"]))
-        out.append((f"{tag} googlenet lr 1e-7 3 seeds", ["--data", data, "--backbone", "googlenet",
-                                                         "--image-size", "32", "--epochs", "1", "--lr", "1e-7",
-                                                         "--seed", "5"]))
-    out.append(("one-class validation (val/ all only)", ["--data", "ONECLASS", "--backbone", "googlenet",
-                                                         "--image-size", "32", "--epochs", "1"]))
+        out.append(("broken", f"{tags[data]} googlenet lr 1e-7", run(data, "googlenet", 32, 1, "--lr", "1e-7")))
+        out.append(("broken", f"{tags[data]} googlenet lr 1.0", run(data, "googlenet", 32, 1, "--lr", "1.0")))
+    out.append(("broken", "one-class validation (val/ all only)", run("ONECLASS", "googlenet", 32, 1)))
+    later = []
+    for data in (DEV, "demo"):
+        later.append(("broken", f"{tags[data]} resnet50 lr 1e-7", run(data, "resnet50", 32, 1, "--lr", "1e-7")))
+        later.append(("broken", f"{tags[data]} resnet50 lr 1.0", run(data, "resnet50", 32, 1, "--lr", "1.0")))
+    ordinary = []
+    for data in (DEV, "demo"):
+        t = tags[data]
+        ordinary += [
+            (f"{t} googlenet quick 32px 1ep", run(data, "googlenet", 32, 1)),
+            *[(f"{t} googlenet quick 32px 2ep seed {s}", run(data, "googlenet", 32, 2, "--seed", str(s)))
+              for s in (0, 1, 2)],
+            (f"{t} resnet50 quick 32px 1ep", run(data, "resnet50", 32, 1)),
+            (f"{t} googlenet quick 48px 1ep", run(data, "googlenet", 48, 1)),
+            (f"{t} googlenet paper 32px 2ep", run(data, "googlenet", 32, 2, "--preset", "paper")),
+            (f"{t} googlenet quick 32px 1ep image split", run(data, "googlenet", 32, 1, "--split", "image")),
+            *[(f"{t} resnet50 quick 32px 2ep seed {s}", run(data, "resnet50", 32, 2, "--seed", str(s)))
+              for s in (0, 1, 2)],
+            (f"{t} resnet50 paper 32px 2ep", run(data, "resnet50", 32, 2, "--preset", "paper")),
+            (f"{t} vgg16 quick 32px 1ep", run(data, "vgg16", 32, 1)),
+            (f"{t} resnet50 quick 48px 1ep", run(data, "resnet50", 48, 1)),
+            (f"{t} googlenet quick 64px 3ep", run(data, "googlenet", 64, 3)),
+            (f"{t} resnet50 quick 64px 3ep", run(data, "resnet50", 64, 3)),
+        ]
+    # dev and demo in turn, so that a measurement cut short still covers both
+    half = len(ordinary) // 2
+    for a, b in zip(ordinary[:half], ordinary[half:]):
+        out += [("ordinary", *a), ("ordinary", *b)]
+        if len(out) == 25:  # ResNet50's broken runs after the first ordinary ones
+            out += later
     return out
 
 
 def train() -> None:
     results = home() / "health_runs.json"
     done = json.loads(results.read_text()) if results.exists() else {}
-    for kind, runs in (("broken", broken()), ("ordinary", ordinary())):
-        for label, args in runs:
-            if label in done:
-                continue
-            args = [str(one_class_val(home())) if a == "ONECLASS" else a for a in args]
-            cmd = [sys.executable, "-m", "leukviz", "train", "--weights", "none", "--json", *args]
-            print(label, flush=True)
-            p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-            try:
-                out = json.loads(p.stdout.strip().splitlines()[-1])
-            except (IndexError, json.JSONDecodeError):
-                print("  failed:", p.stderr[-500:], flush=True)
-                continue
-            done[label] = {"kind": kind, "run_dir": out.get("run_dir"), "run_id": out.get("run_id")}
-            results.write_text(json.dumps(done, indent=1))
+    for kind, label, args in plan():
+        if label in done:
+            continue
+        args = [str(one_class_val(home())) if a == "ONECLASS" else a for a in args]
+        cmd = [sys.executable, "-m", "leukviz", "train", "--weights", "none", "--json", *args]
+        print(label, flush=True)
+        p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        try:
+            out = json.loads(p.stdout.strip().splitlines()[-1])
+        except (IndexError, json.JSONDecodeError):
+            print("  failed:", p.stderr[-500:], flush=True)
+            continue
+        done[label] = {"kind": kind, "run_dir": out.get("run_dir"), "run_id": out.get("run_id")}
+        results.write_text(json.dumps(done, indent=1))
 
 
 def figures(run_dir: Path) -> dict:

@@ -180,6 +180,18 @@ def default_models(finished: Sequence[runs.Run], dataset: str, split: str | None
     return [by_id[i] for i in best.preselect(entries(finished), dataset, split)]
 
 
+def no_default_text(finished: Sequence[runs.Run], dataset: str) -> str:
+    """Why a page preselected no model (default_models gave none): nothing healthy trained on the active
+    dataset (and which runs exist for which datasets), or every model here degenerate."""
+    here = [r for r in finished if r.config.data == dataset]
+    if not here:
+        return (f"No model was trained on the active dataset ({dataset_label(dataset)}), so none is chosen for you. "
+                f"Finished runs: {best.datasets_text(entries(finished))}. Choose one above knowingly: a model "
+                "meets cells unlike its training data here, and its label names what it was trained on.")
+    return ("Every finished model on this dataset is degenerate or cannot be judged (each run's page on Train says "
+            "why), so none is chosen for you: choose one above to predict with it anyway.")
+
+
 def repeat_group(run: runs.Run, candidates: Iterable[runs.Run]) -> list[runs.Run]:
     """The repeats of run's configuration among candidates (config.repeat_key), by seed."""
     key = _repeat_key(run)
