@@ -326,7 +326,7 @@ def _pick_note(pick: best.Pick | None, n_runs: int, split: str | None) -> str:
     what = "repeat group" if len(pick.members) > 1 else "run"
     where = "" if pick.on_split or split is None else " (none on the active split: the best on another split)"
     if not pick.healthy:
-        return f"No healthy run of this backbone here: the best of the rest{where}."
+        return f"No healthy run of this backbone here: the best of the rest{where}." if n_runs > 1 else ""
     if n_runs <= len(pick.members):
         return f"Its only {what} on this dataset{where}." if where else ""
     return f"The {what} with the best validation F1 of {n_runs} runs on this dataset{where}."

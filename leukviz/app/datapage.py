@@ -69,7 +69,7 @@ def few_subjects_messages(ds: data.Dataset) -> list[str]:
     out = []
     for cls, n in data.few_subjects(ds).items():
         advice = (f"Choose {names.SPLIT_CHOICE['groups']} below: each subject is validated in turn, so no one "
-                  "person decides the score (the CLI's `study subjects` also repeats seeds). " if groups_ok else "")
+                  "person decides the score ('python -m leukviz study subjects' also repeats seeds). " if groups_ok else "")
         out.append(f"Class '{cls}' has {n} subject{'s' if n != 1 else ''} (fewer than "
                    f"{data.MIN_SUBJECTS_PER_CLASS}): {data.few_subjects_effect(cls, n)}. {advice}"
                    f"Add subjects of that class if you can.")

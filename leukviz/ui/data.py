@@ -114,7 +114,8 @@ with left:
 with right:
     st.markdown("**Images per subject**")
     if info["per_subject"]:
-        st.dataframe(datapage.subjects_frame(info["per_subject"]), width="stretch", height=220)
+        subjects = datapage.subjects_frame(info["per_subject"])
+        st.dataframe(subjects, width="stretch", height=220 if len(subjects) > 5 else "auto")
     else:
         st.caption("No subject ids (file names are not C-NMC style): only the leaky image split is possible.")
 
