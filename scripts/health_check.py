@@ -115,21 +115,22 @@ def train() -> None:
 
 
 def figures(run_dir: Path) -> dict:
-    """The figures the rule reads, and its verdict."""
-    from leukviz.scoring import calibration, health, metrics
+    """The figures the rule reads (health.evidence) and its verdict (health.of_run_dir)."""
+    from leukviz.runstore import runs
+    from leukviz.scoring import calibration, health
 
-    y, p, classes = calibration.validation_cells(run_dir, (run_dir / "val_predictions.csv").read_bytes())
-    subjects = health.validation_subjects(run_dir)
+    run = runs.Run(run_dir)
+    out = {"state": run.state, "health": "failed", "reasons": run.status.get("error") or "", "n": 0, "subjects": 0}
+    if run.state != runs.State.FINISHED:
+        return out
+    y, p, classes, subjects = calibration.validation_cells(run_dir, (run_dir / "val_predictions.csv").read_bytes(),
+                                                           subjects=True)
     h = health.of_run_dir(run_dir)
-    pred = p.argmax(1)
-    share = np.bincount(y, minlength=len(classes)).max() / len(y)
-    out = {"n": len(y), "acc": metrics.accuracy(y, pred), "majority": share,
-           "bal_acc": metrics.balanced_accuracy(y, pred), "health": h.status, "reasons": "; ".join(h.reasons),
-           "subjects": len(set(subjects)) if subjects is not None else 0}
+    out.update(n=len(y), subjects=len(set(subjects)), health=h.status, reasons="; ".join(h.reasons),
+               acc=float((p.argmax(1) == y).mean()), majority=float(np.bincount(y).max() / len(y)))
     if len(np.unique(y)) > 1:
-        b = metrics.subject_bootstrap(y, p, classes, subjects, scores=("roc_auc",), n_resamples=health.RESAMPLES)
-        auc = b["scores"]["roc_auc"]
-        out.update(auc=auc["value"], auc_low=auc["low"], auc_high=auc["high"])
+        e = health.evidence(y, p, classes, subjects)
+        out.update(bal_acc=e["balanced_accuracy"], auc=e["auc"], auc_low=e["auc_low"], auc_high=e["auc_high"])
     return out
 
 
@@ -139,30 +140,41 @@ def fmt(v, pct: bool = False) -> str:
     return f"{v:.1%}" if pct else f"{v:.3f}"
 
 
-def table() -> None:
+def table(extra: list[str]) -> None:
+    """The markdown table: every run of health_runs.json, and (extra) any other run folders found, as ordinary
+    runs someone trained (their label from their config)."""
+    from leukviz.runstore import names, runs
+
     results = json.loads((home() / "health_runs.json").read_text())
     rows = {"broken": [], "ordinary": []}
     for label, r in results.items():
-        f = figures(Path(r["run_dir"]))
-        flagged = f["health"] != "healthy"
-        rows[r["kind"]].append((label, f, flagged))
-    caught = sum(flagged for *_, flagged in rows["broken"])
-    alarms = sum(flagged for *_, flagged in rows["ordinary"])
+        rows[r["kind"]].append((label, figures(Path(r["run_dir"]))))
+    for folder in extra:
+        for run in runs.list_runs(folder):
+            c = run.config
+            label = (f"{names.dataset_label(c.data)} {c.backbone} {c.preset} {c.image_size}px {c.epochs}ep lr {c.lr:g} "
+                     f"seed {c.seed} (found in {folder})")
+            rows["ordinary"].append((label, figures(run.dir)))
+    flagged = lambda f: f["health"] != "healthy"  # noqa: E731
+    caught = sum(flagged(f) for _, f in rows["broken"])
+    alarms = sum(flagged(f) for _, f in rows["ordinary"])
     print(f"Broken runs flagged: **{caught} of {len(rows['broken'])}**. Ordinary runs flagged (false alarms): "
           f"**{alarms} of {len(rows['ordinary'])}**.\n")
     print("| run | kind | val. cells (subjects) | accuracy | majority share | balanced acc. | ROC AUC [95 % "
           "interval over subjects] | health | reason |")
     print("|---|---|---|---|---|---|---|---|---|")
     for kind in ("broken", "ordinary"):
-        for label, f, flagged in rows[kind]:
-            auc = (f"{fmt(f.get('auc'))} [{fmt(f.get('auc_low'))}, {fmt(f.get('auc_high'))}]"
-                   if "auc" in f else "–")
-            print(f"| {label} | {kind} | {f['n']} ({f['subjects']}) | {fmt(f['acc'], True)} | "
-                  f"{fmt(f['majority'], True)} | {fmt(f['bal_acc'])} | {auc} | "
-                  f"{'**' + f['health'] + '**' if flagged else f['health']} | {f['reasons'] or ''} |")
+        for label, f in rows[kind]:
+            auc = f"{fmt(f.get('auc'))} [{fmt(f.get('auc_low'))}, {fmt(f.get('auc_high'))}]" if "auc" in f else "–"
+            verdict = f"**{f['health']}**" if flagged(f) else f["health"]
+            reasons = str(f["reasons"]).replace("|", "/").replace("\n", " ")[:300]
+            print(f"| {label} | {kind} | {f['n']} ({f['subjects']}) | {fmt(f.get('acc'), True)} | "
+                  f"{fmt(f.get('majority'), True)} | {fmt(f.get('bal_acc'))} | {auc} | {verdict} | {reasons} |")
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=("train", "table"))
-    {"train": train, "table": table}[ap.parse_args().what]()
+    ap.add_argument("--extra-runs", nargs="*", default=[], help="table: other runs folders to include as ordinary")
+    args = ap.parse_args()
+    train() if args.what == "train" else table(args.extra_runs)

@@ -92,7 +92,10 @@ def test_only_unhealthy_runs_are_named_as_such_and_never_preselected(tmp_path):
     assert pick.run_ids == [bad.run_id] and not pick.healthy
     assert best.preselect(entries(tmp_path), "demo") == [] and best.best_ids(entries(tmp_path)) == set()
     card = dashboard.backbone_cards("demo", tmp_path)[1]
-    assert card.run_id == bad.run_id and "No healthy run" in card.note
+    assert card.run_id == bad.run_id and card.note == ""  # its one run: the card's warning says it all
+    degenerate(tmp_path, f1=0.5, lr=3e-3)
+    card = dashboard.backbone_cards("demo", tmp_path)[1]
+    assert card.run_id == bad.run_id and "No healthy run" in card.note and len(card.others) == 1
     assert health.DEGENERATE == best.entry(bad).health
 
 

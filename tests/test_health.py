@@ -60,20 +60,25 @@ def test_a_chance_level_model_is_flagged_with_its_figures_in_words():
     assert f"{e['auc']:.2f}" in reason
 
 
-def test_chance_needs_both_accuracy_and_an_interval_reaching_half():
-    """A real ranking under a bad threshold (accuracy below the majority, AUC clear of 0.5) is not chance;
-    neither is a weak model whose interval reaches 0.5 but which beats the majority's accuracy."""
+def test_chance_needs_both_accuracy_and_a_weak_ranking():
+    """A real ranking under a bad threshold (accuracy below the majority, AUC clear of 0.5 and 0.6) is not
+    chance; neither is a weak model whose accuracy is measurably above the majority's. Without both, chance."""
     y = np.array([0] * 100 + [1] * 200)
     subjects = np.array([f"h{i % 4}" for i in range(100)] + [f"a{i % 6}" for i in range(200)])
     p = noisy(y, 2.0)
     shifted = np.c_[p[:, 0] + 0.45, p[:, 1] - 0.45]  # calls most cells hem: accuracy under 2/3
     e = health.evidence(y, shifted, CLASSES, subjects)
-    assert e["accuracy"] < e["majority_share"] and e["auc_low"] > 0.5
+    assert e["accuracy"] < e["majority_share"] and e["above_majority_p"] > 0.5 and e["auc_low"] > 0.6
     assert health.chance_reason(e) is None
-    weak = dict(e, accuracy=0.7, auc=0.56, auc_low=0.45, auc_high=0.66)
-    assert health.chance_reason(weak) is None
-    assert "reaches 0.5" in health.chance_reason(dict(weak, accuracy=0.6))
+    weak = dict(e, accuracy=0.75, above_majority_p=0.001, auc=0.56, auc_low=0.45, auc_high=0.66)
+    assert health.chance_reason(weak) is None  # its decisions beat the majority
+    lost = dict(weak, accuracy=0.67, above_majority_p=0.45)
+    assert "not measurably above" in health.chance_reason(lost) and "under 0.6" in health.chance_reason(lost)
+    wide = dict(lost, auc=0.7, auc_low=0.48, auc_high=0.85)
+    assert "not clear of 0.5" in health.chance_reason(wide)
+    assert health.chance_reason(dict(wide, auc_low=0.55)) is None
     assert "no better than a coin" in health.chance_reason(dict(weak, auc=0.5))
+    assert health.evidence(y, noisy(y, 3.0), CLASSES, subjects)["above_majority_p"] < 1e-6
 
 
 def test_a_model_that_learnt_is_healthy():

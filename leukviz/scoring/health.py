@@ -53,22 +53,31 @@ def majority_baseline(y: np.ndarray) -> tuple[float, int]:
 # The subject bootstrap of the chance check: fewer resamples than Compare's (2000), since it runs once per run
 # and only has to tell whether the interval reaches 0.5; seeded, so a run's verdict never changes between reads.
 RESAMPLES = 1000
-CHANCE_AUC = 0.5
+CHANCE_AUC = 0.5  # a coin
+FAILED_AUC = 0.6  # the usual grading of a diagnostic test calls an AUC from 0.5 to 0.6 a failed one
+ABOVE_MAJORITY_P = 0.05  # accuracy above the majority's share: one-sided binomial test over cells
 
 
 def evidence(y: np.ndarray, probs: np.ndarray, classes: list[str], subjects: np.ndarray | None = None) -> dict:
-    """The figures the chance check reads: accuracy, the majority class and its share, balanced accuracy, the
-    positive class's ROC AUC with its 95 % interval over subjects (metrics.subject_bootstrap: whole subjects
-    resampled; cells when subjects are unknown), and how many subjects. Needs both classes in y."""
+    """The figures the chance check reads: accuracy, the majority class and its share, the one-sided binomial
+    p-value of the accuracy being above that share (cells taken as independent: lenient, so a model it cannot
+    tell from the majority is weak indeed), balanced accuracy, the positive class's ROC AUC with its 95 %
+    interval over subjects (metrics.subject_bootstrap: whole subjects resampled; cells when subjects are
+    unknown), and how many subjects. Needs both classes in y."""
+    from scipy import stats
+
     y, probs = np.asarray(y, dtype=int), np.asarray(probs, dtype=float)
     pred = probs.argmax(1)
     counts = np.bincount(y, minlength=len(classes))
+    share = float(counts.max() / len(y))
+    right = int((pred == y).sum())
     boot = metrics.subject_bootstrap(y, probs, classes, subjects, scores=("roc_auc",), n_resamples=RESAMPLES)
     auc = boot["scores"]["roc_auc"]
-    return {"accuracy": metrics.accuracy(y, pred), "majority": classes[int(counts.argmax())],
-            "majority_share": float(counts.max() / len(y)), "balanced_accuracy": metrics.balanced_accuracy(y, pred),
-            "positive": classes[metrics.positive_index(classes)], "auc": auc["value"], "auc_low": auc["low"],
-            "auc_high": auc["high"], "unit": boot["unit"], "n_units": boot["n_units"]}
+    return {"accuracy": right / len(y), "majority": classes[int(counts.argmax())], "majority_share": share,
+            "above_majority_p": float(stats.binomtest(right, len(y), min(share, 1.0), alternative="greater").pvalue),
+            "balanced_accuracy": metrics.balanced_accuracy(y, pred), "positive": classes[metrics.positive_index(classes)],
+            "auc": auc["value"], "auc_low": auc["low"], "auc_high": auc["high"], "unit": boot["unit"],
+            "n_units": boot["n_units"]}
 
 
 def chance_reason(e: dict) -> str | None:
@@ -76,22 +85,26 @@ def chance_reason(e: dict) -> str | None:
 
     - It ranks no better than a coin: ROC AUC at or below 0.5 (a blast scored above a normal cell no more
       often than not), whatever its threshold does.
-    - Or its decisions beat nothing and its ranking is not shown to beat a coin: accuracy at or below the share
-      of the majority class (what calling every cell that class scores) AND the AUC's 95 % interval over
-      subjects reaches 0.5.
-    A model with a badly placed threshold but a real ranking (accuracy under the majority, AUC interval clear
-    of 0.5) is not flagged: its scores still carry information. docs/HEALTH.md measures the rule both ways."""
+    - Or its decisions are not measurably better than calling every cell the majority class (accuracy not
+      above the majority's share, binomial p >= 0.05 over cells) AND its ranking is not shown to beat a coin:
+      AUC under 0.6 (a failed test in the usual grading) or its 95 % interval over subjects reaching 0.5.
+    A model with a badly placed threshold but a real ranking (accuracy under the majority, AUC clear of both) is
+    not flagged: its scores still carry information; nor is a weak model whose accuracy is above the
+    majority's. docs/HEALTH.md measures the rule both ways."""
     auc, low = e["auc"], e["auc_low"]
     if auc is None:
         return None
     if auc <= CHANCE_AUC:
         return (f"no better than chance: it ranks cells no better than a coin (ROC AUC of {e['positive']} "
                 f"{auc:.2f}, 0.5 is chance)")
-    if e["accuracy"] <= e["majority_share"] + 1e-9 and low is not None and low <= CHANCE_AUC:
+    weak_ranking = auc < FAILED_AUC or (low is not None and low <= CHANCE_AUC)
+    if e["above_majority_p"] >= ABOVE_MAJORITY_P and weak_ranking:
         over = f"{e['n_units']} subjects" if e["unit"] == "subjects" else f"{e['n_units']} cells"
-        return (f"no better than chance: its accuracy ({e['accuracy']:.1%}) is no higher than the "
-                f"{e['majority_share']:.1%} of calling every cell {e['majority']}, and its ROC AUC ({auc:.2f}; "
-                f"95 % interval over {over} {low:.2f} to {e['auc_high']:.2f}) reaches 0.5")
+        interval = f"95 % interval over {over} {low:.2f} to {e['auc_high']:.2f}" if low is not None else "no interval"
+        return (f"no better than chance: its accuracy ({e['accuracy']:.1%}) is not measurably above the "
+                f"{e['majority_share']:.1%} of calling every cell {e['majority']} (p = {e['above_majority_p']:.2f}), "
+                f"and its ROC AUC ({auc:.2f}; {interval}) is "
+                + ("under 0.6" if auc < FAILED_AUC else "not clear of 0.5"))
     return None
 
 
