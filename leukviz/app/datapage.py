@@ -62,13 +62,14 @@ def _sentence(text: str) -> str:
     return text[:1].upper() + text[1:] + "."
 
 
-def few_subjects_messages(ds: data.Dataset) -> list[str]:
+def few_subjects_messages(ds: data.Dataset, where: str = "below") -> list[str]:
     """One warning per class with too few subjects: the fact, its effect on a subject split, and what to do,
-    in-app first (Subject-grouped folds, when this dataset can make them)."""
+    in-app first (Subject-grouped folds, when this dataset can make them; where: 'below' on the Data page,
+    'on the Data page' elsewhere)."""
     groups_ok = data.split_options(ds).get("groups") is None
     out = []
     for cls, n in data.few_subjects(ds).items():
-        advice = (f"Choose {names.SPLIT_CHOICE['groups']} below: each subject is validated in turn, so no one "
+        advice = (f"Choose {names.SPLIT_CHOICE['groups']} {where}: each subject is validated in turn, so no one "
                   "person decides the score ('python -m leukviz study subjects' also repeats seeds). " if groups_ok else "")
         out.append(f"Class '{cls}' has {n} subject{'s' if n != 1 else ''} (fewer than "
                    f"{data.MIN_SUBJECTS_PER_CLASS}): {data.few_subjects_effect(cls, n)}. {advice}"

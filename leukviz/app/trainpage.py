@@ -11,7 +11,7 @@ from typing import Any
 
 from leukviz.app import dashboard
 from leukviz.models import backbones, config
-from leukviz.runstore import names, runs
+from leukviz.runstore import best, names, runs
 from leukviz.scoring import health
 
 LEARNING_RATES = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
@@ -120,11 +120,20 @@ class Attach:
     cached: bool = False
 
 
-def attach(url_run: str | None, all_runs: Sequence[runs.Run], existing: runs.Run | None, settings_changed: bool
-           ) -> Attach:
+def best_run(all_runs: Sequence[runs.Run], backbone: str, dataset: str, split: str | None) -> str | None:
+    """The run Train shows first for a backbone (runstore.best, the rule of every page): its healthy run or repeat
+    group with the best validation score on the dataset and split, that group's best seed; None without one."""
+    pick = best.best_per_backbone(dashboard.entries(r for r in all_runs if r.config.backbone == backbone),
+                                  dataset, split).get(backbone)
+    return pick.lead.run_id if pick is not None and pick.healthy else None
+
+
+def attach(url_run: str | None, all_runs: Sequence[runs.Run], existing: runs.Run | None, settings_changed: bool,
+           best_id: str | None = None) -> Attach:
     """Which run the page shows: the URL's (a reload, a link, Start); but when the settings just changed to ones
     that already finished, their run at once, marked cached, unless the URL's run is one in progress or a
-    repeat of those settings; with no run in the URL, a run in progress if there is one."""
+    repeat of those settings; with no run in the URL, a run in progress if there is one, else best_id (the
+    backbone's best run here: best_run)."""
     in_progress = [r for r in all_runs if r.state in runs.ACTIVE]
     shown_group: set[str] = set()
     if url_run:
@@ -136,7 +145,7 @@ def attach(url_run: str | None, all_runs: Sequence[runs.Run], existing: runs.Run
         return Attach(existing.run_id, cached=True)
     if not url_run and in_progress:
         return Attach(in_progress[0].run_id)
-    return Attach(url_run)
+    return Attach(url_run or best_id)
 
 
 @dataclass(frozen=True)

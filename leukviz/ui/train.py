@@ -1,6 +1,5 @@
-"""Train: choose a backbone and settings, start a run (or show it at once if cached), watch it learn live.
-What the page decides (first settings, preset and recipe switches, the attached run, hints, verdicts) is in
-app.trainpage; the run panel is in _runpanel."""
+"""Train: choose a backbone and settings, start a run (or show it at once if cached), watch it learn live. What
+the page decides is in app.trainpage; the run panel in _runpanel."""
 
 from pathlib import Path
 
@@ -17,10 +16,8 @@ from leukviz.ui._runpanel import POLL_SECONDS, attached_panel
 T = trainpage
 
 
-def _set(updates: dict, notice: str | None = None) -> None:
-    st.session_state.update(updates)
-    if notice:
-        st.session_state["train_notice"] = notice
+def _set(updates: dict, notice: str) -> None:
+    st.session_state.update(updates, train_notice=notice)
 
 
 def apply_defaults() -> None:
@@ -115,7 +112,8 @@ def split_section(ds: data.Dataset, cfg: config.RunConfig) -> None:
     notice = T.split_notice(wanted, cfg.split, data.split_options(ds).get(wanted) if wanted else None)
     if notice:
         st.warning(dashboard.plain(notice), icon=":material/rule:")
-    for message in datapage.split_messages(ds, sp):
+    few = datapage.few_subjects_messages(ds, "on the Data page") if cfg.split != "image" else []
+    for message in few + datapage.split_messages(ds, sp):
         st.warning(dashboard.plain(message), icon=":material/rule:")
 
 
@@ -240,7 +238,8 @@ all_runs = dashboard.all_runs()
 cfg_id = cfg.identity(ds.fingerprint)
 changed = st.session_state.get("train_cfg_id") not in (None, cfg_id)
 st.session_state["train_cfg_id"] = cfg_id
-shown = T.attach(st.query_params.get("run"), all_runs, existing, changed)
+shown = T.attach(st.query_params.get("run"), all_runs, existing, changed,
+                 T.best_run(all_runs, cfg.backbone, cfg.data, cfg.split))
 if shown.run_id and shown.run_id != st.query_params.get("run"):
     st.query_params["run"] = shown.run_id
 if shown.cached:  # settings changed to ones that already finished: their results at once, marked cached
