@@ -124,3 +124,9 @@ def test_runs_list_marks_the_best_and_says_in_text_what_json_says(tmp_path, caps
     assert lines[good.run_id].rstrip().endswith("BEST") and "BEST" not in lines[newer.run_id]
     assert "WARNING: its validation has one class (every cell is all): its scores cannot judge it" in \
         lines[unjudged.run_id]
+
+
+def test_a_run_its_validation_cannot_judge_is_named_so_in_pickers(tmp_path):
+    run = one_class_validation(tmp_path)
+    assert dashboard.run_label(run).endswith(f"cannot be judged · {run.run_id[:6]}")
+    assert best.preselect(entries(tmp_path), "demo") == []  # never preselected: its scores say nothing

@@ -43,6 +43,8 @@ def run_label(run: runs.Run) -> str:
     h = run_health(run)
     if h is not None and h.degenerate:
         parts.append("degenerate")
+    elif h is not None and h.status == health.UNKNOWN:
+        parts.append("cannot be judged")
     return " · ".join(parts) + f" · {run.run_id[:6]}"
 
 
