@@ -77,6 +77,7 @@ def test_which_run_the_train_page_attaches_to(tmp_path, monkeypatch):
     assert T.attach(None, all_runs, done, False) == T.Attach(done.run_id, cached=True)  # settings that finished
     assert T.attach("other", all_runs, done, True) == T.Attach(done.run_id, cached=True)
     assert T.attach("other", all_runs, done, False) == T.Attach("other")  # the link's run stays
+    assert T.attach(done.run_id, all_runs, done, True) == T.Attach(done.run_id, cached=True)  # shown, now chosen
     assert T.best_run(all_runs, "googlenet", "demo", "subject") == done.run_id  # the backbone's best here
     assert T.best_run(all_runs, "vgg16", "demo", "subject") is None
     monkeypatch.setattr(runs.Run, "state", real)

@@ -140,7 +140,8 @@ def attach(url_run: str | None, all_runs: Sequence[runs.Run], existing: runs.Run
         attached = next((r for r in all_runs if r.run_id == url_run), None)
         if attached is not None:
             shown_group = {r.run_id for r in dashboard.repeat_group(attached, all_runs)}
-    if existing is not None and known_state(existing) == runs.State.FINISHED and existing.run_id not in shown_group \
+    if existing is not None and known_state(existing) == runs.State.FINISHED \
+            and (existing.run_id == url_run or existing.run_id not in shown_group) \
             and url_run not in {r.run_id for r in in_progress} and (settings_changed or not url_run):
         return Attach(existing.run_id, cached=True)
     if not url_run and in_progress:
