@@ -215,10 +215,15 @@ def _stderr_progress() -> Callable[[dict], None]:
 def run_rows(runs_dir: str | Path | None = None) -> list[dict[str, Any]]:
     """Every run folder (a damaged one too) as `runs list` shows it: settings, state, validation scores, health
     and the problems of its files with their repair, read from each run's stored summary (runstore.summary:
-    computed once, again only when the run's files change)."""
-    from leukviz.runstore import summary
+    computed once, again only when the run's files change); "best" marks each backbone's best run or group."""
+    from leukviz.runstore import best, summary
 
-    return [{**summary.describe(r), "run_dir": str(r.dir)} for r in summary.list_runs(runs_dir)]
+    listed = summary.list_runs(runs_dir)
+    rows = [{**summary.describe(r), "run_dir": str(r.dir)} for r in listed]
+    marked = best.best_ids([best.entry(r) for r, row in zip(listed, rows) if row["backbone"] is not None])
+    for row in rows:  # each backbone's best run or repeat group on its dataset and split (every page's rule)
+        row["best"] = row["run_id"] in marked
+    return rows
 
 
 COLUMNS = ["run_id", "backbone", "state", "health", "val_acc", "val_f1", "data", "preset", "weights", "image_size",
@@ -430,12 +435,12 @@ def _image_files(images: str | Path | Sequence[str | Path]) -> list[str]:
 
 def sample_images(data: str | Path = "demo", n: int = 4, seed: int = 0) -> list[tuple[Path, str]]:
     """(path, true class) of n labelled cells of a dataset to try predict() on, the classes in turn, from its
-    held-out test set when it has one (the cells the Predict page offers: dashboard.demo_cells)."""
-    from leukviz.app import dashboard
+    held-out test set when it has one (the cells the Predict page offers: datapage.demo_cells)."""
+    from leukviz.app import datapage
     from leukviz.datasets import data as D
 
     ds = D.open_dataset(str(data), paths.cache_root())
-    return [(Path(p), c) for p, c in dashboard.demo_cells(ds, n, seed)]
+    return [(Path(p), c) for p, c in datapage.demo_cells(ds, n, seed)]
 
 
 def predict(run_or_runs: Any, images: str | Path | Sequence[str | Path], tta: bool = False,

@@ -14,7 +14,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from helpers import APP_FINETUNE, link_runs, tiny_config
-from leukviz.app import dashboard
+from leukviz.app import dashboard, datapage
 from leukviz.core import paths
 from leukviz.datasets import data, synthetic
 from leukviz.models import backbones, config
@@ -95,9 +95,10 @@ def test_data_page_counts_split_and_gallery(app):
     rows = [len(im.value) for im in at.image]  # a gallery row per class, then an augmentation row per class
     assert rows == [6, 6, 6, 6]
     # only the few-subjects warnings, if any (the small stand-in demo of these tests has two normal subjects)
-    problems = data.split_problems(ds, data.make_split(ds, "subject"))  # named before Start, in plain words
-    assert [w.value for w in at.warning] == ([dashboard.plain(w) for w in data.subject_warnings(ds)]
-                                             + [dashboard.plain(p[:1].upper() + p[1:]) + "." for p in problems])
+    # each fact once: a class's few subjects in one warning (which names its one-person sides), then the rest
+    sp = data.make_split(ds, "subject")
+    assert [w.value for w in at.warning] == [dashboard.plain(w) for w in datapage.few_subjects_messages(ds)
+                                             + datapage.split_messages(ds, sp)]
 
     at.radio(key="data_split_radio").set_value("image").run()
     assert at.session_state["split"] == "image"
@@ -109,9 +110,12 @@ def test_data_page_warns_when_a_class_has_few_subjects(app, real_subset):
     at.session_state["dataset"] = str(real_subset)
     open_page(at, "data")
     assert not at.exception
-    expected = data.subject_warnings(data.open_dataset(str(real_subset), paths.cache_root()))
-    assert len(expected) == 1 and "class 'hem' has 2 subjects" in expected[0] and "study subjects" in expected[0]
-    assert [w.value for w in at.warning][:1] == [dashboard.plain(w) for w in expected]
+    expected = datapage.few_subjects_messages(data.open_dataset(str(real_subset), paths.cache_root()))
+    assert len(expected) == 1 and "Class 'hem' has 2 subjects" in expected[0]
+    assert "Choose Subject-grouped folds below" in expected[0]  # the in-app way first
+    warnings = [w.value for w in at.warning]
+    assert warnings[:1] == [dashboard.plain(w) for w in expected]
+    assert not any("'hem' cells of 1 subject only" in w.replace("\\", "") for w in warnings)  # said once
     assert any("hem 2" in c.value and "all 3" in c.value for c in at.caption)
     at.session_state["dataset"] = "demo"
 

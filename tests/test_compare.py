@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import zlib
 
 import numpy as np
@@ -177,13 +178,20 @@ def test_test_set_rows_appear_when_every_run_has_test_predictions(tmp_path):
     assert rep.sets == ["val"] and any("no test predictions" in n for n in rep.notes)
 
 
-def test_default_selection_takes_every_seed_of_the_newest_configuration(tmp_path):
+def test_default_selection_takes_every_seed_of_the_best_configuration(tmp_path):
+    """runstore.best, the rule of every page: per backbone the healthy configuration with the best validation
+    F1 (ties: more seeds, then the newest), every healthy seed of it, in registry order."""
     old = make_run(tmp_path, "googlenet", "fpS", split="groups", seed=0, lr=3e-4, created=1.0)
     new = seeded_runs(tmp_path, "googlenet", 0.8, seeds=(0, 1))
     res = seeded_runs(tmp_path, "resnet50", 0.8, seeds=(0,))
     chosen = compare.default_selection(dashboard.finished_runs(tmp_path))
     assert [r.run_id for r in chosen] == [res[0].run_id, new[0].run_id, new[1].run_id]  # registry order, by seed
     assert old.run_id not in {r.run_id for r in chosen}
+    meta = json.loads((old.dir / "model.json").read_text())
+    meta["metrics"]["val_f1"] = 0.95  # the older configuration scored better: it is chosen, not the newest
+    (old.dir / "model.json").write_text(json.dumps(meta))
+    chosen = compare.default_selection(dashboard.finished_runs(tmp_path))
+    assert [r.run_id for r in chosen] == [res[0].run_id, old.run_id]
 
 
 def test_compare_command_prints_intervals_and_verdicts(tmp_path, capsys):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from helpers import make_run
-from leukviz.app import dashboard
+from leukviz.app import dashboard, datapage
 from leukviz.core import paths
 from leukviz.datasets import data
 from leukviz.models import backbones, config
@@ -87,49 +87,49 @@ def test_find_run_creates_nothing(tmp_path):
     assert dashboard.find_run(cfg, "fp", tmp_path).dir == made.dir
 
 
-def test_default_models_prefer_the_active_dataset(tmp_path):
+def test_default_models_come_from_the_active_dataset_only(tmp_path):
     a = make_run(tmp_path, "googlenet", data_spec="/a", created=3)
     b = make_run(tmp_path, "googlenet", data_spec="/b", created=2, lr=3e-3)
     c = make_run(tmp_path, "resnet50", data_spec="/b", created=1)
     finished = dashboard.finished_runs(tmp_path)
     assert [r.run_id for r in finished] == [a.run_id, b.run_id, c.run_id]
-    assert [r.run_id for r in dashboard.default_models(finished, "/b")] == [c.run_id, b.run_id]
-    assert [r.run_id for r in dashboard.default_models(finished, "/none")] == [c.run_id, a.run_id]
+    assert [r.run_id for r in dashboard.default_models(finished, "/b")] == [c.run_id, b.run_id]  # registry order
+    assert dashboard.default_models(finished, "/none") == []  # none from another dataset: the user picks
 
 
 # ---------------------------------------------------------------------------------------------- data page
 
 def test_sample_and_demo_cells(tiny_data):
     ds = data.open_dataset(str(tiny_data))
-    samples = dashboard.sample_cells(ds, per_class=4)
+    samples = datapage.sample_cells(ds, per_class=4)
     assert list(samples) == list(ds.classes)
     for cls, files in samples.items():
         assert len(files) == 4
         assert all(f"_{cls}." in Path(p).name for p in files)  # C-NMC names end in the class
-    cells = dashboard.demo_cells(ds, n=3, seed=0)
+    cells = datapage.demo_cells(ds, n=3, seed=0)
     assert len(cells) == 3
     prelim = set(ds.index.loc[ds.index["set"] == "prelim", "path"])
     assert all(p in prelim for p, _ in cells)
     assert {c for _, c in cells} == set(ds.classes)  # both classes get a turn
     for p, c in cells:
         assert ds.classes[int(ds.index.loc[ds.index["path"] == p, "label"].iloc[0])] == c
-    assert dashboard.demo_cells(ds, n=3, seed=1) != cells
+    assert datapage.demo_cells(ds, n=3, seed=1) != cells
 
 
 def test_augment_preview_uses_the_training_transforms():
     rng = np.random.default_rng(0)
     img = rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)
     dihedral = [np.rot90(v, k) for v in (img, img[:, ::-1]) for k in range(4)]
-    views = dashboard.augment_preview(img, "flips", n=4)
+    views = datapage.augment_preview(img, "flips", n=4)
     assert len(views) == 4
     for caption, v in views:
         assert v.shape == img.shape and v.dtype == np.uint8
         # a real flip or turn, never the original
         assert any(np.array_equal(v, d) for d in dihedral[1:]), caption
-    full = dashboard.augment_preview(img, "full", n=3)
+    full = datapage.augment_preview(img, "full", n=3)
     assert all("jitter" in c for c, _ in full)
     assert not any(np.array_equal(v, d) for _, v in full for d in dihedral)
-    assert dashboard.augment_preview(img, "none")[0][1] is img
+    assert datapage.augment_preview(img, "none")[0][1] is img
 
 
 def test_run_name_and_description():

@@ -33,7 +33,52 @@ def test_a_model_below_the_majority_baseline_is_degenerate_even_with_both_classe
     y = np.array([0] * 20 + [1] * 80)
     pred = np.array([1] * 20 + [0] * 60 + [1] * 20)  # mostly wrong
     h = health.assess(y, probs_for(pred), CLASSES)
-    assert h.degenerate and len(h.reasons) == 1 and "below" in h.reasons[0]
+    assert h.degenerate and "below the 0.711" in h.reasons[0]
+    assert "no better than chance" in h.reasons[1] and "ROC AUC of all 0.12" in h.reasons[1]
+
+
+def noisy(y: np.ndarray, signal: float, seed: int = 0) -> np.ndarray:
+    """Probabilities whose `all` score is signal * label + noise: signal 0 is a coin, larger separates."""
+    rng = np.random.default_rng(seed)
+    s = 1 / (1 + np.exp(-(signal * (2 * y - 1) + rng.normal(0, 1, len(y)))))
+    return np.c_[1 - s, s]
+
+
+def test_a_chance_level_model_is_flagged_with_its_figures_in_words():
+    """The issue's run: accuracy under the majority's share, AUC about 0.5, both classes called and weighted
+    F1 over the majority baseline (what the old rule read) - no better than chance."""
+    y = np.array([0] * 100 + [1] * 200)
+    subjects = np.array([f"h{i % 3}" for i in range(100)] + [f"a{i % 5}" for i in range(200)])
+    p = noisy(y, 0.0)
+    p[:, 1] = np.clip(p[:, 1] + 0.05, 0, 1)  # leans to `all`, as a barely trained net does
+    p[:, 0] = 1 - p[:, 1]
+    h = health.assess(y, p, CLASSES, subjects=subjects)
+    assert h.degenerate, h
+    reason = next(r for r in h.reasons if "no better than chance" in r)
+    e = health.evidence(y, p, CLASSES, subjects)
+    assert e["unit"] == "subjects" and e["n_units"] == 8
+    assert f"{e['auc']:.2f}" in reason
+
+
+def test_chance_needs_both_accuracy_and_a_weak_ranking():
+    """A real ranking under a bad threshold (accuracy below the majority, AUC clear of 0.5 and 0.6) is not
+    chance; neither is a weak model whose accuracy is measurably above the majority's. Without both, chance."""
+    y = np.array([0] * 100 + [1] * 200)
+    subjects = np.array([f"h{i % 4}" for i in range(100)] + [f"a{i % 6}" for i in range(200)])
+    p = noisy(y, 2.0)
+    shifted = np.c_[p[:, 0] + 0.45, p[:, 1] - 0.45]  # calls most cells hem: accuracy under 2/3
+    e = health.evidence(y, shifted, CLASSES, subjects)
+    assert e["accuracy"] < e["majority_share"] and e["above_majority_p"] > 0.5 and e["auc_low"] > 0.6
+    assert health.chance_reason(e) is None
+    weak = dict(e, accuracy=0.75, above_majority_p=0.001, auc=0.56, auc_low=0.45, auc_high=0.66)
+    assert health.chance_reason(weak) is None  # its decisions beat the majority
+    lost = dict(weak, accuracy=0.67, above_majority_p=0.45)
+    assert "not measurably above" in health.chance_reason(lost) and "under 0.6" in health.chance_reason(lost)
+    wide = dict(lost, auc=0.7, auc_low=0.48, auc_high=0.85)
+    assert "not clear of 0.5" in health.chance_reason(wide)
+    assert health.chance_reason(dict(wide, auc_low=0.55)) is None
+    assert "no better than a coin" in health.chance_reason(dict(weak, auc=0.5))
+    assert health.evidence(y, noisy(y, 3.0), CLASSES, subjects)["above_majority_p"] < 1e-6
 
 
 def test_a_model_that_learnt_is_healthy():
@@ -54,7 +99,8 @@ def test_a_calibration_at_its_bound_makes_a_run_degenerate():
 def test_one_class_in_validation_is_unknown_not_healthy():
     y = np.ones(20, int)
     h = health.assess(y, probs_for(np.array([1] * 10 + [0] * 10)), CLASSES)
-    assert h.status == health.UNKNOWN and "every validation cell is all" in h.reasons[0]
+    assert h.status == health.UNKNOWN and "its validation has one class (every cell is all)" in h.reasons[0]
+    assert "its scores cannot judge it" in h.reasons[0]
 
 
 def test_calibration_that_hits_its_bound_is_not_applied(tmp_path):

@@ -141,10 +141,12 @@ def _add_series(fig: go.Figure, series: Series, x: list[float], events: list[dic
     y = [finite(e.get(series.key)) for e in events]
     if all(v is None for v in y):
         return  # a metric this run never recorded (an older run without F1): no empty legend entry
+    # A line needs two points: the first live point of a line-only series is drawn as a dot until the second.
+    alone = series.symbol is None and sum(v is not None for v in y) == 1
     fig.add_trace(go.Scatter(
-        x=x, y=y, name=series.name, mode="lines+markers" if series.symbol else "lines",
+        x=x, y=y, name=series.name, mode="lines+markers" if series.symbol or alone else "lines",
         line={"color": series.color, "width": series.width, "dash": series.dash},
-        marker={"color": series.color, "symbol": series.symbol or "circle", "size": 8},
+        marker={"color": series.color, "symbol": series.symbol or "circle", "size": 8 if series.symbol else 6},
         legendgroup=f"col{col}", legendgrouptitle={"text": "<b>Loss</b>" if col == 1 else "<b>Accuracy</b>"},
         hovertemplate="%{y:.4f}" if col == 1 else "%{y:.1%}"), row=1, col=col)
 

@@ -11,16 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from leukviz.core import paths
 from leukviz.core.events import BATCH, EPOCH, finite, latest_start
 from leukviz.core.filenames import CONFIG
-from leukviz.datasets import data
 from leukviz.models import backbones, config
 from leukviz.models.config import RunConfig
-from leukviz.runstore import runs, summary
-from leukviz.runstore.names import backbone_title, dataset_label, format_duration, latest_per_backbone
+from leukviz.runstore import best, runs, summary
+from leukviz.runstore.names import backbone_title, dataset_label, format_duration
 from leukviz.scoring import health, metrics
 
 # ---------------------------------------------------------------------------------------------- text
@@ -44,6 +41,8 @@ def run_label(run: runs.Run) -> str:
     h = run_health(run)
     if h is not None and h.degenerate:
         parts.append("degenerate")
+    elif h is not None and h.status == health.UNKNOWN:
+        parts.append("cannot be judged")
     return " · ".join(parts) + f" · {run.run_id[:6]}"
 
 
@@ -197,12 +196,29 @@ def healthy_runs(candidates: Iterable[runs.Run]) -> list[runs.Run]:
     return [r for r in candidates if not (run_health(r) or health.Health(health.HEALTHY)).degenerate]
 
 
-def default_models(finished: Sequence[runs.Run], dataset: str) -> list[runs.Run]:
-    """Models offered first for prediction: the newest healthy finished run per backbone on the active
-    dataset, or on any dataset when none was trained on it. A degenerate run is never preselected."""
-    usable = healthy_runs(finished)
-    on_active = [r for r in usable if r.config.data == dataset]
-    return latest_per_backbone(on_active or usable)
+def entries(candidates: Iterable[runs.Run]) -> list[best.Entry]:
+    """What the one choice of runs (runstore.best) reads of each run."""
+    return [best.entry(r) for r in candidates]
+
+
+def default_models(finished: Sequence[runs.Run], dataset: str, split: str | None = None) -> list[runs.Run]:
+    """Models offered first for prediction (best.preselect): per backbone, the healthy run or repeat group
+    with the best validation score on the active dataset and split. None when nothing was trained on the
+    active dataset: the page says which runs exist where (best.datasets_text) and the user chooses."""
+    by_id = {r.run_id: r for r in finished}
+    return [by_id[i] for i in best.preselect(entries(finished), dataset, split)]
+
+
+def no_default_text(finished: Sequence[runs.Run], dataset: str) -> str:
+    """Why a page preselected no model (default_models gave none): nothing healthy trained on the active
+    dataset (and which runs exist for which datasets), or every model here degenerate."""
+    here = [r for r in finished if r.config.data == dataset]
+    if not here:
+        return (f"No model was trained on the active dataset ({dataset_label(dataset)}), so none is chosen for you. "
+                f"Finished runs: {best.datasets_text(entries(finished))}. Choose one above knowingly: a model "
+                "meets cells unlike its training data here, and its label names what it was trained on.")
+    return ("Every finished model on this dataset is degenerate or cannot be judged (each run's page on Train says "
+            "why), so none is chosen for you: choose one above to predict with it anyway.")
 
 
 def repeat_group(run: runs.Run, candidates: Iterable[runs.Run]) -> list[runs.Run]:
@@ -287,7 +303,8 @@ def gpu_count() -> int:
 
 @dataclass
 class Card:
-    """What the overview shows for one backbone."""
+    """What the overview shows for one backbone: its run in training if one is, else its best (runstore.best:
+    the healthy run or repeat group with the best validation score on the dataset and split), and the rest."""
 
     backbone: str
     title: str
@@ -300,6 +317,8 @@ class Card:
     error: str | None = None
     health: health.Health | None = None  # of the finished run shown (run_health)
     group: GroupSummary | None = None  # the repeats of its configuration, when there are several
+    note: str = ""  # why this run is the one shown ("Best of 4 runs on this dataset ...")
+    others: tuple[tuple[str, str], ...] = ()  # (run id, run_label) of the backbone's other runs here, best first
 
     @property
     def text(self) -> str:
@@ -312,7 +331,11 @@ class Card:
         if self.state == runs.State.RUNNING:
             return f"Running: epoch {min(self.epoch + 1, self.epochs)} of {self.epochs}"
         if self.state == runs.State.FINISHED:
-            return "Finished: degenerate model" if self.health is not None and self.health.degenerate else "Finished"
+            if self.health is not None and self.health.degenerate:
+                return "Finished: degenerate model"
+            if self.health is not None and self.health.status == health.UNKNOWN:
+                return "Finished: its scores cannot judge it"
+            return "Finished"
         return self.state.capitalize()
 
     @property
@@ -325,27 +348,47 @@ class Card:
                 f"{self.val_f1:.3f}" if self.val_f1 is not None else "–")
 
 
-def backbone_cards(dataset: str, runs_dir: str | Path | None = None) -> list[Card]:
-    """One card per registered backbone: its active run on this dataset if any, else its newest run."""
+def _pick_note(pick: best.Pick | None, n_runs: int, split: str | None) -> str:
+    """Why the card shows this run: the best of how many, on which split."""
+    if pick is None:
+        return ""
+    what = "repeat group" if len(pick.members) > 1 else "run"
+    where = "" if pick.on_split or split is None else " (none on the active split: the best on another split)"
+    if not pick.healthy:
+        return f"No healthy run of this backbone here: the best of the rest{where}." if n_runs > 1 else ""
+    if n_runs <= len(pick.members):
+        return f"Its only {what} on this dataset{where}." if where else ""
+    return f"The {what} with the best validation F1 of {n_runs} runs on this dataset{where}."
+
+
+def backbone_cards(dataset: str, runs_dir: str | Path | None = None, split: str | None = None) -> list[Card]:
+    """One card per registered backbone: its run in training on this dataset if one is, else its best
+    (best.best_per_backbone on the dataset and split), else its newest run that started; with the others."""
     mine = [r for r in all_runs(runs_dir) if r.config.data == dataset and not r.is_damaged]
+    by_id = {r.run_id: r for r in mine}
+    picks = best.best_per_backbone(entries(mine), dataset, split)
     cards = []
     for name, spec in backbones.BACKBONES.items():
         of_backbone = [r for r in mine if r.config.backbone == name]
-        statuses = [(r, r.status) for r in of_backbone]
-        chosen = next(((r, s) for r, s in statuses if s["state"] in runs.ACTIVE), None)
-        chosen = chosen or next(((r, s) for r, s in statuses if s["state"] == runs.State.FINISHED), None)
-        chosen = chosen or next(((r, s) for r, s in statuses if s["state"] != runs.State.NEW), None)
+        pick = picks.get(name)
+        chosen = next((r for r in of_backbone if r.state in runs.ACTIVE), None)
+        chosen = chosen or (by_id[pick.lead.run_id] if pick else None)
+        chosen = chosen or next((r for r in of_backbone if r.state != runs.State.NEW), None)
         if chosen is None:
             cards.append(Card(name, spec.title, "none"))
             continue
-        r, s = chosen
-        m = r.final_metrics() if s["state"] == runs.State.FINISHED else {}
-        epochs_done = len(r.epochs()) if s["state"] in runs.ACTIVE else int(s.get("epoch") or 0)
-        epochs = int(s.get("epochs") or r.config.epochs)
-        group = repeat_group(r, of_backbone)
-        cards.append(Card(name, spec.title, s["state"], r.run_id, epochs_done, epochs,
-                          m.get("val_acc"), m.get("val_f1"), s.get("error"), run_health(r),
-                          group_summary(group) if len(group) > 1 else None))
+        s = chosen.status
+        m = chosen.final_metrics() if s["state"] == runs.State.FINISHED else {}
+        epochs_done = len(chosen.epochs()) if s["state"] in runs.ACTIVE else int(s.get("epoch") or 0)
+        epochs = int(s.get("epochs") or chosen.config.epochs)
+        group = repeat_group(chosen, of_backbone)
+        shown = {r.run_id for r in group}
+        order = ([e.run_id for e in pick.others] if pick else []) + [r.run_id for r in of_backbone]
+        others = tuple((i, run_label(by_id[i])) for i in dict.fromkeys(order) if i not in shown)
+        note = _pick_note(pick, len(of_backbone), split) if pick and chosen.run_id in pick.run_ids else ""
+        cards.append(Card(name, spec.title, s["state"], chosen.run_id, epochs_done, epochs,
+                          m.get("val_acc"), m.get("val_f1"), s.get("error"), run_health(chosen),
+                          group_summary(group) if len(group) > 1 else None, note, others))
     return cards
 
 
@@ -397,59 +440,10 @@ def progress(events: Sequence[dict], now: float | None = None) -> Progress:
             if n_train > 0:
                 eta *= 1 + n_val / (3 * n_train)
     frac = min(1.0, done / total)
-    text = f"Epoch {epoch} of {epochs} · step {step} of {steps}"
-    if eta is not None:
+    last = next((e for e in reversed(events) if e.get("type") in (BATCH, EPOCH)), None)
+    validating = last is not None and last.get("type") == BATCH and step >= steps  # steps done, no epoch yet
+    text = f"Epoch {epoch} of {epochs} · " + ("training steps done, validating…" if validating
+                                             else f"step {step} of {steps}")
+    if eta is not None and (eta >= 1 or not validating):
         text += f" · about {format_duration(eta)} left"
     return Progress(frac, epoch, epochs, step, steps, eta, text)
-
-
-# ---------------------------------------------------------------------------------------------- data page
-
-def sample_cells(ds: data.Dataset, per_class: int = 6, seed: int = 0) -> dict[str, list[str]]:
-    """A few training images of each class, drawn reproducibly."""
-    rng = np.random.default_rng(seed)
-    train = ds.train_rows
-    out = {}
-    for i, c in enumerate(ds.classes):
-        paths = train.loc[train["label"] == i, "path"].to_numpy()
-        if len(paths):
-            out[c] = [str(p) for p in rng.choice(paths, size=min(per_class, len(paths)), replace=False)]
-    return out
-
-
-def demo_cells(ds: data.Dataset, n: int = 3, seed: int = 0) -> list[tuple[str, str]]:
-    """(path, true class) of a few labelled cells, preferring the held-out preliminary test set, taking
-    the classes in turn."""
-    idx = ds.index[ds.index["label"] >= 0]
-    pool = idx[idx["set"] == "prelim"] if (idx["set"] == "prelim").any() else idx
-    rng = np.random.default_rng(seed)
-    by_class = [rng.permutation(pool.index[pool["label"] == i].to_numpy()) for i in range(len(ds.classes))]
-    picks: list[tuple[str, str]] = []
-    k = 0
-    while len(picks) < n and any(k < len(b) for b in by_class):
-        for i, rows in enumerate(by_class):
-            if k < len(rows) and len(picks) < n:
-                picks.append((str(ds.index.at[rows[k], "path"]), ds.classes[i]))
-        k += 1
-    return picks
-
-
-AUGMENT_CODES_TEXT = {0: "original", 1: "flipped", 2: "turned 90°", 3: "flipped, 90°", 4: "turned 180°",
-                      5: "flipped, 180°", 6: "turned 270°", 7: "flipped, 270°"}
-
-
-def augment_preview(image: np.ndarray, mode: str, n: int = 4, seed: int = 0) -> list[tuple[str, np.ndarray]]:
-    """The training augmentation (augmentation.augment) applied to one uint8 HWC image n times: (caption, image)."""
-    import torch
-
-    from leukviz.models.augmentation import augment, draw_jitter
-
-    if mode == "none":
-        return [("no augmentation", image)]
-    g = torch.Generator().manual_seed(seed)
-    codes = torch.randperm(7, generator=g)[:n] + 1  # distinct non-identity transforms
-    jitter = draw_jitter(len(codes), g) if mode == "full" else None
-    batch = torch.from_numpy(np.ascontiguousarray(np.stack([image] * len(codes))))
-    out = augment(batch, codes, jitter).numpy()
-    return [(AUGMENT_CODES_TEXT[int(c)] + (", stain jitter" if jitter is not None else ""), out[i])
-            for i, c in enumerate(codes.tolist())]

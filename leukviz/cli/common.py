@@ -91,9 +91,12 @@ def _health(run) -> dict:
 
 
 def _health_text(res: dict) -> str:
-    """'; DEGENERATE: calls every validation cell hem' for a degenerate run's line, else nothing."""
+    """What --json's health says, on a run's text line: '; DEGENERATE: calls every validation cell hem', or for
+    a run its validation cannot judge '; WARNING: its validation has one class ...'; nothing when healthy."""
     if res.get("health") == "degenerate":
         return "; DEGENERATE: " + "; ".join(res["health_reasons"])
+    if res.get("health") == "unknown":
+        return "; WARNING, health unknown: " + "; ".join(res["health_reasons"])
     return ""
 
 

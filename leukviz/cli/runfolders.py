@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from leukviz.cli.common import CliError, _out
+from leukviz.cli.common import CliError, _health_text, _out
 from leukviz.core.errors import LeukvizError
 
 _HEALTH_MARK = {"degenerate": " DEGENERATE", "unknown": " HEALTH-UNKNOWN"}
@@ -14,7 +14,9 @@ _HEALTH_MARK = {"degenerate": " DEGENERATE", "unknown": " HEALTH-UNKNOWN"}
 
 def cmd_runs(args) -> int:
     """Every run folder, a damaged one too: what is wrong with it and how to repair it (api.run_rows: read
-    from each run's stored summary, computed once and again only when the run's files change)."""
+    from each run's stored summary, computed once and again only when the run's files change); BEST marks each
+    backbone's healthy run or repeat group with the best validation F1 on its dataset and split (runstore.best,
+    the rule of every page), and a run that is not healthy says why, as --json does."""
     from leukviz import api
     from leukviz.runstore import runs
 
@@ -26,12 +28,14 @@ def cmd_runs(args) -> int:
         print(f"no runs in {runs.runs_root(args.runs_dir, create=False)}")
     for r in rows:
         acc = f"{r['val_acc']:.3f}" if r["val_acc"] is not None else "-"
+        f1 = f"{r['val_f1']:.3f}" if r["val_f1"] is not None else "-"
         if r["backbone"] is None:  # config.json unreadable: nothing else to say about it
             print(f"{r['run_id']}  DAMAGED")
         else:
             print(f"{r['run_id']}  {r['backbone']:<10} {r['state'] + (' DAMAGED' if r['damaged'] else ''):<11} "
                   f"{r['preset']:<6} {r['weights']:<9} {r['image_size']}px {r['epochs']}ep split={r['split']:<8} "
-                  f"val_acc={acc}  data={r['data']}" + _HEALTH_MARK.get(r["health"], ""))
+                  f"val_acc={acc} val_f1={f1}  data={r['data']}" + ("  BEST" if r["best"] else "")
+                  + _health_text(r))
         for problem in r["problems"]:
             print(f"    {problem}")
         if r["health"] == "unknown":  # as --json says: the text listing hides no health

@@ -20,12 +20,11 @@ from leukviz.datasets import data
 from leukviz.models import config
 from leukviz.models.backbones import BACKBONES
 from leukviz.models.preprocess import Preprocess
-from leukviz.runstore import names, runs
+from leukviz.runstore import best, names, runs
 from leukviz.runstore.names import (
     backbone_title,
     dataset_label,
     format_duration,
-    latest_per_backbone,
     run_name,
     setting_text,
     split_text,
@@ -306,12 +305,11 @@ def repeat_groups(evals: Sequence[Evaluation]) -> list[Repeats]:
 
 
 def default_selection(candidates: Sequence[runs.Run]) -> list[runs.Run]:
-    """What Compare selects first: for each backbone, every seed of its newest configuration (candidates
-    come newest first), in registry order."""
-    newest = {r.config.backbone: config_key(r) for r in reversed(list(candidates))}
-    keep = [r for r in candidates if newest.get(r.config.backbone) == config_key(r)]
-    first = {r.config.backbone: i for i, r in enumerate(latest_per_backbone(keep))}
-    return sorted(keep, key=lambda r: (first[r.config.backbone], r.config.seed))
+    """What Compare selects first (runstore.best.preselect, the rule every page shares): for each backbone,
+    every healthy seed of its healthy configuration with the best validation score among candidates (one
+    comparable group: one dataset and split), in registry order."""
+    by_id = {r.run_id: r for r in candidates}
+    return [by_id[i] for i in best.preselect([best.entry(r) for r in candidates], None)]
 
 
 def ensemble(evals: Sequence[Evaluation]) -> Repeats | None:

@@ -59,6 +59,8 @@ from leukviz.datasets.splits import (  # noqa: F401
     SPLIT_METHODS,
     Split,
     default_split,
+    few_subjects,
+    few_subjects_effect,
     given_split,
     group_folds,
     make_split,
@@ -67,6 +69,7 @@ from leukviz.datasets.splits import (  # noqa: F401
     split_problems,
     subject_counts,
     subject_warnings,
+    usable_split,
 )
 
 
@@ -255,9 +258,10 @@ def inspect(ds: Dataset) -> dict:
 
 
 # The dataset layer's public surface: what the layers above use (tests/test_structure.py checks it).
-__all__ = ["CELL_WINDOW", "POOL_SETS", "SPLIT_METHODS", "CacheInterrupted", "DataError", "Dataset", "Image",
+__all__ = ["CELL_WINDOW", "MIN_SUBJECTS_PER_CLASS", "POOL_SETS", "SPLIT_METHODS", "CacheInterrupted", "DataError", "Dataset", "Image",
            "ImageError", "Split", "as_uploaded", "cache_folder", "cell_box", "check_decoded", "content_digests",
-           "crop_to_cell", "decode_rgb", "default_split", "extract_zip", "find_cnmc_root", "fit_image",
+           "crop_to_cell", "decode_rgb", "default_split", "extract_zip", "few_subjects", "few_subjects_effect",
+           "find_cnmc_root", "fit_image",
            "group_folds", "image_cache", "inspect", "is_image", "listing", "load_image", "make_split", "open_dataset",
            "save_upload", "skipped_text", "split_of", "split_options", "split_problems", "subject_warnings",
-           "upload_name", "upload_refusal"]
+           "upload_name", "upload_refusal", "usable_split"]

@@ -42,25 +42,29 @@ def subject_counts(ds: Dataset) -> dict[str, int]:
     return {c: int(tr.loc[tr["label"] == i, "subject"].nunique()) for i, c in enumerate(ds.classes)}
 
 
+def few_subjects(ds: Dataset) -> dict[str, int]:
+    """The classes with fewer than MIN_SUBJECTS_PER_CLASS subjects (where file names carry subjects), and how
+    many each has: a subject split then learns, or is judged on, that class from one or two people."""
+    if not ds.has_subjects:
+        return {}
+    return {c: n for c, n in subject_counts(ds).items() if n < MIN_SUBJECTS_PER_CLASS}
+
+
+def few_subjects_effect(cls: str, n: int) -> str:
+    """What n subjects of class cls do to a subject split, in words."""
+    if n < 2:
+        return ("a subject split is impossible: that person would have to be on both sides, so only the leaky "
+                "image split can run")
+    return (f"a subject split trains on {n - 1} and validates on the other, so the model learns '{cls}' from "
+            f"{'one person' if n == 2 else f'{n - 1} people'} and its score says how it does on one other person")
+
+
 def subject_warnings(ds: Dataset) -> list[str]:
     """Plain warnings when a class has too few subjects for an honest subject split, and what to do."""
-    if not ds.has_subjects:
-        return []
-    out = []
-    for cls, n in subject_counts(ds).items():
-        if n >= MIN_SUBJECTS_PER_CLASS:
-            continue
-        if n < 2:
-            effect = ("a subject split is impossible: that person would have to be on both sides, so only "
-                      "the leaky image split can run")
-        else:
-            effect = (f"a subject split trains on {n - 1} and validates on the other, so the model learns "
-                      f"'{cls}' from one person and its score says how it does on one other person")
-        out.append(f"class '{cls}' has {n} subject{'s' if n != 1 else ''} (fewer than {MIN_SUBJECTS_PER_CLASS}): "
-                   f"{effect}. Add subjects of that class if you can; meanwhile judge models by the grouped "
-                   f"cross-validation ('study subjects', which swaps the subjects between folds and repeats "
-                   f"seeds) rather than by one split")
-    return out
+    return [f"class '{cls}' has {n} subject{'s' if n != 1 else ''} (fewer than {MIN_SUBJECTS_PER_CLASS}): "
+            f"{few_subjects_effect(cls, n)}. Judge models over subject-grouped folds (split 'groups', which "
+            f"validates each subject in turn; 'study subjects' also repeats seeds) rather than by one split, and "
+            f"add subjects of that class if you can" for cls, n in few_subjects(ds).items()]
 
 
 def group_folds(ds: Dataset, n_folds: int = 0) -> list[np.ndarray]:
@@ -131,14 +135,30 @@ def given_split(ds: Dataset) -> Split:
 
 
 def default_split(ds: Dataset) -> str:
-    """The split a run uses unless told otherwise: "given" when the dataset has its own validation folder;
-    else "subject" where file names carry subject ids (at least two per class); else "image", the only one
-    possible without them (labelled leaky)."""
-    if ds.has_val:
+    """The split a run uses unless told otherwise: "given" when the dataset has its own validation folder and
+    it can be used (every class in it); else "subject" where file names carry subject ids (at least two per
+    class); else the first split this dataset can make (split_options), "image" (leaky) when none can."""
+    options = split_options(ds)
+    if ds.has_val and options.get("given") is None:
         return "given"
-    if ds.has_subjects and min(subject_counts(ds).values()) >= 2:
+    if ds.has_subjects and min(subject_counts(ds).values()) >= 2 and options.get("subject") is None:
         return "subject"
-    return "image"
+    return next((m for m in ("image", "groups", "folds") if options.get(m) is None), "image")
+
+
+def usable_split(ds: Dataset, wanted: str | None) -> tuple[str | None, str | None]:
+    """(the split to use, why the wanted one cannot be made): wanted itself with None when this dataset can
+    make it; otherwise default_split with the reason (split_options'). (None, reason) when no split at all
+    can be made (the dataset cannot be trained on)."""
+    options = split_options(ds)
+    if wanted is not None and options.get(wanted, "unknown") is None:
+        return wanted, None
+    why = options.get(wanted) if wanted in options else (f"unknown split {wanted!r}" if wanted else None)
+    fallback = default_split(ds)
+    if options.get(fallback) is not None:
+        reasons = "; ".join(f"{m}: {r}" for m, r in options.items())
+        return None, f"no split can be made of this dataset ({reasons})"
+    return fallback, why
 
 
 SPLIT_METHODS = ("given", "subject", "groups", "folds", "image")  # in the order a page offers them

@@ -84,15 +84,6 @@ def split_text(cfg: RunConfig, sp: data.Split | dict | None = None) -> str:
     return f"by subject ({share}, seed {cfg.split_rng_seed})"
 
 
-def latest_per_backbone(candidates: Iterable[runs.Run]) -> list[runs.Run]:
-    """The newest run of each backbone, in registry order (candidates come newest first)."""
-    best: dict[str, runs.Run] = {}
-    for r in candidates:
-        best.setdefault(r.config.backbone, r)
-    order = {name: i for i, name in enumerate(backbones.BACKBONES)}
-    return sorted(best.values(), key=lambda r: order.get(r.config.backbone, len(order)))
-
-
 # ---------------------------------------------------------------------------------------------- settings in words
 
 def _epochs(n: Any) -> str:

@@ -62,7 +62,9 @@ def compute(run: runs.Run) -> dict:
         cfg, config_error = None, f"run {run.run_id}: {filenames.CONFIG} is damaged: {e}"
     status = runs._recorded_status(run)
     problems = runs.check(run)
-    damage = [p for p in problems if p.file in runfiles.REQUIRED or p.file == filenames.TEST_PREDICTIONS]
+    odd = runfiles.not_regular_files(run.dir)  # as Run.damage: a pipe or device in place of any run file
+    damage = [p for p in problems if p.file in runfiles.REQUIRED or p.file == filenames.TEST_PREDICTIONS
+              or p.file in odd]
     usable_events = [e for e in read_jsonl(run.dir / filenames.METRICS) if events.problem(e) is None]
     meta = run.meta()
     out = {"version": VERSION, "run_id": run.run_id, "info": obj if isinstance(obj, dict) else {},

@@ -137,13 +137,14 @@ def cache_problem(cached: Any) -> str | None:
     return None
 
 
-def validation_cells(run_dir: Path, src: Path | bytes) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def validation_cells(run_dir: Path, src: Path | bytes, subjects: bool = False) -> tuple:
     """(labels, probabilities, classes) of the labelled rows of a run's validation predictions (a path or the
-    file's bytes), columns in the sidecar's class order when it has one. ValueError when the table lacks its
-    columns."""
+    file's bytes), columns in the sidecar's class order when it has one; with subjects, their subject ids
+    too (a fourth item). ValueError when the table lacks its columns."""
     t = predictions.read(src, (read_json(run_dir / SIDECAR, {}) or {}).get("classes"))
     keep = t.labelled()
-    return t.y[keep].astype(int), t.probs[keep], t.classes
+    out = (t.y[keep].astype(int), t.probs[keep], t.classes)
+    return (*out, t.subjects[keep]) if subjects else out
 
 
 def fit_run(run_dir: Path, blob: bytes) -> dict[str, Any]:

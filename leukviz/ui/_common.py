@@ -78,15 +78,21 @@ def active_dataset() -> str:
 
 
 def active_split() -> str:
-    """The split chosen on the Data page; where the active dataset cannot make it (data.split_options: a
-    given validation folder or official folds it lacks, a subject split without subjects), the dataset's
-    default (data.default_split). The Train page says so when they differ."""
+    """The split chosen on the Data page; where the active dataset cannot make it (data.usable_split: a given
+    validation folder it lacks or one missing a class, official folds it does not have, a subject split
+    without subjects), the dataset's default. The Train page says so when they differ."""
     split = st.session_state.get("split", "subject")
     try:
         ds = open_dataset(active_dataset())
     except (data.DataError, OSError):
         return split
-    return split if data.split_options(ds).get(split, "unknown") is None else data.default_split(ds)
+    return wanted_split(ds)[0] or split
+
+
+def wanted_split(ds: data.Dataset) -> tuple[str | None, str | None]:
+    """(the split a run on ds uses, why the Data page's choice cannot be made): data.usable_split of the
+    session's choice; (None, why) when ds can make no split at all."""
+    return data.usable_split(ds, st.session_state.get("split", "subject"))
 
 
 def require_dataset() -> data.Dataset:

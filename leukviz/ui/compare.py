@@ -1,49 +1,26 @@
 """Compare: the backbones side by side on the same data and split: metrics, curves, ROC, confusion."""
 
-import functools
-import tempfile
-from pathlib import Path
-
 import pandas as pd
 import streamlit as st
 
 from leukviz.app import charts, dashboard
 from leukviz.app.report import MATRIX_STYLE, html_report, matrix_html
 from leukviz.comparison import compare
-from leukviz.core import filenames
-from leukviz.runstore import names, runs
+from leukviz.runstore import names
 from leukviz.scoring import registry
-from leukviz.ui._common import active_dataset, figure, load_model, page, warn_damaged
+from leukviz.ui._common import active_dataset, figure, page, warn_damaged
+from leukviz.ui._compare_parts import (
+    calibration,
+    error_gallery,
+    evaluation,
+    export_section,
+    run_stamp,
+    seconds_per_image,
+    uncertainty,
+)
 
 CURVES = {"val_acc": "Validation accuracy", "val_loss": "Validation loss", "val_f1": "Validation weighted F1",
           "train_acc": "Training accuracy", "train_loss": "Training loss"}
-
-
-@st.cache_data(max_entries=64, show_spinner=False)
-def evaluation(run_dir: str, stamp: tuple[int, int]) -> compare.Evaluation:
-    return compare.evaluate_run(runs.Run(Path(run_dir)))
-
-
-def run_stamp(run: runs.Run) -> tuple[int, int]:
-    """What a run's cached numbers depend on: its checkpoint and its test predictions (written later)."""
-    test = run.dir / filenames.TEST_PREDICTIONS
-    return (run.dir / filenames.CHECKPOINT).stat().st_mtime_ns, test.stat().st_mtime_ns if test.exists() else 0
-
-
-@st.cache_data(max_entries=64, show_spinner=False)
-def calibration(run_dir: str, stamp: tuple[int, int]) -> dict:
-    return compare.calibration_of(evaluation(run_dir, stamp))
-
-
-@st.cache_data(max_entries=16, show_spinner=False)
-def uncertainty(run_dirs: tuple[tuple[str, tuple[int, int]], ...]) -> dict:
-    """compare.build_report of the runs (their folders and checkpoint times, so a retrain recomputes it)."""
-    return compare.build_report([evaluation(d, stamp) for d, stamp in run_dirs]).to_dict()
-
-
-@st.cache_data(max_entries=64, show_spinner=False)
-def seconds_per_image(run_dir: str, stamp: tuple[int, int]) -> float:
-    return compare.time_per_image(load_model(runs.Run(Path(run_dir))))
 
 
 st.title("Compare")
@@ -247,50 +224,5 @@ for start in range(0, len(evals), per_row):
         fig = charts.confusion_figure(ev.summary["confusion"], ev.classes, title=names.run_name(ev.run))
         figure(fig, f"cm_{ev.run.run_id}", f"confusion {names.run_name(ev.run)}", where=col)
 
-st.subheader("Error gallery")
-st.caption("Each run's most confidently wrong validation cells (then its least sure right ones), as the "
-           "model saw them.")
-for ev in evals:
-    with st.expander(dashboard.plain(names.run_name(ev.run)), expanded=len(evals) == 1):
-        try:
-            cells = compare.error_gallery(ev.run, k=8)
-        except (OSError, KeyError, ValueError) as e:
-            st.error(f"No gallery for this run: {dashboard.plain(e)}")
-            continue
-        if not cells:
-            st.info("No validation predictions to show.")
-        for start in range(0, len(cells), 4):
-            for col, cell in zip(st.columns(4), cells[start:start + 4]):
-                if cell.image is None:
-                    col.error(dashboard.plain(cell.error))
-                    col.caption(dashboard.plain(cell.caption))
-                else:
-                    col.image(cell.image, caption=dashboard.plain(cell.caption), width="stretch")
-
-st.subheader("Export")
-st.caption("The safetensors checkpoint is the run's own file; ONNX is exported on demand (a minute or so on "
-           "a CPU) and checked against PyTorch with ONNX Runtime.")
-exports = st.session_state.setdefault("onnx_exports", {})
-for r in selected:
-    stamp = (r.dir / filenames.CHECKPOINT).stat().st_mtime_ns
-    with st.container(border=True):
-        st.markdown(f"**{dashboard.plain(names.run_name(r))}**")
-        cols = st.columns(3)
-        cols[0].download_button("Checkpoint (safetensors)", functools.partial(compare.checkpoint_bytes, r),
-                                file_name=f"{r.config.backbone}-{r.run_id}.safetensors",
-                                mime="application/octet-stream", on_click="ignore",
-                                icon=":material/download:", key=f"st_{r.run_id}")
-        key = (r.run_id, stamp)
-        if cols[1].button("Export to ONNX", key=f"onnx_{r.run_id}", icon=":material/upload_file:"):
-            with st.spinner("Exporting to ONNX and checking it against PyTorch…"), \
-                    tempfile.TemporaryDirectory(prefix="leukviz-onnx-") as tmp:
-                try:
-                    exports[key] = compare.export_onnx(r, Path(tmp))
-                except Exception as e:  # noqa: BLE001 (export raises ExportError, onnx and torch errors alike)
-                    st.error(f"ONNX export failed: {dashboard.plain(e)}")
-        if key in exports:
-            blob, res = exports[key]
-            cols[2].download_button("Download ONNX", blob, file_name=f"{r.config.backbone}-{r.run_id}.onnx",
-                                    mime="application/octet-stream", on_click="ignore",
-                                    icon=":material/download:", key=f"onnx_dl_{r.run_id}")
-            st.caption(dashboard.plain(compare.export_text(res)))
+error_gallery(evals)
+export_section(selected)

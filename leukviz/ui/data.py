@@ -5,12 +5,12 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from leukviz.app import dashboard
+from leukviz.app import dashboard, datapage
 from leukviz.core import paths
 from leukviz.datasets import data
 from leukviz.models.config import AUGMENT
 from leukviz.runstore import names
-from leukviz.ui._common import active_dataset, active_split, open_dataset
+from leukviz.ui._common import active_dataset, open_dataset
 
 SOURCES = ("Built-in demo", "Folder path", "Zip upload")
 SET_TEXT = {"train": "train", "val": "validation (given)", "test": "test (held out)",
@@ -118,8 +118,8 @@ with left:
 with right:
     st.markdown("**Images per subject**")
     if info["per_subject"]:
-        subjects = pd.DataFrame(info["per_subject"]).T.rename_axis("subject")
-        st.dataframe(subjects, width="stretch", height=220)
+        subjects = datapage.subjects_frame(info["per_subject"])
+        st.dataframe(subjects, width="stretch", height=220 if len(subjects) > 5 else "auto")
     else:
         st.caption("No subject ids (file names are not C-NMC style): only the leaky image split is possible.")
 
@@ -128,48 +128,44 @@ if info["subjects_per_class"]:
                                                    for c, n in info["subjects_per_class"].items()))
 
 st.subheader("Validation split")
-for warning in data.subject_warnings(ds):
+for warning in datapage.few_subjects_messages(ds):
     st.warning(dashboard.plain(warning), icon=":material/group:")
 default = info["default_split"]
 st.caption(f"By default a run on this dataset uses **{dashboard.plain(names.SPLIT_CHOICE[default])}** ({default}).")
 if st.session_state.get("split_dataset") != current:  # a dataset seen here first starts on its default split
     st.session_state["split"], st.session_state["split_dataset"] = default, current
-options = data.split_options(ds)  # the engine says which splits this dataset can make, and why not
-choices = [k for k in data.SPLIT_METHODS if options.get(k) is None]
-chosen = active_split() if active_split() in choices else default
-split = st.radio("Split used for training", choices, format_func=names.SPLIT_CHOICE.get, horizontal=True,
-                 index=choices.index(chosen), key="data_split_radio")
+offer = datapage.split_choice(ds, st.session_state.get("split"))  # the engine says what it can make, and why not
+if offer.chosen is None:
+    st.error(dashboard.plain(offer.note), icon=":material/rule:")
+    st.stop()
+if offer.note:
+    st.info(dashboard.plain(offer.note), icon=":material/rule:")
+split = st.radio("Split used for training", offer.choices, format_func=names.SPLIT_CHOICE.get, horizontal=True,
+                 index=offer.choices.index(offer.chosen), key="data_split_radio")
 st.session_state["split"] = split
-impossible = {k: why for k, why in options.items() if why is not None}
-if impossible:
-    st.caption("Not possible on this dataset: " + " · ".join(
-        f"{dashboard.plain(names.SPLIT_CHOICE[k])} ({dashboard.plain(why)})" for k, why in impossible.items()))
+if offer.impossible:
+    st.caption("Not possible on this dataset: " + dashboard.plain(offer.impossible_text))
 try:
     sp = data.make_split(ds, split)
 except data.DataError as e:
     st.error(dashboard.plain(e))
 else:
-    for problem in data.split_problems(ds, sp):
-        st.warning(dashboard.plain(problem[:1].upper() + problem[1:]) + ".", icon=":material/rule:")
-    for warning in sp.warnings:
-        st.warning(dashboard.plain(warning))
-    if sp.leaky and not sp.warnings:
-        st.warning("Leaky split: cells of the same person end up on both sides, so validation scores are "
-                   "inflated (the seed paper's protocol). Use it only to reproduce that paper.")
+    for message in datapage.split_messages(ds, sp):
+        st.warning(dashboard.plain(message), icon=":material/rule:")
     a, b, c = st.columns([1, 1, 3])
     n_train, n_val = sp.summary()["n_train"], sp.summary()["n_val"]
     a.metric("Training images", n_train)
     b.metric("Validation images", n_val, help=f"{n_val / max(1, n_train + n_val):.0%} of the images")
-    c.markdown(f"  \n{dashboard.plain(sp.description)}")
+    c.markdown(f"  \n{dashboard.plain(datapage.split_description(sp))}")
 
 st.subheader("Sample cells")
-samples = dashboard.sample_cells(ds, per_class=6)
+samples = datapage.sample_cells(ds, per_class=6)
 for cls, files in samples.items():
     st.markdown(f"**{dashboard.plain(cls)}**")
     st.image([data.load_image(p, 96, crop=False) for p in files], width=96)
 
 st.subheader("What the network is fed")
-size = int(st.session_state.get("train_image_size", 96))
+size, size_source = datapage.preview_size(st.session_state)
 c1, c2 = st.columns([2, 1])
 mode = c1.segmented_control("Augmentation", [a for a in AUGMENT if a != "none"], default="full",
                             required=True,
@@ -179,11 +175,11 @@ mode = c1.segmented_control("Augmentation", [a for a in AUGMENT if a != "none"],
 crop = c2.toggle("Window around the cell", value=True,
                  help=f"A square of {data.CELL_WINDOW:g} x the image's side centred on the cell, the same for "
                       "every image; off: the whole image. Either way every cell keeps its scale.")
-st.caption(f"Cells of the active dataset at the training size "
-           f"({size} px, from the Train page), exactly as the network receives them before normalisation: "
-           "a large cell stays larger than a small one, since cell size tells the classes apart.")
+st.caption(f"Cells of the active dataset at the training size ({size} px, {size_source}), exactly as the "
+           "network receives them before normalisation: a large cell stays larger than a small one, since cell "
+           "size tells the classes apart.")
 for cls, files in samples.items():
     original = data.load_image(files[0], size, crop=crop)
-    views = dashboard.augment_preview(original, mode, n=5, seed=len(files[0]))
+    views = datapage.augment_preview(original, mode, n=5, seed=len(files[0]))
     st.image([original] + [v for _, v in views], caption=[f"{dashboard.plain(cls)}: as cached"] + [c for c, _ in views],
              width=max(96, size))

@@ -5,7 +5,7 @@ import streamlit as st
 from leukviz.app import dashboard
 from leukviz.models import backbones
 from leukviz.runstore import names, runs
-from leukviz.ui._common import active_dataset, device_text, page, warn_damaged
+from leukviz.ui._common import active_dataset, active_split, device_text, page, warn_damaged
 
 st.title("leukviz")
 titles = ", ".join(spec.title for spec in backbones.BACKBONES.values())
@@ -23,14 +23,14 @@ right.metric("Device", dashboard.plain(device_text()), border=True)
 st.subheader("Backbones")
 if st.session_state.get("home_deleted"):
     st.success(dashboard.plain(st.session_state.pop("home_deleted")), icon=":material/delete:")
-cards = dashboard.backbone_cards(dataset)
+cards = dashboard.backbone_cards(dataset, split=active_split())
 any_active = any(c.state in runs.ACTIVE for c in cards)
 
 
 @st.fragment(run_every=2.0 if any_active else None)
 def backbone_cards(polling: bool) -> None:
     """A card per backbone; refreshed every 2 s while one of them trains."""
-    cards = dashboard.backbone_cards(dataset)
+    cards = dashboard.backbone_cards(dataset, split=active_split())
     if polling and not any(c.state in runs.ACTIVE for c in cards):
         st.rerun()  # the whole page, so the refreshing stops
     for col, card in zip(st.columns(len(cards)), cards):
@@ -56,11 +56,22 @@ def backbone_cards(polling: bool) -> None:
                 st.progress(min(1.0, card.epoch / card.epochs))
             elif card.error:
                 st.caption(dashboard.plain(card.error.splitlines()[0][:200]))
+            if card.note:  # why this run: the best of how many (runstore.best, the rule of every page)
+                st.caption(dashboard.plain(card.note))
             params = {"backbone": card.backbone, **({"run": card.run_id} if card.run_id else {})}
             label = "Train it" if card.state == "none" else "Open the run"
             st.page_link(page("train"), label=label, icon=":material/arrow_forward:", query_params=params)
+            if card.others:
+                others_popover(card)
             if card.run_id and card.state not in runs.ACTIVE:
                 delete_popover(card.run_id)
+
+
+def others_popover(card: dashboard.Card) -> None:
+    """The backbone's other runs on this dataset, best first, each a link to its page on Train."""
+    with st.popover(f"{len(card.others)} other run{'s' if len(card.others) != 1 else ''}", icon=":material/list:"):
+        for run_id, label in card.others:
+            st.page_link(page("train"), label=dashboard.plain(label), query_params={"backbone": card.backbone, "run": run_id})
 
 
 def delete_popover(run_id: str) -> None:

@@ -6,13 +6,21 @@ from pathlib import Path
 
 import streamlit as st
 
-from leukviz.app import charts, dashboard
+from leukviz.app import charts, dashboard, datapage
 from leukviz.core import filenames, paths
 from leukviz.datasets import data
 from leukviz.runstore import names
 from leukviz.serving import prediction
 from leukviz.serving.explain import colour_bar
-from leukviz.ui._common import active_dataset, figure, load_model, open_dataset, page, warn_damaged
+from leukviz.ui._common import (
+    active_dataset,
+    active_split,
+    figure,
+    load_model,
+    open_dataset,
+    page,
+    warn_damaged,
+)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
@@ -31,9 +39,10 @@ if not finished:
 
 by_id = {r.run_id: r for r in finished}
 chosen = st.multiselect("Models", list(by_id), format_func=lambda i: dashboard.run_label(by_id[i]),
-                        default=[r.run_id for r in dashboard.default_models(finished, active_dataset())],
-                        help="Finished runs; by default the newest healthy run of each backbone on the active "
-                             "dataset (a degenerate run only when you choose it).")
+                        default=[r.run_id for r in dashboard.default_models(finished, active_dataset(), active_split())],
+                        help="Finished runs, each named with the data it was trained on; by default the best "
+                             "healthy run or repeat group of each backbone on the active dataset and split (a "
+                             "degenerate run, or one from another dataset, only when you choose it).")
 for run_id in chosen:
     h = dashboard.run_health(by_id[run_id])
     if h is not None and h.degenerate:
@@ -41,9 +50,7 @@ for run_id in chosen:
                    f"({dashboard.plain('; '.join(h.reasons))}): its predictions, and the ensemble's, carry little "
                    "information.", icon=":material/warning:")
 if not chosen:
-    st.info("Choose at least one model." if dashboard.healthy_runs(finished) else
-            "Every finished model is degenerate (each run's page on Train says why), so none is chosen for you: "
-            "choose one above to predict with it anyway.")
+    st.info(dashboard.plain(dashboard.no_default_text(finished, active_dataset())))
     st.stop()
 
 models, stamps = [], []
@@ -140,7 +147,7 @@ if st.button("Try demo cells", icon=":material/science:",
              help="A few labelled cells from the demo dataset's held-out test set."):
     demo = open_dataset("demo")
     st.session_state["demo_draw"] = st.session_state.get("demo_draw", -1) + 1
-    st.session_state["demo_cells"] = dashboard.demo_cells(demo, n=3, seed=st.session_state["demo_draw"])
+    st.session_state["demo_cells"] = datapage.demo_cells(demo, n=3, seed=st.session_state["demo_draw"])
 
 # The demo cells first (a click shows them at once, above any uploads), then the uploads.
 items = [(f"demo cell {Path(path).name}", path, truth, path)
