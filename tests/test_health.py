@@ -194,3 +194,17 @@ def test_compare_all_leaves_a_degenerate_run_out_and_runs_list_says_why(tmp_path
     assert bad.run_id not in {i for g in report["groups"] for i in g["runs"]}
     assert f"run {bad.run_id} left out: degenerate" in out.err
 
+
+
+def test_a_timid_model_whose_temperature_fit_ends_at_the_lower_bound_is_not_degenerate():
+    """A fit at the lower bound (confidences too timid to sharpen far enough) says nothing against decisions
+    that beat chance; the upper bound (confidences that are noise) does."""
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 50)
+    p_all = np.where(y == 1, 0.52, 0.48) + rng.normal(0, 0.005, 100)  # right, but barely leaning
+    probs = np.stack([1 - p_all, p_all], axis=1)
+    subjects = np.repeat(np.arange(10), 10)
+    low = {"at_bound": True, "fitted_temperature": 0.05}
+    assert health.assess(y, probs, ["hem", "all"], low, subjects=subjects).status == health.HEALTHY
+    high = {"at_bound": True, "fitted_temperature": 20.0}
+    assert health.assess(y, probs, ["hem", "all"], high, subjects=subjects).degenerate
