@@ -6,6 +6,7 @@ the words and tables that show them. Streamlit-free."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,69 +48,140 @@ def own_images(lm: Any, cache_dir: Path | None = None) -> set[str] | None:
     return None if unchecked else seen
 
 
-def _figures(rows: pd.DataFrame, truths: dict, classes: Sequence[str]) -> dict[str, Any]:
-    """Counts and shares of each predicted class over readable rows; where the truth is known, accuracy and
-    each class's recall (None, with recall_why, for a class no image is known to be)."""
-    counts = {c: int((rows["predicted"] == c).sum()) for c in classes}
-    out: dict[str, Any] = {"readable": int(len(rows)), "counts": counts,
-                           "shares": {c: counts[c] / len(rows) if len(rows) else None for c in classes}}
-    labelled = rows[[truths[f][0] is not None for f in rows["file"]]]
-    if len(labelled):
-        y = np.array([truths[f][0] for f in labelled["file"]])
-        pred = labelled["predicted"].to_numpy()
-        out["labelled"] = int(len(labelled))
-        out["correct"] = int((y == pred).sum())
-        out["accuracy"] = float((y == pred).mean())
-        out["recall"] = {c: float((pred[y == c] == c).mean()) if (y == c).any() else None for c in classes}
-        out["recall_n"] = {c: [int((pred[y == c] == c).sum()), int((y == c).sum())] for c in classes}
-        out["recall_why"] = {c: f"no known {c} image" for c in classes if not (y == c).any()}
-    return out
+@dataclass
+class _Figures:
+    """The figures of a set of images, kept as counts: each predicted class, and where the truth is known the
+    hits per true class."""
+
+    classes: list[str]
+    readable: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    truth: dict[str, int] = field(default_factory=dict)  # labelled images per true class
+    hits: dict[str, int] = field(default_factory=dict)  # of those, called their class
+
+    def add(self, called: Any, truth: str | None) -> None:
+        self.readable += 1
+        if called in self.classes:
+            self.counts[called] = self.counts.get(called, 0) + 1
+        if truth is not None:
+            self.truth[truth] = self.truth.get(truth, 0) + 1
+            self.hits[truth] = self.hits.get(truth, 0) + int(called == truth)
+
+    def result(self) -> dict[str, Any]:
+        counts = {c: self.counts.get(c, 0) for c in self.classes}
+        out: dict[str, Any] = {"readable": self.readable, "counts": counts,
+                               "shares": {c: counts[c] / self.readable if self.readable else None
+                                          for c in self.classes}}
+        labelled = sum(self.truth.values())
+        if labelled:
+            correct = sum(self.hits.values())
+            out.update(labelled=labelled, correct=correct, accuracy=correct / labelled)
+            out["recall"] = {c: self.hits[c] / self.truth[c] if self.truth.get(c) else None for c in self.classes}
+            out["recall_n"] = {c: [self.hits.get(c, 0), self.truth.get(c, 0)] for c in self.classes}
+            out["recall_why"] = {c: f"no known {c} image" for c in self.classes if not self.truth.get(c)}
+        return out
 
 
-def _flagged(rows: pd.DataFrame, column: str) -> np.ndarray:
-    """Which rows a True/False/empty column flags (empty and False alike are not flagged)."""
-    if column not in rows:
-        return np.zeros(len(rows), bool)
-    return np.array([isinstance(v, (bool, np.bool_)) and bool(v) for v in rows[column]], dtype=bool)
+@dataclass
+class _ModelCounts:
+    model: str
+    every: _Figures
+    without_unlike: _Figures
+    held_out: _Figures
+    images: int = 0
+    unreadable: int = 0
+    unlike: int = 0
+    seen: int = 0
+    seen_unchecked: int = 0
+    subjects: dict[str, list[int]] = field(default_factory=dict)  # subject -> [called positive, cells]
+
+
+def _flag(value: Any) -> bool:
+    """Only a real True flags (empty and False alike do not)."""
+    return isinstance(value, (bool, np.bool_)) and bool(value)
+
+
+def _empty(value: Any) -> bool:
+    """None or NaN: a "seen" that could not be checked (the run's dataset was not at hand)."""
+    return value is None or (isinstance(value, float) and value != value)
+
+
+class RunningSummary:
+    """batch_summary kept as counts, row by row: what a streamed prediction adds batch by batch and a whole
+    table adds at once, holding a few numbers per model (and per subject), never the rows."""
+
+    def __init__(self, classes: Sequence[str], positive: str = "all"):
+        self.classes, self.positive = list(classes), positive
+        self.models: dict[str, _ModelCounts] = {}
+
+    def _model(self, r: dict) -> _ModelCounts:
+        run_id = str(r["run_id"])
+        if run_id not in self.models:
+            model = str(r["model"])
+            name = names.model_name(model, run_id) if model in backbones.BACKBONES else model
+            self.models[run_id] = _ModelCounts(name, *(_Figures(self.classes) for _ in range(3)))
+        return self.models[run_id]
+
+    def add(self, rows: Sequence[dict]) -> None:
+        for r in rows:
+            m = self._model(r)
+            m.images += 1
+            if r.get("error"):
+                m.unreadable += 1
+                continue
+            called = r.get("predicted")
+            truth, subject = truth_of(r["file"], self.classes)
+            unlike, seen = _flag(r.get("ood")), _flag(r.get("seen"))
+            m.unlike += unlike
+            m.seen += seen
+            m.seen_unchecked += "seen" in r and _empty(r["seen"])
+            m.every.add(called, truth)
+            if not unlike:
+                m.without_unlike.add(called, truth)
+            if not seen:
+                m.held_out.add(called, truth)
+            if subject:
+                s = m.subjects.setdefault(subject, [0, 0])
+                s[0] += int(called == self.positive)
+                s[1] += 1
+
+    def result(self) -> list[dict]:
+        """batch_summary's list (batch_summary says what each entry holds)."""
+        out = []
+        for run_id, m in self.models.items():
+            item: dict[str, Any] = {"model": m.model, "run_id": run_id, "unreadable": m.unreadable,
+                                    **m.every.result(), "images": m.images, "unlike": m.unlike, "seen": m.seen}
+            if m.seen_unchecked:
+                item["seen_unchecked"] = m.seen_unchecked
+            if m.unlike:
+                item["without_unlike"] = m.without_unlike.result()
+            if m.seen:
+                item["held_out"] = m.held_out.result()
+            if m.subjects:
+                per = []
+                for s in names.sorted_subjects(m.subjects):
+                    k, n = m.subjects[s]
+                    low, high = _wilson(k, n)
+                    per.append({"subject": s, "cells": n, f"called_{self.positive}": k, "share": k / n,
+                                "low": low, "high": high})
+                item["subjects"] = per
+            out.append(item)
+        return out
+
 
 
 def batch_summary(table: pd.DataFrame, classes: Sequence[str], positive: str = "all") -> list[dict]:
     """What many predictions say at a glance, per model (prediction_table's rows): how many images, the count
     and share of each predicted class; where file names or class folders give the truth, accuracy and each
-    class's recall on those images (_figures); how many images are unlike the model's training data
+    class's recall on those images; how many images are unlike the model's training data
     ("unlike") and, when any, the same figures without them ("without_unlike"); how many are the run's own
     training or validation images ("seen", from the table's seen column) and the figures on the others
     ("held_out"); where C-NMC names give subjects, per subject (in number order) the share of cells called
     `positive` with its Wilson 95 % interval (a subject's cells are one person: the subject, not the cell, is
     what a clinician would call)."""
-    out = []
-    truths = {f: truth_of(f, classes) for f in table["file"].unique()} if len(table) else {}
-    for run_id, rows in table.groupby("run_id", sort=False):
-        ok = rows[rows["error"] == ""]
-        model = str(rows["model"].iloc[0])
-        item: dict[str, Any] = {"model": names.model_name(model, str(run_id)) if model in backbones.BACKBONES
-                                else model, "run_id": str(run_id), "unreadable": int(len(rows) - len(ok)),
-                                **_figures(ok, truths, classes)}
-        item["images"] = int(len(rows))
-        unlike, seen = _flagged(ok, "ood"), _flagged(ok, "seen")
-        item["unlike"], item["seen"] = int(unlike.sum()), int(seen.sum())
-        if "seen" in ok and ok["seen"].isna().any():
-            item["seen_unchecked"] = int(ok["seen"].isna().sum())
-        if unlike.any():
-            item["without_unlike"] = _figures(ok[~unlike], truths, classes)
-        if seen.any():
-            item["held_out"] = _figures(ok[~seen], truths, classes)
-        subjects = [truths[f][1] for f in ok["file"]]
-        if any(subjects):
-            per = []
-            for s in names.sorted_subjects(s for s in subjects if s):
-                mine = ok[[sub == s for sub in subjects]]
-                k, n = int((mine["predicted"] == positive).sum()), int(len(mine))
-                low, high = _wilson(k, n)
-                per.append({"subject": s, "cells": n, f"called_{positive}": k, "share": k / n, "low": low, "high": high})
-            item["subjects"] = per
-        out.append(item)
-    return out
+    running = RunningSummary(classes, positive)
+    running.add(table.to_dict("records"))
+    return running.result()
 
 
 def model_name(m: dict) -> str:
