@@ -223,12 +223,8 @@ def no_default_text(finished: Sequence[runs.Run], dataset: str) -> str:
 
 def repeat_group(run: runs.Run, candidates: Iterable[runs.Run]) -> list[runs.Run]:
     """The repeats of run's configuration among candidates (config.repeat_key), by seed."""
-    key = _repeat_key(run)
-    return sorted((r for r in candidates if _repeat_key(r) == key), key=lambda r: r.config.seed)
-
-
-def _repeat_key(run: runs.Run) -> str:
-    return config.repeat_key(run.config, run.info.get("dataset_fingerprint", "?"))
+    key = run.repeat_key
+    return sorted((r for r in candidates if r.repeat_key == key), key=lambda r: r.config.seed)
 
 
 @dataclass

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from leukviz.models import backbones, config
+from leukviz.models import backbones
 from leukviz.runstore import runs
 from leukviz.scoring import health
 
@@ -45,8 +45,7 @@ def entry(run: runs.Run) -> Entry:
         h = health.DEGENERATE if run.is_damaged else (stored or health.of_run_dir(run.dir)).status
     cfg = run.config
     score = run.final_metrics().get(SCORE) if finished else None
-    return Entry(run.run_id, cfg.backbone, cfg.data, cfg.split,
-                 config.repeat_key(cfg, run.info.get("dataset_fingerprint", "?")), cfg.seed, state,
+    return Entry(run.run_id, cfg.backbone, cfg.data, cfg.split, run.repeat_key, cfg.seed, state,
                  float(score) if score is not None else None, h, float(run.created or 0.0))
 
 
