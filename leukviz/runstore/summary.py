@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from leukviz.core import events, filenames
-from leukviz.core.storage import atomic_write_json, read_json, read_jsonl
+from leukviz.core.storage import atomic_write_json, open_regular, read_json, read_jsonl
 from leukviz.models.config import RunConfig
 from leukviz.runstore import runfiles, runs
 from leukviz.runstore.runfiles import Problem, RunFileError
@@ -85,9 +85,10 @@ def compute(run: runs.Run) -> dict:
 
 
 def _rows(path: Path) -> int | None:
-    """The data lines of a CSV (None when there is none): what the pages count as scored cells."""
+    """The data lines of a CSV (None when there is none or it is no regular file: a FIFO in its place is
+    never waited on): what the pages count as scored cells."""
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:
             return max(0, sum(1 for line in fh if line.strip()) - 1)
     except OSError:
         return None
