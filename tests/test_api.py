@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 import leukviz
+from helpers import link_run, tiny_config
 from leukviz import api, cli
 from leukviz.runstore import runs as runstore
 
@@ -28,14 +29,19 @@ def test_import_leukviz_stays_light_and_exposes_the_api_lazily():
         leukviz.nothing_here  # noqa: B018
 
 
-SETTINGS = dict(weights="none", epochs=1, image_size=32, batch_size=16)
+SETTINGS = dict(weights="none", epochs=1, image_size=32, batch_size=64, finetune="full")  # tiny_config's googlenet
 
 
 @pytest.fixture(scope="module")
-def pair(tiny_data, tmp_path_factory):
-    """Two seeds of one configuration, trained through the API (and so cached for the rest)."""
+def pair(tiny_data, trained_run, tmp_path_factory):
+    """Two seeds of one configuration through the API (and so cached for the rest): seed 0 is the session's
+    shared googlenet run (helpers.tiny_config, linked in, so the API attaches to it: one training less per
+    session), seed 1 is trained here by api.train."""
     where = tmp_path_factory.mktemp("api-runs")
-    return api.train("googlenet", tiny_data, seeds=2, runs_dir=where, **SETTINGS), where
+    shared = link_run(trained_run(tiny_config("googlenet", tiny_data)), where)
+    pair = api.train("googlenet", tiny_data, seeds=2, runs_dir=where, **SETTINGS)
+    assert pair[0].id == shared.run_id and pair[1].id != shared.run_id  # seed 0 cached, seed 1 trained
+    return pair, where
 
 
 def test_train_returns_finished_runs_with_their_history_and_caches_them(pair, tiny_data):

@@ -25,9 +25,14 @@ def tiny_cfg(data, **kw):
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_data, tmp_path_factory):
-    """One finished run, and its resumable state as it stood when training ended (the run then deletes it)."""
-    run = runs.run_for(tiny_cfg(tiny_data), tmp_path_factory.mktemp("runs"))
+def trained(tiny_data, shared_runs, tmp_path_factory):
+    """One finished run, and its resumable state as it stood when training ended (the run then deletes it).
+    It is trained into the session's shared folder, where test_tblog's run of the same configuration finds
+    it (one training for both); if that module trained it first, its resume state is gone, so one is trained
+    here in a folder of this module's own."""
+    run = runs.run_for(tiny_cfg(tiny_data), shared_runs)
+    if run.state != "new":
+        run = runs.run_for(tiny_cfg(tiny_data), tmp_path_factory.mktemp("runs"))
     copy = tmp_path_factory.mktemp("resume") / "last.pt"
     real = trainer._drop_resume_state
 
