@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,22 @@ def leukviz_home(tmp_path_factory) -> Path:
     os.environ["LEUKVIZ_OFFLINE"] = "1"  # tests never touch the network
     os.environ.setdefault("TORCH_HOME", str(home / "torch"))
     return home
+
+
+@pytest.fixture(scope="session", autouse=True)
+def streamlit_components_scanned_once():
+    """Each new AppTest scans every installed distribution's metadata for Streamlit components (0.1-0.3 s, and
+    the dashboard tests make about 70 AppTests); the installed packages do not change during a session, so
+    the first scan's answer is reused. Nothing is imported here for a session without dashboard tests."""
+    if "streamlit.testing.v1" not in sys.modules:
+        yield
+        return
+    from streamlit.components.v2 import manifest_scanner
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(manifest_scanner, "scan_component_manifests",
+                   functools.cache(manifest_scanner.scan_component_manifests))
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -25,12 +25,13 @@ if st.session_state.get("home_deleted"):
     st.success(dashboard.plain(st.session_state.pop("home_deleted")), icon=":material/delete:")
 cards = dashboard.backbone_cards(dataset, split=active_split())
 any_active = any(c.state in runs.ACTIVE for c in cards)
+unshown = [cards]  # this run's cards, drawn by the fragment's first call below (not read a second time)
 
 
 @st.fragment(run_every=2.0 if any_active else None)
 def backbone_cards(polling: bool) -> None:
-    """A card per backbone; refreshed every 2 s while one of them trains."""
-    cards = dashboard.backbone_cards(dataset, split=active_split())
+    """A card per backbone; refreshed every 2 s while one of them trains (each refresh reads them afresh)."""
+    cards = unshown.pop() if unshown else dashboard.backbone_cards(dataset, split=active_split())
     if polling and not any(c.state in runs.ACTIVE for c in cards):
         st.rerun()  # the whole page, so the refreshing stops
     for col, card in zip(st.columns(len(cards)), cards):
