@@ -14,7 +14,9 @@ from filelock import FileLock, Timeout
 from leukviz.core import filenames
 from leukviz.core.storage import atomic_write_json
 from leukviz.runstore import processes
-from leukviz.runstore.runs import ACTIVE, Run, archive
+from leukviz.runstore.archive import archive
+from leukviz.runstore.runfolder import Run
+from leukviz.runstore.states import ACTIVE
 
 
 def launch(run: Run, *, resume: bool = False, device: str = "auto", nproc: int = 1,

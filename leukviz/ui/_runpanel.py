@@ -8,7 +8,9 @@ import streamlit as st
 from leukviz.app import charts, dashboard, trainpage
 from leukviz.comparison import compare
 from leukviz.core import events, filenames
+from leukviz.core.errors import LeukvizError
 from leukviz.runstore import names, runs, supervisor
+from leukviz.runstore.runfiles import RunFileError
 from leukviz.ui._common import figure, page
 
 POLL_SECONDS = 1.0
@@ -51,7 +53,7 @@ def delete_button(run: runs.Run) -> None:
         if st.button("Delete", type="primary", key=f"delete_{run.run_id}"):
             try:
                 where = runs.delete(run)
-            except (runs.LeukvizError, OSError) as e:
+            except (LeukvizError, OSError) as e:
                 st.error(dashboard.plain(e))
                 return
             st.session_state["train_deleted"] = f"Run {run.run_id} moved to {where}."
@@ -171,7 +173,7 @@ def attached_panel(run_id: str | None, all_runs: list[runs.Run], nproc: int) -> 
         # Read (not a bare expression: Streamlit's magic would draw it): a run whose config.json is damaged has
         # nothing to show but that.
         _ = run.config
-    except runs.RunFileError as e:
+    except RunFileError as e:
         st.error(f"{dashboard.plain(e)}: delete the folder {dashboard.plain(run.dir)}.", icon=":material/broken_image:")
         return
     group = dashboard.repeat_group(run, all_runs)
