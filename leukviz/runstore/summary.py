@@ -144,6 +144,11 @@ def stored(run: Run) -> dict:
     return summary
 
 
+def _summary_of(run: Run) -> dict:
+    """A SummarisedRun's summary (held by its listing, or read afresh); stored(run) for any other Run."""
+    return run.summary if isinstance(run, SummarisedRun) else stored(run)
+
+
 def refresh(run: Run) -> dict:
     """Compute and store the summary now (the trainer, once a run has finished)."""
     _MEMO.pop(str(run.dir), None)
@@ -156,7 +161,7 @@ def refresh(run: Run) -> dict:
 def status(run: Run) -> dict:
     """The run's status: the summary's for a finished run (nothing about it is live any more), read live
     (runs.read_status) otherwise."""
-    s = stored(run)
+    s = _summary_of(run)
     return s["status"] if s["state"] == State.FINISHED else read_status(run)
 
 
@@ -164,7 +169,7 @@ def health(run: Run):
     """A finished run's health (health.Health) from its summary; None for a run that is not finished."""
     from leukviz.scoring.health import Health
 
-    h = stored(run)["health"]
+    h = _summary_of(run)["health"]
     if h is None or status(run)["state"] != State.FINISHED:
         return None
     return Health(h["health"], tuple(h["health_reasons"]))
@@ -175,11 +180,25 @@ _CONFIGS: dict[str, tuple[dict, RunConfig]] = {}  # the RunConfig built from a s
 
 class SummarisedRun(Run):
     """A runs.Run whose listing properties (config, state, metrics, problems, health) come from its summary,
-    trusted while its files are unchanged (every access stats them). Anything else reads the files, as a Run."""
+    trusted while its files are unchanged. Made directly, every access stats its files; listed (list_runs), a
+    finished run's summary is held as the listing read it: one stat of each file per listing, not per property
+    (a change after it is seen by the next listing; a run not finished is read afresh at every access, its
+    state always live). Anything else reads the files, as a Run."""
+
+    _held: dict | None = None  # the summary its listing read, for a run finished then
+
+    @classmethod
+    def listed(cls, folder: Path) -> SummarisedRun:
+        """The run of a folder as a listing reads it: its sources stat'ed once, a finished run's summary held."""
+        run = cls(folder)
+        s = stored(run)
+        if s["state"] == State.FINISHED:
+            run._held = s
+        return run
 
     @property
     def summary(self) -> dict:
-        return stored(self)
+        return self._held if self._held is not None else stored(self)
 
     @property
     def config(self) -> RunConfig:
@@ -231,9 +250,10 @@ class SummarisedRun(Run):
 
 
 def list_runs(runs_dir: str | Path | None = None) -> list[SummarisedRun]:
-    """Every run folder (runs.list_runs: damaged ones too), newest first, each read through its summary."""
+    """Every run folder (runs.list_runs: damaged ones too), newest first, each read through its summary: a
+    snapshot, each finished run's files stat'ed once (SummarisedRun.listed); list again to see later changes."""
     folders = run_folders(runs_root(runs_dir, create=False))
-    out = [SummarisedRun(p) for p in folders]
+    out = [SummarisedRun.listed(p) for p in folders]
     return sorted(out, key=lambda r: _created(r.info), reverse=True)
 
 
@@ -244,7 +264,7 @@ def _created(info: dict) -> float:
 
 def describe(run: Run) -> dict:
     """One run for `runs list` (runs.describe's fields) and its health, from the summary."""
-    s = stored(run)
+    s = _summary_of(run)
     cfg = s["config"] or {}
     st = status(run)
     keys = ("backbone", "preset", "weights", "image_size", "epochs", "split", "data")
