@@ -35,11 +35,16 @@ def _key(cfg: RunConfig, fingerprint: str, cache_dir: Path | None, steps: int) -
     return lrfind.result_path(cfg, fingerprint, cache_dir, steps)
 
 
-def _mine(key: Path) -> processes.Launch | None:
-    """This process's launch of the sweep, every ended child of this process reaped first (none stays a zombie
-    of the server)."""
+def _reap() -> None:
+    """Collect the exit status of every launched child of this process that ended (poll waits for it), so none
+    stays a zombie of the server. Call with processes.LAUNCHES_LOCK held."""
     for launch in list(processes.LAUNCHES.values()):
         launch.proc.poll()
+
+
+def _mine(key: Path) -> processes.Launch | None:
+    """This process's launch of the sweep (its children reaped first)."""
+    _reap()
     return processes.LAUNCHES.get(key)
 
 
@@ -67,7 +72,7 @@ def launch(cfg: RunConfig, fingerprint: str, cache_dir: Path | None = None, step
 def running_any() -> bool:
     """Whether a sweep this process launched is still running (a page disables its Start meanwhile)."""
     with processes.LAUNCHES_LOCK:
-        _mine(Path())
+        _reap()
         return any(la.kind == SWEEP and la.proc.returncode is None for la in processes.LAUNCHES.values())
 
 
