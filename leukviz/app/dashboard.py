@@ -1,5 +1,5 @@
 """What the pages say about runs: text helpers, run queries and the overview's cards, training progress,
-the Data page's samples. The Compare page's numbers are in compare.py, the Predict page's in prediction.py;
+the Data page's samples. The Compare page's numbers are in comparison/, the Predict page's in prediction.py;
 no Streamlit in here."""
 
 from __future__ import annotations

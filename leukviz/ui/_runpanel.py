@@ -6,7 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from leukviz.app import charts, dashboard, trainpage
-from leukviz.comparison import compare
+from leukviz.comparison import runtable
 from leukviz.core import events, filenames
 from leukviz.core.errors import LeukvizError
 from leukviz.runstore import names, runs, supervisor
@@ -32,7 +32,7 @@ def finished_panel(run: runs.Run, evts: list[dict], nproc: int) -> None:
     a.metric("Val. accuracy", f"{m['val_acc']:.1%}" if "val_acc" in m else "–")
     b.metric("Weighted F1", f"{m['val_f1']:.3f}" if "val_f1" in m else "–")
     c.metric("Kept epoch", m.get("best_epoch", "–"))
-    e.metric("Training time", names.format_duration(compare.training_seconds(run), short=True))
+    e.metric("Training time", names.format_duration(runtable.training_seconds(run), short=True))
     with f:
         st.page_link(page("predict"), label="Predict with it", icon=":material/center_focus_strong:")
         st.page_link(page("compare"), label="Compare backbones", icon=":material/compare:")
