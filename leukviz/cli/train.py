@@ -258,8 +258,8 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     t.add_argument("--detach", action="store_true", help="start in the background and return")
     t.add_argument("--cv", action="store_true", help="cross-validate over the official folds (with --split folds)")
     t.add_argument("--seeds", type=_seed_count, default=1, metavar="N",
-                   help="train N runs differing only in seed (--seed, --seed + 1, ...), one after another, on one "
-                        "split; then their mean and spread")
+                   help="train N runs differing only in seed (--seed, --seed + 1, ...) on one split, one after another "
+                        "or --workers at once; then their mean and spread")
     add_group_options(t, "the runs of --seeds (--workers: of --cv too)")
     t.add_argument("--run-dir", help=argparse.SUPPRESS)
     t.add_argument("--resume-here", action="store_true", help=argparse.SUPPRESS)
