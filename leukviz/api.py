@@ -163,19 +163,19 @@ def train(backbone: str = "resnet50", data: str | Path = "demo", *, weights: str
         print(f"warning: {caution}", file=sys.stderr)
     if seeds > 1:
         group = C.repeats(cfg, seeds)
-        _pool_train(group, workers, device, force, runs_dir)
-        return [_train_one(c, device, force and workers == 1, runs_dir, progress) for c in group]
+        pooled = _pool_train(group, workers, device, force, runs_dir)  # then each comes back cached
+        return [_train_one(c, device, force and not pooled, runs_dir, progress) for c in group]
     return _train_one(cfg, device, force, runs_dir, progress)
 
 
-def _pool_train(cfgs: list[C.RunConfig], workers: int, device: str, force: bool, runs_dir: str | Path | None) -> None:
-    """A seeds group on the device pool (runstore.pool), when it has more than one worker; force archives the
-    finished runs first. The runs then come back cached from _train_one."""
+def _pool_train(cfgs: list[C.RunConfig], workers: int, device: str, force: bool, runs_dir: str | Path | None) -> bool:
+    """A seeds group on the device pool (runstore.pool), when it has more than one worker (force: the finished
+    runs archived first, by the one start policy); whether it did."""
     from leukviz.runstore import pool
 
     envs = pool.worker_envs(device, workers) if device in ("auto", "cuda", "cpu") else [{}]
     if len(envs) < 2:
-        return
+        return False
     from leukviz.runstore import driver
 
     group = [_runs.run_for(c, runs_dir) for c in cfgs]
@@ -185,6 +185,7 @@ def _pool_train(cfgs: list[C.RunConfig], workers: int, device: str, force: bool,
     p.run_or_stop(group)
     if p.stopped:
         raise ApiError("stopped: every run in flight was asked to stop (each keeps a resumable checkpoint)")
+    return True
 
 
 def _train_one(cfg: C.RunConfig, device: str, force: bool, runs_dir: str | Path | None,

@@ -110,8 +110,7 @@ def known_state(existing: runs.Run | None) -> str:
 
 
 WORKERS_HELP = ("How many repeats train at once on this computer's CPU, each its own process, the cores split "
-                "between them (the others wait their turn; with several GPUs: one per GPU at once). 1: one after "
-                "another, each with every core.")
+                "between them (the others wait their turn). 1: one after another, each with every core.")
 
 
 def worker_range() -> tuple[int, int]:
@@ -121,8 +120,8 @@ def worker_range() -> tuple[int, int]:
 
 def asks_workers(n_repeats: int, gpus: int) -> bool:
     """Whether the page asks how many repeats train at once: several repeats on a CPU with several cores (with
-    several GPUs the pool puts one on each)."""
-    return n_repeats > 1 and gpus < 2 and worker_range()[1] > 1
+    GPUs the pool puts one on each)."""
+    return n_repeats > 1 and gpus == 0 and worker_range()[1] > 1
 
 
 def start_label(n_repeats: int, seed: int) -> str:
