@@ -15,7 +15,7 @@ from leukviz.runstore import runs
 from leukviz.scoring import metrics
 
 if TYPE_CHECKING:
-    from leukviz.comparison.compare import Predictions
+    from leukviz.comparison.evaluation import Predictions
 
 # The study's scores, by the key its records and table use -> the score registry's name ("hem_recall" is the
 # specificity of C-NMC, whose negative class is hem).
@@ -40,7 +40,7 @@ def score_run(y: np.ndarray, prob: np.ndarray, subjects: np.ndarray, classes: Se
 
 
 def leukviz_record(run: runs.Run, classes: Sequence[str]) -> dict:
-    from leukviz.comparison.compare import read_predictions
+    from leukviz.comparison.evaluation import read_predictions
 
     # Every cell of a subject-grouped split has its subject, so p.subjects is known.
     p = read_predictions(run.dir / filenames.PREDICTIONS, classes)
@@ -52,10 +52,10 @@ def leukviz_record(run: runs.Run, classes: Sequence[str]) -> dict:
 
 def plain_cells(classes: Sequence[str], paths: Sequence[str], y: np.ndarray, prob: np.ndarray,
            subjects: np.ndarray) -> Predictions:
-    """The plain loop's validation cells as compare.Predictions, in the order of their keys like a run's
-    (compare.read_predictions), so two models scored on the same fold line up cell for cell. Kept for the
+    """The plain loop's validation cells as evaluation.Predictions, in the order of their keys like a run's
+    (evaluation.read_predictions), so two models scored on the same fold line up cell for cell. Kept for the
     paired tests; not part of the study's JSON."""
-    from leukviz.comparison.compare import Predictions, cell_keys
+    from leukviz.comparison.evaluation import Predictions, cell_keys
 
     keys = cell_keys(paths)
     order = np.argsort(keys, kind="stable")

@@ -15,7 +15,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from leukviz.core import paths
-from leukviz.runstore import driver, runs, supervisor, trainer
+from leukviz.runstore import driver, supervisor, trainer
+from leukviz.runstore.runfolder import Run
+from leukviz.runstore.states import ACTIVE
 
 Log = Callable[[str], None]
 
@@ -55,13 +57,13 @@ class Pool:
     peak: int = 0  # the most runs this pool had in flight at once
     stopped: bool = False  # a stop reached the runs in flight (should_stop, a signal, Ctrl-C)
 
-    def run(self, group: Sequence[runs.Run], should_stop: Callable[[], bool] = lambda: False) -> dict[str, str]:
+    def run(self, group: Sequence[Run], should_stop: Callable[[], bool] = lambda: False) -> dict[str, str]:
         """Train every run of group that is not finished (cached ones are left as they are; one another process
         trains is waited for) and return each run's final state. should_stop: once true, every run in flight is
         asked to stop and nothing more is launched."""
         pending, active, others = list(group), {}, []
         stopping = False
-        while pending or active or any(r.state in runs.ACTIVE for r in others):
+        while pending or active or any(r.state in ACTIVE for r in others):
             if not stopping and (should_stop() or trainer.stop_requested()):
                 stopping = self.stopped = True
                 pending.clear()
@@ -74,13 +76,13 @@ class Pool:
                 self._start(pending.pop(0), slot, active, others)
             self.peak = max(self.peak, len(active))
             for slot, r in list(active.items()):
-                if r.state not in runs.ACTIVE and not r.is_locked():
+                if r.state not in ACTIVE and not r.is_locked():
                     del active[slot]
                     self.log(f"run {r.run_id}: {r.state}")
             time.sleep(self.poll)
         return {r.run_id: r.state for r in group}
 
-    def run_or_stop(self, group: Sequence[runs.Run]) -> dict[str, str]:
+    def run_or_stop(self, group: Sequence[Run]) -> dict[str, str]:
         """run(group); Ctrl-C (KeyboardInterrupt, in a library caller) stops every run in flight, each keeping a
         resumable checkpoint, and launches no more. (Under the CLI's process entry a signal is a Stop that run
         sees itself: trainer.stop_requested.)"""
@@ -91,7 +93,7 @@ class Pool:
             self.stopped = True
             return self.run(group, should_stop=lambda: True)
 
-    def _start(self, run: runs.Run, slot: int, active: dict, others: list) -> None:
+    def _start(self, run: Run, slot: int, active: dict, others: list) -> None:
         plan = driver.decide(run)
         if plan.action == "cached":
             return
@@ -102,7 +104,7 @@ class Pool:
         self.log(f"run {run.run_id}: started on worker {slot + 1} of {len(self.envs)}")
 
 
-def start_group(group: Sequence[runs.Run], envs: Sequence[dict[str, str]], *, device: str = "auto",
+def start_group(group: Sequence[Run], envs: Sequence[dict[str, str]], *, device: str = "auto",
                 nproc: int = 1) -> dict[str, str]:
     """Launch every run of group that must train at once, without waiting: the k-th launched on worker k mod
     len(envs), where it waits in that worker's device queue (as 'queued', stoppable) until the worker's run
