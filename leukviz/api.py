@@ -32,7 +32,8 @@ if TYPE_CHECKING:  # pandas and plotly load when a function needs them: `import 
     import pandas as pd
     import plotly.graph_objects as go
 
-    from leukviz.comparison.compare import Evaluation, Report
+    from leukviz.comparison.compare import Report
+    from leukviz.comparison.evaluation import Evaluation
 
 __all__ = ["ApiError", "Comparison", "Run", "compare", "config", "health_of", "load", "predict", "run_rows", "runs",
            "sample_images", "select_comparable", "train", "without_degenerate"]
@@ -283,7 +284,7 @@ def select_comparable(chosen: Any, runs_dir: str | Path | None = None,
     they must share their validation cells (one comparable group), except that 'all' takes the largest group and
     says so (note). 'all' leaves out degenerate runs (as the Compare page's default) unless nothing else is left."""
     from leukviz.app import dashboard
-    from leukviz.comparison import compare as cmp
+    from leukviz.comparison import grouping
 
     everything = isinstance(chosen, str) and chosen == "all" or (isinstance(chosen, (list, tuple))
                                                                  and list(chosen) == ["all"])
@@ -302,7 +303,7 @@ def select_comparable(chosen: Any, runs_dir: str | Path | None = None,
         chosen = list({r.run_id: r for r in chosen if r.is_usable}.values())
     if not chosen:
         raise ApiError("no finished runs among those given; `leukviz runs list` shows them")
-    groups = cmp.comparable_groups(chosen)
+    groups = grouping.comparable_groups(chosen)
     if len(groups) > 1:
         listing = "; ".join(f"{g.label}: {' '.join(r.run_id for r in g.runs)}" for g in groups.values())
         if not everything:
@@ -324,43 +325,43 @@ class Comparison:
     def data(self) -> dict[str, Any]:
         """Everything as plain data (what `leukviz compare --json` prints): the report's numbers, the answer's
         sentences, the pairwise matrix and each run's calibration (compare.report_json)."""
-        from leukviz.comparison import compare as cmp
+        from leukviz.comparison.compare import report_json
 
-        return cmp.report_json(self.result, self.evaluations)
+        return report_json(self.result, self.evaluations)
 
     @property
     def answer(self) -> str:
         """One sentence per set for weighted F1: the best model, and whether its lead over each other is clear."""
-        from leukviz.comparison import compare as cmp
+        from leukviz.comparison import answers
 
         rep = self.data
-        return " ".join(a for which in rep["sets"] if (a := cmp.answer(rep, "weighted_f1", which)))
+        return " ".join(a for which in rep["sets"] if (a := answers.answer(rep, "weighted_f1", which)))
 
     @property
     def table(self) -> pd.DataFrame:
         """A row per model and set: every score as mean ± sd over seeds beside its 95 % subject-bootstrap
         interval (as text, as on the Compare page; .data holds the numbers)."""
-        from leukviz.comparison import compare as cmp
+        from leukviz.comparison import answers
 
-        return cmp.stats_table(self.data["scores"])
+        return answers.stats_table(self.data["scores"])
 
     @property
     def pairs(self) -> pd.DataFrame:
         """Every pair once on validation weighted F1: row minus column, interval and p."""
-        from leukviz.comparison import compare as cmp
+        from leukviz.comparison import answers
 
-        return cmp.pair_matrix(self.data)
+        return answers.pair_matrix(self.data)
 
     @property
     def figures(self) -> dict[str, go.Figure]:
         """The Compare page's Plotly figures: intervals, validation F1 and loss curves, ROC."""
         from leukviz.app import charts
-        from leukviz.comparison import compare as cmp
+        from leukviz.comparison import answers, runtable
 
-        hist = cmp.histories([ev.run for ev in self.evaluations])
-        return {"intervals": charts.interval_figure(self.data["scores"], "weighted_f1", cmp.SCORE_TEXT["weighted_f1"]),
+        hist = runtable.histories([ev.run for ev in self.evaluations])
+        return {"intervals": charts.interval_figure(self.data["scores"], "weighted_f1", answers.SCORE_TEXT["weighted_f1"]),
                 "val_f1": charts.compare_curves(hist, "val_f1"), "val_loss": charts.compare_curves(hist, "val_loss"),
-                "roc": charts.roc_figure(cmp.roc_curves(self.evaluations))}
+                "roc": charts.roc_figure(runtable.roc_curves(self.evaluations))}
 
     def html(self) -> str:
         """The self-contained HTML report (Plotly inlined: it opens offline), from this comparison's numbers."""
@@ -378,9 +379,9 @@ class Comparison:
         return path
 
     def __str__(self) -> str:
-        from leukviz.comparison import compare as cmp
+        from leukviz.comparison import answers
 
-        return cmp.report_text(self.result)
+        return answers.report_text(self.result)
 
     def __repr__(self) -> str:
         return f"leukviz.Comparison({len(self.evaluations)} runs: {self.answer})"
@@ -391,7 +392,8 @@ def compare(chosen: Any = "all", resamples: int = 2000, runs_dir: str | Path | N
     """Compare finished runs scored on the same validation cells: a DataFrame from runs(), Runs, run ids, or
     'all'. Mean ± sd over seeds, 95 % intervals from a bootstrap over subjects, every pair tested on the same
     cells, the ensemble. Notes (runs left out, ...) go to note, else to stderr."""
-    from leukviz.comparison import compare as cmp
+    from leukviz.comparison import evaluation, testset
+    from leukviz.comparison.compare import build_report
 
     notes: list[str] = []
 
@@ -400,17 +402,17 @@ def compare(chosen: Any = "all", resamples: int = 2000, runs_dir: str | Path | N
         (note or (lambda s: print(s, file=sys.stderr)))(text)
 
     chosen_runs = select_comparable(chosen, runs_dir, say)
-    for problem in cmp.backfill_test(chosen_runs):
+    for problem in testset.backfill_test(chosen_runs):
         say(problem)
     evals = []
     for run in chosen_runs:
         try:
-            evals.append(cmp.evaluate_run(run))
+            evals.append(evaluation.evaluate_run(run))
         except (OSError, KeyError, ValueError) as e:
             say(f"run {run.run_id} left out: {e}")
     if not evals:
         raise ApiError("none of the runs could be read")
-    return Comparison(evals, cmp.build_report(evals, n_resamples=resamples), notes)
+    return Comparison(evals, build_report(evals, n_resamples=resamples), notes)
 
 
 # ---------------------------------------------------------------------------------------------- predicting

@@ -516,6 +516,7 @@ def test_train_offers_the_staged_schedule_with_its_head_only_epochs(app, tiny_da
 
 @pytest.mark.integration
 def test_train_lr_finder_sweeps_in_the_background_and_one_click_uses_its_suggestion(app, tiny_data):
+    from leukviz.runstore import sweeps
     from leukviz.training import lrfind
 
     at = app
@@ -532,9 +533,9 @@ def test_train_lr_finder_sweeps_in_the_background_and_one_click_uses_its_suggest
     cfg = config.resolve("googlenet", "quick", "none", str(tiny_data), image_size=32, batch_size=64)
     fp = data.open_dataset(tiny_data).fingerprint
     deadline = time.time() + 420  # a background process: slow when the machine is busy
-    while lrfind.status(cfg, fp)[0] == "running" and time.time() < deadline:
+    while sweeps.status(cfg, fp)[0] == "running" and time.time() < deadline:
         time.sleep(1)
-    where, res = lrfind.status(cfg, fp)
+    where, res = sweeps.status(cfg, fp)
     assert where == "done", res
     at.run()
     keep = lrfind.advise(res, at.select_slider(key="train_lr").value)  # the rate on screen, checked

@@ -163,7 +163,7 @@ EXTRA = backbones.BackboneSpec(
 def test_a_backbone_registered_at_test_time_trains_predicts_compares_and_exports(tiny_data, tmp_path,
                                                                                  monkeypatch):
     from leukviz.app import charts, dashboard
-    from leukviz.comparison import compare
+    from leukviz.comparison import evaluation, runtable
     from leukviz.models import config
     from leukviz.runstore import runs, trainer
     from leukviz.serving import export, inference, prediction
@@ -183,12 +183,12 @@ def test_a_backbone_registered_at_test_time_trains_predicts_compares_and_exports
     cams = prediction.cam_views([lm], pred)
     assert isinstance(cams[0], prediction.CamView) and cams[0].grid == (1, 1)  # 32 px / stride 32
 
-    ev = compare.evaluate_run(run)
-    row = compare.compare_row(ev)
+    ev = evaluation.evaluate_run(run)
+    row = runtable.compare_row(ev)
     assert row["model"] == names.run_name(run) and 0 <= row["val_accuracy"] <= 1
-    curves = charts.compare_curves(compare.histories([run]))
+    curves = charts.compare_curves(runtable.histories([run]))
     assert [t.line.color for t in curves.data] == [EXTRA.color]
-    roc = charts.roc_figure(compare.roc_curves([ev]))
+    roc = charts.roc_figure(runtable.roc_curves([ev]))
     assert roc.data[1].line.color == EXTRA.color
     cards = {c.backbone: c for c in dashboard.backbone_cards(str(tiny_data), tmp_path / "runs")}
     assert cards[EXTRA.name].state == "finished" and cards[EXTRA.name].title == EXTRA.title

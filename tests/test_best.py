@@ -10,7 +10,7 @@ import pandas as pd
 
 from helpers import make_run
 from leukviz.app import dashboard
-from leukviz.comparison import compare
+from leukviz.comparison import grouping
 from leukviz.runstore import best, runs
 from leukviz.scoring import health
 
@@ -56,7 +56,7 @@ def test_a_repeat_group_is_chosen_by_its_mean_and_counts_as_one(tmp_path):
     assert pick.lead.run_id == group[0].run_id  # the group's best seed is the one a page opens
     assert [e.run_id for e in pick.others] == [single.run_id]
     assert best.preselect(entries(tmp_path), "demo") == [r.run_id for r in group]
-    assert {r.run_id for r in compare.default_selection(dashboard.finished_runs(tmp_path))} == set(pick.run_ids)
+    assert {r.run_id for r in grouping.default_selection(dashboard.finished_runs(tmp_path))} == set(pick.run_ids)
 
 
 def test_the_active_split_first_else_another_split_marked(tmp_path):

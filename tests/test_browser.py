@@ -512,11 +512,11 @@ def test_the_html_report_is_no_wider_than_a_laptop_window(tmp_path):
     from test_compare import seeded_runs
 
     from leukviz.app import report
-    from leukviz.comparison import compare
+    from leukviz.comparison import evaluation
 
     made = [r for b, q in (("googlenet", 0.9), ("resnet50", 0.8), ("vgg16", 0.7)) for r in seeded_runs(tmp_path, b, q)]
     path = tmp_path / "report.html"
-    path.write_text(report.html_report([compare.evaluate_run(r) for r in made], n_resamples=200,
+    path.write_text(report.html_report([evaluation.evaluate_run(r) for r in made], n_resamples=200,
                                        per_image={r.run_id: 0.05 for r in made}))
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

@@ -1,5 +1,6 @@
 """The learning-rate finder: the sweep's rates, the smoothing, the suggestion rule, the cache, the CLI, the
-progress and its estimate, and the sweep in a child process (launch, status, cancel, reaping)."""
+progress and its estimate, its Stop, and the sweep in a child process under the run store's one job supervisor
+(runstore.sweeps: launch, status, stop, cancel, follow, reaping)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 
 from leukviz import cli
 from leukviz.models import config
+from leukviz.runstore import processes, supervisor, sweeps
 from leukviz.training import lrfind
 
 
@@ -112,7 +114,7 @@ def test_find_writes_its_phase_start_and_time_per_step_while_it_sweeps(tmp_path,
     cfg = config.resolve("googlenet", "quick", "none", "demo", image_size=32)
     seen = []
 
-    def fake_sweep(cfg_, cache_dir, device_pref, steps, log, progress):
+    def fake_sweep(cfg_, cache_dir, device_pref, steps, log, progress, should_stop=None):
         path = lrfind.progress_path(cfg, "fp", tmp_path, steps)
         seen.append(json.loads(path.read_text()))  # before the first step: preparing
         for step in range(1, 11):
@@ -138,18 +140,19 @@ def test_find_writes_its_phase_start_and_time_per_step_while_it_sweeps(tmp_path,
 # ----------------------------------------------------------------------------------------- in a child process
 
 @pytest.fixture()
-def sweeps(monkeypatch):
-    """An empty table of launched sweeps; whatever a test leaves running is stopped and reaped."""
+def launches(monkeypatch):
+    """An empty table of this process's launches (the supervisor's); whatever a test leaves running is ended
+    and reaped."""
     table: dict = {}
-    monkeypatch.setattr(lrfind, "_SWEEPS", table)
+    monkeypatch.setattr(processes, "LAUNCHES", table)
     yield table
-    for proc in table.values():
-        lrfind._stop(proc)
+    for launch in table.values():
+        supervisor.end(launch.proc)
 
 
 def child(monkeypatch, code: str) -> None:
     """launch starts `python -c code` (with the config file and steps as arguments) instead of the sweep."""
-    monkeypatch.setattr(lrfind, "_command",
+    monkeypatch.setattr(sweeps, "_command",
                         lambda config_file, steps: [sys.executable, "-c", code, str(config_file), str(steps)])
 
 
@@ -176,79 +179,79 @@ needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="re
 
 
 @needs_proc
-def test_cancel_ends_the_child_reaps_it_and_leaves_nothing(tmp_path, monkeypatch, sweeps):
+def test_cancel_ends_the_child_reaps_it_and_leaves_nothing(tmp_path, monkeypatch, launches):
     cfg = config.resolve("googlenet", "quick", "none", "demo", image_size=32)
     child(monkeypatch, "import time; time.sleep(60)")
-    assert lrfind.cancel(cfg, "fp", tmp_path) is False  # nothing to cancel
-    assert lrfind.launch(cfg, "fp", tmp_path) is True
-    assert lrfind.launch(cfg, "fp", tmp_path) is False  # already sweeping
-    proc = sweeps[lrfind.cache_key(cfg, "fp")]
-    where, info = lrfind.status(cfg, "fp", tmp_path)
+    assert sweeps.cancel(cfg, "fp", tmp_path) is False  # nothing to cancel
+    assert sweeps.launch(cfg, "fp", tmp_path) is True
+    assert sweeps.launch(cfg, "fp", tmp_path) is False  # already sweeping
+    proc = launches[lrfind.result_path(cfg, "fp", tmp_path)].proc
+    where, info = sweeps.status(cfg, "fp", tmp_path)
     assert where == "running" and lrfind.progress_text(info)[1] == "Preparing data and model…"
-    assert lrfind.running_any() is True
+    assert sweeps.running_any() is True
     t0 = time.time()
-    assert lrfind.cancel(cfg, "fp", tmp_path) is True
-    assert time.time() - t0 < lrfind.TERM_WAIT  # SIGTERM was enough
+    assert sweeps.cancel(cfg, "fp", tmp_path) is True
+    assert time.time() - t0 < supervisor.TERM_WAIT  # SIGTERM was enough
     assert proc.returncode is not None and gone(proc.pid)  # ended and reaped: no zombie
-    assert lrfind.status(cfg, "fp", tmp_path) == ("none", {})
-    assert lrfind.running_any() is False and lrfind.cached(cfg, "fp", tmp_path) is None
+    assert sweeps.status(cfg, "fp", tmp_path) == ("none", {})
+    assert sweeps.running_any() is False and lrfind.cached(cfg, "fp", tmp_path) is None
     folder = lrfind.result_path(cfg, "fp", tmp_path).parent
     assert not list(folder.glob("*.progress.json")) and not list(folder.glob(".*"))
-    assert lrfind.cancel(cfg, "fp", tmp_path) is False
+    assert sweeps.cancel(cfg, "fp", tmp_path) is False
 
 
 @needs_proc
-def test_cancel_kills_a_child_that_ignores_sigterm(tmp_path, monkeypatch, sweeps):
+def test_cancel_kills_a_child_that_ignores_sigterm(tmp_path, monkeypatch, launches):
     cfg = config.resolve("googlenet", "quick", "none", "demo", image_size=32)
     ready = tmp_path / "ready"
     child(monkeypatch, f"import signal, time, pathlib; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
                        f"pathlib.Path({str(ready)!r}).touch(); time.sleep(60)")
-    monkeypatch.setattr(lrfind, "TERM_WAIT", 0.5)
-    assert lrfind.launch(cfg, "fp", tmp_path)
-    proc = sweeps[lrfind.cache_key(cfg, "fp")]
+    monkeypatch.setattr(supervisor, "TERM_WAIT", 0.5)
+    assert sweeps.launch(cfg, "fp", tmp_path)
+    proc = launches[lrfind.result_path(cfg, "fp", tmp_path)].proc
     deadline = time.time() + 60
     while not ready.exists() and time.time() < deadline:
         time.sleep(0.05)
-    assert lrfind.cancel(cfg, "fp", tmp_path) is True
+    assert sweeps.cancel(cfg, "fp", tmp_path) is True
     assert proc.returncode == -9 and gone(proc.pid)
 
 
 @needs_proc
-def test_status_reaps_a_finished_child_also_when_its_result_is_cached(tmp_path, monkeypatch, sweeps):
+def test_status_reaps_a_finished_child_also_when_its_result_is_cached(tmp_path, monkeypatch, launches):
     cfg = config.resolve("googlenet", "quick", "none", "demo", image_size=32)
     child(monkeypatch, "pass")
-    assert lrfind.launch(cfg, "fp", tmp_path)
-    proc = sweeps[lrfind.cache_key(cfg, "fp")]
+    assert sweeps.launch(cfg, "fp", tmp_path)
+    proc = launches[lrfind.result_path(cfg, "fp", tmp_path)].proc
     wait_until_exited(proc.pid)
     assert not gone(proc.pid)  # defunct until this process reaps it
     store = {"suggestion": 1e-3, "rates": [1e-4, 1e-3], "losses": [0.7, 0.6], "smoothed": [0.7, 0.65]}
     from leukviz.core.storage import atomic_write_json
 
     atomic_write_json(lrfind.result_path(cfg, "fp", tmp_path), store)  # as if the child had stored it
-    assert lrfind.status(cfg, "fp", tmp_path)[0] == "done"
+    assert sweeps.status(cfg, "fp", tmp_path)[0] == "done"
     assert proc.returncode == 0 and gone(proc.pid)
-    assert lrfind.launch(cfg, "fp", tmp_path) is False  # cached
+    assert sweeps.launch(cfg, "fp", tmp_path) is False  # cached
 
 
 @needs_proc
-def test_launch_gives_the_child_its_config_and_cache_and_a_failure_is_reaped(tmp_path, monkeypatch, sweeps):
+def test_launch_gives_the_child_its_config_and_cache_and_a_failure_is_reaped(tmp_path, monkeypatch, launches):
     """The child sweeps exactly the settings given (cfg.to_dict() in its config file) into the cache folder
     given; one that exits without a result is a failure with its output's last lines."""
     cfg = config.resolve("resnet50", "quick", "none", "demo", image_size=48, batch_size=8, lr=3e-4)
     child(monkeypatch, "import os, sys; print(open(sys.argv[1]).read()); "
                        "print('cache', os.environ['LEUKVIZ_CACHE']); print('steps', sys.argv[2]); sys.exit(3)")
-    assert lrfind.launch(cfg, "fp", tmp_path, steps=30)
-    proc = sweeps[lrfind.cache_key(cfg, "fp", 30)]
+    assert sweeps.launch(cfg, "fp", tmp_path, steps=30)
+    proc = launches[lrfind.result_path(cfg, "fp", tmp_path, 30)].proc
     wait_until_exited(proc.pid)
-    assert lrfind.running_any() is False  # and it reaped it
+    assert sweeps.running_any() is False  # and it reaped it
     assert proc.returncode == 3 and gone(proc.pid)
-    where, info = lrfind.status(cfg, "fp", tmp_path, steps=30)
+    where, info = sweeps.status(cfg, "fp", tmp_path, steps=30)
     assert where == "failed"
     lines = info["error"].splitlines()
     assert f"cache {tmp_path.resolve()}" in lines and "steps 30" in lines
     config_file = lrfind.result_path(cfg, "fp", tmp_path, 30).with_suffix(".config.json")
     assert config.RunConfig.from_dict(json.loads(config_file.read_text())) == cfg
-    assert lrfind.launch(cfg, "fp", tmp_path, steps=30) is True  # a failed sweep can start again
+    assert sweeps.launch(cfg, "fp", tmp_path, steps=30) is True  # a failed sweep can start again
 
 
 def test_the_finder_keeps_a_rate_in_the_basin_and_replaces_one_past_it():
@@ -309,3 +312,76 @@ def test_a_damaged_or_hand_edited_sweep_is_never_served_and_is_swept_again(tmp_p
     monkeypatch.setattr(lrfind, "sweep", lambda *a, **k: good)
     res, hit = lrfind.find(cfg, "fp", tmp_path, steps=20)  # a new sweep replaces it
     assert not hit and res["suggestion"] == lrs[1] and lrfind.cached(cfg, "fp", tmp_path, 20)["suggestion"] == lrs[1]
+
+
+def _fake_state(model, cfg):
+    """A training state as engine.setup gives one, for a model that needs no data (as the NaN test's)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from leukviz.training import engine
+
+    return SimpleNamespace(train_model=model, frozen=[], opt=torch.optim.SGD(model.parameters(), lr=1),
+                           device=torch.device("cpu"), train_x=torch.zeros((8, 8, 8, 3), dtype=torch.uint8),
+                           train_y=torch.zeros(8, dtype=torch.long), dist=engine.Dist(), amp=None,
+                           criterion=torch.nn.CrossEntropyLoss(), feats=None, scaler=None,
+                           spec=engine.backbones.get_spec("googlenet"), cfg=cfg)
+
+
+def test_a_stop_file_stops_the_sweep_between_steps_and_caches_nothing(tmp_path, monkeypatch):
+    """The sweep's Stop is a run's: its stop file (sweeps.stop) ends it before the next step; find caches
+    nothing, removes the served request, and the CLI's worker exits with STOPPED_EXIT (sweeps: not a failure)."""
+    import torch
+
+    from leukviz.training import engine
+
+    cfg = config.resolve("googlenet", "quick", "none", "demo", batch_size=4)
+    stop = lrfind.stop_path(lrfind.result_path(cfg, "fp", tmp_path, 20))
+
+    class Finite(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w, self.calls = torch.nn.Parameter(torch.zeros(2)), 0
+
+        def forward(self, x):
+            self.calls += 1
+            if self.calls == 3:
+                sweeps.stop(cfg, "fp", tmp_path, 20)  # asked during the third step
+            return self.w.expand(len(x), 2) * 1.0
+
+    model = Finite()
+    monkeypatch.setattr(engine, "setup", lambda *a, **k: _fake_state(model, cfg))
+    with pytest.raises(lrfind.SweepStopped, match="stopped at step 3 of 20"):
+        lrfind.find(cfg, "fp", tmp_path, steps=20)
+    assert model.calls == 3  # no step after the Stop
+    assert lrfind.cached(cfg, "fp", tmp_path, 20) is None and not stop.exists()
+    assert not lrfind.progress_path(cfg, "fp", tmp_path, 20).exists()
+
+
+@needs_proc
+def test_a_sweep_is_a_job_of_the_one_supervisor_and_a_stopped_one_is_not_a_failure(tmp_path, monkeypatch, launches):
+    """A sweep is launched into the supervisor's table of this process's launches (beside the runs), with its
+    stop file cleared at launch as a run's; a worker that took a Stop (exit STOPPED_EXIT) leaves the sweep
+    "none" (the page offers it again), not "failed"; follow yields its progress, then its outcome."""
+    cfg = config.resolve("googlenet", "quick", "none", "demo", image_size=32)
+    out = lrfind.result_path(cfg, "fp", tmp_path)
+    out.parent.mkdir(parents=True)
+    lrfind.stop_path(out).touch()  # an old Stop: must not stop the new sweep
+    child(monkeypatch, "import pathlib, sys, time\n"
+                       "stop = pathlib.Path(sys.argv[1]).with_suffix('').with_suffix('.stop')\n"
+                       "while not stop.exists(): time.sleep(0.05)\n"
+                       "stop.unlink(); sys.exit(%d)" % lrfind.STOPPED_EXIT)
+    assert sweeps.launch(cfg, "fp", tmp_path)
+    assert not lrfind.stop_path(out).exists()
+    launch = launches[out]
+    assert launch.kind == sweeps.SWEEP and launch.proc.poll() is None
+    seen = []
+    for ev in sweeps.follow(cfg, "fp", tmp_path, poll=0.05, timeout=60):
+        seen.append(ev)
+        if len(seen) == 1:
+            assert sweeps.status(cfg, "fp", tmp_path)[0] == "running" and ev["phase"] == "preparing"
+            sweeps.stop(cfg, "fp", tmp_path)
+    assert seen[-1] == {"state": "none"} and launch.proc.returncode == lrfind.STOPPED_EXIT
+    assert sweeps.status(cfg, "fp", tmp_path) == ("none", {}) and not sweeps.running_any()
+    assert sweeps.launch(cfg, "fp", tmp_path) is True  # and it can start again

@@ -206,7 +206,7 @@ def test_a_variant_trains_on_the_same_folds_and_is_compared_with_the_defaults(va
     import numpy as np
     from sklearn.metrics import f1_score
 
-    from leukviz.comparison.compare import read_predictions
+    from leukviz.comparison.evaluation import read_predictions
 
     name = "leukviz augment=flips"
     recs = variant_study["runs"]

@@ -159,3 +159,37 @@ def test_scale_ratios_are_to_the_smallest_size():
 
     rows = scale.ratios([{"files": 10, "seconds": 2.0}, {"files": 100, "seconds": 5.0}], ("seconds",), "files")
     assert rows[1]["seconds_x"] == 2.5 and rows[1]["files_x"] == 10 and rows[0]["seconds_x"] == 1
+
+
+def test_a_listing_stats_each_run_once_and_the_next_listing_sees_a_change(tmp_path, monkeypatch):
+    """A listing holds each finished run's summary as it read it: one stat of its sources per run, however many
+    properties a page or `runs list` reads; a file changed after it (here a damaged checkpoint) is seen by the
+    next listing, as by a run read afresh."""
+    made = [make_run(tmp_path, state="finished", seed=s) for s in (1, 2, 3)]
+    summary.list_runs(tmp_path)  # the first listing computes and stores the summaries
+    calls = []
+    real = summary.stamps
+    monkeypatch.setattr(summary, "stamps", lambda d: calls.append(d) or real(d))
+    listed = summary.list_runs(tmp_path)
+    for r in listed:
+        for _ in range(3):
+            assert r.is_usable and not r.is_damaged and r.health.status == "healthy"
+            assert r.state == "finished" and r.config.seed in (1, 2, 3) and r.final_metrics()["val_f1"] > 0
+            summary.describe(r)
+    assert len(calls) == len(made) == 3
+    (made[0].dir / filenames.CHECKPOINT).write_bytes(b"not weights")
+    again = {r.run_id: r for r in summary.list_runs(tmp_path)}
+    assert again[made[0].run_id].is_damaged and not again[made[0].run_id].is_usable
+    assert summary.describe(again[made[0].run_id])["damaged"]
+    assert not again[made[1].run_id].is_damaged
+    assert summary.SummarisedRun(made[0].dir).is_damaged  # a run read afresh sees it too
+
+
+def test_a_listed_run_that_is_not_finished_is_read_afresh(tmp_path):
+    """Only finished runs are held by a listing: a run in another state is read at every access, so one that
+    finishes while a page holds its listing shows its checkpoint and metrics at once."""
+    run = make_run(tmp_path, state="stopped")
+    listed = summary.list_runs(tmp_path)[0]
+    assert listed.state == "stopped" and listed._held is None
+    runs.write_status(run, "finished")
+    assert listed.state == "finished" and listed.is_usable

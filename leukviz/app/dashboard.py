@@ -1,5 +1,5 @@
 """What the pages say about runs: text helpers, run queries and the overview's cards, training progress,
-the Data page's samples. The Compare page's numbers are in compare.py, the Predict page's in prediction.py;
+the Data page's samples. The Compare page's numbers are in comparison/, the Predict page's in prediction.py;
 no Streamlit in here."""
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from leukviz.models import backbones, config
 from leukviz.models.config import RunConfig
 from leukviz.runstore import best, runs, summary
 from leukviz.runstore.names import backbone_title, dataset_label, format_duration
+from leukviz.runstore.runfiles import RunFileError
 from leukviz.scoring import health, metrics
 
 # ---------------------------------------------------------------------------------------------- text
@@ -158,7 +159,7 @@ def all_runs(runs_dir: str | Path | None = None) -> list[runs.Run]:
     for r in summary.list_runs(runs_dir):
         try:
             r.config  # noqa: B018 - checked once, to leave out runs whose config cannot be read
-        except (runs.RunFileError, OSError):
+        except (RunFileError, OSError):
             continue
         out.append(r)
     return out

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 
 from leukviz.app import charts
-from leukviz.comparison import compare
-from leukviz.runstore.names import dataset_label, sorted_subjects, split_text, verdict_legend
+from leukviz.comparison import answers, calibrationrows, compare, evaluation, runtable
+from leukviz.runstore.names import dataset_label, run_name, sorted_subjects, split_text, verdict_legend
 from leukviz.scoring import metrics
 
 PACKAGES = ("torch", "torchvision", "numpy", "scikit-learn", "scipy", "plotly", "streamlit")
@@ -62,7 +62,7 @@ table.lv-matrix td .lv-ci { opacity: 0.75; font-size: 0.8rem; }
 
 
 def matrix_html(matrix: pd.DataFrame) -> str:
-    """compare.pair_matrix as an HTML table that wraps instead of scrolling: a column per model sharing the
+    """answers.pair_matrix as an HTML table that wraps instead of scrolling: a column per model sharing the
     width (model names break across lines), each cell the mark and difference on one line, the interval and
     p under it; so the matrix of five or six models fits a laptop's 1366 px (the page and the report)."""
     def cell(text: str) -> str:
@@ -122,7 +122,7 @@ class _Figures:
         return f"<figure class='fig'>{drawn}<figcaption class='note'>Download {html.escape(name)}: {buttons}</figcaption></figure>"
 
 
-def _data_section(evals: Sequence[compare.Evaluation]) -> str:
+def _data_section(evals: Sequence[evaluation.Evaluation]) -> str:
     ev = evals[0]
     cfg = ev.run.config
     meta = ev.run.meta()
@@ -143,12 +143,12 @@ def _data_section(evals: Sequence[compare.Evaluation]) -> str:
 def _answer_section(rep: dict, score: str) -> str:
     parts = []
     for which in rep["sets"]:
-        sentences = compare.answer_sentences(rep, score, which)
+        sentences = answers.answer_sentences(rep, score, which)
         if sentences:
             parts.append("<div class='answer'>" + "".join(f"<p>{html.escape(x)}</p>" for x in sentences) + "</div>")
-        matrix = compare.pair_matrix(rep, score, which)
+        matrix = answers.pair_matrix(rep, score, which)
         if not matrix.empty:  # two models or more (every pair once)
-            parts.append(f"<p>Row minus column, {compare.SCORE_TEXT[score]} on {compare.SET_TEXT[which]} "
+            parts.append(f"<p>Row minus column, {answers.SCORE_TEXT[score]} on {answers.SET_TEXT[which]} "
                          f"({html.escape(verdict_legend())}):</p>" + matrix_html(matrix))
     words = [f"<li>{html.escape(v)} ({'test' if p['set'] == 'test' else 'validation'})</li>"
              for p in rep["paired"] for v in p["verdicts"]]
@@ -157,10 +157,10 @@ def _answer_section(rep: dict, score: str) -> str:
     return "".join(parts)
 
 
-def _settings_section(evals: Sequence[compare.Evaluation]) -> str:
+def _settings_section(evals: Sequence[evaluation.Evaluation]) -> str:
     """A row per setting, a column per run (so many settings stay in the page's width): the full run id, then
     every setting under its own name."""
-    columns = {compare.run_name(ev.run): {"run id": ev.run.run_id, **ev.run.config.to_dict()} for ev in evals}
+    columns = {run_name(ev.run): {"run id": ev.run.run_id, **ev.run.config.to_dict()} for ev in evals}
     table = pd.DataFrame(columns)
     table.index = [str(i).replace("_", " ") for i in table.index]
     return _table(table.astype(object).where(table.notna(), None).map(_setting_value), index=True)
@@ -174,46 +174,46 @@ RUN_SCORES = ("model", "val_accuracy", "weighted_f1", "weighted_f1_ci", "sensiti
 RUN_COSTS = ("model", "train_time", "ms_per_image", "params_m", "checkpoint_mb", "image_size", "epochs", "weights")
 
 
-def _runs_section(evals: Sequence[compare.Evaluation], per_image: dict[str, float | None]) -> str:
+def _runs_section(evals: Sequence[evaluation.Evaluation], per_image: dict[str, float | None]) -> str:
     """Each run's own scores (0-1, 3 decimals) and its costs, as two tables under human column names."""
-    table = compare.compare_table([compare.compare_row(ev, per_image.get(ev.run.run_id)) for ev in evals])
-    scores = table[list(RUN_SCORES)].rename(columns=compare.COMPARE_COLUMNS)
-    costs = table[list(RUN_COSTS)].rename(columns=compare.COMPARE_COLUMNS)
-    untimed = [compare.run_name(ev.run) for ev in evals if per_image.get(ev.run.run_id) is None]
+    table = runtable.compare_table([runtable.compare_row(ev, per_image.get(ev.run.run_id)) for ev in evals])
+    scores = table[list(RUN_SCORES)].rename(columns=runtable.COMPARE_COLUMNS)
+    costs = table[list(RUN_COSTS)].rename(columns=runtable.COMPARE_COLUMNS)
+    untimed = [run_name(ev.run) for ev in evals if per_image.get(ev.run.run_id) is None]
     note = (f"<p class='note'>Not timed: {html.escape(', '.join(untimed))} (the model could not be loaded).</p>"
             if untimed else "<p class='note'>Inference: one image at a time on the device below.</p>")
-    one = {compare.COMPARE_COLUMNS[k]: 1 for k in ("ms_per_image", "params_m", "checkpoint_mb")}
+    one = {runtable.COMPARE_COLUMNS[k]: 1 for k in ("ms_per_image", "params_m", "checkpoint_mb")}
     return (_table(scores) + "<p class='note'>Validation, at the kept epoch; scores from 0 to 1; the interval from a "
             "bootstrap over subjects.</p>" + _table(costs, digits=one) + note)
 
 
-def inference_times(evals: Sequence[compare.Evaluation]) -> dict[str, float | None]:
-    """Seconds per image of each run (compare.time_per_image on its loaded model); None where it cannot load."""
+def inference_times(evals: Sequence[evaluation.Evaluation]) -> dict[str, float | None]:
+    """Seconds per image of each run (runtable.time_per_image on its loaded model); None where it cannot load."""
     from leukviz.serving import inference
 
     out: dict[str, float | None] = {}
     for ev in evals:
         try:
-            out[ev.run.run_id] = compare.time_per_image(inference.load_model(ev.run.dir, calibrate=False))
+            out[ev.run.run_id] = runtable.time_per_image(inference.load_model(ev.run.dir, calibrate=False))
         except (OSError, RuntimeError, ValueError, KeyError):
             out[ev.run.run_id] = None
     return out
 
 
 def _scores_table(scores: Sequence[dict]) -> str:
-    """compare.stats_table with each score's mean ± sd and its interval in one cell (the interval on a second
+    """answers.stats_table with each score's mean ± sd and its interval in one cell (the interval on a second
     line): eight columns instead of thirteen, so the table fits the page."""
-    table = compare.stats_table(scores)
+    table = answers.stats_table(scores)
     for k in metrics.SCORES:
-        name = compare.SCORE_TEXT[k]
+        name = answers.SCORE_TEXT[k]
         if name in table:
             table[name] = [f"{a} ({b})" if b != "–" else a for a, b in zip(table[name], table[f"{name} 95 % CI"])]
             table = table.drop(columns=[f"{name} 95 % CI"])
-    return _table(table.rename(columns={compare.SCORE_TEXT[k]: f"{compare.SCORE_TEXT[k]}: mean ± sd (95 % CI)"
+    return _table(table.rename(columns={answers.SCORE_TEXT[k]: f"{answers.SCORE_TEXT[k]}: mean ± sd (95 % CI)"
                                         for k in metrics.SCORES}))
 
 
-def html_report(evals: Sequence[compare.Evaluation], n_resamples: int = 2000, score: str = "weighted_f1",
+def html_report(evals: Sequence[evaluation.Evaluation], n_resamples: int = 2000, score: str = "weighted_f1",
                 title: str = "leukviz comparison", rep: dict | None = None,
                 per_image: dict[str, float | None] | None = None) -> str:
     """The whole report as one HTML document (runs that share their validation cells: one comparable group).
@@ -232,20 +232,20 @@ def html_report(evals: Sequence[compare.Evaluation], n_resamples: int = 2000, sc
             "<p class='note'>Mean ± sd over each configuration's seeds, and the 95 % interval from a bootstrap over "
             "subjects (all of a person's cells resampled together).</p>",
             _scores_table(rep["scores"]),
-            figure(charts.interval_figure(rep["scores"], score, compare.SCORE_TEXT[score]), "intervals")]
+            figure(charts.interval_figure(rep["scores"], score, answers.SCORE_TEXT[score]), "intervals")]
     for note in rep["notes"]:
         body.append(f"<p class='warn'>Note: {html.escape(note)}</p>")
     body += ["<h2>Each run</h2>", _runs_section(evals, per_image), "<h2>Learning curves</h2>"]
-    hist = compare.histories([ev.run for ev in evals])
+    hist = runtable.histories([ev.run for ev in evals])
     for metric in ("val_f1", "val_loss"):
         body.append(figure(charts.compare_curves(hist, metric), f"curves {charts.METRIC_LABELS[metric]}"))
-    body += ["<h2>ROC</h2>", figure(charts.roc_figure(compare.roc_curves(evals)), "ROC"),
+    body += ["<h2>ROC</h2>", figure(charts.roc_figure(runtable.roc_curves(evals)), "ROC"),
              "<h2>Confusion matrices</h2>"]
     body.append("<div style='display:flex;flex-wrap:wrap;gap:1rem'>" + "".join(
-        figure(charts.confusion_figure(ev.summary["confusion"], ev.classes, title=compare.run_name(ev.run))
+        figure(charts.confusion_figure(ev.summary["confusion"], ev.classes, title=run_name(ev.run))
                 .update_layout(width=380, height=340)) for ev in evals) + "</div>")
-    cals = [compare.calibration_of(ev) for ev in evals]
-    body += ["<h2>Calibration</h2>", _table(compare.calibration_table(cals)),
+    cals = [calibrationrows.calibration_of(ev) for ev in evals]
+    body += ["<h2>Calibration</h2>", _table(calibrationrows.calibration_table(cals)),
              "<p class='note'>T: the temperature fitted on validation; ECE and Brier score raw → calibrated, lower is "
              "better (on validation the 'after' is flattering: T was fitted there).</p>"]
     for cal in cals:
@@ -260,7 +260,7 @@ def html_report(evals: Sequence[compare.Evaluation], n_resamples: int = 2000, sc
         if ev.val is not None and ev.val.subjects is not None:
             df = metrics.per_subject(ev.val.y, np.asarray(ev.val.probs).argmax(1), ev.val.subjects)
             body.append(figure(charts.per_subject_figure(df, ev.classes).update_layout(
-                title=f"{compare.run_name(ev.run)}: accuracy per validation subject")))
+                title=f"{run_name(ev.run)}: accuracy per validation subject")))
     env = environment()
     body += ["<h2>Settings and run ids</h2>", _settings_section(evals),
              "<h2>Software and hardware</h2>", _table(pd.DataFrame([env]).T.reset_index().set_axis(["", "version"], axis=1))]

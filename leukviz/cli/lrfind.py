@@ -17,13 +17,17 @@ def cmd_lrfind(args) -> int:
     from leukviz.datasets import data
     from leukviz.training import lrfind
 
-    if args.config:  # the page's form: the resolved config in a file (lrfind.launch)
+    if args.config:  # the page's form: the resolved config in a file (runstore.sweeps.launch)
         cfg = C.RunConfig.from_dict(json.loads(Path(args.config).read_text()))
     else:
         cfg = _resolve_cfg(args)
     fingerprint = data.open_dataset(cfg.data, paths.cache_root()).fingerprint
-    res, cached = lrfind.find(cfg, fingerprint, paths.cache_root(), args.device, args.steps,
-                              lambda s: print(s, file=sys.stderr))
+    try:
+        res, cached = lrfind.find(cfg, fingerprint, paths.cache_root(), args.device, args.steps,
+                                  lambda s: print(s, file=sys.stderr))
+    except lrfind.SweepStopped as e:  # a Stop (its stop file): nothing wrong, nothing cached
+        print(e, file=sys.stderr)
+        return lrfind.STOPPED_EXIT
     res = {k: v for k, v in res.items() if k not in ("config", "dataset_fingerprint")}
     end = f"diverged after {res['steps_done']} steps" if res["diverged"] else f"{res['steps_done']} steps"
     advice = lrfind.advise(res, cfg.lr)  # the configuration's rate (the preset's, or --lr) checked against it

@@ -1,4 +1,8 @@
-"""Comparing runs: seeds pooled, subject-bootstrap intervals, paired tests, the ensemble, the held-out test
-set, and the subject and leakage studies."""
+"""Comparing runs, one concept per module: a run's predictions read and evaluated (evaluation), Compare's per-run
+table (runtable), comparable groups and repeats of one configuration (grouping), the ensemble, each group's scores
+and every paired comparison (pairing), the words of a comparison (answers), the comparison's report (compare),
+calibration rows (calibrationrows), the error gallery (gallery), the held-out test backfill (testset); and the
+subject and leakage studies (studies)."""
 
-__all__ = ["compare", "studies", "testset"]
+__all__ = ["answers", "calibrationrows", "compare", "ensemble", "evaluation", "gallery", "grouping", "pairing",
+           "runtable", "studies", "testset"]

@@ -20,7 +20,7 @@ from leukviz.runstore import runs, shards, supervisor, trainer
 from leukviz.scoring import metrics
 
 if TYPE_CHECKING:
-    from leukviz.comparison.compare import Predictions
+    from leukviz.comparison.evaluation import Predictions
 
 # The seed paper's validation accuracies (ImageNet weights, 128 px, a random image-level split of C-NMC
 # fold 0). The one copy of these numbers: the CLI and the dashboard read them from here.
@@ -330,7 +330,7 @@ def score_run(y: np.ndarray, prob: np.ndarray, subjects: np.ndarray, classes: Se
 
 
 def _leukviz_record(run: runs.Run, classes: Sequence[str]) -> dict:
-    from leukviz.comparison.compare import read_predictions
+    from leukviz.comparison.evaluation import read_predictions
 
     # Every cell of a subject-grouped split has its subject, so p.subjects is known.
     p = read_predictions(run.dir / filenames.PREDICTIONS, classes)
@@ -345,7 +345,7 @@ def _cells(classes: Sequence[str], paths: Sequence[str], y: np.ndarray, prob: np
     """The plain loop's validation cells as compare.Predictions, in the order of their keys like a run's
     (compare.read_predictions), so two models scored on the same fold line up cell for cell. Kept for the
     paired tests; not part of the study's JSON."""
-    from leukviz.comparison.compare import Predictions, cell_keys
+    from leukviz.comparison.evaluation import Predictions, cell_keys
 
     keys = cell_keys(paths)
     order = np.argsort(keys, kind="stable")

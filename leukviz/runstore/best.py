@@ -13,7 +13,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from leukviz.models import backbones
-from leukviz.runstore import runs
+from leukviz.runstore.runfolder import Run
+from leukviz.runstore.states import State
 from leukviz.scoring import health
 
 SCORE = "val_f1"  # the validation score that ranks runs: weighted F1 of the kept model, as everywhere
@@ -35,10 +36,10 @@ class Entry:
     created: float = 0.0  # newest wins a tie
 
 
-def entry(run: runs.Run) -> Entry:
+def entry(run: Run) -> Entry:
     """A run folder's entry (its config must read; a damaged finished run counts as degenerate: unusable)."""
     state = run.state
-    finished = state == runs.State.FINISHED
+    finished = state == State.FINISHED
     h = None
     if finished:
         stored = getattr(run, "health", None)  # a runstore.summary.SummarisedRun's, from its stored summary
@@ -80,7 +81,7 @@ class Pick:
 def _group_rank(members: Sequence[Entry]) -> tuple:
     """Sort key, best first: healthy before unknown before degenerate, then the mean score over the healthy
     (else all finished) members, then more seeds, then newest."""
-    finished = [e for e in members if e.state == runs.State.FINISHED]
+    finished = [e for e in members if e.state == State.FINISHED]
     healthy = [e for e in finished if e.health == health.HEALTHY and e.score is not None]
     unknown = [e for e in finished if e.health == health.UNKNOWN and e.score is not None]
     scored = healthy or unknown or [e for e in finished if e.score is not None]
@@ -106,7 +107,7 @@ def best_per_backbone(entries: Iterable[Entry], dataset: str | None, split: str 
     out = {}
     for name in backbones.BACKBONES:
         of_backbone = [e for e in mine if e.backbone == name]
-        finished = [e for e in of_backbone if e.state == runs.State.FINISHED]
+        finished = [e for e in of_backbone if e.state == State.FINISHED]
         if not finished:
             continue
         on_split = [e for e in finished if split is None or e.split == split]
@@ -115,7 +116,7 @@ def best_per_backbone(entries: Iterable[Entry], dataset: str | None, split: str 
         rank = _group_rank(chosen)
         chosen_ids = {e.run_id for e in chosen}
         rest = sorted((e for e in of_backbone if e.run_id not in chosen_ids),
-                      key=lambda e: (e.state == runs.State.FINISHED, e.health == health.HEALTHY, e.score or -1.0),
+                      key=lambda e: (e.state == State.FINISHED, e.health == health.HEALTHY, e.score or -1.0),
                       reverse=True)
         out[name] = Pick(name, chosen, rank[1] if rank[1] >= 0 else None, rank[0] == 2, bool(on_split), tuple(rest))
     return out
@@ -145,7 +146,7 @@ def datasets_text(entries: Iterable[Entry]) -> str:
 
     per: dict[str, list[Entry]] = {}
     for e in entries:
-        if e.state == runs.State.FINISHED:
+        if e.state == State.FINISHED:
             per.setdefault(e.data, []).append(e)
     parts = []
     for data, es in per.items():

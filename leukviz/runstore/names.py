@@ -12,7 +12,7 @@ from leukviz.core.durations import format_duration  # noqa: F401 - re-exported: 
 from leukviz.datasets import data
 from leukviz.models import backbones
 from leukviz.models.config import RunConfig
-from leukviz.runstore import runs
+from leukviz.runstore.runfolder import Run
 
 # The split words, one place for each method (config.SPLITS): in a sentence, and as a choice on the Data page
 # (in the order data.SPLIT_METHODS offers them).
@@ -47,7 +47,7 @@ def model_name(backbone: str, run_id: str) -> str:
     return f"{backbone_title(backbone)} · {run_id[:6]}"
 
 
-def run_name(run: runs.Run) -> str:
+def run_name(run: Run) -> str:
     """A run's model_name."""
     return model_name(run.config.backbone, run.run_id)
 

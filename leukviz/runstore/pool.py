@@ -12,7 +12,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from leukviz.core import paths
-from leukviz.runstore import runs, supervisor
+from leukviz.runstore import supervisor
+from leukviz.runstore.policy import plan
+from leukviz.runstore.runfolder import Run
+from leukviz.runstore.states import ACTIVE
 
 Log = Callable[[str], None]
 
@@ -51,13 +54,13 @@ class Pool:
     log: Log = field(default=lambda s: None)
     peak: int = 0  # the most runs this pool had in flight at once
 
-    def run(self, group: Sequence[runs.Run], should_stop: Callable[[], bool] = lambda: False) -> dict[str, str]:
+    def run(self, group: Sequence[Run], should_stop: Callable[[], bool] = lambda: False) -> dict[str, str]:
         """Train every run of group that is not finished (cached ones are left as they are; one another process
         trains is waited for) and return each run's final state. should_stop: once true, every run in flight is
         asked to stop and nothing more is launched."""
         pending, active, others = list(group), {}, []
         stopping = False
-        while pending or active or any(r.state in runs.ACTIVE for r in others):
+        while pending or active or any(r.state in ACTIVE for r in others):
             if not stopping and should_stop():
                 stopping = True
                 pending.clear()
@@ -70,14 +73,14 @@ class Pool:
                 self._start(pending.pop(0), slot, active, others)
             self.peak = max(self.peak, len(active))
             for slot, r in list(active.items()):
-                if r.state not in runs.ACTIVE and not r.is_locked():
+                if r.state not in ACTIVE and not r.is_locked():
                     del active[slot]
                     self.log(f"run {r.run_id}: {r.state}")
             time.sleep(self.poll)
         return {r.run_id: r.state for r in group}
 
-    def _start(self, run: runs.Run, slot: int, active: dict, others: list) -> None:
-        action = runs.plan(run)
+    def _start(self, run: Run, slot: int, active: dict, others: list) -> None:
+        action = plan(run)
         if action == "cached":
             return
         if action == "attach":

@@ -1,5 +1,6 @@
-"""The processes that train runs, as the run store sees them: launches made by this process (the dashboard's
-server) and whether a launched process is still starting. Read by the run's status (runs.read_status) and
+"""The processes the supervisor launched, as the run store sees them: launches made by this process (the
+dashboard's server: runs by their folder, learning-rate sweeps by their result's path) and whether a launched
+run's process is still starting. Read by the run's status (runs.read_status) and
 written by the supervisor (supervisor.start); below both, so neither imports the other for it."""
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ LAUNCH_GRACE = 120.0  # seconds a launched process may take to start (import tor
 class Launch:
     time: float
     proc: subprocess.Popen
+    kind: str = "run"  # or sweeps.SWEEP: a learning-rate sweep, supervised the same way
 
 
 # Launches by this process (the dashboard's server): every session (tab, refresh) of it must see a

@@ -21,8 +21,13 @@ from typing import Any
 from leukviz.core import events, filenames
 from leukviz.core.storage import atomic_write_json, read_json, read_jsonl
 from leukviz.models.config import RunConfig
-from leukviz.runstore import runfiles, runs
+from leukviz.runstore import runfiles
+from leukviz.runstore.checks import check
+from leukviz.runstore.folders import run_folders, runs_root
 from leukviz.runstore.runfiles import Problem, RunFileError
+from leukviz.runstore.runfolder import Run
+from leukviz.runstore.states import STATES, State
+from leukviz.runstore.status import read_status, recorded_status
 
 VERSION = 1  # a stored summary of another version is computed again
 # The files a summary is computed from: a change to any of them (written, replaced, appearing, removed)
@@ -51,17 +56,17 @@ def _problem_dict(p: Problem) -> dict:
     return {"file": p.file, "what": p.what, "repair": p.repair}
 
 
-def compute(run: runs.Run) -> dict:
+def compute(run: Run) -> dict:
     """The summary of a run from its files (the costly part: every file checked, the predictions read)."""
-    run = runs.Run(run.dir)  # the files themselves, never a summary
+    run = Run(run.dir)  # the files themselves, never a summary
     obj = read_json(run.dir / filenames.CONFIG, {})
     try:
         cfg = runfiles.check_config(obj)[0].to_dict()
         config_error = None
     except RunFileError as e:
         cfg, config_error = None, f"run {run.run_id}: {filenames.CONFIG} is damaged: {e}"
-    status = runs._recorded_status(run)
-    problems = runs.check(run)
+    status = recorded_status(run)
+    problems = check(run)
     odd = runfiles.not_regular_files(run.dir)  # as Run.damage: a pipe or device in place of any run file
     damage = [p for p in problems if p.file in runfiles.REQUIRED or p.file == filenames.TEST_PREDICTIONS
               or p.file in odd]
@@ -93,7 +98,7 @@ def _rows(path: Path) -> int | None:
         return None
 
 
-def _computed(run: runs.Run) -> dict:
+def _computed(run: Run) -> dict:
     """compute(run) with the stamps of the files it came from, taken before it read them: a file written
     meanwhile (a trainer still at work) leaves the summary stale, to be computed again. calibration.json is
     the exception: computing the health fits and caches it (calibration.run_calibration), and that write must
@@ -108,10 +113,10 @@ def _computed(run: runs.Run) -> dict:
 
 def _fresh(stored: Any, now: dict) -> bool:
     return isinstance(stored, dict) and stored.get("version") == VERSION and stored.get("sources") == now \
-        and isinstance(stored.get("status"), dict) and stored.get("state") in runs.STATES + ("new",)
+        and isinstance(stored.get("status"), dict) and stored.get("state") in STATES + ("new",)
 
 
-def _store(run: runs.Run, summary: dict) -> None:
+def _store(run: Run, summary: dict) -> None:
     """Write the summary beside the run's files; a read-only folder keeps none (it is computed per process)."""
     try:
         atomic_write_json(run.dir / filenames.SUMMARY, summary)
@@ -119,7 +124,7 @@ def _store(run: runs.Run, summary: dict) -> None:
         pass
 
 
-def stored(run: runs.Run) -> dict:
+def stored(run: Run) -> dict:
     """The run's summary as recorded (its recorded state, not the live one): this process's copy or the stored
     file while the sources are unchanged, else computed from the files and stored (when the run is at rest)."""
     now = stamps(run.dir)
@@ -131,7 +136,7 @@ def stored(run: runs.Run) -> dict:
     if not _fresh(summary, now):
         summary = _computed(run)
         now = summary["sources"]
-        if summary["state"] not in (runs.State.QUEUED, runs.State.RUNNING):
+        if summary["state"] not in (State.QUEUED, State.RUNNING):
             _store(run, summary)
     if len(_MEMO) >= _MEMO_MAX:
         _MEMO.clear()
@@ -139,7 +144,12 @@ def stored(run: runs.Run) -> dict:
     return summary
 
 
-def refresh(run: runs.Run) -> dict:
+def _summary_of(run: Run) -> dict:
+    """A SummarisedRun's summary (held by its listing, or read afresh); stored(run) for any other Run."""
+    return run.summary if isinstance(run, SummarisedRun) else stored(run)
+
+
+def refresh(run: Run) -> dict:
     """Compute and store the summary now (the trainer, once a run has finished)."""
     _MEMO.pop(str(run.dir), None)
     summary = _computed(run)
@@ -148,19 +158,19 @@ def refresh(run: runs.Run) -> dict:
     return summary
 
 
-def status(run: runs.Run) -> dict:
+def status(run: Run) -> dict:
     """The run's status: the summary's for a finished run (nothing about it is live any more), read live
     (runs.read_status) otherwise."""
-    s = stored(run)
-    return s["status"] if s["state"] == runs.State.FINISHED else runs.read_status(run)
+    s = _summary_of(run)
+    return s["status"] if s["state"] == State.FINISHED else read_status(run)
 
 
-def health(run: runs.Run):
+def health(run: Run):
     """A finished run's health (health.Health) from its summary; None for a run that is not finished."""
     from leukviz.scoring.health import Health
 
-    h = stored(run)["health"]
-    if h is None or status(run)["state"] != runs.State.FINISHED:
+    h = _summary_of(run)["health"]
+    if h is None or status(run)["state"] != State.FINISHED:
         return None
     return Health(h["health"], tuple(h["health_reasons"]))
 
@@ -168,13 +178,27 @@ def health(run: runs.Run):
 _CONFIGS: dict[str, tuple[dict, RunConfig]] = {}  # the RunConfig built from a summary's config, per run folder
 
 
-class SummarisedRun(runs.Run):
+class SummarisedRun(Run):
     """A runs.Run whose listing properties (config, state, metrics, problems, health) come from its summary,
-    trusted while its files are unchanged (every access stats them). Anything else reads the files, as a Run."""
+    trusted while its files are unchanged. Made directly, every access stats its files; listed (list_runs), a
+    finished run's summary is held as the listing read it: one stat of each file per listing, not per property
+    (a change after it is seen by the next listing; a run not finished is read afresh at every access, its
+    state always live). Anything else reads the files, as a Run."""
+
+    _held: dict | None = None  # the summary its listing read, for a run finished then
+
+    @classmethod
+    def listed(cls, folder: Path) -> SummarisedRun:
+        """The run of a folder as a listing reads it: its sources stat'ed once, a finished run's summary held."""
+        run = cls(folder)
+        s = stored(run)
+        if s["state"] == State.FINISHED:
+            run._held = s
+        return run
 
     @property
     def summary(self) -> dict:
-        return stored(self)
+        return self._held if self._held is not None else stored(self)
 
     @property
     def config(self) -> RunConfig:
@@ -226,9 +250,10 @@ class SummarisedRun(runs.Run):
 
 
 def list_runs(runs_dir: str | Path | None = None) -> list[SummarisedRun]:
-    """Every run folder (runs.list_runs: damaged ones too), newest first, each read through its summary."""
-    folders = runs._run_folders(runs.runs_root(runs_dir, create=False))
-    out = [SummarisedRun(p) for p in folders]
+    """Every run folder (runs.list_runs: damaged ones too), newest first, each read through its summary: a
+    snapshot, each finished run's files stat'ed once (SummarisedRun.listed); list again to see later changes."""
+    folders = run_folders(runs_root(runs_dir, create=False))
+    out = [SummarisedRun.listed(p) for p in folders]
     return sorted(out, key=lambda r: _created(r.info), reverse=True)
 
 
@@ -237,15 +262,15 @@ def _created(info: dict) -> float:
     return float(c) if isinstance(c, (int, float)) and not isinstance(c, bool) and c == c else 0.0
 
 
-def describe(run: runs.Run) -> dict:
+def describe(run: Run) -> dict:
     """One run for `runs list` (runs.describe's fields) and its health, from the summary."""
-    s = stored(run)
+    s = _summary_of(run)
     cfg = s["config"] or {}
     st = status(run)
     keys = ("backbone", "preset", "weights", "image_size", "epochs", "split", "data")
     m = s["final_metrics"]
     damaged = bool(s["damage"])
-    h = s["health"] if st["state"] == runs.State.FINISHED and s["config"] is not None and not damaged else None
+    h = s["health"] if st["state"] == State.FINISHED and s["config"] is not None and not damaged else None
     return {"run_id": run.run_id, **{k: cfg.get(k) for k in keys}, "state": st["state"],
             "val_acc": m.get("val_acc"), "val_f1": m.get("val_f1"), "error": st.get("error"),
             "damaged": damaged, "problems": [str(Problem(**p)) for p in s["problems"]],

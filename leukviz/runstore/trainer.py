@@ -18,7 +18,9 @@ from leukviz.core import events, filenames, paths
 from leukviz.core.errors import LeukvizError
 from leukviz.core.storage import append_jsonl, read_json
 from leukviz.runstore import summary
-from leukviz.runstore.runs import AlreadyRunning, Run, _results_sound, write_status
+from leukviz.runstore.checks import results_sound
+from leukviz.runstore.runfolder import AlreadyRunning, Run
+from leukviz.runstore.status import write_status
 
 
 def _truncate_after(run: Run, epoch: int, step: int) -> None:
@@ -142,7 +144,7 @@ def train(run: Run, *, resume: bool = False, device: str = "auto", log: Callable
     try:
         if not launched:  # launch() cleared old Stops; one sent while this process started must hold
             stop_file.unlink(missing_ok=True)
-        if _results_sound(run) and not resume:
+        if results_sound(run) and not resume:
             # Another process finished it between our caller's cache check and our lock: don't train twice.
             log(f"run {run.run_id} is already finished")
             return run.final_metrics()

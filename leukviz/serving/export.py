@@ -1,5 +1,6 @@
 """Export a finished run: its safetensors checkpoint with the sidecar, or ONNX checked against PyTorch; either way
-with its model card (serving/modelcard.py) beside the weights in Markdown and in the exported metadata."""
+with its model card (serving/modelcard.py) beside the weights in Markdown and in the exported metadata. Also what
+the Compare page's export section offers of a run: its ONNX file and the check's result in words, its checkpoint."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import shutil
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,6 +23,9 @@ from leukviz.core.errors import LeukvizError
 from leukviz.core.filenames import CHECKPOINT, CONFIG, PREDICTIONS, SIDECAR
 from leukviz.runstore import runfiles
 from leukviz.serving import inference, modelcard
+
+if TYPE_CHECKING:
+    from leukviz.runstore.runs import Run
 
 FORMATS = ("onnx", "safetensors")
 ONNX_TOLERANCE = 1e-4  # max abs difference of probabilities, ONNX Runtime vs PyTorch
@@ -219,3 +224,25 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path) -> dict:
         storage.write_output(card_file, modelcard.markdown(card).encode())
         res["model_card"] = str(card_file)
     return {"run_id": run_dir.name, **res}
+
+
+# ---------------------------------------------------------------------------------------------- a run, for the pages
+
+def export_onnx(run: Run, folder: Path) -> tuple[bytes, dict]:
+    """Export the run to ONNX in folder (export_run, checked against PyTorch): (file bytes, result)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    res = export_run(run.dir, "onnx", folder / f"{run.config.backbone}-{run.run_id}.onnx")
+    return Path(res["path"]).read_bytes(), res
+
+
+def export_text(res: dict) -> str:
+    """An ONNX export's result in one sentence, as the Compare page shows it."""
+    verdict = "agrees" if res.get("agrees") else "DISAGREES"
+    return (f"ONNX opset {res.get('opset')}, {res.get('bytes', 0) / 1e6:.1f} MB; {verdict} with PyTorch on "
+            f"{res.get('check_images')} images: max probability difference {res.get('max_abs_diff', float('nan')):.2e} "
+            f"(tolerance {res.get('tolerance', float('nan')):g}).")
+
+
+def checkpoint_bytes(run: Run) -> bytes:
+    """The run's kept checkpoint, as Compare's download button gives it."""
+    return storage.read_bytes(run.dir / CHECKPOINT)

@@ -6,18 +6,15 @@ constant factor each step from START to END, record the training loss, stop when
 suggestion is a tenth of the rate at the smoothed loss's minimum (fastai's lr_min): at the minimum the
 loss is about to blow up, an order of magnitude below it still learns fast and is safe. (The steepest
 descent, the other classic rule, was measured to land on the noise of the first steps of short sweeps.)
+
+This is the sweep's worker (python -m leukviz lr-find); a page's sweep in the background is launched, stopped,
+cancelled and followed by the run store's one job supervisor (runstore/sweeps.py), as runs are.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import glob
 import math
-import os
-import signal
-import subprocess
-import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +22,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from leukviz.core import durations, paths
+from leukviz.core import durations
 from leukviz.core.errors import LeukvizError
 from leukviz.core.storage import atomic_write_json, read_json
 from leukviz.datasets import data
@@ -48,6 +45,14 @@ Progress = Callable[[int, int], None]
 
 class LrFindError(LeukvizError, ValueError):
     """A sweep that cannot suggest anything (no finite loss); nothing is cached."""
+
+
+class SweepStopped(LrFindError):
+    """A sweep asked to stop (its stop file: runstore.sweeps.stop or cancel) ended before its result; nothing is
+    cached."""
+
+
+STOPPED_EXIT = 75  # lr-find's exit status when its sweep took a Stop (EX_TEMPFAIL: nothing wrong, nothing done)
 
 
 def rates(start: float = START, end: float = END, steps: int = STEPS) -> np.ndarray:
@@ -165,13 +170,20 @@ def result_problem(res: object) -> str | None:
 
 class Sweep(Callback):
     """The sweep as a callback of the loop (its after_step event): each step's rate and loss; it ends
-    the epoch, and the sweep, once the planned steps are done or the smoothed loss diverges (DIVERGE x its best)."""
+    the epoch, and the sweep, once the planned steps are done or the smoothed loss diverges (DIVERGE x its best).
+    should_stop: asked before each step, as a run's Stop (StopOnRequest); true ends the sweep (stopped)."""
 
-    def __init__(self, planned: np.ndarray, steps: int, progress: Progress | None = None):
-        self.planned, self.steps, self.progress = planned, steps, progress
+    def __init__(self, planned: np.ndarray, steps: int, progress: Progress | None = None,
+                 should_stop: Callable[[], bool] = lambda: False):
+        self.planned, self.steps, self.progress, self.should_stop = planned, steps, progress, should_stop
         self.lrs: list[float] = []
         self.losses: list[float] = []
-        self.best, self.value, self.done = float("inf"), float("nan"), False
+        self.best, self.value, self.done, self.stopped = float("inf"), float("nan"), False, False
+
+    def before_step(self, state: TrainState) -> None:
+        if self.should_stop():
+            self.stopped = self.done = True
+            raise SweepStopped(f"the sweep was stopped at step {len(self.losses)} of {self.steps}: nothing is cached")
 
     def after_step(self, state: TrainState) -> None:
         self.lrs.append(float(self.planned[len(self.lrs)]))
@@ -185,10 +197,11 @@ class Sweep(Callback):
 
 
 def sweep(cfg: RunConfig, cache_dir: Path | None = None, device_pref: str = "auto", steps: int = STEPS,
-          log: Callable[[str], None] = lambda s: None, progress: Progress | None = None) -> dict:
+          log: Callable[[str], None] = lambda s: None, progress: Progress | None = None,
+          should_stop: Callable[[], bool] = lambda: False) -> dict:
     """Train from the run's initial weights with the rate rising each step; the rates, the losses (raw and
     smoothed) and the suggestion. No augmentation (less noise); the run's batch size, optimizer,
-    fine-tuning depth, class balance and precision."""
+    fine-tuning depth, class balance and precision. SweepStopped when should_stop() turns true between steps."""
     import torch
 
     from leukviz.models import devices
@@ -202,7 +215,7 @@ def sweep(cfg: RunConfig, cache_dir: Path | None = None, device_pref: str = "aut
     state.sched = torch.optim.lr_scheduler.LambdaLR(
         state.opt, [lambda i, base=g["lr"]: float(planned[min(i, steps - 1)]) / base for g in state.opt.param_groups])
     state.average = None  # the sweep's weights are thrown away: nothing to average
-    sweep_cb = Sweep(planned, steps, progress)
+    sweep_cb = Sweep(planned, steps, progress, should_stop)
     epoch = 0
     while not sweep_cb.done and len(sweep_cb.losses) < steps:  # cycle over the training images, epoch after epoch
         epoch += 1
@@ -242,10 +255,17 @@ def progress_info(steps: int, started: float, step: int = 0, seconds_per_step: f
     return info
 
 
+def stop_path(result: Path) -> Path:
+    """<key>.stop beside a sweep's result: present = stop requested (runstore.sweeps.stop, as a run's `stop`);
+    the sweep ends before its next step and caches nothing."""
+    return result.with_suffix(".stop")
+
+
 def find(cfg: RunConfig, fingerprint: str, cache_dir: Path | None = None, device_pref: str = "auto",
          steps: int = STEPS, log: Callable[[str], None] = lambda s: None) -> tuple[dict, bool]:
     """The cached result, or a new sweep (stored). Returns (result, cached). While it sweeps,
-    <key>.progress.json says how far it is and how fast it goes (progress_info, progress_text)."""
+    <key>.progress.json says how far it is and how fast it goes (progress_info, progress_text), and its stop
+    file (stop_path) stops it (SweepStopped, the file then removed: the request is served)."""
     hit = cached(cfg, fingerprint, cache_dir, steps)
     if hit is not None:
         return hit, True
@@ -263,9 +283,13 @@ def find(cfg: RunConfig, fingerprint: str, cache_dir: Path | None = None, device
         if done <= 2 or done % 5 == 0 or done == total:  # a few writes, not one per step; 2: the first rate
             atomic_write_json(status, progress_info(total, started, done, per_step, now))
 
+    stop = stop_path(out)
     try:
-        res = sweep(cfg, cache_dir, device_pref, steps, log, progress)
+        res = sweep(cfg, cache_dir, device_pref, steps, log, progress, should_stop=stop.exists)
         atomic_write_json(out, {**res, "config": cfg.to_dict(), "dataset_fingerprint": fingerprint})
+    except SweepStopped:
+        stop.unlink(missing_ok=True)
+        raise
     finally:
         status.unlink(missing_ok=True)
     return res, False
@@ -275,7 +299,7 @@ _about = durations.about  # the one duration wording (core/durations.py), rounde
 
 
 def progress_text(info: dict | None, now: float | None = None) -> tuple[float, str]:
-    """The fraction done (0 to 1) and a line for a progress bar, from a progress file's content (status's
+    """The fraction done (0 to 1) and a line for a progress bar, from a progress file's content (sweeps.status's
     "running" info): "Preparing data and model…" before the first step, then "Finding a learning rate:
     step 20 of at most 100 · about 1 min 10 s left…" once the time per step is known ("at most": a sweep
     that diverges stops early). The estimate counts the time since the file was written."""
@@ -292,124 +316,3 @@ def progress_text(info: dict | None, now: float | None = None) -> tuple[float, s
         left = per_step * (total - done) - since
         text += f" · about {_about(left)} left" if left > 0 else " · almost done"
     return done / total, text + "…"
-
-
-# ---------------------------------------------------------------------------------------------- in the background
-
-# Sweeps this process (the dashboard's server) launched, by cache key: every session sees one as running
-# and none launches it twice; a finished one's exit status tells a failure from a result. Every call below
-# reaps the children that ended (_reap), so none stays a zombie of the server.
-_SWEEPS: dict[str, subprocess.Popen] = {}
-_SWEEPS_LOCK = threading.Lock()
-TERM_WAIT = 5.0  # seconds cancel gives a sweep to end on SIGTERM before SIGKILL
-
-
-def _command(config_file: Path, steps: int) -> list[str]:
-    """The child's command line: the CLI's lr-find with the config file launch wrote."""
-    return [sys.executable, "-m", "leukviz", "lr-find", "--config", str(config_file), "--steps", str(steps)]
-
-
-def _reap() -> None:
-    """Collect the exit status of every launched child that ended (poll waits for it), so none is left
-    defunct. Call with _SWEEPS_LOCK held."""
-    for proc in _SWEEPS.values():
-        proc.poll()
-
-
-def launch(cfg: RunConfig, fingerprint: str, cache_dir: Path | None = None, steps: int = STEPS) -> bool:
-    """Sweep in a child process (python -m leukviz lr-find --config FILE), so a page stays responsive on a
-    CPU where it takes a minute or two. The child sweeps exactly cfg (cfg.to_dict() in FILE) and writes to
-    cache_dir (LEUKVIZ_CACHE in its environment). Returns False when it is cached or already sweeping."""
-    key, out = cache_key(cfg, fingerprint, steps), result_path(cfg, fingerprint, cache_dir, steps)
-    with _SWEEPS_LOCK:
-        _reap()
-        proc = _SWEEPS.get(key)
-        if proc is not None and proc.returncode is None or cached(cfg, fingerprint, cache_dir, steps) is not None:
-            return False
-        out.parent.mkdir(parents=True, exist_ok=True)
-        config_file = out.with_suffix(".config.json")
-        atomic_write_json(config_file, cfg.to_dict())
-        # at once, before the child has even imported torch: the page says it prepares
-        atomic_write_json(out.with_suffix(".progress.json"), progress_info(steps, time.time()))
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        if cache_dir is not None:  # the child's cache folder (paths.cache_root()) is where this one looks
-            env[paths.CACHE] = str(Path(cache_dir).resolve())
-        with open(out.with_suffix(".log"), "wb") as logf:
-            _SWEEPS[key] = subprocess.Popen(_command(config_file, steps), stdout=logf,
-                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            start_new_session=True, env=env)
-        return True
-
-
-def running_any() -> bool:
-    """Whether a sweep this process launched is still running (a page disables its Start meanwhile)."""
-    with _SWEEPS_LOCK:
-        _reap()
-        return any(proc.returncode is None for proc in _SWEEPS.values())
-
-
-def status(cfg: RunConfig, fingerprint: str, cache_dir: Path | None = None, steps: int = STEPS) -> tuple[str, dict]:
-    """Where this sweep stands: ("done", result), ("running", progress: progress_info's content, for
-    progress_text), ("failed", {"error": ...}) or ("none", {}): never launched here, or cancelled."""
-    with _SWEEPS_LOCK:
-        _reap()
-        proc = _SWEEPS.get(cache_key(cfg, fingerprint, steps))
-    hit = cached(cfg, fingerprint, cache_dir, steps)
-    if hit is not None:
-        return "done", hit
-    out = result_path(cfg, fingerprint, cache_dir, steps)
-    if proc is None:
-        return "none", {}
-    if proc.returncode is None:
-        info = read_json(out.with_suffix(".progress.json"), None)
-        return "running", info if isinstance(info, dict) else progress_info(steps, time.time())
-    try:
-        tail = out.with_suffix(".log").read_text(errors="replace").strip().splitlines()[-6:]
-    except OSError:
-        tail = []
-    return "failed", {"error": "\n".join(tail) or f"the sweep exited with status {proc.returncode}"}
-
-
-def _signal_group(proc: subprocess.Popen, sig: int) -> None:
-    """Send sig to the child's process group (it leads one: start_new_session), or to it alone without
-    process groups (Windows). Its pid stays reserved until it is reaped, so no other process gets it."""
-    try:
-        if hasattr(os, "killpg"):
-            os.killpg(proc.pid, sig)
-        else:
-            proc.terminate()
-    except OSError:  # already gone
-        pass
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """End a child and its process group: SIGTERM, SIGKILL after TERM_WAIT seconds; then reap it."""
-    if proc.poll() is None:
-        _signal_group(proc, signal.SIGTERM)
-        try:
-            proc.wait(TERM_WAIT)
-        except subprocess.TimeoutExpired:
-            _signal_group(proc, getattr(signal, "SIGKILL", signal.SIGTERM))
-            proc.kill()
-    proc.wait()
-
-
-def cancel(cfg: RunConfig, fingerprint: str, cache_dir: Path | None = None, steps: int = STEPS) -> bool:
-    """Stop this sweep if this process launched it and it still runs: its process (group) ends and is reaped,
-    its progress file and any half-written file go, nothing is cached, and status says "none" (the page
-    offers the button again). Returns whether a running sweep was stopped; False when there was none, or it
-    ended first (a result it stored in time stays: status then says "done", or "failed")."""
-    key, out = cache_key(cfg, fingerprint, steps), result_path(cfg, fingerprint, cache_dir, steps)
-    with _SWEEPS_LOCK:
-        _reap()
-        proc = _SWEEPS.get(key)
-        if proc is None or proc.returncode is not None:
-            return False
-        _stop(proc)
-        for tmp in out.parent.glob(f".{glob.escape(out.stem)}.*"):  # atomic writes cut short (storage)
-            tmp.unlink(missing_ok=True)
-        if cached(cfg, fingerprint, cache_dir, steps) is not None:  # it stored its result before the signal
-            return False
-        del _SWEEPS[key]
-        out.with_suffix(".progress.json").unlink(missing_ok=True)
-        return True

@@ -8,15 +8,16 @@ from pathlib import Path
 import streamlit as st
 
 from leukviz.app import dashboard
-from leukviz.comparison import compare
+from leukviz.comparison import calibrationrows, compare, gallery, runtable
+from leukviz.comparison.evaluation import Evaluation, evaluate_run
 from leukviz.core import filenames
 from leukviz.runstore import names, runs
 from leukviz.ui._common import load_model
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def evaluation(run_dir: str, stamp: tuple[int, int]) -> compare.Evaluation:
-    return compare.evaluate_run(runs.Run(Path(run_dir)))
+def evaluation(run_dir: str, stamp: tuple[int, int]) -> Evaluation:
+    return evaluate_run(runs.Run(Path(run_dir)))
 
 
 def run_stamp(run: runs.Run) -> tuple[int, int]:
@@ -27,7 +28,7 @@ def run_stamp(run: runs.Run) -> tuple[int, int]:
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def calibration(run_dir: str, stamp: tuple[int, int]) -> dict:
-    return compare.calibration_of(evaluation(run_dir, stamp))
+    return calibrationrows.calibration_of(evaluation(run_dir, stamp))
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
@@ -38,11 +39,11 @@ def uncertainty(run_dirs: tuple[tuple[str, tuple[int, int]], ...]) -> dict:
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def seconds_per_image(run_dir: str, stamp: tuple[int, int]) -> float:
-    return compare.time_per_image(load_model(runs.Run(Path(run_dir))))
+    return runtable.time_per_image(load_model(runs.Run(Path(run_dir))))
 
 
 
-def error_gallery(evals: list[compare.Evaluation]) -> None:
+def error_gallery(evals: list[Evaluation]) -> None:
     """Each run's most confidently wrong validation cells, then its least sure right ones."""
     st.subheader("Error gallery")
     st.caption("Each run's most confidently wrong validation cells (then its least sure right ones), as the "
@@ -50,7 +51,7 @@ def error_gallery(evals: list[compare.Evaluation]) -> None:
     for ev in evals:
         with st.expander(dashboard.plain(names.run_name(ev.run)), expanded=len(evals) == 1):
             try:
-                cells = compare.error_gallery(ev.run, k=8)
+                cells = gallery.error_gallery(ev.run, k=8)
             except (OSError, KeyError, ValueError) as e:
                 st.error(f"No gallery for this run: {dashboard.plain(e)}")
                 continue
@@ -67,6 +68,8 @@ def error_gallery(evals: list[compare.Evaluation]) -> None:
 
 def export_section(selected: list[runs.Run]) -> None:
     """The checkpoint of each selected run, and its ONNX export on demand."""
+    from leukviz.serving import export
+
     st.subheader("Export")
     st.caption("The safetensors checkpoint is the run's own file; ONNX is exported on demand (a minute or so on "
                "a CPU) and checked against PyTorch with ONNX Runtime.")
@@ -76,7 +79,7 @@ def export_section(selected: list[runs.Run]) -> None:
         with st.container(border=True):
             st.markdown(f"**{dashboard.plain(names.run_name(r))}**")
             cols = st.columns(3)
-            cols[0].download_button("Checkpoint (safetensors)", functools.partial(compare.checkpoint_bytes, r),
+            cols[0].download_button("Checkpoint (safetensors)", functools.partial(export.checkpoint_bytes, r),
                                     file_name=f"{r.config.backbone}-{r.run_id}.safetensors",
                                     mime="application/octet-stream", on_click="ignore",
                                     icon=":material/download:", key=f"st_{r.run_id}")
@@ -85,7 +88,7 @@ def export_section(selected: list[runs.Run]) -> None:
                 with st.spinner("Exporting to ONNX and checking it against PyTorch…"), \
                         tempfile.TemporaryDirectory(prefix="leukviz-onnx-") as tmp:
                     try:
-                        exports[key] = compare.export_onnx(r, Path(tmp))
+                        exports[key] = export.export_onnx(r, Path(tmp))
                     except Exception as e:  # noqa: BLE001 (export raises ExportError, onnx and torch errors alike)
                         st.error(f"ONNX export failed: {dashboard.plain(e)}")
             if key in exports:
@@ -93,4 +96,4 @@ def export_section(selected: list[runs.Run]) -> None:
                 cols[2].download_button("Download ONNX", blob, file_name=f"{r.config.backbone}-{r.run_id}.onnx",
                                         mime="application/octet-stream", on_click="ignore",
                                         icon=":material/download:", key=f"onnx_dl_{r.run_id}")
-                st.caption(dashboard.plain(compare.export_text(res)))
+                st.caption(dashboard.plain(export.export_text(res)))

@@ -6,9 +6,11 @@ from __future__ import annotations
 import streamlit as st
 
 from leukviz.app import charts, dashboard, trainpage
-from leukviz.comparison import compare
+from leukviz.comparison import runtable
 from leukviz.core import events, filenames
+from leukviz.core.errors import LeukvizError
 from leukviz.runstore import names, runs, supervisor
+from leukviz.runstore.runfiles import RunFileError
 from leukviz.ui._common import figure, page
 
 POLL_SECONDS = 1.0
@@ -30,7 +32,7 @@ def finished_panel(run: runs.Run, evts: list[dict], nproc: int) -> None:
     a.metric("Val. accuracy", f"{m['val_acc']:.1%}" if "val_acc" in m else "–")
     b.metric("Weighted F1", f"{m['val_f1']:.3f}" if "val_f1" in m else "–")
     c.metric("Kept epoch", m.get("best_epoch", "–"))
-    e.metric("Training time", names.format_duration(compare.training_seconds(run), short=True))
+    e.metric("Training time", names.format_duration(runtable.training_seconds(run), short=True))
     with f:
         st.page_link(page("predict"), label="Predict with it", icon=":material/center_focus_strong:")
         st.page_link(page("compare"), label="Compare backbones", icon=":material/compare:")
@@ -51,7 +53,7 @@ def delete_button(run: runs.Run) -> None:
         if st.button("Delete", type="primary", key=f"delete_{run.run_id}"):
             try:
                 where = runs.delete(run)
-            except (runs.LeukvizError, OSError) as e:
+            except (LeukvizError, OSError) as e:
                 st.error(dashboard.plain(e))
                 return
             st.session_state["train_deleted"] = f"Run {run.run_id} moved to {where}."
@@ -171,7 +173,7 @@ def attached_panel(run_id: str | None, all_runs: list[runs.Run], nproc: int) -> 
         # Read (not a bare expression: Streamlit's magic would draw it): a run whose config.json is damaged has
         # nothing to show but that.
         _ = run.config
-    except runs.RunFileError as e:
+    except RunFileError as e:
         st.error(f"{dashboard.plain(e)}: delete the folder {dashboard.plain(run.dir)}.", icon=":material/broken_image:")
         return
     group = dashboard.repeat_group(run, all_runs)

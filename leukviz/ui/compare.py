@@ -5,7 +5,7 @@ import streamlit as st
 
 from leukviz.app import charts, dashboard
 from leukviz.app.report import MATRIX_STYLE, html_report, matrix_html
-from leukviz.comparison import compare
+from leukviz.comparison import answers, calibrationrows, compare, grouping, pairing, runtable, testset
 from leukviz.runstore import names
 from leukviz.scoring import registry
 from leukviz.ui._common import active_dataset, figure, page, warn_damaged
@@ -31,7 +31,7 @@ if not finished:
     st.page_link(page("train"), label="Train a model", icon=":material/model_training:")
     st.stop()
 
-groups = compare.comparable_groups(finished)
+groups = grouping.comparable_groups(finished)
 keys = list(groups)
 dataset = active_dataset()
 asked = [i for i in (st.query_params.get("runs") or "").split(",") if i]  # Train's "Compare this group" link
@@ -45,7 +45,7 @@ key = st.selectbox("Dataset and split", keys, index=keys.index(first), format_fu
 group = groups[key]
 by_id = {r.run_id: r for r in group.runs}
 degenerate = {r.run_id: h for r in group.runs if (h := dashboard.run_health(r)) is not None and h.degenerate}
-default = [i for i in asked if i in by_id] or [r.run_id for r in compare.default_selection(dashboard.healthy_runs(group.runs))]
+default = [i for i in asked if i in by_id] or [r.run_id for r in grouping.default_selection(dashboard.healthy_runs(group.runs))]
 chosen = st.multiselect("Runs", list(by_id), format_func=lambda i: dashboard.run_label(by_id[i]),
                         default=default,
                         help="Runs of one configuration that differ only in seed (Repeats on the Train page) "
@@ -74,14 +74,14 @@ if apart:
                  column_config={"val_acc": st.column_config.NumberColumn("Acc.", format="%.3f"),
                                 "val_f1": st.column_config.NumberColumn("F1", format="%.3f")})
 
-if compare.is_cross_validation(group):
+if grouping.is_cross_validation(group):
     st.caption(f"{len(selected)} run(s) of subject-grouped cross-validation: each seed's folds together score every "
                f"subject once, by a model that never saw that subject: {dashboard.plain(group.label)}.")
 else:
     st.caption(f"{len(selected)} run(s) scored on the same validation images: {dashboard.plain(group.label)}.")
 
 with st.spinner("Scoring older runs on the dataset's held-out test set (once)…"):
-    for problem in compare.backfill_test(selected):
+    for problem in testset.backfill_test(selected):
         st.warning(dashboard.plain(problem))
 evals, rows, timed = [], [], {}
 with st.spinner("Scoring the runs and timing inference…"):
@@ -95,7 +95,7 @@ with st.spinner("Scoring the runs and timing inference…"):
             continue
         evals.append(ev)
         timed[r.run_id] = per_image
-        rows.append(compare.compare_row(ev, per_image))
+        rows.append(runtable.compare_row(ev, per_image))
 if not evals:
     st.stop()
 
@@ -107,22 +107,22 @@ with st.spinner("Bootstrapping over subjects…"):
         st.stop()
 scores = report["scores"]
 unit = scores[0]["interval"].get("unit", "subjects") if scores else "subjects"
-score = st.segmented_control("Score", list(compare.SCORE_TEXT), format_func=compare.SCORE_TEXT.get,
+score = st.segmented_control("Score", list(answers.SCORE_TEXT), format_func=answers.SCORE_TEXT.get,
                              default="weighted_f1", key="compare_score") or "weighted_f1"
 sets = [w for w in ("val", "test") if any(s["set"] == w for s in scores)]
-for which, tab in zip(sets, st.tabs([compare.SET_TEXT[w].capitalize() for w in sets])):
+for which, tab in zip(sets, st.tabs([answers.SET_TEXT[w].capitalize() for w in sets])):
     with tab:  # the answer first, in one sentence; then every pair at once
-        sentences = compare.answer_sentences(report, score, which)
+        sentences = answers.answer_sentences(report, score, which)
         if sentences:  # the verdict, then (in the same box) what the data cannot say
             st.info("\n\n".join(dashboard.plain(x) for x in sentences), icon=":material/emoji_events:")
-        matrix = compare.pair_matrix(report, score, which)
+        matrix = answers.pair_matrix(report, score, which)
         if not matrix.empty:  # two models or more (every pair once)
-            st.markdown(f"**Row minus column**, {compare.SCORE_TEXT[score]} on {compare.SET_TEXT[which]}: "
+            st.markdown(f"**Row minus column**, {answers.SCORE_TEXT[score]} on {answers.SET_TEXT[which]}: "
                         f"{dashboard.plain(names.verdict_legend())}")
             # an HTML table that wraps (names, then the interval under the difference): fits 1366 px at 6 models
             st.html(f"<style>{MATRIX_STYLE}</style>{matrix_html(matrix)}")
-        elif score not in compare.PAIRED_SCORES:
-            st.caption(f"Paired tests are run on {' and '.join(compare.SCORE_TEXT[k] for k in compare.PAIRED_SCORES)}.")
+        elif score not in pairing.PAIRED_SCORES:
+            st.caption(f"Paired tests are run on {' and '.join(answers.SCORE_TEXT[k] for k in pairing.PAIRED_SCORES)}.")
 
 st.download_button("Download the report (HTML)", lambda: html_report(evals, score=score, rep=report, per_image=timed).encode(),
                    file_name="leukviz-report.html", mime="text/html", icon=":material/download:",
@@ -131,13 +131,13 @@ st.download_button("Download the report (HTML)", lambda: html_report(evals, scor
                    "accuracy, settings and run ids, software and hardware.")
 
 st.subheader("Is the difference real?")
-score_label = compare.SCORE_TEXT[score]
-st.dataframe(compare.stats_table(scores, score), hide_index=True, width="stretch",
+score_label = answers.SCORE_TEXT[score]
+st.dataframe(answers.stats_table(scores, score), hide_index=True, width="stretch",
              column_config={score_label: st.column_config.TextColumn(f"{score_label} (mean ± sd)",
                                                                      help="Mean ± sd over the seeds"),
                             f"{score_label} 95 % CI": st.column_config.TextColumn(
                                 f"{score_label} 95 % CI", help=f"Bootstrap over {unit}, the seeds pooled")})
-st.markdown(dashboard.plain(compare.headline(scores)))
+st.markdown(dashboard.plain(answers.headline(scores)))
 st.caption(
     f"Each score is the mean ± sd over a configuration's seeds (the seeds' spread: how much a rerun moves it), "
     f"and beside it the 95 % interval from a bootstrap over {unit}: the {unit} are resampled with all their "
@@ -146,7 +146,7 @@ st.caption(
     "cells that chose nothing (the kept epoch is chosen on validation).")
 for note in report["notes"]:
     st.caption(f"Note: {dashboard.plain(note)}")
-figure(charts.interval_figure(scores, score, compare.SCORE_TEXT[score]), "intervals", f"{score} intervals")
+figure(charts.interval_figure(scores, score, answers.SCORE_TEXT[score]), "intervals", f"{score} intervals")
 if report["paired"]:
     with st.expander("Every paired comparison in words"):
         for p in report["paired"]:
@@ -162,7 +162,7 @@ if report["paired"]:
                "whatever the interval.")
 
 st.subheader("Each run")
-table = compare.compare_table(rows)
+table = runtable.compare_table(rows)
 SETTINGS_COLUMNS = ["model", "weights", "split", "image_size", "epochs", "run_id"]
 short = {  # short headers (each with its full name as help), so the table fits a laptop screen
     "model": st.column_config.TextColumn("Model"),
@@ -170,7 +170,7 @@ short = {  # short headers (each with its full name as help), so the table fits 
     "weighted_f1": st.column_config.NumberColumn("F1", format="%.3f", help="Validation weighted F1 (C-NMC's metric)"),
     "weighted_f1_ci": st.column_config.TextColumn("F1 95 % CI", help="Bootstrap over subjects"),
     **{k: st.column_config.NumberColumn(registry.get(k).short, format=registry.number_format(k), help=registry.get(k).help)
-       for k in compare.RUN_SCORES},  # as the score registry words them
+       for k in runtable.RUN_SCORES},  # as the score registry words them
     "train_time": st.column_config.TextColumn("Training", help="Training time (epochs and validation)"),
     "ms_per_image": st.column_config.NumberColumn("ms / img", format="%.1f",
                                                   help="Inference, one image at a time on this device"),
@@ -180,13 +180,13 @@ short = {  # short headers (each with its full name as help), so the table fits 
 st.dataframe(table, hide_index=True, width="stretch", column_order=list(short), column_config=short)
 with st.expander("Settings of each run"):
     st.dataframe(table[SETTINGS_COLUMNS], hide_index=True, width="stretch",
-                 column_config={k: st.column_config.Column(label=compare.COMPARE_COLUMNS[k]) for k in SETTINGS_COLUMNS})
+                 column_config={k: st.column_config.Column(label=runtable.COMPARE_COLUMNS[k]) for k in SETTINGS_COLUMNS})
 st.caption("One run each, on the validation split at its kept epoch (the last, or the best by weighted F1, as "
            "the run was set); `all` (blast) is the positive class. Inference: one image at a time on this device.")
 
 st.subheader("Calibration")
 cals = [calibration(str(ev.run.dir), run_stamp(ev.run)) for ev in evals]
-st.dataframe(compare.calibration_table(cals), hide_index=True, width="stretch",
+st.dataframe(calibrationrows.calibration_table(cals), hide_index=True, width="stretch",
              column_config={"Temperature": st.column_config.NumberColumn(format="%.2f")})
 st.caption("Temperature scaling divides each run's logits by one number T fitted on its validation cells, so "
            "that a confidence of 80 % is right about 80 % of the time; the prediction itself never changes. ECE "
@@ -209,13 +209,13 @@ left, right = st.columns(2)
 with left:
     st.subheader("Learning curves")
     metric = st.selectbox("Curve", list(CURVES), format_func=CURVES.get)
-    fig = charts.compare_curves(compare.histories(selected), metric)
+    fig = charts.compare_curves(runtable.histories(selected), metric)
     if metric in charts.FRACTION_METRICS:
         fig.update_yaxes(range=[0, 1.02])  # a fixed scale: one epoch alone would autorange to 0-150 %
     figure(fig.update_layout(title=None), "compare_curves", f"curves {CURVES[metric]}")
 with right:
     st.subheader("ROC")
-    figure(charts.roc_figure(compare.roc_curves(evals)).update_layout(title=None), "roc", "ROC")
+    figure(charts.roc_figure(runtable.roc_curves(evals)).update_layout(title=None), "roc", "ROC")
 
 st.subheader("Confusion matrices")
 per_row = 3

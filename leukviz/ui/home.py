@@ -3,6 +3,7 @@
 import streamlit as st
 
 from leukviz.app import dashboard
+from leukviz.core.errors import LeukvizError
 from leukviz.models import backbones
 from leukviz.runstore import names, runs
 from leukviz.ui._common import active_dataset, active_split, device_text, page, warn_damaged
@@ -82,7 +83,7 @@ def delete_popover(run_id: str) -> None:
         if st.button("Delete", type="primary", key=f"home_delete_{run_id}"):
             try:
                 where = runs.delete(runs.get_run(run_id))
-            except (runs.LeukvizError, OSError, KeyError) as e:
+            except (LeukvizError, OSError, KeyError) as e:
                 st.error(dashboard.plain(e))
                 return
             st.session_state["home_deleted"] = f"Run {run_id} moved to {where}."

@@ -8,7 +8,7 @@ import streamlit as st
 from leukviz.app import charts, dashboard, datapage, trainpage
 from leukviz.datasets import data
 from leukviz.models import backbones, config
-from leukviz.runstore import names, runs, supervisor
+from leukviz.runstore import names, runs, supervisor, sweeps
 from leukviz.training import lrfind
 from leukviz.ui._common import active_dataset, figure, page, require_dataset, wanted_split
 from leukviz.ui._runpanel import POLL_SECONDS, attached_panel
@@ -158,21 +158,21 @@ def settings_form(ds: data.Dataset, split: str) -> tuple[config.RunConfig, int, 
 @st.fragment(run_every=POLL_SECONDS)
 def lr_finder_progress(cfg: config.RunConfig, fingerprint: str) -> None:
     """Polls the sweep running in its own process (progress, ETA, Cancel); the whole page reruns when it ends."""
-    where, info = lrfind.status(cfg, fingerprint)
+    where, info = sweeps.status(cfg, fingerprint)
     if where != "running":
         st.rerun()
     fraction, text = lrfind.progress_text(info)
     a, b = st.columns([5, 1], vertical_alignment="bottom")
     a.progress(fraction, text=f"{text} ({cfg.image_size} px, batch {cfg.batch_size}, the settings above)")
     if b.button("Cancel", icon=":material/close:", key="train_lr_cancel", width="stretch"):
-        lrfind.cancel(cfg, fingerprint)
+        sweeps.cancel(cfg, fingerprint)
         st.rerun()
 
 
 def lr_finder(cfg: config.RunConfig, fingerprint: str) -> None:
     """The learning-rate finder: sweep the settings on screen in the background, the chart, one click to use
     the suggestion. Cached per configuration and data."""
-    where, info = lrfind.status(cfg, fingerprint)
+    where, info = sweeps.status(cfg, fingerprint)
     if where == "running":
         lr_finder_progress(cfg, fingerprint)
         return
@@ -193,7 +193,7 @@ def lr_finder(cfg: config.RunConfig, fingerprint: str) -> None:
     if st.button("Find a learning rate", icon=":material/troubleshoot:", key="train_lr_find",
                  help=f"Train briefly from these settings' initial weights with the rate rising from "
                       f"{lrfind.START:g} to {lrfind.END:g} over at most {lrfind.STEPS} steps, and suggest one."):
-        lrfind.launch(cfg, fingerprint)
+        sweeps.launch(cfg, fingerprint)
         st.rerun()
 
 
@@ -225,7 +225,7 @@ with st.expander("Settings", expanded=True, key="train_settings_open", on_change
     lr_finder(cfg, ds.fingerprint)
     existing = dashboard.find_run(cfg, ds.fingerprint)
     known = T.known_state(existing)
-    sweeping = lrfind.running_any()
+    sweeping = sweeps.running_any()
     if st.button(T.start_label(n_repeats, cfg.seed), type="primary", icon=":material/play_arrow:", key="train_start",
                  on_click=fold_settings, disabled=sweeping,
                  help="Wait for the learning-rate finder, or cancel it." if sweeping else None):
