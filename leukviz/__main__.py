@@ -1,8 +1,6 @@
 """Entry point for `python -m leukviz`: this process owns its signals (cli.main's process_entry)."""
 
-import sys
-
-from leukviz.cli import main
+from leukviz.cli import finish, main
 
 if __name__ == "__main__":
-    sys.exit(main(process_entry=True))
+    finish(main(process_entry=True))

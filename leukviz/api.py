@@ -151,53 +151,60 @@ def config(backbone: str = "resnet50", data: str | Path = "demo", weights: str =
 
 
 def train(backbone: str = "resnet50", data: str | Path = "demo", *, weights: str = "imagenet", preset: str = "quick",
-          seeds: int = 1, device: str = "auto", force: bool = False, runs_dir: str | Path | None = None,
-          progress: bool | Callable[[dict], None] = True, **settings: Any) -> Run | list[Run]:
+          seeds: int = 1, workers: int = 1, device: str = "auto", force: bool = False,
+          runs_dir: str | Path | None = None, progress: bool | Callable[[dict], None] = True,
+          **settings: Any) -> Run | list[Run]:
     """Train a backbone here (or return the cached run: the same configuration on the same data never trains
     twice), with `leukviz train`'s options as keywords: epochs=, image_size=, batch_size=, lr=, split=,
-    finetune=, seed=, patience=, ... seeds=N trains N runs differing only in seed and returns them all.
+    finetune=, seed=, patience=, ... seeds=N trains N runs differing only in seed and returns them all, as many
+    at once as the device pool has workers (one per GPU, or workers= on CPU: `train --workers`).
     progress: True (the default) prints each epoch on stderr, False nothing, or a function that gets every event."""
     cfg = config(backbone, data, weights, preset, **settings)
     for caution in C.cautions(cfg):
         print(f"warning: {caution}", file=sys.stderr)
     if seeds > 1:
-        return [_train_one(c, device, force, runs_dir, progress) for c in C.repeats(cfg, seeds)]
+        group = C.repeats(cfg, seeds)
+        pooled = _pool_train(group, workers, device, force, runs_dir)  # then each comes back cached
+        return [_train_one(c, device, force and not pooled, runs_dir, progress) for c in group]
     return _train_one(cfg, device, force, runs_dir, progress)
+
+
+def _pool_train(cfgs: list[C.RunConfig], workers: int, device: str, force: bool, runs_dir: str | Path | None) -> bool:
+    """A seeds group on the device pool (runstore.pool), when it has more than one worker (force: the finished
+    runs archived first, by the one start policy); whether it did."""
+    from leukviz.runstore import pool
+
+    envs = pool.worker_envs(device, workers) if device in ("auto", "cuda", "cpu") else [{}]
+    if len(envs) < 2:
+        return False
+    from leukviz.runstore import driver
+
+    group = [_runs.run_for(c, runs_dir) for c in cfgs]
+    for run in group if force else ():  # the one start policy's --force: a finished run archived, trained again
+        driver.decide(run, force=True)
+    p = pool.Pool(envs, device)
+    p.run_or_stop(group)
+    if p.stopped:
+        raise ApiError("stopped: every run in flight was asked to stop (each keeps a resumable checkpoint)")
+    return True
 
 
 def _train_one(cfg: C.RunConfig, device: str, force: bool, runs_dir: str | Path | None,
                progress: bool | Callable[[dict], None]) -> Run:
-    """One run by the one start policy (runs.ensure): cached, followed while another process trains it, or
-    trained in this process (trainer.train: the run lock, the device queue, the outcome in status.json)."""
-    from leukviz.runstore import trainer
+    """One run by the run store's one driver (runstore.driver.obtain): cached, followed while another process
+    trains it, or trained in this process (trainer.train: the run lock, the device queue, status.json)."""
+    from leukviz.runstore import driver
+    from leukviz.training.protocol import Stopped
 
     hook = progress if callable(progress) else _stderr_progress() if progress else None
     run = _runs.run_for(cfg, runs_dir)
-
-    def here(r: _runs.Run, resume: bool) -> None:
-        from leukviz.models.backbones import ensure_weights
-
-        ensure_weights(r.config.backbone, r.config.weights)
-        try:
-            trainer.train(r, resume=resume, device=device, log=lambda s: None, emit_hook=hook)
-        except _runs.AlreadyRunning:
-            _follow(r, hook)
-
-    action = _runs.ensure(run, here, force=force)
-    if action == "attach":
-        _follow(run, hook)
+    out = driver.obtain(run, force=force, device=device, log=lambda s: None, progress=hook)
+    if out.error is not None and not isinstance(out.error, Stopped):
+        raise out.error  # as training raised it (also recorded in status.json)
     result = Run(run.dir)
     if result.state != "finished":
         raise ApiError(f"run {result.id} {result.state}: {result.error or 'see its train.log'}")
     return result
-
-
-def _follow(run: _runs.Run, hook: Callable[[dict], None] | None) -> None:
-    from leukviz.runstore import supervisor
-
-    for ev in supervisor.follow(run):
-        if hook:
-            hook(ev)
 
 
 def _stderr_progress() -> Callable[[dict], None]:

@@ -105,10 +105,10 @@ def shared_runs(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(shared_runs):
     """Factory of finished runs: trained_run(cfg) trains cfg into the shared folder the first time any test
-    asks for it (studies.ensure_trained) and returns the cached run after that."""
-    from leukviz.comparison import studies
+    asks for it (studyruns.finished_run: the run store's one driver) and returns the cached run after that."""
+    from leukviz.comparison import studyruns
 
-    return lambda cfg: studies.ensure_trained(cfg, shared_runs, log=lambda s: None)
+    return lambda cfg: studyruns.finished_run(cfg, shared_runs, log=lambda s: None)
 
 
 @pytest.fixture(scope="session")

@@ -152,3 +152,48 @@ def test_a_zip_of_class_folders_gets_counts_accuracy_and_recall_against_its_fold
     titles = [m.value.replace("\\", "") for m in page.markdown if m.value.replace("\\", "").startswith("#### batch.zip/")]
     assert len(titles) == 6 and all(" · true class **" in t for t in titles)
     assert page.number_input(key="predict_page").max == 2
+
+
+def test_a_batch_larger_than_a_page_shows_one_page_of_cards_and_every_row(page, trained, tiny_data, monkeypatch):
+    """14 loose cells and a zip of 6 more: the table has every image of every model; the cards show one page,
+    decoded when shown (a page's images, not the batch's); the page size and the page survive reruns."""
+    import io
+    import zipfile
+
+    from leukviz.datasets import data
+
+    at = page
+    at.multiselect[0].set_value([trained[0].run_id]).run()
+    cells = sorted((tiny_data / "training_data" / "fold_0").rglob("*.png"))[:20]
+    assert len(cells) == 20
+    for c in cells[:14]:
+        at.file_uploader[0].upload(c.name, c.read_bytes(), "image/png")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for c in cells[14:]:
+            z.writestr(f"more/{c.name}", c.read_bytes())
+    at.file_uploader[0].upload("more.zip", buf.getvalue(), "application/zip")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    table = next(d.value for d in at.dataframe if "file" in d.value.columns)
+    assert len(table) == 20 and list(table["file"]) == [c.name for c in cells[:14]] + [f"more.zip/more/{c.name}"
+                                                                                       for c in cells[14:]]
+
+    def titles() -> list[str]:
+        return [m.value.replace("\\", "") for m in at.markdown if m.value.startswith("#### ")]
+
+    assert len(titles()) == 6 and at.number_input(key="predict_page").max == 4  # 20 images, 6 a page
+    decoded = []
+    real = data.decode_rgb
+    monkeypatch.setattr(data, "decode_rgb", lambda *a, **k: decoded.append(1) or real(*a, **k))
+    at.number_input(key="predict_page").set_value(4).run()  # the last page: the zip's last two images
+    assert not at.exception, [e.value for e in at.exception]
+    assert [t.split(" · ")[0] for t in titles()] == [f"#### more.zip/more/{c.name}" for c in cells[18:]]
+    assert len(decoded) == 2  # only the shown page is read and decoded; the table is not made again
+    assert any("Images 19–20 of 20" in c.value for c in at.caption)
+    at.selectbox(key="predict_page_size").set_value(12).run()  # 2 pages now: the page held within them
+    assert at.number_input(key="predict_page").value == 2 and at.number_input(key="predict_page").max == 2
+    assert len(titles()) == 8
+    at.toggle(key="predict_cam").set_value(False).run()  # another widget: the same page, nothing predicted again
+    assert at.number_input(key="predict_page").value == 2 and len(titles()) == 8
+    assert next(d.value for d in at.dataframe if "file" in d.value.columns).shape[0] == 20

@@ -169,3 +169,18 @@ def test_no_split_at_all_is_said_not_raised(monkeypatch, real_subset):
     offer = datapage.split_choice(ds, "subject")
     assert offer.chosen is None and "cannot be trained on" in offer.note and not offer.choices
     assert isinstance(pd.DataFrame(), pd.DataFrame)
+
+
+def test_the_page_asks_how_many_repeats_at_once_only_where_it_decides_something(monkeypatch):
+    """'At once' (the device pool's CPU workers for Repeats): asked for several repeats on a CPU with several
+    cores, never for one run, nor with a GPU (one repeat per GPU), nor on a single core."""
+    import os
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert T.worker_range() == (1, 8)
+    assert T.asks_workers(3, gpus=0) and T.asks_workers(2, gpus=0)
+    assert not T.asks_workers(1, gpus=0) and not T.asks_workers(4, gpus=1) and not T.asks_workers(4, gpus=2)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert T.worker_range() == (1, config.MAX_REPEATS)  # never more workers than repeats can be asked for
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert T.worker_range() == (1, 1) and not T.asks_workers(4, gpus=0)

@@ -42,7 +42,7 @@ def test_predict_image_bad_files_give_an_error_not_an_exception(tmp_path, blob):
         assert "empty" in res.error
 
 
-def test_uploads_are_decoded_and_predicted_once_for_the_table_and_the_cards(tmp_path, monkeypatch):
+def test_uploads_are_decoded_once_for_the_table_and_read_from_their_zip_for_the_cards(tmp_path, monkeypatch):
     import zipfile
 
     models = [tiny_model(tmp_path, 32, name=n) for n in "ab"]
@@ -54,17 +54,22 @@ def test_uploads_are_decoded_and_predicted_once_for_the_table_and_the_cards(tmp_
         zf.writestr("cells/one.png", png_bytes())
         zf.writestr("cells/notes.txt", b"not an image")
         zf.writestr("__MACOSX/cells/._one.png", b"junk")
-    files = [("x.png", png_bytes()), ("bad.png", b"not an image"), ("cells.zip", archive.getvalue()),
-             ("broken.zip", b"not a zip")]
-    preds = prediction.predict_unpacked(models, prediction.unpack_uploads(files, tmp_path / "up"))
-    assert [p.name for p in preds] == ["x.png", "bad.png", "cells.zip/cells/one.png"]
-    assert len(calls) == 3  # one decode per image: both models and the out-of-distribution check share it
-    assert preds[0].results[0].image.shape == (32, 32, 3) and preds[2].results[0].image is None
-    assert preds[1].error and not preds[1].results
-    table = prediction.prediction_table(models, preds)
-    assert len(table) == 3 * len(models) and list(table["run_id"]) == ["a"] * 3 + ["b"] * 3
-    assert (table["error"] != "").sum() == len(models)
-    assert table.loc[0, "prob_all"] == pytest.approx(preds[0].results[0].probs["all"])
+    members = prediction.zip_members(archive.getvalue(), tmp_path / "up")
+    assert members == ["cells/one.png"] and prediction.zip_members(b"not a zip", tmp_path / "up") == []
+    entry = prediction.ZipEntry(archive, members[0])
+    items = [("x.png", png_bytes()), ("bad.png", b"not an image"), ("cells.zip/cells/one.png", entry),
+             ("gone.zip/a.png", prediction.ZipEntry(archive, "cells/missing.png"))]
+    table = prediction.predict_sources(models, items, chunk=3)  # two chunks: rows still models first
+    assert len(calls) == 3  # one decode per image read: both models and the out-of-distribution check share it
+    assert len(table) == 4 * len(models) and list(table["run_id"]) == ["a"] * 4 + ["b"] * 4
+    assert list(table["file"]) == [name for name, _ in items] * 2
+    assert list(table["error"] != "") == [False, True, False, True] * 2
+    assert "cannot read the file" in table.loc[3, "error"]
+    # the card reads its image from the zip when shown, and agrees with the table
+    card = prediction.predict_image(models, "cells.zip/cells/one.png", entry)
+    assert card.results[0].image.shape == (32, 32, 3)
+    assert table.loc[2, "prob_all"] == pytest.approx(card.results[0].probs["all"])
+    assert table.loc[0, "prob_all"] == pytest.approx(prediction.predict_image(models, "x.png", png_bytes()).results[0].probs["all"])
 
 
 def test_cards_give_calibrated_values_beside_the_raw_ones(tmp_path):

@@ -74,10 +74,10 @@ def test_words_name_the_side_of_the_positive_class() -> None:
 
 
 def test_what_other_layers_show_derives_from_the_registry() -> None:
-    from leukviz.comparison import answers, studies
+    from leukviz.comparison import answers, subjectscores
     from leukviz.serving import inference
 
     assert set(answers.SCORE_TEXT) == set(registry.SCORES)
     assert set(inference.TTA_KEYS) >= set(registry.REGISTRY)
-    assert set(studies.STUDY_SCORES.values()) <= set(registry.SCORES)
+    assert set(subjectscores.STUDY_SCORES.values()) <= set(registry.SCORES)
     assert all(dataclasses.is_dataclass(s) for s in registry.SPECS)

@@ -269,7 +269,7 @@ def test_start_attaches_instead_of_launching_a_locked_run(tmp_path, monkeypatch)
 
 def test_retrain_archives_then_launches(tmp_path, monkeypatch):
     run = make_run(tmp_path)
-    monkeypatch.setattr(supervisor, "launch", lambda run, resume=False, nproc=1: FakeProc(None))
+    monkeypatch.setattr(supervisor, "launch", lambda run, resume=False, nproc=1, **k: FakeProc(None))
     assert supervisor.retrain(run) is True
     assert not (run.dir / "model.safetensors").exists()
     assert (run.dir / "config.json").exists()

@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -14,6 +15,8 @@ import pytest
 from helpers import tiny_config
 from leukviz.cli import main
 from leukviz.serving import inference, prediction, stream
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +116,46 @@ def test_batches_cover_every_file_once():
     assert [list(b) for b in stream.batches(files, 4)] == [files[:4], files[4:8], files[8:]]
     with pytest.raises(ValueError):
         list(stream.batches(files, 0))
+
+
+@pytest.mark.integration
+def test_predict_loads_no_compiler_statistics_or_learning_libraries(model_run, folder, shared_runs, tmp_path):
+    """What predicting costs in memory is torch, the model and a batch: neither TorchDynamo (with sympy and triton,
+    about 145 MB that torchvision's import pulls in; backbones.torchvision_models keeps it out), nor scipy or
+    scikit-learn (about 70 MB, for scores a prediction does not compute). A fresh process, as the CLI runs."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom leukviz.cli import main\n"
+            f"rc = main(['predict', '--run', {model_run.run_id!r}, {str(folder)!r}, '--json', '--batch-size', '5', "
+            f"'--csv', {str(tmp_path / 't.csv')!r}, '--runs-dir', {str(shared_runs)!r}])\n"
+            "heavy = ('torch._dynamo', 'sympy', 'triton', 'scipy', 'sklearn')\n"
+            "print('LOADED', rc, [m for m in heavy if m in sys.modules])\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "LOADED 0 []"
+    # the stand-ins are gone once torchvision is in: a later torch.compile gets the real TorchDynamo
+    check = ("import sys\nfrom leukviz.models import backbones\nnet = backbones.build_model('googlenet', 2)\n"
+             "assert 'torch._dynamo' not in sys.modules\nimport torch, torch._dynamo\n"
+             "assert callable(torch._dynamo.optimize) and not hasattr(torch._dynamo, '__leukviz_stand_in__')\n"
+             "from torchvision.ops import roi_align\n"
+             "print(tuple(roi_align(torch.rand(1, 3, 8, 8), torch.tensor([[0, 0., 0., 4., 4.]]), 2).shape))\n")
+    out = subprocess.run([sys.executable, "-c", check], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and out.stdout.strip() == "(1, 3, 2, 2)", out.stderr[-2000:]
+
+
+def test_the_cli_process_ends_at_once_after_its_exit_handlers(tmp_path):
+    """cli.finish: with torch imported, the atexit handlers run and the output is flushed, then the process
+    ends with the command's status, skipping the native libraries' exit-time destructors."""
+    import subprocess
+    import sys
+
+    mark = tmp_path / "atexit-ran"
+    code = ("import atexit, sys, types\nsys.modules['torch'] = types.ModuleType('torch')\n"
+            "from leukviz.cli import finish\n"
+            f"atexit.register(lambda: open({str(mark)!r}, 'w').write('yes'))\n"
+            "sys.stdout.write('unflushed output'); sys.stderr.write('and its error line')\n"
+            "finish(3)\nprint('never')\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 3 and out.stdout == "unflushed output" and out.stderr == "and its error line"
+    assert mark.read_text() == "yes"

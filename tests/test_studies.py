@@ -12,7 +12,8 @@ import pytest
 
 from helpers import tiny_config
 from leukviz import cli
-from leukviz.comparison import studies
+from leukviz.comparison import leakage as leakage_study
+from leukviz.comparison import paperstudy, studytext, subjectscores, subjectstudy
 from leukviz.models.config import ConfigError, resolve
 from leukviz.runstore import runs
 
@@ -29,8 +30,8 @@ def differing(a: dict, b: dict) -> set[str]:
 def leakage(tiny_data, shared_runs, app_runs):
     """The dashboard tests' 32 px googlenet (its subject split is app_runs', already trained) split both ways."""
     cfg = tiny_config("googlenet", tiny_data)
-    assert studies.leakage_configs(cfg)["subject"].identity("") == app_runs["googlenet"].config.identity("")
-    return studies.leakage(cfg, shared_runs, log=lambda s: None)
+    assert leakage_study.leakage_configs(cfg)["subject"].identity("") == app_runs["googlenet"].config.identity("")
+    return leakage_study.leakage(cfg, shared_runs, log=lambda s: None)
 
 
 def test_leakage_runs_differ_only_in_the_split(leakage, shared_runs):
@@ -61,9 +62,9 @@ def test_cli_leakage_reuses_the_cached_runs(leakage, tiny_data, shared_runs, cap
 
 def test_leakage_runs_for_a_page_are_created_untrained_and_summarised_as_unknown(tiny_data, tmp_path):
     cfg = resolve("googlenet", "quick", "none", str(tiny_data), epochs=1, image_size=32, seed=7)
-    pair = studies.leakage_runs(cfg, tmp_path)
+    pair = leakage_study.leakage_runs(cfg, tmp_path)
     assert {r.state for r in pair.values()} == {"new"}
-    res = studies.leakage_summary(pair["image"], pair["subject"])
+    res = leakage_study.leakage_summary(pair["image"], pair["subject"])
     assert res["image"]["val_acc"] is None and res["inflation"]["accuracy"] is None
 
 
@@ -83,10 +84,10 @@ def cnmc_like(tiny_data, tmp_path_factory) -> Path:
 
 
 def test_paper_configs_follow_the_recipe_for_every_backbone(cnmc_like):
-    cfgs, notes = studies.paper_configs(studies.PaperStudy(str(cnmc_like), seeds=2, with_defaults=True))
-    assert {b for b, _, _ in cfgs} == set(studies.PAPER_VAL_ACCURACY) == {"resnet50", "googlenet", "vgg16"}
-    assert {(c, seed) for _, c, seed in cfgs} == {(c, seed) for c in studies.PAPER_COLUMNS for seed in (0, 1)}
-    for name in studies.PAPER_VAL_ACCURACY:
+    cfgs, notes = paperstudy.paper_configs(paperstudy.PaperStudy(str(cnmc_like), seeds=2, with_defaults=True))
+    assert {b for b, _, _ in cfgs} == set(paperstudy.PAPER_VAL_ACCURACY) == {"resnet50", "googlenet", "vgg16"}
+    assert {(c, seed) for _, c, seed in cfgs} == {(c, seed) for c in paperstudy.PAPER_COLUMNS for seed in (0, 1)}
+    for name in paperstudy.PAPER_VAL_ACCURACY:
         image, subject = cfgs[(name, "image", 1)], cfgs[(name, "subject", 1)]
         defaults = cfgs[(name, "defaults", 1)]
         assert image.seed == 1 and differing(cfgs[(name, "image", 0)].to_dict(), image.to_dict()) == {"seed"}
@@ -113,7 +114,7 @@ def test_paper_study_trains_on_fold_0_reports_the_published_numbers_and_says_wha
     assert "epochs=1" in notes
     (row,) = res["rows"]
     assert row["backbone"] == "googlenet"
-    assert row["published_val_acc"] == studies.PAPER_VAL_ACCURACY["googlenet"]
+    assert row["published_val_acc"] == paperstudy.PAPER_VAL_ACCURACY["googlenet"]
     assert row["weights"] == "none" and row["image_size"] == 32 and row["epochs"] == 1
     image, subject = row["image_split"], row["subject_split"]
     assert image["n_train"] + image["n_val"] == 20 == subject["n_train"] + subject["n_val"]  # fold 0 only
@@ -126,9 +127,9 @@ def test_paper_study_trains_on_fold_0_reports_the_published_numbers_and_says_wha
 
 
 def test_paper_data_falls_back_and_says_so(cnmc_mini, tmp_path):
-    data, notes = studies.paper_data(str(cnmc_mini))  # its fold 0 holds 'all' cells only
+    data, notes = paperstudy.paper_data(str(cnmc_mini))  # its fold 0 holds 'all' cells only
     assert data == str(cnmc_mini) and "cannot be used" in notes[0] and "all training folds" in notes[0]
-    data, notes = studies.paper_data(None)
+    data, notes = paperstudy.paper_data(None)
     assert data == "demo" and "demo" in notes[0]
 
 
@@ -136,8 +137,8 @@ def test_paper_data_falls_back_and_says_so(cnmc_mini, tmp_path):
 
 @pytest.fixture(scope="module")
 def subject_study(real_subset, shared_runs):
-    study = studies.SubjectStudy(str(real_subset), ("googlenet",), seeds=1, image_size=32, epochs=2)
-    return studies.subject_study(study, shared_runs, log=lambda s: None)
+    study = subjectstudy.SubjectStudy(str(real_subset), ("googlenet",), seeds=1, image_size=32, epochs=2)
+    return subjectstudy.subject_study(study, shared_runs, log=lambda s: None)
 
 
 def test_subject_folds_hold_out_whole_subjects_with_both_classes_on_both_sides(subject_study, real_subset):
@@ -172,34 +173,34 @@ def test_subject_study_scores_both_loops_on_the_same_cells(subject_study, shared
     assert per["leukviz"]["weighted_f1"]["mean"] == pytest.approx(mean_f1)
     assert per["difference"]["weighted_f1"] == pytest.approx(
         per["leukviz"]["weighted_f1"]["mean"] - per["plain"]["weighted_f1"]["mean"])
-    table = studies.format_subject_table(subject_study)
+    table = studytext.format_subject_table(subject_study)
     assert "plain" in table and "H14" in table and "diff" in table
 
 
 def test_subject_study_reruns_from_the_cache(subject_study, real_subset, shared_runs):
-    study = studies.SubjectStudy(str(real_subset), ("googlenet",), seeds=1, image_size=32, epochs=2)
-    again = studies.subject_study(study, shared_runs, log=lambda s: None)
+    study = subjectstudy.SubjectStudy(str(real_subset), ("googlenet",), seeds=1, image_size=32, epochs=2)
+    again = subjectstudy.subject_study(study, shared_runs, log=lambda s: None)
     assert [r["weighted_f1"] for r in again["runs"]] == [r["weighted_f1"] for r in subject_study["runs"]]
 
 
 def test_a_variant_parses_to_its_settings_types_and_refuses_what_the_study_fixes():
-    assert studies.parse_variant("augment=flips") == (("augment", "flips"),)
-    assert studies.parse_variant(" crop=false , lr=3e-4,batch-size=16") == (
+    assert subjectstudy.parse_variant("augment=flips") == (("augment", "flips"),)
+    assert subjectstudy.parse_variant(" crop=false , lr=3e-4,batch-size=16") == (
         ("crop", False), ("lr", 3e-4), ("batch_size", 16))
-    assert studies.variant_label(studies.parse_variant("crop=off,lr=0.0003")) == "leukviz crop=false,lr=0.0003"
+    assert subjectstudy.variant_label(subjectstudy.parse_variant("crop=off,lr=0.0003")) == "leukviz crop=false,lr=0.0003"
     for text, words in (("colour=on", "no setting 'colour'"), ("epochs=9", "the study sets epochs"),
                         ("seed=3", "the study sets seed"), ("augment", "SETTING=VALUE"), ("crop=maybe", "true or false"),
                         ("batch_size=big", "takes an int"), ("", "at least one")):
         with pytest.raises(ConfigError, match=re.escape(words)):
-            studies.parse_variant(text)
+            subjectstudy.parse_variant(text)
 
 
 @pytest.fixture(scope="module")
 def variant_study(subject_study, real_subset, shared_runs):
     """The subject study's runs again, plus leukviz with flips only (no stain jitter) on the same folds."""
-    study = studies.SubjectStudy(str(real_subset), ("googlenet",), seeds=1, image_size=32, epochs=2,
-                                 variants=(studies.parse_variant("augment=flips"),))
-    return studies.subject_study(study, shared_runs, log=lambda s: None)
+    study = subjectstudy.SubjectStudy(str(real_subset), ("googlenet",), seeds=1, image_size=32, epochs=2,
+                                 variants=(subjectstudy.parse_variant("augment=flips"),))
+    return subjectstudy.subject_study(study, shared_runs, log=lambda s: None)
 
 
 def test_a_variant_trains_on_the_same_folds_and_is_compared_with_the_defaults(variant_study, shared_runs):
@@ -217,7 +218,7 @@ def test_a_variant_trains_on_the_same_folds_and_is_compared_with_the_defaults(va
         assert config_of(v["run_id"], shared_runs)["augment"] == "flips"
         assert set(a["per_subject"]) == set(v["per_subject"])
     per = variant_study["summary"]["googlenet"]
-    assert studies.methods_of(per) == ["leukviz", name, "plain"]
+    assert subjectscores.methods_of(per) == ["leukviz", name, "plain"]
     dif = per["variant_differences"][name]
     assert dif["weighted_f1"] == pytest.approx(per[name]["weighted_f1"]["mean"] - per["leukviz"]["weighted_f1"]["mean"])
     # the paired test scores both models on the pooled cells of both folds, cell for cell
@@ -231,7 +232,7 @@ def test_a_variant_trains_on_the_same_folds_and_is_compared_with_the_defaults(va
     t = tests[(name, "leukviz")]
     assert t["scores"]["weighted_f1"]["difference"] == pytest.approx(f1[name] - f1["leukviz"])
     assert t["unit"] == "subjects" and t["n_units"] == 5 and t["verdict"].startswith(f"{name} − leukviz:")
-    table = studies.format_subject_table(variant_study)
+    table = studytext.format_subject_table(variant_study)
     assert name in table and "− defaults" in table and "paired over subjects" in table and t["verdict"] in table
     assert "_cells" not in json.dumps(variant_study, default=str) and variant_study["variants"] == [name]
 
@@ -252,54 +253,54 @@ def test_the_paired_test_lines_up_the_cells_of_each_seed_and_fold():
             prob = np.stack([1 - prob1, prob1], 1)
             preds[m].append(prob.argmax(1))
             idx = order if m == "b" else np.arange(len(y))
-            cells = studies._cells(["all", "hem"], keys[idx], y[idx], prob[idx], subjects[idx])
+            cells = subjectscores.plain_cells(["all", "hem"], keys[idx], y[idx], prob[idx], subjects[idx])
             recs.append({"backbone": "googlenet", "seed": seed, "fold": 0, "method": m, "_cells": cells})
-    t = studies.paired_test(recs, "googlenet", "a", "b", ["all", "hem"], n_resamples=200)
+    t = subjectscores.paired_test(recs, "googlenet", "a", "b", ["all", "hem"], n_resamples=200)
     yy = np.concatenate([y, y])
     want = f1_score(yy, np.concatenate(preds["a"]), average="weighted") - f1_score(
         yy, np.concatenate(preds["b"]), average="weighted")
     assert t["scores"]["weighted_f1"]["difference"] == pytest.approx(want) and want > 0.2
     assert t["seeds"] == [0, 1] and t["unit"] == "subjects" and t["n_units"] == 6 and "a is better" in t["verdict"]
     other = [dict(r, fold=1) if r["method"] == "b" else r for r in recs]  # no (seed, fold) in common
-    assert studies.paired_test(other, "googlenet", "a", "b", ["all", "hem"]) is None
+    assert subjectscores.paired_test(other, "googlenet", "a", "b", ["all", "hem"]) is None
 
 
 def test_a_variant_that_changes_nothing_fails_before_anything_trains(tiny_data, tmp_path):
-    study = studies.SubjectStudy(str(tiny_data), ("googlenet",), seeds=1, image_size=32, epochs=1,
-                                 variants=(studies.parse_variant("augment=full"),))  # the quick preset's own
+    study = subjectstudy.SubjectStudy(str(tiny_data), ("googlenet",), seeds=1, image_size=32, epochs=1,
+                                 variants=(subjectstudy.parse_variant("augment=full"),))  # the quick preset's own
     with pytest.raises(ConfigError, match="default already"):
-        studies.subject_study(study, tmp_path / "runs", log=lambda s: None)
+        subjectstudy.subject_study(study, tmp_path / "runs", log=lambda s: None)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
     with pytest.raises(ConfigError, match="invalid augment .wild."):
-        studies.subject_study(dataclasses.replace(study, variants=(studies.parse_variant("augment=wild"),)),
+        subjectstudy.subject_study(dataclasses.replace(study, variants=(subjectstudy.parse_variant("augment=wild"),)),
                               tmp_path / "runs", log=lambda s: None)
 
 
 def test_a_variant_that_is_one_backbones_default_is_skipped_for_that_one_only(tiny_data):
-    study = studies.SubjectStudy(str(tiny_data), ("googlenet", "vgg16"), seeds=1, image_size=32, epochs=1,
-                                 variants=(studies.parse_variant("lr=1e-4"),))  # VGG16's own rate from scratch
-    skipped, notes = studies.check_subject_study(study)
+    study = subjectstudy.SubjectStudy(str(tiny_data), ("googlenet", "vgg16"), seeds=1, image_size=32, epochs=1,
+                                 variants=(subjectstudy.parse_variant("lr=1e-4"),))  # VGG16's own rate from scratch
+    skipped, notes = subjectstudy.check_subject_study(study)
     assert skipped == {("vgg16", study.variants[0])}
     assert len(notes) == 1 and "not run for VGG16" in notes[0] and "default already" in notes[0]
     with pytest.raises(ConfigError, match="VGG16's default already"):
-        studies.check_subject_study(dataclasses.replace(study, backbones=("vgg16",)))
+        subjectstudy.check_subject_study(dataclasses.replace(study, backbones=("vgg16",)))
     # head_epochs without finetune=staged is not the default's value, yet it changes no run
     with pytest.raises(ConfigError, match="changes nothing in GoogLeNet's recipe"):
-        studies.check_subject_study(dataclasses.replace(study, backbones=("googlenet",),
-                                                        variants=(studies.parse_variant("head_epochs=2"),)))
+        subjectstudy.check_subject_study(dataclasses.replace(study, backbones=("googlenet",),
+                                                        variants=(subjectstudy.parse_variant("head_epochs=2"),)))
 
 
 @pytest.mark.parametrize("change, message", [
     (dict(seeds=0), "at least one seed"),
     (dict(plain_seeds=-1), "--plain-seeds 0 or more"),
     (dict(weights="auto"), "weights file not found: auto"),
-    (dict(variants=(studies.parse_variant("crop=false"), studies.parse_variant("crop=false"))), "given twice"),
+    (dict(variants=(subjectstudy.parse_variant("crop=false"), subjectstudy.parse_variant("crop=false"))), "given twice"),
 ])
 def test_the_subject_study_refuses_what_it_cannot_do_before_reading_the_data(change, message, tmp_path):
-    study = studies.SubjectStudy(str(tmp_path / "no-such-folder"), ("googlenet",),
+    study = subjectstudy.SubjectStudy(str(tmp_path / "no-such-folder"), ("googlenet",),
                                  **{"seeds": 1, "image_size": 32, "epochs": 1, **change})
     with pytest.raises(ConfigError, match=re.escape(message)):
-        studies.subject_study(study, tmp_path / "runs", log=lambda s: None)
+        subjectstudy.subject_study(study, tmp_path / "runs", log=lambda s: None)
     assert not (tmp_path / "runs").exists()
 
 
@@ -310,15 +311,15 @@ def test_the_study_command_says_what_is_wrong_with_a_variant(tiny_data, capsys):
 
 
 def test_late_drop_looks_at_the_last_half_only():
-    assert studies.late_drop([0.9, 0.5, 0.6]) == pytest.approx(0.4)  # epoch 2 > 3/2: counted
-    assert studies.late_drop([0.9, 0.5, 0.6, 0.7, 0.65]) == pytest.approx(0.05)  # falls before epoch 3 ignored
-    assert studies.late_drop([0.5, 0.6, 0.7]) == 0.0 and studies.late_drop([0.7]) == 0.0
+    assert subjectscores.late_drop([0.9, 0.5, 0.6]) == pytest.approx(0.4)  # epoch 2 > 3/2: counted
+    assert subjectscores.late_drop([0.9, 0.5, 0.6, 0.7, 0.65]) == pytest.approx(0.05)  # falls before epoch 3 ignored
+    assert subjectscores.late_drop([0.5, 0.6, 0.7]) == 0.0 and subjectscores.late_drop([0.7]) == 0.0
 
 
 @pytest.mark.integration  # trains runs of its own
 def test_subject_study_can_train_the_plain_loop_for_fewer_seeds(subject_study, real_subset, shared_runs):
-    study = studies.SubjectStudy(str(real_subset), ("googlenet",), seeds=2, plain_seeds=1, image_size=32, epochs=2)
-    res = studies.subject_study(study, shared_runs, log=lambda s: None)
+    study = subjectstudy.SubjectStudy(str(real_subset), ("googlenet",), seeds=2, plain_seeds=1, image_size=32, epochs=2)
+    res = subjectstudy.subject_study(study, shared_runs, log=lambda s: None)
     methods = [(r["method"], r["seed"]) for r in res["runs"]]
     assert methods.count(("leukviz", 1)) == 2 and ("plain", 1) not in methods and methods.count(("plain", 0)) == 2
     per = res["summary"]["googlenet"]
@@ -327,7 +328,7 @@ def test_subject_study_can_train_the_plain_loop_for_fewer_seeds(subject_study, r
     seed0 = [r for r in res["runs"] if r["seed"] == 0]
     mean = lambda m: sum(r["weighted_f1"] for r in seed0 if r["method"] == m) / 2  # noqa: E731
     assert per["difference"]["weighted_f1"] == pytest.approx(mean("leukviz") - mean("plain"))
-    table = studies.format_subject_table(res)
+    table = studytext.format_subject_table(res)
     assert per["difference"]["seeds"] == [0] and "the plain loop: 1" in table
     assert re.search(r"diff \(seed 0\) +[+-]\d", table)  # the difference says it is of seed 0 alone
 
@@ -342,9 +343,9 @@ def test_subject_study_can_train_the_plain_loop_for_fewer_seeds(subject_study, r
 def test_a_variant_is_checked_by_the_run_settings_rules_before_anything_trains(vary, message, tmp_path):
     """Each variant is checked as a run's settings are (RunConfig's rules), before a folder is made."""
     with pytest.raises(ConfigError, match=re.escape(message)):
-        study = studies.SubjectStudy(str(tmp_path / "no-such-folder"), ("googlenet",), seeds=1, image_size=32,
-                                     epochs=1, variants=(studies.parse_variant(vary),))
-        studies.subject_study(study, tmp_path / "runs", log=lambda s: None)
+        study = subjectstudy.SubjectStudy(str(tmp_path / "no-such-folder"), ("googlenet",), seeds=1, image_size=32,
+                                     epochs=1, variants=(subjectstudy.parse_variant(vary),))
+        subjectstudy.subject_study(study, tmp_path / "runs", log=lambda s: None)
     assert not (tmp_path / "runs").exists()
 
 

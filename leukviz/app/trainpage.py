@@ -5,6 +5,7 @@ explicitly and returns what to set and say; the page only draws."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -106,6 +107,21 @@ def known_state(existing: runs.Run | None) -> str:
     if existing is None:
         return "new"
     return "damaged" if existing.state == runs.State.FINISHED and existing.is_damaged else existing.state
+
+
+WORKERS_HELP = ("How many repeats train at once on this computer's CPU, each its own process, the cores split "
+                "between them (the others wait their turn). 1: one after another, each with every core.")
+
+
+def worker_range() -> tuple[int, int]:
+    """The 'At once' field's bounds: 1 to the cores (at most MAX_REPEATS)."""
+    return 1, max(1, min(config.MAX_REPEATS, os.cpu_count() or 1))
+
+
+def asks_workers(n_repeats: int, gpus: int) -> bool:
+    """Whether the page asks how many repeats train at once: several repeats on a CPU with several cores (with
+    GPUs the pool puts one on each)."""
+    return n_repeats > 1 and gpus == 0 and worker_range()[1] > 1
 
 
 def start_label(n_repeats: int, seed: int) -> str:

@@ -7,12 +7,15 @@ export | tensorboard | bench | app (see --help)."""
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import json
 import os
 import signal
 import sys
+import threading
 from collections.abc import Iterator
+from typing import NoReturn
 
 from leukviz import __version__
 from leukviz.cli import app, bench, compare, dataset, export, lrfind, predict, runfolders, study, tblog, train
@@ -21,7 +24,7 @@ from leukviz.core import storage
 from leukviz.core.errors import LeukvizError
 from leukviz.core.storage import write_error_text
 
-__all__ = ["CliError", "Progress", "_backbone_list", "_resolve_cfg", "build_parser", "entry", "main"]
+__all__ = ["CliError", "Progress", "_backbone_list", "_resolve_cfg", "build_parser", "entry", "finish", "main"]
 
 # The subcommands in their --help order (predict adds predict and evaluate).
 COMMANDS = (train, runfolders, dataset, predict, compare, study, export, tblog, bench, lrfind, app)
@@ -135,4 +138,19 @@ def main(argv: list[str] | None = None, *, process_entry: bool = False) -> int:
 
 def entry() -> None:
     """The `leukviz` console command (pip's launcher): the same as `python -m leukviz`."""
-    sys.exit(main(process_entry=True))
+    finish(main(process_entry=True))
+
+
+def finish(code: int) -> NoReturn:
+    """End the command's process with code. Where torch was imported and no other thread runs, the
+    interpreter's exit handlers (atexit: temporary folders, logging, multiprocessing) run and the output is
+    flushed, then the process ends at once (os._exit), without the native libraries' exit-time destructors:
+    on a CUDA build of torch those page in about 130 MB more than the command ever used and take seconds
+    after it is done (docs/BENCHMARKS.md, "Scale"). Otherwise, the interpreter's own exit (sys.exit)."""
+    if "torch" in sys.modules and threading.active_count() == 1:
+        atexit._run_exitfuncs()
+        for out in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                out.flush()
+        os._exit(code)
+    sys.exit(code)

@@ -164,6 +164,31 @@ def add_config_options(parser: argparse.ArgumentParser, names: tuple[str, ...] =
             parser.add_argument(flag, type=kind, metavar=flag.lstrip("-").replace("-", "_").upper(), **kw)
 
 
+def add_group_options(parser: argparse.ArgumentParser, group: str, gather: str = "gathers them") -> None:
+    """--workers and --shard, one shape and one meaning wherever a command trains a group of runs (train --seeds,
+    --cv, every study): group names the group in the help; gather says what a last call without --shard does."""
+    parser.add_argument("--workers", type=_bounded(1, 64), default=1, metavar="W",
+                        help=f"train {group} W at a time on CPU, each its own process, the cores split between them "
+                             "(with several GPUs: one run per GPU at once, whatever this says; default 1: one after "
+                             "another)")
+    from leukviz.runstore import shards
+
+    parser.add_argument("--shard", type=shards.parse, metavar="I/N",
+                        help=f"train only every N-th of {group} starting at the I-th (a Slurm array task, or one of N "
+                             f"machines sharing the runs folder); a last call without --shard {gather}")
+
+
+def pool_envs(args) -> list[dict[str, str]]:
+    """The device pool's workers for a group of runs (runstore.pool.worker_envs): one per GPU, or --workers on
+    CPU; one worker (the runs one after another here) for a named device (cuda:1, mps) or under torchrun."""
+    import os
+
+    from leukviz.runstore import pool
+
+    if args.device not in ("auto", "cuda", "cpu") or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return [{}]
+    return pool.worker_envs(args.device, args.workers)
+
 def _resolve_cfg(args) -> C.RunConfig:
     """The train options as a RunConfig, by the API's config() (a train/ + val/ tree: its own validation folder)."""
     from leukviz import api

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -29,12 +30,11 @@ def _collect_images(items: list[str]) -> list[str]:
     for item in items:
         p = Path(item)
         if p.is_dir():
-            found = sorted(p.rglob("*"))
-            out.extend(str(f) for f in found if f.is_file() and data.is_image(f))
-            odd = [f for f in found if not f.is_file() and not f.is_dir()]  # pipes, sockets, devices, broken links
+            images, odd = _folder_images(p)
+            out.extend(images)
             if odd:
                 print(f"skipped {len(odd)} file(s) in {item} that are not regular files (a pipe, socket, device or "
-                      f"broken link): {', '.join(f.name for f in odd[:3])}{' …' if len(odd) > 3 else ''}", file=sys.stderr)
+                      f"broken link): {', '.join(odd[:3])}{' …' if len(odd) > 3 else ''}", file=sys.stderr)
         elif p.suffix.lower() == ".zip":
             dest = paths.cache_root() / filenames.PREDICT_ZIP_CACHE / f"{p.stem}-{int(p.stat().st_mtime)}"
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -47,6 +47,26 @@ def _collect_images(items: list[str]) -> list[str]:
         else:
             raise CliError(f"no such file: {item}")
     return out
+
+
+def _folder_images(root: Path) -> tuple[list[str], list[str]]:
+    """The image files under a folder as strings, in sorted(Path.rglob) order (part by part; symbolic links to
+    folders not followed), and the names of the entries that are neither files nor folders (pipes, sockets,
+    devices, broken links). Strings from os.walk, not a Path per entry: 50,000 Path objects held to be sorted
+    cost about 25 MB that the process keeps (docs/BENCHMARKS.md, "Scale")."""
+    from leukviz.datasets import data
+
+    images, odd = [], []
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(folder, name)
+            if os.path.isfile(path):
+                if data.is_image(Path(name)):
+                    images.append(path)
+            elif not os.path.isdir(path):
+                odd.append(name)
+    images.sort(key=lambda f: f.split(os.sep))
+    return images, sorted(odd)
 
 
 def cmd_predict(args) -> int:
@@ -105,7 +125,7 @@ class _JsonRecords:
         self.started = False
 
     def __call__(self, rows: list[dict]) -> None:
-        from leukviz.scoring.metrics import nan_to_none
+        from leukviz.scoring.scores import nan_to_none
         from leukviz.serving import inference
 
         records = nan_to_none(inference.table_frame(rows))
@@ -116,7 +136,7 @@ class _JsonRecords:
             self.started = True
 
     def close(self, cams: list[dict], summary: list[dict]) -> None:
-        from leukviz.scoring.metrics import nan_to_none
+        from leukviz.scoring.scores import nan_to_none
 
         head = "" if self.started else '{"predictions": ['
         sys.stdout.write(f'{head}], "cams": {json.dumps(cams, default=str)}, '

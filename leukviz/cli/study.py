@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from leukviz.cli.common import Progress, _backbone_list, _bounded, _device_value, _fmt, _out, _seed_value
+from leukviz.cli.common import (
+    Progress,
+    _backbone_list,
+    _device_value,
+    _fmt,
+    _out,
+    _seed_value,
+    add_group_options,
+    pool_envs,
+)
 from leukviz.models import config as C
 
 
@@ -30,34 +39,48 @@ def _paper_cell(col: dict | None) -> str:
             f"(F1 {_fmt(col['val_f1_mean'], 3)} ± {col['val_f1_sd']:.3f})")
 
 
+def _shard_text(res: dict) -> str:
+    return (f"shard {res['shard']}: {len(res['runs'])} of the study's {res['study_runs']} runs finished here "
+            f"(trained or cached); `study {res['study']}` without --shard gathers them")
+
+
+def _shard_of(name: str, cfgs: list, args, log, progress) -> tuple[str, dict]:
+    """A shard's part of a study's runs (leakage, paper): trained or cached here, nothing compared."""
+    from leukviz.comparison import studyruns
+
+    done = studyruns.train_shard(cfgs, args.shard, args.runs_dir, log=log, progress=progress, device=args.device,
+                                 envs=pool_envs(args))
+    res = {"study": name, "shard": str(args.shard), "runs": done, "study_runs": len(cfgs)}
+    return _shard_text(res), res
+
+
 def _study_subjects(args, log, progress) -> tuple[str, dict]:
-    from leukviz.comparison import studies
+    from leukviz.comparison import studytext, subjectstudy
 
-    study = studies.SubjectStudy(args.data, _backbone_list(args.backbones), args.seeds,
-                                 0 if args.no_plain else args.plain_seeds, args.image_size, args.epochs,
-                                 args.weights, args.preset, args.folds,
-                                 tuple(studies.parse_variant(v) for v in args.vary or ()))
-    from leukviz.runstore import pool
-
-    envs = pool.worker_envs(args.device, args.workers) if args.device in ("auto", "cuda", "cpu") else [{}]
+    study = subjectstudy.SubjectStudy(args.data, _backbone_list(args.backbones), args.seeds,
+                                      0 if args.no_plain else args.plain_seeds, args.image_size, args.epochs,
+                                      args.weights, args.preset, args.folds,
+                                      tuple(subjectstudy.parse_variant(v) for v in args.vary or ()))
+    envs = pool_envs(args)
     if args.shard:  # its part of the runs only; the last call without --shard gathers and scores them all
-        res = studies.train_shard(study, args.shard, args.runs_dir, log, progress, args.device, envs)
-        return (f"shard {res['shard']}: {len(res['runs'])} of the study's {res['study_runs']} runs finished here "
-                "(trained or cached); `study subjects` without --shard gathers them"), res
-    res = studies.subject_study(study, args.runs_dir, log, progress, args.device, envs)
-    human = studies.format_subject_table(res)
+        res = subjectstudy.train_shard(study, args.shard, args.runs_dir, log, progress, args.device, envs)
+        return _shard_text(res), res
+    res = subjectstudy.subject_study(study, args.runs_dir, log, progress, args.device, envs)
+    human = studytext.format_subject_table(res)
     return human, res
 
 
 def _study_leakage(args, log, progress) -> tuple[str, dict]:
-    from leukviz.comparison import studies
+    from leukviz.comparison import leakage, studyruns
 
-    weights, note = studies.resolve_weights(args.backbone, args.weights)
+    weights, note = studyruns.resolve_weights(args.backbone, args.weights)
     if note:
         log(f"note: {note}")
     cfg = C.resolve(args.backbone, args.preset, weights, args.data, epochs=args.epochs,
                     image_size=args.image_size, batch_size=args.batch_size, seed=args.seed)
-    res = studies.leakage(cfg, args.runs_dir, log, progress, args.device)
+    if args.shard:
+        return _shard_of("leakage", list(leakage.leakage_configs(cfg).values()), args, log, progress)
+    res = leakage.leakage(cfg, args.runs_dir, log, progress, args.device, pool_envs(args))
     res["notes"] = [note] if note else []
     i, s, inf = res["image"], res["subject"], res["inflation"]
     human = "\n".join([
@@ -73,12 +96,17 @@ def _study_leakage(args, log, progress) -> tuple[str, dict]:
 
 
 def _study_paper(args, log, progress) -> tuple[str, dict]:
-    from leukviz.comparison import studies
+    from leukviz.comparison import paperstudy
 
-    study = studies.PaperStudy(args.data, args.epochs, args.image_size, args.weights,
-                               _backbone_list(args.backbones), args.seeds,
-                               args.with_defaults)
-    res = studies.reproduce_paper(study, args.runs_dir, log, progress, args.device)
+    study = paperstudy.PaperStudy(args.data, args.epochs, args.image_size, args.weights,
+                                  _backbone_list(args.backbones), args.seeds,
+                                  args.with_defaults)
+    if args.shard:
+        cfgs, notes = paperstudy.paper_configs(study)
+        for n in notes:
+            log(f"note: {n}")
+        return _shard_of("paper", list(cfgs.values()), args, log, progress)
+    res = paperstudy.reproduce_paper(study, args.runs_dir, log, progress, args.device, pool_envs(args))
     columns = [("image_split", "reproduced (image split)"), ("subject_split", "subject split")]
     if args.with_defaults:
         columns.append(("defaults_subject_split", "leukviz defaults (subject)"))
@@ -109,7 +137,6 @@ def cmd_study(args) -> int:
 def add_parser(sub, common: argparse.ArgumentParser) -> None:
     """The study commands: subjects, leakage and paper, each made of ordinary cached runs."""
     from leukviz.models.backbones import BACKBONES
-    from leukviz.runstore import shards
 
     st = sub.add_parser("study", help="studies made of ordinary cached runs: subjects, leakage, paper")
     ss = st.add_subparsers(dest="study_command", required=True)
@@ -135,12 +162,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
                          "average=none,select=best), on the same folds and seeds, compared with the defaults "
                          "paired over subjects; repeat for more variants")
     su.add_argument("--device", default="auto", type=_device_value, help="auto | cpu | cuda | cuda:N | mps")
-    su.add_argument("--workers", type=_bounded(1, 64), default=1,
-                    help="on CPU: train this many runs at once, the cores split between them (with several GPUs: "
-                         "one run per GPU at once)")
-    su.add_argument("--shard", type=shards.parse, metavar="I/N",
-                    help="train only every N-th run of the study starting at the I-th (a Slurm array task, or one "
-                         "of N machines sharing the runs folder); a last call without --shard gathers and scores")
+    add_group_options(su, "the study's runs", "gathers and scores them")
     su.set_defaults(func=cmd_study)
     sl = ss.add_parser("leakage", parents=[common],
                        help="the same model and recipe split by image (leaky) and by subject, side by side")
@@ -155,6 +177,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     sl.add_argument("--batch-size", type=int)
     sl.add_argument("--seed", type=_seed_value)
     sl.add_argument("--device", default="auto", type=_device_value, help="auto | cpu | cuda | cuda:N | mps")
+    add_group_options(sl, "the study's runs", "gathers and compares them")
     sl.set_defaults(func=cmd_study)
     sp = ss.add_parser("paper", parents=[common],
                        help="every backbone with the paper's recipe, split by image (as published) and by subject")
@@ -169,4 +192,5 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     sp.add_argument("--with-defaults", action="store_true",
                     help="also leukviz's defaults at the paper's size and epochs, on the subject split")
     sp.add_argument("--device", default="auto", type=_device_value, help="auto | cpu | cuda | cuda:N | mps")
+    add_group_options(sp, "the study's runs", "gathers and compares them")
     sp.set_defaults(func=cmd_study)

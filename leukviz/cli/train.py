@@ -15,7 +15,6 @@ from pathlib import Path
 from leukviz.cli.common import (
     CliError,
     Progress,
-    _bounded,
     _device_value,
     _fmt,
     _health_text,
@@ -23,6 +22,8 @@ from leukviz.cli.common import (
     _resolve_cfg,
     _train_result,
     add_config_options,
+    add_group_options,
+    pool_envs,
 )
 from leukviz.core import paths
 from leukviz.models import config as C
@@ -30,29 +31,24 @@ from leukviz.models import config as C
 
 def _decide(args, runs) -> tuple[str, object, bool]:
     """Rank 0's decision for a train command: ('cached' | 'attach' | 'train' | 'detach', run, resume), by the
-    one start policy (runs.ensure, --force on it) with --detach on top."""
+    one driver's decide (runstore.driver: the start policy, --force on it, --resume from any resumable state, a
+    new start's weights checked) with --detach on top."""
+    from leukviz.runstore import driver
+
     if args.run_dir:  # the launcher's form: the run folder and its config.json are ready
         return "train", runs.Run(Path(args.run_dir)), args.resume_here
-    chosen: list = []
-
-    def start(run, resume: bool) -> None:
-        if not args.resume:  # a resume trains what is there; a new start needs its weights first
-            from leukviz.models.backbones import ensure_weights
-            ensure_weights(run.config.backbone, run.config.weights)
-        # --resume continues from the resumable state whenever there is one (a failed run's too: a full disk
-        # leaves its last complete checkpoint), where the policy would resume only a stopped run
-        chosen.append(("detach" if args.detach and not args.resume else "train", run, resume or bool(args.resume)))
-
     if args.resume:  # a finished run is never trained again by a resume (it has nothing left to resume)
         run = runs.get_run(args.resume, args.runs_dir)
-        action = runs.ensure(run, start)
-        return chosen[0] if chosen else (action, run, False)
-    cfg = _resolve_cfg(args)
-    for caution in C.cautions(cfg):
-        print(f"warning: {caution}", file=sys.stderr)
-    run = runs.run_for(cfg, args.runs_dir)
-    action = runs.ensure(run, start, force=args.force)
-    return chosen[0] if chosen else (action, run, False)
+        plan = driver.decide(run, resume=True)
+    else:
+        cfg = _resolve_cfg(args)
+        for caution in C.cautions(cfg):
+            print(f"warning: {caution}", file=sys.stderr)
+        run = runs.run_for(cfg, args.runs_dir)
+        plan = driver.decide(run, force=args.force)
+    if not plan.starts:
+        return plan.action, run, False
+    return ("detach" if args.detach and not args.resume else "train"), run, plan.resume
 
 
 def cmd_train(args) -> int:
@@ -61,12 +57,12 @@ def cmd_train(args) -> int:
     Under torchrun every rank runs this; rank 0 decides (it alone reads and writes the run folder) and
     broadcasts the decision, so no rank waits for a collective the others never join.
     """
-    from leukviz.runstore import runs, supervisor, trainer
+    from leukviz.runstore import driver, runs, trainer
 
+    if getattr(args, "shard", None) and (args.seeds < 2 or args.cv):
+        raise CliError("--shard splits a group of runs: use it with --seeds N (or with a study)")
     if args.cv:
         return cmd_cv(args)
-    if getattr(args, "shard", None) and args.seeds < 2:
-        raise CliError("--shard splits a group of runs: use it with --seeds N (or with study subjects)")
     if args.seeds > 1:
         return cmd_repeats(args)
     t0 = time.time()
@@ -104,29 +100,26 @@ def cmd_train(args) -> int:
                    f"val acc {res['metrics'].get('val_acc', float('nan')):.3f}", res)
         return 0
     if action == "detach":
-        supervisor.launch(run, resume=resume, device=args.device)
+        driver.carry_out(run, driver.Plan("train", resume), where=driver.DETACHED, device=args.device)
         _out(args, f"launched run {run.run_id} in the background ({run.dir})", _train_result(run, False, t0))
         return 0
-    if action == "attach":
-        log(f"run {run.run_id} is already training in another process: attaching")
-        for ev in supervisor.follow(run):
-            progress(ev)
-    else:
-        from leukviz.training import engine
-        try:
-            trainer.train(run, resume=resume, device=args.device, log=log, emit_hook=progress)
-        except runs.AlreadyRunning:
+    from leukviz.training.protocol import Stopped  # torch-free: an attach imports no torch
+
+    def said(what: str) -> None:
+        if what == "attach":
             log(f"run {run.run_id} is already training in another process: attaching")
-            for ev in supervisor.follow(run):
-                progress(ev)
-        except (KeyboardInterrupt, engine.Stopped):
-            pass
-        except Exception as e:  # recorded in status.json (traceback in train.log); one clear line here
-            res = _train_result(run, False, t0)
-            if args.json:
-                print(json.dumps(res, default=str))
-            print(f"error: run {run.run_id} {res['status']}: {res['error'] or e}", file=sys.stderr)
-            return 1
+
+    try:  # the one driver: follow the process that has the run, or train it here
+        done = driver.carry_out(run, driver.Plan(action, resume), device=args.device, log=log, progress=progress,
+                                said=said)
+    except KeyboardInterrupt:
+        done = None
+    if done is not None and done.error is not None and not isinstance(done.error, Stopped):
+        res = _train_result(run, False, t0)  # recorded in status.json (traceback in train.log); one clear line here
+        if args.json:
+            print(json.dumps(res, default=str))
+        print(f"error: run {run.run_id} {res['status']}: {res['error'] or done.error}", file=sys.stderr)
+        return 1
     res = _train_result(run, False, t0)
     _out(args, f"run {run.run_id} {res['status']} ({run.dir}): " +
          ", ".join(f"{k} {v:.4f}" for k, v in res["metrics"].items() if isinstance(v, float)) +
@@ -148,7 +141,7 @@ def cmd_repeats(args) -> int:
     cfgs = shards.pick(group, args.shard)  # a shard trains its part of the seeds; without one, all (cached or not)
     if not cfgs:
         raise CliError(f"shard {args.shard} of {len(group)} seeds holds none: use at most {len(group)} shards")
-    envs = _pool_envs(args)
+    envs = pool_envs(args)
     if len(envs) > 1:
         results, worst = _pooled_repeats(args, cfgs, envs)
     else:
@@ -164,15 +157,6 @@ def cmd_repeats(args) -> int:
     return worst
 
 
-def _pool_envs(args) -> list[dict[str, str]]:
-    """The device pool's workers for a group: one per GPU, or --workers on CPU (runstore.pool)."""
-    from leukviz.runstore import pool
-
-    if args.device not in ("auto", "cuda", "cpu") or int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        return [{}]  # a named device (cuda:1, mps) or under torchrun: one run at a time, as asked
-    return pool.worker_envs(args.device, args.workers)
-
-
 def _pooled_repeats(args, cfgs: list, envs: list) -> tuple[list[dict], int]:
     """The seeds trained by the device pool, as many at once as it has workers, each its own process."""
     from leukviz.runstore import pool, runs
@@ -181,11 +165,7 @@ def _pooled_repeats(args, cfgs: list, envs: list) -> tuple[list[dict], int]:
     group = [runs.run_for(cfg, args.runs_dir) for cfg in cfgs]
     p = pool.Pool(envs, args.device, log=lambda s: print(s, file=sys.stderr))
     print(f"{len(group)} runs on {len(envs)} workers", file=sys.stderr)
-    try:
-        p.run(group)
-    except KeyboardInterrupt:
-        print("stopping every run in flight (each keeps a resumable checkpoint)", file=sys.stderr)
-        p.run(group, should_stop=lambda: True)
+    p.run_or_stop(group)
     results = [_train_result(r, False, t0) for r in group]
     return results, 0 if all(r["status"] == "finished" for r in results) else 1
 
@@ -208,13 +188,13 @@ def _sequential_repeats(args, cfgs: list) -> tuple[list[dict], int]:
 def cmd_cv(args) -> int:
     """Cross-validation over the official folds: one cached run per validation fold, then mean and spread.
 
-    With several GPUs the folds train in parallel, one process per GPU; otherwise one after another.
+    With several GPUs (or --workers on CPU) the folds train in parallel on the device pool, one process per GPU
+    (or worker); otherwise one after another here.
     """
     import dataclasses
 
     from leukviz.datasets import data
-    from leukviz.models import devices
-    from leukviz.runstore import runs, supervisor, trainer
+    from leukviz.runstore import driver, runs
     from leukviz.scoring import metrics
 
     t0 = time.time()
@@ -227,29 +207,17 @@ def cmd_cv(args) -> int:
     if len(folds) < 2:
         raise CliError(f"cross-validation needs official folds; {base.data} has {folds or 'none'}")
     fold_runs = [runs.run_for(dataclasses.replace(base, val_fold=f), args.runs_dir, ds.fingerprint) for f in folds]
-    n_gpu = __import__("torch").cuda.device_count() if devices.pick_device(args.device).type == "cuda" else 0
-    procs: list = []
+    envs = pool_envs(args)
+    if len(envs) > 1:  # the folds in parallel on the device pool: one per GPU, or --workers on CPU
+        from leukviz.runstore import pool
 
-    def on_a_gpu(run, resume: bool) -> None:  # the folds in parallel, one process per GPU, round robin
-        procs.append(supervisor.launch(run, resume=resume, env={"CUDA_VISIBLE_DEVICES": str(len(procs) % n_gpu)}))
-
-    def here(run, resume: bool) -> None:
-        print(f"fold {run.config.val_fold}: run {run.run_id}", file=sys.stderr)
-        try:
-            trainer.train(run, resume=resume, device=args.device, log=lambda s: print(s, file=sys.stderr),
-                          emit_hook=Progress())
-        except Exception as e:  # noqa: BLE001 - recorded in the run; the other folds still run
-            print(f"fold {run.config.val_fold} failed: {e}", file=sys.stderr)
-
-    for run in fold_runs:  # the one start policy: a cached fold is kept, one in progress followed below
-        runs.ensure(run, on_a_gpu if n_gpu > 1 else here)
-    for p in procs:
-        if p is not None:
-            p.wait()
-    for run in fold_runs:
-        if run.is_locked():
-            for _ in supervisor.follow(run):
-                pass
+        pool.Pool(envs, args.device, log=lambda s: print(s, file=sys.stderr)).run_or_stop(fold_runs)
+    for run in fold_runs if len(envs) == 1 else ():  # the one driver: cached kept, in progress followed, or trained
+        out = driver.obtain(run, device=args.device, log=lambda s: print(s, file=sys.stderr), progress=Progress(),
+                            said=lambda a, run=run: a in ("train", "resume") and print(
+                                f"fold {run.config.val_fold}: run {run.run_id}", file=sys.stderr))
+        if out.error is not None:  # recorded in the run; the other folds still run
+            print(f"fold {run.config.val_fold} failed: {out.error}", file=sys.stderr)
     per_fold = [{"fold": r.config.val_fold, "run_id": r.run_id, "status": r.state, **r.final_metrics()}
                 for r in fold_runs]
     done = [f for f in per_fold if f["status"] == "finished"]
@@ -277,7 +245,6 @@ def _seed_count(text: str) -> int:
 def add_parser(sub, common: argparse.ArgumentParser) -> None:
     """The train command: the RunConfig options (add_config_options) and how to run it."""
     from leukviz.models.backbones import BACKBONES
-    from leukviz.runstore import shards
 
     t = sub.add_parser("train", parents=[common], help="train a backbone (or return the cached run)")
     t.add_argument("--backbone", choices=list(BACKBONES), default="resnet50")
@@ -291,14 +258,9 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     t.add_argument("--detach", action="store_true", help="start in the background and return")
     t.add_argument("--cv", action="store_true", help="cross-validate over the official folds (with --split folds)")
     t.add_argument("--seeds", type=_seed_count, default=1, metavar="N",
-                   help="train N runs differing only in seed (--seed, --seed + 1, ...), one after another, on one "
-                        "split; then their mean and spread")
-    t.add_argument("--workers", type=_bounded(1, 64), default=1,
-                   help="with --seeds on CPU: train this many runs at once, each its own process, the cores split "
-                        "between them (with several GPUs: one run per GPU at once, whatever this says)")
-    t.add_argument("--shard", type=shards.parse, metavar="I/N",
-                   help="with --seeds: train only every N-th seed starting at the I-th (a Slurm array task, or one "
-                        "of N machines sharing the runs folder); a last call without --shard gathers them")
+                   help="train N runs differing only in seed (--seed, --seed + 1, ...) on one split, one after another "
+                        "or --workers at once; then their mean and spread")
+    add_group_options(t, "the runs of --seeds (--workers: of --cv too)")
     t.add_argument("--run-dir", help=argparse.SUPPRESS)
     t.add_argument("--resume-here", action="store_true", help=argparse.SUPPRESS)
     t.set_defaults(func=cmd_train)

@@ -2,7 +2,8 @@
 table (runtable), comparable groups and repeats of one configuration (grouping), the ensemble, each group's scores
 and every paired comparison (pairing), the words of a comparison (answers), the comparison's report (compare),
 calibration rows (calibrationrows), the error gallery (gallery), the held-out test backfill (testset); and the
-subject and leakage studies (studies)."""
+studies: what they share (studyruns), the leakage study (leakage), the paper reproduced (paperstudy), the subject
+study (subjectstudy) with its scorer and records (subjectscores) and its table (studytext)."""
 
-__all__ = ["answers", "calibrationrows", "compare", "ensemble", "evaluation", "gallery", "grouping", "pairing",
-           "runtable", "studies", "testset"]
+__all__ = ["answers", "calibrationrows", "compare", "ensemble", "evaluation", "gallery", "grouping", "leakage",
+           "pairing", "paperstudy", "runtable", "studyruns", "studytext", "subjectscores", "subjectstudy", "testset"]

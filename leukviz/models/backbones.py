@@ -3,6 +3,7 @@ last stage, CAM layer and stride, training recipe, colour, title), and build_mod
 
 from __future__ import annotations
 
+import importlib
 import os
 import socket
 import urllib.error
@@ -50,16 +51,12 @@ class BackboneSpec:
 
     @property
     def builder(self) -> Callable[..., "nn.Module"]:
-        from torchvision import models
-
-        return getattr(models, self.builder_name)
+        return getattr(torchvision_models(), self.builder_name)
 
     @property
     def weights(self) -> Any:
-        from torchvision import models
-
         enum, _, member = self.weights_name.partition(".")
-        return getattr(getattr(models, enum), member)
+        return getattr(getattr(torchvision_models(), enum), member)
 
     @property
     def mean(self) -> tuple[float, float, float]:
@@ -68,6 +65,60 @@ class BackboneSpec:
     @property
     def std(self) -> tuple[float, float, float]:
         return tuple(self.weights.transforms().std)  # type: ignore[return-value]
+
+
+def torchvision_models() -> Any:
+    """torchvision.models, imported without importing torch._dynamo on the way.
+
+    torchvision's package import runs `from torch._dynamo.utils import is_compile_supported` at the top of
+    torchvision/ops/roi_align.py (a detection op leukviz never calls), and that one line imports TorchDynamo,
+    sympy and triton: about 145 MB of resident memory and 1-6 s in every process that builds a model
+    (docs/BENCHMARKS.md, "Numbers behind the code"). While torchvision is imported, `torch._dynamo` and
+    `torch._dynamo.utils` are stand-ins whose `is_compile_supported` imports the real function when first
+    called; any other use of a stand-in loads the real module. The stand-ins are gone from sys.modules as soon
+    as the import is done, so a later `import torch._dynamo` (torch.compile) gets the real one."""
+    import sys
+
+    if "torchvision" in sys.modules or "torch._dynamo" in sys.modules:
+        from torchvision import models
+        return models
+    import types
+
+    import torch  # noqa: F401 - the stand-ins' parent package
+
+    def real(module: str) -> Any:
+        for name in ("torch._dynamo.utils", "torch._dynamo"):
+            if getattr(sys.modules.get(name), "__leukviz_stand_in__", False):
+                del sys.modules[name]
+        return importlib.import_module(module)
+
+    def is_compile_supported(device_type: Any) -> Any:
+        return real("torch._dynamo.utils").is_compile_supported(device_type)
+
+    def forward(module: str) -> Callable[[str], Any]:
+        def attr(name: str) -> Any:
+            if name.startswith("__"):  # what the import system and inspect probe (__file__, __spec__...)
+                raise AttributeError(name)
+            return getattr(real(module), name)
+        return attr
+
+    dynamo, utils = types.ModuleType("torch._dynamo"), types.ModuleType("torch._dynamo.utils")
+    dynamo.__path__ = []  # type: ignore[attr-defined]  # a package: its submodule utils can be imported
+    dynamo.__getattr__ = forward("torch._dynamo")  # type: ignore[method-assign]
+    utils.__getattr__ = forward("torch._dynamo.utils")  # type: ignore[method-assign]
+    utils.is_compile_supported = is_compile_supported  # type: ignore[attr-defined]
+    dynamo.utils = utils  # type: ignore[attr-defined]
+    for m in (dynamo, utils):
+        m.__leukviz_stand_in__ = True  # type: ignore[attr-defined]
+    sys.modules.setdefault("torch._dynamo", dynamo)
+    sys.modules.setdefault("torch._dynamo.utils", utils)
+    try:
+        from torchvision import models
+    finally:
+        for name in ("torch._dynamo.utils", "torch._dynamo"):
+            if getattr(sys.modules.get(name), "__leukviz_stand_in__", False):
+                del sys.modules[name]
+    return models
 
 
 BACKBONES: dict[str, BackboneSpec] = {}

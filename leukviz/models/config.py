@@ -8,7 +8,7 @@ import json
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from leukviz.core.errors import LeukvizError
 
@@ -224,6 +224,34 @@ def parse_value(text: str, kind: type, low: float | None = None, high: float | N
         raise ValueError(f"{value} is out of range: from {low} to {high}")
     return value
 
+
+Settings = tuple[tuple[str, Any], ...]  # settings changed from RunConfig's defaults, as ((field, value), ...)
+
+
+def parse_settings(text: str, flag: str = "--vary", fixed: Callable[[str], str | None] = lambda name: None) -> Settings:
+    """'augment=flips' or 'average=none,select=best' as Settings, each value of its RunConfig field's type
+    (parse_value, the one parser); '-' in a name is '_'. fixed(name) says why the caller does not let a setting
+    change (None: it may). A ConfigError (one line) for an unknown, malformed, repeated or fixed setting."""
+    defaults = {f.name: f.default for f in fields(RunConfig) if fixed(f.name) is None}
+    out: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, eq, value = (x.strip() for x in part.partition("="))
+        name = name.replace("-", "_")
+        if not eq or not name or not value:
+            raise ConfigError(f"{flag} takes SETTING=VALUE[,SETTING=VALUE...], got {text!r}")
+        if fixed(name) is not None:
+            raise ConfigError(f"{flag} {name}: {fixed(name)}")
+        if name not in defaults:
+            raise ConfigError(f"{flag}: no setting {name!r}; one of: {', '.join(sorted(defaults))}")
+        if name in out:
+            raise ConfigError(f"{flag} {text!r} sets {name} twice; give each setting once per variant")
+        try:
+            out[name] = parse_value(value, type(defaults[name]))
+        except ValueError as e:
+            raise ConfigError(f"{name} {e}") from None
+    if not out:
+        raise ConfigError(f"{flag} needs at least one SETTING=VALUE")
+    return tuple(out.items())
 
 def _check(name: str, value: Any, choices: tuple) -> None:
     if value not in choices:

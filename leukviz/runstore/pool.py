@@ -1,8 +1,11 @@
-"""The device pool: a group of runs (a seeds group, a study's runs) trained as many at once as the machine has
-devices: one run per GPU (each process sees its GPU alone), or on CPU a few workers that split the cores. Each
-run is still an ordinary cached run: its own process (supervisor.launch), its own train.log, run lock and
-device queue (paths.DEVICE_SLOT names the worker's), cached when it finished before, followed when another
-process trains it. Stop reaches every run in flight (supervisor.request_stop) and launches no more."""
+"""The device pool: a group of runs (a seeds group, a study's runs, the Train page's repeats) trained as many at
+once as the machine has devices: one run per GPU (each process sees its GPU alone), or on CPU a few workers that
+split the cores. Each run is still an ordinary cached run, started by the one driver (driver.decide, then
+driver.launch): its own process, its own train.log, run lock and device queue (paths.DEVICE_SLOT names the
+worker's), cached when it finished before, followed when another process trains it. Pool.run waits for the
+group and hands a run to each worker that is free; start_group (the page, which cannot wait) launches every run
+at once, each queued on its worker's device queue. Stop reaches every run in flight or queued
+(supervisor.request_stop) and launches no more."""
 
 from __future__ import annotations
 
@@ -12,8 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from leukviz.core import paths
-from leukviz.runstore import supervisor
-from leukviz.runstore.policy import plan
+from leukviz.runstore import driver, supervisor, trainer
 from leukviz.runstore.runfolder import Run
 from leukviz.runstore.states import ACTIVE
 
@@ -53,6 +55,7 @@ class Pool:
     poll: float = 0.5
     log: Log = field(default=lambda s: None)
     peak: int = 0  # the most runs this pool had in flight at once
+    stopped: bool = False  # a stop reached the runs in flight (should_stop, a signal, Ctrl-C)
 
     def run(self, group: Sequence[Run], should_stop: Callable[[], bool] = lambda: False) -> dict[str, str]:
         """Train every run of group that is not finished (cached ones are left as they are; one another process
@@ -61,8 +64,8 @@ class Pool:
         pending, active, others = list(group), {}, []
         stopping = False
         while pending or active or any(r.state in ACTIVE for r in others):
-            if not stopping and should_stop():
-                stopping = True
+            if not stopping and (should_stop() or trainer.stop_requested()):
+                stopping = self.stopped = True
                 pending.clear()
                 for r in (*active.values(), *others):
                     supervisor.request_stop(r)
@@ -79,15 +82,41 @@ class Pool:
             time.sleep(self.poll)
         return {r.run_id: r.state for r in group}
 
+    def run_or_stop(self, group: Sequence[Run]) -> dict[str, str]:
+        """run(group); Ctrl-C (KeyboardInterrupt, in a library caller) stops every run in flight, each keeping a
+        resumable checkpoint, and launches no more. (Under the CLI's process entry a signal is a Stop that run
+        sees itself: trainer.stop_requested.)"""
+        try:
+            return self.run(group)
+        except KeyboardInterrupt:
+            self.log("stopping every run in flight (each keeps a resumable checkpoint)")
+            self.stopped = True
+            return self.run(group, should_stop=lambda: True)
+
     def _start(self, run: Run, slot: int, active: dict, others: list) -> None:
-        action = plan(run)
-        if action == "cached":
+        plan = driver.decide(run)
+        if plan.action == "cached":
             return
-        if action == "attach":
-            others.append(run)
-            return
-        if supervisor.launch(run, resume=action == "resume", device=self.device, env=dict(self.envs[slot])) is None:
-            others.append(run)  # another process started it meanwhile: wait for it
+        if plan.action == "attach" or not driver.launch(run, plan, device=self.device, env=dict(self.envs[slot])):
+            others.append(run)  # another process has it (or started it meanwhile): wait for it
             return
         active[slot] = run
         self.log(f"run {run.run_id}: started on worker {slot + 1} of {len(self.envs)}")
+
+
+def start_group(group: Sequence[Run], envs: Sequence[dict[str, str]], *, device: str = "auto",
+                nproc: int = 1) -> dict[str, str]:
+    """Launch every run of group that must train at once, without waiting: the k-th launched on worker k mod
+    len(envs), where it waits in that worker's device queue (as 'queued', stoppable) until the worker's run
+    before it ends, so at most len(envs) train at once. For a caller that cannot wait (the Train page's Repeats).
+    Returns each run's action (driver.decide: cached, attach, resume or train)."""
+    actions, launched = {}, 0
+    for run in group:
+        plan = driver.decide(run)
+        actions[run.run_id] = plan.action
+        if plan.starts:
+            if driver.launch(run, plan, device=device, env=dict(envs[launched % len(envs)]), nproc=nproc):
+                launched += 1
+            else:  # another process started it meanwhile: the page follows that one
+                actions[run.run_id] = "attach"
+    return actions

@@ -49,14 +49,15 @@ def launch(run: Run, *, resume: bool = False, device: str = "auto", nproc: int =
         return None
 
 
-def start(run: Run, *, resume: bool = False, nproc: int = 1) -> bool:
+def start(run: Run, *, resume: bool = False, nproc: int = 1, device: str = "auto",
+          env: dict[str, str] | None = None) -> bool:
     """Launch the training process unless this run is already starting, queued or running, and keep it
-    supervised (read_status). nproc > 1 launches through torchrun, one process per GPU. Returns True when a
-    process was started; False means attach to the one that runs it."""
+    supervised (read_status). nproc > 1 launches through torchrun, one process per GPU; env: a device pool
+    worker's variables. Returns True when a process was started; False means attach to the one that runs it."""
     with processes.LAUNCHES_LOCK:
         if run.state in ACTIVE:
             return False
-        proc = launch(run, resume=resume, nproc=nproc)
+        proc = launch(run, resume=resume, device=device, nproc=nproc, env=env)
         if proc is None:
             return False
         processes.LAUNCHES[run.dir] = processes.Launch(time.time(), proc)

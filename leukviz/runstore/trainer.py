@@ -47,6 +47,12 @@ def _file_log(run: Run, console: Callable[[str], None]) -> Callable[[str], None]
 _SIGNALLED = threading.Event()
 
 
+def stop_requested() -> bool:
+    """Whether a signal asked this process's trainings to stop (inside stop_on_signals): the device pool stops
+    the runs it launched then, which run in sessions of their own and never see the terminal's Ctrl-C."""
+    return _SIGNALLED.is_set()
+
+
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[None]:
     """The worker entry's signal handling (python -m leukviz train / study): while inside, SIGTERM and SIGINT

@@ -20,7 +20,7 @@ import pandas as pd
 from leukviz.core import storage
 from leukviz.core.filenames import CALIBRATION, PREDICTIONS, SIDECAR
 from leukviz.core.storage import atomic_write_json, read_json
-from leukviz.scoring import metrics, predictions
+from leukviz.scoring import predictions, reliability, scores  # not metrics: prediction needs no scipy
 
 EPS = 1e-7  # probabilities are clipped to [EPS, 1] before the log: a saved 0 would be log(0) = -inf
 T_BOUNDS = (0.05, 20.0)  # the fitted temperature stays within these
@@ -67,7 +67,7 @@ def fit_temperature(y: Any, probs: Any) -> float:
     a bounded scalar search over log T, T within T_BOUNDS. Fit it on validation cells, never on test ones."""
     from scipy.optimize import minimize_scalar
 
-    y, p = metrics._probs(y, probs)
+    y, p = scores._probs(y, probs)
     z = _log_probs(p)
     rows = np.arange(len(y))
 
@@ -81,7 +81,7 @@ def fit_temperature(y: Any, probs: Any) -> float:
 
 
 def _scores(y: np.ndarray, p: np.ndarray, n_bins: int) -> dict[str, float]:
-    return {"ece": metrics.expected_calibration_error(y, p, n_bins), "brier": metrics.brier_score(y, p),
+    return {"ece": reliability.expected_calibration_error(y, p, n_bins), "brier": reliability.brier_score(y, p),
             "nll": nll(y, p)}
 
 
@@ -89,13 +89,13 @@ def report(y: Any, probs: Any, temperature: float, n_bins: int = 15) -> dict[str
     """ECE, Brier score and NLL before and after scaling, and both reliability tables, JSON-friendly:
     {"temperature", "n", "before": {ece, brier, nll}, "after": {...}, "reliability_before": [bins],
     "reliability_after": [bins]}. On the cells T was fitted on, "after" is optimistic."""
-    y, p = metrics._probs(y, probs)
+    y, p = scores._probs(y, probs)
     scaled = apply_temperature(p, temperature)
-    return metrics.nan_to_none({
+    return scores.nan_to_none({
         "temperature": float(temperature), "n": len(y),
         "before": _scores(y, p, n_bins), "after": _scores(y, scaled, n_bins),
-        "reliability_before": metrics.reliability_bins(y, p, n_bins),
-        "reliability_after": metrics.reliability_bins(y, scaled, n_bins)})
+        "reliability_before": reliability.reliability_bins(y, p, n_bins),
+        "reliability_after": reliability.reliability_bins(y, scaled, n_bins)})
 
 
 def not_calibrated(reason: str, **extra: Any) -> dict[str, Any]:

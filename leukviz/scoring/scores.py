@@ -12,7 +12,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn import metrics as skm
+
+
+def _skm():
+    """sklearn.metrics, imported when a score is computed: a process that only predicts (calibration reads
+    this module) does not pay for scikit-learn."""
+    from sklearn import metrics
+
+    return metrics
+
 
 POSITIVE_CLASS = "all"
 
@@ -58,7 +66,7 @@ def _probs(y: Any, prob: Any) -> tuple[np.ndarray, np.ndarray]:
 def accuracy(y: Any, pred: Any) -> float:
     """Fraction of predictions equal to the true label."""
     y, pred = _pair(y, pred)
-    return float(skm.accuracy_score(y, pred))
+    return float(_skm().accuracy_score(y, pred))
 
 
 def weighted_f1(y: Any, pred: Any) -> float:
@@ -68,7 +76,7 @@ def weighted_f1(y: Any, pred: Any) -> float:
     scores 0 rather than raising a warning.
     """
     y, pred = _pair(y, pred)
-    return float(skm.f1_score(y, pred, average="weighted", zero_division=0))
+    return float(_skm().f1_score(y, pred, average="weighted", zero_division=0))
 
 
 def balanced_accuracy(y: Any, pred: Any) -> float:
@@ -77,7 +85,7 @@ def balanced_accuracy(y: Any, pred: Any) -> float:
     with warnings.catch_warnings():
         # sklearn warns when pred holds a class absent from y; the mean over present classes is still right.
         warnings.simplefilter("ignore")
-        return float(skm.balanced_accuracy_score(y, pred))
+        return float(_skm().balanced_accuracy_score(y, pred))
 
 
 def sensitivity_specificity(y: Any, pred: Any, pos: int) -> tuple[float, float]:
@@ -99,7 +107,7 @@ def roc_auc(y: Any, prob: Any, pos: int) -> float:
     is_pos = y == pos
     if is_pos.all() or not is_pos.any():
         return math.nan
-    return float(skm.roc_auc_score(is_pos, p[:, pos]))
+    return float(_skm().roc_auc_score(is_pos, p[:, pos]))
 
 
 def roc_curve_points(y: Any, prob: Any, pos: int) -> tuple[np.ndarray, np.ndarray]:
@@ -108,14 +116,14 @@ def roc_curve_points(y: Any, prob: Any, pos: int) -> tuple[np.ndarray, np.ndarra
     is_pos = y == pos
     if is_pos.all() or not is_pos.any():
         return np.array([], dtype=float), np.array([], dtype=float)
-    fpr, tpr, _ = skm.roc_curve(is_pos, p[:, pos])
+    fpr, tpr, _ = _skm().roc_curve(is_pos, p[:, pos])
     return fpr, tpr
 
 
 def confusion(y: Any, pred: Any, n_classes: int) -> np.ndarray:
     """Confusion matrix, rows = true class, columns = predicted class, always n_classes x n_classes."""
     y, pred = _pair(y, pred)
-    return skm.confusion_matrix(y, pred, labels=list(range(n_classes)))
+    return _skm().confusion_matrix(y, pred, labels=list(range(n_classes)))
 
 
 def _majority(labels: np.ndarray) -> int:

@@ -130,7 +130,9 @@ def predict_files(lm: LoadedModel, paths: Sequence[str | Path], tta: bool = Fals
     """Predict loose image files; unreadable ones come back with an error instead of probabilities. Each
     readable file is decoded once (data.decode_rgb): fitted to the model's input and described for the
     comparison with the run's training images (prediction_record's ood fields)."""
-    rows, good, arrays, looks = [], [], [], []
+    rows, good, looks = [], [], []
+    size = lm.image_size
+    arrays = np.empty((len(paths), size, size, 3), np.uint8)  # filled in place: no list of images to stack
     for path in paths:
         rows.append({"file": str(path), "error": ""})
         try:
@@ -138,11 +140,12 @@ def predict_files(lm: LoadedModel, paths: Sequence[str | Path], tta: bool = Fals
         except data.ImageError as e:
             rows[-1]["error"] = str(e)
             continue
-        arrays.append(lm.preprocess.fit(full))
+        arrays[len(good)] = lm.preprocess.fit(full)
         looks.append(ood.features(full))
         good.append(len(rows) - 1)
-    if arrays:
-        probs = predict_arrays(lm, np.stack(arrays), tta=tta)
+        del full  # the full-size image is dropped before the next is decoded
+    if good:
+        probs = predict_arrays(lm, arrays[:len(good)], tta=tta)
         for j, i in enumerate(good):
             rows[i].update(prediction_record(lm, probs[j], looks[j]))
     return rows

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,9 +84,12 @@ def file_digest(blob: bytes) -> str:
     return hashlib.blake2b(blob, digest_size=16).hexdigest()
 
 
-def _read_bytes(src: str | Path | bytes | IO[bytes]) -> bytes:
+def _read_bytes(src: str | Path | bytes | IO[bytes] | ZipEntry) -> bytes:
     if isinstance(src, bytes):
         return src
+    if isinstance(src, ZipEntry):
+        with _open_zip(src.archive) as zf:
+            return _entry_bytes(zf, src.member)
     if isinstance(src, (str, Path)):
         return Path(src).read_bytes()
     if hasattr(src, "getvalue"):
@@ -135,8 +140,9 @@ def predict_images(models: Sequence[Any], items: Sequence[tuple[str, bytes]],
     return out
 
 
-def predict_image(models: Sequence[Any], name: str, src: str | Path | bytes | IO[bytes]) -> ImagePrediction:
-    """Predict one image (a path, bytes or an uploaded file) with every model (predict_images)."""
+def predict_image(models: Sequence[Any], name: str, src: str | Path | bytes | IO[bytes] | ZipEntry) -> ImagePrediction:
+    """Predict one image (a path, bytes, an uploaded file or an image inside a zip) with every model
+    (predict_images)."""
     try:
         blob = _read_bytes(src)
     except OSError as e:
@@ -145,43 +151,93 @@ def predict_image(models: Sequence[Any], name: str, src: str | Path | bytes | IO
 
 
 MAX_ZIP_MEMBER = 64 * 2**20  # an image inside an uploaded zip larger than this is left out
+CHUNK = 128  # images of a batch read, decoded and predicted at a time: their rows kept, the images dropped
 
 
-def zip_images(name: str, blob: bytes, folder: Path) -> list[tuple[str, bytes]]:
-    """The images inside an uploaded zip, (shown name 'zip/member', bytes), extracted by data.extract_zip
-    (its limits and refusals) into folder. A zip that cannot be opened or is refused gives none."""
+@dataclass(frozen=True, eq=False)
+class ZipEntry:
+    """One image inside an uploaded zip, by reference: its bytes are read from the zip when needed (a page of
+    cards, a chunk of the table), so a batch never holds every image at once."""
+
+    archive: Any  # the zip: its bytes or a seekable file (an upload)
+    member: str  # the entry's name inside it
+
+
+def zip_members(blob: bytes, folder: Path) -> list[str]:
+    """The image entries of an uploaded zip (their names inside it, in path order), as data.extract_zip checks
+    and extracts it into folder (its limits and refusals; a zip it refuses, or cannot open, gives none). The
+    caller may delete folder afterwards: the entries are read from the zip itself (ZipEntry)."""
     path = data.save_upload(blob, folder)
     dest = folder / f"{path.stem}-files"
     try:
         data.extract_zip(path, dest)
     except data.DataError:
         return []
-    out = []
-    for p in sorted(dest.rglob("*")):
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower().lstrip(".") in UPLOAD_TYPES \
-                and p.stat().st_size <= MAX_ZIP_MEMBER:
-            out.append((f"{name}/{p.relative_to(dest).as_posix()}", p.read_bytes()))
+    return [p.relative_to(dest).as_posix() for p in sorted(dest.rglob("*"))
+            if p.is_file() and not p.name.startswith(".") and p.suffix.lower().lstrip(".") in UPLOAD_TYPES
+            and p.stat().st_size <= MAX_ZIP_MEMBER]
+
+
+def _entry_bytes(zf: zipfile.ZipFile, member: str) -> bytes:
+    try:
+        return zf.read(member)
+    except (KeyError, zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:
+        raise OSError(f"{member} cannot be read from its zip ({e.__class__.__name__}: {e})") from None
+
+
+def _open_zip(archive: Any) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(io.BytesIO(archive) if isinstance(archive, bytes) else archive)
+    except zipfile.BadZipFile as e:
+        raise OSError(f"not a readable zip ({e})") from None
+
+
+def _read_sources(items: Sequence[tuple[str, Any]]) -> list[bytes | str]:
+    """Each item's bytes, or why they cannot be read (a str); each zip opened once for all its entries."""
+    opened: dict[int, zipfile.ZipFile | OSError] = {}
+    out: list[bytes | str] = []
+    try:
+        for _, src in items:
+            try:
+                if isinstance(src, ZipEntry):
+                    if id(src.archive) not in opened:
+                        try:
+                            opened[id(src.archive)] = _open_zip(src.archive)
+                        except OSError as e:
+                            opened[id(src.archive)] = e
+                    zf = opened[id(src.archive)]
+                    if isinstance(zf, OSError):
+                        raise zf
+                    out.append(_entry_bytes(zf, src.member))
+                else:
+                    out.append(_read_bytes(src))
+            except OSError as e:
+                out.append(f"cannot read the file ({e.__class__.__name__})")
+    finally:
+        for zf in opened.values():
+            if isinstance(zf, zipfile.ZipFile):
+                zf.close()
     return out
 
 
-def unpack_uploads(files: Sequence[tuple[str, bytes]], folder: Path) -> list[tuple[str, bytes, bool]]:
-    """The uploaded files with every zip replaced by the images inside it (zip_images), in upload order:
-    (shown name, bytes, whether it came from a zip)."""
-    out: list[tuple[str, bytes, bool]] = []
-    for name, blob in files:
-        if name.lower().endswith(".zip"):
-            out += [(member, data_, True) for member, data_ in zip_images(name, blob, folder)]
-        else:
-            out.append((name, blob, False))
-    return out
-
-
-def predict_unpacked(models: Sequence[Any], items: Sequence[tuple[str, bytes, bool]]) -> list[ImagePrediction]:
-    """unpack_uploads' images predicted once each, in their order: loose files keep their decoded images (the
-    page's cards show them); a zip's images only feed the table."""
-    loose = iter(predict_images(models, [(n, b) for n, b, zipped in items if not zipped]))
-    packed = iter(predict_images(models, [(n, b) for n, b, zipped in items if zipped], keep_images=False))
-    return [next(packed) if zipped else next(loose) for _, _, zipped in items]
+def predict_sources(models: Sequence[Any], items: Sequence[tuple[str, Any]],
+                    seen: dict[str, set[str] | None] | None = None, chunk: int = CHUNK) -> pd.DataFrame:
+    """The table (prediction_table) of a batch of images given as (shown name, source: a path, bytes, an
+    upload or a ZipEntry), predicted a chunk at a time: each chunk's bytes are read, decoded once for every
+    model, predicted and reduced to its rows before the next chunk is read. No decoded image and no file's
+    bytes outlive their chunk, whatever the batch's size; the cards decode their own page (predict_image)."""
+    parts: list[list[pd.DataFrame]] = [[] for _ in models]
+    for i in range(0, len(items), chunk):
+        part = items[i:i + chunk]
+        blobs = _read_sources(part)
+        readable = [(name, b) for (name, _), b in zip(part, blobs) if isinstance(b, bytes)]
+        done = iter(predict_images(models, readable, keep_images=False))
+        preds = [next(done) if isinstance(b, bytes) else ImagePrediction(name, b) for (name, _), b in zip(part, blobs)]
+        del blobs, readable
+        for j, lm in enumerate(models):  # models first, as prediction_table orders a whole batch
+            parts[j].append(prediction_table([lm], preds, seen))
+    frames = [f for per_model in parts for f in per_model]
+    return pd.concat(frames, ignore_index=True) if frames else prediction_table(models, [], seen)
 
 
 def prediction_table(models: Sequence[Any], predictions: Sequence[ImagePrediction],

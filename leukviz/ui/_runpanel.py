@@ -90,11 +90,16 @@ def show(run_id: str) -> None:
 
 
 def group_panel(run: runs.Run, members: list[runs.Run]) -> None:
-    """Repeats of one configuration as one group: each seed's state and progress (Show attaches to it), and
-    once all are done their mean ± sd and a link to Compare."""
+    """Repeats of one configuration as one group: each seed's state and progress (Show attaches to it), Stop
+    for every seed in flight or queued, and once all are done their mean ± sd and a link to Compare."""
     summary = dashboard.group_summary(members)
     with st.container(border=True):
         st.markdown(f"**Repeats of this configuration: {summary.n} seeds**")
+        going = [m for m, state in zip(members, summary.states) if state in runs.ACTIVE]
+        if len(going) > 1 and st.button(f"Stop all {len(going)} seeds in flight or queued", icon=":material/stop:",
+                                        key=f"stop_group_{run.run_id}"):
+            for member in going:  # each stops after its batch (a queued one before it starts), resumable
+                supervisor.request_stop(member)
         cols = st.columns(min(summary.n, 5))
         for i, (member, state) in enumerate(zip(members, summary.states)):
             with cols[i % len(cols)]:

@@ -1,17 +1,17 @@
 """Predict: drop in cell images (or try demo cells) and read every trained model's class and calibrated
 confidence, and with several models their ensemble."""
 
-import tempfile
 from pathlib import Path
 
 import streamlit as st
 
 from leukviz.app import charts, dashboard, datapage
-from leukviz.core import filenames, paths
+from leukviz.core import filenames
 from leukviz.datasets import data
 from leukviz.runstore import names
 from leukviz.serving import prediction
 from leukviz.serving.explain import colour_bar
+from leukviz.ui import _predict_batch
 from leukviz.ui._common import (
     active_dataset,
     active_split,
@@ -21,13 +21,6 @@ from leukviz.ui._common import (
     page,
     warn_damaged,
 )
-
-
-@st.cache_data(max_entries=16, show_spinner=False)
-def own_images(_lm, key: str) -> set[str] | None:
-    """The run's own training and validation images by content (key: run id and checkpoint time)."""
-    return prediction.own_images(_lm, paths.cache_root())
-
 
 st.title("Predict")
 finished = dashboard.finished_runs()  # damaged runs left out, and named:
@@ -81,68 +74,7 @@ uploads = [f for f in uploads if data.upload_refusal(f.name, KINDS) is None]
 zips = [f for f in uploads if f.name.lower().endswith(".zip")]
 uploads = [f for f in uploads if f not in zips]
 
-if len(uploads) > 1 or zips:
-    st.subheader("All uploaded images")
-    batch_key = (tuple(f.file_id for f in uploads + zips), tuple(stamps))
-    if st.session_state.get("batch_key") != batch_key:
-        with st.spinner("Predicting every uploaded image with every model…"), \
-                tempfile.TemporaryDirectory(prefix="leukviz-batch-") as tmp:
-            try:
-                # each zip extracted once: its images feed the table, and their bytes are kept for the cards
-                # (a page at a time, predicted again when shown)
-                unpacked = [prediction.unpack_uploads([(f.name, f.getvalue())], Path(tmp)) for f in uploads + zips]
-                predictions = prediction.predict_unpacked(models, [item for part in unpacked for item in part])
-                with st.spinner("Checking which images the models trained or validated on…"):
-                    seen = {lm.run_dir.name: own_images(lm, stamp) for lm, stamp in zip(models, stamps)}
-                st.session_state["batch_table"] = prediction.prediction_table(models, predictions, seen)
-                st.session_state["batch_members"] = [(f.file_id, name, blob) for f, part in zip(uploads + zips, unpacked)
-                                                     for name, blob, zipped in part if zipped]
-                # the loose uploads' cards below show these same results (a zip's images, whose decoded
-                # pixels the table does not keep, are predicted again a page at a time when shown)
-                done = st.session_state.setdefault("predictions", {})
-                done.update({(f.file_id, tuple(stamps)): p for f, p in zip(uploads, predictions)})
-            except (OSError, RuntimeError, ValueError, KeyError) as e:
-                st.session_state["batch_table"] = None
-                st.session_state["batch_members"] = []
-                st.error(f"The table could not be made: {dashboard.plain(e)}")
-        st.session_state["batch_key"] = batch_key
-    table = st.session_state.get("batch_table")
-    if table is not None:  # the answer first: counts per class and, where the truth is known, accuracy
-        summary = prediction.batch_summary(table, models[0].classes)
-        st.dataframe(prediction.summary_frame(summary), hide_index=True, width="stretch",
-                     column_config={"Images": st.column_config.TextColumn(
-                         help="Every readable image, then (when any) without those unlike the model's training "
-                              "data, and without its own training or validation images"),
-                                    "Known": st.column_config.NumberColumn(help="Images whose true class is known")})
-        sentences = prediction.summary_sentences(summary)
-        if sentences:  # what the figures rest on: one box, a line per model and fact
-            st.warning("\n\n".join(dashboard.plain(x) for x in sentences), icon=":material/warning:")
-        st.caption("Known class: from a class folder on the image's path (all/, hem/) or a C-NMC file name. "
-                   "A model's own training or validation images are found by their bytes.")
-        subjects = prediction.subjects_frame(summary)
-        if len(subjects):
-            st.markdown("**Per subject** (C-NMC file names): the share of each person's cells called `all`")
-            st.dataframe(subjects, hide_index=True, width="stretch",
-                         column_config={"Called all": st.column_config.NumberColumn(format="percent")})
-        st.dataframe(table, hide_index=True, width="stretch",  # what fits a laptop screen; the CSV has every column
-                     column_order=[c for c in ("file", "model", "predicted", "confidence", "ood", "seen", "error")
-                                   if c in table.columns],
-                     column_config={"file": st.column_config.TextColumn("File"),
-                                    "model": st.column_config.TextColumn("Model"),
-                                    "predicted": st.column_config.TextColumn("Predicted"),
-                                    "ood": st.column_config.CheckboxColumn(
-                                        "Unlike training", help="Out of distribution: the confidence is not reliable"),
-                                    "seen": st.column_config.CheckboxColumn(
-                                        "Its own", help="One of the model's own training or validation images"),
-                                    "error": st.column_config.TextColumn("Error"),
-                                    "confidence": st.column_config.NumberColumn(
-                                        "Confidence", format="percent", help="Calibrated on validation"),
-                                    "confidence_raw": st.column_config.NumberColumn("Raw confidence",
-                                                                                    format="percent")})
-        st.caption("The CSV also has each class's probability (calibrated and raw), the temperature and why an "
-                   "image was called unlike the training images.")
-        st.download_button("Download the table (CSV)", prediction.table_csv(table), file_name="predictions.csv",
-                           mime="text/csv", icon=":material/download:", key="batch_csv")
+members = _predict_batch.batch_section(models, stamps, uploads, zips) if len(uploads) > 1 or zips else []
 if st.button("Try demo cells", icon=":material/science:",
              help="A few labelled cells from the demo dataset's held-out test set."):
     demo = open_dataset("demo")
@@ -154,17 +86,13 @@ items = [(f"demo cell {Path(path).name}", path, truth, path)
          for path, truth in st.session_state.get("demo_cells", [])]
 classes = models[0].classes
 items += [(f.name, f, prediction.truth_of(f.name, classes)[0], f.file_id) for f in uploads]
-if zips:  # the zips' images, in the table's order
-    items += [(name, blob, prediction.truth_of(name, classes)[0], f"{zip_id}/{name}")
-              for zip_id, name, blob in st.session_state.get("batch_members", [])]
+# the zips' images, in the table's order: each read from its zip (and decoded) only when its page is shown
+items += [(name, entry, prediction.truth_of(name, classes)[0], f"{entry.archive.file_id}/{name}")
+          for name, entry in members]
 if not items:
     st.info("Drop one or more cell images above, or try the demo cells.")
     st.stop()
-CARDS_PER_PAGE = 6  # cards for a page of images; the table above has them all
-if len(items) > CARDS_PER_PAGE:
-    pages = (len(items) + CARDS_PER_PAGE - 1) // CARDS_PER_PAGE
-    shown = st.number_input(f"Cards: page (of {pages}, {CARDS_PER_PAGE} images each)", 1, pages, key="predict_page")
-    items = items[(shown - 1) * CARDS_PER_PAGE: shown * CARDS_PER_PAGE]
+items = _predict_batch.page_of(items)
 
 # Results kept per file and model set, so a rerun (another widget, a new upload) predicts only what is new.
 done = st.session_state.setdefault("predictions", {})

@@ -8,7 +8,7 @@ import streamlit as st
 from leukviz.app import charts, dashboard, datapage, trainpage
 from leukviz.datasets import data
 from leukviz.models import backbones, config
-from leukviz.runstore import names, runs, supervisor, sweeps
+from leukviz.runstore import names, pool, runs, sweeps
 from leukviz.training import lrfind
 from leukviz.ui._common import active_dataset, figure, page, require_dataset, wanted_split
 from leukviz.ui._runpanel import POLL_SECONDS, attached_panel
@@ -74,7 +74,7 @@ def weights_field(spec: backbones.BackboneSpec, choice: str) -> str:
 
 
 def numbers() -> dict:
-    """The number fields: size, epochs, batch, rate, depth, head epochs, repeats, patience."""
+    """The number fields: size, epochs, batch, rate, depth, head epochs, repeats (and how many at once), patience."""
     ranges = dashboard.SETTING_RANGES
     c1, c2, c3 = st.columns(3)
     out = {"image_size": c1.number_input("Image size (px)", *ranges["train_image_size"], step=16, key="train_image_size"),
@@ -93,8 +93,11 @@ def numbers() -> dict:
     out["repeats"] = int(c6.number_input(
         "Repeats (seeds)", *ranges["train_repeats"], key="train_repeats",
         help="Train this configuration several times, differing only in the random seed, on one validation "
-             "split; queued one after another. Compare then shows the mean ± sd over seeds: one run's score moves "
-             "by several points from one seed to the next."))
+             "split; one per GPU at once, or as many as 'At once' says. Compare then shows the mean ± sd over "
+             "seeds: one run's score moves by several points from one seed to the next."))
+    out["workers"] = int(c6.number_input(
+        "At once", *T.worker_range(), key="train_workers", help=T.WORKERS_HELP)) if T.asks_workers(
+        out["repeats"], dashboard.gpu_count()) else 1
     out["patience"] = int(c7.number_input(
         "Early stopping (patience)", *ranges["train_patience"], key="train_patience",
         help="Stop when validation weighted F1 has not improved for this many epochs; 0 is off. With it on, the "
@@ -117,8 +120,9 @@ def split_section(ds: data.Dataset, cfg: config.RunConfig) -> None:
         st.warning(dashboard.plain(message), icon=":material/rule:")
 
 
-def settings_form(ds: data.Dataset, split: str) -> tuple[config.RunConfig, int, int]:
-    """The settings widgets; returns the configuration, the number of repeats and of GPU processes."""
+def settings_form(ds: data.Dataset, split: str) -> tuple[config.RunConfig, int, int, int]:
+    """The settings widgets; returns the configuration, the number of repeats, of GPU processes and of CPU
+    workers for the repeats."""
     first_settings()  # stable widget keys: an edit made while the page reruns is never lost
     state = st.session_state
     backbone = st.segmented_control("Backbone", T.CHOICES, format_func=names.backbone_title, required=True,
@@ -152,7 +156,7 @@ def settings_form(ds: data.Dataset, split: str) -> tuple[config.RunConfig, int, 
         st.json(cfg.to_dict())
     # The settings in the URL: a reload or a bookmark restores them (app.restore_from_url).
     st.query_params.update(dashboard.settings_to_url(state, dashboard.URL_SETTINGS))
-    return cfg, n["repeats"], nproc
+    return cfg, n["repeats"], nproc, n["workers"]
 
 
 @st.fragment(run_every=POLL_SECONDS)
@@ -197,14 +201,12 @@ def lr_finder(cfg: config.RunConfig, fingerprint: str) -> None:
         st.rerun()
 
 
-def start(cfg: config.RunConfig, n_repeats: int, nproc: int, fingerprint: str) -> None:
-    """Start (or attach to, or resume) each repeat through the one start policy; show the first that trains."""
-    actions = {}
-    for one in config.repeats(cfg, n_repeats):
-        run = runs.run_for(one, fingerprint=fingerprint)
-        actions[run.run_id] = runs.ensure(run, lambda r, resume: supervisor.start(r, resume=resume, nproc=nproc))
-        if actions[run.run_id] == "cached":
-            st.session_state.setdefault("cached_runs", set()).add(run.run_id)
+def start(cfg: config.RunConfig, n_repeats: int, nproc: int, workers: int, fingerprint: str) -> None:
+    """Start (or attach to, or resume) each repeat by the one driver on the device pool (pool.start_group: at
+    most one per GPU, or `workers` on CPU, train at once, the others queued); show the first that trains."""
+    group = [runs.run_for(one, fingerprint=fingerprint) for one in config.repeats(cfg, n_repeats)]
+    actions = pool.start_group(group, pool.worker_envs("auto", workers) if nproc == 1 else [{}], nproc=nproc)
+    st.session_state.setdefault("cached_runs", set()).update(r for r, a in actions.items() if a == "cached")
     # The first repeat that trains (a cached one is one click away in the group); the page follows the repeats.
     st.query_params["run"] = next((r for r, a in actions.items() if a != "cached"), next(iter(actions)))
     st.session_state["train_follow"] = True
@@ -221,7 +223,7 @@ if split is None:  # no split at all: say why, where the user can act
 # after Start its progress, Stop and live curves are on screen without scrolling; Start folds the settings.
 panel = st.container()
 with st.expander("Settings", expanded=True, key="train_settings_open", on_change="rerun", icon=":material/tune:"):
-    cfg, n_repeats, nproc = settings_form(ds, split)
+    cfg, n_repeats, nproc, workers = settings_form(ds, split)
     lr_finder(cfg, ds.fingerprint)
     existing = dashboard.find_run(cfg, ds.fingerprint)
     known = T.known_state(existing)
@@ -229,7 +231,7 @@ with st.expander("Settings", expanded=True, key="train_settings_open", on_change
     if st.button(T.start_label(n_repeats, cfg.seed), type="primary", icon=":material/play_arrow:", key="train_start",
                  on_click=fold_settings, disabled=sweeping,
                  help="Wait for the learning-rate finder, or cancel it." if sweeping else None):
-        start(cfg, n_repeats, nproc, ds.fingerprint)
+        start(cfg, n_repeats, nproc, workers, ds.fingerprint)
     elif known in T.HINTS and st.query_params.get("run") != existing.run_id:
         st.caption(T.HINTS[known])
 
