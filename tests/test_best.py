@@ -59,6 +59,15 @@ def test_a_repeat_group_is_chosen_by_its_mean_and_counts_as_one(tmp_path):
     assert {r.run_id for r in grouping.default_selection(dashboard.finished_runs(tmp_path))} == set(pick.run_ids)
 
 
+def test_a_large_repeat_group_preselects_its_first_seeds_only(tmp_path):
+    group = [scored(tmp_path, 0.9, seed=s, split_seed=0, created=s) for s in range(best.PRESELECT_SEEDS + 3)]
+    pick = best.best_per_backbone(entries(tmp_path), "demo")["googlenet"]
+    assert len(pick.run_ids) == len(group)  # the group is judged whole
+    chosen = best.preselect(entries(tmp_path), "demo")
+    assert chosen == [r.run_id for r in group][:best.PRESELECT_SEEDS]  # its first seeds, in order
+    assert len(grouping.default_selection(dashboard.finished_runs(tmp_path))) == best.PRESELECT_SEEDS
+
+
 def test_the_active_split_first_else_another_split_marked(tmp_path):
     on_image = scored(tmp_path, 0.99, split="image", created=2)
     on_subject = scored(tmp_path, 0.80, created=1)

@@ -122,12 +122,18 @@ def best_per_backbone(entries: Iterable[Entry], dataset: str | None, split: str 
     return out
 
 
+# A page preselects at most this many seeds of one repeat group: a group of 50 seeds would otherwise make
+# Predict load 50 models and Compare score 50 runs before the first paint; the others stay one click away.
+PRESELECT_SEEDS = 5
+
+
 def preselect(entries: Iterable[Entry], dataset: str | None, split: str | None = None) -> list[str]:
-    """The run ids a page selects first (Predict's models, Compare's runs): every member of each backbone's
-    healthy pick on the active dataset, in registry order and by seed. None from another dataset: a page
-    says which runs exist where and lets the user choose them knowingly."""
+    """The run ids a page selects first (Predict's models, Compare's runs): the members of each backbone's
+    healthy pick on the active dataset (at most PRESELECT_SEEDS of a repeat group, its first by seed), in
+    registry order and by seed. None from another dataset: a page says which runs exist where and lets the
+    user choose them knowingly."""
     return [e.run_id for p in best_per_backbone(entries, dataset, split).values() if p.healthy
-            for e in p.members if e.health == health.HEALTHY]
+            for e in [m for m in p.members if m.health == health.HEALTHY][:PRESELECT_SEEDS]]
 
 
 def best_ids(entries: Sequence[Entry]) -> set[str]:
