@@ -95,6 +95,14 @@ def test_the_overview_card_shows_the_best_with_the_others_reachable(tmp_path):
     assert "best validation F1 of 2 runs" in card.note
 
 
+def test_a_card_names_its_best_other_runs_and_counts_them_all(tmp_path, monkeypatch):
+    monkeypatch.setattr(dashboard, "OTHERS_SHOWN", 2)
+    made = {f1: scored(tmp_path, f1, created=i, lr=10.0 ** -(i + 2)) for i, f1 in enumerate((0.7, 0.95, 0.8, 0.9))}
+    card = {c.backbone: c for c in dashboard.backbone_cards("demo", tmp_path, "subject")}["googlenet"]
+    assert card.run_id == made[0.95].run_id and card.n_others == 3
+    assert [i for i, _ in card.others] == [made[0.9].run_id, made[0.8].run_id]  # the best two of the three
+
+
 def test_only_unhealthy_runs_are_named_as_such_and_never_preselected(tmp_path):
     bad = degenerate(tmp_path)
     pick = best.best_per_backbone(entries(tmp_path), "demo")["googlenet"]

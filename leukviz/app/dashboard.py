@@ -315,7 +315,9 @@ class Card:
     health: health.Health | None = None  # of the finished run shown (run_health)
     group: GroupSummary | None = None  # the repeats of its configuration, when there are several
     note: str = ""  # why this run is the one shown ("Best of 4 runs on this dataset ...")
-    others: tuple[tuple[str, str], ...] = ()  # (run id, run_label) of the backbone's other runs here, best first
+    others: tuple[tuple[str, str], ...] = ()  # (run id, run_label) of the backbone's other runs here, best first,
+    # the first OTHERS_SHOWN of them (a label costs a read of the run; a lab keeps hundreds)
+    n_others: int = 0  # how many other runs there are in all
 
     @property
     def text(self) -> str:
@@ -358,6 +360,9 @@ def _pick_note(pick: best.Pick | None, n_runs: int, split: str | None) -> str:
     return f"The {what} with the best validation F1 of {n_runs} runs on this dataset{where}."
 
 
+OTHERS_SHOWN = 20  # the other runs a card names (best first); the rest are counted
+
+
 def backbone_cards(dataset: str, runs_dir: str | Path | None = None, split: str | None = None) -> list[Card]:
     """One card per registered backbone: its run in training on this dataset if one is, else its best
     (best.best_per_backbone on the dataset and split), else its newest run that started; with the others."""
@@ -381,11 +386,12 @@ def backbone_cards(dataset: str, runs_dir: str | Path | None = None, split: str 
         group = repeat_group(chosen, of_backbone)
         shown = {r.run_id for r in group}
         order = ([e.run_id for e in pick.others] if pick else []) + [r.run_id for r in of_backbone]
-        others = tuple((i, run_label(by_id[i])) for i in dict.fromkeys(order) if i not in shown)
+        other_ids = [i for i in dict.fromkeys(order) if i not in shown]
+        others = tuple((i, run_label(by_id[i])) for i in other_ids[:OTHERS_SHOWN])
         note = _pick_note(pick, len(of_backbone), split) if pick and chosen.run_id in pick.run_ids else ""
         cards.append(Card(name, spec.title, s["state"], chosen.run_id, epochs_done, epochs,
                           m.get("val_acc"), m.get("val_f1"), s.get("error"), run_health(chosen),
-                          group_summary(group) if len(group) > 1 else None, note, others))
+                          group_summary(group) if len(group) > 1 else None, note, others, len(other_ids)))
     return cards
 
 

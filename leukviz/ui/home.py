@@ -71,9 +71,12 @@ def backbone_cards(polling: bool) -> None:
 
 def others_popover(card: dashboard.Card) -> None:
     """The backbone's other runs on this dataset, best first, each a link to its page on Train."""
-    with st.popover(f"{len(card.others)} other run{'s' if len(card.others) != 1 else ''}", icon=":material/list:"):
+    n = card.n_others
+    with st.popover(f"{n} other run{'s' if n != 1 else ''}", icon=":material/list:"):
         for run_id, label in card.others:
             st.page_link(page("train"), label=dashboard.plain(label), query_params={"backbone": card.backbone, "run": run_id})
+        if n > len(card.others):
+            st.caption(f"The best {len(card.others)} of {n}; `leukviz runs list` lists every run.")
 
 
 def delete_popover(run_id: str) -> None:
