@@ -206,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[10, 500])
     ap.add_argument("--run", type=Path, help="a finished run folder to clone (default: train one)")
-    ap.add_argument("--data", type=Path, help="the dataset the run was trained on (with --run)")
+    ap.add_argument("--data", type=Path, help="the dataset the run was trained on, as its config.json records it "
+                                              "(default with --run: read from it)")
     ap.add_argument("--work", type=Path, help="a folder to work in (default: a temporary one)")
     ap.add_argument("--shots", type=Path, help="save a screenshot of each page at the largest size here")
     ap.add_argument("--timeout", type=float, default=120, help="seconds a page may take")
@@ -227,9 +228,11 @@ def main(argv: list[str] | None = None) -> int:
         work = args.work or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="page-paint-")))
         work.mkdir(parents=True, exist_ok=True)
         if args.run:
-            if not args.data:
-                ap.error("--run needs --data (the dataset the run was trained on)")
-            source, data = args.run.resolve(), args.data.resolve()
+            from leukviz.runstore import runfiles
+
+            source = args.run.resolve()
+            # the dataset as the run recorded it (pages match runs to the active dataset by that string)
+            data = args.data or Path(runfiles.read_config(source)[1].data)
         else:
             os.environ["LEUKVIZ_HOME"] = str(work / "train-home")
             source, data = source_run(work, log)
