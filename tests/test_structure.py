@@ -152,6 +152,17 @@ def test_entry_points_and_the_cli_import_without_torch():
     assert done.returncode == 0, done.stderr
 
 
+def test_listing_runs_imports_no_scipy_stats(tmp_path):
+    """`runs list` (and every page that lists runs) reads summaries: it never resamples, so it does not pay for
+    importing scipy.stats (about 0.6 s, half of the command's start-up); the scoring modules import it where
+    they resample or test."""
+    code = ("import sys\nfrom leukviz.cli import main\n"
+            f"main(['runs', 'list', '--json', '--runs-dir', {str(tmp_path)!r}])\n"
+            "sys.exit('scipy.stats was imported' if 'scipy.stats' in sys.modules else 0)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
 def test_no_import_cycle():
     graph = {name: _imports(path) & set(MODULES) for name, path in MODULES.items()}
     done: set[str] = set()

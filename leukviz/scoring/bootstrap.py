@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from leukviz.scoring import registry
 from leukviz.scoring.registry import SCORES
@@ -139,6 +138,9 @@ class _Units:
             lead = samples[0].shape[:-1]
             flat = [s.reshape(-1, s.shape[-1]).astype(int) for s in samples]
             return fn(self.draw(*flat)).reshape(-1, *lead)
+
+        # imported here: scipy.stats is about 0.6 s of every command's start-up, and most commands never resample
+        from scipy import stats
 
         with warnings.catch_warnings():
             # scipy warns when a score is NaN in some resamples; _interval deals with those.

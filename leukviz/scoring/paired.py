@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from leukviz.scoring import registry
 from leukviz.scoring.bootstrap import _check_confidence, _interval, _Tables, _Units
@@ -44,6 +43,8 @@ def _permutation_p(y: np.ndarray, pa: np.ndarray, pb: np.ndarray, units: _Units,
         sx, sy = both.scores(wx, names), both.scores(wy, names)
         return np.stack([sx[k] - sy[k] for k in names], axis=-1).reshape(*lead, len(names))
 
+    from scipy import stats  # here, not at import (start-up time: see scoring/bootstrap.py)
+
     res = stats.permutation_test((np.arange(n), np.arange(n) + n), statistic, permutation_type="samples",
                                  vectorized=True, n_resamples=n_resamples, alternative="two-sided",
                                  rng=np.random.default_rng(seed))
@@ -60,6 +61,8 @@ def _mcnemar_p(y: np.ndarray, pa: np.ndarray, pb: np.ndarray, notes: list[str]) 
     notes.append(f"McNemar: {only_a} cells only the first model gets right, {only_b} only the second; "
                  "it tests accuracy and its p-value is given for every score; it treats cells as "
                  "independent, so the p-value is too small")
+    from scipy import stats
+
     return 1.0 if only_a + only_b == 0 else float(stats.binomtest(only_a, only_a + only_b, 0.5).pvalue)
 
 
