@@ -78,7 +78,7 @@ def test_json_is_streamed_as_one_object(model_run, folder, shared_runs, capsys):
 
 def test_a_table_cut_short_leaves_no_file(model_run, folder, shared_runs, tmp_path, capsys, monkeypatch):
     """The disk fills at the second batch: no half table, the error in one line, and a --json line stays whole."""
-    real = stream.batch_rows
+    real = inference.table_rows
     calls = []
 
     def full(*a, **k):
@@ -87,7 +87,7 @@ def test_a_table_cut_short_leaves_no_file(model_run, folder, shared_runs, tmp_pa
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "t.csv"))
         return real(*a, **k)
 
-    monkeypatch.setattr(stream, "batch_rows", full)
+    monkeypatch.setattr(inference, "table_rows", full)
     table = tmp_path / "t.csv"
     assert main(["predict", "--run", model_run.run_id, str(folder), "--csv", str(table), "--batch-size", "5",
                  "--json", "--runs-dir", str(shared_runs)]) == 2

@@ -127,28 +127,37 @@ def prepare(lm: LoadedModel, src) -> np.ndarray:
 
 
 def predict_files(lm: LoadedModel, paths: Sequence[str | Path], tta: bool = False) -> list[dict]:
-    """Predict loose image files; unreadable ones come back with an error instead of probabilities. Each
-    readable file is decoded once (data.decode_rgb): fitted to the model's input and described for the
-    comparison with the run's training images (prediction_record's ood fields)."""
-    rows, good, looks = [], [], []
-    size = lm.image_size
-    arrays = np.empty((len(paths), size, size, 3), np.uint8)  # filled in place: no list of images to stack
-    for path in paths:
-        rows.append({"file": str(path), "error": ""})
+    """Predict loose image files; unreadable ones come back with an error instead of probabilities."""
+    return _predict_files([lm], paths, tta)[0]
+
+
+def _predict_files(models: Sequence[LoadedModel], paths: Sequence[str | Path], tta: bool) -> list[list[dict]]:
+    """Each model's records of the files, in order. Each readable file is decoded once (data.decode_rgb) for
+    every model: fitted to each model's input and described once for the comparison with the runs' training
+    images (prediction_record's ood fields); unreadable ones come back with an error."""
+    files = [{"file": str(path), "error": ""} for path in paths]
+    arrays = [np.empty((len(paths), lm.image_size, lm.image_size, 3), np.uint8) for lm in models]  # filled in place
+    good, looks = [], []
+    for i, path in enumerate(paths):
         try:
             full = data.decode_rgb(path)
         except data.ImageError as e:
-            rows[-1]["error"] = str(e)
+            files[i]["error"] = str(e)
             continue
-        arrays[len(good)] = lm.preprocess.fit(full)
+        for arr, lm in zip(arrays, models):
+            arr[len(good)] = lm.preprocess.fit(full)
         looks.append(ood.features(full))
-        good.append(len(rows) - 1)
+        good.append(i)
         del full  # the full-size image is dropped before the next is decoded
-    if good:
-        probs = predict_arrays(lm, arrays[:len(good)], tta=tta)
-        for j, i in enumerate(good):
-            rows[i].update(prediction_record(lm, probs[j], looks[j]))
-    return rows
+    out = []
+    for arr, lm in zip(arrays, models):
+        rows = [dict(f) for f in files]
+        if good:
+            probs = predict_arrays(lm, arr[:len(good)], tta=tta)
+            for j, i in enumerate(good):
+                rows[i].update(prediction_record(lm, probs[j], looks[j]))
+        out.append(rows)
+    return out
 
 
 def prediction_record(lm: LoadedModel, prob: np.ndarray, image: ood.ImageSource | dict | None = None) -> dict:
@@ -199,17 +208,22 @@ def table_columns(models: Sequence[LoadedModel]) -> list[str]:
     return list(table_frame(rows).columns)
 
 
+def table_rows(models: Sequence[LoadedModel], files: Sequence[str | Path], tta: bool = False) -> list[dict]:
+    """The files predicted by every model, each file decoded once: one row per image per model, models first
+    (predict_table's rows; a streamed batch's)."""
+    rows = []
+    for lm, recs in zip(models, _predict_files(models, files, tta)):
+        rows += [{"file": rec["file"], "model": lm.backbone, "run_id": lm.run_dir.name, "calibrated": lm.calibrated,
+                  "temperature": float(lm.temperature), **rec} for rec in recs]
+    return rows
+
+
 def predict_table(models: Sequence[str | Path | LoadedModel], files: Sequence[str | Path],
                   tta: bool = False) -> pd.DataFrame:
     """Predict files with every model: one row per image per model, table_frame's columns (calibrated
     confidence and prob_<class>, the raw ones beside them)."""
-    rows = []
-    for m in models:
-        lm = m if isinstance(m, LoadedModel) else load_model(m)
-        for rec in predict_files(lm, files, tta=tta):
-            rows.append({"file": rec["file"], "model": lm.backbone, "run_id": lm.run_dir.name,
-                         "calibrated": lm.calibrated, "temperature": float(lm.temperature), **rec})
-    return table_frame(rows)
+    loaded = [m if isinstance(m, LoadedModel) else load_model(m) for m in models]
+    return table_frame(table_rows(loaded, files, tta))
 
 
 TTA_KEYS = (*registry.REGISTRY, "confusion", "subject_vote")  # every registered score of metrics.summary

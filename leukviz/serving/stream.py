@@ -20,7 +20,7 @@ from leukviz.core import storage
 from leukviz.runstore.names import format_duration
 from leukviz.serving import batchsummary, inference
 
-BATCH = 512  # images per batch: decoded once for every model, then dropped
+BATCH = 512  # images per batch: each decoded once for every model (inference.table_rows), then dropped
 
 
 def batches(files: Sequence[str | Path], size: int = BATCH) -> Iterator[Sequence[str | Path]]:
@@ -29,16 +29,6 @@ def batches(files: Sequence[str | Path], size: int = BATCH) -> Iterator[Sequence
         raise ValueError(f"a batch holds at least one image, not {size}")
     for i in range(0, len(files), size):
         yield files[i:i + size]
-
-
-def batch_rows(models: Sequence[Any], files: Sequence[str | Path], tta: bool = False) -> list[dict]:
-    """One batch predicted by every model: inference.predict_table's rows, models first."""
-    rows = []
-    for lm in models:
-        for rec in inference.predict_files(lm, files, tta=tta):
-            rows.append({"file": rec["file"], "model": lm.backbone, "run_id": lm.run_dir.name,
-                         "calibrated": lm.calibrated, "temperature": float(lm.temperature), **rec})
-    return rows
 
 
 class ProgressLine:
@@ -107,7 +97,7 @@ def predict_stream(models: Sequence[Any], files: Sequence[str | Path], csv_path:
 
     def one_batch(chunk: Sequence[str | Path], sink) -> None:
         nonlocal n_rows, n_errors, done
-        rows = batch_rows(models, chunk, tta=tta)
+        rows = inference.table_rows(models, chunk, tta=tta)
         running.add(rows)
         n_rows += len(rows)
         n_errors += sum(1 for r in rows if r.get("error"))
