@@ -279,14 +279,15 @@ def test_no_module_over_500_lines():
     assert not split, f"under {MAX_MODULE_LINES} lines now: take them off OVERSIZED: {split}"
 
 
-def _data_names(path: Path) -> set[str]:
-    """The names a module reads from the dataset layer's surface as `data.X` (where it imported data)."""
+def _surface_names(path: Path, package: str, surface: str) -> set[str]:
+    """The names a module reads from a layer's surface module as `<surface>.X` (where it imported it as
+    `from <package> import <surface>`)."""
     tree = ast.parse(path.read_text())
-    if not any(isinstance(n, ast.ImportFrom) and n.module == "leukviz.datasets"
-               and any(a.name == "data" and a.asname is None for a in n.names) for n in ast.walk(tree)):
+    if not any(isinstance(n, ast.ImportFrom) and n.module == package
+               and any(a.name == surface and a.asname is None for a in n.names) for n in ast.walk(tree)):
         return set()
     return {n.attr for n in ast.walk(tree)
-            if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "data"}
+            if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == surface}
 
 
 def test_callers_use_the_dataset_layers_public_surface():
@@ -295,20 +296,10 @@ def test_callers_use_the_dataset_layers_public_surface():
     from leukviz.datasets import data
 
     used = {(name, attr) for name, path in MODULES.items() if _layer(name) != "datasets"
-            for attr in _data_names(path)}
+            for attr in _surface_names(path, "leukviz.datasets", "data")}
     outside = sorted(f"{name}: data.{attr}" for name, attr in used if attr not in data.__all__)
     assert not outside, outside
     assert all(hasattr(data, n) for n in data.__all__)
-
-
-def _runs_names(path: Path) -> set[str]:
-    """The names a module reads from the run store's surface as `runs.X` (where it imported runs)."""
-    tree = ast.parse(path.read_text())
-    if not any(isinstance(n, ast.ImportFrom) and n.module == "leukviz.runstore"
-               and any(a.name == "runs" and a.asname is None for a in n.names) for n in ast.walk(tree)):
-        return set()
-    return {n.attr for n in ast.walk(tree)
-            if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "runs"}
 
 
 def test_callers_use_the_run_stores_public_surface():
@@ -318,7 +309,7 @@ def test_callers_use_the_run_stores_public_surface():
     from leukviz.runstore import runs
 
     used = {(name, attr) for name, path in MODULES.items() if _layer(name) != "runstore"
-            for attr in _runs_names(path)}
+            for attr in _surface_names(path, "leukviz.runstore", "runs")}
     outside = sorted(f"{name}: runs.{attr}" for name, attr in used if attr not in runs.__all__)
     assert not outside, outside
     assert all(hasattr(runs, n) and not n.startswith("_") for n in runs.__all__)

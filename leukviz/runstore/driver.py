@@ -114,14 +114,12 @@ def carry_out(run: Run, plan: Plan, *, where: str = HERE, device: str = "auto", 
         return Outcome(run, plan.action)
     if where not in WHERE:
         raise ValueError(f"where is one of {', '.join(WHERE)}, not {where!r}")
-    if not launch(run, plan, device=device, env=env):
+    launched = launch(run, plan, device=device, env=env)
+    if not launched:  # another process has it or is starting it
         said("attach")
-        if where == LAUNCHED:
-            follow(run, progress)
-        return Outcome(run, "attach")
     if where == LAUNCHED:
         follow(run, progress)
-    return Outcome(run, plan.action)
+    return Outcome(run, plan.action if launched else "attach")
 
 
 def obtain(run: Run, *, force: bool = False, resume: bool = False, where: str = HERE, device: str = "auto",
