@@ -21,7 +21,6 @@ import contextlib
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -93,12 +92,9 @@ def server(home: Path, port: int, log_path: Path):
                     time.sleep(0.2)
             yield proc
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            from leukviz.runstore import supervisor
+
+            supervisor.end(proc)  # SIGTERM to its group, SIGKILL if it lingers, reaped
 
 
 def paint(page, url: str, ready, timeout_s: float) -> float:

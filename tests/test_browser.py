@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from leukviz.runstore import supervisor
 from leukviz.serving.prediction import OOD_TITLE  # the out-of-distribution warning as the page shows it
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,12 +96,7 @@ def streamlit_server(home: Path, port: int, log_path: Path):
         try:
             yield server
         finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
+            supervisor.end(server)  # SIGTERM to its group, SIGKILL if it lingers, reaped
             # Training processes run in sessions of their own; stop any this test left running.
             for status in home.glob("runs/*/status.json"):
                 st = json.loads(status.read_text())

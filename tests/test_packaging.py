@@ -9,7 +9,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from packaging.requirements import Requirement
 
 from leukviz import __version__, cli
 from leukviz.cli import app as app_cmd
+from leukviz.runstore import supervisor
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -205,12 +205,7 @@ def _serve_and_draw(leukviz: str, env: dict, cwd: Path, tmp_path: Path) -> None:
             assert r.status == 200 and '<div id="root">' in r.read().decode()
         _draw(base)
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        supervisor.end(server)  # SIGTERM to its group, SIGKILL if it lingers, reaped
 
 
 def _draw(base: str) -> None:
